@@ -1,0 +1,267 @@
+"""Checks of one generated scene: syntax, structure, execution, mathematics.
+
+- syntax: the code parses (`ast`);
+- structure: it defines a Manim `Scene` subclass with a `construct` method;
+- executes: Manim renders it in the sandbox (`sandbox.run_sandboxed`) within a time
+  limit; a machine without LaTeX or cairo is an environment failure (executes = None,
+  environment_error = True), not a failure of the code;
+- math: the derivative the code uses (`df_expr = ...`, or `df = lambda x: ...`, or
+  `def df(x): return ...`) equals the true derivative, and `f_expr` (when present) equals
+  the function asked for. Expressions are read from the AST without running anything,
+  compared symbolically, and numerically at points inside the plotting interval when
+  sympy cannot decide.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sympy as sp
+
+from derivative_animator import curriculum, environment, notation
+from derivative_animator.differentiate import UnsupportedFunction
+from derivative_animator.parsing import X, parse_function
+from derivative_animator.sandbox import SandboxLimits, run_sandboxed
+
+SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
+NUMERIC_POINTS = 24
+NUMERIC_TOLERANCE = 1e-6
+SIMPLIFY_MAX_OPS = 150  # beyond this, sympy.simplify may take minutes: go numeric
+
+
+@dataclass
+class CheckResult:
+    syntax: bool
+    structure: bool | None = None
+    executes: bool | None = None
+    math: bool | None = None
+    error: str | None = None
+    environment_error: bool = False
+    scene: str | None = None
+    math_method: str | None = None
+    render_seconds: float | None = None
+    movie: str | None = None
+    frame: str | None = None
+    isolation: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.syntax and self.structure and self.executes and self.math)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def _fail(self, message: str) -> None:
+        self.error = self.error or message  # the first failure explains the rest
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    quality: str = "l"
+    dry_run: bool = False
+    save_frame: bool = True
+    limits: SandboxLimits = SandboxLimits()
+
+
+def check_code(
+    code: str,
+    function: str | sp.Expr,
+    execute: bool = True,
+    render: RenderOptions = RenderOptions(),
+    output_dir: Path | None = None,
+) -> CheckResult:
+    """Run every check on one scene; rendered files are copied to output_dir if given."""
+    target = parse_function(function) if isinstance(function, str) else function
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as err:
+        return CheckResult(syntax=False, error=f"syntax: {err.msg} (line {err.lineno})")
+    result = CheckResult(syntax=True)
+
+    scene = find_scene_class(tree)
+    result.structure = scene is not None
+    result.scene = scene
+    if scene is None:
+        result._fail("structure: no Scene subclass with a construct() method")
+
+    result.math, result.math_method, math_error = check_math(tree, target)
+    if math_error:
+        result._fail(f"math: {math_error}")
+
+    if execute and scene is not None:
+        _check_execution(code, scene, render, result, output_dir)
+    return result
+
+
+def find_scene_class(tree: ast.Module) -> str | None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+            has_construct = any(
+                isinstance(item, ast.FunctionDef) and item.name == "construct" for item in node.body
+            )
+            if bases & SCENE_BASES and has_construct:
+                return node.name
+    return None
+
+
+# --- mathematics -----------------------------------------------------------------------
+
+def _assigned_expression(tree: ast.Module, names: tuple[str, ...], function_name: str):
+    """The expression AST (and its variable name) the code gives for a quantity."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in names:
+                return node.value, "x"
+            if (isinstance(target, ast.Name) and target.id == function_name
+                    and isinstance(node.value, ast.Lambda) and len(node.value.args.args) == 1):
+                return node.value.body, node.value.args.args[0].arg
+        if (isinstance(node, ast.FunctionDef) and node.name == function_name
+                and len(node.args.args) == 1 and len(node.body) == 1
+                and isinstance(node.body[0], ast.Return) and node.body[0].value is not None):
+            return node.body[0].value, node.args.args[0].arg
+    return None, None
+
+
+def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
+    """(correct, method, error): does the code's derivative equal d/dx function?"""
+    derivative_node, variable = _assigned_expression(tree, ("df_expr",), "df")
+    if derivative_node is None:
+        return False, None, "no derivative found (expected `df_expr = ...` or `df = lambda x: ...`)"
+    try:
+        claimed = notation.expr_from_code(derivative_node, variable)
+    except notation.CodeExpressionError as err:
+        return False, None, f"derivative is not a plain expression in x ({err})"
+    true_derivative = sp.diff(function, X)
+    x_range = _interval(function, true_derivative)
+
+    function_node, f_variable = _assigned_expression(tree, ("f_expr",), "f")
+    if function_node is not None:
+        try:
+            written = notation.expr_from_code(function_node, f_variable)
+        except notation.CodeExpressionError as err:
+            return False, None, f"f is not a plain expression in x ({err})"
+        same, _ = expressions_equal(written, function, x_range)
+        if not same:
+            return False, None, f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}"
+
+    same, method = expressions_equal(claimed, true_derivative, x_range)
+    if not same:
+        return False, method, (
+            f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(true_derivative)}"
+        )
+    return True, method, None
+
+
+def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:
+    try:
+        return curriculum.plot_interval(function, derivative) or (-3.0, 3.0)
+    except (UnsupportedFunction, TypeError, ValueError):
+        return (-3.0, 3.0)
+
+
+def expressions_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> tuple[bool, str]:
+    """(equal, method). A numeric mismatch inside x_range settles it; a numeric match is
+    confirmed symbolically when sympy can do so quickly."""
+    if a == b:
+        return True, "symbolic"
+    if not _numerically_equal(a, b, x_range):
+        return False, "numeric"
+    difference = a - b
+    if sp.count_ops(difference) <= SIMPLIFY_MAX_OPS and sp.simplify(difference) == 0:
+        return True, "symbolic"
+    return True, "numeric"
+
+
+def _numerically_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> bool:
+    lo, hi = x_range
+    compared = 0
+    for i in range(NUMERIC_POINTS):
+        # Irrational offsets keep sample points off special values like 0 and pi/2.
+        point = lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS)
+        expected, got = _value(b, point), _value(a, point)
+        if expected is None:
+            continue  # outside the true function's domain: nothing to compare
+        if got is None or abs(got - expected) > NUMERIC_TOLERANCE * max(1.0, abs(expected)):
+            return False
+        compared += 1
+    return compared >= NUMERIC_POINTS // 2
+
+
+def _value(expr: sp.Expr, point: float) -> float | None:
+    try:
+        value = complex(expr.evalf(20, subs={X: sp.Float(point, 20)}))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if not (math.isfinite(value.real) and abs(value.imag) < 1e-12):
+        return None
+    return value.real
+
+
+# --- execution -------------------------------------------------------------------------
+
+def _check_execution(code: str, scene: str, render: RenderOptions, result: CheckResult,
+                     output_dir: Path | None) -> None:
+    problem = environment.render_problem_summary()
+    if problem:
+        result.executes, result.environment_error = None, True
+        result._fail(problem)
+        return
+    with tempfile.TemporaryDirectory(prefix="derivanim-render-") as work:
+        workdir = Path(work)
+        (workdir / "scene.py").write_text(code)
+        argv = [sys.executable, "-m", "derivative_animator.render_runner", "scene.py",
+                "--scene", scene, "--quality", render.quality]
+        if render.dry_run:
+            argv.append("--dry-run")
+        if render.save_frame:
+            argv += ["--frame", "last_frame.png"]
+        outcome = run_sandboxed(argv, workdir, render.limits)
+        result.render_seconds = round(outcome.duration_s, 3)
+        result.isolation = outcome.isolation
+        if outcome.timed_out:
+            result.executes = False
+            result._fail(f"executes: timed out after {render.limits.timeout_s:g} s")
+            return
+        if outcome.returncode != 0:
+            result.executes = False
+            result._fail(f"executes: {_last_error_line(outcome.stderr, outcome.returncode)}")
+            return
+        result.executes = True
+        if output_dir is not None:
+            _collect_outputs(workdir, outcome.stdout, Path(output_dir), result)
+
+
+def _last_error_line(stderr: str, returncode: int) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line or line.startswith("sandbox:"):
+            return line[:300]
+    if returncode < 0:
+        return f"killed by signal {-returncode} (memory, CPU or file size limit)"
+    return (lines[-1][:300] if lines else f"exit code {returncode}")
+
+
+def _collect_outputs(workdir: Path, stdout: str, output_dir: Path, result: CheckResult) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return
+    for key in ("movie", "frame"):
+        produced = report.get(key)
+        if produced and (workdir / produced).is_file():
+            source = (workdir / produced).resolve()
+            if workdir.resolve() not in source.parents:
+                continue  # never copy from outside the sandbox dir
+            destination = output_dir / (f"{result.scene}{source.suffix}")
+            shutil.copyfile(source, destination)
+            setattr(result, key, str(destination))

@@ -1,0 +1,186 @@
+"""Curriculum of functions to differentiate, four levels, seeded.
+
+1 polynomials and powers (power, sum, constant multiple rules)
+2 elementary functions (trig, exp, log, roots, inverse trig, hyperbolic)
+3 products and quotients
+4 compositions (chain rule)
+
+A candidate is kept only if the rules its derivative needs put it at the intended level
+(`differentiate.level_of`), and if it is reasonable to animate: real and finite, with
+moderate values, over a plotting interval picked for it (`plot_interval`), and not
+constant.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from derivative_animator.differentiate import Step, differentiate, level_of
+from derivative_animator.parsing import X
+
+LEVELS = (1, 2, 3, 4)
+LEVEL_NAMES = {
+    1: "polynomials and powers",
+    2: "elementary functions",
+    3: "products and quotients",
+    4: "compositions (chain rule)",
+}
+
+# Plotting intervals tried in order: the first where f and f' are real, finite and
+# moderate wins. Positive intervals come after symmetric ones for log, sqrt, 1/x.
+CANDIDATE_INTERVALS = (
+    (-3, 3), (-2, 2), (0.1, 4), (0.2, 3), (-1.5, 1.5), (0.5, 4), (1, 5),
+    (-1, 1), (0.1, 2), (-0.9, 0.9), (0.1, 1), (-0.5, 0.5),
+)
+MAX_ABS_VALUE = 40.0  # |f| and |f'| on the interval: keeps the picture readable
+MIN_VARIATION = 0.2  # f must visibly change over the interval
+GRID_POINTS = 241
+
+
+@dataclass(frozen=True)
+class CurriculumFunction:
+    expr: sp.Expr
+    derivative: sp.Expr
+    steps: list[Step]
+    level: int
+    x_range: tuple[float, float]
+
+
+def analyse(expr: sp.Expr) -> CurriculumFunction | None:
+    """Differentiate and pick a plotting interval; None if it cannot be animated well."""
+    derivative, steps = differentiate(expr)
+    if derivative == 0:
+        return None
+    x_range = plot_interval(expr, derivative)
+    if x_range is None:
+        return None
+    return CurriculumFunction(expr, derivative, steps, level_of(steps), x_range)
+
+
+def plot_interval(expr: sp.Expr, derivative: sp.Expr) -> tuple[float, float] | None:
+    f = sp.lambdify(X, expr, "numpy")
+    df = sp.lambdify(X, derivative, "numpy")
+    for x_min, x_max in CANDIDATE_INTERVALS:
+        xs = np.linspace(x_min, x_max, GRID_POINTS)
+        with np.errstate(all="ignore"):
+            try:
+                ys = np.broadcast_to(np.asarray(f(xs), dtype=float), xs.shape)
+                dys = np.broadcast_to(np.asarray(df(xs), dtype=float), xs.shape)
+            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+                continue
+        if not (np.all(np.isfinite(ys)) and np.all(np.isfinite(dys))):
+            continue
+        if max(np.abs(ys).max(), np.abs(dys).max()) > MAX_ABS_VALUE:
+            continue
+        if ys.max() - ys.min() < MIN_VARIATION:
+            continue
+        return (x_min, x_max)
+    return None
+
+
+# --- random building blocks ---------------------------------------------------------
+
+def _coefficient(rng: random.Random, small: bool = False) -> int:
+    values = [1, 2, 3, -1, -2, 4, 5, -3] if small else [1, 2, 3, 4, 5, 6, 7, -1, -2, -3, -4, -5]
+    return rng.choice(values)
+
+
+def _polynomial(rng: random.Random, max_degree: int = 5) -> sp.Expr:
+    degree = rng.randint(1, max_degree)
+    n_terms = rng.randint(1, min(3, degree + 1))
+    exponents = {degree} | set(rng.sample(range(degree), n_terms - 1))
+    return sp.Add(*[_coefficient(rng) * X**e for e in sorted(exponents)])
+
+
+def _elementary(rng: random.Random) -> sp.Expr:
+    """An elementary function of plain x (no inner function)."""
+    return rng.choice([
+        sp.sin(X), sp.cos(X), sp.tan(X), sp.exp(X), sp.log(X), sp.sqrt(X),
+        X ** sp.Rational(1, 3), X ** sp.Rational(3, 2), 1 / sp.sqrt(X),
+        2**X, 3**X, sp.atan(X), sp.asin(X), sp.acos(X), sp.sinh(X), sp.cosh(X), sp.tanh(X),
+    ])
+
+
+def _simple_factor(rng: random.Random) -> sp.Expr:
+    """A factor for products and quotients: a power of x, a short polynomial, or elementary."""
+    kind = rng.random()
+    if kind < 0.35:
+        return X ** rng.randint(1, 3)
+    if kind < 0.5:
+        return X ** rng.randint(1, 2) + rng.choice([1, 2, 3, -1, -4])
+    return rng.choice([sp.sin(X), sp.cos(X), sp.exp(X), sp.log(X), sp.sqrt(X), sp.atan(X)])
+
+
+def _inner(rng: random.Random) -> sp.Expr:
+    """The inside of a composition."""
+    return rng.choice([
+        rng.choice([2, 3, -2, 4, sp.Rational(1, 2)]) * X,
+        rng.choice([2, 3, -1]) * X + rng.choice([1, -1, 2, 3]),
+        X**2, -X**2, X**2 + rng.choice([1, 2, 4]), X**3 - rng.choice([1, 2]),
+        rng.choice([1, 2]) * X**2 + X + 1,
+        sp.sin(X), sp.cos(X), sp.exp(X), sp.sqrt(X), sp.log(X),
+    ])
+
+
+def _outer(rng: random.Random, inner: sp.Expr) -> sp.Expr:
+    choice = rng.random()
+    if choice < 0.3:
+        return inner ** rng.choice([2, 3, 4, -1, sp.Rational(1, 2)])
+    return rng.choice([sp.sin, sp.cos, sp.exp, sp.log, sp.sqrt, sp.atan, sp.tan])(inner)
+
+
+def candidate(level: int, rng: random.Random) -> sp.Expr:
+    """One random function meant for `level` (the caller checks it really is)."""
+    if level == 1:
+        kind = rng.random()
+        if kind < 0.6:
+            return _polynomial(rng)
+        if kind < 0.8:
+            return _coefficient(rng, small=True) * X ** rng.randint(2, 7)
+        negative = _coefficient(rng, small=True) * X ** -rng.randint(1, 3)
+        return negative + rng.choice([0, _coefficient(rng) * X ** rng.randint(1, 2), rng.randint(1, 5)])
+    if level == 2:
+        base = _coefficient(rng, small=True) * _elementary(rng)
+        kind = rng.random()
+        if kind < 0.4:
+            return base
+        if kind < 0.75:
+            return base + _coefficient(rng) * X ** rng.randint(0, 2)
+        return base + _coefficient(rng, small=True) * _elementary(rng)
+    if level == 3:
+        u, v = _simple_factor(rng), _simple_factor(rng)
+        product = u * v if rng.random() < 0.55 else u / v
+        return product * (rng.choice([1, 1, 1, 2, -1, 3]))
+    if level == 4:
+        inner = _inner(rng)
+        if rng.random() < 0.12:  # a second layer now and then
+            inner = _outer(rng, inner)
+        return _coefficient(rng, small=True) * _outer(rng, inner)
+    raise ValueError(f"unknown curriculum level {level}; levels are {LEVELS}")
+
+
+def sample_level(level: int, rng: random.Random, seen: set[str], max_tries: int = 2000):
+    """A new function at exactly `level` that can be animated, never one in `seen`."""
+    for _ in range(max_tries):
+        expr = candidate(level, rng)
+        key = canonical_key(expr)
+        if key in seen or not expr.has(X):
+            continue
+        analysed = analyse(expr)
+        if analysed is None or analysed.level != level:
+            continue
+        seen.add(key)
+        return analysed
+    raise RuntimeError(
+        f"could not find a new level-{level} function after {max_tries} tries; "
+        "the requested dataset may be larger than the curriculum's variety"
+    )
+
+
+def canonical_key(expr: sp.Expr) -> str:
+    """Identity of a function across splits: sympy's canonical form."""
+    return sp.srepr(sp.expand(expr))

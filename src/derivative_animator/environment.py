@@ -1,0 +1,40 @@
+"""What rendering needs from the machine, and the fix when it is missing.
+
+A scene that fails because LaTeX or cairo is missing says nothing about the code, so
+checkers report these as environment failures, and `make doctor` lists them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from functools import cache
+
+APT_PACKAGES = (
+    "libcairo2-dev libpango1.0-dev pkg-config texlive-latex-base texlive-latex-recommended "
+    "texlive-latex-extra texlive-fonts-recommended dvisvgm bubblewrap"
+)
+FIX = f"run `make setup` (or: sudo apt-get install --no-install-recommends {APT_PACKAGES})"
+
+
+@cache
+def render_problems() -> tuple[str, ...]:
+    """Missing pieces Manim needs to render a scene with MathTex; empty when all is there."""
+    problems = []
+    for program in ("latex", "dvisvgm"):
+        if shutil.which(program) is None:
+            problems.append(f"{program} not found on PATH")
+    if shutil.which("kpsewhich"):
+        found = subprocess.run(["kpsewhich", "standalone.cls"], capture_output=True, text=True)
+        if not found.stdout.strip():
+            problems.append("LaTeX package standalone.cls missing (texlive-latex-extra)")
+    for module in ("cairo", "manimpango", "manim"):
+        if importlib.util.find_spec(module) is None:
+            problems.append(f"Python module {module} not importable")
+    return tuple(problems)
+
+
+def render_problem_summary() -> str | None:
+    problems = render_problems()
+    return f"environment: {'; '.join(problems)}; {FIX}" if problems else None

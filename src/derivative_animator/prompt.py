@@ -1,0 +1,95 @@
+"""The one place prompts are formatted, for training and for inference alike.
+
+A model trained on one prompt format and queried with another writes gibberish. Here
+both sides call `PromptFormat.format`, the format's text and hash travel with every
+dataset and checkpoint, and inference refuses a checkpoint whose format differs.
+
+The function goes into the prompt in its canonical notation (`notation.typed` of the
+parsed input), so `sin x cos x`, `sin(x)*cos(x)` and `sin(x)cos(x)` all give the very
+prompt the model saw in training for that function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from derivative_animator import notation
+from derivative_animator.parsing import parse_function
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n"
+    "Generate Manim animation code for the derivative of: f(x) = {function}\n\n"
+    "### Response:\n"
+)
+# Bump when `notation.typed` changes what it prints: it is part of the prompt's bytes.
+NOTATION_VERSION = "typed-v1"
+FILENAME = "prompt_format.json"
+
+
+class PromptFormatError(ValueError):
+    """A stored prompt format is missing, malformed, or not the one this code uses."""
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    name: str
+    template: str
+    notation: str = NOTATION_VERSION
+
+    def __post_init__(self):
+        if self.template.count("{function}") != 1:
+            raise PromptFormatError("a prompt template needs exactly one {function} placeholder")
+
+    @property
+    def sha256(self) -> str:
+        payload = json.dumps({"template": self.template, "notation": self.notation}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def format(self, function: str) -> str:
+        """The prompt for a function as a person typed it (raises ParseError on bad input)."""
+        canonical = notation.typed(parse_function(function))
+        return self.template.replace("{function}", canonical)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sha256": self.sha256}
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / FILENAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PromptFormat":
+        path = Path(directory) / FILENAME
+        if not path.is_file():
+            raise PromptFormatError(f"{path} is missing: this checkpoint carries no prompt format")
+        try:
+            data = json.loads(path.read_text())
+            stored = cls(name=data["name"], template=data["template"], notation=data["notation"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise PromptFormatError(f"{path} is not a valid prompt format file ({err})") from None
+        if data.get("sha256") != stored.sha256:
+            raise PromptFormatError(f"{path}: stored hash does not match its template")
+        return stored
+
+
+DEFAULT_FORMAT = PromptFormat(name="alpaca", template=ALPACA_TEMPLATE)
+
+
+def build_prompt(function: str, prompt_format: PromptFormat = DEFAULT_FORMAT) -> str:
+    return prompt_format.format(function)
+
+
+def require_same(stored: PromptFormat, current: PromptFormat = DEFAULT_FORMAT) -> None:
+    """Refuse to query a model with a prompt format other than the one it was trained on."""
+    if stored.sha256 != current.sha256:
+        raise PromptFormatError(
+            f"the checkpoint was trained with prompt format '{stored.name}' "
+            f"({stored.sha256[:12]}), but this code formats prompts as '{current.name}' "
+            f"({current.sha256[:12]}); pass --allow-prompt-mismatch to use the checkpoint's own"
+        )

@@ -1,0 +1,118 @@
+"""Render one scene file with Manim: the program that runs inside the sandbox.
+
+    python -m derivative_animator.render_runner SCENE.py [--scene NAME] [--quality l]
+        [--dry-run] [--frame PNG]
+
+It imports only Manim and the scene file, installs an audit hook that refuses writes
+outside the working directory, sockets and subprocesses other than LaTeX, renders, and
+prints one JSON line: {"scene": ..., "movie": ..., "frame": ...}. On failure it prints
+the traceback to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ALLOWED_PROGRAMS = {"latex", "pdflatex", "xelatex", "lualatex", "dvisvgm", "dvips"}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def _install_guard(root: Path) -> None:
+    root_text = str(root.resolve())
+
+    def inside(path) -> bool:
+        try:
+            resolved = os.path.realpath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return False
+        return resolved == root_text or resolved.startswith(root_text + os.sep) or resolved == "/dev/null"
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & _WRITE_FLAGS
+            )
+            if writing and path is not None and not isinstance(path, int) and not inside(path):
+                raise PermissionError(f"sandbox: writing outside the working directory: {path}")
+        elif event in ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree",
+                       "os.chmod", "os.symlink", "os.link", "os.truncate"):
+            if args and not inside(args[0]):
+                raise PermissionError(f"sandbox: {event} outside the working directory: {args[0]}")
+        elif event == "socket.connect" or event == "socket.bind":
+            raise PermissionError("sandbox: network access is not allowed")
+        elif event in ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty"):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        elif event == "subprocess.Popen":
+            program = os.path.basename(os.fsdecode(args[0])) if args and args[0] else ""
+            if program not in ALLOWED_PROGRAMS:
+                raise PermissionError(f"sandbox: starting {program or 'a program'} is not allowed")
+
+    sys.addaudithook(hook)
+
+
+def _load_scene_class(path: Path, name: str | None):
+    from manim import Scene
+
+    spec = importlib.util.spec_from_file_location("generated_scene", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scenes = [
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Scene) and obj.__module__ == module.__name__
+    ]
+    if name:
+        scenes = [s for s in scenes if s.__name__ == name]
+    if not scenes:
+        raise LookupError(f"no Scene subclass{' named ' + name if name else ''} in {path.name}")
+    return scenes[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scene_file", type=Path)
+    parser.add_argument("--scene")
+    parser.add_argument("--quality", default="l", choices=list("lmhk"))
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--frame", type=Path, help="save the last frame as PNG here")
+    parser.add_argument("--media-dir", type=Path, default=Path("media"))
+    args = parser.parse_args(argv)
+
+    workdir = Path.cwd()
+    # Import what Manim needs before the guard, so library start-up is not mistaken
+    # for the scene's own doing.
+    import manim  # noqa: F401
+    from manim import config, tempconfig
+
+    _install_guard(workdir)
+    quality = {"l": "low_quality", "m": "medium_quality", "h": "high_quality", "k": "fourk_quality"}
+    settings = {
+        "quality": quality[args.quality],
+        "media_dir": str(args.media_dir.resolve()),
+        "dry_run": args.dry_run,
+        "disable_caching": True,
+        "progress_bar": "none",
+        "verbosity": "WARNING",
+    }
+    scene_class = _load_scene_class(args.scene_file.resolve(), args.scene)
+    with tempconfig(settings):
+        scene = scene_class()
+        scene.render()
+        movie = None if args.dry_run else str(scene.renderer.file_writer.movie_file_path)
+        if args.frame is not None:
+            from PIL import Image
+
+            Image.fromarray(scene.renderer.get_frame()).save(args.frame)
+    result = {"scene": scene_class.__name__, "movie": movie,
+              "frame": str(args.frame) if args.frame else None}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
