@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from derivative_animator import notation
 from derivative_animator.differentiate import Step, differentiate, level_of
-from derivative_animator.parsing import X
+from derivative_animator.parsing import X, parse_function
 
 LEVELS = (1, 2, 3, 4)
 LEVEL_NAMES = {
@@ -38,7 +39,7 @@ CANDIDATE_INTERVALS = (
 )
 MAX_ABS_VALUE = 40.0  # |f| and |f'| on the interval: keeps the picture readable
 MIN_VARIATION = 0.2  # f must visibly change over the interval
-GRID_POINTS = 241
+GRID_POINTS = 1201
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def plot_interval(expr: sp.Expr, derivative: sp.Expr) -> tuple[float, float] | N
     f = sp.lambdify(X, expr, "numpy")
     df = sp.lambdify(X, derivative, "numpy")
     for x_min, x_max in CANDIDATE_INTERVALS:
-        xs = np.linspace(x_min, x_max, GRID_POINTS)
+        xs = _grid(x_min, x_max)
         with np.errstate(all="ignore"):
             try:
                 ys = np.broadcast_to(np.asarray(f(xs), dtype=float), xs.shape)
@@ -80,6 +81,14 @@ def plot_interval(expr: sp.Expr, derivative: sp.Expr) -> tuple[float, float] | N
             continue
         return (x_min, x_max)
     return None
+
+
+def _grid(x_min: float, x_max: float) -> np.ndarray:
+    """A fine grid plus the simple points where poles and 0/0 of our functions sit
+    (multiples of 1/4 and of pi/4), so none slips between grid points."""
+    simple = np.concatenate([np.arange(-20, 21) / 4, np.arange(-8, 9) * np.pi / 4])
+    inside = simple[(simple >= x_min) & (simple <= x_max)]
+    return np.union1d(np.linspace(x_min, x_max, GRID_POINTS), inside)
 
 
 # --- random building blocks ---------------------------------------------------------
@@ -166,7 +175,8 @@ def candidate(level: int, rng: random.Random) -> sp.Expr:
 def sample_level(level: int, rng: random.Random, seen: set[str], max_tries: int = 2000):
     """A new function at exactly `level` that can be animated, never one in `seen`."""
     for _ in range(max_tries):
-        expr = candidate(level, rng)
+        # Keep the form a user gets by typing the function: the parser's, not the builder's.
+        expr = parse_function(notation.typed(candidate(level, rng)))
         key = canonical_key(expr)
         if key in seen or not expr.has(X):
             continue

@@ -12,10 +12,12 @@ The curriculum level of a function is defined by the rules its derivative needs
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sympy as sp
 
+from derivative_animator import notation
 from derivative_animator.parsing import X
 
 # Rule names, as shown in the animations. The number is the curriculum level that
@@ -66,14 +68,19 @@ class Step:
     rule: str
     expr: sp.Expr
     derivative: sp.Expr
+    # The rule applied literally, as Python/sympy code built from the parts' own worked
+    # derivatives: `3*4*x**3`, `2*x*sp.sin(x) + x**2*sp.cos(x)`, `sp.cos(x**2)*2*x`.
+    # Python does the arithmetic when the scene runs; a model only has to apply rules
+    # and copy, which is what small models can learn.
+    worked: str
 
 
 def differentiate(expr: sp.Expr) -> tuple[sp.Expr, list[Step]]:
     """Return d/dx expr and the rule applications that produce it, children first."""
     steps: list[Step] = []
-    derivative = _diff(sp.sympify(expr), steps)
+    derivative, _ = _diff(sp.sympify(expr), steps)
     if not steps:  # a constant: still say which rule gave 0
-        steps.append(Step("constant rule", expr, sp.Integer(0)))
+        steps.append(Step("constant rule", expr, sp.Integer(0), "0"))
     return derivative, steps
 
 
@@ -82,19 +89,105 @@ def level_of(steps: list[Step]) -> int:
     return max(RULE_LEVEL[step.rule] for step in steps)
 
 
-def _record(steps: list[Step], rule: str, expr: sp.Expr, derivative: sp.Expr) -> sp.Expr:
-    steps.append(Step(rule, expr, derivative))
-    return derivative
+# --- worked forms: composing code text with just enough parentheses ------------------
+
+def _top_level_operators(text: str) -> set[str]:
+    depth, found = 0, set()
+    for i, char in enumerate(text):
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif depth == 0 and char in "+-" and i > 0 and text[i - 1] not in "*/(e":
+            found.add(char)
+        elif depth == 0 and char == "/":
+            found.add("/")
+    return found
 
 
-def _diff(expr: sp.Expr, steps: list[Step]) -> sp.Expr:
+def _is_sum(text: str) -> bool:
+    return bool(_top_level_operators(text) & {"+", "-"})
+
+
+def _factor(text: str) -> str:
+    """Text usable as a later factor of a product."""
+    return f"({text})" if text.startswith("-") or _is_sum(text) else text
+
+
+def _is_atom(text: str) -> bool:
+    """A name, a number or one call like `sp.cos(x**2)`: safe as a power's base."""
+    if re.fullmatch(r"[\w.]+", text):
+        return True
+    match = re.fullmatch(r"[\w.]+\((.*)\)", text)
+    return bool(match) and _balanced(match.group(1))
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _power_base(text: str) -> str:
+    return text if _is_atom(text) else f"({text})"
+
+
+def _times(*parts: str) -> str:
+    """Product of worked texts, dropping factors of 1."""
+    kept = [p for p in parts if p != "1"]
+    if "0" in kept:
+        return "0"
+    if not kept:
+        return "1"
+    sign = ""
+    if kept[0] == "-1" and len(kept) > 1:
+        sign, kept = "-", kept[1:]
+    first = _factor(kept[0]) if sign or _is_sum(kept[0]) else kept[0]
+    return sign + "*".join([first] + [_factor(p) for p in kept[1:]])
+
+
+def _negate(text: str) -> str:
+    if text == "0":
+        return "0"
+    if text.startswith("-") and not _is_sum(text[1:]):
+        return text[1:]
+    return "-" + _factor(text)
+
+
+def _plus(parts: list[str]) -> str:
+    """Sum of worked texts, writing `a - b` rather than `a + -b`."""
+    kept = [p for p in parts if p != "0"]
+    if not kept:
+        return "0"
+    text = kept[0]
+    for part in kept[1:]:
+        if part.startswith("-") and not _is_sum(part[1:]):
+            text += " - " + part[1:]
+        else:
+            text += " + " + part
+    return text
+
+
+def _record(steps, rule, expr, derivative, worked) -> tuple[sp.Expr, str]:
+    steps.append(Step(rule, expr, derivative, worked))
+    return derivative, worked
+
+
+# --- the rules ----------------------------------------------------------------------
+
+def _diff(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     if not expr.has(X):
-        return sp.Integer(0)  # constants inside a bigger expression need no step of their own
+        return sp.Integer(0), "0"  # constants inside a bigger expression need no step
     if expr == X:
-        return _record(steps, "power rule", expr, sp.Integer(1))
+        return _record(steps, "power rule", expr, sp.Integer(1), "1")
     if expr.is_Add:
-        parts = [_diff(term, steps) for term in expr.args]
-        return _record(steps, "sum rule", expr, sp.Add(*parts))
+        # Terms in printing order, so the worked form reads like the function.
+        parts = [_diff(term, steps) for term in expr.as_ordered_terms()]
+        return _record(steps, "sum rule", expr, sp.Add(*[d for d, _ in parts]),
+                       _plus([w for _, w in parts]))
     if expr.is_Mul:
         return _diff_mul(expr, steps)
     if expr.is_Pow:
@@ -103,19 +196,21 @@ def _diff(expr: sp.Expr, steps: list[Step]) -> sp.Expr:
         rule, outer = _OUTER_DERIVATIVE[expr.func]
         (inner,) = expr.args
         if inner == X:
-            return _record(steps, rule, expr, outer(X))
-        inner_derivative = _diff(inner, steps)
-        return _record(steps, "chain rule", expr, outer(inner) * inner_derivative)
+            return _record(steps, rule, expr, outer(X), notation.code(outer(X)))
+        d_inner, w_inner = _diff(inner, steps)
+        return _record(steps, "chain rule", expr, outer(inner) * d_inner,
+                       _times(notation.code(outer(inner)), w_inner))
     raise UnsupportedFunction(f"no differentiation rule for {expr.func.__name__}")
 
 
-def _diff_mul(expr: sp.Expr, steps: list[Step]) -> sp.Expr:
+def _diff_mul(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     coefficient, rest = expr.as_independent(X, as_Add=False)
     if coefficient != 1:
-        inner = _diff(rest, steps)
-        return _record(steps, "constant multiple rule", expr, coefficient * inner)
+        d_rest, w_rest = _diff(rest, steps)
+        return _record(steps, "constant multiple rule", expr, coefficient * d_rest,
+                       _times(notation.code(coefficient), w_rest))
     numerator, denominator = [], []
-    for factor in rest.args:
+    for factor in rest.as_ordered_factors():
         base, exponent = factor.as_base_exp()
         if exponent.is_number and exponent.is_negative:
             denominator.append(base ** (-exponent))
@@ -123,32 +218,49 @@ def _diff_mul(expr: sp.Expr, steps: list[Step]) -> sp.Expr:
             numerator.append(factor)
     if denominator and numerator:
         top, bottom = sp.Mul(*numerator), sp.Mul(*denominator)
-        d_top, d_bottom = _diff(top, steps), _diff(bottom, steps)
+        (d_top, w_top), (d_bottom, w_bottom) = _diff(top, steps), _diff(bottom, steps)
         quotient = (d_top * bottom - top * d_bottom) / bottom**2
-        return _record(steps, "quotient rule", expr, quotient)
+        top_code, bottom_code = notation.code(top), notation.code(bottom)
+        numerator_text = _plus([_times(w_top, bottom_code), _negate(_times(top_code, w_bottom))])
+        worked = f"({numerator_text})/{_power_base(bottom_code)}**2"
+        return _record(steps, "quotient rule", expr, quotient, worked)
     # Product rule over all factors: sum of (one factor differentiated) * (the others).
-    factors = list(rest.args)
-    derivatives = [_diff(factor, steps) for factor in factors]
-    terms = [
-        derivatives[i] * sp.Mul(*(factors[:i] + factors[i + 1 :])) for i in range(len(factors))
-    ]
-    return _record(steps, "product rule", expr, sp.Add(*terms))
+    factors = numerator
+    parts = [_diff(factor, steps) for factor in factors]
+    derivative = sp.Add(*[d * sp.Mul(*(factors[:i] + factors[i + 1:])) for i, (d, _) in enumerate(parts)])
+    worked = _plus([_times(w, *[notation.code(f) for f in factors[:i] + factors[i + 1:]])
+                    for i, (_, w) in enumerate(parts)])
+    return _record(steps, "product rule", expr, derivative, worked)
 
 
-def _diff_pow(expr: sp.Expr, steps: list[Step]) -> sp.Expr:
+def _diff_pow(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     base, exponent = expr.args
     if not exponent.has(X):
         rule = "power rule" if exponent.is_integer else "root rule"
         outer = exponent * base ** (exponent - 1)
         if base == X:
-            return _record(steps, rule, expr, outer)
-        return _record(steps, "chain rule", expr, outer * _diff(base, steps))
+            return _record(steps, rule, expr, outer, notation.code(outer))
+        d_base, w_base = _diff(base, steps)
+        # Written out (n*u**(n-1)) because sympy would distribute 2*(2*x + 1) into 4*x + 2.
+        reduced = exponent - 1
+        power = notation.code(reduced) if reduced.is_Integer and reduced > 0 else f"({notation.code(reduced)})"
+        base_code = _power_base(notation.code(base))
+        outer_text = base_code if reduced == 1 else f"{base_code}**{power}"
+        outer_text = outer_text if reduced != 0 else "1"
+        return _record(steps, "chain rule", expr, outer * d_base,
+                       _times(notation.code(exponent), outer_text, w_base))
     if not base.has(X):  # a^u = e^(u ln a)
         outer = expr * sp.log(base)
         if exponent == X:
-            return _record(steps, "exponential rule", expr, outer)
-        return _record(steps, "chain rule", expr, outer * _diff(exponent, steps))
-    # u^v with both depending on x: d/dx e^(v ln u).
-    d_base, d_exponent = _diff(base, steps), _diff(exponent, steps)
+            return _record(steps, "exponential rule", expr, outer, notation.code(outer))
+        d_exponent, w_exponent = _diff(exponent, steps)
+        return _record(steps, "chain rule", expr, outer * d_exponent,
+                       _times(notation.code(outer), w_exponent))
+    # u^v with both depending on x: d/dx e^(v ln u) = u^v (v' ln u + v u'/u).
+    (d_base, w_base), (d_exponent, w_exponent) = _diff(base, steps), _diff(exponent, steps)
     derivative = expr * (d_exponent * sp.log(base) + exponent * d_base / base)
-    return _record(steps, "logarithmic differentiation", expr, derivative)
+    base_code = notation.code(base)
+    inside = _plus([_times(w_exponent, f"sp.log({base_code})"),
+                    f"{_times(notation.code(exponent), w_base)}/{_power_base(base_code)}"])
+    return _record(steps, "logarithmic differentiation", expr, derivative,
+                   _times(notation.code(expr), f"({inside})"))

@@ -64,7 +64,8 @@ class _TypedPrinter(StrPrinter):
                         (expr.is_Pow and not text.startswith("1/"))) else f"({text})"
 
     def _print_Mul(self, expr):
-        coefficient, factors = expr.as_coeff_mul()
+        coefficient, _ = expr.as_coeff_mul()
+        factors = [f for f in expr.as_ordered_factors() if not f.is_Number]  # printing order
         sign = "-" if coefficient < 0 else ""
         coefficient = abs(coefficient)
         numerator, denominator = [], []
@@ -119,7 +120,10 @@ class _CodePrinter(StrPrinter):
             return f"sp.sqrt({self._print(base)})"
         if exponent == -sp.S.Half:
             return f"1/sp.sqrt({self._print(base)})"
-        base_text = self.parenthesize(base, PRECEDENCE["Pow"], strict=True)
+        base_text = self._print(base)
+        if not (base.is_Symbol or (base.is_Integer and base > 0) or isinstance(base, sp.Function)
+                or base in (sp.E, sp.pi)):
+            base_text = f"({base_text})"
         if exponent.is_Rational and not exponent.is_Integer:
             return f"{base_text}**{self._print(exponent)}"
         if exponent.is_Integer:
@@ -190,9 +194,8 @@ class _Reader(ast.NodeVisitor):
         raise CodeExpressionError(f"unknown name {node.id!r}")
 
     def visit_Attribute(self, node):
-        if isinstance(node.value, ast.Name) and node.value.id in _MODULES:
-            if node.attr in _CODE_CONSTANTS:
-                return _CODE_CONSTANTS[node.attr]
+        if isinstance(node.value, ast.Name) and node.value.id in _MODULES and node.attr in _CODE_CONSTANTS:
+            return _CODE_CONSTANTS[node.attr]
         raise CodeExpressionError(f"unsupported attribute {ast.unparse(node)!r}")
 
     def visit_UnaryOp(self, node):

@@ -64,7 +64,7 @@ class PromptFormat:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PromptFormat":
+    def load(cls, directory: str | Path) -> PromptFormat:
         path = Path(directory) / FILENAME
         if not path.is_file():
             raise PromptFormatError(f"{path} is missing: this checkpoint carries no prompt format")
@@ -93,3 +93,9 @@ def require_same(stored: PromptFormat, current: PromptFormat = DEFAULT_FORMAT) -
             f"({stored.sha256[:12]}), but this code formats prompts as '{current.name}' "
             f"({current.sha256[:12]}); pass --allow-prompt-mismatch to use the checkpoint's own"
         )
+
+
+def encode_prompt(tokenizer, prompt_text: str) -> list[int]:
+    """Token ids of a prompt, special tokens (a BOS, where the tokenizer has one) included.
+    Training and inference both call this, so the model sees the same ids either way."""
+    return tokenizer(prompt_text, add_special_tokens=True)["input_ids"]

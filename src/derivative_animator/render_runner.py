@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     # Import what Manim needs before the guard, so library start-up is not mistaken
     # for the scene's own doing.
     import manim  # noqa: F401
-    from manim import config, tempconfig
+    from manim import tempconfig
 
     _install_guard(workdir)
     quality = {"l": "low_quality", "m": "medium_quality", "h": "high_quality", "k": "fourk_quality"}

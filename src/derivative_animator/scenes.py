@@ -2,7 +2,9 @@
 
 Every scene starts with the same header: the function and its derivative as exact
 sympy expressions (`f_expr`, `df_expr`: the one place the derivative lives, which the
-math check reads), the rule steps as a scratchpad, and the plotting interval. What is
+math check reads), the rule steps as a scratchpad (each derivative written as its rule
+applied to the parts' derivatives, `3*4*x**3`, so a model copies rather than does
+arithmetic), and the plotting interval. What is
 drawn on screen (formulas, curves, slopes) is derived from those at run time, so a scene
 cannot show one derivative and plot another. Current Manim Community API only.
 
@@ -36,6 +38,7 @@ x = sp.Symbol("x")
 f_expr = $f_code
 
 # Differentiate one rule at a time: (rule, expression, its derivative).
+# Each derivative applies its rule to the parts above; Python does the arithmetic.
 steps = [
 $steps]
 df_expr = $df_code
@@ -176,9 +179,8 @@ class RuleStepsScene(Scene):
 
 
 def _step_line(step: Step) -> str:
-    return (
-        f'    ("{step.rule}", {notation.code(step.expr)}, {notation.code(step.derivative)}),\n'
-    )
+    return f'    ("{step.rule}", {notation.code(step.expr)}, {step.worked}),\n'
+
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:
@@ -200,7 +202,7 @@ def scene_code(
         typed=notation.typed(expr),
         f_code=notation.code(expr),
         steps="".join(_step_line(step) for step in shown_steps(steps)),
-        df_code=notation.code(derivative),
+        df_code=steps[-1].worked,  # the whole function's step: the derivative, worked out
         x_min=_number(x_range[0]),
         x_max=_number(x_range[1]),
     )

@@ -1,0 +1,244 @@
+"""The embedded default model: a small Llama-architecture code LM built on this machine.
+
+No model hub is needed. `build_base(config)`:
+1. collects real Python source installed here (Manim's and parts of sympy's own code),
+   in a fixed order;
+2. trains a byte-level BPE tokenizer on it, digits kept apart (a model sees 12 as 1, 2:
+   easier to copy and to compute with);
+3. pretrains a LlamaForCausalLM on that corpus for a fixed number of steps (bf16
+   autocast on CPU), seeded, so the same config gives the same model;
+4. saves model and tokenizer with `save_pretrained` under `outputs/base/<name>`, so
+   LoRA then fine-tunes it exactly as it would DeepSeek-Coder, through `from_pretrained`.
+
+A build is cached: a directory whose `build_info.json` carries the same config hash is
+reused as it is.
+
+    python -m derivative_animator.base_model            # make base
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from derivative_animator import paths
+
+BUILD_INFO = "build_info.json"
+EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """How to build the embedded model. Validated on construction."""
+
+    output_dir: str = "outputs/base/tiny"
+    corpus_packages: tuple[str, ...] = ("manim", "sympy.core", "sympy.functions", "sympy.printing",
+                                        "sympy.simplify", "sympy.calculus", "sympy.plotting")
+    corpus_max_chars: int = 8_000_000
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 2048
+    seq_len: int = 512
+    batch_size: int = 16
+    steps: int = 300
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    seed: int = 0
+    bf16: bool = True
+    threads: int = 0  # 0: torch's default
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError("model.build.hidden_size must be a multiple of model.build.num_heads")
+        if min(self.vocab_size, self.hidden_size, self.num_layers, self.steps, self.seq_len) <= 0:
+            raise ValueError("model.build sizes and steps must be positive")
+        if self.seq_len > self.max_position_embeddings:
+            raise ValueError("model.build.seq_len cannot exceed max_position_embeddings")
+
+    @property
+    def sha256(self) -> str:
+        content = {k: v for k, v in asdict(self).items() if k not in ("output_dir", "threads")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class BuildReport:
+    output_dir: str
+    cached: bool
+    seconds: float = 0.0
+    corpus_files: int = 0
+    corpus_chars: int = 0
+    corpus_tokens: int = 0
+    parameters: int = 0
+    first_loss: float | None = None
+    final_loss: float | None = None
+    tokens_per_second: float | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+def collect_corpus(packages: tuple[str, ...], max_chars: int) -> list[tuple[str, str]]:
+    """(relative path, text) of the packages' .py files in sorted order, tests left out."""
+    files: list[tuple[str, str]] = []
+    total = 0
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"corpus package {package!r} is not installed; remove it from model.build.corpus_packages")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(root.rglob("*.py")):
+            if "tests" in path.parts or "test_" in path.name:
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if total + len(text) > max_chars:
+                return files
+            files.append((f"{package}/{path.relative_to(root)}", text))
+            total += len(text)
+    return files
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE on the corpus; digits split one by one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN, model_max_length=2048)
+
+
+def make_model(config: BaseModelConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(model_config)
+
+
+def _batches(tokens: torch.Tensor, config: BaseModelConfig, generator: torch.Generator):
+    """Random windows of seq_len tokens from the packed corpus, forever."""
+    n_windows = (len(tokens) - 1) // config.seq_len
+    while True:
+        order = torch.randperm(n_windows, generator=generator)
+        for start in range(0, n_windows - config.batch_size + 1, config.batch_size):
+            index = order[start:start + config.batch_size] * config.seq_len
+            yield torch.stack([tokens[i:i + config.seq_len] for i in index.tolist()])
+
+
+def build_base(config: BaseModelConfig, force: bool = False) -> BuildReport:
+    from rich.progress import Progress
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = paths.resolve(config.output_dir)
+    info_path = out / BUILD_INFO
+    if not force and info_path.is_file() and json.loads(info_path.read_text()).get("config_sha256") == config.sha256:
+        return BuildReport(output_dir=str(out), cached=True)
+
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    corpus = collect_corpus(config.corpus_packages, config.corpus_max_chars)
+    texts = [text for _, text in corpus]
+    tokenizer = train_tokenizer(texts, config.vocab_size)
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    tokens = torch.tensor(ids, dtype=torch.long)
+    if len(tokens) < config.seq_len * config.batch_size + 1:
+        raise ValueError("the corpus is too small for one batch; add corpus packages")
+
+    model = make_model(config, tokenizer)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = _batches(tokens, config, generator)
+    report = BuildReport(output_dir=str(out), cached=False, corpus_files=len(corpus),
+                         corpus_chars=sum(map(len, texts)), corpus_tokens=len(tokens),
+                         parameters=sum(p.numel() for p in model.parameters()))
+    train_start = time.perf_counter()
+    with Progress() as progress:
+        task = progress.add_task("pretraining the base model", total=config.steps)
+        for step in range(config.steps):
+            batch = next(batches)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss = model(input_ids=batch, labels=batch).loss
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"base model loss became {loss.item()} at step {step}; lower model.build.lr")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            report.losses.append(round(loss.item(), 4))
+            progress.update(task, advance=1, description=f"pretraining the base model (loss {loss.item():.3f})")
+    elapsed = time.perf_counter() - train_start
+    report.first_loss, report.final_loss = report.losses[0], sum(report.losses[-10:]) / min(10, len(report.losses))
+    report.tokens_per_second = round(config.steps * config.batch_size * config.seq_len / elapsed, 1)
+    report.seconds = round(time.perf_counter() - start, 1)
+
+    staging = out.with_name(f".{out.name}-building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    info = {"config": asdict(config), "config_sha256": config.sha256, **asdict(report),
+            "corpus": [name for name, _ in corpus]}
+    (staging / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return report
+
+
+def main(cfg) -> int:
+    from rich.console import Console
+
+    config = BaseModelConfig(**cfg.model.build)
+    report = build_base(config, force=cfg.get("force", False))
+    console = Console(stderr=True)
+    if report.cached:
+        console.print(f"base model up to date: {report.output_dir}")
+    else:
+        console.print(
+            f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
+            f"{report.corpus_files} files / {report.corpus_tokens} tokens of Python, loss "
+            f"{report.first_loss:.2f} -> {report.final_loss:.2f}, {report.tokens_per_second:.0f} tokens/s, "
+            f"{report.seconds:.0f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    from derivative_animator.cli_support import hydra_entry
+
+    sys.exit(hydra_entry(main, "base"))

@@ -1,0 +1,144 @@
+"""Tokenized (prompt, scene) pairs for causal-LM fine-tuning.
+
+Each example is `prompt tokens + completion tokens + EOS`, the prompt coming from the
+prompt module (`prompt.encode_prompt`, the very call inference makes). Labels are -100 on
+the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning script.
+Batches are drawn from length-sorted buckets so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from derivative_animator import dataset, paths
+from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
+
+IGNORE_INDEX = -100
+
+
+def encode_example(tokenizer, prompt_text: str, completion: str) -> dict[str, list[int]]:
+    prompt_ids = encode_prompt(tokenizer, prompt_text)
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": prompt_ids + completion_ids,
+            "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
+
+
+class TokenizedSplit(Dataset):
+    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat):
+        self.examples = []
+        for record in records:
+            # The prompt is re-made by the prompt module, never read back from the file.
+            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion)
+            if len(example["input_ids"]) > max_length:
+                raise ValueError(
+                    f"sample {record.id} is {len(example['input_ids'])} tokens, over model.max_length="
+                    f"{max_length}; raise model.max_length or use shorter scenes"
+                )
+            self.examples.append(example)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.examples[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e["input_ids"]) for e in self.examples]
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffle, cut into buckets, sort each bucket by length, batch, shuffle the batches.
+    Seeded by epoch, so runs repeat and resumed runs see the same order."""
+
+    def __init__(self, lengths: list[int], batch_size: int, bucket_size: int, shuffle: bool, seed: int):
+        self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
+        self.bucket_size = max(bucket_size, batch_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.bucket_size):
+            bucket = sorted(order[start:start + self.bucket_size], key=lambda i: self.lengths[i])
+            batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.bucket_size, self.batch_size)
+        per_bucket = full + (1 if rest else 0)
+        buckets, last = divmod(len(self.lengths), self.bucket_size)
+        return buckets * per_bucket + -(-last // self.batch_size)
+
+
+def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        input_ids[row, :n] = torch.tensor(example["input_ids"])
+        labels[row, :n] = torch.tensor(example["labels"])
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
+    """Fraction of the batch tensors' positions that are padding."""
+    real = sum(lengths[i] for batch in batches for i in batch)
+    total = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+    return 1 - real / total if total else 0.0
+
+
+class DerivativeDataModule(pl.LightningDataModule):
+    def __init__(self, data_dir: str, tokenizer, micro_batch_size: int = 4, max_length: int = 2048,
+                 bucket_size: int = 64, num_workers: int = 0, seed: int = 42,
+                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT):
+        super().__init__()
+        self.data_dir, self.tokenizer = data_dir, tokenizer
+        self.micro_batch_size, self.max_length = micro_batch_size, max_length
+        self.bucket_size, self.num_workers, self.seed = bucket_size, num_workers, seed
+        self.limit_train_samples, self.prompt_format = limit_train_samples, prompt_format
+        self.splits: dict[str, TokenizedSplit] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        directory = paths.resolve(self.data_dir)
+        # Refuse a dataset whose prompts were made with another format.
+        require_same(PromptFormat.load(directory), self.prompt_format)
+        for split in ("train", "validation", "test"):
+            records = dataset.read_split(directory, split)
+            if split == "train" and self.limit_train_samples:
+                records = records[: self.limit_train_samples]
+            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.splits[split]
+        sampler = BucketBatchSampler(data.lengths, self.micro_batch_size, self.bucket_size, shuffle, self.seed)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=lambda examples: collate(examples, pad_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

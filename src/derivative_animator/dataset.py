@@ -1,0 +1,358 @@
+"""The dataset: its schema, how it is built, split, described, imported and validated.
+
+    python -m derivative_animator.dataset                       # make data
+    python -m derivative_animator.dataset validate=true         # ... and render every scene
+    python -m derivative_animator.dataset data.sizes.train=10000
+    python -m derivative_animator.dataset data=original data.import_path=instruction_dataset.json
+
+Writes `{dir}/{train,validation,test}.jsonl`, `card.json` and `README.md` (the dataset
+card). The same config gives byte-identical files. No function (by canonical sympy
+form) appears in two splits, and every split holds every curriculum level in the same
+proportions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import sympy as sp
+
+from derivative_animator import curriculum, notation, paths, scenes
+from derivative_animator.differentiate import UnsupportedFunction
+from derivative_animator.parsing import ParseError, parse_function
+from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat
+
+SPLITS = ("train", "validation", "test")
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One (function, Manim scene) pair: a line of a split's JSONL file."""
+
+    id: str
+    level: int
+    style: str
+    function: str  # as a person types it (canonical notation)
+    sympy: str  # sympy's canonical form of f
+    derivative: str  # sympy form of f'
+    function_latex: str
+    derivative_latex: str
+    steps: list[dict]  # [{"rule", "expression", "derivative"}], children before parents
+    x_range: list[float]
+    prompt: str
+    completion: str
+    source: str  # "generated" or the file it was imported from
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        names = {f.name for f in fields(cls)}
+        missing = names - data.keys()
+        if missing:
+            raise ValueError(f"record {data.get('id', '?')} lacks fields: {', '.join(sorted(missing))}")
+        return cls(**{name: data[name] for name in names})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = "data/derivatives"
+    seed: int = 1234
+    sizes: dict | None = None
+    levels: tuple[int, ...] = curriculum.LEVELS
+    styles: tuple[str, ...] = scenes.STYLES
+    import_path: str | None = None
+
+    def __post_init__(self):
+        sizes = dict(self.sizes or {"train": 418, "validation": 50, "test": 57})
+        if set(sizes) != set(SPLITS) or any(int(n) < 0 for n in sizes.values()):
+            raise ValueError(f"data.sizes needs non-negative train, validation and test counts, got {sizes}")
+        object.__setattr__(self, "sizes", {split: int(sizes[split]) for split in SPLITS})
+        bad_levels = set(self.levels) - set(curriculum.LEVELS)
+        if bad_levels or not self.levels:
+            raise ValueError(f"data.levels must be a non-empty subset of {list(curriculum.LEVELS)}")
+        bad_styles = set(self.styles) - set(scenes.STYLES)
+        if bad_styles or not self.styles:
+            raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
+        object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
+        object.__setattr__(self, "styles", tuple(self.styles))
+
+    def to_dict(self) -> dict:
+        return {"dir": self.dir, "seed": self.seed, "sizes": self.sizes, "levels": list(self.levels),
+                "styles": list(self.styles), "import_path": self.import_path}
+
+    @property
+    def sha256(self) -> str:
+        content = {k: v for k, v in self.to_dict().items() if k != "dir"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+# --- building records --------------------------------------------------------------------
+
+def make_record(
+    analysed: curriculum.CurriculumFunction, style: str, source: str,
+    completion: str | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT,
+) -> Record:
+    typed = notation.typed(analysed.expr)
+    code = completion if completion is not None else scenes.scene_code(
+        analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style
+    )
+    key = hashlib.sha1(curriculum.canonical_key(analysed.expr).encode()).hexdigest()[:10]
+    return Record(
+        id=f"L{analysed.level}-{key}",
+        level=analysed.level,
+        style=style,
+        function=typed,
+        sympy=sp.sstr(analysed.expr),
+        derivative=sp.sstr(analysed.derivative),
+        function_latex=notation.latex(analysed.expr),
+        derivative_latex=notation.latex(analysed.derivative),
+        steps=[{"rule": s.rule, "expression": sp.sstr(s.expr), "derivative": sp.sstr(s.derivative)}
+               for s in scenes.shown_steps(analysed.steps)],
+        x_range=[float(v) for v in analysed.x_range],
+        prompt=prompt_format.format(typed),
+        completion=code,
+        source=source,
+    )
+
+
+def _level_counts(total: int, levels: tuple[int, ...]) -> dict[int, int]:
+    """Split `total` over levels as evenly as possible (earlier levels take the remainder)."""
+    base, remainder = divmod(total, len(levels))
+    return {level: base + (1 if i < remainder else 0) for i, level in enumerate(levels)}
+
+
+def generate_splits(config: DataConfig) -> dict[str, list[Record]]:
+    """Fresh functions per level, deduplicated across all splits, then dealt into splits."""
+    per_split = {split: _level_counts(config.sizes[split], config.levels) for split in SPLITS}
+    seen: set[str] = set()
+    splits: dict[str, list[Record]] = {split: [] for split in SPLITS}
+    for level in config.levels:
+        rng = random.Random(f"{config.seed}-level-{level}")
+        needed = sum(per_split[split][level] for split in SPLITS)
+        functions = [curriculum.sample_level(level, rng, seen) for _ in range(needed)]
+        start = 0
+        for split in SPLITS:
+            count = per_split[split][level]
+            # Styles cycle within each (split, level) so every split sees every style evenly.
+            styles = [config.styles[(i + level) % len(config.styles)] for i in range(count)]
+            rng.shuffle(styles)
+            chunk = functions[start:start + count]
+            splits[split].extend(make_record(f, style, "generated") for f, style in zip(chunk, styles, strict=True))
+            start += count
+    for split in SPLITS:
+        random.Random(f"{config.seed}-order-{split}").shuffle(splits[split])
+    return splits
+
+
+# --- importing the original project's dataset ------------------------------------------
+
+class ImportError_(ValueError):
+    """A record of the original dataset cannot be imported."""
+
+
+def _function_text(item: dict) -> str:
+    text = (item.get("input") or "").strip()
+    if not text:
+        instruction = item.get("instruction", "")
+        marker = "f(x) ="
+        if marker not in instruction:
+            raise ImportError_("has no input and its instruction names no 'f(x) = ...'")
+        text = instruction.split(marker, 1)[1].strip().splitlines()[0]
+    return text
+
+
+def import_original(path: Path, config: DataConfig) -> dict[str, list[Record]]:
+    """Read instruction_dataset.json (records with instruction/input/output) into our schema
+    and splits. A malformed record stops the import with a message naming it."""
+    try:
+        items = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ImportError_(f"{path}: cannot read JSON ({err})") from None
+    if not isinstance(items, list):
+        raise ImportError_(f"{path}: expected a JSON list of records")
+    seen: set[str] = set()
+    by_level: dict[int, list[Record]] = {level: [] for level in curriculum.LEVELS}
+    for index, item in enumerate(items):
+        where = f"{path.name} record {index}"
+        if not isinstance(item, dict) or not isinstance(item.get("output"), str) or not item["output"].strip():
+            raise ImportError_(f"{where}: needs an object with a non-empty 'output' string")
+        try:
+            expr = parse_function(_function_text(item))
+            analysed = curriculum.analyse(expr)
+        except (ParseError, UnsupportedFunction, ImportError_) as err:
+            raise ImportError_(f"{where}: {err}") from None
+        if analysed is None:
+            raise ImportError_(f"{where}: function {item.get('input')!r} is constant or cannot be plotted")
+        key = curriculum.canonical_key(expr)
+        if key in seen:
+            continue  # the same function twice would leak across splits
+        seen.add(key)
+        by_level[analysed.level].append(make_record(analysed, "imported", path.name, item["output"]))
+    return _deal(by_level, config)
+
+
+def _deal(by_level: dict[int, list[Record]], config: DataConfig) -> dict[str, list[Record]]:
+    """Stratified split of imported records in the proportions of config.sizes."""
+    total = sum(config.sizes.values()) or 1
+    splits: dict[str, list[Record]] = {split: [] for split in SPLITS}
+    for level, records in sorted(by_level.items()):
+        records = sorted(records, key=lambda r: r.id)
+        random.Random(f"{config.seed}-import-{level}").shuffle(records)
+        n_test = round(len(records) * config.sizes["test"] / total)
+        n_validation = round(len(records) * config.sizes["validation"] / total)
+        splits["test"].extend(records[:n_test])
+        splits["validation"].extend(records[n_test:n_test + n_validation])
+        splits["train"].extend(records[n_test + n_validation:])
+    return splits
+
+
+# --- files, card -----------------------------------------------------------------------
+
+def read_split(directory: str | Path, split: str) -> list[Record]:
+    path = paths.resolve(directory) / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `make data` first")
+    records = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                records.append(Record.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, ValueError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: malformed record ({err})") from None
+    return records
+
+
+def card(splits: dict[str, list[Record]], config: DataConfig, file_hashes: dict[str, str]) -> dict:
+    def stats(records):
+        lengths = [len(r.completion) for r in records] or [0]
+        return {
+            "count": len(records),
+            "levels": {str(level): sum(r.level == level for r in records) for level in curriculum.LEVELS},
+            "styles": {style: n for style in sorted({r.style for r in records})
+                       if (n := sum(r.style == style for r in records))},
+            "code_chars": {"mean": round(statistics.mean(lengths), 1), "median": statistics.median(lengths),
+                           "min": min(lengths), "max": max(lengths)},
+        }
+
+    return {
+        "name": Path(config.dir).name,
+        "config": config.to_dict(),
+        "config_sha256": config.sha256,
+        "prompt_format": DEFAULT_FORMAT.to_dict(),
+        "splits": {split: stats(records) for split, records in splits.items()},
+        "files_sha256": file_hashes,
+        "levels": {str(k): v for k, v in curriculum.LEVEL_NAMES.items()},
+    }
+
+
+def card_markdown(info: dict) -> str:
+    lines = [
+        f"# Dataset card: {info['name']}", "",
+        ("Pairs of (function, Manim scene animating its derivative), generated and checked by "
+        "`python -m derivative_animator.dataset`. Regenerate with `make data`; the same config "
+        "gives byte-identical files."), "",
+        f"- config sha256: `{info['config_sha256']}`",
+        f"- prompt format: `{info['prompt_format']['name']}` (sha256 `{info['prompt_format']['sha256']}`)", "",
+        "| split | samples | " + " | ".join(f"L{k}" for k in info["levels"]) +
+        " | styles | code chars mean (min-max) |",
+        "|---|---|" + "---|" * len(info["levels"]) + "---|---|",
+    ]
+    for split, s in info["splits"].items():
+        styles = ", ".join(f"{k} {v}" for k, v in s["styles"].items())
+        c = s["code_chars"]
+        lines.append(f"| {split} | {s['count']} | " + " | ".join(str(v) for v in s["levels"].values())
+                     + f" | {styles} | {c['mean']} ({c['min']}-{c['max']}) |")
+    lines += ["", "Levels: " + "; ".join(f"{k} {v}" for k, v in info["levels"].items()), "",
+              "Config:", "", "```json", json.dumps(info["config"], indent=2), "```", "",
+              "Prompt template:", "", "```", info["prompt_format"]["template"], "```", ""]
+    return "\n".join(lines)
+
+
+def write_dataset(splits: dict[str, list[Record]], config: DataConfig) -> Path:
+    """Write all files to a temp dir beside the target, then swap it in: never half-written."""
+    target = paths.resolve(config.dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        hashes = {}
+        for split in SPLITS:
+            content = "".join(record.to_json() + "\n" for record in splits[split])
+            (staging / f"{split}.jsonl").write_text(content)
+            hashes[f"{split}.jsonl"] = hashlib.sha256(content.encode()).hexdigest()
+        info = card(splits, config, hashes)
+        (staging / CARD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (staging / "README.md").write_text(card_markdown(info))
+        DEFAULT_FORMAT.save(staging)
+        if target.exists():
+            old = target.with_name(f".{target.name}-old-{os.getpid()}")
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old)
+        else:
+            staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def cross_split_duplicates(splits: dict[str, list[Record]]) -> set[str]:
+    owner: dict[str, str] = {}
+    duplicates = set()
+    for split, records in splits.items():
+        for record in records:
+            key = curriculum.canonical_key(parse_function(record.function))
+            if owner.setdefault(key, split) != split:
+                duplicates.add(record.function)
+    return duplicates
+
+
+def build(config: DataConfig) -> tuple[Path, dict[str, list[Record]]]:
+    if config.import_path:
+        splits = import_original(paths.resolve(config.import_path), config)
+    else:
+        splits = generate_splits(config)
+    return write_dataset(splits, config), splits
+
+
+def main(cfg) -> int:
+    from rich.console import Console
+
+    from derivative_animator import render_check
+
+    console = Console(stderr=True)
+    config = DataConfig(**cfg.data)
+    target, splits = build(config)
+    total = sum(len(r) for r in splits.values())
+    console.print(f"wrote {total} records to {target} "
+                  + ", ".join(f"{s} {len(r)}" for s, r in splits.items()))
+    if cfg.validate.enabled:
+        records = [r for split in SPLITS for r in splits[split]]
+        failures = render_check.render_all(records, cfg.validate.mode, cfg.validate.workers,
+                                           cfg.validate.timeout_s)
+        if failures:
+            for record_id, error in failures:
+                console.print(f"[red]render failed[/red] {record_id}: {error}")
+            console.print(f"error: {len(failures)} of {total} samples failed to render")
+            return 1
+        console.print(f"rendered all {total} samples ({cfg.validate.mode}): no errors")
+    return 0
+
+
+if __name__ == "__main__":
+    from derivative_animator.cli_support import hydra_entry
+
+    sys.exit(hydra_entry(main, "make_data"))

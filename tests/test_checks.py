@@ -1,0 +1,109 @@
+"""The checker: the template oracle passes; planted faults are classified correctly."""
+
+import ast
+
+import pytest
+
+from derivative_animator import checks, cli, environment
+from derivative_animator.scenes import STYLES
+
+needs_render = pytest.mark.skipif(bool(environment.render_problems()),
+                                  reason="machine cannot render: " + "; ".join(environment.render_problems()))
+FAST = checks.RenderOptions(dry_run=True, save_frame=False)
+
+
+def oracle(function, style="tangent"):
+    return cli.template_scene(function, style)
+
+
+@pytest.mark.parametrize("function", ["3x^4 - 2x^2 + 5", "ln x", "x^2 sin x", "e^{-x^2}"])
+def test_oracle_math_for_every_level(function):
+    for style in STYLES:
+        result = checks.check_code(oracle(function, style), function, execute=False)
+        assert result.syntax and result.structure and result.math, result.error
+        assert result.math_method == "symbolic"
+
+
+@needs_render
+@pytest.mark.parametrize("style", STYLES)
+def test_oracle_renders_each_style(style, tmp_path):
+    result = checks.check_code(oracle("x^2 sin x", style), "x^2 sin(x)",
+                               render=checks.RenderOptions(), output_dir=tmp_path)
+    assert result.passed, result.error
+    assert (tmp_path / f"{result.scene}.png").stat().st_size > 1000
+    assert (tmp_path / f"{result.scene}.mp4").stat().st_size > 1000
+
+
+@needs_render
+@pytest.mark.slow
+@pytest.mark.parametrize("function", ["3x^4 - 2x^2 + 5", "2cos(x) + x", "x/(x^2+1)", "sin(x^2)"])
+@pytest.mark.parametrize("style", STYLES)
+def test_oracle_passes_all_four_checks_for_every_level_and_style(function, style):
+    result = checks.check_code(oracle(function, style), function)
+    assert result.passed, result.error
+
+
+def test_syntax_error():
+    result = checks.check_code("from manim import *\nclass S(Scene)\n    pass\n", "x^2")
+    assert result.syntax is False and "syntax" in result.error and not result.passed
+
+
+def test_missing_scene_class():
+    result = checks.check_code("df_expr = 2*x\n", "x^2", execute=False)
+    assert result.structure is False and "structure" in result.error
+
+
+def test_wrong_derivative_is_caught_without_running_anything():
+    code = oracle("x^3").replace("df_expr = 3*x**2", "df_expr = 3*x**3")
+    result = checks.check_code(code, "x^3", execute=False)
+    assert result.math is False and "derivative 3x^3 is wrong; expected 3x^2" in result.error
+
+
+def test_wrong_function_is_caught():
+    code = oracle("x^3").replace("f_expr = x**3", "f_expr = x**4")
+    result = checks.check_code(code, "x^3", execute=False)
+    assert result.math is False and "animates f(x) = x^4" in result.error
+
+
+def test_equivalent_forms_of_the_derivative_pass():
+    code = oracle("sin(x)^2").replace("df_expr = 2*sp.sin(x)*sp.cos(x)", "df_expr = sp.sin(2*x)")
+    assert "df_expr = sp.sin(2*x)" in code
+    result = checks.check_code(code, "sin(x)^2", execute=False)
+    assert result.math is True
+
+
+def test_lambda_derivative_is_found():
+    tree = ast.parse("import numpy as np\ndf = lambda t: 2*np.cos(2*t)\n")
+    assert checks.check_math(tree, checks.parse_function("sin(2x)"))[0] is True
+
+
+@needs_render
+@pytest.mark.parametrize("plant, expected", [
+    (lambda c: c.replace("Create(axes)", "ShowCreation(axes)"), "NameError"),
+    (lambda c: c.replace("def construct(self):", "def construct(self):\n        1 / 0"), "ZeroDivisionError"),
+    (lambda c: c.replace("def construct(self):", "def construct(self):\n        while True: pass"), "timed out"),
+])
+def test_planted_runtime_faults(plant, expected):
+    render = checks.RenderOptions(dry_run=True, save_frame=False,
+                                  limits=checks.SandboxLimits(timeout_s=15))
+    result = checks.check_code(plant(oracle("x^2")), "x^2", render=render)
+    assert result.executes is False and expected in result.error, result.error
+    assert result.math is True  # the mathematics was right; only execution failed
+
+
+@needs_render
+def test_scene_writing_outside_its_dir_fails_and_host_is_untouched(tmp_path):
+    victim = tmp_path / "host_file.txt"
+    victim.write_text("precious")
+    code = oracle("x^2").replace(
+        "def construct(self):",
+        f"def construct(self):\n        open({str(victim)!r}, 'w').write('overwritten')")
+    result = checks.check_code(code, "x^2", render=FAST)
+    assert result.executes is False
+    assert victim.read_text() == "precious"
+
+
+def test_environment_failure_is_not_a_code_failure(monkeypatch):
+    monkeypatch.setattr(checks.environment, "render_problem_summary", lambda: "environment: latex not found")
+    result = checks.check_code(oracle("x^2"), "x^2")
+    assert result.executes is None and result.environment_error and "latex not found" in result.error

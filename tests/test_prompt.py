@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from derivative_animator import prompt
+from derivative_animator.parsing import ParseError
+from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, PromptFormatError
+
+
+def test_default_is_the_original_alpaca_text():
+    assert DEFAULT_FORMAT.format("x^2") == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nGenerate Manim animation code for the "
+        "derivative of: f(x) = x^2\n\n### Response:\n"
+    )
+
+
+def test_training_prompt_is_byte_identical_to_inference_prompt(default_splits):
+    for record in default_splits["train"][:50]:
+        # what inference sends for the function as a user would type it
+        assert prompt.build_prompt(record.function).encode() == record.prompt.encode()
+
+
+@pytest.mark.parametrize("variants", [
+    ["sin(x)cos(x)", "sin x cos x", "sin(x)*cos(x)", "f(x) = sin(x) cos(x)"],
+    ["e^{-x^2}", "e^(-x^2)", "exp(-x**2)", "y = e^-x^2"],
+    ["x²+3x", "x^2 + 3x", "x**2+3*x"],
+])
+def test_every_way_of_typing_a_function_gives_one_prompt(variants):
+    assert len({prompt.build_prompt(v) for v in variants}) == 1
+
+
+def test_bad_function_never_reaches_a_prompt():
+    with pytest.raises(ParseError):
+        prompt.build_prompt("__import__('os')")
+
+
+def test_save_load_and_hash(tmp_path):
+    DEFAULT_FORMAT.save(tmp_path)
+    assert PromptFormat.load(tmp_path) == DEFAULT_FORMAT
+    stored = json.loads((tmp_path / prompt.FILENAME).read_text())
+    assert stored["sha256"] == DEFAULT_FORMAT.sha256 and stored["template"] == DEFAULT_FORMAT.template
+
+
+def test_missing_tampered_or_different_format_is_refused(tmp_path):
+    with pytest.raises(PromptFormatError, match="carries no prompt format"):
+        PromptFormat.load(tmp_path)
+    other = PromptFormat(name="plain", template="Function: {function}\nCode:\n")
+    other.save(tmp_path)
+    with pytest.raises(PromptFormatError, match="--allow-prompt-mismatch"):
+        prompt.require_same(PromptFormat.load(tmp_path))
+    data = json.loads((tmp_path / prompt.FILENAME).read_text())
+    data["template"] = "Task {function}"
+    (tmp_path / prompt.FILENAME).write_text(json.dumps(data))
+    with pytest.raises(PromptFormatError, match="hash does not match"):
+        PromptFormat.load(tmp_path)
+
+
+def test_template_needs_one_placeholder():
+    with pytest.raises(PromptFormatError):
+        PromptFormat(name="bad", template="no placeholder")
