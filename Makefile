@@ -6,7 +6,8 @@ SETUP := .venv/.derivanim-setup
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate test test-slow lint clean
+.PHONY: help setup all data data-validate base train sweep sweep-summary ui eval doctor \
+        benchmark test test-slow lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -17,13 +18,43 @@ $(SETUP): pyproject.toml scripts/setup.sh
 setup: ## install system packages (apt), .venv and the project; a second run takes seconds
 	@./scripts/setup.sh
 
-all: data ## the main job end to end on the embedded default model
+all: $(SETUP) ## the main job end to end on the embedded default model: data, base, train, eval
+	$(PY) -m derivative_animator.dataset
+	$(PY) -m derivative_animator.train
+	$(PY) -m derivative_animator.evaluate
 
 data: $(SETUP) ## build the curriculum dataset (data/derivatives): ARGS="data.sizes.train=10000"
 	$(PY) -m derivative_animator.dataset $(ARGS)
 
 data-validate: $(SETUP) ## build the dataset and render every scene with Manim (dry run, parallel)
 	$(PY) -m derivative_animator.dataset validate.enabled=true $(ARGS)
+
+base: $(SETUP) ## build the embedded default model (tokenizer + pretraining; cached)
+	$(PY) -m derivative_animator.base_model $(ARGS)
+
+train: $(SETUP) ## fine-tune with LoRA (builds data and base model if missing): ARGS="lora=r16"
+	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset
+	$(PY) -m derivative_animator.train $(ARGS)
+
+sweep: $(SETUP) ## Hydra multirun over lora.r x trainer.max_epochs, one MLflow run each
+	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset
+	$(PY) -m derivative_animator.train experiment=lora_rank_sweep $(ARGS)
+
+sweep-summary: $(SETUP) ## table + PNG of the newest sweep's metric by rank and epochs
+	$(PY) -m derivative_animator.sweep_summary $(ARGS)
+
+ui: $(SETUP) ## the MLflow UI on this project's store (http://127.0.0.1:5000)
+	$(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+
+eval: $(SETUP) ## evaluate the newest checkpoint and the baselines: ARGS="eval.model=DIR"
+	$(PY) -m derivative_animator.evaluate $(ARGS)
+
+doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
+	$(PY) -m derivative_animator.doctor
+
+benchmark: $(SETUP) ## the README's figures: data build, training throughput, generation latency
+	$(PY) scripts/benchmark.py $(ARGS)
 
 test: $(SETUP) ## the default test suite (fast; slow tests excluded)
 	$(PY) -m pytest $(ARGS)

@@ -56,10 +56,11 @@ class BaseModelConfig:
     lr: float = 2e-3
     warmup_steps: int = 30
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | str = "auto"  # auto: only where the CPU computes bf16 fast
     threads: int = 0  # 0: torch's default
 
     def __post_init__(self):
+        object.__setattr__(self, "corpus_packages", tuple(self.corpus_packages))
         if self.hidden_size % self.num_heads:
             raise ValueError("model.build.hidden_size must be a multiple of model.build.num_heads")
         if min(self.vocab_size, self.hidden_size, self.num_layers, self.steps, self.seq_len) <= 0:
@@ -110,13 +111,16 @@ def collect_corpus(packages: tuple[str, ...], max_chars: int) -> list[tuple[str,
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE on the corpus; digits split one by one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
+    # Code-aware pieces: identifiers keep their underscores (font_size, f_expr), every
+    # digit stands alone (with its leading space), punctuation runs, whitespace runs.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        pre_tokenizers.Split(Regex(r" ?[A-Za-z_]+| ?[0-9]| ?[^\sA-Za-z_0-9]+|\s+(?!\S)|\s+"),
+                             behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -125,7 +129,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN,
-                                   pad_token=PAD_TOKEN, model_max_length=2048)
+                                   pad_token=PAD_TOKEN, model_max_length=1_000_000)
 
 
 def make_model(config: BaseModelConfig, tokenizer):
@@ -185,12 +189,15 @@ def build_base(config: BaseModelConfig, force: bool = False) -> BuildReport:
     report = BuildReport(output_dir=str(out), cached=False, corpus_files=len(corpus),
                          corpus_chars=sum(map(len, texts)), corpus_tokens=len(tokens),
                          parameters=sum(p.numel() for p in model.parameters()))
+    from derivative_animator.environment import cpu_has_fast_bf16
+
+    use_bf16 = cpu_has_fast_bf16() if config.bf16 == "auto" else bool(config.bf16)
     train_start = time.perf_counter()
     with Progress() as progress:
         task = progress.add_task("pretraining the base model", total=config.steps)
         for step in range(config.steps):
             batch = next(batches)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model(input_ids=batch, labels=batch).loss
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"base model loss became {loss.item()} at step {step}; lower model.build.lr")
@@ -223,7 +230,9 @@ def build_base(config: BaseModelConfig, force: bool = False) -> BuildReport:
 def main(cfg) -> int:
     from rich.console import Console
 
-    config = BaseModelConfig(**cfg.model.build)
+    from omegaconf import OmegaConf
+
+    config = BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True))
     report = build_base(config, force=cfg.get("force", False))
     console = Console(stderr=True)
     if report.cached:

@@ -82,17 +82,153 @@ def template_scene(function: str, style: str) -> str:
     return scenes.scene_code(analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style)
 
 
+def _check(code: str, function: str, render: bool, output_dir: Path | None):
+    from derivative_animator import checks
+
+    options = checks.RenderOptions(dry_run=not render, save_frame=render)
+    return checks.check_code(code, function, render=options, output_dir=output_dir)
+
+
+def _with_true_derivative(code: str, function: str) -> str | None:
+    """--repair: the model's scene with its df_expr line replaced by the true derivative."""
+    import re
+
+    analysed = curriculum.analyse(parse_function(function))
+    if analysed is None:
+        return None
+    repaired, count = re.subn(r"^df_expr = .*$", f"df_expr = {analysed.steps[-1].worked}", code,
+                              count=1, flags=re.MULTILINE)
+    return repaired if count else None
+
+
+def generate_verified(generator, function: str, args, say) -> tuple[str, object]:
+    """Greedy first; on failure sample again (best of n). Never swaps code silently."""
+    result = None
+    for attempt in range(1, args.attempts + 1):
+        temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
+        seed = None if args.seed is None else args.seed + attempt - 1
+        gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed)
+        result = _check(gen.code, function, False, None)
+        say(f"attempt {attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s)"
+            + (f"  {result.error}" if result.error else ""))
+        if result.passed or args.no_verify:
+            return gen.code, result
+        if result.environment_error:
+            break
+    if args.repair and result is not None and result.syntax and result.structure and not result.math:
+        repaired = _with_true_derivative(gen.code, function)
+        if repaired:
+            say("--repair: replaced the model's df_expr with the true derivative")
+            return repaired, _check(repaired, function, False, None)
+    return gen.code, result
+
+
+def _marks(result) -> str:
+    return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
+                    for k in ("syntax", "structure", "executes", "math"))
+
+
 def cmd_generate(args) -> int:
-    if args.backend == "template":
+    if args.backend == "template" and not args.model:
+        if args.interactive or args.from_file:
+            raise UsageError("--interactive and --from-file need --model DIR")
+        if args.function is None:
+            raise UsageError("give the FUNCTION to animate, e.g. derivanim generate 'x^2 sin x'")
         code = template_scene(args.function, args.style)
-    else:
-        raise UsageError(f"unknown backend {args.backend!r}")
+        return _emit(code, args, args.function)
+    if not args.model:
+        raise UsageError("pass --model DIR (a merged checkpoint) or --backend template")
+    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.prompt import PromptFormatError
+
+    try:
+        generator = SceneGenerator.load(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch)
+    except (PromptFormatError, FileNotFoundError, OSError) as err:
+        raise UsageError(str(err)) from None
+    say = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    if args.interactive:
+        return _interactive(generator, args, say)
+    if args.from_file:
+        return _from_file(generator, args, say)
+    if args.function is None:
+        raise UsageError("give a FUNCTION, or --from-file, or -i")
+    parse_function(args.function)  # a bad function fails here, before any model time
+    code, result = generate_verified(generator, args.function, args, say)
+    rc = _emit(code, args, args.function)
+    return rc if (result is None or result.passed) else EXIT_FAILED
+
+
+def _emit(code: str, args, function: str) -> int:
     if args.output:
         write_new_file(Path(args.output), code, args.force)
         print(f"wrote {args.output}", file=sys.stderr)
+        if args.render:
+            out_dir = Path(args.output).with_suffix("")
+            result = _check(code, function, True, out_dir)
+            print(f"render: {_marks(result)}; video and last frame in {out_dir}/"
+                  + (f"  {result.error}" if result.error else ""), file=sys.stderr)
+            return 0 if result.passed else EXIT_FAILED
     else:
+        if args.render:
+            raise UsageError("--render needs -o FILE.py (the video goes next to it)")
         sys.stdout.write(code)
     return 0
+
+
+def _from_file(generator, args, say) -> int:
+    path = Path(args.from_file)
+    if not path.is_file():
+        raise UsageError(f"{path} not found")
+    functions = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            try:
+                parse_function(text)
+            except ParseError as err:
+                raise UsageError(f"{path.name}:{number}: {err}") from None
+            functions.append(text)
+    out_dir = Path(args.output or "generated")
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
+        raise UsageError(f"{out_dir} is not empty; choose another -o directory or pass --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for start in range(0, len(functions), args.batch_size):
+        chunk = functions[start:start + args.batch_size]
+        for index, gen in enumerate(generator.generate_batch(chunk, args.max_new_tokens, args.temperature,
+                                                             args.top_p, args.seed), start=start):
+            target = out_dir / f"scene_{index + 1:03d}.py"
+            write_new_file(target, gen.code, args.force)
+            result = _check(gen.code, gen.function, False, None)
+            failures += not result.passed
+            say(f"{target}: f(x) = {gen.function}: {_marks(result)}")
+    say(f"{len(functions) - failures} of {len(functions)} scenes passed every check")
+    return 0 if failures == 0 else EXIT_FAILED
+
+
+def _interactive(generator, args, say) -> int:
+    say("Type a function of x (e.g. x^2 sin x); an empty line or Ctrl-D quits.")
+    counter = 0
+    while True:
+        try:
+            text = input("f(x) = ").strip()
+        except EOFError:
+            return 0
+        if not text:
+            return 0
+        try:
+            parse_function(text)
+        except ParseError as err:
+            say(f"error: {err}")
+            continue
+        code, result = generate_verified(generator, text, args, say)
+        counter += 1
+        target = Path(args.output or ".") / f"scene_{counter:03d}.py"
+        while target.exists():
+            counter += 1
+            target = target.with_name(f"scene_{counter:03d}.py")
+        write_new_file(target, code)
+        say(f"{'passed' if result and result.passed else 'FAILED'}: wrote {target}")
 
 
 def cmd_check(args) -> int:
@@ -132,13 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_parse)
 
-    p = sub.add_parser("generate", help="write a Manim scene for a function")
-    p.add_argument("function")
-    p.add_argument("--backend", choices=["template"], default="template",
-                   help="template: the oracle, the dataset's template filled with the true derivative")
-    p.add_argument("--style", choices=scenes.STYLES, default="tangent")
-    p.add_argument("-o", "--output", help="scene file to write (default: stdout)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p = sub.add_parser("generate", help="write a Manim scene for a function (template oracle or a model)")
+    p.add_argument("function", nargs="?")
+    p.add_argument("--backend", choices=["template", "model"], default="template",
+                   help="template: the oracle, the dataset's template with the true derivative")
+    p.add_argument("--model", help="merged checkpoint dir (implies --backend model)")
+    p.add_argument("--style", choices=scenes.STYLES, default="tangent", help="template style")
+    p.add_argument("-o", "--output", help="scene file (or directory with --from-file / -i)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output")
+    p.add_argument("--render", action="store_true", help="also render: mp4 and last-frame PNG beside -o")
+    p.add_argument("--from-file", help="a file with one function per line (batched generation)")
+    p.add_argument("-i", "--interactive", action="store_true", help="a prompt loop showing each check")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the first attempt)")
+    p.add_argument("--retry-temperature", type=float, default=0.7, help="sampling temperature of retries")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=1600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attempts", type=int, default=4, help="verified generation: best of n")
+    p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
+    p.add_argument("--repair", action="store_true",
+                   help="if the scene is fine but its derivative wrong, swap in the true one (and say so)")
+    p.add_argument("--batch-size", type=int, default=8, help="--from-file batch size")
+    p.add_argument("--allow-prompt-mismatch", action="store_true",
+                   help="query a checkpoint trained with another prompt format, using its own format")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("check", help="check a scene file: syntax, structure, executes, math")

@@ -334,7 +334,9 @@ def main(cfg) -> int:
     from derivative_animator import render_check
 
     console = Console(stderr=True)
-    config = DataConfig(**cfg.data)
+    from omegaconf import OmegaConf
+
+    config = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
     target, splits = build(config)
     total = sum(len(r) for r in splits.values())
     console.print(f"wrote {total} records to {target} "

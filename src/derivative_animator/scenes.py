@@ -36,13 +36,10 @@ import sympy as sp
 # f(x) = $typed
 x = sp.Symbol("x")
 f_expr = $f_code
-
-# Differentiate one rule at a time: (rule, expression, its derivative).
-# Each derivative applies its rule to the parts above; Python does the arithmetic.
+# (rule, part, derivative of the part): each rule applied to the parts above it
 steps = [
 $steps]
 df_expr = $df_code
-
 f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
 X_MIN, X_MAX = $x_min, $x_max
@@ -54,77 +51,66 @@ def tex(expr):
 
 def make_axes():
     xs = np.linspace(X_MIN, X_MAX, 200)
-    ys = np.concatenate([np.broadcast_to(g(xs), xs.shape) for g in (f, df)]).astype(float)
-    lo, hi = ys.min(), ys.max()
-    step = 10 ** np.floor(np.log10(max(hi - lo, 1e-3) / 2))
-    y_min, y_max = np.floor(lo / step) * step, np.ceil(hi / step) * step + step
-    return Axes(x_range=[X_MIN, X_MAX, 1], y_range=[y_min, y_max, step],
+    ys = np.concatenate([xs * 0 + f(xs), xs * 0 + df(xs)])
+    step = 10 ** np.floor(np.log10(np.ptp(ys) + 0.01))
+    return Axes([X_MIN, X_MAX, 1], [ys.min() - step / 2, ys.max() + step / 2, step],
                 x_length=10, y_length=5, tips=False).to_edge(DOWN)
 
 
 def formulas(*extra):
-    """All of the scene's LaTeX in one compile: f, f', the rule steps, then `extra`."""
-    steps_tex = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (rule, tex(e), tex(d))
-                 for rule, e, d in steps]
-    parts = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *steps_tex, *extra]
-    compiled = MathTex(*[part + r"\\" for part in parts[:-1]] + parts[-1:], font_size=34)
-    for part in compiled:  # parts come out of one align* block: center each on its own
+    # one LaTeX compile for everything: f, f', a line per step, then extra
+    lines = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (r, tex(e), tex(d)) for r, e, d in steps]
+    parts = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *lines, *extra]
+    tex_parts = MathTex(*[p + r"\\" for p in parts[:-1]], parts[-1], font_size=34)
+    for part in tex_parts:
         part.scale_to_fit_width(min(part.width, config.frame_width - 1)).set_x(0)
-    title, derivative = compiled[0].set_color(BLUE).to_edge(UP), compiled[1].set_color(RED)
-    lines = VGroup(*compiled[2:2 + len(steps)]).arrange(DOWN, aligned_edge=LEFT).set_x(0)
-    return title, derivative, lines, compiled[2 + len(steps):]
-
+    title, derivative = tex_parts[0].set_color(BLUE).to_edge(UP), tex_parts[1].set_color(RED)
+    rules = VGroup(*tex_parts[2:2 + len(steps)]).arrange(DOWN, aligned_edge=LEFT).set_x(0)
+    return title, derivative, rules, tex_parts[2 + len(steps):]
 ''')
 
 _BODIES = {
-    "tangent": r'''
+    "tangent": r"""
 class TangentLineScene(Scene):
     def construct(self):
-        title, derivative_tex, lines, _ = formulas()
+        title, derivative_tex, rules, _ = formulas()
         axes = make_axes()
-        graph = axes.plot(f, color=BLUE)
+        graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
         self.play(Create(axes), Create(graph), Write(title))
-
         t = ValueTracker(X_MIN + 0.1 * (X_MAX - X_MIN))
 
-        def tangent_line():
-            x0 = t.get_value()
-            p, q = axes.c2p(x0, f(x0)), axes.c2p(x0 + 1, f(x0) + df(x0))
-            u = (q - p) / np.linalg.norm(q - p)
-            return Line(p - 1.5 * u, p + 1.5 * u, color=YELLOW)
+        def tangent():
+            p = axes.c2p(t.get_value(), f(t.get_value()))
+            q = axes.c2p(t.get_value() + 1, f(t.get_value()) + df(t.get_value()))
+            return Line(p, q, color=YELLOW).set_length(3).move_to(p)
 
-        def slope_readout():
+        def slope():
             text = f"slope at x = {t.get_value():.2f}:  {float(df(t.get_value())):.3f}"
             return Text(text, font_size=28, color=YELLOW).next_to(title, DOWN)
 
+        line, label = always_redraw(tangent), slope()
         dot = always_redraw(lambda: Dot(axes.c2p(t.get_value(), f(t.get_value())), color=YELLOW))
-        tangent, readout = always_redraw(tangent_line), slope_readout()
-        self.play(Create(tangent), FadeIn(dot), FadeIn(readout))
-        for stop in np.linspace(X_MIN, X_MAX, 5)[1:-1] + 0.05 * (X_MAX - X_MIN):
-            self.play(t.animate.set_value(stop), run_time=1)
-            self.remove(readout)
-            readout = slope_readout()
-            self.add(readout)
+        self.play(Create(line), FadeIn(dot, label))
+        for x0 in np.linspace(X_MIN, X_MAX, 5)[1:-1]:
+            self.play(t.animate.set_value(x0), run_time=1)
+            self.remove(label)
+            label = slope()
+            self.add(label)
             self.wait(0.3)
-
-        derivative = axes.plot(df, color=RED)
-        self.play(FadeOut(readout), Create(derivative), Write(derivative_tex.next_to(title, DOWN)))
+        self.play(FadeOut(label), Create(derivative), Write(derivative_tex.next_to(title, DOWN)))
         self.wait(0.5)
-        self.play(FadeOut(axes, graph, derivative, dot, tangent),
-                  FadeIn(lines.next_to(derivative_tex, DOWN)))
+        self.play(FadeOut(axes, graph, derivative, line, dot), FadeIn(rules.next_to(derivative_tex, DOWN)))
         self.wait(1)
-''',
-    "secant": r'''
+""",
+    "secant": r"""
 class SecantLimitScene(Scene):
     def construct(self):
-        limit_tex = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h}"
-        title, derivative_tex, lines, (limit,) = formulas(limit_tex)
+        limit = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h}"
+        title, derivative_tex, rules, (limit_tex,) = formulas(limit)
         axes = make_axes()
         graph = axes.plot(f, color=BLUE)
         self.play(Create(axes), Create(graph), Write(title))
-
-        x0 = X_MIN + 0.35 * (X_MAX - X_MIN)
-        h0 = 0.3 * (X_MAX - X_MIN)
+        x0, h0 = X_MIN + 0.35 * (X_MAX - X_MIN), 0.3 * (X_MAX - X_MIN)
         h = ValueTracker(h0)
         secant = always_redraw(lambda: axes.get_secant_slope_group(
             x0, graph, dx=h.get_value(), dx_line_color=GREEN, dy_line_color=GREEN,
@@ -135,46 +121,42 @@ class SecantLimitScene(Scene):
             text = f"h = {h.get_value():.3f}:  secant slope = {slope:.3f}"
             return Text(text, font_size=28, color=YELLOW).next_to(title, DOWN)
 
-        numbers = readout()
+        label = readout()
         self.add(secant, Dot(axes.c2p(x0, f(x0)), color=YELLOW))
-        self.play(FadeIn(numbers))
+        self.play(FadeIn(label))
         for scale in (0.5, 0.2, 0.05, 0.005):
             self.play(h.animate.set_value(scale * h0), run_time=0.8)
-            self.remove(numbers)
-            numbers = readout()
-            self.add(numbers)
+            self.remove(label)
+            label = readout()
+            self.add(label)
             self.wait(0.3)
-
         value = Text(f"= {float(df(x0)):.3f}", font_size=32, color=RED)
-        result = VGroup(limit, value).arrange(RIGHT).next_to(title, DOWN)
-        self.play(FadeOut(numbers), Write(result))
+        self.play(FadeOut(label), Write(VGroup(limit_tex, value).arrange(RIGHT).next_to(title, DOWN)))
         self.wait(0.5)
         self.clear()
         self.add(title)
         self.play(Write(derivative_tex.next_to(title, DOWN)))
-        self.play(FadeIn(lines.next_to(derivative_tex, DOWN)))
+        self.play(FadeIn(rules.next_to(derivative_tex, DOWN)))
         self.wait(1)
-''',
-    "graphs": r'''
+""",
+    "graphs": r"""
 class RuleStepsScene(Scene):
     def construct(self):
-        title, derivative_tex, lines, legend = formulas("f(x)", "f'(x)")
+        title, derivative_tex, rules, legend = formulas("f(x)", "f'(x)")
         self.play(Write(title))
-        lines.next_to(title, DOWN)
-        for line in lines:
-            self.play(Write(line), run_time=0.6)
-        self.play(Write(derivative_tex.next_to(lines, DOWN)))
+        rules.next_to(title, DOWN)
+        for rule in rules:
+            self.play(Write(rule), run_time=0.6)
+        self.play(Write(derivative_tex.next_to(rules, DOWN)))
         self.wait(0.5)
-        self.play(FadeOut(lines, derivative_tex))
-
+        self.play(FadeOut(rules, derivative_tex))
         axes = make_axes().scale(0.85).to_edge(DOWN)
-        graph = axes.plot(f, color=BLUE)
-        derivative = axes.plot(df, color=RED)
+        graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
         legend = VGroup(legend[0].set_color(BLUE), legend[1].set_color(RED)).arrange(RIGHT, buff=1)
         self.play(Create(axes), Create(graph), FadeIn(legend.next_to(title, DOWN)))
         self.play(Create(derivative), run_time=1.5)
         self.wait(1)
-''',
+""",
 }
 
 

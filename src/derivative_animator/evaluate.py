@@ -1,0 +1,310 @@
+"""Evaluation: generate a scene per function, render every one in the sandbox, check the
+mathematics, and report per baseline and per curriculum level.
+
+    python -m derivative_animator.evaluate                        # make eval (test split)
+    python -m derivative_animator.evaluate eval.model=outputs/train/<run>/checkpoint/merged
+    python -m derivative_animator.evaluate eval.functions_file=my_functions.txt
+
+Baselines: `template` (the oracle: the dataset's template with the true derivative; it
+must score 100%, the evaluator's own sanity check), `base` (the model before fine-tuning,
+same prompt), `finetuned` (greedy, raw), `verified` (the fine-tuned model sampled again
+until its scene passes every check, up to eval.verify_attempts; reports which attempt).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from derivative_animator import paths
+
+BASELINES = ("template", "base", "finetuned", "verified")
+CHECKS = ("syntax", "structure", "executes", "math")
+
+
+@dataclass
+class Sample:
+    id: str
+    function: str
+    level: int
+    style: str = "tangent"
+
+
+@dataclass
+class Row:
+    baseline: str
+    sample_id: str
+    function: str
+    level: int
+    attempt: int
+    syntax: bool
+    structure: bool | None
+    executes: bool | None
+    math: bool | None
+    passed: bool
+    error: str | None
+    generation_s: float
+    new_tokens: int
+    tokens_per_s: float
+    render_s: float | None
+    code_path: str
+    frame_path: str | None = None
+    attempts_tried: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def load_samples(cfg: DictConfig) -> list[Sample]:
+    from derivative_animator import cli, dataset
+    from derivative_animator.parsing import ParseError
+
+    if cfg.eval.functions_file:
+        path = paths.resolve(cfg.eval.functions_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"eval.functions_file {path} not found")
+        samples = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                info = cli.describe(text)
+            except ParseError as err:
+                raise ValueError(f"{path.name}:{number}: {err}") from None
+            samples.append(Sample(f"line{number:04d}", info["function"], info["level"]))
+    else:
+        samples = [Sample(r.id, r.function, r.level, r.style)
+                   for r in dataset.read_split(cfg.data.dir, cfg.eval.split)]
+    return samples[: cfg.eval.limit] if cfg.eval.limit else samples
+
+
+def latest_checkpoint() -> Path:
+    runs = sorted(paths.resolve("outputs/train").glob("*/checkpoint/merged"), key=lambda p: p.stat().st_mtime)
+    runs += sorted(paths.resolve("outputs/train-multirun").glob("*/*/checkpoint/merged"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError("no trained checkpoint under outputs/train: run `make train` first, or set eval.model")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+class Evaluator:
+    """Generates, writes each scene to disk, and checks it on a pool of render workers."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        from derivative_animator import checks
+        from derivative_animator.sandbox import SandboxLimits
+
+        self.cfg, self.run_dir = cfg, run_dir
+        limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
+        self.render = checks.RenderOptions(quality=cfg.eval.render.quality, limits=limits)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.eval.workers)
+
+    def submit(self, baseline: str, sample: Sample, code: str, attempt: int, generation) -> Future:
+        from derivative_animator import checks
+
+        stem = f"{sample.id}" + (f"-a{attempt}" if attempt > 1 else "")
+        code_path = self.run_dir / "code" / baseline / f"{stem}.py"
+        code_path.parent.mkdir(parents=True, exist_ok=True)
+        code_path.write_text(code)
+        frames = self.run_dir / "frames" / baseline / stem
+
+        def work() -> Row:
+            result = checks.check_code(code, sample.function, render=self.render, output_dir=frames)
+            frame = frames / f"{result.scene}.png" if result.scene else None
+            return Row(
+                baseline=baseline, sample_id=sample.id, function=sample.function, level=sample.level,
+                attempt=attempt, syntax=result.syntax, structure=result.structure, executes=result.executes,
+                math=result.math, passed=result.passed, error=result.error,
+                generation_s=round(generation.seconds, 3) if generation else 0.0,
+                new_tokens=generation.new_tokens if generation else 0,
+                tokens_per_s=round(generation.tokens_per_second, 1) if generation else 0.0,
+                render_s=result.render_seconds, code_path=str(code_path.relative_to(self.run_dir)),
+                frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
+                extra={"environment_error": result.environment_error},
+            )
+
+        return self.pool.submit(work)
+
+
+def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
+    from rich.progress import Progress
+
+    from derivative_animator import cli
+    from derivative_animator.generate import Generation, SceneGenerator
+
+    samples = load_samples(cfg)
+    baselines = list(cfg.eval.baselines)
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown eval.baselines {sorted(unknown)}; choose from {list(BASELINES)}")
+    model_dir = None
+    if {"base", "finetuned", "verified"} & set(baselines):
+        model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
+    evaluator = Evaluator(cfg, run_dir)
+    futures: dict[str, list[Future]] = {b: [] for b in baselines}
+    e = cfg.eval
+    with Progress() as progress:
+        if "template" in baselines:
+            for sample in samples:
+                code = cli.template_scene(sample.function, sample.style)
+                futures["template"].append(evaluator.submit("template", sample, code, 1, None))
+        if "base" in baselines:
+            base_generator = _base_generator(model_dir)
+            task = progress.add_task("base model (no fine-tuning)", total=len(samples))
+            for start in range(0, len(samples), e.batch_size):
+                chunk = samples[start:start + e.batch_size]
+                for sample, gen in zip(chunk, base_generator.generate_batch(
+                        [s.function for s in chunk], e.max_new_tokens), strict=True):
+                    futures["base"].append(evaluator.submit("base", sample, gen.code, 1, gen))
+                progress.advance(task, len(chunk))
+            del base_generator
+        generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch) if model_dir else None
+        raw: dict[str, tuple[Generation, Future]] = {}
+        if {"finetuned", "verified"} & set(baselines):
+            task = progress.add_task("fine-tuned model", total=len(samples) * e.samples_per_function)
+            for sample in samples:
+                for k in range(e.samples_per_function):
+                    temperature = e.temperature if k == 0 else e.sample_temperature
+                    gen = generator.generate(sample.function, e.max_new_tokens, temperature, e.top_p, seed=e.seed + k)
+                    future = evaluator.submit("finetuned", sample, gen.code, k + 1, gen)
+                    futures.setdefault("finetuned", []).append(future)
+                    if k == 0:
+                        raw[sample.id] = (gen, future)
+                    progress.advance(task)
+        # Retries wait on renders, so they run on their own threads, not the render pool's.
+        retry_pool = ThreadPoolExecutor(max_workers=e.workers)
+        if "verified" in baselines:
+            for sample in samples:
+                futures["verified"].append(retry_pool.submit(_verify, evaluator, generator, sample, raw[sample.id], e))
+        task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
+        rows: list[Row] = []
+        for baseline in baselines:
+            for future in futures[baseline]:
+                rows.append(future.result())
+                progress.advance(task)
+    evaluator.pool.shutdown()
+    retry_pool.shutdown()
+    if "finetuned" not in baselines:
+        rows = [r for r in rows if r.baseline != "finetuned"]
+    return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
+            "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function)}
+
+
+def _base_generator(model_dir: Path):
+    """The checkpoint's own base model (before fine-tuning), queried with the same prompt."""
+    from derivative_animator.finetune import load_base
+    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.prompt import PromptFormat
+
+    trained = json.loads((model_dir / "derivanim_config.json").read_text())
+    tokenizer, model = load_base(OmegaConf.create(trained["model"]))
+    return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir)
+
+
+def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
+    """Attempt 1 is the raw greedy scene; later attempts sample until one passes."""
+    gen, future = first
+    row = future.result()
+    attempt = 1
+    total_time = gen.seconds
+    while not row.passed and attempt < e.verify_attempts:
+        attempt += 1
+        gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p, seed=e.seed + 100 + attempt)
+        total_time += gen.seconds
+        row = evaluator.submit("verified", sample, gen.code, attempt, gen).result()
+    row = Row(**{**asdict(row), "baseline": "verified", "attempts_tried": attempt,
+                 "generation_s": round(total_time, 3)})
+    return row
+
+
+def _rate(rows: list[Row], key: str) -> float:
+    return round(100 * sum(bool(getattr(r, key)) for r in rows) / len(rows), 1) if rows else 0.0
+
+
+def summarize(rows: list[Row], n: int) -> dict:
+    summary = {}
+    for baseline in dict.fromkeys(r.baseline for r in rows):
+        mine = [r for r in rows if r.baseline == baseline]
+        firsts = [r for r in mine if r.attempt == 1 or baseline == "verified"]
+        groups = {"all": firsts, **{f"level{lv}": [r for r in firsts if r.level == lv]
+                                    for lv in sorted({r.level for r in firsts})}}
+        summary[baseline] = {}
+        for name, group in groups.items():
+            if not group:
+                continue
+            times = [r.generation_s for r in group]
+            entry = {"n": len(group), **{k: _rate(group, k) for k in (*CHECKS, "passed")},
+                     "generation_s_median": round(statistics.median(times), 3),
+                     "generation_s_mean": round(statistics.mean(times), 3),
+                     "tokens_per_s_median": round(statistics.median([r.tokens_per_s for r in group]), 1),
+                     "environment_errors": sum(r.extra.get("environment_error", False) for r in group)}
+            if baseline == "verified":
+                entry["attempts_mean"] = round(statistics.mean(r.attempts_tried for r in group), 2)
+            summary[baseline][name] = entry
+        if baseline == "finetuned" and n > 1:
+            per_function: dict[str, list[Row]] = {}
+            for r in mine:
+                per_function.setdefault(r.sample_id, []).append(r)
+            for k in sorted({1, min(5, n), n}):
+                values = [pass_at_k(len(v), sum(r.passed for r in v), k) for v in per_function.values()]
+                summary[baseline]["all"][f"pass@{k}"] = round(100 * statistics.mean(values), 1)
+    return summary
+
+
+def log_to_mlflow(results: dict, run_dir: Path) -> str | None:
+    """Metrics (eval/<baseline>/<metric>) and reports go to the evaluated checkpoint's run."""
+    import mlflow
+
+    if not results["model"]:
+        return None
+    info_path = Path(results["model"]) / "run_info.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
+    run_id = info["mlflow_run_id"]
+    for baseline, groups in results["summary"].items():
+        for group, values in groups.items():
+            for metric, value in values.items():
+                if isinstance(value, (int, float)):
+                    suffix = "" if group == "all" else f"/{group}"
+                    client.log_metric(run_id, f"eval/{baseline}/{metric.replace('@', '_at_')}{suffix}", float(value))
+    client.log_artifacts(run_id, str(run_dir / "report"), artifact_path=f"eval/{run_dir.name}")
+    return run_id
+
+
+def main(cfg: DictConfig) -> int:
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+
+    from derivative_animator import report
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    results = run_evaluation(cfg, run_dir)
+    results["config"] = OmegaConf.to_container(cfg, resolve=True)
+    report_dir = report.write_reports(results, run_dir)
+    run_id = log_to_mlflow(results, run_dir) if cfg.eval.log_to_mlflow else None
+    console = Console()
+    console.print(report.markdown_table(results["summary"]))
+    console.print(f"\nreports: {report_dir}\ngallery: {report_dir / 'gallery.html'}")
+    if run_id:
+        console.print(f"MLflow: run {run_id}; browse with `make ui` (http://127.0.0.1:5000)")
+    return 0
+
+
+if __name__ == "__main__":
+    from derivative_animator.cli_support import hydra_entry
+
+    sys.exit(hydra_entry(main, "eval"))

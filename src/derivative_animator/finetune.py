@@ -1,0 +1,176 @@
+"""LoRA fine-tuning, top to bottom: load the base, add adapters, train, merge, save.
+
+- `load_base(model_cfg)`: tokenizer + AutoModelForCausalLM from a local dir or the hub,
+  with a clear error when a hub model cannot be fetched;
+- `add_lora(model, lora_cfg)`: PEFT adapters on every linear projection (or none);
+- `LoRAFineTuner`: the LightningModule (AdamW, warm-up + cosine decay; logs train/loss,
+  val/loss, val/perplexity, tokens/s of real (non-padding) tokens, lr);
+- `save_checkpoint(...)`: merge the adapters into the base (idempotent), save the merged
+  model, tokenizer, adapter, prompt format and resolved config: what inference loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from derivative_animator import paths
+from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat
+
+MERGED_DIR = "merged"
+ADAPTER_DIR = "adapter"
+RUN_INFO = "run_info.json"
+
+
+class ModelLoadError(ValueError):
+    """The base model cannot be loaded (missing build, no network for a hub id, ...)."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_base(model_cfg):
+    """(tokenizer, model) for model_cfg.pretrained: a local directory or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = str(model_cfg.pretrained)
+    local = paths.resolve(source)
+    if local.is_dir():
+        source = str(local)
+    elif source.startswith((".", "/", "outputs")):
+        raise ModelLoadError(f"model directory {local} not found; build it with `make base`")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(model_cfg.dtype))
+    except OSError as err:
+        raise ModelLoadError(
+            f"cannot load model '{source}': not in the local Hugging Face cache and the hub is "
+            f"unreachable ({str(err).splitlines()[0][:120]}). Download it where there is network "
+            f"(`huggingface-cli download {source}`) and copy it here, then pass "
+            f"model.pretrained=/path/to/local/copy"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return tokenizer, model
+
+
+def add_lora(model, lora_cfg):
+    """Wrap model with LoRA adapters; lora.enabled=false trains every weight instead."""
+    if not lora_cfg.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if lora_cfg.r <= 0 or lora_cfg.alpha <= 0 or not 0 <= lora_cfg.dropout < 1:
+        raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
+    config = LoraConfig(r=int(lora_cfg.r), lora_alpha=float(lora_cfg.alpha),
+                        lora_dropout=float(lora_cfg.dropout), task_type="CAUSAL_LM",
+                        target_modules=lora_cfg.target_modules)
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.enable_input_require_grads()
+    return get_peft_model(model, config)
+
+
+class LoRAFineTuner(pl.LightningModule):
+    def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.05):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        self._step_started: float | None = None
+        self.save_hyperparameters(ignore=["model"])
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def _real_tokens(self, batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}: lower optim.lr, "
+                "or train in full precision (trainer.precision=32-true)"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self._step_started is not None:
+            elapsed = time.perf_counter() - self._step_started
+            self.log("train/tokens_per_s", self._real_tokens(batch) / max(elapsed, 1e-9), on_step=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+
+    def on_validation_epoch_start(self):
+        self._val_loss_sum, self._val_tokens = 0.0, 0
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        # Token-weighted mean over the split, not a mean of batch means.
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        self._val_loss_sum += float(loss) * tokens
+        self._val_tokens += tokens
+
+    def on_validation_epoch_end(self):
+        if self._val_tokens:
+            loss = self._val_loss_sum / self._val_tokens
+            self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+            self.log("val/perplexity", math.exp(min(loss, 50)), sync_dist=True)
+
+    def configure_optimizers(self):
+        from transformers import get_cosine_schedule_with_warmup
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # Checkpoints hold only what trains (the adapters): a 1.3B base is not copied each save.
+    def on_save_checkpoint(self, checkpoint):
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
+
+
+def merge(model):
+    """The plain model with adapters folded in. Idempotent: a merged or plain model
+    comes back unchanged."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path, resolved_config: dict, run_info: dict,
+                    prompt_format: PromptFormat = DEFAULT_FORMAT, draft_corpus: list[str] | None = None) -> Path:
+    """Save adapter (if any) and merged model + tokenizer + prompt format + config, and
+    the training scenes the inference drafter looks tokens up in."""
+    from peft import PeftModel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir / ADAPTER_DIR)
+    merged = merge(model)
+    merged_dir = out_dir / MERGED_DIR
+    merged.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    prompt_format.save(merged_dir)
+    (merged_dir / "derivanim_config.json").write_text(json.dumps(resolved_config, indent=2, default=str) + "\n")
+    (merged_dir / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
+    if draft_corpus is not None:
+        (merged_dir / "draft_corpus.json").write_text(json.dumps(draft_corpus))
+    return merged_dir

@@ -1,0 +1,178 @@
+"""Inference: a merged checkpoint writes a Manim scene for a function.
+
+`SceneGenerator.load(dir)` refuses a checkpoint whose stored prompt format is missing
+or differs from the prompt module's (unless told otherwise), then formats every prompt
+with the checkpoint's own format and `prompt.encode_prompt`: exactly what training saw.
+
+Greedy decoding uses lossless n-gram speculation: a drafter proposes the next tokens by
+looking up the last few tokens in the training scenes saved with the checkpoint, and
+one forward pass checks the whole draft. The output is the model's own greedy output
+(every kept token is the model's argmax); only the number of forward passes shrinks,
+which matters on a CPU where each pass costs the same for 1 token or 16.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from derivative_animator import paths
+from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
+
+DRAFT_CORPUS = "draft_corpus.json"
+
+
+@dataclass
+class Generation:
+    function: str
+    code: str
+    seconds: float
+    new_tokens: int
+    forward_passes: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+class NgramDrafter:
+    """Proposes continuations seen in the training scenes after the same n tokens."""
+
+    def __init__(self, sequences: list[list[int]], orders: tuple[int, ...] = (8, 4, 2)):
+        self.orders = orders
+        self.tokens: list[int] = []
+        self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in orders}
+        for sequence in sequences:
+            start = len(self.tokens)
+            self.tokens.extend(sequence)
+            for n in orders:
+                table = self.index[n]
+                for i in range(start + n, len(self.tokens)):
+                    table.setdefault(tuple(self.tokens[i - n:i]), i)
+
+    def propose(self, context: list[int], length: int) -> list[int]:
+        for n in self.orders:
+            if len(context) >= n:
+                position = self.index[n].get(tuple(context[-n:]))
+                if position is not None:
+                    return self.tokens[position:position + length]
+        return []
+
+
+class SceneGenerator:
+    def __init__(self, model, tokenizer, prompt_format: PromptFormat, drafter: NgramDrafter | None,
+                 checkpoint: Path):
+        self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
+        self.drafter, self.checkpoint = drafter, checkpoint
+
+    @classmethod
+    def load(cls, directory: str | Path, allow_prompt_mismatch: bool = False, device: str | None = None,
+             speculative: bool = True) -> SceneGenerator:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        checkpoint = paths.resolve(directory)
+        if not (checkpoint / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{checkpoint} is not a model checkpoint (no config.json); pass the merged dir of a "
+                "training run, e.g. outputs/train/<run>/checkpoint/merged")
+        stored = PromptFormat.load(checkpoint)  # raises when the checkpoint carries none
+        if not allow_prompt_mismatch:
+            require_same(stored, DEFAULT_FORMAT)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device)
+        drafter = None
+        if speculative and (checkpoint / DRAFT_CORPUS).is_file():
+            scenes = json.loads((checkpoint / DRAFT_CORPUS).read_text())
+            drafter = NgramDrafter([tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes])
+        return cls(model, tokenizer, stored, drafter, checkpoint)
+
+    def prompt_ids(self, function: str) -> list[int]:
+        return encode_prompt(self.tokenizer, self.prompt_format.format(function))
+
+    @torch.inference_mode()
+    def generate(self, function: str, max_new_tokens: int = 1600, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, draft_length: int = 16) -> Generation:
+        """One scene. temperature 0 is greedy (with speculation); above 0 samples."""
+        from transformers import DynamicCache
+
+        start = time.perf_counter()
+        ids = self.prompt_ids(function)
+        device = self.model.device
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        cache = DynamicCache()
+        logits = self.model(input_ids=torch.tensor([ids], device=device), past_key_values=cache,
+                            use_cache=True).logits[0, -1]
+        passes, new, eos = 1, [], self.tokenizer.eos_token_id
+        while len(new) < max_new_tokens:
+            token = _pick(logits, temperature, top_p, generator)
+            new.append(token)
+            if token == eos:
+                break
+            draft = []
+            if temperature == 0 and self.drafter is not None:
+                room = max_new_tokens - len(new)
+                draft = self.drafter.propose(ids + new, min(draft_length, room))
+            feed = torch.tensor([[token] + draft], device=device)
+            out = self.model(input_ids=feed, past_key_values=cache, use_cache=True).logits[0]
+            passes += 1
+            accepted = 0
+            for i, proposed in enumerate(draft):
+                if int(out[i].argmax()) != proposed:
+                    break
+                new.append(proposed)
+                accepted += 1
+                if proposed == eos:
+                    break
+            if accepted < len(draft):
+                cache.crop(len(ids) + len(new))
+            if new[-1] == eos:
+                break
+            logits = out[accepted]
+        if new and new[-1] == eos:
+            new = new[:-1]
+        code = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(function, code, time.perf_counter() - start, len(new), passes)
+
+    @torch.inference_mode()
+    def generate_batch(self, functions: list[str], max_new_tokens: int = 1600,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
+        """Many scenes at once (left-padded, HF generate). Each gets the batch time / n."""
+        if not functions:
+            return []
+        start = time.perf_counter()
+        prompts = [self.prompt_ids(f) for f in functions]
+        width = max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                     pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **sampling)
+        each = (time.perf_counter() - start) / len(functions)
+        results = []
+        for function, row in zip(functions, output[:, width:].tolist(), strict=True):
+            if self.tokenizer.eos_token_id in row:
+                row = row[:row.index(self.tokenizer.eos_token_id)]
+            row = [t for t in row if t != pad]
+            results.append(Generation(function, self.tokenizer.decode(row, skip_special_tokens=True),
+                                      each, len(row), 0))
+        return results
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

@@ -1,0 +1,158 @@
+"""Fine-tune: compose the config, build the parts, fit, merge, save, log.
+
+    python -m derivative_animator.train                          # make train
+    python -m derivative_animator.train lora=r16 trainer.max_epochs=3
+    python -m derivative_animator.train -m lora.r=8,16 trainer.max_epochs=1   # a sweep
+    python -m derivative_animator.train resume=outputs/train/<run dir>       # continue
+
+Each run writes <run dir>/checkpoints (Lightning, adapters only), <run dir>/checkpoint/
+merged (what inference loads) and one MLflow run holding params (the flattened config),
+metrics and the merged checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from derivative_animator import paths
+
+RUN_FILE = "run.json"  # mlflow run id and status, for resuming
+
+
+def _run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("resume"):
+        return paths.resolve(cfg.resume)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _load_resumed_config(cfg: DictConfig) -> DictConfig:
+    run_dir = paths.resolve(cfg.resume)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not (run_dir / RUN_FILE).is_file() or not saved.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a training run directory (no {RUN_FILE} or .hydra/config.yaml)")
+    resumed = OmegaConf.load(saved)
+    resumed.resume = cfg.resume
+    return resumed
+
+
+def _sweep_tags(cfg: DictConfig) -> dict[str, str]:
+    tags = {"model": str(cfg.model.name), "lora_r": str(cfg.lora.r if cfg.lora.enabled else "full")}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            tags["sweep"] = cfg.get("sweep_name") or Path(hydra_cfg.sweep.dir).name
+            tags["sweep_job"] = str(hydra_cfg.job.num)
+    except ValueError:
+        pass  # not running under Hydra (tests call train() directly)
+    if cfg.get("sweep_name"):
+        tags["sweep"] = str(cfg.sweep_name)
+    return tags
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    import mlflow
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from derivative_animator import dataset, environment, finetune
+    from derivative_animator.base_model import BaseModelConfig, build_base
+    from derivative_animator.datamodule import DerivativeDataModule
+
+    if cfg.get("resume"):
+        cfg = _load_resumed_config(cfg)
+    run_dir = _run_dir(cfg)
+    run_file = run_dir / RUN_FILE
+    resumed = json.loads(run_file.read_text()) if cfg.get("resume") else None
+    if not resumed and (run_dir / finetune.MERGED_DIR).exists():
+        raise FileExistsError(f"{run_dir} already holds a finished run; runs never overwrite each other")
+
+    optim = cfg.optim
+    if optim.effective_batch_size % optim.micro_batch_size:
+        raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
+    pl.seed_everything(cfg.seed, workers=True)
+
+    if cfg.model.get("build"):
+        build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
+    tokenizer, model = finetune.load_base(cfg.model)
+    model = finetune.add_lora(model, cfg.lora)
+    datamodule = DerivativeDataModule(
+        data_dir=cfg.data.dir, tokenizer=tokenizer, micro_batch_size=optim.micro_batch_size,
+        max_length=cfg.model.max_length, bucket_size=cfg.loader.bucket_size,
+        num_workers=cfg.loader.num_workers, seed=cfg.seed,
+        limit_train_samples=cfg.get("limit_train_samples"),
+    )
+    module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
+                                    warmup_ratio=optim.warmup_ratio)
+
+    logger = MLFlowLogger(
+        experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
+        artifact_location=cfg.logger.artifact_location, run_name=run_dir.name,
+        tags=_sweep_tags(cfg), run_id=resumed["mlflow_run_id"] if resumed else None,
+    )
+    if not resumed:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    run_id = logger.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri}) + "\n")
+
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=cfg.get("checkpoint_every_n_steps") or None)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = environment.resolve_precision(str(trainer_cfg["precision"]),
+                                                             str(trainer_cfg["accelerator"]))
+    trainer = instantiate(
+        trainer_cfg, logger=logger, callbacks=[checkpoints], default_root_dir=str(run_dir),
+        accumulate_grad_batches=optim.effective_batch_size // optim.micro_batch_size,
+        enable_checkpointing=True,
+    )
+    client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed and last.exists() else None)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if trainer.is_global_zero:
+            run_info = {"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri,
+                        "run_dir": str(run_dir), "global_step": trainer.global_step, "metrics": metrics}
+            merged_dir = finetune.save_checkpoint(
+                module.model, tokenizer, run_dir / "checkpoint",
+                OmegaConf.to_container(cfg, resolve=True), run_info,
+                draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")],
+            )
+            if cfg.logger.log_model:
+                client.log_artifacts(run_id, str(merged_dir), artifact_path="merged_model")
+            client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            client.set_terminated(run_id, "FINISHED")
+            print(f"merged checkpoint: {merged_dir}\nMLflow run: {run_id} ({cfg.logger.tracking_uri})", file=sys.stderr)
+        return metrics
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # resume=<run dir> continues it
+        raise
+
+
+def main(cfg: DictConfig) -> int:
+    from derivative_animator.finetune import ModelLoadError
+
+    try:
+        train(cfg)
+    except ModelLoadError as err:
+        raise ValueError(str(err)) from None
+    return 0
+
+
+if __name__ == "__main__":
+    from derivative_animator.cli_support import hydra_entry
+
+    sys.exit(hydra_entry(main, "train"))
