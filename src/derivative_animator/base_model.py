@@ -33,6 +33,7 @@ import torch
 from derivative_animator import paths
 
 BUILD_INFO = "build_info.json"
+BUILD_VERSION = 2  # bump when the code changes what a build produces (it invalidates caches)
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
 
@@ -71,6 +72,7 @@ class BaseModelConfig:
     @property
     def sha256(self) -> str:
         content = {k: v for k, v in asdict(self).items() if k not in ("output_dir", "threads")}
+        content["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -141,7 +143,7 @@ def make_model(config: BaseModelConfig, tokenizer):
         num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads,
         max_position_embeddings=config.max_position_embeddings,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,  # untied, like DeepSeek-Coder
     )
     return LlamaForCausalLM(model_config)
 

@@ -73,7 +73,8 @@ def add_lora(model, lora_cfg):
         raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
     config = LoraConfig(r=int(lora_cfg.r), lora_alpha=float(lora_cfg.alpha),
                         lora_dropout=float(lora_cfg.dropout), task_type="CAUSAL_LM",
-                        target_modules=lora_cfg.target_modules)
+                        target_modules=lora_cfg.target_modules,
+                        modules_to_save=list(lora_cfg.get("modules_to_save") or []) or None)
     if getattr(model, "is_gradient_checkpointing", False):
         model.enable_input_require_grads()
     return get_peft_model(model, config)
@@ -82,7 +83,7 @@ def add_lora(model, lora_cfg):
 class LoRAFineTuner(pl.LightningModule):
     def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.05):
         super().__init__()
-        self.model = model
+        self.model = model.train() if hasattr(model, "train") else model  # from_pretrained returns eval mode
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self._step_started: float | None = None
         self.save_hyperparameters(ignore=["model"])

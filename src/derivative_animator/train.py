@@ -26,6 +26,8 @@ RUN_FILE = "run.json"  # mlflow run id and status, for resuming
 def _run_dir(cfg: DictConfig) -> Path:
     if cfg.get("resume"):
         return paths.resolve(cfg.resume)
+    if cfg.get("run_dir"):  # set by tests and scripts that call train() without Hydra's main
+        return paths.resolve(cfg.run_dir)
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
@@ -58,7 +60,7 @@ def _sweep_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
     import mlflow
     import pytorch_lightning as pl
     from hydra.utils import instantiate
@@ -74,8 +76,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = _run_dir(cfg)
     run_file = run_dir / RUN_FILE
     resumed = json.loads(run_file.read_text()) if cfg.get("resume") else None
-    if not resumed and (run_dir / finetune.MERGED_DIR).exists():
+    if not resumed and (run_dir / "checkpoint").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run; runs never overwrite each other")
+    if not (run_dir / ".hydra" / "config.yaml").exists():
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
     optim = cfg.optim
     if optim.effective_batch_size % optim.micro_batch_size:
@@ -112,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer_cfg["precision"] = environment.resolve_precision(str(trainer_cfg["precision"]),
                                                              str(trainer_cfg["accelerator"]))
     trainer = instantiate(
-        trainer_cfg, logger=logger, callbacks=[checkpoints], default_root_dir=str(run_dir),
+        trainer_cfg, logger=logger, callbacks=[checkpoints, *(extra_callbacks or [])], default_root_dir=str(run_dir),
         accumulate_grad_batches=optim.effective_batch_size // optim.micro_batch_size,
         enable_checkpointing=True,
     )

@@ -1,0 +1,157 @@
+"""Measure the figures the README reports. Nothing here is hard-coded: every number printed
+is timed on this machine, now.
+
+    python scripts/benchmark.py                 # data build, training throughput, generation
+    python scripts/benchmark.py --validate      # + render-validation of the whole dataset (minutes)
+    python scripts/benchmark.py --only training
+
+Training throughput compares the project's Lightning module against a plain
+transformers + PEFT loop on the same model, data, batches and precision, in the same run,
+counting real (non-padding) tokens only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def bench_data(validate: bool) -> dict:
+    result = {}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "derivative_animator.dataset"], cwd=ROOT, check=True,
+                   capture_output=True)
+    result["data_build_s"] = round(time.perf_counter() - start, 1)
+    if validate:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "derivative_animator.dataset", "validate.enabled=true"],
+                       cwd=ROOT, check=True, capture_output=True)
+        result["data_build_and_validate_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def bench_training(steps: int) -> dict:
+    import pytorch_lightning as pl
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from derivative_animator import environment, finetune, paths
+    from derivative_animator.base_model import BaseModelConfig, build_base
+    from derivative_animator.datamodule import DerivativeDataModule, padding_share
+
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train")
+    build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
+    precision = environment.resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    micro = cfg.optim.micro_batch_size
+
+    def fresh():
+        torch.manual_seed(0)
+        tokenizer, model = finetune.load_base(cfg.model)
+        model = finetune.add_lora(model, cfg.lora)
+        data = DerivativeDataModule(cfg.data.dir, tokenizer, micro, cfg.model.max_length, cfg.loader.bucket_size, seed=0)
+        data.setup()
+        return model, data
+
+    # Plain loop: transformers + PEFT + torch.optim, nothing else.
+    model, data = fresh()
+    batches = list(data.train_dataloader())[:steps]
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = precision.startswith("bf16")
+    model.train()
+    start = time.perf_counter()
+    for batch in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    plain = real / (time.perf_counter() - start)
+
+    # The project's LightningModule on the same batches.
+    model, data = fresh()
+    module = finetune.LoRAFineTuner(model, lr=1e-4)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=batches)
+    lightning = real / (time.perf_counter() - start)
+
+    lengths = data.splits["train"].lengths
+    sampler_batches = list(data.train_dataloader().batch_sampler)
+    naive = [list(range(i, min(i + micro, len(lengths)))) for i in range(0, len(lengths), micro)]
+    return {
+        "training_precision": precision,
+        "training_steps_measured": steps,
+        "plain_loop_tokens_per_s": round(plain, 1),
+        "lightning_tokens_per_s": round(lightning, 1),
+        "lightning_over_plain": round(lightning / plain, 3),
+        "padding_share_bucketed": round(padding_share(lengths, sampler_batches), 4),
+        "padding_share_unsorted": round(padding_share(lengths, naive), 4),
+        "train_tokens_per_epoch": sum(lengths),
+    }
+
+
+def bench_generation(checkpoint: str | None, n: int) -> dict:
+    from derivative_animator import dataset
+    from derivative_animator.evaluate import latest_checkpoint
+    from derivative_animator.generate import SceneGenerator
+
+    directory = Path(checkpoint) if checkpoint else latest_checkpoint()
+    records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
+    result = {"checkpoint": str(directory)}
+    for label, speculative in (("speculative", True), ("plain", False)):
+        generator = SceneGenerator.load(directory, speculative=speculative)
+        generator.generate(records[0].function, max_new_tokens=32)  # warm-up
+        times, tokens = [], []
+        for record in records:
+            gen = generator.generate(record.function)
+            times.append(gen.seconds)
+            tokens.append(gen.new_tokens)
+        result[f"latency_median_s_{label}"] = round(statistics.median(times), 3)
+        result[f"latency_max_s_{label}"] = round(max(times), 3)
+        result[f"tokens_per_s_{label}"] = round(sum(tokens) / sum(times), 1)
+    result["samples"] = len(records)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["data", "training", "generation"])
+    parser.add_argument("--validate", action="store_true", help="also time render-validation of every sample")
+    parser.add_argument("--steps", type=int, default=24, help="training micro-batches to time")
+    parser.add_argument("--checkpoint", help="merged checkpoint for generation (default: newest)")
+    parser.add_argument("--samples", type=int, default=20, help="test functions for generation latency")
+    args = parser.parse_args()
+    import os
+
+    figures = {"cpu_count": os.cpu_count()}
+    if args.only in (None, "data"):
+        figures.update(bench_data(args.validate))
+    if args.only in (None, "training"):
+        figures.update(bench_training(args.steps))
+    if args.only in (None, "generation"):
+        figures.update(bench_generation(args.checkpoint, args.samples))
+    out = ROOT / "outputs" / "benchmark.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    print(f"\nsaved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Training: configs compose, a micro model trains in seconds, merge is exact, runs resume."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from derivative_animator import dataset, finetune, paths
+from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat
+from derivative_animator.train import train
+
+GROUPS = {group: sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
+          for group in ("data", "model", "lora", "trainer", "logger", "experiment")}
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_config_option_composes(group, option):
+    cfg = compose_train(f"{group}={option}")
+    OmegaConf.resolve(cfg) if group != "data" or option != "original" else None
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+
+
+def test_lora_presets_and_model_learning_rates():
+    assert compose_train().lora.r == 64 and compose_train().lora.alpha == 128
+    assert compose_train("lora=r8").lora.r == 8
+    assert compose_train("model=deepseek_coder_1_3b").optim.lr == 1e-4
+    assert compose_train().optim.effective_batch_size == 16 and compose_train().trainer.max_epochs >= 1
+
+
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data") / "micro"
+    dataset.build(dataset.DataConfig(dir=str(directory), sizes={"train": 8, "validation": 4, "test": 4}))
+    return directory
+
+
+def micro_cfg(tmp_path, data_dir, *overrides):
+    return compose_train(
+        "model=micro", f"data.dir={data_dir}", f"+run_dir={tmp_path / 'run'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"logger.artifact_location={tmp_path}/artifacts",
+        "optim.micro_batch_size=2", "optim.effective_batch_size=4", "trainer.max_epochs=1", *overrides,
+    )
+
+
+def test_fast_dev_run_trains_and_saves_a_loadable_merged_checkpoint(tmp_path, micro_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    metrics = train(micro_cfg(tmp_path, micro_data, "trainer.fast_dev_run=true"))
+    assert "train/loss_step" in metrics
+    merged = tmp_path / "run" / "checkpoint" / "merged"
+    assert PromptFormat.load(merged) == DEFAULT_FORMAT  # the checkpoint carries the prompt format
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    out = model.generate(**tokenizer("from manim import", return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > 3
+    assert (tmp_path / "run" / "checkpoint" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
+    train(micro_cfg(tmp_path, micro_data, "+limit_train_samples=4", "trainer.limit_val_batches=1"))
+    run_id = json.loads((tmp_path / "run" / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "val/loss" in run.data.metrics and "train/loss_step" in run.data.metrics
+    assert any(k.startswith("lora") for k in run.data.params)
+    artifacts = {a.path for a in client.list_artifacts(run_id, "merged_model")}
+    assert "merged_model/model.safetensors" in artifacts and "merged_model/prompt_format.json" in artifacts
+
+
+def test_runs_never_overwrite_each_other(tmp_path, micro_data):
+    cfg = micro_cfg(tmp_path, micro_data, "trainer.fast_dev_run=true")
+    train(cfg)
+    with pytest.raises(FileExistsError):
+        train(cfg)
+
+
+def test_merged_logits_equal_adapter_logits():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    model = finetune.add_lora(base, OmegaConf.create({"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0,
+                                                      "target_modules": "all-linear"}))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # B starts at 0; make the adapters actually change the output
+            torch.nn.init.normal_(parameter, std=0.5)
+    model.eval()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        adapter_logits = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain_logits = model(input_ids=ids).logits
+        merged = finetune.merge(model)
+        merged_logits = merged(input_ids=ids).logits
+        assert finetune.merge(merged) is merged  # merging is idempotent
+    assert (adapter_logits - plain_logits).abs().max() > 1e-2  # the adapters do change the output
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
+
+
+class CrashAtStep(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, micro_data):
+    cfg = micro_cfg(tmp_path, micro_data, "trainer.max_epochs=2", "+checkpoint_every_n_steps=1",
+                    "trainer.limit_val_batches=1")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, extra_callbacks=[CrashAtStep(2)])
+    run_dir = tmp_path / "run"
+    run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "checkpoint").exists()
+
+    train(compose_train(f"+resume={run_dir}"))
+    assert json.loads((run_dir / "run.json").read_text())["mlflow_run_id"] == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    info = json.loads((run_dir / "checkpoint" / "merged" / "run_info.json").read_text())
+    assert info["global_step"] == 4  # 8 samples / batch 4 = 2 steps per epoch, 2 epochs, none repeated
+
+
+def test_hub_model_without_network_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_train("model=deepseek_coder_1_3b").model
+    with pytest.raises(finetune.ModelLoadError, match="deepseek-ai/deepseek-coder-1.3b-base.*model.pretrained="):
+        finetune.load_base(cfg)
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    module = finetune.LoRAFineTuner(model=lambda **batch: type("Out", (), {"loss": torch.tensor(float("nan"))})(), lr=1e-3)
+    with pytest.raises(FloatingPointError, match="lower optim.lr"):
+        module.training_step({"input_ids": torch.zeros(1, 2)}, 0)
