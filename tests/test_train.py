@@ -150,3 +150,37 @@ def test_nan_loss_stops_with_a_clear_message():
     module = finetune.LoRAFineTuner(model=lambda **batch: type("Out", (), {"loss": torch.tensor(float("nan"))})(), lr=1e-3)
     with pytest.raises(FloatingPointError, match="lower optim.lr"):
         module.training_step({"input_ids": torch.zeros(1, 2)}, 0)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path, micro_data):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "derivative_animator.train", "model=micro", "trainer=ddp",
+               "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+               f"data.dir={micro_data}", f"+run_dir={tmp_path / 'run'}",
+               f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"logger.artifact_location={tmp_path}/a",
+               "optim.micro_batch_size=2", "optim.effective_batch_size=2"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint" / "merged" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_makes_one_mlflow_run_per_rank(tmp_path, micro_data):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "derivative_animator.train", "-m", "model=micro", "lora.r=4,8",
+               "trainer.max_epochs=1", "+limit_train_samples=4", "trainer.limit_val_batches=1",
+               f"data.dir={micro_data}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+               f"logger.artifact_location={tmp_path}/a", "sweep_name=test-sweep"]
+    env = {**__import__("os").environ, "DERIVANIM_OUTPUTS": str(tmp_path / "outputs")}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("derivative-animator")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'test-sweep'")
+    assert sorted(r.data.params["lora/r"] for r in runs) == ["4", "8"]
+    assert all(r.info.status == "FINISHED" for r in runs)

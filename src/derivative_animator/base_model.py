@@ -230,9 +230,8 @@ def build_base(config: BaseModelConfig, force: bool = False) -> BuildReport:
 
 
 def main(cfg) -> int:
-    from rich.console import Console
-
     from omegaconf import OmegaConf
+    from rich.console import Console
 
     config = BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True))
     report = build_base(config, force=cfg.get("force", False))

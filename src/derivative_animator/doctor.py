@@ -31,7 +31,12 @@ def check_packages() -> tuple[bool, str]:
 
 def check_dataset() -> tuple[bool, str]:
     from derivative_animator import dataset
-    from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, PromptFormatError, require_same
+    from derivative_animator.prompt import (
+        DEFAULT_FORMAT,
+        PromptFormat,
+        PromptFormatError,
+        require_same,
+    )
 
     directory = paths.resolve("data/derivatives")
     try:

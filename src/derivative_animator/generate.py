@@ -106,7 +106,7 @@ class SceneGenerator:
         device = self.model.device
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         cache = DynamicCache()
-        logits = self.model(input_ids=torch.tensor([ids], device=device), past_key_values=cache,
+        logits = self.model(input_ids=torch.tensor([ids], device=device), cache=cache,
                             use_cache=True).logits[0, -1]
         passes, new, eos = 1, [], self.tokenizer.eos_token_id
         while len(new) < max_new_tokens:
@@ -119,7 +119,7 @@ class SceneGenerator:
                 room = max_new_tokens - len(new)
                 draft = self.drafter.propose(ids + new, min(draft_length, room))
             feed = torch.tensor([[token] + draft], device=device)
-            out = self.model(input_ids=feed, past_key_values=cache, use_cache=True).logits[0]
+            out = self.model(input_ids=feed, cache=cache, use_cache=True).logits[0]
             passes += 1
             accepted = 0
             for i, proposed in enumerate(draft):
@@ -129,8 +129,9 @@ class SceneGenerator:
                 accepted += 1
                 if proposed == eos:
                     break
-            if accepted < len(draft):
-                cache.crop(len(ids) + len(new))
+            excess = cache.get_seq_length() - (len(ids) + len(new))
+            if excess > 0:  # drop the rejected draft tokens from the cache
+                cache.crop(-excess)
             if new[-1] == eos:
                 break
             logits = out[accepted]

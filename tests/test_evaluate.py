@@ -1,0 +1,57 @@
+"""The evaluator: the oracle scores 100%, reports are complete, pass@k is the unbiased estimator."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from derivative_animator import environment, evaluate, paths, report
+
+
+def compose_eval(*overrides):
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        return compose(config_name="eval", overrides=list(overrides))
+
+
+def test_pass_at_k_matches_the_definition():
+    assert evaluate.pass_at_k(5, 0, 1) == 0.0
+    assert evaluate.pass_at_k(5, 5, 1) == 1.0
+    assert math.isclose(evaluate.pass_at_k(10, 3, 1), 0.3)
+    # probability that at least one of 2 draws without replacement from 4 (1 good) is good
+    assert math.isclose(evaluate.pass_at_k(4, 1, 2), 0.5)
+
+
+def test_functions_file_errors_name_the_line(tmp_path):
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\n# a comment\n\nsin(x\n")
+    with pytest.raises(ValueError, match="functions.txt:4"):
+        evaluate.load_samples(compose_eval(f"eval.functions_file={functions}"))
+
+
+def test_functions_file_is_read_as_people_type(tmp_path):
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2   # the classic\nsin x cos x\ne^{-x^2}\n")
+    samples = evaluate.load_samples(compose_eval(f"eval.functions_file={functions}"))
+    assert [(s.function, s.level) for s in samples] == [("x^2", 1), ("sin(x) cos(x)", 3), ("e^(-x^2)", 4)]
+
+
+@pytest.mark.skipif(bool(environment.render_problems()), reason="machine cannot render")
+def test_template_oracle_scores_100_percent_and_reports_are_written(tmp_path):
+    functions = tmp_path / "functions.txt"
+    functions.write_text("3x^2 - x\nln x\nx e^x\nsin(x^2)\n")
+    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[template]")
+    results = evaluate.run_evaluation(cfg, tmp_path)
+    summary = results["summary"]["template"]
+    for key in ("syntax", "structure", "executes", "math", "passed"):
+        assert summary["all"][key] == 100.0, (key, results["rows"])
+    assert set(summary) == {"all", "level1", "level2", "level3", "level4"}
+    report_dir = report.write_reports(results, tmp_path)
+    assert json.loads((report_dir / "results.json").read_text())["summary"]["template"]["all"]["n"] == 4
+    assert "Template oracle" in (report_dir / "results.md").read_text()
+    assert r"\begin{tabular}" in (report_dir / "results.tex").read_text()
+    assert (report_dir / "results.csv").read_text().count("\n") == 5
+    gallery = (report_dir / "gallery.html").read_text()
+    assert gallery.count('class="card pass"') == 4 and gallery.count("<img") == 4
