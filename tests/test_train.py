@@ -35,7 +35,8 @@ def test_lora_presets_and_model_learning_rates():
     assert compose_train().lora.r == 64 and compose_train().lora.alpha == 128
     assert compose_train("lora=r8").lora.r == 8
     assert compose_train("model=deepseek_coder_1_3b").optim.lr == 1e-4
-    assert compose_train().optim.effective_batch_size == 16 and compose_train().trainer.max_epochs >= 1
+    assert compose_train("model=deepseek_coder_1_3b").optim.effective_batch_size == 16  # the original
+    assert compose_train().optim.effective_batch_size == 4 and compose_train("trainer=gpu").trainer.max_epochs == 5
 
 
 @pytest.fixture(scope="module")

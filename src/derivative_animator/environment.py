@@ -10,6 +10,7 @@ import importlib.util
 import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
 
 APT_PACKAGES = (
     "libcairo2-dev libpango1.0-dev pkg-config texlive-latex-base texlive-latex-recommended "
@@ -45,7 +46,7 @@ def cpu_has_fast_bf16() -> bool:
     """bf16 matmuls are only fast on CPUs with AMX or AVX512-BF16; elsewhere they run
     hundreds of times slower than fp32 (measured: 0.3 vs 170 GFLOP/s), so never assume."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -35,6 +35,26 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick look before from_pretrained, whose retries take a minute without network."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_base(model_cfg):
     """(tokenizer, model) for model_cfg.pretrained: a local directory or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,6 +65,12 @@ def load_base(model_cfg):
         source = str(local)
     elif source.startswith((".", "/", "outputs")):
         raise ModelLoadError(f"model directory {local} not found; build it with `make base`")
+    elif not _in_hf_cache(source) and not _hub_reachable():
+        raise ModelLoadError(
+            f"cannot load model '{source}': it is not in the local Hugging Face cache and the hub "
+            f"is unreachable. Download it where there is network (`huggingface-cli download {source}`), "
+            f"copy it here, then pass model.pretrained=/path/to/local/copy"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(model_cfg.dtype))
