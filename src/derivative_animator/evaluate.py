@@ -213,20 +213,26 @@ def _base_generator(model_dir: Path):
     return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir)
 
 
+def _score(row: Row) -> int:
+    return sum(bool(getattr(row, k)) for k in CHECKS)
+
+
 def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
-    """Attempt 1 is the raw greedy scene; later attempts sample until one passes."""
+    """Attempt 1 is the raw greedy scene; later attempts sample until one passes. The
+    row kept is the first that passes, else the one passing most checks (earliest wins)."""
     gen, future = first
-    row = future.result()
-    attempt = 1
-    total_time = gen.seconds
+    best = row = future.result()
+    attempt, total_time = 1, gen.seconds
     while not row.passed and attempt < e.verify_attempts:
         attempt += 1
-        gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p, seed=e.seed + 100 + attempt)
+        gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p,
+                                 seed=e.seed + 100 + attempt)
         total_time += gen.seconds
         row = evaluator.submit("verified", sample, gen.code, attempt, gen).result()
-    row = Row(**{**asdict(row), "baseline": "verified", "attempts_tried": attempt,
-                 "generation_s": round(total_time, 3)})
-    return row
+        if row.passed or _score(row) > _score(best):
+            best = row
+    return Row(**{**asdict(best), "baseline": "verified", "attempts_tried": attempt,
+                  "generation_s": round(total_time, 3)})
 
 
 def _rate(rows: list[Row], key: str) -> float:

@@ -4,11 +4,13 @@
 or differs from the prompt module's (unless told otherwise), then formats every prompt
 with the checkpoint's own format and `prompt.encode_prompt`: exactly what training saw.
 
-Greedy decoding uses lossless n-gram speculation: a drafter proposes the next tokens by
-looking up the last few tokens in the training scenes saved with the checkpoint, and
-one forward pass checks the whole draft. The output is the model's own greedy output
-(every kept token is the model's argmax); only the number of forward passes shrinks,
-which matters on a CPU where each pass costs the same for 1 token or 16.
+Decoding uses lossless n-gram speculation: a drafter proposes the next tokens by looking
+up the last few tokens in the training scenes saved with the checkpoint, and one forward
+pass checks the whole draft. Greedy keeps a drafted token only if it is the model's
+argmax; sampling keeps it with the model's probability and otherwise resamples from the
+rest (speculative sampling), so the output distribution is exactly the model's. Only
+the number of forward passes shrinks, which matters on a CPU where a pass costs about
+the same for 1 token or 16.
 """
 
 from __future__ import annotations
@@ -115,15 +117,16 @@ class SceneGenerator:
             if token == eos:
                 break
             draft = []
-            if temperature == 0 and self.drafter is not None:
+            if self.drafter is not None:
                 room = max_new_tokens - len(new)
                 draft = self.drafter.propose(ids + new, min(draft_length, room))
             feed = torch.tensor([[token] + draft], device=device)
             out = self.model(input_ids=feed, cache=cache, use_cache=True).logits[0]
             passes += 1
-            accepted = 0
+            accepted, replacement = 0, None
             for i, proposed in enumerate(draft):
-                if int(out[i].argmax()) != proposed:
+                keep, replacement = _accept(out[i], proposed, temperature, top_p, generator)
+                if not keep:
                     break
                 new.append(proposed)
                 accepted += 1
@@ -134,6 +137,16 @@ class SceneGenerator:
                 cache.crop(-excess)
             if new[-1] == eos:
                 break
+            if replacement is not None:
+                # A rejected draft token is resampled from what remains of the model's
+                # distribution: that keeps sampling exact (speculative sampling).
+                new.append(replacement)
+                if replacement == eos:
+                    break
+                logits = self.model(input_ids=torch.tensor([[replacement]], device=device), cache=cache,
+                                    use_cache=True).logits[0, -1]
+                passes += 1
+                continue
             logits = out[accepted]
         if new and new[-1] == eos:
             new = new[:-1]
@@ -168,12 +181,32 @@ class SceneGenerator:
         return results
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
+def _distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
     if top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         keep = sorted_probs.cumsum(0) - sorted_probs < top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+    return probs / probs.sum()
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(_distribution(logits, temperature, top_p), 1, generator=generator))
+
+
+def _accept(logits: torch.Tensor, proposed: int, temperature: float, top_p: float, generator):
+    """(keep the drafted token?, token to use instead). Greedy keeps it iff it is the argmax.
+    Sampling keeps it with probability p(proposed) (the drafter is deterministic), else
+    draws from p with the proposed token removed: exactly the model's distribution."""
+    if temperature <= 0:
+        best = int(logits.argmax())
+        return best == proposed, None
+    probs = _distribution(logits, temperature, top_p)
+    if float(torch.rand(1, generator=generator)) < float(probs[proposed]):
+        return True, None
+    probs[proposed] = 0.0
+    if float(probs.sum()) <= 0:
+        return True, None
+    return False, int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
