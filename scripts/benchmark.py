@@ -85,7 +85,9 @@ def bench_training(steps: int) -> dict:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=batches)
+    from torch.utils.data import DataLoader
+
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     lightning = real / (time.perf_counter() - start)
 
     lengths = data.splits["train"].lengths

@@ -55,9 +55,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     """Shuffle, cut into buckets, sort each bucket by length, batch, shuffle the batches.
     Seeded by epoch, so runs repeat and resumed runs see the same order."""
 
-    def __init__(self, lengths: list[int], batch_size: int, bucket_size: int, shuffle: bool, seed: int):
+    def __init__(self, lengths: list[int], batch_size: int, bucket_size: int, shuffle: bool, seed: int,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
         self.bucket_size = max(bucket_size, batch_size)
+        self.num_replicas, self.rank = num_replicas, rank  # DDP: each rank takes every n-th batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,13 +77,14 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         self.epoch += 1
-        return iter(batches)
+        usable = len(batches) - len(batches) % self.num_replicas  # same step count on every rank
+        return iter(batches[self.rank:usable:self.num_replicas])
 
     def __len__(self) -> int:
         full, rest = divmod(self.bucket_size, self.batch_size)
         per_bucket = full + (1 if rest else 0)
         buckets, last = divmod(len(self.lengths), self.bucket_size)
-        return buckets * per_bucket + -(-last // self.batch_size)
+        return (buckets * per_bucket + -(-last // self.batch_size)) // self.num_replicas
 
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -129,7 +132,10 @@ class DerivativeDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.splits[split]
-        sampler = BucketBatchSampler(data.lengths, self.micro_batch_size, self.bucket_size, shuffle, self.seed)
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = BucketBatchSampler(data.lengths, self.micro_batch_size, self.bucket_size, shuffle, self.seed,
+                                     replicas, rank)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=lambda examples: collate(examples, pad_id))

@@ -101,7 +101,8 @@ def add_lora(model, lora_cfg):
                         lora_dropout=float(lora_cfg.dropout), task_type="CAUSAL_LM",
                         target_modules=lora_cfg.target_modules,
                         modules_to_save=list(lora_cfg.get("modules_to_save") or []) or None)
-    if getattr(model, "is_gradient_checkpointing", False):
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+    if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
         model.enable_input_require_grads()
     return get_peft_model(model, config)
 
