@@ -26,9 +26,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-# Programs the Manim runner may start (LaTeX and its SVG converter).
-ALLOWED_PROGRAMS = ("latex", "pdflatex", "xelatex", "lualatex", "dvisvgm", "dvips")
-
 
 @dataclass(frozen=True)
 class SandboxLimits:
@@ -187,6 +184,8 @@ def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits = Sandbo
     layers = isolation_layers()
     command = (_bwrap_prefix(workdir) if "bubblewrap" in layers else []) + list(argv)
     cgroup = _make_cgroup(limits)
+    if cgroup is None and "pids-cgroup" in layers:  # could not create one: RLIMIT_NPROC applies
+        layers = [layer if layer != "pids-cgroup" else "rlimit-nproc" for layer in layers]
     with tempfile.TemporaryDirectory(prefix="derivanim-out-") as capture:
         out_path, err_path = Path(capture, "stdout"), Path(capture, "stderr")
         start = time.perf_counter()
