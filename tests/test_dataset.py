@@ -71,6 +71,16 @@ def test_bad_sizes_are_refused(sizes):
         dataset.DataConfig(sizes=sizes)
 
 
+def test_exhausted_curriculum_is_a_clear_user_error(monkeypatch):
+    import random
+
+    monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
+    seen: set[str] = set()
+    curriculum.sample_level(1, random.Random(0), seen)  # the one function there is
+    with pytest.raises(ValueError, match="lower data.sizes"):
+        curriculum.sample_level(1, random.Random(0), seen, max_tries=20)
+
+
 def test_import_original_dataset(tmp_path):
     items = [
         {"instruction": "Generate Manim animation code for the derivative of: f(x) = x^2",

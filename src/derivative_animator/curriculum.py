@@ -117,11 +117,12 @@ def _elementary(rng: random.Random) -> sp.Expr:
 def _simple_factor(rng: random.Random) -> sp.Expr:
     """A factor for products and quotients: a power of x, a short polynomial, or elementary."""
     kind = rng.random()
-    if kind < 0.35:
-        return X ** rng.randint(1, 3)
+    if kind < 0.3:
+        return X ** rng.randint(1, 4)
     if kind < 0.5:
-        return X ** rng.randint(1, 2) + rng.choice([1, 2, 3, -1, -4])
-    return rng.choice([sp.sin(X), sp.cos(X), sp.exp(X), sp.log(X), sp.sqrt(X), sp.atan(X)])
+        return rng.choice([1, 2, 3]) * X ** rng.randint(1, 2) + rng.choice([1, 2, 3, 5, -1, -2, -4])
+    return rng.choice([sp.sin(X), sp.cos(X), sp.tan(X), sp.exp(X), sp.log(X), sp.sqrt(X),
+                       sp.atan(X), sp.sinh(X), sp.cosh(X), 2**X])
 
 
 def _inner(rng: random.Random) -> sp.Expr:
@@ -163,7 +164,7 @@ def candidate(level: int, rng: random.Random) -> sp.Expr:
     if level == 3:
         u, v = _simple_factor(rng), _simple_factor(rng)
         product = u * v if rng.random() < 0.55 else u / v
-        return product * (rng.choice([1, 1, 1, 2, -1, 3]))
+        return product * (rng.choice([1, 1, 1, 2, -1, 3, -2, 4]))
     if level == 4:
         inner = _inner(rng)
         if rng.random() < 0.12:  # a second layer now and then
@@ -185,9 +186,9 @@ def sample_level(level: int, rng: random.Random, seen: set[str], max_tries: int 
             continue
         seen.add(key)
         return analysed
-    raise RuntimeError(
-        f"could not find a new level-{level} function after {max_tries} tries; "
-        "the requested dataset may be larger than the curriculum's variety"
+    raise ValueError(
+        f"could not find a new level-{level} function after {max_tries} tries: the requested "
+        "dataset is larger than the curriculum's variety; lower data.sizes"
     )
 
 

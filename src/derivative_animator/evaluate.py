@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,6 +156,8 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     evaluator = Evaluator(cfg, run_dir)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
     e = cfg.eval
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
     with Progress() as progress:
         if "template" in baselines:
             for sample in samples:
@@ -170,9 +173,11 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                     futures["base"].append(evaluator.submit("base", sample, gen.code, 1, gen))
                 progress.advance(task, len(chunk))
             del base_generator
+            timings["base_generation_s"] = round(time.perf_counter() - started, 1)
         generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch) if model_dir else None
         raw: dict[str, tuple[Generation, Future]] = {}
         if {"finetuned", "verified"} & set(baselines):
+            finetuned_start = time.perf_counter()
             task = progress.add_task("fine-tuned model", total=len(samples) * e.samples_per_function)
             for sample in samples:
                 for k in range(e.samples_per_function):
@@ -183,6 +188,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                     if k == 0:
                         raw[sample.id] = (gen, future)
                     progress.advance(task)
+            timings["finetuned_generation_s"] = round(time.perf_counter() - finetuned_start, 1)
         # Retries wait on renders, so they run on their own threads, not the render pool's.
         retry_pool = ThreadPoolExecutor(max_workers=e.workers)
         if "verified" in baselines:
@@ -196,10 +202,13 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                 progress.advance(task)
     evaluator.pool.shutdown()
     retry_pool.shutdown()
+    # Renders overlap generation: only the total is the wall time a user waits.
+    timings["total_s"] = round(time.perf_counter() - started, 1)
     if "finetuned" not in baselines:
         rows = [r for r in rows if r.baseline != "finetuned"]
     return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
-            "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function)}
+            "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function),
+            "timings": timings}
 
 
 def _base_generator(model_dir: Path):
@@ -287,6 +296,8 @@ def log_to_mlflow(results: dict, run_dir: Path) -> str | None:
                 if isinstance(value, (int, float)):
                     suffix = "" if group == "all" else f"/{group}"
                     client.log_metric(run_id, f"eval/{baseline}/{metric.replace('@', '_at_')}{suffix}", float(value))
+    for name, seconds in results.get("timings", {}).items():
+        client.log_metric(run_id, f"eval/time/{name}", seconds)
     client.log_artifacts(run_id, str(run_dir / "report"), artifact_path=f"eval/{run_dir.name}")
     return run_id
 
@@ -304,7 +315,10 @@ def main(cfg: DictConfig) -> int:
     run_id = log_to_mlflow(results, run_dir) if cfg.eval.log_to_mlflow else None
     console = Console()
     console.print(report.markdown_table(results["summary"]))
-    console.print(f"\nreports: {report_dir}\ngallery: {report_dir / 'gallery.html'}")
+    timings = results["timings"]
+    console.print(f"\n{results['samples']} functions x {len(cfg.eval.baselines)} baselines in "
+                  f"{timings['total_s']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in timings.items() if k != 'total_s')})")
+    console.print(f"reports: {report_dir}\ngallery: {report_dir / 'gallery.html'}")
     if run_id:
         console.print(f"MLflow: run {run_id}; browse with `make ui` (http://127.0.0.1:5000)")
     return 0
