@@ -3,6 +3,7 @@ is timed on this machine, now.
 
     python scripts/benchmark.py                 # data build, training throughput, generation
     python scripts/benchmark.py --validate      # + render-validation of the whole dataset (minutes)
+    python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned model (minutes)
     python scripts/benchmark.py --only training
 
 Training throughput compares the project's Lightning module against a plain
@@ -128,10 +129,31 @@ def bench_generation(checkpoint: str | None, n: int) -> dict:
     return result
 
 
+def bench_eval(checkpoint: str | None) -> dict:
+    """Wall time of `make eval` for the fine-tuned model alone: generation, sandboxed renders
+    and math checks of every test function."""
+    from derivative_animator.evaluate import latest_checkpoint
+
+    directory = Path(checkpoint) if checkpoint else latest_checkpoint()
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", "eval.baselines=[finetuned]",
+                    f"eval.model={directory}", "eval.log_to_mlflow=false"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    newest = max((ROOT / "outputs/eval").glob("*/report/results.json"), key=lambda p: p.stat().st_mtime)
+    results = json.loads(newest.read_text())
+    summary = results["summary"]["finetuned"]["all"]
+    return {"eval_finetuned_wall_s": round(seconds, 1), "eval_samples": results["samples"],
+            "eval_renders": sum(1 for r in results["rows"] if r["executes"] is not None),
+            "eval_syntax_pct": summary["syntax"], "eval_executes_pct": summary["executes"],
+            "eval_math_pct": summary["math"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["data", "training", "generation"])
+    parser.add_argument("--only", choices=["data", "training", "generation", "eval"])
     parser.add_argument("--validate", action="store_true", help="also time render-validation of every sample")
+    parser.add_argument("--eval", action="store_true", help="also time evaluation of the test split")
     parser.add_argument("--steps", type=int, default=24, help="training micro-batches to time")
     parser.add_argument("--checkpoint", help="merged checkpoint for generation (default: newest)")
     parser.add_argument("--samples", type=int, default=20, help="test functions for generation latency")
@@ -145,6 +167,8 @@ def main() -> int:
         figures.update(bench_training(args.steps))
     if args.only in (None, "generation"):
         figures.update(bench_generation(args.checkpoint, args.samples))
+    if args.only == "eval" or (args.only is None and args.eval):
+        figures.update(bench_eval(args.checkpoint))
     out = ROOT / "outputs" / "benchmark.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -316,8 +316,9 @@ def main(cfg: DictConfig) -> int:
     console = Console()
     console.print(report.markdown_table(results["summary"]))
     timings = results["timings"]
+    phases = ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k != "total_s")
     console.print(f"\n{results['samples']} functions x {len(cfg.eval.baselines)} baselines in "
-                  f"{timings['total_s']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in timings.items() if k != 'total_s')})")
+                  f"{timings['total_s']:.0f} s" + (f" ({phases})" if phases else ""))
     console.print(f"reports: {report_dir}\ngallery: {report_dir / 'gallery.html'}")
     if run_id:
         console.print(f"MLflow: run {run_id}; browse with `make ui` (http://127.0.0.1:5000)")
