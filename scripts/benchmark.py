@@ -135,13 +135,13 @@ def bench_eval(checkpoint: str | None) -> dict:
     from derivative_animator.evaluate import latest_checkpoint
 
     directory = Path(checkpoint) if checkpoint else latest_checkpoint()
+    run_dir = ROOT / "outputs" / "benchmark" / time.strftime("eval-%Y-%m-%d_%H-%M-%S")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", "eval.baselines=[finetuned]",
-                    f"eval.model={directory}", "eval.log_to_mlflow=false"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+                    f"eval.model={directory}", "eval.log_to_mlflow=false", f"hydra.run.dir={run_dir}"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    newest = max((ROOT / "outputs/eval").glob("*/report/results.json"), key=lambda p: p.stat().st_mtime)
-    results = json.loads(newest.read_text())
+    results = json.loads((run_dir / "report" / "results.json").read_text())
     summary = results["summary"]["finetuned"]["all"]
     return {"eval_finetuned_wall_s": round(seconds, 1), "eval_samples": results["samples"],
             "eval_renders": sum(1 for r in results["rows"] if r["executes"] is not None),

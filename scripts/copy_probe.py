@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import random
 import sys
 import time
@@ -31,12 +30,13 @@ HEADER_END = "f = sp.lambdify"
 
 def main() -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
     from derivative_animator import dataset
     from derivative_animator.checks import check_math
-    from derivative_animator.datamodule import encode_example
+    from derivative_animator.datamodule import collate, encode_example
     from derivative_animator.parsing import parse_function
+    from derivative_animator.prompt import encode_prompt
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="outputs/base/tiny", help="a base model dir (make base)")
@@ -58,18 +58,16 @@ def main() -> int:
     examples = []
     for record in train:
         example = encode_example(tokenizer, record.prompt, record.completion.split(HEADER_END)[0])
-        examples.append((example["input_ids"][:-1], example["labels"][:-1]))  # a header has no EOS
+        examples.append({key: ids[:-1] for key, ids in example.items()})  # a header has no EOS
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = max(1, args.steps // 50)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, args.steps // 50), args.steps)
 
     def probe() -> str:
         model.eval()
         copied = parsed = right = 0
         for record in validation:
-            prompt_ids = torch.tensor([tokenizer(record.prompt)["input_ids"]])
+            prompt_ids = torch.tensor([encode_prompt(tokenizer, record.prompt)])
             with torch.no_grad():
                 out = model.generate(prompt_ids, max_new_tokens=260, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
@@ -96,14 +94,7 @@ def main() -> int:
                 order = list(range(len(examples)))
                 rng.shuffle(order)
             batch.append(examples[order.pop()])
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (ids, lab) in enumerate(batch):
-            input_ids[i, :len(ids)], labels[i, :len(lab)], attention[i, :len(ids)] = (
-                torch.tensor(ids), torch.tensor(lab), 1)
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss = model(**collate(batch, tokenizer.pad_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
