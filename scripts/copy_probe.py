@@ -10,7 +10,9 @@ function in the comment line, parse, and have the right f_expr and df_expr.
     python scripts/copy_probe.py                                    # the default base model
     python scripts/copy_probe.py --base outputs/base/copy50 --data data/derivatives-10k --steps 800
 
-A model that copies shows it within a few hundred steps; the default 7.4M model does not.
+A model that copies shows it within a few hundred steps. The 7.4M model built without its
+copy circuit (`make base ARGS="model.build.copy_circuit=false model.build.output_dir=outputs/base/plain"`,
+then `--base outputs/base/plain`) copied 1 of 40 after 800 steps on data/derivatives-10k.
 """
 
 from __future__ import annotations

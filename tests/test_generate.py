@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from derivative_animator import dataset, paths
 from derivative_animator.base_model import BaseModelConfig, build_base
-from derivative_animator.generate import NgramDrafter, SceneGenerator
+from derivative_animator.generate import BracketTracker, ContextLookup, NgramDrafter, SceneGenerator
 from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, PromptFormatError
 
 
@@ -92,3 +93,46 @@ def test_cli_generate_with_model_reports_each_check(checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
                           str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+def test_context_lookup_drafts_what_followed_the_same_tokens_earlier():
+    lookup = ContextLookup(order=2)
+    assert lookup.propose([5, 6], 3) == []
+    assert lookup.propose([5, 6, 7, 8, 1, 5, 6], 3) == [7, 8, 1]  # the prompt's "5 6" came before
+    assert lookup.propose([5, 6, 7, 8, 1, 5, 6, 9, 5, 6], 2) == [9, 5]  # the latest occurrence wins
+
+
+def _tracked(code: str) -> BracketTracker:
+    tracker = BracketTracker()
+    for line in code.splitlines():
+        tracker.feed_line(line)
+    return tracker
+
+
+@pytest.mark.parametrize("code", [
+    "steps = [\n    (1, 2),\n]\n",
+    's = "a ) ] }"  # ) in a comment\n',
+    'doc = """\n ) ]\n"""\n',
+    "t = r'\\\\'\nu = f\"{x:.3f} (\"\n",
+    "call(a,\n     b)[0]\n",
+])
+def test_bracket_tracker_accepts_valid_code(code):
+    ast.parse(code)
+    assert not _tracked(code).broken
+
+
+@pytest.mark.parametrize("code", [
+    "steps = [\n    (1, 2)),\n",           # ')' closes nothing open
+    "x = (1, 2]\n",                        # ']' cannot close '('
+    "y = " + "(" * 201 + "\n",             # deeper than Python's parser allows
+])
+def test_bracket_tracker_detects_code_no_continuation_can_parse(code):
+    assert _tracked(code).broken
+
+
+def test_every_dataset_scene_passes_the_bracket_tracker():
+    from derivative_animator import cli
+
+    for style in ("tangent", "secant", "graphs"):
+        tracker = _tracked(cli.template_scene("x^2 sin(x)", style))
+        assert not tracker.broken and not tracker.stack and tracker.quote is None

@@ -133,7 +133,8 @@ class Evaluator:
                 tokens_per_s=round(generation.tokens_per_second, 1) if generation else 0.0,
                 render_s=result.render_seconds, code_path=str(code_path.relative_to(self.run_dir)),
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
-                extra={"environment_error": result.environment_error},
+                extra={"environment_error": result.environment_error,
+                       "stop": generation.stop if generation else None},
             )
 
         return self.pool.submit(work)
@@ -166,12 +167,12 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         if "base" in baselines:
             base_generator = _base_generator(model_dir)
             task = progress.add_task("base model (no fine-tuning)", total=len(samples))
-            for start in range(0, len(samples), e.batch_size):
-                chunk = samples[start:start + e.batch_size]
-                for sample, gen in zip(chunk, base_generator.generate_batch(
-                        [s.function for s in chunk], e.max_new_tokens), strict=True):
-                    futures["base"].append(evaluator.submit("base", sample, gen.code, 1, gen))
-                progress.advance(task, len(chunk))
+            # One at a time with speculation: an untrained model repeats itself, so drafts from
+            # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
+            for sample in samples:
+                gen = base_generator.generate(sample.function, e.max_new_tokens)
+                futures["base"].append(evaluator.submit("base", sample, gen.code, 1, gen))
+                progress.advance(task)
             del base_generator
             timings["base_generation_s"] = round(time.perf_counter() - started, 1)
         generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch) if model_dir else None

@@ -5,12 +5,17 @@ or differs from the prompt module's (unless told otherwise), then formats every 
 with the checkpoint's own format and `prompt.encode_prompt`: exactly what training saw.
 
 Decoding uses lossless n-gram speculation: a drafter proposes the next tokens by looking
-up the last few tokens in the training scenes saved with the checkpoint, and one forward
+up the last few tokens in the training scenes saved with the checkpoint, or else earlier
+in the text so far (the prompt's function, a loop the model repeats), and one forward
 pass checks the whole draft. Greedy keeps a drafted token only if it is the model's
 argmax; sampling keeps it with the model's probability and otherwise resamples from the
 rest (speculative sampling), so the output distribution is exactly the model's. Only
 the number of forward passes shrinks, which matters on a CPU where a pass costs about
 the same for 1 token or 16.
+
+Generation also stops as soon as the code has a closing bracket that matches no opening
+one (or nests deeper than Python allows): no continuation could parse, so the syntax
+check fails the same way, and a looping model stops spending its token budget.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Generation:
     seconds: float
     new_tokens: int
     forward_passes: int
+    stop: str = "eos"  # eos, max_new_tokens, or unmatched bracket
 
     @property
     def tokens_per_second(self) -> float:
@@ -65,11 +71,63 @@ class NgramDrafter:
         return []
 
 
+class BracketTracker:
+    """Follows brackets through Python source line by line, skipping strings and comments.
+    `broken` once the source can no longer parse whatever follows: a closing bracket that
+    matches no opening one, or nesting beyond the parser's limit of 200."""
+
+    OPENING = {")": "(", "]": "[", "}": "{"}
+
+    def __init__(self):
+        self.stack: list[str] = []
+        self.quote: str | None = None  # the delimiter of the string we are in (1 or 3 quotes)
+        self.broken = False
+
+    def feed_line(self, line: str) -> None:
+        i = 0
+        while i < len(line) and not self.broken:
+            ch = line[i]
+            if self.quote:
+                if ch == "\\":
+                    i += 1  # the escaped character cannot end the string
+                elif line.startswith(self.quote, i):
+                    i += len(self.quote) - 1
+                    self.quote = None
+            elif ch == "#":
+                break
+            elif ch in "'\"":
+                self.quote = ch * 3 if line.startswith(ch * 3, i) else ch
+                i += len(self.quote) - 1
+            elif ch in "([{":
+                self.stack.append(ch)
+                self.broken = len(self.stack) > 200
+            elif ch in ")]}":
+                self.broken = not self.stack or self.stack.pop() != self.OPENING[ch]
+            i += 1
+        if self.quote is not None and len(self.quote) == 1:
+            self.quote = None  # a one-line string ends with its line (or is its own syntax error)
+
+
+class ContextLookup:
+    """Drafts from the text so far: what followed the same n tokens last time (prompt lookup)."""
+
+    def __init__(self, order: int = 3):
+        self.order, self.tokens, self.index = order, [], {}
+
+    def propose(self, context: list[int], length: int) -> list[int]:
+        for token in context[len(self.tokens):]:  # catch up with the context
+            self.tokens.append(token)
+            if len(self.tokens) > self.order:
+                self.index[tuple(self.tokens[-self.order - 1:-1])] = len(self.tokens) - 1
+        position = self.index.get(tuple(self.tokens[-self.order:]))
+        return self.tokens[position:position + length] if position is not None else []
+
+
 class SceneGenerator:
     def __init__(self, model, tokenizer, prompt_format: PromptFormat, drafter: NgramDrafter | None,
-                 checkpoint: Path):
+                 checkpoint: Path, speculative: bool = True):
         self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
-        self.drafter, self.checkpoint = drafter, checkpoint
+        self.drafter, self.checkpoint, self.speculative = drafter, checkpoint, speculative
 
     @classmethod
     def load(cls, directory: str | Path, allow_prompt_mismatch: bool = False, device: str | None = None,
@@ -92,7 +150,7 @@ class SceneGenerator:
         if speculative and (checkpoint / DRAFT_CORPUS).is_file():
             scenes = json.loads((checkpoint / DRAFT_CORPUS).read_text())
             drafter = NgramDrafter([tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes])
-        return cls(model, tokenizer, stored, drafter, checkpoint)
+        return cls(model, tokenizer, stored, drafter, checkpoint, speculative)
 
     def prompt_ids(self, function: str) -> list[int]:
         return encode_prompt(self.tokenizer, self.prompt_format.format(function))
@@ -111,15 +169,25 @@ class SceneGenerator:
         logits = self.model(input_ids=torch.tensor([ids], device=device), cache=cache,
                             use_cache=True).logits[0, -1]
         passes, new, eos = 1, [], self.tokenizer.eos_token_id
+        lookup = ContextLookup() if self.speculative else None
+        brackets, checked, stop = BracketTracker(), 0, "max_new_tokens"
         while len(new) < max_new_tokens:
+            text = self.tokenizer.decode(new)
+            complete = text.rfind("\n") + 1  # whole lines only: a token may end mid-line
+            for line in text[checked:complete].splitlines():
+                brackets.feed_line(line)
+            checked = max(checked, complete)
+            if brackets.broken:
+                stop = "unmatched bracket"
+                break
             token = _pick(logits, temperature, top_p, generator)
             new.append(token)
             if token == eos:
                 break
-            draft = []
-            if self.drafter is not None:
-                room = max_new_tokens - len(new)
-                draft = self.drafter.propose(ids + new, min(draft_length, room))
+            room = min(draft_length, max_new_tokens - len(new))
+            draft = self.drafter.propose(ids + new, room) if self.drafter is not None else []
+            if not draft and lookup is not None:
+                draft = lookup.propose(ids + new, room)
             feed = torch.tensor([[token] + draft], device=device)
             out = self.model(input_ids=feed, cache=cache, use_cache=True).logits[0]
             passes += 1
@@ -149,9 +217,9 @@ class SceneGenerator:
                 continue
             logits = out[accepted]
         if new and new[-1] == eos:
-            new = new[:-1]
+            new, stop = new[:-1], "eos"
         code = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(function, code, time.perf_counter() - start, len(new), passes)
+        return Generation(function, code, time.perf_counter() - start, len(new), passes, stop)
 
     @torch.inference_mode()
     def generate_batch(self, functions: list[str], max_new_tokens: int = 1600,
