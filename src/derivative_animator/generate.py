@@ -171,6 +171,7 @@ class SceneGenerator:
         passes, new, eos = 1, [], self.tokenizer.eos_token_id
         lookup = ContextLookup() if self.speculative else None
         brackets, checked, stop = BracketTracker(), 0, "max_new_tokens"
+        length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
         while len(new) < max_new_tokens:
             text = self.tokenizer.decode(new)
             complete = text.rfind("\n") + 1  # whole lines only: a token may end mid-line
@@ -184,7 +185,7 @@ class SceneGenerator:
             new.append(token)
             if token == eos:
                 break
-            room = min(draft_length, max_new_tokens - len(new))
+            room = min(length, max_new_tokens - len(new))
             draft = self.drafter.propose(ids + new, room) if self.drafter is not None else []
             if not draft and lookup is not None:
                 draft = lookup.propose(ids + new, room)
@@ -200,6 +201,8 @@ class SceneGenerator:
                 accepted += 1
                 if proposed == eos:
                     break
+            if draft:
+                length = min(draft_length, 2 * length) if accepted == len(draft) else accepted + 1
             excess = cache.get_seq_length() - (len(ids) + len(new))
             if excess > 0:  # drop the rejected draft tokens from the cache
                 cache.crop(-excess)
