@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from derivative_animator import dataset, paths
 from derivative_animator.base_model import BaseModelConfig, build_base
-from derivative_animator.generate import BracketTracker, ContextLookup, NgramDrafter, SceneGenerator
+from derivative_animator.generate import ContextLookup, NgramDrafter, SceneGenerator, dead_prefix
 from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, PromptFormatError
 
 
@@ -102,37 +102,31 @@ def test_context_lookup_drafts_what_followed_the_same_tokens_earlier():
     assert lookup.propose([5, 6, 7, 8, 1, 5, 6, 9, 5, 6], 2) == [9, 5]  # the latest occurrence wins
 
 
-def _tracked(code: str) -> BracketTracker:
-    tracker = BracketTracker()
-    for line in code.splitlines():
-        tracker.feed_line(line)
-    return tracker
+@pytest.mark.parametrize("code", [
+    "steps = [\n    (1, 2),\n",            # an open bracket: more lines may close it
+    'doc = """\n ) ]\n',                   # an open string
+    "class A:\n",                          # a block still to come
+    "def f():\n    return 1\nx = f(\n",
+])
+def test_unfinished_code_is_not_dead(code):
+    assert dead_prefix(code) is None
 
 
 @pytest.mark.parametrize("code", [
-    "steps = [\n    (1, 2),\n]\n",
-    's = "a ) ] }"  # ) in a comment\n',
-    'doc = """\n ) ]\n"""\n',
-    "t = r'\\\\'\nu = f\"{x:.3f} (\"\n",
-    "call(a,\n     b)[0]\n",
+    "steps = [\n    (1, 2)),\n]\n",       # ')' closes nothing open
+    "x = (1, 2]\ny = 3\n",
+    "Below is an instruction that describes a task.\n\n",  # prose, as an untrained model writes
+    "def f():\nreturn 1\nx = 2\n",       # a body that is not indented
 ])
-def test_bracket_tracker_accepts_valid_code(code):
-    ast.parse(code)
-    assert not _tracked(code).broken
+def test_code_no_continuation_can_parse_is_dead(code):
+    assert dead_prefix(code)
+    with pytest.raises(SyntaxError):
+        ast.parse(code + "\nz = 1\n")
 
 
-@pytest.mark.parametrize("code", [
-    "steps = [\n    (1, 2)),\n",           # ')' closes nothing open
-    "x = (1, 2]\n",                        # ']' cannot close '('
-    "y = " + "(" * 201 + "\n",             # deeper than Python's parser allows
-])
-def test_bracket_tracker_detects_code_no_continuation_can_parse(code):
-    assert _tracked(code).broken
-
-
-def test_every_dataset_scene_passes_the_bracket_tracker():
+def test_no_prefix_of_a_template_scene_is_dead():
     from derivative_animator import cli
 
     for style in ("tangent", "secant", "graphs"):
-        tracker = _tracked(cli.template_scene("x^2 sin(x)", style))
-        assert not tracker.broken and not tracker.stack and tracker.quote is None
+        lines = cli.template_scene("x^2 sin(x)", style).splitlines(keepends=True)
+        assert all(dead_prefix("".join(lines[:k])) is None for k in range(1, len(lines) + 1))
