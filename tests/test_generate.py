@@ -130,3 +130,10 @@ def test_no_prefix_of_a_template_scene_is_dead():
     for style in ("tangent", "secant", "graphs"):
         lines = cli.template_scene("x^2 sin(x)", style).splitlines(keepends=True)
         assert all(dead_prefix("".join(lines[:k])) is None for k in range(1, len(lines) + 1))
+
+
+def test_a_one_line_loop_is_dead_mid_line():
+    # what an untrained model writes: prose repeated on one line, no newline ever
+    assert dead_prefix("Generate Manim animation code for f(x) = sin(x) = sin(x)")
+    assert dead_prefix("Generate Manim") is None  # too close to the end: the token may still grow
+    assert dead_prefix('label = Text("h = {h:.3f}: secant slope') is None  # an open string
