@@ -44,6 +44,14 @@ def test_same_config_gives_byte_identical_files(tmp_path):
     assert _digest(other)["train.jsonl"] != first["train.jsonl"]
 
 
+def test_test_and_validation_functions_do_not_depend_on_the_train_size():
+    small = dataset.generate_splits(dataset.DataConfig(sizes={"train": 8, "validation": 8, "test": 8}))
+    large = dataset.generate_splits(dataset.DataConfig(sizes={"train": 40, "validation": 8, "test": 8}))
+    for split in ("validation", "test"):
+        assert [r.id for r in small[split]] == [r.id for r in large[split]]
+    assert {r.id for r in small["train"]} < {r.id for r in large["train"]}  # train only grew
+
+
 def test_card_and_prompt_format_written(tmp_path):
     target, splits = dataset.build(dataset.DataConfig(dir=str(tmp_path / "d"),
                                                       sizes={"train": 12, "validation": 4, "test": 4}))

@@ -143,7 +143,9 @@ def generate_splits(config: DataConfig) -> dict[str, list[Record]]:
         needed = sum(per_split[split][level] for split in SPLITS)
         functions = [curriculum.sample_level(level, rng, seen) for _ in range(needed)]
         start = 0
-        for split in SPLITS:
+        # Test first, then validation: their functions do not depend on the train size, so
+        # models trained on more or fewer samples are scored on the same test set.
+        for split in reversed(SPLITS):
             count = per_split[split][level]
             # Styles cycle within each (split, level) so every split sees every style evenly.
             styles = [config.styles[(i + level) % len(config.styles)] for i in range(count)]
