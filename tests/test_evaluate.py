@@ -55,3 +55,14 @@ def test_template_oracle_scores_100_percent_and_reports_are_written(tmp_path):
     assert (report_dir / "results.csv").read_text().count("\n") == 5
     gallery = (report_dir / "gallery.html").read_text()
     assert gallery.count('class="card pass"') == 4 and gallery.count("<img") == 4
+
+
+def test_generation_threads_leave_the_render_workers_their_cores(monkeypatch):
+    monkeypatch.setattr(evaluate.os, "cpu_count", lambda: 2)
+    assert evaluate.generation_threads("auto", 2) == 1  # never 0, never oversubscribed
+    monkeypatch.setattr(evaluate.os, "cpu_count", lambda: 16)
+    assert evaluate.generation_threads("auto", 2) == 14
+    assert evaluate.generation_threads(3, 2) == 3
+    with pytest.raises(ValueError, match="generation_threads"):
+        evaluate.generation_threads(0, 2)
+    assert compose_eval().eval.generation_threads == "auto"

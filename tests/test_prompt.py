@@ -7,19 +7,12 @@ from derivative_animator.parsing import ParseError
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, PromptFormatError
 
 
-def test_default_is_the_original_alpaca_text_plus_the_sympy_form():
-    assert DEFAULT_FORMAT.format("3sqrt(x) sin x") == (
+def test_default_is_the_original_alpaca_text():
+    assert DEFAULT_FORMAT.format("x^2") == (
         "Below is an instruction that describes a task. Write a response that appropriately "
         "completes the request.\n\n### Instruction:\nGenerate Manim animation code for the "
-        "derivative of: f(x) = 3sqrt(x) sin(x)\nIn sympy: f_expr = 3*sp.sqrt(x)*sp.sin(x)\n\n"
-        "### Response:\n"
+        "derivative of: f(x) = x^2\n\n### Response:\n"
     )
-
-
-def test_the_prompts_sympy_form_is_the_scenes_first_line_of_math(default_splits):
-    for record in default_splits["test"]:
-        line = record.prompt.split("In sympy: ", 1)[1].split("\n", 1)[0]
-        assert "\n" + line + "\n" in record.completion
 
 
 def test_training_prompt_is_byte_identical_to_inference_prompt(default_splits):
@@ -66,6 +59,3 @@ def test_missing_tampered_or_different_format_is_refused(tmp_path):
 def test_template_needs_one_placeholder():
     with pytest.raises(PromptFormatError):
         PromptFormat(name="bad", template="no placeholder")
-    with pytest.raises(PromptFormatError):
-        PromptFormat(name="bad", template="{function} {code} {code}")
-    assert PromptFormat(name="typed only", template="f = {function}:").format("x^2") == "f = x^2:"

@@ -185,31 +185,3 @@ def test_multirun_makes_one_mlflow_run_per_rank(tmp_path, micro_data):
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'test-sweep'")
     assert sorted(r.data.params["lora/r"] for r in runs) == ["4", "8"]
     assert all(r.info.status == "FINISHED" for r in runs)
-
-
-def test_header_only_samples_are_the_full_samples_cut_after_the_math(micro_data):
-    from transformers import AutoTokenizer
-
-    from derivative_animator.base_model import BaseModelConfig, build_base
-    from derivative_animator.datamodule import DerivativeDataModule
-
-    build = compose_train("model=micro").model.build
-    build_base(BaseModelConfig(**OmegaConf.to_container(build, resolve=True)))
-    tokenizer = AutoTokenizer.from_pretrained(paths.resolve(build.output_dir))
-    full = DerivativeDataModule(str(micro_data), tokenizer)
-    mixed = DerivativeDataModule(str(micro_data), tokenizer, full_scene_every=4)
-    full.setup(), mixed.setup()
-    records = dataset.read_split(micro_data, "train")
-    for index, (whole, cut) in enumerate(zip(full.splits["train"], mixed.splits["train"], strict=True)):
-        if index % 4 == 0:
-            assert cut == whole
-            continue
-        n = len(cut["input_ids"])
-        assert n < len(whole["input_ids"]) and cut["input_ids"] == whole["input_ids"][:n]
-        assert cut["labels"] == whole["labels"][:n]
-        text = tokenizer.decode(cut["input_ids"][-40:])
-        assert text.rstrip().split("\n")[-1].startswith("X_MIN, X_MAX = ")  # stops right after the math
-        assert records[index].completion.count("X_MIN, X_MAX = ") == 1
-    assert mixed.splits["validation"].examples == full.splits["validation"].examples  # full scenes
-    with pytest.raises(ValueError, match="full_scene_every"):
-        DerivativeDataModule(str(micro_data), tokenizer, full_scene_every=0)

@@ -4,13 +4,6 @@ Each example is `prompt tokens + completion tokens + EOS`, the prompt coming fro
 prompt module (`prompt.encode_prompt`, the very call inference makes). Labels are -100 on
 the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning script.
 Batches are drawn from length-sorted buckets so little compute goes to padding.
-
-Header-only samples (`full_scene_every`): past its math header (`scenes.math_header_length`)
-every scene of a style is the same text, which a small model learns from a few dozen
-scenes, while the header, where the function and its derivative are written, is what it
-needs many examples of. So all but every n-th training sample stop at the end of the
-header (no EOS): the loss on those tokens is exactly what the full scene would give them
-(causal attention), at a quarter of the compute. Validation and test keep full scenes.
 """
 
 from __future__ import annotations
@@ -21,33 +14,25 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from derivative_animator import dataset, paths, scenes
+from derivative_animator import dataset, paths
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
 
 IGNORE_INDEX = -100
 
 
-def encode_example(tokenizer, prompt_text: str, completion: str, header_only: bool = False) -> dict[str, list[int]]:
+def encode_example(tokenizer, prompt_text: str, completion: str) -> dict[str, list[int]]:
     prompt_ids = encode_prompt(tokenizer, prompt_text)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    header_chars = scenes.math_header_length(completion) if header_only else None
-    if header_chars is not None:
-        # The tokens of the full scene that start inside the header: the same ids the model
-        # sees in a full sample, not a re-tokenized (possibly differently merged) prefix.
-        offsets = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        completion_ids = completion_ids[:sum(start < header_chars for start, _ in offsets)]
     return {"input_ids": prompt_ids + completion_ids,
             "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
 
 
 class TokenizedSplit(Dataset):
-    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat,
-                 full_scene_every: int = 1):
+    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat):
         self.examples = []
-        for index, record in enumerate(records):
+        for record in records:
             # The prompt is re-made by the prompt module, never read back from the file.
-            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion,
-                                     header_only=index % full_scene_every != 0)
+            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion)
             if len(example["input_ids"]) > max_length:
                 raise ValueError(
                     f"sample {record.id} is {len(example['input_ids'])} tokens, over model.max_length="
@@ -125,12 +110,8 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 class DerivativeDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str, tokenizer, micro_batch_size: int = 4, max_length: int = 2048,
                  bucket_size: int = 64, num_workers: int = 0, seed: int = 42,
-                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT,
-                 full_scene_every: int = 1):
+                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT):
         super().__init__()
-        if full_scene_every < 1:
-            raise ValueError(f"full_scene_every must be 1 or more (1: every sample is a full scene), got {full_scene_every}")
-        self.full_scene_every = full_scene_every
         self.data_dir, self.tokenizer = data_dir, tokenizer
         self.micro_batch_size, self.max_length = micro_batch_size, max_length
         self.bucket_size, self.num_workers, self.seed = bucket_size, num_workers, seed
@@ -147,8 +128,7 @@ class DerivativeDataModule(pl.LightningDataModule):
             records = dataset.read_split(directory, split)
             if split == "train" and self.limit_train_samples:
                 records = records[: self.limit_train_samples]
-            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format,
-                                                full_scene_every=self.full_scene_every if split == "train" else 1)
+            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.splits[split]

@@ -6,11 +6,7 @@ dataset and checkpoint, and inference refuses a checkpoint whose format differs.
 
 The function goes into the prompt in its canonical notation (`notation.typed` of the
 parsed input), so `sin x cos x`, `sin(x)*cos(x)` and `sin(x)cos(x)` all give the very
-prompt the model saw in training for that function. The prompt also carries the function
-as the sympy code the scene starts with (`notation.code`, placeholder `{code}`): turning
-`3sqrt(x) sin(x)` into `3*sp.sqrt(x)*sp.sin(x)` is parsing, which sympy does exactly, and
-a model that can copy it spends its capacity on the derivative instead (measured: the
-small model wrote the wrong f in 14 of 57 test scenes when it had to translate).
+prompt the model saw in training for that function.
 """
 
 from __future__ import annotations
@@ -27,12 +23,11 @@ ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n"
-    "Generate Manim animation code for the derivative of: f(x) = {function}\n"
-    "In sympy: f_expr = {code}\n\n"
+    "Generate Manim animation code for the derivative of: f(x) = {function}\n\n"
     "### Response:\n"
 )
-# Bump when `notation.typed` or `notation.code` changes what it prints: it is part of the prompt's bytes.
-NOTATION_VERSION = "typed-v1,code-v1"
+# Bump when `notation.typed` changes what it prints: it is part of the prompt's bytes.
+NOTATION_VERSION = "typed-v1"
 FILENAME = "prompt_format.json"
 
 
@@ -49,8 +44,6 @@ class PromptFormat:
     def __post_init__(self):
         if self.template.count("{function}") != 1:
             raise PromptFormatError("a prompt template needs exactly one {function} placeholder")
-        if self.template.count("{code}") > 1:
-            raise PromptFormatError("a prompt template takes at most one {code} placeholder")
 
     @property
     def sha256(self) -> str:
@@ -59,8 +52,8 @@ class PromptFormat:
 
     def format(self, function: str) -> str:
         """The prompt for a function as a person typed it (raises ParseError on bad input)."""
-        expr = parse_function(function)
-        return self.template.replace("{function}", notation.typed(expr)).replace("{code}", notation.code(expr))
+        canonical = notation.typed(parse_function(function))
+        return self.template.replace("{function}", canonical)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "sha256": self.sha256}

@@ -96,7 +96,6 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         max_length=cfg.model.max_length, bucket_size=cfg.loader.bucket_size,
         num_workers=cfg.loader.num_workers, seed=cfg.seed,
         limit_train_samples=cfg.get("limit_train_samples"),
-        full_scene_every=cfg.model.get("full_scene_every", 1),
     )
     module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
                                     warmup_ratio=optim.warmup_ratio)
