@@ -5,6 +5,7 @@ is timed on this machine, now.
     python scripts/benchmark.py --validate      # + render-validation of the whole dataset (minutes)
     python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned model (minutes)
     python scripts/benchmark.py --only training
+    python scripts/benchmark.py --only rollbacks   # sampled scenes with / without line rollbacks
 
 Training throughput compares the project's Lightning module against a plain
 transformers + PEFT loop on the same model, data, batches and precision, in the same run,
@@ -129,6 +130,33 @@ def bench_generation(checkpoint: str | None, n: int) -> dict:
     return result
 
 
+def bench_rollbacks(checkpoint: str | None, n: int, rollbacks: int = 8) -> dict:
+    """Sampled scenes (temperature 0.7, as verification retries) with and without line
+    rollbacks after an unfixable syntax error: how many parse, hold a Scene, get the math
+    right (no render), and at what time cost."""
+    from derivative_animator import dataset
+    from derivative_animator.checks import check_code
+    from derivative_animator.evaluate import latest_checkpoint
+    from derivative_animator.generate import SceneGenerator
+
+    generator = SceneGenerator.load(Path(checkpoint) if checkpoint else latest_checkpoint())
+    records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
+    result = {"rollback_samples": len(records)}
+    for allowed in (0, rollbacks):
+        start, counts, used = time.perf_counter(), {"syntax": 0, "structure": 0, "math": 0}, 0
+        for i, record in enumerate(records):
+            gen = generator.generate(record.function, 1400, 0.7, 0.95, seed=100 + i, syntax_rollbacks=allowed)
+            checked = check_code(gen.code, record.function, execute=False)
+            for key in counts:
+                counts[key] += bool(getattr(checked, key))
+            used += gen.rollbacks
+        label = f"rollbacks_{allowed}"
+        result.update({f"{label}_{key}_pct": round(100 * v / len(records), 1) for key, v in counts.items()})
+        result[f"{label}_seconds"] = round(time.perf_counter() - start, 1)
+        result[f"{label}_lines_sampled_again"] = used
+    return result
+
+
 def bench_eval(checkpoint: str | None) -> dict:
     """Wall time of `make eval` for the fine-tuned model alone: generation, sandboxed renders
     and math checks of every test function."""
@@ -151,7 +179,7 @@ def bench_eval(checkpoint: str | None) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["data", "training", "generation", "eval"])
+    parser.add_argument("--only", choices=["data", "training", "generation", "rollbacks", "eval"])
     parser.add_argument("--validate", action="store_true", help="also time render-validation of every sample")
     parser.add_argument("--eval", action="store_true", help="also time evaluation of the test split")
     parser.add_argument("--steps", type=int, default=24, help="training micro-batches to time")
@@ -167,6 +195,8 @@ def main() -> int:
         figures.update(bench_training(args.steps))
     if args.only in (None, "generation"):
         figures.update(bench_generation(args.checkpoint, args.samples))
+    if args.only == "rollbacks":
+        figures.update(bench_rollbacks(args.checkpoint, args.samples))
     if args.only == "eval" or (args.only is None and args.eval):
         figures.update(bench_eval(args.checkpoint))
     out = ROOT / "outputs" / "benchmark.json"

@@ -137,3 +137,55 @@ def test_a_one_line_loop_is_dead_mid_line():
     assert dead_prefix("Generate Manim animation code for f(x) = sin(x) = sin(x)")
     assert dead_prefix("Generate Manim") is None  # too close to the end: the token may still grow
     assert dead_prefix('label = Text("h = {h:.3f}: secant slope') is None  # an open string
+
+
+def _fire_once(monkeypatch, after_chars: int) -> list[str]:
+    """Make generate() see an unfixable syntax error on the last line, once."""
+    from derivative_animator import generate as generate_module
+
+    fired: list[str] = []
+
+    def fake(text):
+        if fired or len(text) < after_chars:
+            return None
+        fired.append(text)
+        error = SyntaxError("stub")
+        error.lineno = text.count("\n") + 1
+        return error
+
+    monkeypatch.setattr(generate_module, "dead_error", fake)
+    return fired
+
+
+def test_rollback_samples_the_broken_line_again_from_a_consistent_cache(checkpoint, monkeypatch):
+    from derivative_animator import generate as generate_module
+
+    generator = SceneGenerator.load(checkpoint)
+    # A temperature this low samples the argmax: the line sampled again must come out the
+    # same, which it only does if the cache was cut back to exactly the kept tokens.
+    monkeypatch.setattr(generate_module, "dead_error", lambda text: None)
+    plain = generator.generate("x^2", max_new_tokens=80, temperature=1e-6, seed=0)
+    fired = _fire_once(monkeypatch, after_chars=len(plain.code) // 2)
+    again = generator.generate("x^2", max_new_tokens=80, temperature=1e-6, seed=0, syntax_rollbacks=2)
+    assert fired and again.rollbacks == 1
+    assert again.code == plain.code and again.stop == plain.stop
+
+
+def test_greedy_or_no_rollbacks_left_stops_at_the_syntax_error(checkpoint, monkeypatch):
+    generator = SceneGenerator.load(checkpoint)
+    _fire_once(monkeypatch, after_chars=10)
+    greedy = generator.generate("x^2", max_new_tokens=80, syntax_rollbacks=5)
+    assert greedy.stop == "syntax error" and greedy.rollbacks == 0
+    _fire_once(monkeypatch, after_chars=10)
+    sampled = generator.generate("x^2", max_new_tokens=80, temperature=0.7, seed=0, syntax_rollbacks=0)
+    assert sampled.stop == "syntax error" and sampled.rollbacks == 0
+
+
+def test_tokens_before_line_end_where_the_line_starts(checkpoint):
+    generator = SceneGenerator.load(checkpoint)
+    text = "a = 1\nsteps = [\n    (1, 2)),\nb"
+    tokens = generator.tokenizer(text, add_special_tokens=False)["input_ids"]
+    kept = generator._tokens_before_line(tokens, 3)
+    assert "a = 1\nsteps = [\n".startswith(generator.tokenizer.decode(tokens[:kept]))
+    assert len(generator.tokenizer.decode(tokens[:kept + 1])) > len("a = 1\nsteps = [\n")
+    assert generator._tokens_before_line(tokens, 1) == 0

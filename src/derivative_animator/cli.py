@@ -107,9 +107,11 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
     for attempt in range(1, args.attempts + 1):
         temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
         seed = None if args.seed is None else args.seed + attempt - 1
-        gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed)
+        gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed,
+                                 syntax_rollbacks=args.syntax_rollbacks)
         result = _check(gen.code, function, False, None)
-        say(f"attempt {attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s)"
+        say(f"attempt {attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
+            + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "") + ")"
             + (f"  {result.error}" if result.error else ""))
         if result.passed or args.no_verify:
             return gen.code, result
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attempts", type=int, default=4, help="verified generation: best of n")
     p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
+    p.add_argument("--syntax-rollbacks", type=int, default=8,
+                   help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
     p.add_argument("--repair", action="store_true",
                    help="if the scene is fine but its derivative wrong, swap in the true one (and say so)")
     p.add_argument("--batch-size", type=int, default=8, help="--from-file batch size")

@@ -135,7 +135,8 @@ class Evaluator:
                 render_s=result.render_seconds, code_path=str(code_path.relative_to(self.run_dir)),
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
                 extra={"environment_error": result.environment_error,
-                       "stop": generation.stop if generation else None},
+                       "stop": generation.stop if generation else None,
+                       "rollbacks": generation.rollbacks if generation else 0},
             )
 
         return self.pool.submit(work)
@@ -250,7 +251,7 @@ def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
     while not row.passed and attempt < e.verify_attempts:
         attempt += 1
         gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p,
-                                 seed=e.seed + 100 + attempt)
+                                 seed=e.seed + 100 + attempt, syntax_rollbacks=e.verify_syntax_rollbacks)
         total_time += gen.seconds
         row = evaluator.submit("verified", sample, gen.code, attempt, gen).result()
         if row.passed or _score(row) > _score(best):

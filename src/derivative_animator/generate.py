@@ -15,7 +15,11 @@ the same for 1 token or 16.
 
 Generation also stops as soon as its text holds a syntax error that no continuation
 could fix (`dead_prefix`): the syntax check fails the same way, and a model
-writing prose or a broken loop stops spending its token budget.
+writing prose or a broken loop stops spending its token budget. When sampling, a caller
+may instead allow a few rollbacks (`syntax_rollbacks`): the text goes back to the start
+of the line holding the error and that line is sampled again. That is rejection sampling
+line by line, conditioned on the text staying parseable; verified generation uses it,
+raw (greedy) evaluation never does.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Generation:
     new_tokens: int
     forward_passes: int
     stop: str = "eos"  # eos, max_new_tokens, or syntax error
+    rollbacks: int = 0  # lines sampled again after an unfixable syntax error
 
     @property
     def tokens_per_second(self) -> float:
@@ -78,7 +83,13 @@ _LAST_LINE_MARGIN = 16  # characters after an error on the unfinished last line:
 
 
 def dead_prefix(text: str) -> str | None:
-    """Why no continuation of this text can parse, or None if one might.
+    """Why no continuation of this text can parse, or None if one might."""
+    error = dead_error(text)
+    return f"{error.msg} (line {error.lineno})" if error is not None else None
+
+
+def dead_error(text: str) -> SyntaxError | None:
+    """The syntax error no continuation of this text can fix, or None if one might.
 
     A syntax error that is not about something left open, and lies before the last line
     (or well before the end of the last, unfinished one), is fixed by what is already
@@ -93,7 +104,7 @@ def dead_prefix(text: str) -> str | None:
         finished = len(lines) - 1
         on_last = error.lineno == finished + 1 and error.offset is not None
         if error.lineno < finished or (on_last and len(lines[-1]) - error.offset >= _LAST_LINE_MARGIN):
-            return f"{error.msg} (line {error.lineno})"
+            return error
     return None
 
 
@@ -146,8 +157,10 @@ class SceneGenerator:
 
     @torch.inference_mode()
     def generate(self, function: str, max_new_tokens: int = 1600, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, draft_length: int = 16) -> Generation:
-        """One scene. temperature 0 is greedy (with speculation); above 0 samples."""
+                 top_p: float = 1.0, seed: int | None = None, draft_length: int = 16,
+                 syntax_rollbacks: int = 0) -> Generation:
+        """One scene. temperature 0 is greedy (with speculation); above 0 samples, and may
+        sample a line again up to `syntax_rollbacks` times when it breaks the syntax."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -161,10 +174,22 @@ class SceneGenerator:
         lookup = ContextLookup() if self.speculative else None
         stop = "max_new_tokens"
         length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
+        rollbacks = 0
         while len(new) < max_new_tokens:
-            if dead_prefix(self.tokenizer.decode(new)):
-                stop = "syntax error"
-                break
+            error = dead_error(self.tokenizer.decode(new))
+            if error is not None:
+                if temperature <= 0 or rollbacks >= syntax_rollbacks:
+                    stop = "syntax error"
+                    break
+                # Back to the start of the broken line; re-read the logits there.
+                rollbacks += 1
+                new = new[:self._tokens_before_line(new, error.lineno)]
+                cache.crop(len(ids) + len(new) - 1 - cache.get_seq_length())  # negative: drop from the end
+                logits = self.model(input_ids=torch.tensor([[(ids + new)[-1]]], device=device), cache=cache,
+                                    use_cache=True).logits[0, -1]
+                passes += 1
+                lookup = ContextLookup() if self.speculative else None  # it indexed the dropped tokens
+                continue
             token = _pick(logits, temperature, top_p, generator)
             new.append(token)
             if token == eos:
@@ -206,7 +231,20 @@ class SceneGenerator:
         if new and new[-1] == eos:
             new, stop = new[:-1], "eos"
         code = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(function, code, time.perf_counter() - start, len(new), passes, stop)
+        return Generation(function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks)
+
+    def _tokens_before_line(self, tokens: list[int], lineno: int) -> int:
+        """How many of the tokens decode to text that ends at or before line `lineno` starts."""
+        text = self.tokenizer.decode(tokens)
+        line_start = sum(len(line) + 1 for line in text.split("\n")[:lineno - 1])
+        low, high = 0, len(tokens)  # decoded length grows with the token count: bisect
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(self.tokenizer.decode(tokens[:middle])) <= line_start:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     @torch.inference_mode()
     def generate_batch(self, functions: list[str], max_new_tokens: int = 1600,
