@@ -20,6 +20,7 @@ import math
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,18 @@ class RenderOptions:
     limits: SandboxLimits = SandboxLimits()
 
 
+# CPython 3.11's parser keeps its recursion depth in state shared by all threads, and
+# parsing in two threads at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (it did: evaluation checks scenes in pool threads while generation parses).
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_code(code: str) -> ast.Module:
+    """ast.parse, one thread at a time (raises SyntaxError as ast.parse does)."""
+    with _PARSE_LOCK:
+        return ast.parse(code)
+
+
 def check_code(
     code: str,
     function: str | sp.Expr,
@@ -80,7 +93,7 @@ def check_code(
     """Run every check on one scene; rendered files are copied to output_dir if given."""
     target = parse_function(function) if isinstance(function, str) else function
     try:
-        tree = ast.parse(code)
+        tree = parse_code(code)
     except SyntaxError as err:
         return CheckResult(syntax=False, error=f"syntax: {err.msg} (line {err.lineno})")
     result = CheckResult(syntax=True)

@@ -24,7 +24,6 @@ raw (greedy) evaluation never does.
 
 from __future__ import annotations
 
-import ast
 import json
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from derivative_animator import paths
+from derivative_animator.checks import parse_code
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
 
 DRAFT_CORPUS = "draft_corpus.json"
@@ -96,7 +96,7 @@ def dead_error(text: str) -> SyntaxError | None:
     there: later text cannot change how earlier text tokenizes. Checked on every third
     character of the 525 dataset scenes (515,328 prefixes): none is flagged."""
     try:
-        ast.parse(text)
+        parse_code(text)
     except SyntaxError as error:
         if error.lineno is None or any(m in error.msg for m in _UNFINISHED):
             return None
