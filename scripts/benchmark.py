@@ -131,21 +131,25 @@ def bench_generation(checkpoint: str | None, n: int) -> dict:
 
 
 def bench_rollbacks(checkpoint: str | None, n: int, rollbacks: int = 8) -> dict:
-    """Sampled scenes (temperature 0.7, as verification retries) with and without line
+    """Sampled scenes (as verification retries sample them) with and without line
     rollbacks after an unfixable syntax error: how many parse, hold a Scene, get the math
     right (no render), and at what time cost."""
+    from omegaconf import OmegaConf
+
     from derivative_animator import dataset
     from derivative_animator.checks import check_code
     from derivative_animator.evaluate import latest_checkpoint
     from derivative_animator.generate import SceneGenerator
 
+    e = OmegaConf.load(ROOT / "conf/eval/default.yaml")  # the retries' sampling settings
     generator = SceneGenerator.load(Path(checkpoint) if checkpoint else latest_checkpoint())
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
     result = {"rollback_samples": len(records)}
     for allowed in (0, rollbacks):
         start, counts, used = time.perf_counter(), {"syntax": 0, "structure": 0, "math": 0}, 0
         for i, record in enumerate(records):
-            gen = generator.generate(record.function, 1400, 0.7, 0.95, seed=100 + i, syntax_rollbacks=allowed)
+            gen = generator.generate(record.function, e.max_new_tokens, e.sample_temperature, e.top_p,
+                                     seed=100 + i, syntax_rollbacks=allowed)
             checked = check_code(gen.code, record.function, execute=False)
             for key in counts:
                 counts[key] += bool(getattr(checked, key))

@@ -185,7 +185,7 @@ def test_tokens_before_line_end_where_the_line_starts(checkpoint):
     generator = SceneGenerator.load(checkpoint)
     text = "a = 1\nsteps = [\n    (1, 2)),\nb"
     tokens = generator.tokenizer(text, add_special_tokens=False)["input_ids"]
-    kept = generator._tokens_before_line(tokens, 3)
+    kept = generator._tokens_before_line(tokens, text, 3)
     assert "a = 1\nsteps = [\n".startswith(generator.tokenizer.decode(tokens[:kept]))
     assert len(generator.tokenizer.decode(tokens[:kept + 1])) > len("a = 1\nsteps = [\n")
-    assert generator._tokens_before_line(tokens, 1) == 0
+    assert generator._tokens_before_line(tokens, text, 1) == 0

@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,6 @@ class Evaluator:
 
 
 def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
-    import torch
     from rich.progress import Progress
 
     from derivative_animator import cli
@@ -160,10 +160,9 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     evaluator = Evaluator(cfg, run_dir)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
     e = cfg.eval
-    torch.set_num_threads(generation_threads(e.generation_threads, e.workers))
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    with Progress() as progress:
+    with _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
         if "template" in baselines:
             for sample in samples:
                 code = cli.template_scene(sample.function, sample.style)
@@ -214,6 +213,19 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
             "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function),
             "timings": timings}
+
+
+@contextmanager
+def _torch_threads(count: int):
+    """torch's thread count is process-wide: set it for the evaluation, then give it back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def generation_threads(setting, render_workers: int) -> int:

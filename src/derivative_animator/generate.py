@@ -176,14 +176,15 @@ class SceneGenerator:
         length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
         rollbacks = 0
         while len(new) < max_new_tokens:
-            error = dead_error(self.tokenizer.decode(new))
+            text = self.tokenizer.decode(new)
+            error = dead_error(text)
             if error is not None:
                 if temperature <= 0 or rollbacks >= syntax_rollbacks:
                     stop = "syntax error"
                     break
                 # Back to the start of the broken line; re-read the logits there.
                 rollbacks += 1
-                new = new[:self._tokens_before_line(new, error.lineno)]
+                new = new[:self._tokens_before_line(new, text, error.lineno)]
                 cache.crop(len(ids) + len(new) - 1 - cache.get_seq_length())  # negative: drop from the end
                 logits = self.model(input_ids=torch.tensor([[(ids + new)[-1]]], device=device), cache=cache,
                                     use_cache=True).logits[0, -1]
@@ -233,9 +234,9 @@ class SceneGenerator:
         code = self.tokenizer.decode(new, skip_special_tokens=True)
         return Generation(function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks)
 
-    def _tokens_before_line(self, tokens: list[int], lineno: int) -> int:
-        """How many of the tokens decode to text that ends at or before line `lineno` starts."""
-        text = self.tokenizer.decode(tokens)
+    def _tokens_before_line(self, tokens: list[int], text: str, lineno: int) -> int:
+        """How many of the tokens (which decode to `text`) decode to text that ends at or
+        before line `lineno` starts."""
         line_start = sum(len(line) + 1 for line in text.split("\n")[:lineno - 1])
         low, high = 0, len(tokens)  # decoded length grows with the token count: bisect
         while low < high:
