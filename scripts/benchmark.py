@@ -9,7 +9,8 @@ is timed on this machine, now.
 
 Training throughput compares the project's Lightning module against a plain
 transformers + PEFT loop on the same model, data, batches and precision, in the same run,
-counting real (non-padding) tokens only.
+counting real (non-padding) tokens only, after one untimed step; each loop runs --repeats
+times in alternating order and the medians are compared.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ def bench_data(validate: bool) -> dict:
     return result
 
 
-def bench_training(steps: int) -> dict:
+def bench_training(steps: int, repeats: int) -> dict:
     import pytorch_lightning as pl
     import torch
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
 
     from derivative_animator import environment, finetune, paths
     from derivative_animator.base_model import BaseModelConfig, build_base
@@ -64,33 +66,53 @@ def bench_training(steps: int) -> dict:
         data.setup()
         return model, data
 
-    # Plain loop: transformers + PEFT + torch.optim, nothing else.
+    # Both loops time the same batches after a first, untimed one (allocations, and
+    # Trainer.fit's own set-up, are not training throughput).
     model, data = fresh()
-    batches = list(data.train_dataloader())[:steps]
-    real = sum(int(b["attention_mask"].sum()) for b in batches)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    autocast = precision.startswith("bf16")
-    model.train()
-    start = time.perf_counter()
-    for batch in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    plain = real / (time.perf_counter() - start)
+    batches = list(data.train_dataloader())[:steps + 1]
+    real = sum(int(b["attention_mask"].sum()) for b in batches[1:])
 
-    # The project's LightningModule on the same batches.
-    model, data = fresh()
-    module = finetune.LoRAFineTuner(model, lr=1e-4)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0)
-    start = time.perf_counter()
-    from torch.utils.data import DataLoader
+    def plain_loop() -> float:
+        """transformers + PEFT + torch.optim, nothing else."""
+        model, _ = fresh()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        autocast = precision.startswith("bf16")
+        model.train()
+        for index, batch in enumerate(batches):
+            if index == 1:
+                start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return real / (time.perf_counter() - start)
 
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    lightning = real / (time.perf_counter() - start)
+    class StepClock(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx == 0:
+                self.start = time.perf_counter()
+            self.end = time.perf_counter()
+
+    def lightning_loop() -> float:
+        """The project's LightningModule on the same batches."""
+        model, _ = fresh()
+        clock = StepClock()
+        trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps + 1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
+        trainer.fit(finetune.LoRAFineTuner(model, lr=1e-4), train_dataloaders=DataLoader(batches, batch_size=None))
+        return real / (clock.end - clock.start)
+
+    # Alternate the order (p l, l p, p l, ...): this machine drifts by several percent
+    # between runs, and the median of each cancels most of it.
+    plain, lightning = [], []
+    for repeat in range(repeats):
+        for loop in ((plain_loop, lightning_loop) if repeat % 2 == 0 else (lightning_loop, plain_loop)):
+            (plain if loop is plain_loop else lightning).append(loop())
+    runs = {"plain_loop_runs_tokens_per_s": [round(v) for v in plain],
+            "lightning_runs_tokens_per_s": [round(v) for v in lightning]}
+    plain, lightning = statistics.median(plain), statistics.median(lightning)
 
     lengths = data.splits["train"].lengths
     sampler_batches = list(data.train_dataloader().batch_sampler)
@@ -98,9 +120,11 @@ def bench_training(steps: int) -> dict:
     return {
         "training_precision": precision,
         "training_steps_measured": steps,
+        "training_repeats": repeats,
         "plain_loop_tokens_per_s": round(plain, 1),
         "lightning_tokens_per_s": round(lightning, 1),
         "lightning_over_plain": round(lightning / plain, 3),
+        **runs,
         "padding_share_bucketed": round(padding_share(lengths, sampler_batches), 4),
         "padding_share_unsorted": round(padding_share(lengths, naive), 4),
         "train_tokens_per_epoch": sum(lengths),
@@ -186,7 +210,8 @@ def main() -> int:
     parser.add_argument("--only", choices=["data", "training", "generation", "rollbacks", "eval"])
     parser.add_argument("--validate", action="store_true", help="also time render-validation of every sample")
     parser.add_argument("--eval", action="store_true", help="also time evaluation of the test split")
-    parser.add_argument("--steps", type=int, default=24, help="training micro-batches to time")
+    parser.add_argument("--steps", type=int, default=12, help="training micro-batches to time per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each training loop (medians)")
     parser.add_argument("--checkpoint", help="merged checkpoint for generation (default: newest)")
     parser.add_argument("--samples", type=int, default=20, help="test functions for generation latency")
     args = parser.parse_args()
@@ -196,7 +221,7 @@ def main() -> int:
     if args.only in (None, "data"):
         figures.update(bench_data(args.validate))
     if args.only in (None, "training"):
-        figures.update(bench_training(args.steps))
+        figures.update(bench_training(args.steps, args.repeats))
     if args.only in (None, "generation"):
         figures.update(bench_generation(args.checkpoint, args.samples))
     if args.only == "rollbacks":

@@ -189,3 +189,21 @@ def test_tokens_before_line_end_where_the_line_starts(checkpoint):
     assert "a = 1\nsteps = [\n".startswith(generator.tokenizer.decode(tokens[:kept]))
     assert len(generator.tokenizer.decode(tokens[:kept + 1])) > len("a = 1\nsteps = [\n")
     assert generator._tokens_before_line(tokens, text, 1) == 0
+
+
+def test_line_accuracy_script_scores_every_kind_of_line(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    config = dataset.DataConfig(dir=str(tmp_path / "data"), sizes={"train": 0, "validation": 3, "test": 0})
+    dataset.write_dataset(dataset.generate_splits(config), config)
+    script = paths.PROJECT_ROOT / "scripts" / "line_accuracy.py"
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(checkpoint), "--data",
+                           str(tmp_path / "data"), "--samples", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = {line[:14].strip(): line.split() for line in done.stdout.splitlines()[-5:]}
+    assert set(rows) == {"comment", "f_expr", "steps", "df_expr", "rest of scene"}
+    assert all(int(row[-3]) > 0 and row[-1].endswith("%") for row in rows.values())
+    missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path)],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
