@@ -4,10 +4,6 @@ Each example is `prompt tokens + completion tokens + EOS`, the prompt coming fro
 prompt module (`prompt.encode_prompt`, the very call inference makes). Labels are -100 on
 the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning script.
 Batches are drawn from length-sorted buckets so little compute goes to padding.
-
-EXPERIMENTS (reverted in the next commit, results in the README): `full_scenes` cuts train
-samples after the first N at the end of the math header (no EOS); `header_weight` weights
-the header's tokens in the loss.
 """
 
 from __future__ import annotations
@@ -18,41 +14,25 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from derivative_animator import dataset, paths, scenes
+from derivative_animator import dataset, paths
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
 
 IGNORE_INDEX = -100
 
 
-def encode_example(tokenizer, prompt_text: str, completion: str, header_only: bool = False,
-                   header_weight: float = 1.0) -> dict[str, list]:
+def encode_example(tokenizer, prompt_text: str, completion: str) -> dict[str, list[int]]:
     prompt_ids = encode_prompt(tokenizer, prompt_text)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    header_chars = scenes.math_header_length(completion)
-    header_tokens = None
-    if header_chars is not None and (header_only or header_weight != 1.0):
-        # The full scene's own tokens that start inside the header, not a re-tokenized prefix.
-        offsets = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        header_tokens = sum(start < header_chars for start, _ in offsets)
-    if header_only and header_tokens is not None:
-        completion_ids = completion_ids[:header_tokens]
-    example = {"input_ids": prompt_ids + completion_ids,
-               "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
-    if header_weight != 1.0 and header_tokens is not None:
-        example["loss_weights"] = ([0.0] * len(prompt_ids) + [header_weight] * header_tokens
-                                   + [1.0] * (len(completion_ids) - header_tokens))
-    return example
+    return {"input_ids": prompt_ids + completion_ids,
+            "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
 
 
 class TokenizedSplit(Dataset):
-    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat,
-                 full_scenes: int | None = None, header_weight: float = 1.0):
+    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat):
         self.examples = []
-        for index, record in enumerate(records):
+        for record in records:
             # The prompt is re-made by the prompt module, never read back from the file.
-            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion,
-                                     header_only=full_scenes is not None and index >= full_scenes,
-                                     header_weight=header_weight)
+            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion)
             if len(example["input_ids"]) > max_length:
                 raise ValueError(
                     f"sample {record.id} is {len(example['input_ids'])} tokens, over model.max_length="
@@ -117,13 +97,7 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
         input_ids[row, :n] = torch.tensor(example["input_ids"])
         labels[row, :n] = torch.tensor(example["labels"])
         attention[row, :n] = 1
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-    if all("loss_weights" in e for e in examples):
-        weights = torch.zeros((len(examples), width))
-        for row, example in enumerate(examples):
-            weights[row, :len(example["loss_weights"])] = torch.tensor(example["loss_weights"])
-        batch["loss_weights"] = weights
-    return batch
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
 def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
@@ -136,10 +110,8 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 class DerivativeDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str, tokenizer, micro_batch_size: int = 4, max_length: int = 2048,
                  bucket_size: int = 64, num_workers: int = 0, seed: int = 42,
-                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT,
-                 full_scenes: int | None = None, header_weight: float = 1.0):
+                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT):
         super().__init__()
-        self.full_scenes, self.header_weight = full_scenes, header_weight
         self.data_dir, self.tokenizer = data_dir, tokenizer
         self.micro_batch_size, self.max_length = micro_batch_size, max_length
         self.bucket_size, self.num_workers, self.seed = bucket_size, num_workers, seed
@@ -156,10 +128,7 @@ class DerivativeDataModule(pl.LightningDataModule):
             records = dataset.read_split(directory, split)
             if split == "train" and self.limit_train_samples:
                 records = records[: self.limit_train_samples]
-            train = split == "train"
-            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format,
-                                                full_scenes=self.full_scenes if train else None,
-                                                header_weight=self.header_weight if train else 1.0)
+            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.splits[split]

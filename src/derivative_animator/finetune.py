@@ -125,16 +125,7 @@ class LoRAFineTuner(pl.LightningModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        weights = batch.pop("loss_weights", None)
-        if weights is None:
-            loss = self.model(**batch).loss
-        else:  # a weighted mean of the per-token losses (datamodule: header_weight)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            per_token = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100,
-                reduction="none")
-            w = weights[:, 1:].flatten()
-            loss = (per_token * w).sum() / w.sum()
+        loss = self.model(**batch).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at step {self.global_step}: lower optim.lr, "

@@ -160,15 +160,6 @@ class RuleStepsScene(Scene):
 }
 
 
-def math_header_length(code: str) -> int | None:
-    """Characters of the scene's mathematics: the header through the plotting interval
-    (`X_MIN, X_MAX = ...`), where scenes differ; what follows is the same for every
-    function of a style. None for code not written from these templates."""
-    start = code.find("\nX_MIN, X_MAX = ")
-    end = code.find("\n", start + 1)
-    return end + 1 if start >= 0 and end >= 0 else None
-
-
 def _step_line(step: Step) -> str:
     return f'    ("{step.rule}", {notation.code(step.expr)}, {step.worked}),\n'
 

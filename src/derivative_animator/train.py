@@ -95,8 +95,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         data_dir=cfg.data.dir, tokenizer=tokenizer, micro_batch_size=optim.micro_batch_size,
         max_length=cfg.model.max_length, bucket_size=cfg.loader.bucket_size,
         num_workers=cfg.loader.num_workers, seed=cfg.seed,
-        limit_train_samples=cfg.get("limit_train_samples"), full_scenes=cfg.get("full_scenes"),
-        header_weight=cfg.get("header_weight", 1.0),
+        limit_train_samples=cfg.get("limit_train_samples"),
     )
     module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
                                     warmup_ratio=optim.warmup_ratio)
