@@ -73,3 +73,56 @@ def test_check_reports_wrong_derivative(tmp_path):
     scene.write_text(cli.template_scene("x^2", "tangent").replace("df_expr = 2*x", "df_expr = x"))
     out = run("check", str(scene), "--function", "x^2", "--no-execute")
     assert out.returncode == 1 and "math       FAIL" in out.stdout
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    (["--attempts", "0"], "--attempts must be 1 or more"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be 1 or more"),
+    (["--temperature", "-1"], "--temperature must be 0"),
+    (["--retry-temperature", "0"], "--retry-temperature must be above 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--syntax-rollbacks", "-1"], "--syntax-rollbacks must be 0 or more"),
+    (["--batch-size", "0"], "--batch-size must be 1 or more"),
+])
+def test_generate_refuses_sampling_settings_that_cannot_work(setting, fragment, capsys, tmp_path):
+    # Checked before the model loads: the directory need not hold one.
+    assert cli.main(["generate", "x^2", "--model", str(tmp_path), *setting]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
+
+
+def test_check_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
+    scene = tmp_path / "scene.py"
+    scene.write_text(cli.template_scene("x^2", "tangent"))
+    assert cli.main(["check", str(scene), "--function", "x^2", "--timeout", "0"]) == cli.EXIT_USAGE
+    assert "--timeout must be above 0" in capsys.readouterr().err
+
+
+def _fake_generator(codes):
+    from types import SimpleNamespace
+
+    class Fake:
+        def generate(self, function, *args, **kwargs):
+            return SimpleNamespace(code=codes.pop(0), seconds=0.1, tokens_per_second=10.0, rollbacks=0)
+    return Fake()
+
+
+def test_verified_generation_keeps_the_attempt_that_passed_most_checks():
+    import re
+    from types import SimpleNamespace
+
+    good = cli.template_scene("x^2", "tangent")
+    wrong = re.sub(r"^df_expr = .*$", "df_expr = 3*x", good, count=1, flags=re.MULTILINE)
+    settings = dict(attempts=3, temperature=0.0, retry_temperature=0.7, seed=0, max_new_tokens=10,
+                    top_p=0.95, syntax_rollbacks=0, no_verify=False)
+    said = []
+    code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",
+                                         SimpleNamespace(**settings, repair=False), said.append)
+    assert code == wrong and result.syntax and result.executes and not result.math
+    assert said[-1].startswith("no attempt passed every check; keeping attempt 2")
+    # --repair works on the kept attempt, not on the last one, and says so.
+    said = []
+    code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",
+                                         SimpleNamespace(**settings, repair=True), said.append)
+    assert result.passed and "--repair" in said[-1] and code != wrong

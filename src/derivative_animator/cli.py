@@ -102,8 +102,9 @@ def _with_true_derivative(code: str, function: str) -> str | None:
 
 
 def generate_verified(generator, function: str, args, say) -> tuple[str, object]:
-    """Greedy first; on failure sample again (best of n). Never swaps code silently."""
-    result = None
+    """Greedy first; on failure sample again (best of n). Never swaps code silently. When no
+    attempt passes, the one that passed the most checks is kept (the earliest of equals)."""
+    best = None  # (checks passed, attempt, code, result)
     for attempt in range(1, args.attempts + 1):
         temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
         seed = None if args.seed is None else args.seed + attempt - 1
@@ -115,14 +116,19 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
             + (f"  {result.error}" if result.error else ""))
         if result.passed or args.no_verify:
             return gen.code, result
+        passed = sum(bool(getattr(result, k)) for k in ("syntax", "structure", "executes", "math"))
+        if best is None or passed > best[0]:
+            best = (passed, attempt, gen.code, result)
         if result.environment_error:
             break
-    if args.repair and result is not None and result.syntax and result.structure and not result.math:
-        repaired = _with_true_derivative(gen.code, function)
+    _, attempt, code, result = best
+    say(f"no attempt passed every check; keeping attempt {attempt} ({_marks(result)})")
+    if args.repair and result.syntax and result.structure and not result.math:
+        repaired = _with_true_derivative(code, function)
         if repaired:
             say("--repair: replaced the model's df_expr with the true derivative")
             return repaired, _check(repaired, function, False, None)
-    return gen.code, result
+    return code, result
 
 
 def _marks(result) -> str:
@@ -130,7 +136,25 @@ def _marks(result) -> str:
                     for k in ("syntax", "structure", "executes", "math"))
 
 
+def _check_sampling_args(args) -> None:
+    """Model settings that would crash or silently do nothing: one clear line instead."""
+    rules = [
+        (args.attempts >= 1, f"--attempts must be 1 or more, got {args.attempts}"),
+        (args.max_new_tokens >= 1, f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}"),
+        (args.temperature >= 0, f"--temperature must be 0 (greedy) or more, got {args.temperature}"),
+        (args.retry_temperature > 0, f"--retry-temperature must be above 0, got {args.retry_temperature}"),
+        (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
+        (args.syntax_rollbacks >= 0, f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}"),
+        (args.batch_size >= 1, f"--batch-size must be 1 or more, got {args.batch_size}"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UsageError(message)
+
+
 def cmd_generate(args) -> int:
+    if args.model:
+        _check_sampling_args(args)
     if args.backend == "template" and not args.model:
         if args.interactive or args.from_file:
             raise UsageError("--interactive and --from-file need --model DIR")
@@ -240,6 +264,8 @@ def cmd_check(args) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path} not found")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be above 0 seconds, got {args.timeout}")
     target = parse_function(args.function)
     render = checks.RenderOptions(dry_run=args.dry_run, save_frame=args.output_dir is not None,
                                   limits=SandboxLimits(timeout_s=args.timeout))
