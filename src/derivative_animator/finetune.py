@@ -124,14 +124,7 @@ class LoRAFineTuner(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx):
         self._step_started = time.perf_counter()
 
-    input_noise = 0.0
-
     def training_step(self, batch, batch_idx):
-        if self.input_noise > 0:  # EXPERIMENT: corrupt some response input tokens, targets unchanged
-            ids = batch["input_ids"]
-            mask = (batch["labels"] != -100) & (torch.rand(ids.shape) < self.input_noise)
-            noise = torch.randint(0, self.model.get_input_embeddings().num_embeddings, ids.shape)
-            batch = {**batch, "input_ids": torch.where(mask, noise, ids)}
         loss = self.model(**batch).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -99,7 +99,6 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     )
     module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
                                     warmup_ratio=optim.warmup_ratio)
-    module.input_noise = float(cfg.get("input_noise", 0.0))
 
     logger = MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
