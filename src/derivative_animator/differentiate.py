@@ -216,7 +216,7 @@ def _diff_mul(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
             denominator.append(base ** (-exponent))
         else:
             numerator.append(factor)
-    if denominator and numerator:
+    if denominator:  # a numerator of 1 too: 1/(x*sin(x)) is a quotient, not a product of nothing
         top, bottom = sp.Mul(*numerator), sp.Mul(*denominator)
         (d_top, w_top), (d_bottom, w_bottom) = _diff(top, steps), _diff(bottom, steps)
         quotient = (d_top * bottom - top * d_bottom) / bottom**2
