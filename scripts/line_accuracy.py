@@ -1,12 +1,11 @@
 """Where does a checkpoint lose? Teacher-forced loss and next-token accuracy on the
 validation scenes, by kind of line: the comment that repeats the function, `f_expr`
-(translating the typed function into sympy), the `steps` tuples (applying the rules),
-`df_expr`, and the rest of the scene (the same text for every function of a style).
+(translating the typed function into sympy), `df_expr` (applying the rules), the
+plotting interval, and the rest of the scene (the same text for every function of a style).
 
     python scripts/line_accuracy.py --checkpoint outputs/train/<run>/checkpoint/merged [--samples 30]
 
-A scene is only right when every token of its math header is: at 82% per `steps` token and
-~60 such tokens per scene, greedy decoding almost never gets one through.
+A scene is only right when every token of its math header is.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-KINDS = ("comment", "f_expr", "steps", "df_expr", "rest of scene")
+KINDS = ("comment", "f_expr", "df_expr", "interval", "rest of scene")
 
 
 def line_kind(line: str) -> str:
@@ -28,8 +27,8 @@ def line_kind(line: str) -> str:
         return "comment"
     if text.startswith("f_expr"):
         return "f_expr"
-    if text.startswith('("'):
-        return "steps"
+    if text.startswith("X_MIN, X_MAX ="):
+        return "interval"
     if text.startswith("df_expr"):
         return "df_expr"
     return "rest of scene"

@@ -202,7 +202,7 @@ def test_line_accuracy_script_scores_every_kind_of_line(checkpoint, tmp_path):
                            str(tmp_path / "data"), "--samples", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     rows = {line[:14].strip(): line.split() for line in done.stdout.splitlines()[-5:]}
-    assert set(rows) == {"comment", "f_expr", "steps", "df_expr", "rest of scene"}
+    assert set(rows) == {"comment", "f_expr", "df_expr", "interval", "rest of scene"}
     assert all(int(row[-3]) > 0 and row[-1].endswith("%") for row in rows.values())
     missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path)],
                              capture_output=True, text=True)

@@ -32,7 +32,12 @@ def test_every_config_option_composes(group, option):
 
 
 def test_lora_presets_and_model_learning_rates():
-    assert compose_train().lora.r == 64 and compose_train().lora.alpha == 128
+    assert compose_train("lora=default").lora.r == 64 and compose_train("lora=default").lora.alpha == 128
+    # lora=auto: the tiny model trains in full, DeepSeek-Coder with the original LoRA r=64
+    assert not compose_train().lora.enabled and compose_train("lora=r16").lora.enabled
+    deepseek = compose_train("model=deepseek_coder_1_3b").lora
+    assert deepseek.enabled and deepseek.r == 64 and deepseek.alpha == 128
+    assert compose_train("experiment=lora_rank_sweep").lora.enabled  # a rank sweep is LoRA on any model
     assert compose_train("lora=r8").lora.r == 8
     assert compose_train("model=deepseek_coder_1_3b").optim.lr == 1e-4
     assert compose_train("model=deepseek_coder_1_3b").optim.effective_batch_size == 16  # the original
@@ -54,10 +59,11 @@ def micro_cfg(tmp_path, data_dir, *overrides):
     )
 
 
-def test_fast_dev_run_trains_and_saves_a_loadable_merged_checkpoint(tmp_path, micro_data):
+@pytest.mark.parametrize("lora", ["default", "none"])  # LoRA (DeepSeek-Coder's default), full (the tiny model's)
+def test_fast_dev_run_trains_and_saves_a_loadable_merged_checkpoint(tmp_path, micro_data, lora):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    metrics = train(micro_cfg(tmp_path, micro_data, "trainer.fast_dev_run=true"))
+    metrics = train(micro_cfg(tmp_path, micro_data, "trainer.fast_dev_run=true", f"lora={lora}"))
     assert "train/loss_step" in metrics
     merged = tmp_path / "run" / "checkpoint" / "merged"
     assert PromptFormat.load(merged) == DEFAULT_FORMAT  # the checkpoint carries the prompt format
@@ -65,7 +71,7 @@ def test_fast_dev_run_trains_and_saves_a_loadable_merged_checkpoint(tmp_path, mi
     tokenizer = AutoTokenizer.from_pretrained(merged)
     out = model.generate(**tokenizer("from manim import", return_tensors="pt"), max_new_tokens=5, do_sample=False)
     assert out.shape[1] > 3
-    assert (tmp_path / "run" / "checkpoint" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "run" / "checkpoint" / "adapter" / "adapter_config.json").is_file() == (lora != "none")
 
 
 def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
@@ -85,6 +91,33 @@ def test_runs_never_overwrite_each_other(tmp_path, micro_data):
     train(cfg)
     with pytest.raises(FileExistsError):
         train(cfg)
+
+
+def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro_data):
+    from derivative_animator import scenes
+    from derivative_animator.base_model import BaseModelConfig, build_base
+    from derivative_animator.datamodule import IGNORE_INDEX, DerivativeDataModule
+
+    model_cfg = compose_train("model=micro").model
+    build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
+    tokenizer, _ = finetune.load_base(model_cfg)
+    whole = DerivativeDataModule(str(micro_data), tokenizer, max_length=model_cfg.max_length)
+    practice = DerivativeDataModule(str(micro_data), tokenizer, max_length=model_cfg.max_length, full_scenes=3)
+    whole.setup(), practice.setup()
+    records = dataset.read_split(micro_data, "train")
+    for index, (full, cut) in enumerate(zip(whole.splits["train"], practice.splits["train"], strict=True)):
+        if index < 3:
+            assert cut == full
+            continue
+        n = len(cut["input_ids"])
+        assert cut["input_ids"] == full["input_ids"][:n] and cut["labels"] == full["labels"][:n]
+        assert tokenizer.eos_token_id not in cut["labels"][-1:] and cut["labels"][-1] != IGNORE_INDEX
+        header = tokenizer.decode([t for t in cut["labels"] if t != IGNORE_INDEX])
+        completion = records[index].completion
+        assert header == completion[:scenes.math_header_length(completion)]
+    assert practice.splits["validation"].examples == whole.splits["validation"].examples  # validated whole
+    with pytest.raises(ValueError, match="full_scenes"):
+        DerivativeDataModule(str(micro_data), tokenizer, full_scenes=0)
 
 
 def test_merged_logits_equal_adapter_logits():

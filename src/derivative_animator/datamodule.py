@@ -4,6 +4,11 @@ Each example is `prompt tokens + completion tokens + EOS`, the prompt coming fro
 prompt module (`prompt.encode_prompt`, the very call inference makes). Labels are -100 on
 the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning script.
 Batches are drawn from length-sorted buckets so little compute goes to padding.
+
+Header practice (`full_scenes=N`): train samples after the first N stop at the end of their
+math header (`scenes.math_header_length`), without EOS. Everything below the header is
+the same in every scene of a style and is learnt from a few hundred whole scenes; the
+header is what differs per function, and a header costs a tenth of a scene's compute.
 """
 
 from __future__ import annotations
@@ -14,25 +19,33 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from derivative_animator import dataset, paths
+from derivative_animator import dataset, paths, scenes
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
 
 IGNORE_INDEX = -100
 
 
-def encode_example(tokenizer, prompt_text: str, completion: str) -> dict[str, list[int]]:
+def encode_example(tokenizer, prompt_text: str, completion: str, header_only: bool = False) -> dict[str, list[int]]:
     prompt_ids = encode_prompt(tokenizer, prompt_text)
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    encoded = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=header_only)
+    completion_ids = encoded["input_ids"] + [tokenizer.eos_token_id]
+    header_end = scenes.math_header_length(completion) if header_only else None
+    if header_end is not None:
+        # The whole scene's own tokens that start inside the header: the very ids a full
+        # sample has there, not a re-tokenized prefix.
+        completion_ids = completion_ids[:sum(start < header_end for start, _ in encoded["offset_mapping"])]
     return {"input_ids": prompt_ids + completion_ids,
             "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids}
 
 
 class TokenizedSplit(Dataset):
-    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat):
+    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat,
+                 full_scenes: int | None = None):
         self.examples = []
-        for record in records:
+        for index, record in enumerate(records):
             # The prompt is re-made by the prompt module, never read back from the file.
-            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion)
+            example = encode_example(tokenizer, prompt_format.format(record.function), record.completion,
+                                     header_only=full_scenes is not None and index >= full_scenes)
             if len(example["input_ids"]) > max_length:
                 raise ValueError(
                     f"sample {record.id} is {len(example['input_ids'])} tokens, over model.max_length="
@@ -110,8 +123,12 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 class DerivativeDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str, tokenizer, micro_batch_size: int = 4, max_length: int = 2048,
                  bucket_size: int = 64, num_workers: int = 0, seed: int = 42,
-                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT):
+                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT,
+                 full_scenes: int | None = None):
         super().__init__()
+        if full_scenes is not None and full_scenes < 1:
+            raise ValueError(f"full_scenes must be at least 1 (or null: every train sample whole), got {full_scenes}")
+        self.full_scenes = full_scenes
         self.data_dir, self.tokenizer = data_dir, tokenizer
         self.micro_batch_size, self.max_length = micro_batch_size, max_length
         self.bucket_size, self.num_workers, self.seed = bucket_size, num_workers, seed
@@ -128,7 +145,8 @@ class DerivativeDataModule(pl.LightningDataModule):
             records = dataset.read_split(directory, split)
             if split == "train" and self.limit_train_samples:
                 records = records[: self.limit_train_samples]
-            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format)
+            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format,
+                                                full_scenes=self.full_scenes if split == "train" else None)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.splits[split]

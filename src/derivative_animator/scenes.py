@@ -1,12 +1,16 @@
 """Manim scene templates: the code the model learns to write.
 
-Every scene starts with the same header: the function and its derivative as exact
-sympy expressions (`f_expr`, `df_expr`: the one place the derivative lives, which the
-math check reads), the rule steps as a scratchpad (each derivative written as its rule
-applied to the parts' derivatives, `3*4*x**3`, so a model copies rather than does
-arithmetic), and the plotting interval. What is
-drawn on screen (formulas, curves, slopes) is derived from those at run time, so a scene
-cannot show one derivative and plot another. Current Manim Community API only.
+Every scene starts with the same header, the only lines that differ between functions:
+the function and its derivative as exact sympy expressions (`f_expr`, `df_expr`: the one
+place the derivative lives, which the math check reads; the derivative written as the
+rules apply to the parts, `3*4*x**3`, so a model copies rather than does arithmetic) and
+the plotting interval. What is drawn on screen (formulas, curves, slopes, the rule steps)
+is derived from those at run time, so a scene cannot show one derivative and plot
+another. The rule steps shown (`rule_steps` in every scene) are computed from `f_expr`
+when the scene runs and agree with `differentiate` step for step (tested): the model
+writes no step list. A 7.4M model writing one looped in it and got 1 of 57 test
+derivatives right after 4 minutes of header training, against 17 of 57 without it
+(measured; README).
 
 Styles:
 - tangent: a tangent line slides along the curve with a live slope readout, then f'
@@ -36,13 +40,10 @@ import sympy as sp
 # f(x) = $typed
 x = sp.Symbol("x")
 f_expr = $f_code
-# (rule, part, derivative of the part): each rule applied to the parts above it
-steps = [
-$steps]
 df_expr = $df_code
+X_MIN, X_MAX = $x_min, $x_max
 f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
-X_MIN, X_MAX = $x_min, $x_max
 
 
 def tex(expr):
@@ -57,15 +58,17 @@ def make_axes():
                 x_length=10, y_length=5, tips=False).to_edge(DOWN)
 
 
-def formulas(*extra):
-    # one LaTeX compile for everything: f, f', a line per step, then extra
+def formulas(steps, *extra):
+    # one LaTeX compile for everything: f, f', a line per rule step, then extra
     lines = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (r, tex(e), tex(d)) for r, e, d in steps]
     parts = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *lines, *extra]
     tex_parts = MathTex(*[p + r"\\" for p in parts[:-1]], parts[-1], font_size=34)
     for part in tex_parts:
         part.scale_to_fit_width(min(part.width, config.frame_width - 1)).set_x(0)
     title, derivative = tex_parts[0].set_color(BLUE).to_edge(UP), tex_parts[1].set_color(RED)
-    rules = VGroup(*tex_parts[2:2 + len(steps)]).arrange(DOWN, aligned_edge=LEFT).set_x(0)
+    rules = VGroup(*tex_parts[2:2 + len(steps)])
+    if steps:
+        rules.arrange(DOWN, aligned_edge=LEFT).set_x(0)
     return title, derivative, rules, tex_parts[2 + len(steps):]
 ''')
 
@@ -73,7 +76,7 @@ _BODIES = {
     "tangent": r"""
 class TangentLineScene(Scene):
     def construct(self):
-        title, derivative_tex, rules, _ = formulas()
+        title, derivative_tex, _, _ = formulas([])
         axes = make_axes()
         graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
         self.play(Create(axes), Create(graph), Write(title))
@@ -98,15 +101,13 @@ class TangentLineScene(Scene):
             self.add(label)
             self.wait(0.3)
         self.play(FadeOut(label), Create(derivative), Write(derivative_tex.next_to(title, DOWN)))
-        self.wait(0.5)
-        self.play(FadeOut(axes, graph, derivative, line, dot), FadeIn(rules.next_to(derivative_tex, DOWN)))
         self.wait(1)
 """,
     "secant": r"""
 class SecantLimitScene(Scene):
     def construct(self):
         limit = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h}"
-        title, derivative_tex, rules, (limit_tex,) = formulas(limit)
+        title, derivative_tex, _, (limit_tex,) = formulas([], limit)
         axes = make_axes()
         graph = axes.plot(f, color=BLUE)
         self.play(Create(axes), Create(graph), Write(title))
@@ -131,18 +132,51 @@ class SecantLimitScene(Scene):
             self.add(label)
             self.wait(0.3)
         value = Text(f"= {float(df(x0)):.3f}", font_size=32, color=RED)
-        self.play(FadeOut(label), Write(VGroup(limit_tex, value).arrange(RIGHT).next_to(title, DOWN)))
+        limit_row = VGroup(limit_tex, value).arrange(RIGHT).next_to(title, DOWN)
+        self.play(FadeOut(label), Write(limit_row))
         self.wait(0.5)
-        self.clear()
-        self.add(title)
-        self.play(Write(derivative_tex.next_to(title, DOWN)))
-        self.play(FadeIn(rules.next_to(derivative_tex, DOWN)))
+        self.play(ReplacementTransform(limit_row, derivative_tex.next_to(title, DOWN)))
         self.wait(1)
 """,
     "graphs": r"""
+
+NAMED_RULES = {"exp": "exponential", "log": "logarithm", "asin": "inverse trig", "acos": "inverse trig",
+               "atan": "inverse trig", "sinh": "hyperbolic", "cosh": "hyperbolic", "tanh": "hyperbolic"}
+
+
+def rule_steps(e):
+    # (rule, part, derivative of the part) for each part that needs a rule, inner parts first
+    if not e.has(x) or e == x:
+        return []
+    if e.is_Add:
+        rule, parts = "sum rule", e.as_ordered_terms()
+    elif e.is_Mul and e.as_independent(x, as_Add=False)[0] != 1:
+        rule, parts = "constant multiple rule", [e.as_independent(x, as_Add=False)[1]]
+    elif e.is_Mul:
+        down = [p for p in e.as_ordered_factors() if p.is_Pow and p.exp.is_number and p.exp < 0]
+        up = [p for p in e.as_ordered_factors() if p not in down]
+        if down:  # shown as the rule gives it, (u'v - uv')/v^2
+            u, v = sp.Mul(*up), 1 / sp.Mul(*down)
+            quotient = (sp.diff(u, x) * v - u * sp.diff(v, x)) / v**2
+            return rule_steps(u) + rule_steps(v) + [("quotient rule", e, quotient)]
+        rule, parts = "product rule", up
+    elif e.is_Pow and not e.exp.has(x):
+        rule = "chain rule" if e.base != x else "power rule" if e.exp.is_integer else "root rule"
+        parts = [e.base]
+    elif e.is_Pow and not e.base.has(x):
+        rule, parts = "exponential rule" if e.exp == x else "chain rule", [e.exp]
+    elif e.is_Pow:
+        rule, parts = "logarithmic differentiation", [e.base, e.exp]
+    else:
+        rule = "chain rule" if e.args[0] != x else NAMED_RULES.get(e.func.__name__, "trig") + " rule"
+        parts = list(e.args)
+    return [step for part in parts for step in rule_steps(part)] + [(rule, e, sp.diff(e, x))]
+
+
 class RuleStepsScene(Scene):
     def construct(self):
-        title, derivative_tex, rules, legend = formulas("f(x)", "f'(x)")
+        steps = rule_steps(f_expr) or [("power rule", f_expr, df_expr)]
+        title, derivative_tex, rules, legend = formulas(steps, "f(x)", "f'(x)")
         self.play(Write(title))
         rules.next_to(title, DOWN)
         for rule in rules:
@@ -160,9 +194,13 @@ class RuleStepsScene(Scene):
 }
 
 
-def _step_line(step: Step) -> str:
-    return f'    ("{step.rule}", {notation.code(step.expr)}, {step.worked}),\n'
+MATH_HEADER_END = "f = sp.lambdify"  # the header above it is all that differs per function
 
+
+def math_header_length(code: str) -> int | None:
+    """Characters of a scene's math header (up to MATH_HEADER_END), None if it has none."""
+    index = code.find(MATH_HEADER_END)
+    return index if index >= 0 else None
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:
@@ -183,7 +221,6 @@ def scene_code(
     header = _HEADER.substitute(
         typed=notation.typed(expr),
         f_code=notation.code(expr),
-        steps="".join(_step_line(step) for step in shown_steps(steps)),
         df_code=steps[-1].worked,  # the whole function's step: the derivative, worked out
         x_min=_number(x_range[0]),
         x_max=_number(x_range[1]),

@@ -95,7 +95,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         data_dir=cfg.data.dir, tokenizer=tokenizer, micro_batch_size=optim.micro_batch_size,
         max_length=cfg.model.max_length, bucket_size=cfg.loader.bucket_size,
         num_workers=cfg.loader.num_workers, seed=cfg.seed,
-        limit_train_samples=cfg.get("limit_train_samples"),
+        limit_train_samples=cfg.get("limit_train_samples"), full_scenes=cfg.get("full_scenes"),
     )
     module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
                                     warmup_ratio=optim.warmup_ratio)
@@ -134,7 +134,8 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
             merged_dir = finetune.save_checkpoint(
                 module.model, tokenizer, run_dir / "checkpoint",
                 OmegaConf.to_container(cfg, resolve=True), run_info,
-                draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")],
+                # whole scenes only: the header-practice samples add nothing below the header
+                draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")[:cfg.get("full_scenes")]],
             )
             if cfg.logger.log_model:
                 client.log_artifacts(run_id, str(merged_dir), artifact_path="merged_model")

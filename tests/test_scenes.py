@@ -1,0 +1,67 @@
+"""Scene templates: the rule steps a scene shows, and the header that is all that differs."""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from derivative_animator import checks, scenes
+from derivative_animator.differentiate import differentiate
+from derivative_animator.parsing import X, parse_function
+
+
+def scene_globals(code: str) -> dict:
+    """Run a template scene's module level (our own oracle code, not generated code)."""
+    namespace: dict = {}
+    exec(compile(code.split("\nclass ")[0], "<scene>", "exec"), namespace)
+    return namespace
+
+
+def graphs_scene(function: str) -> str:
+    expr = parse_function(function)
+    derivative, steps = differentiate(expr)
+    return scenes.scene_code(expr, derivative, steps, (0.5, 2), "graphs")
+
+
+@pytest.fixture(scope="module")
+def rule_steps():
+    """The rule walker every graphs scene carries (it reads only its globals x and sp)."""
+    return scene_globals(graphs_scene("x^2"))["rule_steps"]
+
+
+def shown_by_differentiate(function: str) -> list[tuple[str, sp.Expr, sp.Expr]]:
+    _, steps = differentiate(parse_function(function))
+    return [(s.rule, s.expr, s.derivative) for s in scenes.shown_steps(steps)]
+
+
+def test_rule_steps_agree_with_differentiate_on_every_dataset_function(all_records, rule_steps):
+    for record in all_records:
+        shown = rule_steps(parse_function(record.function))
+        expected = shown_by_differentiate(record.function)
+        assert [(rule, part) for rule, part, _ in shown] == [(rule, part) for rule, part, _ in expected], record.function
+
+
+@pytest.mark.parametrize("function", ["1/(x sin(x))", "x^x", "e^{-x^2}", "sec(x) + csc(x)", "3x",
+                                      "x^2 sin(x)/ln(x)", "2^x", "sqrt(x) arctan(x)", "sinh(x) cosh(x)"])
+def test_rule_steps_of_edge_cases_and_their_derivatives(function, rule_steps):
+    shown, expected = rule_steps(parse_function(function)), shown_by_differentiate(function)
+    assert [(r, p) for r, p, _ in shown] == [(r, p) for r, p, _ in expected]
+    for (_, _, derivative), (_, _, right) in zip(shown, expected, strict=True):
+        assert checks.expressions_equal(derivative, right, (0.5, 2))[0], function
+
+
+def test_only_the_rule_steps_style_carries_the_walker(all_records):
+    for record in all_records:
+        assert ("def rule_steps" in record.completion) == (record.style == "graphs"), record.id
+    assert scene_globals(graphs_scene("x"))["rule_steps"](X) == []  # the scene then shows d/dx x = 1
+
+
+def test_below_the_math_header_every_scene_of_a_style_is_the_same(all_records):
+    rests = {}
+    for record in all_records:
+        end = scenes.math_header_length(record.completion)
+        header = record.completion[:end]
+        assert "f_expr = " in header and "df_expr = " in header and "X_MIN, X_MAX = " in header
+        rests.setdefault(record.style, set()).add(record.completion[end:])
+    assert {style: len(texts) for style, texts in rests.items()} == {style: 1 for style in scenes.STYLES}
+    assert scenes.math_header_length("print('no header')") is None
