@@ -1,6 +1,7 @@
 """The checker: the template oracle passes; planted faults are classified correctly."""
 
 import ast
+import re
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_missing_scene_class():
 
 
 def test_wrong_derivative_is_caught_without_running_anything():
-    code = oracle("x^3").replace("df_expr = 3*x**2", "df_expr = 3*x**3")
+    code = re.sub(r"^df_expr = .*$", "df_expr = 3*x**3", oracle("x^3"), flags=re.M)
     result = checks.check_code(code, "x^3", execute=False)
     assert result.math is False and "derivative 3x^3 is wrong; expected 3x^2" in result.error
 
@@ -65,8 +66,19 @@ def test_wrong_function_is_caught():
     assert result.math is False and "animates f(x) = x^4" in result.error
 
 
+def test_check_function_reads_f_alone():
+    import ast
+
+    from derivative_animator.parsing import parse_function
+
+    code = oracle("x^3")
+    assert checks.check_function(ast.parse(code), parse_function("x^3")) is True
+    assert checks.check_function(ast.parse(code.replace("f_expr = x**3", "f_expr = x**4")), parse_function("x^3")) is False
+    assert checks.check_function(ast.parse("y = 1"), parse_function("x^3")) is None
+
+
 def test_equivalent_forms_of_the_derivative_pass():
-    code = oracle("sin(x)^2").replace("df_expr = 2*sp.sin(x)*sp.cos(x)", "df_expr = sp.sin(2*x)")
+    code = re.sub(r"^df_expr = .*$", "df_expr = sp.sin(2*x)", oracle("sin(x)^2"), flags=re.M)
     assert "df_expr = sp.sin(2*x)" in code
     result = checks.check_code(code, "sin(x)^2", execute=False)
     assert result.math is True
@@ -107,3 +119,14 @@ def test_environment_failure_is_not_a_code_failure(monkeypatch):
     monkeypatch.setattr(checks.environment, "render_problem_summary", lambda: "environment: latex not found")
     result = checks.check_code(oracle("x^2"), "x^2")
     assert result.executes is None and result.environment_error and "latex not found" in result.error
+
+
+def test_render_failing_false_renders_only_scenes_whose_math_is_right(monkeypatch):
+    rendered = []
+    monkeypatch.setattr(checks, "_check_execution", lambda code, *args: rendered.append(code))
+    wrong = re.sub(r"^df_expr = .*$", "df_expr = 3*x**3", oracle("x^3"), flags=re.M)
+    result = checks.check_code(wrong, "x^3", render_failing=False)
+    assert result.math is False and result.executes is None and rendered == []
+    checks.check_code(oracle("x^3"), "x^3", render_failing=False)
+    checks.check_code(wrong, "x^3")  # the default renders whatever the math
+    assert rendered == [oracle("x^3"), wrong]

@@ -66,3 +66,33 @@ def test_generation_threads_leave_the_render_workers_their_cores(monkeypatch):
     with pytest.raises(ValueError, match="generation_threads"):
         evaluate.generation_threads(0, 2)
     assert compose_eval().eval.generation_threads == "auto"
+
+
+def test_a_scene_identical_to_one_already_checked_shares_its_render(tmp_path, monkeypatch):
+    from derivative_animator import checks
+    from derivative_animator.generate import Generation
+
+    calls = []
+
+    def fake_check(code, function, render, output_dir, render_failing=True):
+        calls.append(code)
+        return checks.CheckResult(syntax=True, structure=True, executes=True, math=True, scene="S",
+                                  render_seconds=2.5)
+
+    monkeypatch.setattr(checks, "check_code", fake_check)
+    evaluator = evaluate.Evaluator(compose_eval("eval.workers=1"), tmp_path)
+    sample = evaluate.Sample("s1", "x^2", 1)
+    generation = Generation("x^2", "code A", seconds=1.0, new_tokens=10, forward_passes=3)
+    rows = [evaluator.submit("template", sample, "code A", 1, None),
+            evaluator.submit("finetuned", sample, "code A", 1, generation),
+            evaluator.submit("finetuned", sample, "code B", 2, generation),
+            evaluator.submit("verified", sample, "code A", 3, generation)]
+    rows = [future.result(timeout=10) for future in rows]
+    evaluator.pool.shutdown()
+    assert calls == ["code A", "code B"]  # one render per distinct scene
+    shared = rows[1]
+    assert (shared.baseline, shared.attempt, shared.passed, shared.render_s) == ("finetuned", 1, True, 2.5)
+    assert shared.code_path == "code/finetuned/s1.py" and (tmp_path / shared.code_path).read_text() == "code A"
+    assert shared.generation_s == 1.0 and shared.new_tokens == 10 and rows[0].generation_s == 0.0
+    assert shared.extra["render_shared_with"] == "code/template/s1.py" and "render_shared_with" not in rows[2].extra
+    assert rows[3].attempt == 3 and rows[3].code_path == "code/verified/s1-a3.py"

@@ -89,8 +89,11 @@ def check_code(
     execute: bool = True,
     render: RenderOptions = RenderOptions(),
     output_dir: Path | None = None,
+    render_failing: bool = True,
 ) -> CheckResult:
-    """Run every check on one scene; rendered files are copied to output_dir if given."""
+    """Run every check on one scene; rendered files are copied to output_dir if given.
+    render_failing=False renders only a scene whose math is right (executes stays None
+    otherwise): one that fails it cannot pass, and a render costs seconds."""
     target = parse_function(function) if isinstance(function, str) else function
     try:
         tree = parse_code(code)
@@ -108,7 +111,7 @@ def check_code(
     if math_error:
         result._fail(f"math: {math_error}")
 
-    if execute and scene is not None:
+    if execute and scene is not None and (render_failing or result.math):
         _check_execution(code, scene, render, result, output_dir)
     return result
 
@@ -172,6 +175,18 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
             f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(true_derivative)}"
         )
     return True, method, None
+
+
+def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
+    """Does the code's f (`f_expr = ...`) equal the function? None when it gives none."""
+    node, variable = _assigned_expression(tree, ("f_expr",), "f")
+    if node is None:
+        return None
+    try:
+        written = notation.expr_from_code(node, variable)
+    except notation.CodeExpressionError:
+        return False
+    return expressions_equal(written, function, _interval(function, sp.diff(function, X)))[0]
 
 
 def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:

@@ -18,6 +18,7 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -103,7 +104,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class Evaluator:
-    """Generates, writes each scene to disk, and checks it on a pool of render workers."""
+    """Generates, writes each scene to disk, and checks it on a pool of render workers.
+
+    A scene byte-identical to one already submitted for the same function (a fine-tuned
+    model that writes exactly the oracle's scene) shares that render and its checks: the
+    same code gives the same result, and a render costs seconds."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         from derivative_animator import checks
@@ -113,27 +118,43 @@ class Evaluator:
         limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
         self.render = checks.RenderOptions(quality=cfg.eval.render.quality, limits=limits)
         self.pool = ThreadPoolExecutor(max_workers=cfg.eval.workers)
+        self._checked: dict[tuple, Future] = {}  # (function, code, render_failing) -> its check
+        self._lock = threading.Lock()
 
-    def submit(self, baseline: str, sample: Sample, code: str, attempt: int, generation) -> Future:
-        from derivative_animator import checks
-
+    def submit(self, baseline: str, sample: Sample, code: str, attempt: int, generation,
+               render_failing: bool = True) -> Future:
         stem = f"{sample.id}" + (f"-a{attempt}" if attempt > 1 else "")
         code_path = self.run_dir / "code" / baseline / f"{stem}.py"
         code_path.parent.mkdir(parents=True, exist_ok=True)
         code_path.write_text(code)
-        frames = self.run_dir / "frames" / baseline / stem
+        own = {"baseline": baseline, "sample_id": sample.id, "function": sample.function, "level": sample.level,
+               "attempt": attempt, "code_path": str(code_path.relative_to(self.run_dir)),
+               "generation_s": round(generation.seconds, 3) if generation else 0.0,
+               "new_tokens": generation.new_tokens if generation else 0,
+               "tokens_per_s": round(generation.tokens_per_second, 1) if generation else 0.0}
+        with self._lock:
+            key = (sample.function, code, render_failing)
+            earlier = self._checked.get(key)
+            if earlier is not None:
+                return _then(earlier, lambda row: Row(**{
+                    **asdict(row), **own, "extra": {**row.extra, "stop": generation.stop if generation else None,
+                                                    "rollbacks": generation.rollbacks if generation else 0,
+                                                    "render_shared_with": row.code_path}}))
+            future = self._checked[key] = self._check(sample, code, stem, own, generation, render_failing)
+        return future
+
+    def _check(self, sample: Sample, code: str, stem: str, own: dict, generation, render_failing: bool) -> Future:
+        from derivative_animator import checks
+
+        frames = self.run_dir / "frames" / own["baseline"] / stem
 
         def work() -> Row:
-            result = checks.check_code(code, sample.function, render=self.render, output_dir=frames)
+            result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
+                                       render_failing=render_failing)
             frame = frames / f"{result.scene}.png" if result.scene else None
             return Row(
-                baseline=baseline, sample_id=sample.id, function=sample.function, level=sample.level,
-                attempt=attempt, syntax=result.syntax, structure=result.structure, executes=result.executes,
-                math=result.math, passed=result.passed, error=result.error,
-                generation_s=round(generation.seconds, 3) if generation else 0.0,
-                new_tokens=generation.new_tokens if generation else 0,
-                tokens_per_s=round(generation.tokens_per_second, 1) if generation else 0.0,
-                render_s=result.render_seconds, code_path=str(code_path.relative_to(self.run_dir)),
+                **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
+                math=result.math, passed=result.passed, error=result.error, render_s=result.render_seconds,
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
                 extra={"environment_error": result.environment_error,
                        "stop": generation.stop if generation else None,
@@ -141,6 +162,20 @@ class Evaluator:
             )
 
         return self.pool.submit(work)
+
+
+def _then(future: Future, transform) -> Future:
+    """A future for transform(future's result), without tying up a worker to wait for it."""
+    chained: Future = Future()
+
+    def done(finished: Future) -> None:
+        try:
+            chained.set_result(transform(finished.result()))
+        except BaseException as error:  # noqa: BLE001 - handed on to whoever waits
+            chained.set_exception(error)
+
+    future.add_done_callback(done)
+    return chained
 
 
 def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
@@ -256,7 +291,8 @@ def _score(row: Row) -> int:
 
 def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
     """Attempt 1 is the raw greedy scene; later attempts sample until one passes. The
-    row kept is the first that passes, else the one passing most checks (earliest wins)."""
+    row kept is the first that passes, else the one passing most checks (earliest wins).
+    Retries whose math is wrong are not rendered (executes None): they cannot pass."""
     gen, future = first
     best = row = future.result()
     attempt, total_time = 1, gen.seconds
@@ -265,7 +301,8 @@ def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
         gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p,
                                  seed=e.seed + 100 + attempt, syntax_rollbacks=e.verify_syntax_rollbacks)
         total_time += gen.seconds
-        row = evaluator.submit("verified", sample, gen.code, attempt, gen).result()
+        # A retry is rendered only once its math is right: one that is not cannot pass.
+        row = evaluator.submit("verified", sample, gen.code, attempt, gen, render_failing=False).result()
         if row.passed or _score(row) > _score(best):
             best = row
     return Row(**{**asdict(best), "baseline": "verified", "attempts_tried": attempt,

@@ -33,7 +33,7 @@ from derivative_animator.parsing import X
 STYLES = ("tangent", "secant", "graphs")
 SCENE_CLASS = {"tangent": "TangentLineScene", "secant": "SecantLimitScene", "graphs": "RuleStepsScene"}
 
-_HEADER = Template(r'''from manim import *
+_HEADER = Template(r"""from manim import *
 import numpy as np
 import sympy as sp
 
@@ -58,82 +58,67 @@ def make_axes():
                 x_length=10, y_length=5, tips=False).to_edge(DOWN)
 
 
-def formulas(steps, *extra):
-    # one LaTeX compile for everything: f, f', a line per rule step, then extra
-    lines = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (r, tex(e), tex(d)) for r, e, d in steps]
-    parts = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *lines, *extra]
-    tex_parts = MathTex(*[p + r"\\" for p in parts[:-1]], parts[-1], font_size=34)
-    for part in tex_parts:
+def formulas(*extra):
+    # f, f' and the extra lines in one LaTeX compile, each fitted to the frame
+    lines = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *extra]
+    parts = MathTex(*[line + r"\\" for line in lines[:-1]], lines[-1], font_size=34)
+    for part in parts:
         part.scale_to_fit_width(min(part.width, config.frame_width - 1)).set_x(0)
-    title, derivative = tex_parts[0].set_color(BLUE).to_edge(UP), tex_parts[1].set_color(RED)
-    rules = VGroup(*tex_parts[2:2 + len(steps)])
-    if steps:
-        rules.arrange(DOWN, aligned_edge=LEFT).set_x(0)
-    return title, derivative, rules, tex_parts[2 + len(steps):]
-''')
+    parts[0].set_color(BLUE).to_edge(UP)
+    parts[1].set_color(RED)
+    return parts
+""")
 
 _BODIES = {
     "tangent": r"""
+
 class TangentLineScene(Scene):
     def construct(self):
-        title, derivative_tex, _, _ = formulas([])
+        title, derivative_tex = formulas()
         axes = make_axes()
         graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
         self.play(Create(axes), Create(graph), Write(title))
         t = ValueTracker(X_MIN + 0.1 * (X_MAX - X_MIN))
 
         def tangent():
-            p = axes.c2p(t.get_value(), f(t.get_value()))
-            q = axes.c2p(t.get_value() + 1, f(t.get_value()) + df(t.get_value()))
-            return Line(p, q, color=YELLOW).set_length(3).move_to(p)
+            a = t.get_value()
+            p = axes.c2p(a, f(a))
+            line = Line(p, axes.c2p(a + 1, f(a) + df(a)), color=YELLOW).set_length(3).move_to(p)
+            return VGroup(line, Dot(p, color=YELLOW))
 
-        def slope():
-            text = f"slope at x = {t.get_value():.2f}:  {float(df(t.get_value())):.3f}"
-            return Text(text, font_size=28, color=YELLOW).next_to(title, DOWN)
-
-        line, label = always_redraw(tangent), slope()
-        dot = always_redraw(lambda: Dot(axes.c2p(t.get_value(), f(t.get_value())), color=YELLOW))
-        self.play(Create(line), FadeIn(dot, label))
-        for x0 in np.linspace(X_MIN, X_MAX, 5)[1:-1]:
-            self.play(t.animate.set_value(x0), run_time=1)
+        self.play(Create(always_redraw(tangent)))
+        for a in np.linspace(X_MIN, X_MAX, 5)[1:-1]:
+            self.play(t.animate.set_value(a))
+            label = Text(f"slope at x = {a:.2f}:  {float(df(a)):.3f}", font_size=28, color=YELLOW)
+            self.add(label.next_to(title, DOWN))
+            self.wait(0.5)
             self.remove(label)
-            label = slope()
-            self.add(label)
-            self.wait(0.3)
-        self.play(FadeOut(label), Create(derivative), Write(derivative_tex.next_to(title, DOWN)))
+        self.play(Create(derivative), Write(derivative_tex.next_to(title, DOWN)))
         self.wait(1)
 """,
     "secant": r"""
+
 class SecantLimitScene(Scene):
     def construct(self):
         limit = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h}"
-        title, derivative_tex, _, (limit_tex,) = formulas([], limit)
+        title, derivative_tex, limit_tex = formulas(limit)
         axes = make_axes()
         graph = axes.plot(f, color=BLUE)
         self.play(Create(axes), Create(graph), Write(title))
-        x0, h0 = X_MIN + 0.35 * (X_MAX - X_MIN), 0.3 * (X_MAX - X_MIN)
-        h = ValueTracker(h0)
-        secant = always_redraw(lambda: axes.get_secant_slope_group(
-            x0, graph, dx=h.get_value(), dx_line_color=GREEN, dy_line_color=GREEN,
-            secant_line_color=YELLOW, secant_line_length=6))
-
-        def readout():
-            slope = (f(x0 + h.get_value()) - f(x0)) / h.get_value()
-            text = f"h = {h.get_value():.3f}:  secant slope = {slope:.3f}"
-            return Text(text, font_size=28, color=YELLOW).next_to(title, DOWN)
-
-        label = readout()
-        self.add(secant, Dot(axes.c2p(x0, f(x0)), color=YELLOW))
-        self.play(FadeIn(label))
-        for scale in (0.5, 0.2, 0.05, 0.005):
-            self.play(h.animate.set_value(scale * h0), run_time=0.8)
+        x0, h = X_MIN + 0.35 * (X_MAX - X_MIN), ValueTracker(0.3 * (X_MAX - X_MIN))
+        self.add(always_redraw(lambda: axes.get_secant_slope_group(
+            x0, graph, dx=h.get_value(), secant_line_color=YELLOW, secant_line_length=6)))
+        self.add(Dot(axes.c2p(x0, f(x0)), color=YELLOW))
+        for dx in h.get_value() * np.array([1, 0.5, 0.2, 0.05, 0.005]):
+            self.play(h.animate.set_value(dx), run_time=0.8)
+            slope = (f(x0 + dx) - f(x0)) / dx
+            label = Text(f"h = {dx:.3f}:  secant slope = {slope:.3f}", font_size=28, color=YELLOW)
+            self.add(label.next_to(title, DOWN))
+            self.wait(0.4)
             self.remove(label)
-            label = readout()
-            self.add(label)
-            self.wait(0.3)
         value = Text(f"= {float(df(x0)):.3f}", font_size=32, color=RED)
         limit_row = VGroup(limit_tex, value).arrange(RIGHT).next_to(title, DOWN)
-        self.play(FadeOut(label), Write(limit_row))
+        self.play(Write(limit_row))
         self.wait(0.5)
         self.play(ReplacementTransform(limit_row, derivative_tex.next_to(title, DOWN)))
         self.wait(1)
@@ -176,9 +161,10 @@ def rule_steps(e):
 class RuleStepsScene(Scene):
     def construct(self):
         steps = rule_steps(f_expr) or [("power rule", f_expr, df_expr)]
-        title, derivative_tex, rules, legend = formulas(steps, "f(x)", "f'(x)")
+        lines = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (r, tex(e), tex(d)) for r, e, d in steps]
+        title, derivative_tex, *rules, f_label, df_label = formulas(*lines, "f(x)", "f'(x)")
+        rules = VGroup(*rules).arrange(DOWN, aligned_edge=LEFT).next_to(title, DOWN)
         self.play(Write(title))
-        rules.next_to(title, DOWN)
         for rule in rules:
             self.play(Write(rule), run_time=0.6)
         self.play(Write(derivative_tex.next_to(rules, DOWN)))
@@ -186,7 +172,7 @@ class RuleStepsScene(Scene):
         self.play(FadeOut(rules, derivative_tex))
         axes = make_axes().scale(0.85).to_edge(DOWN)
         graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
-        legend = VGroup(legend[0].set_color(BLUE), legend[1].set_color(RED)).arrange(RIGHT, buff=1)
+        legend = VGroup(f_label.set_color(BLUE), df_label.set_color(RED)).arrange(RIGHT, buff=1)
         self.play(Create(axes), Create(graph), FadeIn(legend.next_to(title, DOWN)))
         self.play(Create(derivative), run_time=1.5)
         self.wait(1)
