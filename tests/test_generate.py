@@ -207,3 +207,29 @@ def test_line_accuracy_script_scores_every_kind_of_line(checkpoint, tmp_path):
     missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path)],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    config = dataset.DataConfig(dir=str(tmp_path / "data"), sizes={"train": 6, "validation": 0, "test": 4})
+    dataset.write_dataset(dataset.generate_splits(config), config)
+    script = paths.PROJECT_ROOT / "scripts" / "header_probe.py"
+    done = subprocess.run([sys.executable, str(script), "--base", str(checkpoint), "--data", str(tmp_path / "data"),
+                           "--seconds", "1", "--samples", "4", "--batch-size", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.splitlines()[-5:]
+    assert table[-1].split()[:2] == ["all", "4"] and len(table[-1].split()) == 5
+    missing = subprocess.run([sys.executable, str(script), "--base", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+    spec = importlib.util.spec_from_file_location("header_probe", script)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    record = dataset.read_split(tmp_path / "data", "train")[0]
+    plain, with_steps = probe.header_text(record, False), probe.header_text(record, True)
+    assert plain.endswith("\n") and "X_MIN, X_MAX" in plain and "steps = [" not in plain
+    assert with_steps.replace(with_steps[with_steps.index("# (rule"):with_steps.index("df_expr")], "") == plain
+    assert probe.score(plain, record.function) == (True, True, True)  # the oracle's own header

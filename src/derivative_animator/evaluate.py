@@ -198,10 +198,6 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     with _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
-        if "template" in baselines:
-            for sample in samples:
-                code = cli.template_scene(sample.function, sample.style)
-                futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         if "base" in baselines:
             base_generator = _base_generator(model_dir)
             task = progress.add_task("base model (no fine-tuning)", total=len(samples))
@@ -228,6 +224,12 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                         raw[sample.id] = (gen, future)
                     progress.advance(task)
             timings["finetuned_generation_s"] = round(time.perf_counter() - finetuned_start, 1)
+        if "template" in baselines:
+            # Queued behind the fine-tuned model's renders, which verification waits on: its
+            # retries then overlap the oracle's renders instead of starting after them.
+            for sample in samples:
+                code = cli.template_scene(sample.function, sample.style)
+                futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         # Retries wait on renders, so they run on their own threads, not the render pool's.
         retry_pool = ThreadPoolExecutor(max_workers=e.workers)
         if "verified" in baselines:
