@@ -230,8 +230,9 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
             for sample in samples:
                 code = cli.template_scene(sample.function, sample.style)
                 futures["template"].append(evaluator.submit("template", sample, code, 1, None))
-        # Retries wait on renders, so they run on their own threads, not the render pool's.
-        retry_pool = ThreadPoolExecutor(max_workers=e.workers)
+        # Retries wait on renders, so they run on their own thread, not the render pool's; one,
+        # like generation: more would take the render workers' cores.
+        retry_pool = ThreadPoolExecutor(max_workers=1)
         if "verified" in baselines:
             for sample in samples:
                 futures["verified"].append(retry_pool.submit(_verify, evaluator, generator, sample, raw[sample.id], e))
