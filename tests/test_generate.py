@@ -233,3 +233,75 @@ def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp
     assert plain.endswith("\n") and "X_MIN, X_MAX" in plain and "steps = [" not in plain
     assert with_steps.replace(with_steps[with_steps.index("# (rule"):with_steps.index("df_expr")], "") == plain
     assert probe.score(plain, record.function) == (True, True, True)  # the oracle's own header
+
+
+HEADER_START = '# f(x) = sin(x)^2\nx = sp.Symbol("x")\n'
+
+
+def test_bracket_guard_forbids_unopened_closers_and_open_line_ends(checkpoint):
+    generator = SceneGenerator.load(checkpoint)
+    guard, tokenizer = generator.guard, generator.tokenizer
+    [close], [newline] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n"))
+    eos = tokenizer.eos_token_id
+    open_line = guard.forbidden(HEADER_START + "f_expr = sp.sin(x")
+    closed_line = guard.forbidden(HEADER_START + "f_expr = sp.sin(x)")
+    assert open_line[newline] and open_line[eos] and not open_line[close]
+    assert closed_line[close] and not closed_line[newline] and not closed_line[eos]
+    assert guard.forbidden(HEADER_START + "f_expr = x  # a comment (") is None
+    assert guard.forbidden(HEADER_START + "f_expr = x\ndf_expr = 1\nf = sp.lambdify(x") is None
+
+
+def _header_lines(code: str) -> list[str]:
+    header = code.split("f = sp.lambdify", 1)[0]
+    return [line for line in header.split("\n") if "#" not in line]
+
+
+def _violations(code: str, stop: str) -> int:
+    """Header lines that close an unopened bracket, or end (with a newline or EOS) open."""
+    lines, bad = _header_lines(code), 0
+    for index, line in enumerate(lines):
+        depths = [0]
+        for character in line:
+            depths.append(depths[-1] + (character in "([{") - (character in ")]}"))
+        finished = index < len(lines) - 1 or stop == "eos"
+        bad += min(depths) < 0 or (finished and depths[-1] != 0)
+    return bad
+
+
+@pytest.fixture(scope="module")
+def bracket_writer(checkpoint):
+    """The micro model with its output head favouring a few tokens, brackets among them:
+    sampled, it closes brackets it never opened and ends lines with brackets open."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    keep = [tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in ("x", "(", ")", "\n", "*", "2")]
+    with torch.no_grad():
+        weight = model.lm_head.weight
+        chosen = weight[keep] * 50
+        weight.zero_()
+        weight[keep] = chosen
+        weight[tokenizer.eos_token_id] = chosen[0] * 0.9
+    return model, tokenizer
+
+
+def test_guarded_generation_keeps_the_header_brackets_balanced(checkpoint, bracket_writer):
+    """Unguarded, the bracket writer breaks the brackets; guarded never (greedy and
+    sampled, speculative and plain, one at a time and batched)."""
+    model, tokenizer = bracket_writer
+    functions = ["x^2", "sin(x) cos(x)", "e^(-x^2)", "ln(x)/x"]
+
+    def runs(generator):
+        return [generator.generate(f, 80, temperature=1.0, seed=s) for s in range(4) for f in functions] + \
+            [generator.generate(f, 80) for f in functions]
+
+    unguarded = SceneGenerator(model, tokenizer, DEFAULT_FORMAT, None, checkpoint, bracket_guard=False)
+    assert sum(_violations(g.code, g.stop) for g in runs(unguarded)) > 0
+    for speculative in (True, False):
+        guarded = SceneGenerator(model, tokenizer, DEFAULT_FORMAT, None, checkpoint, speculative=speculative)
+        generations = runs(guarded)
+        assert sum(_violations(g.code, g.stop) for g in generations) == 0
+        assert any(g.guarded for g in generations)
+    batch = guarded.generate_batch(functions, 80, temperature=1.0, seed=0)
+    assert sum(_violations(g.code, "eos" if g.new_tokens < 80 else "max_new_tokens") for g in batch) == 0

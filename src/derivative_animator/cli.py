@@ -112,7 +112,8 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
                                  syntax_rollbacks=args.syntax_rollbacks)
         result = _check(gen.code, function, False, None)
         say(f"attempt {attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
-            + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "") + ")"
+            + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
+            + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "") + ")"
             + (f"  {result.error}" if result.error else ""))
         if result.passed or args.no_verify:
             return gen.code, result
@@ -168,7 +169,8 @@ def cmd_generate(args) -> int:
     from derivative_animator.prompt import PromptFormatError
 
     try:
-        generator = SceneGenerator.load(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch)
+        generator = SceneGenerator.load(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch,
+                                        bracket_guard=not args.no_bracket_guard)
     except (PromptFormatError, FileNotFoundError, OSError) as err:
         raise UsageError(str(err)) from None
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
@@ -318,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
     p.add_argument("--repair", action="store_true",
                    help="if the scene is fine but its derivative wrong, swap in the true one (and say so)")
+    p.add_argument("--no-bracket-guard", action="store_true",
+                   help="let the model close brackets it never opened or end a header line with one open")
     p.add_argument("--batch-size", type=int, default=8, help="--from-file batch size")
     p.add_argument("--allow-prompt-mismatch", action="store_true",
                    help="query a checkpoint trained with another prompt format, using its own format")

@@ -139,6 +139,7 @@ class Evaluator:
                 return _then(earlier, lambda row: Row(**{
                     **asdict(row), **own, "extra": {**row.extra, "stop": generation.stop if generation else None,
                                                     "rollbacks": generation.rollbacks if generation else 0,
+                                                    "guarded": generation.guarded if generation else 0,
                                                     "render_shared_with": row.code_path}}))
             future = self._checked[key] = self._check(sample, code, stem, own, generation, render_failing)
         return future
@@ -158,7 +159,8 @@ class Evaluator:
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
                 extra={"environment_error": result.environment_error,
                        "stop": generation.stop if generation else None,
-                       "rollbacks": generation.rollbacks if generation else 0},
+                       "rollbacks": generation.rollbacks if generation else 0,
+                       "guarded": generation.guarded if generation else 0},
             )
 
         return self.pool.submit(work)
@@ -199,7 +201,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     timings: dict[str, float] = {}
     with _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
         if "base" in baselines:
-            base_generator = _base_generator(model_dir)
+            base_generator = _base_generator(model_dir, e.bracket_guard)
             task = progress.add_task("base model (no fine-tuning)", total=len(samples))
             # One at a time with speculation: an untrained model repeats itself, so drafts from
             # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
@@ -209,7 +211,8 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                 progress.advance(task)
             del base_generator
             timings["base_generation_s"] = round(time.perf_counter() - started, 1)
-        generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch) if model_dir else None
+        generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch,
+                                        bracket_guard=e.bracket_guard) if model_dir else None
         raw: dict[str, tuple[Generation, Future]] = {}
         if {"finetuned", "verified"} & set(baselines):
             finetuned_start = time.perf_counter()
@@ -277,7 +280,7 @@ def generation_threads(setting, render_workers: int) -> int:
     return int(setting)
 
 
-def _base_generator(model_dir: Path):
+def _base_generator(model_dir: Path, bracket_guard: bool):
     """The checkpoint's own base model (before fine-tuning), queried with the same prompt."""
     from derivative_animator.finetune import load_base
     from derivative_animator.generate import SceneGenerator
@@ -285,7 +288,8 @@ def _base_generator(model_dir: Path):
 
     trained = json.loads((model_dir / "derivanim_config.json").read_text())
     tokenizer, model = load_base(OmegaConf.create(trained["model"]))
-    return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir)
+    return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir,
+                          bracket_guard=bracket_guard)
 
 
 def _score(row: Row) -> int:

@@ -20,6 +20,13 @@ may instead allow a few rollbacks (`syntax_rollbacks`): the text goes back to th
 of the line holding the error and that line is sampled again. That is rejection sampling
 line by line, conditioned on the text staying parseable; verified generation uses it,
 raw (greedy) evaluation never does.
+
+While the math header is written (`f_expr`, `df_expr`, the interval), a bracket guard
+(`BracketGuard`, on by default) forbids the tokens that would close a bracket never
+opened, or end a line or the scene with one still open: a constraint on decoding, like a
+grammar, that never looks at the mathematics. Greedy decoding takes the best allowed
+token; sampling draws from the allowed ones. `Generation.guarded` counts the steps where
+the model's first choice was forbidden.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch
 from derivative_animator import paths
 from derivative_animator.checks import parse_code
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
+from derivative_animator.scenes import MATH_HEADER_END
 
 DRAFT_CORPUS = "draft_corpus.json"
 
@@ -47,6 +55,7 @@ class Generation:
     forward_passes: int
     stop: str = "eos"  # eos, max_new_tokens, or syntax error
     rollbacks: int = 0  # lines sampled again after an unfixable syntax error
+    guarded: int = 0  # steps where the bracket guard forbade the model's first choice
 
     @property
     def tokens_per_second(self) -> float:
@@ -123,15 +132,85 @@ class ContextLookup:
         return self.tokens[position:position + length] if position is not None else []
 
 
+_OPENERS, _CLOSERS = "([{", ")]}"
+
+
+def bracket_depth(text: str) -> int:
+    return sum(text.count(c) for c in _OPENERS) - sum(text.count(c) for c in _CLOSERS)
+
+
+class BracketGuard:
+    """Which tokens would break the math header's brackets, given the text so far.
+
+    Per vocabulary entry it knows, for the text up to the entry's first newline, the
+    lowest bracket depth it reaches and the depth where it ends (relative to the line's
+    depth before it), and whether a newline follows. After a header line at depth d an
+    entry is forbidden when d + lowest < 0 (it closes a bracket never opened) or when it
+    holds a newline and d + depth at the newline > 0 (it ends the line with one open);
+    the end-of-text token is forbidden while d > 0. Comments and everything after
+    the header (`scenes.MATH_HEADER_END`) are left alone."""
+
+    def __init__(self, tokenizer):
+        lowest, before_newline, newline = [], [], []
+        for token_id in range(len(tokenizer)):
+            piece = tokenizer.decode([token_id])
+            line = piece.split("\n", 1)[0]
+            depth = low = 0
+            for character in line:
+                depth += (character in _OPENERS) - (character in _CLOSERS)
+                low = min(low, depth)
+            lowest.append(low)
+            before_newline.append(depth)
+            newline.append("\n" in piece)
+        self.lowest, self.before_newline = torch.tensor(lowest), torch.tensor(before_newline)
+        self.newline, self.eos = torch.tensor(newline), tokenizer.eos_token_id
+
+    def forbidden(self, text: str) -> torch.Tensor | None:
+        """A boolean mask over the vocabulary, or None where the guard does not apply."""
+        if MATH_HEADER_END in text:
+            return None
+        line = text.rsplit("\n", 1)[-1]
+        if "#" in line:  # a comment (the typed function) may hold any brackets
+            return None
+        depth = bracket_depth(line)
+        mask = (depth + self.lowest < 0) | (self.newline & (depth + self.before_newline > 0))
+        if depth > 0 and self.eos is not None:
+            mask[self.eos] = True
+        return mask
+
+    def apply(self, logits: torch.Tensor, text: str) -> tuple[torch.Tensor, bool]:
+        """(logits with the forbidden tokens at -inf, whether the argmax was forbidden)."""
+        mask = self.forbidden(text)
+        if mask is None:
+            return logits, False
+        mask = mask[:logits.shape[-1]].to(logits.device)
+        changed = bool(mask[int(logits.argmax())])
+        return logits.masked_fill(mask, float("-inf")), changed
+
+
+class _GuardProcessor:
+    """BracketGuard as a transformers logits processor (batched generation)."""
+
+    def __init__(self, guard: BracketGuard, tokenizer, prompt_width: int):
+        self.guard, self.tokenizer, self.prompt_width = guard, tokenizer, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for row in range(scores.shape[0]):
+            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            scores[row] = self.guard.apply(scores[row], text)[0]
+        return scores
+
+
 class SceneGenerator:
     def __init__(self, model, tokenizer, prompt_format: PromptFormat, drafter: NgramDrafter | None,
-                 checkpoint: Path, speculative: bool = True):
+                 checkpoint: Path, speculative: bool = True, bracket_guard: bool = True):
         self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
         self.drafter, self.checkpoint, self.speculative = drafter, checkpoint, speculative
+        self.guard = BracketGuard(tokenizer) if bracket_guard else None
 
     @classmethod
     def load(cls, directory: str | Path, allow_prompt_mismatch: bool = False, device: str | None = None,
-             speculative: bool = True) -> SceneGenerator:
+             speculative: bool = True, bracket_guard: bool = True) -> SceneGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         checkpoint = paths.resolve(directory)
@@ -150,7 +229,7 @@ class SceneGenerator:
         if speculative and (checkpoint / DRAFT_CORPUS).is_file():
             scenes = json.loads((checkpoint / DRAFT_CORPUS).read_text())
             drafter = NgramDrafter([tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes])
-        return cls(model, tokenizer, stored, drafter, checkpoint, speculative)
+        return cls(model, tokenizer, stored, drafter, checkpoint, speculative, bracket_guard)
 
     def prompt_ids(self, function: str) -> list[int]:
         return encode_prompt(self.tokenizer, self.prompt_format.format(function))
@@ -174,7 +253,7 @@ class SceneGenerator:
         lookup = ContextLookup() if self.speculative else None
         stop = "max_new_tokens"
         length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
-        rollbacks = 0
+        rollbacks = guarded = 0
         while len(new) < max_new_tokens:
             text = self.tokenizer.decode(new)
             error = dead_error(text)
@@ -191,6 +270,10 @@ class SceneGenerator:
                 passes += 1
                 lookup = ContextLookup() if self.speculative else None  # it indexed the dropped tokens
                 continue
+            header_open = self.guard is not None and MATH_HEADER_END not in text
+            if header_open:
+                logits, changed = self.guard.apply(logits, text)
+                guarded += changed
             token = _pick(logits, temperature, top_p, generator)
             new.append(token)
             if token == eos:
@@ -204,7 +287,11 @@ class SceneGenerator:
             passes += 1
             accepted, replacement = 0, None
             for i, proposed in enumerate(draft):
-                keep, replacement = _accept(out[i], proposed, temperature, top_p, generator)
+                step_logits, changed = out[i], False
+                if header_open:
+                    step_logits, changed = self.guard.apply(out[i], self.tokenizer.decode(new))
+                keep, replacement = _accept(step_logits, proposed, temperature, top_p, generator)
+                guarded += changed and (keep or replacement is not None)  # else the next step counts it
                 if not keep:
                     break
                 new.append(proposed)
@@ -232,7 +319,7 @@ class SceneGenerator:
         if new and new[-1] == eos:
             new, stop = new[:-1], "eos"
         code = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks)
+        return Generation(function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks, guarded)
 
     def _tokens_before_line(self, tokens: list[int], text: str, lineno: int) -> int:
         """How many of the tokens (which decode to `text`) decode to text that ends at or
@@ -262,6 +349,9 @@ class SceneGenerator:
         if seed is not None:
             torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        if self.guard is not None:
+            from transformers import LogitsProcessorList
+            sampling["logits_processor"] = LogitsProcessorList([_GuardProcessor(self.guard, self.tokenizer, width)])
         output = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **sampling)
         each = (time.perf_counter() - start) / len(functions)
