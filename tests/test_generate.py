@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from derivative_animator import dataset, paths
 from derivative_animator.base_model import BaseModelConfig, build_base
-from derivative_animator.generate import ContextLookup, NgramDrafter, SceneGenerator, dead_prefix
+from derivative_animator.generate import ContextLookup, NgramDrafter, SceneGenerator, dead_prefix, open_brackets
 from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, PromptFormatError
 
 
@@ -241,14 +241,34 @@ HEADER_START = '# f(x) = sin(x)^2\nx = sp.Symbol("x")\n'
 def test_bracket_guard_forbids_unopened_closers_and_open_line_ends(checkpoint):
     generator = SceneGenerator.load(checkpoint)
     guard, tokenizer = generator.guard, generator.tokenizer
-    [close], [newline] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n"))
+    [close], [newline], [square] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n", "]"))
     eos = tokenizer.eos_token_id
-    open_line = guard.forbidden(HEADER_START + "f_expr = sp.sin(x")
-    closed_line = guard.forbidden(HEADER_START + "f_expr = sp.sin(x)")
-    assert open_line[newline] and open_line[eos] and not open_line[close]
+    open_line, closing = guard.forbidden(HEADER_START + "f_expr = sp.sin(x")
+    closed_line, nothing_open = guard.forbidden(HEADER_START + "f_expr = sp.sin(x)")
+    assert open_line[newline] and open_line[eos] and open_line[square] and not open_line[close]
+    assert closing[close] and not closing[square] and not nothing_open.any()
     assert closed_line[close] and not closed_line[newline] and not closed_line[eos]
     assert guard.forbidden(HEADER_START + "f_expr = x  # a comment (") is None
     assert guard.forbidden(HEADER_START + "f_expr = x\ndf_expr = 1\nf = sp.lambdify(x") is None
+
+
+def test_bracket_guard_closes_the_line_the_model_wants_to_end(checkpoint):
+    generator = SceneGenerator.load(checkpoint)
+    tokenizer = generator.tokenizer
+    [close], [newline] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n"))
+    logits = torch.zeros(len(tokenizer))
+    logits[newline], logits[close] = 5.0, -5.0  # wants the newline, ")" is far down
+    guarded, changed = generator.guard.apply(logits, HEADER_START + "f_expr = sp.sin(x")
+    assert changed and tokenizer.decode([int(guarded.argmax())]).strip() == ")"
+    [times] = tokenizer("*", add_special_tokens=False)["input_ids"]
+    logits[times] = 9.0  # wants to go on: left alone
+    guarded, changed = generator.guard.apply(logits, HEADER_START + "f_expr = sp.sin(x")
+    assert not changed and int(guarded.argmax()) == times
+
+
+@pytest.mark.parametrize("line,expected", [("f(x)", []), ("f(g[x", ["(", "["]), ("f(x))", None), ("f(x]", None)])
+def test_open_brackets(line, expected):
+    assert open_brackets(line) == expected
 
 
 def _header_lines(code: str) -> list[str]:

@@ -132,59 +132,84 @@ class ContextLookup:
         return self.tokens[position:position + length] if position is not None else []
 
 
-_OPENERS, _CLOSERS = "([{", ")]}"
+_CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
 
 
-def bracket_depth(text: str) -> int:
-    return sum(text.count(c) for c in _OPENERS) - sum(text.count(c) for c in _CLOSERS)
+def open_brackets(line: str) -> list[str] | None:
+    """The brackets a line leaves open, innermost last; None if it closes one it never
+    opened or closes the wrong kind."""
+    stack = []
+    for character in line:
+        if character in _CLOSER_OF:
+            stack.append(character)
+        elif character in ")]}":
+            if not stack or _CLOSER_OF[stack.pop()] != character:
+                return None
+    return stack
 
 
 class BracketGuard:
     """Which tokens would break the math header's brackets, given the text so far.
 
-    Per vocabulary entry it knows, for the text up to the entry's first newline, the
-    lowest bracket depth it reaches and the depth where it ends (relative to the line's
-    depth before it), and whether a newline follows. After a header line at depth d an
-    entry is forbidden when d + lowest < 0 (it closes a bracket never opened) or when it
-    holds a newline and d + depth at the newline > 0 (it ends the line with one open);
-    the end-of-text token is forbidden while d > 0. Comments and everything after
-    the header (`scenes.MATH_HEADER_END`) are left alone."""
+    In a header line (not a comment; the header ends at `scenes.MATH_HEADER_END`) a
+    token is forbidden when it closes a bracket never opened or of the other kind, or
+    ends the line (a newline, or the end of the text) with a bracket still open. When the
+    model's first choice is such a line end, only tokens that close open brackets remain:
+    the line it wanted to end is closed first. The masks depend only on the brackets left
+    open, so they are built once per such stack, checking one by one only the few hundred
+    vocabulary entries that hold a bracket."""
 
     def __init__(self, tokenizer):
-        lowest, before_newline, newline = [], [], []
-        for token_id in range(len(tokenizer)):
+        size = len(tokenizer)
+        self.newline, self.closes = torch.zeros(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)
+        self.bracketed: list[tuple[int, str, bool]] = []  # (id, its text before a newline, has a newline)
+        for token_id in range(size):
             piece = tokenizer.decode([token_id])
             line = piece.split("\n", 1)[0]
-            depth = low = 0
-            for character in line:
-                depth += (character in _OPENERS) - (character in _CLOSERS)
-                low = min(low, depth)
-            lowest.append(low)
-            before_newline.append(depth)
-            newline.append("\n" in piece)
-        self.lowest, self.before_newline = torch.tensor(lowest), torch.tensor(before_newline)
-        self.newline, self.eos = torch.tensor(newline), tokenizer.eos_token_id
+            self.newline[token_id] = "\n" in piece
+            self.closes[token_id] = bool(line) and not line.strip(")]} ") and "\n" not in piece
+            if any(c in "()[]{}" for c in line):
+                self.bracketed.append((token_id, line, "\n" in piece))
+        self.eos = tokenizer.eos_token_id
+        self._masks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def forbidden(self, text: str) -> torch.Tensor | None:
-        """A boolean mask over the vocabulary, or None where the guard does not apply."""
+    def forbidden(self, text: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(forbidden tokens, tokens that only close open brackets) as vocabulary masks, or
+        None where the guard does not apply."""
         if MATH_HEADER_END in text:
             return None
         line = text.rsplit("\n", 1)[-1]
         if "#" in line:  # a comment (the typed function) may hold any brackets
             return None
-        depth = bracket_depth(line)
-        mask = (depth + self.lowest < 0) | (self.newline & (depth + self.before_newline > 0))
-        if depth > 0 and self.eos is not None:
+        stack = open_brackets(line)
+        if stack is None:  # already broken: dead_prefix stops it
+            return None
+        if tuple(stack) not in self._masks:  # a header visits few stacks: "", "(", "((", ...
+            self._masks[tuple(stack)] = self._masks_for(stack)
+        return self._masks[tuple(stack)]
+
+    def _masks_for(self, stack: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self.newline.clone() if stack else torch.zeros_like(self.newline)
+        if stack and self.eos is not None:
             mask[self.eos] = True
-        return mask
+        closing = torch.zeros_like(self.newline)
+        for token_id, piece, has_newline in self.bracketed:
+            after = open_brackets("".join(stack) + piece)
+            mask[token_id] = after is None or (has_newline and bool(after))
+            closing[token_id] = bool(self.closes[token_id]) and after is not None
+        return mask, closing
 
     def apply(self, logits: torch.Tensor, text: str) -> tuple[torch.Tensor, bool]:
         """(logits with the forbidden tokens at -inf, whether the argmax was forbidden)."""
-        mask = self.forbidden(text)
-        if mask is None:
+        masks = self.forbidden(text)
+        if masks is None:
             return logits, False
-        mask = mask[:logits.shape[-1]].to(logits.device)
-        changed = bool(mask[int(logits.argmax())])
+        mask, closing = (m[:logits.shape[-1]].to(logits.device) for m in masks)
+        best = int(logits.argmax())
+        changed = bool(mask[best])
+        ends_line = best == self.eos or (best < len(self.newline) and bool(self.newline[best]))
+        if changed and ends_line and bool(closing.any()):
+            mask = ~closing  # it wanted to end the line: close what is open first
         return logits.masked_fill(mask, float("-inf")), changed
 
 
