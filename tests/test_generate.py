@@ -11,7 +11,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from derivative_animator import dataset, paths
 from derivative_animator.base_model import BaseModelConfig, build_base
-from derivative_animator.generate import ContextLookup, NgramDrafter, SceneGenerator, dead_prefix, open_brackets
+from derivative_animator.generate import (
+    ContextLookup,
+    NgramDrafter,
+    SceneGenerator,
+    dead_prefix,
+    open_brackets,
+)
 from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, PromptFormatError
 
 

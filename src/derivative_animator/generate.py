@@ -142,9 +142,8 @@ def open_brackets(line: str) -> list[str] | None:
     for character in line:
         if character in _CLOSER_OF:
             stack.append(character)
-        elif character in ")]}":
-            if not stack or _CLOSER_OF[stack.pop()] != character:
-                return None
+        elif character in ")]}" and (not stack or _CLOSER_OF[stack.pop()] != character):
+            return None
     return stack
 
 
