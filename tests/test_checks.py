@@ -130,3 +130,14 @@ def test_render_failing_false_renders_only_scenes_whose_math_is_right(monkeypatc
     checks.check_code(oracle("x^3"), "x^3", render_failing=False)
     checks.check_code(wrong, "x^3")  # the default renders whatever the math
     assert rendered == [oracle("x^3"), wrong]
+
+
+def test_header_math_is_right_judges_the_header_alone():
+    from derivative_animator.checks import header_math_is_right
+    from derivative_animator.parsing import parse_function
+
+    header = 'import sympy as sp\n# f(x) = x^2 sin(x)\nx = sp.Symbol("x")\nf_expr = x**2*sp.sin(x)\n'
+    target = parse_function("x^2 sin(x)")
+    assert header_math_is_right(header + "df_expr = 2*x*sp.sin(x) + x**2*sp.cos(x)\n", target)
+    assert not header_math_is_right(header + "df_expr = 2*x*sp.cos(x)\n", target)
+    assert not header_math_is_right(header + "df_expr = 2*x*(sp.cos(x)\n", target)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from derivative_animator import cli, environment
+from derivative_animator import cli, environment, scenes
 
 
 def run(*args, cwd=None):
@@ -102,9 +102,14 @@ def test_check_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
 def _fake_generator(codes):
     from types import SimpleNamespace
 
-    class Fake:
-        def generate(self, function, *args, **kwargs):
-            return SimpleNamespace(code=codes.pop(0), seconds=0.1, tokens_per_second=10.0, rollbacks=0)
+    class Fake:  # writes the given codes in turn, and honours accept_header as the real one does
+        def generate(self, function, *args, accept_header=None, **kwargs):
+            code, stop = codes.pop(0), "eos"
+            header = code.split(scenes.MATH_HEADER_END)[0]
+            if accept_header is not None and scenes.MATH_HEADER_END in code and not accept_header(header):
+                code, stop = header, "math header rejected"
+            return SimpleNamespace(code=code, seconds=0.1, tokens_per_second=10.0, rollbacks=0, guarded=0,
+                                   stop=stop)
     return Fake()
 
 
@@ -117,10 +122,15 @@ def test_verified_generation_keeps_the_attempt_that_passed_most_checks():
     settings = dict(attempts=3, temperature=0.0, retry_temperature=0.7, seed=0, max_new_tokens=10,
                     top_p=0.95, syntax_rollbacks=0, no_verify=False)
     said = []
+    code, result = cli.generate_verified(_fake_generator([wrong, "broken(", good]), "x^2",
+                                         SimpleNamespace(**settings, repair=False), said.append)
+    assert code == good and said[-1].startswith("attempt 3: syntax:ok structure:ok")
+    said = []
     code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",
                                          SimpleNamespace(**settings, repair=False), said.append)
-    assert code == wrong and result.syntax and result.executes and not result.math
-    assert said[-1].startswith("no attempt passed every check; keeping attempt 2")
+    assert code == "broken(" and not result.syntax  # attempt 2 was abandoned at its header
+    assert said[1].startswith("attempt 2: abandoned after its math header")
+    assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
     # --repair works on the kept attempt, not on the last one, and says so.
     said = []
     code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",

@@ -331,3 +331,22 @@ def test_guarded_generation_keeps_the_header_brackets_balanced(checkpoint, brack
         assert any(g.guarded for g in generations)
     batch = guarded.generate_batch(functions, 80, temperature=1.0, seed=0)
     assert sum(_violations(g.code, "eos" if g.new_tokens < 80 else "max_new_tokens") for g in batch) == 0
+
+
+def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
+    """accept_header sees the header once, as soon as the text reaches MATH_HEADER_END."""
+    generator = SceneGenerator.load(checkpoint)
+    scene = '# f(x) = x^2\nx = sp.Symbol("x")\nf_expr = x**2\ndf_expr = 2*x\nf = sp.lambdify(x, f_expr)\nbody = 1\n'
+    ids = generator.tokenizer(scene, add_special_tokens=False)["input_ids"]
+    position = iter(range(len(ids) + 1))
+
+    def scripted(logits, temperature, top_p, generator_):  # the model "writes" the scene
+        index = next(position)
+        return ids[index] if index < len(ids) else generator.tokenizer.eos_token_id
+
+    monkeypatch.setattr("derivative_animator.generate._pick", scripted)
+    seen = []
+    gen = SceneGenerator.load(checkpoint, speculative=False).generate(
+        "x^2", 200, accept_header=lambda header: seen.append(header) or False)
+    assert gen.stop == "math header rejected" and seen == [scene.split("f = sp.lambdify")[0]]
+    assert "body" not in gen.code

@@ -177,6 +177,16 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
     return True, method, None
 
 
+def header_math_is_right(header: str, function: sp.Expr) -> bool:
+    """Is the derivative in a scene's math header (its text up to `scenes.MATH_HEADER_END`)
+    right? A verification retry whose header is wrong cannot pass: it is abandoned there."""
+    try:
+        tree = parse_code(header)
+    except SyntaxError:
+        return False
+    return check_math(tree, function)[0]
+
+
 def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
     """Does the code's f (`f_expr = ...`) equal the function? None when it gives none."""
     node, variable = _assigned_expression(tree, ("f_expr",), "f")

@@ -103,13 +103,29 @@ def _with_true_derivative(code: str, function: str) -> str | None:
 
 def generate_verified(generator, function: str, args, say) -> tuple[str, object]:
     """Greedy first; on failure sample again (best of n). Never swaps code silently. When no
-    attempt passes, the one that passed the most checks is kept (the earliest of equals)."""
+    attempt passes, the one that passed the most checks is kept (the earliest of equals);
+    a retry abandoned at its wrong math header is not a scene and never kept."""
+    from derivative_animator import checks
+
     best = None  # (checks passed, attempt, code, result)
+    target = parse_function(function)
+
+    def accept_header(header: str) -> bool:
+        return checks.header_math_is_right(header, target)
+
     for attempt in range(1, args.attempts + 1):
         temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
         seed = None if args.seed is None else args.seed + attempt - 1
+        # A retry is abandoned once its math header is wrong (it cannot pass), unless
+        # --repair may want a whole scene to fix; attempt 1 is always written out.
+        abandon = attempt > 1 and not args.repair and not args.no_verify
         gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed,
-                                 syntax_rollbacks=args.syntax_rollbacks)
+                                 syntax_rollbacks=args.syntax_rollbacks,
+                                 accept_header=accept_header if abandon else None)
+        if gen.stop == "math header rejected":
+            say(f"attempt {attempt}: abandoned after its math header, the derivative is wrong "
+                f"({gen.seconds:.2f} s)")
+            continue
         result = _check(gen.code, function, False, None)
         say(f"attempt {attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
             + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")

@@ -299,15 +299,27 @@ def _score(row: Row) -> int:
 def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
     """Attempt 1 is the raw greedy scene; later attempts sample until one passes. The
     row kept is the first that passes, else the one passing most checks (earliest wins).
-    Retries whose math is wrong are not rendered (executes None): they cannot pass."""
+    A retry stops as soon as its math header is written wrong, and retries whose math is
+    wrong are not rendered (executes None): they cannot pass."""
+    from derivative_animator.checks import header_math_is_right
+    from derivative_animator.parsing import parse_function
+
+    target = parse_function(sample.function)
+
+    def accept_header(header: str) -> bool:
+        return header_math_is_right(header, target)
+
     gen, future = first
     best = row = future.result()
     attempt, total_time = 1, gen.seconds
     while not row.passed and attempt < e.verify_attempts:
         attempt += 1
         gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p,
-                                 seed=e.seed + 100 + attempt, syntax_rollbacks=e.verify_syntax_rollbacks)
+                                 seed=e.seed + 100 + attempt, syntax_rollbacks=e.verify_syntax_rollbacks,
+                                 accept_header=accept_header)
         total_time += gen.seconds
+        if gen.stop == "math header rejected":
+            continue  # not a scene: never kept
         # A retry is rendered only once its math is right: one that is not cannot pass.
         row = evaluator.submit("verified", sample, gen.code, attempt, gen, render_failing=False).result()
         if row.passed or _score(row) > _score(best):

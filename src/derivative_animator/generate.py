@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class Generation:
     seconds: float
     new_tokens: int
     forward_passes: int
-    stop: str = "eos"  # eos, max_new_tokens, or syntax error
+    stop: str = "eos"  # eos, max_new_tokens, syntax error, or math header rejected
     rollbacks: int = 0  # lines sampled again after an unfixable syntax error
     guarded: int = 0  # steps where the bracket guard forbade the model's first choice
 
@@ -261,9 +262,11 @@ class SceneGenerator:
     @torch.inference_mode()
     def generate(self, function: str, max_new_tokens: int = 1600, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, draft_length: int = 16,
-                 syntax_rollbacks: int = 0) -> Generation:
+                 syntax_rollbacks: int = 0, accept_header: Callable[[str], bool] | None = None) -> Generation:
         """One scene. temperature 0 is greedy (with speculation); above 0 samples, and may
-        sample a line again up to `syntax_rollbacks` times when it breaks the syntax."""
+        sample a line again up to `syntax_rollbacks` times when it breaks the syntax.
+        `accept_header`, given the math header once it is written, may stop the scene there
+        (stop "math header rejected"): verification abandons a try whose derivative is wrong."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -278,8 +281,14 @@ class SceneGenerator:
         stop = "max_new_tokens"
         length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
         rollbacks = guarded = 0
+        header_checked = accept_header is None
         while len(new) < max_new_tokens:
             text = self.tokenizer.decode(new)
+            if not header_checked and MATH_HEADER_END in text:
+                header_checked = True
+                if not accept_header(text[:text.index(MATH_HEADER_END)]):
+                    stop = "math header rejected"
+                    break
             error = dead_error(text)
             if error is not None:
                 if temperature <= 0 or rollbacks >= syntax_rollbacks:
