@@ -120,7 +120,7 @@ class SecantLimitScene(Scene):
         limit_row = VGroup(limit_tex, value).arrange(RIGHT).next_to(title, DOWN)
         self.play(Write(limit_row))
         self.wait(0.5)
-        self.play(ReplacementTransform(limit_row, derivative_tex.next_to(title, DOWN)))
+        self.play(FadeTransform(limit_row, derivative_tex.next_to(title, DOWN)))
         self.wait(1)
 """,
     "graphs": r"""
