@@ -60,6 +60,13 @@ def test_wrong_derivative_is_caught_without_running_anything():
     assert result.math is False and "derivative 3x^3 is wrong; expected 3x^2" in result.error
 
 
+def test_every_failure_is_reported_in_order():
+    code = re.sub(r"^df_expr = .*$", "df_expr = 1/(2*sp.log(x))", oracle("x^2"), flags=re.M)
+    result = checks.check_code(code, "x^2", render=checks.RenderOptions(dry_run=True))
+    assert result.math is False and result.executes is False
+    assert result.error.startswith("math: derivative") and "; execute" in result.error, result.error
+
+
 def test_wrong_function_is_caught():
     code = oracle("x^3").replace("f_expr = x**3", "f_expr = x**4")
     result = checks.check_code(code, "x^3", execute=False)

@@ -60,7 +60,8 @@ class CheckResult:
         return asdict(self)
 
     def _fail(self, message: str) -> None:
-        self.error = self.error or message  # the first failure explains the rest
+        # Every failure, first one first: a wrong derivative and a failed render are separate news.
+        self.error = f"{self.error}; {message}" if self.error else message
 
 
 @dataclass(frozen=True)
