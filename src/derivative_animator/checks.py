@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -186,6 +187,12 @@ def header_math_is_right(header: str, function: sp.Expr) -> bool:
     except SyntaxError:
         return False
     return check_math(tree, function)[0]
+
+
+def header_judge(function: str) -> Callable[[str], bool]:
+    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)` takes."""
+    target = parse_function(function)
+    return lambda header: header_math_is_right(header, target)
 
 
 def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:

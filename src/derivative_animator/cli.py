@@ -106,13 +106,10 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
     attempt passes, the one that passed the most checks is kept (the earliest of equals);
     a retry abandoned at its wrong math header is not a scene and never kept."""
     from derivative_animator import checks
+    from derivative_animator.generate import HEADER_REJECTED
 
     best = None  # (checks passed, attempt, code, result)
-    target = parse_function(function)
-
-    def accept_header(header: str) -> bool:
-        return checks.header_math_is_right(header, target)
-
+    accept_header = checks.header_judge(function)
     for attempt in range(1, args.attempts + 1):
         temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
         seed = None if args.seed is None else args.seed + attempt - 1
@@ -122,7 +119,7 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
         gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed,
                                  syntax_rollbacks=args.syntax_rollbacks,
                                  accept_header=accept_header if abandon else None)
-        if gen.stop == "math header rejected":
+        if gen.stop == HEADER_REJECTED:
             say(f"attempt {attempt}: abandoned after its math header, the derivative is wrong "
                 f"({gen.seconds:.2f} s)")
             continue

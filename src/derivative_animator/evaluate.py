@@ -137,9 +137,7 @@ class Evaluator:
             earlier = self._checked.get(key)
             if earlier is not None:
                 return _then(earlier, lambda row: Row(**{
-                    **asdict(row), **own, "extra": {**row.extra, "stop": generation.stop if generation else None,
-                                                    "rollbacks": generation.rollbacks if generation else 0,
-                                                    "guarded": generation.guarded if generation else 0,
+                    **asdict(row), **own, "extra": {**row.extra, **_generation_extra(generation),
                                                     "render_shared_with": row.code_path}}))
             future = self._checked[key] = self._check(sample, code, stem, own, generation, render_failing)
         return future
@@ -157,13 +155,17 @@ class Evaluator:
                 **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
                 math=result.math, passed=result.passed, error=result.error, render_s=result.render_seconds,
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
-                extra={"environment_error": result.environment_error,
-                       "stop": generation.stop if generation else None,
-                       "rollbacks": generation.rollbacks if generation else 0,
-                       "guarded": generation.guarded if generation else 0},
+                extra={"environment_error": result.environment_error, **_generation_extra(generation)},
             )
 
         return self.pool.submit(work)
+
+
+def _generation_extra(generation) -> dict:
+    """How a generation ended, for a row's `extra` (the oracle has no generation)."""
+    return {"stop": generation.stop if generation else None,
+            "rollbacks": generation.rollbacks if generation else 0,
+            "guarded": generation.guarded if generation else 0}
 
 
 def _then(future: Future, transform) -> Future:
@@ -301,14 +303,10 @@ def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
     row kept is the first that passes, else the one passing most checks (earliest wins).
     A retry stops as soon as its math header is written wrong, and retries whose math is
     wrong are not rendered (executes None): they cannot pass."""
-    from derivative_animator.checks import header_math_is_right
-    from derivative_animator.parsing import parse_function
+    from derivative_animator.checks import header_judge
+    from derivative_animator.generate import HEADER_REJECTED
 
-    target = parse_function(sample.function)
-
-    def accept_header(header: str) -> bool:
-        return header_math_is_right(header, target)
-
+    accept_header = header_judge(sample.function)
     gen, future = first
     best = row = future.result()
     attempt, total_time = 1, gen.seconds
@@ -318,7 +316,7 @@ def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
                                  seed=e.seed + 100 + attempt, syntax_rollbacks=e.verify_syntax_rollbacks,
                                  accept_header=accept_header)
         total_time += gen.seconds
-        if gen.stop == "math header rejected":
+        if gen.stop == HEADER_REJECTED:
             continue  # not a scene: never kept
         # A retry is rendered only once its math is right: one that is not cannot pass.
         row = evaluator.submit("verified", sample, gen.code, attempt, gen, render_failing=False).result()

@@ -45,6 +45,7 @@ from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prom
 from derivative_animator.scenes import MATH_HEADER_END
 
 DRAFT_CORPUS = "draft_corpus.json"
+HEADER_REJECTED = "math header rejected"  # Generation.stop when accept_header said no
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Generation:
     seconds: float
     new_tokens: int
     forward_passes: int
-    stop: str = "eos"  # eos, max_new_tokens, syntax error, or math header rejected
+    stop: str = "eos"  # eos, max_new_tokens, syntax error, or HEADER_REJECTED
     rollbacks: int = 0  # lines sampled again after an unfixable syntax error
     guarded: int = 0  # steps where the bracket guard forbade the model's first choice
 
@@ -160,14 +161,12 @@ class BracketGuard:
     vocabulary entries that hold a bracket."""
 
     def __init__(self, tokenizer):
-        size = len(tokenizer)
-        self.newline, self.closes = torch.zeros(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)
+        self.newline = torch.zeros(len(tokenizer), dtype=torch.bool)
         self.bracketed: list[tuple[int, str, bool]] = []  # (id, its text before a newline, has a newline)
-        for token_id in range(size):
+        for token_id in range(len(tokenizer)):
             piece = tokenizer.decode([token_id])
             line = piece.split("\n", 1)[0]
             self.newline[token_id] = "\n" in piece
-            self.closes[token_id] = bool(line) and not line.strip(")]} ") and "\n" not in piece
             if any(c in "()[]{}" for c in line):
                 self.bracketed.append((token_id, line, "\n" in piece))
         self.eos = tokenizer.eos_token_id
@@ -196,7 +195,8 @@ class BracketGuard:
         for token_id, piece, has_newline in self.bracketed:
             after = open_brackets("".join(stack) + piece)
             mask[token_id] = after is None or (has_newline and bool(after))
-            closing[token_id] = bool(self.closes[token_id]) and after is not None
+            only_closes = not has_newline and not piece.strip(")]} ")
+            closing[token_id] = only_closes and after is not None
         return mask, closing
 
     def apply(self, logits: torch.Tensor, text: str) -> tuple[torch.Tensor, bool]:
@@ -218,10 +218,16 @@ class _GuardProcessor:
 
     def __init__(self, guard: BracketGuard, tokenizer, prompt_width: int):
         self.guard, self.tokenizer, self.prompt_width = guard, tokenizer, prompt_width
+        self.past_header: set[int] = set()  # rows whose header is written: no more decoding
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for row in range(scores.shape[0]):
+            if row in self.past_header:
+                continue
             text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            if MATH_HEADER_END in text:
+                self.past_header.add(row)
+                continue
             scores[row] = self.guard.apply(scores[row], text)[0]
         return scores
 
@@ -266,7 +272,7 @@ class SceneGenerator:
         """One scene. temperature 0 is greedy (with speculation); above 0 samples, and may
         sample a line again up to `syntax_rollbacks` times when it breaks the syntax.
         `accept_header`, given the math header once it is written, may stop the scene there
-        (stop "math header rejected"): verification abandons a try whose derivative is wrong."""
+        (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -287,7 +293,7 @@ class SceneGenerator:
             if not header_checked and MATH_HEADER_END in text:
                 header_checked = True
                 if not accept_header(text[:text.index(MATH_HEADER_END)]):
-                    stop = "math header rejected"
+                    stop = HEADER_REJECTED
                     break
             error = dead_error(text)
             if error is not None:
