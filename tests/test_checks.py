@@ -36,6 +36,17 @@ def test_oracle_renders_each_style(style, tmp_path):
 
 
 @needs_render
+def test_render_frame_rate_is_passed_to_manim(tmp_path):
+    import av
+
+    result = checks.check_code(oracle("x^2", "tangent"), "x^2", output_dir=tmp_path,
+                               render=checks.RenderOptions(fps=5))
+    assert result.passed, result.error
+    with av.open(str(tmp_path / f"{result.scene}.mp4")) as movie:
+        assert movie.streams.video[0].average_rate == 5  # Manim's low quality is 15 fps otherwise
+
+
+@needs_render
 @pytest.mark.slow
 @pytest.mark.parametrize("function", ["3x^4 - 2x^2 + 5", "2cos(x) + x", "x/(x^2+1)", "sin(x^2)"])
 @pytest.mark.parametrize("style", STYLES)

@@ -41,7 +41,7 @@ def test_lora_presets_and_model_learning_rates():
     assert compose_train("lora=r8").lora.r == 8
     assert compose_train("model=deepseek_coder_1_3b").optim.lr == 1e-4
     assert compose_train("model=deepseek_coder_1_3b").optim.effective_batch_size == 16  # the original
-    assert compose_train().optim.effective_batch_size == 4 and compose_train("trainer=gpu").trainer.max_epochs == 5
+    assert compose_train().optim.effective_batch_size == 2 and compose_train("trainer=gpu").trainer.max_epochs == 5
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,24 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, micro_data):
     assert run.info.status == "FINISHED"
     info = json.loads((run_dir / "checkpoint" / "merged" / "run_info.json").read_text())
     assert info["global_step"] == 4  # 8 samples / batch 4 = 2 steps per epoch, 2 epochs, none repeated
+
+
+def test_response_loss_is_the_models_own_loss():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from derivative_animator.datamodule import IGNORE_INDEX, collate
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    module = finetune.LoRAFineTuner(model, lr=1e-3)
+    # prompts of 5 and 9 tokens, responses of 4 and 7, padded: the head runs from position 4 on
+    examples = [{"input_ids": list(range(1, 10)), "labels": [IGNORE_INDEX] * 5 + list(range(6, 10))},
+                {"input_ids": list(range(1, 17)), "labels": [IGNORE_INDEX] * 9 + list(range(10, 17))}]
+    batch = collate(examples, pad_id=0)
+    assert torch.allclose(module.response_loss(batch), model(**batch).loss, atol=1e-6)
+    whole = collate([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}], pad_id=0)  # labelled from the start
+    assert torch.allclose(module.response_loss(whole), model(**whole).loss, atol=1e-6)
 
 
 def test_hub_model_without_network_is_a_clear_error(monkeypatch):

@@ -68,6 +68,7 @@ class CheckResult:
 @dataclass(frozen=True)
 class RenderOptions:
     quality: str = "l"
+    fps: int | None = None  # None: the quality's own frame rate
     dry_run: bool = False
     save_frame: bool = True
     limits: SandboxLimits = SandboxLimits()
@@ -266,6 +267,8 @@ def _check_execution(code: str, scene: str, render: RenderOptions, result: Check
         (workdir / "scene.py").write_text(code)
         argv = [sys.executable, "-m", "derivative_animator.render_runner", "scene.py",
                 "--scene", scene, "--quality", render.quality]
+        if render.fps is not None:
+            argv += ["--fps", str(render.fps)]
         if render.dry_run:
             argv.append("--dry-run")
         if render.save_frame:

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from derivative_animator import paths
+from derivative_animator.datamodule import IGNORE_INDEX
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat
 
 MERGED_DIR = "merged"
@@ -118,6 +119,20 @@ class LoRAFineTuner(pl.LightningModule):
     def forward(self, **batch):
         return self.model(**batch)
 
+    def response_loss(self, batch) -> torch.Tensor:
+        """Mean cross-entropy over the labelled (response) tokens, the model's own loss,
+        with the output head run only from the first labelled position on: a prompt's
+        logits feed no loss, and the head is a large share of a small model's compute."""
+        labels = batch.get("labels")
+        labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero() if labels is not None else []
+        if len(labelled) == 0 or int(labelled[0]) == 0:
+            return self.model(**batch).loss
+        keep = labels.shape[1] - int(labelled[0]) + 1  # from the position predicting the first label
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs, logits_to_keep=keep).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                 labels[:, -keep + 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+
     def _real_tokens(self, batch) -> int:
         return int(batch["attention_mask"].sum())
 
@@ -125,7 +140,7 @@ class LoRAFineTuner(pl.LightningModule):
         self._step_started = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = self.response_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at step {self.global_step}: lower optim.lr, "

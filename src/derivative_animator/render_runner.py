@@ -1,7 +1,7 @@
 """Render one scene file with Manim: the program that runs inside the sandbox.
 
     python -m derivative_animator.render_runner SCENE.py [--scene NAME] [--quality l]
-        [--dry-run] [--frame PNG]
+        [--fps N] [--dry-run] [--frame PNG]
 
 It imports only Manim and the scene file, installs an audit hook that refuses writes
 outside the working directory, sockets and subprocesses other than LaTeX, renders, and
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scene_file", type=Path)
     parser.add_argument("--scene")
     parser.add_argument("--quality", default="l", choices=list("lmhk"))
+    parser.add_argument("--fps", type=int, help="frames per second (default: the quality's own)")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--frame", type=Path, help="save the last frame as PNG here")
     parser.add_argument("--media-dir", type=Path, default=Path("media"))
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "quality": quality[args.quality],
         "media_dir": str(args.media_dir.resolve()),
         "dry_run": args.dry_run,
+        **({"frame_rate": args.fps} if args.fps else {}),
         "disable_caching": True,
         "progress_bar": "none",
         "verbosity": "WARNING",
