@@ -116,7 +116,7 @@ class Evaluator:
 
         self.cfg, self.run_dir = cfg, run_dir
         limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
-        self.render = checks.RenderOptions(quality=cfg.eval.render.quality, fps=cfg.eval.render.get("fps"),
+        self.render = checks.RenderOptions(quality=cfg.eval.render.quality, fps=cfg.eval.render.fps,
                                            limits=limits)
         self.pool = ThreadPoolExecutor(max_workers=cfg.eval.workers)
         self._checked: dict[tuple, Future] = {}  # (function, code, render_failing) -> its check

@@ -159,7 +159,7 @@ class LoRAFineTuner(pl.LightningModule):
         self._val_loss_sum, self._val_tokens = 0.0, 0
 
     def validation_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        loss = self.response_loss(batch)
         # Token-weighted mean over the split, not a mean of batch means.
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         self._val_loss_sum += float(loss) * tokens

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "quality": quality[args.quality],
         "media_dir": str(args.media_dir.resolve()),
         "dry_run": args.dry_run,
-        **({"frame_rate": args.fps} if args.fps else {}),
+        **({"frame_rate": args.fps} if args.fps is not None else {}),
         "disable_caching": True,
         "progress_bar": "none",
         "verbosity": "WARNING",
