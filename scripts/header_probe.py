@@ -1,21 +1,19 @@
 """How well does a base model learn the math header under a fixed training budget? A diagnostic.
 
 Fine-tunes a copy of a base model on scene *headers* only (the prompt, then the completion
-up to `scenes.MATH_HEADER_END`: the comment repeating the function, `f_expr`, `df_expr`,
-the plotting interval), for a wall-clock budget, then decodes headers greedily for test
+up to `scenes.MATH_HEADER_END`: the docstring with f and f' as typed, the imports, the
+plotting interval), for a wall-clock budget, then decodes headers greedily for test
 functions and counts, per curriculum level, how many parse and have the right f and f'.
 Headers are what differs between scenes, so this isolates the skill that decides the math
 check, in minutes instead of a full `make train`.
 
     python scripts/header_probe.py                          # the default base, 240 s, full fine-tuning
     python scripts/header_probe.py --lora 64                # LoRA r=64 (+ embeddings and head) instead
-    python scripts/header_probe.py --with-steps             # the old header: a rule-step list before df_expr
 
-`--with-steps` puts back the scratchpad scenes carried until session 5, one line per rule
-application, `("power rule", x**2, 2*x),`, rebuilt from `differentiate`. Measured with the
-7.4M default base on data with 4,000 train functions (`make data ARGS="data.sizes.train=4000
-data.dir=data/derivatives-4k"`), 240 s each: with the step list 1 of 57 derivatives right
-(22 headers parse), without it 17 of 57 (43 parse); LoRA r=64 without it 6 of 57.
+Measured in session 6 with the then sympy-code headers (`f_expr = ...`, `df_expr = ...`),
+the 7.4M default base and 4,000 train functions, 240 s each: 17 of 57 derivatives right
+(43 headers parse); with a rule-step scratchpad list before `df_expr` (the `--with-steps`
+option of that time, since removed) 1 of 57; LoRA r=64 6 of 57.
 """
 
 from __future__ import annotations
@@ -31,34 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def header_text(record, with_steps: bool) -> str:
-    from derivative_animator import notation, scenes
-    from derivative_animator.differentiate import differentiate
-    from derivative_animator.parsing import parse_function
+def header_text(record) -> str:
+    from derivative_animator import scenes
 
-    header = record.completion[:scenes.math_header_length(record.completion)]
-    if not with_steps:
-        return header
-    _, steps = differentiate(parse_function(record.function))
-    lines = "".join(f'    ("{s.rule}", {notation.code(s.expr)}, {s.worked}),\n' for s in scenes.shown_steps(steps))
-    scratchpad = ("# (rule, part, derivative of the part): each rule applied to the parts above it\n"
-                  f"steps = [\n{lines}]\n")
-    before, after = header.split("df_expr = ", 1)
-    return before + scratchpad + "df_expr = " + after
+    return record.completion[:scenes.math_header_length(record.completion)]
 
 
 def score(header: str, function: str) -> tuple[bool, bool, bool]:
-    """(parses, f right, f' right) for a header cut after its df_expr line."""
+    """(parses, f right, f' right) for a generated header, cut where the header ends."""
+    from derivative_animator import scenes
     from derivative_animator.checks import check_function, check_math
     from derivative_animator.parsing import parse_function
 
-    lines = []
-    for line in header.split("\n"):
-        lines.append(line)
-        if line.startswith("df_expr"):
-            break
+    end = scenes.math_header_length(header)
     try:
-        tree = ast.parse("\n".join(lines))
+        tree = ast.parse(header if end is None else header[:end])
     except SyntaxError:
         return False, False, False
     expected = parse_function(function)
@@ -82,7 +67,6 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
-    parser.add_argument("--with-steps", action="store_true", help="the old header with a rule-step list")
     parser.add_argument("--samples", type=int, default=57, help="test functions decoded")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -102,7 +86,7 @@ def main() -> int:
             "target_modules": "all-linear", "modules_to_save": ["embed_tokens", "lm_head"]}))
     examples = []
     for record in dataset.read_split(data, "train"):
-        example = encode_example(tokenizer, record.prompt, header_text(record, args.with_steps))
+        example = encode_example(tokenizer, record.prompt, header_text(record))
         examples.append({key: ids[:-1] for key, ids in example.items()})  # a header has no EOS
     test = dataset.read_split(data, "test")[: args.samples]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
@@ -136,13 +120,12 @@ def main() -> int:
     for record in test:
         prompt = torch.tensor([encode_prompt(tokenizer, record.prompt)])
         with torch.no_grad():
-            out = model.generate(prompt, max_new_tokens=400 if args.with_steps else 160, do_sample=False,
+            out = model.generate(prompt, max_new_tokens=160, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
         rows.setdefault(record.level, []).append(score(text, record.function))
     print(f"{step} steps of {args.batch_size} headers in {trained:.0f} s "
-          f"({'LoRA r=' + str(args.lora) if args.lora else 'full fine-tuning'}, "
-          f"{'with' if args.with_steps else 'without'} the step list)")
+          f"({'LoRA r=' + str(args.lora) if args.lora else 'full fine-tuning'})")
     print(f"{'level':<6} {'n':>3} {'parses':>7} {'f right':>8} {'df right':>8}")
     for level, group in sorted(rows.items()) + [("all", [r for g in rows.values() for r in g])]:
         counts = [sum(r[i] for r in group) for i in range(3)]

@@ -1,7 +1,7 @@
 """Where does a checkpoint lose? Teacher-forced loss and next-token accuracy on the
-validation scenes, by kind of line: the comment that repeats the function, `f_expr`
-(translating the typed function into sympy), `df_expr` (applying the rules), the
-plotting interval, and the rest of the scene (the same text for every function of a style).
+validation scenes, by kind of line: the docstring's `f(x) = ...` (copying the prompt's
+function), its `f'(x) = ...` (applying the rules), the plotting interval, and the rest of
+the scene (the same text for every function of a style).
 
     python scripts/line_accuracy.py --checkpoint outputs/train/<run>/checkpoint/merged [--samples 30]
 
@@ -18,19 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-KINDS = ("comment", "f_expr", "df_expr", "interval", "rest of scene")
+KINDS = ("f(x)", "f'(x)", "interval", "rest of scene")
 
 
 def line_kind(line: str) -> str:
-    text = line.strip()
-    if text.startswith("# f(x)"):
-        return "comment"
-    if text.startswith("f_expr"):
-        return "f_expr"
-    if text.startswith("X_MIN, X_MAX ="):
-        return "interval"
-    if text.startswith("df_expr"):
-        return "df_expr"
+    for kind, start in (("f(x)", "f(x) = "), ("f'(x)", "f'(x) = "), ("interval", "X_MIN, X_MAX = ")):
+        if line.startswith(start):
+            return kind
     return "rest of scene"
 
 

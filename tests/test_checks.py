@@ -17,6 +17,14 @@ def oracle(function, style="tangent"):
     return cli.template_scene(function, style)
 
 
+def with_line(code, name, text):
+    """The scene with its docstring's `f(x) = ...` (name "f") or `f'(x) = ...` line rewritten."""
+    pattern = r"^f\(x\) = .*$" if name == "f" else r"^f'\(x\) = .*$"
+    changed, count = re.subn(pattern, f"{name}(x) = {text}".replace("df(x)", "f'(x)"), code, count=1, flags=re.M)
+    assert count == 1
+    return changed
+
+
 @pytest.mark.parametrize("function", ["3x^4 - 2x^2 + 5", "ln x", "x^2 sin x", "e^{-x^2}"])
 def test_oracle_math_for_every_level(function):
     for style in STYLES:
@@ -66,20 +74,22 @@ def test_missing_scene_class():
 
 
 def test_wrong_derivative_is_caught_without_running_anything():
-    code = re.sub(r"^df_expr = .*$", "df_expr = 3*x**3", oracle("x^3"), flags=re.M)
+    code = with_line(oracle("x^3"), "df", "3x^3")
     result = checks.check_code(code, "x^3", execute=False)
     assert result.math is False and "derivative 3x^3 is wrong; expected 3x^2" in result.error
+    unreadable = checks.check_code(with_line(oracle("x^3"), "df", "3x^(2"), "x^3", execute=False)
+    assert unreadable.math is False and "derivative is not a plain expression" in unreadable.error
 
 
 def test_every_failure_is_reported_in_order():
-    code = re.sub(r"^df_expr = .*$", "df_expr = 1/(2*sp.log(x))", oracle("x^2"), flags=re.M)
+    code = with_line(oracle("x^2"), "df", "1/(2ln(x")  # sympy cannot read it either: the render fails
     result = checks.check_code(code, "x^2", render=checks.RenderOptions(dry_run=True))
     assert result.math is False and result.executes is False
     assert result.error.startswith("math: derivative") and "; execute" in result.error, result.error
 
 
 def test_wrong_function_is_caught():
-    code = oracle("x^3").replace("f_expr = x**3", "f_expr = x**4")
+    code = with_line(oracle("x^3"), "f", "x^4")
     result = checks.check_code(code, "x^3", execute=False)
     assert result.math is False and "animates f(x) = x^4" in result.error
 
@@ -91,15 +101,16 @@ def test_check_function_reads_f_alone():
 
     code = oracle("x^3")
     assert checks.check_function(ast.parse(code), parse_function("x^3")) is True
-    assert checks.check_function(ast.parse(code.replace("f_expr = x**3", "f_expr = x**4")), parse_function("x^3")) is False
+    assert checks.check_function(ast.parse(with_line(code, "f", "x^4")), parse_function("x^3")) is False
+    assert checks.check_function(ast.parse("f_expr = x**3"), parse_function("x^3")) is True  # code, not typed
     assert checks.check_function(ast.parse("y = 1"), parse_function("x^3")) is None
 
 
-def test_equivalent_forms_of_the_derivative_pass():
-    code = re.sub(r"^df_expr = .*$", "df_expr = sp.sin(2*x)", oracle("sin(x)^2"), flags=re.M)
-    assert "df_expr = sp.sin(2*x)" in code
-    result = checks.check_code(code, "sin(x)^2", execute=False)
-    assert result.math is True
+@pytest.mark.parametrize("derivative", ["sin(2x)", "2sin(x) cos(x)", "2*sin(x)*cos(x)"])
+def test_equivalent_forms_of_the_derivative_pass(derivative):
+    code = with_line(oracle("sin(x)^2"), "df", derivative)
+    assert checks.check_code(code, "sin(x)^2", execute=False).math is True
+    assert checks.check_math(ast.parse("df_expr = sp.sin(2*x)"), checks.parse_function("sin(x)^2"))[0] is True
 
 
 def test_lambda_derivative_is_found():
@@ -142,7 +153,7 @@ def test_environment_failure_is_not_a_code_failure(monkeypatch):
 def test_render_failing_false_renders_only_scenes_whose_math_is_right(monkeypatch):
     rendered = []
     monkeypatch.setattr(checks, "_check_execution", lambda code, *args: rendered.append(code))
-    wrong = re.sub(r"^df_expr = .*$", "df_expr = 3*x**3", oracle("x^3"), flags=re.M)
+    wrong = with_line(oracle("x^3"), "df", "3x^3")
     result = checks.check_code(wrong, "x^3", render_failing=False)
     assert result.math is False and result.executes is None and rendered == []
     checks.check_code(oracle("x^3"), "x^3", render_failing=False)
@@ -154,8 +165,19 @@ def test_header_math_is_right_judges_the_header_alone():
     from derivative_animator.checks import header_math_is_right
     from derivative_animator.parsing import parse_function
 
-    header = 'import sympy as sp\n# f(x) = x^2 sin(x)\nx = sp.Symbol("x")\nf_expr = x**2*sp.sin(x)\n'
+    def header(derivative):
+        return f'"""\nf(x) = x^2 sin(x)\nf\'(x) = {derivative}\n"""\nimport sympy as sp\n\nX_MIN, X_MAX = -3, 3\n'
+
     target = parse_function("x^2 sin(x)")
-    assert header_math_is_right(header + "df_expr = 2*x*sp.sin(x) + x**2*sp.cos(x)\n", target)
-    assert not header_math_is_right(header + "df_expr = 2*x*sp.cos(x)\n", target)
-    assert not header_math_is_right(header + "df_expr = 2*x*(sp.cos(x)\n", target)
+    assert header_math_is_right(header("2x*sin(x) + x^2*cos(x)"), target)
+    assert not header_math_is_right(header("2x*cos(x)"), target)
+    assert not header_math_is_right(header("2x*(cos(x)"), target)
+    assert not header_math_is_right(header("2x*sin(x) + x^2*cos(x)").replace("f(x) = x^2", "f(x) = x^3"), target)
+
+
+@needs_render
+def test_a_wrong_derivative_undefined_on_part_of_the_interval_still_renders():
+    """The axes fit the finite values: the scene renders, and only the math check fails it."""
+    code = with_line(oracle("x^2"), "df", "2sqrt(x - 1)")  # NaN on [-3, 1)
+    result = checks.check_code(code, "x^2", render=FAST)
+    assert result.executes is True and result.math is False, result.error

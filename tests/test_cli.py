@@ -70,7 +70,7 @@ def test_generate_then_check_passes_all_four(tmp_path):
 
 def test_check_reports_wrong_derivative(tmp_path):
     scene = tmp_path / "scene.py"
-    scene.write_text(cli.template_scene("x^2", "tangent").replace("df_expr = 2*x", "df_expr = x"))
+    scene.write_text(cli.template_scene("x^2", "tangent").replace("f'(x) = 2x", "f'(x) = x"))
     out = run("check", str(scene), "--function", "x^2", "--no-execute")
     assert out.returncode == 1 and "math       FAIL" in out.stdout
 
@@ -118,7 +118,7 @@ def test_verified_generation_keeps_the_attempt_that_passed_most_checks():
     from types import SimpleNamespace
 
     good = cli.template_scene("x^2", "tangent")
-    wrong = re.sub(r"^df_expr = .*$", "df_expr = 3*x", good, count=1, flags=re.MULTILINE)
+    wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
     settings = dict(attempts=3, temperature=0.0, retry_temperature=0.7, seed=0, max_new_tokens=10,
                     top_p=0.95, syntax_rollbacks=0, no_verify=False)
     said = []

@@ -24,7 +24,7 @@ def test_no_function_in_two_splits(default_splits):
 def test_records_are_consistent(all_records):
     for record in all_records:
         assert record.prompt == dataset.DEFAULT_FORMAT.format(record.function)
-        assert "df_expr = " in record.completion and "from manim import *" in record.completion
+        assert "\nf'(x) = " in record.completion and "from manim import *" in record.completion
         assert 2000 < len(record.completion) < 5000
         assert record.steps and record.x_range[0] < record.x_range[1]
 

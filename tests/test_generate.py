@@ -207,8 +207,8 @@ def test_line_accuracy_script_scores_every_kind_of_line(checkpoint, tmp_path):
     done = subprocess.run([sys.executable, str(script), "--checkpoint", str(checkpoint), "--data",
                            str(tmp_path / "data"), "--samples", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    rows = {line[:14].strip(): line.split() for line in done.stdout.splitlines()[-5:]}
-    assert set(rows) == {"comment", "f_expr", "df_expr", "interval", "rest of scene"}
+    rows = {line[:14].strip(): line.split() for line in done.stdout.splitlines()[-4:]}
+    assert set(rows) == {"f(x)", "f'(x)", "interval", "rest of scene"}
     assert all(int(row[-3]) > 0 and row[-1].endswith("%") for row in rows.values())
     missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path)],
                              capture_output=True, text=True)
@@ -235,13 +235,14 @@ def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     record = dataset.read_split(tmp_path / "data", "train")[0]
-    plain, with_steps = probe.header_text(record, False), probe.header_text(record, True)
-    assert plain.endswith("\n") and "X_MIN, X_MAX" in plain and "steps = [" not in plain
-    assert with_steps.replace(with_steps[with_steps.index("# (rule"):with_steps.index("df_expr")], "") == plain
-    assert probe.score(plain, record.function) == (True, True, True)  # the oracle's own header
+    header = probe.header_text(record)
+    assert header.endswith("\n") and "X_MIN, X_MAX" in header and "x = sp.Symbol" not in header
+    assert probe.score(header, record.function) == (True, True, True)  # the oracle's own header
+    assert probe.score(record.completion, record.function) == (True, True, True)  # cut at the header's end
+    assert probe.score(header.replace("f(x) = ", "f(x) = 2*("), record.function)[1:] == (False, False)
 
 
-HEADER_START = '# f(x) = sin(x)^2\nx = sp.Symbol("x")\n'
+HEADER_START = '"""\n'
 
 
 def test_bracket_guard_forbids_unopened_closers_and_open_line_ends(checkpoint):
@@ -249,13 +250,13 @@ def test_bracket_guard_forbids_unopened_closers_and_open_line_ends(checkpoint):
     guard, tokenizer = generator.guard, generator.tokenizer
     [close], [newline], [square] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n", "]"))
     eos = tokenizer.eos_token_id
-    open_line, closing = guard.forbidden(HEADER_START + "f_expr = sp.sin(x")
-    closed_line, nothing_open = guard.forbidden(HEADER_START + "f_expr = sp.sin(x)")
+    open_line, closing = guard.forbidden(HEADER_START + "f(x) = sin(x")
+    closed_line, nothing_open = guard.forbidden(HEADER_START + "f(x) = sin(x)")
     assert open_line[newline] and open_line[eos] and open_line[square] and not open_line[close]
     assert closing[close] and not closing[square] and not nothing_open.any()
     assert closed_line[close] and not closed_line[newline] and not closed_line[eos]
-    assert guard.forbidden(HEADER_START + "f_expr = x  # a comment (") is None
-    assert guard.forbidden(HEADER_START + "f_expr = x\ndf_expr = 1\nf = sp.lambdify(x") is None
+    assert guard.forbidden(HEADER_START + "f(x) = x\nf'(x) = 1\n\"\"\"\nimport numpy  # a comment (") is None
+    assert guard.forbidden(HEADER_START + 'f(x) = x\nf\'(x) = 1\n"""\nX_MIN, X_MAX = 0, 1\nx = sp.Symbol("x")\nf(x') is None
 
 
 def test_bracket_guard_closes_the_line_the_model_wants_to_end(checkpoint):
@@ -264,11 +265,11 @@ def test_bracket_guard_closes_the_line_the_model_wants_to_end(checkpoint):
     [close], [newline] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n"))
     logits = torch.zeros(len(tokenizer))
     logits[newline], logits[close] = 5.0, -5.0  # wants the newline, ")" is far down
-    guarded, changed = generator.guard.apply(logits, HEADER_START + "f_expr = sp.sin(x")
+    guarded, changed = generator.guard.apply(logits, HEADER_START + "f(x) = sin(x")
     assert changed and tokenizer.decode([int(guarded.argmax())]).strip() == ")"
     [times] = tokenizer("*", add_special_tokens=False)["input_ids"]
     logits[times] = 9.0  # wants to go on: left alone
-    guarded, changed = generator.guard.apply(logits, HEADER_START + "f_expr = sp.sin(x")
+    guarded, changed = generator.guard.apply(logits, HEADER_START + "f(x) = sin(x")
     assert not changed and int(guarded.argmax()) == times
 
 
@@ -336,7 +337,7 @@ def test_guarded_generation_keeps_the_header_brackets_balanced(checkpoint, brack
 def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
     """accept_header sees the header once, as soon as the text reaches MATH_HEADER_END."""
     generator = SceneGenerator.load(checkpoint)
-    scene = '# f(x) = x^2\nx = sp.Symbol("x")\nf_expr = x**2\ndf_expr = 2*x\nf = sp.lambdify(x, f_expr)\nbody = 1\n'
+    scene = '"""\nf(x) = x^2\nf\'(x) = 2x\n"""\nX_MIN, X_MAX = 0, 1\nx = sp.Symbol("x")\nbody = 1\n'
     ids = generator.tokenizer(scene, add_special_tokens=False)["input_ids"]
     position = iter(range(len(ids) + 1))
 
@@ -348,5 +349,5 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
     seen = []
     gen = SceneGenerator.load(checkpoint, speculative=False).generate(
         "x^2", 200, accept_header=lambda header: seen.append(header) or False)
-    assert gen.stop == "math header rejected" and seen == [scene.split("f = sp.lambdify")[0]]
+    assert gen.stop == "math header rejected" and seen == [scene.split('x = sp.Symbol("x")')[0]]
     assert "body" not in gen.code

@@ -61,7 +61,32 @@ def test_below_the_math_header_every_scene_of_a_style_is_the_same(all_records):
     for record in all_records:
         end = scenes.math_header_length(record.completion)
         header = record.completion[:end]
-        assert "f_expr = " in header and "df_expr = " in header and "X_MIN, X_MAX = " in header
+        assert header.startswith('"""\nf(x) = ') and "\nf'(x) = " in header and "X_MIN, X_MAX = " in header
         rests.setdefault(record.style, set()).add(record.completion[end:])
     assert {style: len(texts) for style, texts in rests.items()} == {style: 1 for style in scenes.STYLES}
     assert scenes.math_header_length("print('no header')") is None
+
+
+def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records):
+    """The scene reads its docstring with sympy's parser (`typed`), the math check with
+    `parse_function`: on every dataset scene both give f and the true derivative."""
+    for record in all_records:
+        namespace = scene_globals(record.completion)
+        f_text, df_text = scenes.typed_formulas(record.completion.split('"""')[1])
+        function, x_range = parse_function(record.function), tuple(record.x_range)
+        for read, text, expected in ((namespace["f_expr"], f_text, function),
+                                     (namespace["df_expr"], df_text, sp.diff(function, X))):
+            assert checks.expressions_equal(read, expected, x_range)[0], (record.id, text)
+            assert checks.expressions_equal(parse_function(text), expected, x_range)[0], (record.id, text)
+
+
+@pytest.mark.parametrize("docstring, expected", [
+    ("\nf(x) = x^2\nf'(x) = 2x\n", ("x^2", "2x")),
+    ("f(x) = x^2\nf'(x) = 2x", ("x^2", "2x")),
+    ("\nf(x) = x^2\n", None),  # one line: the scene's unpacking fails, no derivative given
+    ("\nf(x) = x^2\nf'(x) = 2x\nmore\n", None),
+    ("\nf(x): x^2\nf'(x) = 2x\n", None),
+    (None, None),
+])
+def test_typed_formulas_split_the_docstring_as_the_scene_does(docstring, expected):
+    assert scenes.typed_formulas(docstring) == expected

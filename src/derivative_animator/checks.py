@@ -5,11 +5,12 @@
 - executes: Manim renders it in the sandbox (`sandbox.run_sandboxed`) within a time
   limit; a machine without LaTeX or cairo is an environment failure (executes = None,
   environment_error = True), not a failure of the code;
-- math: the derivative the code uses (`df_expr = ...`, or `df = lambda x: ...`, or
-  `def df(x): return ...`) equals the true derivative, and `f_expr` (when present) equals
-  the function asked for. Expressions are read from the AST without running anything,
-  compared symbolically, and numerically at points inside the plotting interval when
-  sympy cannot decide.
+- math: the derivative the code uses equals the true derivative, and its f (when it gives
+  one) the function asked for. Our scenes write both in their docstring as typed
+  (`f'(x) = 2x*sin(x) + x^2*cos(x)`), read here with the safe parser; other code may give
+  `df_expr = ...`, `df = lambda x: ...` or `def df(x): return ...`, read from the AST.
+  Nothing is run. Expressions are compared symbolically, and numerically at points
+  inside the plotting interval when sympy cannot decide.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import sympy as sp
 
-from derivative_animator import curriculum, environment, notation
+from derivative_animator import curriculum, environment, notation, scenes
 from derivative_animator.differentiate import UnsupportedFunction
-from derivative_animator.parsing import X, parse_function
+from derivative_animator.parsing import ParseError, X, parse_function
 from derivative_animator.sandbox import SandboxLimits, run_sandboxed
 
 SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
@@ -150,24 +151,47 @@ def _assigned_expression(tree: ast.Module, names: tuple[str, ...], function_name
     return None, None
 
 
+class _Unreadable(ValueError):
+    """The code gives the quantity, but not as plain math in x."""
+
+
+def _written(tree: ast.Module, quantity: str) -> sp.Expr | None:
+    """What the code gives for f ("f") or f' ("df"): the typed docstring lines our scenes
+    carry (read by the safe parser, as the scene reads them with sympy), else an
+    assignment (`df_expr = ...`, `df = lambda x: ...`) read from its AST. None when the
+    code gives neither; `_Unreadable` when it gives something that is not math in x."""
+    formulas = scenes.typed_formulas(ast.get_docstring(tree, clean=False))
+    if formulas is not None:
+        text = formulas[0 if quantity == "f" else 1]
+        try:
+            return parse_function(text)
+        except ParseError as err:
+            raise _Unreadable(f"{text!r} does not read as math ({err})") from None
+    node, variable = _assigned_expression(tree, (f"{quantity}_expr",), quantity)
+    if node is None:
+        return None
+    try:
+        return notation.expr_from_code(node, variable)
+    except notation.CodeExpressionError as err:
+        raise _Unreadable(str(err)) from None
+
+
 def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
     """(correct, method, error): does the code's derivative equal d/dx function?"""
-    derivative_node, variable = _assigned_expression(tree, ("df_expr",), "df")
-    if derivative_node is None:
-        return False, None, "no derivative found (expected `df_expr = ...` or `df = lambda x: ...`)"
     try:
-        claimed = notation.expr_from_code(derivative_node, variable)
-    except notation.CodeExpressionError as err:
+        claimed = _written(tree, "df")
+    except _Unreadable as err:
         return False, None, f"derivative is not a plain expression in x ({err})"
+    if claimed is None:
+        return False, None, "no derivative found (expected a `f'(x) = ...` docstring line or `df_expr = ...`)"
     true_derivative = sp.diff(function, X)
     x_range = _interval(function, true_derivative)
 
-    function_node, f_variable = _assigned_expression(tree, ("f_expr",), "f")
-    if function_node is not None:
-        try:
-            written = notation.expr_from_code(function_node, f_variable)
-        except notation.CodeExpressionError as err:
-            return False, None, f"f is not a plain expression in x ({err})"
+    try:
+        written = _written(tree, "f")
+    except _Unreadable as err:
+        return False, None, f"f is not a plain expression in x ({err})"
+    if written is not None:
         same, _ = expressions_equal(written, function, x_range)
         if not same:
             return False, None, f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}"
@@ -197,14 +221,13 @@ def header_judge(function: str) -> Callable[[str], bool]:
 
 
 def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
-    """Does the code's f (`f_expr = ...`) equal the function? None when it gives none."""
-    node, variable = _assigned_expression(tree, ("f_expr",), "f")
-    if node is None:
-        return None
+    """Does the code's f equal the function? None when it gives none."""
     try:
-        written = notation.expr_from_code(node, variable)
-    except notation.CodeExpressionError:
+        written = _written(tree, "f")
+    except _Unreadable:
         return False
+    if written is None:
+        return None
     return expressions_equal(written, function, _interval(function, sp.diff(function, X)))[0]
 
 

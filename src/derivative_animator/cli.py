@@ -90,13 +90,13 @@ def _check(code: str, function: str, render: bool, output_dir: Path | None):
 
 
 def _with_true_derivative(code: str, function: str) -> str | None:
-    """--repair: the model's scene with its df_expr line replaced by the true derivative."""
+    """--repair: the model's scene with its `f'(x) = ...` line replaced by the true derivative."""
     import re
 
     analysed = curriculum.analyse(parse_function(function))
     if analysed is None:
         return None
-    repaired, count = re.subn(r"^df_expr = .*$", f"df_expr = {analysed.steps[-1].worked}", code,
+    repaired, count = re.subn(r"^f'\(x\) = .*$", f"f'(x) = {analysed.steps[-1].worked}", code,
                               count=1, flags=re.MULTILINE)
     return repaired if count else None
 
@@ -140,7 +140,7 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
     if args.repair and result.syntax and result.structure and not result.math:
         repaired = _with_true_derivative(code, function)
         if repaired:
-            say("--repair: replaced the model's df_expr with the true derivative")
+            say("--repair: replaced the model's f'(x) line with the true derivative")
             return repaired, _check(repaired, function, False, None)
     return code, result
 

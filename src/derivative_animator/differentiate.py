@@ -2,9 +2,9 @@
 
 `differentiate(expr)` walks the expression tree bottom-up and records one `Step` per
 rule application (children before parents), so the last step is the whole function and
-its derivative. The steps are written into every dataset scene (a scratchpad a small
-model can lean on) and shown on screen. The result always equals `sympy.diff`; the
-tests check that on every dataset function.
+its derivative. The last step's worked form is the derivative every dataset scene
+writes (`f'(x) = ...` in its docstring), and graphs scenes show the steps on screen. The
+result always equals `sympy.diff`; the tests check that on every dataset function.
 
 The curriculum level of a function is defined by the rules its derivative needs
 (`level_of`), so the generator and the parser's `--json` output cannot disagree.
@@ -68,10 +68,10 @@ class Step:
     rule: str
     expr: sp.Expr
     derivative: sp.Expr
-    # The rule applied literally, as Python/sympy code built from the parts' own worked
-    # derivatives: `3*4*x**3`, `2*x*sp.sin(x) + x**2*sp.cos(x)`, `sp.cos(x**2)*2*x`.
-    # Python does the arithmetic when the scene runs; a model only has to apply rules
-    # and copy, which is what small models can learn.
+    # The rule applied literally, in the notation people type (the prompt's), built from
+    # the parts' own worked derivatives: `3*4x^3`, `2x*sin(x) + x^2*cos(x)`,
+    # `cos(x^2)*2x`. sympy does the arithmetic when the scene reads it; a model only has
+    # to apply rules and copy from the prompt, which is what small models can learn.
     worked: str
 
 
@@ -89,7 +89,7 @@ def level_of(steps: list[Step]) -> int:
     return max(RULE_LEVEL[step.rule] for step in steps)
 
 
-# --- worked forms: composing code text with just enough parentheses ------------------
+# --- worked forms: composing typed text with just enough parentheses ------------------
 
 def _top_level_operators(text: str) -> set[str]:
     depth, found = 0, set()
@@ -98,7 +98,7 @@ def _top_level_operators(text: str) -> set[str]:
             depth += 1
         elif char in ")]":
             depth -= 1
-        elif depth == 0 and char in "+-" and i > 0 and text[i - 1] not in "*/(e":
+        elif depth == 0 and char in "+-" and i > 0 and text[i - 1] not in "*/(^":
             found.add(char)
         elif depth == 0 and char == "/":
             found.add("/")
@@ -115,10 +115,11 @@ def _factor(text: str) -> str:
 
 
 def _is_atom(text: str) -> bool:
-    """A name, a number or one call like `sp.cos(x**2)`: safe as a power's base."""
-    if re.fullmatch(r"[\w.]+", text):
+    """A name, a whole number or one call like `cos(x^2)`: safe as a power's base
+    (`2x` is not: typed notation multiplies by juxtaposition)."""
+    if re.fullmatch(r"[A-Za-z_]\w*|\d+", text):
         return True
-    match = re.fullmatch(r"[\w.]+\((.*)\)", text)
+    match = re.fullmatch(r"[A-Za-z_]\w*\((.*)\)", text)
     return bool(match) and _balanced(match.group(1))
 
 
@@ -196,10 +197,10 @@ def _diff(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
         rule, outer = _OUTER_DERIVATIVE[expr.func]
         (inner,) = expr.args
         if inner == X:
-            return _record(steps, rule, expr, outer(X), notation.code(outer(X)))
+            return _record(steps, rule, expr, outer(X), notation.typed(outer(X)))
         d_inner, w_inner = _diff(inner, steps)
         return _record(steps, "chain rule", expr, outer(inner) * d_inner,
-                       _times(notation.code(outer(inner)), w_inner))
+                       _times(notation.typed(outer(inner)), w_inner))
     raise UnsupportedFunction(f"no differentiation rule for {expr.func.__name__}")
 
 
@@ -208,7 +209,7 @@ def _diff_mul(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     if coefficient != 1:
         d_rest, w_rest = _diff(rest, steps)
         return _record(steps, "constant multiple rule", expr, coefficient * d_rest,
-                       _times(notation.code(coefficient), w_rest))
+                       _times(notation.typed(coefficient), w_rest))
     numerator, denominator = [], []
     for factor in rest.as_ordered_factors():
         base, exponent = factor.as_base_exp()
@@ -220,15 +221,15 @@ def _diff_mul(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
         top, bottom = sp.Mul(*numerator), sp.Mul(*denominator)
         (d_top, w_top), (d_bottom, w_bottom) = _diff(top, steps), _diff(bottom, steps)
         quotient = (d_top * bottom - top * d_bottom) / bottom**2
-        top_code, bottom_code = notation.code(top), notation.code(bottom)
-        numerator_text = _plus([_times(w_top, bottom_code), _negate(_times(top_code, w_bottom))])
-        worked = f"({numerator_text})/{_power_base(bottom_code)}**2"
+        top_text, bottom_text = notation.typed(top), notation.typed(bottom)
+        numerator_text = _plus([_times(w_top, bottom_text), _negate(_times(top_text, w_bottom))])
+        worked = f"({numerator_text})/{_power_base(bottom_text)}^2"
         return _record(steps, "quotient rule", expr, quotient, worked)
     # Product rule over all factors: sum of (one factor differentiated) * (the others).
     factors = numerator
     parts = [_diff(factor, steps) for factor in factors]
     derivative = sp.Add(*[d * sp.Mul(*(factors[:i] + factors[i + 1:])) for i, (d, _) in enumerate(parts)])
-    worked = _plus([_times(w, *[notation.code(f) for f in factors[:i] + factors[i + 1:]])
+    worked = _plus([_times(w, *[notation.typed(f) for f in factors[:i] + factors[i + 1:]])
                     for i, (_, w) in enumerate(parts)])
     return _record(steps, "product rule", expr, derivative, worked)
 
@@ -239,28 +240,28 @@ def _diff_pow(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
         rule = "power rule" if exponent.is_integer else "root rule"
         outer = exponent * base ** (exponent - 1)
         if base == X:
-            return _record(steps, rule, expr, outer, notation.code(outer))
+            return _record(steps, rule, expr, outer, notation.typed(outer))
         d_base, w_base = _diff(base, steps)
-        # Written out (n*u**(n-1)) because sympy would distribute 2*(2*x + 1) into 4*x + 2.
+        # Written out (n*u^(n-1)) because sympy would distribute 2(2x + 1) into 4x + 2.
         reduced = exponent - 1
-        power = notation.code(reduced) if reduced.is_Integer and reduced > 0 else f"({notation.code(reduced)})"
-        base_code = _power_base(notation.code(base))
-        outer_text = base_code if reduced == 1 else f"{base_code}**{power}"
+        power = notation.typed(reduced) if reduced.is_Integer and reduced > 0 else f"({notation.typed(reduced)})"
+        base_text = _power_base(notation.typed(base))
+        outer_text = base_text if reduced == 1 else f"{base_text}^{power}"
         outer_text = outer_text if reduced != 0 else "1"
         return _record(steps, "chain rule", expr, outer * d_base,
-                       _times(notation.code(exponent), outer_text, w_base))
+                       _times(notation.typed(exponent), outer_text, w_base))
     if not base.has(X):  # a^u = e^(u ln a)
         outer = expr * sp.log(base)
         if exponent == X:
-            return _record(steps, "exponential rule", expr, outer, notation.code(outer))
+            return _record(steps, "exponential rule", expr, outer, notation.typed(outer))
         d_exponent, w_exponent = _diff(exponent, steps)
         return _record(steps, "chain rule", expr, outer * d_exponent,
-                       _times(notation.code(outer), w_exponent))
+                       _times(notation.typed(outer), w_exponent))
     # u^v with both depending on x: d/dx e^(v ln u) = u^v (v' ln u + v u'/u).
     (d_base, w_base), (d_exponent, w_exponent) = _diff(base, steps), _diff(exponent, steps)
     derivative = expr * (d_exponent * sp.log(base) + exponent * d_base / base)
-    base_code = notation.code(base)
-    inside = _plus([_times(w_exponent, f"sp.log({base_code})"),
-                    f"{_times(notation.code(exponent), w_base)}/{_power_base(base_code)}"])
+    base_text = notation.typed(base)
+    inside = _plus([_times(w_exponent, f"ln({base_text})"),
+                    f"{_times(notation.typed(exponent), w_base)}/{_power_base(base_text)}"])
     return _record(steps, "logarithmic differentiation", expr, derivative,
-                   _times(notation.code(expr), f"({inside})"))
+                   _times(notation.typed(expr), f"({inside})"))

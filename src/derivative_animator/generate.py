@@ -21,7 +21,7 @@ of the line holding the error and that line is sampled again. That is rejection 
 line by line, conditioned on the text staying parseable; verified generation uses it,
 raw (greedy) evaluation never does.
 
-While the math header is written (`f_expr`, `df_expr`, the interval), a bracket guard
+While the math header is written (the docstring with f and f', the interval), a bracket guard
 (`BracketGuard`, on by default) forbids the tokens that would close a bracket never
 opened, or end a line or the scene with one still open: a constraint on decoding, like a
 grammar, that never looks at the mathematics. Greedy decoding takes the best allowed

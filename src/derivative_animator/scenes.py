@@ -1,12 +1,21 @@
 """Manim scene templates: the code the model learns to write.
 
-Every scene starts with the same header, the only lines that differ between functions:
-the function and its derivative as exact sympy expressions (`f_expr`, `df_expr`: the one
-place the derivative lives, which the math check reads; the derivative written as the
-rules apply to the parts, `3*4*x**3`, so a model copies rather than does arithmetic) and
-the plotting interval. What is drawn on screen (formulas, curves, slopes, the rule steps)
-is derived from those at run time, so a scene cannot show one derivative and plot
-another. The rule steps shown (`rule_steps` in every scene) are computed from `f_expr`
+Every scene opens with its math header, the only lines that differ between functions: a
+docstring holding the function and its derivative in the notation people type, the
+prompt's (`f(x) = x^2 sin(x)`, `f'(x) = 2x*sin(x) + x^2*cos(x)`: the derivative written
+as the rules apply to the parts, `3*4x^3`, so a model copies rather than does
+arithmetic), then the plotting interval. The scene reads both docstring lines with
+sympy's parser when it runs (`typed`), and the math check reads the same two lines with
+`parsing.parse_function`; the tests check that the two readings agree on every dataset
+function. Typed rather than sympy code because a small model copies the prompt's own
+tokens far better than it translates them: with `f_expr = x**2*sp.sin(x)` lines the 7.4M
+model wrote the wrong f in 21 of 57 test scenes (a second function name repeating the
+first: `sp.cos(x) + 4*sp.cos(x)` for `cosh(x) + 4arcsin(x)`), while its copy of the
+prompt into a comment was right in 53 of 57 (session 7's run; README).
+
+What is drawn on screen (formulas, curves, slopes, the rule steps) is derived from the
+two expressions at run time, so a scene cannot show one derivative and plot another.
+The rule steps shown (`rule_steps` in every graphs scene) are computed from `f_expr`
 when the scene runs and agree with `differentiate` step for step (tested): the model
 writes no step list. A 7.4M model writing one looped in it and got 1 of 57 test
 derivatives right after 4 minutes of header training, against 17 of 57 without it
@@ -36,15 +45,24 @@ from derivative_animator.parsing import X
 STYLES = ("tangent", "secant", "graphs")
 SCENE_CLASS = {"tangent": "TangentLineScene", "secant": "SecantLimitScene", "graphs": "RuleStepsScene"}
 
-_HEADER = Template(r"""from manim import *
+_HEADER = Template(r'''"""
+f(x) = $typed
+f'(x) = $df_typed
+"""
+from manim import *
 import numpy as np
 import sympy as sp
 
-# f(x) = $typed
-x = sp.Symbol("x")
-f_expr = $f_code
-df_expr = $df_code
 X_MIN, X_MAX = $x_min, $x_max
+x = sp.Symbol("x")
+
+
+def typed(line):
+    names = {"e": sp.E, "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan}
+    return sp.parse_expr(line.split(" = ", 1)[1], names, transformations="all")
+
+
+f_expr, df_expr = map(typed, __doc__.strip().split("\n"))  # the docstring's math, as typed
 f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
 
@@ -56,6 +74,7 @@ def tex(expr):
 def make_axes():
     xs = np.linspace(X_MIN, X_MAX, 200)
     ys = np.concatenate([xs * 0 + f(xs), xs * 0 + df(xs)])
+    ys = ys[np.isfinite(ys)] if np.isfinite(ys).any() else np.zeros(1)  # a wrong f' may be undefined in places
     step = 10 ** np.floor(np.log10(np.ptp(ys) + 0.01))
     return Axes([X_MIN, X_MAX, 1], [ys.min() - step / 2, ys.max() + step / 2, step],
                 x_length=10, y_length=5, tips=False).to_edge(DOWN)
@@ -70,7 +89,7 @@ def formulas(*extra):
     parts[0].set_color(BLUE).to_edge(UP)
     parts[1].set_color(RED)
     return parts
-""")
+''')
 
 _BODIES = {
     "tangent": r"""
@@ -184,13 +203,24 @@ class RuleStepsScene(Scene):
 }
 
 
-MATH_HEADER_END = "f = sp.lambdify"  # the header above it is all that differs per function
+MATH_HEADER_END = 'x = sp.Symbol("x")'  # the header above it is all that differs per function
 
 
 def math_header_length(code: str) -> int | None:
     """Characters of a scene's math header (up to MATH_HEADER_END), None if it has none."""
     index = code.find(MATH_HEADER_END)
     return index if index >= 0 else None
+
+
+def typed_formulas(docstring: str | None) -> tuple[str, str] | None:
+    """(f, f') as a scene's docstring gives them, split the way the scene splits them
+    (`typed`): exactly two lines, each `... = <math>`. None for any other docstring."""
+    if docstring is None:
+        return None
+    lines = docstring.strip().split("\n")
+    if len(lines) != 2 or any(" = " not in line for line in lines):
+        return None
+    return lines[0].split(" = ", 1)[1], lines[1].split(" = ", 1)[1]
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:
@@ -210,8 +240,7 @@ def scene_code(
         raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
     header = _HEADER.substitute(
         typed=notation.typed(expr),
-        f_code=notation.code(expr),
-        df_code=steps[-1].worked,  # the whole function's step: the derivative, worked out
+        df_typed=steps[-1].worked,  # the whole function's step: the derivative, worked out
         x_min=_number(x_range[0]),
         x_max=_number(x_range[1]),
     )
