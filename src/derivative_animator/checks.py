@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import sympy as sp
 
 from derivative_animator import curriculum, environment, notation, scenes
@@ -253,11 +254,10 @@ def expressions_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> t
 
 def _numerically_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> bool:
     lo, hi = x_range
+    # Irrational offsets keep sample points off special values like 0 and pi/2.
+    points = [lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS) for i in range(NUMERIC_POINTS)]
     compared = 0
-    for i in range(NUMERIC_POINTS):
-        # Irrational offsets keep sample points off special values like 0 and pi/2.
-        point = lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS)
-        expected, got = _value(b, point), _value(a, point)
+    for expected, got in zip(_values(b, points), _values(a, points), strict=True):
         if expected is None:
             continue  # outside the true function's domain: nothing to compare
         if got is None or abs(got - expected) > NUMERIC_TOLERANCE * max(1.0, abs(expected)):
@@ -266,14 +266,18 @@ def _numerically_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> 
     return compared >= NUMERIC_POINTS // 2
 
 
-def _value(expr: sp.Expr, point: float) -> float | None:
+def _values(expr: sp.Expr, points: list[float]) -> list[float | None]:
+    """expr at the points in complex double precision; None where it is not a finite real.
+    Not sympy's evalf: a model's power tower (`e^(u)^(v)^(w)...`) sent it into mpmath for
+    minutes, where floating point overflows to inf at once."""
     try:
-        value = complex(expr.evalf(20, subs={X: sp.Float(point, 20)}))
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-        return None
-    if not (math.isfinite(value.real) and abs(value.imag) < 1e-12):
-        return None
-    return value.real
+        with np.errstate(all="ignore"):
+            values = np.asarray(sp.lambdify(X, expr, "numpy")(np.asarray(points, dtype=complex)), dtype=complex)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError):
+        return [None] * len(points)
+    values = np.broadcast_to(values, (len(points),))
+    real = np.isfinite(values) & (np.abs(values.imag) < 1e-12)
+    return [float(v.real) if ok else None for v, ok in zip(values, real, strict=True)]
 
 
 # --- execution -------------------------------------------------------------------------
