@@ -181,3 +181,13 @@ def test_a_wrong_derivative_undefined_on_part_of_the_interval_still_renders():
     code = with_line(oracle("x^2"), "df", "2sqrt(x - 1)")  # NaN on [-3, 1)
     result = checks.check_code(code, "x^2", render=FAST)
     assert result.executes is True and result.math is False, result.error
+
+
+def test_a_plotting_interval_where_the_function_is_undefined_fails_the_math():
+    code = oracle("-2sqrt(sin(x))")
+    assert checks.check_code(code, "-2sqrt(sin(x))", execute=False).math is True
+    outside = re.sub(r"^X_MIN, X_MAX = .*$", "X_MIN, X_MAX = -3, 3", code, flags=re.M)
+    result = checks.check_code(outside, "-2sqrt(sin(x))", execute=False)
+    assert result.math is False and "X_MIN, X_MAX = -3, 3 is not one where" in result.error
+    empty = re.sub(r"^X_MIN, X_MAX = .*$", "X_MIN, X_MAX = 2, 1", code, flags=re.M)
+    assert checks.check_code(empty, "-2sqrt(sin(x))", execute=False).math is False

@@ -5,8 +5,9 @@
 - executes: Manim renders it in the sandbox (`sandbox.run_sandboxed`) within a time
   limit; a machine without LaTeX or cairo is an environment failure (executes = None,
   environment_error = True), not a failure of the code;
-- math: the derivative the code uses equals the true derivative, and its f (when it gives
-  one) the function asked for. Our scenes write both in their docstring as typed
+- math: the derivative the code uses equals the true derivative, its f (when it gives
+  one) the function asked for, and both are defined on its plotting interval (when it
+  gives `X_MIN, X_MAX`: a scene plotting `sqrt(sin(x))` over [-3, 3] draws no curve). Our scenes write both in their docstring as typed
   (`f'(x) = 2x*sin(x) + x^2*cos(x)`), read here with the safe parser; other code may give
   `df_expr = ...`, `df = lambda x: ...` or `def df(x): return ...`, read from the AST.
   Nothing is run. Expressions are compared symbolically, and numerically at points
@@ -202,7 +203,26 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
         return False, method, (
             f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(true_derivative)}"
         )
+    plotted = _plotting_interval(tree)
+    if plotted is not None and not (plotted[0] < plotted[1] and curriculum.defined_on(function, true_derivative, plotted)):
+        return False, method, (
+            f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one where f and f' "
+            "are both defined: the curves would be missing there"
+        )
     return True, method, None
+
+
+def _plotting_interval(tree: ast.Module) -> tuple[float, float] | None:
+    """The scene's `X_MIN, X_MAX = a, b` (two plain numbers), None when it has none."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Tuple)
+                and [getattr(t, "id", None) for t in node.targets[0].elts] == ["X_MIN", "X_MAX"]):
+            try:
+                low, high = ast.literal_eval(node.value)
+                return float(low), float(high)
+            except (ValueError, TypeError, SyntaxError):
+                return None
+    return None
 
 
 def header_math_is_right(header: str, function: sp.Expr) -> bool:

@@ -63,24 +63,38 @@ def analyse(expr: sp.Expr) -> CurriculumFunction | None:
 
 
 def plot_interval(expr: sp.Expr, derivative: sp.Expr) -> tuple[float, float] | None:
-    f = sp.lambdify(X, expr, "numpy")
-    df = sp.lambdify(X, derivative, "numpy")
-    for x_min, x_max in CANDIDATE_INTERVALS:
-        xs = _grid(x_min, x_max)
-        with np.errstate(all="ignore"):
-            try:
-                ys = np.broadcast_to(np.asarray(f(xs), dtype=float), xs.shape)
-                dys = np.broadcast_to(np.asarray(df(xs), dtype=float), xs.shape)
-            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-                continue
-        if not (np.all(np.isfinite(ys)) and np.all(np.isfinite(dys))):
+    f, df = sp.lambdify(X, expr, "numpy"), sp.lambdify(X, derivative, "numpy")
+    for x_range in CANDIDATE_INTERVALS:
+        values = _finite_values(f, df, x_range)
+        if values is None:
             continue
+        ys, dys = values
         if max(np.abs(ys).max(), np.abs(dys).max()) > MAX_ABS_VALUE:
             continue
         if ys.max() - ys.min() < MIN_VARIATION:
             continue
-        return (x_min, x_max)
+        return x_range
     return None
+
+
+def defined_on(expr: sp.Expr, derivative: sp.Expr, x_range: tuple[float, float]) -> bool:
+    """Are f and f' real and finite everywhere on the interval (the grid `plot_interval` uses)?"""
+    f, df = sp.lambdify(X, expr, "numpy"), sp.lambdify(X, derivative, "numpy")
+    return _finite_values(f, df, x_range) is not None
+
+
+def _finite_values(f, df, x_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """f and f' on the interval's grid; None unless both are real and finite everywhere."""
+    xs = _grid(*x_range)
+    with np.errstate(all="ignore"):
+        try:
+            ys = np.broadcast_to(np.asarray(f(xs), dtype=float), xs.shape)
+            dys = np.broadcast_to(np.asarray(df(xs), dtype=float), xs.shape)
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            return None
+    if not (np.all(np.isfinite(ys)) and np.all(np.isfinite(dys))):
+        return None
+    return ys, dys
 
 
 def _grid(x_min: float, x_max: float) -> np.ndarray:
