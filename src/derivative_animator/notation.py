@@ -1,13 +1,12 @@
-"""How a function is written: as a person types it, and as Python in a scene.
+"""How a function is written: as a person types it, and as Python in other code.
 
 - `typed(expr)`: the canonical human notation (`3x^4 - 2x^2 + 5`, `x^2 sin(x)`,
   `e^(-x^2)`). It is what prompts contain, so every way of typing one function maps
   to one prompt; `parsing.parse_function(typed(e)) == e` for every dataset function.
-- `code(expr)`: sympy code for scene files (`x**2*sp.sin(x)`), exact (rationals stay
-  rationals), with `import sympy as sp` and `x = sp.Symbol("x")` in scope.
-- `expr_from_code(node)`: the inverse of `code`, by walking the Python AST against a
-  whitelist. This is how checkers read the derivative out of untrusted generated code
-  without running it.
+- `expr_from_code(node)`: an expression written as Python (`x**2*sp.sin(x)`,
+  `np.exp(-t)`), read by walking the AST against a whitelist. This is how checkers read
+  `df_expr = ...` or `df = lambda x: ...` out of untrusted generated code without running
+  it (the project's own scenes write typed math in their docstring instead).
 """
 
 from __future__ import annotations
@@ -101,44 +100,9 @@ class _TypedPrinter(StrPrinter):
         )
 
 
-class _CodePrinter(StrPrinter):
-    def _print_Exp1(self, expr):
-        return "sp.E"
-
-    def _print_Pi(self, expr):
-        return "sp.pi"
-
-    def _print_Function(self, expr):
-        return f"sp.{expr.func.__name__}({', '.join(self._print(a) for a in expr.args)})"
-
-    def _print_Rational(self, expr):
-        return f"sp.Rational({expr.p}, {expr.q})"
-
-    def _print_Pow(self, expr, rational=False):
-        base, exponent = expr.args
-        if exponent == sp.S.Half:
-            return f"sp.sqrt({self._print(base)})"
-        if exponent == -sp.S.Half:
-            return f"1/sp.sqrt({self._print(base)})"
-        base_text = self._print(base)
-        if not (base.is_Symbol or (base.is_Integer and base > 0) or isinstance(base, sp.Function)
-                or base in (sp.E, sp.pi)):
-            base_text = f"({base_text})"
-        if exponent.is_Rational and not exponent.is_Integer:
-            return f"{base_text}**{self._print(exponent)}"
-        if exponent.is_Integer:
-            return super()._print_Pow(expr, rational)  # prints 1/(x**2 + 1), not (..)**(-1)
-        return f"{base_text}**{self.parenthesize(exponent, PRECEDENCE['Pow'], strict=False)}"
-
-
 def typed(expr: sp.Expr) -> str:
     """Canonical human notation of a function of x."""
     return _TypedPrinter().doprint(expr)
-
-
-def code(expr: sp.Expr) -> str:
-    """Exact sympy code for expr (needs `sp` and `x` in scope)."""
-    return _CodePrinter().doprint(expr)
 
 
 def latex(expr: sp.Expr) -> str:
