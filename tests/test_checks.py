@@ -19,8 +19,8 @@ def oracle(function, style="tangent"):
 
 def with_line(code, name, text):
     """The scene with its docstring's `f(x) = ...` (name "f") or `f'(x) = ...` line rewritten."""
-    pattern = r"^f\(x\) = .*$" if name == "f" else r"^f'\(x\) = .*$"
-    changed, count = re.subn(pattern, f"{name}(x) = {text}".replace("df(x)", "f'(x)"), code, count=1, flags=re.M)
+    line = "f(x)" if name == "f" else "f'(x)"
+    changed, count = re.subn(rf"^{re.escape(line)} = .*$", f"{line} = {text}", code, count=1, flags=re.M)
     assert count == 1
     return changed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 import sympy as sp
 
@@ -72,7 +74,7 @@ def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records
     `parse_function`: on every dataset scene both give f and the true derivative."""
     for record in all_records:
         namespace = scene_globals(record.completion)
-        f_text, df_text = scenes.typed_formulas(record.completion.split('"""')[1])
+        f_text, df_text = scenes.typed_formulas(ast.get_docstring(ast.parse(record.completion), clean=False))
         function, x_range = parse_function(record.function), tuple(record.x_range)
         for read, text, expected in ((namespace["f_expr"], f_text, function),
                                      (namespace["df_expr"], df_text, sp.diff(function, X))):

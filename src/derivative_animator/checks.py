@@ -7,10 +7,10 @@
   environment_error = True), not a failure of the code;
 - math: the derivative the code uses equals the true derivative, its f (when it gives
   one) the function asked for, and both are defined on its plotting interval (when it
-  gives `X_MIN, X_MAX`: a scene plotting `sqrt(sin(x))` over [-3, 3] draws no curve). Our scenes write both in their docstring as typed
-  (`f'(x) = 2x*sin(x) + x^2*cos(x)`), read here with the safe parser; other code may give
-  `df_expr = ...`, `df = lambda x: ...` or `def df(x): return ...`, read from the AST.
-  Nothing is run. Expressions are compared symbolically, and numerically at points
+  gives `X_MIN, X_MAX`: a scene plotting `sqrt(sin(x))` over [-3, 3] draws no curve).
+  Our scenes write f and f' in their docstring as typed (`f'(x) = 2x*sin(x) +
+  x^2*cos(x)`), read here with the safe parser; other code may give `df_expr = ...`,
+  `df = lambda x: ...` or `def df(x): return ...`, read from the AST. Nothing is run. Expressions are compared symbolically, and numerically at points
   inside the plotting interval when sympy cannot decide.
 """
 

@@ -18,6 +18,7 @@ two expressions at run time, so a scene cannot show one derivative and plot anot
 The axes fit the finite values of f and f' (`make_axes`): a wrong f' undefined on part of
 the interval still renders, and only the math check fails it (4 of session 7's 57 test
 scenes crashed there instead).
+
 The rule steps shown (`rule_steps` in every graphs scene) are computed from `f_expr`
 when the scene runs and agree with `differentiate` step for step (tested): the model
 writes no step list. A 7.4M model writing one looped in it and got 1 of 57 test
