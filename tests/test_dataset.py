@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from derivative_animator import curriculum, dataset
+from derivative_animator import curriculum, dataset, notation
 from derivative_animator.parsing import parse_function
 
 
@@ -80,13 +80,36 @@ def test_bad_sizes_are_refused(sizes):
 
 
 def test_exhausted_curriculum_is_a_clear_user_error(monkeypatch):
+    monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
+    monkeypatch.setattr(dataset, "MAX_TRIES", 20)
+    one = dataset.DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1])
+    assert [r.function for r in dataset.generate_splits(one)["train"]] == ["x^2"]  # the one function there is
+    with pytest.raises(ValueError, match="lower data.sizes"):
+        dataset.generate_splits(dataset.DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1]))
+
+
+@pytest.mark.parametrize("level", curriculum.LEVELS)
+def test_chunked_sampling_takes_what_drawing_one_at_a_time_takes(level):
     import random
 
-    monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
-    seen: set[str] = set()
-    curriculum.sample_level(1, random.Random(0), seen)  # the one function there is
-    with pytest.raises(ValueError, match="lower data.sizes"):
-        curriculum.sample_level(1, random.Random(0), seen, max_tries=20)
+    rng, seen, expected = random.Random(5), set(), []
+    while len(expected) < 30:
+        typed = notation.typed(curriculum.candidate(level, rng))
+        expr = parse_function(typed)
+        key = curriculum.canonical_key(expr)
+        if key not in seen and curriculum.usable_at(expr, level) is not None:
+            seen.add(key)
+            expected.append(typed)
+    chunked = random.Random(5)
+    assert [typed for typed, _ in dataset._choose(level, 30, chunked, set(), [dataset._Here()])] == expected
+    assert chunked.random() == rng.random()  # rewound to just after the last one taken
+    dataset._Here().shutdown()
+
+
+def test_worker_processes_build_the_same_records_as_one_process():
+    config = dataset.DataConfig(sizes={"train": 60, "validation": 8, "test": 8})
+    assert dataset.generate_splits(config, workers=2) == dataset.generate_splits(config, workers=1)
+    assert not dataset._JUDGED  # analyses are dropped once their scenes are written
 
 
 def test_import_original_dataset(tmp_path):

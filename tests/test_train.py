@@ -55,7 +55,8 @@ def micro_cfg(tmp_path, data_dir, *overrides):
     return compose_train(
         "model=micro", f"data.dir={data_dir}", f"+run_dir={tmp_path / 'run'}",
         f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"logger.artifact_location={tmp_path}/artifacts",
-        "optim.micro_batch_size=2", "optim.effective_batch_size=4", "trainer.max_epochs=1", *overrides,
+        "optim.micro_batch_size=2", "optim.effective_batch_size=4", "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1", *overrides,
     )
 
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from derivative_animator import notation
 from derivative_animator.differentiate import Step, differentiate, level_of
-from derivative_animator.parsing import X, parse_function
+from derivative_animator.parsing import X
 
 LEVELS = (1, 2, 3, 4)
 LEVEL_NAMES = {
@@ -187,23 +186,13 @@ def candidate(level: int, rng: random.Random) -> sp.Expr:
     raise ValueError(f"unknown curriculum level {level}; levels are {LEVELS}")
 
 
-def sample_level(level: int, rng: random.Random, seen: set[str], max_tries: int = 2000):
-    """A new function at exactly `level` that can be animated, never one in `seen`."""
-    for _ in range(max_tries):
-        # Keep the form a user gets by typing the function: the parser's, not the builder's.
-        expr = parse_function(notation.typed(candidate(level, rng)))
-        key = canonical_key(expr)
-        if key in seen or not expr.has(X):
-            continue
-        analysed = analyse(expr)
-        if analysed is None or analysed.level != level:
-            continue
-        seen.add(key)
-        return analysed
-    raise ValueError(
-        f"could not find a new level-{level} function after {max_tries} tries: the requested "
-        "dataset is larger than the curriculum's variety; lower data.sizes"
-    )
+def usable_at(expr: sp.Expr, level: int) -> CurriculumFunction | None:
+    """The analysis of a candidate (parsed from its typed form, so the dataset keeps what a
+    user gets by typing it) if it can be animated and is of exactly `level`, else None."""
+    if not expr.has(X):
+        return None
+    analysed = analyse(expr)
+    return analysed if analysed is not None and analysed.level == level else None
 
 
 def canonical_key(expr: sp.Expr) -> str:

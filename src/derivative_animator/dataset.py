@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import statistics
 import sys
 import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from itertools import zip_longest
 from pathlib import Path
 
 import sympy as sp
@@ -133,29 +136,137 @@ def _level_counts(total: int, levels: tuple[int, ...]) -> dict[int, int]:
     return {level: base + (1 if i < remainder else 0) for i, level in enumerate(levels)}
 
 
-def generate_splits(config: DataConfig) -> dict[str, list[Record]]:
-    """Fresh functions per level, deduplicated across all splits, then dealt into splits."""
+def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Record]]:
+    """Fresh functions per level, deduplicated across all splits, then dealt into splits.
+
+    Drawing is sequential (one seeded generator per level; every function must differ from
+    all before it), but judging a candidate (parse, differentiate, pick an interval) and
+    writing its scene take nearly all the time, and run on `workers` processes: the same
+    files for any number of workers."""
+    from rich.progress import Progress
+
     per_split = {split: _level_counts(config.sizes[split], config.levels) for split in SPLITS}
+    total = sum(config.sizes.values())
     seen: set[str] = set()
-    splits: dict[str, list[Record]] = {split: [] for split in SPLITS}
-    for level in config.levels:
-        rng = random.Random(f"{config.seed}-level-{level}")
-        needed = sum(per_split[split][level] for split in SPLITS)
-        functions = [curriculum.sample_level(level, rng, seen) for _ in range(needed)]
-        start = 0
-        # Test first, then validation: their functions do not depend on the train size, so
-        # models trained on more or fewer samples are scored on the same test set.
-        for split in reversed(SPLITS):
-            count = per_split[split][level]
-            # Styles cycle within each (split, level) so every split sees every style evenly.
-            styles = [config.styles[(i + level) % len(config.styles)] for i in range(count)]
-            rng.shuffle(styles)
-            chunk = functions[start:start + count]
-            splits[split].extend(make_record(f, style, "generated") for f, style in zip(chunk, styles, strict=True))
-            start += count
+    plan: dict[str, list[tuple[str, str, int]]] = {split: [] for split in SPLITS}  # (typed, style, worker)
+    pool = [_Here()] if workers <= 1 else [
+        ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) for _ in range(workers)]
+    try:
+        with Progress() as progress:
+            task = progress.add_task("choosing functions", total=2 * total)
+            for level in config.levels:
+                rng = random.Random(f"{config.seed}-level-{level}")
+                needed = sum(per_split[split][level] for split in SPLITS)
+                chosen = _choose(level, needed, rng, seen, pool)
+                progress.advance(task, needed)
+                start = 0
+                # Test first, then validation: their functions do not depend on the train size, so
+                # models trained on more or fewer samples are scored on the same test set.
+                for split in reversed(SPLITS):
+                    count = per_split[split][level]
+                    # Styles cycle within each (split, level) so every split sees every style evenly.
+                    styles = [config.styles[(i + level) % len(config.styles)] for i in range(count)]
+                    rng.shuffle(styles)
+                    plan[split] += [(typed, style, worker) for (typed, worker), style
+                                    in zip(chosen[start:start + count], styles, strict=True)]
+                    start += count
+            progress.update(task, description="writing scenes")
+            # Each worker writes the scenes of the functions it judged, in chunks (for the bar).
+            jobs = [[(typed, style) for split in SPLITS for typed, style, w in plan[split] if w == index]
+                    for index in range(len(pool))]
+            futures = [[worker.submit(_write_scenes, job[i:i + 250]) for i in range(0, len(job), 250)]
+                       for worker, job in zip(pool, jobs, strict=True)]
+            written: list[list[Record]] = [[] for _ in pool]
+            for chunks in zip_longest(*futures):
+                for index, chunk in enumerate(chunks):
+                    if chunk is not None:
+                        records = chunk.result()
+                        written[index] += records
+                        progress.advance(task, len(records))
+        taken = [iter(records) for records in written]
+        splits = {split: [next(taken[w]) for _, _, w in plan[split]] for split in SPLITS}
+    finally:
+        for worker in pool:
+            worker.shutdown()
     for split in SPLITS:
         random.Random(f"{config.seed}-order-{split}").shuffle(splits[split])
     return splits
+
+
+MAX_TRIES = 2000  # candidates failing in a row before a level counts as exhausted
+# In a worker: the usable candidates it judged, by typed text. They stay in the process that
+# judged them, which also writes their scenes: sympy objects sent between processes come back
+# in another form now and then (2 of 4,520 functions did), and the files must not change.
+_JUDGED: dict[str, curriculum.CurriculumFunction] = {}
+
+
+def _choose(level: int, needed: int, rng: random.Random, seen: set[str], pool: list) -> list[tuple[str, int]]:
+    """The first `needed` usable candidates of the level's generator not in `seen`, as (typed
+    text, index of the worker that judged it): what drawing and judging one at a time gives.
+    Candidates are drawn in chunks and judged in parallel, then taken in order; the generator
+    is rewound to just after the last one taken, as it would be had it drawn no further."""
+    taken: list[tuple[str, int]] = []
+    failures = drawn = 0
+    while len(taken) < needed:
+        texts, states = [], []
+        # Enough for what is missing at the share of candidates taken so far: few left over.
+        rate = max(len(taken), 1) / drawn if drawn else 0.8
+        for _ in range(max(16, int((needed - len(taken)) / max(rate, 0.05) * 1.05))):
+            texts.append(notation.typed(curriculum.candidate(level, rng)))
+            states.append(rng.getstate())
+        drawn += len(texts)
+        # Dealt like cards (candidate i to worker i mod n): each gets its share of costly ones.
+        futures = [worker.submit(_judge, texts[i::len(pool)], level, seen) for i, worker in enumerate(pool)]
+        judged = [future.result() for future in futures]
+        for position, typed in enumerate(texts):
+            worker = position % len(pool)
+            key, usable = judged[worker][position // len(pool)]
+            if not usable or key in seen:
+                failures += 1
+                if failures >= MAX_TRIES:
+                    raise ValueError(
+                        f"could not find a new level-{level} function after {MAX_TRIES} tries: the "
+                        "requested dataset is larger than the curriculum's variety; lower data.sizes")
+                continue
+            seen.add(key)
+            taken.append((typed, worker))
+            failures = 0
+            if len(taken) == needed:
+                rng.setstate(states[position])
+                break
+    return taken
+
+
+def _judge(texts: list[str], level: int, seen: set[str]) -> list[tuple[str, bool]]:
+    """(canonical key, usable) per candidate; keeps the usable ones' analyses for `_write_scenes`.
+    A key already taken, or usable earlier in `texts`, cannot be taken: not analysed."""
+    taken = set(seen)
+    verdicts = []
+    for typed in texts:
+        expr = parse_function(typed)
+        key = curriculum.canonical_key(expr)
+        analysed = None if key in taken else curriculum.usable_at(expr, level)
+        if analysed is not None:
+            _JUDGED[typed] = analysed
+            taken.add(key)
+        verdicts.append((key, analysed is not None))
+    return verdicts
+
+
+def _write_scenes(items: list[tuple[str, str]]) -> list[Record]:
+    return [make_record(_JUDGED[typed], style, "generated") for typed, style in items]
+
+
+class _Here:
+    """workers=1: an executor that runs each call at once, in this process."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self) -> None:
+        _JUDGED.clear()
 
 
 # --- importing the original project's dataset ------------------------------------------
@@ -322,12 +433,21 @@ def cross_split_duplicates(splits: dict[str, list[Record]]) -> set[str]:
     return duplicates
 
 
-def build(config: DataConfig) -> tuple[Path, dict[str, list[Record]]]:
+def build(config: DataConfig, workers: int = 1) -> tuple[Path, dict[str, list[Record]]]:
     if config.import_path:
         splits = import_original(paths.resolve(config.import_path), config)
     else:
-        splits = generate_splits(config)
+        splits = generate_splits(config, workers)
     return write_dataset(splits, config), splits
+
+
+def build_workers(setting) -> int:
+    """`workers: auto` is one process per core, at most 4 (the sampling between them is serial)."""
+    if setting in (None, "auto"):
+        return min(4, os.cpu_count() or 1)
+    if int(setting) < 1:
+        raise ValueError(f"workers must be auto or a positive number, got {setting}")
+    return int(setting)
 
 
 def main(cfg) -> int:
@@ -339,7 +459,7 @@ def main(cfg) -> int:
     from omegaconf import OmegaConf
 
     config = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
-    target, splits = build(config)
+    target, splits = build(config, build_workers(cfg.get("workers", "auto")))
     total = sum(len(r) for r in splits.values())
     console.print(f"wrote {total} records to {target} "
                   + ", ".join(f"{s} {len(r)}" for s, r in splits.items()))
