@@ -53,6 +53,34 @@ def test_speculative_greedy_equals_plain_greedy(checkpoint):
         assert a.code == b.code and a.new_tokens == b.new_tokens
 
 
+class _OlderForward(torch.nn.Module):
+    """A model whose forward names the KV cache `past_key_values`, as transformers < 5.24
+    does, and swallows names it does not know."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **unknown):
+        return self.inner(input_ids=input_ids, cache=past_key_values, use_cache=use_cache)
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_greedy_scene_is_what_transformers_generate_writes(checkpoint, older):
+    generator = SceneGenerator.load(checkpoint, speculative=False, bracket_guard=False)
+    ids = generator.prompt_ids("x^2")
+    expected = generator.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0, len(ids):]
+    if older:
+        generator.model = _OlderForward(generator.model)
+    scene = generator.generate("x^2", max_new_tokens=40)  # stops early where the syntax breaks for good
+    assert scene.new_tokens >= 3  # past the first token, the only one read before the cache is
+    assert scene.code == generator.tokenizer.decode(expected[:scene.new_tokens], skip_special_tokens=True)
+
+
 def test_sampling_is_seeded(checkpoint):
     generator = SceneGenerator.load(checkpoint)
     first = generator.generate("x^3", max_new_tokens=60, temperature=0.8, seed=3).code

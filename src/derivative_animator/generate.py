@@ -31,6 +31,7 @@ the model's first choice was forbidden.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -280,9 +281,14 @@ class SceneGenerator:
         ids = self.prompt_ids(function)
         device = self.model.device
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-        cache = DynamicCache()
-        logits = self.model(input_ids=torch.tensor([ids], device=device), cache=cache,
-                            use_cache=True).logits[0, -1]
+        cache, cache_argument = DynamicCache(), _cache_argument(self.model)
+
+        def forward(tokens: list[int]) -> torch.Tensor:
+            """Logits after each of `tokens`, fed after what the cache holds (then holding them too)."""
+            return self.model(input_ids=torch.tensor([tokens], device=device), use_cache=True,
+                              **{cache_argument: cache}).logits[0]
+
+        logits = forward(ids)[-1]
         passes, new, eos = 1, [], self.tokenizer.eos_token_id
         lookup = ContextLookup() if self.speculative else None
         stop = "max_new_tokens"
@@ -305,8 +311,7 @@ class SceneGenerator:
                 rollbacks += 1
                 new = new[:self._tokens_before_line(new, text, error.lineno)]
                 cache.crop(len(ids) + len(new) - 1 - cache.get_seq_length())  # negative: drop from the end
-                logits = self.model(input_ids=torch.tensor([[(ids + new)[-1]]], device=device), cache=cache,
-                                    use_cache=True).logits[0, -1]
+                logits = forward([(ids + new)[-1]])[-1]
                 passes += 1
                 lookup = ContextLookup() if self.speculative else None  # it indexed the dropped tokens
                 continue
@@ -322,8 +327,7 @@ class SceneGenerator:
             draft = self.drafter.propose(ids + new, room) if self.drafter is not None else []
             if not draft and lookup is not None:
                 draft = lookup.propose(ids + new, room)
-            feed = torch.tensor([[token] + draft], device=device)
-            out = self.model(input_ids=feed, cache=cache, use_cache=True).logits[0]
+            out = forward([token] + draft)
             passes += 1
             accepted, replacement = 0, None
             for i, proposed in enumerate(draft):
@@ -351,8 +355,7 @@ class SceneGenerator:
                 new.append(replacement)
                 if replacement == eos:
                     break
-                logits = self.model(input_ids=torch.tensor([[replacement]], device=device), cache=cache,
-                                    use_cache=True).logits[0, -1]
+                logits = forward([replacement])[-1]
                 passes += 1
                 continue
             logits = out[accepted]
@@ -403,6 +406,13 @@ class SceneGenerator:
             results.append(Generation(function, self.tokenizer.decode(row, skip_special_tokens=True),
                                       each, len(row), 0))
         return results
+
+
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: `cache` from transformers 5.24 on (`past_key_values`
+    stays an alias until 5.40), `past_key_values` before. A name the forward does not take is
+    swallowed by its **kwargs: no cache, and each pass sees only the tokens fed to it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
