@@ -98,7 +98,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         limit_train_samples=cfg.get("limit_train_samples"), full_scenes=cfg.get("full_scenes"),
     )
     module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
-                                    warmup_ratio=optim.warmup_ratio)
+                                    warmup_ratio=optim.warmup_ratio, fused_optimizer=optim.fused)
 
     logger = MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
