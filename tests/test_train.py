@@ -75,6 +75,15 @@ def test_fast_dev_run_trains_and_saves_a_loadable_merged_checkpoint(tmp_path, mi
     assert (tmp_path / "run" / "checkpoint" / "adapter" / "adapter_config.json").is_file() == (lora != "none")
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_optimizer_option_trains_in_any_precision(tmp_path, micro_data, precision):
+    # Under mixed precision Lightning refuses to clip gradients for a fused optimizer (seen on
+    # a GPU with trainer=gpu): the option must fall back to foreach there.
+    metrics = train(micro_cfg(tmp_path, micro_data, "trainer.fast_dev_run=true", "optim.fused=true",
+                              f"trainer.precision={precision}", "trainer.gradient_clip_val=1.0"))
+    assert "train/loss_step" in metrics
+
+
 def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
     train(micro_cfg(tmp_path, micro_data, "+limit_train_samples=4", "trainer.limit_val_batches=1"))
     run_id = json.loads((tmp_path / "run" / "run.json").read_text())["mlflow_run_id"]
