@@ -4,7 +4,7 @@
     python scripts/gpu_check.py --out DIR --smoke     # the same steps, shrunk, on the CPU (tests)
 
 Runs where the GPU is, with torch (CUDA), transformers, peft, pytorch_lightning, sympy,
-pyyaml and rich; no Hydra, MLflow or Manim needed. The trainer settings are read from
+omegaconf and rich; no Hydra, MLflow or Manim needed. The trainer settings are read from
 conf/trainer/gpu.yaml as they are; scenes are checked without rendering (syntax,
 structure, math). Prints one JSON object and writes it to DIR/gpu_check.json.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -80,30 +79,14 @@ class Settings(dict):
     __getattr__ = dict.get
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """YAML 1.2 floats, as OmegaConf reads them: 1.0e12 is a number, not a string."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9_]*[eE][-+]?[0-9]+$"), list("-+.0123456789"))
-
-
 def conf(*parts: str) -> dict:
-    """A YAML file of conf/ with its `defaults` of the same group merged under it, as Hydra
-    does (other groups' entries are left out: the script reads those files itself)."""
-    data = yaml.load((ROOT / "conf" / Path(*parts)).read_text(), Loader=_YamlLoader)
-    merged: dict = {}
-    for base in data.pop("defaults", []):
-        if isinstance(base, str) and base != "_self_":
-            merged = _merge(merged, conf(*parts[:-1], f"{base}.yaml"))
-    return _merge(merged, data)
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
+    """A file of conf/ with the files of its own group that its `defaults` name merged under
+    it, as Hydra composes them (other groups' entries are left out: the script reads those
+    files itself). Interpolations stay as written: the script reads none of them."""
+    own = OmegaConf.load(ROOT / "conf" / Path(*parts))
+    bases = [conf(*parts[:-1], f"{base}.yaml") for base in own.pop("defaults", [])
+             if isinstance(base, str) and base != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*bases, own))
 
 
 def trainer_kwargs(plan: Plan, **overrides) -> dict:

@@ -22,9 +22,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
-from itertools import zip_longest
 from pathlib import Path
 
 import sympy as sp
@@ -174,17 +173,13 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
             # Each worker writes the scenes of the functions it judged, in chunks (for the bar).
             jobs = [[(typed, style) for split in SPLITS for typed, style, w in plan[split] if w == index]
                     for index in range(len(pool))]
-            futures = [[worker.submit(_write_scenes, job[i:i + 250]) for i in range(0, len(job), 250)]
-                       for worker, job in zip(pool, jobs, strict=True)]
-            written: list[list[Record]] = [[] for _ in pool]
-            for chunks in zip_longest(*futures):
-                for index, chunk in enumerate(chunks):
-                    if chunk is not None:
-                        records = chunk.result()
-                        written[index] += records
-                        progress.advance(task, len(records))
-        taken = [iter(records) for records in written]
-        splits = {split: [next(taken[w]) for _, _, w in plan[split]] for split in SPLITS}
+            chunks = {worker.submit(_write_scenes, job[i:i + 250]): job[i:i + 250]
+                      for worker, job in zip(pool, jobs, strict=True) for i in range(0, len(job), 250)}
+            written: dict[str, Record] = {}
+            for future in as_completed(chunks):
+                written.update(zip((typed for typed, _ in chunks[future]), future.result(), strict=True))
+                progress.advance(task, len(chunks[future]))
+        splits = {split: [written[typed] for typed, _, _ in plan[split]] for split in SPLITS}
     finally:
         for worker in pool:
             worker.shutdown()
