@@ -2,6 +2,8 @@
 
 import ast
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -191,3 +193,48 @@ def test_a_plotting_interval_where_the_function_is_undefined_fails_the_math():
     assert result.math is False and "X_MIN, X_MAX = -3, 3 is not one where" in result.error
     empty = re.sub(r"^X_MIN, X_MAX = .*$", "X_MIN, X_MAX = 2, 1", code, flags=re.M)
     assert checks.check_code(empty, "-2sqrt(sin(x))", execute=False).math is False
+
+
+
+SHARED_PATHS_PROBE = r"""
+import hashlib, os
+from manim import FadeOut, MathTex, Scene, Write, tempconfig
+from derivative_animator.render_runner import share_parsed_svg_paths
+
+class Formula(Scene):
+    def construct(self):
+        formula = MathTex(r"f'(x) = \tfrac{d}{dx}\left[x^2 \sin x\right]")
+        self.play(Write(formula))
+        self.play(FadeOut(formula))
+
+def frames():
+    drawn = []
+    with tempconfig({"quality": "low_quality", "frame_rate": 5, "media_dir": os.getcwd(),
+                     "disable_caching": True, "progress_bar": "none"}):
+        scene = Formula()
+        write = scene.renderer.add_frame
+
+        def record(frame, num_frames=1):
+            drawn.append(frame.tobytes())
+            write(frame, num_frames)
+
+        scene.renderer.add_frame = record
+        scene.render()
+    return len(drawn), hashlib.sha256(b"".join(drawn)).hexdigest()
+
+plain = frames()
+share_parsed_svg_paths()
+glyph = MathTex("x").family_members_with_points()[0]
+assert glyph.copy().path_obj is glyph.path_obj, "copies still deep-copy the parsed path"
+assert frames() == plain, "sharing parsed SVG paths changed the frames"
+print("frames", plain[0])
+"""
+
+
+@needs_render
+def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
+    """The render runner's speed-up: copies share glyph paths, and every frame is identical."""
+    probe = subprocess.run([sys.executable, "-c", SHARED_PATHS_PROBE], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert int(probe.stdout.split()[-1]) > 5  # frames were drawn and compared

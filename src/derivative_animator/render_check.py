@@ -26,6 +26,10 @@ def _start_worker() -> None:
     _WORKDIR = Path(tempfile.mkdtemp(prefix="derivanim-validate-"))
     import manim  # noqa: F401  (import once per worker)
 
+    from derivative_animator.render_runner import share_parsed_svg_paths
+
+    share_parsed_svg_paths()
+
 
 def _timeout(signum, frame):
     raise TimeoutError("scene ran past its time limit")

@@ -56,6 +56,18 @@ def _install_guard(root: Path) -> None:
     sys.addaudithook(hook)
 
 
+def share_parsed_svg_paths() -> None:
+    """Copies of a formula share its glyphs' parsed SVG paths instead of deep-copying them.
+
+    Manim reads a glyph's svgelements Path only while building the glyph's points, yet every
+    `copy()` (each Write, FadeOut, Transform) deep-copies it, ~200 objects a glyph: half of
+    a formula scene's render time (a rule-steps scene 9.7 -> 5.3 s). Every frame is unchanged.
+    """
+    import svgelements
+
+    svgelements.Path.__deepcopy__ = lambda self, memo: self
+
+
 def _load_scene_class(path: Path, name: str | None):
     from manim import Scene
 
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     import manim  # noqa: F401
     from manim import tempconfig
 
+    share_parsed_svg_paths()
     _install_guard(workdir)
     quality = {"l": "low_quality", "m": "medium_quality", "h": "high_quality", "k": "fourk_quality"}
     settings = {
