@@ -6,6 +6,7 @@ is timed on this machine, now.
     python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned model (minutes)
     python scripts/benchmark.py --only training
     python scripts/benchmark.py --only rollbacks   # sampled scenes with / without line rollbacks
+    python scripts/benchmark.py --only renders     # sandboxed renders: fresh process vs warm sandbox
 
 Training throughput compares the project's Lightning module against a plain
 transformers + PEFT loop on the same model, data, batches and precision, in the same run,
@@ -205,9 +206,36 @@ def bench_eval(checkpoint: str | None) -> dict:
             "eval_math_pct": summary["math"]}
 
 
+def bench_renders(n: int) -> dict:
+    """Sandboxed renders of the first n test-split oracle scenes as the evaluator renders them
+    (480p, 5 fps, last frame saved), one at a time: a fresh process per scene, then one warm
+    sandbox (Manim imported once; its start-up counted in its total)."""
+    from derivative_animator import checks, cli, dataset
+
+    records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
+    render = checks.RenderOptions(fps=5)
+    result: dict = {"render_scenes": len(records)}
+    for label in ("fresh", "warm"):
+        start = time.perf_counter()
+        sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD) if label == "warm" else None
+        times, passed = [], 0
+        for record in records:
+            code = cli.template_scene(record.function, record.style)
+            begun = time.perf_counter()
+            outcome = checks.check_code(code, record.function, render=render, sandbox=sandbox)
+            times.append(time.perf_counter() - begun)
+            passed += outcome.passed
+        if sandbox is not None:
+            sandbox.close()
+        result[f"render_{label}_total_s"] = round(time.perf_counter() - start, 1)
+        result[f"render_{label}_median_s"] = round(statistics.median(times), 2)
+        result[f"render_{label}_passed"] = passed
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["data", "training", "generation", "rollbacks", "eval"])
+    parser.add_argument("--only", choices=["data", "training", "generation", "rollbacks", "eval", "renders"])
     parser.add_argument("--validate", action="store_true", help="also time render-validation of every sample")
     parser.add_argument("--eval", action="store_true", help="also time evaluation of the test split")
     parser.add_argument("--steps", type=int, default=12, help="training micro-batches to time per run")
@@ -226,6 +254,8 @@ def main() -> int:
         figures.update(bench_generation(args.checkpoint, args.samples))
     if args.only == "rollbacks":
         figures.update(bench_rollbacks(args.checkpoint, args.samples))
+    if args.only == "renders":
+        figures.update(bench_renders(args.samples))
     if args.only == "eval" or (args.only is None and args.eval):
         figures.update(bench_eval(args.checkpoint))
     out = ROOT / "outputs" / "benchmark.json"

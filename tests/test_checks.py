@@ -15,6 +15,19 @@ needs_render = pytest.mark.skipif(bool(environment.render_problems()),
 FAST = checks.RenderOptions(dry_run=True, save_frame=False)
 
 
+@pytest.fixture(scope="module")
+def warm_renders():
+    """A warm render sandbox shared by this module's tests (Manim imported once)."""
+    with checks.PythonSandbox(checks.SandboxLimits(timeout_s=15), preload=checks.RENDER_PRELOAD) as box:
+        yield box
+
+
+@pytest.fixture(params=["fresh", "warm"])
+def sandbox(request):
+    """Where a planted scene renders: a fresh process (None), or the warm sandbox's forked child."""
+    return request.getfixturevalue("warm_renders") if request.param == "warm" else None
+
+
 def oracle(function, style="tangent"):
     return cli.template_scene(function, style)
 
@@ -126,22 +139,22 @@ def test_lambda_derivative_is_found():
     (lambda c: c.replace("def construct(self):", "def construct(self):\n        1 / 0"), "ZeroDivisionError"),
     (lambda c: c.replace("def construct(self):", "def construct(self):\n        while True: pass"), "timed out"),
 ])
-def test_planted_runtime_faults(plant, expected):
+def test_planted_runtime_faults(plant, expected, sandbox):
     render = checks.RenderOptions(dry_run=True, save_frame=False,
                                   limits=checks.SandboxLimits(timeout_s=15))
-    result = checks.check_code(plant(oracle("x^2")), "x^2", render=render)
+    result = checks.check_code(plant(oracle("x^2")), "x^2", render=render, sandbox=sandbox)
     assert result.executes is False and expected in result.error, result.error
     assert result.math is True  # the mathematics was right; only execution failed
 
 
 @needs_render
-def test_scene_writing_outside_its_dir_fails_and_host_is_untouched(tmp_path):
+def test_scene_writing_outside_its_dir_fails_and_host_is_untouched(tmp_path, sandbox):
     victim = tmp_path / "host_file.txt"
     victim.write_text("precious")
     code = oracle("x^2").replace(
         "def construct(self):",
         f"def construct(self):\n        open({str(victim)!r}, 'w').write('overwritten')")
-    result = checks.check_code(code, "x^2", render=FAST)
+    result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
     assert result.executes is False
     assert victim.read_text() == "precious"
 

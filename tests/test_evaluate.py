@@ -74,21 +74,20 @@ def test_a_scene_identical_to_one_already_checked_shares_its_render(tmp_path, mo
 
     calls = []
 
-    def fake_check(code, function, render, output_dir, render_failing=True):
+    def fake_check(code, function, render, output_dir, render_failing=True, sandbox=None):
         calls.append(code)
         return checks.CheckResult(syntax=True, structure=True, executes=True, math=True, scene="S",
                                   render_seconds=2.5)
 
     monkeypatch.setattr(checks, "check_code", fake_check)
-    evaluator = evaluate.Evaluator(compose_eval("eval.workers=1"), tmp_path)
     sample = evaluate.Sample("s1", "x^2", 1)
     generation = Generation("x^2", "code A", seconds=1.0, new_tokens=10, forward_passes=3)
-    rows = [evaluator.submit("template", sample, "code A", 1, None),
-            evaluator.submit("finetuned", sample, "code A", 1, generation),
-            evaluator.submit("finetuned", sample, "code B", 2, generation),
-            evaluator.submit("verified", sample, "code A", 3, generation)]
-    rows = [future.result(timeout=10) for future in rows]
-    evaluator.pool.shutdown()
+    with evaluate.Evaluator(compose_eval("eval.workers=1", "eval.render.warm=false"), tmp_path) as evaluator:
+        rows = [evaluator.submit("template", sample, "code A", 1, None),
+                evaluator.submit("finetuned", sample, "code A", 1, generation),
+                evaluator.submit("finetuned", sample, "code B", 2, generation),
+                evaluator.submit("verified", sample, "code A", 3, generation)]
+        rows = [future.result(timeout=10) for future in rows]
     assert calls == ["code A", "code B"]  # one render per distinct scene
     shared = rows[1]
     assert (shared.baseline, shared.attempt, shared.passed, shared.render_s) == ("finetuned", 1, True, 2.5)

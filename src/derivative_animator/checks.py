@@ -20,8 +20,6 @@ import ast
 import json
 import math
 import shutil
-import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,12 +31,14 @@ import sympy as sp
 from derivative_animator import curriculum, environment, notation, scenes
 from derivative_animator.differentiate import UnsupportedFunction
 from derivative_animator.parsing import ParseError, X, parse_function
-from derivative_animator.sandbox import SandboxLimits, run_sandboxed
+from derivative_animator.sandbox import PythonSandbox, SandboxLimits
 
 SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
 NUMERIC_POINTS = 24
 NUMERIC_TOLERANCE = 1e-6
 SIMPLIFY_MAX_OPS = 150  # beyond this, sympy.simplify may take minutes: go numeric
+# What a warm render sandbox imports once (PythonSandbox(preload=...)): Manim and what scenes use.
+RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render_runner")
 
 
 @dataclass
@@ -96,10 +96,13 @@ def check_code(
     render: RenderOptions = RenderOptions(),
     output_dir: Path | None = None,
     render_failing: bool = True,
+    sandbox: PythonSandbox | None = None,
 ) -> CheckResult:
     """Run every check on one scene; rendered files are copied to output_dir if given.
     render_failing=False renders only a scene whose math is right (executes stays None
-    otherwise): one that fails it cannot pass, and a render costs seconds."""
+    otherwise): one that fails it cannot pass, and a render costs seconds. The render runs in
+    `sandbox` (a warm one renders many scenes for one Manim import), or in a fresh process
+    under render.limits."""
     target = parse_function(function) if isinstance(function, str) else function
     try:
         tree = parse_code(code)
@@ -118,7 +121,7 @@ def check_code(
         result._fail(f"math: {math_error}")
 
     if execute and scene is not None and (render_failing or result.math):
-        _check_execution(code, scene, render, result, output_dir)
+        _check_execution(code, scene, render, result, output_dir, sandbox)
     return result
 
 
@@ -303,29 +306,28 @@ def _values(expr: sp.Expr, points: list[float]) -> list[float | None]:
 # --- execution -------------------------------------------------------------------------
 
 def _check_execution(code: str, scene: str, render: RenderOptions, result: CheckResult,
-                     output_dir: Path | None) -> None:
+                     output_dir: Path | None, sandbox: PythonSandbox | None) -> None:
     problem = environment.render_problem_summary()
     if problem:
         result.executes, result.environment_error = None, True
         result._fail(problem)
         return
-    with tempfile.TemporaryDirectory(prefix="derivanim-render-") as work:
-        workdir = Path(work)
+    box = sandbox or PythonSandbox(render.limits, warm=False)
+    with box.job() as workdir:
         (workdir / "scene.py").write_text(code)
-        argv = [sys.executable, "-m", "derivative_animator.render_runner", "scene.py",
-                "--scene", scene, "--quality", render.quality]
+        args = ["-m", "derivative_animator.render_runner", "scene.py", "--scene", scene, "--quality", render.quality]
         if render.fps is not None:
-            argv += ["--fps", str(render.fps)]
+            args += ["--fps", str(render.fps)]
         if render.dry_run:
-            argv.append("--dry-run")
+            args.append("--dry-run")
         if render.save_frame:
-            argv += ["--frame", "last_frame.png"]
-        outcome = run_sandboxed(argv, workdir, render.limits)
+            args += ["--frame", "last_frame.png"]
+        outcome = box.run(args, workdir)
         result.render_seconds = round(outcome.duration_s, 3)
         result.isolation = outcome.isolation
         if outcome.timed_out:
             result.executes = False
-            result._fail(f"executes: timed out after {render.limits.timeout_s:g} s")
+            result._fail(f"executes: timed out after {box.limits.timeout_s:g} s")
             return
         if outcome.returncode != 0:
             result.executes = False

@@ -11,10 +11,12 @@ Exit codes: 0 success, 1 a check failed, 2 bad input (one line `error: ...`),
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
 import tempfile
+from functools import cache
 from pathlib import Path
 
 from derivative_animator import curriculum, notation, scenes
@@ -86,7 +88,19 @@ def _check(code: str, function: str, render: bool, output_dir: Path | None):
     from derivative_animator import checks
 
     options = checks.RenderOptions(dry_run=not render, save_frame=render)
-    return checks.check_code(code, function, render=options, output_dir=output_dir)
+    return checks.check_code(code, function, render=options, output_dir=output_dir, sandbox=_render_sandbox())
+
+
+@cache
+def _render_sandbox():
+    """One warm render sandbox for this process: verification's tries, --render and the
+    interactive loop render without importing Manim each time. Started before the model
+    loads, it imports Manim while the model writes."""
+    from derivative_animator import checks
+
+    sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD)
+    atexit.register(sandbox.close)
+    return sandbox
 
 
 def _with_true_derivative(code: str, function: str) -> str | None:
@@ -178,6 +192,7 @@ def cmd_generate(args) -> int:
         return _emit(code, args, args.function)
     if not args.model:
         raise UsageError("pass --model DIR (a merged checkpoint) or --backend template")
+    _render_sandbox()
     from derivative_animator.generate import SceneGenerator
     from derivative_animator.prompt import PromptFormatError
 

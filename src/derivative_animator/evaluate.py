@@ -112,13 +112,15 @@ class Evaluator:
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         from derivative_animator import checks
-        from derivative_animator.sandbox import SandboxLimits
+        from derivative_animator.sandbox import SandboxLimits, SandboxPool
 
         self.cfg, self.run_dir = cfg, run_dir
         limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
         self.render = checks.RenderOptions(quality=cfg.eval.render.quality, fps=cfg.eval.render.fps,
                                            limits=limits)
         self.pool = ThreadPoolExecutor(max_workers=cfg.eval.workers)
+        # One warm sandbox a render worker: Manim is imported once each, not once a scene.
+        self.sandboxes = SandboxPool(cfg.eval.workers, limits, checks.RENDER_PRELOAD, warm=cfg.eval.render.warm)
         self._checked: dict[tuple, Future] = {}  # (function, code, render_failing) -> its check
         self._lock = threading.Lock()
 
@@ -149,8 +151,9 @@ class Evaluator:
         frames = self.run_dir / "frames" / own["baseline"] / stem
 
         def work() -> Row:
-            result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
-                                       render_failing=render_failing)
+            with self.sandboxes.take() as sandbox:
+                result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
+                                           render_failing=render_failing, sandbox=sandbox)
             frame = frames / f"{result.scene}.png" if result.scene else None
             return Row(
                 **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
@@ -160,6 +163,13 @@ class Evaluator:
             )
 
         return self.pool.submit(work)
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown()
+        self.sandboxes.close()
 
 
 def _generation_extra(generation) -> dict:
@@ -197,12 +207,12 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     model_dir = None
     if {"base", "finetuned", "verified"} & set(baselines):
         model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
-    evaluator = Evaluator(cfg, run_dir)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
     e = cfg.eval
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    with _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
+    with Evaluator(cfg, run_dir) as evaluator, \
+            _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
         if "base" in baselines:
             base_generator = _base_generator(model_dir, e.bracket_guard)
             task = progress.add_task("base model (no fine-tuning)", total=len(samples))
@@ -248,8 +258,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
             for future in futures[baseline]:
                 rows.append(future.result())
                 progress.advance(task)
-    evaluator.pool.shutdown()
-    retry_pool.shutdown()
+        retry_pool.shutdown()
     # Renders overlap generation: only the total is the wall time a user waits.
     timings["total_s"] = round(time.perf_counter() - started, 1)
     if "finetuned" not in baselines:
