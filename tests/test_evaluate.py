@@ -95,3 +95,66 @@ def test_a_scene_identical_to_one_already_checked_shares_its_render(tmp_path, mo
     assert shared.generation_s == 1.0 and shared.new_tokens == 10 and rows[0].generation_s == 0.0
     assert shared.extra["render_shared_with"] == "code/template/s1.py" and "render_shared_with" not in rows[2].extra
     assert rows[3].attempt == 3 and rows[3].code_path == "code/verified/s1-a3.py"
+
+
+def _held_queue():
+    """A one-worker RenderQueue kept busy until the returned event is set."""
+    import threading
+
+    release = threading.Event()
+    render_queue = evaluate.RenderQueue(1)
+    render_queue.submit(release.wait, evaluate.RenderQueue.URGENT)
+    return render_queue, release
+
+
+def test_render_queue_runs_urgent_jobs_before_spare_ones_and_a_hurried_job_once():
+    render_queue, release = _held_queue()
+    ran = []
+    job = lambda name: lambda: ran.append(name) or name  # noqa: E731
+    spare_a = render_queue.submit(job("spare a"), evaluate.RenderQueue.SPARE)
+    spare_b = render_queue.submit(job("spare b"), evaluate.RenderQueue.SPARE)
+    spare_c = render_queue.submit(job("spare c"), evaluate.RenderQueue.SPARE)
+    render_queue.submit(job("urgent"), evaluate.RenderQueue.URGENT)
+    render_queue.hurry(spare_c)
+    release.set()
+    render_queue.shutdown()
+    assert ran == ["urgent", "spare c", "spare a", "spare b"]
+    assert [j.future.result() for j in (spare_a, spare_b, spare_c)] == ["spare a", "spare b", "spare c"]
+
+
+def test_render_queue_cancels_what_has_not_started_when_evaluation_fails():
+    import threading
+    import time
+
+    render_queue, release = _held_queue()
+    pending = render_queue.submit(lambda: "rendered", evaluate.RenderQueue.SPARE)
+    stopping = threading.Thread(target=render_queue.shutdown, kwargs={"cancel_pending": True})
+    stopping.start()
+    while not render_queue._cancelled:  # shutdown has begun while the worker is still busy
+        time.sleep(0.01)
+    release.set()
+    stopping.join(timeout=10)
+    assert pending.future.cancelled() and not stopping.is_alive()
+
+
+def test_metrics_and_reports_go_to_the_evaluated_checkpoints_mlflow_run(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("eval-test", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "run_info.json").write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
+    run_dir = tmp_path / "eval-run"
+    (run_dir / "report").mkdir(parents=True)
+    (run_dir / "report" / "results.md").write_text("| table |")
+    results = {"model": str(model), "timings": {"total_s": 12.5},
+               "summary": {"finetuned": {"all": {"math": 54.4, "pass@1": 50.0, "n": 57},
+                                         "L1": {"math": 66.7, "note": "text is skipped"}}}}
+    assert evaluate.log_to_mlflow(results, run_dir) == run_id
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics == {"eval/time/total_s": 12.5, "eval/finetuned/math": 54.4, "eval/finetuned/pass_at_1": 50.0,
+                       "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7}
+    assert [a.path for a in client.list_artifacts(run_id, "eval/eval-run")] == ["eval/eval-run/results.md"]

@@ -13,9 +13,11 @@ until its scene passes every check, up to eval.verify_attempts; reports which at
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import queue
 import statistics
 import sys
 import threading
@@ -103,8 +105,65 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+class _Job:
+    def __init__(self, work):
+        self.work, self.future, self.taken = work, Future(), False
+
+
+class RenderQueue:
+    """Render workers that take an URGENT job before a SPARE one, each kind in submission order.
+
+    The oracle's renders depend on no model, so they are queued at the start as SPARE work:
+    they fill the time the render workers would otherwise wait for the models' first scenes,
+    and never delay a model's render (verification waits on those). `hurry` moves a queued
+    job up, when a model writes exactly the oracle's scene and shares its render."""
+
+    URGENT, SPARE = 0, 1
+
+    def __init__(self, workers: int):
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, work, priority: int) -> _Job:
+        job = _Job(work)
+        self._queue.put((priority, next(self._order), job))
+        return job
+
+    def hurry(self, job: _Job) -> None:
+        with self._lock:
+            if not job.taken:  # a second entry; whichever a worker takes first runs it, once
+                self._queue.put((self.URGENT, next(self._order), job))
+
+    def shutdown(self, cancel_pending: bool = False) -> None:
+        """Wait for every job, or (cancel_pending) only for the ones running."""
+        self._cancelled = cancel_pending
+        for _ in self._threads:
+            self._queue.put((self.SPARE + 1, next(self._order), None))  # after every job
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()[2]) is not None:
+            with self._lock:
+                if job.taken:
+                    continue
+                job.taken = True
+            if self._cancelled:
+                job.future.cancel()
+                continue
+            try:
+                job.future.set_result(job.work())
+            except BaseException as error:  # noqa: BLE001 - handed on to whoever waits
+                job.future.set_exception(error)
+
+
 class Evaluator:
-    """Generates, writes each scene to disk, and checks it on a pool of render workers.
+    """Generates, writes each scene to disk, and checks it on a queue of render workers.
 
     A scene byte-identical to one already submitted for the same function (a fine-tuned
     model that writes exactly the oracle's scene) shares that render and its checks: the
@@ -118,10 +177,10 @@ class Evaluator:
         limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
         self.render = checks.RenderOptions(quality=cfg.eval.render.quality, fps=cfg.eval.render.fps,
                                            limits=limits)
-        self.pool = ThreadPoolExecutor(max_workers=cfg.eval.workers)
         # One warm sandbox a render worker: Manim is imported once each, not once a scene.
         self.sandboxes = SandboxPool(cfg.eval.workers, limits, checks.RENDER_PRELOAD, warm=cfg.eval.render.warm)
-        self._checked: dict[tuple, Future] = {}  # (function, code, render_failing) -> its check
+        self.queue = RenderQueue(cfg.eval.workers)
+        self._checked: dict[tuple, _Job] = {}  # (function, code, render_failing) -> its check
         self._lock = threading.Lock()
 
     def submit(self, baseline: str, sample: Sample, code: str, attempt: int, generation,
@@ -135,17 +194,22 @@ class Evaluator:
                "generation_s": round(generation.seconds, 3) if generation else 0.0,
                "new_tokens": generation.new_tokens if generation else 0,
                "tokens_per_s": round(generation.tokens_per_second, 1) if generation else 0.0}
+        urgent = baseline != "template"
         with self._lock:
             key = (sample.function, code, render_failing)
             earlier = self._checked.get(key)
             if earlier is not None:
-                return _then(earlier, lambda row: Row(**{
+                if urgent:
+                    self.queue.hurry(earlier)
+                return _then(earlier.future, lambda row: Row(**{
                     **asdict(row), **own, "extra": {**row.extra, **_generation_extra(generation),
                                                     "render_shared_with": row.code_path}}))
-            future = self._checked[key] = self._check(sample, code, stem, own, generation, render_failing)
-        return future
+            job = self._checked[key] = self.queue.submit(
+                self._check(sample, code, stem, own, generation, render_failing),
+                RenderQueue.URGENT if urgent else RenderQueue.SPARE)
+        return job.future
 
-    def _check(self, sample: Sample, code: str, stem: str, own: dict, generation, render_failing: bool) -> Future:
+    def _check(self, sample: Sample, code: str, stem: str, own: dict, generation, render_failing: bool):
         from derivative_animator import checks
 
         frames = self.run_dir / "frames" / own["baseline"] / stem
@@ -162,13 +226,13 @@ class Evaluator:
                 extra={"environment_error": result.environment_error, **_generation_extra(generation)},
             )
 
-        return self.pool.submit(work)
+        return work
 
     def __enter__(self) -> Evaluator:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown()
+    def __exit__(self, error_type, *exc) -> None:
+        self.queue.shutdown(cancel_pending=error_type is not None)
         self.sandboxes.close()
 
 
@@ -213,6 +277,11 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     timings: dict[str, float] = {}
     with Evaluator(cfg, run_dir) as evaluator, \
             _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
+        if "template" in baselines:
+            # Spare work for the render workers until the models' scenes come (RenderQueue).
+            for sample in samples:
+                code = cli.template_scene(sample.function, sample.style)
+                futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         if "base" in baselines:
             base_generator = _base_generator(model_dir, e.bracket_guard)
             task = progress.add_task("base model (no fine-tuning)", total=len(samples))
@@ -240,12 +309,6 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                         raw[sample.id] = (gen, future)
                     progress.advance(task)
             timings["finetuned_generation_s"] = round(time.perf_counter() - finetuned_start, 1)
-        if "template" in baselines:
-            # Queued behind the fine-tuned model's renders, which verification waits on: its
-            # retries then overlap the oracle's renders instead of starting after them.
-            for sample in samples:
-                code = cli.template_scene(sample.function, sample.style)
-                futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         # Retries wait on renders, so they run on their own thread, not the render pool's; one,
         # like generation: more would take the render workers' cores.
         retry_pool = ThreadPoolExecutor(max_workers=1)
@@ -373,6 +436,7 @@ def summarize(rows: list[Row], n: int) -> dict:
 def log_to_mlflow(results: dict, run_dir: Path) -> str | None:
     """Metrics (eval/<baseline>/<metric>) and reports go to the evaluated checkpoint's run."""
     import mlflow
+    from mlflow.entities import Metric
 
     if not results["model"]:
         return None
@@ -382,14 +446,16 @@ def log_to_mlflow(results: dict, run_dir: Path) -> str | None:
     info = json.loads(info_path.read_text())
     client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
     run_id = info["mlflow_run_id"]
+    metrics = {f"eval/time/{name}": seconds for name, seconds in results.get("timings", {}).items()}
     for baseline, groups in results["summary"].items():
         for group, values in groups.items():
             for metric, value in values.items():
                 if isinstance(value, (int, float)):
                     suffix = "" if group == "all" else f"/{group}"
-                    client.log_metric(run_id, f"eval/{baseline}/{metric.replace('@', '_at_')}{suffix}", float(value))
-    for name, seconds in results.get("timings", {}).items():
-        client.log_metric(run_id, f"eval/time/{name}", seconds)
+                    metrics[f"eval/{baseline}/{metric.replace('@', '_at_')}{suffix}"] = float(value)
+    now = int(time.time() * 1000)
+    # One call: each single log_metric is a sqlite transaction (~9 ms; 200 of them here).
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
     client.log_artifacts(run_id, str(run_dir / "report"), artifact_path=f"eval/{run_dir.name}")
     return run_id
 
