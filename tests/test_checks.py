@@ -251,3 +251,12 @@ def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert int(probe.stdout.split()[-1]) > 5  # frames were drawn and compared
+
+
+@needs_render
+def test_dataset_validation_renders_and_its_workers_leave_no_temp_dirs(default_splits, tmp_path, monkeypatch):
+    from derivative_animator import render_check
+
+    monkeypatch.setattr(render_check.tempfile, "tempdir", str(tmp_path))  # the workers' mkdtemp goes here
+    assert render_check.render_all(default_splits["test"][:2], workers=2) == []
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,8 @@ is reported with its record id.
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing.util
+import shutil
 import signal
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,6 +26,8 @@ _WORKDIR: Path | None = None
 def _start_worker() -> None:
     global _WORKDIR
     _WORKDIR = Path(tempfile.mkdtemp(prefix="derivanim-validate-"))
+    # Removed when the worker exits (multiprocessing runs its finalizers then, not atexit's).
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(_WORKDIR, True), exitpriority=0)
     import manim  # noqa: F401  (import once per worker)
 
     from derivative_animator.render_runner import share_parsed_svg_paths
