@@ -101,6 +101,12 @@ def isolation_layers() -> list[str]:
     return layers
 
 
+def _layers_in_force(cgroup: Path | None) -> list[str]:
+    """isolation_layers(), saying rlimit-nproc where no pids cgroup could be made."""
+    return [layer if layer != "pids-cgroup" or cgroup is not None else "rlimit-nproc"
+            for layer in isolation_layers()]
+
+
 def clean_environment(workdir: Path) -> dict[str, str]:
     """Only what Python, Manim and LaTeX need; nothing secret comes through."""
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
@@ -199,11 +205,9 @@ def _bwrap_prefix(workdir: Path) -> list[str]:
 def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run argv with cwd=workdir (the only writable place) under every layer available."""
     workdir = Path(workdir).resolve()
-    layers = isolation_layers()
-    command = (_bwrap_prefix(workdir) if "bubblewrap" in layers else []) + list(argv)
     cgroup = _make_cgroup(limits)
-    if cgroup is None and "pids-cgroup" in layers:  # could not create one: RLIMIT_NPROC applies
-        layers = [layer if layer != "pids-cgroup" else "rlimit-nproc" for layer in layers]
+    layers = _layers_in_force(cgroup)
+    command = (_bwrap_prefix(workdir) if "bubblewrap" in layers else []) + list(argv)
     with tempfile.TemporaryDirectory(prefix="derivanim-out-") as capture:
         out_path, err_path = Path(capture, "stdout"), Path(capture, "stderr")
         start = time.perf_counter()
@@ -287,7 +291,7 @@ class PythonSandbox:
             reply = _read_line(self._server.stdout, self.limits.timeout_s + 60)
         except OSError:
             reply = None
-        layers = isolation_layers() + ["warm-server"]
+        layers = self._layers
         if reply is None:  # the server died or hung: nothing of it survives into the next job
             exit_code = self._server.poll()
             self._server_log.seek(0)
@@ -319,6 +323,7 @@ class PythonSandbox:
 
     def _start(self) -> None:
         self._cgroup = _make_cgroup(self.limits)
+        self._layers = _layers_in_force(self._cgroup) + ["warm-server"]
         self._server_log = tempfile.TemporaryFile()  # noqa: SIM115 - outside the sandbox: why a server died; closed in _stop
         command = _bwrap_prefix(self._root) + [
             sys.executable, "-m", "derivative_animator.sandbox", "--serve", *self.preload]
@@ -377,7 +382,7 @@ def _empty(root: Path) -> None:
         try:
             remove(entry)
         except OSError:
-            pass  # the next job's dir has a new name either way
+            pass  # a file the job made unremovable: harmless, the job's run is over
 
 
 def _read_capped(path: Path, limit: int) -> str:
@@ -507,8 +512,7 @@ def _kill_all_but_me() -> None:
         except ChildProcessError:
             pass
         time.sleep(0.01)
-    for entry in Path("/dev/shm").iterdir():  # the sandbox's own tmpfs
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    _empty(Path("/dev/shm"))  # the sandbox's own tmpfs
 
 
 if __name__ == "__main__":
