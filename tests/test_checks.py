@@ -12,7 +12,7 @@ from derivative_animator.scenes import STYLES
 
 needs_render = pytest.mark.skipif(bool(environment.render_problems()),
                                   reason="machine cannot render: " + "; ".join(environment.render_problems()))
-FAST = checks.RenderOptions(dry_run=True, save_frame=False)
+FAST = checks.RenderOptions(quick=True, save_frame=False)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_wrong_derivative_is_caught_without_running_anything():
 
 def test_every_failure_is_reported_in_order():
     code = with_line(oracle("x^2"), "df", "1/(2ln(x")  # sympy cannot read it either: the render fails
-    result = checks.check_code(code, "x^2", render=checks.RenderOptions(dry_run=True))
+    result = checks.check_code(code, "x^2", render=checks.RenderOptions(quick=True))
     assert result.math is False and result.executes is False
     assert result.error.startswith("math: derivative") and "; execute" in result.error, result.error
 
@@ -140,7 +140,7 @@ def test_lambda_derivative_is_found():
     (lambda c: c.replace("def construct(self):", "def construct(self):\n        while True: pass"), "timed out"),
 ])
 def test_planted_runtime_faults(plant, expected, sandbox):
-    render = checks.RenderOptions(dry_run=True, save_frame=False,
+    render = checks.RenderOptions(quick=True, save_frame=False,
                                   limits=checks.SandboxLimits(timeout_s=15))
     result = checks.check_code(plant(oracle("x^2")), "x^2", render=render, sandbox=sandbox)
     assert result.executes is False and expected in result.error, result.error
@@ -260,3 +260,108 @@ def test_dataset_validation_renders_and_its_workers_leave_no_temp_dirs(default_s
     monkeypatch.setattr(render_check.tempfile, "tempdir", str(tmp_path))  # the workers' mkdtemp goes here
     assert render_check.render_all(default_splits["test"][:2], workers=2) == []
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a scene cannot fake its verdict ------------------------------------------------------
+
+FAKES = {
+    "exits before rendering": "import os\n        os._exit(0)",
+    "replaces the renderer": "Scene.render = lambda self, *a, **k: None\n        return",
+    "crashes, then exits 0 at exit": "import atexit, os\n        atexit.register(os._exit, 0)\n        1 / 0",
+    "writes a fake movie": "open('movie.mp4', 'wb').write(b'not a movie')\n        import os\n        os._exit(0)",
+}
+
+
+@needs_render
+@pytest.mark.parametrize("fake", list(FAKES))
+def test_a_scene_cannot_fake_executes(fake, sandbox):
+    code = oracle("x^2").replace("def construct(self):", "def construct(self):\n        " + FAKES[fake], 1)
+    result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
+    assert result.executes is False and not result.passed, (fake, result.error)
+
+
+@needs_render
+def test_the_curves_drawn_must_be_the_docstrings(sandbox):
+    """The docstring says x^2 (right, with the right derivative) but the scene plots sin."""
+    code = oracle("x^2").replace("axes.plot(f, color=BLUE)", "axes.plot(np.sin, color=BLUE)")
+    result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
+    assert result.executes is True and result.math is False, result.error
+    assert "neither f nor f'" in result.error
+
+
+@needs_render
+def test_a_scene_that_reads_its_docstring_another_way_fails(sandbox):
+    """sympy's parse_expr reads `sin x cos x` as sin(x cos(x)); the checker reads sin(x)cos(x).
+    The oracle reads it with the checker's parser and passes; a scene with its own reader draws
+    another curve and fails."""
+    honest = with_line(oracle("sin x cos x"), "f", "sin x cos x")
+    assert checks.check_code(honest, "sin x cos x", render=FAST, sandbox=sandbox).passed
+    own_reader = honest.replace(
+        "from derivative_animator.parsing import typed_line\n",
+        "def typed_line(line):\n"
+        "    return sp.parse_expr(line.split(' = ', 1)[1], transformations='all')\n")
+    result = checks.check_code(own_reader, "sin x cos x", render=FAST, sandbox=sandbox)
+    assert result.executes is True and result.math is False, result.error
+
+
+def test_drawn_curves_are_judged_against_f_and_f_prime():
+    import numpy as np
+    import sympy as sp
+
+    x = sp.Symbol("x")
+    xs = np.linspace(-2, 2, 50)
+    f, df = (xs**2, 2 * xs)
+    assert checks.check_drawn([(xs, f), (xs, df)], x**2) is None
+    assert checks.check_drawn([(xs, f)], x**2) is None
+    assert "never f" in checks.check_drawn([(xs, df)], x**2)
+    assert "no curve" in checks.check_drawn([], x**2)
+    assert "neither" in checks.check_drawn([(xs, f), (xs, f + 0.01)], x**2)
+    assert checks.check_drawn([(xs, f * (1 + 1e-9))], x**2) is None  # floating point is not a miss
+
+
+def test_a_curve_report_is_read_defensively():
+    assert checks._reported_curves(b"not json") == []
+    assert checks._reported_curves(b'{"curves": [{"x": [1, 2], "y": ["a"]}]}') == []
+    assert checks._reported_curves(b'{"curves": 5}') == []
+    assert len(checks._reported_curves(b'{"curves": [{"x": [1, 2], "y": [3, 4]}]}')) == 1
+
+
+def test_a_movie_that_does_not_decode_is_not_a_movie():
+    assert checks.movie_frames(None) == 0
+    assert checks.movie_frames(b"\x00" * 1000) == 0
+
+
+# --- whatever a scene holds, the host-side check answers -------------------------------
+
+@pytest.mark.parametrize("text", [
+    "f'(x) = " + "-" * 20000 + "x",
+    "f'(x) = " + "(" * 5000 + "x" + ")" * 5000,
+    "f'(x) = " + "9" * 5000 + "^" + "9" * 5000,
+])
+def test_formulas_no_checker_can_handle_fail_with_a_reason(text):
+    code = with_line(oracle("x^2"), "df", text[len("f'(x) = "):])
+    result = checks.check_code(code, "x^2", execute=False)
+    assert result.math is False and result.error.startswith("math:") and "\n" not in result.error
+
+
+@pytest.mark.parametrize("code", [
+    "x = " + "-" * 200_000 + "1\n",
+    "x = " + "(" * 300 + "1" + ")" * 300 + "\n",
+    "x = 1\x00\n",
+    "x = 1\n" * 50_000,
+])
+def test_code_no_parser_can_handle_fails_syntax_with_a_reason(code):
+    result = checks.check_code(code, "x^2", execute=False)
+    assert result.syntax is False and result.error.startswith("syntax:") and "\n" not in result.error
+
+
+def test_check_json_answers_for_a_scene_nested_thousands_deep(tmp_path):
+    scene = tmp_path / "deep.py"
+    scene.write_text(with_line(oracle("x^2"), "df", "-" * 50000 + "2x").replace(
+        "x = sp.Symbol(\"x\")", "x = sp.Symbol(\"x\")\ny = " + "-" * 100000 + "1"))
+    done = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "check", str(scene), "--function", "x^2",
+                           "--json", "--no-execute"], capture_output=True, text=True, timeout=120)
+    import json
+
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1000:]
+    assert json.loads(done.stdout)["syntax"] is False

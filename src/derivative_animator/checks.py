@@ -1,25 +1,29 @@
 """Checks of one generated scene: syntax, structure, execution, mathematics.
 
-- syntax: the code parses (`ast`);
+- syntax: the code parses (`ast`); code too long or nested too deeply to parse fails here;
 - structure: it defines a Manim `Scene` subclass with a `construct` method;
-- executes: Manim renders it in the sandbox (`sandbox.run_sandboxed`) within a time
-  limit; a machine without LaTeX or cairo is an environment failure (executes = None,
-  environment_error = True), not a failure of the code;
-- math: the derivative the code uses equals the true derivative, its f (when it gives
+- executes: Manim renders it in the sandbox (`sandbox.PythonSandbox`) within a time limit,
+  and the movie that comes back decodes to frames of the asked size (the scene's exit code
+  alone proves nothing: it ran in that process); a machine without LaTeX or cairo is an
+  environment failure (executes = None, environment_error = True), not the code's;
+- math: the derivative the code states equals the true derivative, its f (when it gives
   one) the function asked for, and both are defined on its plotting interval (when it
   gives `X_MIN, X_MAX`: a scene plotting `sqrt(sin(x))` over [-3, 3] draws no curve).
-  Our scenes write f and f' in their docstring as typed (`f'(x) = 2x*sin(x) +
-  x^2*cos(x)`), read here with the safe parser; other code may give `df_expr = ...`,
-  `df = lambda x: ...` or `def df(x): return ...`, read from the AST. Nothing is run. Expressions are compared symbolically, and numerically at points
-  inside the plotting interval when sympy cannot decide.
+  Our scenes state f and f' in their docstring as typed (`f'(x) = 2x*sin(x) +
+  x^2*cos(x)`), read here and in the scene by one parser (`parsing.typed_line`); other
+  code may give `df_expr = ...`, `df = lambda x: ...` or `def df(x): return ...`, read from
+  the AST without running it. Expressions are compared symbolically, and numerically at
+  points inside the plotting interval when sympy cannot decide. Once rendered, the
+  curves the scene plotted must be f and f' too (`check_drawn`): the statement and the
+  picture must agree. Whatever a formula holds, a failure is a reason, never a crash.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import math
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +41,9 @@ SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "Vect
 NUMERIC_POINTS = 24
 NUMERIC_TOLERANCE = 1e-6
 SIMPLIFY_MAX_OPS = 150  # beyond this, sympy.simplify may take minutes: go numeric
+MAX_CODE_CHARS = 100_000  # a scene is a few thousand characters
+DRAWN_TOLERANCE = 1e-4  # plotted points sit on the curve; relative to the curve's size
+MAX_CURVES = 20
 # What a warm render sandbox imports once (PythonSandbox(preload=...)): Manim and what scenes use.
 RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render_runner")
 
@@ -72,9 +79,10 @@ class CheckResult:
 class RenderOptions:
     quality: str = "l"
     fps: int | None = None  # None: the quality's own frame rate
-    dry_run: bool = False
+    quick: bool = False  # 1 frame per second: every animation still runs, the movie is small
     save_frame: bool = True
     limits: SandboxLimits = SandboxLimits()
+    unsafe_no_sandbox: bool = False  # where bubblewrap cannot run: render anyway, without isolation
 
 
 # CPython 3.11's parser keeps its recursion depth in state shared by all threads, and
@@ -104,10 +112,14 @@ def check_code(
     `sandbox` (a warm one renders many scenes for one Manim import), or in a fresh process
     under render.limits."""
     target = parse_function(function) if isinstance(function, str) else function
+    if len(code) > MAX_CODE_CHARS:
+        return CheckResult(syntax=False, error=f"syntax: {len(code):,} characters; a scene may have {MAX_CODE_CHARS:,}")
     try:
         tree = parse_code(code)
     except SyntaxError as err:
         return CheckResult(syntax=False, error=f"syntax: {err.msg} (line {err.lineno})")
+    except (RecursionError, MemoryError, ValueError) as err:  # deep nesting, null bytes
+        return CheckResult(syntax=False, error=f"syntax: Python cannot parse it ({_one_line(err)})")
     result = CheckResult(syntax=True)
 
     scene = find_scene_class(tree)
@@ -116,13 +128,29 @@ def check_code(
     if scene is None:
         result._fail("structure: no Scene subclass with a construct() method")
 
-    result.math, result.math_method, math_error = check_math(tree, target)
+    result.math, result.math_method, math_error = _check_math_safely(tree, target)
     if math_error:
         result._fail(f"math: {math_error}")
 
     if execute and scene is not None and (render_failing or result.math):
-        _check_execution(code, scene, render, result, output_dir, sandbox)
+        _check_execution(code, scene, target, render, result, output_dir, sandbox)
     return result
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def _check_math_safely(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
+    """check_math, where whatever the scene wrote that sympy cannot handle (a formula nested
+    thousands deep, a number too large) is a failed check with its reason, never a crash."""
+    try:
+        return check_math(tree, function)
+    except (RecursionError, MemoryError) as err:
+        return False, None, f"a formula is nested too deeply to check ({type(err).__name__})"
+    except Exception as err:  # noqa: BLE001 - the scene's text is untrusted: any failure is its own
+        return False, None, f"a formula could not be checked ({_one_line(err)})"
 
 
 def find_scene_class(tree: ast.Module) -> str | None:
@@ -162,7 +190,7 @@ class _Unreadable(ValueError):
 
 def _written(tree: ast.Module, quantity: str) -> sp.Expr | None:
     """What the code gives for f ("f") or f' ("df"): the typed docstring lines our scenes
-    carry (read by the safe parser, as the scene reads them with sympy), else an
+    carry (read by the safe parser, as the scene reads them: `parsing.typed_line`), else an
     assignment (`df_expr = ...`, `df = lambda x: ...`) read from its AST. None when the
     code gives neither; `_Unreadable` when it gives something that is not math in x."""
     formulas = scenes.typed_formulas(ast.get_docstring(tree, clean=False))
@@ -233,9 +261,9 @@ def header_math_is_right(header: str, function: sp.Expr) -> bool:
     right? A verification retry whose header is wrong cannot pass: it is abandoned there."""
     try:
         tree = parse_code(header)
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
         return False
-    return check_math(tree, function)[0]
+    return _check_math_safely(tree, function)[0]
 
 
 def header_judge(function: str) -> Callable[[str], bool]:
@@ -305,37 +333,132 @@ def _values(expr: sp.Expr, points: list[float]) -> list[float | None]:
 
 # --- execution -------------------------------------------------------------------------
 
-def _check_execution(code: str, scene: str, render: RenderOptions, result: CheckResult,
+FRAME_SIZE = {"l": (854, 480), "m": (1280, 720), "h": (1920, 1080), "k": (3840, 2160)}  # Manim's qualities
+
+
+def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptions, result: CheckResult,
                      output_dir: Path | None, sandbox: PythonSandbox | None) -> None:
+    """Render in the sandbox. `executes` needs the sandbox server's exit status 0 and the
+    movie the host finds decoding to frames of the asked size: a scene that exits early,
+    skips its render or crashes quietly leaves no such movie."""
     problem = environment.render_problem_summary()
     if problem:
         result.executes, result.environment_error = None, True
         result._fail(problem)
         return
-    box = sandbox or PythonSandbox(render.limits, warm=False)
-    with box.job() as workdir:
-        (workdir / "scene.py").write_text(code)
-        args = ["-m", "derivative_animator.render_runner", "scene.py", "--scene", scene, "--quality", render.quality]
-        if render.fps is not None:
-            args += ["--fps", str(render.fps)]
-        if render.dry_run:
-            args.append("--dry-run")
-        if render.save_frame:
-            args += ["--frame", "last_frame.png"]
-        outcome = box.run(args, workdir)
-        result.render_seconds = round(outcome.duration_s, 3)
-        result.isolation = outcome.isolation
-        if outcome.timed_out:
-            result.executes = False
-            result._fail(f"executes: timed out after {box.limits.timeout_s:g} s")
-            return
-        if outcome.returncode != 0:
-            result.executes = False
-            result._fail(f"executes: {_last_error_line(outcome.stderr, outcome.returncode)}")
-            return
-        result.executes = True
-        if output_dir is not None:
-            _collect_outputs(workdir, outcome.stdout, Path(output_dir), result)
+    box = sandbox or PythonSandbox(render.limits, warm=False, allow_unsandboxed=render.unsafe_no_sandbox)
+    args = ["-m", "derivative_animator.render_runner", "scene.py", "--scene", scene, "--quality", render.quality,
+            "--movie", "movie.mp4", "--report", "report.json"]
+    fps = 1 if render.quick else render.fps
+    if fps is not None:
+        args += ["--fps", str(fps)]
+    if render.save_frame:
+        args += ["--frame", "last_frame.png"]
+    outcome = box.run(args, files={"scene.py": code}, collect=("movie.mp4", "last_frame.png", "report.json"))
+    result.render_seconds = round(outcome.duration_s, 3)
+    result.isolation = outcome.isolation
+    if outcome.timed_out:
+        result.executes = False
+        result._fail(f"executes: timed out after {box.limits.timeout_s:g} s")
+        return
+    if outcome.returncode != 0:
+        result.executes = False
+        result._fail(f"executes: {_last_error_line(outcome.stderr, outcome.returncode)}")
+        return
+    frames = movie_frames(outcome.files.get("movie.mp4"), FRAME_SIZE.get(render.quality))
+    if frames == 0:
+        result.executes = False
+        result._fail("executes: the scene exited without rendering a movie")
+        return
+    result.executes = True
+    if result.math:
+        drawn_error = check_drawn(_reported_curves(outcome.files.get("report.json")), target)
+        if drawn_error:
+            result.math = False
+            result._fail(f"math: {drawn_error}")
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for key, name in (("movie", "movie.mp4"), ("frame", "last_frame.png")):
+            data = outcome.files.get(name)
+            if data:
+                destination = output_dir / f"{result.scene}{Path(name).suffix}"
+                destination.write_bytes(data)
+                setattr(result, key, str(destination))
+
+
+def movie_frames(data: bytes | None, size: tuple[int, int] | None = None) -> int:
+    """How many video frames the movie decodes to (of `size`, when given); 0 if it does not."""
+    if not data:
+        return 0
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            frames = 0
+            for frame in container.decode(video=0):
+                if size is not None and (frame.width, frame.height) != size:
+                    return 0
+                frames += 1
+            return frames
+    except Exception:  # noqa: BLE001 - whatever a job left is untrusted bytes: not a movie
+        return 0
+
+
+def _reported_curves(data: bytes | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The runner's plotted curves, read defensively (the scene ran in that process)."""
+    try:
+        report = json.loads(data or b"{}")
+        curves = []
+        for curve in report.get("curves", [])[:MAX_CURVES]:
+            xs = np.asarray(curve["x"][:1000], dtype=float)
+            ys = np.asarray(curve["y"][:1000], dtype=float)
+            if xs.shape == ys.shape and xs.ndim == 1:
+                curves.append((xs, ys))
+        return curves
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return []
+
+
+def check_drawn(curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr | None) -> str | None:
+    """None when the drawn curves are f and f': at least one is f, every one is f or f'.
+    Otherwise why not, in one line. The scene's docstring is only its claim; this is the picture."""
+    if function is None:
+        return None
+    derivative = sp.diff(function, X)
+    if not curves:
+        return "the scene plots no curve (Axes.plot): nothing shows f"
+    kinds = []
+    for xs, ys in curves:
+        kind = next((name for name, expr in (("f", function), ("f'", derivative)) if _curve_is(xs, ys, expr)), None)
+        if kind is None:
+            return f"a plotted curve is neither f nor f' ({_first_miss(xs, ys, function, derivative)})"
+        kinds.append(kind)
+    if "f" not in kinds:
+        return "the scene plots f' but never f"
+    return None
+
+
+def _curve_is(xs: np.ndarray, ys: np.ndarray, expr: sp.Expr) -> bool:
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[finite], ys[finite]
+    if len(xs) < 2:
+        return False
+    expected = np.array([np.nan if v is None else v for v in _values(expr, list(xs))], dtype=float)
+    known = np.isfinite(expected)
+    if known.sum() < max(2, len(xs) // 2):
+        return False
+    scale = 1.0 + np.abs(expected[known]).max() + np.ptp(expected[known])
+    return bool(np.all(np.abs(ys[known] - expected[known]) <= DRAWN_TOLERANCE * scale))
+
+
+def _first_miss(xs, ys, function, derivative) -> str:
+    f_values, df_values = _values(function, list(xs[:50])), _values(derivative, list(xs[:50]))
+    for x, y, fv, dv in zip(xs[:50], ys[:50], f_values, df_values, strict=True):
+        if fv is None or abs(y - fv) > DRAWN_TOLERANCE * (1 + abs(fv)):
+            shown = lambda v: "undefined" if v is None else f"{v:.4g}"  # noqa: E731
+            return f"at x = {x:.4g} it draws {y:.4g}; f = {shown(fv)}, f' = {shown(dv)}"
+    return "it matches f only in part"
 
 
 def _last_error_line(stderr: str, returncode: int) -> str:
@@ -343,23 +466,6 @@ def _last_error_line(stderr: str, returncode: int) -> str:
     for line in reversed(lines):
         if "Error" in line or "Exception" in line or line.startswith("sandbox:"):
             return line[:300]
-    if returncode < 0:
+    if returncode is not None and returncode < 0:
         return f"killed by signal {-returncode} (memory, CPU or file size limit)"
     return (lines[-1][:300] if lines else f"exit code {returncode}")
-
-
-def _collect_outputs(workdir: Path, stdout: str, output_dir: Path, result: CheckResult) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = json.loads(stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        return
-    for key in ("movie", "frame"):
-        produced = report.get(key)
-        if produced and (workdir / produced).is_file():
-            source = (workdir / produced).resolve()
-            if workdir.resolve() not in source.parents:
-                continue  # never copy from outside the sandbox dir
-            destination = output_dir / (f"{result.scene}{source.suffix}")
-            shutil.copyfile(source, destination)
-            setattr(result, key, str(destination))

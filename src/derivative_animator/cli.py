@@ -24,6 +24,8 @@ from derivative_animator.differentiate import UnsupportedFunction, differentiate
 from derivative_animator.parsing import ParseError, parse_function
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
+UNSAFE_HELP = ("where bubblewrap cannot run, run generated code anyway, WITHOUT isolation from this "
+               "machine (only for code you trust)")
 
 
 class UsageError(Exception):
@@ -87,8 +89,11 @@ def template_scene(function: str, style: str) -> str:
 def _check(code: str, function: str, render: bool, output_dir: Path | None):
     from derivative_animator import checks
 
-    options = checks.RenderOptions(dry_run=not render, save_frame=render)
+    options = checks.RenderOptions(quick=not render, save_frame=render)
     return checks.check_code(code, function, render=options, output_dir=output_dir, sandbox=_render_sandbox())
+
+
+_allow_unsandboxed = False  # --unsafe-no-sandbox; main() sets it once
 
 
 @cache
@@ -98,7 +103,8 @@ def _render_sandbox():
     loads, it imports Manim while the model writes."""
     from derivative_animator import checks
 
-    sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD)
+    sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD,
+                                   allow_unsandboxed=_allow_unsandboxed)
     atexit.register(sandbox.close)
     return sandbox
 
@@ -297,8 +303,9 @@ def cmd_check(args) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be above 0 seconds, got {args.timeout}")
     target = parse_function(args.function)
-    render = checks.RenderOptions(dry_run=args.dry_run, save_frame=args.output_dir is not None,
-                                  limits=SandboxLimits(timeout_s=args.timeout))
+    render = checks.RenderOptions(quick=args.quick, save_frame=args.output_dir is not None,
+                                  limits=SandboxLimits(timeout_s=args.timeout),
+                                  unsafe_no_sandbox=args.unsafe_no_sandbox)
     result = checks.check_code(path.read_text(), target, execute=not args.no_execute, render=render,
                                output_dir=Path(args.output_dir) if args.output_dir else None)
     if args.json:
@@ -353,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="--from-file batch size")
     p.add_argument("--allow-prompt-mismatch", action="store_true",
                    help="query a checkpoint trained with another prompt format, using its own format")
+    p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("check", help="check a scene file: syntax, structure, executes, math")
@@ -360,20 +368,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function", required=True, help="the function the scene should animate")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-execute", action="store_true", help="skip the Manim render")
-    p.add_argument("--dry-run", action="store_true", help="execute without writing video (faster)")
+    p.add_argument("--quick", "--dry-run", action="store_true",
+                   help="render at 1 frame per second: every animation runs, faster")
     p.add_argument("--timeout", type=float, default=120.0, help="render time limit in seconds")
     p.add_argument("--output-dir", help="keep the rendered video and last frame here")
+    p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
     p.set_defaults(run=cmd_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from derivative_animator.sandbox import SandboxUnavailable
+
+    global _allow_unsandboxed
     args = build_parser().parse_args(argv)
+    _allow_unsandboxed = getattr(args, "unsafe_no_sandbox", False)
     try:
         return args.run(args)
     except (ParseError, UsageError, UnsupportedFunction) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except SandboxUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -10,8 +10,10 @@ import hydra
 from omegaconf import DictConfig
 
 from derivative_animator.paths import CONF_DIR
+from derivative_animator.sandbox import SandboxUnavailable
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
+                                                 SandboxUnavailable)
 
 
 def hydra_entry(task: Callable[[DictConfig], int | None], config_name: str) -> int:

@@ -178,7 +178,8 @@ class Evaluator:
         self.render = checks.RenderOptions(quality=cfg.eval.render.quality, fps=cfg.eval.render.fps,
                                            limits=limits)
         # One warm sandbox a render worker: Manim is imported once each, not once a scene.
-        self.sandboxes = SandboxPool(cfg.eval.workers, limits, checks.RENDER_PRELOAD, warm=cfg.eval.render.warm)
+        self.sandboxes = SandboxPool(cfg.eval.workers, limits, checks.RENDER_PRELOAD, warm=cfg.eval.render.warm,
+                                     allow_unsandboxed=cfg.eval.render.unsafe_no_sandbox)
         self.queue = RenderQueue(cfg.eval.workers)
         self._checked: dict[tuple, _Job] = {}  # (function, code, render_failing) -> its check
         self._lock = threading.Lock()
@@ -223,7 +224,8 @@ class Evaluator:
                 **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
                 math=result.math, passed=result.passed, error=result.error, render_s=result.render_seconds,
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
-                extra={"environment_error": result.environment_error, **_generation_extra(generation)},
+                extra={"environment_error": result.environment_error, "isolation": result.isolation,
+                       **_generation_extra(generation)},
             )
 
         return work

@@ -508,6 +508,13 @@ class _Parser:
 
 # ----------------------------------------------------------------------------- entry point
 
+def typed_line(line: str) -> sympy.Expr:
+    """The math of one line of a scene's docstring, `f(x) = x^2 sin(x)`: what follows the
+    first " = ", by parse_function. Scenes read their docstring with it and so does the math
+    check, so the formula checked is the formula drawn (sin x cos x is sin(x)*cos(x) for both)."""
+    return parse_function(line.split(" = ", 1)[1])
+
+
 def parse_function(text: str) -> sympy.Expr:
     """Parse a function of x such as "3x^2 + sin x" or "f(x) = e^-x" into a sympy expression."""
     if not isinstance(text, str):

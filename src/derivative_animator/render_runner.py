@@ -1,12 +1,15 @@
 """Render one scene file with Manim: the program that runs inside the sandbox.
 
     python -m derivative_animator.render_runner SCENE.py [--scene NAME] [--quality l]
-        [--fps N] [--dry-run] [--frame PNG]
+        [--fps N] [--movie movie.mp4] [--frame PNG] [--report report.json]
 
 It imports only Manim and the scene file, installs an audit hook that refuses writes
-outside the working directory, sockets and subprocesses other than LaTeX, renders, and
-prints one JSON line: {"scene": ..., "movie": ..., "frame": ...}. On failure it prints
-the traceback to stderr and exits 1.
+outside the working directory, sockets and subprocesses other than LaTeX, renders, moves
+the movie to --movie, and writes --report: {"scene": ..., "curves": [{"x": [...], "y":
+[...]}, ...]}, the curves the scene plotted (`Axes.plot`), sampled from Manim's own graph
+objects in axes coordinates. On failure it prints the traceback to stderr and exits 1.
+The scene runs in this process, so nothing here is proof of anything: the host judges
+the movie it finds and the curves against the true f and f' (checks).
 """
 
 from __future__ import annotations
@@ -68,6 +71,45 @@ def share_parsed_svg_paths() -> None:
     svgelements.Path.__deepcopy__ = lambda self, memo: self
 
 
+CURVE_POINTS = 200  # the most points reported per plotted curve
+
+
+def record_plots() -> list:
+    """Wrap `CoordinateSystem.plot` to remember each (axes, graph) a scene makes."""
+    from manim.mobject.graphing.coordinate_systems import CoordinateSystem
+
+    plotted: list = []
+    plot = CoordinateSystem.plot
+
+    def recording_plot(self, *args, **kwargs):
+        graph = plot(self, *args, **kwargs)
+        plotted.append((self, graph))
+        return graph
+
+    CoordinateSystem.plot = recording_plot
+    return plotted
+
+
+def sampled_curves(plotted: list) -> list[dict]:
+    """Each plotted graph's anchor points (they lie on the curve) in its axes' coordinates."""
+    import numpy as np
+
+    curves = []
+    for axes, graph in plotted:
+        anchors = [part.get_anchors() for part in graph.family_members_with_points()]
+        points = np.concatenate(anchors) if anchors else np.zeros((0, 3))
+        if len(points) > CURVE_POINTS:
+            points = points[np.linspace(0, len(points) - 1, CURVE_POINTS).round().astype(int)]
+        xs, ys = [], []
+        for point in points:
+            if np.all(np.isfinite(point)):
+                x, y = axes.point_to_coords(point)[:2]
+                xs.append(float(x))
+                ys.append(float(y))
+        curves.append({"x": xs, "y": ys})
+    return curves
+
+
 def _load_scene_class(path: Path, name: str | None):
     from manim import Scene
 
@@ -91,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scene")
     parser.add_argument("--quality", default="l", choices=list("lmhk"))
     parser.add_argument("--fps", type=int, help="frames per second (default: the quality's own)")
-    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--movie", type=Path, default=Path("movie.mp4"), help="where the movie goes")
     parser.add_argument("--frame", type=Path, help="save the last frame as PNG here")
+    parser.add_argument("--report", type=Path, default=Path("report.json"))
     parser.add_argument("--media-dir", type=Path, default=Path("media"))
     args = parser.parse_args(argv)
 
@@ -103,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     from manim import tempconfig
 
     share_parsed_svg_paths()
+    plotted = record_plots()
     _install_guard(workdir)
     quality = {"l": "low_quality", "m": "medium_quality", "h": "high_quality", "k": "fourk_quality"}
     settings = {
         "quality": quality[args.quality],
         "media_dir": str(args.media_dir.resolve()),
-        "dry_run": args.dry_run,
         **({"frame_rate": args.fps} if args.fps is not None else {}),
         "disable_caching": True,
         "progress_bar": "none",
@@ -118,14 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempconfig(settings):
         scene = scene_class()
         scene.render()
-        movie = None if args.dry_run else str(scene.renderer.file_writer.movie_file_path)
+        os.replace(scene.renderer.file_writer.movie_file_path, args.movie)
         if args.frame is not None:
             from PIL import Image
 
             Image.fromarray(scene.renderer.get_frame()).save(args.frame)
-    result = {"scene": scene_class.__name__, "movie": movie,
-              "frame": str(args.frame) if args.frame else None}
-    print(json.dumps(result))
+    report = {"scene": scene_class.__name__, "curves": sampled_curves(plotted)}
+    args.report.write_text(json.dumps(report))
     return 0
 
 

@@ -1,25 +1,37 @@
-"""Run untrusted generated code in a subprocess that cannot hurt the host.
+"""Run untrusted generated code where it cannot hurt the host or fake its own result.
 
-Layers, each used when the machine offers it (`isolation_layers()` says which):
-- bubblewrap: the whole filesystem read-only except the run's own temp dir, no network,
-  its own PID namespace (every process dies with the sandbox);
-- a pids cgroup (as root, where root ignores RLIMIT_NPROC) or RLIMIT_NPROC: fork bombs;
-- rlimits: address space (memory), CPU seconds, file size (caps output), no core dumps;
-- a fresh process group killed on timeout, a scrubbed environment (no inherited
-  secrets), stdout/stderr captured to files and truncated;
-- inside the runner, a Python audit hook refusing writes outside the temp dir, sockets
-  and unexpected subprocesses (a second line of defence where bubblewrap is missing).
+Every job runs inside a sandbox server (`python -m derivative_animator.sandbox --serve`)
+that forks a child per job. The server lives in one bubblewrap sandbox with these layers
+(`probe()` says which this machine allows, and every result lists those in force):
+- namespaces: its own user, mount, PID, IPC, UTS, cgroup and network namespaces;
+- unprivileged-user: uid/gid 65534 inside its user namespace, every capability dropped,
+  no further user namespaces (where the kernel refuses user namespaces, root keeps its uid
+  but still loses every capability: "no-capabilities", which `make doctor` warns about);
+- seccomp: a filter refusing mount, ptrace, bpf, keyctl, namespaces, kernel modules and the
+  like (libseccomp through pyseccomp);
+- minimal-mounts: only the interpreter, its packages, this package, fonts and TeX, read-only;
+  no host /tmp, /root, /home or project dir; the job's work dir is a size-limited tmpfs;
+- cgroup-memory and cgroup-pids: the whole sandbox's memory (tmpfs included) and processes,
+  where a cgroup can be made (root; v1 or v2), else rlimit-nproc;
+- rlimits, a process group and session per job, a scrubbed environment, output caps, and
+  inside the renderer a Python audit hook (render_runner): defence in depth.
 
-`run_sandboxed` starts a fresh process per program. `PythonSandbox(warm=True)` runs many
-`python ARGS` jobs for the cost of one interpreter start: a server inside one bubblewrap
-sandbox imports the heavy libraries once (Manim and sympy: ~2 s of every render) and forks
-a child per job, which gets its own work dir, rlimits, time limit and process group. Between
-jobs the server kills every other process in the sandbox's PID namespace and the host wipes
-the sandbox's only writable dir, so a job sees nothing of the one before it.
+Files travel in the request and back in the reply; the host never shares a directory with
+a job. The server is the sandbox's PID 1 and not dumpable, so a job can neither signal it,
+read its memory nor open its reply pipe: what it reports (exit status, time, files) is the
+server's observation, not the job's claim. Between jobs it kills every other process in the
+PID namespace and empties the work dir and /dev/shm. `warm=True` keeps one server (its
+preloaded imports: Manim and sympy, ~2 s of every render) for many jobs; `warm=False`
+starts one per job.
+
+Where bubblewrap cannot run, rendering is refused (`SandboxUnavailable`) unless the caller
+opts in to running generated code without isolation (`allow_unsandboxed`, surfaced as
+`--unsafe-no-sandbox` and `eval.render.unsafe_no_sandbox`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -39,18 +51,43 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
+JOB_DIR = "/job"  # the job's work dir inside the sandbox: a tmpfs
+OUTPUT_DIR = "/output"  # its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
+SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace
+SHM_MB = 64
+MAX_COLLECT_MB = 64  # the most a job may send back in one file
+FIX = "apt-get install bubblewrap (and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1)"
+UNSAFE_HINT = "--unsafe-no-sandbox (eval.render.unsafe_no_sandbox=true) runs it without isolation"
+
+# Refused with EPERM inside the sandbox: nothing a render needs, everything an escape would.
+DENIED_SYSCALLS = (
+    "mount", "umount2", "pivot_root", "chroot", "mount_setattr", "move_mount", "open_tree", "fsopen",
+    "fsconfig", "fsmount", "fspick", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "bpf",
+    "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "unshare", "setns",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
+    "swapon", "swapoff", "syslog", "acct", "quotactl", "open_by_handle_at", "name_to_handle_at",
+    "iopl", "ioperm", "io_uring_setup", "io_uring_enter", "io_uring_register", "lookup_dcookie",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
+    "vhangup", "personality",
+)
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME: clone may not make namespaces.
+CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x80)
+
 
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 60.0
-    memory_mb: int = 4096
+    memory_mb: int = 4096  # the whole sandbox where a cgroup can be made, else each process
     max_processes: int = 64
     max_file_mb: int = 200
+    disk_mb: int = 512  # the job's work dir (a tmpfs)
     max_output_chars: int = 20_000
 
     def __post_init__(self):
-        if self.timeout_s <= 0 or self.memory_mb < 256 or self.max_processes < 4:
-            raise ValueError("sandbox limits: timeout_s > 0, memory_mb >= 256, max_processes >= 4")
+        if (self.timeout_s <= 0 or self.memory_mb < 256 or self.max_processes < 4
+                or self.disk_mb < 16 or self.max_file_mb < 1):
+            raise ValueError("sandbox limits: timeout_s > 0, memory_mb >= 256, max_processes >= 4, "
+                             "disk_mb >= 16, max_file_mb >= 1")
 
 
 @dataclass
@@ -61,228 +98,285 @@ class SandboxResult:
     timed_out: bool
     duration_s: float
     isolation: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # what the job left under the asked names
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
 
+class SandboxUnavailable(RuntimeError):
+    """Isolation cannot be set up here and the caller did not opt in to running without it."""
+
+
+# --- what this machine allows ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Isolation:
+    bwrap: str | None  # the bubblewrap binary that works, None where none does
+    unprivileged: bool  # a user namespace: the job is uid 65534 there
+    seccomp: bool
+    problem: str | None  # why there is no bubblewrap, or what is weaker than it should be
+
+    def layers(self, cgroup: _Cgroup | None) -> list[str]:
+        if self.bwrap is None:
+            layers = ["UNSANDBOXED"]
+        else:
+            layers = ["namespaces", "unprivileged-user" if self.unprivileged else "no-capabilities"]
+            layers += ["seccomp"] * self.seccomp + ["minimal-mounts", "tmpfs-workdir"]
+        layers += cgroup.layers if cgroup is not None else ["rlimit-nproc"]
+        return layers + ["rlimits", "process-group", "clean-env", "audit-hook"]
+
+
 @cache
-def _bwrap_works() -> bool:
+def probe() -> Isolation:
+    """Which layers this machine allows: tries the real sandbox with `true` inside."""
     bwrap = shutil.which("bwrap")
-    if not bwrap:
-        return False
-    probe = subprocess.run(
-        [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-all", "--die-with-parent", "true"],
-        capture_output=True, timeout=20,
-    )
-    return probe.returncode == 0
-
-
-def _pids_cgroup_root() -> Path | None:
-    """Where this process may create a pids cgroup (root only; v1, or v2 with pids on)."""
-    if os.geteuid() != 0:
-        return None
-    v1 = Path("/sys/fs/cgroup/pids")
-    if (v1 / "cgroup.procs").exists() and os.access(v1, os.W_OK):
-        return v1
-    v2 = Path("/sys/fs/cgroup")
-    control = v2 / "cgroup.subtree_control"
-    if control.exists() and "pids" in control.read_text().split() and os.access(v2, os.W_OK):
-        return v2
-    return None
+    if bwrap is None:
+        return Isolation(None, False, False, f"bubblewrap is not installed; fix: {FIX}")
+    seccomp_problem = _seccomp_program()[1]
+    for unprivileged in (True, False):
+        if not unprivileged and os.geteuid() != 0:
+            break
+        try:
+            with _bwrap_command(bwrap, unprivileged, SandboxLimits(), ["true"]) as (command, fds):
+                done = subprocess.run(command, capture_output=True, timeout=30, pass_fds=fds)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return Isolation(None, False, False, f"bubblewrap does not start ({err}); fix: {FIX}")
+        if done.returncode == 0:
+            problem = None if unprivileged else (
+                "cannot drop to an unprivileged user (no user namespaces): scenes run as root without "
+                "capabilities; fix: allow user namespaces (sysctl user.max_user_namespaces=10000)")
+            if seccomp_problem:
+                problem = f"{problem + '; ' if problem else ''}{seccomp_problem}"
+            return Isolation(bwrap, unprivileged, seccomp_problem is None, problem)
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+    return Isolation(None, False, False,
+                     f"bubblewrap cannot make a sandbox here ({reason[-1] if reason else 'no reason given'}); fix: {FIX}")
 
 
 def isolation_layers() -> list[str]:
-    layers = ["rlimits", "process-group", "clean-env", "audit-hook"]
-    if _bwrap_works():
-        layers.insert(0, "bubblewrap")
-    layers.append("pids-cgroup" if _pids_cgroup_root() else "rlimit-nproc")
-    return layers
-
-
-def _layers_in_force(cgroup: Path | None) -> list[str]:
-    """isolation_layers(), saying rlimit-nproc where no pids cgroup could be made."""
-    return [layer if layer != "pids-cgroup" or cgroup is not None else "rlimit-nproc"
-            for layer in isolation_layers()]
-
-
-def clean_environment(workdir: Path) -> dict[str, str]:
-    """Only what Python, Manim and LaTeX need; nothing secret comes through."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
-    return {
-        "PATH": path,
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "MPLCONFIGDIR": str(workdir / ".matplotlib"),
-        "TEXMFVAR": str(workdir / ".texmf-var"),
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-
-
-def _make_cgroup(limits: SandboxLimits) -> Path | None:
-    root = _pids_cgroup_root()
-    if root is None:
-        return None
-    group = root / "derivanim-sandbox" / uuid.uuid4().hex[:12]
+    """The layers a job gets on this machine (a cgroup where one can be made)."""
+    cgroup = _Cgroup.make(SandboxLimits())
     try:
-        group.mkdir(parents=True)
-        (group / "pids.max").write_text(str(limits.max_processes))
-        return group
-    except OSError:
-        return None
-
-
-def _remove_cgroup(group: Path | None) -> None:
-    if group is None:
-        return
-    for _ in range(50):
-        try:
-            pids = (group / "cgroup.procs").read_text().split()
-        except OSError:
-            return
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        try:
-            group.rmdir()
-            return
-        except OSError:
-            time.sleep(0.05)
-
-
-def _preexec(limits: SandboxLimits, cgroup: Path | None, cpu_limit: bool = True):
-    def apply() -> None:
+        return probe().layers(cgroup)
+    finally:
         if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        else:
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes + _own_process_count(),) * 2)
-        _apply_rlimits(limits, cpu_limit)
-
-    return apply
+            cgroup.remove()
 
 
-def _apply_rlimits(limits: SandboxLimits, cpu_limit: bool = True) -> None:
-    memory = limits.memory_mb * 1024 * 1024
+@cache
+def _seccomp_program() -> tuple[bytes | None, str | None]:
+    """(BPF program, None), or (None, why not): refuses DENIED_SYSCALLS with EPERM and clone
+    with namespace flags; clone3 gets ENOSYS so libc falls back to clone, whose flags it sees."""
+    try:
+        import errno
+
+        import pyseccomp as seccomp
+    except (ImportError, OSError) as err:  # pyseccomp loads libseccomp.so.2 at import
+        return None, f"no seccomp filter ({err}); fix: apt-get install libseccomp2 and make setup"
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError, RuntimeError):
+            pass  # not a syscall on this architecture
+    for flag in CLONE_NAMESPACE_FLAGS:
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    with tempfile.TemporaryFile() as program:
+        rules.export_bpf(program)
+        program.seek(0)
+        return program.read(), None
+
+
+def _mounts() -> list[str]:
+    """Read-only binds of what a render needs, at their own paths; nothing else of the host."""
+    import derivative_animator
+
+    args: list[str] = ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/", top)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    shared = [Path("/etc", name) for name in ("fonts", "texmf", "alternatives", "ld.so.cache", "ld.so.conf",
+                                               "ld.so.conf.d", "localtime", "mime.types")]
+    shared += [Path("/var/lib/texmf"), Path("/var/cache/fontconfig")]
+    package = Path(derivative_animator.__file__).resolve().parent
+    for prefix in dict.fromkeys([Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package]):
+        if not str(prefix).startswith("/usr/"):
+            shared.append(prefix)
+    for path in shared:
+        if path.exists():
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+@contextmanager
+def _bwrap_command(bwrap: str, unprivileged: bool, limits: SandboxLimits, argv: list[str]):
+    """(command, fds to pass) for argv in a sandbox; the seccomp program travels in a memfd."""
+    program = _seccomp_program()[0]
+    fds: list[int] = []
+    command = [bwrap, "--unshare-all"]
+    if unprivileged:
+        command += ["--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+    command += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--as-pid-1"]
+    if program is not None:
+        fd = os.memfd_create("derivanim-seccomp")
+        os.write(fd, program)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fds.append(fd)
+        command += ["--seccomp", str(fd)]
+    command += _mounts() + [
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(limits.disk_mb << 20), "--tmpfs", JOB_DIR,
+        "--size", str(SHM_MB << 20), "--tmpfs", "/dev/shm",
+        "--size", str(16 << 20), "--tmpfs", "/tmp",
+        "--size", str(8 * limits.max_output_chars + (1 << 20)), "--tmpfs", OUTPUT_DIR,
+        "--remount-ro", "/",  # bwrap's own root is a tmpfs too: only the three above are writable
+        "--chdir", JOB_DIR, *argv,
+    ]
+    try:
+        yield command, fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# --- cgroups: limits on the whole sandbox ---------------------------------------------
+
+class _Cgroup:
+    """One cgroup per sandbox (v1: one per controller), holding memory and process limits."""
+
+    def __init__(self, directories: list[Path], layers: list[str]):
+        self.directories, self.layers = directories, layers
+
+    @classmethod
+    def make(cls, limits: SandboxLimits) -> _Cgroup | None:
+        if os.geteuid() != 0:
+            return None
+        name = Path("derivanim-sandbox", uuid.uuid4().hex[:12])
+        memory = str(limits.memory_mb << 20)
+        v1 = Path("/sys/fs/cgroup")
+        settings = {v1 / "pids" / name: {"pids.max": str(limits.max_processes)},
+                    v1 / "memory" / name: {"memory.limit_in_bytes": memory}}
+        if not all((d.parents[1] / "cgroup.procs").exists() for d in settings):
+            root = v1 / "derivanim-sandbox"
+            if not (v1 / "cgroup.subtree_control").exists():
+                return None
+            settings = {v1 / name: {"pids.max": str(limits.max_processes), "memory.max": memory,
+                                    "memory.swap.max": "0"}}
+            try:
+                root.mkdir(exist_ok=True)
+                for level in (v1, root):
+                    (level / "cgroup.subtree_control").write_text("+pids +memory")
+            except OSError:
+                return None
+        made = cls([], ["cgroup-memory", "cgroup-pids"])
+        try:
+            for directory, values in settings.items():
+                directory.mkdir(parents=True)
+                made.directories.append(directory)
+                for key, value in values.items():
+                    if (directory / key).exists():
+                        (directory / key).write_text(value)
+        except OSError:
+            made.remove()
+            return None
+        return made
+
+    def enter(self) -> None:
+        """In the child before exec: join every controller's group."""
+        for directory in self.directories:
+            (directory / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        for directory in self.directories:
+            for _ in range(100):
+                try:
+                    for pid in (directory / "cgroup.procs").read_text().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except (ProcessLookupError, ValueError):
+                            pass
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+def _apply_rlimits(limits: SandboxLimits, cpu_limit: bool = True, nproc: bool = False) -> None:
+    memory = limits.memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    if cpu_limit:  # CPU seconds add up over a process's life: never on a warm server, on each job
+    if cpu_limit:  # CPU seconds add up over a process's life: never on a server, on each job
         cpu = int(limits.timeout_s) + 5
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-    size = limits.max_file_mb * 1024 * 1024
+    size = limits.max_file_mb << 20
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if nproc:  # counts all of this user's processes: leave room for those running
+        count = _own_process_count()
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes + count,) * 2)
 
 
 def _own_process_count() -> int:
-    # RLIMIT_NPROC counts all of this user's processes, so leave room for the ones running.
-    uid = os.getuid()
-    count = 0
+    uid, count = os.getuid(), 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == uid:
-                    count += 1
+                count += entry.stat().st_uid == uid
             except OSError:
                 pass
     return count
 
 
-def _bwrap_prefix(workdir: Path) -> list[str]:
-    return [
-        "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/dev/shm", "--bind", str(workdir), str(workdir),
-        "--unshare-all", "--die-with-parent", "--new-session", "--chdir", str(workdir),
-    ]
+def clean_environment(workdir: str | Path) -> dict[str, str]:
+    """Only what Python, Manim and LaTeX need; nothing secret comes through."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+    workdir = str(workdir)
+    return {
+        "PATH": path, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "MPLCONFIGDIR": f"{workdir}/.matplotlib", "TEXMFVAR": f"{workdir}/.texmf-var",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    }
 
 
-def run_sandboxed(argv: list[str], workdir: Path, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run argv with cwd=workdir (the only writable place) under every layer available."""
-    workdir = Path(workdir).resolve()
-    cgroup = _make_cgroup(limits)
-    layers = _layers_in_force(cgroup)
-    command = (_bwrap_prefix(workdir) if "bubblewrap" in layers else []) + list(argv)
-    with tempfile.TemporaryDirectory(prefix="derivanim-out-") as capture:
-        out_path, err_path = Path(capture, "stdout"), Path(capture, "stderr")
-        start = time.perf_counter()
-        timed_out = False
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            process = subprocess.Popen(
-                command, cwd=workdir, env=clean_environment(workdir), stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True,
-                preexec_fn=_preexec(limits, cgroup), close_fds=True,
-            )
-            try:
-                process.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(process)
-                _remove_cgroup(cgroup)
-        duration = time.perf_counter() - start
-        return SandboxResult(
-            returncode=None if timed_out else process.returncode,
-            stdout=_read_capped(out_path, limits.max_output_chars),
-            stderr=_read_capped(err_path, limits.max_output_chars),
-            timed_out=timed_out,
-            duration_s=duration,
-            isolation=layers,
-        )
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
-
-
-# --- many Python jobs, one sandbox --------------------------------------------------------
+# --- the host side -----------------------------------------------------------------------
 
 class PythonSandbox:
-    """Runs `python ARGS` jobs (a script or `-m module`) one at a time, each in its own work dir.
+    """Runs `python ARGS` jobs (a script or `-m module`) one at a time, each in an empty
+    work dir holding the files it was given; `run` returns the files asked for.
 
-    warm=True where bubblewrap works: a server in one long-lived bubblewrap sandbox imports
-    `preload` once and forks a child per job (see the module docstring). Otherwise, or with
-    warm=False, every job is a fresh process under `run_sandboxed`."""
+    warm=True keeps one server and its `preload`ed imports for every job; warm=False starts
+    a server (no preload) per job. allow_unsandboxed=True runs jobs without bubblewrap where
+    it cannot run (UNSANDBOXED in the layers); otherwise that raises SandboxUnavailable."""
 
-    def __init__(self, limits: SandboxLimits = SandboxLimits(), preload: tuple[str, ...] = (), warm: bool = True):
-        self.limits, self.preload = limits, tuple(preload)
-        self.warm = warm and _bwrap_works()
+    def __init__(self, limits: SandboxLimits = SandboxLimits(), preload: tuple[str, ...] = (),
+                 warm: bool = True, allow_unsandboxed: bool = False):
+        self.limits, self.preload, self.warm = limits, tuple(preload), warm
+        self.isolation = probe()
+        if self.isolation.bwrap is None and not allow_unsandboxed:
+            raise SandboxUnavailable(f"generated code cannot be run safely: {self.isolation.problem}; "
+                                     f"or {UNSAFE_HINT}")
         self._server: subprocess.Popen | None = None
-        self._cgroup: Path | None = None
-        self._root: Path | None = None  # the warm sandbox's only writable dir, each job's work dir
-        if self.warm:
-            self._root = Path(tempfile.mkdtemp(prefix="derivanim-warm-")).resolve()
-            self._start()
+        self._cgroup: _Cgroup | None = None
+        self._host_dir: Path | None = None  # UNSANDBOXED only: the job dir on the host
+        self.layers: list[str] = self.isolation.layers(None)
 
-    @contextmanager
-    def job(self) -> Iterator[Path]:
-        """An empty work dir for the next `run`, emptied or removed afterwards. A warm
-        sandbox's is always its one writable dir: nothing a job leaves outlives it."""
-        if not self.warm:
-            with tempfile.TemporaryDirectory(prefix="derivanim-job-") as work:
-                yield Path(work).resolve()
-            return
-        _empty(self._root)
-        try:
-            yield self._root
-        finally:
-            _empty(self._root)
-
-    def run(self, args: list[str], workdir: Path) -> SandboxResult:
-        if not self.warm:
-            return run_sandboxed([sys.executable, *args], workdir, self.limits)
+    def run(self, args: list[str], files: dict[str, bytes | str] | None = None,
+            collect: tuple[str, ...] = ()) -> SandboxResult:
+        """Run `python ARGS` in a fresh work dir holding `files`; the result carries the
+        files named in `collect` that the job left there (regular files only)."""
         if self._server is None or self._server.poll() is not None:
             self._start()
-        request = {"args": list(args), "workdir": str(workdir), "limits": asdict(self.limits)}
+        request = {"args": list(args), "limits": asdict(self.limits), "collect": list(collect),
+                   "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+                             for name, data in (files or {}).items()}}
         start = time.perf_counter()
         try:
             self._server.stdin.write((json.dumps(request) + "\n").encode())
@@ -291,7 +385,7 @@ class PythonSandbox:
             reply = _read_line(self._server.stdout, self.limits.timeout_s + 60)
         except OSError:
             reply = None
-        layers = self._layers
+        layers = list(self.layers)
         if reply is None:  # the server died or hung: nothing of it survives into the next job
             exit_code = self._server.poll()
             self._server_log.seek(0)
@@ -301,19 +395,17 @@ class PythonSandbox:
                 returncode=exit_code, stdout="", timed_out=exit_code is None,
                 stderr=f"{log}\nsandbox: the sandbox server {'hung' if exit_code is None else 'died'}",
                 duration_s=time.perf_counter() - start, isolation=layers)
+        if not self.warm:
+            self._stop()
         outcome = json.loads(reply)
         return SandboxResult(
-            returncode=outcome["returncode"],
-            stdout=_read_capped(workdir / ".stdout", self.limits.max_output_chars),
-            stderr=_read_capped(workdir / ".stderr", self.limits.max_output_chars),
+            returncode=outcome["returncode"], stdout=outcome["stdout"], stderr=outcome["stderr"],
             timed_out=outcome["timed_out"], duration_s=outcome["duration_s"], isolation=layers,
+            files={name: base64.b64decode(data) for name, data in outcome["files"].items()},
         )
 
     def close(self) -> None:
         self._stop()
-        if self._root is not None:
-            shutil.rmtree(self._root, ignore_errors=True)
-            self._root = None
 
     def __enter__(self) -> PythonSandbox:
         return self
@@ -322,34 +414,61 @@ class PythonSandbox:
         self.close()
 
     def _start(self) -> None:
-        self._cgroup = _make_cgroup(self.limits)
-        self._layers = _layers_in_force(self._cgroup) + ["warm-server"]
-        self._server_log = tempfile.TemporaryFile()  # noqa: SIM115 - outside the sandbox: why a server died; closed in _stop
-        command = _bwrap_prefix(self._root) + [
-            sys.executable, "-m", "derivative_animator.sandbox", "--serve", *self.preload]
-        self._server = subprocess.Popen(
-            command, cwd=self._root, env=clean_environment(self._root), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._server_log, start_new_session=True,
-            preexec_fn=_preexec(self.limits, self._cgroup, cpu_limit=False), close_fds=True,
-        )
+        self._cgroup = _Cgroup.make(self.limits)
+        self.layers = self.isolation.layers(self._cgroup) + (["warm-server"] if self.warm else [])
+        self._server_log = tempfile.TemporaryFile()  # noqa: SIM115 - why a server died; closed in _stop
+        preload = list(self.preload) if self.warm else []
+        cgroup, limits = self._cgroup, self.limits
+
+        def enter_limits() -> None:  # in the child, before bwrap runs
+            if cgroup is not None:
+                cgroup.enter()
+            _apply_rlimits(limits, cpu_limit=False, nproc=cgroup is None)
+
+        if self.isolation.bwrap is None:
+            self._host_dir = Path(tempfile.mkdtemp(prefix="derivanim-unsafe-"))
+            for name in ("job", "output"):
+                (self._host_dir / name).mkdir()
+            argv = [sys.executable, "-m", "derivative_animator.sandbox", "--serve", str(self._host_dir / "job"),
+                    str(self._host_dir / "output"), "--unsafe", *preload]
+            self._server = subprocess.Popen(
+                argv, cwd=self._host_dir, env=clean_environment(self._host_dir), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=self._server_log, start_new_session=True,
+                preexec_fn=enter_limits, close_fds=True)
+            return
+        argv = [sys.executable, "-m", "derivative_animator.sandbox", "--serve", JOB_DIR, OUTPUT_DIR, *preload]
+        with _bwrap_command(self.isolation.bwrap, self.isolation.unprivileged, limits, argv) as (command, fds):
+            self._server = subprocess.Popen(
+                command, env=clean_environment(JOB_DIR), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self._server_log, start_new_session=True, preexec_fn=enter_limits,
+                close_fds=True, pass_fds=fds)
 
     def _stop(self) -> None:
         if self._server is not None:
-            _kill_group(self._server)
+            try:
+                os.killpg(self._server.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._server.wait()
             for pipe in (self._server.stdin, self._server.stdout):
                 pipe.close()
             self._server = None
             self._server_log.close()
-        _remove_cgroup(self._cgroup)
-        self._cgroup = None
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
+        if self._host_dir is not None:
+            _empty(self._host_dir)
+            shutil.rmtree(self._host_dir, ignore_errors=True)
+            self._host_dir = None
 
 
 class SandboxPool:
     """N sandboxes for N threads: `with pool.take() as box:` lends one for a job."""
 
     def __init__(self, size: int, limits: SandboxLimits = SandboxLimits(), preload: tuple[str, ...] = (),
-                 warm: bool = True):
-        self._boxes = [PythonSandbox(limits, preload, warm) for _ in range(size)]
+                 warm: bool = True, allow_unsandboxed: bool = False):
+        self._boxes = [PythonSandbox(limits, preload, warm, allow_unsandboxed) for _ in range(size)]
         self._idle: queue.SimpleQueue[PythonSandbox] = queue.SimpleQueue()
         for box in self._boxes:
             self._idle.put(box)
@@ -367,39 +486,6 @@ class SandboxPool:
             box.close()
 
 
-def _empty(root: Path) -> None:
-    """Remove everything under root, whatever modes a job gave its files."""
-    def remove(path: Path) -> None:
-        if path.is_dir() and not path.is_symlink():
-            path.chmod(0o700)
-            for child in path.iterdir():
-                remove(child)
-            path.rmdir()
-        else:
-            path.unlink(missing_ok=True)
-
-    for entry in root.iterdir():
-        try:
-            remove(entry)
-        except OSError:
-            pass  # a file the job made unremovable: harmless, the job's run is over
-
-
-def _read_capped(path: Path, limit: int) -> str:
-    """An output file, truncated to limit characters; read only if it is still a regular file
-    (a warm job could swap its own for a symlink to a host file or a FIFO that blocks)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        data = handle.read(limit + 1)
-    text = data[:limit].decode(errors="replace")
-    return text + "\n[output truncated]" if len(data) > limit else text
-
-
 def _read_line(pipe, timeout_s: float) -> bytes | None:
     """One line from the pipe within timeout_s; None on end of file or timeout."""
     fd, data = pipe.fileno(), b""
@@ -408,7 +494,7 @@ def _read_line(pipe, timeout_s: float) -> bytes | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
             return None
-        chunk = os.read(fd, 65536)
+        chunk = os.read(fd, 1 << 20)
         if not chunk:
             return None
         data += chunk
@@ -417,28 +503,32 @@ def _read_line(pipe, timeout_s: float) -> bytes | None:
 
 # --- the server, inside the sandbox ---------------------------------------------------------
 
-def _serve(preload: list[str]) -> None:
+def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
     """Read one JSON job a line from stdin, fork a child for it, answer one JSON line."""
     import ctypes
     import importlib
 
-    if os.getppid() != 1:
-        sys.exit("sandbox --serve runs only as the child of bubblewrap's init in its own PID "
-                 "namespace: it kills every other process it can see")
+    # Not dumpable, first: a job (same user) cannot ptrace it, read its memory or open its fds.
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    if not unsafe and os.getpid() != 1:
+        sys.exit("sandbox --serve runs only as PID 1 of its own PID namespace (bwrap --as-pid-1): "
+                 "it kills every other process it can see")
     replies = os.fdopen(os.dup(1), "w")
     quiet = os.open(os.devnull, os.O_RDWR)
     os.dup2(quiet, 1)  # whatever a library prints must not mix with the replies
     for name in preload:
         importlib.import_module(name)
-    # Not dumpable: a job's processes (same user) cannot ptrace or read this server's memory.
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     for line in sys.stdin:
         request = json.loads(line)
         limits = SandboxLimits(**request["limits"])
+        _empty(root)
+        _empty(output)
+        for name, data in request["files"].items():
+            (root / _plain_name(name)).write_bytes(base64.b64decode(data))
         start = time.perf_counter()
         child = os.fork()
         if child == 0:
-            _run_job(request["args"], Path(request["workdir"]), limits, quiet)
+            _run_job(request["args"], root, output, limits, quiet)
         timed_out, status = False, None
         deadline = time.monotonic() + limits.timeout_s
         while status is None:
@@ -450,13 +540,32 @@ def _serve(preload: list[str]) -> None:
                 break
             else:
                 time.sleep(0.01)
-        _kill_all_but_me()
-        replies.write(json.dumps({"returncode": None if timed_out else status, "timed_out": timed_out,
-                                  "duration_s": time.perf_counter() - start}) + "\n")
+        if unsafe:
+            _kill_group(child)
+        else:
+            _kill_all_but_me()
+        reply = {"returncode": None if timed_out else status, "timed_out": timed_out,
+                 "duration_s": time.perf_counter() - start,
+                 "stdout": _read_text(output / "stdout", limits.max_output_chars),
+                 "stderr": _read_text(output / "stderr", limits.max_output_chars),
+                 "files": {}}
+        for name in request["collect"]:
+            data = _read_regular(root / _plain_name(name), MAX_COLLECT_MB << 20)
+            if data is not None:
+                reply["files"][name] = base64.b64encode(data).decode()
+        _empty(root)
+        _empty(output)
+        replies.write(json.dumps(reply) + "\n")
         replies.flush()
 
 
-def _run_job(args: list[str], workdir: Path, limits: SandboxLimits, quiet: int) -> None:
+def _plain_name(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"sandbox file names are plain names, not {name!r}")
+    return name
+
+
+def _run_job(args: list[str], workdir: Path, output: Path, limits: SandboxLimits, quiet: int) -> None:
     """In the forked child: become `python ARGS` run in workdir, and exit."""
     import runpy
     import traceback
@@ -466,11 +575,12 @@ def _run_job(args: list[str], workdir: Path, limits: SandboxLimits, quiet: int) 
         os.setsid()
         _apply_rlimits(limits)
         os.chdir(workdir)
+        os.environ.clear()
         os.environ.update(clean_environment(workdir))
-        for fd, name in ((1, ".stdout"), (2, ".stderr")):
-            os.dup2(os.open(workdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(output / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
         os.dup2(quiet, 0)
-        os.closerange(3, 65536)
+        os.closerange(3, 65536)  # the server's pipes are out of the job's reach
         sys.path[0] = str(workdir)
         if args[0] == "-m":
             sys.argv = [args[1], *args[2:]]
@@ -494,11 +604,22 @@ def _run_job(args: list[str], workdir: Path, limits: SandboxLimits, quiet: int) 
         os._exit(code)
 
 
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def _kill_all_but_me() -> None:
-    """Kill every process of the sandbox's PID namespace but its init (1) and this server."""
+    """Kill every other process of the sandbox's PID namespace (the server is its PID 1)."""
     me = os.getpid()
     for _ in range(500):
-        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
         if not others:
             break
         for pid in others:
@@ -515,6 +636,54 @@ def _kill_all_but_me() -> None:
     _empty(Path("/dev/shm"))  # the sandbox's own tmpfs
 
 
+def _empty(root: Path) -> None:
+    """Remove everything under root, whatever modes a job gave its files."""
+    def remove(path: Path) -> None:
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o700)
+            for child in path.iterdir():
+                remove(child)
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+
+    for entry in root.iterdir():
+        try:
+            remove(entry)
+        except OSError:
+            pass  # a file the job made unremovable: harmless, the job's run is over
+
+
+def _read_regular(path: Path, limit: int) -> bytes | None:
+    """A file's bytes if it is a regular file of at most limit bytes (a job could leave a
+    symlink, a FIFO that blocks, or a huge file); None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return handle.read(limit + 1)[:limit]
+
+
+def _read_text(path: Path, limit: int) -> str:
+    """An output file as text, truncated to limit characters."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        data = handle.read(4 * limit + 4)
+    text = data.decode(errors="replace")
+    return text[:limit] + "\n[output truncated]" if len(text) > limit else text
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
-        _serve(sys.argv[2:])
+        rest = sys.argv[4:]
+        unsafe = "--unsafe" in rest
+        _serve(Path(sys.argv[2]), Path(sys.argv[3]), [name for name in rest if name != "--unsafe"], unsafe)

@@ -4,10 +4,10 @@ Every scene opens with its math header, the only lines that differ between funct
 docstring holding the function and its derivative in the notation people type, the
 prompt's (`f(x) = x^2 sin(x)`, `f'(x) = 2x*sin(x) + x^2*cos(x)`: the derivative written
 as the rules apply to the parts, `3*4x^3`, so a model copies rather than does
-arithmetic), then the plotting interval. The scene reads both docstring lines with
-sympy's parser when it runs (`typed`), and the math check reads the same two lines with
-`parsing.parse_function`; the tests check that the two readings agree on every dataset
-function. Typed rather than sympy code because a small model copies the prompt's own
+arithmetic), then the plotting interval. The scene reads both docstring lines with the
+project's own parser when it runs (`parsing.typed_line`), and so does the math check: one
+reading on both sides (sympy's `parse_expr` read `sin x cos x` as sin(x cos(x)), where the
+check read sin(x)*cos(x)). Typed rather than sympy code because a small model copies the prompt's own
 tokens far better than it translates them: with `f_expr = x**2*sp.sin(x)` lines the 7.4M
 model wrote the wrong f in 21 of 57 test scenes (a second function name repeating the
 first: `sp.cos(x) + 4*sp.cos(x)` for `cosh(x) + 4arcsin(x)`), while its copy of the
@@ -56,17 +56,11 @@ f'(x) = $df_typed
 from manim import *
 import numpy as np
 import sympy as sp
+from derivative_animator.parsing import typed_line
 
 X_MIN, X_MAX = $x_min, $x_max
 x = sp.Symbol("x")
-
-
-def typed(line):
-    names = {"e": sp.E, "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan}
-    return sp.parse_expr(line.split(" = ", 1)[1], names, transformations="all")
-
-
-f_expr, df_expr = map(typed, __doc__.strip().split("\n"))  # the docstring's math, as typed
+f_expr, df_expr = map(typed_line, __doc__.strip().split("\n"))  # the docstring's math, as typed
 f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
 
