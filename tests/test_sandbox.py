@@ -53,15 +53,17 @@ def test_runs_code_in_its_directory(run_python):
     assert result.files == {"out.txt": b"hi"}
 
 
-def test_runs_as_an_unprivileged_user_with_no_capabilities(run_python):
+def test_runs_as_an_unprivileged_user_with_no_capabilities_under_seccomp(run_python):
     result = run_python("""
         import os
         status = dict(line.split(':', 1) for line in open('/proc/self/status'))
-        print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['CapPrm'].strip(), status['NoNewPrivs'].strip())
+        print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['CapPrm'].strip(), status['NoNewPrivs'].strip(),
+              status['Seccomp'].strip())
     """)
-    uid, gid, effective, permitted, no_new_privs = result.stdout.split()
+    uid, gid, effective, permitted, no_new_privs, seccomp_mode = result.stdout.split()
     assert (uid, gid) == ("65534", "65534")
     assert int(effective, 16) == 0 and int(permitted, 16) == 0 and no_new_privs == "1"
+    assert seccomp_mode == "2"  # a filter is in force
 
 
 def test_cannot_write_outside_its_directory(run_python, tmp_path):

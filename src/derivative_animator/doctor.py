@@ -54,13 +54,18 @@ def check_render_tools() -> tuple[bool, str]:
     return True, "latex, standalone.cls, dvisvgm, cairo, pango"
 
 
-def check_sandbox() -> tuple[bool, str]:
-    from derivative_animator.sandbox import isolation_layers
+def check_sandbox() -> tuple[bool | str, str]:
+    """The layers a generated scene runs under here; FAIL where rendering would be refused,
+    warn where a layer is weaker than it should be (no unprivileged user, no seccomp)."""
+    from derivative_animator.sandbox import isolation_layers, probe
 
-    layers = isolation_layers()
-    if "bubblewrap" not in layers:
-        return False, f"layers: {', '.join(layers)}; generated code can write outside its dir; fix: apt-get install bubblewrap"
-    return True, ", ".join(layers)
+    found = probe()
+    layers = ", ".join(isolation_layers())
+    if found.bwrap is None:
+        return False, f"{found.problem}; rendering generated code is refused until then"
+    if found.problem:
+        return "warn", f"{layers}; {found.problem}"
+    return True, layers
 
 
 def check_gpu() -> tuple[bool, str]:
@@ -91,7 +96,7 @@ def check_disk() -> tuple[bool, str]:
     return True, f"{free:.0f} GB free"
 
 
-CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
+CHECKS: dict[str, Callable[[], tuple[bool | str, str]]] = {
     "python packages": check_packages, "dataset": check_dataset, "LaTeX / dvisvgm / cairo / pango": check_render_tools,
     "sandbox": check_sandbox, "GPU": check_gpu, "MLflow store": check_mlflow, "disk space": check_disk,
 }
@@ -109,7 +114,8 @@ def main() -> int:
     for name, check in CHECKS.items():
         ok, detail = check()
         failed += not ok
-        table.add_row(name, "[green]pass[/green]" if ok else "[red]FAIL[/red]", detail)
+        status = "[yellow]warn[/yellow]" if ok == "warn" else "[green]pass[/green]" if ok else "[red]FAIL[/red]"
+        table.add_row(name, status, detail)
     Console().print(table)
     return 1 if failed else 0
 

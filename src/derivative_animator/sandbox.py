@@ -135,6 +135,8 @@ def probe() -> Isolation:
     if bwrap is None:
         return Isolation(None, False, False, f"bubblewrap is not installed; fix: {FIX}")
     seccomp_problem = _seccomp_program()[1]
+    if seccomp_problem:
+        return Isolation(None, False, False, seccomp_problem)
     for unprivileged in (True, False):
         if not unprivileged and os.geteuid() != 0:
             break
@@ -147,9 +149,7 @@ def probe() -> Isolation:
             problem = None if unprivileged else (
                 "cannot drop to an unprivileged user (no user namespaces): scenes run as root without "
                 "capabilities; fix: allow user namespaces (sysctl user.max_user_namespaces=10000)")
-            if seccomp_problem:
-                problem = f"{problem + '; ' if problem else ''}{seccomp_problem}"
-            return Isolation(bwrap, unprivileged, seccomp_problem is None, problem)
+            return Isolation(bwrap, unprivileged, True, problem)
         reason = done.stderr.decode(errors="replace").strip().splitlines()
     return Isolation(None, False, False,
                      f"bubblewrap cannot make a sandbox here ({reason[-1] if reason else 'no reason given'}); fix: {FIX}")
