@@ -457,3 +457,35 @@ def test_jobs_in_parallel_sandboxes_stay_apart():
     for thread in threads:
         thread.join()
     assert {name: r.files["out.txt"] for name, r in results.items()} == {"a": b"a", "b": b"b"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run bubblewrap without a user namespace")
+def test_where_no_user_namespace_can_be_made_root_still_runs_without_capabilities(tmp_path, monkeypatch):
+    """The fallback for kernels that refuse user namespaces: uid 0, but no capability and the
+    same filter, so the issue's remount still fails."""
+    weaker = sandbox_module.Isolation(probe().bwrap, False, True, "cannot drop to an unprivileged user")
+    monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
+    escaped = tmp_path / "ESCAPED"
+    with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
+        job = textwrap.dedent(REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped)))
+        (result,) = run_jobs(box, job + "\nprint('caps', dict(l.split(':', 1) for l in open('/proc/self/status'))['CapEff'].strip())")
+    assert result.ok, result.stderr
+    assert "no-capabilities" in result.isolation and "unprivileged-user" not in result.isolation
+    assert int(result.stdout.split("caps ")[1].split()[0], 16) == 0
+    assert all(line.split()[2] == "-1" for line in result.stdout.splitlines() if line.startswith("remount"))
+    assert not escaped.exists()
+
+
+def test_doctor_lists_the_layers_and_warns_where_it_cannot_drop_privileges(monkeypatch):
+    from derivative_animator import doctor
+
+    ok, detail = doctor.check_sandbox()
+    assert ok is True and "unprivileged-user" in detail and "seccomp" in detail
+    weaker = sandbox_module.Isolation("/usr/bin/bwrap", False, True, "cannot drop to an unprivileged user (...)")
+    monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
+    ok, detail = doctor.check_sandbox()
+    assert ok == "warn" and "no-capabilities" in detail and "cannot drop to an unprivileged user" in detail
+    missing = sandbox_module.Isolation(None, False, False, "bubblewrap is not installed; fix: apt-get install bubblewrap")
+    monkeypatch.setattr(sandbox_module, "probe", lambda: missing)
+    ok, detail = doctor.check_sandbox()
+    assert ok is False and "apt-get install bubblewrap" in detail
