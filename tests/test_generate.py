@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from derivative_animator import dataset, paths
 from derivative_animator.base_model import BaseModelConfig, build_base
@@ -51,6 +51,58 @@ def test_speculative_greedy_equals_plain_greedy(checkpoint):
         a = fast.generate(function, max_new_tokens=120)
         b = plain.generate(function, max_new_tokens=120)
         assert a.code == b.code and a.new_tokens == b.new_tokens
+
+
+class _ScriptedModel(torch.nn.Module):
+    """A causal LM whose greedy choice after any prefix of `script` is the script's next token
+    (EOS off the script). Its KV cache holds the token ids themselves, so cropping the cache
+    and feeding tokens again behave as with a real model: wrong logits come from a wrong cache."""
+
+    def __init__(self, script: list[int], vocab_size: int, eos: int):
+        super().__init__()
+        self.script, self.vocab_size, self.eos, self.passes = script, vocab_size, eos, 0
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, use_cache=True, past_key_values=None, **unused):
+        self.passes += 1
+        fed = input_ids.float().view(1, 1, -1, 1)
+        sequence = past_key_values.update(fed, fed, 0)[0].flatten().long().tolist()
+        start = len(sequence) - input_ids.shape[1]
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
+        for i in range(input_ids.shape[1]):
+            n = start + i + 1
+            on_script = n < len(self.script) and sequence[:n] == self.script[:n]
+            logits[0, i, self.script[n] if on_script else self.eos] = 1.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept_and_rejected(checkpoint):
+    """The model writes a whole oracle scene for a function the draft corpus does not hold:
+    drafts from the corpus are kept in the body and rejected in the header. Speculation must
+    write the very same tokens as one token a pass, in fewer passes."""
+    from derivative_animator import cli
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    plain = SceneGenerator.load(checkpoint, speculative=False)
+    fast = SceneGenerator.load(checkpoint, speculative=True)
+    for function in ("x^3 - 2x", "e^x sin(x)"):
+        scene = cli.template_scene(function, "tangent")
+        script = plain.prompt_ids(function) + tokenizer(scene, add_special_tokens=False)["input_ids"]
+        proposals = []
+        propose = fast.drafter.propose
+        fast.drafter.propose = lambda context, length: proposals.append((len(context), d := propose(context, length))) or d
+        results = {}
+        for name, generator in (("plain", plain), ("fast", fast)):
+            generator.model = _ScriptedModel(script, len(tokenizer), tokenizer.eos_token_id)
+            results[name] = generator.generate(function, max_new_tokens=4000)
+        fast.drafter.propose = propose
+        assert results["plain"].code == scene and results["plain"].stop == "eos"
+        assert results["fast"].code == scene and results["fast"].new_tokens == results["plain"].new_tokens
+        assert results["plain"].forward_passes == results["plain"].new_tokens + 1  # the prompt, then a token a pass
+        assert results["fast"].forward_passes < results["fast"].new_tokens / 2
+        kept = sum(1 for at, draft in proposals if draft and draft[0] == script[at])
+        rejected = sum(1 for at, draft in proposals if draft and draft[0] != script[at])
+        assert kept > 10 and rejected > 0, (kept, rejected)
 
 
 class _OlderForward(torch.nn.Module):

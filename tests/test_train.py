@@ -246,3 +246,71 @@ def test_multirun_makes_one_mlflow_run_per_rank(tmp_path, micro_data):
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'test-sweep'")
     assert sorted(r.data.params["lora/r"] for r in runs) == ["4", "8"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.fixture(scope="module")
+def micro_tokenizer():
+    from derivative_animator.base_model import BaseModelConfig, build_base
+
+    model_cfg = compose_train("model=micro").model
+    build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
+    return finetune.load_base(model_cfg)[0], model_cfg.max_length
+
+
+def test_the_ids_training_feeds_begin_with_exactly_the_ids_inference_sends(micro_data, micro_tokenizer):
+    """Not the prompt module against itself: the datamodule's tensors against the generator's."""
+    from derivative_animator.datamodule import IGNORE_INDEX, DerivativeDataModule
+    from derivative_animator.generate import SceneGenerator
+
+    tokenizer, max_length = micro_tokenizer
+    datamodule = DerivativeDataModule(str(micro_data), tokenizer, max_length=max_length)
+    datamodule.setup()
+    generator = SceneGenerator(torch.nn.Linear(1, 1), tokenizer, DEFAULT_FORMAT, None, micro_data)
+    for split in ("train", "validation"):
+        for record, example in zip(dataset.read_split(micro_data, split), datamodule.splits[split], strict=True):
+            sent = generator.prompt_ids(record.function)
+            assert example["input_ids"][:len(sent)] == sent
+            assert example["labels"][:len(sent)] == [IGNORE_INDEX] * len(sent)
+            assert example["labels"][len(sent)] != IGNORE_INDEX  # the response starts right after
+            response = tokenizer.decode(example["input_ids"][len(sent):], skip_special_tokens=True)
+            assert response == record.completion
+
+
+def test_the_datamodule_refuses_a_dataset_made_with_another_prompt_format(micro_data, micro_tokenizer, tmp_path):
+    import shutil
+
+    from derivative_animator.datamodule import DerivativeDataModule
+    from derivative_animator.prompt import PromptFormatError
+
+    other = tmp_path / "other"
+    shutil.copytree(micro_data, other)
+    PromptFormat(name="other", template="Animate {function}:\n").save(other)
+    with pytest.raises(PromptFormatError):
+        DerivativeDataModule(str(other), micro_tokenizer[0]).setup()
+    DerivativeDataModule(str(micro_data), micro_tokenizer[0], max_length=micro_tokenizer[1]).setup()  # its own: fine
+
+
+def test_a_crash_after_fit_marks_the_run_failed(tmp_path, micro_data, monkeypatch):
+    """Lightning marks a crash inside fit FAILED itself; saving the checkpoint is ours."""
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(finetune, "save_checkpoint", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(micro_cfg(tmp_path, micro_data, "trainer.fast_dev_run=true"))
+    run_id = json.loads((tmp_path / "run" / "run.json").read_text())["mlflow_run_id"]
+    assert mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", False)])
+def test_the_fused_option_gives_a_fused_optimizer_where_lightning_allows_it(tmp_path, micro_data, precision, fused):
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen.append(trainer.optimizers[0].defaults)
+
+    for option in (True, False):
+        train(micro_cfg(tmp_path / str(option), micro_data, "trainer.fast_dev_run=true", f"optim.fused={option}",
+                        f"trainer.precision={precision}"), extra_callbacks=[Spy()])
+    assert [bool(defaults["fused"]) for defaults in seen] == [fused, False]
