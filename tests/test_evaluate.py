@@ -158,3 +158,46 @@ def test_metrics_and_reports_go_to_the_evaluated_checkpoints_mlflow_run(tmp_path
     assert metrics == {"eval/time/total_s": 12.5, "eval/finetuned/math": 54.4, "eval/finetuned/pass_at_1": 50.0,
                        "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7}
     assert [a.path for a in client.list_artifacts(run_id, "eval/eval-run")] == ["eval/eval-run/results.md"]
+
+
+class _KnownTries:
+    """A model whose every try is known: by seed, the oracle's scene ("right"), the same scene
+    with a wrong derivative ("wrong"), or a wrong header that verification rejects."""
+
+    def __init__(self, plan: dict[int, str]):
+        self.plan = plan
+
+    def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
+                 syntax_rollbacks=0, accept_header=None):
+        from derivative_animator import cli, scenes
+        from derivative_animator.generate import HEADER_REJECTED, Generation
+
+        code = cli.template_scene(function, "tangent")
+        if self.plan[seed] != "right":
+            code = code.replace("f'(x) = ", "f'(x) = 7 + ", 1)
+        if self.plan[seed] == "rejected header":
+            header = code[:scenes.math_header_length(code)]
+            assert accept_header is not None and not accept_header(header)
+            return Generation(function, header, 0.01, 50, 5, stop=HEADER_REJECTED)
+        return Generation(function, code, 0.01, 500, 50)
+
+
+@pytest.mark.skipif(bool(environment.render_problems()), reason="machine cannot render")
+def test_verified_and_pass_at_k_rows_of_a_model_whose_tries_are_known(tmp_path, monkeypatch):
+    from derivative_animator import generate
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\nsin x\n")
+    # Samples k = 0, 1, 2 use seeds 0, 1, 2; verification's attempt a uses seed 100 + a.
+    plan = {0: "wrong", 1: "right", 2: "wrong", 102: "rejected header", 103: "right"}
+    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _KnownTries(plan)))
+    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,verified]",
+                       f"eval.model={tmp_path}", "eval.samples_per_function=3", "eval.verify_attempts=3",
+                       "eval.seed=0")
+    results = evaluate.run_evaluation(cfg, tmp_path)
+    finetuned, verified = results["summary"]["finetuned"]["all"], results["summary"]["verified"]["all"]
+    assert finetuned["math"] == 0.0 and finetuned["passed"] == 0.0  # raw is the first, greedy try
+    assert finetuned["pass@1"] == 33.3 and finetuned["pass@3"] == 100.0  # 1 of 3 tries passes
+    assert verified["passed"] == 100.0 and verified["attempts_mean"] == 3.0
+    rows = [r for r in results["rows"] if r["baseline"] == "verified"]
+    assert [r["attempt"] for r in rows] == [3, 3] and all(r["attempts_tried"] == 3 for r in rows)
