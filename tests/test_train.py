@@ -314,3 +314,63 @@ def test_the_fused_option_gives_a_fused_optimizer_where_lightning_allows_it(tmp_
         train(micro_cfg(tmp_path / str(option), micro_data, "trainer.fast_dev_run=true", f"optim.fused={option}",
                         f"trainer.precision={precision}"), extra_callbacks=[Spy()])
     assert [bool(defaults["fused"]) for defaults in seen] == [fused, False]
+
+
+class CrashAtBatch(pl.Callback):
+    """Dies as the n-th micro-batch (from 0) starts: what was checkpointed before it is kept."""
+
+    def __init__(self, n: int):
+        self.n, self.started = n, 0
+
+    def on_train_batch_start(self, trainer, *args):
+        if self.started == self.n:
+            raise RuntimeError("simulated crash")
+        self.started += 1
+
+
+class RecordBatches(pl.Callback):
+    """Each micro-batch trained on, as (epoch, its token ids), in order."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen.append((trainer.current_epoch, tuple(batch["input_ids"].flatten().tolist())))
+
+
+def test_a_resumed_run_trains_on_exactly_the_batches_an_uninterrupted_run_does(tmp_path, micro_data):
+    """Crash mid-epoch, resume: no micro-batch repeated, none skipped, the same order and steps."""
+    overrides = ("trainer.max_epochs=2", "+checkpoint_every_n_steps=1", "trainer.limit_val_batches=1")
+    whole = RecordBatches()
+    train(micro_cfg(tmp_path / "whole", micro_data, *overrides), extra_callbacks=[whole])
+    assert len(whole.seen) == 8  # 8 samples in micro-batches of 2, two epochs
+
+    before, after = RecordBatches(), RecordBatches()
+    cfg = micro_cfg(tmp_path / "cut", micro_data, *overrides)
+    with pytest.raises(RuntimeError, match="simulated crash"):  # step 1 (2 micro-batches) saved, then it dies
+        train(cfg, extra_callbacks=[before, CrashAtBatch(2)])
+    train(compose_train(f"+resume={tmp_path / 'cut' / 'run'}"), extra_callbacks=[after])
+    trained = before.seen[:2] + after.seen
+    assert trained == whole.seen, [whole.seen.index(b) if b in whole.seen else None for b in trained]
+    info = json.loads((tmp_path / "cut" / "run" / "checkpoint" / "merged" / "run_info.json").read_text())
+    assert info["global_step"] == 4
+
+
+def test_the_learning_rate_schedule_is_transformers_cosine_with_warmup():
+    from transformers import get_cosine_schedule_with_warmup
+
+    def rates(schedule, steps=300):
+        values = []
+        for _ in range(steps):
+            values.append(schedule.get_last_lr()[0])
+            schedule.optimizer.step()
+            schedule.step()
+        return values
+
+    weights = [torch.nn.Parameter(torch.zeros(1))]
+    module = finetune.LoRAFineTuner(torch.nn.Linear(1, 1), lr=1e-3, warmup_ratio=0.05)
+    module.trainer = type("Trainer", (), {"estimated_stepping_batches": 250, "precision": "32-true"})()
+    module.model = torch.nn.ParameterList(weights)
+    ours = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    reference = get_cosine_schedule_with_warmup(torch.optim.AdamW(weights, lr=1e-3), 12, 250)
+    assert rates(ours) == pytest.approx(rates(reference), abs=1e-12)

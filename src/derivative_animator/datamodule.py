@@ -77,7 +77,8 @@ class TokenizedSplit(Dataset):
 
 class BucketBatchSampler(Sampler[list[int]]):
     """Shuffle, cut into buckets, sort each bucket by length, batch, shuffle the batches.
-    Seeded by epoch, so runs repeat and resumed runs see the same order."""
+    Seeded by epoch, so runs repeat; `state_dict` says where in which epoch it is, so a run
+    resumed mid-epoch goes on with the very next batch (ResumableLoader)."""
 
     def __init__(self, lengths: list[int], batch_size: int, bucket_size: int, shuffle: bool, seed: int,
                  num_replicas: int = 1, rank: int = 0):
@@ -85,12 +86,20 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.bucket_size = max(bucket_size, batch_size)
         self.num_replicas, self.rank = num_replicas, rank  # DDP: each rank takes every n-th batch
         self.epoch = 0
+        self._position = {"epoch": 0, "taken": 0}  # the running epoch, and batches handed out of it
+        self._resume_at: dict | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
-        rng = random.Random(self.seed + self.epoch)
+    def state_dict(self) -> dict:
+        return dict(self._position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = dict(state)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed + epoch)
         order = list(range(len(self.lengths)))
         if self.shuffle:
             rng.shuffle(order)
@@ -100,15 +109,35 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
         if self.shuffle:
             rng.shuffle(batches)
-        self.epoch += 1
         usable = len(batches) - len(batches) % self.num_replicas  # same step count on every rank
-        return iter(batches[self.rank:usable:self.num_replicas])
+        return batches[self.rank:usable:self.num_replicas]
+
+    def __iter__(self):
+        epoch, skip = self.epoch, 0
+        if self._resume_at is not None:
+            epoch, skip, self._resume_at = self._resume_at["epoch"], self._resume_at["taken"], None
+        self.epoch = epoch + 1
+        self._position = {"epoch": epoch, "taken": skip}
+        for batch in self.batches(epoch)[skip:]:
+            self._position["taken"] += 1
+            yield batch
 
     def __len__(self) -> int:
         full, rest = divmod(self.bucket_size, self.batch_size)
         per_bucket = full + (1 if rest else 0)
         buckets, last = divmod(len(self.lengths), self.bucket_size)
         return (buckets * per_bucket + -(-last // self.batch_size)) // self.num_replicas
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning saves and restores with each checkpoint (it has state_dict and
+    load_state_dict): its batch sampler's place in the epoch."""
+
+    def state_dict(self) -> dict:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -166,8 +195,9 @@ class DerivativeDataModule(pl.LightningDataModule):
         sampler = BucketBatchSampler(data.lengths, self.micro_batch_size, self.bucket_size, shuffle, self.seed,
                                      replicas, rank)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        return DataLoader(data, batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=lambda examples: collate(examples, pad_id))
+        loader = ResumableLoader if shuffle else DataLoader
+        return loader(data, batch_sampler=sampler, num_workers=self.num_workers,
+                      collate_fn=lambda examples: collate(examples, pad_id))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -174,7 +174,7 @@ class LoRAFineTuner(pl.LightningModule):
             self.log("val/perplexity", math.exp(min(loss, 50)), sync_dist=True)
 
     def configure_optimizers(self):
-        from transformers import get_cosine_schedule_with_warmup
+        from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda as cosine
 
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # optim.fused: one pass over the weights instead of foreach's chain of ops, the same
@@ -183,8 +183,21 @@ class LoRAFineTuner(pl.LightningModule):
         fused = (self.fused_optimizer and "mixed" not in str(self.trainer.precision)
                  and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable))
         optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay, fused=fused)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = get_cosine_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        total: list[int] = []
+
+        def cosine_with_warmup(step: int) -> float:
+            # transformers' cosine schedule, its length asked of Lightning once training runs: asked
+            # here, it builds the train loader before a resumed run restores the loader's place in
+            # the epoch, and the run would start that epoch over. Step 0 (the scheduler's own
+            # first call, here) is the warmup's 0 either way.
+            if step == 0 and self.warmup_ratio > 0:
+                return 0.0
+            if not total:
+                total.append(max(1, int(self.trainer.estimated_stepping_batches)))
+            return cosine(step, num_warmup_steps=int(self.warmup_ratio * total[0]), num_training_steps=total[0],
+                          num_cycles=0.5)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # Checkpoints hold only what trains (the adapters): a 1.3B base is not copied each save.
