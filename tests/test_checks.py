@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_render
 
-from derivative_animator import checks, cli, environment
+from derivative_animator import checks, cli
 from derivative_animator.scenes import STYLES
 
-needs_render = pytest.mark.skipif(bool(environment.render_problems()),
-                                  reason="machine cannot render: " + "; ".join(environment.render_problems()))
 FAST = checks.RenderOptions(quick=True, save_frame=False)
 
 

@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_render
 
-from derivative_animator import cli, environment, scenes
+from derivative_animator import cli, scenes
 
 
 def run(*args, cwd=None):
@@ -57,7 +58,7 @@ def test_check_missing_file():
     assert out.returncode == 2 and "not found" in out.stderr
 
 
-@pytest.mark.skipif(bool(environment.render_problems()), reason="machine cannot render")
+@needs_render
 def test_generate_then_check_passes_all_four(tmp_path):
     scene = tmp_path / "scene.py"
     assert run("generate", "e^{-x^2}", "--style", "secant", "-o", str(scene)).returncode == 0

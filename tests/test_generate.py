@@ -90,7 +90,13 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
         script = plain.prompt_ids(function) + tokenizer(scene, add_special_tokens=False)["input_ids"]
         proposals = []
         propose = fast.drafter.propose
-        fast.drafter.propose = lambda context, length: proposals.append((len(context), d := propose(context, length))) or d
+
+        def recording(context, length, propose=propose, proposals=proposals):
+            draft = propose(context, length)
+            proposals.append((len(context), draft))
+            return draft
+
+        fast.drafter.propose = recording
         results = {}
         for name, generator in (("plain", plain), ("fast", fast)):
             generator.model = _ScriptedModel(script, len(tokenizer), tokenizer.eos_token_id)

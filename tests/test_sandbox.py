@@ -13,11 +13,19 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import needs_sandbox
 
 from derivative_animator import sandbox as sandbox_module
-from derivative_animator.sandbox import PythonSandbox, SandboxLimits, SandboxUnavailable, isolation_layers, probe
+from derivative_animator.sandbox import (
+    PythonSandbox,
+    SandboxLimits,
+    SandboxUnavailable,
+    isolation_layers,
+    probe,
+)
 
 MODES = ["fresh", "warm"]
+pytestmark = needs_sandbox
 
 
 @pytest.fixture(params=MODES)
@@ -26,7 +34,9 @@ def run_python(request):
 
     def run(source, collect=("out.txt",), **limits):
         with PythonSandbox(SandboxLimits(**limits), warm=request.param == "warm") as box:
-            return box.run(["prog.py"], files={"prog.py": textwrap.dedent(source)}, collect=collect)
+            result = box.run(["prog.py"], files={"prog.py": textwrap.dedent(source)}, collect=collect)
+        assert ("warm-server" in result.isolation) == (request.param == "warm")  # no quiet fallback
+        return result
 
     return run
 
