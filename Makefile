@@ -7,7 +7,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup all data data-validate base train sweep sweep-summary ui eval doctor \
-        benchmark test test-slow lint clean
+        benchmark test test-slow mutate lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -56,8 +56,11 @@ doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
 benchmark: $(SETUP) ## the README's figures: data build, training throughput, generation latency
 	$(PY) scripts/benchmark.py $(ARGS)
 
-test: $(SETUP) ## the default test suite (fast; slow tests excluded)
-	$(PY) -m pytest $(ARGS)
+test: $(SETUP) ## the test suite: fast tests; under CI (CI set) the slow ones too (about a minute more)
+	$(PY) -m pytest $(if $(CI),-m "slow or not slow") $(ARGS)
+
+mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, datamodule, evaluate, train: ARGS='"derivative_animator.prompt*"'
+	$(PY) -m mutmut run $(ARGS) && $(PY) -m mutmut results
 
 test-slow: $(SETUP) ## only the slow tests (renders of every level and style, ...)
 	$(PY) -m pytest -m slow $(ARGS)

@@ -2,8 +2,9 @@
 
 Everything a test run writes goes under a temp dir of its own (DERIVANIM_OUTPUTS, set
 before any config is composed), never the project's outputs/: no test runs against a
-model an older checkout built. Under CI (CI set) a missing tool fails its tests instead
-of skipping them: a machine without LaTeX or bubblewrap must not pass untested."""
+model an older checkout built. Under CI (CI set) a missing tool fails the tests that need it
+(marked needs_render, needs_sandbox) instead of skipping them: a machine without LaTeX or
+bubblewrap must not pass untested."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tempfile
 
 import pytest
 
-from derivative_animator import environment
+from derivative_animator import dataset, environment
 
 _OUTPUTS = tempfile.mkdtemp(prefix="derivanim-test-outputs-")
 os.environ["DERIVANIM_OUTPUTS"] = _OUTPUTS
@@ -23,18 +24,11 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_OUTPUTS, ignore_errors=True)
 
 
-def unless_missing(problems: list[str], what: str):
-    """A mark: skip when `problems` is not empty, but fail under CI, naming what is missing."""
-    if not problems:
-        return pytest.mark.usefixtures()  # no-op
-    reason = f"{what}: {'; '.join(problems)}"
-    return pytest.mark.fails_under_ci(reason=reason) if os.environ.get("CI") else pytest.mark.skip(reason=reason)
-
-
-def pytest_runtest_setup(item):
-    mark = item.get_closest_marker("fails_under_ci")
-    if mark is not None:
-        pytest.fail(f"CI runs every test, and this one cannot run here: {mark.kwargs['reason']}", pytrace=False)
+_MISSING = {  # marker -> (what it needs, a function listing what this machine lacks of it)
+    "needs_render": ("LaTeX, cairo, pango and the render sandbox",
+                     lambda: [*environment.render_problems(), *_sandbox_problems()]),
+    "needs_sandbox": ("the render sandbox", lambda: _sandbox_problems()),
+}
 
 
 def _sandbox_problems() -> list[str]:
@@ -44,5 +38,31 @@ def _sandbox_problems() -> list[str]:
     return [found.problem] if found.bwrap is None else []
 
 
-needs_render = unless_missing(environment.render_problems(), f"this machine cannot render (fix: {environment.FIX})")
-needs_sandbox = unless_missing(_sandbox_problems(), "no render sandbox")
+def pytest_configure(config):
+    for marker, (what, _) in _MISSING.items():
+        config.addinivalue_line("markers", f"{marker}: needs {what}; skipped without, a failure under CI")
+
+
+def pytest_runtest_setup(item):
+    """A test marked needs_render or needs_sandbox is skipped where the machine lacks it, and
+    fails under CI (CI set), naming what is missing."""
+    for marker, (what, problems) in _MISSING.items():
+        if item.get_closest_marker(marker) is None:
+            continue
+        missing = problems()
+        if missing:
+            reason = f"needs {what}: {'; '.join(missing)}"
+            if os.environ.get("CI"):
+                pytest.fail(f"CI runs every test, and this one cannot run here: {reason}", pytrace=False)
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def default_splits():
+    """The default 418/50/57 dataset, generated in memory (a few seconds)."""
+    return dataset.generate_splits(dataset.DataConfig())
+
+
+@pytest.fixture(scope="session")
+def all_records(default_splits):
+    return [record for split in dataset.SPLITS for record in default_splits[split]]

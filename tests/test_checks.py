@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import needs_render
 
 from derivative_animator import checks, cli
 from derivative_animator.scenes import STYLES
@@ -47,7 +46,7 @@ def test_oracle_math_for_every_level(function):
         assert result.math_method == "symbolic"
 
 
-@needs_render
+@pytest.mark.needs_render
 @pytest.mark.parametrize("style", STYLES)
 def test_oracle_renders_each_style(style, tmp_path):
     result = checks.check_code(oracle("x^2 sin x", style), "x^2 sin(x)",
@@ -57,7 +56,7 @@ def test_oracle_renders_each_style(style, tmp_path):
     assert (tmp_path / f"{result.scene}.mp4").stat().st_size > 1000
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_render_frame_rate_is_passed_to_manim(tmp_path):
     import av
 
@@ -68,7 +67,7 @@ def test_render_frame_rate_is_passed_to_manim(tmp_path):
         assert movie.streams.video[0].average_rate == 5  # Manim's low quality is 15 fps otherwise
 
 
-@needs_render
+@pytest.mark.needs_render
 @pytest.mark.slow
 @pytest.mark.parametrize("function", ["3x^4 - 2x^2 + 5", "2cos(x) + x", "x/(x^2+1)", "sin(x^2)"])
 @pytest.mark.parametrize("style", STYLES)
@@ -132,7 +131,7 @@ def test_lambda_derivative_is_found():
     assert checks.check_math(tree, checks.parse_function("sin(2x)"))[0] is True
 
 
-@needs_render
+@pytest.mark.needs_render
 @pytest.mark.parametrize("plant, expected", [
     (lambda c: c.replace("Create(axes)", "ShowCreation(axes)"), "NameError"),
     (lambda c: c.replace("def construct(self):", "def construct(self):\n        1 / 0"), "ZeroDivisionError"),
@@ -146,7 +145,7 @@ def test_planted_runtime_faults(plant, expected, sandbox):
     assert result.math is True  # the mathematics was right; only execution failed
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_scene_writing_outside_its_dir_fails_and_host_is_untouched(tmp_path, sandbox):
     victim = tmp_path / "host_file.txt"
     victim.write_text("precious")
@@ -189,7 +188,7 @@ def test_header_math_is_right_judges_the_header_alone():
     assert not header_math_is_right(header("2x*sin(x) + x^2*cos(x)").replace("f(x) = x^2", "f(x) = x^3"), target)
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_a_wrong_derivative_undefined_on_part_of_the_interval_still_renders():
     """The axes fit the finite values: the scene renders, and only the math check fails it."""
     code = with_line(oracle("x^2"), "df", "2sqrt(x - 1)")  # NaN on [-3, 1)
@@ -243,7 +242,7 @@ print("frames", plain[0])
 """
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
     """The render runner's speed-up: copies share glyph paths, and every frame is identical."""
     probe = subprocess.run([sys.executable, "-c", SHARED_PATHS_PROBE], cwd=tmp_path,
@@ -252,7 +251,7 @@ def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
     assert int(probe.stdout.split()[-1]) > 5  # frames were drawn and compared
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_dataset_validation_renders_and_its_workers_leave_no_temp_dirs(default_splits, tmp_path, monkeypatch):
     from derivative_animator import render_check
 
@@ -271,7 +270,7 @@ FAKES = {
 }
 
 
-@needs_render
+@pytest.mark.needs_render
 @pytest.mark.parametrize("fake", list(FAKES))
 def test_a_scene_cannot_fake_executes(fake, sandbox):
     code = oracle("x^2").replace("def construct(self):", "def construct(self):\n        " + FAKES[fake], 1)
@@ -279,7 +278,7 @@ def test_a_scene_cannot_fake_executes(fake, sandbox):
     assert result.executes is False and not result.passed, (fake, result.error)
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_the_curves_drawn_must_be_the_docstrings(sandbox):
     """The docstring says x^2 (right, with the right derivative) but the scene plots sin."""
     code = oracle("x^2").replace("axes.plot(f, color=BLUE)", "axes.plot(np.sin, color=BLUE)")
@@ -288,7 +287,7 @@ def test_the_curves_drawn_must_be_the_docstrings(sandbox):
     assert "neither f nor f'" in result.error
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_a_scene_that_reads_its_docstring_another_way_fails(sandbox):
     """sympy's parse_expr reads `sin x cos x` as sin(x cos(x)); the checker reads sin(x)cos(x).
     The oracle reads it with the checker's parser and passes; a scene with its own reader draws

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import needs_render
 
 from derivative_animator import cli, scenes
 
@@ -58,7 +57,7 @@ def test_check_missing_file():
     assert out.returncode == 2 and "not found" in out.stderr
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_generate_then_check_passes_all_four(tmp_path):
     scene = tmp_path / "scene.py"
     assert run("generate", "e^{-x^2}", "--style", "secant", "-o", str(scene)).returncode == 0

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from conftest import needs_render
 from hydra import compose, initialize_config_dir
 
 from derivative_animator import evaluate, paths, report
@@ -39,7 +38,7 @@ def test_functions_file_is_read_as_people_type(tmp_path):
     assert [(s.function, s.level) for s in samples] == [("x^2", 1), ("sin(x) cos(x)", 3), ("e^(-x^2)", 4)]
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_template_oracle_scores_100_percent_and_reports_are_written(tmp_path):
     functions = tmp_path / "functions.txt"
     functions.write_text("3x^2 - x\nln x\nx e^x\nsin(x^2)\n")
@@ -183,7 +182,7 @@ class _KnownTries:
         return Generation(function, code, 0.01, 500, 50)
 
 
-@needs_render
+@pytest.mark.needs_render
 def test_verified_and_pass_at_k_rows_of_a_model_whose_tries_are_known(tmp_path, monkeypatch):
     from derivative_animator import generate
 

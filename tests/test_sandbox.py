@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import needs_sandbox
 
 from derivative_animator import sandbox as sandbox_module
 from derivative_animator.sandbox import (
@@ -25,7 +24,7 @@ from derivative_animator.sandbox import (
 )
 
 MODES = ["fresh", "warm"]
-pytestmark = needs_sandbox
+pytestmark = pytest.mark.needs_sandbox
 
 
 @pytest.fixture(params=MODES)
