@@ -4,7 +4,13 @@ import pytest
 
 from derivative_animator import prompt
 from derivative_animator.parsing import ParseError
-from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, PromptFormatError
+from derivative_animator.prompt import (
+    DEFAULT_FORMAT,
+    PromptFormat,
+    PromptFormatError,
+    encode_prompt,
+    require_same,
+)
 
 
 def test_default_is_the_original_alpaca_text():
@@ -57,5 +63,26 @@ def test_missing_tampered_or_different_format_is_refused(tmp_path):
 
 
 def test_template_needs_one_placeholder():
-    with pytest.raises(PromptFormatError):
+    with pytest.raises(PromptFormatError, match="exactly one {function} placeholder"):
         PromptFormat(name="bad", template="no placeholder")
+
+
+def test_a_stored_notation_is_read_back_and_a_different_one_refused(tmp_path):
+    older = PromptFormat(name=DEFAULT_FORMAT.name, template=DEFAULT_FORMAT.template, notation="typed-0")
+    older.save(tmp_path)
+    assert PromptFormat.load(tmp_path) == older
+    with pytest.raises(PromptFormatError, match="--allow-prompt-mismatch"):
+        require_same(PromptFormat.load(tmp_path), DEFAULT_FORMAT)
+
+
+def test_the_prompt_is_encoded_with_the_tokenizers_special_tokens():
+    """DeepSeek-Coder's tokenizer puts BOS first, as its own fine-tuning script does; the
+    embedded tokenizer has none. Either way both sides encode through this one call."""
+    calls = []
+
+    def tokenizer(text, **kwargs):
+        calls.append((text, kwargs))
+        return {"input_ids": [7]}
+
+    assert encode_prompt(tokenizer, "prompt") == [7]
+    assert calls == [("prompt", {"add_special_tokens": True})]

@@ -374,3 +374,18 @@ def test_the_learning_rate_schedule_is_transformers_cosine_with_warmup():
     ours = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     reference = get_cosine_schedule_with_warmup(torch.optim.AdamW(weights, lr=1e-3), 12, 250)
     assert rates(ours) == pytest.approx(rates(reference), abs=1e-12)
+
+
+def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro_data):
+    """`-m lora.r=4,8` on a model that trains in full would make identical runs."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "derivative_animator.train", "model=micro", "lora=none", "lora.r=8",
+               f"data.dir={micro_data}", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    env = {**__import__("os").environ, "DERIVANIM_OUTPUTS": str(tmp_path / "outputs")}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=paths.PROJECT_ROOT, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "lora.r=8 has no effect" in error[0] and "lora=default" in error[0]
+    assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").rglob("run.json"))

@@ -192,8 +192,6 @@ def _seccomp_program() -> tuple[bytes | None, str | None]:
 
 def _mounts() -> list[str]:
     """Read-only binds of what a render needs, at their own paths; nothing else of the host."""
-    import derivative_animator
-
     args: list[str] = ["--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/", top)
@@ -204,7 +202,7 @@ def _mounts() -> list[str]:
     shared = [Path("/etc", name) for name in ("fonts", "texmf", "alternatives", "ld.so.cache", "ld.so.conf",
                                                "ld.so.conf.d", "localtime", "mime.types")]
     shared += [Path("/var/lib/texmf"), Path("/var/cache/fontconfig")]
-    package = Path(derivative_animator.__file__).resolve().parent
+    package = _package_dir()
     for prefix in dict.fromkeys([Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package]):
         if not str(prefix).startswith("/usr/"):
             shared.append(prefix)
@@ -212,6 +210,18 @@ def _mounts() -> list[str]:
         if path.exists():
             args += ["--ro-bind", str(path), str(path)]
     return args
+
+
+def _package_dir() -> Path:
+    """This package's directory: the server imports it from there (PYTHONPATH), so the code
+    in the sandbox is the code on the host, whatever the interpreter's install points at."""
+    import derivative_animator
+
+    return Path(derivative_animator.__file__).resolve().parent
+
+
+def _server_environment(workdir: str | Path) -> dict[str, str]:
+    return {**clean_environment(workdir), "PYTHONPATH": str(_package_dir().parent)}
 
 
 @contextmanager
@@ -432,14 +442,14 @@ class PythonSandbox:
             argv = [sys.executable, "-m", "derivative_animator.sandbox", "--serve", str(self._host_dir / "job"),
                     str(self._host_dir / "output"), "--unsafe", *preload]
             self._server = subprocess.Popen(
-                argv, cwd=self._host_dir, env=clean_environment(self._host_dir), stdin=subprocess.PIPE,
+                argv, cwd=self._host_dir, env=_server_environment(self._host_dir), stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=self._server_log, start_new_session=True,
                 preexec_fn=enter_limits, close_fds=True)
             return
         argv = [sys.executable, "-m", "derivative_animator.sandbox", "--serve", JOB_DIR, OUTPUT_DIR, *preload]
         with _bwrap_command(self.isolation.bwrap, self.isolation.unprivileged, limits, argv) as (command, fds):
             self._server = subprocess.Popen(
-                command, env=clean_environment(JOB_DIR), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                command, env=_server_environment(JOB_DIR), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=self._server_log, start_new_session=True, preexec_fn=enter_limits,
                 close_fds=True, pass_fds=fds)
 

@@ -60,6 +60,24 @@ def _sweep_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
+def _refuse_ineffective_overrides(cfg: DictConfig) -> None:
+    """A LoRA setting given while LoRA is off changes nothing: `-m lora.r=4,8` would train
+    identical full fine-tunes and compare nothing. Refused, saying how to turn LoRA on."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        given = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return  # not running under Hydra (tests call train() directly)
+    if cfg.lora.enabled:
+        return
+    ineffective = [o for o in given if o.lstrip("+~").startswith("lora.") and not o.lstrip("+~").startswith("lora.enabled")]
+    if ineffective:
+        raise ValueError(
+            f"{', '.join(ineffective)} has no effect: LoRA is off for model={cfg.model.name} (lora=auto trains it "
+            f"in full); add lora=default (LoRA r=64, alpha=128 on any model) or lora.enabled=true")
+
+
 def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
     import mlflow
     import pytorch_lightning as pl
@@ -73,6 +91,8 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
 
     if cfg.get("resume"):
         cfg = _load_resumed_config(cfg)
+    else:
+        _refuse_ineffective_overrides(cfg)
     run_dir = _run_dir(cfg)
     run_file = run_dir / RUN_FILE
     resumed = json.loads(run_file.read_text()) if cfg.get("resume") else None
