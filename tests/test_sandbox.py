@@ -191,8 +191,8 @@ def test_no_network(run_python):
 
 def test_timeout_kills_infinite_loop(run_python):
     result = run_python("while True: pass", timeout_s=2)
-    assert result.timed_out and not result.ok
-    assert result.duration_s < 10
+    assert result.timed_out and not result.ok and result.returncode is None
+    assert "sandbox server hung" not in result.stderr  # the server's own limit, not the host's late backstop
 
 
 def test_fork_bomb_is_contained(run_python):
