@@ -498,3 +498,16 @@ def test_doctor_lists_the_layers_and_warns_where_it_cannot_drop_privileges(monke
     monkeypatch.setattr(sandbox_module, "probe", lambda: missing)
     ok, detail = doctor.check_sandbox()
     assert ok is False and "apt-get install bubblewrap" in detail
+
+
+def test_what_is_bound_under_tmp_stays_visible(tmp_path, monkeypatch):
+    """CI clones the project under /tmp: the venv and package bound there must not vanish under
+    the sandbox's own /tmp."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data.txt").write_text("from the host")
+    mounts = sandbox_module._mounts
+    monkeypatch.setattr(sandbox_module, "_mounts", lambda: [*mounts(), "--ro-bind", str(shared), str(shared)])
+    with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
+        (result,) = run_jobs(box, f"print(open({str(shared / 'data.txt')!r}).read())")
+    assert str(shared).startswith("/tmp/") and result.ok and result.stdout.strip() == "from the host", result.stderr

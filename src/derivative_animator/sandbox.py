@@ -239,13 +239,13 @@ def _bwrap_command(bwrap: str, unprivileged: bool, limits: SandboxLimits, argv: 
         os.lseek(fd, 0, os.SEEK_SET)
         fds.append(fd)
         command += ["--seccomp", str(fd)]
-    command += _mounts() + [
+    # /tmp first: a venv or checkout under /tmp (CI clones there) is bound on top of it, not hidden.
+    command += ["--size", str(16 << 20), "--tmpfs", "/tmp", *_mounts(),
         "--proc", "/proc", "--dev", "/dev",
         "--size", str(limits.disk_mb << 20), "--tmpfs", JOB_DIR,
         "--size", str(SHM_MB << 20), "--tmpfs", "/dev/shm",
-        "--size", str(16 << 20), "--tmpfs", "/tmp",
         "--size", str(8 * limits.max_output_chars + (1 << 20)), "--tmpfs", OUTPUT_DIR,
-        "--remount-ro", "/",  # bwrap's own root is a tmpfs too: only the three above are writable
+        "--remount-ro", "/",  # bwrap's own root is a tmpfs too: only the tmpfs mounts stay writable
         "--chdir", JOB_DIR, *argv,
     ]
     try:
