@@ -24,11 +24,12 @@ def test_pass_at_k_matches_the_definition():
     assert math.isclose(evaluate.pass_at_k(4, 1, 2), 0.5)
 
 
-def test_functions_file_errors_name_the_line(tmp_path):
+def test_a_functions_file_line_that_does_not_parse_becomes_a_sample_with_its_problem(tmp_path):
     functions = tmp_path / "functions.txt"
     functions.write_text("x^2\n# a comment\n\nsin(x\n")
-    with pytest.raises(ValueError, match="functions.txt:4"):
-        evaluate.load_samples(compose_eval(f"eval.functions_file={functions}"))
+    first, bad = evaluate.load_samples(compose_eval(f"eval.functions_file={functions}"))
+    assert first.problem is None and bad.function == "sin(x"
+    assert bad.problem.startswith("functions.txt:4: ")
 
 
 def test_functions_file_is_read_as_people_type(tmp_path):
@@ -201,3 +202,51 @@ def test_verified_and_pass_at_k_rows_of_a_model_whose_tries_are_known(tmp_path, 
     assert verified["passed"] == 100.0 and verified["attempts_mean"] == 3.0
     rows = [r for r in results["rows"] if r["baseline"] == "verified"]
     assert [r["attempt"] for r in rows] == [3, 3] and all(r["attempts_tried"] == 3 for r in rows)
+
+
+@pytest.mark.needs_render
+def test_an_evaluation_reports_every_line_of_a_file_with_bad_lines_and_exits_non_zero(tmp_path):
+    """A malformed line and a function the oracle cannot animate are rows with their errors;
+    the rest is evaluated; the exit code says some rows failed; no traceback."""
+    import subprocess
+    import sys
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\n4x^3 + 2x - 3/x\nsin(x\nln x\n")
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", f"eval.functions_file={functions}",
+                           "eval.baselines=[template]", "eval.log_to_mlflow=false", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "2 of 4 rows could not be evaluated" in errors[0]
+    rows = {r["function"]: r for r in json.loads((run_dir / "report" / "results.json").read_text())["rows"]}
+    assert rows["x^2"]["passed"] and rows["ln(x)"]["passed"]
+    assert "cannot animate" in rows["4x^3 + 2x - 3/x"]["error"] and rows["4x^3 + 2x - 3/x"]["extra"]["failed"]
+    assert rows["sin(x"]["error"].startswith("functions.txt:3: ") and rows["sin(x"]["extra"]["failed"]
+    assert (run_dir / "report" / "gallery.html").read_text().count('class="card') == 4
+
+
+class _FailsOn(_KnownTries):
+    """Known tries, but generation itself fails for one function."""
+
+    def generate(self, function, *args, **kwargs):
+        if function == "sin(x)":
+            raise RuntimeError("the model ran out of memory")
+        return super().generate(function, *args, **kwargs)
+
+
+@pytest.mark.needs_render
+def test_a_generation_that_fails_is_its_own_row_and_the_rest_is_evaluated(tmp_path, monkeypatch):
+    from derivative_animator import generate
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\nsin x\n")
+    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _FailsOn({0: "right"})))
+    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,verified]",
+                       f"eval.model={tmp_path}", "eval.seed=0")
+    rows = {(r["baseline"], r["function"]): r for r in evaluate.run_evaluation(cfg, tmp_path)["rows"]}
+    assert rows[("finetuned", "x^2")]["passed"] and rows[("verified", "x^2")]["passed"]
+    failed = rows[("finetuned", "sin(x)")]
+    assert failed["extra"]["failed"] and "generation failed: RuntimeError: the model ran out of memory" in failed["error"]
+    assert rows[("verified", "sin(x)")]["extra"]["failed"]

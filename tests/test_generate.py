@@ -187,6 +187,21 @@ def test_cli_generate_with_model_reports_each_check(checkpoint, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
 
 
+def test_cli_from_file_reports_every_line_and_goes_on_past_a_bad_one(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\nsin(x\nln x\n")
+    out = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "--model", str(checkpoint),
+                          "--from-file", str(functions), "-o", str(tmp_path / "scenes"), "--max-new-tokens", "20"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "error: functions.txt:2: " in out.stderr
+    assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == ["scene_001.py", "scene_002.py"]
+    assert "f(x) = x^2" in out.stderr and "f(x) = ln x" in out.stderr and "of 3 lines" in out.stderr
+
+
 def test_context_lookup_drafts_what_followed_the_same_tokens_earlier():
     lookup = ContextLookup(order=2)
     assert lookup.propose([5, 6], 3) == []

@@ -22,6 +22,7 @@ from pathlib import Path
 from derivative_animator import curriculum, notation, scenes
 from derivative_animator.differentiate import UnsupportedFunction, differentiate, level_of
 from derivative_animator.parsing import ParseError, parse_function
+from derivative_animator.sandbox import SandboxUnavailable
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
 UNSAFE_HELP = ("where bubblewrap cannot run, run generated code anyway, WITHOUT isolation from this "
@@ -238,33 +239,46 @@ def _emit(code: str, args, function: str) -> int:
 
 
 def _from_file(generator, args, say) -> int:
+    """One scene a line. A line that does not parse, or a scene whose check fails unexpectedly,
+    is reported and counted as failed; the other lines go on. Exit 1 if any failed."""
     path = Path(args.from_file)
     if not path.is_file():
         raise UsageError(f"{path} not found")
-    functions = []
+    functions, bad = [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if text:
             try:
                 parse_function(text)
             except ParseError as err:
-                raise UsageError(f"{path.name}:{number}: {err}") from None
+                bad.append(f"{path.name}:{number}: {err}")
+                continue
             functions.append(text)
     out_dir = Path(args.output or "generated")
     if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
         raise UsageError(f"{out_dir} is not empty; choose another -o directory or pass --force")
     out_dir.mkdir(parents=True, exist_ok=True)
-    failures = 0
+    for problem in bad:
+        say(f"error: {problem}")
+    failures = len(bad)
     for start in range(0, len(functions), args.batch_size):
         chunk = functions[start:start + args.batch_size]
         for index, gen in enumerate(generator.generate_batch(chunk, args.max_new_tokens, args.temperature,
                                                              args.top_p, args.seed), start=start):
             target = out_dir / f"scene_{index + 1:03d}.py"
             write_new_file(target, gen.code, args.force)
-            result = _check(gen.code, gen.function, False, None)
+            try:
+                result = _check(gen.code, gen.function, False, None)
+            except (SandboxUnavailable, KeyboardInterrupt):
+                raise
+            except Exception as err:  # noqa: BLE001 - one scene's failure is its own line
+                failures += 1
+                say(f"{target}: f(x) = {gen.function}: the check failed: {type(err).__name__}: {err}")
+                continue
             failures += not result.passed
             say(f"{target}: f(x) = {gen.function}: {_marks(result)}")
-    say(f"{len(functions) - failures} of {len(functions)} scenes passed every check")
+    total = len(functions) + len(bad)
+    say(f"{total - failures} of {total} lines gave a scene that passed every check")
     return 0 if failures == 0 else EXIT_FAILED
 
 
@@ -378,8 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from derivative_animator.sandbox import SandboxUnavailable
-
     global _allow_unsandboxed
     args = build_parser().parse_args(argv)
     _allow_unsandboxed = getattr(args, "unsafe_no_sandbox", False)

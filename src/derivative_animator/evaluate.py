@@ -41,6 +41,7 @@ class Sample:
     function: str
     level: int
     style: str = "tangent"
+    problem: str | None = None  # why this line cannot be evaluated at all (it does not parse)
 
 
 @dataclass
@@ -66,6 +67,26 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
+def failed_row(baseline: str, sample: Sample, error: str, attempt: int = 1) -> Row:
+    """A row for a sample that could not be evaluated (bad input, or a generation or check
+    that failed unexpectedly): every check failed, the reason in `error`, extra.failed set."""
+    return Row(baseline=baseline, sample_id=sample.id, function=sample.function, level=sample.level,
+               attempt=attempt, syntax=False, structure=None, executes=None, math=None, passed=False,
+               error=error, generation_s=0.0, new_tokens=0, tokens_per_s=0.0, render_s=None, code_path="",
+               extra={"failed": True})
+
+
+def _resolved(row: Row) -> Future:
+    future: Future = Future()
+    future.set_result(row)
+    return future
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
+
+
 def load_samples(cfg: DictConfig) -> list[Sample]:
     from derivative_animator import cli, dataset
     from derivative_animator.parsing import ParseError
@@ -81,8 +102,9 @@ def load_samples(cfg: DictConfig) -> list[Sample]:
                 continue
             try:
                 info = cli.describe(text)
-            except ParseError as err:
-                raise ValueError(f"{path.name}:{number}: {err}") from None
+            except ParseError as err:  # one bad line never stops the others: it becomes a failed row
+                samples.append(Sample(f"line{number:04d}", text, 0, problem=f"{path.name}:{number}: {err}"))
+                continue
             samples.append(Sample(f"line{number:04d}", info["function"], info["level"]))
     else:
         samples = [Sample(r.id, r.function, r.level, r.style)
@@ -216,9 +238,13 @@ class Evaluator:
         frames = self.run_dir / "frames" / own["baseline"] / stem
 
         def work() -> Row:
-            with self.sandboxes.take() as sandbox:
-                result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
-                                           render_failing=render_failing, sandbox=sandbox)
+            try:
+                with self.sandboxes.take() as sandbox:
+                    result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
+                                               render_failing=render_failing, sandbox=sandbox)
+            except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
+                return Row(**{**asdict(failed_row(own["baseline"], sample, f"check failed: {_one_line(error)}")),
+                              **own, "extra": {"failed": True, **_generation_extra(generation)}})
             frame = frames / f"{result.scene}.png" if result.scene else None
             return Row(
                 **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
@@ -279,19 +305,28 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     timings: dict[str, float] = {}
     with Evaluator(cfg, run_dir) as evaluator, \
             _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
+        for sample in samples:  # lines that do not parse: a failed row in every baseline
+            if sample.problem is not None:
+                for baseline in baselines:
+                    futures[baseline].append(_resolved(failed_row(baseline, sample, sample.problem)))
+        usable = [sample for sample in samples if sample.problem is None]
         if "template" in baselines:
             # Spare work for the render workers until the models' scenes come (RenderQueue).
-            for sample in samples:
-                code = cli.template_scene(sample.function, sample.style)
+            for sample in usable:
+                try:
+                    code = cli.template_scene(sample.function, sample.style)
+                except cli.UsageError as error:
+                    futures["template"].append(_resolved(failed_row("template", sample, str(error))))
+                    continue
                 futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         if "base" in baselines:
             base_generator = _base_generator(model_dir, e.bracket_guard)
-            task = progress.add_task("base model (no fine-tuning)", total=len(samples))
+            task = progress.add_task("base model (no fine-tuning)", total=len(usable))
             # One at a time with speculation: an untrained model repeats itself, so drafts from
             # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
-            for sample in samples:
-                gen = base_generator.generate(sample.function, e.max_new_tokens)
-                futures["base"].append(evaluator.submit("base", sample, gen.code, 1, gen))
+            for sample in usable:
+                futures["base"].append(_generate_and_submit(evaluator, base_generator, "base", sample, 1,
+                                                            lambda g, s=sample: g.generate(s.function, e.max_new_tokens)))
                 progress.advance(task)
             del base_generator
             timings["base_generation_s"] = round(time.perf_counter() - started, 1)
@@ -300,23 +335,28 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         raw: dict[str, tuple[Generation, Future]] = {}
         if {"finetuned", "verified"} & set(baselines):
             finetuned_start = time.perf_counter()
-            task = progress.add_task("fine-tuned model", total=len(samples) * e.samples_per_function)
-            for sample in samples:
+            task = progress.add_task("fine-tuned model", total=len(usable) * e.samples_per_function)
+            for sample in usable:
                 for k in range(e.samples_per_function):
                     temperature = e.temperature if k == 0 else e.sample_temperature
-                    gen = generator.generate(sample.function, e.max_new_tokens, temperature, e.top_p, seed=e.seed + k)
-                    future = evaluator.submit("finetuned", sample, gen.code, k + 1, gen)
+
+                    def sample_scene(g, s=sample, t=temperature, k=k):
+                        return g.generate(s.function, e.max_new_tokens, t, e.top_p, seed=e.seed + k)
+
+                    future = _generate_and_submit(evaluator, generator, "finetuned", sample, k + 1, sample_scene, raw)
                     futures.setdefault("finetuned", []).append(future)
-                    if k == 0:
-                        raw[sample.id] = (gen, future)
                     progress.advance(task)
             timings["finetuned_generation_s"] = round(time.perf_counter() - finetuned_start, 1)
         # Retries wait on renders, so they run on their own thread, not the render pool's; one,
         # like generation: more would take the render workers' cores.
         retry_pool = ThreadPoolExecutor(max_workers=1)
         if "verified" in baselines:
-            for sample in samples:
-                futures["verified"].append(retry_pool.submit(_verify, evaluator, generator, sample, raw[sample.id], e))
+            for sample in usable:
+                if sample.id in raw:
+                    futures["verified"].append(retry_pool.submit(_verify_safely, evaluator, generator, sample,
+                                                                 raw[sample.id], e))
+                else:
+                    futures["verified"].append(_resolved(failed_row("verified", sample, "its first try failed")))
         task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
         rows: list[Row] = []
         for baseline in baselines:
@@ -367,6 +407,27 @@ def _base_generator(model_dir: Path, bracket_guard: bool):
     tokenizer, model = load_base(OmegaConf.create(trained["model"]))
     return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir,
                           bracket_guard=bracket_guard)
+
+
+def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample: Sample, attempt: int,
+                         write, raw: dict | None = None) -> Future:
+    """Generate one scene (`write(generator)`) and queue its check; a generation that fails
+    unexpectedly is a failed row of its own, and the evaluation goes on."""
+    try:
+        gen = write(generator)
+    except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
+        return _resolved(failed_row(baseline, sample, f"generation failed: {_one_line(error)}", attempt))
+    future = evaluator.submit(baseline, sample, gen.code, attempt, gen)
+    if raw is not None and attempt == 1:
+        raw[sample.id] = (gen, future)
+    return future
+
+
+def _verify_safely(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
+    try:
+        return _verify(evaluator, generator, sample, first, e)
+    except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
+        return failed_row("verified", sample, f"verification failed: {_one_line(error)}")
 
 
 def _score(row: Row) -> int:
@@ -482,6 +543,11 @@ def main(cfg: DictConfig) -> int:
     console.print(f"reports: {report_dir}\ngallery: {report_dir / 'gallery.html'}")
     if run_id:
         console.print(f"MLflow: run {run_id}; browse with `make ui` (http://127.0.0.1:5000)")
+    failed = [row for row in results["rows"] if row["extra"].get("failed")]
+    if failed:
+        print(f"error: {len(failed)} of {len(results['rows'])} rows could not be evaluated (the first: "
+              f"{failed[0]['function']!r}: {failed[0]['error']}); each row's error is in results.json", file=sys.stderr)
+        return 1
     return 0
 
 

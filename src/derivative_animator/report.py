@@ -52,7 +52,7 @@ def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
     marks = " ".join(
         f'<span class="{"ok" if row[k] else ("skip" if row[k] is None else "bad")}">{k}</span>'
         for k in ("syntax", "structure", "executes", "math"))
-    code = html.escape((run_dir / row["code_path"]).read_text()[:6000])
+    code = html.escape((run_dir / row["code_path"]).read_text()[:6000]) if row["code_path"] else ""
     image = ""
     if row.get("frame_path"):
         image = f'<img src="{html.escape(os.path.relpath(run_dir / row["frame_path"], report_dir))}" loading="lazy">'
