@@ -366,3 +366,19 @@ def test_check_json_answers_for_a_scene_nested_thousands_deep(tmp_path):
 
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1000:]
     assert json.loads(done.stdout)["math"] is False
+
+
+@pytest.mark.needs_render
+@pytest.mark.parametrize("function", ["4x^3 + 2x - 3/x", "(3x + 2)^4", "x^6 - 50x", "500x^2", "x^2 + 200",
+                                      "arccos(3x)", "ln(x - 7)", "sqrt(x - 20)"])
+def test_the_oracle_animates_functions_typed_the_way_textbooks_write_them(function, warm_renders):
+    """Each was refused by the fixed intervals near 0: steep, shifted, or defined only far away."""
+    result = checks.check_code(oracle(function), function, render=FAST, sandbox=warm_renders)
+    assert result.passed, result.error
+
+
+def test_only_a_function_with_no_readable_interval_is_refused():
+    with pytest.raises(cli.UsageError, match="cannot animate f\\(x\\) = sqrt\\(x - 1000\\)"):
+        oracle("sqrt(x - 1000)")
+    with pytest.raises(cli.UsageError, match="constant"):
+        oracle("sin(x)^2 + cos(x)^2")

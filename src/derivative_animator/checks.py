@@ -285,7 +285,7 @@ def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
 
 def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:
     try:
-        return curriculum.plot_interval(function, derivative) or (-3.0, 3.0)
+        return curriculum.plot_interval(function, derivative, wider=True) or (-3.0, 3.0)
     except (UnsupportedFunction, TypeError, ValueError):
         return (-3.0, 3.0)
 

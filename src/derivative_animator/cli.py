@@ -78,11 +78,11 @@ def write_new_file(path: Path, text: str, force: bool = False) -> None:
 
 
 def template_scene(function: str, style: str) -> str:
-    analysed = curriculum.analyse(parse_function(function))
+    analysed = curriculum.analyse(parse_function(function), wider=True)
     if analysed is None:
         raise UsageError(
-            f"cannot animate f(x) = {function}: it is constant, or not real and finite on any "
-            "plotting interval tried; try a non-constant function defined near 0 or on (0, 4)"
+            f"cannot animate f(x) = {function}: it is constant, or f and f' are not real, finite and "
+            "readable together on any interval tried (centred between -100 and 100, 0.04 to 6 wide)"
         )
     return scenes.scene_code(analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style)
 
@@ -114,7 +114,7 @@ def _with_true_derivative(code: str, function: str) -> str | None:
     """--repair: the model's scene with its `f'(x) = ...` line replaced by the true derivative."""
     import re
 
-    analysed = curriculum.analyse(parse_function(function))
+    analysed = curriculum.analyse(parse_function(function), wider=True)
     if analysed is None:
         return None
     repaired, count = re.subn(r"^f'\(x\) = .*$", f"f'(x) = {analysed.steps[-1].worked}", code,

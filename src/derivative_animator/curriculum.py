@@ -38,6 +38,15 @@ CANDIDATE_INTERVALS = (
 )
 MAX_ABS_VALUE = 40.0  # |f| and |f'| on the interval: keeps the picture readable
 MIN_VARIATION = 0.2  # f must visibly change over the interval
+# What people type (`(3x + 2)^4`, `500x^2`, `arccos(3x)`) may fit none of the above: `wider=True`
+# (the oracle for any input, and the math check) then tries intervals around other centres and
+# at other zooms, first within the same caps, then with values up to WIDER_MAX_ABS_VALUE and f
+# changing by a hundredth of its size. The dataset keeps the narrow rule: its bytes do not move.
+WIDER_CENTRES = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 5.0, -5.0, 10.0, -10.0, 20.0, -20.0,
+                 50.0, -50.0, 100.0, -100.0)
+WIDER_HALF_WIDTHS = (3.0, 2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
+WIDER_MAX_ABS_VALUE = 1e4
+WIDER_MIN_RELATIVE_VARIATION = 0.01
 GRID_POINTS = 1201
 
 
@@ -50,29 +59,35 @@ class CurriculumFunction:
     x_range: tuple[float, float]
 
 
-def analyse(expr: sp.Expr) -> CurriculumFunction | None:
+def analyse(expr: sp.Expr, wider: bool = False) -> CurriculumFunction | None:
     """Differentiate and pick a plotting interval; None if it cannot be animated well."""
     derivative, steps = differentiate(expr)
     if derivative == 0:
         return None
-    x_range = plot_interval(expr, derivative)
+    x_range = plot_interval(expr, derivative, wider)
     if x_range is None:
         return None
     return CurriculumFunction(expr, derivative, steps, level_of(steps), x_range)
 
 
-def plot_interval(expr: sp.Expr, derivative: sp.Expr) -> tuple[float, float] | None:
+def plot_interval(expr: sp.Expr, derivative: sp.Expr, wider: bool = False) -> tuple[float, float] | None:
+    """The first interval where f and f' are real, finite and readable, and f changes visibly;
+    None if there is none (`wider`: see WIDER_CENTRES)."""
     f, df = sp.lambdify(X, expr, "numpy"), sp.lambdify(X, derivative, "numpy")
-    for x_range in CANDIDATE_INTERVALS:
-        values = _finite_values(f, df, x_range)
-        if values is None:
-            continue
-        ys, dys = values
-        if max(np.abs(ys).max(), np.abs(dys).max()) > MAX_ABS_VALUE:
-            continue
-        if ys.max() - ys.min() < MIN_VARIATION:
-            continue
-        return x_range
+    tries = [(CANDIDATE_INTERVALS, MAX_ABS_VALUE, False)]
+    if wider:
+        around = tuple((c - w, c + w) for w in WIDER_HALF_WIDTHS for c in WIDER_CENTRES)
+        tries += [(around, MAX_ABS_VALUE, False), (CANDIDATE_INTERVALS + around, WIDER_MAX_ABS_VALUE, True)]
+    for candidates, cap, relative in tries:
+        for x_range in candidates:
+            values = _finite_values(f, df, x_range)
+            if values is None:
+                continue
+            ys, dys = values
+            size = max(np.abs(ys).max(), np.abs(dys).max())
+            least = WIDER_MIN_RELATIVE_VARIATION * max(1.0, np.abs(ys).max()) if relative else MIN_VARIATION
+            if size <= cap and ys.max() - ys.min() >= least:
+                return x_range
     return None
 
 
