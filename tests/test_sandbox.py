@@ -511,3 +511,32 @@ def test_what_is_bound_under_tmp_stays_visible(tmp_path, monkeypatch):
     with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
         (result,) = run_jobs(box, f"print(open({str(shared / 'data.txt')!r}).read())")
     assert str(shared).startswith("/tmp/") and result.ok and result.stdout.strip() == "from the host", result.stderr
+
+
+def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told_to(tmp_path):
+    """Where bubblewrap cannot run: `derivanim check` exits 3 and `make eval` exits 2, each with
+    one line naming the fix; `--unsafe-no-sandbox` renders anyway and says so."""
+    from derivative_animator import cli, paths
+
+    fake = tmp_path / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    scene = tmp_path / "scene.py"
+    scene.write_text(cli.template_scene("x^2", "tangent"))
+    check = [sys.executable, "-m", "derivative_animator.cli", "check", str(scene), "--function", "x^2", "--quick"]
+    refused = subprocess.run(check, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert refused.stderr.count("\n") == 1 and "--unsafe-no-sandbox" in refused.stderr
+    unsafe = subprocess.run([*check, "--unsafe-no-sandbox", "--json"], capture_output=True, text=True,
+                            timeout=300, env=env)
+    import json
+
+    result = json.loads(unsafe.stdout)
+    assert unsafe.returncode == 0 and result["executes"] and result["isolation"][0] == "UNSANDBOXED"
+    evaluation = subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", "eval.baselines=[template]",
+                                 "eval.limit=1", "eval.log_to_mlflow=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                                capture_output=True, text=True, timeout=300, env=env, cwd=paths.PROJECT_ROOT)
+    assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr, evaluation.stderr[-2000:]
+    assert [line for line in evaluation.stderr.splitlines() if line.startswith("error:")][0].count("bubblewrap") >= 1
