@@ -535,8 +535,12 @@ def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told
 
     result = json.loads(unsafe.stdout)
     assert unsafe.returncode == 0 and result["executes"] and result["isolation"][0] == "UNSANDBOXED"
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\n")
     evaluation = subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", "eval.baselines=[template]",
-                                 "eval.limit=1", "eval.log_to_mlflow=false", f"hydra.run.dir={tmp_path / 'run'}"],
+                                 f"eval.functions_file={functions}", "eval.log_to_mlflow=false",
+                                 f"hydra.run.dir={tmp_path / 'run'}"],
                                 capture_output=True, text=True, timeout=300, env=env, cwd=paths.PROJECT_ROOT)
     assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr, evaluation.stderr[-2000:]
-    assert [line for line in evaluation.stderr.splitlines() if line.startswith("error:")][0].count("bubblewrap") >= 1
+    errors = [line for line in evaluation.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "bubblewrap" in errors[0] and "unsafe_no_sandbox" in errors[0]
