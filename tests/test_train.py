@@ -91,6 +91,9 @@ def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "val/loss" in run.data.metrics and "train/loss_step" in run.data.metrics
+    assert 0 <= run.data.metrics["val/math"] <= 100  # headers of the validation functions, checked
+    levels = {f"val/math_level{r.level}" for r in dataset.read_split(micro_data, "validation")}
+    assert levels <= set(run.data.metrics)
     assert any(k.startswith("lora") for k in run.data.params)
     artifacts = {a.path for a in client.list_artifacts(run_id, "merged_model")}
     assert "merged_model/model.safetensors" in artifacts and "merged_model/prompt_format.json" in artifacts
@@ -389,3 +392,42 @@ def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro
     error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "lora.r=8 has no effect" in error[0] and "lora=default" in error[0]
     assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").rglob("run.json"))
+
+
+class _ScriptsModel(torch.nn.Module):
+    """Writes, for each prompt, its own script (greedy); its cache holds the token ids."""
+
+    def __init__(self, scripts: list[list[int]], vocab_size: int, eos: int):
+        super().__init__()
+        self.scripts, self.vocab_size, self.eos = scripts, vocab_size, eos
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, use_cache=True, past_key_values=None, **unused):
+        fed = input_ids.float().view(1, 1, -1, 1)
+        sequence = past_key_values.update(fed, fed, 0)[0].flatten().long().tolist()
+        start = len(sequence) - input_ids.shape[1]
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
+        for i in range(input_ids.shape[1]):
+            n = start + i + 1
+            script = next((s for s in self.scripts if s[:n] == sequence[:n] and n < len(s)), None)
+            logits[0, i, script[n] if script else self.eos] = 1.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(micro_tokenizer):
+    from derivative_animator import cli
+    from derivative_animator.evaluate import Sample
+    from derivative_animator.prompt import encode_prompt
+
+    tokenizer = micro_tokenizer[0]
+    records = [Sample("a", "x^3", 1), Sample("b", "sin(x^2)", 4), Sample("c", "x^2 + 1", 1)]
+    scenes = [cli.template_scene(r.function, "tangent") for r in records]
+    scenes[2] = scenes[2].replace("f'(x) = ", "f'(x) = 3 + ", 1)  # a wrong derivative
+    scripts = [encode_prompt(tokenizer, DEFAULT_FORMAT.format(r.function))
+               + tokenizer(scene, add_special_tokens=False)["input_ids"] for r, scene in zip(records, scenes, strict=True)]
+    logged = {}
+    module = type("Module", (), {"model": _ScriptsModel(scripts, len(tokenizer), tokenizer.eos_token_id),
+                                 "log": lambda self, name, value, **kw: logged.__setitem__(name, value)})()
+    trainer = type("Trainer", (), {"sanity_checking": False, "default_root_dir": "."})()
+    finetune.ValidationMath(tokenizer, records).on_validation_epoch_end(trainer, module)
+    assert logged == {"val/math": pytest.approx(200 / 3), "val/math_level1": 50.0, "val/math_level4": 100.0}

@@ -237,3 +237,37 @@ def save_checkpoint(model, tokenizer, out_dir: Path, resolved_config: dict, run_
     if draft_corpus is not None:
         (merged_dir / "draft_corpus.json").write_text(json.dumps(draft_corpus))
     return merged_dir
+
+
+class ValidationMath(pl.Callback):
+    """At each validation (not the sanity check): the model writes a greedy math header for
+    every validation function, and the project's math check scores its derivative. Logs
+    val/math and val/math_level<n> in percent: a loss can fall while the derivatives stay
+    wrong, and this is what a sweep should rank runs by."""
+
+    def __init__(self, tokenizer, records, max_new_tokens: int = 200):
+        self.tokenizer, self.records, self.max_new_tokens = tokenizer, list(records), max_new_tokens
+
+    def on_validation_epoch_end(self, trainer, module):
+        if trainer.sanity_checking or not self.records:
+            return
+        from derivative_animator.checks import header_judge
+        from derivative_animator.generate import SceneGenerator
+
+        training = module.model.training
+        generator = SceneGenerator(module.model, self.tokenizer, DEFAULT_FORMAT, None, Path(trainer.default_root_dir))
+        right: dict[int, list[bool]] = {}
+        for record in self.records:
+            judge, verdict = header_judge(record.function), []
+
+            def stop_at_header(header, judge=judge, verdict=verdict):
+                verdict.append(judge(header))
+                return False  # the header is all this needs
+
+            generator.generate(record.function, self.max_new_tokens, accept_header=stop_at_header)
+            right.setdefault(record.level, []).append(bool(verdict and verdict[0]))
+        module.model.train(training)
+        every = [ok for oks in right.values() for ok in oks]
+        module.log("val/math", 100.0 * sum(every) / len(every), prog_bar=True)
+        for level, oks in sorted(right.items()):
+            module.log(f"val/math_level{level}", 100.0 * sum(oks) / len(oks))

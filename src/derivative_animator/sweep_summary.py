@@ -1,7 +1,9 @@
 """`make sweep-summary`: a table and a plot of one metric by LoRA rank and epochs, from
-the MLflow runs of a sweep (the newest sweep unless --sweep names one).
+the MLflow runs of a sweep (the newest sweep unless --sweep names one), best run first.
+The default metric is val/math (the validation headers' derivatives right, in percent:
+higher is better); val/loss ranks lowest first.
 
-    python -m derivative_animator.sweep_summary [--sweep NAME] [--metric val/loss] [-o plot.png]
+    python -m derivative_animator.sweep_summary [--sweep NAME] [--metric val/math] [-o plot.png]
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def plot(rows, metric: str, sweep: str, output: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep")
-    parser.add_argument("--metric", default="val/loss")
+    parser.add_argument("--metric", default="val/math")
     parser.add_argument("--experiment", default="derivative-animator")
     parser.add_argument("-o", "--output", default="outputs/sweep_summary.png")
     args = parser.parse_args(argv)
@@ -69,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"sweep {sweep}: {args.metric}\n\n| lora r | epochs | {args.metric} | MLflow run |\n|---|---|---|---|")
-    for r, epochs, value, run_id in rows:
-        print(f"| {r} | {epochs} | {value:.4f} | {run_id} |")
+    higher_is_better = "loss" not in args.metric and "perplexity" not in args.metric
+    ranked = sorted(rows, key=lambda row: -row[2] if higher_is_better else row[2])
+    print(f"sweep {sweep}: {args.metric}, best first\n\n| rank | lora r | epochs | {args.metric} | MLflow run |\n"
+          "|---|---|---|---|---|")
+    for place, (r, epochs, value, run_id) in enumerate(ranked, 1):
+        print(f"| {place} | {r} | {epochs} | {value:.4f} | {run_id} |")
     output = paths.resolve(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, args.metric, sweep, output)

@@ -136,8 +136,12 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = environment.resolve_precision(str(trainer_cfg["precision"]),
                                                              str(trainer_cfg["accelerator"]))
+    callbacks = [checkpoints, *(extra_callbacks or [])]
+    if cfg.val_math.enabled:
+        callbacks.append(finetune.ValidationMath(tokenizer, dataset.read_split(cfg.data.dir, "validation"),
+                                                 cfg.val_math.max_new_tokens))
     trainer = instantiate(
-        trainer_cfg, logger=logger, callbacks=[checkpoints, *(extra_callbacks or [])], default_root_dir=str(run_dir),
+        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
         accumulate_grad_batches=optim.effective_batch_size // optim.micro_batch_size,
         enable_checkpointing=True,
     )
