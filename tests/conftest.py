@@ -66,3 +66,42 @@ def default_splits():
 @pytest.fixture(scope="session")
 def all_records(default_splits):
     return [record for split in dataset.SPLITS for record in default_splits[split]]
+
+
+class ScriptedLM:
+    """A causal LM whose greedy choice after any prefix of one of its scripts (token ids) is
+    that script's next token, EOS off every script. Its KV cache holds the token ids, so
+    cropping the cache and feeding tokens again behave as with a real model."""
+
+    def __init__(self, scripts: list[list[int]], vocab_size: int, eos: int):
+        import torch
+
+        self.scripts, self.vocab_size, self.eos = scripts, vocab_size, eos
+        self.device, self.training = torch.device("cpu"), False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def forward(self, input_ids, use_cache=True, past_key_values=None, **unused):
+        import torch
+
+        fed = input_ids.float().view(1, 1, -1, 1)
+        sequence = past_key_values.update(fed, fed, 0)[0].flatten().long().tolist()
+        start = len(sequence) - input_ids.shape[1]
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
+        for i in range(input_ids.shape[1]):
+            n = start + i + 1
+            script = next((s for s in self.scripts if n < len(s) and s[:n] == sequence[:n]), None)
+            logits[0, i, script[n] if script else self.eos] = 1.0
+        return type("Output", (), {"logits": logits})()
+
+    __call__ = forward
+
+
+@pytest.fixture
+def scripted_lm():
+    """The ScriptedLM class: scripted_lm(scripts, vocab_size, eos)."""
+    return ScriptedLM

@@ -53,30 +53,7 @@ def test_speculative_greedy_equals_plain_greedy(checkpoint):
         assert a.code == b.code and a.new_tokens == b.new_tokens
 
 
-class _ScriptedModel(torch.nn.Module):
-    """A causal LM whose greedy choice after any prefix of `script` is the script's next token
-    (EOS off the script). Its KV cache holds the token ids themselves, so cropping the cache
-    and feeding tokens again behave as with a real model: wrong logits come from a wrong cache."""
-
-    def __init__(self, script: list[int], vocab_size: int, eos: int):
-        super().__init__()
-        self.script, self.vocab_size, self.eos, self.passes = script, vocab_size, eos, 0
-        self.device = torch.device("cpu")
-
-    def forward(self, input_ids, use_cache=True, past_key_values=None, **unused):
-        self.passes += 1
-        fed = input_ids.float().view(1, 1, -1, 1)
-        sequence = past_key_values.update(fed, fed, 0)[0].flatten().long().tolist()
-        start = len(sequence) - input_ids.shape[1]
-        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
-        for i in range(input_ids.shape[1]):
-            n = start + i + 1
-            on_script = n < len(self.script) and sequence[:n] == self.script[:n]
-            logits[0, i, self.script[n] if on_script else self.eos] = 1.0
-        return type("Output", (), {"logits": logits})()
-
-
-def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept_and_rejected(checkpoint):
+def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept_and_rejected(checkpoint, scripted_lm):
     """The model writes a whole oracle scene for a function the draft corpus does not hold:
     drafts from the corpus are kept in the body and rejected in the header. Speculation must
     write the very same tokens as one token a pass, in fewer passes."""
@@ -99,7 +76,7 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
         fast.drafter.propose = recording
         results = {}
         for name, generator in (("plain", plain), ("fast", fast)):
-            generator.model = _ScriptedModel(script, len(tokenizer), tokenizer.eos_token_id)
+            generator.model = scripted_lm([script], len(tokenizer), tokenizer.eos_token_id)
             results[name] = generator.generate(function, max_new_tokens=4000)
         fast.drafter.propose = propose
         assert results["plain"].code == scene and results["plain"].stop == "eos"

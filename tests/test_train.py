@@ -394,27 +394,7 @@ def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro
     assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").rglob("run.json"))
 
 
-class _ScriptsModel(torch.nn.Module):
-    """Writes, for each prompt, its own script (greedy); its cache holds the token ids."""
-
-    def __init__(self, scripts: list[list[int]], vocab_size: int, eos: int):
-        super().__init__()
-        self.scripts, self.vocab_size, self.eos = scripts, vocab_size, eos
-        self.device = torch.device("cpu")
-
-    def forward(self, input_ids, use_cache=True, past_key_values=None, **unused):
-        fed = input_ids.float().view(1, 1, -1, 1)
-        sequence = past_key_values.update(fed, fed, 0)[0].flatten().long().tolist()
-        start = len(sequence) - input_ids.shape[1]
-        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
-        for i in range(input_ids.shape[1]):
-            n = start + i + 1
-            script = next((s for s in self.scripts if s[:n] == sequence[:n] and n < len(s)), None)
-            logits[0, i, script[n] if script else self.eos] = 1.0
-        return type("Output", (), {"logits": logits})()
-
-
-def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(micro_tokenizer):
+def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(micro_tokenizer, scripted_lm):
     from derivative_animator import cli
     from derivative_animator.evaluate import Sample
     from derivative_animator.prompt import encode_prompt
@@ -426,7 +406,7 @@ def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(
     scripts = [encode_prompt(tokenizer, DEFAULT_FORMAT.format(r.function))
                + tokenizer(scene, add_special_tokens=False)["input_ids"] for r, scene in zip(records, scenes, strict=True)]
     logged = {}
-    module = type("Module", (), {"model": _ScriptsModel(scripts, len(tokenizer), tokenizer.eos_token_id),
+    module = type("Module", (), {"model": scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id),
                                  "log": lambda self, name, value, **kw: logged.__setitem__(name, value)})()
     trainer = type("Trainer", (), {"sanity_checking": False, "default_root_dir": "."})()
     finetune.ValidationMath(tokenizer, records).on_validation_epoch_end(trainer, module)
