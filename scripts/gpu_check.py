@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from derivative_animator import checks, dataset, environment, finetune  # noqa: E402
+from derivative_animator import checks, dataset, environment, finetune, paths  # noqa: E402
 from derivative_animator.base_model import BaseModelConfig, build_base  # noqa: E402
 from derivative_animator.datamodule import DerivativeDataModule  # noqa: E402
 from derivative_animator.generate import SceneGenerator  # noqa: E402
@@ -111,7 +111,9 @@ def load_embedded(plan: Plan):
     """(model settings, tokenizer, model) of the embedded base; the micro one is built here,
     the tiny one must be carried (its corpus is Manim's source, which GPU machines lack)."""
     settings = conf("model", f"{plan.base}.yaml")
-    directory = ROOT / settings["build"]["output_dir"]
+    # The build section's output_dir may name an environment variable (the tests' own outputs).
+    settings["build"] = OmegaConf.to_container(OmegaConf.create(settings["build"]), resolve=True)
+    directory = paths.resolve(settings["build"]["output_dir"])
     if plan.base == "micro":
         build_base(BaseModelConfig(**settings["build"]))
     elif not (directory / "config.json").is_file():
