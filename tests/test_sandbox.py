@@ -472,7 +472,7 @@ def test_jobs_in_parallel_sandboxes_stay_apart():
 def test_where_no_user_namespace_can_be_made_root_still_runs_without_capabilities(tmp_path, monkeypatch):
     """The fallback for kernels that refuse user namespaces: uid 0, but no capability and the
     same filter, so the issue's remount still fails."""
-    weaker = sandbox_module.Isolation(probe().bwrap, False, True, "cannot drop to an unprivileged user")
+    weaker = sandbox_module.Isolation(probe().bwrap, False, "cannot drop to an unprivileged user")
     monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
     escaped = tmp_path / "ESCAPED"
     with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
@@ -490,11 +490,11 @@ def test_doctor_lists_the_layers_and_warns_where_it_cannot_drop_privileges(monke
 
     ok, detail = doctor.check_sandbox()
     assert ok is True and "unprivileged-user" in detail and "seccomp" in detail
-    weaker = sandbox_module.Isolation("/usr/bin/bwrap", False, True, "cannot drop to an unprivileged user (...)")
+    weaker = sandbox_module.Isolation("/usr/bin/bwrap", False, "cannot drop to an unprivileged user (...)")
     monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
     ok, detail = doctor.check_sandbox()
     assert ok == "warn" and "no-capabilities" in detail and "cannot drop to an unprivileged user" in detail
-    missing = sandbox_module.Isolation(None, False, False, "bubblewrap is not installed; fix: apt-get install bubblewrap")
+    missing = sandbox_module.Isolation(None, False, "bubblewrap is not installed; fix: apt-get install bubblewrap")
     monkeypatch.setattr(sandbox_module, "probe", lambda: missing)
     ok, detail = doctor.check_sandbox()
     assert ok is False and "apt-get install bubblewrap" in detail

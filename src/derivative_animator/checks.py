@@ -119,7 +119,7 @@ def check_code(
     except SyntaxError as err:
         return CheckResult(syntax=False, error=f"syntax: {err.msg} (line {err.lineno})")
     except (RecursionError, MemoryError, ValueError) as err:  # deep nesting, null bytes
-        return CheckResult(syntax=False, error=f"syntax: Python cannot parse it ({_one_line(err)})")
+        return CheckResult(syntax=False, error=f"syntax: Python cannot parse it ({one_line(err)})")
     result = CheckResult(syntax=True)
 
     scene = find_scene_class(tree)
@@ -137,9 +137,10 @@ def check_code(
     return result
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception as one line of a report: its type and the first line of its message."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
 
 
 def _check_math_safely(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
@@ -150,7 +151,7 @@ def _check_math_safely(tree: ast.Module, function: sp.Expr) -> tuple[bool, str |
     except (RecursionError, MemoryError) as err:
         return False, None, f"a formula is nested too deeply to check ({type(err).__name__})"
     except Exception as err:  # noqa: BLE001 - the scene's text is untrusted: any failure is its own
-        return False, None, f"a formula could not be checked ({_one_line(err)})"
+        return False, None, f"a formula could not be checked ({one_line(err)})"
 
 
 def find_scene_class(tree: ast.Module) -> str | None:
@@ -430,35 +431,31 @@ def check_drawn(curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr |
         return "the scene plots no curve (Axes.plot): nothing shows f"
     kinds = []
     for xs, ys in curves:
-        kind = next((name for name, expr in (("f", function), ("f'", derivative)) if _curve_is(xs, ys, expr)), None)
-        if kind is None:
-            return f"a plotted curve is neither f nor f' ({_first_miss(xs, ys, function, derivative)})"
-        kinds.append(kind)
+        off_f = _first_point_off(xs, ys, function)
+        if off_f is not None and _first_point_off(xs, ys, derivative) is not None:
+            x, y = xs[off_f], ys[off_f]
+            f_value, df_value = (_values(expr, [float(x)])[0] for expr in (function, derivative))
+            shown = lambda v: "undefined" if v is None else f"{v:.4g}"  # noqa: E731
+            return (f"a plotted curve is neither f nor f' (at x = {x:.4g} it draws {y:.4g}; "
+                    f"f = {shown(f_value)}, f' = {shown(df_value)})")
+        kinds.append("f" if off_f is None else "f'")
     if "f" not in kinds:
         return "the scene plots f' but never f"
     return None
 
 
-def _curve_is(xs: np.ndarray, ys: np.ndarray, expr: sp.Expr) -> bool:
+def _first_point_off(xs: np.ndarray, ys: np.ndarray, expr: sp.Expr) -> int | None:
+    """None when the plotted points lie on expr's curve (within DRAWN_TOLERANCE of its size,
+    over at least half of them); else the index of the first point that does not."""
     finite = np.isfinite(xs) & np.isfinite(ys)
-    xs, ys = xs[finite], ys[finite]
-    if len(xs) < 2:
-        return False
     expected = np.array([np.nan if v is None else v for v in _values(expr, list(xs))], dtype=float)
-    known = np.isfinite(expected)
-    if known.sum() < max(2, len(xs) // 2):
-        return False
+    known = finite & np.isfinite(expected)
+    if known.sum() < max(2, finite.sum() // 2):
+        undefined = finite & ~known
+        return int(np.argmax(undefined)) if undefined.any() else 0
     scale = 1.0 + np.abs(expected[known]).max() + np.ptp(expected[known])
-    return bool(np.all(np.abs(ys[known] - expected[known]) <= DRAWN_TOLERANCE * scale))
-
-
-def _first_miss(xs, ys, function, derivative) -> str:
-    f_values, df_values = _values(function, list(xs[:50])), _values(derivative, list(xs[:50]))
-    for x, y, fv, dv in zip(xs[:50], ys[:50], f_values, df_values, strict=True):
-        if fv is None or abs(y - fv) > DRAWN_TOLERANCE * (1 + abs(fv)):
-            shown = lambda v: "undefined" if v is None else f"{v:.4g}"  # noqa: E731
-            return f"at x = {x:.4g} it draws {y:.4g}; f = {shown(fv)}, f' = {shown(dv)}"
-    return "it matches f only in part"
+    off = known & (np.abs(ys - np.where(known, expected, 0.0)) > DRAWN_TOLERANCE * scale)
+    return int(np.argmax(off)) if off.any() else None
 
 
 def _last_error_line(stderr: str, returncode: int) -> str:

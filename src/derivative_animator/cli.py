@@ -241,6 +241,8 @@ def _emit(code: str, args, function: str) -> int:
 def _from_file(generator, args, say) -> int:
     """One scene a line. A line that does not parse, or a scene whose check fails unexpectedly,
     is reported and counted as failed; the other lines go on. Exit 1 if any failed."""
+    from derivative_animator import checks
+
     path = Path(args.from_file)
     if not path.is_file():
         raise UsageError(f"{path} not found")
@@ -273,7 +275,7 @@ def _from_file(generator, args, say) -> int:
                 raise
             except Exception as err:  # noqa: BLE001 - one scene's failure is its own line
                 failures += 1
-                say(f"{target}: f(x) = {gen.function}: the check failed: {type(err).__name__}: {err}")
+                say(f"{target}: f(x) = {gen.function}: the check failed: {checks.one_line(err)}")
                 continue
             failures += not result.passed
             say(f"{target}: f(x) = {gen.function}: {_marks(result)}")

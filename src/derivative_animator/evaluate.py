@@ -67,24 +67,20 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def failed_row(baseline: str, sample: Sample, error: str, attempt: int = 1) -> Row:
+def failed_row(sample: Sample, error: str, **known) -> Row:
     """A row for a sample that could not be evaluated (bad input, or a generation or check
-    that failed unexpectedly): every check failed, the reason in `error`, extra.failed set."""
-    return Row(baseline=baseline, sample_id=sample.id, function=sample.function, level=sample.level,
-               attempt=attempt, syntax=False, structure=None, executes=None, math=None, passed=False,
-               error=error, generation_s=0.0, new_tokens=0, tokens_per_s=0.0, render_s=None, code_path="",
-               extra={"failed": True})
+    that failed unexpectedly): every check failed, the reason in `error`, extra.failed set.
+    `known`: the row's fields already known (its baseline, always; a generation's figures)."""
+    fields = dict(sample_id=sample.id, function=sample.function, level=sample.level, attempt=1, syntax=False, structure=None, executes=None, math=None, passed=False,
+                  generation_s=0.0, new_tokens=0, tokens_per_s=0.0, render_s=None, code_path="")
+    extra = {"failed": True, **known.pop("extra", {})}
+    return Row(**{**fields, **known, "error": error, "extra": extra})
 
 
 def _resolved(row: Row) -> Future:
     future: Future = Future()
     future.set_result(row)
     return future
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
 
 def load_samples(cfg: DictConfig) -> list[Sample]:
@@ -243,8 +239,8 @@ class Evaluator:
                     result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
                                                render_failing=render_failing, sandbox=sandbox)
             except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
-                return Row(**{**asdict(failed_row(own["baseline"], sample, f"check failed: {_one_line(error)}")),
-                              **own, "extra": {"failed": True, **_generation_extra(generation)}})
+                return failed_row(sample, f"check failed: {checks.one_line(error)}",
+                                  **{**own, "extra": _generation_extra(generation)})
             frame = frames / f"{result.scene}.png" if result.scene else None
             return Row(
                 **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
@@ -308,7 +304,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         for sample in samples:  # lines that do not parse: a failed row in every baseline
             if sample.problem is not None:
                 for baseline in baselines:
-                    futures[baseline].append(_resolved(failed_row(baseline, sample, sample.problem)))
+                    futures[baseline].append(_resolved(failed_row(sample, sample.problem, baseline=baseline)))
         usable = [sample for sample in samples if sample.problem is None]
         if "template" in baselines:
             # Spare work for the render workers until the models' scenes come (RenderQueue).
@@ -316,7 +312,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                 try:
                     code = cli.template_scene(sample.function, sample.style)
                 except cli.UsageError as error:
-                    futures["template"].append(_resolved(failed_row("template", sample, str(error))))
+                    futures["template"].append(_resolved(failed_row(sample, str(error), baseline="template")))
                     continue
                 futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         if "base" in baselines:
@@ -356,7 +352,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                     futures["verified"].append(retry_pool.submit(_verify_safely, evaluator, generator, sample,
                                                                  raw[sample.id], e))
                 else:
-                    futures["verified"].append(_resolved(failed_row("verified", sample, "its first try failed")))
+                    futures["verified"].append(_resolved(failed_row(sample, "its first try failed", baseline="verified")))
         task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
         rows: list[Row] = []
         for baseline in baselines:
@@ -413,10 +409,13 @@ def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample:
                          write, raw: dict | None = None) -> Future:
     """Generate one scene (`write(generator)`) and queue its check; a generation that fails
     unexpectedly is a failed row of its own, and the evaluation goes on."""
+    from derivative_animator.checks import one_line
+
     try:
         gen = write(generator)
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
-        return _resolved(failed_row(baseline, sample, f"generation failed: {_one_line(error)}", attempt))
+        return _resolved(failed_row(sample, f"generation failed: {one_line(error)}", baseline=baseline,
+                                    attempt=attempt))
     future = evaluator.submit(baseline, sample, gen.code, attempt, gen)
     if raw is not None and attempt == 1:
         raw[sample.id] = (gen, future)
@@ -424,10 +423,12 @@ def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample:
 
 
 def _verify_safely(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
+    from derivative_animator.checks import one_line
+
     try:
         return _verify(evaluator, generator, sample, first, e)
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
-        return failed_row("verified", sample, f"verification failed: {_one_line(error)}")
+        return failed_row(sample, f"verification failed: {one_line(error)}", baseline="verified")
 
 
 def _score(row: Row) -> int:

@@ -115,7 +115,6 @@ class SandboxUnavailable(RuntimeError):
 class Isolation:
     bwrap: str | None  # the bubblewrap binary that works, None where none does
     unprivileged: bool  # a user namespace: the job is uid 65534 there
-    seccomp: bool
     problem: str | None  # why there is no bubblewrap, or what is weaker than it should be
 
     def layers(self, cgroup: _Cgroup | None) -> list[str]:
@@ -123,7 +122,7 @@ class Isolation:
             layers = ["UNSANDBOXED"]
         else:
             layers = ["namespaces", "unprivileged-user" if self.unprivileged else "no-capabilities"]
-            layers += ["seccomp"] * self.seccomp + ["minimal-mounts", "tmpfs-workdir"]
+            layers += ["seccomp", "minimal-mounts", "tmpfs-workdir"]
         layers += cgroup.layers if cgroup is not None else ["rlimit-nproc"]
         return layers + ["rlimits", "process-group", "clean-env", "audit-hook"]
 
@@ -133,10 +132,10 @@ def probe() -> Isolation:
     """Which layers this machine allows: tries the real sandbox with `true` inside."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        return Isolation(None, False, False, f"bubblewrap is not installed; fix: {FIX}")
+        return Isolation(None, False, f"bubblewrap is not installed; fix: {FIX}")
     seccomp_problem = _seccomp_program()[1]
     if seccomp_problem:
-        return Isolation(None, False, False, seccomp_problem)
+        return Isolation(None, False, seccomp_problem)
     for unprivileged in (True, False):
         if not unprivileged and os.geteuid() != 0:
             break
@@ -144,14 +143,14 @@ def probe() -> Isolation:
             with _bwrap_command(bwrap, unprivileged, SandboxLimits(), ["true"]) as (command, fds):
                 done = subprocess.run(command, capture_output=True, timeout=30, pass_fds=fds)
         except (OSError, subprocess.TimeoutExpired) as err:
-            return Isolation(None, False, False, f"bubblewrap does not start ({err}); fix: {FIX}")
+            return Isolation(None, False, f"bubblewrap does not start ({err}); fix: {FIX}")
         if done.returncode == 0:
             problem = None if unprivileged else (
                 "cannot drop to an unprivileged user (no user namespaces): scenes run as root without "
                 "capabilities; fix: allow user namespaces (sysctl user.max_user_namespaces=10000)")
-            return Isolation(bwrap, unprivileged, True, problem)
+            return Isolation(bwrap, unprivileged, problem)
         reason = done.stderr.decode(errors="replace").strip().splitlines()
-    return Isolation(None, False, False,
+    return Isolation(None, False,
                      f"bubblewrap cannot make a sandbox here ({reason[-1] if reason else 'no reason given'}); fix: {FIX}")
 
 
@@ -226,19 +225,16 @@ def _server_environment(workdir: str | Path) -> dict[str, str]:
 
 @contextmanager
 def _bwrap_command(bwrap: str, unprivileged: bool, limits: SandboxLimits, argv: list[str]):
-    """(command, fds to pass) for argv in a sandbox; the seccomp program travels in a memfd."""
-    program = _seccomp_program()[0]
-    fds: list[int] = []
+    """(command, fds to pass) for argv in a sandbox; the seccomp program (probe() made sure
+    there is one) travels in a memfd."""
+    fd = os.memfd_create("derivanim-seccomp")
+    os.write(fd, _seccomp_program()[0])
+    os.lseek(fd, 0, os.SEEK_SET)
+    fds = [fd]
     command = [bwrap, "--unshare-all"]
     if unprivileged:
         command += ["--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-    command += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--as-pid-1"]
-    if program is not None:
-        fd = os.memfd_create("derivanim-seccomp")
-        os.write(fd, program)
-        os.lseek(fd, 0, os.SEEK_SET)
-        fds.append(fd)
-        command += ["--seccomp", str(fd)]
+    command += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--as-pid-1", "--seccomp", str(fd)]
     # /tmp first: a venv or checkout under /tmp (CI clones there) is bound on top of it, not hidden.
     command += ["--size", str(16 << 20), "--tmpfs", "/tmp", *_mounts(),
         "--proc", "/proc", "--dev", "/dev",
@@ -560,7 +556,7 @@ def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
                  "stderr": _read_text(output / "stderr", limits.max_output_chars),
                  "files": {}}
         for name in request["collect"]:
-            data = _read_regular(root / _plain_name(name), MAX_COLLECT_MB << 20)
+            data = _read_file(root / _plain_name(name), MAX_COLLECT_MB << 20)
             if data is not None:
                 reply["files"][name] = base64.b64encode(data).decode()
         _empty(root)
@@ -665,30 +661,25 @@ def _empty(root: Path) -> None:
 
 
 def _read_regular(path: Path, limit: int) -> bytes | None:
-    """A file's bytes if it is a regular file of at most limit bytes (a job could leave a
-    symlink, a FIFO that blocks, or a huge file); None otherwise."""
+    """Up to limit + 1 bytes of a regular file the job left; None for anything else (a job
+    could leave a symlink to a file it cannot read, or a FIFO that blocks)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        return handle.read(limit + 1)[:limit]
+        return handle.read(limit + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
+
+def _read_file(path: Path, limit: int) -> bytes | None:
+    """A collected file: whole, or None when it is over limit bytes or not a regular file."""
+    data = _read_regular(path, limit)
+    return data if data is not None and len(data) <= limit else None
 
 
 def _read_text(path: Path, limit: int) -> str:
     """An output file as text, truncated to limit characters."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        data = handle.read(4 * limit + 4)
-    text = data.decode(errors="replace")
+    text = (_read_regular(path, 4 * limit) or b"").decode(errors="replace")
     return text[:limit] + "\n[output truncated]" if len(text) > limit else text
 
 
