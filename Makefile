@@ -6,7 +6,7 @@ SETUP := .venv/.derivanim-setup
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate base train sweep sweep-summary ui eval doctor \
+.PHONY: help setup all data data-validate pretrain curve train sweep sweep-summary ui eval doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -18,7 +18,7 @@ $(SETUP): pyproject.toml scripts/setup.sh
 setup: ## install system packages (apt), .venv and the project; a second run takes seconds
 	@./scripts/setup.sh
 
-all: $(SETUP) ## the main job end to end on the embedded default model: data, base, train, eval
+all: $(SETUP) ## the main job end to end on the shipped base model: data, LoRA fine-tuning, eval
 	$(PY) -m derivative_animator.dataset
 	$(PY) -m derivative_animator.train
 	$(PY) -m derivative_animator.evaluate
@@ -29,8 +29,12 @@ data: $(SETUP) ## build the curriculum dataset (data/derivatives): ARGS="data.si
 data-validate: $(SETUP) ## build the dataset and render every scene with Manim (dry run, parallel)
 	$(PY) -m derivative_animator.dataset validate.enabled=true $(ARGS)
 
-base: $(SETUP) ## build the embedded default model (tokenizer + pretraining; cached)
+pretrain: $(SETUP) ## rebuild the shipped base (models/derivanim-tiny) from its recipe; resumes where it stopped
+	@test -f data/derivatives/test.jsonl || $(PY) -m derivative_animator.dataset
 	$(PY) -m derivative_animator.base_model $(ARGS)
+
+curve: $(SETUP) ## the compute-quality curve (docs/compute_quality.png): raw math vs pretraining tokens and fine-tuning steps
+	$(PY) scripts/compute_quality.py $(ARGS)
 
 train: $(SETUP) ## fine-tune with LoRA (builds data and base model if missing): ARGS="lora=r16"
 	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset

@@ -109,15 +109,15 @@ def build_data(directory: Path, plan: Plan) -> Path:
 
 def load_embedded(plan: Plan):
     """(model settings, tokenizer, model) of the embedded base; the micro one is built here,
-    the tiny one must be carried (its corpus is Manim's source, which GPU machines lack)."""
+    the tiny one is the shipped base (models/, in the repository)."""
     settings = conf("model", f"{plan.base}.yaml")
     # The build section's output_dir may name an environment variable (the tests' own outputs).
     settings["build"] = OmegaConf.to_container(OmegaConf.create(settings["build"]), resolve=True)
-    directory = paths.resolve(settings["build"]["output_dir"])
+    directory = paths.resolve(settings["build"]["publish_dir"] or settings["build"]["output_dir"])
     if plan.base == "micro":
         build_base(BaseModelConfig(**settings["build"]))
     elif not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} is missing: run `make base` and carry it to this machine")
+        raise FileNotFoundError(f"{directory} is missing: the shipped base comes with the repository (make pretrain rebuilds it)")
     tokenizer, model = finetune.load_base(Settings(pretrained=str(directory), dtype=settings["dtype"]))
     return settings, tokenizer, model
 
@@ -129,8 +129,7 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
     full_scenes = plan.full_scenes or train["full_scenes"]
     pl.seed_everything(train["seed"], workers=True)
     tiny, tokenizer, model = load_embedded(plan)
-    lora = Settings({**conf("lora", "default.yaml"), "enabled": tiny["lora_by_default"],
-                     "modules_to_save": tiny["lora_modules_to_save"]})  # lora=auto, resolved
+    lora = Settings(conf("lora", "default.yaml"))
     model = finetune.add_lora(model, lora)
     data = DerivativeDataModule(str(data_dir), tokenizer, micro_batch_size=tiny["micro_batch_size"],
                                 max_length=tiny["max_length"], bucket_size=train["loader"]["bucket_size"],

@@ -8,7 +8,7 @@ Headers are what differs between scenes, so this isolates the skill that decides
 check, in minutes instead of a full `make train`.
 
     python scripts/header_probe.py                          # the default base, 240 s, full fine-tuning
-    python scripts/header_probe.py --lora 64                # LoRA r=64 (+ embeddings and head) instead
+    python scripts/header_probe.py --lora 64                # LoRA r=64 on every linear projection instead
 
 Measured in session 6 with the then sympy-code headers (`f_expr = ...`, `df_expr = ...`),
 the 7.4M default base and 4,000 train functions, 240 s each: 17 of 57 derivatives right
@@ -61,12 +61,13 @@ def main() -> int:
     from derivative_animator.prompt import encode_prompt
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="outputs/base/tiny", help="a base model dir (make base)")
+    parser.add_argument("--base", default="models/derivanim-tiny", help="a base model dir (the shipped one, a snapshot)")
     parser.add_argument("--data", default="data/derivatives", help="a dataset dir (make data): its train split")
     parser.add_argument("--seconds", type=float, default=240, help="training budget (wall clock)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
+    parser.add_argument("--lora-train-embeddings", action="store_true", help="LoRA also trains embeddings and head in full")
     parser.add_argument("--samples", type=int, default=57, help="test functions decoded")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -83,7 +84,8 @@ def main() -> int:
     if args.lora:
         model = finetune.add_lora(model, OmegaConf.create({
             "enabled": True, "r": args.lora, "alpha": 2 * args.lora, "dropout": 0.05,
-            "target_modules": "all-linear", "modules_to_save": ["embed_tokens", "lm_head"]}))
+            "target_modules": "all-linear",
+            "modules_to_save": ["embed_tokens", "lm_head"] if args.lora_train_embeddings else None}))
     examples = []
     for record in dataset.read_split(data, "train"):
         example = encode_example(tokenizer, record.prompt, header_text(record))

@@ -1,7 +1,13 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from derivative_animator import base_model
+from derivative_animator import base_model, paths
 from derivative_animator.base_model import BaseModelConfig
 
 
@@ -16,12 +22,99 @@ def test_copy_rows_repeat_spans_an_induction_head_can_predict():
         assert earlier, f"position {i} is not predictable by copying"
 
 
-def test_batches_are_corpus_windows():
-    tokens = torch.arange(100_000) % 3000
-    config = BaseModelConfig(seq_len=64, batch_size=8)
-    batch = next(base_model._batches(tokens, config, torch.Generator().manual_seed(0)))
-    assert batch.shape == (8, 64)
-    assert all(bool(((row[1:] - row[:-1]) % 3000 == 1).all()) for row in batch)  # consecutive tokens
+def tiny_config(**changes) -> BaseModelConfig:
+    settings = OmegaConf.to_container(OmegaConf.load(paths.CONF_DIR / "model" / "tiny.yaml").build, resolve=True)
+    return BaseModelConfig(**{**settings, **changes})
+
+
+def micro_config(tmp_path, **changes) -> BaseModelConfig:
+    settings = OmegaConf.to_container(OmegaConf.load(paths.CONF_DIR / "model" / "micro.yaml").build, resolve=True)
+    return BaseModelConfig(**{**settings, "output_dir": str(tmp_path / "base"), **changes})
+
+
+def test_batches_are_corpus_windows_each_once_an_epoch():
+    tokens = torch.arange(64 * 40 + 1) % 3000
+    config = BaseModelConfig(**{**micro_config(Path("/unused")).__dict__, "seq_len": 64, "batch_size": 8})
+    batches = [base_model.batch_at(tokens, config, step) for step in range(10)]  # 5 steps an epoch
+    assert all(b.shape == (8, 64) for b in batches)
+    assert all(bool(((row[1:] - row[:-1]) % 3000 == 1).all()) for b in batches for row in b)  # consecutive tokens
+    for epoch in (batches[:5], batches[5:]):
+        starts = sorted(int(row[0]) for b in epoch for row in b)
+        assert starts == [64 * i for i in range(40)]
+    assert not torch.equal(torch.cat(batches[:5]), torch.cat(batches[5:]))  # each epoch its own order
+    assert torch.equal(base_model.batch_at(tokens, config, 7), batches[7])  # a pure function of the step
+
+
+def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    whole = micro_config(tmp_path / "whole", steps=6, checkpoint_every=2)
+    base_model.build_base(whole)
+    interrupted = micro_config(tmp_path / "interrupted", steps=6, checkpoint_every=2)
+    real_batch_at = base_model.batch_at
+
+    def stop_at_step_5(tokens, config, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_batch_at(tokens, config, step)
+
+    monkeypatch.setattr(base_model, "batch_at", stop_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        base_model.build_base(interrupted)
+    state = torch.load(tmp_path / "interrupted" / ".base-building" / base_model.STATE_FILE, weights_only=False)
+    assert state["step"] == 4  # the last checkpoint; step 5 is trained again
+    trained: list[int] = []
+    monkeypatch.setattr(base_model, "batch_at", lambda t, c, step: trained.append(step) or real_batch_at(t, c, step))
+    report = base_model.build_base(interrupted)
+    assert trained == [4, 5] and len(report.losses) == 6 and not report.cached  # continued, not restarted
+    first, second = (load_file(tmp_path / d / "base" / "model.safetensors") for d in ("whole", "interrupted"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert base_model.build_base(interrupted).cached  # finished: reused as it is
+
+
+def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(tmp_path, default_splits):
+    """The `make pretrain` entry point, end to end, with a calculus corpus that leaves the held-out data out."""
+    import mlflow
+    from transformers import AutoModelForCausalLM
+
+    from derivative_animator import dataset
+
+    data = tmp_path / "data"
+    dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
+    published = tmp_path / "models" / "micro-base"
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "derivative_animator.base_model", "model=micro",
+               "model.build.calculus_draws=300", f"model.build.held_out_data={data}",
+               f"model.build.output_dir={tmp_path / 'base'}", f"model.build.publish_dir={published}",
+               f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path / 'artifacts'}"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads((published / base_model.BUILD_INFO).read_text())
+    assert info["calculus_documents"] > 200 and info["held_out_functions"] == 107
+    assert {name: base_model.file_sha256(published / name) for name in info["sha256"]} == info["sha256"]
+    card = (published / base_model.CARD).read_text()
+    assert info["sha256"]["model.safetensors"] in card and "107 validation and test functions" in card
+    AutoModelForCausalLM.from_pretrained(published)
+    client = mlflow.MlflowClient(store)
+    run, = client.search_runs([client.get_experiment_by_name("derivative-animator-pretrain").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["pretrain/calculus_tokens"] > 0
+    assert run.data.params["build/calculus_draws"] == "300"
+
+
+def test_the_shipped_base_loads_and_its_files_match_the_sha256_of_its_card():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = OmegaConf.load(paths.CONF_DIR / "model" / "tiny.yaml").build
+    shipped = paths.resolve(settings.publish_dir)
+    info = json.loads((shipped / base_model.BUILD_INFO).read_text())
+    assert {name: base_model.file_sha256(shipped / name) for name in info["sha256"]} == info["sha256"]
+    assert "model.safetensors" in info["sha256"] and info["sha256"]["model.safetensors"] in (shipped / base_model.CARD).read_text()
+    assert (shipped / "model.safetensors").stat().st_size < 40e6  # the issue's budget for weights in git
+    assert info["config_sha256"] == BaseModelConfig(**OmegaConf.to_container(settings, resolve=True)).sha256  # its recipe
+    model = AutoModelForCausalLM.from_pretrained(shipped)
+    tokenizer = AutoTokenizer.from_pretrained(shipped)
+    assert sum(p.numel() for p in model.parameters()) == info["parameters"]
+    assert tokenizer.decode(tokenizer("f'(x) = 2x*sin(x)")["input_ids"]) == "f'(x) = 2x*sin(x)"
 
 
 class _Tokenizer:  # what make_model reads from a tokenizer
@@ -36,7 +129,7 @@ class _Tokenizer:  # what make_model reads from a tokenizer
 def test_copy_circuit_makes_an_untrained_model_copy(circuit):
     """The built-in induction head copies repeated spans before any training; without it, a
     random model copies nothing. Spans of random tokens, so only copying can predict them."""
-    config = BaseModelConfig(num_layers=2, copy_circuit=circuit, max_position_embeddings=1024)
+    config = tiny_config(num_layers=2, copy_circuit=circuit, max_position_embeddings=1024, seq_len=512)
     torch.manual_seed(0)
     model = base_model.make_model(config, _Tokenizer(2048))
     tokens = torch.randint(2, 2048, (50_000,), generator=torch.Generator().manual_seed(0))
@@ -45,7 +138,7 @@ def test_copy_circuit_makes_an_untrained_model_copy(circuit):
 
 
 def test_copy_circuit_attends_one_and_two_tokens_back():
-    config = BaseModelConfig(num_layers=2, max_position_embeddings=1024)
+    config = tiny_config(num_layers=2, max_position_embeddings=1024, seq_len=512)
     torch.manual_seed(0)
     model = base_model.make_model(config, _Tokenizer(512))
     inputs = torch.randint(2, 512, (1, 300), generator=torch.Generator().manual_seed(0))
@@ -58,5 +151,5 @@ def test_copy_circuit_attends_one_and_two_tokens_back():
 
 def test_copy_circuit_refuses_models_too_small_to_host_it():
     with pytest.raises(ValueError, match="copy_circuit=false"):
-        BaseModelConfig(hidden_size=32, num_heads=2, num_layers=2)
-    BaseModelConfig(hidden_size=32, num_heads=2, num_layers=2, copy_circuit=False)  # fine without
+        tiny_config(hidden_size=32, num_heads=2, num_layers=2)
+    tiny_config(hidden_size=32, num_heads=2, num_layers=2, copy_circuit=False)  # fine without

@@ -250,3 +250,37 @@ def test_a_generation_that_fails_is_its_own_row_and_the_rest_is_evaluated(tmp_pa
     failed = rows[("finetuned", "sin(x)")]
     assert failed["extra"]["failed"] and "generation failed: RuntimeError: the model ran out of memory" in failed["error"]
     assert rows[("verified", "sin(x)")]["extra"]["failed"]
+
+
+class _KnownHeaders(_KnownTries):
+    """Known tries whose header samples stop at the header, as SceneGenerator's do."""
+
+    def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
+                 syntax_rollbacks=0, accept_header=None):
+        from derivative_animator import scenes
+        from derivative_animator.generate import HEADER_REJECTED, Generation
+
+        generation = super().generate(function, max_new_tokens, temperature, top_p, seed)
+        if accept_header is None:
+            return generation
+        header = generation.code[:scenes.math_header_length(generation.code)]
+        assert not accept_header(header)  # a vote needs the header only
+        return Generation(function, header, 0.01, 50, 5, stop=HEADER_REJECTED)
+
+
+@pytest.mark.needs_render
+def test_self_consistency_puts_the_header_most_samples_agree_on_over_a_wrong_greedy_scene(tmp_path, monkeypatch):
+    from derivative_animator import generate
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\n")
+    # Greedy (seed 0) writes a wrong derivative; the header samples use seeds 1000 + i.
+    plan = {0: "wrong", 1000: "right", 1001: "wrong", 1002: "right", 1003: "right"}
+    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _KnownHeaders(plan)))
+    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,self_consistency]",
+                       f"eval.model={tmp_path}", "eval.seed=0", "eval.self_consistency.k=4")
+    results = evaluate.run_evaluation(cfg, tmp_path)
+    assert results["summary"]["finetuned"]["all"]["math"] == 0.0
+    assert results["summary"]["self_consistency"]["all"]["passed"] == 100.0
+    row, = [r for r in results["rows"] if r["baseline"] == "self_consistency"]
+    assert row["extra"]["vote"] == {"chosen_header": 1, "agreeing": 3, "voters": 5}

@@ -33,8 +33,9 @@ def test_every_config_option_composes(group, option):
 
 def test_lora_presets_and_model_learning_rates():
     assert compose_train("lora=default").lora.r == 64 and compose_train("lora=default").lora.alpha == 128
-    # lora=auto: the tiny model trains in full, DeepSeek-Coder with the original LoRA r=64
-    assert not compose_train().lora.enabled and compose_train("lora=r16").lora.enabled
+    # every model fine-tunes with the original LoRA (r=64, alpha=128, dropout 0.05, every linear projection)
+    assert compose_train().lora.enabled and not compose_train("lora=none").lora.enabled
+    assert compose_train().lora.target_modules == "all-linear" and compose_train().lora.dropout == 0.05
     deepseek = compose_train("model=deepseek_coder_1_3b").lora
     assert deepseek.enabled and deepseek.r == 64 and deepseek.alpha == 128
     assert compose_train("experiment=lora_rank_sweep").lora.enabled  # a rank sweep is LoRA on any model
@@ -248,7 +249,8 @@ def test_multirun_makes_one_mlflow_run_per_rank(tmp_path, micro_data):
     experiment = client.get_experiment_by_name("derivative-animator")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'test-sweep'")
     assert sorted(r.data.params["lora/r"] for r in runs) == ["4", "8"]
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.params["lora/enabled"] == "True" for r in runs)  # LoRA on by default: ranks that differ
+    assert all(r.info.status == "FINISHED" and "val/math" in r.data.metrics for r in runs)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +382,7 @@ def test_the_learning_rate_schedule_is_transformers_cosine_with_warmup():
 
 
 def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro_data):
-    """`-m lora.r=4,8` on a model that trains in full would make identical runs."""
+    """`-m lora.r=4,8` with lora=none would make identical full fine-tunes."""
     import subprocess
     import sys
 
@@ -390,7 +392,7 @@ def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro
     out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=paths.PROJECT_ROOT, env=env)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     error = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "lora.r=8 has no effect" in error[0] and "lora=default" in error[0]
+    assert len(error) == 1 and "lora.r=8 has no effect" in error[0] and "drop lora=none" in error[0]
     assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").rglob("run.json"))
 
 

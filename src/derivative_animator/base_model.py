@@ -1,19 +1,24 @@
-"""The embedded default model: a small Llama-architecture code LM built on this machine.
+"""The embedded default model: a small Llama-architecture code LM the project pretrains itself.
 
-No model hub is needed. `build_base(config)`:
-1. collects real Python source installed here (Manim's and parts of sympy's own code),
-   in a fixed order;
+No model hub is needed. `build_base(config)` (`make pretrain`):
+1. collects real Python source installed here (Manim's and sympy's own code) and
+   synthetic calculus text from the project's differentiator (`calculus_corpus`: worked
+   derivatives in the scenes' notation, the validation and test functions left out);
 2. trains a byte-level BPE tokenizer on it, digits kept apart (a model sees 12 as 1, 2:
    easier to copy and to compute with);
-3. pretrains a LlamaForCausalLM on that corpus for a fixed number of steps (bf16
-   autocast on CPU), seeded, so the same config gives the same model;
-4. saves model and tokenizer with `save_pretrained` under `outputs/base/<name>`, so
-   LoRA then fine-tunes it exactly as it would DeepSeek-Coder, through `from_pretrained`.
+3. pretrains a LlamaForCausalLM on that corpus (bf16 autocast where the CPU has it),
+   seeded, checkpointing every few minutes: an interrupted pretraining continues where it
+   stopped, with the batches it would have seen (`batch_at`), in the same MLflow run;
+4. saves model and tokenizer with `save_pretrained` under `output_dir`, and, given
+   `publish_dir`, copies them there with a model card (recipe, corpus, tokens, time,
+   sha256): the shipped base under `models/`, which LoRA fine-tunes exactly as it would
+   DeepSeek-Coder, through `from_pretrained`.
 
-A build is cached: a directory whose `build_info.json` carries the same config hash is
-reused as it is.
+A finished build is cached: a directory whose `build_info.json` carries the same config
+hash is reused as it is.
 
-    python -m derivative_animator.base_model            # make base
+    python -m derivative_animator.base_model                 # make pretrain
+    python -m derivative_animator.base_model model=micro     # seconds, for tests
 """
 
 from __future__ import annotations
@@ -33,41 +38,50 @@ import torch
 from derivative_animator import paths
 
 BUILD_INFO = "build_info.json"
-BUILD_VERSION = 3  # bump when the code changes what a build produces (it invalidates caches)
+BUILD_VERSION = 4  # bump when the code changes what a build produces (it invalidates caches)
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
 
 @dataclass(frozen=True)
 class BaseModelConfig:
-    """How to build the embedded model. Validated on construction."""
+    """How to build the embedded model (the recipe; conf/model/*.yaml `build:` holds the values).
+    Validated on construction."""
 
-    output_dir: str = "outputs/base/tiny"
-    corpus_packages: tuple[str, ...] = ("manim", "sympy.core", "sympy.functions", "sympy.printing",
-                                        "sympy.simplify", "sympy.calculus", "sympy.plotting")
-    corpus_max_chars: int = 8_000_000
-    vocab_size: int = 8192
-    hidden_size: int = 256
-    intermediate_size: int = 688
-    num_layers: int = 4
-    num_heads: int = 4
-    max_position_embeddings: int = 2048
-    seq_len: int = 512
-    batch_size: int = 16
-    copy_circuit: bool = True  # start with a built-in induction head (see install_copy_circuit)
-    rope_theta: float = 1e12  # large: most rotary pairs turn slowly enough to match content
-    steps: int = 300
-    lr: float = 2e-3
-    warmup_steps: int = 30
+    output_dir: str
+    corpus_packages: tuple[str, ...]
+    corpus_max_chars: int
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    max_position_embeddings: int
+    seq_len: int
+    batch_size: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    copy_circuit: bool = False  # start with a built-in induction head (see install_copy_circuit)
+    rope_theta: float = 10_000.0
+    calculus_draws: int = 0  # random functions drawn for the calculus text (the distinct ones are worked)
+    textbook_share: float = 0.35  # of them, the kinds textbooks ask about (the rest: curriculum levels)
+    held_out_data: str | None = None  # a dataset dir whose validation and test functions stay out
     seed: int = 0
     bf16: bool | str = "auto"  # auto: only where the CPU computes bf16 fast
     threads: int = 0  # 0: torch's default
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    snapshot_every: int = 0  # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality curve
+    publish_dir: str | None = None  # where the finished model is shipped, with its card
 
     def __post_init__(self):
         object.__setattr__(self, "corpus_packages", tuple(self.corpus_packages))
         if self.hidden_size % self.num_heads:
             raise ValueError("model.build.hidden_size must be a multiple of model.build.num_heads")
-        if min(self.vocab_size, self.hidden_size, self.num_layers, self.steps, self.seq_len) <= 0:
-            raise ValueError("model.build sizes and steps must be positive")
+        if min(self.vocab_size, self.hidden_size, self.num_layers, self.steps, self.seq_len, self.checkpoint_every) <= 0:
+            raise ValueError("model.build sizes, steps and checkpoint_every must be positive")
+        if self.calculus_draws and not self.held_out_data:
+            raise ValueError("model.build.held_out_data must name the dataset whose validation and test "
+                             "functions the calculus corpus leaves out")
         if self.copy_circuit:
             CopyCircuitLayout.for_model(self.hidden_size, self.num_heads, self.num_layers)
         if self.seq_len > self.max_position_embeddings:
@@ -75,7 +89,8 @@ class BaseModelConfig:
 
     @property
     def sha256(self) -> str:
-        content = {k: v for k, v in asdict(self).items() if k not in ("output_dir", "threads")}
+        ignored = ("output_dir", "threads", "checkpoint_every", "snapshot_every", "publish_dir", "held_out_data")
+        content = {k: v for k, v in asdict(self).items() if k not in ignored}
         content["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -87,13 +102,22 @@ class BuildReport:
     seconds: float = 0.0
     corpus_files: int = 0
     corpus_chars: int = 0
-    corpus_tokens: int = 0
+    code_tokens: int = 0
+    calculus_functions: int = 0
+    calculus_documents: int = 0
+    calculus_tokens: int = 0
+    held_out_functions: int = 0
     parameters: int = 0
+    trained_tokens: int = 0
     first_loss: float | None = None
     final_loss: float | None = None
     tokens_per_second: float | None = None
     copy_accuracy: float | None = None
     losses: list[float] = field(default_factory=list)
+
+    @property
+    def corpus_tokens(self) -> int:
+        return self.code_tokens + self.calculus_tokens
 
 
 def collect_corpus(packages: tuple[str, ...], max_chars: int) -> list[tuple[str, str]]:
@@ -291,14 +315,16 @@ def install_copy_circuit(model, seed: int = 0) -> None:
     model.lm_head.weight[:, list(layout.copied)] = identity
 
 
-def _batches(tokens: torch.Tensor, config: BaseModelConfig, generator: torch.Generator):
-    """Random windows of seq_len tokens from the packed corpus, forever."""
+def batch_at(tokens: torch.Tensor, config: BaseModelConfig, step: int) -> torch.Tensor:
+    """The training batch of a step: seq_len-token windows of the packed corpus, each window
+    once per epoch in an order seeded by (seed, epoch). A pure function of the step, so a
+    resumed pretraining sees exactly the batches it would have seen."""
     n_windows = (len(tokens) - 1) // config.seq_len
-    while True:
-        order = torch.randperm(n_windows, generator=generator)
-        for start in range(0, n_windows - config.batch_size + 1, config.batch_size):
-            index = order[start:start + config.batch_size] * config.seq_len
-            yield torch.stack([tokens[i:i + config.seq_len] for i in index.tolist()])
+    per_epoch = n_windows // config.batch_size
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+    starts = order[index * config.batch_size:(index + 1) * config.batch_size] * config.seq_len
+    return torch.stack([tokens[i:i + config.seq_len] for i in starts.tolist()])
 
 
 def _copy_row(tokens: torch.Tensor, seq_len: int, generator: torch.Generator):
@@ -337,76 +363,261 @@ def copy_accuracy(model, tokens: torch.Tensor, seq_len: int, rows: int = 16, see
     return round(float((predicted == inputs[:, 1:])[mask].float().mean()), 4)
 
 
-def build_base(config: BaseModelConfig, force: bool = False) -> BuildReport:
+STATE_FILE = "pretraining_state.pt"  # in the staging dir: model, optimizer, step, losses
+
+
+def _prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
+    """(tokenizer, packed token ids): built once, then read back from the staging dir, so a
+    resumed pretraining trains on the very same tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    from derivative_animator import calculus_corpus
+
+    corpus_file = staging / "corpus.pt"
+    if corpus_file.is_file():
+        saved = torch.load(corpus_file)
+        for key, value in saved["report"].items():
+            setattr(report, key, value)
+        return PreTrainedTokenizerFast.from_pretrained(staging / "tokenizer"), saved["tokens"]
+
+    from rich.progress import Progress
+
+    code = collect_corpus(config.corpus_packages, config.corpus_max_chars)
+    held_out = calculus_corpus.held_out_keys(paths.resolve(config.held_out_data)) if config.calculus_draws else set()
+    with Progress() as progress:
+        task = progress.add_task("writing worked derivatives", total=config.calculus_draws)
+        calculus = calculus_corpus.documents(config.calculus_draws, config.seed, held_out,
+                                             config.textbook_share, progress=lambda: progress.advance(task))
+    code_texts = [text for _, text in code]
+    tokenizer = train_tokenizer(code_texts + calculus, config.vocab_size)
+    # One stream: code files and calculus documents in a seeded order, each ended by EOS.
+    code_ids = tokenizer(code_texts, add_special_tokens=False)["input_ids"]
+    calculus_ids = tokenizer(calculus, add_special_tokens=False)["input_ids"] if calculus else []
+    documents = code_ids + calculus_ids
+    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    stream: list[int] = []
+    for i in order:
+        stream.extend(documents[i])
+        stream.append(tokenizer.eos_token_id)
+    tokens = torch.tensor(stream, dtype=torch.long)
+    report.corpus_files, report.corpus_chars = len(code), sum(map(len, code_texts)) + sum(map(len, calculus))
+    report.code_tokens = sum(map(len, code_ids))
+    report.calculus_documents, report.calculus_tokens = len(calculus), sum(map(len, calculus_ids))
+    report.calculus_functions = sum(doc.count("\nf(x) = ") for doc in calculus)
+    report.held_out_functions = len(held_out)
+    tokenizer.save_pretrained(staging / "tokenizer")
+    torch.save({"tokens": tokens, "report": {k: getattr(report, k) for k in (
+        "corpus_files", "corpus_chars", "code_tokens", "calculus_functions", "calculus_documents", "calculus_tokens", "held_out_functions")},
+        "code_files": [name for name, _ in code]}, corpus_file)
+    return tokenizer, tokens
+
+
+def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
+    """(client, run id) of this pretraining's MLflow run (continued on resume), or (None, None)."""
+    if logger_cfg is None:
+        return None, None
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=logger_cfg.tracking_uri)
+    if run_id is None:
+        name = logger_cfg.experiment_name
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            name, artifact_location=logger_cfg.artifact_location)
+        run = client.create_run(experiment_id, run_name=f"pretrain-{Path(config.output_dir).name}",
+                                tags={"stage": "pretrain"})
+        run_id = run.info.run_id
+        for key, value in asdict(config).items():
+            client.log_param(run_id, f"build/{key}", str(value)[:500])
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return client, run_id
+
+
+def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) -> BuildReport:
+    """Pretrain (or continue pretraining) the base model described by `config`; see the module doc."""
     from rich.progress import Progress
     from transformers import get_cosine_schedule_with_warmup
+
+    from derivative_animator.environment import cpu_has_fast_bf16
 
     out = paths.resolve(config.output_dir)
     info_path = out / BUILD_INFO
     if not force and info_path.is_file() and json.loads(info_path.read_text()).get("config_sha256") == config.sha256:
-        return BuildReport(output_dir=str(out), cached=True)
+        report = BuildReport(output_dir=str(out), cached=True)
+        if config.publish_dir:
+            publish(out, paths.resolve(config.publish_dir))
+        return report
 
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    corpus = collect_corpus(config.corpus_packages, config.corpus_max_chars)
-    texts = [text for _, text in corpus]
-    tokenizer = train_tokenizer(texts, config.vocab_size)
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids.append(tokenizer.eos_token_id)
-    tokens = torch.tensor(ids, dtype=torch.long)
+    staging = out.with_name(f".{out.name}-building")
+    if force or not (staging / "config_sha256").is_file() or (staging / "config_sha256").read_text() != config.sha256:
+        shutil.rmtree(staging, ignore_errors=True)  # another recipe's partial build: start over
+        staging.mkdir(parents=True)
+        (staging / "config_sha256").write_text(config.sha256)
+    report = BuildReport(output_dir=str(out), cached=False)
+    tokenizer, tokens = _prepare_corpus(config, staging, report)
     if len(tokens) < config.seq_len * config.batch_size + 1:
-        raise ValueError("the corpus is too small for one batch; add corpus packages")
+        raise ValueError("the corpus is too small for one batch; add corpus packages or calculus functions")
 
+    torch.manual_seed(config.seed)
     model = make_model(config, tokenizer)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = _batches(tokens, config, generator)
-    report = BuildReport(output_dir=str(out), cached=False, corpus_files=len(corpus),
-                         corpus_chars=sum(map(len, texts)), corpus_tokens=len(tokens),
-                         parameters=sum(p.numel() for p in model.parameters()))
-    from derivative_animator.environment import cpu_has_fast_bf16
+    state_file, step, run_id, elapsed = staging / STATE_FILE, 0, None, 0.0
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, run_id, elapsed, report.losses = state["step"], state["mlflow_run_id"], state["train_seconds"], state["losses"]
+    client, run_id = _mlflow_run(config, logger_cfg, run_id)
+    report.parameters = sum(p.numel() for p in model.parameters())
+
+    def save_state():
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "step": step, "mlflow_run_id": run_id, "train_seconds": elapsed, "losses": report.losses},
+                   staging / f"{STATE_FILE}.tmp")
+        (staging / f"{STATE_FILE}.tmp").replace(state_file)  # atomic: a kill mid-save keeps the last one
 
     use_bf16 = cpu_has_fast_bf16() if config.bf16 == "auto" else bool(config.bf16)
-    train_start = time.perf_counter()
-    with Progress() as progress:
-        task = progress.add_task("pretraining the base model", total=config.steps)
-        for step in range(config.steps):
-            batch = next(batches)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(input_ids=batch, labels=batch).loss
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"base model loss became {loss.item()} at step {step}; lower model.build.lr")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            report.losses.append(round(loss.item(), 4))
-            progress.update(task, advance=1, description=f"pretraining the base model (loss {loss.item():.3f})")
-    elapsed = time.perf_counter() - train_start
+    tokens_per_step = config.batch_size * config.seq_len
+    try:
+        with Progress() as progress:
+            task = progress.add_task("pretraining the base model", total=config.steps, completed=step)
+            while step < config.steps:
+                began = time.perf_counter()
+                batch = batch_at(tokens, config, step)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = model(input_ids=batch, labels=batch).loss
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"base model loss became {loss.item()} at step {step}; lower model.build.lr")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                elapsed += time.perf_counter() - began
+                report.losses.append(round(loss.item(), 4))
+                progress.update(task, completed=step, description=f"pretraining the base model (loss {loss.item():.3f})")
+                if client and (step % 10 == 0 or step == config.steps):
+                    client.log_metric(run_id, "pretrain/loss", sum(report.losses[-10:]) / len(report.losses[-10:]), step=step)
+                    client.log_metric(run_id, "pretrain/tokens", step * tokens_per_step, step=step)
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    save_state()
+                if config.snapshot_every and step % config.snapshot_every == 0 and step < config.steps:
+                    snapshot = out.with_name(f"{out.name}-snapshots") / f"step-{step}"
+                    model.save_pretrained(snapshot)
+                    tokenizer.save_pretrained(snapshot)
+    except BaseException:  # make pretrain again continues from the last checkpoint
+        if client:
+            client.set_terminated(run_id, "KILLED")
+        raise
     report.first_loss, report.final_loss = report.losses[0], sum(report.losses[-10:]) / min(10, len(report.losses))
-    report.tokens_per_second = round(config.steps * config.batch_size * config.seq_len / elapsed, 1)
+    report.trained_tokens = config.steps * tokens_per_step
+    report.tokens_per_second = round(report.trained_tokens / max(elapsed, 1e-9), 1)
     report.copy_accuracy = copy_accuracy(model, tokens, min(config.seq_len, 256))
-    report.seconds = round(time.perf_counter() - start, 1)
+    report.seconds = round(elapsed + time.perf_counter() - start, 1)
 
-    staging = out.with_name(f".{out.name}-building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    final = out.with_name(f".{out.name}-final")
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir(parents=True)
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
     info = {"config": asdict(config), "config_sha256": config.sha256, **asdict(report),
-            "corpus": [name for name, _ in corpus]}
-    (staging / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+            "corpus_tokens": report.corpus_tokens, "precision": "bf16-mixed" if use_bf16 else "32-true",
+            "threads": torch.get_num_threads(), "mlflow_run_id": run_id,
+            "code_files": torch.load(staging / "corpus.pt")["code_files"]}
+    (final / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
-    staging.rename(out)
+    final.rename(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    if client:
+        for key in ("final_loss", "tokens_per_second", "copy_accuracy", "trained_tokens", "corpus_tokens",
+                    "calculus_tokens", "code_tokens", "seconds"):
+            client.log_metric(run_id, f"pretrain/{key}", float(getattr(report, key)))
+        client.log_artifact(run_id, str(info_path))
+        client.set_terminated(run_id, "FINISHED")
+    if config.publish_dir:
+        publish(out, paths.resolve(config.publish_dir))
     return report
+
+
+SHIPPED_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+CARD = "README.md"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def publish(build_dir: Path, publish_dir: Path) -> Path:
+    """Copy a finished build to where it is shipped, with a model card giving its recipe,
+    corpus, tokens, time and the weights' sha256 (tests check the shipped weights against it)."""
+    info = json.loads((build_dir / BUILD_INFO).read_text())
+    staging = publish_dir.with_name(f".{publish_dir.name}-publishing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in SHIPPED_FILES:
+        if (build_dir / name).is_file():
+            shutil.copy2(build_dir / name, staging / name)
+    shipped_info = {k: v for k, v in info.items() if k not in ("losses", "code_files", "output_dir", "cached")}
+    shipped_info["sha256"] = {name: file_sha256(staging / name) for name in sorted(p.name for p in staging.iterdir())}
+    (staging / BUILD_INFO).write_text(json.dumps(shipped_info, indent=1) + "\n")
+    (staging / CARD).write_text(model_card(shipped_info, publish_dir.name))
+    if publish_dir.exists():
+        shutil.rmtree(publish_dir)
+    staging.rename(publish_dir)
+    return publish_dir
+
+
+def model_card(info: dict, name: str) -> str:
+    c = info["config"]
+    hours = info["seconds"] / 3600
+    sha_lines = "\n".join(f"| `{file}` | `{digest}` |" for file, digest in info["sha256"].items())
+    return f"""# {name}
+
+The embedded base model of DerivativeAnimator: a {info['parameters'] / 1e6:.1f}M-parameter Llama-architecture
+causal LM pretrained by this project on Python source and on worked derivatives, so that
+LoRA fine-tuning (`make all`) starts from a model that already knows code and calculus.
+Load it like any hub model: `AutoModelForCausalLM.from_pretrained("models/{name}")`.
+
+## Recipe
+`make pretrain` rebuilds it from `conf/model/tiny.yaml` (`build:`), deterministic given
+seed and threads; the config hash of this build is `{info['config_sha256'][:16]}`.
+
+| | |
+|---|---|
+| shape | {c['num_layers']} layers, hidden {c['hidden_size']}, MLP {c['intermediate_size']}, {c['num_heads']} heads, vocab {c['vocab_size']} (byte-level BPE, digits split), rope_theta {c['rope_theta']:g} |
+| copy circuit | {'an induction head written into the fresh model before pretraining' if c['copy_circuit'] else 'none'} |
+| steps | {c['steps']} of {c['batch_size']} x {c['seq_len']} tokens = {info['trained_tokens']:,} tokens; AdamW lr {c['lr']}, cosine, {c['warmup_steps']} warm-up steps |
+| precision | {info['precision']} on {info['threads']} CPU threads, {info['tokens_per_second']:,.0f} tokens/s |
+| time | {hours:.2f} h |
+| final loss | {info['final_loss']:.3f}; copies {info['copy_accuracy']:.0%} of repeated code spans |
+
+## Corpus ({info['corpus_tokens']:,} tokens)
+- Python source installed on the building machine: {', '.join(c['corpus_packages'])}
+  ({info['corpus_files']} files, {info['code_tokens']:,} tokens);
+- synthetic calculus text from the project's differentiator (`calculus_corpus.py`):
+  {info['calculus_functions']:,} distinct functions of {c['calculus_draws']:,} drawn ({c['textbook_share']:.0%} of the kinds
+  textbooks ask about, the rest from the four curriculum levels), {info['calculus_documents']:,} documents,
+  {info['calculus_tokens']:,} tokens: math headers and rule-by-rule steps in the scenes' notation.
+  The {info['held_out_functions']} validation and test functions of the default dataset are never worked in it.
+
+## Files
+| file | sha256 |
+|---|---|
+{sha_lines}
+"""
 
 
 def main(cfg) -> int:
@@ -414,18 +625,19 @@ def main(cfg) -> int:
     from rich.console import Console
 
     config = BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True))
-    report = build_base(config, force=cfg.get("force", False))
+    report = build_base(config, force=cfg.get("force", False), logger_cfg=cfg.get("logger"))
     console = Console(stderr=True)
     if report.cached:
         console.print(f"base model up to date: {report.output_dir}")
     else:
         console.print(
             f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
-            f"{report.corpus_files} files / {report.corpus_tokens} tokens of Python, loss "
-            f"{report.first_loss:.2f} -> {report.final_loss:.2f}, copies {report.copy_accuracy:.0%} of "
-            f"repeated spans, {report.tokens_per_second:.0f} tokens/s, "
-            f"{report.seconds:.0f} s"
+            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), {report.trained_tokens:,} trained, "
+            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, copies {report.copy_accuracy:.0%} of "
+            f"repeated spans, {report.tokens_per_second:.0f} tokens/s, {report.seconds:.0f} s"
         )
+    if config.publish_dir:
+        console.print(f"published to {paths.resolve(config.publish_dir)}")
     return 0
 
 

@@ -140,6 +140,8 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
         gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed,
                                  syntax_rollbacks=args.syntax_rollbacks,
                                  accept_header=accept_header if abandon else None)
+        if attempt == 1 and getattr(args, "self_consistency", 0):
+            gen = _vote_on_header(generator, function, gen, args, say)
         if gen.stop == HEADER_REJECTED:
             say(f"attempt {attempt}: abandoned after its math header, the derivative is wrong "
                 f"({gen.seconds:.2f} s)")
@@ -166,6 +168,23 @@ def generate_verified(generator, function: str, args, say) -> tuple[str, object]
     return code, result
 
 
+def _vote_on_header(generator, function: str, gen, args, say):
+    """--self-consistency K: the first scene under the math header K samples agree on most."""
+    from dataclasses import replace
+
+    from derivative_animator.self_consistency import self_consistent_scene
+
+    seed = 1000 if args.seed is None else args.seed + 1000
+    code, vote = self_consistent_scene(generator, function, gen.code, args.self_consistency,
+                                       args.retry_temperature, args.top_p, seed)
+    if vote.chosen is None:
+        say(f"self-consistency: no header could vote ({vote.seconds:.1f} s); keeping the greedy scene")
+    else:
+        which = "the greedy header" if vote.chosen == 0 else f"sampled header {vote.chosen}"
+        say(f"self-consistency: {which}, agreed by {vote.group_size} of {vote.voters} ({vote.seconds:.1f} s)")
+    return replace(gen, code=code, seconds=gen.seconds + vote.seconds)
+
+
 def _marks(result) -> str:
     return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
                     for k in ("syntax", "structure", "executes", "math"))
@@ -181,6 +200,7 @@ def _check_sampling_args(args) -> None:
         (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
         (args.syntax_rollbacks >= 0, f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}"),
         (args.batch_size >= 1, f"--batch-size must be 1 or more, got {args.batch_size}"),
+        (args.self_consistency >= 0, f"--self-consistency must be 0 (off) or more samples, got {args.self_consistency}"),
     ]
     for ok, message in rules:
         if not ok:
@@ -367,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attempts", type=int, default=4, help="verified generation: best of n")
     p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
+    p.add_argument("--self-consistency", type=int, default=0, metavar="K",
+                   help="the first scene takes the math header most of K sampled headers agree on (no oracle)")
     p.add_argument("--syntax-rollbacks", type=int, default=8,
                    help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
     p.add_argument("--repair", action="store_true",

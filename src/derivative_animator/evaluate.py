@@ -8,7 +8,9 @@ mathematics, and report per baseline and per curriculum level.
 Baselines: `template` (the oracle: the dataset's template with the true derivative; it
 must score 100%, the evaluator's own sanity check), `base` (the model before fine-tuning,
 same prompt), `finetuned` (greedy, raw), `verified` (the fine-tuned model sampled again
-until its scene passes every check, up to eval.verify_attempts; reports which attempt).
+until its scene passes every check, up to eval.verify_attempts; reports which attempt),
+`self_consistency` (the greedy scene under the math header most of eval.self_consistency.k
+sampled headers agree on: `self_consistency.py`; it never consults the true derivative).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
 
-BASELINES = ("template", "base", "finetuned", "verified")
+BASELINES = ("template", "base", "finetuned", "self_consistency", "verified")
 CHECKS = ("syntax", "structure", "executes", "math")
 
 
@@ -293,7 +295,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     if unknown:
         raise ValueError(f"unknown eval.baselines {sorted(unknown)}; choose from {list(BASELINES)}")
     model_dir = None
-    if {"base", "finetuned", "verified"} & set(baselines):
+    if {"base", "finetuned", "self_consistency", "verified"} & set(baselines):
         model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
     e = cfg.eval
@@ -329,7 +331,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch,
                                         bracket_guard=e.bracket_guard) if model_dir else None
         raw: dict[str, tuple[Generation, Future]] = {}
-        if {"finetuned", "verified"} & set(baselines):
+        if {"finetuned", "self_consistency", "verified"} & set(baselines):
             finetuned_start = time.perf_counter()
             task = progress.add_task("fine-tuned model", total=len(usable) * e.samples_per_function)
             for sample in usable:
@@ -343,6 +345,11 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                     futures.setdefault("finetuned", []).append(future)
                     progress.advance(task)
             timings["finetuned_generation_s"] = round(time.perf_counter() - finetuned_start, 1)
+        if "self_consistency" in baselines:
+            task = progress.add_task("self-consistency votes", total=len(usable))
+            for sample in usable:
+                futures["self_consistency"].append(_self_consistent_and_submit(evaluator, generator, sample, raw, e))
+                progress.advance(task)
         # Retries wait on renders, so they run on their own thread, not the render pool's; one,
         # like generation: more would take the render workers' cores.
         retry_pool = ThreadPoolExecutor(max_workers=1)
@@ -420,6 +427,27 @@ def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample:
     if raw is not None and attempt == 1:
         raw[sample.id] = (gen, future)
     return future
+
+
+def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample, raw: dict, e) -> Future:
+    """The self-consistency row of a sample: the greedy scene under the voted header."""
+    from dataclasses import replace
+
+    from derivative_animator.checks import one_line
+    from derivative_animator.self_consistency import self_consistent_scene
+
+    if sample.id not in raw:
+        return _resolved(failed_row(sample, "its greedy scene failed", baseline="self_consistency"))
+    greedy = raw[sample.id][0]
+    try:
+        code, vote = self_consistent_scene(generator, sample.function, greedy.code, e.self_consistency.k,
+                                           e.self_consistency.temperature, e.top_p, e.seed + 1000)
+    except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
+        return _resolved(failed_row(sample, f"self-consistency failed: {one_line(error)}", baseline="self_consistency"))
+    generation = replace(greedy, code=code, seconds=greedy.seconds + vote.seconds)
+    votes = {"chosen_header": vote.chosen, "agreeing": vote.group_size, "voters": vote.voters}
+    return _then(evaluator.submit("self_consistency", sample, code, 1, generation),
+                 lambda row: Row(**{**asdict(row), "extra": {**row.extra, "vote": votes}}))
 
 
 def _verify_safely(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:

@@ -65,7 +65,7 @@ def load_base(model_cfg):
     if local.is_dir():
         source = str(local)
     elif source.startswith((".", "/", "outputs")):
-        raise ModelLoadError(f"model directory {local} not found; build it with `make base`")
+        raise ModelLoadError(f"model directory {local} not found; build it with `make pretrain`")
     elif not _in_hf_cache(source) and not _hub_reachable():
         raise ModelLoadError(
             f"cannot load model '{source}': it is not in the local Hugging Face cache and the hub "
@@ -251,11 +251,17 @@ class ValidationMath(pl.Callback):
     def on_validation_epoch_end(self, trainer, module):
         if trainer.sanity_checking or not self.records:
             return
+        for name, value in self.score(module.model).items():
+            module.log(name.replace("math", "val/math", 1), value, prog_bar=name == "math")
+
+    def score(self, model) -> dict[str, float]:
+        """{"math": percent right, "math_level<n>": ...} of the greedy headers `model` writes
+        (with the bracket guard, as evaluation's raw greedy scenes: the same headers)."""
         from derivative_animator.checks import header_judge
         from derivative_animator.generate import SceneGenerator
 
-        training = module.model.training
-        generator = SceneGenerator(module.model, self.tokenizer, DEFAULT_FORMAT, None, Path(trainer.default_root_dir))
+        training = model.training
+        generator = SceneGenerator(model, self.tokenizer, DEFAULT_FORMAT, None, Path("."))
         right: dict[int, list[bool]] = {}
         for record in self.records:
             judge, verdict = header_judge(record.function), []
@@ -266,8 +272,8 @@ class ValidationMath(pl.Callback):
 
             generator.generate(record.function, self.max_new_tokens, accept_header=stop_at_header)
             right.setdefault(record.level, []).append(bool(verdict and verdict[0]))
-        module.model.train(training)
+        model.train(training)
         every = [ok for oks in right.values() for ok in oks]
-        module.log("val/math", 100.0 * sum(every) / len(every), prog_bar=True)
-        for level, oks in sorted(right.items()):
-            module.log(f"val/math_level{level}", 100.0 * sum(oks) / len(oks))
+        scores = {"math": 100.0 * sum(every) / len(every)}
+        scores.update({f"math_level{level}": 100.0 * sum(oks) / len(oks) for level, oks in sorted(right.items())})
+        return scores

@@ -12,7 +12,8 @@ from pathlib import Path
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
            ("math", "Math"), ("passed", "All four"))
 BASELINE_NAMES = {"template": "Template oracle", "base": "Base model (no fine-tuning)",
-                  "finetuned": "Fine-tuned (raw)", "verified": "Fine-tuned + verification"}
+                  "finetuned": "Fine-tuned (raw)", "self_consistency": "Fine-tuned + self-consistency (no oracle)",
+                  "verified": "Fine-tuned + verification"}
 
 
 def _groups(summary: dict):

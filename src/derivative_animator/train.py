@@ -74,8 +74,8 @@ def _refuse_ineffective_overrides(cfg: DictConfig) -> None:
     ineffective = [o for o in given if o.lstrip("+~").startswith("lora.") and not o.lstrip("+~").startswith("lora.enabled")]
     if ineffective:
         raise ValueError(
-            f"{', '.join(ineffective)} has no effect: LoRA is off for model={cfg.model.name} (lora=auto trains it "
-            f"in full); add lora=default (LoRA r=64, alpha=128 on any model) or lora.enabled=true")
+            f"{', '.join(ineffective)} has no effect: LoRA is off (lora=none trains every weight); "
+            f"drop lora=none or add lora.enabled=true")
 
 
 def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
@@ -107,7 +107,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
     pl.seed_everything(cfg.seed, workers=True)
 
-    if cfg.model.get("build"):
+    if cfg.model.get("build") and not cfg.model.build.get("publish_dir"):  # a shipped base is never rebuilt here
         build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
     tokenizer, model = finetune.load_base(cfg.model)
     model = finetune.add_lora(model, cfg.lora)

@@ -1,0 +1,89 @@
+"""Self-consistency: sampled math headers vote on the derivative; the true one is never asked.
+
+A scene's math is its header (the docstring's `f(x) = ...` and `f'(x) = ...`, up to
+`scenes.MATH_HEADER_END`). `self_consistent_scene` samples k headers, reads each f' with
+the project's parser, groups the derivatives sympy finds equal and keeps a header of the
+largest group (ties: the group holding the greedy header, else the earliest). A header
+votes only if its f reads as the prompt's function: that is the input, known to anyone.
+The chosen header replaces the greedy scene's; the body below it reads the docstring when
+it runs, so it animates the chosen derivative. No oracle, no render: an answer a user
+gets without any checker.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+import sympy as sp
+
+from derivative_animator import scenes
+from derivative_animator.checks import _interval, expressions_equal
+from derivative_animator.parsing import ParseError, X, parse_function
+
+HEADER_TOKENS = 200  # a header is about 100 tokens; a sample stops where it ends
+
+
+@dataclass
+class Vote:
+    chosen: int | None  # index of the header kept (0 is the greedy one); None: no header votes
+    group_size: int  # how many headers agree with it
+    voters: int  # headers whose f is the prompt's and whose f' reads as math
+    seconds: float = 0.0
+
+
+def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, float]) -> sp.Expr | None:
+    """The f' a header writes, or None when it cannot vote (no such header, f not the prompt's)."""
+    try:
+        docstring = ast.get_docstring(ast.parse(header + "\n"), clean=False)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    formulas = scenes.typed_formulas(docstring)
+    if formulas is None:
+        return None
+    try:
+        written_f, derivative = parse_function(formulas[0]), parse_function(formulas[1])
+    except (ParseError, RecursionError):
+        return None
+    return derivative if expressions_equal(written_f, function, x_range)[0] else None
+
+
+def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float]) -> Vote:
+    """Group equal derivatives; the largest group wins, ties to the greedy one's (index 0)."""
+    groups: list[list[int]] = []
+    for i, derivative in enumerate(derivatives):
+        if derivative is None:
+            continue
+        for group in groups:
+            if expressions_equal(derivative, derivatives[group[0]], x_range)[0]:
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return Vote(None, 0, 0)
+    best = max(groups, key=lambda g: (len(g), 0 in g, -g[0]))
+    return Vote(best[0], len(best), sum(len(g) for g in groups))
+
+
+def self_consistent_scene(generator, function: str, greedy_code: str, k: int, temperature: float,
+                          top_p: float, seed: int) -> tuple[str, Vote]:
+    """The greedy scene with its header replaced by the header k samples agree on most.
+    The greedy header votes too (index 0); k counts the sampled ones."""
+    import time
+
+    start = time.perf_counter()
+    target = parse_function(function)
+    x_range = _interval(target, sp.diff(target, X))
+    greedy_end = scenes.math_header_length(greedy_code)
+    headers = [greedy_code[:greedy_end] if greedy_end is not None else ""]
+    for i in range(k):
+        captured: list[str] = []
+        generator.generate(function, HEADER_TOKENS, temperature, top_p, seed=seed + i,
+                           accept_header=lambda header, captured=captured: captured.append(header) or False)
+        headers.append(captured[0] if captured else "")
+    result = vote([header_derivative(h, target, x_range) if h else None for h in headers], x_range)
+    result.seconds = time.perf_counter() - start
+    if result.chosen is None or greedy_end is None:
+        return greedy_code, result  # nothing to vote with, or no body to put a header on
+    return headers[result.chosen] + greedy_code[greedy_end:], result
