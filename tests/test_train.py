@@ -96,8 +96,38 @@ def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
     levels = {f"val/math_level{r.level}" for r in dataset.read_split(micro_data, "validation")}
     assert levels <= set(run.data.metrics)
     assert any(k.startswith("lora") for k in run.data.params)
-    artifacts = {a.path for a in client.list_artifacts(run_id, "merged_model")}
-    assert "merged_model/model.safetensors" in artifacts and "merged_model/prompt_format.json" in artifacts
+    # the merged checkpoint: an MLflow model of the run, registered, its prompt format in the metadata
+    logged, = run.outputs.model_outputs
+    version, = client.search_model_versions("name = 'derivanim-micro'")
+    assert version.run_id == run_id and logged.model_id in version.source
+    artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
+    assert "checkpoint/prompt_format.json" in artifacts and "checkpoint/draft_corpus.json" in artifacts
+    # the runs table's Dataset column: the train and validation splits, with digests and sources
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"micro-train", "micro-validation"}
+    assert {d.tags[0].value for d in inputs.values()} == {"training", "validation"}
+    assert json.loads(inputs["micro-train"].dataset.source)["uri"] == str((micro_data / "train.jsonl").resolve())
+    assert inputs["micro-train"].dataset.digest != inputs["micro-validation"].dataset.digest
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+
+
+def test_the_logged_model_loads_back_offline_and_writes_the_scene_the_checkpoint_writes(tmp_path, micro_data, monkeypatch):
+    import mlflow
+
+    from derivative_animator import tracking
+    from derivative_animator.generate import SceneGenerator
+
+    train(micro_cfg(tmp_path, micro_data, "+limit_train_samples=4", "trainer.limit_val_batches=1",
+                    "val_math.enabled=false"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    model, tokenizer, prompt_format = tracking.load_logged_model("models:/derivanim-micro/1")
+    assert prompt_format == DEFAULT_FORMAT
+    from_mlflow = SceneGenerator(model, tokenizer, prompt_format, None, tmp_path, speculative=False)
+    from_folder = SceneGenerator.load(tmp_path / "run" / "checkpoint" / "merged", speculative=False)
+    for function in ("x^2", "sin(x) e^x"):
+        assert from_mlflow.generate(function, 60).code == from_folder.generate(function, 60).code
 
 
 def test_runs_never_overwrite_each_other(tmp_path, micro_data):

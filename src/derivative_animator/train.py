@@ -85,7 +85,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from derivative_animator import dataset, environment, finetune
+    from derivative_animator import dataset, environment, finetune, tracking
     from derivative_animator.base_model import BaseModelConfig, build_base
     from derivative_animator.datamodule import DerivativeDataModule
 
@@ -125,9 +125,12 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         artifact_location=cfg.logger.artifact_location, run_name=run_dir.name,
         tags=_sweep_tags(cfg), run_id=resumed["mlflow_run_id"] if resumed else None,
     )
+    run_id = logger.run_id
+    client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     if not resumed:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    run_id = logger.run_id
+        tracking.mark_experiment(client, logger.experiment_id)
+        tracking.log_splits(client, run_id, paths.resolve(cfg.data.dir), ("train", "validation"))
     run_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri}) + "\n")
 
@@ -145,7 +148,6 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
         accumulate_grad_batches=optim.effective_batch_size // optim.micro_batch_size,
         enable_checkpointing=True,
     )
-    client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed and last.exists() else None)
@@ -162,7 +164,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
                 draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")[:cfg.get("full_scenes")]],
             )
             if cfg.logger.log_model:
-                client.log_artifacts(run_id, str(merged_dir), artifact_path="merged_model")
+                tracking.log_merged_model(cfg.logger.tracking_uri, run_id, merged_dir, cfg.logger.registered_model)
             client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
             client.set_terminated(run_id, "FINISHED")
             print(f"merged checkpoint: {merged_dir}\nMLflow run: {run_id} ({cfg.logger.tracking_uri})", file=sys.stderr)
