@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -138,7 +139,7 @@ def test_render_queue_cancels_what_has_not_started_when_evaluation_fails():
     assert pending.future.cancelled() and not stopping.is_alive()
 
 
-def test_metrics_and_reports_go_to_the_evaluated_checkpoints_mlflow_run(tmp_path):
+def test_an_evaluation_is_a_child_run_of_the_checkpoints_training_run_with_its_data_rows_and_reports(tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -154,11 +155,24 @@ def test_metrics_and_reports_go_to_the_evaluated_checkpoints_mlflow_run(tmp_path
     results = {"model": str(model), "timings": {"total_s": 12.5},
                "summary": {"finetuned": {"all": {"math": 54.4, "pass@1": 50.0, "n": 57},
                                          "L1": {"math": 66.7, "note": "text is skipped"}}}}
-    assert evaluate.log_to_mlflow(results, run_dir) == run_id
-    metrics = client.get_run(run_id).data.metrics
-    assert metrics == {"eval/time/total_s": 12.5, "eval/finetuned/math": 54.4, "eval/finetuned/pass_at_1": 50.0,
-                       "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7}
-    assert [a.path for a in client.list_artifacts(run_id, "eval/eval-run")] == ["eval/eval-run/results.md"]
+    results["rows"] = [{"sample_id": "L1-a", "function": "x^2", "level": 1, "baseline": "finetuned", "math": True,
+                        "extra": {"stop": "eos"}},
+                       {"sample_id": "L1-a", "function": "x^2", "level": 1, "baseline": "template", "math": True,
+                        "extra": {}}]
+    results["functions_source"] = str(tmp_path / "functions.txt")
+    evaluation_id = evaluate.log_to_mlflow(results, run_dir)
+    expected = {"eval/time/total_s": 12.5, "eval/finetuned/math": 54.4, "eval/finetuned/pass_at_1": 50.0,
+                "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7}
+    assert client.get_run(run_id).data.metrics == expected  # the training run, where runs are compared
+    evaluation = client.get_run(evaluation_id)  # and an evaluation run of its own, its child
+    assert evaluation_id != run_id and evaluation.data.tags["mlflow.parentRunId"] == run_id
+    assert evaluation.data.metrics == expected and evaluation.info.status == "FINISHED"
+    dataset_input, = evaluation.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "eval-functions" and dataset_input.tags[0].value == "evaluation"
+    assert {a.path for a in client.list_artifacts(evaluation_id)} == {"report", "rows.json"}
+    assert [a.path for a in client.list_artifacts(evaluation_id, "report")] == ["report/results.md"]
+    table = json.loads(Path(client.download_artifacts(evaluation_id, "rows.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == 2
 
 
 class _KnownTries:

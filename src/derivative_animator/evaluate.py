@@ -371,7 +371,8 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     timings["total_s"] = round(time.perf_counter() - started, 1)
     if "finetuned" not in baselines:
         rows = [r for r in rows if r.baseline != "finetuned"]
-    return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
+    source = paths.resolve(cfg.eval.functions_file) if cfg.eval.functions_file else paths.resolve(cfg.data.dir) / f"{cfg.eval.split}.jsonl"
+    return {"model": str(model_dir) if model_dir else None, "samples": len(samples), "functions_source": str(source),
             "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function),
             "timings": timings}
 
@@ -526,9 +527,16 @@ def summarize(rows: list[Row], n: int) -> dict:
 
 
 def log_to_mlflow(results: dict, run_dir: Path) -> str | None:
-    """Metrics (eval/<baseline>/<metric>) and reports go to the evaluated checkpoint's run."""
+    """An evaluation is an MLflow run of its own, a child of the evaluated checkpoint's
+    training run (`mlflow.parentRunId`): its metrics (eval/<baseline>/<metric>), the
+    functions it evaluated as a dataset input, every row as an MLflow table, the reports and
+    gallery as artifacts. The headline metrics also go to the training run, where runs are
+    compared. Returns the evaluation run's id (None when the checkpoint has no run)."""
     import mlflow
-    from mlflow.entities import Metric
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag, Metric
+
+    from derivative_animator import tracking
 
     if not results["model"]:
         return None
@@ -546,10 +554,29 @@ def log_to_mlflow(results: dict, run_dir: Path) -> str | None:
                     suffix = "" if group == "all" else f"/{group}"
                     metrics[f"eval/{baseline}/{metric.replace('@', '_at_')}{suffix}"] = float(value)
     now = int(time.time() * 1000)
+    batch = [Metric(key, value, now, 0) for key, value in metrics.items()]
     # One call: each single log_metric is a sqlite transaction (~9 ms; 200 of them here).
-    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
-    client.log_artifacts(run_id, str(run_dir / "report"), artifact_path=f"eval/{run_dir.name}")
-    return run_id
+    client.log_batch(run_id, metrics=batch)
+    training = client.get_run(run_id)
+    tracking.mark_experiment(client, training.info.experiment_id)
+    evaluation = client.create_run(training.info.experiment_id, run_name=f"eval-{run_dir.name}", tags={
+        "mlflow.parentRunId": run_id, "stage": "evaluation", "evaluated_run": run_id,
+        "model": training.data.tags.get("model", "")}).info.run_id
+    client.log_batch(evaluation, metrics=batch,
+                     params=[mlflow.entities.Param("model", str(results["model"]))])
+    rows = results.get("rows", [])
+    if rows:
+        functions = pd.DataFrame([{"sample_id": r["sample_id"], "function": r["function"], "level": r["level"]}
+                                  for r in rows]).drop_duplicates("sample_id")
+        source = results.get("functions_source") or str(run_dir)
+        dataset = mlflow.data.from_pandas(functions, source=source, name=f"eval-{Path(source).stem}")
+        client.log_inputs(evaluation, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                             tags=[InputTag("mlflow.data.context", "evaluation")])])
+        table = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows])
+        client.log_table(evaluation, data=table, artifact_file="rows.json")
+    client.log_artifacts(evaluation, str(run_dir / "report"), artifact_path="report")
+    client.set_terminated(evaluation, "FINISHED")
+    return evaluation
 
 
 def main(cfg: DictConfig) -> int:
