@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 APT_PACKAGES=(libcairo2-dev libpango1.0-dev pkg-config texlive-latex-base texlive-latex-recommended
-              texlive-latex-extra texlive-fonts-recommended dvisvgm bubblewrap libseccomp2)
+              texlive-latex-extra texlive-fonts-recommended dvisvgm bubblewrap libseccomp2
+              chromium)  # chromium: the browser tests of the gallery and the serve page
 
 missing_packages() {
   local missing=()

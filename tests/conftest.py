@@ -28,7 +28,11 @@ _MISSING = {  # marker -> (what it needs, a function listing what this machine l
     "needs_render": ("LaTeX, cairo, pango and the render sandbox",
                      lambda: [*environment.render_problems(), *_sandbox_problems()]),
     "needs_sandbox": ("the render sandbox", lambda: _sandbox_problems()),
+    "needs_browser": ("Debian's chromium (setup.sh installs it)",
+                      lambda: [] if shutil.which("chromium") else ["chromium is not installed"]),
 }
+
+CHROMIUM = "chromium"
 
 
 def _sandbox_problems() -> list[str]:
@@ -61,6 +65,36 @@ def pytest_runtest_setup(item):
 def default_splits():
     """The default 418/50/57 dataset, generated in memory (a few seconds)."""
     return dataset.generate_splits(dataset.DataConfig())
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(tmp_path_factory):
+    """A micro model saved like a merged checkpoint, with the prompt format and drafts."""
+    import json
+
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from derivative_animator import paths
+    from derivative_animator.base_model import BaseModelConfig, build_base
+    from derivative_animator.prompt import DEFAULT_FORMAT
+
+    cfg = OmegaConf.load(paths.CONF_DIR / "model" / "micro.yaml").build
+    build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))
+    tokenizer = AutoTokenizer.from_pretrained(paths.resolve(cfg.output_dir))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id))
+    directory = tmp_path_factory.mktemp("checkpoint")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    DEFAULT_FORMAT.save(directory)
+    scenes = [r.completion for r in dataset.generate_splits(dataset.DataConfig(
+        sizes={"train": 6, "validation": 0, "test": 0}))["train"]]
+    (directory / "draft_corpus.json").write_text(json.dumps(scenes))
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ast
-import json
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from derivative_animator import dataset, paths
-from derivative_animator.base_model import BaseModelConfig, build_base
 from derivative_animator.generate import (
     ContextLookup,
     NgramDrafter,
@@ -22,26 +20,8 @@ from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, P
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A micro model saved like a merged checkpoint, with the prompt format and drafts."""
-    from omegaconf import OmegaConf
-    from transformers import AutoTokenizer
-
-    cfg = OmegaConf.load(paths.CONF_DIR / "model" / "micro.yaml").build
-    build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))
-    tokenizer = AutoTokenizer.from_pretrained(paths.resolve(cfg.output_dir))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id))
-    directory = tmp_path_factory.mktemp("checkpoint")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    DEFAULT_FORMAT.save(directory)
-    scenes = [r.completion for r in dataset.generate_splits(dataset.DataConfig(
-        sizes={"train": 6, "validation": 0, "test": 0}))["train"]]
-    (directory / "draft_corpus.json").write_text(json.dumps(scenes))
-    return directory
+def checkpoint(micro_checkpoint):
+    return micro_checkpoint
 
 
 def test_speculative_greedy_equals_plain_greedy(checkpoint):

@@ -412,7 +412,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="keep the rendered video and last frame here")
     p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API and a web page for a checkpoint")
+    p.add_argument("--model", required=True, help="a merged checkpoint dir")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--queue", type=int, default=4, help="requests that may wait; more are answered 503 busy")
+    p.add_argument("--output-dir", default="outputs/serve", help="where the page's scenes and videos go")
+    p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
+    p.set_defaults(run=cmd_serve)
     return parser
+
+
+def cmd_serve(args) -> int:
+    """derivanim serve (serve.py): the page renders in the sandbox, started here."""
+    from derivative_animator import serve
+    from derivative_animator.prompt import PromptFormatError
+
+    if args.queue < 0:
+        raise UsageError(f"--queue must be 0 or more, got {args.queue}")
+    _render_sandbox()
+    try:
+        return serve.run(args)
+    except (PromptFormatError, FileNotFoundError, OSError) as err:
+        raise UsageError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,9 @@ must score 100%, the evaluator's own sanity check), `base` (the model before fin
 same prompt), `finetuned` (greedy, raw), `verified` (the fine-tuned model sampled again
 until its scene passes every check, up to eval.verify_attempts; reports which attempt),
 `self_consistency` (the greedy scene under the math header most of eval.self_consistency.k
-sampled headers agree on: `self_consistency.py`; it never consults the true derivative).
+sampled headers agree on: `self_consistency.py`; it never consults the true derivative),
+`api` (a model behind any OpenAI-compatible endpoint, eval.api: `hosted.py`; skipped with a
+one-line reason where there is none).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
 
-BASELINES = ("template", "base", "finetuned", "self_consistency", "verified")
+BASELINES = ("template", "base", "finetuned", "self_consistency", "verified", "api")
 CHECKS = ("syntax", "structure", "executes", "math")
 
 
@@ -301,6 +303,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     e = cfg.eval
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    notes: list[str] = []
     with Evaluator(cfg, run_dir) as evaluator, \
             _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
         for sample in samples:  # lines that do not parse: a failed row in every baseline
@@ -360,6 +363,12 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
                                                                  raw[sample.id], e))
                 else:
                     futures["verified"].append(_resolved(failed_row(sample, "its first try failed", baseline="verified")))
+        if "api" in baselines:
+            skipped = _api_baseline(evaluator, usable, e, futures["api"], progress)
+            if skipped:
+                timings_note = f"api baseline skipped: {skipped}"
+                print(f"warning: {timings_note}", file=sys.stderr)
+                notes.append(timings_note)
         task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
         rows: list[Row] = []
         for baseline in baselines:
@@ -373,6 +382,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         rows = [r for r in rows if r.baseline != "finetuned"]
     source = paths.resolve(cfg.eval.functions_file) if cfg.eval.functions_file else paths.resolve(cfg.data.dir) / f"{cfg.eval.split}.jsonl"
     return {"model": str(model_dir) if model_dir else None, "samples": len(samples), "functions_source": str(source),
+            "notes": notes,
             "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function),
             "timings": timings}
 
@@ -428,6 +438,34 @@ def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample:
     if raw is not None and attempt == 1:
         raw[sample.id] = (gen, future)
     return future
+
+
+def _api_baseline(evaluator: Evaluator, samples: list[Sample], e, futures: list, progress) -> str | None:
+    """The `api` rows: one chat request per function, `e.api.concurrency` at a time, each
+    reply checked like any scene. Returns why the baseline was skipped, or None."""
+    from derivative_animator import hosted
+    from derivative_animator.checks import one_line
+
+    try:
+        client = hosted.connect(e.api)
+    except hosted.Unavailable as reason:
+        return str(reason)
+    task = progress.add_task(f"api model {e.api.model}", total=len(samples))
+
+    def ask(sample: Sample) -> Future:
+        try:
+            reply = hosted.write_scene(client, e.api, sample.function, e.max_new_tokens, e.temperature, e.seed)
+        except Exception as error:  # noqa: BLE001 - a failed request is its row; the rest go on
+            return _resolved(failed_row(sample, f"api request failed: {one_line(error)}", baseline="api"))
+        finally:
+            progress.advance(task)
+        extra = {"prompt_tokens": reply.prompt_tokens, "latency_s": round(reply.seconds, 3)}
+        return _then(evaluator.submit("api", sample, reply.code, 1, reply),
+                     lambda row: Row(**{**asdict(row), "extra": {**row.extra, **extra}}))
+
+    with ThreadPoolExecutor(max_workers=e.api.concurrency) as pool:
+        futures.extend(future.result() for future in [pool.submit(ask, sample) for sample in samples])
+    return None
 
 
 def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample, raw: dict, e) -> Future:

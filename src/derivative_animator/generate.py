@@ -270,15 +270,17 @@ class SceneGenerator:
     @torch.inference_mode()
     def generate(self, function: str, max_new_tokens: int = 1600, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, draft_length: int = 16,
-                 syntax_rollbacks: int = 0, accept_header: Callable[[str], bool] | None = None) -> Generation:
-        """One scene. temperature 0 is greedy (with speculation); above 0 samples, and may
+                 syntax_rollbacks: int = 0, accept_header: Callable[[str], bool] | None = None,
+                 prompt: str | None = None) -> Generation:
+        """One scene (or, given `prompt`, the continuation of that raw prompt text: the
+        OpenAI completions API; `function` then only labels the result). temperature 0 is greedy (with speculation); above 0 samples, and may
         sample a line again up to `syntax_rollbacks` times when it breaks the syntax.
         `accept_header`, given the math header once it is written, may stop the scene there
         (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
-        ids = self.prompt_ids(function)
+        ids = encode_prompt(self.tokenizer, prompt) if prompt is not None else self.prompt_ids(function)
         device = self.model.device
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         cache, cache_argument = DynamicCache(), _cache_argument(self.model)

@@ -19,11 +19,12 @@ from pathlib import Path
 from derivative_animator import notation
 from derivative_animator.parsing import parse_function
 
+INSTRUCTION = "Generate Manim animation code for the derivative of: f(x) = {function}"
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n"
-    "Generate Manim animation code for the derivative of: f(x) = {function}\n\n"
+    f"{INSTRUCTION}\n\n"
     "### Response:\n"
 )
 # Bump when `notation.typed` changes what it prints: it is part of the prompt's bytes.
@@ -79,6 +80,22 @@ class PromptFormat:
 
 
 DEFAULT_FORMAT = PromptFormat(name="alpaca", template=ALPACA_TEMPLATE)
+
+
+def instruction(function: str) -> str:
+    """The request in words, as a chat message carries it (hosted LLMs, `derivanim serve`)."""
+    return INSTRUCTION.replace("{function}", function)
+
+
+def function_in_message(message: str) -> str:
+    """The function a chat message asks about: the text after its last `f(x) =`. A server
+    then formats the checkpoint's own prompt for it (ValueError when the message names none)."""
+    marker = message.rfind("f(x) =")
+    function = message[marker + len("f(x) ="):].strip() if marker >= 0 else ""
+    if not function:
+        raise ValueError("the last user message must name the function as 'f(x) = ...', e.g. "
+                         + repr(instruction("x^2 sin(x)")))
+    return function
 
 
 def build_prompt(function: str, prompt_format: PromptFormat = DEFAULT_FORMAT) -> str:

@@ -1,0 +1,333 @@
+"""`derivanim serve`: a checkpoint behind an OpenAI-compatible API and a web page.
+
+    derivanim serve --model outputs/train/<run>/checkpoint/merged        # http://127.0.0.1:8000
+
+- `/v1/models`, `/v1/completions`, `/v1/chat/completions` in the OpenAI API's shapes, so any
+  OpenAI client (and the evaluator's `api` baseline) can call the model. A chat request gets
+  the checkpoint's own prompt format: its last user message names the function
+  (`... f(x) = x^2 sin(x)`), and the model sees exactly the prompt it was trained on.
+- `/`: a page to type a function and watch the animation: verified generation (as
+  `derivanim generate`), rendered in the sandbox, then the video, the checks and the code.
+- One model worker and a bounded queue: a request beyond it is answered 503 "busy" at
+  once, never piled up. Request bodies, functions and token counts are capped. Generated
+  code runs only in the render sandbox; files are served only from this server's output
+  folder, by job id and file name. Bound to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+MAX_BODY_BYTES = 64_000
+MAX_FUNCTION_CHARS = 200
+MAX_TOKENS = 2048
+KEPT_JOBS = 200  # finished page jobs remembered (and their files kept), oldest dropped first
+_FILE_NAME = re.compile(r"[A-Za-z0-9_]+\.(mp4|png|py)")
+
+
+class CompletionRequest(BaseModel):
+    model: str | None = None
+    prompt: str = Field(max_length=MAX_BODY_BYTES)
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str = Field(max_length=MAX_BODY_BYTES)
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+class AnimateRequest(BaseModel):
+    function: str = Field(max_length=MAX_FUNCTION_CHARS)
+
+
+@dataclass
+class Job:
+    id: str
+    function: str
+    status: str = "queued"  # queued, generating, rendering, done, error
+    messages: list[str] = field(default_factory=list)
+    result: dict | None = None
+    error: str | None = None
+
+
+@dataclass
+class Settings:
+    model_dir: Path
+    output_dir: Path
+    queue_size: int = 4
+    max_new_tokens: int = 1600  # a scene's budget (the page's verified generation)
+    attempts: int = 4
+
+
+class Busy(Exception):
+    pass
+
+
+class ModelWorker:
+    """One thread runs the model (and the page's renders); at most `queue_size` requests wait."""
+
+    def __init__(self, generator, queue_size: int):
+        self.generator = generator
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.slots = threading.BoundedSemaphore(queue_size + 1)  # the running one plus the waiting
+
+    def submit(self, work):
+        if not self.slots.acquire(blocking=False):
+            raise Busy
+
+        def run():
+            try:
+                return work(self.generator)
+            finally:
+                self.slots.release()
+
+        return self.executor.submit(run)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _finish_reason(stop: str) -> str:
+    return "length" if stop == "max_new_tokens" else "stop"
+
+
+def create_app(settings: Settings, generator=None) -> FastAPI:
+    """The app for one checkpoint (`generator`: a loaded SceneGenerator; loaded from
+    settings.model_dir when None)."""
+    from derivative_animator import prompt as prompts
+    from derivative_animator.generate import SceneGenerator
+
+    generator = generator or SceneGenerator.load(settings.model_dir)
+    model_name = settings.model_dir.name if settings.model_dir.name != "merged" else settings.model_dir.parent.parent.name
+    worker = ModelWorker(generator, settings.queue_size)
+    jobs: OrderedDict[str, Job] = OrderedDict()
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    app = FastAPI(title="DerivativeAnimator", docs_url="/docs")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > MAX_BODY_BYTES:
+            return JSONResponse({"error": {"message": f"request body over {MAX_BODY_BYTES} bytes"}}, status_code=413)
+        return await call_next(request)
+
+    async def run_on_model(work):
+        try:
+            future = worker.submit(work)
+        except Busy:
+            raise HTTPException(503, "busy: every queue slot is taken; try again in a moment") from None
+        return await asyncio.wrap_future(future)
+
+    def openai_error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        return openai_error(error.status_code, str(error.detail))
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "derivative-animator"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        def work(g):
+            return g.generate("", body.max_tokens, body.temperature, body.top_p, body.seed, prompt=body.prompt)
+
+        gen = await run_on_model(work)
+        prompt_tokens = len(prompts.encode_prompt(generator.tokenizer, body.prompt))
+        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name, "choices": [{"index": 0, "text": gen.code, "logprobs": None,
+                                                  "finish_reason": _finish_reason(gen.stop)}],
+                "usage": _usage(prompt_tokens, gen.new_tokens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        users = [m.content for m in body.messages if m.role == "user"]
+        if not users:
+            raise HTTPException(400, "a chat request needs a user message naming the function: 'f(x) = ...'")
+        try:
+            function = prompts.function_in_message(users[-1])
+            generator.prompt_format.format(function)  # a function that does not parse: 400, not a crash
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+        budget = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+
+        def work(g):
+            return g.generate(function, budget, body.temperature, body.top_p, body.seed)
+
+        gen = await run_on_model(work)
+        prompt_tokens = len(generator.prompt_ids(function))
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name, "choices": [{"index": 0, "finish_reason": _finish_reason(gen.stop),
+                                                  "message": {"role": "assistant", "content": gen.code}}],
+                "usage": _usage(prompt_tokens, gen.new_tokens)}
+
+    # --- the page -----------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE.replace("{model}", model_name)
+
+    @app.post("/api/animate")
+    async def animate(body: AnimateRequest):
+        from derivative_animator.parsing import ParseError, parse_function
+
+        try:
+            parse_function(body.function)
+        except ParseError as err:
+            raise HTTPException(400, str(err)) from None
+        job = Job(uuid.uuid4().hex[:16], body.function)
+        try:
+            worker.submit(lambda g: _animate(g, job, settings))
+        except Busy:
+            raise HTTPException(503, "busy: every queue slot is taken; try again in a moment") from None
+        jobs[job.id] = job
+        while len(jobs) > KEPT_JOBS:
+            _, old = jobs.popitem(last=False)
+            _remove_job_files(settings.output_dir / old.id)
+        return {"job": job.id}
+
+    @app.get("/api/jobs/{job_id}")
+    async def job_status(job_id: str):
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, "no such job")
+        return {"job": job.id, "function": job.function, "status": job.status, "messages": job.messages,
+                "result": job.result, "error": job.error}
+
+    @app.get("/files/{job_id}/{name}")
+    async def files(job_id: str, name: str):
+        if job_id not in jobs or not _FILE_NAME.fullmatch(name):
+            raise HTTPException(404, "no such file")
+        path = settings.output_dir / job_id / name
+        if not path.is_file() or path.resolve().parent != (settings.output_dir / job_id).resolve():
+            raise HTTPException(404, "no such file")
+        return FileResponse(path)
+
+    return app
+
+
+def _remove_job_files(directory: Path) -> None:
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _animate(generator, job: Job, settings: Settings) -> None:
+    """The page's job: verified generation as `derivanim generate` does it, then a real render."""
+    from derivative_animator import cli
+    from derivative_animator.checks import one_line
+
+    try:
+        job.status = "generating"
+        args = cli.build_parser().parse_args(["generate", job.function, "--model", str(settings.model_dir),
+                                              "--attempts", str(settings.attempts),
+                                              "--max-new-tokens", str(settings.max_new_tokens)])
+        code, _ = cli.generate_verified(generator, job.function, args, job.messages.append)
+        job.status = "rendering"
+        job.messages.append("rendering the scene in the sandbox")
+        directory = settings.output_dir / job.id
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "scene.py").write_text(code)
+        result = cli._check(code, job.function, True, directory)
+        video = f"{result.scene}.mp4" if result.scene and (directory / f"{result.scene}.mp4").is_file() else None
+        job.result = {"code": code, "checks": {k: getattr(result, k) for k in ("syntax", "structure", "executes", "math")},
+                      "passed": result.passed, "error": result.error,
+                      "video": f"/files/{job.id}/{video}" if video else None,
+                      "poster": f"/files/{job.id}/{result.scene}.png" if video else None,
+                      "download": f"/files/{job.id}/scene.py"}
+        job.status = "done"
+    except Exception as error:  # noqa: BLE001 - the page shows it; the server goes on
+        job.error, job.status = one_line(error), "error"
+
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>DerivativeAnimator</title><meta name="viewport" content="width=device-width,initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;background:#fafafa;color:#222}
+form{display:flex;gap:.5em}input{flex:1;font-size:1.2em;padding:.4em}button{font-size:1.1em;padding:.4em 1em}
+#status{margin:1em 0;color:#555}#error{color:#b00;margin:1em 0}video{width:100%;border-radius:6px;background:#000}
+.check{display:inline-block;padding:2px 8px;border-radius:4px;margin-right:6px}.ok{background:#cfc}.bad{background:#fcc}
+.skip{background:#eee}pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto;max-height:420px;font-size:12px}
+.spinner{display:inline-block;width:1em;height:1em;border:2px solid #999;border-top-color:transparent;border-radius:50%;
+animation:spin 1s linear infinite;vertical-align:middle;margin-right:.4em}@keyframes spin{to{transform:rotate(360deg)}}
+</style></head><body>
+<h1>DerivativeAnimator</h1>
+<p>Type a function as you would write it (<code>x^2 sin x</code>, <code>e^{-x^2}</code>, <code>ln(x^2+1)</code>);
+model <b>{model}</b> writes a Manim scene explaining its derivative, checked and rendered.</p>
+<form id="form"><input id="function" name="function" maxlength="200" placeholder="f(x) = x^2 sin(x)" autofocus>
+<button id="go" type="submit">Animate</button></form>
+<div id="error" role="alert"></div><div id="status"></div>
+<div id="result" hidden>
+<video id="video" controls autoplay muted playsinline></video>
+<p id="checks"></p>
+<p><button id="copy" type="button">Copy code</button> <a id="download" download="scene.py">Download scene.py</a></p>
+<pre id="code"></pre></div>
+<script>
+const $ = id => document.getElementById(id);
+async function poll(job) {
+  const r = await fetch(`/api/jobs/${job}`); const s = await r.json();
+  $("status").innerHTML = (s.status === "done" || s.status === "error" ? "" : '<span class="spinner"></span>')
+    + s.status + (s.messages.length ? ": " + s.messages[s.messages.length - 1] : "");
+  if (s.status === "error") { $("error").textContent = s.error; $("go").disabled = false; return; }
+  if (s.status !== "done") { setTimeout(() => poll(job), 500); return; }
+  const res = s.result; $("go").disabled = false; $("result").hidden = false;
+  $("checks").innerHTML = Object.entries(res.checks).map(([k, v]) =>
+    `<span class="check ${v === true ? "ok" : v === false ? "bad" : "skip"}" data-check="${k}">${k}</span>`).join("")
+    + (res.error ? `<br><small>${res.error.replace(/</g, "&lt;")}</small>` : "");
+  $("code").textContent = res.code; $("download").href = res.download;
+  if (res.video) { $("video").poster = res.poster; $("video").src = res.video; $("video").hidden = false; }
+  else { $("video").hidden = true; }
+}
+$("form").addEventListener("submit", async e => {
+  e.preventDefault(); $("error").textContent = ""; $("result").hidden = true;
+  const r = await fetch("/api/animate", {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({function: $("function").value})});
+  const s = await r.json();
+  if (!r.ok) { $("error").textContent = s.error ? s.error.message : "request failed"; return; }
+  $("go").disabled = true; poll(s.job);
+});
+$("copy").addEventListener("click", () => navigator.clipboard.writeText($("code").textContent));
+</script></body></html>"""
+
+
+def run(args) -> int:
+    """Serve until interrupted (`derivanim serve`, cli.py, parses and checks the arguments)."""
+    import uvicorn
+
+    from derivative_animator import paths
+
+    settings = Settings(model_dir=paths.resolve(args.model), output_dir=paths.resolve(args.output_dir),
+                        queue_size=args.queue)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

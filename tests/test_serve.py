@@ -1,0 +1,212 @@
+"""derivanim serve: the OpenAI-compatible API and the page, started for real on a free port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from derivative_animator import cli, serve
+from derivative_animator.generate import Generation, SceneGenerator
+from derivative_animator.prompt import DEFAULT_FORMAT, instruction
+
+
+@contextmanager
+def running(app):
+    """The app served by uvicorn on a free port of 127.0.0.1; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class Response:
+    def __init__(self, status: int, body: bytes):
+        self.status_code, self.body = status, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def request(url: str, payload=None, content: bytes | None = None, timeout: float = 60) -> Response:
+    """GET, or POST of JSON (or raw bytes): the status and body whatever the status."""
+    data = content if content is not None else (json.dumps(payload).encode() if payload is not None else None)
+    headers = {"content-type": "application/json"} if data is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=timeout) as r:
+            return Response(r.status, r.read())
+    except urllib.error.HTTPError as error:
+        return Response(error.code, error.read())
+
+
+def settings(tmp_path, model_dir, **changes) -> serve.Settings:
+    return serve.Settings(model_dir=model_dir, output_dir=tmp_path / "served", **changes)
+
+
+def test_the_openai_client_gets_the_checkpoints_own_greedy_text_for_chat_and_completions(tmp_path, micro_checkpoint):
+    import openai
+
+    reference = SceneGenerator.load(micro_checkpoint)
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+        model, = client.models.list().data
+        for function in ("x^2", "sin(x) e^x"):
+            expected = reference.generate(function, 60)
+            chat = client.chat.completions.create(
+                model=model.id, max_tokens=60, temperature=0,
+                messages=[{"role": "system", "content": "ignored"}, {"role": "user", "content": instruction(function)}])
+            assert chat.choices[0].message.content == expected.code
+            assert chat.usage.completion_tokens == expected.new_tokens
+            raw = client.completions.create(model=model.id, prompt=DEFAULT_FORMAT.format(function), max_tokens=60)
+            assert raw.choices[0].text == expected.code  # the same prompt, written by hand
+            assert raw.choices[0].finish_reason == ("length" if expected.stop == "max_new_tokens" else "stop")
+
+
+def test_bad_requests_get_one_line_reasons_and_files_only_come_from_the_jobs_folder(tmp_path, micro_checkpoint):
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
+        chat = request(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}]})
+        assert chat.status_code == 400 and "f(x) = ..." in chat.json()["error"]["message"]
+        bad = request(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "f(x) = sin(x"}]})
+        assert bad.status_code == 400 and "\n" not in bad.json()["error"]["message"]
+        assert request(f"{url}/api/animate", {"function": "sin(x"}).status_code == 400
+        assert request(f"{url}/v1/completions", content=b"{" + b" " * 70_000 + b"}").status_code == 413
+        assert request(f"{url}/v1/completions", {"prompt": "x", "max_tokens": 10**6}).status_code == 422
+        (tmp_path / "served").mkdir(exist_ok=True)
+        (tmp_path / "secret.py").write_text("secret")
+        for path in ("/files/nojob/scene.py", "/files/..%2F/secret.py", "/files/x/../../secret.py"):
+            assert request(f"{url}{path}").status_code == 404
+
+
+class _Blocking:
+    """A model that waits until released: holds the worker while a burst arrives."""
+
+    def __init__(self):
+        self.release, self.prompt_format, self.tokenizer = threading.Event(), DEFAULT_FORMAT, None
+
+    def prompt_ids(self, function):
+        return [1, 2, 3]
+
+    def generate(self, function, *args, **kwargs):
+        self.release.wait(30)
+        return Generation(function, "print('done')", 0.1, 3, 1)
+
+
+def test_a_burst_beyond_the_queue_is_answered_busy_at_once(tmp_path, micro_checkpoint):
+    model = _Blocking()
+    chat = {"messages": [{"role": "user", "content": instruction("x^2")}]}
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint, queue_size=1), generator=model)) as url:
+        waiting = [threading.Thread(target=request, args=(f"{url}/v1/chat/completions", chat)) for _ in range(2)]
+        for thread in waiting:  # one running, one queued
+            thread.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        busy = request(f"{url}/v1/chat/completions", chat)
+        assert busy.status_code == 503 and "busy" in busy.json()["error"]["message"]
+        assert time.monotonic() - started < 2  # answered at once, not queued
+        model.release.set()
+        for thread in waiting:
+            thread.join(30)
+        assert request(f"{url}/v1/chat/completions", chat).status_code == 200  # free again
+
+
+class _Oracle:
+    """Writes the template oracle's scene: the page's own pipeline (verification, sandboxed
+    render, video) is real, the model is not."""
+
+    prompt_format = DEFAULT_FORMAT
+
+    def generate(self, function, *args, **kwargs):
+        return Generation(function, cli.template_scene(function, "graphs"), 0.1, 100, 10)
+
+
+@pytest.mark.needs_render
+@pytest.mark.needs_browser
+def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_message(tmp_path, micro_checkpoint):
+    from playwright.sync_api import sync_playwright
+
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_Oracle())) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.fill("#function", "x^2 sin x")
+        page.click("#go")
+        page.wait_for_selector("#result:not([hidden])", timeout=180_000)
+        checks = page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])")
+        assert checks == [[name, "check ok"] for name in ("syntax", "structure", "executes", "math")]
+        # the video loads and plays: frames decoded, time advancing
+        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
+        page.wait_for_function("document.getElementById('video').currentTime > 0", timeout=30_000)
+        assert "f(x) = x^2 sin(x)" in page.text_content("#code")
+        page.fill("#function", "sin(x")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=10_000)
+        assert "sin(x" in page.text_content("#error") or "never closed" in page.text_content("#error")
+        browser.close()
+
+
+def compose_eval(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from derivative_animator import paths
+
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        return compose(config_name="eval", overrides=list(overrides))
+
+
+@pytest.mark.needs_sandbox
+def test_the_api_baseline_against_the_server_writes_what_the_finetuned_baseline_writes(tmp_path, micro_checkpoint):
+    """The evaluator's `api` baseline, through the openai client, against `derivanim serve` of
+    the same checkpoint: the same greedy scenes, so the same figures."""
+    from derivative_animator import evaluate
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\nsin x\ne^x cos x\n")
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
+        cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,api]",
+                           f"eval.model={micro_checkpoint}", f"eval.api.base_url={url}/v1",
+                           f"eval.api.model={micro_checkpoint.name}", "eval.max_new_tokens=80", "eval.seed=0")
+        results = evaluate.run_evaluation(cfg, tmp_path / "run")
+    rows = {(r["baseline"], r["function"]): r for r in results["rows"]}
+    assert len(rows) == 6 and not results["notes"]
+    for function in ("x^2", "sin(x)", "e^x cos(x)"):
+        finetuned, api = rows[("finetuned", function)], rows[("api", function)]
+        assert (tmp_path / "run" / api["code_path"]).read_text() == (tmp_path / "run" / finetuned["code_path"]).read_text()
+        assert api["new_tokens"] == finetuned["new_tokens"] and api["extra"]["latency_s"] > 0
+        assert api["extra"]["prompt_tokens"] > 0
+    assert results["summary"]["api"]["all"]["math"] == results["summary"]["finetuned"]["all"]["math"]
+
+
+@pytest.mark.needs_render
+def test_without_an_endpoint_the_api_baseline_is_skipped_with_a_one_line_reason(tmp_path, capsys):
+    from derivative_animator import evaluate
+
+    functions = tmp_path / "functions.txt"
+    functions.write_text("x^2\n")
+    for overrides, reason in ((["eval.api.base_url=null"], "set eval.api.base_url"),
+                              (["eval.api.base_url=https://api.example.invalid/v1", "eval.api.model=m",
+                                "eval.api.api_key_env=DERIVANIM_NO_SUCH_KEY"], "no API key"),
+                              (["eval.api.base_url=http://127.0.0.1:9/v1", "eval.api.model=m"], "does not answer")):
+        cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[template,api]", *overrides)
+        results = evaluate.run_evaluation(cfg, tmp_path / "run")
+        assert [r["baseline"] for r in results["rows"]] == ["template"]
+        note, = results["notes"]
+        assert reason in note and "\n" not in note
+        assert f"warning: api baseline skipped: {note.split(': ', 1)[1]}" in capsys.readouterr().err
