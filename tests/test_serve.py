@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from contextlib import contextmanager
-
-import json
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
