@@ -1,5 +1,6 @@
 """Evaluation reports: results.json, results.csv, a Markdown and a LaTeX table for the
-paper, and an HTML gallery with one card per sample (checks, code, last rendered frame)."""
+paper, and an HTML gallery: per function, every baseline's scene side by side (checks,
+the rendered video with its last frame as poster, the code), filterable."""
 
 from __future__ import annotations
 
@@ -49,40 +50,96 @@ def latex_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+CHECK_NAMES = ("syntax", "structure", "executes", "math")
+
+
+def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
+    return html.escape(os.path.relpath(run_dir / path, report_dir))
+
+
 def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
+    """One scene: its checks (failing ones red), the video (last frame as poster), the code."""
     marks = " ".join(
-        f'<span class="{"ok" if row[k] else ("skip" if row[k] is None else "bad")}">{k}</span>'
-        for k in ("syntax", "structure", "executes", "math"))
+        f'<span class="{"ok" if row[k] else ("skip" if row[k] is None else "bad")}">{k}</span>' for k in CHECK_NAMES)
+    fails = " ".join(k for k in CHECK_NAMES if row[k] is False)
     code = html.escape((run_dir / row["code_path"]).read_text()[:6000]) if row["code_path"] else ""
-    image = ""
+    media = '<p class="none">no render</p>'
     if row.get("frame_path"):
-        image = f'<img src="{html.escape(os.path.relpath(run_dir / row["frame_path"], report_dir))}" loading="lazy">'
+        poster = _relative(run_dir, report_dir, row["frame_path"])
+        movie = Path(row["frame_path"]).with_suffix(".mp4")
+        if (run_dir / movie).is_file():
+            media = (f'<video controls muted preload="metadata" poster="{poster}">'
+                     f'<source src="{_relative(run_dir, report_dir, str(movie))}" type="video/mp4"></video>')
+        else:
+            media = f'<img src="{poster}" loading="lazy">'
     error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
     attempt = f" · attempt {row['attempts_tried']}" if row["baseline"] == "verified" else ""
-    return (f'<div class="card {"pass" if row["passed"] else "fail"}"><h3>f(x) = {html.escape(row["function"])}</h3>'
-            f'<p>{BASELINE_NAMES.get(row["baseline"], row["baseline"])} · level {row["level"]} · '
-            f'{row["generation_s"]:.2f} s{attempt}</p><p>{marks}</p>{error}{image}'
-            f'<details><summary>code</summary><pre>{code}</pre></details></div>')
+    return (f'<figure class="card {"pass" if row["passed"] else "fail"}" data-baseline="{html.escape(row["baseline"])}" '
+            f'data-fails="{fails}"><figcaption><b>{BASELINE_NAMES.get(row["baseline"], row["baseline"])}</b> · '
+            f'{row["generation_s"]:.2f} s{attempt}<br>{marks}</figcaption>{media}{error}'
+            f'<details><summary>code</summary><pre>{code}</pre></details></figure>')
+
+
+_FILTER_SCRIPT = """
+const filters = () => ({level: document.getElementById('level').value,
+  check: document.getElementById('check').value,
+  shown: [...document.querySelectorAll('.baseline-toggle')].filter(b => b.checked).map(b => b.value)});
+function apply() {
+  const f = filters();
+  for (const card of document.querySelectorAll('.card')) card.hidden = !f.shown.includes(card.dataset.baseline);
+  for (const row of document.querySelectorAll('.function')) {
+    const cards = [...row.querySelectorAll('.card')].filter(c => !c.hidden);
+    const failing = f.check === 'any' || cards.some(c => f.check === 'failing' ? c.classList.contains('fail')
+                                                         : c.dataset.fails.split(' ').includes(f.check));
+    row.hidden = !((f.level === 'all' || row.dataset.level === f.level) && failing);
+  }
+  document.getElementById('count').textContent = document.querySelectorAll('.function:not([hidden])').length;
+}
+document.querySelectorAll('select, .baseline-toggle').forEach(e => e.addEventListener('change', apply));
+apply();
+"""
 
 
 def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
+    """Per function, the oracle's and each model's scene side by side, each playable; filters
+    by level, by failing check and by baseline."""
     style = ("body{font-family:sans-serif;margin:2em;background:#fafafa}"
-             ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:1em}"
-             ".card{background:#fff;border-radius:8px;padding:1em;box-shadow:0 1px 3px #0002}"
+             ".function{background:#fff;border-radius:8px;padding:.5em 1em 1em;margin:1em 0;box-shadow:0 1px 3px #0002}"
+             ".scenes{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:1em}"
+             ".card{margin:0;padding:.5em;border-radius:6px;background:#fcfcfc}"
              ".card.fail{border-left:4px solid #c33}.card.pass{border-left:4px solid #3a3}"
-             ".card img{width:100%;border-radius:4px}.ok,.bad,.skip{padding:2px 6px;border-radius:4px;margin-right:4px}"
-             ".ok{background:#cfc}.bad{background:#fcc}.skip{background:#eee}.error{color:#a00;font-size:90%}"
-             "pre{font-size:11px;overflow:auto;max-height:300px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}")
+             ".card video,.card img{width:100%;border-radius:4px;background:#000}"
+             ".ok,.bad,.skip{padding:1px 6px;border-radius:4px;margin-right:3px;font-size:90%}"
+             ".ok{background:#cfc}.bad{background:#f99;font-weight:bold}.skip{background:#eee}"
+             ".error{color:#a00;font-size:85%}.none{color:#888}.filters{position:sticky;top:0;background:#fafafa;"
+             "padding:.5em 0;z-index:1}pre{font-size:11px;overflow:auto;max-height:300px}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}")
     table = markdown_to_html(markdown_table(results["summary"]))
+    rows = [r for r in results["rows"] if r.get("attempt", 1) == 1 or r["baseline"] == "verified"]
+    baselines = list(dict.fromkeys(r["baseline"] for r in rows))
+    by_function: dict[str, dict] = {}
+    for row in rows:
+        by_function.setdefault(row["sample_id"], {})[row["baseline"]] = row
     sections = []
-    for baseline in dict.fromkeys(r["baseline"] for r in results["rows"]):
-        cards = "".join(_card(r, report_dir, run_dir) for r in results["rows"] if r["baseline"] == baseline)
-        sections.append(f"<h2>{BASELINE_NAMES.get(baseline, baseline)}</h2><div class='grid'>{cards}</div>")
+    for scenes in by_function.values():
+        first = next(iter(scenes.values()))
+        cards = "".join(_card(scenes[b], report_dir, run_dir) for b in baselines if b in scenes)
+        sections.append(f'<section class="function" data-level="{first["level"]}"><h3>f(x) = '
+                        f'{html.escape(first["function"])} <small>level {first["level"]}</small></h3>'
+                        f'<div class="scenes">{cards}</div></section>')
+    levels = sorted({str(r["level"]) for r in rows})
+    toggles = " ".join(f'<label><input type="checkbox" class="baseline-toggle" value="{html.escape(b)}" checked> '
+                       f'{BASELINE_NAMES.get(b, b)}</label>' for b in baselines)
+    filters = ('<div class="filters">level <select id="level"><option value="all">all</option>'
+               + "".join(f'<option value="{lv}">{lv}</option>' for lv in levels)
+               + '</select> show <select id="check"><option value="any">every function</option>'
+               '<option value="failing">a scene fails any check</option>'
+               + "".join(f'<option value="{c}">a scene fails {c}</option>' for c in CHECK_NAMES)
+               + f'</select> {toggles} · <span id="count"></span> functions</div>')
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>DerivativeAnimator evaluation</title>"
             f"<style>{style}</style></head><body><h1>DerivativeAnimator evaluation</h1>"
             f"<p>model: {html.escape(str(results['model']))} · {results['samples']} functions</p>"
-            f"{table}{''.join(sections)}</body></html>")
+            f"{table}{filters}{''.join(sections)}<script>{_FILTER_SCRIPT}</script></body></html>")
 
 
 def markdown_to_html(table: str) -> str:
