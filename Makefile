@@ -6,7 +6,7 @@ SETUP := .venv/.derivanim-setup
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate pretrain curve train sweep sweep-summary ui eval doctor \
+.PHONY: help setup all data data-validate pretrain curve serve train sweep sweep-summary ui eval doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -53,6 +53,9 @@ ui: $(SETUP) ## the MLflow UI on this project's store (http://127.0.0.1:5000)
 
 eval: $(SETUP) ## evaluate the newest checkpoint and the baselines: ARGS="eval.model=DIR"
 	$(PY) -m derivative_animator.evaluate $(ARGS)
+
+serve: $(SETUP) ## the web page and OpenAI-compatible API for the newest checkpoint (http://127.0.0.1:8000): ARGS="--model DIR"
+	.venv/bin/derivanim serve $(if $(ARGS),$(ARGS),--model $$(ls -d outputs/train/*/checkpoint/merged | sort | tail -1))
 
 doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
 	$(PY) -m derivative_animator.doctor

@@ -382,3 +382,59 @@ def test_only_a_function_with_no_readable_interval_is_refused():
         oracle("sqrt(x - 1000)")
     with pytest.raises(cli.UsageError, match="constant"):
         oracle("sin(x)^2 + cos(x)^2")
+
+
+LAYOUT_SCENE = '''"""
+f(x) = x^2
+f'(x) = 2x
+"""
+from manim import *
+
+
+class Crowded(Scene):
+    def construct(self):
+        axes = Axes([-2, 2, 1], [-1, 1, 1], x_length=6, y_length=3)
+        curve = axes.plot(lambda x: x**2, x_range=[-2, 2])  # mostly above y = 1: off its axes
+        self.play(Create(axes), Create(curve))
+        self.play(Write(Text("first label").move_to(UP * 3)), Write(Text("second label").move_to(UP * 3.1)))
+        self.play(Write(MathTex("f'(x) = 2x").move_to(DOWN * 4.2)))
+        self.play(*[FadeOut(m) for m in self.mobjects])
+        self.wait(2)
+'''
+
+
+@pytest.mark.needs_render
+def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_and_an_empty_last_frame(warm_renders):
+    result = checks.check_code(LAYOUT_SCENE, "x^2", render=checks.RenderOptions(quick=True), sandbox=warm_renders)
+    assert result.executes and result.layout is False
+    problems = "\n".join(result.layout_problems)
+    assert "'firstlabel' and 'secondlabel' overlap" in problems  # Manim's Text keeps no spaces
+    assert "\"f'(x) = 2x\" reaches outside the frame" in problems
+    assert "curve 1: only" in problems and "the last frame is empty" in problems
+    assert result.passed is not None  # layout never changes what the four checks mean
+
+
+@pytest.mark.needs_render
+def test_the_oracles_long_rule_step_list_is_caught_running_off_the_frame(warm_renders):
+    long = checks.check_code(oracle("x^2 sin(x) e^x + ln(x) cos(x)", "graphs"), "x^2 sin(x) e^x + ln(x) cos(x)",
+                             render=FAST, sandbox=warm_renders)
+    assert long.passed and long.layout is False and "reaches outside the frame" in long.layout_problems[0]
+    short = checks.check_code(oracle("x^2", "graphs"), "x^2", render=FAST, sandbox=warm_renders)
+    assert short.passed and short.layout is True and short.layout_problems == []
+
+
+def test_an_empty_frame_is_told_from_one_with_something_on_it():
+    import io
+
+    from PIL import Image
+
+    def png(draw_square: bool) -> bytes:
+        image = Image.new("RGB", (854, 480), (0, 0, 0))
+        if draw_square:
+            image.paste((255, 255, 255), (100, 100, 160, 160))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    assert checks.frame_has_content(png(True)) and not checks.frame_has_content(png(False))
+    assert not checks.frame_has_content(b"not a png") and not checks.frame_has_content(None)

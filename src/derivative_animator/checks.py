@@ -54,6 +54,11 @@ class CheckResult:
     structure: bool | None = None
     executes: bool | None = None
     math: bool | None = None
+    # What is on screen (a fifth check, apart from the four `passed` needs): no text past the
+    # frame's edge or overlapping another, every curve mostly inside its axes, a last frame
+    # that is not empty. None when the scene did not render.
+    layout: bool | None = None
+    layout_problems: list[str] = field(default_factory=list)
     error: str | None = None
     environment_error: bool = False
     scene: str | None = None
@@ -377,6 +382,10 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
         if drawn_error:
             result.math = False
             result._fail(f"math: {drawn_error}")
+    result.layout_problems = _reported_layout(outcome.files.get("report.json"))
+    if render.save_frame and not frame_has_content(outcome.files.get("last_frame.png")):
+        result.layout_problems.append("the last frame is empty")
+    result.layout = not result.layout_problems
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -419,6 +428,40 @@ def _reported_curves(data: bytes | None) -> list[tuple[np.ndarray, np.ndarray]]:
         return curves
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return []
+
+
+MAX_LAYOUT_PROBLEMS = 20
+EMPTY_FRAME_SHARE = 0.002  # of pixels unlike the background: below it, nothing is on screen
+
+
+def _reported_layout(data: bytes | None) -> list[str]:
+    """The runner's layout problems, read defensively; an unreadable report is a problem itself."""
+    try:
+        problems = json.loads(data or b"{}").get("layout")
+        if not isinstance(problems, list):
+            return ["the render reported no layout"]
+        return [str(p)[:300] for p in problems[:MAX_LAYOUT_PROBLEMS]]
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return ["the render reported no layout"]
+
+
+def frame_has_content(data: bytes | None) -> bool:
+    """Does the PNG show anything: enough pixels unlike its most common (background) colour?"""
+    import io
+
+    from PIL import Image
+
+    if not data:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.int16).reshape(-1, 3)
+    except Exception:  # noqa: BLE001 - untrusted bytes: not a picture
+        return False
+    colours, counts = np.unique(pixels[:: max(1, len(pixels) // 200_000)], axis=0, return_counts=True)
+    background = colours[counts.argmax()]
+    differs = np.abs(pixels - background).sum(axis=1) > 30
+    return float(differs.mean()) > EMPTY_FRAME_SHARE
 
 
 def check_drawn(curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr | None) -> str | None:

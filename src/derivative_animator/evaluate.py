@@ -36,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from derivative_animator import paths
 
 BASELINES = ("template", "base", "finetuned", "self_consistency", "verified", "api")
-CHECKS = ("syntax", "structure", "executes", "math")
+CHECKS = ("syntax", "structure", "executes", "math")  # what `passed` needs
+LAYOUT = "layout"  # what is on screen: reported beside them, never part of `passed`
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Row:
     code_path: str
     frame_path: str | None = None
     attempts_tried: int = 1
+    layout: bool | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -250,8 +252,9 @@ class Evaluator:
                 **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
                 math=result.math, passed=result.passed, error=result.error, render_s=result.render_seconds,
                 frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
+                layout=result.layout,
                 extra={"environment_error": result.environment_error, "isolation": result.isolation,
-                       **_generation_extra(generation)},
+                       "layout_problems": result.layout_problems, **_generation_extra(generation)},
             )
 
         return work
@@ -546,7 +549,7 @@ def summarize(rows: list[Row], n: int) -> dict:
             if not group:
                 continue
             times = [r.generation_s for r in group]
-            entry = {"n": len(group), **{k: _rate(group, k) for k in (*CHECKS, "passed")},
+            entry = {"n": len(group), **{k: _rate(group, k) for k in (*CHECKS, "passed", LAYOUT)},
                      "generation_s_median": round(statistics.median(times), 3),
                      "generation_s_mean": round(statistics.mean(times), 3),
                      "tokens_per_s_median": round(statistics.median([r.tokens_per_s for r in group]), 1),

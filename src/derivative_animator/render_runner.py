@@ -7,7 +7,10 @@ It imports only Manim and the scene file, installs an audit hook that refuses wr
 outside the working directory, sockets and subprocesses other than LaTeX, renders, moves
 the movie to --movie, and writes --report: {"scene": ..., "curves": [{"x": [...], "y":
 [...]}, ...]}, the curves the scene plotted (`Axes.plot`), sampled from Manim's own graph
-objects in axes coordinates. On failure it prints the traceback to stderr and exits 1.
+objects in axes coordinates, and "layout": [...], what a teacher would object to on screen
+at the end of each animation (`layout_problems`: text past the frame's edge, overlapping
+texts; `curve_visibility`: a curve mostly off its axes). On failure it prints the
+traceback to stderr and exits 1.
 The scene runs in this process, so nothing here is proof of anything: the host judges
 the movie it finds and the curves against the true f and f' (checks).
 """
@@ -110,6 +113,118 @@ def sampled_curves(plotted: list) -> list[dict]:
     return curves
 
 
+LAYOUT_MARGIN = 0.05  # frame units a text may reach past the edge (anti-aliasing, stroke width)
+OVERLAP_SHARE = 0.15  # two texts overlap when the intersection covers this share of the smaller
+CURVE_VISIBLE_SHARE = 0.6  # of a plotted curve's points inside its axes' y-range
+
+
+def _is_text(mobject) -> bool:
+    from manim import MarkupText, MathTex, Paragraph, SingleStringMathTex, Tex, Text
+    from manim.mobject.text import tex_mobject
+
+    parts = (tex_mobject.MathTexPart,) if hasattr(tex_mobject, "MathTexPart") else ()  # a MathTex's part (0.20+)
+    return isinstance(mobject, (Text, MarkupText, Paragraph, SingleStringMathTex, MathTex, Tex, *parts))
+
+
+def _texts(mobjects) -> list:
+    """The outermost text objects on screen, outside coordinate systems (tick labels are theirs)."""
+    from manim.mobject.graphing.coordinate_systems import CoordinateSystem
+
+    found = []
+
+    def walk(mobject):
+        if isinstance(mobject, CoordinateSystem):
+            return
+        if _is_text(mobject):
+            if mobject.has_points() or mobject.submobjects:
+                found.append(mobject)
+            return
+        for child in mobject.submobjects:
+            walk(child)
+
+    for mobject in mobjects:
+        walk(mobject)
+    return found
+
+
+def _visible(mobject) -> bool:
+    """Anything of it drawn: a glyph with some fill or stroke (a MathTex's own opacity is its parts')."""
+    return any(m.get_fill_opacity() > 0.05 or (m.get_stroke_opacity() > 0.05 and m.get_stroke_width() > 0)
+               for m in mobject.family_members_with_points())
+
+
+def _box(mobject):
+    from manim import DL, UR
+
+    (x0, y0, _), (x1, y1, _) = mobject.get_critical_point(DL), mobject.get_critical_point(UR)
+    return x0, y0, x1, y1
+
+
+def layout_problems(scene, animation: int) -> list[str]:
+    """What a teacher would object to on screen when an animation ends: text past the frame's
+    edge, two texts overlapping. From Manim's own geometry."""
+    from manim import config
+
+    half_w, half_h = config.frame_width / 2 + LAYOUT_MARGIN, config.frame_height / 2 + LAYOUT_MARGIN
+    problems = []
+    texts = [t for t in _texts(scene.mobjects) if _visible(t)]
+    boxes = [_box(t) for t in texts]
+    for text, (x0, y0, x1, y1) in zip(texts, boxes, strict=True):
+        if x0 < -half_w or x1 > half_w or y0 < -half_h or y1 > half_h:
+            problems.append(f"animation {animation}: {_name(text)} reaches outside the frame "
+                            f"(x {x0:.1f} to {x1:.1f}, y {y0:.1f} to {y1:.1f})")
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            width, height = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+            smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            if width > 0 and height > 0 and smaller > 0 and width * height > OVERLAP_SHARE * smaller:
+                problems.append(f"animation {animation}: {_name(texts[i])} and {_name(texts[j])} overlap")
+    return problems
+
+
+def _name(text) -> str:
+    content = getattr(text, "tex_string", None) or getattr(text, "text", None) or type(text).__name__
+    content = " ".join(str(content).split())
+    return repr(content[:40] + ("..." if len(content) > 40 else ""))
+
+
+def record_layout(problems: list) -> None:
+    """Check the layout at the end of every animation (Scene.play), keeping each problem once."""
+    from manim import Scene
+
+    play = Scene.play
+    count = [0]
+
+    def checked_play(self, *args, **kwargs):
+        result = play(self, *args, **kwargs)
+        count[0] += 1
+        for problem in layout_problems(self, count[0]):
+            if problem.split(": ", 1)[1] not in {p.split(": ", 1)[1] for p in problems}:
+                problems.append(problem)
+        return result
+
+    Scene.play = checked_play
+
+
+def curve_visibility(plotted: list) -> list[str]:
+    """Curves mostly outside their axes' y-range (off the drawn axes), one line each."""
+    import numpy as np
+
+    problems = []
+    for number, (axes, graph) in enumerate(plotted, 1):
+        anchors = [part.get_anchors() for part in graph.family_members_with_points()]
+        if not anchors:
+            continue
+        points = np.concatenate(anchors)
+        y_min, y_max = axes.y_range[0], axes.y_range[1]
+        ys = np.array([axes.point_to_coords(p)[1] for p in points if np.all(np.isfinite(p))])
+        inside = np.mean((ys >= y_min - 1e-9) & (ys <= y_max + 1e-9)) if len(ys) else 0.0
+        if inside < CURVE_VISIBLE_SHARE:
+            problems.append(f"curve {number}: only {inside:.0%} of it lies inside its axes' y-range")
+    return problems
+
+
 def _load_scene_class(path: Path, name: str | None):
     from manim import Scene
 
@@ -147,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
     share_parsed_svg_paths()
     plotted = record_plots()
+    layout: list[str] = []
+    record_layout(layout)
     _install_guard(workdir)
     quality = {"l": "low_quality", "m": "medium_quality", "h": "high_quality", "k": "fourk_quality"}
     settings = {
@@ -166,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             from PIL import Image
 
             Image.fromarray(scene.renderer.get_frame()).save(args.frame)
-    report = {"scene": scene_class.__name__, "curves": sampled_curves(plotted)}
+    report = {"scene": scene_class.__name__, "curves": sampled_curves(plotted),
+              "layout": layout + curve_visibility(plotted)}
     args.report.write_text(json.dumps(report))
     return 0
 

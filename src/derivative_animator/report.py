@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
-           ("math", "Math"), ("passed", "All four"))
+           ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))
 BASELINE_NAMES = {"template": "Template oracle", "base": "Base model (no fine-tuning)",
                   "finetuned": "Fine-tuned (raw)", "self_consistency": "Fine-tuned + self-consistency (no oracle)",
                   "verified": "Fine-tuned + verification"}
@@ -28,7 +28,7 @@ def markdown_table(summary: dict) -> str:
              "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     for baseline, group, v in _groups(summary):
         level = "all" if group == "all" else group.replace("level", "L")
-        cells = " | ".join(f"{v[k]:.1f}%" for k, _ in COLUMNS)
+        cells = " | ".join(f"{v[k]:.1f}%" if k in v else "-" for k, _ in COLUMNS)
         lines.append(f"| {BASELINE_NAMES.get(baseline, baseline)} | {level} | {v['n']} | {cells} | "
                      f"{v['generation_s_median']:.2f} | {v['tokens_per_s_median']:.0f} |")
     extras = [f"pass@{k.split('@')[1]} {v[k]:.1f}%" for _, g, v in _groups(summary) if g == "all"
@@ -43,14 +43,14 @@ def latex_table(summary: dict) -> str:
              "Baseline & Level & $n$ & " + " & ".join(t for _, t in COLUMNS) + r" & Gen.\ s \\", r"\midrule"]
     for baseline, group, v in _groups(summary):
         level = "all" if group == "all" else group.replace("level", "")
-        cells = " & ".join(f"{v[k]:.1f}" for k, _ in COLUMNS)
+        cells = " & ".join(f"{v[k]:.1f}" if k in v else "--" for k, _ in COLUMNS)
         name = BASELINE_NAMES.get(baseline, baseline).replace("+", r"$+$")
         lines.append(f"{name} & {level} & {v['n']} & {cells} & {v['generation_s_median']:.2f} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-CHECK_NAMES = ("syntax", "structure", "executes", "math")
+CHECK_NAMES = ("syntax", "structure", "executes", "math", "layout")
 
 
 def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
@@ -60,8 +60,8 @@ def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
 def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
     """One scene: its checks (failing ones red), the video (last frame as poster), the code."""
     marks = " ".join(
-        f'<span class="{"ok" if row[k] else ("skip" if row[k] is None else "bad")}">{k}</span>' for k in CHECK_NAMES)
-    fails = " ".join(k for k in CHECK_NAMES if row[k] is False)
+        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">{k}</span>' for k in CHECK_NAMES)
+    fails = " ".join(k for k in CHECK_NAMES if row.get(k) is False)
     code = html.escape((run_dir / row["code_path"]).read_text()[:6000]) if row["code_path"] else ""
     media = '<p class="none">no render</p>'
     if row.get("frame_path"):
@@ -72,7 +72,9 @@ def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
                      f'<source src="{_relative(run_dir, report_dir, str(movie))}" type="video/mp4"></video>')
         else:
             media = f'<img src="{poster}" loading="lazy">'
+    problems = row.get("extra", {}).get("layout_problems") or []
     error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
+    error += "".join(f'<p class="error">layout: {html.escape(p)}</p>' for p in problems[:5])
     attempt = f" · attempt {row['attempts_tried']}" if row["baseline"] == "verified" else ""
     return (f'<figure class="card {"pass" if row["passed"] else "fail"}" data-baseline="{html.escape(row["baseline"])}" '
             f'data-fails="{fails}"><figcaption><b>{BASELINE_NAMES.get(row["baseline"], row["baseline"])}</b> · '
