@@ -302,8 +302,19 @@ class _KnownHeaders(_KnownTries):
         if accept_header is None:
             return generation
         header = generation.code[:scenes.math_header_length(generation.code)]
-        assert not accept_header(header)  # a vote needs the header only
+        assert not accept_header(header)
         return Generation(function, header, 0.01, 50, 5, stop=HEADER_REJECTED)
+
+    def generate_batch(self, functions, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
+                       headers_only=False):
+        """Row i is the try of seed + i, cut at its header (a vote needs the header only)."""
+        from derivative_animator import scenes
+        from derivative_animator.generate import Generation
+
+        assert headers_only
+        codes = [super(_KnownHeaders, self).generate(f, max_new_tokens, temperature, top_p, seed + i).code
+                 for i, f in enumerate(functions)]
+        return [Generation(f, c[:scenes.math_header_length(c)], 0.01, 50, 0) for f, c in zip(functions, codes, strict=True)]
 
 
 @pytest.mark.needs_render

@@ -3,6 +3,7 @@
 import sympy as sp
 
 from derivative_animator import scenes, self_consistency
+from derivative_animator.generate import Generation
 from derivative_animator.parsing import X
 
 
@@ -14,15 +15,14 @@ BODY = scenes.MATH_HEADER_END + "\nclass S(Scene):\n    pass\n"
 
 
 class HeaderSampler:
-    """Stands in for SceneGenerator: sample i (seed - first seed) writes headers[i]."""
+    """Stands in for SceneGenerator: its batch of header samples writes `headers` in order."""
 
-    def __init__(self, headers: list[str], first_seed: int):
-        self.headers, self.first_seed, self.calls = headers, first_seed, []
+    def __init__(self, headers: list[str]):
+        self.headers, self.calls = headers, []
 
-    def generate(self, function, max_new_tokens, temperature, top_p, seed=None, accept_header=None):
-        self.calls.append((temperature, seed))
-        accepted = accept_header(self.headers[seed - self.first_seed])
-        assert accepted is False  # a vote only needs the header: the sample stops there
+    def generate_batch(self, functions, max_new_tokens, temperature, top_p, seed=None, headers_only=False):
+        self.calls.append((len(functions), temperature, seed, headers_only))
+        return [Generation(f, h, 0.01, 50, 0) for f, h in zip(functions, self.headers, strict=True)]
 
 
 def test_the_largest_group_of_equal_derivatives_wins_over_greedy():
@@ -48,15 +48,34 @@ def test_the_greedy_scene_gets_the_agreed_header_and_keeps_its_body():
     greedy = header("x sin(x)", "cos(x)") + BODY
     sampled = [header("x sin(x)", "sin(x) + x*cos(x)"), header("x sin(x)", "x cos(x) + sin(x)"),
                header("x sin(x)", "x cos(x)"), header("x cos(x)", "nonsense")]
-    sampler = HeaderSampler(sampled, first_seed=7)
+    sampler = HeaderSampler(sampled)
     code, vote = self_consistency.self_consistent_scene(sampler, "x sin x", greedy, k=4, temperature=0.7,
                                                         top_p=0.95, seed=7)
     assert (vote.chosen, vote.group_size, vote.voters) == (1, 2, 4)
     assert code == sampled[0] + BODY
-    assert sampler.calls == [(0.7, 7), (0.7, 8), (0.7, 9), (0.7, 10)]
+    assert sampler.calls == [(4, 0.7, 7, True)]  # one batch of header-only samples
 
 
 def test_without_a_header_in_the_greedy_scene_the_scene_is_kept():
-    sampler = HeaderSampler([header("x^2", "2x")], first_seed=0)
+    sampler = HeaderSampler([header("x^2", "2x")])
     code, vote = self_consistency.self_consistent_scene(sampler, "x^2", "print('no header')", 1, 0.7, 0.95, 0)
     assert code == "print('no header')" and vote.chosen == 1
+
+
+def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
+    import torch
+    from transformers import AutoTokenizer
+
+    from derivative_animator import cli
+    from derivative_animator.generate import _HeaderWritten
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
+    scene = cli.template_scene("x^2", "tangent")
+    cut = scenes.math_header_length(scene) + len(scenes.MATH_HEADER_END)
+    written, unfinished = (tokenizer("PROMPT" + text, add_special_tokens=False)["input_ids"]
+                           for text in (scene[:cut], scene[:cut - 3]))
+    width = len(tokenizer("PROMPT", add_special_tokens=False)["input_ids"])
+    rows = max(len(written), len(unfinished))
+    pad = lambda ids: ids + [tokenizer.pad_token_id] * (rows - len(ids))  # noqa: E731
+    done = _HeaderWritten(tokenizer, width)(torch.tensor([pad(written), pad(unfinished)]), None)
+    assert done.tolist() == [True, False]

@@ -381,8 +381,11 @@ class SceneGenerator:
 
     @torch.inference_mode()
     def generate_batch(self, functions: list[str], max_new_tokens: int = 1600,
-                       temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[Generation]:
-        """Many scenes at once (left-padded, HF generate). Each gets the batch time / n."""
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                       headers_only: bool = False) -> list[Generation]:
+        """Many scenes at once (left-padded, HF generate). Each gets the batch time / n.
+        `headers_only`: a row stops once its math header is written (the text is cut there),
+        the batch once every row's is: self-consistency's votes need no more."""
         if not functions:
             return []
         start = time.perf_counter()
@@ -397,6 +400,9 @@ class SceneGenerator:
         if self.guard is not None:
             from transformers import LogitsProcessorList
             sampling["logits_processor"] = LogitsProcessorList([_GuardProcessor(self.guard, self.tokenizer, width)])
+        if headers_only:
+            from transformers import StoppingCriteriaList
+            sampling["stopping_criteria"] = StoppingCriteriaList([_HeaderWritten(self.tokenizer, width)])
         output = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **sampling)
         each = (time.perf_counter() - start) / len(functions)
@@ -405,9 +411,22 @@ class SceneGenerator:
             if self.tokenizer.eos_token_id in row:
                 row = row[:row.index(self.tokenizer.eos_token_id)]
             row = [t for t in row if t != pad]
-            results.append(Generation(function, self.tokenizer.decode(row, skip_special_tokens=True),
-                                      each, len(row), 0))
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            if headers_only and MATH_HEADER_END in text:
+                text = text[:text.index(MATH_HEADER_END)]
+            results.append(Generation(function, text, each, len(row), 0))
         return results
+
+
+class _HeaderWritten:
+    """A stopping criterion (transformers' protocol): a row is done once its math header is."""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([MATH_HEADER_END in text for text in texts], device=input_ids.device)
 
 
 def _cache_argument(model) -> str:
