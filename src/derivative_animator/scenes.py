@@ -184,11 +184,14 @@ class RuleStepsScene(Scene):
         steps = rule_steps(f_expr) or [("power rule", f_expr, df_expr)]
         lines = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (r, tex(e), tex(d)) for r, e, d in steps]
         title, derivative_tex, *rules, f_label, df_label = formulas(*lines, "f(x)", "f'(x)")
-        rules = VGroup(*rules).arrange(DOWN, aligned_edge=LEFT).next_to(title, DOWN)
+        rules = VGroup(*rules).arrange(DOWN, aligned_edge=LEFT)
+        column = VGroup(rules, derivative_tex).arrange(DOWN)
+        room = title.get_bottom()[1] + config.frame_height / 2 - 0.5  # long step lists shrink to fit
+        column.scale_to_fit_height(min(column.height, room)).next_to(title, DOWN)
         self.play(Write(title))
         for rule in rules:
             self.play(Write(rule), run_time=0.6)
-        self.play(Write(derivative_tex.next_to(rules, DOWN)))
+        self.play(Write(derivative_tex))
         self.wait(0.5)
         self.play(FadeOut(rules, derivative_tex))
         axes = make_axes().scale(0.85).to_edge(DOWN)
