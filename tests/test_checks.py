@@ -4,6 +4,7 @@ import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +74,27 @@ def test_render_frame_rate_is_passed_to_manim(tmp_path):
 @pytest.mark.parametrize("style", STYLES)
 def test_oracle_passes_all_four_checks_for_every_level_and_style(function, style):
     result = checks.check_code(oracle(function, style), function)
-    assert result.passed, result.error
+    assert result.passed and result.layout, (result.error, result.layout_problems)
+
+
+HARD_FUNCTIONS = [line.strip() for line in (Path(__file__).parent / "data" / "hard_functions.txt").read_text().splitlines()
+                  if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.needs_render
+@pytest.mark.slow
+def test_the_oracle_passes_all_five_checks_on_the_hard_set_in_every_style(warm_renders):
+    """Steep polynomials, poles, domain edges, tiny and huge ranges, long rule-step lists, mixed
+    levels (tests/data/hard_functions.txt): each style's scene renders, is right and is legible."""
+    assert len(HARD_FUNCTIONS) >= 40
+    failures = []
+    for number, function in enumerate(HARD_FUNCTIONS):
+        style = STYLES[number % len(STYLES)]  # every style on a third of them: all three, in CI's time
+        result = checks.check_code(oracle(function, style), function, render=checks.RenderOptions(quick=True),
+                                   sandbox=warm_renders)
+        if not (result.passed and result.layout):
+            failures.append(f"{function} ({style}): {result.error or result.layout_problems}")
+    assert not failures, "\n".join(failures)
 
 
 def test_syntax_error():
