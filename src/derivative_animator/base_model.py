@@ -474,6 +474,7 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, run_id, elapsed, report.losses = state["step"], state["mlflow_run_id"], state["train_seconds"], state["losses"]
+    earlier_seconds = elapsed  # training time of interrupted processes (this one's is counted from `start`)
     client, run_id = _mlflow_run(config, logger_cfg, run_id)
     report.parameters = sum(p.numel() for p in model.parameters())
 
@@ -521,7 +522,7 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
     report.trained_tokens = config.steps * tokens_per_step
     report.tokens_per_second = round(report.trained_tokens / max(elapsed, 1e-9), 1)
     report.copy_accuracy = copy_accuracy(model, tokens, min(config.seq_len, 256))
-    report.seconds = round(elapsed + time.perf_counter() - start, 1)
+    report.seconds = round(earlier_seconds + time.perf_counter() - start, 1)  # this process, and any before it
 
     final = out.with_name(f".{out.name}-final")
     shutil.rmtree(final, ignore_errors=True)
