@@ -79,3 +79,12 @@ def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
     pad = lambda ids: ids + [tokenizer.pad_token_id] * (rows - len(ids))  # noqa: E731
     done = _HeaderWritten(tokenizer, width)(torch.tensor([pad(written), pad(unfinished)]), None)
     assert done.tolist() == [True, False]
+
+
+def test_the_winning_group_is_drawn_by_a_header_whose_interval_is_defined():
+    assert self_consistency.vote([2 * X, 2 * X, 2 * X], (-3, 3), [False, False, True]).chosen == 2
+    assert self_consistency.vote([2 * X, 2 * X], (-3, 3), [False, False]).chosen == 0  # none: the first
+    f = sp.sqrt(sp.sin(X))
+    right = sp.cos(X) / (2 * sp.sqrt(sp.sin(X)))
+    assert self_consistency.drawable(header("sqrt(sin(x))", "x") + "X_MIN, X_MAX = 0.1, 3\n", f, right)
+    assert not self_consistency.drawable(header("sqrt(sin(x))", "x") + "X_MIN, X_MAX = 0.1, 4\n", f, right)

@@ -176,7 +176,7 @@ def _vote_on_header(generator, function: str, gen, args, say):
 
     seed = 1000 if args.seed is None else args.seed + 1000
     code, vote = self_consistent_scene(generator, function, gen.code, args.self_consistency,
-                                       args.retry_temperature, args.top_p, seed)
+                                       args.self_consistency_temperature, args.top_p, seed)
     if vote.chosen is None:
         say(f"self-consistency: no header could vote ({vote.seconds:.1f} s); keeping the greedy scene")
     else:
@@ -201,6 +201,8 @@ def _check_sampling_args(args) -> None:
         (args.syntax_rollbacks >= 0, f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}"),
         (args.batch_size >= 1, f"--batch-size must be 1 or more, got {args.batch_size}"),
         (args.self_consistency >= 0, f"--self-consistency must be 0 (off) or more samples, got {args.self_consistency}"),
+        (args.self_consistency_temperature > 0,
+         f"--self-consistency-temperature must be above 0, got {args.self_consistency_temperature}"),
     ]
     for ok, message in rules:
         if not ok:
@@ -389,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
     p.add_argument("--self-consistency", type=int, default=0, metavar="K",
                    help="the first scene takes the math header most of K sampled headers agree on (no oracle)")
+    p.add_argument("--self-consistency-temperature", type=float, default=1.0,
+                   help="sampling temperature of those headers (lower ones mostly repeat greedy's)")
     p.add_argument("--syntax-rollbacks", type=int, default=8,
                    help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
     p.add_argument("--repair", action="store_true",

@@ -3,8 +3,9 @@
 A scene's math is its header (the docstring's `f(x) = ...` and `f'(x) = ...`, up to
 `scenes.MATH_HEADER_END`). `self_consistent_scene` samples k headers (one batch), reads each f' with
 the project's parser, groups the derivatives sympy finds equal and keeps a header of the
-largest group (ties: the group holding the greedy header, else the earliest). A header
-votes only if its f reads as the prompt's function: that is the input, known to anyone.
+largest group (ties: the group holding the greedy header, else the earliest), and of that
+group the first header whose plotting interval is one where f and its f' are defined. A
+header votes only if its f reads as the prompt's function: that is the input, known to anyone.
 The chosen header replaces the greedy scene's; the body below it reads the docstring when
 it runs, so it animates the chosen derivative. No oracle, no render: an answer a user
 gets without any checker.
@@ -48,8 +49,10 @@ def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, floa
     return derivative if expressions_equal(written_f, function, x_range)[0] else None
 
 
-def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float]) -> Vote:
-    """Group equal derivatives; the largest group wins, ties to the greedy one's (index 0)."""
+def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float],
+         drawable: list[bool] | None = None) -> Vote:
+    """Group equal derivatives; the largest group wins, ties to the greedy one's (index 0).
+    Its header: the first of the group whose plotting interval is `drawable` (else its first)."""
     groups: list[list[int]] = []
     for i, derivative in enumerate(derivatives):
         if derivative is None:
@@ -63,7 +66,23 @@ def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float]) -> Vot
     if not groups:
         return Vote(None, 0, 0)
     best = max(groups, key=lambda g: (len(g), 0 in g, -g[0]))
-    return Vote(best[0], len(best), sum(len(g) for g in groups))
+    chosen = next((i for i in best if drawable is None or drawable[i]), best[0])
+    return Vote(chosen, len(best), sum(len(g) for g in groups))
+
+
+def drawable(header: str, function: sp.Expr, derivative: sp.Expr | None) -> bool:
+    """Is the header's plotting interval one where the prompt's f and the header's own f' are
+    defined? The input and the header's claim only: no true derivative."""
+    from derivative_animator import curriculum
+    from derivative_animator.checks import _plotting_interval
+
+    if derivative is None:
+        return False
+    try:
+        interval = _plotting_interval(ast.parse(header + "\n"))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return interval is None or (interval[0] < interval[1] and curriculum.defined_on(function, derivative, interval))
 
 
 def self_consistent_scene(generator, function: str, greedy_code: str, k: int, temperature: float,
@@ -81,7 +100,8 @@ def self_consistent_scene(generator, function: str, greedy_code: str, k: int, te
     for sample in generator.generate_batch([function] * k, HEADER_TOKENS, temperature, top_p, seed,
                                            headers_only=True):
         headers.append(sample.code)  # cut where the header ends (a row that never ends one cannot parse as one)
-    result = vote([header_derivative(h, target, x_range) if h else None for h in headers], x_range)
+    derivatives = [header_derivative(h, target, x_range) if h else None for h in headers]
+    result = vote(derivatives, x_range, [drawable(h, target, d) for h, d in zip(headers, derivatives, strict=True)])
     result.seconds = time.perf_counter() - start
     if result.chosen is None or greedy_end is None:
         return greedy_code, result  # nothing to vote with, or no body to put a header on
