@@ -60,9 +60,21 @@ def browser():
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
         try:
-            yield chromium.new_page(viewport={"width": 1400, "height": 900})
+            yield chromium.new_page(viewport={"width": 1900, "height": 900})
         finally:
             chromium.close()
+
+
+def close_assistant(page) -> None:
+    """MLflow 3.17 opens an assistant panel beside the table; close it when it is there."""
+    panel = page.get_by_text("MLflow Assistant")
+    if panel.count():
+        box = panel.first.bounding_box()
+        buttons = [b for b in page.locator("button").all() if (bb := b.bounding_box()) and box
+                   and abs(bb["y"] - box["y"]) < 30 and bb["x"] > box["x"]]
+        if buttons:
+            buttons[-1].click()
+            page.wait_for_timeout(1000)
 
 
 def mlflow_shots(only: str | None) -> None:
@@ -78,6 +90,7 @@ def mlflow_shots(only: str | None) -> None:
         if only in (None, "runs"):
             page.goto(f"{url}/#/experiments/{experiment.experiment_id}/runs")
             page.wait_for_timeout(8000)
+            close_assistant(page)
             page.screenshot(path=str(ROOT / "docs" / "mlflow_runs.png"))
         if only in (None, "compare"):
             runs = client.search_runs([experiment.experiment_id], "tags.sweep != ''", order_by=["start_time DESC"])
