@@ -84,6 +84,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
+    from pytorch_lightning.utilities import rank_zero_only
 
     from derivative_animator import dataset, environment, finetune, tracking
     from derivative_animator.base_model import BaseModelConfig, build_base
@@ -129,6 +130,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     if not resumed:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if not resumed and rank_zero_only.rank == 0:  # the other DDP ranks have no MLflow run
         tracking.mark_experiment(client, logger.experiment_id)
         tracking.log_splits(client, run_id, paths.resolve(cfg.data.dir), ("train", "validation"))
     run_dir.mkdir(parents=True, exist_ok=True)
