@@ -14,6 +14,17 @@ from hydra import compose, initialize_config_dir
 from derivative_animator import evaluate, paths, report
 
 
+def evaluate_known_model(tmp_path, monkeypatch, functions: str, model, *overrides) -> dict:
+    """run_evaluation on a functions file with `model` standing in for every loaded checkpoint."""
+    from derivative_animator import generate
+
+    path = tmp_path / "functions.txt"
+    path.write_text(functions)
+    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: model))
+    cfg = compose_eval(f"eval.functions_file={path}", f"eval.model={tmp_path}", "eval.seed=0", *overrides)
+    return evaluate.run_evaluation(cfg, tmp_path)
+
+
 def compose_eval(*overrides):
     with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
         return compose(config_name="eval", overrides=list(overrides))
@@ -223,17 +234,11 @@ class _KnownTries:
 
 @pytest.mark.needs_render
 def test_verified_and_pass_at_k_rows_of_a_model_whose_tries_are_known(tmp_path, monkeypatch):
-    from derivative_animator import generate
-
-    functions = tmp_path / "functions.txt"
-    functions.write_text("x^2\nsin x\n")
     # Samples k = 0, 1, 2 use seeds 0, 1, 2; verification's attempt a uses seed 100 + a.
     plan = {0: "wrong", 1: "right", 2: "wrong", 102: "rejected header", 103: "right"}
-    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _KnownTries(plan)))
-    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,verified]",
-                       f"eval.model={tmp_path}", "eval.samples_per_function=3", "eval.verify_attempts=3",
-                       "eval.seed=0")
-    results = evaluate.run_evaluation(cfg, tmp_path)
+    results = evaluate_known_model(tmp_path, monkeypatch, "x^2\nsin x\n", _KnownTries(plan),
+                                   "eval.baselines=[finetuned,verified]", "eval.samples_per_function=3",
+                                   "eval.verify_attempts=3")
     finetuned, verified = results["summary"]["finetuned"]["all"], results["summary"]["verified"]["all"]
     assert finetuned["math"] == 0.0 and finetuned["passed"] == 0.0  # raw is the first, greedy try
     assert finetuned["pass@1"] == 33.3 and finetuned["pass@3"] == 100.0  # 1 of 3 tries passes
@@ -276,14 +281,9 @@ class _FailsOn(_KnownTries):
 
 @pytest.mark.needs_render
 def test_a_generation_that_fails_is_its_own_row_and_the_rest_is_evaluated(tmp_path, monkeypatch):
-    from derivative_animator import generate
-
-    functions = tmp_path / "functions.txt"
-    functions.write_text("x^2\nsin x\n")
-    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _FailsOn({0: "right"})))
-    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,verified]",
-                       f"eval.model={tmp_path}", "eval.seed=0")
-    rows = {(r["baseline"], r["function"]): r for r in evaluate.run_evaluation(cfg, tmp_path)["rows"]}
+    results = evaluate_known_model(tmp_path, monkeypatch, "x^2\nsin x\n", _FailsOn({0: "right"}),
+                                   "eval.baselines=[finetuned,verified]")
+    rows = {(r["baseline"], r["function"]): r for r in results["rows"]}
     assert rows[("finetuned", "x^2")]["passed"] and rows[("verified", "x^2")]["passed"]
     failed = rows[("finetuned", "sin(x)")]
     assert failed["extra"]["failed"] and "generation failed: RuntimeError: the model ran out of memory" in failed["error"]
@@ -291,19 +291,7 @@ def test_a_generation_that_fails_is_its_own_row_and_the_rest_is_evaluated(tmp_pa
 
 
 class _KnownHeaders(_KnownTries):
-    """Known tries whose header samples stop at the header, as SceneGenerator's do."""
-
-    def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
-                 syntax_rollbacks=0, accept_header=None):
-        from derivative_animator import scenes
-        from derivative_animator.generate import HEADER_REJECTED, Generation
-
-        generation = super().generate(function, max_new_tokens, temperature, top_p, seed)
-        if accept_header is None:
-            return generation
-        header = generation.code[:scenes.math_header_length(generation.code)]
-        assert not accept_header(header)
-        return Generation(function, header, 0.01, 50, 5, stop=HEADER_REJECTED)
+    """Known tries, and header samples in one batch that stop at the header, as SceneGenerator's do."""
 
     def generate_batch(self, functions, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
                        headers_only=False):
@@ -312,23 +300,17 @@ class _KnownHeaders(_KnownTries):
         from derivative_animator.generate import Generation
 
         assert headers_only
-        codes = [super(_KnownHeaders, self).generate(f, max_new_tokens, temperature, top_p, seed + i).code
+        codes = [self.generate(f, max_new_tokens, temperature, top_p, seed + i).code
                  for i, f in enumerate(functions)]
         return [Generation(f, c[:scenes.math_header_length(c)], 0.01, 50, 0) for f, c in zip(functions, codes, strict=True)]
 
 
 @pytest.mark.needs_render
 def test_self_consistency_puts_the_header_most_samples_agree_on_over_a_wrong_greedy_scene(tmp_path, monkeypatch):
-    from derivative_animator import generate
-
-    functions = tmp_path / "functions.txt"
-    functions.write_text("x^2\n")
     # Greedy (seed 0) writes a wrong derivative; the header samples use seeds 1000 + i.
     plan = {0: "wrong", 1000: "right", 1001: "wrong", 1002: "right", 1003: "right"}
-    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _KnownHeaders(plan)))
-    cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,self_consistency]",
-                       f"eval.model={tmp_path}", "eval.seed=0", "eval.self_consistency.k=4")
-    results = evaluate.run_evaluation(cfg, tmp_path)
+    results = evaluate_known_model(tmp_path, monkeypatch, "x^2\n", _KnownHeaders(plan),
+                                   "eval.baselines=[finetuned,self_consistency]", "eval.self_consistency.k=4")
     assert results["summary"]["finetuned"]["all"]["math"] == 0.0
     assert results["summary"]["self_consistency"]["all"]["passed"] == 100.0
     row, = [r for r in results["rows"] if r["baseline"] == "self_consistency"]

@@ -369,9 +369,8 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         if "api" in baselines:
             skipped = _api_baseline(evaluator, usable, e, futures["api"], progress)
             if skipped:
-                timings_note = f"api baseline skipped: {skipped}"
-                print(f"warning: {timings_note}", file=sys.stderr)
-                notes.append(timings_note)
+                notes.append(f"api baseline skipped: {skipped}")
+                print(f"warning: {notes[-1]}", file=sys.stderr)
         task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
         rows: list[Row] = []
         for baseline in baselines:

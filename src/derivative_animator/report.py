@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from derivative_animator.evaluate import CHECKS, LAYOUT
+
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
            ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))
 BASELINE_NAMES = {"template": "Template oracle", "base": "Base model (no fine-tuning)",
@@ -50,7 +52,7 @@ def latex_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-CHECK_NAMES = ("syntax", "structure", "executes", "math", "layout")
+CHECK_NAMES = (*CHECKS, LAYOUT)
 
 
 def _relative(run_dir: Path, report_dir: Path, path: str) -> str:

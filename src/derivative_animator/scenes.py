@@ -11,13 +11,13 @@ check read sin(x)*cos(x)). Typed rather than sympy code because a small model co
 tokens far better than it translates them: with `f_expr = x**2*sp.sin(x)` lines the 7.4M
 model wrote the wrong f in 21 of 57 test scenes (a second function name repeating the
 first: `sp.cos(x) + 4*sp.cos(x)` for `cosh(x) + 4arcsin(x)`), while its copy of the
-prompt into a comment was right in 53 of 57 (session 7's run; README).
+prompt into a comment was right in 53 of 57 (2026-11-26; docs/experiments.md).
 
 What is drawn on screen (formulas, curves, slopes, the rule steps) is derived from the
 two expressions at run time, so a scene cannot show one derivative and plot another.
 The axes fit the finite values of f and f' (`make_axes`): a wrong f' undefined on part of
-the interval still renders, and only the math check fails it (4 of session 7's 57 test
-scenes crashed there instead).
+the interval still renders, and only the math check fails it (4 of 57 test scenes
+crashed there before, 2026-11-26).
 
 The rule steps shown (`rule_steps` in every graphs scene) are computed from `f_expr`
 when the scene runs and agree with `differentiate` step for step (tested): the model

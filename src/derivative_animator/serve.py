@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -213,7 +214,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
         jobs[job.id] = job
         while len(jobs) > KEPT_JOBS:
             _, old = jobs.popitem(last=False)
-            _remove_job_files(settings.output_dir / old.id)
+            shutil.rmtree(settings.output_dir / old.id, ignore_errors=True)
         return {"job": job.id}
 
     @app.get("/api/jobs/{job_id}")
@@ -234,12 +235,6 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
         return FileResponse(path)
 
     return app
-
-
-def _remove_job_files(directory: Path) -> None:
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _animate(generator, job: Job, settings: Settings) -> None:
