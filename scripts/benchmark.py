@@ -7,6 +7,7 @@ is timed on this machine, now.
     python scripts/benchmark.py --only training
     python scripts/benchmark.py --only rollbacks   # sampled scenes with / without line rollbacks
     python scripts/benchmark.py --only renders     # sandboxed renders: fresh process vs warm sandbox
+    python scripts/benchmark.py --only renders --against REV   # + today's scenes vs those of REV
 
 Training throughput compares the project's Lightning module against a plain
 transformers + PEFT loop on the same model, data, batches and precision, in the same run,
@@ -206,11 +207,14 @@ def bench_eval(checkpoint: str | None) -> dict:
             "eval_math_pct": summary["math"]}
 
 
-def bench_renders(n: int) -> dict:
+def bench_renders(n: int, against: str | None = None) -> dict:
     """Sandboxed renders of the first n test-split oracle scenes as the evaluator renders them
     (480p, 5 fps, last frame saved), one at a time: a fresh process per scene, then one warm
-    sandbox (Manim imported once; its start-up counted in its total)."""
-    from derivative_animator import checks, cli, dataset
+    sandbox (Manim imported once; its start-up counted in its total). `against`: a git revision
+    whose scene templates are rendered too, on the same functions and intervals, interleaved
+    scene by scene in the warm sandbox so both see the same machine load."""
+    from derivative_animator import checks, cli, curriculum, dataset
+    from derivative_animator.parsing import parse_function
 
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
     render = checks.RenderOptions(fps=5)
@@ -230,7 +234,39 @@ def bench_renders(n: int) -> dict:
         result[f"render_{label}_total_s"] = round(time.perf_counter() - start, 1)
         result[f"render_{label}_median_s"] = round(statistics.median(times), 2)
         result[f"render_{label}_passed"] = passed
+    if against:
+        old = _scenes_at(against)
+        sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD)
+        times: dict[str, list[float]] = {"now": [], against: []}
+        for record in records:
+            analysed = curriculum.analyse(parse_function(record.function), wider=True)
+            for label, module in (("now", None), (against, old)):
+                code = (cli.template_scene(record.function, record.style) if module is None else module.scene_code(
+                    analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, record.style))
+                begun = time.perf_counter()
+                checks.check_code(code, record.function, render=render, sandbox=sandbox)
+                times[label].append(time.perf_counter() - begun)
+        sandbox.close()
+        for label, values in times.items():
+            result[f"render_interleaved_median_s[{label}]"] = round(statistics.median(values), 2)
+            result[f"render_interleaved_total_s[{label}]"] = round(sum(values), 1)
     return result
+
+
+def _scenes_at(revision: str):
+    """scenes.py as it was at a git revision, imported as its own module."""
+    import importlib.util
+    import tempfile
+
+    source = subprocess.run(["git", "show", f"{revision}:src/derivative_animator/scenes.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "scenes_then.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("scenes_then", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scenes_then"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> int:
@@ -240,6 +276,7 @@ def main() -> int:
     parser.add_argument("--eval", action="store_true", help="also time evaluation of the test split")
     parser.add_argument("--steps", type=int, default=12, help="training micro-batches to time per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each training loop (medians)")
+    parser.add_argument("--against", help="renders: also render the scene templates of this git revision")
     parser.add_argument("--checkpoint", help="merged checkpoint for generation (default: newest)")
     parser.add_argument("--samples", type=int, default=20, help="test functions for generation latency")
     args = parser.parse_args()
@@ -255,7 +292,7 @@ def main() -> int:
     if args.only == "rollbacks":
         figures.update(bench_rollbacks(args.checkpoint, args.samples))
     if args.only == "renders":
-        figures.update(bench_renders(args.samples))
+        figures.update(bench_renders(args.samples, args.against))
     if args.only == "eval" or (args.only is None and args.eval):
         figures.update(bench_eval(args.checkpoint))
     out = ROOT / "outputs" / "benchmark.json"

@@ -97,6 +97,21 @@ def test_the_oracle_passes_all_five_checks_on_the_hard_set_in_every_style(warm_r
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.needs_render
+@pytest.mark.slow
+def test_the_oracle_passes_all_five_checks_on_every_validation_and_test_function(default_splits, warm_renders):
+    """The scenes evaluation compares models against: each in its dataset style, rendered."""
+    records = default_splits["validation"] + default_splits["test"]
+    assert len(records) == 107
+    failures = []
+    for record in records:
+        result = checks.check_code(oracle(record.function, record.style), record.function,
+                                   render=checks.RenderOptions(quick=True), sandbox=warm_renders)
+        if not (result.passed and result.layout):
+            failures.append(f"{record.function} ({record.style}): {result.error or result.layout_problems}")
+    assert not failures, "\n".join(failures)
+
+
 def test_syntax_error():
     result = checks.check_code("from manim import *\nclass S(Scene)\n    pass\n", "x^2")
     assert result.syntax is False and "syntax" in result.error and not result.passed
@@ -416,7 +431,9 @@ class Crowded(Scene):
     def construct(self):
         axes = Axes([-2, 2, 1], [-1, 1, 1], x_length=6, y_length=3)
         curve = axes.plot(lambda x: x**2, x_range=[-2, 2])  # mostly above y = 1: off its axes
-        self.play(Create(axes), Create(curve))
+        flat = axes.plot(lambda x: 0.02 * x, x_range=[-2, 2])  # 4% of the axes' height
+        level = axes.plot(lambda x: 0.5 + 0 * x, x_range=[-2, 2])  # constant: flat by right
+        self.play(Create(axes), Create(curve), Create(flat), Create(level))
         self.play(Write(Text("first label").move_to(UP * 3)), Write(Text("second label").move_to(UP * 3.1)))
         self.play(Write(MathTex("f'(x) = 2x").move_to(DOWN * 4.2)))
         self.play(*[FadeOut(m) for m in self.mobjects])
@@ -432,6 +449,7 @@ def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_a
     assert "'firstlabel' and 'secondlabel' overlap" in problems  # Manim's Text keeps no spaces
     assert "\"f'(x) = 2x\" reaches outside the frame" in problems
     assert "curve 1: only" in problems and "the last frame is empty" in problems
+    assert "curve 2: squashed flat, it spans 4% of its axes' height" in problems and "curve 3" not in problems
     assert result.passed is not None  # layout never changes what the four checks mean
 
 

@@ -1,6 +1,7 @@
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from derivative_animator import curriculum, dataset, notation
@@ -143,3 +144,13 @@ def test_malformed_original_record_is_named(tmp_path, item, message):
     source.write_text(json.dumps([{"instruction": "x", "input": "x^2", "output": "ok"}, item]))
     with pytest.raises(ValueError, match=message):
         dataset.import_original(source, dataset.DataConfig())
+
+
+def test_a_spike_does_not_choose_the_plotting_interval_but_never_refuses_a_function(monkeypatch):
+    """ln(x)^3 is readable on (0.2, 3), where ln(0.2)^3 = -4.2 sets the y-range and squashes the
+    rest; it gets the next readable interval. With only spiky intervals on offer it still gets one."""
+    expr = parse_function("ln(x)^3")
+    assert curriculum.analyse(expr).x_range == (0.5, 4)
+    monkeypatch.setattr(curriculum, "CANDIDATE_INTERVALS", ((0.2, 3),))
+    assert curriculum.analyse(expr).x_range == (0.2, 3)
+    assert curriculum._spiky(np.array([0.0] * 98 + [1.0, 10.0])) and not curriculum._spiky(np.linspace(0, 1, 100))

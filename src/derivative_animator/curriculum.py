@@ -48,6 +48,9 @@ WIDER_HALF_WIDTHS = (3.0, 2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 WIDER_MAX_ABS_VALUE = 1e4
 WIDER_MIN_RELATIVE_VARIATION = 0.01
 GRID_POINTS = 1201
+# A pole's spike must not set the y-range: an interval whose full range of f or f' is more than
+# SPIKE_RATIO times the range of its middle 90% is taken only if no other interval is readable.
+SPIKE_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,16 @@ def analyse(expr: sp.Expr, wider: bool = False) -> CurriculumFunction | None:
 
 
 def plot_interval(expr: sp.Expr, derivative: sp.Expr, wider: bool = False) -> tuple[float, float] | None:
-    """The first interval where f and f' are real, finite and readable, and f changes visibly;
-    None if there is none (`wider`: see WIDER_CENTRES)."""
+    """The first interval where f and f' are real, finite and readable, f changes visibly and
+    no spike dominates either curve; failing that, the first readable one with a spike; None
+    if there is none (`wider`: see WIDER_CENTRES)."""
     f, df = sp.lambdify(X, expr, "numpy"), sp.lambdify(X, derivative, "numpy")
     tries = [(CANDIDATE_INTERVALS, MAX_ABS_VALUE, False)]
     if wider:
         around = tuple((c - w, c + w) for w in WIDER_HALF_WIDTHS for c in WIDER_CENTRES)
         tries += [(around, MAX_ABS_VALUE, False), (CANDIDATE_INTERVALS + around, WIDER_MAX_ABS_VALUE, True)]
     for candidates, cap, relative in tries:
+        spiky = None
         for x_range in candidates:
             values = _finite_values(f, df, x_range)
             if values is None:
@@ -86,9 +91,18 @@ def plot_interval(expr: sp.Expr, derivative: sp.Expr, wider: bool = False) -> tu
             ys, dys = values
             size = max(np.abs(ys).max(), np.abs(dys).max())
             least = WIDER_MIN_RELATIVE_VARIATION * max(1.0, np.abs(ys).max()) if relative else MIN_VARIATION
-            if size <= cap and ys.max() - ys.min() >= least:
-                return x_range
+            if size <= cap and np.ptp(ys) >= least:
+                if not (_spiky(ys) or _spiky(dys)):
+                    return x_range
+                spiky = spiky or x_range
+        if spiky:
+            return spiky
     return None
+
+
+def _spiky(values: np.ndarray) -> bool:
+    low, high = np.quantile(values, [0.05, 0.95])
+    return np.ptp(values) > SPIKE_RATIO * (high - low) and np.ptp(values) > 1e-9
 
 
 def defined_on(expr: sp.Expr, derivative: sp.Expr, x_range: tuple[float, float]) -> bool:

@@ -9,7 +9,7 @@ the movie to --movie, and writes --report: {"scene": ..., "curves": [{"x": [...]
 [...]}, ...]}, the curves the scene plotted (`Axes.plot`), sampled from Manim's own graph
 objects in axes coordinates, and "layout": [...], what a teacher would object to on screen
 at the end of each animation (`layout_problems`: text past the frame's edge, overlapping
-texts; `curve_visibility`: a curve mostly off its axes). On failure it prints the
+texts; `curve_visibility`: a curve mostly off its axes or squashed flat). On failure it prints the
 traceback to stderr and exits 1.
 The scene runs in this process, so nothing here is proof of anything: the host judges
 the movie it finds and the curves against the true f and f' (checks).
@@ -116,6 +116,7 @@ def sampled_curves(plotted: list) -> list[dict]:
 LAYOUT_MARGIN = 0.05  # frame units a text may reach past the edge (anti-aliasing, stroke width)
 OVERLAP_SHARE = 0.15  # two texts overlap when the intersection covers this share of the smaller
 CURVE_VISIBLE_SHARE = 0.6  # of a plotted curve's points inside its axes' y-range
+CURVE_FLAT_SHARE = 0.1  # a curve that varies but spans less of its axes' height reads as a flat line
 
 
 def _is_text(mobject) -> bool:
@@ -208,7 +209,8 @@ def record_layout(problems: list) -> None:
 
 
 def curve_visibility(plotted: list) -> list[str]:
-    """Curves mostly outside their axes' y-range (off the drawn axes), one line each."""
+    """Curves mostly outside their axes' y-range (off the drawn axes), or squashed flat by a
+    y-range made for another curve; one line each. A constant curve is a flat line by right."""
     import numpy as np
 
     problems = []
@@ -222,6 +224,10 @@ def curve_visibility(plotted: list) -> list[str]:
         inside = np.mean((ys >= y_min - 1e-9) & (ys <= y_max + 1e-9)) if len(ys) else 0.0
         if inside < CURVE_VISIBLE_SHARE:
             problems.append(f"curve {number}: only {inside:.0%} of it lies inside its axes' y-range")
+            continue
+        span = (ys.max() - ys.min()) / (y_max - y_min) if len(ys) and y_max > y_min else 0.0
+        if 1e-6 < span < CURVE_FLAT_SHARE:
+            problems.append(f"curve {number}: squashed flat, it spans {span:.0%} of its axes' height")
     return problems
 
 

@@ -15,9 +15,11 @@ prompt into a comment was right in 53 of 57 (2026-11-26; docs/experiments.md).
 
 What is drawn on screen (formulas, curves, slopes, the rule steps) is derived from the
 two expressions at run time, so a scene cannot show one derivative and plot another.
-The axes fit the finite values of f and f' (`make_axes`): a wrong f' undefined on part of
-the interval still renders, and only the math check fails it (4 of 57 test scenes
-crashed there before, 2026-11-26).
+Each pair of axes fits the finite values of the curves it holds (`make_axes`): a wrong f'
+undefined on part of the interval still renders, and only the math check fails it. f and
+f' share axes only when neither would be squashed flat by the other's range (1/x beside
+-1/x^2 was a flat line on the x-axis); otherwise each gets its own. The interval itself is
+chosen so that no pole's spike sets the y-range (`curriculum.plot_interval`).
 
 The rule steps shown (`rule_steps` in every graphs scene) are computed from `f_expr`
 when the scene runs and agree with `differentiate` step for step (tested): the model
@@ -26,8 +28,8 @@ derivatives right after 4 minutes of header training, against 17 of 57 without i
 (measured; README).
 
 Styles:
-- tangent: a tangent line slides along the curve with a live slope readout while a point
-  at (x, slope) traces f' out, then f' is drawn in full with its formula;
+- tangent: f above, f' below on axes of its own; a tangent line slides along f with a live
+  slope readout while a point at (x, slope) traces f' out below, then f' is drawn in full;
 - secant: a secant line through (x0, f(x0)) and (x0 + h, f(x0 + h)) turns into the
   tangent as h -> 0 (the limit definition), then the steps; h shrinks by `np.geomspace`,
   not a literal list of five numbers, in which 7 of 57 test scenes lost their way;
@@ -67,17 +69,20 @@ def tex(expr):
     return sp.latex(expr, ln_notation=True)
 
 
-def make_axes():
+def values(*gs):
     xs = np.linspace(X_MIN, X_MAX, 200)
-    ys = np.concatenate([xs * 0 + f(xs), xs * 0 + df(xs)])
-    ys = ys[np.isfinite(ys)]
+    ys = np.concatenate([xs * 0 + g(xs) for g in gs])
+    return ys[np.isfinite(ys)]
+
+
+def make_axes(*gs, width=10, height=4.5):
+    ys = values(*gs)
     step = 10 ** np.floor(np.log10(np.ptp(ys) + 0.01))
-    return Axes([X_MIN, X_MAX, 1], [ys.min() - step / 2, ys.max() + step / 2, step],
-                x_length=10, y_length=5, tips=False).to_edge(DOWN)
+    return Axes([X_MIN, X_MAX, 10 ** np.floor(np.log10(X_MAX - X_MIN))],
+                [ys.min() - step / 2, ys.max() + step / 2, step], x_length=width, y_length=height, tips=False)
 
 
 def formulas(*extra):
-    # f, f' and the extra lines in one LaTeX compile, each fitted to the frame
     lines = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *extra]
     parts = MathTex(*[line + r"\\" for line in lines[:-1]], lines[-1], font_size=40)
     for part in parts:
@@ -93,9 +98,9 @@ _BODIES = {
 class TangentLineScene(Scene):
     def construct(self):
         title, derivative_tex = formulas()
-        axes = make_axes()
-        graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
-        self.play(Create(axes), Create(graph), Write(title))
+        axes, d_axes = VGroup(make_axes(f, height=2.3), make_axes(df, height=2.3)).arrange(DOWN).to_edge(DOWN)
+        graph, derivative = axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)
+        self.play(Create(axes), Create(d_axes), Create(graph), Write(title))
         t = ValueTracker(X_MIN + 0.1 * (X_MAX - X_MIN))
 
         def tangent():
@@ -107,8 +112,8 @@ class TangentLineScene(Scene):
         self.play(Create(always_redraw(tangent)))
         label = Text("slope:", color=YELLOW).next_to(title, DOWN)
         slope = DecimalNumber(color=YELLOW).add_updater(lambda m: m.set_value(df(t.get_value())).next_to(label))
-        dot = always_redraw(lambda: Dot(axes.c2p(t.get_value(), df(t.get_value())), color=RED))
-        self.add(label, slope, dot, TracedPath(dot.get_center, stroke_color=RED))  # slopes trace f'
+        dot = always_redraw(lambda: Dot(d_axes.c2p(t.get_value(), df(t.get_value())), color=RED))
+        self.add(label, slope, dot, TracedPath(dot.get_center, stroke_color=RED))
         self.play(t.animate.set_value(X_MAX), run_time=3)
         self.remove(label, slope)
         derivative_tex.next_to(title, DOWN)
@@ -121,7 +126,7 @@ class SecantLimitScene(Scene):
     def construct(self):
         limit = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h}"
         title, derivative_tex, limit_tex = formulas(limit)
-        axes = make_axes()
+        axes = make_axes(f).to_edge(DOWN)
         graph = axes.plot(f, color=BLUE)
         self.play(Create(axes), Create(graph), Write(title))
         x0, h = X_MIN + 0.35 * (X_MAX - X_MIN), ValueTracker(0.3 * (X_MAX - X_MIN))
@@ -184,7 +189,7 @@ class RuleStepsScene(Scene):
         title, derivative_tex, *rules, f_label, df_label = formulas(*lines, "f(x)", "f'(x)")
         rules = VGroup(*rules).arrange(DOWN, aligned_edge=LEFT)
         column = VGroup(rules, derivative_tex).arrange(DOWN)
-        room = title.get_bottom()[1] + config.frame_height / 2 - 0.5  # long step lists shrink to fit
+        room = title.get_bottom()[1] + config.frame_height / 2 - 0.5
         column.scale_to_fit_height(min(column.height, room)).next_to(title, DOWN)
         self.play(Write(title))
         for rule in rules:
@@ -192,10 +197,15 @@ class RuleStepsScene(Scene):
         self.play(Write(derivative_tex))
         self.wait(0.5)
         self.play(FadeOut(rules, derivative_tex))
-        axes = make_axes().scale(0.85).to_edge(DOWN)
-        graph, derivative = axes.plot(f, color=BLUE), axes.plot(df, color=RED)
-        legend = VGroup(f_label.set_color(BLUE), df_label.set_color(RED)).arrange(RIGHT, buff=1)
-        self.play(Create(axes), Create(graph), FadeIn(legend.next_to(title, DOWN)))
+        if all(not 0 < np.ptp(values(g)) < 0.3 * np.ptp(values(f, df)) for g in (f, df)):
+            grid = VGroup(make_axes(f, df))
+        else:
+            grid = VGroup(make_axes(f, width=6), make_axes(df, width=6)).arrange(RIGHT, buff=1)
+        axes, d_axes = grid.to_edge(DOWN)[0], grid[-1]
+        graph, derivative = axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)
+        f_label.set_color(BLUE).next_to(axes, UP).align_to(axes, LEFT)
+        df_label.set_color(RED).next_to(d_axes, UP).align_to(d_axes, RIGHT)
+        self.play(Create(grid), Create(graph), FadeIn(f_label, df_label))
         self.play(Create(derivative), run_time=1.5)
         self.wait(1)
 """,
