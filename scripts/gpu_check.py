@@ -4,9 +4,10 @@
     python scripts/gpu_check.py --out DIR --smoke     # the same steps, shrunk, on the CPU (tests)
 
 Runs where the GPU is, with torch (CUDA), transformers, peft, pytorch_lightning, sympy,
-omegaconf and rich; no Hydra, MLflow or Manim needed. The trainer settings are read from
-conf/trainer/gpu.yaml as they are; scenes are checked without rendering (syntax,
-structure, math). Prints one JSON object and writes it to DIR/gpu_check.json.
+hydra-core and rich; no MLflow or Manim needed. Settings come from conf/train.yaml composed
+with Hydra's compose API (model=<the step's>, trainer=gpu, data=default, lora=default); scenes
+are checked without rendering (syntax, structure, math). Prints one JSON object and writes it
+to DIR/gpu_check.json.
 
 1. tiny: the embedded model (outputs/base/tiny, built by `make base` and carried along)
    fine-tuned on the default dataset with the CPU default's settings (one epoch, 500
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +50,9 @@ from derivative_animator.generate import SceneGenerator  # noqa: E402
 DEEPSEEK_CODER_1_3B = {"vocab_size": 32256, "hidden_size": 2048, "intermediate_size": 5504,
                        "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
                        "max_position_embeddings": 16384, "rope_theta": 100000.0, "rms_norm_eps": 1e-6}
+LARGE = "deepseek_coder_1_3b"   # conf/model/<LARGE>.yaml: how part 2's model trains
+# The training groups the check runs under, besides the model (conf/train.yaml's other defaults stay).
+GROUPS = ("trainer=gpu", "data=default", "lora=default")
 
 
 @dataclass(frozen=True)
@@ -79,18 +85,16 @@ class Settings(dict):
     __getattr__ = dict.get
 
 
-def conf(*parts: str) -> dict:
-    """A file of conf/ with the files of its own group that its `defaults` name merged under
-    it, as Hydra composes them (other groups' entries are left out: the script reads those
-    files itself). Interpolations stay as written: the script reads none of them."""
-    own = OmegaConf.load(ROOT / "conf" / Path(*parts))
-    bases = [conf(*parts[:-1], f"{base}.yaml") for base in own.pop("defaults", [])
-             if isinstance(base, str) and base != "_self_"]
-    return OmegaConf.to_container(OmegaConf.merge(*bases, own))
+def compose(model: str) -> dict:
+    """conf/train.yaml composed by Hydra with model=<model> and GROUPS, resolved as train.py
+    resolves it (Hydra's own node is left out: nothing here reads it)."""
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=[f"model={model}", *GROUPS])
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def trainer_kwargs(plan: Plan, **overrides) -> dict:
-    settings = {k: v for k, v in conf("trainer", "gpu.yaml").items() if not k.startswith("_")}
+    settings = {k: v for k, v in compose(plan.base)["trainer"].items() if not k.startswith("_")}
     if plan.device == "cpu":
         settings.update(accelerator="cpu", precision="32-true")
     settings["precision"] = environment.resolve_precision(str(settings["precision"]), settings["accelerator"])
@@ -98,7 +102,7 @@ def trainer_kwargs(plan: Plan, **overrides) -> dict:
 
 
 def build_data(directory: Path, plan: Plan) -> Path:
-    data = conf("data", "default.yaml")
+    data = compose(plan.base)["data"]
     config = dataset.DataConfig(dir=str(directory), seed=data["seed"], sizes=plan.data_sizes or data["sizes"],
                                 levels=data["levels"], styles=data["styles"])
     start = time.perf_counter()
@@ -110,9 +114,7 @@ def build_data(directory: Path, plan: Plan) -> Path:
 def load_embedded(plan: Plan):
     """(model settings, tokenizer, model) of the embedded base; the micro one is built here,
     the tiny one is the shipped base (models/, in the repository)."""
-    settings = conf("model", f"{plan.base}.yaml")
-    # The build section's output_dir may name an environment variable (the tests' own outputs).
-    settings["build"] = OmegaConf.to_container(OmegaConf.create(settings["build"]), resolve=True)
+    settings = compose(plan.base)["model"]  # resolved: micro's output_dir may name the tests' own outputs
     directory = paths.resolve(settings["build"]["publish_dir"] or settings["build"]["output_dir"])
     if plan.base == "micro":
         build_base(BaseModelConfig(**settings["build"]))
@@ -125,11 +127,11 @@ def load_embedded(plan: Plan):
 def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
     import pytorch_lightning as pl
 
-    train = conf("train.yaml")
+    train = compose(plan.base)
     full_scenes = plan.full_scenes or train["full_scenes"]
     pl.seed_everything(train["seed"], workers=True)
     tiny, tokenizer, model = load_embedded(plan)
-    lora = Settings(conf("lora", "default.yaml"))
+    lora = Settings(train["lora"])
     model = finetune.add_lora(model, lora)
     data = DerivativeDataModule(str(data_dir), tokenizer, micro_batch_size=tiny["micro_batch_size"],
                                 max_length=tiny["max_length"], bucket_size=train["loader"]["bucket_size"],
@@ -179,7 +181,8 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
 def check_large(data_dir: Path, plan: Plan) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    large, lora = conf("model", "deepseek_coder_1_3b.yaml"), conf("lora", "default.yaml")
+    train = compose(LARGE)
+    large, lora = train["model"], train["lora"]
     embedded, tokenizer, _ = load_embedded(plan)
     shape = LlamaConfig(**plan.large_shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
@@ -196,7 +199,6 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=large["lr"], fused=True)
 
     micro = large["micro_batch_size"]
-    train = conf("train.yaml")
     full_scenes = plan.full_scenes or train["full_scenes"]
     # The embedded tokenizer's lengths (the micro one's vocabulary is small: long samples).
     max_length = max(large["max_length"], embedded["max_length"])

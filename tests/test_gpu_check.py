@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py: its every step, shrunk, on the CPU; and it reads conf/ as Hydra does."""
+"""scripts/gpu_check.py: its every step, shrunk, on the CPU; and its settings are conf/train.yaml's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from derivative_animator import paths
@@ -23,16 +24,24 @@ def _script():
     return sys.modules["gpu_check"]
 
 
-@pytest.mark.parametrize("group, name", [("model", "micro"), ("model", "tiny"), ("model", "deepseek_coder_1_3b"),
-                                         ("trainer", "gpu"), ("data", "default")])
-def test_config_files_read_without_hydra_as_hydra_composes_them(group, name):
-    chain = [name]
-    while "defaults" in (own := OmegaConf.load(paths.CONF_DIR / group / f"{chain[0]}.yaml")):
-        chain.insert(0, next(d for d in own.defaults if d != "_self_"))
-    composed = OmegaConf.merge(*(OmegaConf.load(paths.CONF_DIR / group / f"{n}.yaml") for n in chain))
-    composed.pop("defaults", None)
-    expected = OmegaConf.to_container(composed)  # interpolations stay as written: the script never reads those
-    assert _script().conf(group, f"{name}.yaml") == expected
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("model", ["tiny", "micro", "deepseek_coder_1_3b"])
+def test_settings_are_conf_train_composed_under_the_gpu_trainer(model):
+    expected = compose_train(f"model={model}", "trainer=gpu", "data=default", "lora=default")
+    assert _script().compose(model) == OmegaConf.to_container(expected, resolve=True)
+
+
+def test_each_plan_trains_its_model_under_the_gpu_trainer():
+    script = _script()
+    assert (script.Plan().base, script.SMOKE.base, script.LARGE) == ("tiny", "micro", "deepseek_coder_1_3b")
+    gpu = {k: v for k, v in OmegaConf.to_container(compose_train("trainer=gpu").trainer).items() if k != "_target_"}
+    assert script.trainer_kwargs(script.Plan()) == {**gpu, "precision": "bf16-mixed"}
+    assert script.trainer_kwargs(script.SMOKE, max_epochs=1) == {**gpu, "accelerator": "cpu", "precision": "32-true",
+                                                                 "max_epochs": 1}
 
 
 def test_smoke_run_trains_generates_and_times_the_large_shape(tmp_path):
