@@ -235,7 +235,7 @@ def bench_renders(n: int, against: str | None = None) -> dict:
         result[f"render_{label}_median_s"] = round(statistics.median(times), 2)
         result[f"render_{label}_passed"] = passed
     if against:
-        old = _scenes_at(against)
+        old = scenes_at(against)
         sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD)
         times: dict[str, list[float]] = {"now": [], against: []}
         for record in records:
@@ -253,7 +253,7 @@ def bench_renders(n: int, against: str | None = None) -> dict:
     return result
 
 
-def _scenes_at(revision: str):
+def scenes_at(revision: str):
     """scenes.py as it was at a git revision, imported as its own module."""
     import importlib.util
     import tempfile

@@ -116,7 +116,7 @@ def sampled_curves(plotted: list) -> list[dict]:
 LAYOUT_MARGIN = 0.05  # frame units a text may reach past the edge (anti-aliasing, stroke width)
 OVERLAP_SHARE = 0.15  # two texts overlap when the intersection covers this share of the smaller
 CURVE_VISIBLE_SHARE = 0.6  # of a plotted curve's points inside its axes' y-range
-CURVE_FLAT_SHARE = 0.1  # a curve that varies but spans less of its axes' height reads as a flat line
+CURVE_FLAT_SHARE = 0.12  # a varying curve spanning less of its axes' height reads as a flat line (1/x beside -1/x^2: 12%)
 
 
 def _is_text(mobject) -> bool:
