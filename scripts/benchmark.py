@@ -134,19 +134,20 @@ def bench_training(steps: int, repeats: int) -> dict:
 
 
 def bench_generation(checkpoint: str | None, n: int) -> dict:
-    from derivative_animator import dataset
+    from derivative_animator import dataset, paths
     from derivative_animator.evaluate import latest_checkpoint
     from derivative_animator.generate import SceneGenerator
 
     directory = Path(checkpoint) if checkpoint else latest_checkpoint()
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
     result = {"checkpoint": str(directory)}
+    settings = paths.conf_group("generate")
     for label, speculative in (("speculative", True), ("plain", False)):
         generator = SceneGenerator.load(directory, speculative=speculative)
         generator.generate(records[0].function, max_new_tokens=32)  # warm-up
         times, tokens = [], []
         for record in records:
-            gen = generator.generate(record.function)
+            gen = generator.generate(record.function, settings.max_new_tokens)
             times.append(gen.seconds)
             tokens.append(gen.new_tokens)
         result[f"latency_median_s_{label}"] = round(statistics.median(times), 3)
@@ -160,14 +161,12 @@ def bench_rollbacks(checkpoint: str | None, n: int, rollbacks: int = 8) -> dict:
     """Sampled scenes (as verification retries sample them) with and without line
     rollbacks after an unfixable syntax error: how many parse, hold a Scene, get the math
     right (no render), and at what time cost."""
-    from omegaconf import OmegaConf
-
-    from derivative_animator import dataset
+    from derivative_animator import dataset, paths
     from derivative_animator.checks import check_code
     from derivative_animator.evaluate import latest_checkpoint
     from derivative_animator.generate import SceneGenerator
 
-    e = OmegaConf.load(ROOT / "conf/eval/default.yaml")  # the retries' sampling settings
+    e = paths.conf_group("generate")  # the retries' sampling settings
     generator = SceneGenerator.load(Path(checkpoint) if checkpoint else latest_checkpoint())
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
     result = {"rollback_samples": len(records)}
@@ -213,7 +212,7 @@ def bench_renders(n: int, against: str | None = None) -> dict:
     sandbox (Manim imported once; its start-up counted in its total). `against`: a git revision
     whose scene templates are rendered too, on the same functions and intervals, interleaved
     scene by scene in the warm sandbox so both see the same machine load."""
-    from derivative_animator import checks, cli, curriculum, dataset
+    from derivative_animator import checks, curriculum, dataset, oracle
     from derivative_animator.parsing import parse_function
 
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
@@ -224,7 +223,7 @@ def bench_renders(n: int, against: str | None = None) -> dict:
         sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD) if label == "warm" else None
         times, passed = [], 0
         for record in records:
-            code = cli.template_scene(record.function, record.style)
+            code = oracle.template_scene(record.function, record.style)
             begun = time.perf_counter()
             outcome = checks.check_code(code, record.function, render=render, sandbox=sandbox)
             times.append(time.perf_counter() - begun)
@@ -241,7 +240,7 @@ def bench_renders(n: int, against: str | None = None) -> dict:
         for record in records:
             analysed = curriculum.analyse(parse_function(record.function), wider=True)
             for label, module in (("now", None), (against, old)):
-                code = (cli.template_scene(record.function, record.style) if module is None else module.scene_code(
+                code = (oracle.template_scene(record.function, record.style) if module is None else module.scene_code(
                     analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, record.style))
                 begun = time.perf_counter()
                 checks.check_code(code, record.function, render=render, sandbox=sandbox)

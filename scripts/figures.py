@@ -81,7 +81,7 @@ def before_after(revision: str, pairs: list[list[str]], output: Path) -> int:
     from benchmark import scenes_at
     from PIL import Image
 
-    from derivative_animator import checks, cli, curriculum
+    from derivative_animator import checks, curriculum, oracle
     from derivative_animator.parsing import parse_function
 
     then = scenes_at(revision)
@@ -90,7 +90,7 @@ def before_after(revision: str, pairs: list[list[str]], output: Path) -> int:
         for row, (function, style) in enumerate(pairs):
             analysed = curriculum.analyse(parse_function(function), wider=True)
             codes = {revision: then.scene_code(analysed.expr, analysed.derivative, analysed.steps, analysed.x_range,
-                                               style), "now": cli.template_scene(function, style)}
+                                               style), "now": oracle.template_scene(function, style)}
             for column, (label, code) in enumerate(codes.items()):
                 folder = Path(tmp) / f"{row}-{column}"
                 result = checks.check_code(code, function, output_dir=folder)

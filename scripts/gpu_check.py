@@ -66,7 +66,7 @@ class Plan:
     train_batches: int | None = None    # None: the whole epoch
     full_scenes: int | None = None      # None: conf/train.yaml's (the rest is header practice)
     scenes: int = 20
-    max_new_tokens: int = 1400          # per scene written (eval.max_new_tokens)
+    max_new_tokens: int | None = None   # None: conf/generate's (a scene's budget)
     large_shape: dict = field(default_factory=lambda: DEEPSEEK_CODER_1_3B)
     repeats: int = 6
     new_tokens: int | None = None       # None: the median test scene's
@@ -151,17 +151,19 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
     del module, model, trainer
 
     generator = SceneGenerator.load(merged, device=plan.device)  # on CUDA: bf16 weights, as the CLI
+    generate = paths.conf_group("generate")
+    budget = plan.max_new_tokens or generate.max_new_tokens
     rows = []
     for record in dataset.read_split(data_dir, "test")[:plan.scenes]:
-        generation = generator.generate(record.function, max_new_tokens=plan.max_new_tokens)
+        generation = generator.generate(record.function, max_new_tokens=budget)
         result = checks.check_code(generation.code, record.function, execute=False)
         rows.append({"function": record.function, "level": record.level, "seconds": round(generation.seconds, 3),
                      "new_tokens": generation.new_tokens, "syntax": bool(result.syntax),
                      "structure": bool(result.structure), "math": bool(result.math), "error": result.error})
     seconds = [r["seconds"] for r in rows]
     # A sampled try too (verified generation's retries): the sampler draws on the CPU.
-    sampled = generator.generate(rows[0]["function"], max_new_tokens=plan.max_new_tokens, temperature=0.7,
-                                 top_p=0.95, seed=1)
+    sampled = generator.generate(rows[0]["function"], max_new_tokens=budget, temperature=generate.sample_temperature,
+                                 top_p=generate.top_p, seed=1)
     return {
         "precision": trainer_kwargs(plan)["precision"],
         "optimizer_steps": steps,

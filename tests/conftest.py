@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from derivative_animator import dataset, environment
+from derivative_animator import dataset, environment, paths
 
 _OUTPUTS = tempfile.mkdtemp(prefix="derivanim-test-outputs-")
 os.environ["DERIVANIM_OUTPUTS"] = _OUTPUTS
@@ -61,10 +61,23 @@ def pytest_runtest_setup(item):
             pytest.skip(reason)
 
 
+def compose_config(config_name: str, *overrides: str):
+    """conf/<config_name>.yaml as Hydra composes it for the entry point, with overrides: tests
+    run on the real configs (test modules import it: `from conftest import compose_config`)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
 @pytest.fixture(scope="session")
 def default_splits():
-    """The default 418/50/57 dataset, generated in memory (a few seconds)."""
-    return dataset.generate_splits(dataset.DataConfig())
+    """`make data`'s dataset (conf/make_data.yaml) with train cut to 418 functions, in memory in a
+    few seconds; validation and test are dealt first, so they are make all's exactly."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("make_data", "data.sizes.train=418")
+    return dataset.generate_splits(dataset.DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
 
 
 @pytest.fixture(scope="session")

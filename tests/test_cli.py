@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from derivative_animator import cli, scenes
+from derivative_animator import cli, oracle, scenes
 
 
 def run(*args, cwd=None):
@@ -70,7 +70,7 @@ def test_generate_then_check_passes_all_four(tmp_path):
 
 def test_check_reports_wrong_derivative(tmp_path):
     scene = tmp_path / "scene.py"
-    scene.write_text(cli.template_scene("x^2", "tangent").replace("f'(x) = 2x", "f'(x) = x"))
+    scene.write_text(oracle.template_scene("x^2", "tangent").replace("f'(x) = 2x", "f'(x) = x"))
     out = run("check", str(scene), "--function", "x^2", "--no-execute")
     assert out.returncode == 1 and "math       FAIL" in out.stdout
 
@@ -94,7 +94,7 @@ def test_generate_refuses_sampling_settings_that_cannot_work(setting, fragment, 
 
 def test_check_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
     scene = tmp_path / "scene.py"
-    scene.write_text(cli.template_scene("x^2", "tangent"))
+    scene.write_text(oracle.template_scene("x^2", "tangent"))
     assert cli.main(["check", str(scene), "--function", "x^2", "--timeout", "0"]) == cli.EXIT_USAGE
     assert "--timeout must be above 0" in capsys.readouterr().err
 
@@ -117,7 +117,7 @@ def test_verified_generation_keeps_the_attempt_that_passed_most_checks():
     import re
     from types import SimpleNamespace
 
-    good = cli.template_scene("x^2", "tangent")
+    good = oracle.template_scene("x^2", "tangent")
     wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
     settings = dict(attempts=3, temperature=0.0, retry_temperature=0.7, seed=0, max_new_tokens=10,
                     top_p=0.95, syntax_rollbacks=0, no_verify=False)

@@ -6,10 +6,11 @@ import json
 import math
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
 from derivative_animator import evaluate, paths, report
 
@@ -21,14 +22,11 @@ def evaluate_known_model(tmp_path, monkeypatch, functions: str, model, *override
     path = tmp_path / "functions.txt"
     path.write_text(functions)
     monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: model))
-    cfg = compose_eval(f"eval.functions_file={path}", f"eval.model={tmp_path}", "eval.seed=0", *overrides)
+    cfg = compose_eval(f"eval.functions_file={path}", f"eval.model={tmp_path}", "generate.seed=0", *overrides)
     return evaluate.run_evaluation(cfg, tmp_path)
 
 
-def compose_eval(*overrides):
-    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
-        return compose(config_name="eval", overrides=list(overrides))
-
+compose_eval = partial(compose_config, "eval")
 
 def test_pass_at_k_matches_the_definition():
     assert evaluate.pass_at_k(5, 0, 1) == 0.0
@@ -219,10 +217,10 @@ class _KnownTries:
 
     def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
                  syntax_rollbacks=0, accept_header=None):
-        from derivative_animator import cli, scenes
+        from derivative_animator import oracle, scenes
         from derivative_animator.generate import HEADER_REJECTED, Generation
 
-        code = cli.template_scene(function, "tangent")
+        code = oracle.template_scene(function, "tangent")
         if self.plan[seed] != "right":
             code = code.replace("f'(x) = ", "f'(x) = 7 + ", 1)
         if self.plan[seed] == "rejected header":
@@ -238,7 +236,7 @@ def test_verified_and_pass_at_k_rows_of_a_model_whose_tries_are_known(tmp_path, 
     plan = {0: "wrong", 1: "right", 2: "wrong", 102: "rejected header", 103: "right"}
     results = evaluate_known_model(tmp_path, monkeypatch, "x^2\nsin x\n", _KnownTries(plan),
                                    "eval.baselines=[finetuned,verified]", "eval.samples_per_function=3",
-                                   "eval.verify_attempts=3")
+                                   "generate.attempts=3")
     finetuned, verified = results["summary"]["finetuned"]["all"], results["summary"]["verified"]["all"]
     assert finetuned["math"] == 0.0 and finetuned["passed"] == 0.0  # raw is the first, greedy try
     assert finetuned["pass@1"] == 33.3 and finetuned["pass@3"] == 100.0  # 1 of 3 tries passes
@@ -310,7 +308,7 @@ def test_self_consistency_puts_the_header_most_samples_agree_on_over_a_wrong_gre
     # Greedy (seed 0) writes a wrong derivative; the header samples use seeds 1000 + i.
     plan = {0: "wrong", 1000: "right", 1001: "wrong", 1002: "right", 1003: "right"}
     results = evaluate_known_model(tmp_path, monkeypatch, "x^2\n", _KnownHeaders(plan),
-                                   "eval.baselines=[finetuned,self_consistency]", "eval.self_consistency.k=4")
+                                   "eval.baselines=[finetuned,self_consistency]", "generate.self_consistency.k=4")
     assert results["summary"]["finetuned"]["all"]["math"] == 0.0
     assert results["summary"]["self_consistency"]["all"]["passed"] == 100.0
     row, = [r for r in results["rows"] if r["baseline"] == "self_consistency"]

@@ -37,13 +37,13 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
     """The model writes a whole oracle scene for a function the draft corpus does not hold:
     drafts from the corpus are kept in the body and rejected in the header. Speculation must
     write the very same tokens as one token a pass, in fewer passes."""
-    from derivative_animator import cli
+    from derivative_animator import oracle
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     plain = SceneGenerator.load(checkpoint, speculative=False)
     fast = SceneGenerator.load(checkpoint, speculative=True)
     for function in ("x^3 - 2x", "e^x sin(x)"):
-        scene = cli.template_scene(function, "tangent")
+        scene = oracle.template_scene(function, "tangent")
         script = plain.prompt_ids(function) + tokenizer(scene, add_special_tokens=False)["input_ids"]
         proposals = []
         propose = fast.drafter.propose
@@ -191,10 +191,10 @@ def test_code_no_continuation_can_parse_is_dead(code):
 
 def test_no_prefix_of_a_template_scene_is_dead():
     """Mid-line too: generation stops at a dead prefix, so a false one cuts a right scene."""
-    from derivative_animator import cli
+    from derivative_animator import oracle
 
     for style in ("tangent", "secant", "graphs"):
-        scene = cli.template_scene("x^2 sin(x)", style)
+        scene = oracle.template_scene("x^2 sin(x)", style)
         dead = [k for k in range(1, len(scene) + 1) if dead_prefix(scene[:k]) is not None]
         assert dead == [], (style, scene[:dead[0]][-60:] if dead else "")
 

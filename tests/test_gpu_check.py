@@ -6,9 +6,10 @@ import importlib.util
 import json
 import subprocess
 import sys
+from functools import partial
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from derivative_animator import paths
@@ -24,10 +25,7 @@ def _script():
     return sys.modules["gpu_check"]
 
 
-def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
-
+compose_train = partial(compose_config, "train")
 
 @pytest.mark.parametrize("model", ["tiny", "micro", "deepseek_coder_1_3b"])
 def test_settings_are_conf_train_composed_under_the_gpu_trainer(model):

@@ -516,7 +516,7 @@ def test_what_is_bound_under_tmp_stays_visible(tmp_path, monkeypatch):
 def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told_to(tmp_path):
     """Where bubblewrap cannot run: `derivanim check` exits 3 and `make eval` exits 2, each with
     one line naming the fix; `--unsafe-no-sandbox` renders anyway and says so."""
-    from derivative_animator import cli, paths
+    from derivative_animator import oracle, paths
 
     fake = tmp_path / "bin" / "bwrap"
     fake.parent.mkdir()
@@ -524,7 +524,7 @@ def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
     scene = tmp_path / "scene.py"
-    scene.write_text(cli.template_scene("x^2", "tangent"))
+    scene.write_text(oracle.template_scene("x^2", "tangent"))
     check = [sys.executable, "-m", "derivative_animator.cli", "check", str(scene), "--function", "x^2", "--quick"]
     refused = subprocess.run(check, capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr[-2000:]

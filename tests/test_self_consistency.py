@@ -66,11 +66,11 @@ def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
     import torch
     from transformers import AutoTokenizer
 
-    from derivative_animator import cli
+    from derivative_animator import oracle
     from derivative_animator.generate import _HeaderWritten
 
     tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
-    scene = cli.template_scene("x^2", "tangent")
+    scene = oracle.template_scene("x^2", "tangent")
     cut = scenes.math_header_length(scene) + len(scenes.MATH_HEADER_END)
     written, unfinished = (tokenizer("PROMPT" + text, add_special_tokens=False)["input_ids"]
                            for text in (scene[:cut], scene[:cut - 3]))

@@ -8,10 +8,12 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
+from conftest import compose_config
 
-from derivative_animator import cli, serve
+from derivative_animator import oracle, serve
 from derivative_animator.generate import Generation, SceneGenerator
 from derivative_animator.prompt import DEFAULT_FORMAT, instruction
 
@@ -132,7 +134,7 @@ class _Oracle:
     prompt_format = DEFAULT_FORMAT
 
     def generate(self, function, *args, **kwargs):
-        return Generation(function, cli.template_scene(function, "graphs"), 0.1, 100, 10)
+        return Generation(function, oracle.template_scene(function, "graphs"), 0.1, 100, 10)
 
 
 @pytest.mark.needs_render
@@ -161,14 +163,7 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         browser.close()
 
 
-def compose_eval(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    from derivative_animator import paths
-
-    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
-        return compose(config_name="eval", overrides=list(overrides))
-
+compose_eval = partial(compose_config, "eval")
 
 @pytest.mark.needs_sandbox
 def test_the_api_baseline_against_the_server_writes_what_the_finetuned_baseline_writes(tmp_path, micro_checkpoint):
@@ -181,7 +176,7 @@ def test_the_api_baseline_against_the_server_writes_what_the_finetuned_baseline_
     with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
         cfg = compose_eval(f"eval.functions_file={functions}", "eval.baselines=[finetuned,api]",
                            f"eval.model={micro_checkpoint}", f"eval.api.base_url={url}/v1",
-                           f"eval.api.model={micro_checkpoint.name}", "eval.max_new_tokens=80", "eval.seed=0")
+                           f"eval.api.model={micro_checkpoint.name}", "generate.max_new_tokens=80", "generate.seed=0")
         results = evaluate.run_evaluation(cfg, tmp_path / "run")
     rows = {(r["baseline"], r["function"]): r for r in results["rows"]}
     assert len(rows) == 6 and not results["notes"]

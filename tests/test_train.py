@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import mlflow
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from derivative_animator import dataset, finetune, paths
@@ -19,10 +20,7 @@ GROUPS = {group: sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
           for group in ("data", "model", "lora", "trainer", "logger", "experiment")}
 
 
-def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
-
+compose_train = partial(compose_config, "train")
 
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUPS.items() for o in options])
 def test_every_config_option_composes(group, option):
@@ -427,13 +425,13 @@ def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro
 
 
 def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(micro_tokenizer, scripted_lm):
-    from derivative_animator import cli
+    from derivative_animator import oracle
     from derivative_animator.evaluate import Sample
     from derivative_animator.prompt import encode_prompt
 
     tokenizer = micro_tokenizer[0]
     records = [Sample("a", "x^3", 1), Sample("b", "sin(x^2)", 4), Sample("c", "x^2 + 1", 1)]
-    scenes = [cli.template_scene(r.function, "tangent") for r in records]
+    scenes = [oracle.template_scene(r.function, "tangent") for r in records]
     scenes[2] = scenes[2].replace("f'(x) = ", "f'(x) = 3 + ", 1)  # a wrong derivative
     scripts = [encode_prompt(tokenizer, DEFAULT_FORMAT.format(r.function))
                + tokenizer(scene, add_special_tokens=False)["input_ids"] for r, scene in zip(records, scenes, strict=True)]

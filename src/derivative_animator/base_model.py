@@ -44,8 +44,8 @@ EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
 @dataclass(frozen=True)
 class BaseModelConfig:
-    """How to build the embedded model (the recipe; conf/model/*.yaml `build:` holds the values).
-    Validated on construction."""
+    """How to build the embedded model: the recipe. conf/model/*.yaml `build:` holds every value
+    (no defaults here). Validated on construction."""
 
     output_dir: str
     corpus_packages: tuple[str, ...]
@@ -61,17 +61,17 @@ class BaseModelConfig:
     steps: int
     lr: float
     warmup_steps: int
-    copy_circuit: bool = False  # start with a built-in induction head (see install_copy_circuit)
-    rope_theta: float = 10_000.0
-    calculus_draws: int = 0  # random functions drawn for the calculus text (the distinct ones are worked)
-    textbook_share: float = 0.35  # of them, the kinds textbooks ask about (the rest: curriculum levels)
-    held_out_data: str | None = None  # a dataset dir whose validation and test functions stay out
-    seed: int = 0
-    bf16: bool | str = "auto"  # auto: only where the CPU computes bf16 fast
-    threads: int = 0  # 0: torch's default
-    checkpoint_every: int = 100  # steps between resumable checkpoints
-    snapshot_every: int = 0  # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality curve
-    publish_dir: str | None = None  # where the finished model is shipped, with its card
+    copy_circuit: bool  # start with a built-in induction head (see install_copy_circuit)
+    rope_theta: float
+    calculus_draws: int  # random functions drawn for the calculus text (the distinct ones are worked)
+    textbook_share: float  # of them, the kinds textbooks ask about (the rest: curriculum levels)
+    held_out_data: str | None  # a dataset dir whose validation and test functions stay out
+    seed: int
+    bf16: bool | str  # auto: only where the CPU computes bf16 fast
+    threads: int  # 0: torch's default
+    checkpoint_every: int  # steps between resumable checkpoints
+    snapshot_every: int  # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality curve
+    publish_dir: str | None  # where the finished model is shipped, with its card
 
     def __post_init__(self):
         object.__setattr__(self, "corpus_packages", tuple(self.corpus_packages))
@@ -479,10 +479,9 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
     report.parameters = sum(p.numel() for p in model.parameters())
 
     def save_state():
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "step": step, "mlflow_run_id": run_id, "train_seconds": elapsed, "losses": report.losses},
-                   staging / f"{STATE_FILE}.tmp")
-        (staging / f"{STATE_FILE}.tmp").replace(state_file)  # atomic: a kill mid-save keeps the last one
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "step": step, "mlflow_run_id": run_id, "train_seconds": elapsed, "losses": report.losses}
+        paths.write_atomic(state_file, lambda out: torch.save(state, out))  # a kill mid-save keeps the last one
 
     use_bf16 = cpu_has_fast_bf16() if config.bf16 == "auto" else bool(config.bf16)
     tokens_per_step = config.batch_size * config.seq_len
@@ -534,9 +533,7 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
             "threads": torch.get_num_threads(), "mlflow_run_id": run_id,
             "code_files": torch.load(staging / "corpus.pt")["code_files"]}
     (final / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    final.rename(out)
+    paths.replace_dir(final, out)
     shutil.rmtree(staging, ignore_errors=True)
     if client:
         for key in ("final_loss", "tokens_per_second", "copy_accuracy", "trained_tokens", "corpus_tokens",
@@ -575,9 +572,7 @@ def publish(build_dir: Path, publish_dir: Path) -> Path:
     shipped_info["sha256"] = {name: file_sha256(staging / name) for name in sorted(p.name for p in staging.iterdir())}
     (staging / BUILD_INFO).write_text(json.dumps(shipped_info, indent=1) + "\n")
     (staging / CARD).write_text(model_card(shipped_info, publish_dir.name))
-    if publish_dir.exists():
-        shutil.rmtree(publish_dir)
-    staging.rename(publish_dir)
+    paths.replace_dir(staging, publish_dir)
     return publish_dir
 
 

@@ -46,6 +46,8 @@ DRAWN_TOLERANCE = 1e-4  # plotted points sit on the curve; relative to the curve
 MAX_CURVES = 20
 # What a warm render sandbox imports once (PythonSandbox(preload=...)): Manim and what scenes use.
 RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render_runner")
+CHECKS = ("syntax", "structure", "executes", "math")  # what `passed` needs
+LAYOUT = "layout"  # what is on screen: reported beside them, never part of `passed`
 
 
 @dataclass
@@ -70,7 +72,7 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.syntax and self.structure and self.executes and self.math)
+        return all(getattr(self, name) for name in CHECKS)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import os
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
-from derivative_animator import curriculum, notation, scenes
-from derivative_animator.differentiate import UnsupportedFunction, differentiate, level_of
-from derivative_animator.parsing import ParseError, parse_function
+from derivative_animator import paths, scenes
+from derivative_animator.differentiate import UnsupportedFunction
+from derivative_animator.oracle import CannotAnimate, describe, template_scene, with_true_derivative
+from derivative_animator.parsing import ParseError, function_lines, parse_function
 from derivative_animator.sandbox import SandboxUnavailable
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
@@ -31,26 +30,6 @@ UNSAFE_HELP = ("where bubblewrap cannot run, run generated code anyway, WITHOUT 
 
 class UsageError(Exception):
     """A mistake in what the user asked for: reported in one line, exit code 2."""
-
-
-def describe(text: str) -> dict:
-    """Everything `parse --json` reports about a typed function."""
-    expr = parse_function(text)
-    derivative, steps = differentiate(expr)
-    level = level_of(steps)
-    return {
-        "input": text,
-        "function": notation.typed(expr),
-        "sympy": str(expr),
-        "derivative": notation.typed(derivative),
-        "derivative_sympy": str(derivative),
-        "function_latex": notation.latex(expr),
-        "derivative_latex": notation.latex(derivative),
-        "level": level,
-        "level_name": curriculum.LEVEL_NAMES[level],
-        "steps": [{"rule": s.rule, "expression": str(s.expr), "derivative": str(s.derivative)}
-                  for s in scenes.shown_steps(steps)],
-    }
 
 
 def cmd_parse(args) -> int:
@@ -70,21 +49,7 @@ def write_new_file(path: Path, text: str, force: bool = False) -> None:
     """Write atomically; never clobber an existing file unless asked to."""
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; choose another -o path or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(temp, path)
-
-
-def template_scene(function: str, style: str) -> str:
-    analysed = curriculum.analyse(parse_function(function), wider=True)
-    if analysed is None:
-        raise UsageError(
-            f"cannot animate f(x) = {function}: it is constant, or f and f' are not real, finite and "
-            "readable together on any interval tried (centred between -100 and 100, 0.04 to 6 wide)"
-        )
-    return scenes.scene_code(analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style)
+    paths.write_atomic(path, text)
 
 
 def _check(code: str, function: str, render: bool, output_dir: Path | None):
@@ -110,58 +75,47 @@ def _render_sandbox():
     return sandbox
 
 
-def _with_true_derivative(code: str, function: str) -> str | None:
-    """--repair: the model's scene with its `f'(x) = ...` line replaced by the true derivative."""
-    import re
-
-    analysed = curriculum.analyse(parse_function(function), wider=True)
-    if analysed is None:
-        return None
-    repaired, count = re.subn(r"^f'\(x\) = .*$", f"f'(x) = {analysed.steps[-1].worked}", code,
-                              count=1, flags=re.MULTILINE)
-    return repaired if count else None
-
-
 def generate_verified(generator, function: str, args, say) -> tuple[str, object]:
-    """Greedy first; on failure sample again (best of n). Never swaps code silently. When no
-    attempt passes, the one that passed the most checks is kept (the earliest of equals);
-    a retry abandoned at its wrong math header is not a scene and never kept."""
+    """Greedy first; on failure sample again (best of n, `verify.best_of_n`). Never swaps code
+    silently: --repair says so."""
     from derivative_animator import checks
-    from derivative_animator.generate import HEADER_REJECTED
+    from derivative_animator.verify import best_of_n
 
-    best = None  # (checks passed, attempt, code, result)
     accept_header = checks.header_judge(function)
-    for attempt in range(1, args.attempts + 1):
+
+    def write(attempt: int):
         temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
         seed = None if args.seed is None else args.seed + attempt - 1
-        # A retry is abandoned once its math header is wrong (it cannot pass), unless
-        # --repair may want a whole scene to fix; attempt 1 is always written out.
-        abandon = attempt > 1 and not args.repair and not args.no_verify
+        # A retry is abandoned once its math header is wrong (it cannot pass), unless --repair
+        # may want a whole scene to fix; attempt 1 is always written out.
+        abandon = attempt > 1 and not args.repair
         gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed,
                                  syntax_rollbacks=args.syntax_rollbacks,
                                  accept_header=accept_header if abandon else None)
         if attempt == 1 and getattr(args, "self_consistency", 0):
             gen = _vote_on_header(generator, function, gen, args, say)
-        if gen.stop == HEADER_REJECTED:
-            say(f"attempt {attempt}: abandoned after its math header, the derivative is wrong "
+        return gen
+
+    def report(tried) -> None:
+        gen, result = tried.generation, tried.result
+        if result is None:
+            say(f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong "
                 f"({gen.seconds:.2f} s)")
-            continue
-        result = _check(gen.code, function, False, None)
-        say(f"attempt {attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
+            return
+        say(f"attempt {tried.attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
             + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
             + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "") + ")"
             + (f"  {result.error}" if result.error else ""))
-        if result.passed or args.no_verify:
-            return gen.code, result
-        passed = sum(bool(getattr(result, k)) for k in ("syntax", "structure", "executes", "math"))
-        if best is None or passed > best[0]:
-            best = (passed, attempt, gen.code, result)
-        if result.environment_error:
-            break
-    _, attempt, code, result = best
-    say(f"no attempt passed every check; keeping attempt {attempt} ({_marks(result)})")
+
+    verification = best_of_n(write, lambda attempt, gen: _check(gen.code, function, False, None),
+                             1 if args.no_verify else args.attempts, report)
+    kept = verification.kept
+    if kept.result.passed or args.no_verify:
+        return kept.generation.code, kept.result
+    code, result = kept.generation.code, kept.result
+    say(f"no attempt passed every check; keeping attempt {kept.attempt} ({_marks(result)})")
     if args.repair and result.syntax and result.structure and not result.math:
-        repaired = _with_true_derivative(code, function)
+        repaired = with_true_derivative(code, function)
         if repaired:
             say("--repair: replaced the model's f'(x) line with the true derivative")
             return repaired, _check(repaired, function, False, None)
@@ -186,8 +140,10 @@ def _vote_on_header(generator, function: str, gen, args, say):
 
 
 def _marks(result) -> str:
+    from derivative_animator.checks import CHECKS, LAYOUT
+
     return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
-                    for k in ("syntax", "structure", "executes", "math"))
+                    for k in (*CHECKS, LAYOUT))
 
 
 def _check_sampling_args(args) -> None:
@@ -227,7 +183,7 @@ def cmd_generate(args) -> int:
 
     try:
         generator = SceneGenerator.load(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch,
-                                        bracket_guard=not args.no_bracket_guard)
+                                        bracket_guard=args.bracket_guard)
     except (PromptFormatError, FileNotFoundError, OSError) as err:
         raise UsageError(str(err)) from None
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
@@ -269,15 +225,13 @@ def _from_file(generator, args, say) -> int:
     if not path.is_file():
         raise UsageError(f"{path} not found")
     functions, bad = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if text:
-            try:
-                parse_function(text)
-            except ParseError as err:
-                bad.append(f"{path.name}:{number}: {err}")
-                continue
-            functions.append(text)
+    for number, text in function_lines(path):
+        try:
+            parse_function(text)
+        except ParseError as err:
+            bad.append(f"{path.name}:{number}: {err}")
+            continue
+        functions.append(text)
     out_dir = Path(args.output or "generated")
     if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
         raise UsageError(f"{out_dir} is not empty; choose another -o directory or pass --force")
@@ -349,12 +303,14 @@ def cmd_check(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.to_dict().items()}, indent=2))
     else:
-        for name in ("syntax", "structure", "executes", "math"):
+        for name in (*checks.CHECKS, checks.LAYOUT):
             value = getattr(result, name)
             mark = "pass" if value else ("skipped" if value is None else "FAIL")
             print(f"{name:10} {mark}")
         if result.error:
             print(f"error: {result.error}")
+        for problem in result.layout_problems:
+            print(f"layout: {problem}")
     if result.environment_error:
         return EXIT_ENVIRONMENT
     executed_ok = result.executes or (args.no_execute and result.executes is None)
@@ -382,23 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", action="store_true", help="also render: mp4 and last-frame PNG beside -o")
     p.add_argument("--from-file", help="a file with one function per line (batched generation)")
     p.add_argument("-i", "--interactive", action="store_true", help="a prompt loop showing each check")
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the first attempt)")
-    p.add_argument("--retry-temperature", type=float, default=0.7, help="sampling temperature of retries")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=1600)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attempts", type=int, default=4, help="verified generation: best of n")
+    g = paths.conf_group("generate")  # the one home of these defaults: flags override it for this call
+    p.add_argument("--temperature", type=float, default=g.temperature, help="0: greedy (the first attempt)")
+    p.add_argument("--retry-temperature", type=float, default=g.sample_temperature,
+                   help="sampling temperature of retries")
+    p.add_argument("--top-p", type=float, default=g.top_p)
+    p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens)
+    p.add_argument("--seed", type=int, default=g.seed)
+    p.add_argument("--attempts", type=int, default=g.attempts, help="verified generation: best of n")
     p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
-    p.add_argument("--self-consistency", type=int, default=0, metavar="K",
-                   help="the first scene takes the math header most of K sampled headers agree on (no oracle)")
-    p.add_argument("--self-consistency-temperature", type=float, default=1.0,
+    p.add_argument("--self-consistency", type=int, nargs="?", const=g.self_consistency.k, default=0, metavar="K",
+                   help=f"the first scene takes the math header most of K sampled headers agree on (no oracle; "
+                        f"K: {g.self_consistency.k} if not given)")
+    p.add_argument("--self-consistency-temperature", type=float, default=g.self_consistency.temperature,
                    help="sampling temperature of those headers (lower ones mostly repeat greedy's)")
-    p.add_argument("--syntax-rollbacks", type=int, default=8,
+    p.add_argument("--syntax-rollbacks", type=int, default=g.syntax_rollbacks,
                    help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
     p.add_argument("--repair", action="store_true",
                    help="if the scene is fine but its derivative wrong, swap in the true one (and say so)")
-    p.add_argument("--no-bracket-guard", action="store_true",
-                   help="let the model close brackets it never opened or end a header line with one open")
+    p.add_argument("--bracket-guard", action=argparse.BooleanOptionalAction, default=g.bracket_guard,
+                   help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
+                        "brackets it never opened or end a header line with one open)")
     p.add_argument("--batch-size", type=int, default=8, help="--from-file batch size")
     p.add_argument("--allow-prompt-mismatch", action="store_true",
                    help="query a checkpoint trained with another prompt format, using its own format")
@@ -448,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     _allow_unsandboxed = getattr(args, "unsafe_no_sandbox", False)
     try:
         return args.run(args)
-    except (ParseError, UsageError, UnsupportedFunction) as err:
+    except (ParseError, UsageError, UnsupportedFunction, CannotAnimate) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except SandboxUnavailable as err:

@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import sympy as sp
@@ -67,17 +67,26 @@ class Record:
         return cls(**{name: data[name] for name in names})
 
 
+def _data_default(key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(paths.conf_group("data"))[key]
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dir: str = "data/derivatives"
-    seed: int = 1234
-    sizes: dict | None = None
-    levels: tuple[int, ...] = curriculum.LEVELS
-    styles: tuple[str, ...] = scenes.STYLES
-    import_path: str | None = None
+    """What `make data` builds. Every field not given takes conf/data/default.yaml's value: the
+    one home of the defaults (`python -m derivative_animator.dataset` composes the same file)."""
+
+    dir: str = field(default_factory=lambda: _data_default("dir"))
+    seed: int = field(default_factory=lambda: _data_default("seed"))
+    sizes: dict = field(default_factory=lambda: _data_default("sizes"))
+    levels: tuple[int, ...] = field(default_factory=lambda: _data_default("levels"))
+    styles: tuple[str, ...] = field(default_factory=lambda: _data_default("styles"))
+    import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
 
     def __post_init__(self):
-        sizes = dict(self.sizes or {"train": 418, "validation": 50, "test": 57})
+        sizes = dict(self.sizes)
         if set(sizes) != set(SPLITS) or any(int(n) < 0 for n in sizes.values()):
             raise ValueError(f"data.sizes needs non-negative train, validation and test counts, got {sizes}")
         object.__setattr__(self, "sizes", {split: int(sizes[split]) for split in SPLITS})
@@ -404,13 +413,7 @@ def write_dataset(splits: dict[str, list[Record]], config: DataConfig) -> Path:
         (staging / CARD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         (staging / "README.md").write_text(card_markdown(info))
         DEFAULT_FORMAT.save(staging)
-        if target.exists():
-            old = target.with_name(f".{target.name}-old-{os.getpid()}")
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
+        paths.replace_dir(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -8,8 +8,8 @@ mathematics, and report per baseline and per curriculum level.
 Baselines: `template` (the oracle: the dataset's template with the true derivative; it
 must score 100%, the evaluator's own sanity check), `base` (the model before fine-tuning,
 same prompt), `finetuned` (greedy, raw), `verified` (the fine-tuned model sampled again
-until its scene passes every check, up to eval.verify_attempts; reports which attempt),
-`self_consistency` (the greedy scene under the math header most of eval.self_consistency.k
+until its scene passes every check, up to generate.attempts; reports which attempt),
+`self_consistency` (the greedy scene under the math header most of generate.self_consistency.k
 sampled headers agree on: `self_consistency.py`; it never consults the true derivative),
 `api` (a model behind any OpenAI-compatible endpoint, eval.api: `hosted.py`; skipped with a
 one-line reason where there is none).
@@ -34,10 +34,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
+from derivative_animator.checks import CHECKS, LAYOUT
 
 BASELINES = ("template", "base", "finetuned", "self_consistency", "verified", "api")
-CHECKS = ("syntax", "structure", "executes", "math")  # what `passed` needs
-LAYOUT = "layout"  # what is on screen: reported beside them, never part of `passed`
 
 
 @dataclass
@@ -90,20 +89,17 @@ def _resolved(row: Row) -> Future:
 
 
 def load_samples(cfg: DictConfig) -> list[Sample]:
-    from derivative_animator import cli, dataset
-    from derivative_animator.parsing import ParseError
+    from derivative_animator import dataset, oracle
+    from derivative_animator.parsing import ParseError, function_lines
 
     if cfg.eval.functions_file:
         path = paths.resolve(cfg.eval.functions_file)
         if not path.is_file():
             raise FileNotFoundError(f"eval.functions_file {path} not found")
         samples = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
+        for number, text in function_lines(path):
             try:
-                info = cli.describe(text)
+                info = oracle.describe(text)
             except ParseError as err:  # one bad line never stops the others: it becomes a failed row
                 samples.append(Sample(f"line{number:04d}", text, 0, problem=f"{path.name}:{number}: {err}"))
                 continue
@@ -291,7 +287,7 @@ def _then(future: Future, transform) -> Future:
 def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     from rich.progress import Progress
 
-    from derivative_animator import cli
+    from derivative_animator import oracle
     from derivative_animator.generate import Generation, SceneGenerator
 
     samples = load_samples(cfg)
@@ -303,7 +299,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     if {"base", "finetuned", "self_consistency", "verified"} & set(baselines):
         model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
-    e = cfg.eval
+    e, generation = cfg.eval, cfg.generate
     started = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -318,34 +314,34 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
             # Spare work for the render workers until the models' scenes come (RenderQueue).
             for sample in usable:
                 try:
-                    code = cli.template_scene(sample.function, sample.style)
-                except cli.UsageError as error:
+                    code = oracle.template_scene(sample.function, sample.style)
+                except oracle.CannotAnimate as error:
                     futures["template"].append(_resolved(failed_row(sample, str(error), baseline="template")))
                     continue
                 futures["template"].append(evaluator.submit("template", sample, code, 1, None))
         if "base" in baselines:
-            base_generator = _base_generator(model_dir, e.bracket_guard)
+            base_generator = _base_generator(model_dir, generation.bracket_guard)
             task = progress.add_task("base model (no fine-tuning)", total=len(usable))
             # One at a time with speculation: an untrained model repeats itself, so drafts from
             # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
             for sample in usable:
                 futures["base"].append(_generate_and_submit(evaluator, base_generator, "base", sample, 1,
-                                                            lambda g, s=sample: g.generate(s.function, e.max_new_tokens)))
+                                                            lambda g, s=sample: g.generate(s.function, generation.max_new_tokens)))
                 progress.advance(task)
             del base_generator
             timings["base_generation_s"] = round(time.perf_counter() - started, 1)
         generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch,
-                                        bracket_guard=e.bracket_guard) if model_dir else None
+                                        bracket_guard=generation.bracket_guard) if model_dir else None
         raw: dict[str, tuple[Generation, Future]] = {}
         if {"finetuned", "self_consistency", "verified"} & set(baselines):
             finetuned_start = time.perf_counter()
             task = progress.add_task("fine-tuned model", total=len(usable) * e.samples_per_function)
             for sample in usable:
                 for k in range(e.samples_per_function):
-                    temperature = e.temperature if k == 0 else e.sample_temperature
+                    temperature = generation.temperature if k == 0 else generation.sample_temperature
 
                     def sample_scene(g, s=sample, t=temperature, k=k):
-                        return g.generate(s.function, e.max_new_tokens, t, e.top_p, seed=e.seed + k)
+                        return g.generate(s.function, generation.max_new_tokens, t, generation.top_p, seed=generation.seed + k)
 
                     future = _generate_and_submit(evaluator, generator, "finetuned", sample, k + 1, sample_scene, raw)
                     futures.setdefault("finetuned", []).append(future)
@@ -354,7 +350,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         if "self_consistency" in baselines:
             task = progress.add_task("self-consistency votes", total=len(usable))
             for sample in usable:
-                futures["self_consistency"].append(_self_consistent_and_submit(evaluator, generator, sample, raw, e))
+                futures["self_consistency"].append(_self_consistent_and_submit(evaluator, generator, sample, raw, generation))
                 progress.advance(task)
         # Retries wait on renders, so they run on their own thread, not the render pool's; one,
         # like generation: more would take the render workers' cores.
@@ -363,11 +359,11 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
             for sample in usable:
                 if sample.id in raw:
                     futures["verified"].append(retry_pool.submit(_verify_safely, evaluator, generator, sample,
-                                                                 raw[sample.id], e))
+                                                                 raw[sample.id], generation))
                 else:
                     futures["verified"].append(_resolved(failed_row(sample, "its first try failed", baseline="verified")))
         if "api" in baselines:
-            skipped = _api_baseline(evaluator, usable, e, futures["api"], progress)
+            skipped = _api_baseline(evaluator, usable, e.api, generation, futures["api"], progress)
             if skipped:
                 notes.append(f"api baseline skipped: {skipped}")
                 print(f"warning: {notes[-1]}", file=sys.stderr)
@@ -442,21 +438,23 @@ def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample:
     return future
 
 
-def _api_baseline(evaluator: Evaluator, samples: list[Sample], e, futures: list, progress) -> str | None:
-    """The `api` rows: one chat request per function, `e.api.concurrency` at a time, each
+def _api_baseline(evaluator: Evaluator, samples: list[Sample], api, generation, futures: list,
+                  progress) -> str | None:
+    """The `api` rows: one chat request per function, `api.concurrency` at a time, each
     reply checked like any scene. Returns why the baseline was skipped, or None."""
     from derivative_animator import hosted
     from derivative_animator.checks import one_line
 
     try:
-        client = hosted.connect(e.api)
+        client = hosted.connect(api)
     except hosted.Unavailable as reason:
         return str(reason)
-    task = progress.add_task(f"api model {e.api.model}", total=len(samples))
+    task = progress.add_task(f"api model {api.model}", total=len(samples))
 
     def ask(sample: Sample) -> Future:
         try:
-            reply = hosted.write_scene(client, e.api, sample.function, e.max_new_tokens, e.temperature, e.seed)
+            reply = hosted.write_scene(client, api, sample.function, generation.max_new_tokens, generation.temperature,
+                                      generation.seed)
         except Exception as error:  # noqa: BLE001 - a failed request is its row; the rest go on
             return _resolved(failed_row(sample, f"api request failed: {one_line(error)}", baseline="api"))
         finally:
@@ -465,12 +463,12 @@ def _api_baseline(evaluator: Evaluator, samples: list[Sample], e, futures: list,
         return _then(evaluator.submit("api", sample, reply.code, 1, reply),
                      lambda row: Row(**{**asdict(row), "extra": {**row.extra, **extra}}))
 
-    with ThreadPoolExecutor(max_workers=e.api.concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=api.concurrency) as pool:
         futures.extend(future.result() for future in [pool.submit(ask, sample) for sample in samples])
     return None
 
 
-def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample, raw: dict, e) -> Future:
+def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample, raw: dict, generation) -> Future:
     """The self-consistency row of a sample: the greedy scene under the voted header."""
     from dataclasses import replace
 
@@ -481,8 +479,9 @@ def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample,
         return _resolved(failed_row(sample, "its greedy scene failed", baseline="self_consistency"))
     greedy = raw[sample.id][0]
     try:
-        code, vote = self_consistent_scene(generator, sample.function, greedy.code, e.self_consistency.k,
-                                           e.self_consistency.temperature, e.top_p, e.seed + 1000)
+        code, vote = self_consistent_scene(generator, sample.function, greedy.code, generation.self_consistency.k,
+                                           generation.self_consistency.temperature, generation.top_p,
+                                           generation.seed + 1000)
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
         return _resolved(failed_row(sample, f"self-consistency failed: {one_line(error)}", baseline="self_consistency"))
     generation = replace(greedy, code=code, seconds=greedy.seconds + vote.seconds)
@@ -491,45 +490,41 @@ def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample,
                  lambda row: Row(**{**asdict(row), "extra": {**row.extra, "vote": votes}}))
 
 
-def _verify_safely(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
+def _verify_safely(evaluator: Evaluator, generator, sample: Sample, first, generation) -> Row:
     from derivative_animator.checks import one_line
 
     try:
-        return _verify(evaluator, generator, sample, first, e)
+        return _verify(evaluator, generator, sample, first, generation)
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
         return failed_row(sample, f"verification failed: {one_line(error)}", baseline="verified")
 
 
-def _score(row: Row) -> int:
-    return sum(bool(getattr(row, k)) for k in CHECKS)
-
-
-def _verify(evaluator: Evaluator, generator, sample: Sample, first, e) -> Row:
-    """Attempt 1 is the raw greedy scene; later attempts sample until one passes. The
-    row kept is the first that passes, else the one passing most checks (earliest wins).
-    A retry stops as soon as its math header is written wrong, and retries whose math is
-    wrong are not rendered (executes None): they cannot pass."""
+def _verify(evaluator: Evaluator, generator, sample: Sample, first, generation) -> Row:
+    """`verify.best_of_n`: attempt 1 is the raw greedy scene (already written and checked);
+    later attempts sample. A retry stops as soon as its math header is written wrong, and
+    retries whose math is wrong are not rendered (executes None): they cannot pass."""
     from derivative_animator.checks import header_judge
-    from derivative_animator.generate import HEADER_REJECTED
+    from derivative_animator.verify import best_of_n
 
     accept_header = header_judge(sample.function)
-    gen, future = first
-    best = row = future.result()
-    attempt, total_time = 1, gen.seconds
-    while not row.passed and attempt < e.verify_attempts:
-        attempt += 1
-        gen = generator.generate(sample.function, e.max_new_tokens, e.sample_temperature, e.top_p,
-                                 seed=e.seed + 100 + attempt, syntax_rollbacks=e.verify_syntax_rollbacks,
-                                 accept_header=accept_header)
-        total_time += gen.seconds
-        if gen.stop == HEADER_REJECTED:
-            continue  # not a scene: never kept
-        # A retry is rendered only once its math is right: one that is not cannot pass.
-        row = evaluator.submit("verified", sample, gen.code, attempt, gen, render_failing=False).result()
-        if row.passed or _score(row) > _score(best):
-            best = row
-    return Row(**{**asdict(best), "baseline": "verified", "attempts_tried": attempt,
-                  "generation_s": round(total_time, 3)})
+    greedy, greedy_row = first
+
+    def write(attempt: int):
+        if attempt == 1:
+            return greedy
+        return generator.generate(sample.function, generation.max_new_tokens, generation.sample_temperature,
+                                  generation.top_p, seed=generation.seed + 100 + attempt,
+                                  syntax_rollbacks=generation.syntax_rollbacks,
+                                  accept_header=accept_header)
+
+    def check(attempt: int, gen) -> Row:
+        if attempt == 1:
+            return greedy_row.result()
+        return evaluator.submit("verified", sample, gen.code, attempt, gen, render_failing=False).result()
+
+    verification = best_of_n(write, check, generation.attempts)
+    return Row(**{**asdict(verification.kept.result), "baseline": "verified",
+                  "attempts_tried": len(verification.tries), "generation_s": round(verification.seconds, 3)})
 
 
 def _rate(rows: list[Row], key: str) -> float:

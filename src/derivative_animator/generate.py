@@ -268,7 +268,7 @@ class SceneGenerator:
         return encode_prompt(self.tokenizer, self.prompt_format.format(function))
 
     @torch.inference_mode()
-    def generate(self, function: str, max_new_tokens: int = 1600, temperature: float = 0.0,
+    def generate(self, function: str, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, draft_length: int = 16,
                  syntax_rollbacks: int = 0, accept_header: Callable[[str], bool] | None = None,
                  prompt: str | None = None) -> Generation:
@@ -380,7 +380,7 @@ class SceneGenerator:
         return low
 
     @torch.inference_mode()
-    def generate_batch(self, functions: list[str], max_new_tokens: int = 1600,
+    def generate_batch(self, functions: list[str], max_new_tokens: int,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                        headers_only: bool = False) -> list[Generation]:
         """Many scenes at once (left-padded, HF generate). Each gets the batch time / n.

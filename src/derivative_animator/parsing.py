@@ -537,3 +537,13 @@ def parse_function(text: str) -> sympy.Expr:
     if not parser.at("end"):
         raise parser.unexpected(parser.peek())
     return value
+
+
+def function_lines(path) -> list[tuple[int, str]]:
+    """A functions file (`--from-file`, `eval.functions_file`): one function per line as people
+    type them, `#` comments and blank lines skipped; (line number, text) for each, unparsed, so
+    that one bad line is reported on its own and never stops the others."""
+    from pathlib import Path
+
+    lines = Path(path).read_text().splitlines()
+    return [(number, text) for number, line in enumerate(lines, 1) if (text := line.split("#", 1)[0].strip())]

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from derivative_animator.evaluate import CHECKS, LAYOUT
+from derivative_animator.checks import CHECKS, LAYOUT
 
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
            ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))
