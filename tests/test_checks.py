@@ -289,12 +289,15 @@ def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
 
 
 @pytest.mark.needs_render
-def test_dataset_validation_renders_and_its_workers_leave_no_temp_dirs(default_splits, tmp_path, monkeypatch):
+def test_dataset_validation_renders_through_the_evaluations_sandbox_and_reports_a_broken_scene(default_splits):
+    from dataclasses import replace
+
     from derivative_animator import render_check
 
-    monkeypatch.setattr(render_check.tempfile, "tempdir", str(tmp_path))  # the workers' mkdtemp goes here
-    assert render_check.render_all(default_splits["test"][:2], workers=2) == []
-    assert list(tmp_path.iterdir()) == []
+    good = default_splits["test"][:2]
+    broken = replace(good[0], id="broken", completion=good[0].completion.replace("f'(x) = ", "f'(x) = 1 + ", 1))
+    failures = render_check.render_all([*good, broken], workers=2)
+    assert [record_id for record_id, _ in failures] == ["broken"] and "math" in failures[0][1]
 
 
 # --- a scene cannot fake its verdict ------------------------------------------------------

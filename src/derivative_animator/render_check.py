@@ -1,86 +1,52 @@
-"""Render-validate the dataset's own scenes (trusted template code) in parallel.
-
-Each worker process imports Manim once and renders many scenes, so validation costs the
-scenes, not interpreter start-ups. `dry_run` executes every scene (all animations and
-updaters) at 1 frame per second without writing video; `ql` renders 480p15 video. A scene that raises, or runs past its time limit,
-is reported with its record id.
+"""Render-validate the dataset's own scenes the way evaluation renders a model's: each through
+`checks.check_code` in a warm render sandbox (one per worker, Manim imported once), judged on
+all five checks. `dry_run` renders at 1 frame per second (every animation and updater still
+runs); `ql` at the quality's own 15 fps. A scene that fails a check, raises, or runs past its
+time limit is reported with its record id. The scenes are the project's own templates, so where
+bubblewrap cannot run they render without it rather than not at all.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import multiprocessing.util
-import shutil
-import signal
-import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from rich.progress import Progress
 
-from derivative_animator.scenes import SCENE_CLASS
-
-_WORKDIR: Path | None = None
-
-
-def _start_worker() -> None:
-    global _WORKDIR
-    _WORKDIR = Path(tempfile.mkdtemp(prefix="derivanim-validate-"))
-    # Removed when the worker exits (multiprocessing runs its finalizers then, not atexit's).
-    multiprocessing.util.Finalize(None, shutil.rmtree, args=(_WORKDIR, True), exitpriority=0)
-    import manim  # noqa: F401  (import once per worker)
-
-    from derivative_animator.render_runner import share_parsed_svg_paths
-
-    share_parsed_svg_paths()
-
-
-def _timeout(signum, frame):
-    raise TimeoutError("scene ran past its time limit")
-
-
-def _render(record_id: str, style: str, code: str, mode: str, timeout_s: int) -> tuple[str, str | None]:
-    from manim import tempconfig
-
-    path = _WORKDIR / f"{record_id}.py"
-    path.write_text(code)
-    settings = {
-        "media_dir": str(_WORKDIR / "media"),
-        "quality": "low_quality",
-        # A dry run still steps every animation and updater, once per second of scene
-        # time: every line of the scene runs, at a fifth of the cost of 15 fps.
-        **({"dry_run": True, "frame_rate": 1} if mode == "dry_run" else {}),
-        "disable_caching": True,
-        "progress_bar": "none",
-        "verbosity": "ERROR",
-    }
-    signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(timeout_s)
-    try:
-        spec = importlib.util.spec_from_file_location(f"scene_{record_id.replace('-', '_')}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        with tempconfig(settings):
-            getattr(module, SCENE_CLASS[style])().render()
-        return record_id, None
-    except Exception as err:  # report every failure with the sample that caused it
-        return record_id, f"{type(err).__name__}: {err}".splitlines()[0][:300]
-    finally:
-        signal.alarm(0)
-        path.unlink(missing_ok=True)
+from derivative_animator import checks
+from derivative_animator.sandbox import SandboxLimits
 
 
 def render_all(records, mode: str = "dry_run", workers: int = 2, timeout_s: int = 120):
-    """Render every record's scene; returns [(record id, error)] for the failures."""
+    """Render and check every record's scene; returns [(record id, what failed)] for the failures."""
     if mode not in ("dry_run", "ql"):
         raise ValueError(f"validate.mode must be dry_run or ql, not {mode!r}")
+    render = checks.RenderOptions(quick=mode == "dry_run", save_frame=False, unsafe_no_sandbox=True,
+                                  limits=SandboxLimits(timeout_s=timeout_s))
+    local, sandboxes, lock = threading.local(), [], threading.Lock()
+
+    def judge(record) -> tuple[str, str | None]:
+        if not hasattr(local, "sandbox"):
+            local.sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD, allow_unsandboxed=True)
+            with lock:
+                sandboxes.append(local.sandbox)
+        try:
+            result = checks.check_code(record.completion, record.function, render=render, sandbox=local.sandbox)
+        except Exception as err:  # noqa: BLE001 - every failure is reported with its sample
+            return record.id, checks.one_line(err)
+        problems = ([result.error or "failed"] if not result.passed else []) + result.layout_problems
+        return record.id, "; ".join(problems)[:300] or None
+
     failures = []
-    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker) as pool, Progress() as bar:
-        task = bar.add_task(f"rendering {len(records)} scenes ({mode})", total=len(records))
-        futures = [pool.submit(_render, r.id, r.style, r.completion, mode, timeout_s) for r in records]
-        for future in as_completed(futures):
-            record_id, error = future.result()
-            if error:
-                failures.append((record_id, error))
-            bar.advance(task)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool, Progress() as bar:
+            task = bar.add_task(f"rendering {len(records)} scenes ({mode})", total=len(records))
+            for future in as_completed([pool.submit(judge, record) for record in records]):
+                record_id, problem = future.result()
+                if problem:
+                    failures.append((record_id, problem))
+                bar.advance(task)
+    finally:
+        for sandbox in sandboxes:
+            sandbox.close()
     return sorted(failures)
