@@ -1,39 +1,26 @@
 """Manim scene templates: the code the model learns to write.
 
 Every scene opens with its math header, the only lines that differ between functions: a
-docstring holding the function and its derivative in the notation people type, the
-prompt's (`f(x) = x^2 sin(x)`, `f'(x) = 2x*sin(x) + x^2*cos(x)`: the derivative written
-as the rules apply to the parts, `3*4x^3`, so a model copies rather than does
-arithmetic), then the plotting interval. The scene reads both docstring lines with the
-project's own parser when it runs (`parsing.typed_line`), and so does the math check: one
-reading on both sides (sympy's `parse_expr` read `sin x cos x` as sin(x cos(x)), where the
-check read sin(x)*cos(x)). Typed rather than sympy code because a small model copies the prompt's own
-tokens far better than it translates them: with `f_expr = x**2*sp.sin(x)` lines the 7.4M
-model wrote the wrong f in 21 of 57 test scenes (a second function name repeating the
-first: `sp.cos(x) + 4*sp.cos(x)` for `cosh(x) + 4arcsin(x)`), while its copy of the
-prompt into a comment was right in 53 of 57 (2026-11-26; docs/experiments.md).
+docstring holding f and f' in the notation people type (`f'(x) = 2x*sin(x) + x^2*cos(x)`: the
+derivative as the rules apply to the parts, so the model copies rather than does arithmetic),
+then the plotting interval. The scene reads both lines with the project's own parser when it
+runs (`parsing.typed_line`), and so does the math check: one reading on both sides
+(docs/decisions/0002-typed-math-header.md).
 
-What is drawn on screen (formulas, curves, slopes, the rule steps) is derived from the
-two expressions at run time, so a scene cannot show one derivative and plot another.
-Each pair of axes fits the finite values of the curves it holds (`make_axes`): a wrong f'
-undefined on part of the interval still renders, and only the math check fails it. f and
-f' share axes only when neither would be squashed flat by the other's range (1/x beside
--1/x^2 was a flat line on the x-axis); otherwise each gets its own. The interval itself is
-chosen so that no pole's spike sets the y-range (`curriculum.plot_interval`).
-
-The rule steps shown (`rule_steps` in every graphs scene) are computed from `f_expr`
-when the scene runs and agree with `differentiate` step for step (tested): the model
-writes no step list. A 7.4M model writing one looped in it and got 1 of 57 test
-derivatives right after 4 minutes of header training, against 17 of 57 without it
-(measured; README).
+Everything on screen (formulas, curves, slopes, the rule steps) is derived from those two
+expressions at run time, so a scene cannot show one derivative and plot another. Each pair of
+axes fits the finite values of the curves it holds (`make_axes`: a wrong f' undefined on part
+of the interval still renders, and only the math check fails it); f and f' share axes only when
+neither would be squashed flat by the other's range (docs/decisions/0007-scene-axes.md). The
+rule steps (`rule_steps`, graphs style only) are computed when the scene runs and agree with
+`differentiate` step for step (tested): the model never writes a step list.
 
 Styles:
 - tangent: f above, f' below on axes of its own; a tangent line slides along f with a live
   slope readout while a point at (x, slope) traces f' out below, then f' is drawn in full;
-- secant: a secant line through (x0, f(x0)) and (x0 + h, f(x0 + h)) turns into the
-  tangent as h -> 0 (the limit definition), then the steps; h shrinks by `np.geomspace`,
-  not a literal list of five numbers, in which 7 of 57 test scenes lost their way;
-- graphs: f and f' plotted together, the steps written out one by one.
+- secant: a secant line through (x0, f(x0)) and (x0 + h, f(x0 + h)) turns into the tangent as
+  h -> 0 (the limit definition; h shrinks by `np.geomspace`), then f' is written;
+- graphs: the rule steps one by one (shrunk to fit the frame), then f and f' plotted.
 """
 
 from __future__ import annotations

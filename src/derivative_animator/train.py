@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -79,39 +80,54 @@ def _refuse_ineffective_overrides(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
-    import mlflow
+    """Compose the parts, fit, save the merged checkpoint; the MLflow run lives in `_mlflow_run`."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import MLFlowLogger
-    from pytorch_lightning.utilities import rank_zero_only
 
-    from derivative_animator import dataset, environment, finetune, tracking
-    from derivative_animator.base_model import BaseModelConfig, build_base
-    from derivative_animator.datamodule import DerivativeDataModule
+    cfg, run_dir, resumed = _prepare_run(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    tokenizer, module, datamodule = _build_parts(cfg)
+    with _mlflow_run(cfg, run_dir, resumed) as (logger, client):
+        trainer = _make_trainer(cfg, run_dir, logger, tokenizer, extra_callbacks)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed and last.exists() else None)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if trainer.is_global_zero:
+            _save_and_log(cfg, run_dir, module, tokenizer, trainer, logger.run_id, client, metrics)
+    return metrics
 
+
+def _prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
+    """The config (a resumed run's own), its run directory (never one holding a finished run),
+    and the resumed run's record (None for a new run)."""
     if cfg.get("resume"):
         cfg = _load_resumed_config(cfg)
     else:
         _refuse_ineffective_overrides(cfg)
+    if cfg.optim.effective_batch_size % cfg.optim.micro_batch_size:
+        raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
     run_dir = _run_dir(cfg)
-    run_file = run_dir / RUN_FILE
-    resumed = json.loads(run_file.read_text()) if cfg.get("resume") else None
+    resumed = json.loads((run_dir / RUN_FILE).read_text()) if cfg.get("resume") else None
     if not resumed and (run_dir / "checkpoint").exists():
         raise FileExistsError(f"{run_dir} already holds a finished run; runs never overwrite each other")
     if not (run_dir / ".hydra" / "config.yaml").exists():
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return cfg, run_dir, resumed
 
-    optim = cfg.optim
-    if optim.effective_batch_size % optim.micro_batch_size:
-        raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
-    pl.seed_everything(cfg.seed, workers=True)
+
+def _build_parts(cfg: DictConfig):
+    """Tokenizer, the LoRA-adapted model in its Lightning module, and the datamodule."""
+    from derivative_animator import finetune
+    from derivative_animator.base_model import BaseModelConfig, build_base
+    from derivative_animator.datamodule import DerivativeDataModule
 
     if cfg.model.get("build") and not cfg.model.build.get("publish_dir"):  # a shipped base is never rebuilt here
         build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
     tokenizer, model = finetune.load_base(cfg.model)
     model = finetune.add_lora(model, cfg.lora)
+    optim = cfg.optim
     datamodule = DerivativeDataModule(
         data_dir=cfg.data.dir, tokenizer=tokenizer, micro_batch_size=optim.micro_batch_size,
         max_length=cfg.model.max_length, bucket_size=cfg.loader.bucket_size,
@@ -120,21 +136,46 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     )
     module = finetune.LoRAFineTuner(model, lr=optim.lr, weight_decay=optim.weight_decay,
                                     warmup_ratio=optim.warmup_ratio, fused_optimizer=optim.fused)
+    return tokenizer, module, datamodule
+
+
+@contextmanager
+def _mlflow_run(cfg: DictConfig, run_dir: Path, resumed: dict | None):
+    """The MLflow run's life: created (or reopened when resuming) with params, tags and the
+    splits as dataset inputs, its id in run.json; FAILED if anything raises inside (resume=<run
+    dir> continues it). `_save_and_log` marks it FINISHED once the checkpoint is logged."""
+    import mlflow
+    from pytorch_lightning.loggers import MLFlowLogger
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from derivative_animator import tracking
 
     logger = MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
         artifact_location=cfg.logger.artifact_location, run_name=run_dir.name,
         tags=_sweep_tags(cfg), run_id=resumed["mlflow_run_id"] if resumed else None,
     )
-    run_id = logger.run_id
     client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     if not resumed:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if not resumed and rank_zero_only.rank == 0:  # the other DDP ranks have no MLflow run
         tracking.mark_experiment(client, logger.experiment_id)
-        tracking.log_splits(client, run_id, paths.resolve(cfg.data.dir), ("train", "validation"))
+        tracking.log_splits(client, logger.run_id, paths.resolve(cfg.data.dir), ("train", "validation"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri}) + "\n")
+    (run_dir / RUN_FILE).write_text(json.dumps({"mlflow_run_id": logger.run_id,
+                                                "tracking_uri": cfg.logger.tracking_uri}) + "\n")
+    try:
+        yield logger, client
+    except BaseException:
+        client.set_terminated(logger.run_id, "FAILED")
+        raise
+
+
+def _make_trainer(cfg: DictConfig, run_dir: Path, logger, tokenizer, extra_callbacks: list | None):
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from derivative_animator import dataset, environment, finetune
 
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.get("checkpoint_every_n_steps") or None)
@@ -145,35 +186,30 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
     if cfg.val_math.enabled:
         callbacks.append(finetune.ValidationMath(tokenizer, dataset.read_split(cfg.data.dir, "validation"),
                                                  cfg.val_math.max_new_tokens))
-    trainer = instantiate(
+    return instantiate(
         trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
-        accumulate_grad_batches=optim.effective_batch_size // optim.micro_batch_size,
+        accumulate_grad_batches=cfg.optim.effective_batch_size // cfg.optim.micro_batch_size,
         enable_checkpointing=True,
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed and last.exists() else None)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if trainer.is_global_zero:
-            run_info = {"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri,
-                        "run_dir": str(run_dir), "global_step": trainer.global_step, "metrics": metrics}
-            merged_dir = finetune.save_checkpoint(
-                module.model, tokenizer, run_dir / "checkpoint",
-                OmegaConf.to_container(cfg, resolve=True), run_info,
-                # whole scenes only: the header-practice samples add nothing below the header
-                draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")[:cfg.get("full_scenes")]],
-            )
-            if cfg.logger.log_model:
-                tracking.log_merged_model(cfg.logger.tracking_uri, run_id, merged_dir, cfg.logger.registered_model)
-            client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            client.set_terminated(run_id, "FINISHED")
-            print(f"merged checkpoint: {merged_dir}\nMLflow run: {run_id} ({cfg.logger.tracking_uri})", file=sys.stderr)
-        return metrics
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")  # resume=<run dir> continues it
-        raise
+
+
+def _save_and_log(cfg: DictConfig, run_dir: Path, module, tokenizer, trainer, run_id: str, client,
+                  metrics: dict) -> None:
+    """The merged checkpoint (what inference loads), logged as an MLflow model; the run FINISHED."""
+    from derivative_animator import dataset, finetune, tracking
+
+    run_info = {"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri,
+                "run_dir": str(run_dir), "global_step": trainer.global_step, "metrics": metrics}
+    merged_dir = finetune.save_checkpoint(
+        module.model, tokenizer, run_dir / "checkpoint", OmegaConf.to_container(cfg, resolve=True), run_info,
+        # whole scenes only: the header-practice samples add nothing below the header
+        draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")[:cfg.get("full_scenes")]],
+    )
+    if cfg.logger.log_model:
+        tracking.log_merged_model(cfg.logger.tracking_uri, run_id, merged_dir, cfg.logger.registered_model)
+    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    client.set_terminated(run_id, "FINISHED")
+    print(f"merged checkpoint: {merged_dir}\nMLflow run: {run_id} ({cfg.logger.tracking_uri})", file=sys.stderr)
 
 
 def main(cfg: DictConfig) -> int:
