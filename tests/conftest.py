@@ -93,7 +93,7 @@ def micro_checkpoint(tmp_path_factory):
     from derivative_animator.base_model import BaseModelConfig, build_base
     from derivative_animator.prompt import DEFAULT_FORMAT
 
-    cfg = OmegaConf.load(paths.CONF_DIR / "model" / "micro.yaml").build
+    cfg = compose_config("train", "model=micro").model.build
     build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))
     tokenizer = AutoTokenizer.from_pretrained(paths.resolve(cfg.output_dir))
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from derivative_animator import base_model, paths
@@ -23,12 +24,12 @@ def test_copy_rows_repeat_spans_an_induction_head_can_predict():
 
 
 def tiny_config(**changes) -> BaseModelConfig:
-    settings = OmegaConf.to_container(OmegaConf.load(paths.CONF_DIR / "model" / "tiny.yaml").build, resolve=True)
+    settings = OmegaConf.to_container(compose_config("train", "model=tiny").model.build, resolve=True)
     return BaseModelConfig(**{**settings, **changes})
 
 
 def micro_config(tmp_path, **changes) -> BaseModelConfig:
-    settings = OmegaConf.to_container(OmegaConf.load(paths.CONF_DIR / "model" / "micro.yaml").build, resolve=True)
+    settings = OmegaConf.to_container(compose_config("train", "model=micro").model.build, resolve=True)
     return BaseModelConfig(**{**settings, "output_dir": str(tmp_path / "base"), **changes})
 
 
@@ -104,7 +105,7 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
 def test_the_shipped_base_loads_and_its_files_match_the_sha256_of_its_card():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    settings = OmegaConf.load(paths.CONF_DIR / "model" / "tiny.yaml").build
+    settings = compose_config("train", "model=tiny").model.build
     shipped = paths.resolve(settings.publish_dir)
     info = json.loads((shipped / base_model.BUILD_INFO).read_text())
     assert {name: base_model.file_sha256(shipped / name) for name in info["sha256"]} == info["sha256"]
