@@ -6,7 +6,7 @@ SETUP := .venv/.derivanim-setup
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate pretrain curve serve train sweep sweep-summary ui eval doctor \
+.PHONY: help setup all data data-validate pretrain curve serve load-test train sweep sweep-summary ui eval doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -56,6 +56,9 @@ eval: $(SETUP) ## evaluate the newest checkpoint and the baselines: ARGS="eval.m
 
 serve: $(SETUP) ## the web page and OpenAI-compatible API for the newest checkpoint (http://127.0.0.1:8000): ARGS="--model DIR"
 	.venv/bin/derivanim serve $(if $(ARGS),$(ARGS),--model $$(ls -d outputs/train/*/checkpoint/merged | sort | tail -1))
+
+load-test: $(SETUP) ## 200 requests, 8 at a time, at a fresh `derivanim serve` on loopback: results or busy, nothing leaked
+	$(PY) scripts/load_test.py $(if $(filter --model%,$(ARGS)),,--model $$(ls -d outputs/train/*/checkpoint/merged | sort | tail -1)) $(ARGS)
 
 doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
 	$(PY) -m derivative_animator.doctor

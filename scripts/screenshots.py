@@ -2,11 +2,14 @@
 
 - docs/mlflow_runs.png: the MLflow UI on this project's store, the fine-tuning experiment's runs
   table (its Dataset and Model columns);
-- docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>, the newest);
+- docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>: --sweep, else the
+  newest): the parallel-coordinates plot of lora/r against val/math and val/loss, and the
+  parameters and metrics that differ;
 - docs/serve_page.png: `derivanim serve` on the newest checkpoint after animating a function.
 
     python scripts/screenshots.py                       # all three
     python scripts/screenshots.py --only serve --function "x^2 sin x"
+    python scripts/screenshots.py --only compare --sweep lora_rank_quick
 """
 
 from __future__ import annotations
@@ -77,7 +80,25 @@ def close_assistant(page) -> None:
             page.wait_for_timeout(1000)
 
 
-def mlflow_shots(only: str | None) -> None:
+def compare_by(page, metrics: list[str]) -> None:
+    """The comparison's parallel-coordinates plot on `metrics` (it opens on the first metric
+    logged, train/loss_step), its parameters and metrics tables showing only what differs."""
+    select = page.locator("div:text-is('Metrics:') + div")
+    for remove in select.locator("[class$='select-selection-item-remove']").all():
+        remove.click()
+    for metric in metrics:  # the list stays open after a choice (a multiple select)
+        option = page.locator(f"[class*='select-item-option'][title='{metric}']")
+        if not option.is_visible():
+            select.click()
+        option.click()
+    page.keyboard.press("Escape")
+    for table in ("Parameters", "Metrics"):
+        page.get_by_label(f"{table} - Show diff only").click()
+    page.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+    page.wait_for_timeout(1500)
+
+
+def mlflow_shots(only: str | None, sweep: str | None = None) -> None:
     import mlflow
 
     client = mlflow.MlflowClient(STORE)
@@ -93,15 +114,22 @@ def mlflow_shots(only: str | None) -> None:
             close_assistant(page)
             page.screenshot(path=str(ROOT / "docs" / "mlflow_runs.png"))
         if only in (None, "compare"):
-            runs = client.search_runs([experiment.experiment_id], "tags.sweep != ''", order_by=["start_time DESC"])
+            wanted = f"tags.sweep = '{sweep}'" if sweep else "tags.sweep != ''"
+            runs = client.search_runs([experiment.experiment_id], wanted, order_by=["start_time DESC"])
             if not runs:
-                print("no sweep runs: run a sweep first (make sweep)", file=sys.stderr)
+                print(f"no runs of sweep {sweep or '(any)'}: run a sweep first (make sweep)", file=sys.stderr)
                 return
             sweep = runs[0].data.tags["sweep"]
             ids = [r.info.run_id for r in runs if r.data.tags.get("sweep") == sweep]
+            # Its page scrolls inside a panel: a tall window shows plot, runs, parameters and metrics.
+            page.set_viewport_size({"width": 1900, "height": 2600})
             page.goto(f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment.experiment_id])}")
             page.wait_for_timeout(8000)
-            page.screenshot(path=str(ROOT / "docs" / "mlflow_compare.png"), full_page=True)
+            close_assistant(page)
+            compare_by(page, ["val/math", "val/loss"])
+            artifacts = page.get_by_text("Artifacts", exact=True).first.bounding_box()
+            page.screenshot(path=str(ROOT / "docs" / "mlflow_compare.png"),
+                            clip={"x": 0, "y": 0, "width": 1900, "height": artifacts["y"] - 10 if artifacts else 2600})
 
 
 def serve_shot(function: str) -> None:
@@ -125,9 +153,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["runs", "compare", "serve"])
     parser.add_argument("--function", default="x^2 sin(x)")
+    parser.add_argument("--sweep", help="the sweep to compare (its tag sweep=NAME); default: the newest")
     args = parser.parse_args()
     if args.only in (None, "runs", "compare"):
-        mlflow_shots(args.only)
+        mlflow_shots(args.only, args.sweep)
     if args.only in (None, "serve"):
         serve_shot(args.function)
     return 0

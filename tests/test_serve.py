@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -39,8 +40,8 @@ def running(app):
 
 
 class Response:
-    def __init__(self, status: int, body: bytes):
-        self.status_code, self.body = status, body
+    def __init__(self, status: int, body: bytes, headers=None):
+        self.status_code, self.body, self.headers = status, body, headers or {}
 
     def json(self):
         return json.loads(self.body)
@@ -52,9 +53,9 @@ def request(url: str, payload=None, content: bytes | None = None, timeout: float
     headers = {"content-type": "application/json"} if data is not None else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=timeout) as r:
-            return Response(r.status, r.read())
+            return Response(r.status, r.read(), r.headers)
     except urllib.error.HTTPError as error:
-        return Response(error.code, error.read())
+        return Response(error.code, error.read(), error.headers)
 
 
 def settings(tmp_path, model_dir, **changes) -> serve.Settings:
@@ -120,6 +121,7 @@ def test_a_burst_beyond_the_queue_is_answered_busy_at_once(tmp_path, micro_check
         started = time.monotonic()
         busy = request(f"{url}/v1/chat/completions", chat)
         assert busy.status_code == 503 and "busy" in busy.json()["error"]["message"]
+        assert busy.headers.get("retry-after") == "1"  # the openai client waits that long, then retries
         assert time.monotonic() - started < 2  # answered at once, not queued
         model.release.set()
         for thread in waiting:
@@ -129,12 +131,17 @@ def test_a_burst_beyond_the_queue_is_answered_busy_at_once(tmp_path, micro_check
 
 class _Oracle:
     """Writes the template oracle's scene: the page's own pipeline (verification, sandboxed
-    render, video) is real, the model is not."""
+    render, video) is real, the model is not. For x^3 it adds a text below the frame: right
+    mathematics, a failing layout."""
 
     prompt_format = DEFAULT_FORMAT
 
     def generate(self, function, *args, **kwargs):
-        return Generation(function, oracle.template_scene(function, "graphs"), 0.1, 100, 10)
+        code = oracle.template_scene(function, "graphs")
+        if function == "x^3":
+            code = re.sub(r"(def construct\(self\):\n(\s+))", r'\1self.add(Text("off the frame").move_to(DOWN * 4.2))\n\2',
+                          code, count=1)
+        return Generation(function, code, 0.1, 100, 10)
 
 
 @pytest.mark.needs_render
@@ -151,11 +158,20 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         page.click("#go")
         page.wait_for_selector("#result:not([hidden])", timeout=180_000)
         checks = page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])")
-        assert checks == [[name, "check ok"] for name in ("syntax", "structure", "executes", "math")]
+        assert checks == [[name, "check ok"] for name in ("syntax", "structure", "executes", "math", "layout")]
+        assert page.locator(".layout-problem").count() == 0
         # the video loads and plays: frames decoded, time advancing
         page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         page.wait_for_function("document.getElementById('video').currentTime > 0", timeout=30_000)
         assert "f(x) = x^2 sin(x)" in page.text_content("#code")
+        # the fifth check: a scene whose text runs off the frame passes the four, fails layout, says why
+        page.fill("#function", "x^3")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('code').textContent.includes('off the frame')", timeout=180_000)
+        checks = dict(page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])"))
+        assert checks == {"syntax": "check ok", "structure": "check ok", "executes": "check ok", "math": "check ok",
+                          "layout": "check bad"}
+        assert "'offtheframe' reaches outside the frame" in page.text_content(".layout-problem")
         page.fill("#function", "sin(x")
         page.click("#go")
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=10_000)
@@ -204,3 +220,54 @@ def test_without_an_endpoint_the_api_baseline_is_skipped_with_a_one_line_reason(
         note, = results["notes"]
         assert reason in note and "\n" not in note
         assert f"warning: api baseline skipped: {note.split(': ', 1)[1]}" in capsys.readouterr().err
+
+
+# Loaded by the load test's server process (PYTHONPATH): scenes for the page are the template
+# oracle's, so page jobs render for real; API requests still get the micro model's own text.
+_ORACLE_SITECUSTOMIZE = """
+from derivative_animator import generate
+
+_model_generate = generate.SceneGenerator.generate
+
+
+def _oracle_for_the_page(self, function, *args, **kwargs):
+    if not function or kwargs.get("prompt") is not None:
+        return _model_generate(self, function, *args, **kwargs)
+    from derivative_animator import oracle
+
+    return generate.Generation(function, oracle.template_scene(function, "graphs"), 0.01, 100, 10)
+
+
+generate.SceneGenerator.generate = _oracle_for_the_page
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.needs_render
+def test_a_load_test_gets_a_result_or_busy_for_every_request_and_leaves_nothing_behind(tmp_path, micro_checkpoint):
+    """scripts/load_test.py, shrunk: a real `derivanim serve` process on loopback, 40 requests from 8
+    clients (API calls, and page jobs that render in the sandbox), a queue of one so bursts meet "busy"."""
+    import os
+    import subprocess
+    import sys
+
+    from derivative_animator import paths
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_ORACLE_SITECUSTOMIZE)
+    summary_path = tmp_path / "summary.json"
+    done = subprocess.run([sys.executable, str(paths.PROJECT_ROOT / "scripts" / "load_test.py"),
+                           "--model", str(micro_checkpoint), "--requests", "40", "--concurrency", "8", "--queue", "1",
+                           "--page-every", "8", "--busy-pause", "0.2", "--json", str(summary_path),
+                           "--server-env", f"PYTHONPATH={tmp_path / 'site'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"],
+                          capture_output=True, text=True, timeout=550)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] and sum(summary["counts"].values()) == 40
+    assert set(summary["counts"]) == {"result", "busy"}, summary["counts"]  # both happen, nothing else
+    assert summary["latency_s"]["busy"]["max"] < 5  # busy is said at once, not after a wait in line
+    assert summary["warm_page_job"] == "done" and summary["loopback_only"] and summary["up_after"]
+    assert any("bwrap" in p for p in summary["processes_before"])  # the render sandbox, started by a page job
+    assert not summary["leaked_processes"] and not summary["leaked_temp"]
+    assert summary["stopped_cleanly"] and not summary["left_after_stop"] and not summary["temp_after_stop"]
+    assert done.stdout.rstrip().endswith("PASS") and "busy" in done.stdout

@@ -7,7 +7,8 @@
   the checkpoint's own prompt format: its last user message names the function
   (`... f(x) = x^2 sin(x)`), and the model sees exactly the prompt it was trained on.
 - `/`: a page to type a function and watch the animation: verified generation (as
-  `derivanim generate`), rendered in the sandbox, then the video, the checks and the code.
+  `derivanim generate`), rendered in the sandbox, then the video, the evaluation's five
+  checks (layout's problems named when it fails) and the code.
 - One model worker and a bounded queue: a request beyond it is answered 503 "busy" at
   once, never piled up. Request bodies, functions and token counts are capped. Generated
   code runs only in the render sandbox; files are served only from this server's output
@@ -31,11 +32,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from derivative_animator import paths
+from derivative_animator.checks import CHECKS, LAYOUT
+
 MAX_BODY_BYTES = 64_000
 MAX_FUNCTION_CHARS = 200
 MAX_TOKENS = 2048
 KEPT_JOBS = 200  # finished page jobs remembered (and their files kept), oldest dropped first
 _FILE_NAME = re.compile(r"[A-Za-z0-9_]+\.(mp4|png|py)")
+CHECK_NAMES = (*CHECKS, LAYOUT)  # `passed` needs the first four; layout is reported beside them
 
 
 class CompletionRequest(BaseModel):
@@ -81,12 +86,16 @@ class Settings:
     model_dir: Path
     output_dir: Path
     queue_size: int = 4
-    max_new_tokens: int = 1600  # a scene's budget (the page's verified generation)
-    attempts: int = 4
+    # How scenes are written (token budget, tries, temperatures): conf/generate, as `derivanim generate`.
 
 
 class Busy(Exception):
     pass
+
+
+def _busy() -> HTTPException:
+    """503 at once, with Retry-After: the openai client (and any polite one) waits and tries again."""
+    return HTTPException(503, "busy: every queue slot is taken; try again in a moment", headers={"Retry-After": "1"})
 
 
 class ModelWorker:
@@ -126,6 +135,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
     from derivative_animator.generate import SceneGenerator
 
     generator = generator or SceneGenerator.load(settings.model_dir)
+    scene_budget = paths.conf_group("generate").max_new_tokens  # an API request that names no max_tokens
     model_name = settings.model_dir.name if settings.model_dir.name != "merged" else settings.model_dir.parent.parent.name
     worker = ModelWorker(generator, settings.queue_size)
     jobs: OrderedDict[str, Job] = OrderedDict()
@@ -143,15 +153,16 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
         try:
             future = worker.submit(work)
         except Busy:
-            raise HTTPException(503, "busy: every queue slot is taken; try again in a moment") from None
+            raise _busy() from None
         return await asyncio.wrap_future(future)
 
-    def openai_error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+    def openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status,
+                            headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return openai_error(error.status_code, str(error.detail))
+        return openai_error(error.status_code, str(error.detail), error.headers)
 
     @app.get("/v1/models")
     async def models():
@@ -180,7 +191,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
             generator.prompt_format.format(function)  # a function that does not parse: 400, not a crash
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
-        budget = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+        budget = body.max_completion_tokens or body.max_tokens or scene_budget
 
         def work(g):
             return g.generate(function, budget, body.temperature, body.top_p, body.seed)
@@ -210,7 +221,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
         try:
             worker.submit(lambda g: _animate(g, job, settings))
         except Busy:
-            raise HTTPException(503, "busy: every queue slot is taken; try again in a moment") from None
+            raise _busy() from None
         jobs[job.id] = job
         while len(jobs) > KEPT_JOBS:
             _, old = jobs.popitem(last=False)
@@ -244,9 +255,7 @@ def _animate(generator, job: Job, settings: Settings) -> None:
 
     try:
         job.status = "generating"
-        args = cli.build_parser().parse_args(["generate", job.function, "--model", str(settings.model_dir),
-                                              "--attempts", str(settings.attempts),
-                                              "--max-new-tokens", str(settings.max_new_tokens)])
+        args = cli.build_parser().parse_args(["generate", job.function, "--model", str(settings.model_dir)])
         code, _ = cli.generate_verified(generator, job.function, args, job.messages.append)
         job.status = "rendering"
         job.messages.append("rendering the scene in the sandbox")
@@ -255,8 +264,8 @@ def _animate(generator, job: Job, settings: Settings) -> None:
         (directory / "scene.py").write_text(code)
         result = cli._check(code, job.function, True, directory)
         video = f"{result.scene}.mp4" if result.scene and (directory / f"{result.scene}.mp4").is_file() else None
-        job.result = {"code": code, "checks": {k: getattr(result, k) for k in ("syntax", "structure", "executes", "math")},
-                      "passed": result.passed, "error": result.error,
+        job.result = {"code": code, "checks": {k: getattr(result, k) for k in CHECK_NAMES},
+                      "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
                       "video": f"/files/{job.id}/{video}" if video else None,
                       "poster": f"/files/{job.id}/{result.scene}.png" if video else None,
                       "download": f"/files/{job.id}/scene.py"}
@@ -289,6 +298,7 @@ model <b>{model}</b> writes a Manim scene explaining its derivative, checked and
 <pre id="code"></pre></div>
 <script>
 const $ = id => document.getElementById(id);
+const esc = t => t.replace(/&/g, "&amp;").replace(/</g, "&lt;");
 async function poll(job) {
   const r = await fetch(`/api/jobs/${job}`); const s = await r.json();
   $("status").innerHTML = (s.status === "done" || s.status === "error" ? "" : '<span class="spinner"></span>')
@@ -298,7 +308,8 @@ async function poll(job) {
   const res = s.result; $("go").disabled = false; $("result").hidden = false;
   $("checks").innerHTML = Object.entries(res.checks).map(([k, v]) =>
     `<span class="check ${v === true ? "ok" : v === false ? "bad" : "skip"}" data-check="${k}">${k}</span>`).join("")
-    + (res.error ? `<br><small>${res.error.replace(/</g, "&lt;")}</small>` : "");
+    + (res.error ? `<br><small>${esc(res.error)}</small>` : "")
+    + (res.layout_problems || []).slice(0, 5).map(p => `<br><small class="layout-problem">layout: ${esc(p)}</small>`).join("");
   $("code").textContent = res.code; $("download").href = res.download;
   if (res.video) { $("video").poster = res.poster; $("video").src = res.video; $("video").hidden = false; }
   else { $("video").hidden = true; }
@@ -318,8 +329,6 @@ $("copy").addEventListener("click", () => navigator.clipboard.writeText($("code"
 def run(args) -> int:
     """Serve until interrupted (`derivanim serve`, cli.py, parses and checks the arguments)."""
     import uvicorn
-
-    from derivative_animator import paths
 
     settings = Settings(model_dir=paths.resolve(args.model), output_dir=paths.resolve(args.output_dir),
                         queue_size=args.queue)
