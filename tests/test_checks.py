@@ -243,6 +243,16 @@ def test_a_plotting_interval_where_the_function_is_undefined_fails_the_math():
     assert checks.check_code(empty, "-2sqrt(sin(x))", execute=False).math is False
 
 
+def test_a_plotting_interval_across_a_pole_fails_the_math():
+    """The model drew 4ln(x) tan(x) on (0.2, 3), across tan's pole at pi/2, where floating point
+    gives tan(pi/2) = 1.6e16: finite, yet no value; f' was a flat line beside the spike."""
+    code = oracle("4ln(x) tan(x)")
+    assert checks.check_code(code, "4ln(x) tan(x)", execute=False).math is True
+    across = re.sub(r"^X_MIN, X_MAX = .*$", "X_MIN, X_MAX = 0.2, 3", code, flags=re.M)
+    result = checks.check_code(across, "4ln(x) tan(x)", execute=False)
+    assert result.math is False and "X_MIN, X_MAX = 0.2, 3 is not one where" in result.error
+
+
 
 SHARED_PATHS_PROBE = r"""
 import hashlib, os

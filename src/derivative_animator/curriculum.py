@@ -48,6 +48,7 @@ WIDER_HALF_WIDTHS = (3.0, 2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 WIDER_MAX_ABS_VALUE = 1e4
 WIDER_MIN_RELATIVE_VARIATION = 0.01
 GRID_POINTS = 1201
+POLE_VALUE = 1e8  # |f| or |f'| this large at a grid point is a pole there (the grid holds the simple points)
 # A pole's spike must not set the y-range: an interval whose full range of f or f' is more than
 # SPIKE_RATIO times the range of its middle 90% is taken only if no other interval is readable.
 SPIKE_RATIO = 3.0
@@ -120,7 +121,8 @@ def _finite_values(f, df, x_range: tuple[float, float]) -> tuple[np.ndarray, np.
             dys = np.broadcast_to(np.asarray(df(xs), dtype=float), xs.shape)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             return None
-    if not (np.all(np.isfinite(ys)) and np.all(np.isfinite(dys))):
+    # A pole on the grid: floating point gives tan(pi/2) = 1.6e16, finite but no value at all.
+    if not (np.all(np.abs(ys) < POLE_VALUE) and np.all(np.abs(dys) < POLE_VALUE)):
         return None
     return ys, dys
 
