@@ -9,14 +9,9 @@ import torch
 from transformers import AutoTokenizer
 
 from derivative_animator import dataset, paths
-from derivative_animator.generate import (
-    ContextLookup,
-    NgramDrafter,
-    SceneGenerator,
-    dead_prefix,
-    open_brackets,
-)
+from derivative_animator.generate import SceneGenerator, dead_prefix, open_brackets
 from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, PromptFormatError
+from derivative_animator.speculative import ContextLookup, NgramDrafter
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +401,7 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
         index = next(position)
         return ids[index] if index < len(ids) else generator.tokenizer.eos_token_id
 
-    monkeypatch.setattr("derivative_animator.generate._pick", scripted)
+    monkeypatch.setattr("derivative_animator.generate.pick", scripted)
     seen = []
     gen = SceneGenerator.load(checkpoint, speculative=False).generate(
         "x^2", 200, accept_header=lambda header: seen.append(header) or False)

@@ -4,14 +4,9 @@
 or differs from the prompt module's (unless told otherwise), then formats every prompt
 with the checkpoint's own format and `prompt.encode_prompt`: exactly what training saw.
 
-Decoding uses lossless n-gram speculation: a drafter proposes the next tokens by looking
-up the last few tokens in the training scenes saved with the checkpoint, or else earlier
-in the text so far (the prompt's function, a loop the model repeats), and one forward
-pass checks the whole draft. Greedy keeps a drafted token only if it is the model's
-argmax; sampling keeps it with the model's probability and otherwise resamples from the
-rest (speculative sampling), so the output distribution is exactly the model's. Only
-the number of forward passes shrinks, which matters on a CPU where a pass costs about
-the same for 1 token or 16.
+Decoding is speculative and lossless (`speculative.py`): drafts from the training scenes
+or the text so far, checked by one forward pass; the output distribution is exactly the
+model's.
 
 Generation also stops as soon as its text holds a syntax error that no continuation
 could fix (`dead_prefix`): the syntax check fails the same way, and a model
@@ -44,6 +39,7 @@ from derivative_animator import paths
 from derivative_animator.checks import parse_code
 from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
 from derivative_animator.scenes import MATH_HEADER_END
+from derivative_animator.speculative import ContextLookup, NgramDrafter, accept_draft, pick
 
 DRAFT_CORPUS = "draft_corpus.json"
 HEADER_REJECTED = "math header rejected"  # Generation.stop when accept_header said no
@@ -63,30 +59,6 @@ class Generation:
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
-
-
-class NgramDrafter:
-    """Proposes continuations seen in the training scenes after the same n tokens."""
-
-    def __init__(self, sequences: list[list[int]], orders: tuple[int, ...] = (8, 4, 2)):
-        self.orders = orders
-        self.tokens: list[int] = []
-        self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in orders}
-        for sequence in sequences:
-            start = len(self.tokens)
-            self.tokens.extend(sequence)
-            for n in orders:
-                table = self.index[n]
-                for i in range(start + n, len(self.tokens)):
-                    table.setdefault(tuple(self.tokens[i - n:i]), i)
-
-    def propose(self, context: list[int], length: int) -> list[int]:
-        for n in self.orders:
-            if len(context) >= n:
-                position = self.index[n].get(tuple(context[-n:]))
-                if position is not None:
-                    return self.tokens[position:position + length]
-        return []
 
 
 # Parser messages for code that is merely unfinished: more text could still complete it.
@@ -119,21 +91,6 @@ def dead_error(text: str) -> SyntaxError | None:
         if error.lineno < finished or (on_last and len(lines[-1]) - error.offset >= _LAST_LINE_MARGIN):
             return error
     return None
-
-
-class ContextLookup:
-    """Drafts from the text so far: what followed the same n tokens last time (prompt lookup)."""
-
-    def __init__(self, order: int = 3):
-        self.order, self.tokens, self.index = order, [], {}
-
-    def propose(self, context: list[int], length: int) -> list[int]:
-        for token in context[len(self.tokens):]:  # catch up with the context
-            self.tokens.append(token)
-            if len(self.tokens) > self.order:
-                self.index[tuple(self.tokens[-self.order - 1:-1])] = len(self.tokens) - 1
-        position = self.index.get(tuple(self.tokens[-self.order:]))
-        return self.tokens[position:position + length] if position is not None else []
 
 
 _CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
@@ -321,7 +278,7 @@ class SceneGenerator:
             if header_open:
                 logits, changed = self.guard.apply(logits, text)
                 guarded += changed
-            token = _pick(logits, temperature, top_p, generator)
+            token = pick(logits, temperature, top_p, generator)
             new.append(token)
             if token == eos:
                 break
@@ -336,7 +293,7 @@ class SceneGenerator:
                 step_logits, changed = out[i], False
                 if header_open:
                     step_logits, changed = self.guard.apply(out[i], self.tokenizer.decode(new))
-                keep, replacement = _accept(step_logits, proposed, temperature, top_p, generator)
+                keep, replacement = accept_draft(step_logits, proposed, temperature, top_p, generator)
                 guarded += changed and (keep or replacement is not None)  # else the next step counts it
                 if not keep:
                     break
@@ -434,34 +391,3 @@ def _cache_argument(model) -> str:
     stays an alias until 5.40), `past_key_values` before. A name the forward does not take is
     swallowed by its **kwargs: no cache, and each pass sees only the tokens fed to it."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return probs / probs.sum()
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
-    return int(torch.multinomial(_distribution(logits, temperature, top_p), 1, generator=generator))
-
-
-def _accept(logits: torch.Tensor, proposed: int, temperature: float, top_p: float, generator):
-    """(keep the drafted token?, token to use instead). Greedy keeps it iff it is the argmax.
-    Sampling keeps it with probability p(proposed) (the drafter is deterministic), else
-    draws from p with the proposed token removed: exactly the model's distribution."""
-    if temperature <= 0:
-        best = int(logits.argmax())
-        return best == proposed, None
-    probs = _distribution(logits, temperature, top_p)
-    if float(torch.rand(1, generator=generator)) < float(probs[proposed]):
-        return True, None
-    probs[proposed] = 0.0
-    if float(probs.sum()) <= 0:
-        return True, None
-    return False, int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
