@@ -83,7 +83,6 @@ def test_check_reports_wrong_derivative(tmp_path):
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--syntax-rollbacks", "-1"], "--syntax-rollbacks must be 0 or more"),
-    (["--batch-size", "0"], "--batch-size must be 1 or more"),
 ])
 def test_generate_refuses_sampling_settings_that_cannot_work(setting, fragment, capsys, tmp_path):
     # Checked before the model loads: the directory need not hold one.

@@ -152,6 +152,10 @@ def test_cli_from_file_reports_every_line_and_goes_on_past_a_bad_one(checkpoint,
     assert "error: functions.txt:2: " in out.stderr
     assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == ["scene_001.py", "scene_002.py"]
     assert "f(x) = x^2" in out.stderr and "f(x) = ln x" in out.stderr and "of 3 lines" in out.stderr
+    assert out.stderr.count("attempt 1:") == 2  # each line verified as `derivanim generate` verifies one
+    single = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
+                             str(checkpoint), "--max-new-tokens", "20"], capture_output=True, text=True, timeout=300)
+    assert single.stdout == (tmp_path / "scenes" / "scene_001.py").read_text()
 
 
 def test_context_lookup_drafts_what_followed_the_same_tokens_earlier():

@@ -155,7 +155,6 @@ def _check_sampling_args(args) -> None:
         (args.retry_temperature > 0, f"--retry-temperature must be above 0, got {args.retry_temperature}"),
         (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
         (args.syntax_rollbacks >= 0, f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}"),
-        (args.batch_size >= 1, f"--batch-size must be 1 or more, got {args.batch_size}"),
         (args.self_consistency >= 0, f"--self-consistency must be 0 (off) or more samples, got {args.self_consistency}"),
         (args.self_consistency_temperature > 0,
          f"--self-consistency-temperature must be above 0, got {args.self_consistency_temperature}"),
@@ -217,8 +216,10 @@ def _emit(code: str, args, function: str) -> int:
 
 
 def _from_file(generator, args, say) -> int:
-    """One scene a line. A line that does not parse, or a scene whose check fails unexpectedly,
-    is reported and counted as failed; the other lines go on. Exit 1 if any failed."""
+    """One scene a line, each written as `derivanim generate` writes one (`generate_verified`:
+    the same stops, guard, header judge and tries). A line that does not parse, or a scene whose
+    generation or check fails unexpectedly, is reported and counted as failed; the other lines
+    go on. Exit 1 if any failed."""
     from derivative_animator import checks
 
     path = Path(args.from_file)
@@ -239,22 +240,20 @@ def _from_file(generator, args, say) -> int:
     for problem in bad:
         say(f"error: {problem}")
     failures = len(bad)
-    for start in range(0, len(functions), args.batch_size):
-        chunk = functions[start:start + args.batch_size]
-        for index, gen in enumerate(generator.generate_batch(chunk, args.max_new_tokens, args.temperature,
-                                                             args.top_p, args.seed), start=start):
-            target = out_dir / f"scene_{index + 1:03d}.py"
-            write_new_file(target, gen.code, args.force)
-            try:
-                result = _check(gen.code, gen.function, False, None)
-            except (SandboxUnavailable, KeyboardInterrupt):
-                raise
-            except Exception as err:  # noqa: BLE001 - one scene's failure is its own line
-                failures += 1
-                say(f"{target}: f(x) = {gen.function}: the check failed: {checks.one_line(err)}")
-                continue
-            failures += not result.passed
-            say(f"{target}: f(x) = {gen.function}: {_marks(result)}")
+    for index, function in enumerate(functions, 1):
+        target = out_dir / f"scene_{index:03d}.py"
+        say(f"{target}: f(x) = {function}")
+        try:
+            code, result = generate_verified(generator, function, args, say)
+        except (SandboxUnavailable, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - one function's failure is its own line
+            failures += 1
+            say(f"{target}: f(x) = {function}: failed: {checks.one_line(err)}")
+            continue
+        write_new_file(target, code, args.force)
+        failures += not result.passed
+        say(f"{target}: f(x) = {function}: {_marks(result)}")
     total = len(functions) + len(bad)
     say(f"{total - failures} of {total} lines gave a scene that passed every check")
     return 0 if failures == 0 else EXIT_FAILED
@@ -359,7 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bracket-guard", action=argparse.BooleanOptionalAction, default=g.bracket_guard,
                    help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
                         "brackets it never opened or end a header line with one open)")
-    p.add_argument("--batch-size", type=int, default=8, help="--from-file batch size")
     p.add_argument("--allow-prompt-mismatch", action="store_true",
                    help="query a checkpoint trained with another prompt format, using its own format")
     p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
