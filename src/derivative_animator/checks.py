@@ -48,6 +48,7 @@ MAX_CURVES = 20
 RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render_runner")
 CHECKS = ("syntax", "structure", "executes", "math")  # what `passed` needs
 LAYOUT = "layout"  # what is on screen: reported beside them, never part of `passed`
+REPORTED = (*CHECKS, LAYOUT)  # every check a table, the page or the CLI shows
 
 
 @dataclass

@@ -140,10 +140,10 @@ def _vote_on_header(generator, function: str, gen, args, say):
 
 
 def _marks(result) -> str:
-    from derivative_animator.checks import CHECKS, LAYOUT
+    from derivative_animator.checks import REPORTED
 
     return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
-                    for k in (*CHECKS, LAYOUT))
+                    for k in REPORTED)
 
 
 def _check_sampling_args(args) -> None:
@@ -302,7 +302,7 @@ def cmd_check(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in result.to_dict().items()}, indent=2))
     else:
-        for name in (*checks.CHECKS, checks.LAYOUT):
+        for name in checks.REPORTED:
             value = getattr(result, name)
             mark = "pass" if value else ("skipped" if value is None else "FAIL")
             print(f"{name:10} {mark}")

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from derivative_animator.checks import CHECKS, LAYOUT
+from derivative_animator.checks import REPORTED
 
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
            ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))
@@ -52,7 +52,6 @@ def latex_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-CHECK_NAMES = (*CHECKS, LAYOUT)
 
 
 def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
@@ -62,8 +61,8 @@ def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
 def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
     """One scene: its checks (failing ones red), the video (last frame as poster), the code."""
     marks = " ".join(
-        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">{k}</span>' for k in CHECK_NAMES)
-    fails = " ".join(k for k in CHECK_NAMES if row.get(k) is False)
+        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">{k}</span>' for k in REPORTED)
+    fails = " ".join(k for k in REPORTED if row.get(k) is False)
     code = html.escape((run_dir / row["code_path"]).read_text()[:6000]) if row["code_path"] else ""
     media = '<p class="none">no render</p>'
     if row.get("frame_path"):
@@ -138,7 +137,7 @@ def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
                + "".join(f'<option value="{lv}">{lv}</option>' for lv in levels)
                + '</select> show <select id="check"><option value="any">every function</option>'
                '<option value="failing">a scene fails any check</option>'
-               + "".join(f'<option value="{c}">a scene fails {c}</option>' for c in CHECK_NAMES)
+               + "".join(f'<option value="{c}">a scene fails {c}</option>' for c in REPORTED)
                + f'</select> {toggles} · <span id="count"></span> functions</div>')
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>DerivativeAnimator evaluation</title>"
             f"<style>{style}</style></head><body><h1>DerivativeAnimator evaluation</h1>"

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from functools import lru_cache
 
 import sympy as sp
 
 from derivative_animator import scenes
-from derivative_animator.checks import _interval, expressions_equal
+from derivative_animator.checks import _interval, _plotting_interval, expressions_equal, parse_code
 from derivative_animator.parsing import ParseError, X, parse_function
 
 HEADER_TOKENS = 200  # a header is about 100 tokens; a sample stops where it ends
@@ -33,12 +34,21 @@ class Vote:
     seconds: float = 0.0
 
 
-def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, float]) -> sp.Expr | None:
-    """The f' a header writes, or None when it cannot vote (no such header, f not the prompt's)."""
+@lru_cache(maxsize=64)
+def _tree(header: str) -> ast.Module | None:
+    """A header parsed once for both readers (`header_derivative`, `drawable`); None if it cannot be."""
     try:
-        docstring = ast.get_docstring(ast.parse(header + "\n"), clean=False)
+        return parse_code(header + "\n")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
+
+
+def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, float]) -> sp.Expr | None:
+    """The f' a header writes, or None when it cannot vote (no such header, f not the prompt's)."""
+    tree = _tree(header)
+    if tree is None:
+        return None
+    docstring = ast.get_docstring(tree, clean=False)
     formulas = scenes.typed_formulas(docstring)
     if formulas is None:
         return None
@@ -74,14 +84,11 @@ def drawable(header: str, function: sp.Expr, derivative: sp.Expr | None) -> bool
     """Is the header's plotting interval one where the prompt's f and the header's own f' are
     defined? The input and the header's claim only: no true derivative."""
     from derivative_animator import curriculum
-    from derivative_animator.checks import _plotting_interval
 
-    if derivative is None:
+    tree = _tree(header)
+    if derivative is None or tree is None:
         return False
-    try:
-        interval = _plotting_interval(ast.parse(header + "\n"))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
+    interval = _plotting_interval(tree)
     return interval is None or (interval[0] < interval[1] and curriculum.defined_on(function, derivative, interval))
 
 

@@ -33,14 +33,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from derivative_animator import paths
-from derivative_animator.checks import CHECKS, LAYOUT
+from derivative_animator.checks import REPORTED
 
 MAX_BODY_BYTES = 64_000
 MAX_FUNCTION_CHARS = 200
 MAX_TOKENS = 2048
 KEPT_JOBS = 200  # finished page jobs remembered (and their files kept), oldest dropped first
 _FILE_NAME = re.compile(r"[A-Za-z0-9_]+\.(mp4|png|py)")
-CHECK_NAMES = (*CHECKS, LAYOUT)  # `passed` needs the first four; layout is reported beside them
 
 
 class CompletionRequest(BaseModel):
@@ -264,7 +263,7 @@ def _animate(generator, job: Job, settings: Settings) -> None:
         (directory / "scene.py").write_text(code)
         result = cli._check(code, job.function, True, directory)
         video = f"{result.scene}.mp4" if result.scene and (directory / f"{result.scene}.mp4").is_file() else None
-        job.result = {"code": code, "checks": {k: getattr(result, k) for k in CHECK_NAMES},
+        job.result = {"code": code, "checks": {k: getattr(result, k) for k in REPORTED},
                       "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
                       "video": f"/files/{job.id}/{video}" if video else None,
                       "poster": f"/files/{job.id}/{result.scene}.png" if video else None,
