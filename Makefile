@@ -31,7 +31,7 @@ data-validate: $(SETUP) ## build the dataset and render every scene with Manim (
 
 pretrain: $(SETUP) ## rebuild the shipped base (models/derivanim-tiny) from its recipe; resumes where it stopped
 	@test -f data/derivatives/test.jsonl || $(PY) -m derivative_animator.dataset
-	$(PY) -m derivative_animator.base_model $(ARGS)
+	$(PY) -m derivative_animator.model.base_model $(ARGS)
 
 curve: $(SETUP) ## the compute-quality curve (docs/compute_quality.png): raw math vs pretraining tokens and fine-tuning steps
 	$(PY) scripts/compute_quality.py $(ARGS)
@@ -69,7 +69,7 @@ benchmark: $(SETUP) ## the README's figures: data build, training throughput, ge
 test: $(SETUP) ## the test suite: fast tests; under CI (CI set) the slow ones too (about a minute more)
 	$(PY) -m pytest $(if $(CI),-m "slow or not slow") $(ARGS)
 
-mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, datamodule, evaluate, train: ARGS='"derivative_animator.prompt*"'
+mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, datamodule, evaluate, train: ARGS='"derivative_animator.data.prompt*"'
 	$(PY) -m mutmut run $(ARGS) && $(PY) -m mutmut results
 
 test-slow: $(SETUP) ## only the slow tests (renders of every level and style, ...)

@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT / "src"))
 def bench_data(validate: bool) -> dict:
     result = {}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "derivative_animator.dataset"], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "derivative_animator.data.dataset"], cwd=ROOT, check=True,
                    capture_output=True)
     result["data_build_s"] = round(time.perf_counter() - start, 1)
     if validate:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "derivative_animator.dataset", "validate.enabled=true"],
+        subprocess.run([sys.executable, "-m", "derivative_animator.data.dataset", "validate.enabled=true"],
                        cwd=ROOT, check=True, capture_output=True)
         result["data_build_and_validate_s"] = round(time.perf_counter() - start, 1)
     return result
@@ -50,9 +50,10 @@ def bench_training(steps: int, repeats: int) -> dict:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from derivative_animator import environment, finetune, paths
-    from derivative_animator.base_model import BaseModelConfig, build_base
-    from derivative_animator.datamodule import DerivativeDataModule, padding_share
+    from derivative_animator import environment, paths
+    from derivative_animator.data.datamodule import DerivativeDataModule, padding_share
+    from derivative_animator.model import finetune
+    from derivative_animator.model.base_model import BaseModelConfig, build_base
 
     with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train")
@@ -134,9 +135,10 @@ def bench_training(steps: int, repeats: int) -> dict:
 
 
 def bench_generation(checkpoint: str | None, n: int) -> dict:
-    from derivative_animator import dataset, paths
+    from derivative_animator import paths
+    from derivative_animator.data import dataset
     from derivative_animator.evaluate import latest_checkpoint
-    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.model.generate import SceneGenerator
 
     directory = Path(checkpoint) if checkpoint else latest_checkpoint()
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
@@ -161,10 +163,11 @@ def bench_rollbacks(checkpoint: str | None, n: int, rollbacks: int = 8) -> dict:
     """Sampled scenes (as verification retries sample them) with and without line
     rollbacks after an unfixable syntax error: how many parse, hold a Scene, get the math
     right (no render), and at what time cost."""
-    from derivative_animator import dataset, paths
-    from derivative_animator.checks import check_code
+    from derivative_animator import paths
+    from derivative_animator.data import dataset
     from derivative_animator.evaluate import latest_checkpoint
-    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.model.generate import SceneGenerator
+    from derivative_animator.render.checks import check_code
 
     e = paths.conf_group("generate")  # the retries' sampling settings
     generator = SceneGenerator.load(Path(checkpoint) if checkpoint else latest_checkpoint())
@@ -212,8 +215,10 @@ def bench_renders(n: int, against: str | None = None) -> dict:
     sandbox (Manim imported once; its start-up counted in its total). `against`: a git revision
     whose scene templates are rendered too, on the same functions and intervals, interleaved
     scene by scene in the warm sandbox so both see the same machine load."""
-    from derivative_animator import checks, curriculum, dataset, oracle
-    from derivative_animator.parsing import parse_function
+    from derivative_animator.data import dataset, oracle
+    from derivative_animator.math import curriculum
+    from derivative_animator.math.parsing import parse_function
+    from derivative_animator.render import checks
 
     records = dataset.read_split(ROOT / "data/derivatives", "test")[:n]
     render = checks.RenderOptions(fps=5)

@@ -49,8 +49,8 @@ def fine_tune_and_score(label: str, pretrained: Path, seed: int, every: int | No
     (and every `every` steps)."""
     import pytorch_lightning as pl
 
-    from derivative_animator import dataset
-    from derivative_animator.finetune import ValidationMath
+    from derivative_animator.data import dataset
+    from derivative_animator.model.finetune import ValidationMath
     from derivative_animator.train import train
 
     cfg = compose(f"model.pretrained={pretrained}", f"seed={seed}", f"+run_dir={OUT / 'runs' / label}",

@@ -81,8 +81,10 @@ def before_after(revision: str, pairs: list[list[str]], output: Path) -> int:
     from benchmark import scenes_at
     from PIL import Image
 
-    from derivative_animator import checks, curriculum, oracle
-    from derivative_animator.parsing import parse_function
+    from derivative_animator.data import oracle
+    from derivative_animator.math import curriculum
+    from derivative_animator.math.parsing import parse_function
+    from derivative_animator.render import checks
 
     then = scenes_at(revision)
     figure, axes = plt.subplots(len(pairs), 2, figsize=(8.4, 2.7 * len(pairs)), squeeze=False)

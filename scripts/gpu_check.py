@@ -41,10 +41,13 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from derivative_animator import checks, dataset, environment, finetune, paths  # noqa: E402
-from derivative_animator.base_model import BaseModelConfig, build_base  # noqa: E402
-from derivative_animator.datamodule import DerivativeDataModule  # noqa: E402
-from derivative_animator.generate import SceneGenerator  # noqa: E402
+from derivative_animator import environment, paths  # noqa: E402
+from derivative_animator.data import dataset  # noqa: E402
+from derivative_animator.data.datamodule import DerivativeDataModule  # noqa: E402
+from derivative_animator.model import finetune  # noqa: E402
+from derivative_animator.model.base_model import BaseModelConfig, build_base  # noqa: E402
+from derivative_animator.model.generate import SceneGenerator  # noqa: E402
+from derivative_animator.render import checks  # noqa: E402
 
 # deepseek-ai/deepseek-coder-1.3b-base's config.json (its vocabulary holds the tiny tokenizer's ids)
 DEEPSEEK_CODER_1_3B = {"vocab_size": 32256, "hidden_size": 2048, "intermediate_size": 5504,

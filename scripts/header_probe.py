@@ -1,7 +1,7 @@
 """How well does a base model learn the math header under a fixed training budget? A diagnostic.
 
 Fine-tunes a copy of a base model on scene *headers* only (the prompt, then the completion
-up to `scenes.MATH_HEADER_END`: the docstring with f and f' as typed, the imports, the
+up to `MATH_HEADER_END`: the docstring with f and f' as typed, the imports, the
 plotting interval), for a wall-clock budget, then decodes headers greedily for test
 functions and counts, per curriculum level, how many parse and have the right f and f'.
 Headers are what differs between scenes, so this isolates the skill that decides the math
@@ -25,23 +25,23 @@ import sys
 import time
 from pathlib import Path
 
+from derivative_animator.math.header import math_header_length
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
 def header_text(record) -> str:
-    from derivative_animator import scenes
 
-    return record.completion[:scenes.math_header_length(record.completion)]
+    return record.completion[:math_header_length(record.completion)]
 
 
 def score(header: str, function: str) -> tuple[bool, bool, bool]:
     """(parses, f right, f' right) for a generated header, cut where the header ends."""
-    from derivative_animator import scenes
-    from derivative_animator.checks import check_function, check_math
-    from derivative_animator.parsing import parse_function
+    from derivative_animator.math.judge import check_function, check_math
+    from derivative_animator.math.parsing import parse_function
 
-    end = scenes.math_header_length(header)
+    end = math_header_length(header)
     try:
         tree = ast.parse(header if end is None else header[:end])
     except SyntaxError:
@@ -56,9 +56,10 @@ def main() -> int:
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
-    from derivative_animator import dataset, finetune
-    from derivative_animator.datamodule import collate, encode_example
-    from derivative_animator.prompt import encode_prompt
+    from derivative_animator.data import dataset
+    from derivative_animator.data.datamodule import collate, encode_example
+    from derivative_animator.data.prompt import encode_prompt
+    from derivative_animator.model import finetune
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="models/derivanim-tiny", help="a base model dir (the shipped one, a snapshot)")

@@ -33,8 +33,8 @@ def main() -> int:
     from rich.progress import track
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from derivative_animator import dataset
-    from derivative_animator.prompt import PromptFormat, encode_prompt
+    from derivative_animator.data import dataset
+    from derivative_animator.data.prompt import PromptFormat, encode_prompt
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a merged checkpoint directory")

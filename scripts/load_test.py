@@ -271,7 +271,7 @@ def _name(pid: int) -> str | None:
 
 
 def run(args) -> Summary:
-    from derivative_animator.prompt import PromptFormat
+    from derivative_animator.data.prompt import PromptFormat
 
     prompt_format = PromptFormat.load(args.model)
     summary = Summary(args.requests, args.concurrency, args.queue)

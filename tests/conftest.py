@@ -14,7 +14,8 @@ import tempfile
 
 import pytest
 
-from derivative_animator import dataset, environment, paths
+from derivative_animator import environment, paths
+from derivative_animator.data import dataset
 
 _OUTPUTS = tempfile.mkdtemp(prefix="derivanim-test-outputs-")
 os.environ["DERIVANIM_OUTPUTS"] = _OUTPUTS
@@ -36,7 +37,7 @@ CHROMIUM = "chromium"
 
 
 def _sandbox_problems() -> list[str]:
-    from derivative_animator.sandbox import probe
+    from derivative_animator.render.sandbox import probe
 
     found = probe()
     return [found.problem] if found.bwrap is None else []
@@ -90,8 +91,8 @@ def micro_checkpoint(tmp_path_factory):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from derivative_animator import paths
-    from derivative_animator.base_model import BaseModelConfig, build_base
-    from derivative_animator.prompt import DEFAULT_FORMAT
+    from derivative_animator.data.prompt import DEFAULT_FORMAT
+    from derivative_animator.model.base_model import BaseModelConfig, build_base
 
     cfg = compose_config("train", "model=micro").model.build
     build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))

@@ -8,8 +8,9 @@ import torch
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from derivative_animator import base_model, paths
-from derivative_animator.base_model import BaseModelConfig
+from derivative_animator import paths
+from derivative_animator.model import base_model
+from derivative_animator.model.base_model import BaseModelConfig
 
 
 def test_copy_rows_repeat_spans_an_induction_head_can_predict():
@@ -78,13 +79,13 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     import mlflow
     from transformers import AutoModelForCausalLM
 
-    from derivative_animator import dataset
+    from derivative_animator.data import dataset
 
     data = tmp_path / "data"
     dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
     published = tmp_path / "models" / "micro-base"
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "derivative_animator.base_model", "model=micro",
+    command = [sys.executable, "-m", "derivative_animator.model.base_model", "model=micro",
                "model.build.calculus_draws=300", f"model.build.held_out_data={data}",
                f"model.build.output_dir={tmp_path / 'base'}", f"model.build.publish_dir={published}",
                f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path / 'artifacts'}"]

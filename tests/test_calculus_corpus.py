@@ -5,8 +5,10 @@ import re
 import pytest
 import sympy as sp
 
-from derivative_animator import calculus_corpus, checks, curriculum, dataset
-from derivative_animator.parsing import X, parse_function
+from derivative_animator.data import calculus_corpus, dataset
+from derivative_animator.math import curriculum
+from derivative_animator.math.judge import _interval, expressions_equal
+from derivative_animator.math.parsing import X, parse_function
 
 WORKED = re.compile(r"^(?:f\(x\) = (?P<f>.+)|#   (?P<part>.+?): [a-z ]+ rule -> .+|# d/dx (?P<whole>.+), rule by rule:)$")
 
@@ -56,7 +58,7 @@ def test_every_worked_derivative_is_right_and_in_the_prompts_notation():
     for function, derivative in pairs:
         expr = parse_function(function)
         true = sp.diff(expr, X)
-        assert checks.expressions_equal(parse_function(derivative), true, checks._interval(expr, true))[0], function
+        assert expressions_equal(parse_function(derivative), true, _interval(expr, true))[0], function
         assert "**" not in function + derivative and "log(" not in function  # typed, as people write
 
 

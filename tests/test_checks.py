@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from derivative_animator import checks
-from derivative_animator.oracle import CannotAnimate, template_scene
-from derivative_animator.scenes import STYLES
+from derivative_animator.data.oracle import CannotAnimate, template_scene
+from derivative_animator.data.scenes import STYLES
+from derivative_animator.math.judge import check_function, check_math
+from derivative_animator.render import checks
 
 FAST = checks.RenderOptions(quick=True, save_frame=False)
 
@@ -147,25 +148,25 @@ def test_wrong_function_is_caught():
 def test_check_function_reads_f_alone():
     import ast
 
-    from derivative_animator.parsing import parse_function
+    from derivative_animator.math.parsing import parse_function
 
     code = oracle("x^3")
-    assert checks.check_function(ast.parse(code), parse_function("x^3")) is True
-    assert checks.check_function(ast.parse(with_line(code, "f", "x^4")), parse_function("x^3")) is False
-    assert checks.check_function(ast.parse("f_expr = x**3"), parse_function("x^3")) is True  # code, not typed
-    assert checks.check_function(ast.parse("y = 1"), parse_function("x^3")) is None
+    assert check_function(ast.parse(code), parse_function("x^3")) is True
+    assert check_function(ast.parse(with_line(code, "f", "x^4")), parse_function("x^3")) is False
+    assert check_function(ast.parse("f_expr = x**3"), parse_function("x^3")) is True  # code, not typed
+    assert check_function(ast.parse("y = 1"), parse_function("x^3")) is None
 
 
 @pytest.mark.parametrize("derivative", ["sin(2x)", "2sin(x) cos(x)", "2*sin(x)*cos(x)"])
 def test_equivalent_forms_of_the_derivative_pass(derivative):
     code = with_line(oracle("sin(x)^2"), "df", derivative)
     assert checks.check_code(code, "sin(x)^2", execute=False).math is True
-    assert checks.check_math(ast.parse("df_expr = sp.sin(2*x)"), checks.parse_function("sin(x)^2"))[0] is True
+    assert check_math(ast.parse("df_expr = sp.sin(2*x)"), checks.parse_function("sin(x)^2"))[0] is True
 
 
 def test_lambda_derivative_is_found():
     tree = ast.parse("import numpy as np\ndf = lambda t: 2*np.cos(2*t)\n")
-    assert checks.check_math(tree, checks.parse_function("sin(2x)"))[0] is True
+    assert check_math(tree, checks.parse_function("sin(2x)"))[0] is True
 
 
 @pytest.mark.needs_render
@@ -212,8 +213,8 @@ def test_render_failing_false_renders_only_scenes_whose_math_is_right(monkeypatc
 
 
 def test_header_math_is_right_judges_the_header_alone():
-    from derivative_animator.checks import header_math_is_right
-    from derivative_animator.parsing import parse_function
+    from derivative_animator.math.judge import header_math_is_right
+    from derivative_animator.math.parsing import parse_function
 
     def header(derivative):
         return f'"""\nf(x) = x^2 sin(x)\nf\'(x) = {derivative}\n"""\nimport sympy as sp\n\nX_MIN, X_MAX = -3, 3\n'
@@ -257,7 +258,7 @@ def test_a_plotting_interval_across_a_pole_fails_the_math():
 SHARED_PATHS_PROBE = r"""
 import hashlib, os
 from manim import FadeOut, MathTex, Scene, Write, tempconfig
-from derivative_animator.render_runner import share_parsed_svg_paths
+from derivative_animator.render.render_runner import share_parsed_svg_paths
 
 class Formula(Scene):
     def construct(self):
@@ -302,7 +303,7 @@ def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
 def test_dataset_validation_renders_through_the_evaluations_sandbox_and_reports_a_broken_scene(default_splits):
     from dataclasses import replace
 
-    from derivative_animator import render_check
+    from derivative_animator.data import render_check
 
     good = default_splits["test"][:2]
     broken = replace(good[0], id="broken", completion=good[0].completion.replace("f'(x) = ", "f'(x) = 1 + ", 1))

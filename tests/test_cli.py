@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from derivative_animator import cli, oracle, scenes
+from derivative_animator import cli
+from derivative_animator.data import oracle
+from derivative_animator.math.header import MATH_HEADER_END
 
 
 def run(*args, cwd=None):
@@ -104,8 +106,8 @@ def _fake_generator(codes):
     class Fake:  # writes the given codes in turn, and honours accept_header as the real one does
         def generate(self, function, *args, accept_header=None, **kwargs):
             code, stop = codes.pop(0), "eos"
-            header = code.split(scenes.MATH_HEADER_END)[0]
-            if accept_header is not None and scenes.MATH_HEADER_END in code and not accept_header(header):
+            header = code.split(MATH_HEADER_END)[0]
+            if accept_header is not None and MATH_HEADER_END in code and not accept_header(header):
                 code, stop = header, "math header rejected"
             return SimpleNamespace(code=code, seconds=0.1, tokens_per_second=10.0, rollbacks=0, guarded=0,
                                    stop=stop)

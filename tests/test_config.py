@@ -8,8 +8,9 @@ from dataclasses import MISSING, asdict, fields
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from derivative_animator import cli, dataset, paths
-from derivative_animator.base_model import BaseModelConfig
+from derivative_animator import cli, paths
+from derivative_animator.data import dataset
+from derivative_animator.model.base_model import BaseModelConfig
 
 
 def test_derivanim_generate_takes_every_generation_default_from_the_group_the_evaluator_composes():

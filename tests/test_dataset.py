@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from derivative_animator import curriculum, dataset, notation
-from derivative_animator.parsing import parse_function
+from derivative_animator.data import dataset
+from derivative_animator.math import curriculum, notation
+from derivative_animator.math.parsing import parse_function
 
 
 def test_default_sizes_levels_and_styles(default_splits):

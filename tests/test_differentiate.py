@@ -1,8 +1,8 @@
 import pytest
 import sympy as sp
 
-from derivative_animator.differentiate import UnsupportedFunction, differentiate, level_of
-from derivative_animator.parsing import X, parse_function
+from derivative_animator.math.differentiate import UnsupportedFunction, differentiate, level_of
+from derivative_animator.math.parsing import X, parse_function
 
 
 def same(a, b) -> bool:

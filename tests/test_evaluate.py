@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import compose_config
 
-from derivative_animator import evaluate, paths, report
+from derivative_animator import evaluate, paths
+from derivative_animator.eval import report
+from derivative_animator.math.header import math_header_length
 
 
 def evaluate_known_model(tmp_path, monkeypatch, functions: str, model, *overrides) -> dict:
     """run_evaluation on a functions file with `model` standing in for every loaded checkpoint."""
-    from derivative_animator import generate
+    from derivative_animator.model import generate
 
     path = tmp_path / "functions.txt"
     path.write_text(functions)
@@ -104,8 +106,8 @@ def test_generation_threads_leave_the_render_workers_their_cores(monkeypatch):
 
 
 def test_a_scene_identical_to_one_already_checked_shares_its_render(tmp_path, monkeypatch):
-    from derivative_animator import checks
-    from derivative_animator.generate import Generation
+    from derivative_animator.model.generate import Generation
+    from derivative_animator.render import checks
 
     calls = []
 
@@ -217,14 +219,14 @@ class _KnownTries:
 
     def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
                  syntax_rollbacks=0, accept_header=None):
-        from derivative_animator import oracle, scenes
-        from derivative_animator.generate import HEADER_REJECTED, Generation
+        from derivative_animator.data import oracle
+        from derivative_animator.model.generate import HEADER_REJECTED, Generation
 
         code = oracle.template_scene(function, "tangent")
         if self.plan[seed] != "right":
             code = code.replace("f'(x) = ", "f'(x) = 7 + ", 1)
         if self.plan[seed] == "rejected header":
-            header = code[:scenes.math_header_length(code)]
+            header = code[:math_header_length(code)]
             assert accept_header is not None and not accept_header(header)
             return Generation(function, header, 0.01, 50, 5, stop=HEADER_REJECTED)
         return Generation(function, code, 0.01, 500, 50)
@@ -294,13 +296,12 @@ class _KnownHeaders(_KnownTries):
     def generate_batch(self, functions, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
                        headers_only=False):
         """Row i is the try of seed + i, cut at its header (a vote needs the header only)."""
-        from derivative_animator import scenes
-        from derivative_animator.generate import Generation
+        from derivative_animator.model.generate import Generation
 
         assert headers_only
         codes = [self.generate(f, max_new_tokens, temperature, top_p, seed + i).code
                  for i, f in enumerate(functions)]
-        return [Generation(f, c[:scenes.math_header_length(c)], 0.01, 50, 0) for f, c in zip(functions, codes, strict=True)]
+        return [Generation(f, c[:math_header_length(c)], 0.01, 50, 0) for f, c in zip(functions, codes, strict=True)]
 
 
 @pytest.mark.needs_render

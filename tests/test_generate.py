@@ -8,10 +8,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from derivative_animator import dataset, paths
-from derivative_animator.generate import SceneGenerator, dead_prefix, open_brackets
-from derivative_animator.prompt import DEFAULT_FORMAT, FILENAME, PromptFormat, PromptFormatError
-from derivative_animator.speculative import ContextLookup, NgramDrafter
+from derivative_animator import paths
+from derivative_animator.data import dataset
+from derivative_animator.data.prompt import (
+    DEFAULT_FORMAT,
+    FILENAME,
+    PromptFormat,
+    PromptFormatError,
+)
+from derivative_animator.model.generate import SceneGenerator, dead_prefix, open_brackets
+from derivative_animator.model.speculative import ContextLookup, NgramDrafter
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,7 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
     """The model writes a whole oracle scene for a function the draft corpus does not hold:
     drafts from the corpus are kept in the body and rejected in the header. Speculation must
     write the very same tokens as one token a pass, in fewer passes."""
-    from derivative_animator import oracle
+    from derivative_animator.data import oracle
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     plain = SceneGenerator.load(checkpoint, speculative=False)
@@ -190,7 +196,7 @@ def test_code_no_continuation_can_parse_is_dead(code):
 
 def test_no_prefix_of_a_template_scene_is_dead():
     """Mid-line too: generation stops at a dead prefix, so a false one cuts a right scene."""
-    from derivative_animator import oracle
+    from derivative_animator.data import oracle
 
     for style in ("tangent", "secant", "graphs"):
         scene = oracle.template_scene("x^2 sin(x)", style)
@@ -207,7 +213,7 @@ def test_a_one_line_loop_is_dead_mid_line():
 
 def _fire_once(monkeypatch, after_chars: int) -> list[str]:
     """Make generate() see an unfixable syntax error on the last line, once."""
-    from derivative_animator import generate as generate_module
+    from derivative_animator.model import generate as generate_module
 
     fired: list[str] = []
 
@@ -224,7 +230,7 @@ def _fire_once(monkeypatch, after_chars: int) -> list[str]:
 
 
 def test_rollback_samples_the_broken_line_again_from_a_consistent_cache(checkpoint, monkeypatch):
-    from derivative_animator import generate as generate_module
+    from derivative_animator.model import generate as generate_module
 
     generator = SceneGenerator.load(checkpoint)
     # A temperature this low samples the argmax: the line sampled again must come out the
@@ -405,7 +411,7 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
         index = next(position)
         return ids[index] if index < len(ids) else generator.tokenizer.eos_token_id
 
-    monkeypatch.setattr("derivative_animator.generate.pick", scripted)
+    monkeypatch.setattr("derivative_animator.model.generate.pick", scripted)
     seen = []
     gen = SceneGenerator.load(checkpoint, speculative=False).generate(
         "x^2", 200, accept_header=lambda header: seen.append(header) or False)

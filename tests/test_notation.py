@@ -3,8 +3,8 @@ import ast
 import pytest
 import sympy as sp
 
-from derivative_animator import notation
-from derivative_animator.parsing import X, parse_function
+from derivative_animator.math import notation
+from derivative_animator.math.parsing import X, parse_function
 
 
 def test_typed_form_round_trips_for_every_dataset_function(all_records):

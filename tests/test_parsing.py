@@ -30,8 +30,8 @@ from sympy import (
     tanh,
 )
 
-from derivative_animator import parsing
-from derivative_animator.parsing import MAX_INPUT_CHARS, ParseError, X, parse_function
+from derivative_animator.math import parsing
+from derivative_animator.math.parsing import MAX_INPUT_CHARS, ParseError, X, parse_function
 
 x = X
 

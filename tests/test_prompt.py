@@ -2,15 +2,15 @@ import json
 
 import pytest
 
-from derivative_animator import prompt
-from derivative_animator.parsing import ParseError
-from derivative_animator.prompt import (
+from derivative_animator.data import prompt
+from derivative_animator.data.prompt import (
     DEFAULT_FORMAT,
     PromptFormat,
     PromptFormatError,
     encode_prompt,
     require_same,
 )
+from derivative_animator.math.parsing import ParseError
 
 
 def test_default_is_the_original_alpaca_text():

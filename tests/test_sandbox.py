@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from derivative_animator import sandbox as sandbox_module
-from derivative_animator.sandbox import (
+from derivative_animator.render import sandbox as sandbox_module
+from derivative_animator.render.sandbox import (
     PythonSandbox,
     SandboxLimits,
     SandboxUnavailable,
@@ -358,7 +358,7 @@ def _sandbox_processes() -> list[str]:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"derivative_animator.sandbox" in command and b"--serve" in command:
+            if b"derivative_animator.render.sandbox" in command and b"--serve" in command:
                 found.append(entry.name)
     return found
 
@@ -375,7 +375,7 @@ def test_closing_leaves_no_process_cgroup_or_temp_dir(tmp_path, monkeypatch):
 
 
 def test_the_server_refuses_to_run_outside_its_own_pid_namespace():
-    started = subprocess.run([sys.executable, "-m", "derivative_animator.sandbox", "--serve", "/nonexistent", "/nonexistent"],
+    started = subprocess.run([sys.executable, "-m", "derivative_animator.render.sandbox", "--serve", "/nonexistent", "/nonexistent"],
                              input="", capture_output=True, text=True, timeout=60)
     assert started.returncode != 0 and "PID 1" in started.stderr
 
@@ -416,7 +416,7 @@ def test_the_unsafe_opt_in_runs_unsandboxed_and_says_so(broken_bwrap, tmp_path):
 
 def _interpreter_runs_as_nobody() -> bool:
     try:
-        return subprocess.run([sys.executable, "-c", "import derivative_animator.sandbox"], user=65534, group=65534,
+        return subprocess.run([sys.executable, "-c", "import derivative_animator.render.sandbox"], user=65534, group=65534,
                               capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
@@ -424,7 +424,7 @@ def _interpreter_runs_as_nobody() -> bool:
 
 AS_ORDINARY_USER = """
 import json, sys
-from derivative_animator.sandbox import PythonSandbox, SandboxLimits, probe
+from derivative_animator.render.sandbox import PythonSandbox, SandboxLimits, probe
 job = sys.argv[1]
 outcome = {}
 for warm in (False, True):
@@ -516,7 +516,8 @@ def test_what_is_bound_under_tmp_stays_visible(tmp_path, monkeypatch):
 def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told_to(tmp_path):
     """Where bubblewrap cannot run: `derivanim check` exits 3 and `make eval` exits 2, each with
     one line naming the fix; `--unsafe-no-sandbox` renders anyway and says so."""
-    from derivative_animator import oracle, paths
+    from derivative_animator import paths
+    from derivative_animator.data import oracle
 
     fake = tmp_path / "bin" / "bwrap"
     fake.parent.mkdir()

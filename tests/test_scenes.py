@@ -7,9 +7,11 @@ import ast
 import pytest
 import sympy as sp
 
-from derivative_animator import checks, scenes
-from derivative_animator.differentiate import differentiate
-from derivative_animator.parsing import X, parse_function
+from derivative_animator.data import scenes
+from derivative_animator.math.differentiate import differentiate
+from derivative_animator.math.header import math_header_length, typed_formulas
+from derivative_animator.math.judge import expressions_equal
+from derivative_animator.math.parsing import X, parse_function
 
 
 def scene_globals(code: str) -> dict:
@@ -49,7 +51,7 @@ def test_rule_steps_of_edge_cases_and_their_derivatives(function, rule_steps):
     shown, expected = rule_steps(parse_function(function)), shown_by_differentiate(function)
     assert [(r, p) for r, p, _ in shown] == [(r, p) for r, p, _ in expected]
     for (_, _, derivative), (_, _, right) in zip(shown, expected, strict=True):
-        assert checks.expressions_equal(derivative, right, (0.5, 2))[0], function
+        assert expressions_equal(derivative, right, (0.5, 2))[0], function
 
 
 def test_only_the_rule_steps_style_carries_the_walker(all_records):
@@ -61,12 +63,12 @@ def test_only_the_rule_steps_style_carries_the_walker(all_records):
 def test_below_the_math_header_every_scene_of_a_style_is_the_same(all_records):
     rests = {}
     for record in all_records:
-        end = scenes.math_header_length(record.completion)
+        end = math_header_length(record.completion)
         header = record.completion[:end]
         assert header.startswith('"""\nf(x) = ') and "\nf'(x) = " in header and "X_MIN, X_MAX = " in header
         rests.setdefault(record.style, set()).add(record.completion[end:])
     assert {style: len(texts) for style, texts in rests.items()} == {style: 1 for style in scenes.STYLES}
-    assert scenes.math_header_length("print('no header')") is None
+    assert math_header_length("print('no header')") is None
 
 
 def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records):
@@ -74,12 +76,12 @@ def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records
     `parse_function`: on every dataset scene both give f and the true derivative."""
     for record in all_records:
         namespace = scene_globals(record.completion)
-        f_text, df_text = scenes.typed_formulas(ast.get_docstring(ast.parse(record.completion), clean=False))
+        f_text, df_text = typed_formulas(ast.get_docstring(ast.parse(record.completion), clean=False))
         function, x_range = parse_function(record.function), tuple(record.x_range)
         for read, text, expected in ((namespace["f_expr"], f_text, function),
                                      (namespace["df_expr"], df_text, sp.diff(function, X))):
-            assert checks.expressions_equal(read, expected, x_range)[0], (record.id, text)
-            assert checks.expressions_equal(parse_function(text), expected, x_range)[0], (record.id, text)
+            assert expressions_equal(read, expected, x_range)[0], (record.id, text)
+            assert expressions_equal(parse_function(text), expected, x_range)[0], (record.id, text)
 
 
 @pytest.mark.parametrize("docstring, expected", [
@@ -91,4 +93,4 @@ def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records
     (None, None),
 ])
 def test_typed_formulas_split_the_docstring_as_the_scene_does(docstring, expected):
-    assert scenes.typed_formulas(docstring) == expected
+    assert typed_formulas(docstring) == expected

@@ -2,16 +2,17 @@
 
 import sympy as sp
 
-from derivative_animator import scenes, self_consistency
-from derivative_animator.generate import Generation
-from derivative_animator.parsing import X
+from derivative_animator.math.header import MATH_HEADER_END, math_header_length
+from derivative_animator.math.parsing import X
+from derivative_animator.model import self_consistency
+from derivative_animator.model.generate import Generation
 
 
 def header(f: str, df: str) -> str:
     return f'"""\nf(x) = {f}\nf\'(x) = {df}\n"""\nfrom manim import *\n'
 
 
-BODY = scenes.MATH_HEADER_END + "\nclass S(Scene):\n    pass\n"
+BODY = MATH_HEADER_END + "\nclass S(Scene):\n    pass\n"
 
 
 class HeaderSampler:
@@ -66,12 +67,12 @@ def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
     import torch
     from transformers import AutoTokenizer
 
-    from derivative_animator import oracle
-    from derivative_animator.generate import _HeaderWritten
+    from derivative_animator.data import oracle
+    from derivative_animator.model.generate import _HeaderWritten
 
     tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
     scene = oracle.template_scene("x^2", "tangent")
-    cut = scenes.math_header_length(scene) + len(scenes.MATH_HEADER_END)
+    cut = math_header_length(scene) + len(MATH_HEADER_END)
     written, unfinished = (tokenizer("PROMPT" + text, add_special_tokens=False)["input_ids"]
                            for text in (scene[:cut], scene[:cut - 3]))
     width = len(tokenizer("PROMPT", add_special_tokens=False)["input_ids"])

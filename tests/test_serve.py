@@ -14,9 +14,10 @@ from functools import partial
 import pytest
 from conftest import compose_config
 
-from derivative_animator import oracle, serve
-from derivative_animator.generate import Generation, SceneGenerator
-from derivative_animator.prompt import DEFAULT_FORMAT, instruction
+from derivative_animator import serve
+from derivative_animator.data import oracle
+from derivative_animator.data.prompt import DEFAULT_FORMAT, instruction
+from derivative_animator.model.generate import Generation, SceneGenerator
 
 
 @contextmanager
@@ -225,7 +226,7 @@ def test_without_an_endpoint_the_api_baseline_is_skipped_with_a_one_line_reason(
 # Loaded by the load test's server process (PYTHONPATH): scenes for the page are the template
 # oracle's, so page jobs render for real; API requests still get the micro model's own text.
 _ORACLE_SITECUSTOMIZE = """
-from derivative_animator import generate
+from derivative_animator.model import generate
 
 _model_generate = generate.SceneGenerator.generate
 
@@ -233,7 +234,7 @@ _model_generate = generate.SceneGenerator.generate
 def _oracle_for_the_page(self, function, *args, **kwargs):
     if not function or kwargs.get("prompt") is not None:
         return _model_generate(self, function, *args, **kwargs)
-    from derivative_animator import oracle
+    from derivative_animator.data import oracle
 
     return generate.Generation(function, oracle.template_scene(function, "graphs"), 0.01, 100, 10)
 

@@ -12,8 +12,11 @@ import torch
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from derivative_animator import dataset, finetune, paths
-from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat
+from derivative_animator import paths
+from derivative_animator.data import dataset
+from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
+from derivative_animator.math.header import math_header_length
+from derivative_animator.model import finetune
 from derivative_animator.train import train
 
 GROUPS = {group: sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
@@ -114,7 +117,7 @@ def test_the_logged_model_loads_back_offline_and_writes_the_scene_the_checkpoint
     import mlflow
 
     from derivative_animator import tracking
-    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.model.generate import SceneGenerator
 
     train(micro_cfg(tmp_path, micro_data, "+limit_train_samples=4", "trainer.limit_val_batches=1",
                     "val_math.enabled=false"))
@@ -136,9 +139,8 @@ def test_runs_never_overwrite_each_other(tmp_path, micro_data):
 
 
 def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro_data):
-    from derivative_animator import scenes
-    from derivative_animator.base_model import BaseModelConfig, build_base
-    from derivative_animator.datamodule import IGNORE_INDEX, DerivativeDataModule
+    from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule
+    from derivative_animator.model.base_model import BaseModelConfig, build_base
 
     model_cfg = compose_train("model=micro").model
     build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
@@ -156,7 +158,7 @@ def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro
         assert tokenizer.eos_token_id not in cut["labels"][-1:] and cut["labels"][-1] != IGNORE_INDEX
         header = tokenizer.decode([t for t in cut["labels"] if t != IGNORE_INDEX])
         completion = records[index].completion
-        assert header == completion[:scenes.math_header_length(completion)]
+        assert header == completion[:math_header_length(completion)]
     assert practice.splits["validation"].examples == whole.splits["validation"].examples  # validated whole
     with pytest.raises(ValueError, match="full_scenes"):
         DerivativeDataModule(str(micro_data), tokenizer, full_scenes=0)
@@ -218,7 +220,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, micro_data):
 def test_response_loss_is_the_models_own_loss():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from derivative_animator.datamodule import IGNORE_INDEX, collate
+    from derivative_animator.data.datamodule import IGNORE_INDEX, collate
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -283,7 +285,7 @@ def test_multirun_makes_one_mlflow_run_per_rank(tmp_path, micro_data):
 
 @pytest.fixture(scope="module")
 def micro_tokenizer():
-    from derivative_animator.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig, build_base
 
     model_cfg = compose_train("model=micro").model
     build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
@@ -292,8 +294,8 @@ def micro_tokenizer():
 
 def test_the_ids_training_feeds_begin_with_exactly_the_ids_inference_sends(micro_data, micro_tokenizer):
     """Not the prompt module against itself: the datamodule's tensors against the generator's."""
-    from derivative_animator.datamodule import IGNORE_INDEX, DerivativeDataModule
-    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule
+    from derivative_animator.model.generate import SceneGenerator
 
     tokenizer, max_length = micro_tokenizer
     datamodule = DerivativeDataModule(str(micro_data), tokenizer, max_length=max_length)
@@ -312,8 +314,8 @@ def test_the_ids_training_feeds_begin_with_exactly_the_ids_inference_sends(micro
 def test_the_datamodule_refuses_a_dataset_made_with_another_prompt_format(micro_data, micro_tokenizer, tmp_path):
     import shutil
 
-    from derivative_animator.datamodule import DerivativeDataModule
-    from derivative_animator.prompt import PromptFormatError
+    from derivative_animator.data.datamodule import DerivativeDataModule
+    from derivative_animator.data.prompt import PromptFormatError
 
     other = tmp_path / "other"
     shutil.copytree(micro_data, other)
@@ -425,9 +427,9 @@ def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro
 
 
 def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(micro_tokenizer, scripted_lm):
-    from derivative_animator import oracle
+    from derivative_animator.data import oracle
+    from derivative_animator.data.prompt import encode_prompt
     from derivative_animator.evaluate import Sample
-    from derivative_animator.prompt import encode_prompt
 
     tokenizer = micro_tokenizer[0]
     records = [Sample("a", "x^3", 1), Sample("b", "sin(x^2)", 4), Sample("c", "x^2 + 1", 1)]

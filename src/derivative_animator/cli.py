@@ -17,11 +17,19 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from derivative_animator import paths, scenes
-from derivative_animator.differentiate import UnsupportedFunction
-from derivative_animator.oracle import CannotAnimate, describe, template_scene, with_true_derivative
-from derivative_animator.parsing import ParseError, function_lines, parse_function
-from derivative_animator.sandbox import SandboxUnavailable
+from derivative_animator import paths
+from derivative_animator.data import scenes
+from derivative_animator.data.oracle import (
+    CannotAnimate,
+    describe,
+    template_scene,
+    with_true_derivative,
+)
+from derivative_animator.errors import one_line
+from derivative_animator.math.differentiate import UnsupportedFunction
+from derivative_animator.math.judge import header_judge
+from derivative_animator.math.parsing import ParseError, function_lines, parse_function
+from derivative_animator.render.sandbox import SandboxUnavailable
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
 UNSAFE_HELP = ("where bubblewrap cannot run, run generated code anyway, WITHOUT isolation from this "
@@ -53,7 +61,7 @@ def write_new_file(path: Path, text: str, force: bool = False) -> None:
 
 
 def _check(code: str, function: str, render: bool, output_dir: Path | None):
-    from derivative_animator import checks
+    from derivative_animator.render import checks
 
     options = checks.RenderOptions(quick=not render, save_frame=render)
     return checks.check_code(code, function, render=options, output_dir=output_dir, sandbox=_render_sandbox())
@@ -67,7 +75,7 @@ def _render_sandbox():
     """One warm render sandbox for this process: verification's tries, --render and the
     interactive loop render without importing Manim each time. Started before the model
     loads, it imports Manim while the model writes."""
-    from derivative_animator import checks
+    from derivative_animator.render import checks
 
     sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD,
                                    allow_unsandboxed=_allow_unsandboxed)
@@ -78,10 +86,9 @@ def _render_sandbox():
 def generate_verified(generator, function: str, args, say) -> tuple[str, object]:
     """Greedy first; on failure sample again (best of n, `verify.best_of_n`). Never swaps code
     silently: --repair says so."""
-    from derivative_animator import checks
-    from derivative_animator.verify import best_of_n
+    from derivative_animator.eval.verify import best_of_n
 
-    accept_header = checks.header_judge(function)
+    accept_header = header_judge(function)
 
     def write(attempt: int):
         temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
@@ -126,7 +133,7 @@ def _vote_on_header(generator, function: str, gen, args, say):
     """--self-consistency K: the first scene under the math header K samples agree on most."""
     from dataclasses import replace
 
-    from derivative_animator.self_consistency import self_consistent_scene
+    from derivative_animator.model.self_consistency import self_consistent_scene
 
     seed = 1000 if args.seed is None else args.seed + 1000
     code, vote = self_consistent_scene(generator, function, gen.code, args.self_consistency,
@@ -140,7 +147,7 @@ def _vote_on_header(generator, function: str, gen, args, say):
 
 
 def _marks(result) -> str:
-    from derivative_animator.checks import REPORTED
+    from derivative_animator.render.checks import REPORTED
 
     return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
                     for k in REPORTED)
@@ -177,8 +184,8 @@ def cmd_generate(args) -> int:
     if not args.model:
         raise UsageError("pass --model DIR (a merged checkpoint) or --backend template")
     _render_sandbox()
-    from derivative_animator.generate import SceneGenerator
-    from derivative_animator.prompt import PromptFormatError
+    from derivative_animator.data.prompt import PromptFormatError
+    from derivative_animator.model.generate import SceneGenerator
 
     try:
         generator = SceneGenerator.load(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch,
@@ -220,7 +227,6 @@ def _from_file(generator, args, say) -> int:
     the same stops, guard, header judge and tries). A line that does not parse, or a scene whose
     generation or check fails unexpectedly, is reported and counted as failed; the other lines
     go on. Exit 1 if any failed."""
-    from derivative_animator import checks
 
     path = Path(args.from_file)
     if not path.is_file():
@@ -249,7 +255,7 @@ def _from_file(generator, args, say) -> int:
             raise
         except Exception as err:  # noqa: BLE001 - one function's failure is its own line
             failures += 1
-            say(f"{target}: f(x) = {function}: failed: {checks.one_line(err)}")
+            say(f"{target}: f(x) = {function}: failed: {one_line(err)}")
             continue
         write_new_file(target, code, args.force)
         failures += not result.passed
@@ -285,8 +291,8 @@ def _interactive(generator, args, say) -> int:
 
 
 def cmd_check(args) -> int:
-    from derivative_animator import checks
-    from derivative_animator.sandbox import SandboxLimits
+    from derivative_animator.render import checks
+    from derivative_animator.render.sandbox import SandboxLimits
 
     path = Path(args.file)
     if not path.is_file():
@@ -389,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args) -> int:
     """derivanim serve (serve.py): the page renders in the sandbox, started here."""
     from derivative_animator import serve
-    from derivative_animator.prompt import PromptFormatError
+    from derivative_animator.data.prompt import PromptFormatError
 
     if args.queue < 0:
         raise UsageError(f"--queue must be 0 or more, got {args.queue}")

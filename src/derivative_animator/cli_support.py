@@ -9,11 +9,11 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig
 
+from derivative_animator.errors import MachineProblem
 from derivative_animator.paths import CONF_DIR
-from derivative_animator.sandbox import SandboxUnavailable
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
-                                                 SandboxUnavailable)
+                                                 MachineProblem)
 
 
 def hydra_entry(task: Callable[[DictConfig], int | None], config_name: str) -> int:

@@ -34,7 +34,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
-from derivative_animator.checks import CHECKS, LAYOUT
+from derivative_animator.errors import one_line
+from derivative_animator.render.checks import CHECKS, LAYOUT
 
 BASELINES = ("template", "base", "finetuned", "self_consistency", "verified", "api")
 
@@ -89,8 +90,8 @@ def _resolved(row: Row) -> Future:
 
 
 def load_samples(cfg: DictConfig) -> list[Sample]:
-    from derivative_animator import dataset, oracle
-    from derivative_animator.parsing import ParseError, function_lines
+    from derivative_animator.data import dataset, oracle
+    from derivative_animator.math.parsing import ParseError, function_lines
 
     if cfg.eval.functions_file:
         path = paths.resolve(cfg.eval.functions_file)
@@ -190,8 +191,8 @@ class Evaluator:
     same code gives the same result, and a render costs seconds."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        from derivative_animator import checks
-        from derivative_animator.sandbox import SandboxLimits, SandboxPool
+        from derivative_animator.render import checks
+        from derivative_animator.render.sandbox import SandboxLimits, SandboxPool
 
         self.cfg, self.run_dir = cfg, run_dir
         limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
@@ -231,7 +232,7 @@ class Evaluator:
         return job.future
 
     def _check(self, sample: Sample, code: str, stem: str, own: dict, generation, render_failing: bool):
-        from derivative_animator import checks
+        from derivative_animator.render import checks
 
         frames = self.run_dir / "frames" / own["baseline"] / stem
 
@@ -241,7 +242,7 @@ class Evaluator:
                     result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
                                                render_failing=render_failing, sandbox=sandbox)
             except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
-                return failed_row(sample, f"check failed: {checks.one_line(error)}",
+                return failed_row(sample, f"check failed: {one_line(error)}",
                                   **{**own, "extra": _generation_extra(generation)})
             frame = frames / f"{result.scene}.png" if result.scene else None
             return Row(
@@ -287,8 +288,8 @@ def _then(future: Future, transform) -> Future:
 def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     from rich.progress import Progress
 
-    from derivative_animator import oracle
-    from derivative_animator.generate import Generation, SceneGenerator
+    from derivative_animator.data import oracle
+    from derivative_animator.model.generate import Generation, SceneGenerator
 
     samples = load_samples(cfg)
     baselines = list(cfg.eval.baselines)
@@ -411,9 +412,9 @@ def generation_threads(setting, render_workers: int) -> int:
 
 def _base_generator(model_dir: Path, bracket_guard: bool):
     """The checkpoint's own base model (before fine-tuning), queried with the same prompt."""
-    from derivative_animator.finetune import load_base
-    from derivative_animator.generate import SceneGenerator
-    from derivative_animator.prompt import PromptFormat
+    from derivative_animator.data.prompt import PromptFormat
+    from derivative_animator.model.finetune import load_base
+    from derivative_animator.model.generate import SceneGenerator
 
     trained = json.loads((model_dir / "derivanim_config.json").read_text())
     tokenizer, model = load_base(OmegaConf.create(trained["model"]))
@@ -425,7 +426,7 @@ def _generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample:
                          write, raw: dict | None = None) -> Future:
     """Generate one scene (`write(generator)`) and queue its check; a generation that fails
     unexpectedly is a failed row of its own, and the evaluation goes on."""
-    from derivative_animator.checks import one_line
+    from derivative_animator.errors import one_line
 
     try:
         gen = write(generator)
@@ -442,8 +443,8 @@ def _api_baseline(evaluator: Evaluator, samples: list[Sample], api, generation, 
                   progress) -> str | None:
     """The `api` rows: one chat request per function, `api.concurrency` at a time, each
     reply checked like any scene. Returns why the baseline was skipped, or None."""
-    from derivative_animator import hosted
-    from derivative_animator.checks import one_line
+    from derivative_animator.errors import one_line
+    from derivative_animator.model import hosted
 
     try:
         client = hosted.connect(api)
@@ -472,8 +473,8 @@ def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample,
     """The self-consistency row of a sample: the greedy scene under the voted header."""
     from dataclasses import replace
 
-    from derivative_animator.checks import one_line
-    from derivative_animator.self_consistency import self_consistent_scene
+    from derivative_animator.errors import one_line
+    from derivative_animator.model.self_consistency import self_consistent_scene
 
     if sample.id not in raw:
         return _resolved(failed_row(sample, "its greedy scene failed", baseline="self_consistency"))
@@ -491,7 +492,7 @@ def _self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample,
 
 
 def _verify_safely(evaluator: Evaluator, generator, sample: Sample, first, generation) -> Row:
-    from derivative_animator.checks import one_line
+    from derivative_animator.errors import one_line
 
     try:
         return _verify(evaluator, generator, sample, first, generation)
@@ -503,8 +504,8 @@ def _verify(evaluator: Evaluator, generator, sample: Sample, first, generation) 
     """`verify.best_of_n`: attempt 1 is the raw greedy scene (already written and checked);
     later attempts sample. A retry stops as soon as its math header is written wrong, and
     retries whose math is wrong are not rendered (executes None): they cannot pass."""
-    from derivative_animator.checks import header_judge
-    from derivative_animator.verify import best_of_n
+    from derivative_animator.eval.verify import best_of_n
+    from derivative_animator.math.judge import header_judge
 
     accept_header = header_judge(sample.function)
     greedy, greedy_row = first
@@ -618,7 +619,7 @@ def main(cfg: DictConfig) -> int:
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
-    from derivative_animator import report
+    from derivative_animator.eval import report
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = run_evaluation(cfg, run_dir)

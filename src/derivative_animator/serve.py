@@ -33,7 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from derivative_animator import paths
-from derivative_animator.checks import REPORTED
+from derivative_animator.render.checks import REPORTED
 
 MAX_BODY_BYTES = 64_000
 MAX_FUNCTION_CHARS = 200
@@ -130,8 +130,8 @@ def _finish_reason(stop: str) -> str:
 def create_app(settings: Settings, generator=None) -> FastAPI:
     """The app for one checkpoint (`generator`: a loaded SceneGenerator; loaded from
     settings.model_dir when None)."""
-    from derivative_animator import prompt as prompts
-    from derivative_animator.generate import SceneGenerator
+    from derivative_animator.data import prompt as prompts
+    from derivative_animator.model.generate import SceneGenerator
 
     generator = generator or SceneGenerator.load(settings.model_dir)
     scene_budget = paths.conf_group("generate").max_new_tokens  # an API request that names no max_tokens
@@ -210,7 +210,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
 
     @app.post("/api/animate")
     async def animate(body: AnimateRequest):
-        from derivative_animator.parsing import ParseError, parse_function
+        from derivative_animator.math.parsing import ParseError, parse_function
 
         try:
             parse_function(body.function)
@@ -250,7 +250,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
 def _animate(generator, job: Job, settings: Settings) -> None:
     """The page's job: verified generation as `derivanim generate` does it, then a real render."""
     from derivative_animator import cli
-    from derivative_animator.checks import one_line
+    from derivative_animator.errors import one_line
 
     try:
         job.status = "generating"

@@ -25,7 +25,7 @@ def split_dataset(data_dir: str | Path, split: str):
     import mlflow
     import pandas as pd
 
-    from derivative_animator import dataset
+    from derivative_animator.data import dataset
 
     path = Path(data_dir) / f"{split}.jsonl"
     records = dataset.read_split(data_dir, split)
@@ -55,7 +55,7 @@ def log_merged_model(tracking_uri: str, run_id: str, merged_dir: Path, registere
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from derivative_animator.prompt import PromptFormat
+    from derivative_animator.data.prompt import PromptFormat
 
     prompt_format = PromptFormat.load(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir)
@@ -77,7 +77,7 @@ def load_logged_model(model_uri: str):
     """(model, tokenizer, prompt format) of a model logged by `log_merged_model`, offline."""
     import mlflow
 
-    from derivative_animator.prompt import PromptFormat
+    from derivative_animator.data.prompt import PromptFormat
 
     components = mlflow.transformers.load_model(model_uri, return_type="components")
     stored = mlflow.models.get_model_info(model_uri).metadata["prompt_format"]

@@ -119,9 +119,9 @@ def _prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
 
 def _build_parts(cfg: DictConfig):
     """Tokenizer, the LoRA-adapted model in its Lightning module, and the datamodule."""
-    from derivative_animator import finetune
-    from derivative_animator.base_model import BaseModelConfig, build_base
-    from derivative_animator.datamodule import DerivativeDataModule
+    from derivative_animator.data.datamodule import DerivativeDataModule
+    from derivative_animator.model import finetune
+    from derivative_animator.model.base_model import BaseModelConfig, build_base
 
     if cfg.model.get("build") and not cfg.model.build.get("publish_dir"):  # a shipped base is never rebuilt here
         build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
@@ -175,7 +175,9 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, logger, tokenizer, extra_callb
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from derivative_animator import dataset, environment, finetune
+    from derivative_animator import environment
+    from derivative_animator.data import dataset
+    from derivative_animator.model import finetune
 
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.get("checkpoint_every_n_steps") or None)
@@ -196,7 +198,9 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, logger, tokenizer, extra_callb
 def _save_and_log(cfg: DictConfig, run_dir: Path, module, tokenizer, trainer, run_id: str, client,
                   metrics: dict) -> None:
     """The merged checkpoint (what inference loads), logged as an MLflow model; the run FINISHED."""
-    from derivative_animator import dataset, finetune, tracking
+    from derivative_animator import tracking
+    from derivative_animator.data import dataset
+    from derivative_animator.model import finetune
 
     run_info = {"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri,
                 "run_dir": str(run_dir), "global_step": trainer.global_step, "metrics": metrics}
@@ -213,7 +217,7 @@ def _save_and_log(cfg: DictConfig, run_dir: Path, module, tokenizer, trainer, ru
 
 
 def main(cfg: DictConfig) -> int:
-    from derivative_animator.finetune import ModelLoadError
+    from derivative_animator.model.finetune import ModelLoadError
 
     try:
         train(cfg)

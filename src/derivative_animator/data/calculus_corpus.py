@@ -23,9 +23,9 @@ from pathlib import Path
 
 import sympy as sp
 
-from derivative_animator import curriculum, notation
-from derivative_animator.differentiate import UnsupportedFunction, differentiate
-from derivative_animator.parsing import ParseError, X, parse_function
+from derivative_animator.math import curriculum, notation
+from derivative_animator.math.differentiate import UnsupportedFunction, differentiate
+from derivative_animator.math.parsing import ParseError, X, parse_function
 
 HELD_OUT_SPLITS = ("validation", "test")
 _REQUESTS = (
@@ -39,7 +39,7 @@ _REQUESTS = (
 
 def held_out_keys(data_dir: str | Path) -> set[str]:
     """Canonical keys of the validation and test functions of a built dataset."""
-    from derivative_animator import dataset
+    from derivative_animator.data import dataset
 
     directory = Path(data_dir)
     missing = [split for split in HELD_OUT_SPLITS if not (directory / f"{split}.jsonl").is_file()]

@@ -23,29 +23,24 @@ from __future__ import annotations
 import ast
 import io
 import json
-import math
-import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
-from derivative_animator import curriculum, environment, notation, scenes
-from derivative_animator.differentiate import UnsupportedFunction
-from derivative_animator.parsing import ParseError, X, parse_function
-from derivative_animator.sandbox import PythonSandbox, SandboxLimits
+from derivative_animator import environment
+from derivative_animator.errors import one_line
+from derivative_animator.math.judge import _check_math_safely, _values, parse_code
+from derivative_animator.math.parsing import X, parse_function
+from derivative_animator.render.sandbox import PythonSandbox, SandboxLimits
 
 SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
-NUMERIC_POINTS = 24
-NUMERIC_TOLERANCE = 1e-6
-SIMPLIFY_MAX_OPS = 150  # beyond this, sympy.simplify may take minutes: go numeric
 MAX_CODE_CHARS = 100_000  # a scene is a few thousand characters
 DRAWN_TOLERANCE = 1e-4  # plotted points sit on the curve; relative to the curve's size
 MAX_CURVES = 20
 # What a warm render sandbox imports once (PythonSandbox(preload=...)): Manim and what scenes use.
-RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render_runner")
+RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render.render_runner")
 CHECKS = ("syntax", "structure", "executes", "math")  # what `passed` needs
 LAYOUT = "layout"  # what is on screen: reported beside them, never part of `passed`
 REPORTED = (*CHECKS, LAYOUT)  # every check a table, the page or the CLI shows
@@ -93,17 +88,6 @@ class RenderOptions:
     unsafe_no_sandbox: bool = False  # where bubblewrap cannot run: render anyway, without isolation
 
 
-# CPython 3.11's parser keeps its recursion depth in state shared by all threads, and
-# parsing in two threads at once can fail with "SystemError: AST constructor recursion depth
-# mismatch" (it did: evaluation checks scenes in pool threads while generation parses).
-_PARSE_LOCK = threading.Lock()
-
-
-def parse_code(code: str) -> ast.Module:
-    """ast.parse, one thread at a time (raises SyntaxError as ast.parse does)."""
-    with _PARSE_LOCK:
-        return ast.parse(code)
-
 
 def check_code(
     code: str,
@@ -145,22 +129,6 @@ def check_code(
     return result
 
 
-def one_line(err: BaseException) -> str:
-    """An exception as one line of a report: its type and the first line of its message."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
-
-
-def _check_math_safely(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
-    """check_math, where whatever the scene wrote that sympy cannot handle (a formula nested
-    thousands deep, a number too large) is a failed check with its reason, never a crash."""
-    try:
-        return check_math(tree, function)
-    except (RecursionError, MemoryError) as err:
-        return False, None, f"a formula is nested too deeply to check ({type(err).__name__})"
-    except Exception as err:  # noqa: BLE001 - the scene's text is untrusted: any failure is its own
-        return False, None, f"a formula could not be checked ({one_line(err)})"
-
 
 def find_scene_class(tree: ast.Module) -> str | None:
     for node in ast.walk(tree):
@@ -172,172 +140,6 @@ def find_scene_class(tree: ast.Module) -> str | None:
             if bases & SCENE_BASES and has_construct:
                 return node.name
     return None
-
-
-# --- mathematics -----------------------------------------------------------------------
-
-def _assigned_expression(tree: ast.Module, names: tuple[str, ...], function_name: str):
-    """The expression AST (and its variable name) the code gives for a quantity."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name) and target.id in names:
-                return node.value, "x"
-            if (isinstance(target, ast.Name) and target.id == function_name
-                    and isinstance(node.value, ast.Lambda) and len(node.value.args.args) == 1):
-                return node.value.body, node.value.args.args[0].arg
-        if (isinstance(node, ast.FunctionDef) and node.name == function_name
-                and len(node.args.args) == 1 and len(node.body) == 1
-                and isinstance(node.body[0], ast.Return) and node.body[0].value is not None):
-            return node.body[0].value, node.args.args[0].arg
-    return None, None
-
-
-class _Unreadable(ValueError):
-    """The code gives the quantity, but not as plain math in x."""
-
-
-def _written(tree: ast.Module, quantity: str) -> sp.Expr | None:
-    """What the code gives for f ("f") or f' ("df"): the typed docstring lines our scenes
-    carry (read by the safe parser, as the scene reads them: `parsing.typed_line`), else an
-    assignment (`df_expr = ...`, `df = lambda x: ...`) read from its AST. None when the
-    code gives neither; `_Unreadable` when it gives something that is not math in x."""
-    formulas = scenes.typed_formulas(ast.get_docstring(tree, clean=False))
-    if formulas is not None:
-        text = formulas[0 if quantity == "f" else 1]
-        try:
-            return parse_function(text)
-        except ParseError as err:
-            raise _Unreadable(f"{text!r} does not read as math ({err})") from None
-    node, variable = _assigned_expression(tree, (f"{quantity}_expr",), quantity)
-    if node is None:
-        return None
-    try:
-        return notation.expr_from_code(node, variable)
-    except notation.CodeExpressionError as err:
-        raise _Unreadable(str(err)) from None
-
-
-def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
-    """(correct, method, error): does the code's derivative equal d/dx function?"""
-    try:
-        claimed = _written(tree, "df")
-    except _Unreadable as err:
-        return False, None, f"derivative is not a plain expression in x ({err})"
-    if claimed is None:
-        return False, None, "no derivative found (expected a `f'(x) = ...` docstring line or `df_expr = ...`)"
-    true_derivative = sp.diff(function, X)
-    x_range = _interval(function, true_derivative)
-
-    try:
-        written = _written(tree, "f")
-    except _Unreadable as err:
-        return False, None, f"f is not a plain expression in x ({err})"
-    if written is not None:
-        same, _ = expressions_equal(written, function, x_range)
-        if not same:
-            return False, None, f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}"
-
-    same, method = expressions_equal(claimed, true_derivative, x_range)
-    if not same:
-        return False, method, (
-            f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(true_derivative)}"
-        )
-    plotted = _plotting_interval(tree)
-    if plotted is not None and not (plotted[0] < plotted[1] and curriculum.defined_on(function, true_derivative, plotted)):
-        return False, method, (
-            f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one where f and f' "
-            "are both defined: the curves would be missing there"
-        )
-    return True, method, None
-
-
-def _plotting_interval(tree: ast.Module) -> tuple[float, float] | None:
-    """The scene's `X_MIN, X_MAX = a, b` (two plain numbers), None when it has none."""
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Tuple)
-                and [getattr(t, "id", None) for t in node.targets[0].elts] == ["X_MIN", "X_MAX"]):
-            try:
-                low, high = ast.literal_eval(node.value)
-                return float(low), float(high)
-            except (ValueError, TypeError, SyntaxError):
-                return None
-    return None
-
-
-def header_math_is_right(header: str, function: sp.Expr) -> bool:
-    """Is the derivative in a scene's math header (its text up to `scenes.MATH_HEADER_END`)
-    right? A verification retry whose header is wrong cannot pass: it is abandoned there."""
-    try:
-        tree = parse_code(header)
-    except (SyntaxError, RecursionError, MemoryError, ValueError):
-        return False
-    return _check_math_safely(tree, function)[0]
-
-
-def header_judge(function: str) -> Callable[[str], bool]:
-    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)` takes."""
-    target = parse_function(function)
-    return lambda header: header_math_is_right(header, target)
-
-
-def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
-    """Does the code's f equal the function? None when it gives none."""
-    try:
-        written = _written(tree, "f")
-    except _Unreadable:
-        return False
-    if written is None:
-        return None
-    return expressions_equal(written, function, _interval(function, sp.diff(function, X)))[0]
-
-
-def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:
-    try:
-        return curriculum.plot_interval(function, derivative, wider=True) or (-3.0, 3.0)
-    except (UnsupportedFunction, TypeError, ValueError):
-        return (-3.0, 3.0)
-
-
-def expressions_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> tuple[bool, str]:
-    """(equal, method). A numeric mismatch inside x_range settles it; a numeric match is
-    confirmed symbolically when sympy can do so quickly."""
-    if a == b:
-        return True, "symbolic"
-    if not _numerically_equal(a, b, x_range):
-        return False, "numeric"
-    difference = a - b
-    if sp.count_ops(difference) <= SIMPLIFY_MAX_OPS and sp.simplify(difference) == 0:
-        return True, "symbolic"
-    return True, "numeric"
-
-
-def _numerically_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> bool:
-    lo, hi = x_range
-    # Irrational offsets keep sample points off special values like 0 and pi/2.
-    points = [lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS) for i in range(NUMERIC_POINTS)]
-    compared = 0
-    for expected, got in zip(_values(b, points), _values(a, points), strict=True):
-        if expected is None:
-            continue  # outside the true function's domain: nothing to compare
-        if got is None or abs(got - expected) > NUMERIC_TOLERANCE * max(1.0, abs(expected)):
-            return False
-        compared += 1
-    return compared >= NUMERIC_POINTS // 2
-
-
-def _values(expr: sp.Expr, points: list[float]) -> list[float | None]:
-    """expr at the points in complex double precision; None where it is not a finite real.
-    Not sympy's evalf: a model's power tower (`e^(u)^(v)^(w)...`) sent it into mpmath for
-    minutes, where floating point overflows to inf at once."""
-    try:
-        with np.errstate(all="ignore"):
-            values = np.asarray(sp.lambdify(X, expr, "numpy")(np.asarray(points, dtype=complex)), dtype=complex)
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError):
-        return [None] * len(points)
-    values = np.broadcast_to(values, (len(points),))
-    real = np.isfinite(values) & (np.abs(values.imag) < 1e-12)
-    return [float(v.real) if ok else None for v, ok in zip(values, real, strict=True)]
 
 
 # --- execution -------------------------------------------------------------------------
@@ -356,7 +158,7 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
         result._fail(problem)
         return
     box = sandbox or PythonSandbox(render.limits, warm=False, allow_unsandboxed=render.unsafe_no_sandbox)
-    args = ["-m", "derivative_animator.render_runner", "scene.py", "--scene", scene, "--quality", render.quality,
+    args = ["-m", "derivative_animator.render.render_runner", "scene.py", "--scene", scene, "--quality", render.quality,
             "--movie", "movie.mp4", "--report", "report.json"]
     fps = 1 if render.quick else render.fps
     if fps is not None:

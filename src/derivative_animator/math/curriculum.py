@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from derivative_animator.differentiate import Step, differentiate, level_of
-from derivative_animator.parsing import X
+from derivative_animator.math.differentiate import Step, differentiate, level_of
+from derivative_animator.math.parsing import X
 
 LEVELS = (1, 2, 3, 4)
 LEVEL_NAMES = {

@@ -1,6 +1,6 @@
 """Run untrusted generated code where it cannot hurt the host or fake its own result.
 
-Every job runs inside a sandbox server (`python -m derivative_animator.sandbox --serve`)
+Every job runs inside a sandbox server (`python -m derivative_animator.render.sandbox --serve`)
 that forks a child per job. The server lives in one bubblewrap sandbox with these layers
 (`probe()` says which this machine allows, and every result lists those in force):
 - namespaces: its own user, mount, PID, IPC, UTS, cgroup and network namespaces;
@@ -50,6 +50,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
+
+from derivative_animator.errors import MachineProblem
 
 JOB_DIR = "/job"  # the job's work dir inside the sandbox: a tmpfs
 OUTPUT_DIR = "/output"  # its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
@@ -105,7 +107,7 @@ class SandboxResult:
         return self.returncode == 0 and not self.timed_out
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(MachineProblem):
     """Isolation cannot be set up here and the caller did not opt in to running without it."""
 
 
@@ -435,14 +437,14 @@ class PythonSandbox:
             self._host_dir = Path(tempfile.mkdtemp(prefix="derivanim-unsafe-"))
             for name in ("job", "output"):
                 (self._host_dir / name).mkdir()
-            argv = [sys.executable, "-m", "derivative_animator.sandbox", "--serve", str(self._host_dir / "job"),
+            argv = [sys.executable, "-m", "derivative_animator.render.sandbox", "--serve", str(self._host_dir / "job"),
                     str(self._host_dir / "output"), "--unsafe", *preload]
             self._server = subprocess.Popen(
                 argv, cwd=self._host_dir, env=_server_environment(self._host_dir), stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=self._server_log, start_new_session=True,
                 preexec_fn=enter_limits, close_fds=True)
             return
-        argv = [sys.executable, "-m", "derivative_animator.sandbox", "--serve", JOB_DIR, OUTPUT_DIR, *preload]
+        argv = [sys.executable, "-m", "derivative_animator.render.sandbox", "--serve", JOB_DIR, OUTPUT_DIR, *preload]
         with _bwrap_command(self.isolation.bwrap, self.isolation.unprivileged, limits, argv) as (command, fds):
             self._server = subprocess.Popen(
                 command, env=_server_environment(JOB_DIR), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

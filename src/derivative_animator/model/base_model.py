@@ -17,8 +17,8 @@ No model hub is needed. `build_base(config)` (`make pretrain`):
 A finished build is cached: a directory whose `build_info.json` carries the same config
 hash is reused as it is.
 
-    python -m derivative_animator.base_model                 # make pretrain
-    python -m derivative_animator.base_model model=micro     # seconds, for tests
+    python -m derivative_animator.model.base_model                 # make pretrain
+    python -m derivative_animator.model.base_model model=micro     # seconds, for tests
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def _prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport)
     resumed pretraining trains on the very same tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    from derivative_animator import calculus_corpus
+    from derivative_animator.data import calculus_corpus
 
     corpus_file = staging / "corpus.pt"
     if corpus_file.is_file():

@@ -36,10 +36,15 @@ from pathlib import Path
 import torch
 
 from derivative_animator import paths
-from derivative_animator.checks import parse_code
-from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
-from derivative_animator.scenes import MATH_HEADER_END
-from derivative_animator.speculative import ContextLookup, NgramDrafter, accept_draft, pick
+from derivative_animator.data.prompt import (
+    DEFAULT_FORMAT,
+    PromptFormat,
+    encode_prompt,
+    require_same,
+)
+from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.math.judge import parse_code
+from derivative_animator.model.speculative import ContextLookup, NgramDrafter, accept_draft, pick
 
 DRAFT_CORPUS = "draft_corpus.json"
 HEADER_REJECTED = "math header rejected"  # Generation.stop when accept_header said no
@@ -111,7 +116,7 @@ def open_brackets(line: str) -> list[str] | None:
 class BracketGuard:
     """Which tokens would break the math header's brackets, given the text so far.
 
-    In a header line (not a comment; the header ends at `scenes.MATH_HEADER_END`) a
+    In a header line (not a comment; the header ends at `MATH_HEADER_END`) a
     token is forbidden when it closes a bracket never opened or of the other kind, or
     ends the line (a newline, or the end of the text) with a bracket still open. When the
     model's first choice is such a line end, only tokens that close open brackets remain:

@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.str import StrPrinter
 
-from derivative_animator.parsing import X
+from derivative_animator.math.parsing import X
 
 TYPED_NAMES = {"log": "ln", "asin": "arcsin", "acos": "arccos", "atan": "arctan"}
 

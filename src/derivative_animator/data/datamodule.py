@@ -6,7 +6,7 @@ the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning s
 Batches are drawn from length-sorted buckets so little compute goes to padding.
 
 Header practice (`full_scenes=N`): train samples after the first N stop at the end of their
-math header (`scenes.math_header_length`), without EOS. Everything below the header is
+math header (`math_header_length`), without EOS. Everything below the header is
 the same in every scene of a style and is learnt from a few hundred whole scenes; the
 header is what differs per function, and a header costs a tenth of a scene's compute.
 """
@@ -19,8 +19,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from derivative_animator import dataset, paths, scenes
-from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat, encode_prompt, require_same
+from derivative_animator import paths
+from derivative_animator.data import dataset
+from derivative_animator.data.prompt import (
+    DEFAULT_FORMAT,
+    PromptFormat,
+    encode_prompt,
+    require_same,
+)
+from derivative_animator.math.header import math_header_length
 
 IGNORE_INDEX = -100
 
@@ -39,7 +46,7 @@ def encode_examples(tokenizer, prompts: list[str], completions: list[str],
     for i, (prompt_text, completion) in enumerate(zip(prompts, completions, strict=True)):
         prompt_ids = encode_prompt(tokenizer, prompt_text)
         completion_ids = encoded["input_ids"][i] + [tokenizer.eos_token_id]
-        header_end = scenes.math_header_length(completion) if header_only[i] else None
+        header_end = math_header_length(completion) if header_only[i] else None
         if header_end is not None:
             # The whole scene's own tokens that start inside the header: the very ids a full
             # sample has there, not a re-tokenized prefix.

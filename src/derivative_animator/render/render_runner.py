@@ -1,6 +1,6 @@
 """Render one scene file with Manim: the program that runs inside the sandbox.
 
-    python -m derivative_animator.render_runner SCENE.py [--scene NAME] [--quality l]
+    python -m derivative_animator.render.render_runner SCENE.py [--scene NAME] [--quality l]
         [--fps N] [--movie movie.mp4] [--frame PNG] [--report report.json]
 
 It imports only Manim and the scene file, installs an audit hook that refuses writes

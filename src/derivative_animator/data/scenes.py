@@ -29,9 +29,9 @@ from string import Template
 
 import sympy as sp
 
-from derivative_animator import notation
-from derivative_animator.differentiate import Step
-from derivative_animator.parsing import X
+from derivative_animator.math import notation
+from derivative_animator.math.differentiate import Step
+from derivative_animator.math.parsing import X
 
 STYLES = ("tangent", "secant", "graphs")
 SCENE_CLASS = {"tangent": "TangentLineScene", "secant": "SecantLimitScene", "graphs": "RuleStepsScene"}
@@ -196,26 +196,6 @@ class RuleStepsScene(Scene):
         self.wait(1)
 """,
 }
-
-
-MATH_HEADER_END = 'x = sp.Symbol("x")'  # the header above it is all that differs per function
-
-
-def math_header_length(code: str) -> int | None:
-    """Characters of a scene's math header (up to MATH_HEADER_END), None if it has none."""
-    index = code.find(MATH_HEADER_END)
-    return index if index >= 0 else None
-
-
-def typed_formulas(docstring: str | None) -> tuple[str, str] | None:
-    """(f, f') as a scene's docstring gives them, split the way the scene splits them
-    (`typed`): exactly two lines, each `... = <math>`. None for any other docstring."""
-    if docstring is None:
-        return None
-    lines = docstring.strip().split("\n")
-    if len(lines) != 2 or any(" = " not in line for line in lines):
-        return None
-    return lines[0].split(" = ", 1)[1], lines[1].split(" = ", 1)[1]
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from derivative_animator import notation
-from derivative_animator.parsing import X
+from derivative_animator.math import notation
+from derivative_animator.math.parsing import X
 
 # Rule names, as shown in the animations. The number is the curriculum level that
 # introduces the rule: 1 polynomials and powers, 2 elementary functions,

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import re
 
-from derivative_animator import curriculum, notation, scenes
-from derivative_animator.differentiate import differentiate, level_of
-from derivative_animator.parsing import parse_function
+from derivative_animator.data import scenes
+from derivative_animator.math import curriculum, notation
+from derivative_animator.math.differentiate import differentiate, level_of
+from derivative_animator.math.parsing import parse_function
 
 
 class CannotAnimate(ValueError):

@@ -1,7 +1,7 @@
 """Self-consistency: sampled math headers vote on the derivative; the true one is never asked.
 
 A scene's math is its header (the docstring's `f(x) = ...` and `f'(x) = ...`, up to
-`scenes.MATH_HEADER_END`). `self_consistent_scene` samples k headers (one batch), reads each f' with
+`MATH_HEADER_END`). `self_consistent_scene` samples k headers (one batch), reads each f' with
 the project's parser, groups the derivatives sympy finds equal and keeps a header of the
 largest group (ties: the group holding the greedy header, else the earliest), and of that
 group the first header whose plotting interval is one where f and its f' are defined. A
@@ -19,9 +19,14 @@ from functools import lru_cache
 
 import sympy as sp
 
-from derivative_animator import scenes
-from derivative_animator.checks import _interval, _plotting_interval, expressions_equal, parse_code
-from derivative_animator.parsing import ParseError, X, parse_function
+from derivative_animator.math.header import math_header_length, typed_formulas
+from derivative_animator.math.judge import (
+    _interval,
+    _plotting_interval,
+    expressions_equal,
+    parse_code,
+)
+from derivative_animator.math.parsing import ParseError, X, parse_function
 
 HEADER_TOKENS = 200  # a header is about 100 tokens; a sample stops where it ends
 
@@ -49,7 +54,7 @@ def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, floa
     if tree is None:
         return None
     docstring = ast.get_docstring(tree, clean=False)
-    formulas = scenes.typed_formulas(docstring)
+    formulas = typed_formulas(docstring)
     if formulas is None:
         return None
     try:
@@ -83,7 +88,7 @@ def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float],
 def drawable(header: str, function: sp.Expr, derivative: sp.Expr | None) -> bool:
     """Is the header's plotting interval one where the prompt's f and the header's own f' are
     defined? The input and the header's claim only: no true derivative."""
-    from derivative_animator import curriculum
+    from derivative_animator.math import curriculum
 
     tree = _tree(header)
     if derivative is None or tree is None:
@@ -101,7 +106,7 @@ def self_consistent_scene(generator, function: str, greedy_code: str, k: int, te
     start = time.perf_counter()
     target = parse_function(function)
     x_range = _interval(target, sp.diff(target, X))
-    greedy_end = scenes.math_header_length(greedy_code)
+    greedy_end = math_header_length(greedy_code)
     headers = [greedy_code[:greedy_end] if greedy_end is not None else ""]
     # One batch of k rows: on a CPU a forward pass costs about the same for 1 row or 8.
     for sample in generator.generate_batch([function] * k, HEADER_TOKENS, temperature, top_p, seed,

@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 
 from derivative_animator import paths
-from derivative_animator.datamodule import IGNORE_INDEX
-from derivative_animator.prompt import DEFAULT_FORMAT, PromptFormat
+from derivative_animator.data.datamodule import IGNORE_INDEX
+from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
 
 MERGED_DIR = "merged"
 ADAPTER_DIR = "adapter"
@@ -257,8 +257,8 @@ class ValidationMath(pl.Callback):
     def score(self, model) -> dict[str, float]:
         """{"math": percent right, "math_level<n>": ...} of the greedy headers `model` writes
         (with the bracket guard, as evaluation's raw greedy scenes: the same headers)."""
-        from derivative_animator.checks import header_judge
-        from derivative_animator.generate import SceneGenerator
+        from derivative_animator.math.judge import header_judge
+        from derivative_animator.model.generate import SceneGenerator
 
         training = model.training
         generator = SceneGenerator(model, self.tokenizer, DEFAULT_FORMAT, None, Path("."))

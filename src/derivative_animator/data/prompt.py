@@ -16,8 +16,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from derivative_animator import notation
-from derivative_animator.parsing import parse_function
+from derivative_animator.math import notation
+from derivative_animator.math.parsing import parse_function
 
 INSTRUCTION = "Generate Manim animation code for the derivative of: f(x) = {function}"
 ALPACA_TEMPLATE = (

@@ -75,7 +75,7 @@ def code_in(text: str) -> str:
 
 
 def write_scene(client, settings, function: str, max_tokens: int, temperature: float, seed: int | None) -> Reply:
-    from derivative_animator.prompt import instruction
+    from derivative_animator.data.prompt import instruction
 
     start = time.perf_counter()
     response = client.chat.completions.create(

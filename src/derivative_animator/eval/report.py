@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from derivative_animator.checks import REPORTED
+from derivative_animator.render.checks import REPORTED
 
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
            ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from rich.progress import Progress
 
-from derivative_animator import checks
-from derivative_animator.sandbox import SandboxLimits
+from derivative_animator.errors import one_line
+from derivative_animator.render import checks
+from derivative_animator.render.sandbox import SandboxLimits
 
 
 def render_all(records, mode: str = "dry_run", workers: int = 2, timeout_s: int = 120):
@@ -33,7 +34,7 @@ def render_all(records, mode: str = "dry_run", workers: int = 2, timeout_s: int 
         try:
             result = checks.check_code(record.completion, record.function, render=render, sandbox=local.sandbox)
         except Exception as err:  # noqa: BLE001 - every failure is reported with its sample
-            return record.id, checks.one_line(err)
+            return record.id, one_line(err)
         problems = ([result.error or "failed"] if not result.passed else []) + result.layout_problems
         return record.id, "; ".join(problems)[:300] or None
 

@@ -1,0 +1,216 @@
+"""Is the derivative a scene states right? Read from its source without running it.
+
+Our scenes state f and f' in their docstring as typed (`f'(x) = 2x*sin(x) + x^2*cos(x)`), read
+here and in the scene by one parser (`parsing.typed_line`); other code may give `df_expr = ...`,
+`df = lambda x: ...` or `def df(x): return ...`, read from the AST. Expressions are compared
+symbolically, and numerically at points inside the plotting interval when sympy cannot decide;
+both f and f' must be defined on the plotting interval (`X_MIN, X_MAX`). Whatever a formula
+holds, a failure is a reason, never a crash. Pure: sympy, numpy and `ast` only, so decoding
+(the header judge, val/math, self-consistency) uses it without the renderer.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import sympy as sp
+
+from derivative_animator.errors import one_line
+from derivative_animator.math import curriculum, notation
+from derivative_animator.math.differentiate import UnsupportedFunction
+from derivative_animator.math.header import typed_formulas
+from derivative_animator.math.parsing import ParseError, X, parse_function
+
+NUMERIC_POINTS = 24
+NUMERIC_TOLERANCE = 1e-6
+SIMPLIFY_MAX_OPS = 150  # beyond this, sympy.simplify may take minutes: go numeric
+
+# CPython 3.11's parser keeps its recursion depth in state shared by all threads, and
+# parsing in two threads at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (it did: evaluation checks scenes in pool threads while generation parses).
+_PARSE_LOCK = threading.Lock()
+
+
+def parse_code(code: str) -> ast.Module:
+    """ast.parse, one thread at a time (raises SyntaxError as ast.parse does)."""
+    with _PARSE_LOCK:
+        return ast.parse(code)
+
+
+def _check_math_safely(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
+    """check_math, where whatever the scene wrote that sympy cannot handle (a formula nested
+    thousands deep, a number too large) is a failed check with its reason, never a crash."""
+    try:
+        return check_math(tree, function)
+    except (RecursionError, MemoryError) as err:
+        return False, None, f"a formula is nested too deeply to check ({type(err).__name__})"
+    except Exception as err:  # noqa: BLE001 - the scene's text is untrusted: any failure is its own
+        return False, None, f"a formula could not be checked ({one_line(err)})"
+
+
+def _assigned_expression(tree: ast.Module, names: tuple[str, ...], function_name: str):
+    """The expression AST (and its variable name) the code gives for a quantity."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and target.id in names:
+                return node.value, "x"
+            if (isinstance(target, ast.Name) and target.id == function_name
+                    and isinstance(node.value, ast.Lambda) and len(node.value.args.args) == 1):
+                return node.value.body, node.value.args.args[0].arg
+        if (isinstance(node, ast.FunctionDef) and node.name == function_name
+                and len(node.args.args) == 1 and len(node.body) == 1
+                and isinstance(node.body[0], ast.Return) and node.body[0].value is not None):
+            return node.body[0].value, node.args.args[0].arg
+    return None, None
+
+
+class _Unreadable(ValueError):
+    """The code gives the quantity, but not as plain math in x."""
+
+
+def _written(tree: ast.Module, quantity: str) -> sp.Expr | None:
+    """What the code gives for f ("f") or f' ("df"): the typed docstring lines our scenes
+    carry (read by the safe parser, as the scene reads them: `parsing.typed_line`), else an
+    assignment (`df_expr = ...`, `df = lambda x: ...`) read from its AST. None when the
+    code gives neither; `_Unreadable` when it gives something that is not math in x."""
+    formulas = typed_formulas(ast.get_docstring(tree, clean=False))
+    if formulas is not None:
+        text = formulas[0 if quantity == "f" else 1]
+        try:
+            return parse_function(text)
+        except ParseError as err:
+            raise _Unreadable(f"{text!r} does not read as math ({err})") from None
+    node, variable = _assigned_expression(tree, (f"{quantity}_expr",), quantity)
+    if node is None:
+        return None
+    try:
+        return notation.expr_from_code(node, variable)
+    except notation.CodeExpressionError as err:
+        raise _Unreadable(str(err)) from None
+
+
+def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, str | None]:
+    """(correct, method, error): does the code's derivative equal d/dx function?"""
+    try:
+        claimed = _written(tree, "df")
+    except _Unreadable as err:
+        return False, None, f"derivative is not a plain expression in x ({err})"
+    if claimed is None:
+        return False, None, "no derivative found (expected a `f'(x) = ...` docstring line or `df_expr = ...`)"
+    true_derivative = sp.diff(function, X)
+    x_range = _interval(function, true_derivative)
+
+    try:
+        written = _written(tree, "f")
+    except _Unreadable as err:
+        return False, None, f"f is not a plain expression in x ({err})"
+    if written is not None:
+        same, _ = expressions_equal(written, function, x_range)
+        if not same:
+            return False, None, f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}"
+
+    same, method = expressions_equal(claimed, true_derivative, x_range)
+    if not same:
+        return False, method, (
+            f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(true_derivative)}"
+        )
+    plotted = _plotting_interval(tree)
+    if plotted is not None and not (plotted[0] < plotted[1] and curriculum.defined_on(function, true_derivative, plotted)):
+        return False, method, (
+            f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one where f and f' "
+            "are both defined: the curves would be missing there"
+        )
+    return True, method, None
+
+
+def _plotting_interval(tree: ast.Module) -> tuple[float, float] | None:
+    """The scene's `X_MIN, X_MAX = a, b` (two plain numbers), None when it has none."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Tuple)
+                and [getattr(t, "id", None) for t in node.targets[0].elts] == ["X_MIN", "X_MAX"]):
+            try:
+                low, high = ast.literal_eval(node.value)
+                return float(low), float(high)
+            except (ValueError, TypeError, SyntaxError):
+                return None
+    return None
+
+
+def header_math_is_right(header: str, function: sp.Expr) -> bool:
+    """Is the derivative in a scene's math header (its text up to `scenes.MATH_HEADER_END`)
+    right? A verification retry whose header is wrong cannot pass: it is abandoned there."""
+    try:
+        tree = parse_code(header)
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return False
+    return _check_math_safely(tree, function)[0]
+
+
+def header_judge(function: str) -> Callable[[str], bool]:
+    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)` takes."""
+    target = parse_function(function)
+    return lambda header: header_math_is_right(header, target)
+
+
+def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
+    """Does the code's f equal the function? None when it gives none."""
+    try:
+        written = _written(tree, "f")
+    except _Unreadable:
+        return False
+    if written is None:
+        return None
+    return expressions_equal(written, function, _interval(function, sp.diff(function, X)))[0]
+
+
+def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:
+    try:
+        return curriculum.plot_interval(function, derivative, wider=True) or (-3.0, 3.0)
+    except (UnsupportedFunction, TypeError, ValueError):
+        return (-3.0, 3.0)
+
+
+def expressions_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> tuple[bool, str]:
+    """(equal, method). A numeric mismatch inside x_range settles it; a numeric match is
+    confirmed symbolically when sympy can do so quickly."""
+    if a == b:
+        return True, "symbolic"
+    if not _numerically_equal(a, b, x_range):
+        return False, "numeric"
+    difference = a - b
+    if sp.count_ops(difference) <= SIMPLIFY_MAX_OPS and sp.simplify(difference) == 0:
+        return True, "symbolic"
+    return True, "numeric"
+
+
+def _numerically_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> bool:
+    lo, hi = x_range
+    # Irrational offsets keep sample points off special values like 0 and pi/2.
+    points = [lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS) for i in range(NUMERIC_POINTS)]
+    compared = 0
+    for expected, got in zip(_values(b, points), _values(a, points), strict=True):
+        if expected is None:
+            continue  # outside the true function's domain: nothing to compare
+        if got is None or abs(got - expected) > NUMERIC_TOLERANCE * max(1.0, abs(expected)):
+            return False
+        compared += 1
+    return compared >= NUMERIC_POINTS // 2
+
+
+def _values(expr: sp.Expr, points: list[float]) -> list[float | None]:
+    """expr at the points in complex double precision; None where it is not a finite real.
+    Not sympy's evalf: a model's power tower (`e^(u)^(v)^(w)...`) sent it into mpmath for
+    minutes, where floating point overflows to inf at once."""
+    try:
+        with np.errstate(all="ignore"):
+            values = np.asarray(sp.lambdify(X, expr, "numpy")(np.asarray(points, dtype=complex)), dtype=complex)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError):
+        return [None] * len(points)
+    values = np.broadcast_to(values, (len(points),))
+    real = np.isfinite(values) & (np.abs(values.imag) < 1e-12)
+    return [float(v.real) if ok else None for v, ok in zip(values, real, strict=True)]
