@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import compose_config
 
-from derivative_animator import evaluate, paths
-from derivative_animator.eval import report
+from derivative_animator import evaluate, paths, tracking
+from derivative_animator.eval import engine, metrics, report
 from derivative_animator.math.header import math_header_length
 
 
@@ -31,11 +31,11 @@ def evaluate_known_model(tmp_path, monkeypatch, functions: str, model, *override
 compose_eval = partial(compose_config, "eval")
 
 def test_pass_at_k_matches_the_definition():
-    assert evaluate.pass_at_k(5, 0, 1) == 0.0
-    assert evaluate.pass_at_k(5, 5, 1) == 1.0
-    assert math.isclose(evaluate.pass_at_k(10, 3, 1), 0.3)
+    assert metrics.pass_at_k(5, 0, 1) == 0.0
+    assert metrics.pass_at_k(5, 5, 1) == 1.0
+    assert math.isclose(metrics.pass_at_k(10, 3, 1), 0.3)
     # probability that at least one of 2 draws without replacement from 4 (1 good) is good
-    assert math.isclose(evaluate.pass_at_k(4, 1, 2), 0.5)
+    assert math.isclose(metrics.pass_at_k(4, 1, 2), 0.5)
 
 
 def test_a_functions_file_line_that_does_not_parse_becomes_a_sample_with_its_problem(tmp_path):
@@ -117,9 +117,9 @@ def test_a_scene_identical_to_one_already_checked_shares_its_render(tmp_path, mo
                                   render_seconds=2.5)
 
     monkeypatch.setattr(checks, "check_code", fake_check)
-    sample = evaluate.Sample("s1", "x^2", 1)
+    sample = engine.Sample("s1", "x^2", 1)
     generation = Generation("x^2", "code A", seconds=1.0, new_tokens=10, forward_passes=3)
-    with evaluate.Evaluator(compose_eval("eval.workers=1", "eval.render.warm=false"), tmp_path) as evaluator:
+    with engine.Evaluator(compose_eval("eval.workers=1", "eval.render.warm=false"), tmp_path) as evaluator:
         rows = [evaluator.submit("template", sample, "code A", 1, None),
                 evaluator.submit("finetuned", sample, "code A", 1, generation),
                 evaluator.submit("finetuned", sample, "code B", 2, generation),
@@ -139,8 +139,8 @@ def _held_queue():
     import threading
 
     release = threading.Event()
-    render_queue = evaluate.RenderQueue(1)
-    render_queue.submit(release.wait, evaluate.RenderQueue.URGENT)
+    render_queue = engine.RenderQueue(1)
+    render_queue.submit(release.wait, engine.RenderQueue.URGENT)
     return render_queue, release
 
 
@@ -148,10 +148,10 @@ def test_render_queue_runs_urgent_jobs_before_spare_ones_and_a_hurried_job_once(
     render_queue, release = _held_queue()
     ran = []
     job = lambda name: lambda: ran.append(name) or name  # noqa: E731
-    spare_a = render_queue.submit(job("spare a"), evaluate.RenderQueue.SPARE)
-    spare_b = render_queue.submit(job("spare b"), evaluate.RenderQueue.SPARE)
-    spare_c = render_queue.submit(job("spare c"), evaluate.RenderQueue.SPARE)
-    render_queue.submit(job("urgent"), evaluate.RenderQueue.URGENT)
+    spare_a = render_queue.submit(job("spare a"), engine.RenderQueue.SPARE)
+    spare_b = render_queue.submit(job("spare b"), engine.RenderQueue.SPARE)
+    spare_c = render_queue.submit(job("spare c"), engine.RenderQueue.SPARE)
+    render_queue.submit(job("urgent"), engine.RenderQueue.URGENT)
     render_queue.hurry(spare_c)
     release.set()
     render_queue.shutdown()
@@ -164,7 +164,7 @@ def test_render_queue_cancels_what_has_not_started_when_evaluation_fails():
     import time
 
     render_queue, release = _held_queue()
-    pending = render_queue.submit(lambda: "rendered", evaluate.RenderQueue.SPARE)
+    pending = render_queue.submit(lambda: "rendered", engine.RenderQueue.SPARE)
     stopping = threading.Thread(target=render_queue.shutdown, kwargs={"cancel_pending": True})
     stopping.start()
     while not render_queue._cancelled:  # shutdown has begun while the worker is still busy
@@ -195,7 +195,7 @@ def test_an_evaluation_is_a_child_run_of_the_checkpoints_training_run_with_its_d
                        {"sample_id": "L1-a", "function": "x^2", "level": 1, "baseline": "template", "math": True,
                         "extra": {}}]
     results["functions_source"] = str(tmp_path / "functions.txt")
-    evaluation_id = evaluate.log_to_mlflow(results, run_dir)
+    evaluation_id = tracking.log_evaluation(results, run_dir)
     expected = {"eval/time/total_s": 12.5, "eval/finetuned/math": 54.4, "eval/finetuned/pass_at_1": 50.0,
                 "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7}
     assert client.get_run(run_id).data.metrics == expected  # the training run, where runs are compared

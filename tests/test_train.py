@@ -429,7 +429,7 @@ def test_a_lora_setting_while_lora_is_off_is_refused_in_one_line(tmp_path, micro
 def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(micro_tokenizer, scripted_lm):
     from derivative_animator.data import oracle
     from derivative_animator.data.prompt import encode_prompt
-    from derivative_animator.evaluate import Sample
+    from derivative_animator.eval.engine import Sample
 
     tokenizer = micro_tokenizer[0]
     records = [Sample("a", "x^3", 1), Sample("b", "sin(x^2)", 4), Sample("c", "x^2 + 1", 1)]
