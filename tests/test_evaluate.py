@@ -220,7 +220,8 @@ class _KnownTries:
     def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
                  syntax_rollbacks=0, accept_header=None):
         from derivative_animator.data import oracle
-        from derivative_animator.model.generate import HEADER_REJECTED, Generation
+        from derivative_animator.model.decoding import HEADER_REJECTED
+        from derivative_animator.model.generate import Generation
 
         code = oracle.template_scene(function, "tangent")
         if self.plan[seed] != "right":

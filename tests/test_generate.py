@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -16,7 +14,8 @@ from derivative_animator.data.prompt import (
     PromptFormat,
     PromptFormatError,
 )
-from derivative_animator.model.generate import SceneGenerator, dead_prefix, open_brackets
+from derivative_animator.model import decoding
+from derivative_animator.model.generate import SceneGenerator
 from derivative_animator.model.speculative import ContextLookup, NgramDrafter
 
 
@@ -171,50 +170,8 @@ def test_context_lookup_drafts_what_followed_the_same_tokens_earlier():
     assert lookup.propose([5, 6, 7, 8, 1, 5, 6, 9, 5, 6], 2) == [9, 5]  # the latest occurrence wins
 
 
-@pytest.mark.parametrize("code", [
-    "steps = [\n    (1, 2),\n",            # an open bracket: more lines may close it
-    'doc = """\n ) ]\n',                   # an open string
-    "class A:\n",                          # a block still to come
-    "def f():\n    return 1\nx = f(\n",
-    "ys = ys[np.isfinite(ys)] if np.isfinite(ys).any()",  # its `else` may still come
-])
-def test_unfinished_code_is_not_dead(code):
-    assert dead_prefix(code) is None
-
-
-@pytest.mark.parametrize("code", [
-    "steps = [\n    (1, 2)),\n]\n",       # ')' closes nothing open
-    "x = (1, 2]\ny = 3\n",
-    "Below is an instruction that describes a task.\n\n",  # prose, as an untrained model writes
-    "def f():\nreturn 1\nx = 2\n",       # a body that is not indented
-])
-def test_code_no_continuation_can_parse_is_dead(code):
-    assert dead_prefix(code)
-    with pytest.raises(SyntaxError):
-        ast.parse(code + "\nz = 1\n")
-
-
-def test_no_prefix_of_a_template_scene_is_dead():
-    """Mid-line too: generation stops at a dead prefix, so a false one cuts a right scene."""
-    from derivative_animator.data import oracle
-
-    for style in ("tangent", "secant", "graphs"):
-        scene = oracle.template_scene("x^2 sin(x)", style)
-        dead = [k for k in range(1, len(scene) + 1) if dead_prefix(scene[:k]) is not None]
-        assert dead == [], (style, scene[:dead[0]][-60:] if dead else "")
-
-
-def test_a_one_line_loop_is_dead_mid_line():
-    # what an untrained model writes: prose repeated on one line, no newline ever
-    assert dead_prefix("Generate Manim animation code for f(x) = sin(x) = sin(x)")
-    assert dead_prefix("Generate Manim") is None  # too close to the end: the token may still grow
-    assert dead_prefix('label = Text("h = {h:.3f}: secant slope') is None  # an open string
-
-
 def _fire_once(monkeypatch, after_chars: int) -> list[str]:
     """Make generate() see an unfixable syntax error on the last line, once."""
-    from derivative_animator.model import generate as generate_module
-
     fired: list[str] = []
 
     def fake(text):
@@ -225,17 +182,15 @@ def _fire_once(monkeypatch, after_chars: int) -> list[str]:
         error.lineno = text.count("\n") + 1
         return error
 
-    monkeypatch.setattr(generate_module, "dead_error", fake)
+    monkeypatch.setattr(decoding, "dead_error", fake)
     return fired
 
 
 def test_rollback_samples_the_broken_line_again_from_a_consistent_cache(checkpoint, monkeypatch):
-    from derivative_animator.model import generate as generate_module
-
     generator = SceneGenerator.load(checkpoint)
     # A temperature this low samples the argmax: the line sampled again must come out the
     # same, which it only does if the cache was cut back to exactly the kept tokens.
-    monkeypatch.setattr(generate_module, "dead_error", lambda text: None)
+    monkeypatch.setattr(decoding, "dead_error", lambda text: None)
     plain = generator.generate("x^2", max_new_tokens=80, temperature=1e-6, seed=0)
     fired = _fire_once(monkeypatch, after_chars=len(plain.code) // 2)
     again = generator.generate("x^2", max_new_tokens=80, temperature=1e-6, seed=0, syntax_rollbacks=2)
@@ -308,40 +263,6 @@ def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp
     assert probe.score(header.replace("f(x) = ", "f(x) = 2*("), record.function)[1:] == (False, False)
 
 
-HEADER_START = '"""\n'
-
-
-def test_bracket_guard_forbids_unopened_closers_and_open_line_ends(checkpoint):
-    generator = SceneGenerator.load(checkpoint)
-    guard, tokenizer = generator.guard, generator.tokenizer
-    [close], [newline], [square] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n", "]"))
-    eos = tokenizer.eos_token_id
-    open_line, closing = guard.forbidden(HEADER_START + "f(x) = sin(x")
-    closed_line, nothing_open = guard.forbidden(HEADER_START + "f(x) = sin(x)")
-    assert open_line[newline] and open_line[eos] and open_line[square] and not open_line[close]
-    assert closing[close] and not closing[square] and not nothing_open.any()
-    assert closed_line[close] and not closed_line[newline] and not closed_line[eos]
-    assert guard.forbidden(HEADER_START + "f(x) = x\nf'(x) = 1\n\"\"\"\nimport numpy  # a comment (") is None
-    assert guard.forbidden(HEADER_START + 'f(x) = x\nf\'(x) = 1\n"""\nX_MIN, X_MAX = 0, 1\nx = sp.Symbol("x")\nf(x') is None
-
-
-def test_bracket_guard_closes_the_line_the_model_wants_to_end(checkpoint):
-    generator = SceneGenerator.load(checkpoint)
-    tokenizer = generator.tokenizer
-    [close], [newline] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n"))
-    logits = torch.zeros(len(tokenizer))
-    logits[newline], logits[close] = 5.0, -5.0  # wants the newline, ")" is far down
-    guarded, changed = generator.guard.apply(logits, HEADER_START + "f(x) = sin(x")
-    assert changed and tokenizer.decode([int(guarded.argmax())]).strip() == ")"
-    [times] = tokenizer("*", add_special_tokens=False)["input_ids"]
-    logits[times] = 9.0  # wants to go on: left alone
-    guarded, changed = generator.guard.apply(logits, HEADER_START + "f(x) = sin(x")
-    assert not changed and int(guarded.argmax()) == times
-
-
-@pytest.mark.parametrize("line,expected", [("f(x)", []), ("f(g[x", ["(", "["]), ("f(x))", None), ("f(x]", None)])
-def test_open_brackets(line, expected):
-    assert open_brackets(line) == expected
 
 
 def _header_lines(code: str) -> list[str]:

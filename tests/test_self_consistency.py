@@ -68,7 +68,7 @@ def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
     from transformers import AutoTokenizer
 
     from derivative_animator.data import oracle
-    from derivative_animator.model.generate import _HeaderWritten
+    from derivative_animator.model.decoding import HEADER_WRITTEN, RowStops, stops_for
 
     tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
     scene = oracle.template_scene("x^2", "tangent")
@@ -78,8 +78,9 @@ def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
     width = len(tokenizer("PROMPT", add_special_tokens=False)["input_ids"])
     rows = max(len(written), len(unfinished))
     pad = lambda ids: ids + [tokenizer.pad_token_id] * (rows - len(ids))  # noqa: E731
-    done = _HeaderWritten(tokenizer, width)(torch.tensor([pad(written), pad(unfinished)]), None)
-    assert done.tolist() == [True, False]
+    stops = RowStops([stops_for(headers_only=True), stops_for(headers_only=True)], tokenizer, width)
+    done = stops(torch.tensor([pad(written), pad(unfinished)]), None)
+    assert done.tolist() == [True, False] and stops.reasons == {0: HEADER_WRITTEN}
 
 
 def test_the_winning_group_is_drawn_by_a_header_whose_interval_is_defined():

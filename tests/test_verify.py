@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from derivative_animator.eval.verify import best_of_n
-from derivative_animator.model.generate import HEADER_REJECTED, Generation
+from derivative_animator.model.decoding import HEADER_REJECTED
+from derivative_animator.model.generate import Generation
 
 
 @dataclass

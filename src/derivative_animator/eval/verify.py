@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from derivative_animator.model.generate import HEADER_REJECTED, Generation
+from derivative_animator.model.decoding import HEADER_REJECTED
+from derivative_animator.model.generate import Generation
 from derivative_animator.render.checks import CHECKS
 
 

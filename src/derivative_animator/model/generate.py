@@ -8,8 +8,9 @@ Decoding is speculative and lossless (`speculative.py`): drafts from the trainin
 or the text so far, checked by one forward pass; the output distribution is exactly the
 model's.
 
-Generation also stops as soon as its text holds a syntax error that no continuation
-could fix (`dead_prefix`): the syntax check fails the same way, and a model
+Its parts are in `decoding.py`, shared with batched generation (`generate_batch`).
+Generation stops as soon as its text holds a syntax error that no continuation
+could fix (`dead_error`): the syntax check fails the same way, and a model
 writing prose or a broken loop stops spending its token budget. When sampling, a caller
 may instead allow a few rollbacks (`syntax_rollbacks`): the text goes back to the start
 of the line holding the error and that line is sampled again. That is rejection sampling
@@ -43,11 +44,17 @@ from derivative_animator.data.prompt import (
     require_same,
 )
 from derivative_animator.math.header import MATH_HEADER_END
-from derivative_animator.math.judge import parse_code
+from derivative_animator.model.decoding import (
+    SYNTAX_ERROR,
+    BracketGuard,
+    BracketGuardProcessor,
+    RowStops,
+    first_stop,
+    stops_for,
+)
 from derivative_animator.model.speculative import ContextLookup, NgramDrafter, accept_draft, pick
 
 DRAFT_CORPUS = "draft_corpus.json"
-HEADER_REJECTED = "math header rejected"  # Generation.stop when accept_header said no
 
 
 @dataclass
@@ -57,143 +64,13 @@ class Generation:
     seconds: float
     new_tokens: int
     forward_passes: int
-    stop: str = "eos"  # eos, max_new_tokens, syntax error, or HEADER_REJECTED
+    stop: str = "eos"  # eos, max_new_tokens, or a stop's reason (decoding.py)
     rollbacks: int = 0  # lines sampled again after an unfixable syntax error
     guarded: int = 0  # steps where the bracket guard forbade the model's first choice
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
-
-
-# Parser messages for code that is merely unfinished: more text could still complete it.
-_UNFINISHED = ("never closed", "was not closed", "unexpected EOF", "unterminated", "string",
-               "expected 'else'")  # `a if b` on the last line: its `else c` may come
-_LAST_LINE_MARGIN = 16  # characters after an error on the unfinished last line: its token is whole
-
-
-def dead_prefix(text: str) -> str | None:
-    """Why no continuation of this text can parse, or None if one might."""
-    error = dead_error(text)
-    return f"{error.msg} (line {error.lineno})" if error is not None else None
-
-
-def dead_error(text: str) -> SyntaxError | None:
-    """The syntax error no continuation of this text can fix, or None if one might.
-
-    A syntax error that is not about something left open, and lies before the last line
-    (or well before the end of the last, unfinished one), is fixed by what is already
-    there: later text cannot change how earlier text tokenizes. The tests check that no
-    prefix of a template scene of any style, cut at any character, is flagged."""
-    try:
-        parse_code(text)
-    except SyntaxError as error:
-        if error.lineno is None or any(m in error.msg for m in _UNFINISHED):
-            return None
-        lines = text.split("\n")
-        finished = len(lines) - 1
-        on_last = error.lineno == finished + 1 and error.offset is not None
-        if error.lineno < finished or (on_last and len(lines[-1]) - error.offset >= _LAST_LINE_MARGIN):
-            return error
-    return None
-
-
-_CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
-
-
-def open_brackets(line: str) -> list[str] | None:
-    """The brackets a line leaves open, innermost last; None if it closes one it never
-    opened or closes the wrong kind."""
-    stack = []
-    for character in line:
-        if character in _CLOSER_OF:
-            stack.append(character)
-        elif character in ")]}" and (not stack or _CLOSER_OF[stack.pop()] != character):
-            return None
-    return stack
-
-
-class BracketGuard:
-    """Which tokens would break the math header's brackets, given the text so far.
-
-    In a header line (not a comment; the header ends at `MATH_HEADER_END`) a
-    token is forbidden when it closes a bracket never opened or of the other kind, or
-    ends the line (a newline, or the end of the text) with a bracket still open. When the
-    model's first choice is such a line end, only tokens that close open brackets remain:
-    the line it wanted to end is closed first. The masks depend only on the brackets left
-    open, so they are built once per such stack, checking one by one only the few hundred
-    vocabulary entries that hold a bracket."""
-
-    def __init__(self, tokenizer):
-        self.newline = torch.zeros(len(tokenizer), dtype=torch.bool)
-        self.bracketed: list[tuple[int, str, bool]] = []  # (id, its text before a newline, has a newline)
-        for token_id in range(len(tokenizer)):
-            piece = tokenizer.decode([token_id])
-            line = piece.split("\n", 1)[0]
-            self.newline[token_id] = "\n" in piece
-            if any(c in "()[]{}" for c in line):
-                self.bracketed.append((token_id, line, "\n" in piece))
-        self.eos = tokenizer.eos_token_id
-        self._masks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def forbidden(self, text: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(forbidden tokens, tokens that only close open brackets) as vocabulary masks, or
-        None where the guard does not apply."""
-        if MATH_HEADER_END in text:
-            return None
-        line = text.rsplit("\n", 1)[-1]
-        if "#" in line:  # a comment (the typed function) may hold any brackets
-            return None
-        stack = open_brackets(line)
-        if stack is None:  # already broken: dead_prefix stops it
-            return None
-        if tuple(stack) not in self._masks:  # a header visits few stacks: "", "(", "((", ...
-            self._masks[tuple(stack)] = self._masks_for(stack)
-        return self._masks[tuple(stack)]
-
-    def _masks_for(self, stack: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = self.newline.clone() if stack else torch.zeros_like(self.newline)
-        if stack and self.eos is not None:
-            mask[self.eos] = True
-        closing = torch.zeros_like(self.newline)
-        for token_id, piece, has_newline in self.bracketed:
-            after = open_brackets("".join(stack) + piece)
-            mask[token_id] = after is None or (has_newline and bool(after))
-            only_closes = not has_newline and not piece.strip(")]} ")
-            closing[token_id] = only_closes and after is not None
-        return mask, closing
-
-    def apply(self, logits: torch.Tensor, text: str) -> tuple[torch.Tensor, bool]:
-        """(logits with the forbidden tokens at -inf, whether the argmax was forbidden)."""
-        masks = self.forbidden(text)
-        if masks is None:
-            return logits, False
-        mask, closing = (m[:logits.shape[-1]].to(logits.device) for m in masks)
-        best = int(logits.argmax())
-        changed = bool(mask[best])
-        ends_line = best == self.eos or (best < len(self.newline) and bool(self.newline[best]))
-        if changed and ends_line and bool(closing.any()):
-            mask = ~closing  # it wanted to end the line: close what is open first
-        return logits.masked_fill(mask, float("-inf")), changed
-
-
-class _GuardProcessor:
-    """BracketGuard as a transformers logits processor (batched generation)."""
-
-    def __init__(self, guard: BracketGuard, tokenizer, prompt_width: int):
-        self.guard, self.tokenizer, self.prompt_width = guard, tokenizer, prompt_width
-        self.past_header: set[int] = set()  # rows whose header is written: no more decoding
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for row in range(scores.shape[0]):
-            if row in self.past_header:
-                continue
-            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
-            if MATH_HEADER_END in text:
-                self.past_header.add(row)
-                continue
-            scores[row] = self.guard.apply(scores[row], text)[0]
-        return scores
 
 
 class SceneGenerator:
@@ -258,20 +135,16 @@ class SceneGenerator:
         stop = "max_new_tokens"
         length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
         rollbacks = guarded = 0
-        header_checked = accept_header is None
+        stops = stops_for(accept_header)
         while len(new) < max_new_tokens:
             text = self.tokenizer.decode(new)
-            if not header_checked and MATH_HEADER_END in text:
-                header_checked = True
-                if not accept_header(text[:text.index(MATH_HEADER_END)]):
-                    stop = HEADER_REJECTED
-                    break
-            error = dead_error(text)
-            if error is not None:
-                if temperature <= 0 or rollbacks >= syntax_rollbacks:
-                    stop = "syntax error"
+            reason = first_stop(stops, text)
+            if reason is not None:
+                if reason != SYNTAX_ERROR or temperature <= 0 or rollbacks >= syntax_rollbacks:
+                    stop = reason
                     break
                 # Back to the start of the broken line; re-read the logits there.
+                error = stops[-1].error  # the syntax stop's: its line goes
                 rollbacks += 1
                 new = new[:self._tokens_before_line(new, text, error.lineno)]
                 cache.crop(len(ids) + len(new) - 1 - cache.get_seq_length())  # negative: drop from the end
@@ -344,10 +217,15 @@ class SceneGenerator:
     @torch.inference_mode()
     def generate_batch(self, functions: list[str], max_new_tokens: int,
                        temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                       headers_only: bool = False) -> list[Generation]:
-        """Many scenes at once (left-padded, HF generate). Each gets the batch time / n.
+                       headers_only: bool = False,
+                       accept_headers: list[Callable[[str], bool] | None] | None = None) -> list[Generation]:
+        """Many scenes at once (left-padded, HF generate), with the stops and bracket guard of
+        `generate` (no speculation, no rollbacks). Each gets the batch time / n.
         `headers_only`: a row stops once its math header is written (the text is cut there),
-        the batch once every row's is: self-consistency's votes need no more."""
+        the batch once every row's is: self-consistency's votes need no more.
+        `accept_headers`: one judge per function (or None), as `generate(accept_header=)`."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
         if not functions:
             return []
         start = time.perf_counter()
@@ -359,36 +237,27 @@ class SceneGenerator:
         if seed is not None:
             torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        if self.guard is not None:
-            from transformers import LogitsProcessorList
-            sampling["logits_processor"] = LogitsProcessorList([_GuardProcessor(self.guard, self.tokenizer, width)])
-        if headers_only:
-            from transformers import StoppingCriteriaList
-            sampling["stopping_criteria"] = StoppingCriteriaList([_HeaderWritten(self.tokenizer, width)])
+        guard = BracketGuardProcessor(self.guard, self.tokenizer, width) if self.guard is not None else None
+        if guard is not None:
+            sampling["logits_processor"] = LogitsProcessorList([guard])
+        judges = accept_headers or [None] * len(functions)
+        stops = RowStops([stops_for(judge, headers_only) for judge in judges], self.tokenizer, width)
         output = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **sampling)
+                                     pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                                     stopping_criteria=StoppingCriteriaList([stops]), **sampling)
         each = (time.perf_counter() - start) / len(functions)
         results = []
-        for function, row in zip(functions, output[:, width:].tolist(), strict=True):
-            if self.tokenizer.eos_token_id in row:
+        for index, (function, row) in enumerate(zip(functions, output[:, width:].tolist(), strict=True)):
+            stop = stops.reasons.get(index) or ("eos" if self.tokenizer.eos_token_id in row else "max_new_tokens")
+            if self.tokenizer.eos_token_id in row:  # its end, or the padding after a stop (pad may be eos)
                 row = row[:row.index(self.tokenizer.eos_token_id)]
             row = [t for t in row if t != pad]
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             if headers_only and MATH_HEADER_END in text:
                 text = text[:text.index(MATH_HEADER_END)]
-            results.append(Generation(function, text, each, len(row), 0))
+            results.append(Generation(function, text, each, len(row), 0, stop,
+                                      guarded=guard.guarded.get(index, 0) if guard is not None else 0))
         return results
-
-
-class _HeaderWritten:
-    """A stopping criterion (transformers' protocol): a row is done once its math header is."""
-
-    def __init__(self, tokenizer, prompt_width: int):
-        self.tokenizer, self.prompt_width = tokenizer, prompt_width
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        return torch.tensor([MATH_HEADER_END in text for text in texts], device=input_ids.device)
 
 
 def _cache_argument(model) -> str:

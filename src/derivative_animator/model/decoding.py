@@ -1,0 +1,226 @@
+"""Decoding's parts, in the transformers style: one set for one-at-a-time and batched generation.
+
+- `BracketGuard` constrains the math header's brackets; `BracketGuardProcessor` is it as a
+  transformers logits processor over a batch (rows past their header are left alone).
+- Stops read one row's text so far and say why it must end there, or None:
+  `SyntaxDeadEnd` (a syntax error no continuation can fix: `dead_error`), `HeaderJudge`
+  (the caller's `accept_header` said no to the written header), `header_written` (a caller
+  that wants only the header). `RowStops` runs them as a transformers stopping criterion
+  and keeps each row's reason.
+
+`SceneGenerator.generate` (speculative, one scene) asks the same stops after every token it
+keeps; `generate_batch` hands them to `model.generate`. Speculative drafting is its own
+module (`speculative.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.math.judge import parse_code
+
+SYNTAX_ERROR = "syntax error"
+HEADER_REJECTED = "math header rejected"  # Generation.stop when accept_header said no
+HEADER_WRITTEN = "math header written"  # a headers-only row is done
+
+# Parser messages for code that is merely unfinished: more text could still complete it.
+_UNFINISHED = ("never closed", "was not closed", "unexpected EOF", "unterminated", "string",
+               "expected 'else'")  # `a if b` on the last line: its `else c` may come
+_LAST_LINE_MARGIN = 16  # characters after an error on the unfinished last line: its token is whole
+
+
+def dead_prefix(text: str) -> str | None:
+    """Why no continuation of this text can parse, or None if one might."""
+    error = dead_error(text)
+    return f"{error.msg} (line {error.lineno})" if error is not None else None
+
+
+def dead_error(text: str) -> SyntaxError | None:
+    """The syntax error no continuation of this text can fix, or None if one might.
+
+    A syntax error that is not about something left open, and lies before the last line
+    (or well before the end of the last, unfinished one), is fixed by what is already
+    there: later text cannot change how earlier text tokenizes. The tests check that no
+    prefix of a template scene of any style, cut at any character, is flagged."""
+    try:
+        parse_code(text)
+    except SyntaxError as error:
+        if error.lineno is None or any(m in error.msg for m in _UNFINISHED):
+            return None
+        lines = text.split("\n")
+        finished = len(lines) - 1
+        on_last = error.lineno == finished + 1 and error.offset is not None
+        if error.lineno < finished or (on_last and len(lines[-1]) - error.offset >= _LAST_LINE_MARGIN):
+            return error
+    return None
+
+
+_CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
+
+
+def open_brackets(line: str) -> list[str] | None:
+    """The brackets a line leaves open, innermost last; None if it closes one it never
+    opened or closes the wrong kind."""
+    stack = []
+    for character in line:
+        if character in _CLOSER_OF:
+            stack.append(character)
+        elif character in ")]}" and (not stack or _CLOSER_OF[stack.pop()] != character):
+            return None
+    return stack
+
+
+class BracketGuard:
+    """Which tokens would break the math header's brackets, given the text so far.
+
+    In a header line (not a comment; the header ends at `MATH_HEADER_END`) a
+    token is forbidden when it closes a bracket never opened or of the other kind, or
+    ends the line (a newline, or the end of the text) with a bracket still open. When the
+    model's first choice is such a line end, only tokens that close open brackets remain:
+    the line it wanted to end is closed first. The masks depend only on the brackets left
+    open, so they are built once per such stack, checking one by one only the few hundred
+    vocabulary entries that hold a bracket."""
+
+    def __init__(self, tokenizer):
+        self.newline = torch.zeros(len(tokenizer), dtype=torch.bool)
+        self.bracketed: list[tuple[int, str, bool]] = []  # (id, its text before a newline, has a newline)
+        for token_id in range(len(tokenizer)):
+            piece = tokenizer.decode([token_id])
+            line = piece.split("\n", 1)[0]
+            self.newline[token_id] = "\n" in piece
+            if any(c in "()[]{}" for c in line):
+                self.bracketed.append((token_id, line, "\n" in piece))
+        self.eos = tokenizer.eos_token_id
+        self._masks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forbidden(self, text: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(forbidden tokens, tokens that only close open brackets) as vocabulary masks, or
+        None where the guard does not apply."""
+        if MATH_HEADER_END in text:
+            return None
+        line = text.rsplit("\n", 1)[-1]
+        if "#" in line:  # a comment (the typed function) may hold any brackets
+            return None
+        stack = open_brackets(line)
+        if stack is None:  # already broken: dead_prefix stops it
+            return None
+        if tuple(stack) not in self._masks:  # a header visits few stacks: "", "(", "((", ...
+            self._masks[tuple(stack)] = self._masks_for(stack)
+        return self._masks[tuple(stack)]
+
+    def _masks_for(self, stack: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self.newline.clone() if stack else torch.zeros_like(self.newline)
+        if stack and self.eos is not None:
+            mask[self.eos] = True
+        closing = torch.zeros_like(self.newline)
+        for token_id, piece, has_newline in self.bracketed:
+            after = open_brackets("".join(stack) + piece)
+            mask[token_id] = after is None or (has_newline and bool(after))
+            only_closes = not has_newline and not piece.strip(")]} ")
+            closing[token_id] = only_closes and after is not None
+        return mask, closing
+
+    def apply(self, logits: torch.Tensor, text: str) -> tuple[torch.Tensor, bool]:
+        """(logits with the forbidden tokens at -inf, whether the argmax was forbidden)."""
+        masks = self.forbidden(text)
+        if masks is None:
+            return logits, False
+        mask, closing = (m[:logits.shape[-1]].to(logits.device) for m in masks)
+        best = int(logits.argmax())
+        changed = bool(mask[best])
+        ends_line = best == self.eos or (best < len(self.newline) and bool(self.newline[best]))
+        if changed and ends_line and bool(closing.any()):
+            mask = ~closing  # it wanted to end the line: close what is open first
+        return logits.masked_fill(mask, float("-inf")), changed
+
+
+class BracketGuardProcessor:
+    """BracketGuard as a transformers logits processor; `guarded[row]` counts the steps where
+    the row's first choice was forbidden, as `Generation.guarded` does."""
+
+    def __init__(self, guard: BracketGuard, tokenizer, prompt_width: int):
+        self.guard, self.tokenizer, self.prompt_width = guard, tokenizer, prompt_width
+        self.past_header: set[int] = set()  # rows whose header is written: no more decoding
+        self.guarded: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for row in range(scores.shape[0]):
+            if row in self.past_header:
+                continue
+            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            if MATH_HEADER_END in text:
+                self.past_header.add(row)
+                continue
+            scores[row], changed = self.guard.apply(scores[row], text)
+            self.guarded[row] = self.guarded.get(row, 0) + changed
+        return scores
+
+
+Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, or None
+
+
+class SyntaxDeadEnd:
+    """A syntax error no continuation can fix; the error stays in `error`, where a rollback
+    finds its line."""
+
+    def __init__(self):
+        self.error: SyntaxError | None = None
+
+    def __call__(self, text: str) -> str | None:
+        self.error = dead_error(text)
+        return SYNTAX_ERROR if self.error is not None else None
+
+
+def header_written(text: str) -> str | None:
+    return HEADER_WRITTEN if MATH_HEADER_END in text else None
+
+
+class HeaderJudge:
+    """`accept_header` asked once, as soon as the row's text holds its whole math header."""
+
+    def __init__(self, accept_header: Callable[[str], bool]):
+        self.accept_header, self.judged = accept_header, False
+
+    def __call__(self, text: str) -> str | None:
+        if self.judged or MATH_HEADER_END not in text:
+            return None
+        self.judged = True
+        return None if self.accept_header(text[:text.index(MATH_HEADER_END)]) else HEADER_REJECTED
+
+
+def stops_for(accept_header: Callable[[str], bool] | None = None, headers_only: bool = False) -> list[Stop]:
+    """One row's stops, in the order they are asked: the header judge sees a header before
+    anything else may end the row there; the syntax stop comes last."""
+    stops: list[Stop] = [HeaderJudge(accept_header)] if accept_header is not None else []
+    if headers_only:
+        stops.append(header_written)
+    return [*stops, SyntaxDeadEnd()]
+
+
+def first_stop(stops: list[Stop], text: str) -> str | None:
+    for stop in stops:
+        reason = stop(text)
+        if reason is not None:
+            return reason
+    return None
+
+
+class RowStops:
+    """Each row's stops as a transformers stopping criterion: a row is done from the first
+    step one of its stops names a reason (kept in `reasons`), and stays done."""
+
+    def __init__(self, stops: list[list[Stop]], tokenizer, prompt_width: int):
+        self.stops, self.tokenizer, self.prompt_width = stops, tokenizer, prompt_width
+        self.reasons: dict[int, str] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        for row, row_stops in enumerate(self.stops):
+            if row not in self.reasons:
+                text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+                reason = first_stop(row_stops, text)
+                if reason is not None:
+                    self.reasons[row] = reason
+        return torch.tensor([row in self.reasons for row in range(len(self.stops))], device=input_ids.device)
