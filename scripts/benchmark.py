@@ -258,12 +258,23 @@ def bench_renders(n: int, against: str | None = None) -> dict:
 
 
 def scenes_at(revision: str):
-    """scenes.py as it was at a git revision, imported as its own module."""
+    """The scene templates as they were at a git revision, imported as their own module. Before
+    the package had layers they lived in scenes.py and imported the math modules flat: those
+    imports are pointed at math/ (the templates' own text is left as it was)."""
     import importlib.util
+    import re
     import tempfile
 
-    source = subprocess.run(["git", "show", f"{revision}:src/derivative_animator/scenes.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
+    for relative in ("data/scenes.py", "scenes.py"):
+        shown = subprocess.run(["git", "show", f"{revision}:src/derivative_animator/{relative}"], cwd=ROOT,
+                               capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"error: no scene templates at revision {revision}")
+    flat = re.compile(r"^from derivative_animator(\.(parsing|notation|differentiate|curriculum))? import (?!typed_line$)",
+                      re.M)
+    source = flat.sub(lambda m: f"from derivative_animator.math{m.group(1) or ''} import ", shown.stdout)
     path = Path(tempfile.mkdtemp()) / "scenes_then.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("scenes_then", path)

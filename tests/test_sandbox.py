@@ -5,6 +5,7 @@ a child forked by a warm sandbox server ("warm"), as root here (as CI runs) and,
 machine lets an ordinary user run this interpreter, as that user too."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -232,7 +233,9 @@ def test_memory_is_limited_for_the_whole_sandbox_not_per_process(run_python):
         statuses = [os.waitpid(pid, 0)[1] for pid in children]
         print('killed', sum(1 for s in statuses if os.WIFSIGNALED(s)))
     """, memory_mb=1024, timeout_s=30)
-    assert result.stdout.count("held") < 4 and "killed 0" not in result.stdout, result.stdout
+    # The claim is the kills: a child may print "held" before the cgroup's reclaim fails and kills it.
+    killed = re.search(r"killed (\d+)", result.stdout)
+    assert killed and int(killed.group(1)) >= 1, result.stdout
 
 
 def test_disk_is_limited_for_the_whole_work_dir_and_shared_memory(run_python):

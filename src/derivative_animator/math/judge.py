@@ -142,7 +142,7 @@ def _plotting_interval(tree: ast.Module) -> tuple[float, float] | None:
 
 
 def header_math_is_right(header: str, function: sp.Expr) -> bool:
-    """Is the derivative in a scene's math header (its text up to `scenes.MATH_HEADER_END`)
+    """Is the derivative in a scene's math header (its text up to `MATH_HEADER_END`)
     right? A verification retry whose header is wrong cannot pass: it is abandoned there."""
     try:
         tree = parse_code(header)

@@ -7,15 +7,11 @@
   alone proves nothing: it ran in that process); a machine without LaTeX or cairo is an
   environment failure (executes = None, environment_error = True), not the code's;
 - math: the derivative the code states equals the true derivative, its f (when it gives
-  one) the function asked for, and both are defined on its plotting interval (when it
-  gives `X_MIN, X_MAX`: a scene plotting `sqrt(sin(x))` over [-3, 3] draws no curve).
-  Our scenes state f and f' in their docstring as typed (`f'(x) = 2x*sin(x) +
-  x^2*cos(x)`), read here and in the scene by one parser (`parsing.typed_line`); other
-  code may give `df_expr = ...`, `df = lambda x: ...` or `def df(x): return ...`, read from
-  the AST without running it. Expressions are compared symbolically, and numerically at
-  points inside the plotting interval when sympy cannot decide. Once rendered, the
-  curves the scene plotted must be f and f' too (`check_drawn`): the statement and the
-  picture must agree. Whatever a formula holds, a failure is a reason, never a crash.
+  one) the function asked for, and both are defined on its plotting interval: `math.judge`,
+  from the source without running it. Once rendered, the curves the scene plotted must be f
+  and f' too (`check_drawn`): the statement and the picture must agree;
+- layout: what is on screen (reported beside the others, never part of `passed`).
+Whatever a scene holds, a failure is a reason, never a crash.
 """
 
 from __future__ import annotations
