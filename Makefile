@@ -69,7 +69,7 @@ benchmark: $(SETUP) ## the README's figures: data build, training throughput, ge
 test: $(SETUP) ## the test suite: fast tests; under CI (CI set) the slow ones too (about a minute more)
 	$(PY) -m pytest $(if $(CI),-m "slow or not slow") $(ARGS)
 
-mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, datamodule, the evaluation engine and metrics, train: ARGS='"derivative_animator.data.prompt*"'
+mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, decoding, datamodule, the evaluation engine and metrics, train: ARGS='"derivative_animator.data.prompt*"'
 	$(PY) -m mutmut run $(ARGS) && $(PY) -m mutmut results
 
 test-slow: $(SETUP) ## only the slow tests (renders of every level and style, ...)
