@@ -1,2 +1,3 @@
-"""Evaluation: the render queue and evaluator behind `python -m derivative_animator.evaluate`,
-the best-of-n verification loop shared with the CLI, and the report. Imports every layer."""
+"""Evaluation, behind `python -m derivative_animator.evaluate`: the engine (render queue and
+evaluator), each baseline's rows, the figures (per level, pass@k), the best-of-n loop shared
+with the CLI, and the report. Imports every layer."""

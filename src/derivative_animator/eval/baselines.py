@@ -28,15 +28,14 @@ def base_generator(model_dir: Path, bracket_guard: bool):
 
 
 def generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample: Sample, attempt: int,
-                         write, raw: dict | None = None) -> Future:
+                        write, raw: dict | None = None) -> Future:
     """Generate one scene (`write(generator)`) and queue its check; a generation that fails
     unexpectedly is a failed row of its own, and the evaluation goes on."""
-
     try:
         gen = write(generator)
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
         return resolved(failed_row(sample, f"generation failed: {one_line(error)}", baseline=baseline,
-                                    attempt=attempt))
+                                   attempt=attempt))
     future = evaluator.submit(baseline, sample, gen.code, attempt, gen)
     if raw is not None and attempt == 1:
         raw[sample.id] = (gen, future)
