@@ -12,7 +12,8 @@ raw math (`finetune.ValidationMath.score`, the bracket guard on, as in evaluatio
 - noise: the shipped base fine-tuned with --seeds (median and range).
 
 Each finished point is stored in outputs/compute_quality/results.json at once and never run
-again, so an interrupted run continues where it stopped. The figure: docs/compute_quality.png.
+again, so an interrupted run continues where it stopped; points fine-tuned on another dataset
+are refused. The figure: docs/compute_quality.png.
 
     python scripts/compute_quality.py                  # make curve
     python scripts/compute_quality.py --seeds 42 --no-snapshots --every 500
@@ -42,6 +43,14 @@ def compose(*overrides: str):
 
     with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def data_fingerprint(data_dir: str) -> str:
+    """The dataset's files as its card hashes them: points fine-tuned on other data never mix."""
+    import hashlib
+
+    card = json.loads((ROOT / data_dir / "card.json").read_text())
+    return hashlib.sha256(json.dumps(card["files_sha256"], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fine_tune_and_score(label: str, pretrained: Path, seed: int, every: int | None, overrides: list[str]) -> dict:
@@ -148,6 +157,11 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     results_file = OUT / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"points": {}}
+    data = data_fingerprint(compose().data.dir)
+    if results["points"] and results.get("data") != data:
+        raise SystemExit(f"error: {results_file} holds points fine-tuned on other data (its dataset's files "
+                         f"{results.get('data', 'unrecorded')}, now {data}): move it away to start a new curve")
+    results["data"] = data
     seeds = [int(s) for s in args.seeds.split(",")]
     precision = environment.resolve_precision(str(compose().trainer.precision), "cpu")
     results.update(main_seed=seeds[0], machine=f"{environment.cpu_description()}, {precision}")
