@@ -155,15 +155,16 @@ def main() -> int:
     from derivative_animator import environment
 
     OUT.mkdir(parents=True, exist_ok=True)
+    recipe = compose()
     results_file = OUT / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"points": {}}
-    data = data_fingerprint(compose().data.dir)
+    data = data_fingerprint(recipe.data.dir)
     if results["points"] and results.get("data") != data:
         raise SystemExit(f"error: {results_file} holds points fine-tuned on other data (its dataset's files "
                          f"{results.get('data', 'unrecorded')}, now {data}): move it away to start a new curve")
     results["data"] = data
     seeds = [int(s) for s in args.seeds.split(",")]
-    precision = environment.resolve_precision(str(compose().trainer.precision), "cpu")
+    precision = environment.resolve_precision(str(recipe.trainer.precision), "cpu")
     results.update(main_seed=seeds[0], machine=f"{environment.cpu_description()}, {precision}")
     base = ROOT / args.base
     plan = [(f"seed-{s}", base, s, args.every if s == seeds[0] else None) for s in seeds]

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from screenshots import free_port  # scripts/: the one helper that picks a free loopback port
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ("x^2", "sin(x)", "x e^x", "ln(x^2 + 1)", "cos(x)^2", "e^{-x^2}", "sqrt(x)", "x^3 - 2x")
@@ -75,12 +76,6 @@ class Summary:
         return (sum(self.counts.values()) == self.requests and set(self.counts) <= set(OK)
                 and self.warm_page_job == "done" and self.loopback_only and self.up_after and not self.leaked_processes and not self.leaked_temp
                 and not self.left_after_stop and not self.temp_after_stop and self.stopped_cleanly)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_tree(pid: int) -> dict[int, str]:

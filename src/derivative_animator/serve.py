@@ -134,7 +134,10 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
     from derivative_animator.model.generate import SceneGenerator
 
     generator = generator or SceneGenerator.load(settings.model_dir)
-    scene_budget = paths.conf_group("generate").max_new_tokens  # an API request that names no max_tokens
+    from derivative_animator import cli
+
+    # How scenes are written (budget, tries, temperatures): `derivanim generate`'s, from conf/generate.
+    writing = cli.build_parser().parse_args(["generate", "--model", str(settings.model_dir)])
     model_name = settings.model_dir.name if settings.model_dir.name != "merged" else settings.model_dir.parent.parent.name
     worker = ModelWorker(generator, settings.queue_size)
     jobs: OrderedDict[str, Job] = OrderedDict()
@@ -190,7 +193,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
             generator.prompt_format.format(function)  # a function that does not parse: 400, not a crash
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
-        budget = body.max_completion_tokens or body.max_tokens or scene_budget
+        budget = body.max_completion_tokens or body.max_tokens or writing.max_new_tokens
 
         def work(g):
             return g.generate(function, budget, body.temperature, body.top_p, body.seed)
@@ -218,7 +221,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
             raise HTTPException(400, str(err)) from None
         job = Job(uuid.uuid4().hex[:16], body.function)
         try:
-            worker.submit(lambda g: _animate(g, job, settings))
+            worker.submit(lambda g: _animate(g, job, settings, writing))
         except Busy:
             raise _busy() from None
         jobs[job.id] = job
@@ -247,15 +250,15 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
     return app
 
 
-def _animate(generator, job: Job, settings: Settings) -> None:
-    """The page's job: verified generation as `derivanim generate` does it, then a real render."""
+def _animate(generator, job: Job, settings: Settings, writing) -> None:
+    """The page's job: verified generation as `derivanim generate` does it (`writing`: its
+    parsed arguments), then a real render."""
     from derivative_animator import cli
     from derivative_animator.errors import one_line
 
     try:
         job.status = "generating"
-        args = cli.build_parser().parse_args(["generate", job.function, "--model", str(settings.model_dir)])
-        code, _ = cli.generate_verified(generator, job.function, args, job.messages.append)
+        code, _ = cli.generate_verified(generator, job.function, writing, job.messages.append)
         job.status = "rendering"
         job.messages.append("rendering the scene in the sandbox")
         directory = settings.output_dir / job.id

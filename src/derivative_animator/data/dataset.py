@@ -13,6 +13,7 @@ proportions.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import multiprocessing
@@ -23,6 +24,7 @@ import statistics
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 
 import sympy as sp
@@ -68,10 +70,15 @@ class Record:
         return cls(**{name: data[name] for name in names})
 
 
-def _data_default(key: str):
+@cache
+def _data_defaults() -> dict:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(paths.conf_group("data"))[key]
+    return OmegaConf.to_container(paths.conf_group("data"))
+
+
+def _data_default(key: str):
+    return copy.deepcopy(_data_defaults()[key])  # conf/data read once; each config its own copy
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
   `SyntaxDeadEnd` (a syntax error no continuation can fix: `dead_error`), `HeaderJudge`
   (the caller's `accept_header` said no to the written header), `header_written` (a caller
   that wants only the header). `RowStops` runs them as a transformers stopping criterion
-  and keeps each row's reason.
+  and keeps each row's reason; `RowTexts` decodes each row once a step for it and the guard.
 
 `SceneGenerator.generate` (speculative, one scene) asks the same stops after every token it
 keeps; `generate_batch` hands them to `model.generate`. Speculative drafting is its own
@@ -137,12 +137,28 @@ class BracketGuard:
         return logits.masked_fill(mask, float("-inf")), changed
 
 
+class RowTexts:
+    """Each row's text after the prompt, decoded once a step: the stops read it after a token is
+    appended, and the guard reads the very same ids before the next token is chosen."""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+        self._decoded: dict[int, tuple[int, str]] = {}  # row -> (length decoded, its text)
+
+    def __call__(self, input_ids: torch.Tensor, row: int) -> str:
+        length = input_ids.shape[1]
+        if self._decoded.get(row, (None,))[0] != length:
+            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            self._decoded[row] = (length, text)
+        return self._decoded[row][1]
+
+
 class BracketGuardProcessor:
     """BracketGuard as a transformers logits processor; `guarded[row]` counts the steps where
     the row's first choice was forbidden, as `Generation.guarded` does."""
 
-    def __init__(self, guard: BracketGuard, tokenizer, prompt_width: int):
-        self.guard, self.tokenizer, self.prompt_width = guard, tokenizer, prompt_width
+    def __init__(self, guard: BracketGuard, texts: RowTexts):
+        self.guard, self.texts = guard, texts
         self.past_header: set[int] = set()  # rows whose header is written: no more decoding
         self.guarded: dict[int, int] = {}
 
@@ -150,7 +166,7 @@ class BracketGuardProcessor:
         for row in range(scores.shape[0]):
             if row in self.past_header:
                 continue
-            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            text = self.texts(input_ids, row)
             if MATH_HEADER_END in text:
                 self.past_header.add(row)
                 continue
@@ -213,14 +229,13 @@ class RowStops:
     step one of its stops names a reason (kept in `reasons`), and stays done."""
 
     def __init__(self, stops: list[list[Stop]], tokenizer, prompt_width: int):
-        self.stops, self.tokenizer, self.prompt_width = stops, tokenizer, prompt_width
+        self.stops, self.texts = stops, RowTexts(tokenizer, prompt_width)
         self.reasons: dict[int, str] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         for row, row_stops in enumerate(self.stops):
             if row not in self.reasons:
-                text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
-                reason = first_stop(row_stops, text)
+                reason = first_stop(row_stops, self.texts(input_ids, row))
                 if reason is not None:
                     self.reasons[row] = reason
         return torch.tensor([row in self.reasons for row in range(len(self.stops))], device=input_ids.device)

@@ -237,11 +237,11 @@ class SceneGenerator:
         if seed is not None:
             torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        guard = BracketGuardProcessor(self.guard, self.tokenizer, width) if self.guard is not None else None
-        if guard is not None:
-            sampling["logits_processor"] = LogitsProcessorList([guard])
         judges = accept_headers or [None] * len(functions)
         stops = RowStops([stops_for(judge, headers_only) for judge in judges], self.tokenizer, width)
+        guard = BracketGuardProcessor(self.guard, stops.texts) if self.guard is not None else None
+        if guard is not None:
+            sampling["logits_processor"] = LogitsProcessorList([guard])
         output = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
                                      stopping_criteria=StoppingCriteriaList([stops]), **sampling)
