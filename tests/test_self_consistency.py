@@ -31,6 +31,17 @@ def test_the_largest_group_of_equal_derivatives_wins_over_greedy():
     assert self_consistency.vote(derivatives, (-3, 3)) == self_consistency.Vote(1, 3, 5)
 
 
+def test_derivatives_equal_by_sympy_vote_together_however_they_are_written():
+    """sin(2x) = 2 sin(x) cos(x) = 4 sin(x/2) cos(x/2) cos(x): one group of three beats the greedy pair
+    (grouping by printed string would make three groups of one, and the greedy pair would win)."""
+    derivatives = [X**2, X**2, sp.sin(2 * X), 2 * sp.sin(X) * sp.cos(X),
+                   4 * sp.sin(X / 2) * sp.cos(X / 2) * sp.cos(X)]
+    assert len({str(d) for d in derivatives[2:]}) == 3
+    assert self_consistency.vote(derivatives, (-3, 3)) == self_consistency.Vote(2, 3, 5)
+    expanded = [(X + 1) ** 2, X**2 + 2 * X + 1, 2 * X]
+    assert self_consistency.vote(expanded, (-3, 3)) == self_consistency.Vote(0, 2, 3)
+
+
 def test_a_tie_goes_to_the_greedy_headers_group_and_non_voters_are_skipped():
     derivatives = [2 * X, None, X**2, 2 * X, X**2]
     assert self_consistency.vote(derivatives, (-3, 3)) == self_consistency.Vote(0, 2, 4)

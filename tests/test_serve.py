@@ -91,10 +91,49 @@ def test_bad_requests_get_one_line_reasons_and_files_only_come_from_the_jobs_fol
         assert request(f"{url}/api/animate", {"function": "sin(x"}).status_code == 400
         assert request(f"{url}/v1/completions", content=b"{" + b" " * 70_000 + b"}").status_code == 413
         assert request(f"{url}/v1/completions", {"prompt": "x", "max_tokens": 10**6}).status_code == 422
-        (tmp_path / "served").mkdir(exist_ok=True)
-        (tmp_path / "secret.py").write_text("secret")
-        for path in ("/files/nojob/scene.py", "/files/..%2F/secret.py", "/files/x/../../secret.py"):
-            assert request(f"{url}{path}").status_code == 404
+
+
+
+def test_files_outside_the_jobs_folders_are_never_served(tmp_path, micro_checkpoint):
+    """Each request below reaches the file handler (one path segment for the job id, one for the
+    name), and each names a file that exists: only the guards answer 404."""
+    served = tmp_path / "served"
+    (tmp_path / "secret.py").write_text("secret")
+    planted = served / "0123456789abcdef"  # a folder of a job id's shape that no job of this server made
+    planted.mkdir(parents=True)
+    (planted / "scene.py").write_text("not a job's")
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
+        for path in ("/files/../secret.py", "/files/%2E%2E/secret.py", "/files/.%2e/secret.py",
+                     "/files/..%2Fsecret.py", "/files/0123456789abcdef/scene.py"):
+            assert raw_get(url, path) == 404, path
+
+
+def test_a_link_inside_the_output_folder_is_not_followed(tmp_path):
+    served = tmp_path / "served"
+    (tmp_path / "secret.py").write_text("secret")
+    job = served / "0123456789abcdef"
+    job.mkdir(parents=True)
+    (job / "scene.py").write_text("the job's scene")
+    assert serve.served_file(served, job.name, "scene.py") == job.resolve() / "scene.py"
+    (job / "link.py").symlink_to(tmp_path / "secret.py")
+    (served / "fedcba9876543210").symlink_to(tmp_path, target_is_directory=True)
+    assert serve.served_file(served, job.name, "link.py") is None
+    assert serve.served_file(served, "fedcba9876543210", "secret.py") is None
+    assert serve.served_file(served, "..", "secret.py") is None
+    assert serve.served_file(served, job.name, "../scene.py") is None
+
+
+def raw_get(url: str, path: str) -> int:
+    """The status of a GET sent with `path` exactly as written (no client normalises its dots)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 class _Blocking:

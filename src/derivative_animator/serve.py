@@ -40,6 +40,8 @@ MAX_FUNCTION_CHARS = 200
 MAX_TOKENS = 2048
 KEPT_JOBS = 200  # finished page jobs remembered (and their files kept), oldest dropped first
 _FILE_NAME = re.compile(r"[A-Za-z0-9_]+\.(mp4|png|py)")
+_JOB_ID_HEX = 16
+_JOB_ID = re.compile(rf"[0-9a-f]{{{_JOB_ID_HEX}}}")
 
 
 class CompletionRequest(BaseModel):
@@ -219,7 +221,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
             parse_function(body.function)
         except ParseError as err:
             raise HTTPException(400, str(err)) from None
-        job = Job(uuid.uuid4().hex[:16], body.function)
+        job = Job(uuid.uuid4().hex[:_JOB_ID_HEX], body.function)
         try:
             worker.submit(lambda g: _animate(g, job, settings, writing))
         except Busy:
@@ -240,14 +242,22 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
 
     @app.get("/files/{job_id}/{name}")
     async def files(job_id: str, name: str):
-        if job_id not in jobs or not _FILE_NAME.fullmatch(name):
-            raise HTTPException(404, "no such file")
-        path = settings.output_dir / job_id / name
-        if not path.is_file() or path.resolve().parent != (settings.output_dir / job_id).resolve():
+        path = served_file(settings.output_dir, job_id, name)
+        if job_id not in jobs or path is None:
             raise HTTPException(404, "no such file")
         return FileResponse(path)
 
     return app
+
+
+def served_file(output_dir: Path, job_id: str, name: str) -> Path | None:
+    """The file `/files/{job_id}/{name}` names, or None: a job id and a file name of the shapes
+    this server makes, a plain file right inside the job's folder, no link anywhere on the way."""
+    if not (_JOB_ID.fullmatch(job_id) and _FILE_NAME.fullmatch(name)):
+        return None
+    root = output_dir.resolve()
+    path = root / job_id / name
+    return path if path.is_file() and path.resolve() == path else None
 
 
 def _animate(generator, job: Job, settings: Settings, writing) -> None:

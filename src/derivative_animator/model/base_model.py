@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -550,6 +551,14 @@ SHIPPED_FILES = ("model.safetensors", "config.json", "generation_config.json", "
 CARD = "README.md"
 
 
+_CARD_FILE_ROW = re.compile(r"^\| `([^`]+)` \| `([0-9a-f]{64})` \|$", re.MULTILINE)
+
+
+def card_files(card: str) -> dict[str, str]:
+    """The files a card lists, with their sha256 (its Files table)."""
+    return dict(_CARD_FILE_ROW.findall(card))
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -571,15 +580,18 @@ def publish(build_dir: Path, publish_dir: Path) -> Path:
     shipped_info = {k: v for k, v in info.items() if k not in ("losses", "code_files", "output_dir", "cached")}
     shipped_info["sha256"] = {name: file_sha256(staging / name) for name in sorted(p.name for p in staging.iterdir())}
     (staging / BUILD_INFO).write_text(json.dumps(shipped_info, indent=1) + "\n")
-    (staging / CARD).write_text(model_card(shipped_info, publish_dir.name))
+    # The card lists every other file of the folder, build_info.json included.
+    card_files = {**shipped_info["sha256"], BUILD_INFO: file_sha256(staging / BUILD_INFO)}
+    (staging / CARD).write_text(model_card(shipped_info, publish_dir.name, dict(sorted(card_files.items()))))
     paths.replace_dir(staging, publish_dir)
     return publish_dir
 
 
-def model_card(info: dict, name: str) -> str:
+def model_card(info: dict, name: str, files: dict[str, str]) -> str:
+    """The card's text; `files`: every file of the folder but the card, with its sha256."""
     c = info["config"]
     hours = info["seconds"] / 3600
-    sha_lines = "\n".join(f"| `{file}` | `{digest}` |" for file, digest in info["sha256"].items())
+    sha_lines = "\n".join(f"| `{file}` | `{digest}` |" for file, digest in files.items())
     return f"""# {name}
 
 The embedded base model of DerivativeAnimator: a {info['parameters'] / 1e6:.1f}M-parameter Llama-architecture
