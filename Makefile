@@ -4,9 +4,12 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SETUP := .venv/.derivanim-setup
 ARGS ?=
+# Every scene is rendered, so the oracle, the base (it writes no scene) and the verified retries (three
+# renders a miss) are left out to keep a run under half an hour on 2 cores; ARGS="eval.baselines=[...]" adds them.
+BENCHMARK_BASELINES := "eval.baselines=[finetuned,self_consistency]"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate pretrain curve serve load-test train sweep sweep-summary ui eval doctor \
+.PHONY: help setup all data data-validate pretrain curve serve load-test train sweep sweep-summary ui eval eval-benchmarks doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -59,6 +62,10 @@ serve: $(SETUP) ## the web page and OpenAI-compatible API for the newest checkpo
 
 load-test: $(SETUP) ## 200 requests, 8 at a time, at a fresh `derivanim serve` on loopback: results or busy, nothing leaked
 	$(PY) scripts/load_test.py $(if $(filter --model%,$(ARGS)),,--model $$(ls -d outputs/train/*/checkpoint/merged | sort | tail -1)) $(ARGS)
+
+eval-benchmarks: $(SETUP) ## the newest checkpoint on the textbook and random benchmarks (never trained on), per kind: ARGS="eval.model=DIR"
+	$(PY) -m derivative_animator.evaluate eval.benchmark=textbook $(BENCHMARK_BASELINES) $(ARGS)
+	$(PY) -m derivative_animator.evaluate eval.benchmark=random $(BENCHMARK_BASELINES) $(ARGS)
 
 doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
 	$(PY) -m derivative_animator.doctor

@@ -79,7 +79,7 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     import mlflow
     from transformers import AutoModelForCausalLM
 
-    from derivative_animator.data import dataset
+    from derivative_animator.data import calculus_corpus, dataset
 
     data = tmp_path / "data"
     dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
@@ -92,10 +92,10 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads((published / base_model.BUILD_INFO).read_text())
-    assert info["calculus_documents"] > 200 and info["held_out_functions"] == 107
+    assert info["calculus_documents"] > 200 and info["held_out_functions"] == len(calculus_corpus.held_out_keys(data))
     assert {name: base_model.file_sha256(published / name) for name in info["sha256"]} == info["sha256"]
     assert_card_lists_every_file(published)
-    assert "107 validation and test functions" in (published / base_model.CARD).read_text()
+    assert f"{info['held_out_functions']} held-out functions" in (published / base_model.CARD).read_text()
     AutoModelForCausalLM.from_pretrained(published)
     client = mlflow.MlflowClient(store)
     run, = client.search_runs([client.get_experiment_by_name("derivative-animator-pretrain").experiment_id])

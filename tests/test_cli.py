@@ -137,3 +137,55 @@ def test_verified_generation_keeps_the_attempt_that_passed_most_checks():
     code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",
                                          SimpleNamespace(**settings, repair=True), said.append)
     assert result.passed and "--repair" in said[-1] and code != wrong
+
+
+# --- a function may start with a minus: no "--" needed ------------------------------------
+
+def test_parse_takes_a_leading_minus_as_the_function(capsys):
+    assert cli.main(["parse", "-x^2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input"] == "-x^2" and info["function"] == "-x^2" and info["derivative"] == "-2x"
+    assert cli.main(["parse", "--", "-x^2"]) == 0  # the explicit form keeps working
+    assert "f'(x) = -2x" in capsys.readouterr().out
+    assert cli.main(["parse", "-sin(x)"]) == 0 and "f'(x) = -cos(x)" in capsys.readouterr().out
+
+
+def test_generate_takes_a_leading_minus_as_the_function(tmp_path, capsys):
+    first, second = tmp_path / "s.py", tmp_path / "t.py"
+    assert cli.main(["generate", "-x^2", "--backend", "template", "-o", str(first)]) == 0
+    assert cli.main(["generate", f"-o{second}", "-2x^3"]) == 0  # -o with its value attached stays -o
+    assert first.read_text().startswith('"""\nf(x) = -x^2\nf\'(x) = -2x\n')
+    assert second.read_text().startswith('"""\nf(x) = -2x^3\n')
+
+
+def test_check_takes_a_leading_minus_as_the_function(tmp_path):
+    scene = tmp_path / "scene.py"
+    scene.write_text(oracle.template_scene("-x^2", "tangent"))
+    assert cli.main(["check", str(scene), "--function", "-x^2", "--no-execute"]) == 0
+
+
+def test_negative_numbers_stay_option_values(tmp_path, capsys):
+    # "-1" after --temperature is its value (argparse's own rule), "-x^2" the function.
+    assert cli.main(["generate", "-x^2", "--model", str(tmp_path), "--temperature", "-1"]) == cli.EXIT_USAGE
+    assert "--temperature must be 0 (greedy) or more, got -1.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["parse", "-x^2"], ["parse", " -x^2"]),
+    (["parse", "--", "-x^2"], ["parse", "--", "-x^2"]),
+    (["parse", "-x^2", "--json"], ["parse", " -x^2", "--json"]),
+    (["parse", "-1"], ["parse", "-1"]),  # argparse takes negative numbers as values already
+    (["parse", "-x + 1"], ["parse", "-x + 1"]),  # and words with a space
+    (["generate", "-o", "s.py", "-i"], ["generate", "-o", "s.py", "-i"]),
+    (["generate", "-os.py", "-h"], ["generate", "-os.py", "-h"]),
+    (["parse", "x", "--jsno"], ["parse", "x", "--jsno"]),  # a mistyped option is still one
+    (["parse", "-"], ["parse", "-"]),
+])
+def test_shield_functions_leaves_options_alone(argv, expected):
+    assert cli.shield_functions(cli.build_parser(), argv)[0] == expected
+
+
+def test_leading_minus_in_a_subprocess():
+    out = run("parse", "-x^2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["derivative"] == "-2x"

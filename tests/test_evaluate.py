@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import pytest
 from conftest import compose_config
 
 from derivative_animator import evaluate, paths, tracking
+from derivative_animator.data import benchmarks
 from derivative_animator.eval import engine, metrics, report
+from derivative_animator.eval.engine import Row
+from derivative_animator.eval.metrics import summarize
 from derivative_animator.math.header import math_header_length
 
 
@@ -208,6 +212,39 @@ def test_an_evaluation_is_a_child_run_of_the_checkpoints_training_run_with_its_d
     assert [a.path for a in client.list_artifacts(evaluation_id, "report")] == ["report/results.md"]
     table = json.loads(Path(client.download_artifacts(evaluation_id, "rows.json", str(tmp_path))).read_text())
     assert len(table["data"]) == 2
+
+
+def test_a_benchmark_evaluation_reports_each_kind_and_logs_under_the_benchmarks_name(tmp_path):
+    import mlflow
+
+    samples = evaluate.benchmark_samples("textbook")
+    assert len(samples) == len(benchmarks.items("textbook")) - 2  # the two the oracle cannot animate: left out
+    by_id = {s.id: s for s in samples}
+    assert all(s.kinds and s.problem is None for s in samples)
+    rows = [Row("finetuned", s.id, s.function, s.level, 1, True, True, True, i % 2 == 0, i % 2 == 0, None,
+                0.1, 10, 100.0, 0.5, "") for i, s in enumerate(samples)]
+    summary = summarize(rows, 1, {s.id: s.kinds for s in samples})
+    product = [r for r in rows if "product" in by_id[r.sample_id].kinds]
+    assert summary["finetuned"]["kind/product"]["n"] == len(product)
+    assert summary["finetuned"]["kind/product"]["math"] == round(100 * sum(r.math for r in product) / len(product), 1)
+    table = report.kind_table(summary)
+    assert "| product rule |" in table and "| sec, csc, cot |" in table and "kind/" not in report.markdown_table(summary)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("bench", artifact_location=str(tmp_path / "a"))).info.run_id
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "run_info.json").write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
+    (tmp_path / "run" / "report").mkdir(parents=True)
+    results = {"model": str(model), "timings": {"total_s": 1.0}, "benchmark": "textbook", "summary": summary,
+               "rows": [dict(asdict(r)) for r in rows], "functions_source": str(benchmarks.BENCHMARK_DIR / "textbook.tsv")}
+    evaluation = client.get_run(tracking.log_evaluation(results, tmp_path / "run"))
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["eval/textbook/finetuned/math"] == summary["finetuned"]["all"]["math"]
+    assert "eval/finetuned/math" not in metrics  # the test split's headline is not overwritten
+    assert metrics["eval/textbook/finetuned/math/kind/product"] == summary["finetuned"]["kind/product"]["math"]
+    assert evaluation.inputs.dataset_inputs[0].dataset.name == "benchmark-textbook"
+    assert evaluation.info.run_name.startswith("eval-textbook-")
 
 
 class _KnownTries:

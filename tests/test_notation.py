@@ -53,3 +53,77 @@ def test_expr_from_code_refuses_anything_but_math(source):
 ])
 def test_typed_notation_is_what_people_write(text, typed):
     assert notation.typed(parse_function(text)) == typed
+
+
+# --- textbook notations: they print as the parser reads them back ---------------------------
+
+ROUND_TRIPS = [
+    (sp.asec(X), "arcsec(x)"),
+    (sp.acsc(2 * X), "arccsc(2x)"),
+    (sp.acot(X**2), "arccot(x^2)"),
+    (sp.asinh(3 * X), "arcsinh(3x)"),
+    (sp.acosh(X), "arccosh(x)"),
+    (sp.atanh(sp.cos(X)), "arctanh(cos(x))"),
+    (sp.Abs(X), "|x|"),
+    (sp.Abs(X**2 - 4), "|x^2 - 4|"),
+    (2 * sp.Abs(X) + 1, "2|x| + 1"),
+    (X * sp.Abs(X), "x |x|"),
+    (sp.Abs(X) * sp.Abs(X - 1), "|x| |x - 1|"),
+    (1 / sp.Abs(X), "1/|x|"),
+    (X / sp.Abs(X), "x/|x|"),
+    (sp.Abs(X) ** 2, "|x|^2"),
+    (sp.sin(sp.Abs(X)), "sin(|x|)"),
+    (sp.exp(sp.Abs(X)), "e^(|x|)"),
+    # an absolute value inside one: abs(), since |x + |x - 1|| would not read back in general
+    (sp.Abs(sp.Abs(X) - 1), "abs(|x| - 1)"),
+    (sp.Abs(sp.sin(X) * sp.Abs(X) + 1), "abs(sin(x) |x| + 1)"),
+    (sp.Abs(sp.Abs(sp.Abs(X) - 1) - 2), "abs(abs(|x| - 1) - 2)"),
+    (sp.log(X, 2), "ln(x)/ln(2)"),
+    (sp.cbrt(X), "x^(1/3)"),
+]
+
+
+@pytest.mark.parametrize("expr, typed", ROUND_TRIPS, ids=[t for _, t in ROUND_TRIPS])
+def test_textbook_functions_print_as_they_read_back(expr, typed):
+    assert notation.typed(expr) == typed
+    assert sp.srepr(parse_function(typed)) == sp.srepr(expr)
+
+
+@pytest.mark.parametrize("text", ["arcsec x", "arccsc(x^2 + 1)", "arccot 3x", "||x| - 1|", "x|x| + |x - 2|",
+                                  "sin|x| |cos x|", "log_2|x|", "cbrt(|x| + 1)", "e^|x| arcsec(|x| + 2)"])
+def test_derivatives_of_textbook_functions_round_trip(text):
+    from derivative_animator.math.differentiate import differentiate
+
+    expr = parse_function(text)
+    derivative, _ = differentiate(expr)
+    for e in (expr, derivative):
+        assert sp.srepr(parse_function(notation.typed(e))) == sp.srepr(e), notation.typed(e)
+
+
+@pytest.mark.parametrize("expr, fragment", [
+    (sp.asec(X), r"\operatorname{arcsec}"),
+    (sp.acsc(X), r"\operatorname{arccsc}"),
+    (sp.acot(X), r"\operatorname{arccot}"),
+    (sp.asinh(X), r"\operatorname{arcsinh}"),
+    (sp.Abs(X), r"\left|{x}\right|"),
+])
+def test_latex_writes_textbook_names(expr, fragment):
+    assert fragment in notation.latex(expr) and "asec" not in notation.latex(expr)
+
+
+def test_latex_of_older_inverse_trig_is_unchanged():
+    # the dataset's LaTeX holds these: they must not move
+    assert notation.latex(sp.asin(X)) == sp.latex(sp.asin(X), ln_notation=True)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("sp.asec(t)", sp.asec(X)),
+    ("arccsc(t)", sp.acsc(X)),
+    ("sp.acot(2*t)", sp.acot(2 * X)),
+    ("arcsec(t) + arccot(t)", sp.asec(X) + sp.acot(X)),
+    ("sp.Abs(t)", sp.Abs(X)),
+    ("sp.cbrt(t)", X ** sp.Rational(1, 3)),
+    ("np.arcsinh(t) + sp.atanh(t)", sp.asinh(X) + sp.atanh(X)),
+])
+def test_expr_from_code_reads_the_new_names(source, expected):
+    assert notation.expr_from_code(ast.parse(source, mode="eval"), variable="t") == expected

@@ -13,8 +13,14 @@ from sympy import (
     E,
     Rational,
     acos,
+    acosh,
+    acot,
+    acsc,
+    asec,
     asin,
+    asinh,
     atan,
+    atanh,
     cos,
     cosh,
     cot,
@@ -118,6 +124,19 @@ ACCEPTED = [
     ("log2(x)", log(x, 2)),
     ("log(x, 3)", log(x, 3)),
     ("log 2x", log(2 * x)),
+    # log_b: a numeric base after an underscore, bare or bracketed
+    ("log_2(x)", log(x, 2)),
+    ("log_10 x", log(x, 10)),
+    ("log_{2}(x)", log(x, 2)),
+    ("log_(3)(x+1)", log(x + 1, 3)),
+    ("log_5 x", log(x, 5)),
+    ("log_[10](x)", log(x, 10)),
+    ("log_2x", log(x, 2)),  # log base 2 of x, as textbooks write it
+    ("log_2 x + 1", log(x, 2) + 1),
+    ("log_0.5 x", log(x, Rational(1, 2))),
+    ("x log_2 x", x * log(x, 2)),
+    ("log_2|x|", log(Abs(x), 2)),
+    ("log_{10}(x)^2", log(x, 10) ** 2),
     # the function names
     ("tan x", tan(x)),
     ("sec x + csc x + cot x", sec(x) + csc(x) + cot(x)),
@@ -125,12 +144,58 @@ ACCEPTED = [
     ("asin x", asin(x)),
     ("sinh x + cosh x + tanh x", sinh(x) + cosh(x) + tanh(x)),
     ("abs(x)", Abs(x)),
+    ("arcsec(x) + arccsc(x) + arccot(x)", asec(x) + acsc(x) + acot(x)),
+    ("asec x", asec(x)),
+    ("acsc(2x)", acsc(2 * x)),
+    ("acot x^2", acot(x**2)),
+    ("sec^(-1)(x)", asec(x)),
+    ("sec^-1 x", asec(x)),
+    ("csc⁻¹x", acsc(x)),
+    ("cot^(-1)(x)", acot(x)),
+    ("csc^-1(x^2)", acsc(x**2)),
+    ("sin^(-1)(x)", asin(x)),
+    ("cbrt(x)", x ** Rational(1, 3)),
+    ("cbrt x", x ** Rational(1, 3)),
+    ("cbrt(x^2 + 1)", (x**2 + 1) ** Rational(1, 3)),
+    ("cbrt(8)", sympy.Integer(2)),
+    ("xcbrtx", x * x ** Rational(1, 3)),
+    ("arcsinh(3x) + arccosh x + arctanh x", asinh(3 * x) + acosh(x) + atanh(x)),
+    ("asinh x + acosh(x) + atanh(x)", asinh(x) + acosh(x) + atanh(x)),
+    ("sinh^-1 x", asinh(x)),
+    ("cosh^(-1)(x)", acosh(x)),
+    ("tanh⁻¹x", atanh(x)),
+    ("xarcsinhx", x * asinh(x)),
     ("sin^-1(x)", asin(x)),
     ("sin⁻¹(x)", asin(x)),
     ("tan^(-1) x", atan(x)),
     ("cos^2(x)", cos(x) ** 2),
     ("cos²x", cos(x) ** 2),
     ("tan^2 x + 1", tan(x) ** 2 + 1),
+    # a power on the name powers the value
+    ("sin^2 x", sin(x) ** 2),
+    ("sin^2(x)", sin(x) ** 2),
+    ("cos^3(2x)", cos(2 * x) ** 3),
+    ("tan^2 x", tan(x) ** 2),
+    ("sin^2 x + cos^2 x", sin(x) ** 2 + cos(x) ** 2),
+    ("sec²x", sec(x) ** 2),
+    # |...| is the absolute value
+    ("|x|", Abs(x)),
+    ("|x^2 - 4|", Abs(x**2 - 4)),
+    ("2|x| + 1", 2 * Abs(x) + 1),
+    ("x|x|", x * Abs(x)),
+    ("||x| - 1|", Abs(Abs(x) - 1)),
+    ("|x + |x - 1||", Abs(x + Abs(x - 1))),
+    ("|x| |x - 1|", Abs(x) * Abs(x - 1)),
+    ("|x|^2", Abs(x) ** 2),
+    ("-|x|", -Abs(x)),
+    ("1/|x|", 1 / Abs(x)),
+    ("sin|x|", sin(Abs(x))),
+    ("sin|x| x", x * sin(Abs(x))),  # the bars are the whole argument, as a bracket is
+    ("e^|x|", exp(Abs(x))),
+    ("√|x|", sqrt(Abs(x))),
+    ("(|x| + 1)^2", (Abs(x) + 1) ** 2),
+    ("abs(x |x|)", Abs(x * Abs(x))),
+    ("|sin x| cos x", Abs(sin(x)) * cos(x)),
     # decimals are exact rationals
     ("0.5x", x / 2),
     (".5x", x / 2),
@@ -155,6 +220,10 @@ ACCEPTED = [
     # whitespace
     ("  x  +  1  ", x + 1),
     ("\tx^2\n", x**2),
+    # a power of a number may follow a factor, as textbooks print it
+    ("(x^2 + x) 2^x", (x**2 + x) * 2**x),
+    ("2^x 3^x 4^x", 2**x * 3**x * 4**x),
+    ("x 2^x", x * 2**x),
     # a constant is a (constant) function of x
     ("5", sympy.Integer(5)),
     ("x/(x^2+1)", x / (x**2 + 1)),
@@ -172,6 +241,37 @@ def test_accepts(text, expected):
 def test_accepted_inputs_are_distinct_and_plentiful():
     texts = [t for t, _ in ACCEPTED]
     assert len(set(texts)) == len(texts) >= 40
+
+
+def test_bars_are_no_longer_refused():
+    # The old hint "write abs(x) instead of |x|" must be gone wherever bars now work.
+    for text in ("|x|", "x|x|", "||x| - 1|"):
+        assert parse_function(text).has(Abs)
+    with pytest.raises(ParseError) as info:
+        parse_function("|x|x||")
+    assert "instead of |x|" not in str(info.value)
+
+
+def test_log_base_is_sympys_log_with_a_base():
+    # sympy stores log(u, b) as log(u)/log(b): every spelling gives that one expression.
+    for text in ("log_2(x)", "log2(x)", "log(x, 2)", "log_{2} x", "log_(2)(x)", "ln(x)/ln(2)"):
+        assert parse_function(text) == log(x) / log(2), text
+
+
+def test_textbook_notation_soup_fails_only_with_parse_errors():
+    """Random mixes of bars, log_, inverse powers and the new names: a value or a one-line
+    ParseError with a sane position, never another exception."""
+    import random
+
+    rng = random.Random(1)
+    pieces = ["|", "x", "2", "1", "0", ".", "_", "log", "log_", "sec", "^", "-1", "(", ")", "{", "}", " ",
+              "+", "-", "*", "/", "cbrt", "arcsec", "acot", "⁻¹", "²", "e", "sin", ",", "abs"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        try:
+            parse_function(text)
+        except ParseError as err:
+            assert "\n" not in str(err) and (err.position is None or 1 <= err.position <= len(text) + 1), text
 
 
 def test_x_is_a_plain_symbol():
@@ -201,7 +301,36 @@ REJECTED = [
     ("x,1", "',' at position 2"),
     ("sin(x, 2)", "only log(x, base)"),
     ("'x'", "\"'\" at position 1"),
-    ("|x|", "abs(x)"),
+    ("|x|x||", "write bars inside bars with abs(), as in abs(x abs(x))"),
+    ("|x |x - 1||", "write bars inside bars with abs()"),
+    ("|x", "bar '|' at position 1 is never closed"),
+    ("x|", "bar '|' at position 2 is never closed"),
+    ("|x+|", "or write abs(...)"),
+    ("(x|)", "bar '|' at position 3 is not closed before ')' at position 4"),
+    ("||", "never closed"),
+    ("|x, 2|", "',' at position 3"),
+    ("log_1 x", "log base 1 at position 5 must be positive and not 1"),
+    ("log_0(x)", "log base 0 at position 5 must be positive and not 1"),
+    ("log_{1.0}(x)", "must be positive and not 1"),
+    ("log_x", "log_ at position 1 needs a number as its base"),
+    ("log_-2 x", "needs a number as its base"),
+    ("log_{2x}(x)", "needs a number as its base"),
+    ("log_(e)(x)", "for any other base write log(x, base)"),
+    ("log_", "needs a number as its base"),
+    ("log_2", "log_2 at position 1 needs an argument"),
+    ("log_{10}()", "empty brackets after log_{10}"),
+    ("log_2(x, 3)", "only log(x, base)"),
+    ("log_2. x", "one decimal point"),
+    ("log_..5 x", "needs a number as its base"),
+    ("log_. x", "needs a number as its base"),
+    ("log_{2)(x)", "needs a number as its base"),
+    ("log_1234567890123456 x", "more than 15 digits"),
+    ("x_2", "'_' only writes a log base"),
+    ("arcsec^-1 x", "not supported"),
+    ("asec(1/2)", "is not real"),
+    ("acsc(0)", "is undefined"),
+    ("cbrt(-8)", "is not real"),
+    ("cbrt()", "empty brackets"),
     ("x!", "'!' at position 2"),
     ("x.real", "'.' at position 2"),
     ("1.2.3", "one decimal point"),
@@ -224,6 +353,8 @@ REJECTED = [
     ("sin -x", "sin(-x)"),
     ("ln^-1 x", "not supported"),
     ("2 3", "number '3' at position 3 follows '2'"),
+    ("x 2", "number '2' at position 3 follows 'x'"),
+    ("sin x 2^x", "number '2' at position 7 follows 'x'"),  # not inside a bare argument
     ("x2", "without an operator"),
     ("²", "nothing to raise"),
     ("1234567890123456", "more than 15 digits"),
@@ -237,6 +368,7 @@ REJECTED = [
     ("sin " * 60 + "x", "nested too deeply"),
     ("√" * 60 + "x", "nested too deeply"),
     ("x^" * 60 + "x", "nested too deeply"),
+    ("|" * 60 + "x" + "|" * 60, "nested too deeply"),
     ("__import__('os')", "'_' at position 1"),
     ("lambda: 1", "unknown name 'lambda'"),
     ("q" * 400, "unknown name 'qqqqqqqqqqqqqqqqqqqq...'"),
@@ -346,6 +478,10 @@ def test_source_has_no_evaluating_calls():
     "-" * 499 + "x",
     "sin" * 166,
     "(2x+3)" * 83,
+    "|" * 499 + "x",
+    "|x|" * 166,
+    "|" * 250 + "x" + "|" * 249,
+    "log_2 " * 80 + "x",
     "sqrt(" + "*".join(["999999999999999^66"] * 20) + ")",
 ])
 def test_pathological_inputs_take_bounded_work(text):

@@ -4,6 +4,8 @@
     derivanim generate "e^{-x^2}" --backend template -o scene.py [--style secant]
     derivanim check scene.py --function "e^{-x^2}" [--json]
 
+A function may start with a minus without `--`: `derivanim parse "-x^2"` (see `shield_functions`).
+
 Exit codes: 0 success, 1 a check failed, 2 bad input (one line `error: ...`),
 3 the machine cannot render (missing LaTeX, cairo, ...).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import re
 import sys
 from functools import cache
 from pathlib import Path
@@ -406,9 +409,58 @@ def cmd_serve(args) -> int:
         raise UsageError(str(err)) from None
 
 
+# What argparse itself lets through as a value although it starts with '-' (its own test).
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of the parser and of its subcommands."""
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
+def shield_functions(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """argv with each function that starts with a minus ("-x^2", "-sin(x)") made safe from argparse,
+    which would take it for an option; and how to undo that on the parsed values.
+
+    A word starting with a single '-' is a function unless argparse could read it as an option of
+    this program: one of its short options, alone or with its value attached ("-o", "-oscene.py",
+    "-h"), a negative number (argparse leaves "-1" and "-2.5" as values itself), or a word with a
+    space (likewise). Words starting with "--" stay options (a mistyped "--jsno" must still be
+    reported as one), and everything after a bare "--" is left as it is. A shielded word gets a
+    leading space, which argparse never reads as an option; main() takes it off again."""
+    short = {option for option in _option_strings(parser) if len(option) == 2 and option[1] != "-"}
+    shielded, restore = [], {}
+    for k, arg in enumerate(argv):
+        if arg == "--":
+            return shielded + argv[k:], restore
+        if (arg.startswith("-") and not arg.startswith("--") and len(arg) > 1 and arg[:2] not in short
+                and " " not in arg and not _NEGATIVE_NUMBER.match(arg)):
+            restore[" " + arg] = arg
+            arg = " " + arg
+        shielded.append(arg)
+    return shielded, restore
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """build_parser().parse_args, with functions that start with a minus taken as functions."""
+    parser = build_parser()
+    argv, restore = shield_functions(parser, sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        if isinstance(value, str) and value in restore:
+            setattr(args, name, restore[value])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     global _allow_unsandboxed
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     _allow_unsandboxed = getattr(args, "unsafe_no_sandbox", False)
     try:
         return args.run(args)

@@ -46,7 +46,9 @@ def load_samples(cfg: DictConfig) -> list[Sample]:
     from derivative_animator.data import dataset, oracle
     from derivative_animator.math.parsing import ParseError, function_lines
 
-    if cfg.eval.functions_file:
+    if cfg.eval.benchmark:
+        samples = benchmark_samples(cfg.eval.benchmark)
+    elif cfg.eval.functions_file:
         path = paths.resolve(cfg.eval.functions_file)
         if not path.is_file():
             raise FileNotFoundError(f"eval.functions_file {path} not found")
@@ -62,6 +64,30 @@ def load_samples(cfg: DictConfig) -> list[Sample]:
         samples = [Sample(r.id, r.function, r.level, r.style)
                    for r in dataset.read_split(cfg.data.dir, cfg.eval.split)]
     return samples[: cfg.eval.limit] if cfg.eval.limit else samples
+
+
+def benchmark_samples(name: str) -> list[Sample]:
+    """A benchmark's functions (data/benchmarks.py), each with the kinds it exercises. One the
+    oracle cannot animate (a constant function) is no exercise for the model: left out, said."""
+    from derivative_animator.data import benchmarks
+    from derivative_animator.math import curriculum, expression_trees, notation
+    from derivative_animator.math.parsing import parse_function
+
+    samples = []
+    for item in benchmarks.items(name):
+        try:
+            expr = parse_function(item.text)
+            analysed = curriculum.analyse(expr, wider=True)
+        except ValueError as err:  # ParseError, or no rule for it: a failed row, the rest go on
+            samples.append(Sample(item.id, item.text, 0, problem=f"{item.source}: {err}"))
+            continue
+        if analysed is None:
+            print(f"note: {item.id} ({item.source}) f(x) = {item.text} left out: the oracle cannot animate it "
+                  "(constant, or never real and readable)", file=sys.stderr)
+            continue
+        samples.append(Sample(item.id, notation.typed(expr), analysed.level, kinds=tuple(sorted(
+            expression_trees.kinds(expr) | {expression_trees.length_bucket(item.text)}))))
+    return samples
 
 
 def latest_checkpoint() -> Path:
@@ -166,11 +192,21 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     timings["total_s"] = round(time.perf_counter() - started, 1)
     if "finetuned" not in baselines:
         rows = [r for r in rows if r.baseline != "finetuned"]
-    source = paths.resolve(cfg.eval.functions_file) if cfg.eval.functions_file else paths.resolve(cfg.data.dir) / f"{cfg.eval.split}.jsonl"
-    return {"model": str(model_dir) if model_dir else None, "samples": len(samples), "functions_source": str(source),
-            "notes": notes,
-            "rows": [asdict(r) for r in rows], "summary": summarize(rows, e.samples_per_function),
+    return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
+            "functions_source": str(functions_source(cfg)), "benchmark": cfg.eval.benchmark, "notes": notes,
+            "rows": [asdict(r) for r in rows],
+            "summary": summarize(rows, e.samples_per_function, {s.id: s.kinds for s in samples}),
             "timings": timings}
+
+
+def functions_source(cfg: DictConfig) -> Path:
+    if cfg.eval.benchmark:
+        from derivative_animator.data import benchmarks
+
+        return benchmarks.BENCHMARK_DIR / benchmarks.FILES[cfg.eval.benchmark]
+    if cfg.eval.functions_file:
+        return paths.resolve(cfg.eval.functions_file)
+    return paths.resolve(cfg.data.dir) / f"{cfg.eval.split}.jsonl"
 
 
 @contextmanager
@@ -211,6 +247,8 @@ def main(cfg: DictConfig) -> int:
     run_id = tracking.log_evaluation(results, run_dir) if cfg.eval.log_to_mlflow else None
     console = Console()
     console.print(report.markdown_table(results["summary"]))
+    if kinds := report.kind_table(results["summary"]):
+        console.print(f"\nMath by kind ({cfg.eval.benchmark} benchmark):\n{kinds}")
     timings = results["timings"]
     phases = ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k != "total_s")
     console.print(f"\n{results['samples']} functions x {len(cfg.eval.baselines)} baselines in "

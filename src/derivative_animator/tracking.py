@@ -107,21 +107,24 @@ def log_evaluation(results: dict, run_dir: Path) -> str | None:
     info = json.loads(info_path.read_text())
     client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
     run_id = info["mlflow_run_id"]
-    metrics = {f"eval/time/{name}": seconds for name, seconds in results.get("timings", {}).items()}
+    # A benchmark's figures are its own (eval/textbook/finetuned/math); the test split's keep eval/...
+    benchmark = results.get("benchmark")
+    prefix = f"eval/{benchmark}" if benchmark else "eval"
+    metrics = {f"{prefix}/time/{name}": seconds for name, seconds in results.get("timings", {}).items()}
     for baseline, groups in results["summary"].items():
         for group, values in groups.items():
             for metric, value in values.items():
-                if isinstance(value, (int, float)):
+                if isinstance(value, (int, float)) and (not group.startswith("kind/") or metric in ("math", "n")):
                     suffix = "" if group == "all" else f"/{group}"
-                    metrics[f"eval/{baseline}/{metric.replace('@', '_at_')}{suffix}"] = float(value)
+                    metrics[f"{prefix}/{baseline}/{metric.replace('@', '_at_')}{suffix}"] = float(value)
     now = int(time.time() * 1000)
     batch = [Metric(key, value, now, 0) for key, value in metrics.items()]
     # One call: each single log_metric is a sqlite transaction (~9 ms; 200 of them here).
     client.log_batch(run_id, metrics=batch)
     training = client.get_run(run_id)
     mark_experiment(client, training.info.experiment_id)
-    evaluation = client.create_run(training.info.experiment_id, run_name=f"eval-{run_dir.name}", tags={
-        "mlflow.parentRunId": run_id, "stage": "evaluation", "evaluated_run": run_id,
+    evaluation = client.create_run(training.info.experiment_id, run_name=f"eval-{benchmark or 'test'}-{run_dir.name}", tags={
+        "mlflow.parentRunId": run_id, "stage": "evaluation", "evaluated_run": run_id, "benchmark": benchmark or "",
         "model": training.data.tags.get("model", "")}).info.run_id
     client.log_batch(evaluation, metrics=batch,
                      params=[mlflow.entities.Param("model", str(results["model"]))])
@@ -130,7 +133,8 @@ def log_evaluation(results: dict, run_dir: Path) -> str | None:
         functions = pd.DataFrame([{"sample_id": r["sample_id"], "function": r["function"], "level": r["level"]}
                                   for r in rows]).drop_duplicates("sample_id")
         source = results.get("functions_source") or str(run_dir)
-        dataset = mlflow.data.from_pandas(functions, source=source, name=f"eval-{Path(source).stem}")
+        name = f"benchmark-{benchmark}" if benchmark else f"eval-{Path(source).stem}"
+        dataset = mlflow.data.from_pandas(functions, source=source, name=name)
         client.log_inputs(evaluation, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                              tags=[InputTag("mlflow.data.context", "evaluation")])])
         table = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows])

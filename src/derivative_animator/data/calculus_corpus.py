@@ -12,7 +12,7 @@ Functions come from the curriculum's generator (all four levels) and from the ki
 textbooks ask about (sec/csc/cot, inverse trig, hyperbolic, exponentials of any base, logs
 of compositions, pi inside functions, roots and negative or fractional powers, quotients of
 polynomials). A function whose canonical form, or any part's, is a held-out one
-(validation and test splits) never enters the corpus. sympy only: no torch here.
+(validation and test splits, every benchmark) never enters the corpus. sympy only: no torch here.
 """
 
 from __future__ import annotations
@@ -38,15 +38,23 @@ _REQUESTS = (
 
 
 def held_out_keys(data_dir: str | Path) -> set[str]:
-    """Canonical keys of the validation and test functions of a built dataset."""
-    from derivative_animator.data import dataset
+    """Canonical keys of the validation and test functions of a built dataset, and of every
+    benchmark's functions (`data/benchmarks.py`)."""
+    from derivative_animator.data import benchmarks, dataset
 
     directory = Path(data_dir)
     missing = [split for split in HELD_OUT_SPLITS if not (directory / f"{split}.jsonl").is_file()]
     if missing:
         raise FileNotFoundError(f"{directory} has no {', '.join(missing)} split: build the dataset first (make data)")
     return {curriculum.canonical_key(parse_function(record.function))
-            for split in HELD_OUT_SPLITS for record in dataset.read_split(directory, split)}
+            for split in HELD_OUT_SPLITS for record in dataset.read_split(directory, split)} | benchmarks.held_out_keys()
+
+
+def keys_sha256(keys: set[str]) -> str:
+    """One digest of a set of canonical keys: a build records it, a test recomputes it."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
 # --- the kinds textbooks ask about, beyond the curriculum's generator -------------------

@@ -7,8 +7,8 @@
 
 Writes `{dir}/{train,validation,test}.jsonl`, `card.json` and `README.md` (the dataset
 card). The same config gives byte-identical files. No function (by canonical sympy
-form) appears in two splits, and every split holds every curriculum level in the same
-proportions.
+form) appears in two splits or in a benchmark (`data/benchmarks.py`), and every split holds
+every curriculum level in the same proportions.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import sympy as sp
 
 from derivative_animator import paths
-from derivative_animator.data import scenes
+from derivative_animator.data import benchmarks, scenes
 from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.differentiate import UnsupportedFunction
@@ -163,7 +163,7 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
 
     per_split = {split: _level_counts(config.sizes[split], config.levels) for split in SPLITS}
     total = sum(config.sizes.values())
-    seen: set[str] = set()
+    seen: set[str] = set(benchmarks.held_out_keys())  # no benchmark function in any split
     plan: dict[str, list[tuple[str, str, int]]] = {split: [] for split in SPLITS}  # (typed, style, worker)
     pool = [_Here()] if workers <= 1 else [
         ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) for _ in range(workers)]

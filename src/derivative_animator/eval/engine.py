@@ -23,6 +23,7 @@ class Sample:
     level: int
     style: str = "tangent"
     problem: str | None = None  # why this line cannot be evaluated at all (it does not parse)
+    kinds: tuple[str, ...] = ()  # a benchmark's: kinds of differentiation and length (math/expression_trees)
 
 
 @dataclass

@@ -21,13 +21,18 @@ def _rate(rows: list[Row], key: str) -> float:
     return round(100 * sum(bool(getattr(r, key)) for r in rows) / len(rows), 1) if rows else 0.0
 
 
-def summarize(rows: list[Row], n: int) -> dict:
+def summarize(rows: list[Row], n: int, kinds: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """Per baseline: all rows, each level (`level3`) and, given each sample's kinds, each kind
+    (`kind/product`, `kind/chars_41_80`)."""
+    kinds = kinds or {}
     summary = {}
     for baseline in dict.fromkeys(r.baseline for r in rows):
         mine = [r for r in rows if r.baseline == baseline]
         firsts = [r for r in mine if r.attempt == 1 or baseline == "verified"]
         groups = {"all": firsts, **{f"level{lv}": [r for r in firsts if r.level == lv]
                                     for lv in sorted({r.level for r in firsts})}}
+        for kind in sorted({k for r in firsts for k in kinds.get(r.sample_id, ())}):
+            groups[f"kind/{kind}"] = [r for r in firsts if kind in kinds.get(r.sample_id, ())]
         summary[baseline] = {}
         for name, group in groups.items():
             if not group:

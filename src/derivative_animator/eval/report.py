@@ -20,9 +20,31 @@ BASELINE_NAMES = {"template": "Template oracle", "base": "Base model (no fine-tu
 
 
 def _groups(summary: dict):
+    """(baseline, group, figures) for all rows and each level; kinds have their own table."""
     for baseline, groups in summary.items():
         for group, values in groups.items():
-            yield baseline, group, values
+            if not group.startswith("kind/"):
+                yield baseline, group, values
+
+
+def kind_table(summary: dict) -> str:
+    """Math per kind of differentiation and per length as typed, a column per baseline; empty
+    when the evaluation has no kinds (only benchmarks do)."""
+    from derivative_animator.math.expression_trees import KINDS, LENGTH_BUCKETS
+
+    order = [*KINDS, *(name for _, name in LENGTH_BUCKETS)]
+    present = {g.removeprefix("kind/") for groups in summary.values() for g in groups if g.startswith("kind/")}
+    if not present:
+        return ""
+    baselines = list(summary)
+    lines = ["| kind | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for kind in sorted(present, key=order.index):
+        figures = [summary[b].get(f"kind/{kind}") for b in baselines]
+        n = max(f["n"] for f in figures if f)
+        lines.append(f"| {KINDS.get(kind, kind.replace('_', ' '))} | {n} | "
+                     + " | ".join(f"{f['math']:.1f}%" if f else "-" for f in figures) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict) -> str:
@@ -163,7 +185,9 @@ def write_reports(results: dict, run_dir: Path) -> Path:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    (report_dir / "results.md").write_text(markdown_table(results["summary"]) + "\n")
+    kinds = kind_table(results["summary"])
+    (report_dir / "results.md").write_text(markdown_table(results["summary"]) + "\n"
+                                           + (f"\nMath by kind:\n\n{kinds}\n" if kinds else ""))
     (report_dir / "results.tex").write_text(latex_table(results["summary"]))
     (report_dir / "gallery.html").write_text(gallery(results, report_dir, run_dir))
     return report_dir

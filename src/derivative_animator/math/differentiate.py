@@ -34,6 +34,7 @@ RULE_LEVEL = {
     "trig rule": 2,
     "inverse trig rule": 2,
     "hyperbolic rule": 2,
+    "absolute value rule": 2,
     "product rule": 3,
     "quotient rule": 3,
     "chain rule": 4,
@@ -51,11 +52,19 @@ _OUTER_DERIVATIVE = {
     sp.asin: ("inverse trig rule", lambda u: 1 / sp.sqrt(1 - u**2)),
     sp.acos: ("inverse trig rule", lambda u: -1 / sp.sqrt(1 - u**2)),
     sp.atan: ("inverse trig rule", lambda u: 1 / (1 + u**2)),
+    sp.asec: ("inverse trig rule", lambda u: 1 / (sp.Abs(u) * sp.sqrt(u**2 - 1))),
+    sp.acsc: ("inverse trig rule", lambda u: -1 / (sp.Abs(u) * sp.sqrt(u**2 - 1))),
+    sp.acot: ("inverse trig rule", lambda u: -1 / (1 + u**2)),
     sp.sinh: ("hyperbolic rule", lambda u: sp.cosh(u)),
     sp.cosh: ("hyperbolic rule", lambda u: sp.sinh(u)),
     sp.tanh: ("hyperbolic rule", lambda u: 1 - sp.tanh(u) ** 2),
+    sp.asinh: ("hyperbolic rule", lambda u: 1 / sp.sqrt(u**2 + 1)),
+    sp.acosh: ("hyperbolic rule", lambda u: 1 / sp.sqrt(u**2 - 1)),
+    sp.atanh: ("hyperbolic rule", lambda u: 1 / (1 - u**2)),
     sp.exp: ("exponential rule", lambda u: sp.exp(u)),
     sp.log: ("logarithm rule", lambda u: 1 / u),
+    # d|u|/du = u/|u| (x is a plain symbol, so sympy.diff would answer with re(x) and im(x)).
+    sp.Abs: ("absolute value rule", lambda u: u / sp.Abs(u)),
 }
 
 
@@ -84,6 +93,15 @@ def differentiate(expr: sp.Expr) -> tuple[sp.Expr, list[Step]]:
     return derivative, steps
 
 
+def true_derivative(expr: sp.Expr) -> sp.Expr:
+    """sympy's d/dx, on the real line where it matters: x is a plain symbol, so sympy.diff of
+    |u| would answer with re(u) and im(u), which numpy cannot evaluate; with x real it is sign(u) u'."""
+    if not expr.has(sp.Abs):
+        return sp.diff(expr, X)
+    real = sp.Symbol("x", real=True)
+    return sp.diff(expr.subs(X, real), real).subs(real, X)
+
+
 def level_of(steps: list[Step]) -> int:
     """Curriculum level = the most advanced rule the derivative needs."""
     return max(RULE_LEVEL[step.rule] for step in steps)
@@ -92,15 +110,17 @@ def level_of(steps: list[Step]) -> int:
 # --- worked forms: composing typed text with just enough parentheses ------------------
 
 def _top_level_operators(text: str) -> set[str]:
-    depth, found = 0, set()
+    # Typed text never has bars directly inside bars (`notation.typed` writes abs() then), so
+    # a "|" closes when the innermost open bracket is a "|", and opens otherwise.
+    opened, found = [], set()
     for i, char in enumerate(text):
-        if char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-        elif depth == 0 and char in "+-" and i > 0 and text[i - 1] not in "*/(^":
+        if char in "([" or (char == "|" and opened[-1:] != ["|"]):
+            opened.append(char)
+        elif char in ")]|":
+            opened = opened[:-1]
+        elif not opened and char in "+-" and i > 0 and text[i - 1] not in "*/(^":
             found.add(char)
-        elif depth == 0 and char == "/":
+        elif not opened and char == "/":
             found.add("/")
     return found
 
@@ -115,9 +135,9 @@ def _factor(text: str) -> str:
 
 
 def _is_atom(text: str) -> bool:
-    """A name, a whole number or one call like `cos(x^2)`: safe as a power's base
-    (`2x` is not: typed notation multiplies by juxtaposition)."""
-    if re.fullmatch(r"[A-Za-z_]\w*|\d+", text):
+    """A name, a whole number, one call like `cos(x^2)` or one absolute value `|x - 1|`:
+    safe as a power's base (`2x` is not: typed notation multiplies by juxtaposition)."""
+    if re.fullmatch(r"[A-Za-z_]\w*|\d+|\|[^|]*\|", text):
         return True
     match = re.fullmatch(r"[A-Za-z_]\w*\((.*)\)", text)
     return bool(match) and _balanced(match.group(1))

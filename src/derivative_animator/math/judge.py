@@ -21,7 +21,7 @@ import sympy as sp
 
 from derivative_animator.errors import one_line
 from derivative_animator.math import curriculum, notation
-from derivative_animator.math.differentiate import UnsupportedFunction
+from derivative_animator.math.differentiate import UnsupportedFunction, true_derivative
 from derivative_animator.math.header import typed_formulas
 from derivative_animator.math.parsing import ParseError, X, parse_function
 
@@ -102,8 +102,8 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
         return False, None, f"derivative is not a plain expression in x ({err})"
     if claimed is None:
         return False, None, "no derivative found (expected a `f'(x) = ...` docstring line or `df_expr = ...`)"
-    true_derivative = sp.diff(function, X)
-    x_range = _interval(function, true_derivative)
+    exact = true_derivative(function)
+    x_range = _interval(function, exact)
 
     try:
         written = _written(tree, "f")
@@ -114,13 +114,13 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
         if not same:
             return False, None, f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}"
 
-    same, method = expressions_equal(claimed, true_derivative, x_range)
+    same, method = expressions_equal(claimed, exact, x_range)
     if not same:
         return False, method, (
-            f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(true_derivative)}"
+            f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(exact)}"
         )
     plotted = _plotting_interval(tree)
-    if plotted is not None and not (plotted[0] < plotted[1] and curriculum.defined_on(function, true_derivative, plotted)):
+    if plotted is not None and not (plotted[0] < plotted[1] and curriculum.defined_on(function, exact, plotted)):
         return False, method, (
             f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one where f and f' "
             "are both defined: the curves would be missing there"
@@ -165,7 +165,7 @@ def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:
         return False
     if written is None:
         return None
-    return expressions_equal(written, function, _interval(function, sp.diff(function, X)))[0]
+    return expressions_equal(written, function, _interval(function, true_derivative(function)))[0]
 
 
 def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:

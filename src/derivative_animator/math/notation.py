@@ -19,7 +19,9 @@ from sympy.printing.str import StrPrinter
 
 from derivative_animator.math.parsing import X
 
-TYPED_NAMES = {"log": "ln", "asin": "arcsin", "acos": "arccos", "atan": "arctan"}
+TYPED_NAMES = {"log": "ln", "asin": "arcsin", "acos": "arccos", "atan": "arctan",
+               "asec": "arcsec", "acsc": "arccsc", "acot": "arccot",
+               "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}
 
 
 def _is_simple_atom(expr: sp.Expr) -> bool:
@@ -40,6 +42,13 @@ class _TypedPrinter(StrPrinter):
     def _print_Function(self, expr):
         name = TYPED_NAMES.get(expr.func.__name__, expr.func.__name__)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Abs(self, expr):
+        # |u| reads back unambiguously when u has no absolute value inside: a "|" after a value
+        # closes the innermost open bar, so bars inside bars could close too early (|x|x||).
+        # With one inside, abs(u): inside abs's brackets u's own bars read back fine.
+        (arg,) = expr.args
+        return f"abs({self._print(arg)})" if arg.has(sp.Abs) else f"|{self._print(arg)}|"
 
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args
@@ -95,7 +104,7 @@ class _TypedPrinter(StrPrinter):
         body = " ".join(parts)
         if coefficient == 1:
             return body
-        return f"{coefficient}{body}" if parts[0][0].isalpha() or parts[0][0] == "(" else (
+        return f"{coefficient}{body}" if parts[0][0].isalpha() or parts[0][0] in "(|" else (
             f"{coefficient}*{body}"
         )
 
@@ -105,8 +114,17 @@ def typed(expr: sp.Expr) -> str:
     return _TypedPrinter().doprint(expr)
 
 
+# sympy writes \operatorname{asec}; the textbook name is arcsec (asin, acos and atan stay as
+# they were: the dataset's LaTeX must not change).
+_LATEX_NAMES = {rf"\operatorname{{{short}}}": rf"\operatorname{{{typed}}}"
+                for short, typed in TYPED_NAMES.items() if short not in ("log", "asin", "acos", "atan")}
+
+
 def latex(expr: sp.Expr) -> str:
-    return sp.latex(expr, ln_notation=True)
+    text = sp.latex(expr, ln_notation=True)
+    for short, full in _LATEX_NAMES.items():
+        text = text.replace(short, full)
+    return text
 
 
 # --- reading expressions back out of (untrusted) code ---------------------------------
@@ -119,7 +137,11 @@ _CODE_FUNCTIONS = {
     "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
     "asin": sp.asin, "acos": sp.acos, "atan": sp.atan,
     "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan,
+    "asec": sp.asec, "acsc": sp.acsc, "acot": sp.acot,
+    "arcsec": sp.asec, "arccsc": sp.acsc, "arccot": sp.acot,
     "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh,
+    "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh,
+    "arcsinh": sp.asinh, "arccosh": sp.acosh, "arctanh": sp.atanh,
     "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "cbrt": sp.cbrt, "Abs": sp.Abs, "abs": sp.Abs,
 }
 _CODE_CONSTANTS = {"pi": sp.pi, "E": sp.E, "e": sp.E}

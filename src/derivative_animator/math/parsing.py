@@ -12,8 +12,9 @@ Grammar, loosest binding first ("juxtaposed" = implicit multiplication, as in 3x
     unary      := ("+" | "-")* power
     power      := postfix ("^" ("+" | "-")* postfix)*        right-associative
     postfix    := primary superscript?                        x², x⁻¹, e⁻ˣ
-    primary    := number | x | e | pi | "√" unary-power | bracket | function
-    function   := name ("^" exponent | superscript)? (bracket | bare-argument)
+    primary    := number | x | e | pi | "√" unary-power | bracket | "|" expression "|" | function
+    function   := name ("^" exponent | superscript)? (bracket | bars | bare-argument)
+    name       := sin | ... | arcsec | cbrt | log | log_b      log_b: log_2, log_10, log_{2}, log_(3)
 
 Decisions a reader might not guess:
   * power binds tighter than implicit multiplication: 3x^2 = 3·x², e^2x = e²·x (write e^(2x)).
@@ -23,10 +24,19 @@ Decisions a reader might not guess:
   * without a bracket, the argument is the run of juxtaposed non-function factors:
     sin 2x = sin(2x), sin x^2 = sin(x²), sin x cos x = sin(x)·cos(x), ln x + 1 = ln(x) + 1,
     and a function as the first factor nests: sin cos x = sin(cos(x)).
-  * a power on a function name powers its value (cos²x = cos(x)²), except ^-1, which is
-    the inverse function (sin⁻¹x = asin(x)).
+  * a power on a function name powers its value (cos²x = cos(x)², sin^2 x = sin(x)²), except
+    ^-1 or ^(-1), which is the inverse function (sin⁻¹x = asin(x), sec^(-1)(x) = asec(x)).
+  * log_b with a number b (positive, not 1) is the log to base b: log_2 x, log_{10}(x), log_(3)(x+1);
+    log2(x) and log10(x) too (only with a bracket: log 2x = ln(2x)); ln and log are base e.
+  * |...| is the absolute value (abs(...)). A "|" opens a new pair unless it follows a value
+    (a number, x, a closing bracket, ...) while the innermost open bracket is a "|", in which
+    case it closes that one: x|x| = x·|x|, ||x| - 1| = abs(abs(x) - 1). Bars that open right
+    after a value inside bars cannot be told from closing ones (|x|x||): write abs(...) there.
+  * cbrt(u) = u^(1/3), sympy's principal cube root, as x^(1/3) is (cbrt(-8) is refused as not real).
   * √ takes one factor: √2 x = √2·x, √x^2 = √(x²).
-  * a number may not follow another factor without an operator: "x 2" and "2 3" are errors.
+  * a number may not follow another factor without an operator: "x 2" and "2 3" are errors;
+    a power of a number may: (x^2 + x) 2^x = (x^2 + x)·2^x, 2^x 3^x = 2^x·3^x (not inside a bare
+    function argument: write sin(x 2^x)).
 """
 
 import math
@@ -59,10 +69,14 @@ FUNCTIONS = {
     "sec": sympy.sec, "csc": sympy.csc, "cot": sympy.cot,
     "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
     "asin": sympy.asin, "acos": sympy.acos, "atan": sympy.atan,
+    "arcsec": sympy.asec, "arccsc": sympy.acsc, "arccot": sympy.acot,
+    "asec": sympy.asec, "acsc": sympy.acsc, "acot": sympy.acot,
     "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
+    "arcsinh": sympy.asinh, "arccosh": sympy.acosh, "arctanh": sympy.atanh,
+    "asinh": sympy.asinh, "acosh": sympy.acosh, "atanh": sympy.atanh,
     "exp": sympy.exp, "ln": sympy.log, "log": sympy.log,
     "log10": lambda a: sympy.log(a, 10), "log2": lambda a: sympy.log(a, 2),
-    "sqrt": sympy.sqrt, "abs": sympy.Abs,
+    "sqrt": sympy.sqrt, "cbrt": sympy.cbrt, "abs": sympy.Abs,
 }
 # f^-1 means the inverse function for these; for others it is an error (ambiguous with 1/f).
 INVERSES = {
@@ -72,15 +86,20 @@ INVERSES = {
 }
 CONSTANTS = {"x": X, "e": sympy.E, "pi": sympy.pi}
 # Glued letters are split greedily by the longest known name: "xsinx" -> x sin x, "exp" -> exp.
-# log10/log2 contain digits, so the tokenizer recognises them separately.
+# log10/log2 and log_b contain digits, so the tokenizer recognises them separately.
 _LETTER_NAMES = sorted([n for n in FUNCTIONS if n.isalpha()] + list(CONSTANTS), key=len, reverse=True)
-_SOME_NAMES = "x, e, pi, sin, cos, tan, exp, ln, log, sqrt, arcsin, sinh, abs"
+_SOME_NAMES = "x, e, pi, sin, cos, tan, exp, ln, log, log_2, sqrt, cbrt, arcsin, arcsec, sinh, abs"
 
 _OPERATORS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "·": "*", "×": "*", "⋅": "*",
               "/": "/", "÷": "/", "^": "^"}
 _BRACKET_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_CLOSERS = {**_BRACKET_PAIRS, "|": "|"}  # "|" both opens and closes an absolute value
 _SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺ˣ", "0123456789-+x", strict=True))
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+# The base of log_b: a number, bare or in one pair of brackets: log_2, log_10, log_{2}, log_(3), log_[2].
+_BASE_DIGITS = r"(?:[0-9]|\.[0-9])[0-9.]*"  # read by _number, which rejects a second "."
+_LOG_BASE = re.compile(rf"_\s*(?:\(\s*(?P<a>{_BASE_DIGITS})\s*\)|\{{\s*(?P<b>{_BASE_DIGITS})\s*\}}"
+                       rf"|\[\s*(?P<c>{_BASE_DIGITS})\s*\]|(?P<d>{_BASE_DIGITS}))")
 # "f(x) =", "g(x)=", "y =" in front of the function; a bare "x =" would not define a function.
 _LEADING_NAME = re.compile(r"\s*(?:[A-Za-z]\s*\(\s*x\s*\)|[A-Za-wyz])\s*=")
 
@@ -95,11 +114,25 @@ class Token(NamedTuple):
     value: sympy.Expr | None = None  # numbers and superscripts
 
 
+def _ends_a_value(tok: Token) -> bool:
+    """Can this token end a value (so that a "|" after it may close an absolute value)?"""
+    return tok.kind in ("number", "close", "sup") or (tok.kind == "name" and tok.text in CONSTANTS)
+
+
 def _tokenize(text: str, i: int) -> list[Token]:
     tokens = []
+    opened = []  # the open brackets so far, innermost last: decides whether a "|" opens or closes
     while i < len(text):
         ch = text[i]
         if ch.isspace():
+            i += 1
+        elif ch == "|":
+            closes = bool(tokens) and _ends_a_value(tokens[-1]) and opened[-1:] == ["|"]
+            tokens.append(Token("close" if closes else "open", ch, i, i + 1))
+            if closes:
+                opened.pop()
+            else:
+                opened.append(ch)
             i += 1
         elif _NUMBER.match(text, i):  # 12, 2.5, .5
             tokens.append(_number(text, i))
@@ -118,6 +151,10 @@ def _tokenize(text: str, i: int) -> list[Token]:
             i += 1
         elif ch in _BRACKET_PAIRS or ch in ")]}":
             tokens.append(Token("open" if ch in _BRACKET_PAIRS else "close", ch, i, i + 1))
+            if ch in _BRACKET_PAIRS:
+                opened.append(ch)
+            elif opened:  # a mismatch is reported by _check_brackets, with both positions
+                opened.pop()
             i += 1
         elif ch == ",":
             tokens.append(Token("comma", ch, i, i + 1))
@@ -185,7 +222,27 @@ def _names(text: str, i: int, j: int) -> list[Token]:
     tail = re.match(r"(10|2)(?=\s*[(\[{])", text[j:])
     if tokens[-1].text == "log" and tail:
         tokens[-1] = Token("name", "log" + tail.group(1), tokens[-1].start, j + len(tail.group(1)))
+    elif tokens[-1].text == "log" and text.startswith("_", j):
+        tokens[-1] = _log_base(text, tokens[-1].start, j)
     return tokens
+
+
+def _log_base(text: str, start: int, j: int) -> Token:
+    """log_2, log_10, log_{2}, log_(3): a "log" name token whose value is its numeric base."""
+    m = _LOG_BASE.match(text, j)
+    if not m:
+        raise ParseError(f"log_ at position {start + 1} needs a number as its base right after the '_', "
+                         f"as in log_2(x), log_10 x or log_{{2}}(x); for any other base write log(x, base)",
+                         start + 1)
+    group = next(g for g in "abcd" if m.group(g) is not None)
+    number = _number(text, m.start(group))
+    if number.end != m.end(group):  # cannot happen (_number raises first); a safety net
+        raise ParseError(f"the log base {m.group(group)!r} at position {m.start(group) + 1} is not a number: "
+                         f"write it as in log_2(x) or log_10 x", m.start(group) + 1)
+    if number.value == 0 or number.value == 1:
+        raise ParseError(f"log base {number.text} at position {m.start(group) + 1} must be positive and not 1: "
+                         f"use a base such as 10 or 2", m.start(group) + 1)
+    return Token("name", "log", start, m.end(), number.value)
 
 
 def _superscript(text: str, i: int) -> Token:
@@ -208,10 +265,24 @@ def _bad_character(text: str, i: int) -> ParseError:
     hints = {
         "=": "only a leading 'f(x) =' or 'y =' may use '='; write just the right-hand side, e.g. x^2 + 1",
         ".": "use '.' only as a decimal point, as in 0.5",
-        "|": "write abs(x) instead of |x|",
+        "_": "'_' only writes a log base, as in log_2(x)",
     }
     hint = hints.get(ch, "use numbers, x, + - * / ^, brackets and names like sin, ln, sqrt")
     return ParseError(f"character {ch!r} at position {position} is not allowed: {hint}", position)
+
+
+def _bars_hint(tokens: list[Token], bars: list[Token]) -> str:
+    """How to write an absolute value the bars could not say. The ambiguous case gets its reason:
+    a bar after a value, with bars closed before it, could have been meant to open (|x|x||)."""
+    starts = {bar.start for bar in bars}
+    first = min(starts)
+    closed_before = any(tok.kind == "close" and tok.text == "|" and tok.start < first for tok in tokens)
+    opened_after_value = any(k and tok.start in starts and tok.kind == "open" and _ends_a_value(tokens[k - 1])
+                             for k, tok in enumerate(tokens))
+    if closed_before and opened_after_value:
+        return ("; a '|' right after a value closes the innermost open bar, so write bars inside bars with "
+                "abs(), as in abs(x abs(x)) for |x|x||")
+    return ", or write abs(...), as in abs(x)"
 
 
 def _check_brackets(tokens: list[Token]) -> None:
@@ -225,11 +296,20 @@ def _check_brackets(tokens: list[Token]) -> None:
                 raise ParseError(f"closing bracket {tok.text!r} at position {tok.start + 1} has no opening "
                                  f"bracket: remove it or add an opening bracket before it", tok.start + 1)
             opener = stack.pop()
-            wanted = _BRACKET_PAIRS[opener.text]
+            wanted = _CLOSERS[opener.text]
+            if tok.text != wanted and opener.text == "|":
+                raise ParseError(f"the absolute value bar '|' at position {opener.start + 1} is not closed "
+                                 f"before {tok.text!r} at position {tok.start + 1}: close it with '|' first"
+                                 f"{_bars_hint(tokens, [opener])}", tok.start + 1)
             if tok.text != wanted:
                 raise ParseError(f"bracket {tok.text!r} at position {tok.start + 1} does not match "
                                  f"{opener.text!r} at position {opener.start + 1}: close it with {wanted!r}",
                                  tok.start + 1)
+    if stack and stack[-1].text == "|":
+        opener = stack[-1]
+        raise ParseError(f"the absolute value bar '|' at position {opener.start + 1} is never closed: add a "
+                         f"'|' where it should end{_bars_hint(tokens, [t for t in stack if t.text == '|'])}",
+                         opener.start + 1)
     if stack:
         opener = stack[-1]
         raise ParseError(f"bracket {opener.text!r} at position {opener.start + 1} is never closed: "
@@ -306,6 +386,9 @@ class _Parser:
     def juxtaposed(self, allow_functions: bool) -> bool:
         """Does the next token start a factor that multiplies the previous one (3x, x sin x)?"""
         tok = self.peek()
+        following = self.tokens[self.i + 1] if tok.kind != "end" else tok
+        if tok.kind == "number" and allow_functions and following.kind == "op" and following.text == "^":
+            return True  # a power of a number as the next factor: (x^2 + x) 2^x, 2^x 3^x
         if tok.kind == "number":
             previous = self.tokens[self.i - 1].text
             raise ParseError(f"number {tok.text!r} at position {tok.start + 1} follows {previous!r} "
@@ -378,11 +461,14 @@ class _Parser:
         if not self.at("close"):
             raise self.unexpected(self.peek())
         self.take()
+        if opener.text == "|":  # |u| = abs(u)
+            return self.checked(sympy.Abs(value), opener.start)
         return value
 
     def function(self) -> sympy.Expr:
         name_tok = self.take()
         name, start, fn = name_tok.text, name_tok.start, FUNCTIONS[name_tok.text]
+        shown = self.text[start:name_tok.end]  # as typed: "log_{2}" for a log with a base
         # A power written on the name: cos^2(x), cos²x, sin^-1(x), sin⁻¹x.
         exponent = None
         if self.at("sup"):
@@ -399,14 +485,16 @@ class _Parser:
                                  start + 1)
             fn, exponent = INVERSES[name], None
 
-        base = None
-        if self.at("open"):
+        base = name_tok.value  # log_2: the base came with the name
+        if self.at("open", "|"):  # sin|x|: the bars are the whole argument, as a bracket is
+            argument = self.bracket()
+        elif self.at("open"):
             opener = self.take()
             if self.at("close"):
-                raise ParseError(f"empty brackets after {name} at position {opener.start + 1}: put its "
-                                 f"argument inside, as in {name}(x)", opener.start + 1)
+                raise ParseError(f"empty brackets after {shown} at position {opener.start + 1}: put its "
+                                 f"argument inside, as in {shown}(x)", opener.start + 1)
             argument = self.expression()
-            if self.at("comma") and name == "log":  # log(x, base)
+            if self.at("comma") and name == "log" and base is None:  # log(x, base)
                 self.take()
                 base_start = self.peek().start
                 base = self.expression()
@@ -421,6 +509,8 @@ class _Parser:
 
         if fn is sympy.sqrt:
             value = self.pow(argument, sympy.S.Half, start)  # through pow() for the size checks
+        elif fn is sympy.cbrt:
+            value = self.pow(argument, sympy.Rational(1, 3), start)
         elif base is not None:
             value = self.checked(sympy.log(argument, base), start)
         else:
@@ -435,7 +525,7 @@ class _Parser:
             return self.power()
         tok = self.peek()  # no sign here: "ln + 1" must not become ln(+1)
         if not (tok.kind in ("number", "open", "root") or (tok.kind == "name" and tok.text in CONSTANTS)):
-            name = name_tok.text
+            name = self.text[name_tok.start:name_tok.end]
             raise ParseError(f"{name} at position {name_tok.start + 1} needs an argument: write it right "
                              f"after the name, as in {name}(x) or {name} x; a signed argument needs "
                              f"brackets: {name}(-x)", name_tok.start + 1)

@@ -108,6 +108,7 @@ class BuildReport:
     calculus_documents: int = 0
     calculus_tokens: int = 0
     held_out_functions: int = 0
+    held_out_sha256: str = ""  # of the held-out canonical forms (validation, test, benchmarks): what a test checks
     parameters: int = 0
     trained_tokens: int = 0
     first_loss: float | None = None
@@ -406,9 +407,11 @@ def _prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport)
     report.calculus_documents, report.calculus_tokens = len(calculus), sum(map(len, calculus_ids))
     report.calculus_functions = sum(doc.count("\nf(x) = ") for doc in calculus)
     report.held_out_functions = len(held_out)
+    report.held_out_sha256 = calculus_corpus.keys_sha256(held_out)
     tokenizer.save_pretrained(staging / "tokenizer")
     torch.save({"tokens": tokens, "report": {k: getattr(report, k) for k in (
-        "corpus_files", "corpus_chars", "code_tokens", "calculus_functions", "calculus_documents", "calculus_tokens", "held_out_functions")},
+        "corpus_files", "corpus_chars", "code_tokens", "calculus_functions", "calculus_documents", "calculus_tokens",
+        "held_out_functions", "held_out_sha256")},
         "code_files": [name for name, _ in code]}, corpus_file)
     return tokenizer, tokens
 
@@ -619,7 +622,8 @@ seed and threads; the config hash of this build is `{info['config_sha256'][:16]}
   {info['calculus_functions']:,} distinct functions of {c['calculus_draws']:,} drawn ({c['textbook_share']:.0%} of the kinds
   textbooks ask about, the rest from the four curriculum levels), {info['calculus_documents']:,} documents,
   {info['calculus_tokens']:,} tokens: math headers and rule-by-rule steps in the scenes' notation.
-  The {info['held_out_functions']} validation and test functions of the default dataset are never worked in it.
+  The {info['held_out_functions']} held-out functions (the default dataset's validation and test functions and
+  every benchmark's, `data/benchmarks.py`) are never worked in it.
 
 ## Files
 | file | sha256 |

@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from derivative_animator.math.differentiate import true_derivative
 from derivative_animator.math.header import math_header_length, typed_formulas
 from derivative_animator.math.judge import (
     _interval,
@@ -26,7 +27,7 @@ from derivative_animator.math.judge import (
     expressions_equal,
     parse_code,
 )
-from derivative_animator.math.parsing import ParseError, X, parse_function
+from derivative_animator.math.parsing import ParseError, parse_function
 
 HEADER_TOKENS = 200  # a header is about 100 tokens; a sample stops where it ends
 
@@ -105,7 +106,7 @@ def self_consistent_scene(generator, function: str, greedy_code: str, k: int, te
 
     start = time.perf_counter()
     target = parse_function(function)
-    x_range = _interval(target, sp.diff(target, X))
+    x_range = _interval(target, true_derivative(target))
     greedy_end = math_header_length(greedy_code)
     headers = [greedy_code[:greedy_end] if greedy_end is not None else ""]
     # One batch of k rows: on a CPU a forward pass costs about the same for 1 row or 8.

@@ -27,8 +27,9 @@ import sympy as sp
 
 from derivative_animator import environment
 from derivative_animator.errors import one_line
+from derivative_animator.math.differentiate import true_derivative
 from derivative_animator.math.judge import _check_math_safely, _values, parse_code
-from derivative_animator.math.parsing import X, parse_function
+from derivative_animator.math.parsing import parse_function
 from derivative_animator.render.sandbox import PythonSandbox, SandboxLimits
 
 SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
@@ -270,7 +271,7 @@ def check_drawn(curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr |
     Otherwise why not, in one line. The scene's docstring is only its claim; this is the picture."""
     if function is None:
         return None
-    derivative = sp.diff(function, X)
+    derivative = true_derivative(function)
     if not curves:
         return "the scene plots no curve (Axes.plot): nothing shows f"
     kinds = []

@@ -1,0 +1,98 @@
+"""The benchmarks: sourced, parseable, frozen, and never touched by any training data (the
+dataset's splits, the shipped base's pretraining corpus, the practice generators)."""
+
+import json
+
+import pytest
+from conftest import compose_config
+
+from derivative_animator import paths
+from derivative_animator.data import benchmarks, calculus_corpus, dataset
+from derivative_animator.math import curriculum, expression_trees
+from derivative_animator.math.parsing import parse_function
+from derivative_animator.model import base_model
+
+
+def keys(functions) -> set[str]:
+    return {curriculum.canonical_key(parse_function(f)) for f in functions}
+
+
+def test_every_textbook_exercise_names_its_book_section_and_number_and_parses():
+    items = benchmarks.items("textbook")
+    assert len(items) >= 100
+    assert {item.source.split(" ")[0] for item in items} >= {"Active", "APEX", "CLP-1"}
+    assert not any("OpenStax" in item.source or "Lumen" in item.source for item in items)
+    for item in items:
+        assert "exercise" in item.source and parse_function(item.text) is not None, item
+
+
+def test_the_benchmarks_span_every_kind():
+    for name, least in (("textbook", 3), ("random", 3)):
+        kinds = [k for item in benchmarks.items(name) for k in expression_trees.kinds(parse_function(item.text))]
+        for kind in expression_trees.KINDS:
+            assert kinds.count(kind) >= least, (name, kind)
+
+
+def test_no_benchmark_function_is_in_any_dataset_split(default_splits):
+    held_out = benchmarks.held_out_keys()
+    assert len(held_out) >= 300
+    for split, records in default_splits.items():
+        assert not keys(r.function for r in records) & held_out, split
+
+
+def test_the_dataset_builder_passes_over_a_benchmark_function_it_draws(monkeypatch):
+    """Make the first test function of a small build a benchmark's: the same build then leaves it out."""
+    config = dataset.DataConfig(sizes={"train": 8, "validation": 4, "test": 4})
+    first = dataset.generate_splits(config)["test"]
+    taken = keys(r.function for r in first)
+    monkeypatch.setattr(dataset.benchmarks, "held_out_keys", lambda: frozenset(taken))
+    rebuilt = dataset.generate_splits(config)
+    assert not keys(r.function for split in rebuilt.values() for r in split) & taken
+
+
+def test_the_corpus_writer_never_works_a_benchmark_function():
+    """The shipped base's recipe (seed 0), its first 4,000 draws: without the filter they work
+    benchmark functions (tan(x), sec(x), arcsin(2x) ...), so the check is not vacuous."""
+    held_out = set(benchmarks.held_out_keys())
+    worked = lambda docs: keys(f for d in docs for f in _functions(d))  # noqa: E731
+    assert len(worked(calculus_corpus.documents(4000, seed=0, held_out=set())) & held_out) >= 5
+    assert not worked(calculus_corpus.documents(4000, seed=0, held_out=held_out)) & held_out
+
+
+def _functions(document: str) -> list[str]:
+    return [line[len("f(x) = "):] for line in document.splitlines() if line.startswith("f(x) = ")]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the shipped base was built before the benchmarks existed: its corpus works some of their functions "
+    "(tan(x), sec(x), arcsin(2x) ...). `make pretrain` rebuilds it without them (about 2.5 h on 2 cores); "
+    "this test then passes and strict xfail fails CI until this mark goes"))
+def test_the_shipped_base_was_pretrained_without_any_benchmark_or_held_out_function(default_splits):
+    """Its build recorded the digest of the canonical forms its corpus left out: they are the
+    default dataset's validation and test functions and every benchmark's, as they are now."""
+    settings = compose_config("train", "model=tiny").model.build
+    info = json.loads((paths.resolve(settings.publish_dir) / base_model.BUILD_INFO).read_text())
+    held_out = keys(r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split])
+    assert info["held_out_sha256"] == calculus_corpus.keys_sha256(held_out | benchmarks.held_out_keys())
+
+
+def test_the_random_benchmark_holds_no_textbook_function():
+    textbook = keys(item.text for item in benchmarks.items("textbook"))
+    random_set = keys(item.text for item in benchmarks.items("random"))
+    assert len(random_set) == benchmarks.RANDOM_SIZE and not random_set & textbook
+
+
+@pytest.mark.slow
+def test_the_random_benchmark_is_the_draw_of_its_seed():
+    """benchmarks/random.txt is what its seed draws today: the file is the generator's, not edited."""
+    textbook = frozenset(keys(item.text for item in benchmarks.items("textbook")))
+    assert benchmarks.draw_random(exclude=textbook) == [item.text for item in benchmarks.items("random")]
+
+
+@pytest.mark.slow
+def test_the_oracle_animates_every_benchmark_function_but_two():
+    """Left out of the evaluation (with a note): the constant pi, and a 27th power whose values
+    pass 1e4 wherever it is real and not flat. Every other function gets a scene."""
+    not_animated = [item.id for name in benchmarks.names() for item in benchmarks.items(name)
+                    if curriculum.analyse(parse_function(item.text), wider=True) is None]
+    assert not_animated == ["textbook-001", "textbook-051"]
