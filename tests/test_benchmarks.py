@@ -96,3 +96,15 @@ def test_the_oracle_animates_every_benchmark_function_but_two():
     not_animated = [item.id for name in benchmarks.names() for item in benchmarks.items(name)
                     if curriculum.analyse(parse_function(item.text), wider=True) is None]
     assert not_animated == ["textbook-001", "textbook-051"]
+
+
+def test_tree_practice_is_seeded_new_to_the_splits_and_never_a_benchmarks():
+    config = dataset.DataConfig(sizes={"train": 4, "validation": 2, "test": 2}, tree_practice=25)
+    taken = {curriculum.canonical_key(parse_function("x^2"))}
+    first = dataset.tree_practice(config, set(benchmarks.held_out_keys()) | taken)
+    again = dataset.tree_practice(config, set(benchmarks.held_out_keys()) | taken)
+    assert [r.function for r in first] == [r.function for r in again] and len(first) == 25
+    assert {r.source for r in first} == {"expression-trees"}
+    assert not keys(r.function for r in first) & (benchmarks.held_out_keys() | taken)
+    without = dataset.tree_practice(config, set(taken))  # the filter is what keeps them out
+    assert keys(r.function for r in without) & benchmarks.held_out_keys()

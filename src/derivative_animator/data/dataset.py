@@ -92,6 +92,7 @@ class DataConfig:
     levels: tuple[int, ...] = field(default_factory=lambda: _data_default("levels"))
     styles: tuple[str, ...] = field(default_factory=lambda: _data_default("styles"))
     import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
+    tree_practice: int = field(default_factory=lambda: _data_default("tree_practice"))
 
     def __post_init__(self):
         sizes = dict(self.sizes)
@@ -108,8 +109,10 @@ class DataConfig:
         object.__setattr__(self, "styles", tuple(self.styles))
 
     def to_dict(self) -> dict:
-        return {"dir": self.dir, "seed": self.seed, "sizes": self.sizes, "levels": list(self.levels),
-                "styles": list(self.styles), "import_path": self.import_path}
+        content = {"dir": self.dir, "seed": self.seed, "sizes": self.sizes, "levels": list(self.levels),
+                   "styles": list(self.styles), "import_path": self.import_path}
+        # Absent when 0, so datasets built before the option keep their card's bytes and hash.
+        return {**content, "tree_practice": self.tree_practice} if self.tree_practice else content
 
     @property
     def sha256(self) -> str:
@@ -200,9 +203,39 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
     finally:
         for worker in pool:
             worker.shutdown()
+    splits["train"] += tree_practice(config, seen)
     for split in SPLITS:
         random.Random(f"{config.seed}-order-{split}").shuffle(splits[split])
     return splits
+
+
+def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
+    """`config.tree_practice` more train functions, drawn from expression trees rather than the
+    curriculum's shapes (every primitive, long sums and polynomials, depth three: math/expression_trees),
+    each one the dataset rule animates and none in `seen` (the splits so far and every benchmark)."""
+    from itertools import islice
+
+    from rich.progress import track
+
+    from derivative_animator.math import expression_trees
+
+    analysed: dict[str, curriculum.CurriculumFunction] = {}
+
+    def keep(typed: str, expr) -> bool:
+        key = curriculum.canonical_key(expr)
+        found = None if key in seen else curriculum.analyse(expr)
+        if found is None:
+            return False
+        seen.add(key)
+        analysed[typed] = found
+        return True
+
+    if not config.tree_practice:
+        return []
+    rng = random.Random(f"{config.seed}-tree-practice-styles")
+    drawn = islice(expression_trees.functions(f"{config.seed}-practice", keep), config.tree_practice)
+    return [make_record(analysed[typed], rng.choice(config.styles), "expression-trees")
+            for typed in track(drawn, total=config.tree_practice, description="tree practice")]
 
 
 MAX_TRIES = 2000  # candidates failing in a row before a level counts as exhausted
