@@ -79,7 +79,7 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     import mlflow
     from transformers import AutoModelForCausalLM
 
-    from derivative_animator.data import calculus_corpus, dataset
+    from derivative_animator.data import benchmarks, calculus_corpus, dataset
 
     data = tmp_path / "data"
     dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
@@ -92,7 +92,9 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads((published / base_model.BUILD_INFO).read_text())
-    assert info["calculus_documents"] > 200 and info["held_out_functions"] == len(calculus_corpus.held_out_keys(data))
+    held_out = calculus_corpus.held_out_keys(data)  # the splits' validation and test functions and every benchmark's
+    assert info["calculus_documents"] > 200 and info["held_out_functions"] == len(held_out) > 107 + 300
+    assert info["held_out_sha256"] == benchmarks.keys_sha256(held_out)
     assert {name: base_model.file_sha256(published / name) for name in info["sha256"]} == info["sha256"]
     assert_card_lists_every_file(published)
     assert f"{info['held_out_functions']} held-out functions" in (published / base_model.CARD).read_text()

@@ -73,7 +73,7 @@ def test_the_shipped_base_was_pretrained_without_any_benchmark_or_held_out_funct
     settings = compose_config("train", "model=tiny").model.build
     info = json.loads((paths.resolve(settings.publish_dir) / base_model.BUILD_INFO).read_text())
     held_out = keys(r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split])
-    assert info["held_out_sha256"] == calculus_corpus.keys_sha256(held_out | benchmarks.held_out_keys())
+    assert info["held_out_sha256"] == benchmarks.keys_sha256(held_out | benchmarks.held_out_keys())
 
 
 def test_the_random_benchmark_holds_no_textbook_function():
@@ -96,6 +96,27 @@ def test_the_oracle_animates_every_benchmark_function_but_two():
     not_animated = [item.id for name in benchmarks.names() for item in benchmarks.items(name)
                     if curriculum.analyse(parse_function(item.text), wider=True) is None]
     assert not_animated == ["textbook-001", "textbook-051"]
+
+
+def test_a_dataset_built_before_the_benchmarks_changed_is_refused(tmp_path, default_splits):
+    directory = tmp_path / "data"
+    dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(directory)))
+    assert len(dataset.read_split(directory, "test")) == 57
+    card = json.loads((directory / dataset.CARD_FILE).read_text())
+    card["benchmarks_sha256"] = "0" * 64  # built when the benchmarks held other functions
+    (directory / dataset.CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="rebuild it with `make data`"):
+        dataset.read_split(directory, "test")
+
+
+def test_a_build_with_tree_practice_has_no_duplicate_and_no_benchmark_function():
+    config = dataset.DataConfig(sizes={"train": 6, "validation": 3, "test": 3}, tree_practice=12)
+    splits = dataset.generate_splits(config)
+    assert sum(r.source == "expression-trees" for r in splits["train"]) == 12
+    assert not dataset.cross_split_duplicates(splits)
+    assert not keys(r.function for split in splits.values() for r in split) & benchmarks.held_out_keys()
+    with pytest.raises(ValueError, match="tree_practice must be 0 or more"):
+        dataset.DataConfig(tree_practice=-1)
 
 
 def test_tree_practice_is_seeded_new_to_the_splits_and_never_a_benchmarks():

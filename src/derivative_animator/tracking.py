@@ -123,7 +123,7 @@ def log_evaluation(results: dict, run_dir: Path) -> str | None:
     client.log_batch(run_id, metrics=batch)
     training = client.get_run(run_id)
     mark_experiment(client, training.info.experiment_id)
-    evaluation = client.create_run(training.info.experiment_id, run_name=f"eval-{benchmark or 'test'}-{run_dir.name}", tags={
+    evaluation = client.create_run(training.info.experiment_id, run_name=f"eval-{benchmark or Path(results.get('functions_source') or 'eval').stem}-{run_dir.name}", tags={
         "mlflow.parentRunId": run_id, "stage": "evaluation", "evaluated_run": run_id, "benchmark": benchmark or "",
         "model": training.data.tags.get("model", "")}).info.run_id
     client.log_batch(evaluation, metrics=batch,

@@ -49,7 +49,7 @@ def items(name: str, directory: Path = BENCHMARK_DIR) -> list[Item]:
         raise FileNotFoundError(f"benchmark file {path} is missing")
     if path.suffix == ".tsv":
         with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
+            rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
         return [Item(f"{name}-{i:03d}", row["function"].strip(),
                      f"{row['book']} {row['section'].split(' ', 1)[0]}, exercise {row['exercise']}")
                 for i, row in enumerate(rows, 1)]
@@ -72,6 +72,18 @@ def held_out_keys(directory: Path = BENCHMARK_DIR) -> frozenset[str]:
             except ParseError:
                 continue
     return frozenset(keys)
+
+
+def keys_sha256(keys) -> str:
+    """One digest of a set of canonical forms: a dataset's card and a base's build record it."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
+def digest() -> str:
+    """The digest of every benchmark's functions: what a dataset built to leave them out records."""
+    return keys_sha256(held_out_keys())
 
 
 def draw_random(seed: str = RANDOM_SEED, size: int = RANDOM_SIZE, exclude: frozenset[str] = frozenset()) -> list[str]:

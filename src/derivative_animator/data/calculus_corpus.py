@@ -50,13 +50,6 @@ def held_out_keys(data_dir: str | Path) -> set[str]:
             for split in HELD_OUT_SPLITS for record in dataset.read_split(directory, split)} | benchmarks.held_out_keys()
 
 
-def keys_sha256(keys: set[str]) -> str:
-    """One digest of a set of canonical keys: a build records it, a test recomputes it."""
-    import hashlib
-
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
-
-
 # --- the kinds textbooks ask about, beyond the curriculum's generator -------------------
 
 def _linear(rng: random.Random) -> sp.Expr:

@@ -103,6 +103,8 @@ class DataConfig:
         if bad_levels or not self.levels:
             raise ValueError(f"data.levels must be a non-empty subset of {list(curriculum.LEVELS)}")
         bad_styles = set(self.styles) - set(scenes.STYLES)
+        if int(self.tree_practice) < 0:
+            raise ValueError(f"data.tree_practice must be 0 or more, got {self.tree_practice}")
         if bad_styles or not self.styles:
             raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
         object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
@@ -340,7 +342,7 @@ def import_original(path: Path, config: DataConfig) -> dict[str, list[Record]]:
         raise ImportError_(f"{path}: cannot read JSON ({err})") from None
     if not isinstance(items, list):
         raise ImportError_(f"{path}: expected a JSON list of records")
-    seen: set[str] = set()
+    seen: set[str] = set(benchmarks.held_out_keys())  # a benchmark's function is passed over, as in a build
     by_level: dict[int, list[Record]] = {level: [] for level in curriculum.LEVELS}
     for index, item in enumerate(items):
         where = f"{path.name} record {index}"
@@ -355,7 +357,7 @@ def import_original(path: Path, config: DataConfig) -> dict[str, list[Record]]:
             raise ImportError_(f"{where}: function {item.get('input')!r} is constant or cannot be plotted")
         key = curriculum.canonical_key(expr)
         if key in seen:
-            continue  # the same function twice would leak across splits
+            continue  # the same function twice would leak across splits; a benchmark's never enters
         seen.add(key)
         by_level[analysed.level].append(make_record(analysed, "imported", path.name, item["output"]))
     return _deal(by_level, config)
@@ -382,6 +384,10 @@ def read_split(directory: str | Path, split: str) -> list[Record]:
     path = paths.resolve(directory) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `make data` first")
+    card_path = path.parent / CARD_FILE
+    if card_path.is_file() and json.loads(card_path.read_text()).get("benchmarks_sha256") != benchmarks.digest():
+        raise ValueError(f"{path.parent} was built before the benchmarks it must leave out (benchmarks/) changed: "
+                         f"rebuild it with `make data` (python -m derivative_animator.dataset data.dir={directory})")
     records = []
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -411,6 +417,7 @@ def card(splits: dict[str, list[Record]], config: DataConfig, file_hashes: dict[
         "prompt_format": DEFAULT_FORMAT.to_dict(),
         "splits": {split: stats(records) for split, records in splits.items()},
         "files_sha256": file_hashes,
+        "benchmarks_sha256": benchmarks.digest(),  # what it leaves out; read_split refuses it once they change
         "levels": {str(k): v for k, v in curriculum.LEVEL_NAMES.items()},
     }
 

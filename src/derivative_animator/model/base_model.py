@@ -373,7 +373,7 @@ def _prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport)
     resumed pretraining trains on the very same tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    from derivative_animator.data import calculus_corpus
+    from derivative_animator.data import benchmarks, calculus_corpus
 
     corpus_file = staging / "corpus.pt"
     if corpus_file.is_file():
@@ -407,7 +407,7 @@ def _prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport)
     report.calculus_documents, report.calculus_tokens = len(calculus), sum(map(len, calculus_ids))
     report.calculus_functions = sum(doc.count("\nf(x) = ") for doc in calculus)
     report.held_out_functions = len(held_out)
-    report.held_out_sha256 = calculus_corpus.keys_sha256(held_out)
+    report.held_out_sha256 = benchmarks.keys_sha256(held_out)
     tokenizer.save_pretrained(staging / "tokenizer")
     torch.save({"tokens": tokens, "report": {k: getattr(report, k) for k in (
         "corpus_files", "corpus_chars", "code_tokens", "calculus_functions", "calculus_documents", "calculus_tokens",
@@ -438,6 +438,14 @@ def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
     return client, run_id
 
 
+def held_out_sha256(config: BaseModelConfig) -> str:
+    """The digest of the canonical forms the build's calculus corpus leaves out."""
+    from derivative_animator.data import benchmarks, calculus_corpus
+
+    held_out = calculus_corpus.held_out_keys(paths.resolve(config.held_out_data)) if config.calculus_draws else set()
+    return benchmarks.keys_sha256(held_out)
+
+
 def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) -> BuildReport:
     """Pretrain (or continue pretraining) the base model described by `config`; see the module doc."""
     from rich.progress import Progress
@@ -447,7 +455,10 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
 
     out = paths.resolve(config.output_dir)
     info_path = out / BUILD_INFO
-    if not force and info_path.is_file() and json.loads(info_path.read_text()).get("config_sha256") == config.sha256:
+    # A build is current for its recipe and for what its corpus left out (splits and benchmarks change).
+    held_out = held_out_sha256(config)
+    if not force and info_path.is_file() and {k: json.loads(info_path.read_text()).get(k) for k in (
+            "config_sha256", "held_out_sha256")} == {"config_sha256": config.sha256, "held_out_sha256": held_out}:
         report = BuildReport(output_dir=str(out), cached=True)
         if config.publish_dir:
             publish(out, paths.resolve(config.publish_dir))
@@ -457,10 +468,11 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
     if config.threads:
         torch.set_num_threads(config.threads)
     staging = out.with_name(f".{out.name}-building")
-    if force or not (staging / "config_sha256").is_file() or (staging / "config_sha256").read_text() != config.sha256:
-        shutil.rmtree(staging, ignore_errors=True)  # another recipe's partial build: start over
+    identity = f"{config.sha256} {held_out}"
+    if force or not (staging / "config_sha256").is_file() or (staging / "config_sha256").read_text() != identity:
+        shutil.rmtree(staging, ignore_errors=True)  # another recipe's (or held-out set's) partial build: start over
         staging.mkdir(parents=True)
-        (staging / "config_sha256").write_text(config.sha256)
+        (staging / "config_sha256").write_text(identity)
     report = BuildReport(output_dir=str(out), cached=False)
     tokenizer, tokens = _prepare_corpus(config, staging, report)
     if len(tokens) < config.seq_len * config.batch_size + 1:
