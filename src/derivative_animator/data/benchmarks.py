@@ -131,8 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_random:
         print(f"wrote {write_random()}")
     for name in FILES:
-        print(f"{name}: {len(items(name))} functions ({BENCHMARK_DIR / FILES[name]})")
+        print(f"{name}: {len(items(name))} functions ({BENCHMARK_DIR / FILES[name]}); {composition(name)}")
     return 0
+
+
+def composition(name: str) -> str:
+    """How many functions of each level, kind and length a benchmark holds (its card's figures)."""
+    from collections import Counter
+
+    from derivative_animator.math import expression_trees
+    from derivative_animator.math.differentiate import differentiate, level_of
+    from derivative_animator.math.parsing import parse_function
+
+    levels, kinds, lengths = Counter(), Counter(), Counter()
+    for item in items(name):
+        expr = parse_function(item.text)
+        levels[level_of(differentiate(expr)[1])] += 1
+        kinds.update(expression_trees.kinds(expr))
+        lengths[expression_trees.length_bucket(item.text)] += 1
+    return ("levels " + " / ".join(f"L{lv} {levels[lv]}" for lv in sorted(levels)) + "; kinds "
+            + ", ".join(f"{kind} {kinds[kind]}" for kind in expression_trees.KINDS) + "; lengths "
+            + ", ".join(f"{bucket} {lengths[bucket]}" for _, bucket in expression_trees.LENGTH_BUCKETS))
 
 
 if __name__ == "__main__":
