@@ -110,17 +110,17 @@ def test_a_dataset_built_before_the_benchmarks_changed_is_refused(tmp_path, defa
 
 
 def test_a_build_with_tree_practice_has_no_duplicate_and_no_benchmark_function():
-    config = dataset.DataConfig(sizes={"train": 6, "validation": 3, "test": 3}, tree_practice=12)
+    config = dataset.DataConfig(sizes={"train": 6, "validation": 3, "test": 3}, tree_practice=2)
     splits = dataset.generate_splits(config)
     assert sum(r.source == "expression-trees" for r in splits["train"]) == 12
     assert not dataset.cross_split_duplicates(splits)
     assert not keys(r.function for split in splits.values() for r in split) & benchmarks.held_out_keys()
-    with pytest.raises(ValueError, match="tree_practice must be 0 or more"):
+    with pytest.raises(ValueError, match="tree_practice is a share of data.sizes.train"):
         dataset.DataConfig(tree_practice=-1)
 
 
 def test_tree_practice_is_seeded_new_to_the_splits_and_never_a_benchmarks():
-    config = dataset.DataConfig(sizes={"train": 4, "validation": 2, "test": 2}, tree_practice=25)
+    config = dataset.DataConfig(sizes={"train": 4, "validation": 2, "test": 2}, tree_practice=6.25)
     taken = {curriculum.canonical_key(parse_function("x^2"))}
     first = dataset.tree_practice(config, set(benchmarks.held_out_keys()) | taken)
     again = dataset.tree_practice(config, set(benchmarks.held_out_keys()) | taken)

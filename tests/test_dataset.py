@@ -10,7 +10,9 @@ from derivative_animator.math.parsing import parse_function
 
 
 def test_default_sizes_levels_and_styles(default_splits):
-    assert {s: len(r) for s, r in default_splits.items()} == {"train": 418, "validation": 50, "test": 57}
+    # train: the 418 asked for, and half as many again from expression trees (tree_practice 0.5)
+    assert {s: len(r) for s, r in default_splits.items()} == {"train": 418 + 209, "validation": 50, "test": 57}
+    assert sum(r.source == "expression-trees" for r in default_splits["train"]) == 209
     for split, records in default_splits.items():
         assert {r.level for r in records} == set(curriculum.LEVELS), split
         assert {r.style for r in records} == {"tangent", "secant", "graphs"}, split
@@ -58,7 +60,7 @@ def test_card_and_prompt_format_written(tmp_path):
     target, splits = dataset.build(dataset.DataConfig(dir=str(tmp_path / "d"),
                                                       sizes={"train": 12, "validation": 4, "test": 4}))
     card = json.loads((target / "card.json").read_text())
-    assert card["splits"]["train"]["count"] == 12
+    assert card["splits"]["train"]["count"] == 12 + 6  # and half as many from expression trees
     assert card["prompt_format"]["sha256"] == dataset.DEFAULT_FORMAT.sha256
     assert card["files_sha256"]["train.jsonl"] == hashlib.sha256((target / "train.jsonl").read_bytes()).hexdigest()
     assert "Dataset card" in (target / "README.md").read_text()

@@ -92,7 +92,7 @@ class DataConfig:
     levels: tuple[int, ...] = field(default_factory=lambda: _data_default("levels"))
     styles: tuple[str, ...] = field(default_factory=lambda: _data_default("styles"))
     import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
-    tree_practice: int = field(default_factory=lambda: _data_default("tree_practice"))
+    tree_practice: float = field(default_factory=lambda: _data_default("tree_practice"))
 
     def __post_init__(self):
         sizes = dict(self.sizes)
@@ -103,12 +103,18 @@ class DataConfig:
         if bad_levels or not self.levels:
             raise ValueError(f"data.levels must be a non-empty subset of {list(curriculum.LEVELS)}")
         bad_styles = set(self.styles) - set(scenes.STYLES)
-        if int(self.tree_practice) < 0:
-            raise ValueError(f"data.tree_practice must be 0 or more, got {self.tree_practice}")
+        if not 0 <= float(self.tree_practice) <= 10:
+            raise ValueError(f"data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as many "
+                             f"expression-tree functions again), got {self.tree_practice}")
         if bad_styles or not self.styles:
             raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
         object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
         object.__setattr__(self, "styles", tuple(self.styles))
+
+    @property
+    def tree_functions(self) -> int:
+        """How many expression-tree functions tree practice adds to train."""
+        return round(float(self.tree_practice) * self.sizes["train"])
 
     def to_dict(self) -> dict:
         content = {"dir": self.dir, "seed": self.seed, "sizes": self.sizes, "levels": list(self.levels),
@@ -212,7 +218,7 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
 
 
 def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
-    """`config.tree_practice` more train functions, drawn from expression trees rather than the
+    """`config.tree_functions` more train functions, drawn from expression trees rather than the
     curriculum's shapes (every primitive, long sums and polynomials, depth three: math/expression_trees),
     each one the dataset rule animates and none in `seen` (the splits so far and every benchmark)."""
     from itertools import islice
@@ -232,12 +238,12 @@ def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
         analysed[typed] = found
         return True
 
-    if not config.tree_practice:
+    if not config.tree_functions:
         return []
     rng = random.Random(f"{config.seed}-tree-practice-styles")
-    drawn = islice(expression_trees.functions(f"{config.seed}-practice", keep), config.tree_practice)
+    drawn = islice(expression_trees.functions(f"{config.seed}-practice", keep), config.tree_functions)
     return [make_record(analysed[typed], rng.choice(config.styles), "expression-trees")
-            for typed in track(drawn, total=config.tree_practice, description="tree practice")]
+            for typed in track(drawn, total=config.tree_functions, description="tree practice")]
 
 
 MAX_TRIES = 2000  # candidates failing in a row before a level counts as exhausted

@@ -59,6 +59,9 @@ def dead_error(text: str) -> SyntaxError | None:
 
 
 _CLOSER_OF = {"(": ")", "[": "]", "{": "}"}
+# A header line this long is a loop, not a derivative: the longest f' line of a training split
+# is 440 characters (tree practice included); looping lines ran to the token budget (1,400).
+MAX_HEADER_LINE_CHARS = 600
 
 
 def open_brackets(line: str) -> list[str] | None:
@@ -86,11 +89,13 @@ class BracketGuard:
 
     def __init__(self, tokenizer):
         self.newline = torch.zeros(len(tokenizer), dtype=torch.bool)
+        self.line_end = torch.zeros_like(self.newline)  # ends a line, adding nothing before: how a wound-up line ends
         self.bracketed: list[tuple[int, str, bool]] = []  # (id, its text before a newline, has a newline)
         for token_id in range(len(tokenizer)):
             piece = tokenizer.decode([token_id])
             line = piece.split("\n", 1)[0]
             self.newline[token_id] = "\n" in piece
+            self.line_end[token_id] = "\n" in piece and not line.strip()
             if any(c in "()[]{}" for c in line):
                 self.bracketed.append((token_id, line, "\n" in piece))
         self.eos = tokenizer.eos_token_id
@@ -109,7 +114,10 @@ class BracketGuard:
             return None
         if tuple(stack) not in self._masks:  # a header visits few stacks: "", "(", "((", ...
             self._masks[tuple(stack)] = self._masks_for(stack)
-        return self._masks[tuple(stack)]
+        mask, closing = self._masks[tuple(stack)]
+        if len(line) >= MAX_HEADER_LINE_CHARS:  # a loop: close what is open, then end the line
+            return (~closing if stack else ~self.line_end), closing
+        return mask, closing
 
     def _masks_for(self, stack: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.newline.clone() if stack else torch.zeros_like(self.newline)
