@@ -45,7 +45,8 @@ def test_rule_steps_agree_with_differentiate_on_every_dataset_function(all_recor
         assert [(rule, part) for rule, part, _ in shown] == [(rule, part) for rule, part, _ in expected], record.function
 
 
-@pytest.mark.parametrize("function", ["1/(x sin(x))", "x^x", "e^{-x^2}", "sec(x) + csc(x)", "3x",
+@pytest.mark.parametrize("function", ["1/(x sin(x))", "x^x", "e^{-x^2}", "sec(x) + csc(x)", "3x", "arccot(x)",
+                                      "arcsec(x) + arcsinh(x)",
                                       "x^2 sin(x)/ln(x)", "2^x", "sqrt(x) arctan(x)", "sinh(x) cosh(x)"])
 def test_rule_steps_of_edge_cases_and_their_derivatives(function, rule_steps):
     shown, expected = rule_steps(parse_function(function)), shown_by_differentiate(function)
@@ -89,8 +90,34 @@ def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records
     ("f(x) = x^2\nf'(x) = 2x", ("x^2", "2x")),
     ("\nf(x) = x^2\n", None),  # one line: the scene's unpacking fails, no derivative given
     ("\nf(x) = x^2\nf'(x) = 2x\nmore\n", None),
+    ("\nf(x) = x^2 + x\n(x^2)' = 2x\nf'(x) = 2x + 1\n", ("x^2 + x", "2x + 1")),  # worked steps between
+    ("\nf(x) = x^2 + x\n(x^2)' is 2x\nf'(x) = 2x + 1\n", None),
     ("\nf(x): x^2\nf'(x) = 2x\n", None),
     (None, None),
 ])
 def test_typed_formulas_split_the_docstring_as_the_scene_does(docstring, expected):
     assert typed_formulas(docstring) == expected
+
+
+def test_worked_steps_sit_between_f_and_f_prime_and_both_readers_skip_them():
+    """data.worked_steps: one `(u)' = ...` line per rule application before f' (the last step
+    is f' itself); the scene and the math check still read f and f' alike."""
+    from derivative_animator.data import dataset
+
+    config = dataset.DataConfig(sizes={"train": 8, "validation": 4, "test": 4}, tree_practice=0.5, worked_steps=True)
+    records = [r for split in dataset.generate_splits(config).values() for r in split]
+    step_lines = 0
+    for record in records:
+        lines = ast.get_docstring(ast.parse(record.completion), clean=False).strip().split("\n")
+        assert lines[0].startswith("f(x) = ") and lines[-1].startswith("f'(x) = ")
+        function = parse_function(record.function)
+        _, steps = differentiate(function)
+        assert lines[1:-1] == scenes.worked_lines(steps)
+        step_lines += len(lines) - 2
+        namespace = scene_globals(record.completion)
+        f_text, df_text = typed_formulas("\n".join(lines))
+        for read, text, expected in ((namespace["f_expr"], f_text, function),
+                                     (namespace["df_expr"], df_text, sp.diff(function, X))):
+            assert expressions_equal(read, expected, tuple(record.x_range))[0], (record.id, text)
+    assert step_lines > 2 * len(records)
+    assert config.to_dict()["worked_steps"] is True and "worked_steps" not in dataset.DataConfig().to_dict()

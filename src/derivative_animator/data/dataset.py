@@ -93,6 +93,7 @@ class DataConfig:
     styles: tuple[str, ...] = field(default_factory=lambda: _data_default("styles"))
     import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
     tree_practice: float = field(default_factory=lambda: _data_default("tree_practice"))
+    worked_steps: bool = field(default_factory=lambda: _data_default("worked_steps"))
 
     def __post_init__(self):
         sizes = dict(self.sizes)
@@ -119,8 +120,9 @@ class DataConfig:
     def to_dict(self) -> dict:
         content = {"dir": self.dir, "seed": self.seed, "sizes": self.sizes, "levels": list(self.levels),
                    "styles": list(self.styles), "import_path": self.import_path}
-        # Absent when 0, so datasets built before the option keep their card's bytes and hash.
-        return {**content, "tree_practice": self.tree_practice} if self.tree_practice else content
+        # Absent when off, so datasets built before an option keep their card's bytes and hash.
+        options = {"tree_practice": self.tree_practice, "worked_steps": self.worked_steps}
+        return {**content, **{name: value for name, value in options.items() if value}}
 
     @property
     def sha256(self) -> str:
@@ -132,11 +134,11 @@ class DataConfig:
 
 def make_record(
     analysed: curriculum.CurriculumFunction, style: str, source: str,
-    completion: str | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT,
+    completion: str | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT, worked_steps: bool = False,
 ) -> Record:
     typed = notation.typed(analysed.expr)
     code = completion if completion is not None else scenes.scene_code(
-        analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style
+        analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style, worked_steps
     )
     key = hashlib.sha1(curriculum.canonical_key(analysed.expr).encode()).hexdigest()[:10]
     return Record(
@@ -201,7 +203,7 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
             # Each worker writes the scenes of the functions it judged, in chunks (for the bar).
             jobs = [[(typed, style) for split in SPLITS for typed, style, w in plan[split] if w == index]
                     for index in range(len(pool))]
-            chunks = {worker.submit(_write_scenes, job[i:i + 250]): job[i:i + 250]
+            chunks = {worker.submit(_write_scenes, job[i:i + 250], config.worked_steps): job[i:i + 250]
                       for worker, job in zip(pool, jobs, strict=True) for i in range(0, len(job), 250)}
             written: dict[str, Record] = {}
             for future in as_completed(chunks):
@@ -230,6 +232,8 @@ def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
     analysed: dict[str, curriculum.CurriculumFunction] = {}
 
     def keep(typed: str, expr) -> bool:
+        if expr.is_Symbol:  # a bare x: no rule to practise (and no step a rule-steps scene lists)
+            return False
         key = curriculum.canonical_key(expr)
         found = None if key in seen else curriculum.analyse(expr)
         if found is None:
@@ -242,7 +246,8 @@ def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
         return []
     rng = random.Random(f"{config.seed}-tree-practice-styles")
     drawn = islice(expression_trees.functions(f"{config.seed}-practice", keep), config.tree_functions)
-    return [make_record(analysed[typed], rng.choice(config.styles), "expression-trees")
+    return [make_record(analysed[typed], rng.choice(config.styles), "expression-trees",
+                        worked_steps=config.worked_steps)
             for typed in track(drawn, total=config.tree_functions, description="tree practice")]
 
 
@@ -306,8 +311,8 @@ def _judge(texts: list[str], level: int, seen: set[str]) -> list[tuple[str, bool
     return verdicts
 
 
-def _write_scenes(items: list[tuple[str, str]]) -> list[Record]:
-    return [make_record(_JUDGED[typed], style, "generated") for typed, style in items]
+def _write_scenes(items: list[tuple[str, str]], worked_steps: bool) -> list[Record]:
+    return [make_record(_JUDGED[typed], style, "generated", worked_steps=worked_steps) for typed, style in items]
 
 
 class _Here:

@@ -38,7 +38,7 @@ SCENE_CLASS = {"tangent": "TangentLineScene", "secant": "SecantLimitScene", "gra
 
 _HEADER = Template(r'''"""
 f(x) = $typed
-f'(x) = $df_typed
+${worked}f'(x) = $df_typed
 """
 from manim import *
 import numpy as np
@@ -47,7 +47,8 @@ from derivative_animator.parsing import typed_line
 
 X_MIN, X_MAX = $x_min, $x_max
 x = sp.Symbol("x")
-f_expr, df_expr = map(typed_line, __doc__.strip().split("\n"))  # the docstring's math, as typed
+lines = __doc__.strip().split("\n")  # f, any worked steps, f': the docstring's math, as typed
+f_expr, df_expr = typed_line(lines[0]), typed_line(lines[-1])
 f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
 
@@ -135,8 +136,9 @@ class SecantLimitScene(Scene):
 """,
     "graphs": r"""
 
-NAMED_RULES = {"exp": "exponential", "log": "logarithm", "asin": "inverse trig", "acos": "inverse trig",
-               "atan": "inverse trig", "sinh": "hyperbolic", "cosh": "hyperbolic", "tanh": "hyperbolic"}
+NAMED_RULES = {"exp": "exponential", "log": "logarithm", "Abs": "absolute value",
+               **dict.fromkeys(["asin", "acos", "atan", "asec", "acsc", "acot"], "inverse trig"),
+               **dict.fromkeys(["sinh", "cosh", "tanh", "asinh", "acosh", "atanh"], "hyperbolic")}
 
 
 def rule_steps(e):
@@ -203,18 +205,27 @@ def shown_steps(steps: list[Step]) -> list[Step]:
     return [step for step in steps if step.expr != X] or steps
 
 
+def worked_lines(steps: list[Step]) -> list[str]:
+    """The rule applications before f', innermost first, one per line: `(u)' = <u' worked>`,
+    each built from the lines above it, so writing one needs only a local look."""
+    return [f"({notation.typed(step.expr)})' = {step.worked}" for step in shown_steps(steps)[:-1]]
+
+
 def scene_code(
     expr: sp.Expr,
     derivative: sp.Expr,
     steps: list[Step],
     x_range: tuple[float, float],
     style: str,
+    worked_steps: bool = False,
 ) -> str:
-    """The full scene file for one function in one style."""
+    """The full scene file for one function in one style; `worked_steps`: the header carries one
+    line per rule application before f' (`worked_lines`)."""
     if style not in _BODIES:
         raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
     header = _HEADER.substitute(
         typed=notation.typed(expr),
+        worked="".join(line + "\n" for line in worked_lines(steps)) if worked_steps else "",
         df_typed=steps[-1].worked,  # the whole function's step: the derivative, worked out
         x_min=_number(x_range[0]),
         x_max=_number(x_range[1]),

@@ -16,10 +16,11 @@ def math_header_length(code: str) -> int | None:
 
 def typed_formulas(docstring: str | None) -> tuple[str, str] | None:
     """(f, f') as a scene's docstring gives them, split the way the scene splits them
-    (`typed`): exactly two lines, each `... = <math>`. None for any other docstring."""
+    (`typed`): its first and last lines, each `... = <math>`, with any worked steps between
+    (`(u)' = ...`, data.worked_steps) also of that shape. None for any other docstring."""
     if docstring is None:
         return None
     lines = docstring.strip().split("\n")
-    if len(lines) != 2 or any(" = " not in line for line in lines):
+    if len(lines) < 2 or any(" = " not in line for line in lines):
         return None
-    return lines[0].split(" = ", 1)[1], lines[1].split(" = ", 1)[1]
+    return lines[0].split(" = ", 1)[1], lines[-1].split(" = ", 1)[1]
