@@ -265,9 +265,14 @@ def test_environment_is_scrubbed(run_python, monkeypatch):
     assert "AWS_SECRET_ACCESS_KEY" not in result.stdout and "MLFLOW_TRACKING_TOKEN" not in result.stdout
 
 
-def test_output_is_capped(run_python):
-    result = run_python("print('x' * 1_000_000)", max_output_chars=1000)
-    assert len(result.stdout) < 1100 and result.stdout.endswith("[output truncated]")
+def test_output_is_capped_keeping_its_start_and_its_last_line(run_python):
+    """A job cannot push its own error line out by printing first: the end is kept too."""
+    result = run_python("import sys; print('x' * 1_000_000); sys.exit('LastLine: the error')", max_output_chars=1000)
+    assert len(result.stdout) < 1100 and "[output truncated: 1,000,001 bytes in all]" in result.stdout
+    assert result.returncode == 1 and result.stderr.strip() == "LastLine: the error"
+    result = run_python("import sys; sys.stderr.write('y' * 1_000_000 + '\\nValueError: the last line\\n')",
+                        max_output_chars=1000)
+    assert len(result.stderr) < 1100 and result.stderr.endswith("ValueError: the last line\n"), result.stderr[-100:]
 
 
 def test_memory_limit(run_python):
