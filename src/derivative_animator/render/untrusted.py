@@ -115,6 +115,9 @@ def read_report(data: bytes | None, budget: Budget | None = None) -> tuple[dict 
 
 # --- the last frame ------------------------------------------------------------------------
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def read_frame(data: bytes | None, size: tuple[int, int] | None, budget: Budget | None = None):
     """(RGB pixels as a uint8 array, None), or (None, why not): a PNG whose header says
     `size` (at most MAX_PIXELS when no size is asked), decoded only after that is known."""
@@ -122,17 +125,19 @@ def read_frame(data: bytes | None, size: tuple[int, int] | None, budget: Budget 
         return None, "the render sent back no last frame"
     if len(data) > MAX_FRAME_BYTES:
         return None, f"the last frame is {size_text(len(data))}, over its {size_text(MAX_FRAME_BYTES)} cap"
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        return None, "the last frame is not a PNG"
+    width, height = struct.unpack_from(">II", data, 16)  # the header, before any decoder sees the file
+    if (size is not None and (width, height) != tuple(size)) or width * height > MAX_PIXELS:
+        asked = f", not the {size[0]}x{size[1]} asked" if size is not None else ""
+        return None, f"the last frame is {width}x{height}{asked}"
     import numpy as np
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:  # reads the header only
-            width, height = image.size
-            if (size is not None and (width, height) != tuple(size)) or width * height > MAX_PIXELS:
-                asked = f", not the {size[0]}x{size[1]} asked" if size is not None else ""
-                return None, f"the last frame is {width}x{height}{asked}"
-            if getattr(image, "n_frames", 1) != 1:
-                return None, "the last frame is an animation"
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            if image.size != (width, height) or getattr(image, "n_frames", 1) != 1:
+                return None, "the last frame is not one still PNG of its header's size"
             if budget is not None:
                 budget.check("reading the last frame")
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
