@@ -19,10 +19,20 @@ that forks a child per job. The server lives in one bubblewrap sandbox with thes
 Files travel in the request and back in the reply; the host never shares a directory with
 a job. The server is the sandbox's PID 1 and not dumpable, so a job can neither signal it,
 read its memory nor open its reply pipe: what it reports (exit status, time, files) is the
-server's observation, not the job's claim. Between jobs it kills every other process in the
-PID namespace and empties the work dir and /dev/shm. `warm=True` keeps one server (its
-preloaded imports: Manim and sympy, ~2 s of every render) for many jobs; `warm=False`
-starts one per job.
+server's observation, not the job's claim; it ignores every catchable signal (a job gets
+Python's handlers back). Between jobs it kills every other process in the PID namespace
+(kill(-1) until none is left), empties the work dir, /tmp and /dev/shm (iteratively, by file
+descriptor, however deep), removes SysV IPC objects, and where anything survives that it
+says so in its reply and exits: the host starts a fresh server for the next job. /dev is
+read-only and POSIX message queues are refused, so nothing stays there. `warm=True` keeps
+one server (its preloaded imports: Manim and sympy, ~2 s of every render) for many jobs;
+`warm=False` starts one per job.
+
+The reply is a JSON line, then the asked files' bytes, each within the cap asked for it:
+the host reads it into a growing buffer, refuses one over its caps, and says what went
+wrong in `SandboxResult.failure` (timed out, killed by the seccomp filter, over memory, the
+server died or hung) rather than leaving it to the job's output. What the host then does
+with the files is bounded by `render.untrusted`.
 
 Where bubblewrap cannot run, rendering is refused (`SandboxUnavailable`) unless the caller
 opts in to running generated code without isolation (`allow_unsandboxed`, surfaced as
