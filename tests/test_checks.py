@@ -493,3 +493,83 @@ def test_an_empty_frame_is_told_from_one_with_something_on_it():
 
     assert checks.frame_has_content(png(True)) and not checks.frame_has_content(png(False))
     assert not checks.frame_has_content(b"not a png") and not checks.frame_has_content(None)
+
+
+# --- what a render sends back is read within the host's budget -----------------------------
+
+def _send_back(payload: str) -> str:
+    """Scene lines (indented for construct) that replace what the runner writes after the render."""
+    return "\n        ".join(payload.strip().splitlines())
+
+
+def _hostile_movie(kind: str) -> str:
+    import base64
+
+    from test_untrusted import movie_declaring, movie_repeating_a_keyframe
+
+    data = movie_declaring(16_000_000) if kind == "declared" else movie_repeating_a_keyframe(5000)
+    encoded = base64.b64encode(data).decode()
+    return _send_back(f"""
+import base64, os
+_movie, _replace = base64.b64decode("{encoded}"), os.replace
+os.replace = lambda src, dst, *a, **k: open(dst, 'wb').write(_movie) if str(dst).endswith('movie.mp4') else _replace(src, dst, *a, **k)
+""")
+
+
+def _hostile_report(text: str) -> str:
+    return _send_back(f"""
+import json
+json.dumps = lambda *a, **k: {text}
+""")
+
+
+PNG_BOMB = _send_back("""
+import struct, zlib
+from PIL import Image
+def _chunk(kind, payload): return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', zlib.crc32(kind + payload))
+_z = zlib.compressobj(9)
+_body = b''.join(_z.compress(b'\\0' * 13001) for _ in range(13000)) + _z.flush()
+_bomb = b'\\x89PNG\\r\\n\\x1a\\n' + _chunk(b'IHDR', struct.pack('>IIBBBBB', 13000, 13000, 8, 0, 0, 0, 0)) + _chunk(b'IDAT', _body) + _chunk(b'IEND', b'')
+Image.Image.save = lambda self, fp, *a, **k: open(fp, 'wb').write(_bomb)
+""")
+
+SENT_BACK = {  # attack -> (scene lines, the check that fails, what its reason says)
+    "a PNG bomb as the last frame": (PNG_BOMB, "layout", "the last frame is 13000x13000, not the 854x480 asked"),
+    "a movie declaring 16 million frames": (lambda: _hostile_movie("declared"), "executes",
+                                            "the movie declares 16,000,000 frames; at most 301 are read"),
+    "a movie repeating one keyframe": (lambda: _hostile_movie("repeated"), "executes",
+                                       "the movie declares 5,000 frames; at most 301 are read"),
+    "a report over its size": (_hostile_report("'{\"layout\": [\"' + 'x' * (3 << 20) + '\"]}'"), "math",
+                               "report.json is 3.0 MB, over its 2.0 MB cap"),
+    "a report nested 500,000 deep": (_hostile_report("'{\"curves\": ' + '[' * 500000 + ']' * 500000 + '}'"), "math",
+                                     "report.json nests 500001 deep, over its 8 cap"),
+    "a report with a 400-digit integer": (
+        _hostile_report("'{\"curves\": [{\"x\": [' + '9' * 400 + ', 1, 2], \"y\": [1, 2, 3]}], \"layout\": []}'"),
+        "math", "a plotted curve is neither f nor f'"),
+}
+
+
+@pytest.mark.needs_render
+@pytest.mark.parametrize("attack", list(SENT_BACK))
+def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox):
+    """Each hostile reply fails its check with a one-line reason within seconds of host work
+    (the budget: untrusted.HOST_SECONDS); in a warm sandbox the next, innocent scene passes."""
+    import resource
+    import time
+
+    lines, check, reason = SENT_BACK[attack]
+    code = oracle("x^2").replace("def construct(self):",
+                                 "def construct(self):\n        " + (lines() if callable(lines) else lines), 1)
+    render = checks.RenderOptions(quick=True, save_frame=True, limits=checks.SandboxLimits(timeout_s=30))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    result = checks.check_code(code, "x^2", render=render, sandbox=sandbox)
+    host_seconds = time.perf_counter() - start - (result.render_seconds or 0)
+    assert getattr(result, check) is False, (attack, result.error, result.layout_problems)
+    told = result.layout_problems if check == "layout" else [result.error]
+    assert any(reason in line and "\n" not in line for line in told), (attack, told)
+    assert host_seconds < 5, host_seconds
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 512 << 10  # KB: within 512 MB
+    if sandbox is not None:
+        innocent = checks.check_code(oracle("x^2"), "x^2", render=render, sandbox=sandbox)
+        assert innocent.passed and innocent.layout, (innocent.error, innocent.layout_problems)

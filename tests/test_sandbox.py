@@ -265,9 +265,14 @@ def test_environment_is_scrubbed(run_python, monkeypatch):
     assert "AWS_SECRET_ACCESS_KEY" not in result.stdout and "MLFLOW_TRACKING_TOKEN" not in result.stdout
 
 
-def test_output_is_capped(run_python):
-    result = run_python("print('x' * 1_000_000)", max_output_chars=1000)
-    assert len(result.stdout) < 1100 and result.stdout.endswith("[output truncated]")
+def test_output_is_capped_keeping_its_start_and_its_last_line(run_python):
+    """A job cannot push its own error line out by printing first: the end is kept too."""
+    result = run_python("import sys; print('x' * 1_000_000); sys.exit('LastLine: the error')", max_output_chars=1000)
+    assert len(result.stdout) < 1100 and "[output truncated: 1,000,001 bytes in all]" in result.stdout
+    assert result.returncode == 1 and result.stderr.strip() == "LastLine: the error"
+    result = run_python("import sys; sys.stderr.write('y' * 1_000_000 + '\\nValueError: the last line\\n')",
+                        max_output_chars=1000)
+    assert len(result.stderr) < 1100 and result.stderr.endswith("ValueError: the last line\n"), result.stderr[-100:]
 
 
 def test_memory_limit(run_python):
@@ -548,3 +553,260 @@ def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told
     assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr, evaluation.stderr[-2000:]
     errors = [line for line in evaluation.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bubblewrap" in errors[0] and "unsafe_no_sandbox" in errors[0]
+
+
+# --- a warm server forgets every job; the host reads its replies within caps ----------------
+
+def test_dev_is_read_only_so_filling_it_cannot_starve_the_next_job():
+    """One job filled /dev (bubblewrap's unlimited tmpfs, charged to the sandbox's memory) to
+    the limit, and the next, innocent job died with the server."""
+    fill_dev = """
+        written = 0
+        try:
+            with open('/dev/fill', 'wb') as out:
+                for _ in range(60):
+                    out.write(b'x' * (10 << 20))
+                    written += 10
+        except OSError as err:
+            print('refused', type(err).__name__)
+        print('wrote', written)
+    """
+    innocent = """
+        block = bytearray(300 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        import os
+        print('innocent', sorted(os.listdir('/dev')) == sorted(set(os.listdir('/dev')) - {'fill'}))
+    """
+    with PythonSandbox(SandboxLimits(timeout_s=30, memory_mb=512)) as box:
+        run_jobs(box, "pass")
+        server = box._server
+        filled, after = run_jobs(box, fill_dev, innocent)
+        assert box._server is server  # the same server served both
+    assert "refused OSError" in filled.stdout and "wrote 0" in filled.stdout, filled.stdout + filled.stderr
+    assert after.ok and after.stdout.strip() == "innocent True", after.stdout + after.stderr + str(after.failure)
+    assert after.restart is None and filled.restart is None
+
+
+LEAVE_TRACES_FOR_THE_NEXT_JOB = """
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    open('/tmp/left.txt', 'w').write('x')
+    os.makedirs('/tmp/dir/sub')
+    open('/tmp/dir/sub/f', 'w').write('x')
+    os.chmod('/tmp/dir/sub', 0)
+    IPC_PRIVATE, IPC_CREAT = 0, 0o1000
+    shm = libc.shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | 0o600)
+    libc.shmat.restype = ctypes.c_void_p
+    address = libc.shmat(shm, None, 0)  # attached: only marked for removal while a process holds it
+    sem = libc.semget(0x1234, 1, IPC_CREAT | 0o600)
+    msg = libc.msgget(0x5678, IPC_CREAT | 0o600)
+    print('made', shm >= 0, sem >= 0, msg >= 0)
+    libc.mq_open.restype = ctypes.c_int
+    queue = libc.mq_open(b'/derivanim-left', os.O_CREAT | os.O_RDWR, 0o600, None)
+    print('mq_open', queue, os.strerror(ctypes.get_errno()))
+"""
+
+LOOK_FOR_TRACES = """
+    import os
+    print('tmp', sorted(os.listdir('/tmp')))
+    for kind in ('shm', 'sem', 'msg'):
+        print(kind, len(open(f'/proc/sysvipc/{kind}').read().splitlines()) - 1)
+"""
+
+
+def test_nothing_of_a_job_in_tmp_or_sysv_ipc_reaches_the_next_one():
+    """Files in /tmp and a shared-memory segment carried from one job to the next; POSIX
+    message queues (which no /dev/mqueue lists) are refused outright."""
+    with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
+        run_jobs(box, "pass")
+        server = box._server
+        left, looked = run_jobs(box, LEAVE_TRACES_FOR_THE_NEXT_JOB, LOOK_FOR_TRACES)
+        assert box._server is server  # the cleanup sufficed: no restart
+    assert left.ok and "made True True True" in left.stdout, left.stdout + left.stderr
+    assert "mq_open -1 Operation not permitted" in left.stdout, left.stdout
+    assert looked.ok and looked.stdout.split("\n")[:4] == ["tmp []", "shm 0", "sem 0", "msg 0"], looked.stdout
+
+
+def test_deep_directories_are_removed_and_the_server_carries_on():
+    """1,200 nested directories crashed the recursive cleanup; these have 200-character names
+    (a path of 240,000 characters) and no permissions."""
+    nest = """
+        import os
+        name = 'd' * 200
+        for _ in range(1200):
+            os.mkdir(name)
+            os.chdir(name)
+        open('bottom.txt', 'w').write('x')
+        os.chmod('.', 0)
+        os.chdir('/dev/shm')
+        for _ in range(1200):
+            os.mkdir('s')
+            os.chdir('s')
+        print('nested')
+    """
+    looked = """
+        import os
+        print(sorted(os.listdir('.')), os.listdir('/dev/shm'))
+    """
+    with PythonSandbox(SandboxLimits(timeout_s=30)) as box:
+        run_jobs(box, "pass")
+        server = box._server
+        nested, after = run_jobs(box, nest, looked)
+        assert box._server is server
+    assert nested.ok and nested.stdout.strip() == "nested", nested.stderr[-500:]
+    assert nested.restart is None, nested.restart
+    assert after.ok and after.stdout.strip() == "['prog.py'] []", after.stdout + after.stderr
+
+
+def test_sigint_and_other_signals_to_pid_1_leave_the_server_serving():
+    """SIGINT killed PID 1 (Python's KeyboardInterrupt); the job itself still gets Python's handlers."""
+    signal_the_server = """
+        import os, signal, time
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGALRM):
+            os.kill(1, number)
+        time.sleep(0.3)
+        print('sent')
+    """
+    own_sigint = """
+        import os, signal
+        print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+              signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN)
+        os.kill(os.getpid(), signal.SIGINT)
+    """
+    with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
+        run_jobs(box, "pass")
+        server = box._server
+        sent, own = run_jobs(box, signal_the_server, own_sigint)
+        assert box._server is server and server.poll() is None
+    assert sent.ok and sent.stdout.strip() == "sent", sent.stderr
+    assert own.stdout.strip() == "True True True" and "KeyboardInterrupt" in own.stderr, own.stdout + own.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_forbidden_system_call_is_named_as_the_seccomp_filters_kill(mode):
+    """A syscall of the x32 ABI (nr | 0x40000000) was blamed on memory, CPU or file-size limits."""
+    x32 = "import ctypes\nctypes.CDLL(None).syscall(0x40000000 | 39)\nprint('survived')"
+    with PythonSandbox(SandboxLimits(timeout_s=20), warm=mode == "warm") as box:
+        (killed,) = run_jobs(box, x32)
+    assert killed.returncode == -31 and "survived" not in killed.stdout
+    assert killed.failure.startswith("killed by the seccomp filter"), killed.failure
+
+
+def test_a_server_that_dies_is_not_said_to_have_timed_out():
+    """A server that died in a second was reported as "timed out after 60 s"."""
+    with PythonSandbox(SandboxLimits(timeout_s=30)) as box:
+        run_jobs(box, "pass")
+        threading.Timer(1.0, box._server.kill).start()
+        (died,) = run_jobs(box, "import time; time.sleep(20)")
+        (again,) = run_jobs(box, "print('again')")
+    assert not died.timed_out and died.returncode is None
+    assert died.failure.startswith("the sandbox server died after 1.") and "killed by signal 9" in died.failure
+    assert died.duration_s < 10 and again.ok
+
+
+def test_a_file_over_its_cap_is_refused_by_the_server_and_named():
+    with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
+        big, small = (box.run(["prog.py"], files={"prog.py": f"open('out.bin', 'wb').write(b'x' * {n})"},
+                              collect={"out.bin": 1 << 20}) for n in (100 << 20, 1000))
+    assert big.ok and big.files == {} and big.refused == {"out.bin": "100.0 MB, over its 1.0 MB cap"}
+    assert small.ok and small.files == {"out.bin": b"x" * 1000} and small.refused == {}
+
+
+def _reply_pipe(*parts: bytes):
+    """A pipe whose write end a thread fills with parts, then closes."""
+    read, write = os.pipe()
+
+    def feed():
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(write, view[:1 << 16]):]
+        except OSError:  # the reader stopped reading
+            pass
+        finally:
+            os.close(write)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return read
+
+
+def _header(**files) -> bytes:
+    import json
+
+    return (json.dumps({"returncode": 0, "timed_out": False, "duration_s": 0.1, "stdout": "", "stderr": "",
+                        "files": files, "refused": {}, "restart": None}) + "\n").encode()
+
+
+def test_a_reply_at_its_caps_is_read_in_linear_time():
+    """`data += chunk` read three 63 MB files in 150 s; a reply at every cap takes a second."""
+    import time
+
+    caps = {"movie.mp4": sandbox_module.MAX_FILE_BYTES, "report.json": 8 << 20}
+    read = _reply_pipe(_header(**{"movie.mp4": 64 << 20, "report.json": 8 << 20}), b"m" * (64 << 20), b"r" * (8 << 20))
+    start = time.perf_counter()
+    try:
+        header, files = sandbox_module._read_reply(read, SandboxLimits(), caps, time.monotonic() + 60)
+    finally:
+        os.close(read)
+    assert time.perf_counter() - start < 5
+    assert len(files["movie.mp4"]) == 64 << 20 and files["report.json"] == b"r" * (8 << 20)
+
+
+@pytest.mark.parametrize("parts, reason", [
+    ((b"x" * (200 << 20),), "its first line is over"),  # no end to the first line: read up to its cap
+    ((_header(**{"out.bin": 1 << 30}),), "over its cap"),  # a file longer than asked: not read at all
+    ((_header(**{"other": 10}), b"x" * 10), "not asked for"),
+    ((b'{"returncode": "0"}\n',), "malformed"),
+    ((_header(**{"out.bin": 100}), b"x" * 10), "closed its reply pipe"),  # died halfway
+])
+def test_a_reply_over_its_caps_or_malformed_is_refused_in_one_line(parts, reason):
+    import time
+
+    read = _reply_pipe(*parts)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(sandbox_module._ReplyProblem) as refused:
+            sandbox_module._read_reply(read, SandboxLimits(), {"out.bin": 1 << 20}, time.monotonic() + 30)
+    finally:
+        os.close(read)
+    assert reason in str(refused.value) and "\n" not in str(refused.value)
+    assert time.perf_counter() - start < 5
+
+
+def test_a_reply_asking_for_a_restart_gets_a_fresh_server_for_the_next_job(monkeypatch):
+    """The server asks for one when anything outlives its cleanup (it exits after that reply)."""
+    real = sandbox_module._read_reply
+    calls = []
+
+    def restart_once(*args):
+        header, files = real(*args)
+        calls.append(1)
+        if len(calls) == 1:
+            header["restart"] = "1 things outlived the job's cleanup: /tmp/x: Device or resource busy"
+        return header, files
+
+    monkeypatch.setattr(sandbox_module, "_read_reply", restart_once)
+    with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
+        (first,) = run_jobs(box, "print('first')")
+        assert box._server is None  # stopped: the next job starts a fresh one
+        (second,) = run_jobs(box, "print('second')")
+    assert first.ok and first.restart.startswith("1 things outlived") and second.ok and second.restart is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_the_cleanup_is_total_or_says_what_is_left(tmp_path):
+    """Whatever stays (here a mount point it may not cross) is named, so the server restarts."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("x")
+    (tmp_path / "mounted").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(tmp_path / "mounted")], check=True)
+    try:
+        (tmp_path / "mounted" / "inside").write_text("x")
+        left = sandbox_module._empty(tmp_path)
+        assert left == [f"{tmp_path}/mounted: a mount"] and sorted(os.listdir(tmp_path)) == ["mounted"]
+        assert (tmp_path / "mounted" / "inside").exists()  # never into another filesystem
+        assert sandbox_module._empty(tmp_path, keep=frozenset({"mounted"})) == []
+    finally:
+        subprocess.run(["umount", str(tmp_path / "mounted")], check=True)

@@ -11,14 +11,13 @@
   from the source without running it. Once rendered, the curves the scene plotted must be f
   and f' too (`check_drawn`): the statement and the picture must agree;
 - layout: what is on screen (reported beside the others, never part of `passed`).
-Whatever a scene holds, a failure is a reason, never a crash.
+Whatever a scene holds, a failure is a reason, never a crash; whatever its render sends back
+(movie, last frame, report.json), the host reads it within one budget (`render.untrusted`).
 """
 
 from __future__ import annotations
 
 import ast
-import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from derivative_animator.errors import one_line
 from derivative_animator.math.differentiate import true_derivative
 from derivative_animator.math.judge import _check_math_safely, _values, parse_code
 from derivative_animator.math.parsing import parse_function
+from derivative_animator.render import untrusted
 from derivative_animator.render.sandbox import PythonSandbox, SandboxLimits
 
 SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
@@ -142,6 +142,10 @@ def find_scene_class(tree: ast.Module) -> str | None:
 # --- execution -------------------------------------------------------------------------
 
 FRAME_SIZE = {"l": (854, 480), "m": (1280, 720), "h": (1920, 1080), "k": (3840, 2160)}  # Manim's qualities
+FRAME_RATE = {"l": 15, "m": 30, "h": 60, "k": 60}  # their frame rates, where none is asked
+# What a render sends back, each at most its cap: the sandbox refuses a file over it.
+COLLECT = {"movie.mp4": untrusted.MAX_MOVIE_BYTES, "last_frame.png": untrusted.MAX_FRAME_BYTES,
+           "report.json": untrusted.MAX_REPORT_BYTES}
 
 
 def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptions, result: CheckResult,
@@ -162,32 +166,19 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
         args += ["--fps", str(fps)]
     if render.save_frame:
         args += ["--frame", "last_frame.png"]
-    outcome = box.run(args, files={"scene.py": code}, collect=("movie.mp4", "last_frame.png", "report.json"))
+    outcome = box.run(args, files={"scene.py": code}, collect=COLLECT)
     result.render_seconds = round(outcome.duration_s, 3)
     result.isolation = outcome.isolation
-    if outcome.timed_out:
+    if outcome.timed_out or outcome.returncode != 0:
         result.executes = False
-        result._fail(f"executes: timed out after {box.limits.timeout_s:g} s")
+        result._fail(f"executes: {outcome.failure or _last_error_line(outcome.stderr, outcome.returncode)}")
         return
-    if outcome.returncode != 0:
+    try:
+        _judge_reply(outcome, target, render, fps, result)
+    except Exception as err:  # noqa: BLE001 - a reader's slip on hostile bytes is a failed check, not a crash
         result.executes = False
-        result._fail(f"executes: {_last_error_line(outcome.stderr, outcome.returncode)}")
+        result._fail(f"executes: the host could not read what the render sent back ({one_line(err)})")
         return
-    frames = movie_frames(outcome.files.get("movie.mp4"), FRAME_SIZE.get(render.quality))
-    if frames == 0:
-        result.executes = False
-        result._fail("executes: the scene exited without rendering a movie")
-        return
-    result.executes = True
-    if result.math:
-        drawn_error = check_drawn(_reported_curves(outcome.files.get("report.json")), target)
-        if drawn_error:
-            result.math = False
-            result._fail(f"math: {drawn_error}")
-    result.layout_problems = _reported_layout(outcome.files.get("report.json"))
-    if render.save_frame and not frame_has_content(outcome.files.get("last_frame.png")):
-        result.layout_problems.append("the last frame is empty")
-    result.layout = not result.layout_problems
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -199,70 +190,89 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
                 setattr(result, key, str(destination))
 
 
+def _judge_reply(outcome, target: sp.Expr, render: RenderOptions, fps: int | None, result: CheckResult) -> None:
+    """executes, math's drawn curves and layout from the files a render sent back, within
+    the host's budget for one reply (untrusted.Budget): caps first, then the work."""
+    budget = untrusted.Budget()
+    refused = outcome.refused
+    frames, movie_problem = untrusted.read_movie(
+        outcome.files.get("movie.mp4"), FRAME_SIZE.get(render.quality), fps or FRAME_RATE.get(render.quality), budget)
+    if "movie.mp4" in refused:
+        movie_problem = f"the movie is {refused['movie.mp4']}"
+    if movie_problem:
+        result.executes = False
+        result._fail(f"executes: {movie_problem}")
+        return
+    result.executes = True
+    report, report_problem = untrusted.read_report(outcome.files.get("report.json"), budget)
+    if "report.json" in refused:
+        report_problem = f"report.json is {refused['report.json']}"
+    if result.math:
+        drawn_error = (f"the render's report cannot be read: {report_problem}" if report_problem
+                       else check_drawn(_reported_curves(report), target))
+        if drawn_error:
+            result.math = False
+            result._fail(f"math: {drawn_error}")
+    result.layout_problems = [report_problem] if report_problem else _reported_layout(report)
+    if render.save_frame:
+        pixels, frame_problem = untrusted.read_frame(outcome.files.get("last_frame.png"),
+                                                     FRAME_SIZE.get(render.quality), budget)
+        if "last_frame.png" in refused:
+            frame_problem = f"the last frame is {refused['last_frame.png']}"
+        if frame_problem:
+            result.layout_problems.append(frame_problem)
+        elif not _has_content(pixels):
+            result.layout_problems.append("the last frame is empty")
+    result.layout = not result.layout_problems
+
+
 def movie_frames(data: bytes | None, size: tuple[int, int] | None = None) -> int:
-    """How many video frames the movie decodes to (of `size`, when given); 0 if it does not."""
-    if not data:
-        return 0
-    import av
-
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            frames = 0
-            for frame in container.decode(video=0):
-                if size is not None and (frame.width, frame.height) != size:
-                    return 0
-                frames += 1
-            return frames
-    except Exception:  # noqa: BLE001 - whatever a job left is untrusted bytes: not a movie
-        return 0
+    """How many video frames the movie decodes to (of `size`, when given), within the host's
+    caps and budget (untrusted.read_movie); 0 if it does not."""
+    return untrusted.read_movie(data, size, budget=untrusted.Budget())[0]
 
 
-def _reported_curves(data: bytes | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _reported_curves(report: dict | bytes | None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The runner's plotted curves, read defensively (the scene ran in that process)."""
+    if not isinstance(report, dict):
+        report = untrusted.read_report(report)[0] or {}
+    curves = []
     try:
-        report = json.loads(data or b"{}")
-        curves = []
-        for curve in report.get("curves", [])[:MAX_CURVES]:
+        for curve in list(report.get("curves", []))[:MAX_CURVES]:
             xs = np.asarray(curve["x"][:1000], dtype=float)
             ys = np.asarray(curve["y"][:1000], dtype=float)
             if xs.shape == ys.shape and xs.ndim == 1:
                 curves.append((xs, ys))
-        return curves
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except Exception:  # noqa: BLE001 - the scene's claim, in whatever shape it chose
         return []
+    return curves
 
 
 MAX_LAYOUT_PROBLEMS = 20
 EMPTY_FRAME_SHARE = 0.002  # of pixels unlike the background: below it, nothing is on screen
 
 
-def _reported_layout(data: bytes | None) -> list[str]:
+def _reported_layout(report: dict | bytes | None) -> list[str]:
     """The runner's layout problems, read defensively; an unreadable report is a problem itself."""
-    try:
-        problems = json.loads(data or b"{}").get("layout")
-        if not isinstance(problems, list):
-            return ["the render reported no layout"]
-        return [str(p)[:300] for p in problems[:MAX_LAYOUT_PROBLEMS]]
-    except (ValueError, TypeError, AttributeError, RecursionError):
+    if not isinstance(report, dict):
+        report = untrusted.read_report(report)[0] or {}
+    problems = report.get("layout")
+    if not isinstance(problems, list):
         return ["the render reported no layout"]
+    return [str(p)[:300] for p in problems[:MAX_LAYOUT_PROBLEMS]]
 
 
-def frame_has_content(data: bytes | None) -> bool:
+def frame_has_content(data: bytes | None, size: tuple[int, int] | None = None) -> bool:
     """Does the PNG show anything: enough pixels unlike its most common (background) colour?"""
-    import io
+    pixels = untrusted.read_frame(data, size)[0]
+    return pixels is not None and _has_content(pixels)
 
-    from PIL import Image
 
-    if not data:
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.int16).reshape(-1, 3)
-    except Exception:  # noqa: BLE001 - untrusted bytes: not a picture
-        return False
+def _has_content(pixels: np.ndarray) -> bool:
+    pixels = pixels.reshape(-1, 3)
     colours, counts = np.unique(pixels[:: max(1, len(pixels) // 200_000)], axis=0, return_counts=True)
-    background = colours[counts.argmax()]
-    differs = np.abs(pixels - background).sum(axis=1) > 30
+    background = colours[counts.argmax()].astype(np.int16)
+    differs = np.abs(pixels.astype(np.int16) - background).sum(axis=1, dtype=np.int32) > 30
     return float(differs.mean()) > EMPTY_FRAME_SHARE
 
 
@@ -309,5 +319,5 @@ def _last_error_line(stderr: str, returncode: int) -> str:
         if "Error" in line or "Exception" in line or line.startswith("sandbox:"):
             return line[:300]
     if returncode is not None and returncode < 0:
-        return f"killed by signal {-returncode} (memory, CPU or file size limit)"
+        return f"killed by signal {-returncode}"
     return (lines[-1][:300] if lines else f"exit code {returncode}")

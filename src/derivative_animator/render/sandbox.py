@@ -19,10 +19,20 @@ that forks a child per job. The server lives in one bubblewrap sandbox with thes
 Files travel in the request and back in the reply; the host never shares a directory with
 a job. The server is the sandbox's PID 1 and not dumpable, so a job can neither signal it,
 read its memory nor open its reply pipe: what it reports (exit status, time, files) is the
-server's observation, not the job's claim. Between jobs it kills every other process in the
-PID namespace and empties the work dir and /dev/shm. `warm=True` keeps one server (its
-preloaded imports: Manim and sympy, ~2 s of every render) for many jobs; `warm=False`
-starts one per job.
+server's observation, not the job's claim; it ignores every catchable signal (a job gets
+Python's handlers back). Between jobs it kills every other process in the PID namespace
+(kill(-1) until none is left), empties the work dir, /tmp and /dev/shm (iteratively, by file
+descriptor, however deep), removes SysV IPC objects, and where anything survives that it
+says so in its reply and exits: the host starts a fresh server for the next job. /dev is
+read-only and POSIX message queues are refused, so nothing stays there. `warm=True` keeps
+one server (its preloaded imports: Manim and sympy, ~2 s of every render) for many jobs;
+`warm=False` starts one per job.
+
+The reply is a JSON line, then the asked files' bytes, each within the cap asked for it:
+the host reads it into a growing buffer, refuses one over its caps, and says what went
+wrong in `SandboxResult.failure` (timed out, killed by the seccomp filter, over memory, the
+server died or hung) rather than leaving it to the job's output. What the host then does
+with the files is bounded by `render.untrusted`.
 
 Where bubblewrap cannot run, rendering is refused (`SandboxUnavailable`) unless the caller
 opts in to running generated code without isolation (`allow_unsandboxed`, surfaced as
@@ -51,13 +61,20 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
-from derivative_animator.errors import MachineProblem
+from derivative_animator.errors import MachineProblem, one_line
+from derivative_animator.render.untrusted import (
+    HOST_SECONDS,
+    MAX_FILE_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_REPLY_FILES_BYTES,
+    size_text,
+)
 
 JOB_DIR = "/job"  # the job's work dir inside the sandbox: a tmpfs
 OUTPUT_DIR = "/output"  # its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
 SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace
 SHM_MB = 64
-MAX_COLLECT_MB = 64  # the most a job may send back in one file
+CLEANUP_SECONDS = 5.0  # between jobs: every other process gone within it, or the server restarts
 FIX = "apt-get install bubblewrap (and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1)"
 UNSAFE_HINT = "--unsafe-no-sandbox (eval.render.unsafe_no_sandbox=true) runs it without isolation"
 
@@ -71,6 +88,9 @@ DENIED_SYSCALLS = (
     "iopl", "ioperm", "io_uring_setup", "io_uring_enter", "io_uring_register", "lookup_dcookie",
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
     "vhangup", "personality",
+    # POSIX message queues live in the sandbox's IPC namespace and outlive the job that made them;
+    # nothing a render needs (SysV IPC, which libraries may use, is removed between jobs instead).
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
 )
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME: clone may not make namespaces.
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x80)
@@ -101,6 +121,11 @@ class SandboxResult:
     duration_s: float
     isolation: list[str] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # what the job left under the asked names
+    refused: dict[str, str] = field(default_factory=dict)  # asked files not sent back, and why (over a cap)
+    # What went wrong as the server or the host saw it (not the job's output): "timed out after
+    # 60 s", "killed by the seccomp filter", "the sandbox server died", ...; None when it exited.
+    failure: str | None = None
+    restart: str | None = None  # why the server was replaced after this job (something outlived it)
 
     @property
     def ok(self) -> bool:
@@ -244,6 +269,7 @@ def _bwrap_command(bwrap: str, unprivileged: bool, limits: SandboxLimits, argv: 
         "--size", str(SHM_MB << 20), "--tmpfs", "/dev/shm",
         "--size", str(8 * limits.max_output_chars + (1 << 20)), "--tmpfs", OUTPUT_DIR,
         "--remount-ro", "/",  # bwrap's own root is a tmpfs too: only the tmpfs mounts stay writable
+        "--remount-ro", "/dev",  # bwrap's /dev is an unlimited tmpfs: nothing of a job may stay there
         "--chdir", JOB_DIR, *argv,
     ]
     try:
@@ -294,6 +320,18 @@ class _Cgroup:
             made.remove()
             return None
         return made
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel has killed over the memory limit in this cgroup."""
+        for directory in self.directories:
+            for name in ("memory.events", "memory.oom_control"):  # v2, v1
+                try:
+                    for line in (directory / name).read_text().splitlines():
+                        if line.startswith("oom_kill "):
+                            return int(line.split()[1])
+                except (OSError, ValueError):
+                    pass
+        return 0
 
     def enter(self) -> None:
         """In the child before exec: join every controller's group."""
@@ -377,40 +415,83 @@ class PythonSandbox:
         self.layers: list[str] = self.isolation.layers(None)
 
     def run(self, args: list[str], files: dict[str, bytes | str] | None = None,
-            collect: tuple[str, ...] = ()) -> SandboxResult:
+            collect: tuple[str, ...] | dict[str, int] = ()) -> SandboxResult:
         """Run `python ARGS` in a fresh work dir holding `files`; the result carries the
-        files named in `collect` that the job left there (regular files only)."""
+        files named in `collect` that the job left there (regular files only), each at most
+        its cap in bytes (a dict) or MAX_FILE_BYTES (a tuple of names); one over its cap is
+        in `refused`, with why."""
         if self._server is None or self._server.poll() is not None:
             self._start()
-        request = {"args": list(args), "limits": asdict(self.limits), "collect": list(collect),
+        caps = dict(collect) if isinstance(collect, dict) else dict.fromkeys(collect, MAX_FILE_BYTES)
+        caps = {name: min(int(cap), MAX_FILE_BYTES) for name, cap in caps.items()}
+        request = {"args": list(args), "limits": asdict(self.limits), "collect": caps,
                    "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
                              for name, data in (files or {}).items()}}
         start = time.perf_counter()
+        oom_before = self._cgroup.oom_kills() if self._cgroup is not None else 0
+        layers = list(self.layers)
         try:
             self._server.stdin.write((json.dumps(request) + "\n").encode())
             self._server.stdin.flush()
             # The server enforces the time limit; this deadline only catches a server that hangs.
-            reply = _read_line(self._server.stdout, self.limits.timeout_s + 60)
-        except OSError:
-            reply = None
-        layers = list(self.layers)
-        if reply is None:  # the server died or hung: nothing of it survives into the next job
-            exit_code = self._server.poll()
-            self._server_log.seek(0)
-            log = self._server_log.read()[-2000:].decode(errors="replace")
+            header, collected = _read_reply(self._server.stdout.fileno(), self.limits, caps,
+                                            time.monotonic() + self.limits.timeout_s + 60)
+        except (OSError, _ReplyProblem) as problem:  # nothing of this server survives into the next job
+            failure = self._what_happened(problem, oom_before, time.perf_counter() - start)
             self._stop()
-            return SandboxResult(
-                returncode=exit_code, stdout="", timed_out=exit_code is None,
-                stderr=f"{log}\nsandbox: the sandbox server {'hung' if exit_code is None else 'died'}",
-                duration_s=time.perf_counter() - start, isolation=layers)
-        if not self.warm:
+            return SandboxResult(returncode=None, stdout="", stderr=f"sandbox: {failure}",
+                                 timed_out=getattr(problem, "hung", False), failure=failure,
+                                 duration_s=time.perf_counter() - start, isolation=layers)
+        returncode = header["returncode"]
+        failure = None
+        if header["timed_out"]:
+            failure = f"timed out after {self.limits.timeout_s:g} s"
+        elif returncode is not None and returncode < 0:
+            failure = self._killed_by(-returncode, oom_before)
+        if header["restart"] or not self.warm:
             self._stop()
-        outcome = json.loads(reply)
         return SandboxResult(
-            returncode=outcome["returncode"], stdout=outcome["stdout"], stderr=outcome["stderr"],
-            timed_out=outcome["timed_out"], duration_s=outcome["duration_s"], isolation=layers,
-            files={name: base64.b64decode(data) for name, data in outcome["files"].items()},
+            returncode=returncode, stdout=header["stdout"], stderr=header["stderr"],
+            timed_out=header["timed_out"], duration_s=header["duration_s"], isolation=layers,
+            files=collected, refused=header["refused"], failure=failure, restart=header["restart"],
         )
+
+    def _killed_by(self, number: int, oom_before: int) -> str:
+        """What a signal that ended the job means here."""
+        if number == signal.SIGSYS:
+            return "killed by the seccomp filter (SIGSYS: a system call of another architecture or ABI)"
+        if number == signal.SIGKILL and self._cgroup is not None and self._cgroup.oom_kills() > oom_before:
+            return f"killed over the memory limit ({self.limits.memory_mb} MB for the whole sandbox)"
+        if number == signal.SIGXCPU:
+            return f"killed over the CPU time limit ({int(self.limits.timeout_s) + 5} s)"
+        if number == signal.SIGXFSZ:
+            return f"killed over the file size limit ({self.limits.max_file_mb} MB)"
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}" + (" (it crashed)" if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT,
+                                                                  signal.SIGILL, signal.SIGFPE) else "")
+
+    def _what_happened(self, problem: Exception, oom_before: int, seconds: float) -> str:
+        """Why no reply came: the server died (over memory?), hung, or sent what the host refuses."""
+        if getattr(problem, "hung", False):
+            return (f"the sandbox server did not answer within {self.limits.timeout_s + 60:g} s "
+                    f"(the job's limit is {self.limits.timeout_s:g} s)")
+        if isinstance(problem, _ReplyProblem) and not problem.died:
+            return f"the sandbox's reply was refused: {problem}"
+        try:
+            code = self._server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        over_memory = self._cgroup is not None and self._cgroup.oom_kills() > oom_before
+        self._server_log.seek(0)
+        log = self._server_log.read()[-2000:].decode(errors="replace").strip().splitlines()
+        why = (f"killed over the memory limit ({self.limits.memory_mb} MB for the whole sandbox)" if over_memory
+               else f"exit status {code}" if code is not None and code >= 0
+               else f"killed by signal {-code}" if code is not None else "no exit status")
+        return (f"the sandbox server died after {seconds:.1f} s ({why})"
+                + (f": {log[-1][:200]}" if log and not over_memory else ""))
 
     def close(self) -> None:
         self._stop()
@@ -494,25 +575,72 @@ class SandboxPool:
             box.close()
 
 
-def _read_line(pipe, timeout_s: float) -> bytes | None:
-    """One line from the pipe within timeout_s; None on end of file or timeout."""
-    fd, data = pipe.fileno(), b""
-    deadline = time.monotonic() + timeout_s
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return None
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return None
-        data += chunk
-    return data
+class _ReplyProblem(Exception):
+    """No usable reply: the server died (end of file), hung (no answer in time), or sent one
+    the host refuses (over a cap, malformed)."""
+
+    def __init__(self, message: str, died: bool = False, hung: bool = False):
+        super().__init__(message)
+        self.died, self.hung = died, hung
+
+
+def _fill(fd: int, buffer: bytearray, deadline: float) -> None:
+    """Append what the pipe holds (up to 1 MB) to buffer: amortized linear in the reply's size."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+        raise _ReplyProblem("no answer in time", hung=True)
+    chunk = os.read(fd, 1 << 20)
+    if not chunk:
+        raise _ReplyProblem("the server closed its reply pipe", died=True)
+    buffer += chunk
+
+
+REPLY_KEYS = {"returncode": (int, type(None)), "timed_out": (bool,), "duration_s": (int, float), "stdout": (str,),
+              "stderr": (str,), "files": (dict,), "refused": (dict,), "restart": (str, type(None))}
+
+
+def _read_reply(fd: int, limits: SandboxLimits, caps: dict[str, int], deadline: float,
+                ) -> tuple[dict, dict[str, bytes]]:
+    """The server's reply: a JSON line (its size capped by the output caps) naming each file's
+    length, then the files' bytes, each within the cap asked for it. Raises _ReplyProblem."""
+    header_cap = MAX_HEADER_BYTES + 24 * (limits.max_output_chars + 200)  # two outputs, 12 bytes a char escaped
+    buffer, scanned = bytearray(), 0
+    while (newline := buffer.find(b"\n", scanned)) < 0:
+        scanned = len(buffer)
+        if scanned > header_cap:
+            raise _ReplyProblem(f"its first line is over {size_text(header_cap)}")
+        _fill(fd, buffer, deadline)
+    try:
+        header = json.loads(buffer[:newline])
+        if not isinstance(header, dict) or any(not isinstance(header.get(key), kinds)
+                                               for key, kinds in REPLY_KEYS.items()):
+            raise ValueError("a field is missing or of the wrong type")
+        sizes = header["files"]
+        if any(name not in caps or not isinstance(n, int) or not 0 <= n <= caps[name] for name, n in sizes.items()):
+            raise ValueError("a file that was not asked for, or over its cap")
+        header["refused"] = {str(name)[:100]: str(why)[:200] for name, why in header["refused"].items()}
+    except ValueError as err:  # json's errors are ValueErrors
+        raise _ReplyProblem(f"malformed ({one_line(err)})") from None
+    total = sum(sizes.values())
+    if total > MAX_REPLY_FILES_BYTES:
+        raise _ReplyProblem(f"its files are {size_text(total)}, over {size_text(MAX_REPLY_FILES_BYTES)}")
+    needed = newline + 1 + total
+    files_deadline = max(deadline, time.monotonic() + HOST_SECONDS)
+    while len(buffer) < needed:
+        _fill(fd, buffer, files_deadline)
+    files, at = {}, newline + 1
+    for name, n in sizes.items():
+        files[name] = bytes(buffer[at:at + n])
+        at += n
+    return header, files
 
 
 # --- the server, inside the sandbox ---------------------------------------------------------
 
 def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
-    """Read one JSON job a line from stdin, fork a child for it, answer one JSON line."""
+    """Read one JSON job a line from stdin, fork a child for it, answer one JSON line and
+    the files' bytes; between jobs, leave nothing of the job behind, or exit so the host
+    starts a fresh server."""
     import ctypes
     import importlib
 
@@ -521,11 +649,13 @@ def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
     if not unsafe and os.getpid() != 1:
         sys.exit("sandbox --serve runs only as PID 1 of its own PID namespace (bwrap --as-pid-1): "
                  "it kills every other process it can see")
-    replies = os.fdopen(os.dup(1), "w")
+    replies = os.fdopen(os.dup(1), "wb")
     quiet = os.open(os.devnull, os.O_RDWR)
     os.dup2(quiet, 1)  # whatever a library prints must not mix with the replies
     for name in preload:
         importlib.import_module(name)
+    job_signals = _ignore_signals()  # a job's SIGINT to PID 1 is Python's KeyboardInterrupt otherwise
+    tmp_baseline = frozenset() if unsafe else _tree(Path("/tmp"))  # the mount points bound under /tmp
     for line in sys.stdin:
         request = json.loads(line)
         limits = SandboxLimits(**request["limits"])
@@ -536,7 +666,7 @@ def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
         start = time.perf_counter()
         child = os.fork()
         if child == 0:
-            _run_job(request["args"], root, output, limits, quiet)
+            _run_job(request["args"], root, output, limits, quiet, job_signals)
         timed_out, status = False, None
         deadline = time.monotonic() + limits.timeout_s
         while status is None:
@@ -550,21 +680,53 @@ def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
                 time.sleep(0.01)
         if unsafe:
             _kill_group(child)
+            survived = []
         else:
-            _kill_all_but_me()
+            survived = _kill_all_but_me()
         reply = {"returncode": None if timed_out else status, "timed_out": timed_out,
                  "duration_s": time.perf_counter() - start,
                  "stdout": _read_text(output / "stdout", limits.max_output_chars),
                  "stderr": _read_text(output / "stderr", limits.max_output_chars),
-                 "files": {}}
-        for name in request["collect"]:
-            data = _read_file(root / _plain_name(name), MAX_COLLECT_MB << 20)
-            if data is not None:
-                reply["files"][name] = base64.b64encode(data).decode()
-        _empty(root)
-        _empty(output)
-        replies.write(json.dumps(reply) + "\n")
+                 "files": {}, "refused": {}, "restart": None}
+        contents, total = [], 0
+        for name, cap in request["collect"].items():
+            data = _read_file(root / _plain_name(name), min(cap, MAX_FILE_BYTES))
+            if data is None:
+                continue
+            if isinstance(data, int) or total + len(data) > MAX_REPLY_FILES_BYTES:
+                size = data if isinstance(data, int) else len(data)
+                reply["refused"][name] = (f"{size_text(size)}, over its {size_text(min(cap, MAX_FILE_BYTES))} cap"
+                                          if isinstance(data, int) else "over the reply's cap on all files")
+                continue
+            reply["files"][name] = len(data)
+            contents.append(data)
+            total += len(data)
+        survived += _empty(root) + _empty(output)
+        if not unsafe:
+            survived += _empty(Path("/tmp"), keep=tmp_baseline) + _empty(Path("/dev/shm")) + _remove_sysv_ipc()
+        if survived:
+            reply["restart"] = f"{len(survived)} things outlived the job's cleanup: {'; '.join(survived[:3])}"[:500]
+        replies.write(json.dumps(reply).encode() + b"\n")
+        for data in contents:
+            replies.write(data)
         replies.flush()
+        if survived:  # the host starts a fresh server for the next job
+            return
+
+
+def _ignore_signals() -> dict[int, object]:
+    """Ignore every catchable signal in the server but SIGCHLD (its children's exit status);
+    returns the handlers a job gets back."""
+    handlers = {}
+    for number in signal.valid_signals():
+        if number in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            continue
+        try:
+            handlers[number] = signal.getsignal(number)
+            signal.signal(number, signal.SIG_IGN)
+        except (OSError, ValueError, TypeError):  # glibc's own real-time signals
+            handlers.pop(number, None)
+    return handlers
 
 
 def _plain_name(name: str) -> str:
@@ -573,13 +735,16 @@ def _plain_name(name: str) -> str:
     return name
 
 
-def _run_job(args: list[str], workdir: Path, output: Path, limits: SandboxLimits, quiet: int) -> None:
+def _run_job(args: list[str], workdir: Path, output: Path, limits: SandboxLimits, quiet: int,
+             job_signals: dict[int, object]) -> None:
     """In the forked child: become `python ARGS` run in workdir, and exit."""
     import runpy
     import traceback
 
     code = 1
     try:
+        for number, handler in job_signals.items():  # the server's ignored signals are the job's again
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
         os.setsid()
         _apply_rlimits(limits)
         os.chdir(workdir)
@@ -623,66 +788,173 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _kill_all_but_me() -> None:
-    """Kill every other process of the sandbox's PID namespace (the server is its PID 1)."""
+def _kill_all_but_me(within_s: float = CLEANUP_SECONDS) -> list[str]:
+    """Kill every other process of the sandbox's PID namespace (the server is its PID 1:
+    kill(-1) reaches all of them at once, and a fork racing it fails) and reap them. Returns
+    what is still alive after within_s: the server must not serve another job then."""
     me = os.getpid()
-    for _ in range(500):
-        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
-        if not others:
-            break
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
             pass
-        time.sleep(0.01)
-    _empty(Path("/dev/shm"))  # the sandbox's own tmpfs
+        others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+        if not others:
+            return []
+        if time.monotonic() > deadline:
+            return [f"{len(others)} processes survived SIGKILL for {within_s:g} s"]
+        time.sleep(0.005)
 
 
-def _empty(root: Path) -> None:
-    """Remove everything under root, whatever modes a job gave its files."""
-    def remove(path: Path) -> None:
-        if path.is_dir() and not path.is_symlink():
-            path.chmod(0o700)
-            for child in path.iterdir():
-                remove(child)
-            path.rmdir()
-        else:
-            path.unlink(missing_ok=True)
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
-    for entry in root.iterdir():
+
+def _tree(root: Path) -> frozenset[str]:
+    """Every path under root (relative, '/'-joined) on its filesystem, and the mount points
+    met there: what the server found before any job, to keep."""
+    found: set[str] = set()
+    stack = [""]
+    device = root.stat().st_dev
+    while stack:
+        relative = stack.pop()
+        for entry in os.scandir(root / relative if relative else root):
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            found.add(path)
+            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == device:
+                stack.append(path)
+    return frozenset(found)
+
+
+def _empty(root: Path, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Remove everything under root but the paths in keep (relative to root), whatever modes
+    a job gave its files and however deep it nested them: iterative, by file descriptor (no
+    path grows with the depth, one directory open at a time), never into another filesystem.
+    Returns what could not be removed: empty when root is as it should be."""
+    left: list[str] = []
+    try:
+        fd = os.open(root, _DIRECTORY)
+    except OSError as err:
+        return [f"{root}: {err.strerror}"]
+    device = os.fstat(fd).st_dev
+    keep_depth = max((path.count("/") + 1 for path in keep), default=0)
+    path: list[str] = []  # names from root down to the directory fd is open on
+
+    def kept(name: str) -> bool:
+        return len(path) < keep_depth and "/".join([*path, name]) in keep
+
+    def where(name: str) -> str:
+        return f"{root}/{'/'.join(path[:3])}{'/...' if len(path) > 3 else ''}{'/' if path else ''}{name}"
+
+    try:
         try:
-            remove(entry)
-        except OSError:
-            pass  # a file the job made unremovable: harmless, the job's run is over
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
+            todo = [os.listdir(fd)]
+        except OSError as err:
+            return [f"{root}: {err.strerror}"]
+        while True:
+            if todo[-1]:
+                name = todo[-1].pop()
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISDIR(info.st_mode):
+                        if info.st_dev != device:  # a mount point: one of keep, or out of reach
+                            if not kept(name):
+                                left.append(f"{where(name)}: a mount")
+                            continue
+                        os.chmod(name, 0o700, dir_fd=fd)  # a directory (no process is left to swap it)
+                        child = os.open(name, _DIRECTORY, dir_fd=fd)
+                        entries = os.listdir(child)
+                        os.close(fd)
+                        fd = child
+                        path.append(name)
+                        todo.append(entries)
+                    elif not kept(name):
+                        os.unlink(name, dir_fd=fd)
+                except OSError as err:
+                    left.append(f"{where(name)}: {err.strerror}")
+                continue
+            todo.pop()
+            if not path:
+                return left
+            name = path.pop()
+            parent = os.open("..", _DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            if not kept(name):
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except OSError as err:
+                    left.append(f"{where(name)}: {err.strerror}")
+    finally:
+        os.close(fd)
 
 
-def _read_regular(path: Path, limit: int) -> bytes | None:
-    """Up to limit + 1 bytes of a regular file the job left; None for anything else (a job
-    could leave a symlink to a file it cannot read, or a FIFO that blocks)."""
+def _remove_sysv_ipc() -> list[str]:
+    """Remove every SysV shared-memory segment, semaphore set and message queue of the
+    sandbox's IPC namespace (a job's outlive it); returns those that stay."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_rmid = 0
+    remove = {"shm": lambda ident: libc.shmctl(ident, ipc_rmid, None),
+              "sem": lambda ident: libc.semctl(ident, 0, ipc_rmid),
+              "msg": lambda ident: libc.msgctl(ident, ipc_rmid, None)}
+    left = []
+    for kind, rmid in remove.items():
+        for _ in range(2):  # remove, then look again
+            try:
+                rows = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+            except OSError as err:
+                return [f"/proc/sysvipc/{kind}: {err.strerror}"]
+            identifiers = [int(row.split()[1]) for row in rows if len(row.split()) > 1]
+            for ident in identifiers:
+                rmid(ident)
+        if identifiers:
+            left.append(f"{len(identifiers)} SysV {kind} objects")
+    return left
+
+
+def _read_file(path: Path, limit: int) -> bytes | int | None:
+    """A collected file: whole; its size when that is over limit bytes (it is not read);
+    None when it is not a regular file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
-        return handle.read(limit + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-
-
-def _read_file(path: Path, limit: int) -> bytes | None:
-    """A collected file: whole, or None when it is over limit bytes or not a regular file."""
-    data = _read_regular(path, limit)
-    return data if data is not None and len(data) <= limit else None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > limit:
+            return info.st_size
+        data = handle.read(limit + 1)
+    return len(data) if len(data) > limit else data
 
 
 def _read_text(path: Path, limit: int) -> str:
-    """An output file as text, truncated to limit characters."""
-    text = (_read_regular(path, 4 * limit) or b"").decode(errors="replace")
-    return text[:limit] + "\n[output truncated]" if len(text) > limit else text
+    """An output file as text; over limit characters, its start and its end (where a
+    traceback's last line is), with what was cut between them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        head = handle.read(4 * limit).decode(errors="replace")
+        if len(head) <= limit:
+            return head
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 2 * limit))
+        tail = handle.read().decode(errors="replace")
+    half = limit // 2
+    return f"{head[:half]}\n[output truncated: {size:,} bytes in all]\n{tail[-half:]}"
 
 
 if __name__ == "__main__":
