@@ -144,7 +144,7 @@ def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_unt
     good = oracle.template_scene("x^2", "tangent")
     wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
     also_right = _header(good).replace("f'(x) = 2x", "f'(x) = 2*x")
-    model = _FakeModel([wrong], headers=[_header(wrong), also_right, _header(good), also_right],
+    model = _FakeModel([wrong], headers=[_header(wrong), also_right, also_right, _header(good)],
                        completions={also_right: also_right + "broken(", _header(good): good})
     written, said = _write(model)
     assert written.code == good and written.result.passed and model.batches == 1
@@ -157,6 +157,10 @@ def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_unt
     written, said = _write(model, attempts=2)
     assert written.code == wrong and "the one completed failed a check" in said[-2]
     assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
+    # A right header that is the first scene's own is not completed again (its scene already failed).
+    model = _FakeModel([good + "\nbroken("], headers=[_header(good)] * 2)
+    written, said = _write(model)
+    assert said[-2] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
     # A first scene that passes: no header is sampled, nothing more is said.
     model = _FakeModel([good], headers=[_header(wrong)])
     written, said = _write(model)
