@@ -71,12 +71,3 @@ def first_passing(
             break
     return verification
 
-
-def best_of_n(
-    write: Callable[[int], Generation],
-    check: Callable[[int, Generation], Any],
-    attempts: int,
-    report: Callable[[Try], None] = lambda attempt: None,
-) -> Verification:
-    """`first_passing` over write(1), write(2), ... write(attempts), each written only when needed."""
-    return first_passing((write(attempt) for attempt in range(1, attempts + 1)), check, report)
