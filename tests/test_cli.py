@@ -7,7 +7,7 @@ import pytest
 
 from derivative_animator import cli
 from derivative_animator.data import oracle
-from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.math.header import math_header_length
 
 
 def run(*args, cwd=None):
@@ -81,7 +81,7 @@ def test_check_reports_wrong_derivative(tmp_path):
     (["--attempts", "0"], "--attempts must be 1 or more"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be 1 or more"),
     (["--temperature", "-1"], "--temperature must be 0"),
-    (["--retry-temperature", "0"], "--retry-temperature must be above 0"),
+    (["--self-consistency-temperature", "0"], "--self-consistency-temperature must be above 0"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--syntax-rollbacks", "-1"], "--syntax-rollbacks must be 0 or more"),
@@ -100,43 +100,85 @@ def test_check_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
     assert "--timeout must be above 0" in capsys.readouterr().err
 
 
-def _fake_generator(codes):
-    from types import SimpleNamespace
-
-    class Fake:  # writes the given codes in turn, and honours accept_header as the real one does
-        def generate(self, function, *args, accept_header=None, **kwargs):
-            code, stop = codes.pop(0), "eos"
-            header = code.split(MATH_HEADER_END)[0]
-            if accept_header is not None and MATH_HEADER_END in code and not accept_header(header):
-                code, stop = header, "math header rejected"
-            return SimpleNamespace(code=code, seconds=0.1, tokens_per_second=10.0, rollbacks=0, guarded=0,
-                                   stop=stop)
-    return Fake()
+def _header(code: str) -> str:
+    return code[:math_header_length(code)]
 
 
-def test_verified_generation_keeps_the_attempt_that_passed_most_checks():
+class _FakeModel:
+    """Writes the given first scenes in turn; its batch of header samples writes `headers`; a
+    header it is asked to go on from (`prefix`) becomes `completions[header]`."""
+
+    def __init__(self, firsts, headers=(), completions=None):
+        self.firsts, self.headers, self.completions = list(firsts), list(headers), completions or {}
+        self.batches = 0
+
+    def generate(self, function, *args, prefix="", **kwargs):
+        from derivative_animator.model.generate import Generation
+
+        code = self.completions[prefix] if prefix else self.firsts.pop(0)
+        return Generation(function, code, 0.1, 1, 1)
+
+    def generate_batch(self, functions, *args, headers_only=False, **kwargs):
+        from derivative_animator.model.generate import Generation
+
+        assert headers_only
+        self.batches += 1
+        return [Generation(f, h, 0.01, 1, 0) for f, h in zip(functions, self.headers, strict=True)]
+
+
+def _write(model, **changes):
+    from derivative_animator.eval.service import GenerationService
+    from derivative_animator.model.settings import GenerationSettings
+
+    settings = GenerationSettings.defaults().changed(**{"attempts": 3, "max_new_tokens": 10, **changes,
+                                                        "self_consistency": {"k": max(1, len(model.headers))}})
+    said = []
+    with GenerationService(settings, model) as service:
+        written = service.write("x^2", said.append)
+    return written, said
+
+
+def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_until_one_passes():
     import re
-    from types import SimpleNamespace
 
     good = oracle.template_scene("x^2", "tangent")
     wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
-    settings = dict(attempts=3, temperature=0.0, retry_temperature=0.7, seed=0, max_new_tokens=10,
-                    top_p=0.95, syntax_rollbacks=0, no_verify=False)
-    said = []
-    code, result = cli.generate_verified(_fake_generator([wrong, "broken(", good]), "x^2",
-                                         SimpleNamespace(**settings, repair=False), said.append)
-    assert code == good and said[-1].startswith("attempt 3: syntax:ok structure:ok")
-    said = []
-    code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",
-                                         SimpleNamespace(**settings, repair=False), said.append)
-    assert code == "broken(" and not result.syntax  # attempt 2 was abandoned at its header
-    assert said[1].startswith("attempt 2: abandoned after its math header")
+    also_right = _header(good).replace("f'(x) = 2x", "f'(x) = 2*x")
+    model = _FakeModel([wrong], headers=[_header(wrong), also_right, also_right, _header(good)],
+                       completions={also_right: also_right + "broken(", _header(good): good})
+    written, said = _write(model)
+    assert written.code == good and written.result.passed and model.batches == 1
+    assert said[0].startswith("attempt 1: syntax:ok structure:ok executes:ok math:FAIL")
+    assert said[1].startswith("attempt 2: syntax:FAIL") and said[2].startswith("attempt 3: syntax:ok")
+    assert said[-1] == ("greedy's scene had a wrong derivative; 3 of 4 sampled derivatives were right; "
+                        "the second passed every check")
+    # At most attempts - 1 completions, however many headers are right.
+    model = _FakeModel([wrong], headers=[also_right, _header(good)], completions={also_right: also_right + "broken("})
+    written, said = _write(model, attempts=2)
+    assert written.code == wrong and "the one completed failed a check" in said[-2]
     assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
-    # --repair works on the kept attempt, not on the last one, and says so.
-    said = []
-    code, result = cli.generate_verified(_fake_generator(["broken(", wrong, "broken again("]), "x^2",
-                                         SimpleNamespace(**settings, repair=True), said.append)
-    assert result.passed and "--repair" in said[-1] and code != wrong
+    # A right header that is the first scene's own is not completed again (its scene already failed).
+    model = _FakeModel([good + "\nbroken("], headers=[_header(good)] * 2)
+    written, said = _write(model)
+    assert said[-2] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
+    # A first scene that passes: no header is sampled, nothing more is said.
+    model = _FakeModel([good], headers=[_header(wrong)])
+    written, said = _write(model)
+    assert written.code == good and model.batches == 0 and len(said) == 1
+
+
+def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
+    import re
+
+    good = oracle.template_scene("x^2", "tangent")
+    wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
+    written, said = _write(_FakeModel(["broken("], headers=[_header(wrong)] * 2))
+    assert written.code == "broken(" and not written.result.syntax
+    assert said[1] == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
+    assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
+    # --repair works on the kept scene, and says so.
+    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=True)
+    assert written.result.passed and "--repair" in said[-1] and written.code != wrong
 
 
 # --- a function may start with a minus: no "--" needed ------------------------------------

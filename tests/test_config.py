@@ -11,17 +11,27 @@ from omegaconf import OmegaConf
 from derivative_animator import cli, paths
 from derivative_animator.data import dataset
 from derivative_animator.model.base_model import BaseModelConfig
+from derivative_animator.model.settings import GenerationSettings, SelfConsistencySettings
 
 
 def test_derivanim_generate_takes_every_generation_default_from_the_group_the_evaluator_composes():
     g = compose_config("eval").generate
     args = cli.build_parser().parse_args(["generate", "x^2", "--model", "checkpoint"])
-    assert (args.temperature, args.retry_temperature, args.top_p, args.max_new_tokens, args.seed, args.attempts,
-            args.syntax_rollbacks, args.bracket_guard, args.self_consistency_temperature) == (
-        g.temperature, g.sample_temperature, g.top_p, g.max_new_tokens, g.seed, g.attempts,
-        g.syntax_rollbacks, g.bracket_guard, g.self_consistency.temperature)
+    assert cli.generation_settings(args) == GenerationSettings.from_config(g)  # every field, nested ones too
+    assert (args.temperature, args.top_p, args.max_new_tokens, args.seed, args.attempts,
+            args.syntax_rollbacks, args.bracket_guard, args.self_consistency_temperature, args.repair) == (
+        g.temperature, g.top_p, g.max_new_tokens, g.seed, g.attempts,
+        g.syntax_rollbacks, g.bracket_guard, g.self_consistency.temperature, g.repair)
     assert args.self_consistency == 0  # off unless asked; asked without K, the group's k
     assert cli.build_parser().parse_args(["generate", "x^2", "--self-consistency"]).self_consistency == g.self_consistency.k
+
+
+def test_generation_settings_have_no_defaults_of_their_own_and_take_every_key_of_the_group():
+    for settings_class in (GenerationSettings, SelfConsistencySettings):
+        assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(settings_class))
+    settings = GenerationSettings.from_config(compose_config("eval", "generate.self_consistency.k=3").generate)
+    assert settings.self_consistency.k == 3 and settings == GenerationSettings.defaults().changed(
+        self_consistency={"k": 3})
 
 
 def test_generation_settings_have_one_home():

@@ -255,12 +255,14 @@ class _KnownTries:
         self.plan = plan
 
     def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None,
-                 syntax_rollbacks=0, accept_header=None):
+                 syntax_rollbacks=0, accept_header=None, prefix=""):
         from derivative_animator.data import oracle
         from derivative_animator.model.decoding import HEADER_REJECTED
         from derivative_animator.model.generate import Generation
 
         code = oracle.template_scene(function, "tangent")
+        if prefix:  # a sampled header, completed: the oracle's body under it
+            return Generation(function, prefix + code[math_header_length(code):], 0.01, 450, 45)
         if self.plan[seed] != "right":
             code = code.replace("f'(x) = ", "f'(x) = 7 + ", 1)
         if self.plan[seed] == "rejected header":
@@ -272,17 +274,19 @@ class _KnownTries:
 
 @pytest.mark.needs_render
 def test_verified_and_pass_at_k_rows_of_a_model_whose_tries_are_known(tmp_path, monkeypatch):
-    # Samples k = 0, 1, 2 use seeds 0, 1, 2; verification's attempt a uses seed 100 + a.
-    plan = {0: "wrong", 1: "right", 2: "wrong", 102: "rejected header", 103: "right"}
-    results = evaluate_known_model(tmp_path, monkeypatch, "x^2\nsin x\n", _KnownTries(plan),
+    # Samples k = 0, 1, 2 use seeds 0, 1, 2; verification's header batch row i uses seed 1000 + i.
+    plan = {0: "wrong", 1: "right", 2: "wrong", 1000: "wrong", 1001: "right", 1002: "right"}
+    results = evaluate_known_model(tmp_path, monkeypatch, "x^2\nsin x\n", _KnownHeaders(plan),
                                    "eval.baselines=[finetuned,verified]", "eval.samples_per_function=3",
-                                   "generate.attempts=3")
+                                   "generate.attempts=3", "generate.self_consistency.k=3")
     finetuned, verified = results["summary"]["finetuned"]["all"], results["summary"]["verified"]["all"]
     assert finetuned["math"] == 0.0 and finetuned["passed"] == 0.0  # raw is the first, greedy try
     assert finetuned["pass@1"] == 33.3 and finetuned["pass@3"] == 100.0  # 1 of 3 tries passes
-    assert verified["passed"] == 100.0 and verified["attempts_mean"] == 3.0
+    assert verified["passed"] == 100.0 and verified["attempts_mean"] == 2.0
     rows = [r for r in results["rows"] if r["baseline"] == "verified"]
-    assert [r["attempt"] for r in rows] == [3, 3] and all(r["attempts_tried"] == 3 for r in rows)
+    assert [r["attempt"] for r in rows] == [2, 2] and all(r["attempts_tried"] == 2 for r in rows)
+    # Two headers right, the same text: completed once.
+    assert all(r["extra"]["headers"] == {"sampled": 3, "right": 2, "completed": 1} for r in rows)
 
 
 @pytest.mark.needs_render

@@ -137,7 +137,8 @@ def test_cli_generate_with_model_reports_each_check(checkpoint, tmp_path):
     out = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
                           str(checkpoint), "-o", str(target), "--max-new-tokens", "40", "--attempts", "2"],
                          capture_output=True, text=True, timeout=300)
-    assert "attempt 1: syntax:" in out.stderr and "attempt 2:" in out.stderr
+    # Verification sampled headers; none of an untrained model's is right, so none is completed.
+    assert "attempt 1: syntax:" in out.stderr and "0 of 8 sampled derivatives were right" in out.stderr
     assert out.returncode == 1 and target.is_file()  # an untrained model fails the checks, honestly
     bad = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
                           str(tmp_path)], capture_output=True, text=True, timeout=300)

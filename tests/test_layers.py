@@ -3,7 +3,9 @@
 math <- render <- data <- model <- eval, with one exception on purpose: the model layer never
 imports render (decoding judges headers with `math.judge`, without Manim or the sandbox).
 paths, environment, errors and cli_support sit under every layer; the CLI, the page and
-the entry points (dataset, train, evaluate) sit on top and may import anything."""
+the entry points (dataset, train, evaluate) sit on top and may import anything, except each
+other: nothing imports an entry point (the rule for writing a scene lives below them, in
+eval/service.py), so no import climbs back up and the package has no import cycle."""
 
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ MAY_IMPORT = {
     "model": {"math", "data", "model"},
     "eval": {"math", "render", "data", "model", "eval"},
 }
+# Programs people run: nothing imports them, but `derivanim serve` (the CLI's subcommand) starts the page.
+ENTRY_POINTS = {"cli", "serve", "evaluate", "train"}
+MAY_START = {"cli": {"serve"}}
 HEAVY = {"torch", "transformers", "lightning", "peft", "mlflow", "hydra"}
 FORBIDDEN_LIBRARIES = {
     "math": HEAVY | {"manim"},
@@ -113,3 +118,66 @@ def test_the_model_layer_loads_no_renderer_and_no_manim():
     loaded = _loaded_after_importing("model")
     assert "manim" not in {m.split(".")[0] for m in loaded}
     assert not [m for m in loaded if m.startswith("derivative_animator.render")]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(("derivative_animator", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def test_no_module_imports_an_entry_point():
+    wrong = []
+    for path in _modules():
+        importer = _layer(path)
+        for name in _imports(path):
+            target = _internal_layer(name)
+            if target in ENTRY_POINTS and target != importer and target not in MAY_START.get(importer, set()):
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert not wrong, wrong
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each module of the package and the package modules it imports (lazy imports too)."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    names = {_module_name(p) for p in paths}
+    graph = {}
+    for path in paths:
+        imported = set()
+        for name in _imports(path):  # `from a.b import c` names a.b, and a.b.c when c is a module
+            imported |= {name, name.rsplit(".", 1)[0]}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[_module_name(path)] = (imported & names) - {_module_name(path)}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _import_graph()
+    assert "derivative_animator.eval.service" in graph["derivative_animator.cli"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert _cycle({**graph, "derivative_animator.serve": graph["derivative_animator.serve"]
+                   | {"derivative_animator.cli"}}) is not None  # the detector sees the cycle that once was

@@ -1,4 +1,4 @@
-"""verify.best_of_n: the one best-of-n policy behind the CLI, the page and the evaluator."""
+"""verify.first_passing: the one verification loop behind the CLI, the page and the evaluator."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from derivative_animator.eval.verify import best_of_n
+from derivative_animator.eval.verify import first_passing
 from derivative_animator.model.decoding import HEADER_REJECTED
 from derivative_animator.model.generate import Generation
 
@@ -37,7 +37,8 @@ def run(verdicts: list, attempts: int | None = None):
         assert generation.stop != HEADER_REJECTED, "an abandoned try is never checked"
         return verdicts[attempt - 1]
 
-    verification = best_of_n(write, check, attempts or len(verdicts), heard.append)
+    tries = (write(attempt) for attempt in range(1, (attempts or len(verdicts)) + 1))  # each written when asked for
+    verification = first_passing(tries, check, heard.append)
     return verification, checked, [t.attempt for t in heard]
 
 

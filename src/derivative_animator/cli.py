@@ -13,25 +13,19 @@ Exit codes: 0 success, 1 a check failed, 2 bad input (one line `error: ...`),
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import re
 import sys
-from functools import cache
 from pathlib import Path
 
 from derivative_animator import paths
 from derivative_animator.data import scenes
-from derivative_animator.data.oracle import (
-    CannotAnimate,
-    describe,
-    template_scene,
-    with_true_derivative,
-)
+from derivative_animator.data.oracle import CannotAnimate, describe, template_scene
 from derivative_animator.errors import one_line
+from derivative_animator.eval.service import GenerationService, marks
 from derivative_animator.math.differentiate import UnsupportedFunction
-from derivative_animator.math.judge import header_judge
 from derivative_animator.math.parsing import ParseError, function_lines, parse_function
+from derivative_animator.model.settings import GenerationSettings
 from derivative_animator.render.sandbox import SandboxUnavailable
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
@@ -63,97 +57,16 @@ def write_new_file(path: Path, text: str, force: bool = False) -> None:
     paths.write_atomic(path, text)
 
 
-def _check(code: str, function: str, render: bool, output_dir: Path | None):
-    from derivative_animator.render import checks
-
-    options = checks.RenderOptions(quick=not render, save_frame=render)
-    return checks.check_code(code, function, render=options, output_dir=output_dir, sandbox=_render_sandbox())
-
-
-_allow_unsandboxed = False  # --unsafe-no-sandbox; main() sets it once
-
-
-@cache
-def _render_sandbox():
-    """One warm render sandbox for this process: verification's tries, --render and the
-    interactive loop render without importing Manim each time. Started before the model
-    loads, it imports Manim while the model writes."""
-    from derivative_animator.render import checks
-
-    sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD,
-                                   allow_unsandboxed=_allow_unsandboxed)
-    atexit.register(sandbox.close)
-    return sandbox
-
-
-def generate_verified(generator, function: str, args, say) -> tuple[str, object]:
-    """Greedy first; on failure sample again (best of n, `verify.best_of_n`). Never swaps code
-    silently: --repair says so."""
-    from derivative_animator.eval.verify import best_of_n
-
-    accept_header = header_judge(function)
-
-    def write(attempt: int):
-        temperature = args.temperature if attempt == 1 else max(args.temperature, args.retry_temperature)
-        seed = None if args.seed is None else args.seed + attempt - 1
-        # A retry is abandoned once its math header is wrong (it cannot pass), unless --repair
-        # may want a whole scene to fix; attempt 1 is always written out.
-        abandon = attempt > 1 and not args.repair
-        gen = generator.generate(function, args.max_new_tokens, temperature, args.top_p, seed,
-                                 syntax_rollbacks=args.syntax_rollbacks,
-                                 accept_header=accept_header if abandon else None)
-        if attempt == 1 and getattr(args, "self_consistency", 0):
-            gen = _vote_on_header(generator, function, gen, args, say)
-        return gen
-
-    def report(tried) -> None:
-        gen, result = tried.generation, tried.result
-        if result is None:
-            say(f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong "
-                f"({gen.seconds:.2f} s)")
-            return
-        say(f"attempt {tried.attempt}: {_marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
-            + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
-            + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "") + ")"
-            + (f"  {result.error}" if result.error else ""))
-
-    verification = best_of_n(write, lambda attempt, gen: _check(gen.code, function, False, None),
-                             1 if args.no_verify else args.attempts, report)
-    kept = verification.kept
-    if kept.result.passed or args.no_verify:
-        return kept.generation.code, kept.result
-    code, result = kept.generation.code, kept.result
-    say(f"no attempt passed every check; keeping attempt {kept.attempt} ({_marks(result)})")
-    if args.repair and result.syntax and result.structure and not result.math:
-        repaired = with_true_derivative(code, function)
-        if repaired:
-            say("--repair: replaced the model's f'(x) line with the true derivative")
-            return repaired, _check(repaired, function, False, None)
-    return code, result
-
-
-def _vote_on_header(generator, function: str, gen, args, say):
-    """--self-consistency K: the first scene under the math header K samples agree on most."""
-    from dataclasses import replace
-
-    from derivative_animator.model.self_consistency import self_consistent_scene
-
-    seed = 1000 if args.seed is None else args.seed + 1000
-    code, vote = self_consistent_scene(generator, function, gen.code, args.self_consistency,
-                                       args.self_consistency_temperature, args.top_p, seed)
-    if vote.chosen is None:
-        say(f"self-consistency: no header could vote ({vote.seconds:.1f} s); keeping the greedy scene")
-    else:
-        which = "the greedy header" if vote.chosen == 0 else f"sampled header {vote.chosen}"
-        say(f"self-consistency: {which}, agreed by {vote.group_size} of {vote.voters} ({vote.seconds:.1f} s)")
-    return replace(gen, code=code, seconds=gen.seconds + vote.seconds)
-
-
-def _marks(result) -> str:
-    from derivative_animator.render.checks import REPORTED
-
-    return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
-                    for k in REPORTED)
+def generation_settings(args) -> GenerationSettings:
+    """The `generate` flags as settings: conf/generate (their defaults) with this call's changes."""
+    voting = bool(args.self_consistency)
+    defaults = GenerationSettings.defaults()
+    return defaults.changed(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        attempts=1 if args.no_verify else args.attempts, syntax_rollbacks=args.syntax_rollbacks,
+        repair=args.repair and not args.no_verify, bracket_guard=args.bracket_guard,
+        self_consistency={"k": args.self_consistency or defaults.self_consistency.k, "vote": voting,
+                          "temperature": args.self_consistency_temperature})
 
 
 def _check_sampling_args(args) -> None:
@@ -162,7 +75,6 @@ def _check_sampling_args(args) -> None:
         (args.attempts >= 1, f"--attempts must be 1 or more, got {args.attempts}"),
         (args.max_new_tokens >= 1, f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}"),
         (args.temperature >= 0, f"--temperature must be 0 (greedy) or more, got {args.temperature}"),
-        (args.retry_temperature > 0, f"--retry-temperature must be above 0, got {args.retry_temperature}"),
         (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
         (args.syntax_rollbacks >= 0, f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}"),
         (args.self_consistency >= 0, f"--self-consistency must be 0 (off) or more samples, got {args.self_consistency}"),
@@ -177,45 +89,48 @@ def _check_sampling_args(args) -> None:
 def cmd_generate(args) -> int:
     if args.model:
         _check_sampling_args(args)
+    with GenerationService(generation_settings(args), allow_unsandboxed=args.unsafe_no_sandbox) as service:
+        return _generate(args, service)
+
+
+def _generate(args, service: GenerationService) -> int:
     if args.backend == "template" and not args.model:
         if args.interactive or args.from_file:
             raise UsageError("--interactive and --from-file need --model DIR")
         if args.function is None:
             raise UsageError("give the FUNCTION to animate, e.g. derivanim generate 'x^2 sin x'")
         code = template_scene(args.function, args.style)
-        return _emit(code, args, args.function)
+        return _emit(code, args, args.function, service)
     if not args.model:
         raise UsageError("pass --model DIR (a merged checkpoint) or --backend template")
-    _render_sandbox()
+    service.start_sandbox()  # Manim imports in the sandbox while the model loads
     from derivative_animator.data.prompt import PromptFormatError
-    from derivative_animator.model.generate import SceneGenerator
 
     try:
-        generator = SceneGenerator.load(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch,
-                                        bracket_guard=args.bracket_guard)
+        service.load_model(args.model, allow_prompt_mismatch=args.allow_prompt_mismatch)
     except (PromptFormatError, FileNotFoundError, OSError) as err:
         raise UsageError(str(err)) from None
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
     if args.interactive:
-        return _interactive(generator, args, say)
+        return _interactive(service, args, say)
     if args.from_file:
-        return _from_file(generator, args, say)
+        return _from_file(service, args, say)
     if args.function is None:
         raise UsageError("give a FUNCTION, or --from-file, or -i")
     parse_function(args.function)  # a bad function fails here, before any model time
-    code, result = generate_verified(generator, args.function, args, say)
-    rc = _emit(code, args, args.function)
-    return rc if (result is None or result.passed) else EXIT_FAILED
+    written = service.write(args.function, say)
+    rc = _emit(written.code, args, args.function, service)
+    return rc if (written.result is None or written.result.passed) else EXIT_FAILED
 
 
-def _emit(code: str, args, function: str) -> int:
+def _emit(code: str, args, function: str, service: GenerationService) -> int:
     if args.output:
         write_new_file(Path(args.output), code, args.force)
         print(f"wrote {args.output}", file=sys.stderr)
         if args.render:
             out_dir = Path(args.output).with_suffix("")
-            result = _check(code, function, True, out_dir)
-            print(f"render: {_marks(result)}; video and last frame in {out_dir}/"
+            result = service.check(code, function, render=True, output_dir=out_dir)
+            print(f"render: {marks(result)}; video and last frame in {out_dir}/"
                   + (f"  {result.error}" if result.error else ""), file=sys.stderr)
             return 0 if result.passed else EXIT_FAILED
     else:
@@ -225,8 +140,8 @@ def _emit(code: str, args, function: str) -> int:
     return 0
 
 
-def _from_file(generator, args, say) -> int:
-    """One scene a line, each written as `derivanim generate` writes one (`generate_verified`:
+def _from_file(service: GenerationService, args, say) -> int:
+    """One scene a line, each written as `derivanim generate` writes one (`GenerationService.write`:
     the same stops, guard, header judge and tries). A line that does not parse, or a scene whose
     generation or check fails unexpectedly, is reported and counted as failed; the other lines
     go on. Exit 1 if any failed."""
@@ -253,22 +168,22 @@ def _from_file(generator, args, say) -> int:
         target = out_dir / f"scene_{index:03d}.py"
         say(f"{target}: f(x) = {function}")
         try:
-            code, result = generate_verified(generator, function, args, say)
+            written = service.write(function, say)
         except (SandboxUnavailable, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - one function's failure is its own line
             failures += 1
             say(f"{target}: f(x) = {function}: failed: {one_line(err)}")
             continue
-        write_new_file(target, code, args.force)
-        failures += not result.passed
-        say(f"{target}: f(x) = {function}: {_marks(result)}")
+        write_new_file(target, written.code, args.force)
+        failures += not written.result.passed
+        say(f"{target}: f(x) = {function}: {marks(written.result)}")
     total = len(functions) + len(bad)
     say(f"{total - failures} of {total} lines gave a scene that passed every check")
     return 0 if failures == 0 else EXIT_FAILED
 
 
-def _interactive(generator, args, say) -> int:
+def _interactive(service: GenerationService, args, say) -> int:
     say("Type a function of x (e.g. x^2 sin x); an empty line or Ctrl-D quits.")
     counter = 0
     while True:
@@ -283,14 +198,14 @@ def _interactive(generator, args, say) -> int:
         except ParseError as err:
             say(f"error: {err}")
             continue
-        code, result = generate_verified(generator, text, args, say)
+        written = service.write(text, say)
         counter += 1
         target = Path(args.output or ".") / f"scene_{counter:03d}.py"
         while target.exists():
             counter += 1
             target = target.with_name(f"scene_{counter:03d}.py")
-        write_new_file(target, code)
-        say(f"{'passed' if result and result.passed else 'FAILED'}: wrote {target}")
+        write_new_file(target, written.code)
+        say(f"{'passed' if written.result and written.result.passed else 'FAILED'}: wrote {target}")
 
 
 def cmd_check(args) -> int:
@@ -346,23 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", action="store_true", help="also render: mp4 and last-frame PNG beside -o")
     p.add_argument("--from-file", help="a file with one function per line (batched generation)")
     p.add_argument("-i", "--interactive", action="store_true", help="a prompt loop showing each check")
-    g = paths.conf_group("generate")  # the one home of these defaults: flags override it for this call
-    p.add_argument("--temperature", type=float, default=g.temperature, help="0: greedy (the first attempt)")
-    p.add_argument("--retry-temperature", type=float, default=g.sample_temperature,
-                   help="sampling temperature of retries")
+    g = GenerationSettings.defaults()  # conf/generate, the one home of these defaults: flags override it
+    p.add_argument("--temperature", type=float, default=g.temperature,
+                   help="0: greedy (the first scene, and the completions of sampled headers)")
     p.add_argument("--top-p", type=float, default=g.top_p)
     p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens)
     p.add_argument("--seed", type=int, default=g.seed)
-    p.add_argument("--attempts", type=int, default=g.attempts, help="verified generation: best of n")
+    p.add_argument("--attempts", type=int, default=g.attempts,
+                   help="verified generation: the first scene, then at most N-1 of the sampled math headers "
+                        "the math judge accepts, completed and checked")
     p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
-    p.add_argument("--self-consistency", type=int, nargs="?", const=g.self_consistency.k, default=0, metavar="K",
+    p.add_argument("--self-consistency", type=int, nargs="?", const=g.self_consistency.k,
+                   default=g.self_consistency.k if g.self_consistency.vote else 0, metavar="K",
                    help=f"the first scene takes the math header most of K sampled headers agree on (no oracle; "
-                        f"K: {g.self_consistency.k} if not given)")
+                        f"K: {g.self_consistency.k} if not given, also the headers verification samples)")
     p.add_argument("--self-consistency-temperature", type=float, default=g.self_consistency.temperature,
-                   help="sampling temperature of those headers (lower ones mostly repeat greedy's)")
+                   help="sampling temperature of the math headers that vote and that verification completes "
+                        "(lower ones mostly repeat greedy's)")
     p.add_argument("--syntax-rollbacks", type=int, default=g.syntax_rollbacks,
                    help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
-    p.add_argument("--repair", action="store_true",
+    p.add_argument("--repair", action="store_true", default=g.repair,
                    help="if the scene is fine but its derivative wrong, swap in the true one (and say so)")
     p.add_argument("--bracket-guard", action=argparse.BooleanOptionalAction, default=g.bracket_guard,
                    help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
@@ -402,7 +320,6 @@ def cmd_serve(args) -> int:
 
     if args.queue < 0:
         raise UsageError(f"--queue must be 0 or more, got {args.queue}")
-    _render_sandbox()
     try:
         return serve.run(args)
     except (PromptFormatError, FileNotFoundError, OSError) as err:
@@ -459,9 +376,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _allow_unsandboxed
     args = parse_arguments(argv)
-    _allow_unsandboxed = getattr(args, "unsafe_no_sandbox", False)
     try:
         return args.run(args)
     except (ParseError, UsageError, UnsupportedFunction, CannotAnimate) as err:

@@ -7,8 +7,9 @@ mathematics, and report per baseline and per curriculum level.
 
 Baselines: `template` (the oracle: the dataset's template with the true derivative; it
 must score 100%, the evaluator's own sanity check), `base` (the model before fine-tuning,
-same prompt), `finetuned` (greedy, raw), `verified` (the fine-tuned model sampled again
-until its scene passes every check, up to generate.attempts; reports which attempt),
+same prompt), `finetuned` (greedy, raw), `verified` (when the greedy scene fails, the sampled
+math headers the math judge accepts completed into scenes until one passes every check, at most
+generate.attempts - 1: `eval/service.py`, as `derivanim generate`; reports which attempt),
 `self_consistency` (the greedy scene under the math header most of generate.self_consistency.k
 sampled headers agree on: `model/self_consistency.py`; it never consults the true derivative),
 `api` (a model behind any OpenAI-compatible endpoint, eval.api: `model/hosted.py`; skipped with a
@@ -102,7 +103,9 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     from rich.progress import Progress
 
     from derivative_animator.data import oracle
+    from derivative_animator.eval.service import GenerationService
     from derivative_animator.model.generate import Generation, SceneGenerator
+    from derivative_animator.model.settings import GenerationSettings
 
     samples = load_samples(cfg)
     baselines = list(cfg.eval.baselines)
@@ -113,7 +116,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     if {"base", "finetuned", "self_consistency", "verified"} & set(baselines):
         model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
-    e, generation = cfg.eval, cfg.generate
+    e, generation = cfg.eval, GenerationSettings.from_config(cfg.generate)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
@@ -146,16 +149,16 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
             timings["base_generation_s"] = round(time.perf_counter() - started, 1)
         generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch,
                                         bracket_guard=generation.bracket_guard) if model_dir else None
+        service = GenerationService(generation, generator)  # checks on the evaluator's own sandboxes
         raw: dict[str, tuple[Generation, Future]] = {}
         if {"finetuned", "self_consistency", "verified"} & set(baselines):
             finetuned_start = time.perf_counter()
             task = progress.add_task("fine-tuned model", total=len(usable) * e.samples_per_function)
             for sample in usable:
                 for k in range(e.samples_per_function):
-                    temperature = generation.temperature if k == 0 else generation.sample_temperature
 
-                    def sample_scene(g, s=sample, t=temperature, k=k):
-                        return g.generate(s.function, generation.max_new_tokens, t, generation.top_p, seed=generation.seed + k)
+                    def sample_scene(g, s=sample, k=k):
+                        return service.scene(s.function, k)
 
                     future = generate_and_submit(evaluator, generator, "finetuned", sample, k + 1, sample_scene, raw)
                     futures.setdefault("finetuned", []).append(future)
@@ -164,7 +167,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         if "self_consistency" in baselines:
             task = progress.add_task("self-consistency votes", total=len(usable))
             for sample in usable:
-                futures["self_consistency"].append(self_consistent_and_submit(evaluator, generator, sample, raw, generation))
+                futures["self_consistency"].append(self_consistent_and_submit(evaluator, service, sample, raw))
                 progress.advance(task)
         # Retries wait on renders, so they run on their own thread, not the render pool's; one,
         # like generation: more would take the render workers' cores.
@@ -172,8 +175,8 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
         if "verified" in baselines:
             for sample in usable:
                 if sample.id in raw:
-                    futures["verified"].append(retry_pool.submit(verify_safely, evaluator, generator, sample,
-                                                                 raw[sample.id], generation))
+                    futures["verified"].append(retry_pool.submit(verify_safely, evaluator, service, sample,
+                                                                 raw[sample.id]))
                 else:
                     futures["verified"].append(resolved(failed_row(sample, "its first try failed", baseline="verified")))
         if "api" in baselines:

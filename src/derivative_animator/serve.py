@@ -33,6 +33,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from derivative_animator import paths
+from derivative_animator.eval.service import GenerationService
+from derivative_animator.model.settings import GenerationSettings
 from derivative_animator.render.checks import REPORTED
 
 MAX_BODY_BYTES = 64_000
@@ -88,6 +90,8 @@ class Settings:
     output_dir: Path
     queue_size: int = 4
     # How scenes are written (token budget, tries, temperatures): conf/generate, as `derivanim generate`.
+    generation: GenerationSettings = field(default_factory=GenerationSettings.defaults)
+    allow_unsandboxed: bool = False  # --unsafe-no-sandbox: the page renders without isolation
 
 
 class Busy(Exception):
@@ -129,22 +133,34 @@ def _finish_reason(stop: str) -> str:
     return "length" if stop == "max_new_tokens" else "stop"
 
 
-def create_app(settings: Settings, generator=None) -> FastAPI:
+def create_app(settings: Settings, generator=None, start_sandbox: bool = False) -> FastAPI:
     """The app for one checkpoint (`generator`: a loaded SceneGenerator; loaded from
-    settings.model_dir when None)."""
+    settings.model_dir when None). The page's scenes are written by a GenerationService, as
+    `derivanim generate` writes them; its render sandbox starts with the first page job, or
+    (`start_sandbox`) now, importing Manim while the model loads; it closes with the app."""
+    from contextlib import asynccontextmanager
+
     from derivative_animator.data import prompt as prompts
-    from derivative_animator.model.generate import SceneGenerator
 
-    generator = generator or SceneGenerator.load(settings.model_dir)
-    from derivative_animator import cli
-
-    # How scenes are written (budget, tries, temperatures): `derivanim generate`'s, from conf/generate.
-    writing = cli.build_parser().parse_args(["generate", "--model", str(settings.model_dir)])
+    service = GenerationService(settings.generation, generator, allow_unsandboxed=settings.allow_unsandboxed)
+    if start_sandbox:
+        service.start_sandbox()
+    try:
+        generator = generator or service.load_model(settings.model_dir)
+    except BaseException:
+        service.close()
+        raise
     model_name = settings.model_dir.name if settings.model_dir.name != "merged" else settings.model_dir.parent.parent.name
     worker = ModelWorker(generator, settings.queue_size)
     jobs: OrderedDict[str, Job] = OrderedDict()
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    app = FastAPI(title="DerivativeAnimator", docs_url="/docs")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(title="DerivativeAnimator", docs_url="/docs", lifespan=lifespan)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -195,7 +211,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
             generator.prompt_format.format(function)  # a function that does not parse: 400, not a crash
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
-        budget = body.max_completion_tokens or body.max_tokens or writing.max_new_tokens
+        budget = body.max_completion_tokens or body.max_tokens or settings.generation.max_new_tokens
 
         def work(g):
             return g.generate(function, budget, body.temperature, body.top_p, body.seed)
@@ -223,7 +239,7 @@ def create_app(settings: Settings, generator=None) -> FastAPI:
             raise HTTPException(400, str(err)) from None
         job = Job(uuid.uuid4().hex[:_JOB_ID_HEX], body.function)
         try:
-            worker.submit(lambda g: _animate(g, job, settings, writing))
+            worker.submit(lambda g: _animate(service, job, settings))
         except Busy:
             raise _busy() from None
         jobs[job.id] = job
@@ -260,21 +276,19 @@ def served_file(output_dir: Path, job_id: str, name: str) -> Path | None:
     return path if path.is_file() and path.resolve() == path else None
 
 
-def _animate(generator, job: Job, settings: Settings, writing) -> None:
-    """The page's job: verified generation as `derivanim generate` does it (`writing`: its
-    parsed arguments), then a real render."""
-    from derivative_animator import cli
+def _animate(service: GenerationService, job: Job, settings: Settings) -> None:
+    """The page's job: verified generation as `derivanim generate` does it, then a real render."""
     from derivative_animator.errors import one_line
 
     try:
         job.status = "generating"
-        code, _ = cli.generate_verified(generator, job.function, writing, job.messages.append)
+        code = service.write(job.function, job.messages.append).code
         job.status = "rendering"
         job.messages.append("rendering the scene in the sandbox")
         directory = settings.output_dir / job.id
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "scene.py").write_text(code)
-        result = cli._check(code, job.function, True, directory)
+        result = service.check(code, job.function, render=True, output_dir=directory)
         video = f"{result.scene}.mp4" if result.scene and (directory / f"{result.scene}.mp4").is_file() else None
         job.result = {"code": code, "checks": {k: getattr(result, k) for k in REPORTED},
                       "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
@@ -343,7 +357,7 @@ def run(args) -> int:
     import uvicorn
 
     settings = Settings(model_dir=paths.resolve(args.model), output_dir=paths.resolve(args.output_dir),
-                        queue_size=args.queue)
-    app = create_app(settings)
+                        queue_size=args.queue, allow_unsandboxed=args.unsafe_no_sandbox)
+    app = create_app(settings, start_sandbox=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -1,3 +1,4 @@
 """Evaluation, behind `python -m derivative_animator.evaluate`: the engine (render queue and
-evaluator), each baseline's rows, the figures (per level, pass@k), the best-of-n loop shared
-with the CLI, and the report. Imports every layer."""
+evaluator), each baseline's rows, the figures (per level, pass@k), the generation service
+(writing, verifying and repairing scenes) shared with the CLI and the page, and the report.
+Imports every layer."""

@@ -1,6 +1,7 @@
 """How each model baseline fills its rows: generate (or ask the API, or vote on headers, or
-retry until the checks pass) and hand every scene to the evaluator. A sample whose generation
-fails unexpectedly is a failed row of its own; the evaluation goes on."""
+complete sampled headers until the checks pass: `service.GenerationService`, as the CLI and
+the page do) and hand every scene to the evaluator. A sample whose generation fails
+unexpectedly is a failed row of its own; the evaluation goes on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from omegaconf import OmegaConf
 
 from derivative_animator.errors import one_line
 from derivative_animator.eval.engine import Evaluator, Row, Sample, failed_row, resolved, then
+from derivative_animator.eval.service import GenerationService
+from derivative_animator.model.settings import GenerationSettings
 
 
 def base_generator(model_dir: Path, bracket_guard: bool):
@@ -42,8 +45,8 @@ def generate_and_submit(evaluator: Evaluator, generator, baseline: str, sample: 
     return future
 
 
-def api_rows(evaluator: Evaluator, samples: list[Sample], api, generation, futures: list,
-                  progress) -> str | None:
+def api_rows(evaluator: Evaluator, samples: list[Sample], api, generation: GenerationSettings, futures: list,
+             progress) -> str | None:
     """The `api` rows: one chat request per function, `api.concurrency` at a time, each
     reply checked like any scene. Returns why the baseline was skipped, or None."""
     from derivative_animator.model import hosted
@@ -53,11 +56,12 @@ def api_rows(evaluator: Evaluator, samples: list[Sample], api, generation, futur
     except hosted.Unavailable as reason:
         return str(reason)
     task = progress.add_task(f"api model {api.model}", total=len(samples))
+    first = generation.scene_sampling(0)
 
     def ask(sample: Sample) -> Future:
         try:
-            reply = hosted.write_scene(client, api, sample.function, generation.max_new_tokens, generation.temperature,
-                                      generation.seed)
+            reply = hosted.write_scene(client, api, sample.function, generation.max_new_tokens, first.temperature,
+                                       first.seed)
         except Exception as error:  # noqa: BLE001 - a failed request is its row; the rest go on
             return resolved(failed_row(sample, f"api request failed: {one_line(error)}", baseline="api"))
         finally:
@@ -71,58 +75,40 @@ def api_rows(evaluator: Evaluator, samples: list[Sample], api, generation, futur
     return None
 
 
-def self_consistent_and_submit(evaluator: Evaluator, generator, sample: Sample, raw: dict, generation) -> Future:
+def self_consistent_and_submit(evaluator: Evaluator, service: GenerationService, sample: Sample, raw: dict) -> Future:
     """The self-consistency row of a sample: the greedy scene under the voted header."""
-    from dataclasses import replace
-
-    from derivative_animator.model.self_consistency import self_consistent_scene
-
     if sample.id not in raw:
         return resolved(failed_row(sample, "its greedy scene failed", baseline="self_consistency"))
-    greedy = raw[sample.id][0]
     try:
-        code, vote = self_consistent_scene(generator, sample.function, greedy.code, generation.self_consistency.k,
-                                           generation.self_consistency.temperature, generation.top_p,
-                                           generation.seed + 1000)
+        generation, vote = service.self_consistent(sample.function, raw[sample.id][0])
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
         return resolved(failed_row(sample, f"self-consistency failed: {one_line(error)}", baseline="self_consistency"))
-    generation = replace(greedy, code=code, seconds=greedy.seconds + vote.seconds)
     votes = {"chosen_header": vote.chosen, "agreeing": vote.group_size, "voters": vote.voters}
-    return then(evaluator.submit("self_consistency", sample, code, 1, generation),
-                 lambda row: Row(**{**asdict(row), "extra": {**row.extra, "vote": votes}}))
+    return then(evaluator.submit("self_consistency", sample, generation.code, 1, generation),
+                lambda row: Row(**{**asdict(row), "extra": {**row.extra, "vote": votes}}))
 
 
-def verify_safely(evaluator: Evaluator, generator, sample: Sample, first, generation) -> Row:
-
+def verify_safely(evaluator: Evaluator, service: GenerationService, sample: Sample, first) -> Row:
     try:
-        return verify(evaluator, generator, sample, first, generation)
+        return verify(evaluator, service, sample, first)
     except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
         return failed_row(sample, f"verification failed: {one_line(error)}", baseline="verified")
 
 
-def verify(evaluator: Evaluator, generator, sample: Sample, first, generation) -> Row:
-    """`verify.best_of_n`: attempt 1 is the raw greedy scene (already written and checked);
-    later attempts sample. A retry stops as soon as its math header is written wrong, and
-    retries whose math is wrong are not rendered (executes None): they cannot pass."""
-    from derivative_animator.eval.verify import best_of_n
-    from derivative_animator.math.judge import header_judge
-
-    accept_header = header_judge(sample.function)
+def verify(evaluator: Evaluator, service: GenerationService, sample: Sample, first) -> Row:
+    """`GenerationService.verify`, as `derivanim generate` verifies: attempt 1 is the raw greedy
+    scene (already written and checked); then the sampled headers the math judge accepts,
+    completed. A completion whose math is wrong is not rendered (executes None): it cannot pass."""
     greedy, greedy_row = first
 
-    def write(attempt: int):
-        if attempt == 1:
-            return greedy
-        return generator.generate(sample.function, generation.max_new_tokens, generation.sample_temperature,
-                                  generation.top_p, seed=generation.seed + 100 + attempt,
-                                  syntax_rollbacks=generation.syntax_rollbacks,
-                                  accept_header=accept_header)
-
-    def check(attempt: int, gen) -> Row:
+    def check(attempt: int, generation) -> Row:
         if attempt == 1:
             return greedy_row.result()
-        return evaluator.submit("verified", sample, gen.code, attempt, gen, render_failing=False).result()
+        return evaluator.submit("verified", sample, generation.code, attempt, generation,
+                                render_failing=False).result()
 
-    verification = best_of_n(write, check, generation.attempts)
-    return Row(**{**asdict(verification.kept.result), "baseline": "verified",
-                  "attempts_tried": len(verification.tries), "generation_s": round(verification.seconds, 3)})
+    verified = service.verify(sample.function, greedy, check)
+    headers = {"sampled": verified.sampled, "right": verified.right, "completed": verified.completed}
+    kept = verified.kept.result
+    return Row(**{**asdict(kept), "baseline": "verified", "attempts_tried": len(verified.verification.tries),
+                  "generation_s": round(verified.seconds, 3), "extra": {**kept.extra, "headers": headers}})

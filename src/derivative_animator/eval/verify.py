@@ -1,23 +1,24 @@
-"""Verified generation, best of n: the one loop behind `derivanim generate`, the web page and
-the evaluator's `verified` baseline.
+"""Verified generation's loop: the first scene that passes every check, behind
+`derivanim generate`, the web page and the evaluator's `verified` baseline (through
+`eval/service.py`, which says what the tries are).
 
-Attempt 1 is the first scene (greedy by default); later attempts sample until a scene passes
-every check. The scene kept is the first that passes, else the one that passed the most checks
+Tries come one at a time (`first_passing` asks for the next only when the last one failed).
+The scene kept is the first that passes every check, else the one that passed the most checks
 (the earliest of equals). A try abandoned at a wrong math header (`HEADER_REJECTED`) is not a
 scene and is never kept. A machine that cannot render stops the loop: more tries cannot help.
-Each caller says how a try is written (its seeds and temperatures) and how it is checked (a
-render, or an evaluation row); the policy is here only.
+Each caller says how a try is checked (a render, or an evaluation row); the policy is here only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from derivative_animator.model.decoding import HEADER_REJECTED
-from derivative_animator.model.generate import Generation
 from derivative_animator.render.checks import CHECKS
+
+if TYPE_CHECKING:  # torch stays out of `derivanim parse` and `--help`, which import this module
+    from derivative_animator.model.generate import Generation
 
 
 @dataclass
@@ -42,17 +43,19 @@ def checks_passed(result) -> int:
     return sum(bool(getattr(result, name)) for name in CHECKS)
 
 
-def best_of_n(
-    write: Callable[[int], Generation],
+def first_passing(
+    tries: Iterable[Generation],
     check: Callable[[int, Generation], Any],
-    attempts: int,
     report: Callable[[Try], None] = lambda attempt: None,
 ) -> Verification:
-    """write(attempt) makes a try, check(attempt, generation) judges it (anything with the
-    check flags and `passed`); report(try) hears of each try as it is judged or abandoned."""
+    """Check each try (attempt 1, 2, ... in the order `tries` yields them) until one passes;
+    check(attempt, generation) judges it (anything with the check flags and `passed`);
+    report(try) hears of each try as it is judged or abandoned."""
+    from derivative_animator.model.decoding import HEADER_REJECTED
+
     verification = Verification()
-    for attempt in range(1, attempts + 1):
-        current = Try(attempt, write(attempt))
+    for attempt, generation in enumerate(tries, 1):
+        current = Try(attempt, generation)
         verification.tries.append(current)
         if current.generation.stop == HEADER_REJECTED:
             report(current)
@@ -67,3 +70,4 @@ def best_of_n(
         if getattr(current.result, "environment_error", False):
             break
     return verification
+

@@ -110,16 +110,21 @@ class SceneGenerator:
     def generate(self, function: str, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, draft_length: int = 16,
                  syntax_rollbacks: int = 0, accept_header: Callable[[str], bool] | None = None,
-                 prompt: str | None = None) -> Generation:
+                 prompt: str | None = None, prefix: str = "") -> Generation:
         """One scene (or, given `prompt`, the continuation of that raw prompt text: the
         OpenAI completions API; `function` then only labels the result). temperature 0 is greedy (with speculation); above 0 samples, and may
         sample a line again up to `syntax_rollbacks` times when it breaks the syntax.
         `accept_header`, given the math header once it is written, may stop the scene there
-        (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong."""
+        (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong.
+        `prefix`: the scene's start, already written (a sampled math header): the model goes on
+        from it, within the same token budget; the code returned starts with it."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
         ids = encode_prompt(self.tokenizer, prompt) if prompt is not None else self.prompt_ids(function)
+        if prefix:
+            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            ids, max_new_tokens = ids + prefix_ids, max_new_tokens - len(prefix_ids)
         device = self.model.device
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         cache, cache_argument = DynamicCache(), _cache_argument(self.model)
@@ -137,16 +142,19 @@ class SceneGenerator:
         rollbacks = guarded = 0
         stops = stops_for(accept_header)
         while len(new) < max_new_tokens:
-            text = self.tokenizer.decode(new)
+            text = prefix + self.tokenizer.decode(new)
             reason = first_stop(stops, text)
             if reason is not None:
-                if reason != SYNTAX_ERROR or temperature <= 0 or rollbacks >= syntax_rollbacks:
+                keep = None
+                if reason == SYNTAX_ERROR and temperature > 0 and rollbacks < syntax_rollbacks:
+                    error = stops[-1].error  # the syntax stop's: its line goes
+                    keep = self._tokens_before_line(new, text, error.lineno, len(prefix))
+                if keep is None:
                     stop = reason
                     break
                 # Back to the start of the broken line; re-read the logits there.
-                error = stops[-1].error  # the syntax stop's: its line goes
                 rollbacks += 1
-                new = new[:self._tokens_before_line(new, text, error.lineno)]
+                new = new[:keep]
                 cache.crop(len(ids) + len(new) - 1 - cache.get_seq_length())  # negative: drop from the end
                 logits = forward([(ids + new)[-1]])[-1]
                 passes += 1
@@ -170,7 +178,7 @@ class SceneGenerator:
             for i, proposed in enumerate(draft):
                 step_logits, changed = out[i], False
                 if header_open:
-                    step_logits, changed = self.guard.apply(out[i], self.tokenizer.decode(new))
+                    step_logits, changed = self.guard.apply(out[i], prefix + self.tokenizer.decode(new))
                 keep, replacement = accept_draft(step_logits, proposed, temperature, top_p, generator)
                 guarded += changed and (keep or replacement is not None)  # else the next step counts it
                 if not keep:
@@ -198,13 +206,16 @@ class SceneGenerator:
             logits = out[accepted]
         if new and new[-1] == eos:
             new, stop = new[:-1], "eos"
-        code = self.tokenizer.decode(new, skip_special_tokens=True)
+        code = prefix + self.tokenizer.decode(new, skip_special_tokens=True)
         return Generation(function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks, guarded)
 
-    def _tokens_before_line(self, tokens: list[int], text: str, lineno: int) -> int:
-        """How many of the tokens (which decode to `text`) decode to text that ends at or
-        before line `lineno` starts."""
-        line_start = sum(len(line) + 1 for line in text.split("\n")[:lineno - 1])
+    def _tokens_before_line(self, tokens: list[int], text: str, lineno: int, written: int = 0) -> int | None:
+        """How many of the tokens (which decode to `text` after its first `written` characters,
+        the prefix) decode to text that ends at or before line `lineno` starts; None when that
+        line starts inside the prefix (no rollback can reach it)."""
+        line_start = sum(len(line) + 1 for line in text.split("\n")[:lineno - 1]) - written
+        if line_start < 0:
+            return None
         low, high = 0, len(tokens)  # decoded length grows with the token count: bisect
         while low < high:
             middle = (low + high + 1) // 2

@@ -1,7 +1,8 @@
 """Self-consistency: sampled math headers vote on the derivative; the true one is never asked.
 
 A scene's math is its header (the docstring's `f(x) = ...` and `f'(x) = ...`, up to
-`MATH_HEADER_END`). `self_consistent_scene` samples k headers (one batch), reads each f' with
+`MATH_HEADER_END`). `self_consistent_scene` samples k headers (one batch: `sample_headers`,
+which verified generation shares), reads each f' with
 the project's parser, groups the derivatives sympy finds equal and keeps a header of the
 largest group (ties: the group holding the greedy header, else the earliest), and of that
 group the first header whose plotting interval is one where f and its f' are defined. A
@@ -98,10 +99,19 @@ def drawable(header: str, function: sp.Expr, derivative: sp.Expr | None) -> bool
     return interval is None or (interval[0] < interval[1] and curriculum.defined_on(function, derivative, interval))
 
 
+def sample_headers(generator, function: str, k: int, temperature: float, top_p: float,
+                   seed: int) -> list[str]:
+    """k math headers in one batch, each cut where it ends (a row that never ends one cannot
+    parse as one). One batch of k rows: on a CPU a forward pass costs about the same for 1 row or 8."""
+    return [sample.code for sample in generator.generate_batch([function] * k, HEADER_TOKENS, temperature, top_p,
+                                                               seed, headers_only=True)]
+
+
 def self_consistent_scene(generator, function: str, greedy_code: str, k: int, temperature: float,
-                          top_p: float, seed: int) -> tuple[str, Vote]:
+                          top_p: float, seed: int, sampled: list[str] | None = None) -> tuple[str, Vote]:
     """The greedy scene with its header replaced by the header k samples agree on most.
-    The greedy header votes too (index 0); k counts the sampled ones."""
+    The greedy header votes too (index 0); k counts the sampled ones. `sampled`: those k
+    headers when already drawn (`sample_headers`), else they are drawn here."""
     import time
 
     start = time.perf_counter()
@@ -109,10 +119,7 @@ def self_consistent_scene(generator, function: str, greedy_code: str, k: int, te
     x_range = _interval(target, true_derivative(target))
     greedy_end = math_header_length(greedy_code)
     headers = [greedy_code[:greedy_end] if greedy_end is not None else ""]
-    # One batch of k rows: on a CPU a forward pass costs about the same for 1 row or 8.
-    for sample in generator.generate_batch([function] * k, HEADER_TOKENS, temperature, top_p, seed,
-                                           headers_only=True):
-        headers.append(sample.code)  # cut where the header ends (a row that never ends one cannot parse as one)
+    headers += sampled if sampled is not None else sample_headers(generator, function, k, temperature, top_p, seed)
     derivatives = [header_derivative(h, target, x_range) if h else None for h in headers]
     result = vote(derivatives, x_range, [drawable(h, target, d) for h, d in zip(headers, derivatives, strict=True)])
     result.seconds = time.perf_counter() - start

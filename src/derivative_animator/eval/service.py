@@ -1,0 +1,276 @@
+"""The generation service: how a checkpoint's scene for a function is written, checked and, when
+asked, repaired. The one home of that rule, below `derivanim generate`, the page
+(`derivanim serve`) and the evaluator's self-consistency and verified baselines.
+
+It owns
+- the settings (`model.settings.GenerationSettings`, from conf/generate), and with them the one
+  seed and temperature policy every scene, header and completion is sampled by;
+- the warm render sandbox of the CLI and the page: started on first use (or early,
+  `start_sandbox`, so Manim imports while a model loads), closed with the service;
+- self-consistency (`self_consistent`): the first scene under the header most of k sampled
+  math headers agree on;
+- verified generation (`verify`): the first scene; if it fails a check, the same k headers
+  (sampled once, in one batch, shared with the vote), and of those the ones whose derivative
+  the math judge accepts, completed into scenes and checked in order, at most `attempts - 1`,
+  keeping the first that passes every check (`verify.first_passing`). Whenever a sampled
+  header is right, verification completes one: it is never below self-consistency, whose
+  vote can only be right when some header is;
+- the repair (`write`, `--repair`): the true f' swapped into a scene wrong only in its f'.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from derivative_animator.eval.verify import Try, Verification, first_passing
+from derivative_animator.model.settings import GenerationSettings
+
+Say = Callable[[str], None]
+KEPT_HEADER_SETS = 256  # functions whose sampled headers are kept (a few KB each): the vote and verification share them
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def marks(result) -> str:
+    """A check result in one line: `syntax:ok structure:ok executes:FAIL math:- layout:-`."""
+    from derivative_animator.render.checks import REPORTED
+
+    return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
+                    for k in REPORTED)
+
+
+def _ordinal(n: int) -> str:
+    return _ORDINALS[n - 1] if n <= len(_ORDINALS) else f"{n}th"
+
+
+def _failure(result) -> str:
+    """What a failed scene got wrong first, in words."""
+    if result is None:
+        return "was never checked"
+    for name, words in (("syntax", "did not parse"), ("structure", "held no Manim scene"),
+                        ("math", "had a wrong derivative"), ("executes", "did not render")):
+        if getattr(result, name) is False:
+            return words
+    return "could not be checked" + (" (this machine cannot render)" if getattr(result, "environment_error", False)
+                                     else "")
+
+
+@dataclass
+class Verified:
+    """What verified generation did: its tries (`verification`) and what the headers gave."""
+
+    verification: Verification = field(default_factory=Verification)
+    sampled: int = 0  # math headers sampled (0: the first scene passed, or one attempt only)
+    right: int = 0  # of them, those whose derivative the math judge accepts
+    completed: int = 0  # of the distinct right ones, completed into scenes and checked
+    header_seconds: float = 0.0  # the batch that sampled them
+
+    @property
+    def kept(self) -> Try | None:
+        return self.verification.kept
+
+    @property
+    def seconds(self) -> float:
+        return self.verification.seconds + self.header_seconds
+
+    def story(self, first_name: str = "greedy") -> str:
+        """In words, e.g. "greedy's scene had a wrong derivative; 3 of 8 sampled derivatives
+        were right; the first passed every check"."""
+        first = self.verification.tries[0].result
+        if first is not None and first.passed:
+            return f"{first_name}'s scene passed every check"
+        said = [f"{first_name}'s scene {_failure(first)}"]
+        if self.sampled:
+            said.append(f"{self.right} of {self.sampled} sampled derivatives were right")
+        kept = self.kept
+        if self.completed and kept is not None and kept.result.passed:
+            said.append(f"the {_ordinal(kept.attempt - 1)} passed every check")
+        elif self.completed:
+            said.append("the one completed failed a check" if self.completed == 1
+                        else f"none of the {self.completed} completed passed every check")
+        return "; ".join(said)
+
+
+@dataclass
+class Written:
+    code: str
+    result: object  # the kept scene's CheckResult
+    verified: Verified
+
+
+class GenerationService:
+    """Write, check, verify and repair scenes of one checkpoint (`generator`: a SceneGenerator,
+    or anything with its `generate` and `generate_batch`) under one set of settings.
+    Not thread-safe for generation: one caller writes at a time (the page's model worker)."""
+
+    def __init__(self, settings: GenerationSettings, generator=None, allow_unsandboxed: bool = False):
+        self.settings, self.generator, self.allow_unsandboxed = settings, generator, allow_unsandboxed
+        self._sandbox = None
+        self._lock = threading.Lock()
+        self._headers: OrderedDict[str, tuple[list[str], float]] = OrderedDict()
+
+    def load_model(self, directory: str | Path, allow_prompt_mismatch: bool = False):
+        from derivative_animator.model.generate import SceneGenerator
+
+        self.generator = SceneGenerator.load(directory, allow_prompt_mismatch=allow_prompt_mismatch,
+                                             bracket_guard=self.settings.bracket_guard)
+        return self.generator
+
+    # --- the warm sandbox ----------------------------------------------------------------
+
+    def start_sandbox(self):
+        """The warm render sandbox, started now if it is not yet: verification's checks, --render
+        and the page render in it without importing Manim each time."""
+        with self._lock:
+            if self._sandbox is None:
+                from derivative_animator.render import checks
+
+                self._sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD,
+                                                     allow_unsandboxed=self.allow_unsandboxed)
+            return self._sandbox
+
+    def close(self) -> None:
+        with self._lock:
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.close()
+
+    def __enter__(self) -> GenerationService:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check(self, code: str, function: str, render: bool = False, output_dir: Path | None = None):
+        """The checks of one scene, in the warm sandbox: a quick render, or (`render`) a real one
+        whose video and last frame go to `output_dir`."""
+        from derivative_animator.render import checks
+
+        options = checks.RenderOptions(quick=not render, save_frame=render)
+        return checks.check_code(code, function, render=options, output_dir=output_dir, sandbox=self.start_sandbox())
+
+    # --- writing -------------------------------------------------------------------------
+
+    def scene(self, function: str, index: int = 0):
+        """Scene `index` of a function (0: the first, greedy by default; later ones the
+        evaluator's pass@k samples), sampled as the settings' policy says."""
+        s, sampling = self.settings, self.settings.scene_sampling(index)
+        return self.generator.generate(function, s.max_new_tokens, sampling.temperature, s.top_p, sampling.seed,
+                                       syntax_rollbacks=s.syntax_rollbacks)
+
+    def header_samples(self, function: str) -> tuple[list[str], float]:
+        """The k math headers of a function and the seconds their batch took: sampled once, then
+        kept, so the vote and verification share them (the same seed gives the same batch)."""
+        from derivative_animator.model.self_consistency import sample_headers
+
+        with self._lock:
+            if function in self._headers:
+                return self._headers[function]
+        start, sampling = time.perf_counter(), self.settings.header_sampling()
+        headers = sample_headers(self.generator, function, self.settings.self_consistency.k, sampling.temperature,
+                                 self.settings.top_p, sampling.seed)
+        with self._lock:
+            self._headers[function] = (headers, time.perf_counter() - start)
+            while len(self._headers) > KEPT_HEADER_SETS:
+                self._headers.popitem(last=False)
+            return self._headers[function]
+
+    def self_consistent(self, function: str, first):
+        """The first scene under the math header the k samples (and its own) agree on most; the
+        vote (`self_consistency.Vote`), its seconds counting the header batch."""
+        from derivative_animator.model.self_consistency import self_consistent_scene
+
+        headers, seconds = self.header_samples(function)
+        sampling = self.settings.header_sampling()
+        code, vote = self_consistent_scene(self.generator, function, first.code, self.settings.self_consistency.k,
+                                           sampling.temperature, self.settings.top_p, sampling.seed, sampled=headers)
+        vote.seconds += seconds
+        return replace(first, code=code, seconds=first.seconds + vote.seconds), vote
+
+    def first_scene(self, function: str, say: Say = _quiet):
+        """The first scene; under the voted header when the settings ask for the vote."""
+        first = self.scene(function)
+        if not self.settings.self_consistency.vote:
+            return first
+        first, vote = self.self_consistent(function, first)
+        if vote.chosen is None:
+            say(f"self-consistency: no header could vote ({vote.seconds:.1f} s); keeping the greedy scene")
+        else:
+            which = "the greedy header" if vote.chosen == 0 else f"sampled header {vote.chosen}"
+            say(f"self-consistency: {which}, agreed by {vote.group_size} of {vote.voters} ({vote.seconds:.1f} s)")
+        return first
+
+    def complete(self, function: str, header: str, n: int):
+        """The n-th right header (from 1) completed into a scene: the model goes on from it."""
+        s, sampling = self.settings, self.settings.completion_sampling(n)
+        return self.generator.generate(function, s.max_new_tokens, sampling.temperature, s.top_p, sampling.seed,
+                                       syntax_rollbacks=s.syntax_rollbacks, prefix=header)
+
+    def verify(self, function: str, first, check: Callable, report: Callable[[Try], None] = lambda t: None) -> Verified:
+        """Verified generation from the first scene (`first`, already written): check(attempt,
+        generation) judges a try (a sandboxed check, or an evaluation row), report(try) hears of
+        each. Headers are sampled only once the first scene has failed."""
+        from derivative_animator.math.header import math_header_length
+        from derivative_animator.math.judge import header_judge
+
+        verified = Verified()
+
+        def tries():
+            yield first
+            if self.settings.attempts <= 1:
+                return
+            headers, verified.header_seconds = self.header_samples(function)
+            accept = header_judge(function)
+            right = [header for header in headers if accept(header)]
+            verified.sampled, verified.right = len(headers), len(right)
+            end = math_header_length(first.code)
+            tried = {first.code[:end]} if end is not None else set()  # the first scene's header already failed
+            distinct = [h for h in dict.fromkeys(right) if h not in tried]
+            for n, header in enumerate(distinct[: self.settings.attempts - 1], 1):
+                verified.completed = n
+                yield self.complete(function, header, n)
+
+        verified.verification = first_passing(tries(), check, report)
+        return verified
+
+    def write(self, function: str, say: Say = _quiet) -> Written:
+        """A scene as `derivanim generate` and the page write one: the first scene, verified in
+        the warm sandbox, each try reported through `say`; never swaps code silently: when
+        the settings ask for the repair and no scene passed, it says so."""
+        from derivative_animator.data.oracle import with_true_derivative
+
+        first = self.first_scene(function, say)
+        verified = self.verify(function, first, lambda attempt, generation: self.check(generation.code, function),
+                               lambda tried: say(_attempt_line(tried)))
+        if verified.sampled:
+            say(verified.story("greedy" if self.settings.temperature == 0 else "the first"))
+        kept = verified.kept
+        code, result = kept.generation.code, kept.result
+        if result.passed:
+            return Written(code, result, verified)
+        if self.settings.attempts > 1:
+            say(f"no attempt passed every check; keeping attempt {kept.attempt} ({marks(result)})")
+        if self.settings.repair and result.syntax and result.structure and not result.math:
+            repaired = with_true_derivative(code, function)
+            if repaired:
+                say("--repair: replaced the model's f'(x) line with the true derivative")
+                return Written(repaired, self.check(repaired, function), verified)
+        return Written(code, result, verified)
+
+
+def _attempt_line(tried: Try) -> str:
+    gen, result = tried.generation, tried.result
+    if result is None:
+        return f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong ({gen.seconds:.2f} s)"
+    return (f"attempt {tried.attempt}: {marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
+            + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
+            + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "") + ")"
+            + (f"  {result.error}" if result.error else ""))
