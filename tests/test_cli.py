@@ -154,13 +154,14 @@ def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_unt
                         "the second passed every check")
     # At most attempts - 1 completions, however many headers are right.
     model = _FakeModel([wrong], headers=[also_right, _header(good)], completions={also_right: also_right + "broken("})
-    written, said = _write(model, attempts=2)
-    assert written.code == wrong and "the one completed failed a check" in said[-2]
-    assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
+    written, said = _write(model, attempts=2, repair=False)
+    assert written.code == wrong and "the one completed failed a check" in said[-3]
+    assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
+    assert said[-1].startswith("the model's derivative was wrong (it wrote 3x); shown: the model's scene")
     # A right header that is the first scene's own is not completed again (its scene already failed).
     model = _FakeModel([good + "\nbroken("], headers=[_header(good)] * 2)
     written, said = _write(model)
-    assert said[-2] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
+    assert said[-3] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
     # A first scene that passes: no header is sampled, nothing more is said.
     model = _FakeModel([good], headers=[_header(wrong)])
     written, said = _write(model)
@@ -173,12 +174,20 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
     good = oracle.template_scene("x^2", "tangent")
     wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
     written, said = _write(_FakeModel(["broken("], headers=[_header(wrong)] * 2))
-    assert written.code == "broken(" and not written.result.syntax
+    assert written.code == "broken(" and not written.result.syntax and not written.corrected
     assert said[1] == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
-    assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
-    # --repair works on the kept scene, and says so.
-    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=True)
-    assert written.result.passed and "--repair" in said[-1] and written.code != wrong
+    assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
+    assert said[-1].startswith("shown: the model's scene, which did not parse")  # nothing to correct
+    # The repair (on by default) corrects the kept scene, checks it again and says so.
+    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]))
+    assert written.result.passed and written.corrected and written.code != wrong
+    assert written.model_code == wrong and not written.model_result.math
+    assert said[-1] == written.summary == (
+        "the model's derivative was wrong (it wrote 3x); shown: the corrected scene with f'(x) = 2x, which passed "
+        "every check; the model's own scene is kept")
+    # --no-repair: the model's try as it is.
+    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=False)
+    assert written.code == wrong and not written.corrected and not written.result.passed
 
 
 # --- a function may start with a minus: no "--" needed ------------------------------------
