@@ -177,7 +177,7 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
     assert written.code == "broken(" and not written.result.syntax and not written.corrected
     assert said[1] == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
     assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
-    assert said[-1].startswith("shown: the model's scene, which did not parse")  # nothing to correct
+    assert said[-1].startswith("shown: the model's scene, which did not pass every check (syntax:FAIL")  # nothing to correct
     # The repair (on by default) corrects the kept scene, checks it again and says so.
     written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]))
     assert written.result.passed and written.corrected and written.code != wrong

@@ -134,9 +134,21 @@ def derivative_line(code: str) -> str | None:
     return found.group(1).strip() if found else None
 
 
-def _repairable(result) -> bool:
+def _wrong_derivative(code: str, function: str) -> bool:
+    """Does the scene's math header state a derivative the math judge rejects? (A scene may fail
+    the math check for another reason, e.g. a plotting interval where f' is undefined: then its
+    derivative is not what is wrong, and swapping in the true one cannot help.)"""
+    from derivative_animator.math.header import math_header_length
+    from derivative_animator.math.judge import header_judge
+
+    end = math_header_length(code)
+    return end is not None and derivative_line(code) is not None and not header_judge(function)(code[:end])
+
+
+def _repairable(result, code: str, function: str) -> bool:
     """A scene the repair may correct: it parses and holds a scene, and its derivative is wrong."""
-    return result is not None and bool(result.syntax) and bool(result.structure) and result.math is False
+    return (result is not None and bool(result.syntax) and bool(result.structure) and result.math is False
+            and _wrong_derivative(code, function))
 
 
 class GenerationService:
@@ -298,8 +310,8 @@ class GenerationService:
             if written is not None:
                 say(written.summary)
                 return written
-        summary = f"shown: the model's scene, which {_failure(result)} ({marks(result)}); it did not pass every check"
-        if _repairable(result):
+        summary = f"shown: the model's scene, which did not pass every check ({marks(result)})"
+        if _repairable(result, code, function):
             summary = f"the model's derivative was wrong (it wrote {derivative_line(code)}); " + summary
         say(summary)
         return Written(code, result, verified, summary=summary)
@@ -316,7 +328,7 @@ class GenerationService:
         candidates = [kept] + [t for t in verified.verification.tries if t is not kept]
         tried, failed = set(), None
         for attempt in candidates:
-            if not _repairable(attempt.result):
+            if not _repairable(attempt.result, attempt.generation.code, function):
                 continue
             repaired = with_true_derivative(attempt.generation.code, function)
             if repaired is None or repaired in tried:
