@@ -154,13 +154,14 @@ def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_unt
                         "the second passed every check")
     # At most attempts - 1 completions, however many headers are right.
     model = _FakeModel([wrong], headers=[also_right, _header(good)], completions={also_right: also_right + "broken("})
-    written, said = _write(model, attempts=2)
-    assert written.code == wrong and "the one completed failed a check" in said[-2]
-    assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
+    written, said = _write(model, attempts=2, repair=False)
+    assert written.code == wrong and "the one completed failed a check" in said[-3]
+    assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
+    assert said[-1].startswith("the model's derivative was wrong (it wrote 3x); shown: the model's scene")
     # A right header that is the first scene's own is not completed again (its scene already failed).
     model = _FakeModel([good + "\nbroken("], headers=[_header(good)] * 2)
     written, said = _write(model)
-    assert said[-2] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
+    assert said[-3] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
     # A first scene that passes: no header is sampled, nothing more is said.
     model = _FakeModel([good], headers=[_header(wrong)])
     written, said = _write(model)
@@ -173,12 +174,20 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
     good = oracle.template_scene("x^2", "tangent")
     wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
     written, said = _write(_FakeModel(["broken("], headers=[_header(wrong)] * 2))
-    assert written.code == "broken(" and not written.result.syntax
+    assert written.code == "broken(" and not written.result.syntax and not written.corrected
     assert said[1] == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
-    assert said[-1].startswith("no attempt passed every check; keeping attempt 1")
-    # --repair works on the kept scene, and says so.
-    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=True)
-    assert written.result.passed and "--repair" in said[-1] and written.code != wrong
+    assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
+    assert said[-1].startswith("shown: the model's scene, which did not pass every check (syntax:FAIL")  # nothing to correct
+    # The repair (on by default) corrects the kept scene, checks it again and says so.
+    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]))
+    assert written.result.passed and written.corrected and written.code != wrong
+    assert written.model_code == wrong and not written.model_result.math
+    assert said[-1] == written.summary == (
+        "the model's derivative was wrong (it wrote 3x); shown: the corrected scene with f'(x) = 2x, which passed "
+        "every check; the model's own scene is kept")
+    # --no-repair: the model's try as it is.
+    written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=False)
+    assert written.code == wrong and not written.corrected and not written.result.passed
 
 
 # --- a function may start with a minus: no "--" needed ------------------------------------
@@ -231,3 +240,78 @@ def test_leading_minus_in_a_subprocess():
     out = run("parse", "-x^2", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["derivative"] == "-2x"
+
+
+# --- a wrong derivative is never shown as the answer -----------------------------------------
+
+# Loaded by the CLI's process (PYTHONPATH): every "checkpoint" writes the oracle's scene with the
+# f' the fine-tuned model wrote for 1/x (`-(-1/x^2)`), in its first scene and in every sampled
+# header, so verification has no right try and only the repair can give a passing scene.
+_WRONG_MODEL_SITECUSTOMIZE = '''
+import re
+
+from derivative_animator.data import oracle
+from derivative_animator.math.header import math_header_length
+from derivative_animator.model import generate
+
+
+def _wrong(function):
+    code = oracle.template_scene(function, "tangent")
+    return re.sub(r"^f'\\(x\\) = .*$", "f'(x) = -(-1/x^2)", code, count=1, flags=re.MULTILINE)
+
+
+class _WrongModel:
+    def generate(self, function, *args, prefix="", **kwargs):
+        return generate.Generation(function, _wrong(function), 0.1, 100, 10)
+
+    def generate_batch(self, functions, *args, headers_only=False, **kwargs):
+        code = _wrong(functions[0])
+        return [generate.Generation(f, code[:math_header_length(code)], 0.01, 10, 0) for f in functions]
+
+
+generate.SceneGenerator.load = classmethod(lambda cls, *args, **kwargs: _WrongModel())
+'''
+
+
+@pytest.mark.needs_render
+def test_a_wrong_derivative_gives_the_corrected_scene_and_keeps_the_models_beside_it(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_WRONG_MODEL_SITECUSTOMIZE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+
+    def generate(*args):
+        return subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "1/x", "--model",
+                               str(tmp_path), *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                              timeout=300)
+
+    out = generate("-o", "scene.py")
+    assert out.returncode == 0, out.stderr
+    assert ("the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with "
+            "f'(x) = -1/x^2, which passed every check") in out.stderr
+    assert "wrote scene.py (the corrected scene) and scene.model.py (the model's own scene)" in out.stderr
+    shown, model = (tmp_path / "scene.py").read_text(), (tmp_path / "scene.model.py").read_text()
+    assert "f'(x) = -1/x^2\n" in shown and "f'(x) = -(-1/x^2)\n" in model
+    assert shown.replace("f'(x) = -1/x^2\n", "f'(x) = -(-1/x^2)\n", 1) == model  # only the derivative changed
+    checked = run("check", "scene.py", "--function", "1/x", "--json", "--dry-run", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert all(report[k] for k in ("syntax", "structure", "executes", "math", "layout")), report
+    # --no-repair: the model's try as it is, failing, and nothing beside it.
+    raw = generate("-o", "raw.py", "--no-repair")
+    assert raw.returncode == cli.EXIT_FAILED
+    assert (tmp_path / "raw.py").read_text() == model and not (tmp_path / "raw.model.py").exists()
+    assert "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the model's scene" in raw.stderr
+    assert "corrected" not in raw.stderr
+
+
+def test_the_models_own_scene_never_overwrites_a_file(tmp_path):
+    from derivative_animator.eval.service import CORRECTED, Written
+
+    written = Written("corrected", None, None, shown=CORRECTED, model_code="model's")
+    (tmp_path / "s.model.py").write_text("the user's")
+    with pytest.raises(cli.UsageError, match="s.model.py already exists"):
+        cli._write_scenes(tmp_path / "s.py", written, force=False)
+    assert not (tmp_path / "s.py").exists() and (tmp_path / "s.model.py").read_text() == "the user's"
+    cli._write_scenes(tmp_path / "s.py", written, force=True)
+    assert (tmp_path / "s.py").read_text() == "corrected" and (tmp_path / "s.model.py").read_text() == "model's"
+    assert cli.model_scene_path(tmp_path / "scene.py") == tmp_path / "scene.model.py"

@@ -219,6 +219,75 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         browser.close()
 
 
+class _WrongDerivative:
+    """Writes the oracle's scene with the f' the fine-tuned model wrote for 1/x, `-(-1/x^2)`, in
+    its first scene and in every sampled header: no try of the model passes, the repair can."""
+
+    prompt_format = DEFAULT_FORMAT
+
+    @staticmethod
+    def _code(function):
+        return re.sub(r"^f'\(x\) = .*$", "f'(x) = -(-1/x^2)", oracle.template_scene(function, "tangent"), count=1,
+                      flags=re.MULTILINE)
+
+    def generate(self, function, *args, prefix="", **kwargs):
+        return Generation(function, self._code(function), 0.1, 100, 10)
+
+    def generate_batch(self, functions, *args, headers_only=False, **kwargs):
+        from derivative_animator.math.header import math_header_length
+
+        code = self._code(functions[0])
+        return [Generation(f, code[:math_header_length(code)], 0.01, 10, 0) for f in functions]
+
+
+@pytest.mark.needs_render
+@pytest.mark.needs_browser
+def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_models_one_click_away(
+        tmp_path, micro_checkpoint):
+    from playwright.sync_api import sync_playwright
+
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_WrongDerivative())) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.fill("#function", "1/x")
+        page.click("#go")
+        page.wait_for_selector("#result:not([hidden])", timeout=300_000)
+        assert page.get_attribute("#verdict", "class") == "corrected" and page.is_visible("#badge")
+        assert page.text_content("#badge") == "Corrected"
+        assert page.text_content("#summary").startswith(
+            "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with f'(x) = -1/x^2")
+        assert "f'(x) = -1/x^2\n" in page.text_content("#code")
+        checks = dict(page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])"))
+        assert set(checks.values()) == {"check ok"}
+        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
+        assert page.get_attribute("#video", "src").endswith("/scene.mp4")
+        # one click: the model's own scene, its video and its failing math check
+        assert page.is_visible("#model-toggle") and "model's own" in page.text_content("#model-toggle")
+        page.click("#model-toggle")
+        assert "f'(x) = -(-1/x^2)\n" in page.text_content("#code") and "model's own" in page.text_content("#which")
+        assert page.get_attribute("#video", "src").endswith("/model.mp4")
+        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
+        assert page.get_attribute(".check[data-check=math]", "class") == "check bad"
+        page.click("#model-toggle")  # and back
+        assert "f'(x) = -1/x^2\n" in page.text_content("#code")
+        result = page.evaluate("shown")  # the JSON the API returned: which scene is shown, and the model's own
+        assert result["shown"] == "corrected" and result["passed"] and result["summary"] == page.text_content("#summary")
+        assert "f'(x) = -(-1/x^2)" in result["model"]["code"] and result["model"]["checks"]["math"] is False
+        browser.close()
+        # The API says which scene is shown and carries the model's own; repair: false is the raw try.
+        job = request(f"{url}/api/animate", {"function": "1/x", "repair": False}).json()["job"]
+        deadline = time.monotonic() + 300
+        while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in ("done", "error"):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        result = status["result"]
+        assert result["shown"] == "model" and not result["passed"] and result["checks"]["math"] is False
+        assert "f'(x) = -(-1/x^2)" in result["code"] and result["model"]["code"] == result["code"]
+        assert "shown: the model's scene" in result["summary"]
+
+
 compose_eval = partial(compose_config, "eval")
 
 @pytest.mark.needs_sandbox

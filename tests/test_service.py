@@ -184,3 +184,52 @@ def test_with_a_trained_checkpoint_verified_finds_a_right_sampled_header_where_g
             found += 1
             assert verified.kept.result.math, (function, verified.story())
     assert found, "no function whose greedy scene is wrong and a sampled header right"
+
+
+# 1/x as the fine-tuned model wrote it: its greedy scene and every sampled header say -(-1/x^2).
+WRONG_1_OVER_X = {"first": {"1/x": _scene("1/x", "-(-1/x^2)")},
+                  "headers": {"1/x": [_header(_scene("1/x", "-(-1/x^2)"))] * 4}}
+
+
+def test_the_evaluator_never_repairs_whatever_the_setting(tmp_path, monkeypatch, no_renders):
+    """It measures the model: with `generate.repair=true` its verified row for a wrong derivative is
+    the model's own failing scene, no service it builds may repair, and the true f' is never swapped in."""
+    made = []
+    real_init = GenerationService.__init__
+
+    def recording_init(self, settings, *args, **kwargs):
+        made.append(settings)
+        real_init(self, settings, *args, **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the evaluator swapped in the true derivative")
+
+    monkeypatch.setattr(GenerationService, "__init__", recording_init)
+    monkeypatch.setattr(oracle, "with_true_derivative", never)
+    assert GenerationSettings.defaults().repair  # the CLI's and the page's default: on
+    model = PlannedModel(**WRONG_1_OVER_X)
+    results = _evaluate(tmp_path, monkeypatch, model, "1/x\n", "eval.baselines=[finetuned,verified]",
+                        "generate.self_consistency.k=4", "generate.repair=true")
+    assert made and not any(settings.repair for settings in made)
+    rows = {r["baseline"]: r for r in results["rows"]}
+    for baseline in ("finetuned", "verified"):
+        assert not rows[baseline]["passed"] and rows[baseline]["math"] is False
+        assert "f'(x) = -(-1/x^2)" in (tmp_path / "run" / rows[baseline]["code_path"]).read_text()
+
+
+def test_a_corrected_scene_that_fails_its_own_checks_is_not_shown(monkeypatch, no_renders):
+    """The repair is checked like any scene: when the corrected scene fails, the model's try is
+    shown, labelled as failing, and the sentence says the correction failed too."""
+    settings = GenerationSettings.defaults().changed(self_consistency={"k": 4})
+    written = GenerationService(settings, PlannedModel(**WRONG_1_OVER_X)).write("1/x")
+    assert written.corrected and written.result.passed and written.model_code == _scene("1/x", "-(-1/x^2)")
+    real = oracle.with_true_derivative
+    monkeypatch.setattr(oracle, "with_true_derivative", lambda code, function: real(code, function) + "\nbroken(")
+    said = []
+    written = GenerationService(settings, PlannedModel(**WRONG_1_OVER_X)).write("1/x", said.append)
+    assert not written.corrected and not written.result.passed
+    assert written.code == written.model_code == _scene("1/x", "-(-1/x^2)")
+    assert said[-1] == written.summary
+    assert written.summary.startswith("the model's derivative was wrong (it wrote -(-1/x^2)), and the corrected "
+                                      "scene with f'(x) = -1/x^2 failed a check too (syntax:FAIL")
+    assert written.summary.endswith("shown: the model's scene, which did not pass every check")

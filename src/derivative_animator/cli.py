@@ -64,7 +64,7 @@ def generation_settings(args) -> GenerationSettings:
     return defaults.changed(
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
         attempts=1 if args.no_verify else args.attempts, syntax_rollbacks=args.syntax_rollbacks,
-        repair=args.repair and not args.no_verify, bracket_guard=args.bracket_guard,
+        repair=args.repair, bracket_guard=args.bracket_guard,
         self_consistency={"k": args.self_consistency or defaults.self_consistency.k, "vote": voting,
                           "temperature": args.self_consistency_temperature})
 
@@ -119,14 +119,39 @@ def _generate(args, service: GenerationService) -> int:
         raise UsageError("give a FUNCTION, or --from-file, or -i")
     parse_function(args.function)  # a bad function fails here, before any model time
     written = service.write(args.function, say)
-    rc = _emit(written.code, args, args.function, service)
+    rc = _emit(written.code, args, args.function, service, written)
     return rc if (written.result is None or written.result.passed) else EXIT_FAILED
 
 
-def _emit(code: str, args, function: str, service: GenerationService) -> int:
+def model_scene_path(target: Path) -> Path:
+    """Where the model's own try goes when the scene shown is the corrected one: beside it,
+    `scene.py` -> `scene.model.py`."""
+    return target.with_name(f"{target.stem}.model{target.suffix or '.py'}")
+
+
+def _write_scenes(target: Path, written, force: bool) -> str:
+    """The shown scene to `target` and, when it is the corrected one, the model's own try beside
+    it (`model_scene_path`); neither overwrites a file unless forced, and neither is written if
+    either would. What was written, in words."""
+    if not written.corrected:
+        write_new_file(target, written.code, force)
+        return f"wrote {target}"
+    beside = model_scene_path(target)
+    for path in (target, beside):
+        if path.exists() and not force:
+            raise UsageError(f"{path} already exists; choose another -o path or pass --force")
+    write_new_file(target, written.code, force)
+    write_new_file(beside, written.model_code, force)
+    return f"wrote {target} (the corrected scene) and {beside} (the model's own scene)"
+
+
+def _emit(code: str, args, function: str, service: GenerationService, written=None) -> int:
     if args.output:
-        write_new_file(Path(args.output), code, args.force)
-        print(f"wrote {args.output}", file=sys.stderr)
+        if written is not None:
+            print(_write_scenes(Path(args.output), written, args.force), file=sys.stderr)
+        else:
+            write_new_file(Path(args.output), code, args.force)
+            print(f"wrote {args.output}", file=sys.stderr)
         if args.render:
             out_dir = Path(args.output).with_suffix("")
             result = service.check(code, function, render=True, output_dir=out_dir)
@@ -137,6 +162,9 @@ def _emit(code: str, args, function: str, service: GenerationService) -> int:
         if args.render:
             raise UsageError("--render needs -o FILE.py (the video goes next to it)")
         sys.stdout.write(code)
+        if written is not None and written.corrected:
+            print("printed the corrected scene; the model's own scene is kept only with -o FILE.py "
+                  "(written beside it as FILE.model.py)", file=sys.stderr)
     return 0
 
 
@@ -175,9 +203,9 @@ def _from_file(service: GenerationService, args, say) -> int:
             failures += 1
             say(f"{target}: f(x) = {function}: failed: {one_line(err)}")
             continue
-        write_new_file(target, written.code, args.force)
+        said = _write_scenes(target, written, args.force)
         failures += not written.result.passed
-        say(f"{target}: f(x) = {function}: {marks(written.result)}")
+        say(f"{target}: f(x) = {function}: {marks(written.result)}" + ("; " + said if written.corrected else ""))
     total = len(functions) + len(bad)
     say(f"{total - failures} of {total} lines gave a scene that passed every check")
     return 0 if failures == 0 else EXIT_FAILED
@@ -201,11 +229,11 @@ def _interactive(service: GenerationService, args, say) -> int:
         written = service.write(text, say)
         counter += 1
         target = Path(args.output or ".") / f"scene_{counter:03d}.py"
-        while target.exists():
+        while target.exists() or model_scene_path(target).exists():
             counter += 1
             target = target.with_name(f"scene_{counter:03d}.py")
-        write_new_file(target, written.code)
-        say(f"{'passed' if written.result and written.result.passed else 'FAILED'}: wrote {target}")
+        said = _write_scenes(target, written, False)
+        say(f"{'passed' if written.result and written.result.passed else 'FAILED'}: {said}")
 
 
 def cmd_check(args) -> int:
@@ -280,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(lower ones mostly repeat greedy's)")
     p.add_argument("--syntax-rollbacks", type=int, default=g.syntax_rollbacks,
                    help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
-    p.add_argument("--repair", action="store_true", default=g.repair,
-                   help="if the scene is fine but its derivative wrong, swap in the true one (and say so)")
+    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=g.repair,
+                   help="when no try passes and one is wrong only in its derivative, show that scene with the "
+                        "true derivative, checked again and labelled as corrected, the model's own scene kept "
+                        "beside -o as FILE.model.py (--no-repair: the model's try as it is)")
     p.add_argument("--bracket-guard", action=argparse.BooleanOptionalAction, default=g.bracket_guard,
                    help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
                         "brackets it never opened or end a header line with one open)")

@@ -116,7 +116,9 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     if {"base", "finetuned", "self_consistency", "verified"} & set(baselines):
         model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
-    e, generation = cfg.eval, GenerationSettings.from_config(cfg.generate)
+    # The evaluator measures the model: it never repairs a scene, whatever conf/generate says
+    # (repair is for what the CLI and the page show a user).
+    e, generation = cfg.eval, GenerationSettings.from_config(cfg.generate).changed(repair=False)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []

@@ -8,7 +8,12 @@
   (`... f(x) = x^2 sin(x)`), and the model sees exactly the prompt it was trained on.
 - `/`: a page to type a function and watch the animation: verified generation (as
   `derivanim generate`), rendered in the sandbox, then the video, the evaluation's five
-  checks (layout's problems named when it fails) and the code.
+  checks (layout's problems named when it fails) and the code. When no try of the model
+  passes and one is wrong only in its derivative, the answer is that scene with the true
+  derivative, checked again and shown under a "corrected" badge and a sentence saying what the
+  model wrote, the model's own scene (and video) a click away; `/api/animate` takes
+  `"repair": false` for the model's try as it is, and its result says which scene is shown
+  (`shown`: "model" or "corrected", `summary`) and carries the model's own (`model`).
 - One model worker and a bounded queue: a request beyond it is answered 503 "busy" at
   once, never piled up. Request bodies, functions and token counts are capped. Generated
   code runs only in the render sandbox; files are served only from this server's output
@@ -72,12 +77,15 @@ class ChatRequest(BaseModel):
 
 class AnimateRequest(BaseModel):
     function: str = Field(max_length=MAX_FUNCTION_CHARS)
+    # None: the server's setting (conf/generate `repair`, on by default); false: the model's try as it is.
+    repair: bool | None = None
 
 
 @dataclass
 class Job:
     id: str
     function: str
+    repair: bool | None = None
     status: str = "queued"  # queued, generating, rendering, done, error
     messages: list[str] = field(default_factory=list)
     result: dict | None = None
@@ -237,7 +245,7 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
             parse_function(body.function)
         except ParseError as err:
             raise HTTPException(400, str(err)) from None
-        job = Job(uuid.uuid4().hex[:_JOB_ID_HEX], body.function)
+        job = Job(uuid.uuid4().hex[:_JOB_ID_HEX], body.function, body.repair)
         try:
             worker.submit(lambda g: _animate(service, job, settings))
         except Busy:
@@ -277,27 +285,51 @@ def served_file(output_dir: Path, job_id: str, name: str) -> Path | None:
 
 
 def _animate(service: GenerationService, job: Job, settings: Settings) -> None:
-    """The page's job: verified generation as `derivanim generate` does it, then a real render."""
+    """The page's job: verified generation as `derivanim generate` does it, then a real render.
+    `result.shown` says which scene is the answer: "model" (the model's own try) or "corrected"
+    (its scene with the true derivative, which passed its own checks); `result.summary` says
+    what happened in words; `result.model` is always the model's own try (its code, checks and,
+    when the corrected scene is shown, its own render)."""
     from derivative_animator.errors import one_line
 
     try:
         job.status = "generating"
-        code = service.write(job.function, job.messages.append).code
+        written = service.write(job.function, job.messages.append, repair=job.repair)
         job.status = "rendering"
         job.messages.append("rendering the scene in the sandbox")
         directory = settings.output_dir / job.id
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "scene.py").write_text(code)
-        result = service.check(code, job.function, render=True, output_dir=directory)
-        video = f"{result.scene}.mp4" if result.scene and (directory / f"{result.scene}.mp4").is_file() else None
-        job.result = {"code": code, "checks": {k: getattr(result, k) for k in REPORTED},
-                      "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
-                      "video": f"/files/{job.id}/{video}" if video else None,
-                      "poster": f"/files/{job.id}/{result.scene}.png" if video else None,
-                      "download": f"/files/{job.id}/scene.py"}
+        shown = _rendered(service, job, directory, written.code, "scene")
+        model = shown
+        if written.corrected:
+            job.messages.append("rendering the model's own scene in the sandbox")
+            model = _rendered(service, job, directory, written.model_code, "model")
+        job.result = {**shown, "shown": written.shown, "summary": written.summary, "model": model}
         job.status = "done"
     except Exception as error:  # noqa: BLE001 - the page shows it; the server goes on
         job.error, job.status = one_line(error), "error"
+
+
+def _rendered(service: GenerationService, job: Job, directory: Path, code: str, name: str) -> dict:
+    """One scene of a job written as `<name>.py` and rendered for real (its video and last frame
+    `<name>.mp4`, `<name>.png` in the job's folder): what the page shows of it."""
+    import tempfile
+
+    (directory / f"{name}.py").write_text(code)
+    with tempfile.TemporaryDirectory(dir=directory) as rendered:
+        result = service.check(code, job.function, render=True, output_dir=Path(rendered))
+        video = None
+        if result.scene:
+            for suffix in (".mp4", ".png"):
+                made = Path(rendered) / f"{result.scene}{suffix}"
+                if made.is_file():
+                    made.replace(directory / f"{name}{suffix}")
+            video = f"{name}.mp4" if (directory / f"{name}.mp4").is_file() else None
+    return {"code": code, "checks": {k: getattr(result, k) for k in REPORTED},
+            "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
+            "video": f"/files/{job.id}/{video}" if video else None,
+            "poster": f"/files/{job.id}/{name}.png" if video else None,
+            "download": f"/files/{job.id}/{name}.py"}
 
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -310,6 +342,12 @@ form{display:flex;gap:.5em}input{flex:1;font-size:1.2em;padding:.4em}button{font
 .skip{background:#eee}pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto;max-height:420px;font-size:12px}
 .spinner{display:inline-block;width:1em;height:1em;border:2px solid #999;border-top-color:transparent;border-radius:50%;
 animation:spin 1s linear infinite;vertical-align:middle;margin-right:.4em}@keyframes spin{to{transform:rotate(360deg)}}
+#verdict{margin:0 0 1em;padding:.8em 1em;border-radius:6px;border:1px solid #ccc;background:#fff}
+#verdict.corrected{border-color:#d08a00;background:#fff6e0}#verdict.failed{border-color:#b00;background:#fee}
+#verdict.passed{border-color:#3a3;background:#efe}
+.badge{display:inline-block;font-weight:bold;text-transform:uppercase;letter-spacing:.05em;padding:2px 10px;
+border-radius:4px;margin-right:.6em;color:#fff}.corrected .badge{background:#d08a00}.failed .badge{background:#b00}
+.passed .badge{background:#3a3}#which{font-weight:bold;margin:.5em 0}
 </style></head><body>
 <h1>DerivativeAnimator</h1>
 <p>Type a function as you would write it (<code>x^2 sin x</code>, <code>e^{-x^2}</code>, <code>ln(x^2+1)</code>);
@@ -318,6 +356,9 @@ model <b>{model}</b> writes a Manim scene explaining its derivative, checked and
 <button id="go" type="submit">Animate</button></form>
 <div id="error" role="alert"></div><div id="status"></div>
 <div id="result" hidden>
+<div id="verdict" role="status"><span class="badge" id="badge"></span><span id="summary"></span>
+<br><a href="#" id="model-toggle" hidden></a></div>
+<p id="which"></p>
 <video id="video" controls autoplay muted playsinline></video>
 <p id="checks"></p>
 <p><button id="copy" type="button">Copy code</button> <a id="download" download="scene.py">Download scene.py</a></p>
@@ -331,15 +372,32 @@ async function poll(job) {
     + s.status + (s.messages.length ? ": " + s.messages[s.messages.length - 1] : "");
   if (s.status === "error") { $("error").textContent = s.error; $("go").disabled = false; return; }
   if (s.status !== "done") { setTimeout(() => poll(job), 500); return; }
-  const res = s.result; $("go").disabled = false; $("result").hidden = false;
-  $("checks").innerHTML = Object.entries(res.checks).map(([k, v]) =>
-    `<span class="check ${v === true ? "ok" : v === false ? "bad" : "skip"}" data-check="${k}">${k}</span>`).join("")
-    + (res.error ? `<br><small>${esc(res.error)}</small>` : "")
-    + (res.layout_problems || []).slice(0, 5).map(p => `<br><small class="layout-problem">layout: ${esc(p)}</small>`).join("");
-  $("code").textContent = res.code; $("download").href = res.download;
-  if (res.video) { $("video").poster = res.poster; $("video").src = res.video; $("video").hidden = false; }
-  else { $("video").hidden = true; }
+  const res = s.result; $("go").disabled = false; $("result").hidden = false; shown = res;
+  const corrected = res.shown === "corrected";
+  $("verdict").className = corrected ? "corrected" : res.passed ? "passed" : "failed";
+  $("badge").textContent = corrected ? "Corrected" : res.passed ? "Passed" : "Failing";
+  $("summary").textContent = res.summary || "";
+  $("model-toggle").hidden = !corrected; showScene(res, corrected ? "the corrected scene" : "");
 }
+let shown = null;
+function showScene(scene, label) {
+  $("which").textContent = label ? "Showing: " + label : "";
+  if (shown && shown.shown === "corrected")
+    $("model-toggle").textContent = scene === shown ? "See the model's own scene (its derivative is wrong)"
+      : "Back to the corrected scene";
+  $("checks").innerHTML = Object.entries(scene.checks).map(([k, v]) =>
+    `<span class="check ${v === true ? "ok" : v === false ? "bad" : "skip"}" data-check="${k}">${k}</span>`).join("")
+    + (scene.error ? `<br><small>${esc(scene.error)}</small>` : "")
+    + (scene.layout_problems || []).slice(0, 5).map(p => `<br><small class="layout-problem">layout: ${esc(p)}</small>`).join("");
+  $("code").textContent = scene.code; $("download").href = scene.download;
+  if (scene.video) { $("video").poster = scene.poster; $("video").src = scene.video; $("video").hidden = false; }
+  else { $("video").removeAttribute("src"); $("video").hidden = true; }
+}
+$("model-toggle").addEventListener("click", e => {
+  e.preventDefault();
+  if ($("which").textContent.includes("model's own")) showScene(shown, "the corrected scene");
+  else showScene(shown.model, "the model's own scene (not the answer: its derivative is wrong)");
+});
 $("form").addEventListener("submit", async e => {
   e.preventDefault(); $("error").textContent = ""; $("result").hidden = true;
   const r = await fetch("/api/animate", {method: "POST", headers: {"Content-Type": "application/json"},

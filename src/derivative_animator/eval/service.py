@@ -15,11 +15,14 @@ It owns
   keeping the first that passes every check (`verify.first_passing`). Whenever a sampled
   header is right, verification completes one: it is never below self-consistency, whose
   vote can only be right when some header is;
-- the repair (`write`, `--repair`): the true f' swapped into a scene wrong only in its f'.
+- the repair (`write`, `correct`; on by default, `--no-repair`): when no try passes, the true f'
+  swapped into a try wrong only in its f', checked again, shown labelled as corrected with the
+  model's own try kept beside it. The evaluator never repairs: it measures the model.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -99,11 +102,53 @@ class Verified:
         return "; ".join(said)
 
 
+MODEL, CORRECTED = "model", "corrected"  # Written.shown: the model's own try, or its scene with the true f'
+
+
 @dataclass
 class Written:
+    """What `write` gives a user: the scene shown as the answer (`code`, checked: `result`) and,
+    always, the model's own kept try (`model_code`, `model_result`; the same scene unless
+    `shown` is CORRECTED), with one sentence saying what happened (`summary`)."""
+
     code: str
-    result: object  # the kept scene's CheckResult
+    result: object  # the shown scene's CheckResult
     verified: Verified
+    shown: str = MODEL  # MODEL: the model's own try; CORRECTED: that scene with the true derivative swapped in
+    model_code: str | None = None  # the model's own kept try (None: the same as `code`)
+    model_result: object = None
+    summary: str = ""
+
+    def __post_init__(self):
+        if self.model_code is None:
+            self.model_code, self.model_result = self.code, self.result
+
+    @property
+    def corrected(self) -> bool:
+        return self.shown == CORRECTED
+
+
+def derivative_line(code: str) -> str | None:
+    """What a scene states as f'(x) (its header's `f'(x) = ...` line), or None."""
+    found = re.search(r"^f'\(x\) = (.*)$", code, flags=re.MULTILINE)
+    return found.group(1).strip() if found else None
+
+
+def _wrong_derivative(code: str, function: str) -> bool:
+    """Does the scene's math header state a derivative the math judge rejects? (A scene may fail
+    the math check for another reason, e.g. a plotting interval where f' is undefined: then its
+    derivative is not what is wrong, and swapping in the true one cannot help.)"""
+    from derivative_animator.math.header import math_header_length
+    from derivative_animator.math.judge import header_judge
+
+    end = math_header_length(code)
+    return end is not None and derivative_line(code) is not None and not header_judge(function)(code[:end])
+
+
+def _repairable(result, code: str, function: str) -> bool:
+    """A scene the repair may correct: it parses and holds a scene, and its derivative is wrong."""
+    return (result is not None and bool(result.syntax) and bool(result.structure) and result.math is False
+            and _wrong_derivative(code, function))
 
 
 class GenerationService:
@@ -241,12 +286,14 @@ class GenerationService:
         verified.verification = first_passing(tries(), check, report)
         return verified
 
-    def write(self, function: str, say: Say = _quiet) -> Written:
+    def write(self, function: str, say: Say = _quiet, repair: bool | None = None) -> Written:
         """A scene as `derivanim generate` and the page write one: the first scene, verified in
-        the warm sandbox, each try reported through `say`; never swaps code silently: when
-        the settings ask for the repair and no scene passed, it says so."""
-        from derivative_animator.data.oracle import with_true_derivative
-
+        the warm sandbox, each try reported through `say`. When no try passes and the repair is
+        on (`repair`, else the settings'), the model's scenes wrong only in their derivative get
+        the true f' (`correct`), and the first corrected scene that passes its own checks is
+        shown, labelled CORRECTED, the model's try kept beside it. Never swaps code silently:
+        `summary` (also said last) says what is shown and why. The evaluator never calls this:
+        it measures the model (`verify`)."""
         first = self.first_scene(function, say)
         verified = self.verify(function, first, lambda attempt, generation: self.check(generation.code, function),
                                lambda tried: say(_attempt_line(tried)))
@@ -255,15 +302,55 @@ class GenerationService:
         kept = verified.kept
         code, result = kept.generation.code, kept.result
         if result.passed:
-            return Written(code, result, verified)
+            return Written(code, result, verified, summary="shown: the model's scene, which passed every check")
         if self.settings.attempts > 1:
             say(f"no attempt passed every check; keeping attempt {kept.attempt} ({marks(result)})")
-        if self.settings.repair and result.syntax and result.structure and not result.math:
-            repaired = with_true_derivative(code, function)
-            if repaired:
-                say("--repair: replaced the model's f'(x) line with the true derivative")
-                return Written(repaired, self.check(repaired, function), verified)
-        return Written(code, result, verified)
+        if self.settings.repair if repair is None else repair:
+            written = self.correct(function, verified, say)
+            if written is not None:
+                say(written.summary)
+                return written
+        summary = f"shown: the model's scene, which did not pass every check ({marks(result)})"
+        if _repairable(result, code, function):
+            summary = f"the model's derivative was wrong (it wrote {derivative_line(code)}); " + summary
+        say(summary)
+        return Written(code, result, verified, summary=summary)
+
+    def correct(self, function: str, verified: Verified, say: Say = _quiet) -> Written | None:
+        """The repair: each of the model's tries wrong only in its derivative (the kept one first),
+        with the true f' swapped in (`oracle.with_true_derivative`), checked as any scene is (a
+        render and every check) until one passes; that one, labelled CORRECTED, with the model's
+        try it came from. When none passes: a Written of the model's kept try, labelled as
+        failing, saying the correction failed too; None when no try could be corrected."""
+        from derivative_animator.data.oracle import with_true_derivative
+
+        kept = verified.kept
+        candidates = [kept] + [t for t in verified.verification.tries if t is not kept]
+        tried, failed = set(), None
+        for attempt in candidates:
+            if not _repairable(attempt.result, attempt.generation.code, function):
+                continue
+            repaired = with_true_derivative(attempt.generation.code, function)
+            if repaired is None or repaired in tried:
+                continue
+            tried.add(repaired)
+            result = self.check(repaired, function)
+            say(f"the corrected scene of attempt {attempt.attempt} (the true f'(x) = {derivative_line(repaired)}): "
+                f"{marks(result)}" + (f"  {result.error}" if result.error else ""))
+            wrote, true = derivative_line(attempt.generation.code), derivative_line(repaired)
+            if result.passed:
+                layout = "" if result.layout is not False else "; its layout check failed"
+                summary = (f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected scene with "
+                           f"f'(x) = {true}, which passed every check{layout}; the model's own scene is kept")
+                return Written(repaired, result, verified, shown=CORRECTED, model_code=attempt.generation.code,
+                               model_result=attempt.result, summary=summary)
+            failed = failed or (wrote, true, result)
+        if failed is None:
+            return None
+        wrote, true, result = failed
+        summary = (f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with f'(x) = {true} "
+                   f"failed a check too ({marks(result)}); shown: the model's scene, which did not pass every check")
+        return Written(kept.generation.code, kept.result, verified, summary=summary)
 
 
 def _attempt_line(tried: Try) -> str:
