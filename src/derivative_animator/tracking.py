@@ -6,7 +6,6 @@
   runs table's Dataset column says which data a run saw;
 - `training_run_name` / `evaluation_run_name`: names that say what ran
   (`lora-r64-tiny-1130-1630`, `eval-test-lora-r64-tiny-1130-1630-1130-1702`);
-- `open_run`: a run created (or continued) by name, for the programs without Lightning's logger;
 - `evaluation_run` / `log_evaluation`: an evaluation as a child run of the training run it
   evaluated, open while the evaluation runs (its duration is the evaluation's), its headline
   metrics (`test/math`, `textbook/math`, ...) on both runs;
@@ -46,23 +45,6 @@ def evaluation_run_name(source: str, checkpoint: str, when: datetime | None = No
 
 def mark_experiment(client, experiment_id: str) -> None:
     client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
-
-
-def open_run(tracking_uri: str, experiment_name: str, artifact_location: str | None, run_name: str,
-             tags: dict[str, str], run_id: str | None = None):
-    """(client, run id): a new run named `run_name` in the experiment (created when missing), or
-    `run_id` continued (RUNNING again)."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    if run_id is not None:
-        client.update_run(run_id, status="RUNNING")
-        return client, run_id
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        experiment_name, artifact_location=artifact_location)
-    mark_experiment(client, experiment_id)
-    return client, client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
 def split_dataset(data_dir: str | Path, split: str):

@@ -420,15 +420,22 @@ def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
     """(client, run id) of this pretraining's MLflow run (continued on resume), or (None, None)."""
     if logger_cfg is None:
         return None, None
-    from derivative_animator import tracking
+    import mlflow
 
-    client, new_id = tracking.open_run(logger_cfg.tracking_uri, logger_cfg.experiment_name,
-                                       logger_cfg.artifact_location, f"pretrain-{Path(config.output_dir).name}",
-                                       {"stage": "pretrain"}, run_id)
+    client = mlflow.MlflowClient(tracking_uri=logger_cfg.tracking_uri)
     if run_id is None:
+        name = logger_cfg.experiment_name
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            name, artifact_location=logger_cfg.artifact_location)
+        run = client.create_run(experiment_id, run_name=f"pretrain-{Path(config.output_dir).name}",
+                                tags={"stage": "pretrain"})
+        run_id = run.info.run_id
         for key, value in asdict(config).items():
-            client.log_param(new_id, f"build/{key}", str(value)[:500])
-    return client, new_id
+            client.log_param(run_id, f"build/{key}", str(value)[:500])
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return client, run_id
 
 
 def held_out_sha256(config: BaseModelConfig) -> str:
