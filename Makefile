@@ -51,7 +51,8 @@ sweep-summary: $(SETUP) ## table + PNG of the newest sweep's metric by rank and 
 	$(PY) -m derivative_animator.sweep_summary $(ARGS)
 
 ui: $(SETUP) ## the MLflow UI on this project's store (http://127.0.0.1:5000)
-	$(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+	@# its four web workers each warn that starlette.middleware.wsgi is deprecated (MLflow's import, not ours)
+	PYTHONWARNINGS=ignore::UserWarning:mlflow.server.fastapi_app $(PY) -m mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
 
 eval: $(SETUP) ## evaluate the newest checkpoint and the baselines: ARGS="eval.model=DIR"

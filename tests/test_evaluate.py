@@ -201,14 +201,14 @@ def test_an_evaluation_is_a_child_run_of_the_checkpoints_training_run_with_its_d
     results["functions_source"] = str(tmp_path / "functions.txt")
     evaluation_id = tracking.log_evaluation(results, run_dir)
     expected = {"eval/time/total_s": 12.5, "eval/finetuned/math": 54.4, "eval/finetuned/pass_at_1": 50.0,
-                "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7}
+                "eval/finetuned/n": 57.0, "eval/finetuned/math/L1": 66.7, "functions/math": 54.4}
     assert client.get_run(run_id).data.metrics == expected  # the training run, where runs are compared
     evaluation = client.get_run(evaluation_id)  # and an evaluation run of its own, its child
     assert evaluation_id != run_id and evaluation.data.tags["mlflow.parentRunId"] == run_id
     assert evaluation.data.metrics == expected and evaluation.info.status == "FINISHED"
     dataset_input, = evaluation.inputs.dataset_inputs
     assert dataset_input.dataset.name == "eval-functions" and dataset_input.tags[0].value == "evaluation"
-    assert {a.path for a in client.list_artifacts(evaluation_id)} == {"report", "rows.json"}
+    assert {a.path for a in client.list_artifacts(evaluation_id)} == {"report", "rows.json", "headline.json"}
     assert [a.path for a in client.list_artifacts(evaluation_id, "report")] == ["report/results.md"]
     table = json.loads(Path(client.download_artifacts(evaluation_id, "rows.json", str(tmp_path))).read_text())
     assert len(table["data"]) == 2
@@ -245,6 +245,64 @@ def test_a_benchmark_evaluation_reports_each_kind_and_logs_under_the_benchmarks_
     assert metrics["eval/textbook/finetuned/math/kind/product"] == summary["finetuned"]["kind/product"]["math"]
     assert evaluation.inputs.dataset_inputs[0].dataset.name == "benchmark-textbook"
     assert evaluation.info.run_name.startswith("eval-textbook-")
+
+
+def test_the_evaluation_run_is_named_for_what_ran_and_lasts_as_long_as_the_evaluation(tmp_path, monkeypatch):
+    """Open before the first function, closed after the reports: its duration is the evaluation's
+    (a stubbed evaluation of 1.5 s), not the few milliseconds of logging afterwards."""
+    import re
+    import time
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("durations", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment, run_name="lora-r64-micro-1203-1128").info.run_id
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "run_info.json").write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
+    functions = tmp_path / "my_functions.txt"
+    functions.write_text("x^2\n")
+
+    def slow_evaluation(cfg, run_dir, model_dir=None):
+        assert model_dir == model
+        time.sleep(1.5)
+        rows = [Row("finetuned", "line0001", "x^2", 1, 1, True, True, True, True, False, None, 0.1, 10, 100.0, 0.5, "")]
+        return {"model": str(model_dir), "samples": 1, "functions_source": str(functions), "benchmark": None,
+                "notes": [], "rows": [asdict(r) for r in rows], "timings": {"total_s": 1.5},
+                "summary": summarize(rows, 1)}
+
+    monkeypatch.setattr(evaluate, "run_evaluation", slow_evaluation)
+    cfg = compose_eval(f"eval.functions_file={functions}", f"eval.model={model}", "eval.baselines=[finetuned]")
+    assert evaluate.evaluate_and_report(cfg, tmp_path / "run") == 0
+    evaluation, = client.search_runs([experiment], filter_string="tags.stage = 'evaluation'")
+    assert re.fullmatch(r"eval-my_functions-lora-r64-micro-1203-1128-\d{4}-\d{4}", evaluation.info.run_name)
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.info.end_time - evaluation.info.start_time >= 1500
+    assert evaluation.data.metrics["my_functions/math"] == 100.0  # the headline, on both runs
+    assert client.get_run(run_id).data.metrics["my_functions/passed"] == 0.0
+
+
+def test_an_evaluation_that_fails_leaves_a_failed_run(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("failures", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment, run_name="lora-r8-micro-1203-1128").info.run_id
+    model = tmp_path / "checkpoint" / "merged"
+    model.mkdir(parents=True)
+    (model / "run_info.json").write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}))
+
+    def broken(cfg, run_dir, model_dir=None):
+        raise RuntimeError("the render pool died")
+
+    monkeypatch.setattr(evaluate, "run_evaluation", broken)
+    with pytest.raises(RuntimeError):
+        evaluate.evaluate_and_report(compose_eval(f"eval.model={model}", "eval.baselines=[finetuned]"), tmp_path)
+    evaluation, = client.search_runs([experiment], filter_string="tags.stage = 'evaluation'")
+    assert evaluation.info.status == "FAILED" and evaluation.info.run_name.startswith("eval-test-lora-r8-micro-")
 
 
 class _KnownTries:

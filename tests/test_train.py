@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 
 import mlflow
@@ -30,6 +31,17 @@ def test_every_config_option_composes(group, option):
     cfg = compose_train(f"{group}={option}")
     OmegaConf.resolve(cfg) if group != "data" or option != "original" else None
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+
+
+def test_a_training_run_is_named_for_its_method_rank_and_model():
+    import re
+
+    from derivative_animator.train import run_name
+
+    assert re.fullmatch(r"lora-r64-tiny-\d{4}-\d{4}", run_name(compose_train()))
+    assert run_name(compose_train("model=micro", "lora=r8")).startswith("lora-r8-micro-")
+    assert run_name(compose_train("model=micro", "lora=none")).startswith("full-micro-")
+    assert run_name(compose_train(), {"sweep": "s", "sweep_job": "3"}).endswith("-j3")  # a sweep's jobs differ
 
 
 def test_lora_presets_and_model_learning_rates():
@@ -94,6 +106,7 @@ def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert re.fullmatch(r"lora-r64-micro-\d{4}-\d{4}", run.info.run_name)  # what ran, not a timestamp
     assert "val/loss" in run.data.metrics and "train/loss_step" in run.data.metrics
     assert 0 <= run.data.metrics["val/math"] <= 100  # headers of the validation functions, checked
     levels = {f"val/math_level{r.level}" for r in dataset.read_split(micro_data, "validation")}
@@ -103,6 +116,13 @@ def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
     logged, = run.outputs.model_outputs
     version, = client.search_model_versions("name = 'derivanim-micro'")
     assert version.run_id == run_id and logged.model_id in version.source
+    # the registered model says what it is: description and tags, on the model and on its version
+    registered = client.get_registered_model("derivanim-micro")
+    assert registered.description.startswith("LoRA (r=64, alpha=128) fine-tune of micro")
+    assert {"base_model": "micro", "lora_r": "64", "lora_alpha": "128", "dataset": "micro",
+            "prompt_format_sha256": DEFAULT_FORMAT.sha256}.items() <= registered.tags.items()
+    assert len(registered.tags["dataset_sha256"]) == len(registered.tags["benchmarks_sha256"]) == 64
+    assert "lr=" in registered.tags["recipe"] and version.tags == registered.tags and version.description
     artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
     assert "checkpoint/prompt_format.json" in artifacts and "checkpoint/draft_corpus.json" in artifacts
     # the runs table's Dataset column: the train and validation splits, with digests and sources

@@ -99,7 +99,17 @@ def latest_checkpoint() -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
+MODEL_BASELINES = {"base", "finetuned", "self_consistency", "verified"}
+
+
+def evaluated_model(cfg: DictConfig) -> Path | None:
+    """The checkpoint the requested baselines need (eval.model, or the newest), None for none."""
+    if not MODEL_BASELINES & set(cfg.eval.baselines):
+        return None
+    return latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
+
+
+def run_evaluation(cfg: DictConfig, run_dir: Path, model_dir: Path | None = None) -> dict:
     from rich.progress import Progress
 
     from derivative_animator.data import oracle
@@ -112,9 +122,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> dict:
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown eval.baselines {sorted(unknown)}; choose from {list(BASELINES)}")
-    model_dir = None
-    if {"base", "finetuned", "self_consistency", "verified"} & set(baselines):
-        model_dir = latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
+    model_dir = model_dir or evaluated_model(cfg)
     futures: dict[str, list[Future]] = {b: [] for b in baselines}
     # The evaluator measures the model: it never repairs a scene, whatever conf/generate says
     # (repair is for what the CLI and the page show a user).
@@ -240,17 +248,31 @@ def generation_threads(setting, render_workers: int) -> int:
 
 def main(cfg: DictConfig) -> int:
     from hydra.core.hydra_config import HydraConfig
+
+    return evaluate_and_report(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def evaluate_and_report(cfg: DictConfig, run_dir: Path) -> int:
+    """The evaluation inside its MLflow run (open from before the first function to after the
+    reports: the run's duration is the evaluation's), then the tables and where things are."""
+    from contextlib import nullcontext
+
     from rich.console import Console
 
     from derivative_animator import tracking
     from derivative_animator.eval import report
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_evaluation(cfg, run_dir)
-    results["config"] = OmegaConf.to_container(cfg, resolve=True)
-    report_dir = report.write_reports(results, run_dir)
-    run_id = tracking.log_evaluation(results, run_dir) if cfg.eval.log_to_mlflow else None
-    console = Console()
+    model_dir = evaluated_model(cfg)
+    source = cfg.eval.benchmark or functions_source(cfg).stem
+    mlflow_run = tracking.evaluation_run(model_dir, source, cfg.eval.benchmark) if cfg.eval.log_to_mlflow \
+        else nullcontext()
+    with mlflow_run as run_id:
+        results = run_evaluation(cfg, run_dir, model_dir)
+        results["config"] = OmegaConf.to_container(cfg, resolve=True)
+        report_dir = report.write_reports(results, run_dir)
+        if run_id:
+            tracking.log_evaluation(results, run_dir, run_id)
+    console = Console(soft_wrap=True)  # tables keep their rows whole in a log or a narrow terminal
     console.print(report.markdown_table(results["summary"]))
     if kinds := report.kind_table(results["summary"]):
         console.print(f"\nMath by kind ({cfg.eval.benchmark} benchmark):\n{kinds}")

@@ -61,6 +61,15 @@ def _sweep_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
+def run_name(cfg: DictConfig, tags: dict[str, str] | None = None) -> str:
+    """`lora-r64-tiny-<date>` (`full-tiny-<date>` with LoRA off); a sweep's job adds `-j<number>`."""
+    from derivative_animator import tracking
+
+    tags = _sweep_tags(cfg) if tags is None else tags
+    return tracking.training_run_name(str(cfg.model.name), int(cfg.lora.r) if cfg.lora.enabled else None,
+                                      job=tags.get("sweep_job"))
+
+
 def _refuse_ineffective_overrides(cfg: DictConfig) -> None:
     """A LoRA setting given while LoRA is off changes nothing: `-m lora.r=4,8` would train
     identical full fine-tunes and compare nothing. Refused, saying how to turn LoRA on."""
@@ -150,10 +159,11 @@ def _mlflow_run(cfg: DictConfig, run_dir: Path, resumed: dict | None):
 
     from derivative_animator import tracking
 
+    tags = _sweep_tags(cfg)
     logger = MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
-        artifact_location=cfg.logger.artifact_location, run_name=run_dir.name,
-        tags=_sweep_tags(cfg), run_id=resumed["mlflow_run_id"] if resumed else None,
+        artifact_location=cfg.logger.artifact_location, run_name=run_name(cfg, tags),
+        tags={**tags, "run_dir": str(run_dir)}, run_id=resumed["mlflow_run_id"] if resumed else None,
     )
     client = mlflow.MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     if not resumed:
