@@ -11,6 +11,7 @@ not seen (docs/decisions/0005-render-sandbox.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import sympy as sp
@@ -60,6 +61,12 @@ def _floats(value, n: int) -> list[float] | None:
     return numbers if len(numbers) == n and all(np.isfinite(numbers)) else None
 
 
+@lru_cache(maxsize=64)
+def _numeric(expr: sp.Expr):
+    """The host's own f or f' as a numpy function (lambdify costs more than a trace)."""
+    return sp.lambdify(X, expr, "numpy")
+
+
 def trace(pixels: np.ndarray, view: dict, expr: sp.Expr) -> Trace | None:
     """How well the pixels inside the view's box trace `expr` (None: the view is no box)."""
     if not isinstance(view, dict):
@@ -85,12 +92,12 @@ def trace(pixels: np.ndarray, view: dict, expr: sp.Expr) -> Trace | None:
     xs = x0 + (columns[:, None] - c0 + spread[None, :]) * per_px
     xs = np.concatenate([xs, xs[:, :1] - step / 2, xs[:, -1:] + step / 2], axis=1)
     with np.errstate(all="ignore"):
-        values = np.asarray(sp.lambdify(X, expr, "numpy")(xs), dtype=complex) * np.ones_like(xs)
+        values = np.asarray(_numeric(expr)(xs), dtype=complex) * np.ones_like(xs)
     values = np.where(np.abs(values.imag) < 1e-9, values.real, np.nan)
     if step > 0:  # between samples, Manim's curve may lie anywhere between its neighbours' values
         wide = x0 + (columns[:, None] - c0) * per_px + np.linspace(-step / 2, step / 2, SUBSAMPLES)[None, :]
         with np.errstate(all="ignore"):
-            more = np.asarray(sp.lambdify(X, expr, "numpy")(wide), dtype=complex) * np.ones_like(wide)
+            more = np.asarray(_numeric(expr)(wide), dtype=complex) * np.ones_like(wide)
         values = np.concatenate([values, np.where(np.abs(more.imag) < 1e-9, more.real, np.nan)], axis=1)
     finite = np.isfinite(values)
     rows = np.where(finite, r0 + (values - y0) / (y1 - y0) * (r1 - r0), np.nan)
