@@ -539,13 +539,13 @@ SENT_BACK = {  # attack -> (scene lines, the check that fails, what its reason s
                                             "the movie declares 16,000,000 frames; at most 301 are read"),
     "a movie repeating one keyframe": (lambda: _hostile_movie("repeated"), "executes",
                                        "the movie declares 5,000 frames; at most 301 are read"),
-    "a report over its size": (_hostile_report("'{\"layout\": [\"' + 'x' * (3 << 20) + '\"]}'"), "math",
+    "a report over its size": (_hostile_report("'{\"layout\": [\"' + 'x' * (3 << 20) + '\"]}'"), "executes",
                                "report.json is 3.0 MB, over its 2.0 MB cap"),
-    "a report nested 500,000 deep": (_hostile_report("'{\"curves\": ' + '[' * 500000 + ']' * 500000 + '}'"), "math",
+    "a report nested 500,000 deep": (_hostile_report("'{\"curves\": ' + '[' * 500000 + ']' * 500000 + '}'"), "executes",
                                      "report.json nests 500001 deep, over its 8 cap"),
     "a report with a 400-digit integer": (
         _hostile_report("'{\"curves\": [{\"x\": [' + '9' * 400 + ', 1, 2], \"y\": [1, 2, 3]}], \"layout\": []}'"),
-        "math", "a plotted curve is neither f nor f'"),
+        "executes", "no animation ran"),  # and no OverflowError
 }
 
 
@@ -573,3 +573,158 @@ def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox
     if sandbox is not None:
         innocent = checks.check_code(oracle("x^2"), "x^2", render=render, sandbox=sandbox)
         assert innocent.passed and innocent.layout, (innocent.error, innocent.layout_problems)
+
+
+# --- verdicts from what the movie shows, not from what the scene says (issue 30, item 1) ---
+
+TRANSPARENT_PLOTS_AND_ANOTHER_CURVE = (
+    "axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)",
+    "axes.plot(f, color=BLUE, stroke_opacity=0), d_axes.plot(df, color=RED, stroke_opacity=0)\n"
+    "        self.add(ParametricFunction(lambda t: axes.c2p(t, 3 * np.sin(t)), t_range=[X_MIN, X_MAX], color=BLUE))")
+
+PATCHED_REPORT = """
+import sys
+_runner = sys.modules["__main__"]
+_xs = np.linspace(X_MIN, X_MAX, 50)
+_runner.sampled_curves = lambda plotted: [{"x": list(_xs), "y": list(_xs ** 2)}, {"x": list(_xs), "y": list(2 * _xs)}]
+_runner.curve_visibility = lambda plotted: []
+_runner.layout_problems = lambda scene, animation: []
+big = Axes([X_MIN, X_MAX, 1], [-100, 100, 50], x_length=10, y_length=3)
+self.play(Create(big), Create(big.plot(lambda t: 40 + 0.05 * np.sin(t), color=BLUE)),
+          Create(big.plot(lambda t: t ** 2, color=RED)))
+self.play(Write(Text("cut off at the bottom").move_to(DOWN * 4.1)))
+self.wait(1)
+return
+"""
+
+RENDER_WITHOUT_CONSTRUCT = '''
+def _movie_without_construct(self, *args, **kwargs):
+    import av
+    path = self.renderer.file_writer.movie_file_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as movie:
+        stream = movie.add_stream("h264", rate=config.frame_rate)
+        stream.width, stream.height, stream.pix_fmt = config.pixel_width, config.pixel_height, "yuv420p"
+        for i in range(30):
+            pixels = np.zeros((config.pixel_height, config.pixel_width, 3), dtype=np.uint8)
+            pixels[200:260, 10 * i:10 * i + 60] = 255
+            movie.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        movie.mux(stream.encode())
+    try:
+        self.construct()
+    except Exception:
+        pass
+
+
+Scene.render = _movie_without_construct
+'''
+
+
+@pytest.mark.needs_render
+def test_a_curve_plotted_transparent_beside_another_drawn_curve_fails_math(sandbox):
+    """f and f' go through Axes.plot (the runner samples them: right) but are invisible; what
+    the movie shows on f's axes is 3 sin x. The claim passes; the pixels do not."""
+    old, new = TRANSPARENT_PLOTS_AND_ANOTHER_CURVE
+    code = oracle("x^2").replace(old, new)
+    assert code != oracle("x^2")
+    result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
+    assert result.executes is True and result.math is False, result.error
+    assert "plotted curve 1 is not seen in the movie" in result.error
+
+
+@pytest.mark.needs_render
+def test_a_report_patched_through_sys_modules_fails_math_and_layout(sandbox):
+    """The scene replaces the runner's samplers: the report claims x^2 and 2x and a clean
+    layout, while the movie shows a wrong curve near 40, x^2 squashed flat on axes to 100,
+    and text cut at the bottom edge."""
+    code = oracle("x^2").replace("def construct(self):", "def construct(self):\n        "
+                                 + _send_back(PATCHED_REPORT), 1)
+    result = checks.check_code(code, "x^2", render=checks.RenderOptions(quick=True), sandbox=sandbox)
+    assert result.executes is True and result.math is False, result.error
+    assert "plotted curve 1 is not seen in the movie" in result.error
+    assert result.layout is False
+    assert "the last frame cuts something off at its bottom edge" in result.layout_problems, result.layout_problems
+    assert any("curve 2 is seen squashed flat" in p for p in result.layout_problems), result.layout_problems
+
+
+@pytest.mark.needs_render
+def test_a_movie_written_without_construct_does_not_execute(sandbox):
+    """Scene.render replaced by one that writes a right-sized, moving movie with PyAV while
+    construct raises: the movie decodes, but no animation ran to make it."""
+    code = oracle("x^2").replace("class TangentLineScene", RENDER_WITHOUT_CONSTRUCT + "\n\nclass TangentLineScene", 1)
+    code = code.replace("def construct(self):", "def construct(self):\n        1 / 0", 1)
+    result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
+    assert result.executes is False and not result.passed, result.error
+    assert "no animation ran" in result.error
+
+
+def _movie_of(frames: list) -> bytes:
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as movie:
+        stream = movie.add_stream("h264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 854, 480, "yuv420p"
+        for pixels in frames:
+            movie.mux(stream.encode(__import__("av").VideoFrame.from_ndarray(pixels, format="rgb24")))
+        movie.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def test_a_still_movie_or_one_the_animations_do_not_account_for_does_not_execute():
+    import numpy as np
+
+    from derivative_animator.render import untrusted
+
+    black = np.zeros((480, 854, 3), dtype=np.uint8)
+    moving = [black.copy() for _ in range(15)]
+    for i, frame in enumerate(moving):
+        frame[200:260, 40 * i:40 * i + 60] = 255
+    plays = [{"run_time": 1.0, "frames": 15, "curves": []}]
+    seen, problem = untrusted.watch_movie(_movie_of(moving), (854, 480), 15)
+    assert problem is None and seen.frames == 15 and seen.changes >= 10
+    assert checks.movie_plays_problem(seen, plays, 15) is None
+    assert "no animation ran" in checks.movie_plays_problem(seen, [], 15)
+    assert "the animations that ran wrote 45" in checks.movie_plays_problem(
+        seen, [{"run_time": 3.0, "frames": 45, "curves": []}], 15)
+    assert "the animations that ran take 9.0 s" in checks.movie_plays_problem(
+        seen, [{"run_time": 9.0, "frames": 15, "curves": []}], 15)
+    still, _ = untrusted.watch_movie(_movie_of([black] * 15), (854, 480), 15)
+    assert "one still picture" in checks.movie_plays_problem(still, plays, 15)
+
+
+def test_a_curve_is_seen_where_its_pixels_trace_the_function():
+    """render.seen on a drawn frame: x^2 in blue on a box is seen as x^2, not as 2x; the same
+    curve in another place, a box filled with blue, or nothing drawn is not seen."""
+    import numpy as np
+    import sympy as sp
+    from PIL import Image, ImageDraw
+
+    from derivative_animator.render import seen
+
+    x = sp.Symbol("x")
+    view = {"curve": 0, "x": [-2.0, 2.0], "y": [0.0, 4.0], "low": [100.0, 400.0], "high": [700.0, 100.0],
+            "step": 0.04, "color": "#58C4DD"}
+
+    def frame(draw_curve=True, shift=0.0, fill=False):
+        image = Image.new("RGB", (854, 480))
+        draw = ImageDraw.Draw(image)
+        if fill:
+            draw.rectangle((100, 100, 700, 400), fill=(88, 196, 221))
+        if draw_curve:
+            xs = np.linspace(-2, 2, 300)
+            draw.line([(100 + (t + 2) * 150, 400 - (t**2 + shift) * 75) for t in xs], fill=(88, 196, 221), width=3)
+        return np.asarray(image)
+
+    assert seen.trace(frame(), view, x**2).seen
+    assert not seen.trace(frame(), view, 2 * x).seen
+    assert not seen.trace(frame(shift=1.0), view, x**2).seen
+    assert not seen.trace(frame(fill=True), view, x**2).seen
+    assert not seen.trace(frame(draw_curve=False), view, x**2).seen
+    assert seen.trace(frame(), {**view, "low": "left"}, x**2) is None  # not a box: nothing to look at
+    assert seen.cut_at_edges(frame()) == []
+    cut = frame().copy()
+    cut[-3:, 300:340] = 255  # 40 columns: text, not a line crossing the edge
+    assert seen.cut_at_edges(cut) == ["bottom"]

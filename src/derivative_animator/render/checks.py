@@ -3,14 +3,19 @@
 - syntax: the code parses (`ast`); code too long or nested too deeply to parse fails here;
 - structure: it defines a Manim `Scene` subclass with a `construct` method;
 - executes: Manim renders it in the sandbox (`sandbox.PythonSandbox`) within a time limit,
-  and the movie that comes back decodes to frames of the asked size (the scene's exit code
-  alone proves nothing: it ran in that process); a machine without LaTeX or cairo is an
-  environment failure (executes = None, environment_error = True), not the code's;
+  and the movie that comes back decodes to frames of the asked size, is not one still
+  picture, and holds the frames and length of the animations the render reports (the scene's
+  exit code alone proves nothing: it ran in that process); a machine without LaTeX or cairo
+  is an environment failure (executes = None, environment_error = True), not the code's;
 - math: the derivative the code states equals the true derivative, its f (when it gives
   one) the function asked for, and both are defined on its plotting interval: `math.judge`,
   from the source without running it. Once rendered, the curves the scene plotted must be f
-  and f' too (`check_drawn`): the statement and the picture must agree;
-- layout: what is on screen (reported beside the others, never part of `passed`).
+  and f' (`check_drawn`, the runner's samples: the scene's claim) and the movie must show
+  them (`check_seen`, the host's own look at its pixels: `render.seen`);
+- layout: what is on screen (reported beside the others, never part of `passed`): Manim's
+  geometry as the runner saw it, and what the movie shows (`seen_layout`).
+The report is the scene's claim and only tells the host where to look; what counts is the
+movie (docs/decisions/0005-render-sandbox.md).
 Whatever a scene holds, a failure is a reason, never a crash; whatever its render sends back
 (movie, last frame, report.json), the host reads it within one budget (`render.untrusted`).
 """
@@ -192,24 +197,33 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
 
 def _judge_reply(outcome, target: sp.Expr, render: RenderOptions, fps: int | None, result: CheckResult) -> None:
     """executes, math's drawn curves and layout from the files a render sent back, within
-    the host's budget for one reply (untrusted.Budget): caps first, then the work."""
+    the host's budget for one reply (untrusted.Budget): caps first, then the work. What the
+    movie shows is the host's own observation; report.json is the scene's claim, used to
+    tell the host where to look (docs/decisions/0005-render-sandbox.md)."""
     budget = untrusted.Budget()
     refused = outcome.refused
-    frames, movie_problem = untrusted.read_movie(
-        outcome.files.get("movie.mp4"), FRAME_SIZE.get(render.quality), fps or FRAME_RATE.get(render.quality), budget)
+    report, report_problem = untrusted.read_report(outcome.files.get("report.json"), budget)
+    if "report.json" in refused:
+        report, report_problem = None, f"report.json is {refused['report.json']}"
+    plays = _reported_plays(report)
+    looks = _looks(plays)
+    rate = fps or FRAME_RATE.get(render.quality)
+    movie, movie_problem = untrusted.watch_movie(
+        outcome.files.get("movie.mp4"), FRAME_SIZE.get(render.quality), rate, budget,
+        keep=_frames_to_keep(looks))
     if "movie.mp4" in refused:
         movie_problem = f"the movie is {refused['movie.mp4']}"
+    if not movie_problem:
+        movie_problem = (f"the render's report cannot be read, so no animation is known to have run: {report_problem}"
+                         if report_problem else movie_plays_problem(movie, plays, rate))
     if movie_problem:
         result.executes = False
         result._fail(f"executes: {movie_problem}")
         return
     result.executes = True
-    report, report_problem = untrusted.read_report(outcome.files.get("report.json"), budget)
-    if "report.json" in refused:
-        report_problem = f"report.json is {refused['report.json']}"
     if result.math:
         drawn_error = (f"the render's report cannot be read: {report_problem}" if report_problem
-                       else check_drawn(_reported_curves(report), target))
+                       else check_drawn(_reported_curves(report), target) or check_seen(movie, looks, target))
         if drawn_error:
             result.math = False
             result._fail(f"math: {drawn_error}")
@@ -223,7 +237,135 @@ def _judge_reply(outcome, target: sp.Expr, render: RenderOptions, fps: int | Non
             result.layout_problems.append(frame_problem)
         elif not _has_content(pixels):
             result.layout_problems.append("the last frame is empty")
+    result.layout_problems += seen_layout(movie, looks, target)
     result.layout = not result.layout_problems
+
+
+MAX_PLAYS = 200  # animations read from the report (the runner records at most as many)
+
+
+def _reported_plays(report: dict | None) -> list[dict]:
+    """The runner's animations ({"run_time", "frames", "curves"}), read defensively: a play
+    that is not in that shape ends the list."""
+    plays = []
+    raw = report.get("plays") if isinstance(report, dict) else None
+    for play in (raw if isinstance(raw, list) else [])[:MAX_PLAYS]:
+        try:
+            run_time, frames = float(play["run_time"]), int(float(play["frames"]))
+            curves = [c for c in list(play.get("curves") or [])[:MAX_CURVES] if isinstance(c, dict)]
+        except Exception:  # noqa: BLE001 - the scene's claim, in whatever shape it chose
+            break
+        if not (np.isfinite(run_time) and 0 <= run_time <= untrusted.MAX_MOVIE_SECONDS and frames >= 0):
+            break
+        plays.append({"run_time": run_time, "frames": frames, "curves": curves})
+    return plays
+
+
+LOOKS_PER_CURVE = 3  # frames a curve is looked for in: the last ones it is on screen in
+
+
+def _looks(plays: list[dict]) -> dict:
+    """Where to look for each plotted curve: curve number -> [(frame, where it lies there)],
+    the frames after the last few animations that ended with it on screen, latest first. The
+    scene's claim: the pixels in those frames decide."""
+    looks: dict = {}
+    for play in plays:
+        for view in play["curves"]:
+            number = view.get("curve")  # report.json's integers are read as floats
+            if isinstance(number, (int, float)) and number in range(MAX_CURVES):
+                looks.setdefault(int(number), []).insert(0, (play["frames"], view))
+                del looks[int(number)][LOOKS_PER_CURVE:]
+    return looks
+
+
+def _frames_to_keep(looks: dict) -> list[int]:
+    """The last frame and the latest frames the curves are looked for in, at most the cap."""
+    frames = sorted({frame for seen in looks.values() for frame, _ in seen}, reverse=True)
+    return [-1, *frames[:untrusted.MAX_KEPT_FRAMES - 1]]
+
+
+def _pixels(movie: untrusted.MovieSeen, frame: int):
+    """The frame's pixels where they were kept; the last frame for one past the movie's end."""
+    return movie.kept.get(frame) if frame < movie.frames else movie.kept.get(-1)
+
+
+MOVIE_SLACK_S = 0.5  # the movie's length beside the animations' run times, besides one frame each
+
+
+def movie_plays_problem(movie: untrusted.MovieSeen, plays: list[dict], fps: float | None) -> str | None:
+    """Does the movie fit the animations the runner says ran: at least one, their frames
+    all in the movie, a length their run times account for, and not one still picture?
+    The plays are the scene's claim; the movie's frames and their changes are seen."""
+    if not plays:
+        return "no animation ran (the render reported no play)"
+    claimed = plays[-1]["frames"]
+    if abs(movie.frames - claimed) > 1:
+        return f"the movie holds {movie.frames:,} frames; the animations that ran wrote {claimed:,}"
+    if fps:
+        seconds, run_times = movie.frames / fps, sum(play["run_time"] for play in plays)
+        if abs(seconds - run_times) > MOVIE_SLACK_S + len(plays) / fps:
+            return f"the movie lasts {seconds:.1f} s; the animations that ran take {run_times:.1f} s"
+    if movie.frames > 1 and movie.changes == 0:
+        return f"the movie is one still picture over {movie.frames:,} frames"
+    return None
+
+
+def seen_layout(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | None) -> list[str]:
+    """Layout problems the movie shows (beside Manim's geometry, the scene's claim): something
+    cut at the last frame's edge, a curve seen squashed flat on its axes."""
+    from derivative_animator.render import seen
+
+    problems = [f"the last frame cuts something off at its {side} edge"
+                for side in seen.cut_at_edges(movie.kept[-1])]
+    if function is None:
+        return problems
+    expressions = (function, true_derivative(function))
+    for number, where in sorted(looks.items()):
+        frame, view = where[0]
+        pixels = _pixels(movie, frame)
+        for expr in expressions if pixels is not None else ():
+            found = seen.trace(pixels, view, expr)
+            if found is not None and found.seen:
+                if 1e-3 < found.span < CURVE_FLAT_SHARE:
+                    problems.append(f"curve {number + 1} is seen squashed flat: it spans {found.span:.0%} "
+                                    "of its axes' height")
+                break
+    return problems
+
+
+CURVE_FLAT_SHARE = 0.12  # as the runner's own (render_runner.CURVE_FLAT_SHARE)
+
+
+def check_seen(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | None) -> str | None:
+    """None when the movie shows f: some plotted curve's pixels, where it lies on screen,
+    trace f on its axes' box, and every curve on screen traces f or f'. Otherwise why not,
+    in one line. A curve drawn transparent or off the frame is not seen (render.seen)."""
+    from derivative_animator.render import seen
+
+    if function is None:
+        return None
+    if not looks:
+        return "no plotted curve is ever on screen: nothing shows f"
+    derivative = true_derivative(function)
+    kinds = []
+    for number, where in sorted(looks.items()):
+        best = None
+        for frame, view in where:
+            pixels = _pixels(movie, frame)
+            for kind, expr in (("f", function), ("f'", derivative)):
+                found = seen.trace(pixels, view, expr) if pixels is not None else None
+                if found is not None and found.seen:
+                    best = kind
+                    break
+            if best:
+                break
+        if best is None:
+            return (f"plotted curve {number + 1} is not seen in the movie where it is said to be "
+                    f"(in {len(where)} frame{'s' * (len(where) > 1)} looked at)")
+        kinds.append(best)
+    if "f" not in kinds:
+        return "the movie never shows f, only f'"
+    return None
 
 
 def movie_frames(data: bytes | None, size: tuple[int, int] | None = None) -> int:

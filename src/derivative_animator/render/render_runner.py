@@ -9,10 +9,13 @@ the movie to --movie, and writes --report: {"scene": ..., "curves": [{"x": [...]
 [...]}, ...]}, the curves the scene plotted (`Axes.plot`), sampled from Manim's own graph
 objects in axes coordinates, and "layout": [...], what a teacher would object to on screen
 at the end of each animation (`layout_problems`: text past the frame's edge, overlapping
-texts; `curve_visibility`: a curve mostly off its axes or squashed flat). On failure it prints the
-traceback to stderr and exits 1.
-The scene runs in this process, so nothing here is proof of anything: the host judges
-the movie it finds and the curves against the true f and f' (checks).
+texts; `curve_visibility`: a curve mostly off its axes or squashed flat), and "plays": [...],
+each animation's run time, the frames written by its end and where each plotted curve then
+lies in the movie's pixels (`record_plays`). On failure it prints the traceback to stderr and
+exits 1.
+The scene runs in this process, so nothing here is proof of anything: everything in the
+report is the scene's claim. The host judges the movie it finds (checks: `executes` and
+`math` from its pixels, the plays only telling it where to look).
 """
 
 from __future__ import annotations
@@ -208,6 +211,58 @@ def record_layout(problems: list) -> None:
     Scene.play = checked_play
 
 
+MAX_VIEWS = 200  # plays recorded; a derivative scene has 5 to 15
+
+
+def _pixel(camera, point) -> tuple[float, float]:
+    """A frame point as (column, row) of the movie's pixels."""
+    fx, fy = camera.frame_center[0], camera.frame_center[1]
+    column = (point[0] - fx + camera.frame_width / 2) * camera.pixel_width / camera.frame_width
+    row = (fy + camera.frame_height / 2 - point[1]) * camera.pixel_height / camera.frame_height
+    return round(float(column), 2), round(float(row), 2)
+
+
+def curves_on_screen(scene, plotted: list) -> list[dict]:
+    """Each plotted curve on screen now: where its axes' box lies in the movie's pixels (the
+    corners (x_min, y_min) and (x_max, y_max)), the ranges, the plot's sampling step and its
+    colour. Only where to look: the host judges the pixels it finds there."""
+    on_screen = {id(m) for m in scene.get_mobject_family_members()}
+    camera = scene.renderer.camera
+    found = []
+    for number, (axes, graph) in enumerate(plotted):
+        if id(graph) not in on_screen:
+            continue
+        x0, x1 = float(axes.x_range[0]), float(axes.x_range[1])
+        y0, y1 = float(axes.y_range[0]), float(axes.y_range[1])
+        try:
+            color = graph.get_stroke_color().to_hex()
+        except Exception:  # noqa: BLE001 - a colour Manim cannot name: the host looks for any
+            color = None
+        found.append({"curve": number, "x": [x0, x1], "y": [y0, y1],
+                      "low": _pixel(camera, axes.c2p(x0, y0)), "high": _pixel(camera, axes.c2p(x1, y1)),
+                      "step": float(getattr(graph, "t_step", 0.0) or 0.0), "color": color})
+    return found
+
+
+def record_plays(plotted: list, plays: list) -> None:
+    """At the end of every animation (Scene.play, waits included): its run time, the frames
+    written so far (the next frame shows the animation's end) and the curves on screen."""
+    from manim import Scene
+
+    play = Scene.play
+
+    def recorded_play(self, *args, **kwargs):
+        result = play(self, *args, **kwargs)
+        if len(plays) < MAX_VIEWS:
+            renderer = self.renderer
+            plays.append({"run_time": float(getattr(self, "duration", 0.0) or 0.0),
+                          "frames": int(round(renderer.time * renderer.camera.frame_rate)),
+                          "curves": curves_on_screen(self, plotted)})
+        return result
+
+    Scene.play = recorded_play
+
+
 def curve_visibility(plotted: list) -> list[str]:
     """Curves mostly outside their axes' y-range (off the drawn axes), or squashed flat by a
     y-range made for another curve; one line each. A constant curve is a flat line by right."""
@@ -270,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     plotted = record_plots()
     layout: list[str] = []
     record_layout(layout)
+    plays: list[dict] = []
+    record_plays(plotted, plays)
     _install_guard(workdir)
     quality = {"l": "low_quality", "m": "medium_quality", "h": "high_quality", "k": "fourk_quality"}
     settings = {
@@ -290,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
             Image.fromarray(scene.renderer.get_frame()).save(args.frame)
     report = {"scene": scene_class.__name__, "curves": sampled_curves(plotted),
-              "layout": layout + curve_visibility(plotted)}
+              "layout": layout + curve_visibility(plotted), "plays": plays}
     args.report.write_text(json.dumps(report))
     return 0
 

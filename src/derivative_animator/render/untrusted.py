@@ -223,53 +223,88 @@ def _read_box(kind: bytes, data: bytes, body: int, end: int, facts: MovieFacts) 
         facts.samples = max(facts.samples, sum(counts))
 
 
+MAX_KEPT_FRAMES = 8  # frames kept as pixels for the checks that look at them (4K: 25 MB each)
+THUMBNAIL = (64, 36)  # what "the frame changed" is judged on
+CHANGE_LEVEL = 16  # grey levels a thumbnail's pixel must move by for the frame to count as changed
+
+
+@dataclass
+class MovieSeen:
+    """What the host saw of a movie: its frames, how many differ from the one before, and
+    the pixels (RGB uint8) of the frames it was asked to keep (-1: the last)."""
+
+    frames: int = 0
+    changes: int = 0
+    kept: dict | None = None
+
+
 def read_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | None = None,
                budget: Budget | None = None) -> tuple[int, str | None]:
     """(frames decoded, None) for an MP4 of `size` whose every frame decodes, or (0, why not)
-    in one line. What its boxes declare is checked before a demuxer opens it; decoding
-    stops at the budget's end."""
+    in one line (`watch_movie`, keeping no pixels)."""
+    seen, problem = watch_movie(data, size, fps, budget)
+    return (seen.frames, None) if seen is not None else (0, problem)
+
+
+def watch_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | None = None,
+                budget: Budget | None = None, keep=()) -> tuple[MovieSeen | None, str | None]:
+    """(what was seen, None) for an MP4 of `size` whose every frame decodes, or (None, why
+    not) in one line. What its boxes declare is checked before a demuxer opens it; decoding
+    stops at the budget's end. `keep`: frame numbers whose pixels come back (at most
+    MAX_KEPT_FRAMES; -1 is the last frame)."""
     if not data:
-        return 0, "the scene exited without rendering a movie"
+        return None, "the scene exited without rendering a movie"
     if len(data) > MAX_MOVIE_BYTES:
-        return 0, f"the movie is {size_text(len(data))}, over its {size_text(MAX_MOVIE_BYTES)} cap"
+        return None, f"the movie is {size_text(len(data))}, over its {size_text(MAX_MOVIE_BYTES)} cap"
     most_frames = MAX_MOVIE_FRAMES if fps is None else min(MAX_MOVIE_FRAMES, int(fps * MAX_MOVIE_SECONDS) + 1)
     try:
         facts = movie_facts(data)
     except (ValueError, struct.error) as err:
-        return 0, f"the movie is not an MP4 ({err})"
+        return None, f"the movie is not an MP4 ({err})"
     if facts.moovs != 1 or facts.fragments or facts.tracks < 1:
-        return 0, "the movie is not a plain MP4 (one moov box, no fragments, a track)"
+        return None, "the movie is not a plain MP4 (one moov box, no fragments, a track)"
     if facts.samples > most_frames:
-        return 0, f"the movie declares {facts.samples:,} frames; at most {most_frames:,} are read"
+        return None, f"the movie declares {facts.samples:,} frames; at most {most_frames:,} are read"
     if facts.seconds > MAX_MOVIE_SECONDS:
-        return 0, f"the movie declares {facts.seconds:,.0f} s; at most {MAX_MOVIE_SECONDS} s are read"
+        return None, f"the movie declares {facts.seconds:,.0f} s; at most {MAX_MOVIE_SECONDS} s are read"
     import av
+    import numpy as np
 
-    frames = 0
+    wanted = set(sorted(int(k) for k in keep)[:MAX_KEPT_FRAMES])
+    seen = MovieSeen(kept={})
+    previous = last = None
     try:
         with av.open(io.BytesIO(data), format="mp4") as container:  # the MP4 demuxer: no probing
             if not container.streams.video:
-                return 0, "the movie has no video stream"
+                return None, "the movie has no video stream"
             stream = container.streams.video[0]
             codec = stream.codec_context
             if codec.name not in MOVIE_CODECS:
-                return 0, f"the movie's codec is {codec.name}, not {' or '.join(MOVIE_CODECS)}"
+                return None, f"the movie's codec is {codec.name}, not {' or '.join(MOVIE_CODECS)}"
             if size is not None and (codec.width, codec.height) != tuple(size):
-                return 0, f"the movie is {codec.width}x{codec.height}, not the {size[0]}x{size[1]} asked"
+                return None, f"the movie is {codec.width}x{codec.height}, not the {size[0]}x{size[1]} asked"
             if stream.frames > most_frames:
-                return 0, f"the movie declares {stream.frames:,} frames; at most {most_frames:,} are read"
+                return None, f"the movie declares {stream.frames:,} frames; at most {most_frames:,} are read"
             for frame in container.decode(stream):
                 if size is not None and (frame.width, frame.height) != tuple(size):
-                    return 0, f"a frame of the movie is {frame.width}x{frame.height}, not {size[0]}x{size[1]}"
-                frames += 1
-                if frames > most_frames:
-                    return 0, f"the movie holds over {most_frames:,} frames"
+                    return None, f"a frame of the movie is {frame.width}x{frame.height}, not {size[0]}x{size[1]}"
+                if seen.frames in wanted:
+                    seen.kept[seen.frames] = frame.to_ndarray(format="rgb24")
+                thumbnail = frame.reformat(width=THUMBNAIL[0], height=THUMBNAIL[1], format="gray").to_ndarray()
+                if previous is not None and np.abs(thumbnail.astype(np.int16) - previous).max() > CHANGE_LEVEL:
+                    seen.changes += 1
+                previous, last = thumbnail.astype(np.int16), frame
+                seen.frames += 1
+                if seen.frames > most_frames:
+                    return None, f"the movie holds over {most_frames:,} frames"
                 if budget is not None:
-                    budget.check(f"decoding the movie ({frames:,} frames so far)")
+                    budget.check(f"decoding the movie ({seen.frames:,} frames so far)")
+            if -1 in wanted and last is not None:
+                seen.kept[-1] = last.to_ndarray(format="rgb24")
     except OverBudget as over:
-        return 0, str(over)
+        return None, str(over)
     except Exception as err:  # noqa: BLE001 - untrusted bytes: not a movie
-        return 0, f"the movie does not decode ({type(err).__name__})"
-    if frames == 0:
-        return 0, "the movie holds no frame"
-    return frames, None
+        return None, f"the movie does not decode ({type(err).__name__})"
+    if seen.frames == 0:
+        return None, "the movie holds no frame"
+    return seen, None
