@@ -184,19 +184,27 @@ class _Oracle:
         return Generation(function, code, 0.1, 100, 10)
 
 
-@pytest.mark.needs_render
-@pytest.mark.needs_browser
-def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_message(tmp_path, micro_checkpoint):
+@contextmanager
+def page_with_result(url, function, timeout_ms):
+    """Chromium on the page at `url`, `function` asked for, its result shown."""
     from playwright.sync_api import sync_playwright
 
-    with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_Oracle())) as url, \
-            sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page()
         page.goto(url)
-        page.fill("#function", "x^2 sin x")
+        page.fill("#function", function)
         page.click("#go")
-        page.wait_for_selector("#result:not([hidden])", timeout=180_000)
+        page.wait_for_selector("#result:not([hidden])", timeout=timeout_ms)
+        yield page
+        browser.close()
+
+
+@pytest.mark.needs_render
+@pytest.mark.needs_browser
+def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_message(tmp_path, micro_checkpoint):
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_Oracle())) as url, \
+            page_with_result(url, "x^2 sin x", 180_000) as page:
         checks = page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])")
         assert checks == [[name, "check ok"] for name in ("syntax", "structure", "executes", "math", "layout")]
         assert page.locator(".layout-problem").count() == 0
@@ -216,7 +224,6 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         page.click("#go")
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=10_000)
         assert "sin(x" in page.text_content("#error") or "never closed" in page.text_content("#error")
-        browser.close()
 
 
 class _WrongDerivative:
@@ -244,38 +251,29 @@ class _WrongDerivative:
 @pytest.mark.needs_browser
 def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_models_one_click_away(
         tmp_path, micro_checkpoint):
-    from playwright.sync_api import sync_playwright
-
-    with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_WrongDerivative())) as url, \
-            sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(url)
-        page.fill("#function", "1/x")
-        page.click("#go")
-        page.wait_for_selector("#result:not([hidden])", timeout=300_000)
-        assert page.get_attribute("#verdict", "class") == "corrected" and page.is_visible("#badge")
-        assert page.text_content("#badge") == "Corrected"
-        assert page.text_content("#summary").startswith(
-            "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with f'(x) = -1/x^2")
-        assert "f'(x) = -1/x^2\n" in page.text_content("#code")
-        checks = dict(page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])"))
-        assert set(checks.values()) == {"check ok"}
-        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
-        assert page.get_attribute("#video", "src").endswith("/scene.mp4")
-        # one click: the model's own scene, its video and its failing math check
-        assert page.is_visible("#model-toggle") and "model's own" in page.text_content("#model-toggle")
-        page.click("#model-toggle")
-        assert "f'(x) = -(-1/x^2)\n" in page.text_content("#code") and "model's own" in page.text_content("#which")
-        assert page.get_attribute("#video", "src").endswith("/model.mp4")
-        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
-        assert page.get_attribute(".check[data-check=math]", "class") == "check bad"
-        page.click("#model-toggle")  # and back
-        assert "f'(x) = -1/x^2\n" in page.text_content("#code")
-        result = page.evaluate("shown")  # the JSON the API returned: which scene is shown, and the model's own
-        assert result["shown"] == "corrected" and result["passed"] and result["summary"] == page.text_content("#summary")
-        assert "f'(x) = -(-1/x^2)" in result["model"]["code"] and result["model"]["checks"]["math"] is False
-        browser.close()
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_WrongDerivative())) as url:
+        with page_with_result(url, "1/x", 300_000) as page:
+            assert page.get_attribute("#verdict", "class") == "corrected" and page.is_visible("#badge")
+            assert page.text_content("#badge") == "Corrected"
+            assert page.text_content("#summary").startswith(
+                "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with f'(x) = -1/x^2")
+            assert "f'(x) = -1/x^2\n" in page.text_content("#code")
+            checks = dict(page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])"))
+            assert set(checks.values()) == {"check ok"}
+            page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
+            assert page.get_attribute("#video", "src").endswith("/scene.mp4")
+            # one click: the model's own scene, its video and its failing math check
+            assert page.is_visible("#model-toggle") and "model's own" in page.text_content("#model-toggle")
+            page.click("#model-toggle")
+            assert "f'(x) = -(-1/x^2)\n" in page.text_content("#code") and "model's own" in page.text_content("#which")
+            assert page.get_attribute("#video", "src").endswith("/model.mp4")
+            page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
+            assert page.get_attribute(".check[data-check=math]", "class") == "check bad"
+            page.click("#model-toggle")  # and back
+            assert "f'(x) = -1/x^2\n" in page.text_content("#code")
+            result = page.evaluate("shown")  # the JSON the API returned: which scene is shown, and the model's own
+            assert result["shown"] == "corrected" and result["passed"] and result["summary"] == page.text_content("#summary")
+            assert "f'(x) = -(-1/x^2)" in result["model"]["code"] and result["model"]["checks"]["math"] is False
         # The API says which scene is shown and carries the model's own; repair: false is the raw try.
         job = request(f"{url}/api/animate", {"function": "1/x", "repair": False}).json()["job"]
         deadline = time.monotonic() + 300
