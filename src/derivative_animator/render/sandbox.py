@@ -716,14 +716,17 @@ def _serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
 
 def _ignore_signals() -> dict[int, object]:
     """Ignore every catchable signal in the server but SIGCHLD (its children's exit status);
-    returns the handlers a job gets back."""
+    returns the handlers a job gets back: a fresh Python's, whatever the server inherited (a
+    server started from a background shell inherits SIGINT ignored)."""
+    python_starts_with = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
+                          signal.SIGXFSZ: signal.SIG_IGN}
     handlers = {}
     for number in signal.valid_signals():
         if number in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
             continue
         try:
-            handlers[number] = signal.getsignal(number)
             signal.signal(number, signal.SIG_IGN)
+            handlers[number] = python_starts_with.get(number, signal.SIG_DFL)
         except (OSError, ValueError, TypeError):  # glibc's own real-time signals
             handlers.pop(number, None)
     return handlers
