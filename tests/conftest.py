@@ -37,7 +37,7 @@ CHROMIUM = "chromium"
 
 
 def _sandbox_problems() -> list[str]:
-    from derivative_animator.render.sandbox import probe
+    from derivative_animator.render.sandbox_launch import probe
 
     found = probe()
     return [found.problem] if found.bwrap is None else []
