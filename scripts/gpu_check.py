@@ -45,8 +45,9 @@ from derivative_animator import environment, paths  # noqa: E402
 from derivative_animator.data import dataset  # noqa: E402
 from derivative_animator.data.datamodule import DerivativeDataModule  # noqa: E402
 from derivative_animator.model import finetune  # noqa: E402
-from derivative_animator.model.base_model import BaseModelConfig, build_base  # noqa: E402
+from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
+from derivative_animator.model.pretrain import build_base  # noqa: E402
 from derivative_animator.render import checks  # noqa: E402
 
 # deepseek-ai/deepseek-coder-1.3b-base's config.json (its vocabulary holds the tiny tokenizer's ids)

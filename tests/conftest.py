@@ -92,7 +92,8 @@ def micro_checkpoint(tmp_path_factory):
 
     from derivative_animator import paths
     from derivative_animator.data.prompt import DEFAULT_FORMAT
-    from derivative_animator.model.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.pretrain import build_base
 
     cfg = compose_config("train", "model=micro").model.build
     build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))

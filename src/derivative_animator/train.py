@@ -130,7 +130,8 @@ def _build_parts(cfg: DictConfig):
     """Tokenizer, the LoRA-adapted model in its Lightning module, and the datamodule."""
     from derivative_animator.data.datamodule import DerivativeDataModule
     from derivative_animator.model import finetune
-    from derivative_animator.model.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.pretrain import build_base
 
     if cfg.model.get("build") and not cfg.model.build.get("publish_dir"):  # a shipped base is never rebuilt here
         build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
