@@ -43,10 +43,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from derivative_animator import environment, paths  # noqa: E402
 from derivative_animator.data import dataset  # noqa: E402
-from derivative_animator.data.datamodule import DerivativeDataModule  # noqa: E402
+from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule  # noqa: E402
 from derivative_animator.model import finetune  # noqa: E402
-from derivative_animator.model.base_model import BaseModelConfig, build_base  # noqa: E402
+from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
+from derivative_animator.model.pretrain import build_base  # noqa: E402
 from derivative_animator.render import checks  # noqa: E402
 
 # deepseek-ai/deepseek-coder-1.3b-base's config.json (its vocabulary holds the tiny tokenizer's ids)
@@ -248,9 +249,9 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     merged.gradient_checkpointing_disable()
     merged.config.use_cache = True
     test = data.splits["test"]
-    prompt_length = test[0]["labels"].count(-100)
+    prompt_length = test[0]["labels"].count(IGNORE_INDEX)
     prompt = torch.tensor([test[0]["input_ids"][:prompt_length]], device=plan.device)
-    new_tokens = plan.new_tokens or int(statistics.median(len(e["input_ids"]) - e["labels"].count(-100) for e in test))
+    new_tokens = plan.new_tokens or int(statistics.median(len(e["input_ids"]) - e["labels"].count(IGNORE_INDEX) for e in test))
     decode = []
     with torch.inference_mode():
         for _ in range(3):

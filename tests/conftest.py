@@ -37,7 +37,7 @@ CHROMIUM = "chromium"
 
 
 def _sandbox_problems() -> list[str]:
-    from derivative_animator.render.sandbox import probe
+    from derivative_animator.render.sandbox_launch import probe
 
     found = probe()
     return [found.problem] if found.bwrap is None else []
@@ -92,7 +92,9 @@ def micro_checkpoint(tmp_path_factory):
 
     from derivative_animator import paths
     from derivative_animator.data.prompt import DEFAULT_FORMAT
-    from derivative_animator.model.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.checkpoint_files import DRAFT_CORPUS
+    from derivative_animator.model.pretrain import build_base
 
     cfg = compose_config("train", "model=micro").model.build
     build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))
@@ -107,7 +109,7 @@ def micro_checkpoint(tmp_path_factory):
     DEFAULT_FORMAT.save(directory)
     scenes = [r.completion for r in dataset.generate_splits(dataset.DataConfig(
         sizes={"train": 6, "validation": 0, "test": 0}))["train"]]
-    (directory / "draft_corpus.json").write_text(json.dumps(scenes))
+    (directory / DRAFT_CORPUS).write_text(json.dumps(scenes))
     return directory
 
 

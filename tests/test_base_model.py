@@ -9,13 +9,13 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from derivative_animator import paths
-from derivative_animator.model import base_model
+from derivative_animator.model import base_model, base_publish, copy_circuit, pretrain
 from derivative_animator.model.base_model import BaseModelConfig
 
 
 def test_copy_rows_repeat_spans_an_induction_head_can_predict():
     tokens = torch.randint(10, 5000, (20_000,), generator=torch.Generator().manual_seed(0))
-    row, mask = base_model._copy_row(tokens, 256, torch.Generator().manual_seed(1))
+    row, mask = copy_circuit._copy_row(tokens, 256, torch.Generator().manual_seed(1))
     assert row.shape == mask.shape == (256,)
     assert 40 < int(mask.sum()) < 128  # about half the row repeats, first tokens of repeats excluded
     for i in mask.nonzero().flatten().tolist():
@@ -37,41 +37,41 @@ def micro_config(tmp_path, **changes) -> BaseModelConfig:
 def test_batches_are_corpus_windows_each_once_an_epoch():
     tokens = torch.arange(64 * 40 + 1) % 3000
     config = BaseModelConfig(**{**micro_config(Path("/unused")).__dict__, "seq_len": 64, "batch_size": 8})
-    batches = [base_model.batch_at(tokens, config, step) for step in range(10)]  # 5 steps an epoch
+    batches = [pretrain.batch_at(tokens, config, step) for step in range(10)]  # 5 steps an epoch
     assert all(b.shape == (8, 64) for b in batches)
     assert all(bool(((row[1:] - row[:-1]) % 3000 == 1).all()) for b in batches for row in b)  # consecutive tokens
     for epoch in (batches[:5], batches[5:]):
         starts = sorted(int(row[0]) for b in epoch for row in b)
         assert starts == [64 * i for i in range(40)]
     assert not torch.equal(torch.cat(batches[:5]), torch.cat(batches[5:]))  # each epoch its own order
-    assert torch.equal(base_model.batch_at(tokens, config, 7), batches[7])  # a pure function of the step
+    assert torch.equal(pretrain.batch_at(tokens, config, 7), batches[7])  # a pure function of the step
 
 
 def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     whole = micro_config(tmp_path / "whole", steps=6, checkpoint_every=2)
-    base_model.build_base(whole)
+    pretrain.build_base(whole)
     interrupted = micro_config(tmp_path / "interrupted", steps=6, checkpoint_every=2)
-    real_batch_at = base_model.batch_at
+    real_batch_at = pretrain.batch_at
 
     def stop_at_step_5(tokens, config, step):
         if step == 5:
             raise KeyboardInterrupt
         return real_batch_at(tokens, config, step)
 
-    monkeypatch.setattr(base_model, "batch_at", stop_at_step_5)
+    monkeypatch.setattr(pretrain, "batch_at", stop_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        base_model.build_base(interrupted)
-    state = torch.load(tmp_path / "interrupted" / ".base-building" / base_model.STATE_FILE, weights_only=False)
+        pretrain.build_base(interrupted)
+    state = torch.load(tmp_path / "interrupted" / ".base-building" / pretrain.STATE_FILE, weights_only=False)
     assert state["step"] == 4  # the last checkpoint; step 5 is trained again
     trained: list[int] = []
-    monkeypatch.setattr(base_model, "batch_at", lambda t, c, step: trained.append(step) or real_batch_at(t, c, step))
-    report = base_model.build_base(interrupted)
+    monkeypatch.setattr(pretrain, "batch_at", lambda t, c, step: trained.append(step) or real_batch_at(t, c, step))
+    report = pretrain.build_base(interrupted)
     assert trained == [4, 5] and len(report.losses) == 6 and not report.cached  # continued, not restarted
     first, second = (load_file(tmp_path / d / "base" / "model.safetensors") for d in ("whole", "interrupted"))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    assert base_model.build_base(interrupted).cached  # finished: reused as it is
+    assert pretrain.build_base(interrupted).cached  # finished: reused as it is
 
 
 def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(tmp_path, default_splits):
@@ -85,7 +85,7 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
     published = tmp_path / "models" / "micro-base"
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "derivative_animator.model.base_model", "model=micro",
+    command = [sys.executable, "-m", "derivative_animator.model.pretrain", "model=micro",
                "model.build.calculus_draws=300", f"model.build.held_out_data={data}",
                f"model.build.output_dir={tmp_path / 'base'}", f"model.build.publish_dir={published}",
                f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path / 'artifacts'}"]
@@ -95,9 +95,9 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     held_out = calculus_corpus.held_out_keys(data)  # the splits' validation and test functions and every benchmark's
     assert info["calculus_documents"] > 200 and info["held_out_functions"] == len(held_out) > 107 + 300
     assert info["held_out_sha256"] == benchmarks.keys_sha256(held_out)
-    assert {name: base_model.file_sha256(published / name) for name in info["sha256"]} == info["sha256"]
+    assert {name: base_publish.file_sha256(published / name) for name in info["sha256"]} == info["sha256"]
     assert_card_lists_every_file(published)
-    assert f"{info['held_out_functions']} held-out functions" in (published / base_model.CARD).read_text()
+    assert f"{info['held_out_functions']} held-out functions" in (published / base_publish.CARD).read_text()
     AutoModelForCausalLM.from_pretrained(published)
     client = mlflow.MlflowClient(store)
     run, = client.search_runs([client.get_experiment_by_name("derivative-animator-pretrain").experiment_id])
@@ -107,9 +107,9 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
 
 def assert_card_lists_every_file(folder):
     """The card's Files table names every other file of the folder, each with its true sha256."""
-    listed = base_model.card_files((folder / base_model.CARD).read_text())
-    assert sorted(listed) == sorted(p.name for p in folder.iterdir() if p.name != base_model.CARD)
-    assert {name: base_model.file_sha256(folder / name) for name in listed} == listed
+    listed = base_publish.card_files((folder / base_publish.CARD).read_text())
+    assert sorted(listed) == sorted(p.name for p in folder.iterdir() if p.name != base_publish.CARD)
+    assert {name: base_publish.file_sha256(folder / name) for name in listed} == listed
 
 
 def test_the_shipped_base_loads_and_its_files_match_the_sha256_of_its_card():
@@ -118,7 +118,7 @@ def test_the_shipped_base_loads_and_its_files_match_the_sha256_of_its_card():
     settings = compose_config("train", "model=tiny").model.build
     shipped = paths.resolve(settings.publish_dir)
     info = json.loads((shipped / base_model.BUILD_INFO).read_text())
-    assert {name: base_model.file_sha256(shipped / name) for name in info["sha256"]} == info["sha256"]
+    assert {name: base_publish.file_sha256(shipped / name) for name in info["sha256"]} == info["sha256"]
     assert_card_lists_every_file(shipped)
     assert (shipped / "model.safetensors").stat().st_size < 40e6  # the issue's budget for weights in git
     assert info["config_sha256"] == BaseModelConfig(**OmegaConf.to_container(settings, resolve=True)).sha256  # its recipe
@@ -144,7 +144,7 @@ def test_copy_circuit_makes_an_untrained_model_copy(circuit):
     torch.manual_seed(0)
     model = base_model.make_model(config, _Tokenizer(2048))
     tokens = torch.randint(2, 2048, (50_000,), generator=torch.Generator().manual_seed(0))
-    accuracy = base_model.copy_accuracy(model, tokens, seq_len=512, rows=4)
+    accuracy = copy_circuit.copy_accuracy(model, tokens, seq_len=512, rows=4)
     assert (accuracy > 0.8) if circuit else (accuracy < 0.05)
 
 

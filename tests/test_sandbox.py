@@ -16,13 +16,10 @@ from pathlib import Path
 import pytest
 
 from derivative_animator.render import sandbox as sandbox_module
-from derivative_animator.render.sandbox import (
-    PythonSandbox,
-    SandboxLimits,
-    SandboxUnavailable,
-    isolation_layers,
-    probe,
-)
+from derivative_animator.render import sandbox_launch, sandbox_server
+from derivative_animator.render.sandbox import PythonSandbox, SandboxUnavailable
+from derivative_animator.render.sandbox_launch import isolation_layers, probe
+from derivative_animator.render.sandbox_limits import SandboxLimits
 
 MODES = ["fresh", "warm"]
 pytestmark = pytest.mark.needs_sandbox
@@ -254,7 +251,7 @@ def test_disk_is_limited_for_the_whole_work_dir_and_shared_memory(run_python):
     """, disk_mb=64, max_file_mb=200, timeout_s=30)
     assert result.ok, result.stderr
     written = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()}
-    assert written["."] <= 64 and written["/dev/shm"] <= sandbox_module.SHM_MB, result.stdout
+    assert written["."] <= 64 and written["/dev/shm"] <= sandbox_launch.SHM_MB, result.stdout
 
 
 def test_environment_is_scrubbed(run_python, monkeypatch):
@@ -366,7 +363,7 @@ def _sandbox_processes() -> list[str]:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"derivative_animator.render.sandbox" in command and b"--serve" in command:
+            if b"derivative_animator.render.sandbox_server" in command and b"--serve" in command:
                 found.append(entry.name)
     return found
 
@@ -383,15 +380,15 @@ def test_closing_leaves_no_process_cgroup_or_temp_dir(tmp_path, monkeypatch):
 
 
 def test_the_server_refuses_to_run_outside_its_own_pid_namespace():
-    started = subprocess.run([sys.executable, "-m", "derivative_animator.render.sandbox", "--serve", "/nonexistent", "/nonexistent"],
+    started = subprocess.run([sys.executable, "-m", "derivative_animator.render.sandbox_server", "--serve", "/nonexistent", "/nonexistent"],
                              input="", capture_output=True, text=True, timeout=60)
     assert started.returncode != 0 and "PID 1" in started.stderr
 
 
 def test_the_seccomp_filter_refuses_what_an_escape_needs():
-    program, problem = sandbox_module._seccomp_program()
+    program, problem = sandbox_launch._seccomp_program()
     assert problem is None and program
-    assert {"mount", "ptrace", "bpf", "keyctl", "unshare", "setns"} <= set(sandbox_module.DENIED_SYSCALLS)
+    assert {"mount", "ptrace", "bpf", "keyctl", "unshare", "setns"} <= set(sandbox_launch.DENIED_SYSCALLS)
 
 
 @pytest.fixture
@@ -432,7 +429,8 @@ def _interpreter_runs_as_nobody() -> bool:
 
 AS_ORDINARY_USER = """
 import json, sys
-from derivative_animator.render.sandbox import PythonSandbox, SandboxLimits, probe
+from derivative_animator.render.sandbox import PythonSandbox
+from derivative_animator.render.sandbox_limits import SandboxLimits
 job = sys.argv[1]
 outcome = {}
 for warm in (False, True):
@@ -480,7 +478,7 @@ def test_jobs_in_parallel_sandboxes_stay_apart():
 def test_where_no_user_namespace_can_be_made_root_still_runs_without_capabilities(tmp_path, monkeypatch):
     """The fallback for kernels that refuse user namespaces: uid 0, but no capability and the
     same filter, so the issue's remount still fails."""
-    weaker = sandbox_module.Isolation(probe().bwrap, False, "cannot drop to an unprivileged user")
+    weaker = sandbox_launch.Isolation(probe().bwrap, False, "cannot drop to an unprivileged user")
     monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
     escaped = tmp_path / "ESCAPED"
     with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
@@ -498,12 +496,12 @@ def test_doctor_lists_the_layers_and_warns_where_it_cannot_drop_privileges(monke
 
     ok, detail = doctor.check_sandbox()
     assert ok is True and "unprivileged-user" in detail and "seccomp" in detail
-    weaker = sandbox_module.Isolation("/usr/bin/bwrap", False, "cannot drop to an unprivileged user (...)")
-    monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
+    weaker = sandbox_launch.Isolation("/usr/bin/bwrap", False, "cannot drop to an unprivileged user (...)")
+    monkeypatch.setattr(sandbox_launch, "probe", lambda: weaker)
     ok, detail = doctor.check_sandbox()
     assert ok == "warn" and "no-capabilities" in detail and "cannot drop to an unprivileged user" in detail
-    missing = sandbox_module.Isolation(None, False, "bubblewrap is not installed; fix: apt-get install bubblewrap")
-    monkeypatch.setattr(sandbox_module, "probe", lambda: missing)
+    missing = sandbox_launch.Isolation(None, False, "bubblewrap is not installed; fix: apt-get install bubblewrap")
+    monkeypatch.setattr(sandbox_launch, "probe", lambda: missing)
     ok, detail = doctor.check_sandbox()
     assert ok is False and "apt-get install bubblewrap" in detail
 
@@ -514,8 +512,8 @@ def test_what_is_bound_under_tmp_stays_visible(tmp_path, monkeypatch):
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "data.txt").write_text("from the host")
-    mounts = sandbox_module._mounts
-    monkeypatch.setattr(sandbox_module, "_mounts", lambda: [*mounts(), "--ro-bind", str(shared), str(shared)])
+    mounts = sandbox_launch._mounts
+    monkeypatch.setattr(sandbox_launch, "_mounts", lambda: [*mounts(), "--ro-bind", str(shared), str(shared)])
     with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
         (result,) = run_jobs(box, f"print(open({str(shared / 'data.txt')!r}).read())")
     assert str(shared).startswith("/tmp/") and result.ok and result.stdout.strip() == "from the host", result.stderr
@@ -806,9 +804,9 @@ def test_the_cleanup_is_total_or_says_what_is_left(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "none", str(tmp_path / "mounted")], check=True)
     try:
         (tmp_path / "mounted" / "inside").write_text("x")
-        left = sandbox_module._empty(tmp_path)
+        left = sandbox_server.empty_dir(tmp_path)
         assert left == [f"{tmp_path}/mounted: a mount"] and sorted(os.listdir(tmp_path)) == ["mounted"]
         assert (tmp_path / "mounted" / "inside").exists()  # never into another filesystem
-        assert sandbox_module._empty(tmp_path, keep=frozenset({"mounted"})) == []
+        assert sandbox_server.empty_dir(tmp_path, keep=frozenset({"mounted"})) == []
     finally:
         subprocess.run(["umount", str(tmp_path / "mounted")], check=True)

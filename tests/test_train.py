@@ -162,7 +162,8 @@ def test_runs_never_overwrite_each_other(tmp_path, micro_data):
 
 def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro_data):
     from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule
-    from derivative_animator.model.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.pretrain import build_base
 
     model_cfg = compose_train("model=micro").model
     build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
@@ -307,7 +308,8 @@ def test_multirun_makes_one_mlflow_run_per_rank(tmp_path, micro_data):
 
 @pytest.fixture(scope="module")
 def micro_tokenizer():
-    from derivative_animator.model.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.pretrain import build_base
 
     model_cfg = compose_train("model=micro").model
     build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))

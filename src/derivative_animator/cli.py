@@ -238,7 +238,7 @@ def _interactive(service: GenerationService, args, say) -> int:
 
 def cmd_check(args) -> int:
     from derivative_animator.render import checks
-    from derivative_animator.render.sandbox import SandboxLimits
+    from derivative_animator.render.sandbox_limits import SandboxLimits
 
     path = Path(args.file)
     if not path.is_file():

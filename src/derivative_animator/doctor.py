@@ -57,7 +57,7 @@ def check_render_tools() -> tuple[bool, str]:
 def check_sandbox() -> tuple[bool | str, str]:
     """The layers a generated scene runs under here; FAIL where rendering would be refused,
     warn where a layer is weaker than it should be (no unprivileged user, no seccomp)."""
-    from derivative_animator.render.sandbox import isolation_layers, probe
+    from derivative_animator.render.sandbox_launch import isolation_layers, probe
 
     found = probe()
     layers = ", ".join(isolation_layers())

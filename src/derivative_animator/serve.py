@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field
 
 from derivative_animator import paths
 from derivative_animator.eval.service import GenerationService
+from derivative_animator.model.checkpoint_files import MERGED_DIR
 from derivative_animator.model.settings import GenerationSettings
 from derivative_animator.render.checks import REPORTED
 
@@ -158,7 +159,7 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
     except BaseException:
         service.close()
         raise
-    model_name = settings.model_dir.name if settings.model_dir.name != "merged" else settings.model_dir.parent.parent.name
+    model_name = settings.model_dir.name if settings.model_dir.name != MERGED_DIR else settings.model_dir.parent.parent.name
     worker = ModelWorker(generator, settings.queue_size)
     jobs: OrderedDict[str, Job] = OrderedDict()
     settings.output_dir.mkdir(parents=True, exist_ok=True)

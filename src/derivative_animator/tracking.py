@@ -20,6 +20,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from derivative_animator.model.checkpoint_files import (
+    DRAFT_CORPUS,
+    MERGED_DIR,
+    RUN_INFO,
+    TRAINED_CONFIG,
+)
+
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 CONTEXTS = {"train": "training", "validation": "validation", "test": "evaluation"}
 
@@ -73,7 +80,7 @@ def log_splits(client, run_id: str, data_dir: str | Path, splits: tuple[str, ...
     client.log_inputs(run_id, datasets=inputs)
 
 
-CHECKPOINT_EXTRAS = ("prompt_format.json", "derivanim_config.json", "draft_corpus.json", "run_info.json")
+CHECKPOINT_EXTRAS = (TRAINED_CONFIG, DRAFT_CORPUS, RUN_INFO)  # beside the prompt format's (prompt.FILENAME)
 
 
 def log_merged_model(tracking_uri: str, run_id: str, merged_dir: Path, registered_name: str | None):
@@ -84,7 +91,7 @@ def log_merged_model(tracking_uri: str, run_id: str, merged_dir: Path, registere
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from derivative_animator.data.prompt import PromptFormat
+    from derivative_animator.data.prompt import FILENAME, PromptFormat
 
     prompt_format = PromptFormat.load(merged_dir)
     model = AutoModelForCausalLM.from_pretrained(merged_dir)
@@ -96,7 +103,7 @@ def log_merged_model(tracking_uri: str, run_id: str, merged_dir: Path, registere
             metadata={"prompt_format": prompt_format.to_dict()}, registered_model_name=registered_name,
             pip_requirements=["torch", "transformers", "accelerate"],  # inferring them imports torchvision
         )
-        for name in CHECKPOINT_EXTRAS:
+        for name in (FILENAME, *CHECKPOINT_EXTRAS):
             if (merged_dir / name).is_file():
                 mlflow.log_artifact(str(merged_dir / name), artifact_path="checkpoint")
     if registered_name and info.registered_model_version is not None:
@@ -114,7 +121,7 @@ def model_tags(merged_dir: Path) -> dict[str, str]:
     from derivative_animator.data import benchmarks
     from derivative_animator.data.prompt import PromptFormat
 
-    config = json.loads((merged_dir / "derivanim_config.json").read_text())
+    config = json.loads((merged_dir / TRAINED_CONFIG).read_text())
     model, lora, optim = config["model"], config["lora"], config["optim"]
     pretrained = str(model.get("pretrained") or model["name"])
     base_dir = paths.resolve(pretrained) if paths.resolve(pretrained).exists() else None  # else a hub id
@@ -171,7 +178,7 @@ def _training_run(model_dir) -> tuple[dict, object] | None:
 
     if not model_dir:
         return None
-    info_path = Path(model_dir) / "run_info.json"
+    info_path = Path(model_dir) / RUN_INFO
     if not info_path.is_file():
         return None
     info = json.loads(info_path.read_text())
@@ -185,7 +192,7 @@ def checkpoint_name(model_dir: Path, client=None, run_id: str | None = None) -> 
         if name:
             return name
     model_dir = Path(model_dir)
-    return model_dir.parent.parent.name if model_dir.name == "merged" else model_dir.name
+    return model_dir.parent.parent.name if model_dir.name == MERGED_DIR else model_dir.name
 
 
 @contextmanager

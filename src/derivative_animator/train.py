@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
+from derivative_animator.model.checkpoint_files import CHECKPOINT_DIR
 
 RUN_FILE = "run.json"  # mlflow run id and status, for resuming
 
@@ -118,7 +119,7 @@ def _prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
         raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
     run_dir = _run_dir(cfg)
     resumed = json.loads((run_dir / RUN_FILE).read_text()) if cfg.get("resume") else None
-    if not resumed and (run_dir / "checkpoint").exists():
+    if not resumed and (run_dir / CHECKPOINT_DIR).exists():
         raise FileExistsError(f"{run_dir} already holds a finished run; runs never overwrite each other")
     if not (run_dir / ".hydra" / "config.yaml").exists():
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,8 @@ def _build_parts(cfg: DictConfig):
     """Tokenizer, the LoRA-adapted model in its Lightning module, and the datamodule."""
     from derivative_animator.data.datamodule import DerivativeDataModule
     from derivative_animator.model import finetune
-    from derivative_animator.model.base_model import BaseModelConfig, build_base
+    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.pretrain import build_base
 
     if cfg.model.get("build") and not cfg.model.build.get("publish_dir"):  # a shipped base is never rebuilt here
         build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
@@ -215,7 +217,7 @@ def _save_and_log(cfg: DictConfig, run_dir: Path, module, tokenizer, trainer, ru
     run_info = {"mlflow_run_id": run_id, "tracking_uri": cfg.logger.tracking_uri,
                 "run_dir": str(run_dir), "global_step": trainer.global_step, "metrics": metrics}
     merged_dir = finetune.save_checkpoint(
-        module.model, tokenizer, run_dir / "checkpoint", OmegaConf.to_container(cfg, resolve=True), run_info,
+        module.model, tokenizer, run_dir / CHECKPOINT_DIR, OmegaConf.to_container(cfg, resolve=True), run_info,
         # whole scenes only: the header-practice samples add nothing below the header
         draft_corpus=[r.completion for r in dataset.read_split(cfg.data.dir, "train")[:cfg.get("full_scenes")]],
     )

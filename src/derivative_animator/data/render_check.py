@@ -15,7 +15,7 @@ from rich.progress import Progress
 
 from derivative_animator.errors import one_line
 from derivative_animator.render import checks
-from derivative_animator.render.sandbox import SandboxLimits
+from derivative_animator.render.sandbox_limits import SandboxLimits
 
 
 def render_all(records, mode: str = "dry_run", workers: int = 2, timeout_s: int = 120):

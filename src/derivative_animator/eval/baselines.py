@@ -21,10 +21,11 @@ from derivative_animator.model.settings import GenerationSettings
 def base_generator(model_dir: Path, bracket_guard: bool):
     """The checkpoint's own base model (before fine-tuning), queried with the same prompt."""
     from derivative_animator.data.prompt import PromptFormat
+    from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.finetune import load_base
     from derivative_animator.model.generate import SceneGenerator
 
-    trained = json.loads((model_dir / "derivanim_config.json").read_text())
+    trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
     tokenizer, model = load_base(OmegaConf.create(trained["model"]))
     return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir,
                           bracket_guard=bracket_guard)

@@ -153,7 +153,8 @@ class Evaluator:
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         from derivative_animator.render import checks
-        from derivative_animator.render.sandbox import SandboxLimits, SandboxPool
+        from derivative_animator.render.sandbox import SandboxPool
+        from derivative_animator.render.sandbox_limits import SandboxLimits
 
         self.cfg, self.run_dir = cfg, run_dir
         limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)

@@ -22,10 +22,13 @@ import torch
 from derivative_animator import paths
 from derivative_animator.data.datamodule import IGNORE_INDEX
 from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
-
-MERGED_DIR = "merged"
-ADAPTER_DIR = "adapter"
-RUN_INFO = "run_info.json"
+from derivative_animator.model.checkpoint_files import (
+    ADAPTER_DIR,
+    DRAFT_CORPUS,
+    MERGED_DIR,
+    RUN_INFO,
+    TRAINED_CONFIG,
+)
 
 
 class ModelLoadError(ValueError):
@@ -163,7 +166,7 @@ class LoRAFineTuner(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         loss = self.response_loss(batch)
         # Token-weighted mean over the split, not a mean of batch means.
-        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         self._val_loss_sum += float(loss) * tokens
         self._val_tokens += tokens
 
@@ -232,10 +235,10 @@ def save_checkpoint(model, tokenizer, out_dir: Path, resolved_config: dict, run_
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
     prompt_format.save(merged_dir)
-    (merged_dir / "derivanim_config.json").write_text(json.dumps(resolved_config, indent=2, default=str) + "\n")
+    (merged_dir / TRAINED_CONFIG).write_text(json.dumps(resolved_config, indent=2, default=str) + "\n")
     (merged_dir / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
     if draft_corpus is not None:
-        (merged_dir / "draft_corpus.json").write_text(json.dumps(draft_corpus))
+        (merged_dir / DRAFT_CORPUS).write_text(json.dumps(draft_corpus))
     return merged_dir
 
 

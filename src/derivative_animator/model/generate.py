@@ -44,6 +44,7 @@ from derivative_animator.data.prompt import (
     require_same,
 )
 from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.model.checkpoint_files import DRAFT_CORPUS
 from derivative_animator.model.decoding import (
     SYNTAX_ERROR,
     BracketGuard,
@@ -53,8 +54,6 @@ from derivative_animator.model.decoding import (
     stops_for,
 )
 from derivative_animator.model.speculative import ContextLookup, NgramDrafter, accept_draft, pick
-
-DRAFT_CORPUS = "draft_corpus.json"
 
 
 @dataclass

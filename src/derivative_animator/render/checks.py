@@ -35,7 +35,8 @@ from derivative_animator.math.differentiate import true_derivative
 from derivative_animator.math.judge import _check_math_safely, _values, parse_code
 from derivative_animator.math.parsing import parse_function
 from derivative_animator.render import untrusted
-from derivative_animator.render.sandbox import PythonSandbox, SandboxLimits
+from derivative_animator.render.sandbox import PythonSandbox
+from derivative_animator.render.sandbox_limits import SandboxLimits
 
 SCENE_BASES = {"Scene", "MovingCameraScene", "ZoomedScene", "ThreeDScene", "VectorScene"}
 MAX_CODE_CHARS = 100_000  # a scene is a few thousand characters
