@@ -54,6 +54,7 @@ def bench_training(steps: int, repeats: int) -> dict:
     from derivative_animator.data import dataset
     from derivative_animator.data.datamodule import DerivativeDataModule, padding_share
     from derivative_animator.model import finetune
+    from derivative_animator.model.settings import LoraSettings, ModelSettings
 
     with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train")
@@ -62,11 +63,12 @@ def bench_training(steps: int, repeats: int) -> dict:
         dataset.build(dataset.DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
     precision = environment.resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     micro = cfg.optim.micro_batch_size
+    base, lora = ModelSettings.from_config(cfg.model), LoraSettings.from_config(cfg.lora)
 
     def fresh():
         torch.manual_seed(0)
-        tokenizer, model = finetune.load_base(cfg.model)
-        model = finetune.add_lora(model, cfg.lora)
+        tokenizer, model = finetune.load_base(base)
+        model = finetune.add_lora(model, lora)
         data = DerivativeDataModule(cfg.data.dir, tokenizer, micro, cfg.model.max_length, cfg.loader.bucket_size, seed=0)
         data.setup()
         return model, data

@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ from derivative_animator.model import finetune  # noqa: E402
 from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
 from derivative_animator.model.pretrain import build_base  # noqa: E402
+from derivative_animator.model.settings import LoraSettings, ModelSettings  # noqa: E402
 from derivative_animator.render import checks  # noqa: E402
 
 # deepseek-ai/deepseek-coder-1.3b-base's config.json (its vocabulary holds the tiny tokenizer's ids)
@@ -81,12 +82,6 @@ SMOKE = Plan(device="cpu", base="micro", data_sizes={"train": 24, "validation": 
              scenes=2, max_new_tokens=40, large_shape={**DEEPSEEK_CODER_1_3B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
                                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
              repeats=2, new_tokens=12)
-
-
-class Settings(dict):
-    """Attribute access over a plain dict: what the project's functions read from configs."""
-
-    __getattr__ = dict.get
 
 
 def compose(model: str) -> dict:
@@ -124,7 +119,7 @@ def load_embedded(plan: Plan):
         build_base(BaseModelConfig(**settings["build"]))
     elif not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} is missing: the shipped base comes with the repository (make pretrain rebuilds it)")
-    tokenizer, model = finetune.load_base(Settings(pretrained=str(directory), dtype=settings["dtype"]))
+    tokenizer, model = finetune.load_base(replace(ModelSettings.from_config(settings), pretrained=str(directory)))
     return settings, tokenizer, model
 
 
@@ -135,8 +130,7 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
     full_scenes = plan.full_scenes or train["full_scenes"]
     pl.seed_everything(train["seed"], workers=True)
     tiny, tokenizer, model = load_embedded(plan)
-    lora = Settings(train["lora"])
-    model = finetune.add_lora(model, lora)
+    model = finetune.add_lora(model, LoraSettings.from_config(train["lora"]))
     data = DerivativeDataModule(str(data_dir), tokenizer, micro_batch_size=tiny["micro_batch_size"],
                                 max_length=tiny["max_length"], bucket_size=train["loader"]["bucket_size"],
                                 seed=train["seed"], full_scenes=full_scenes)
@@ -198,8 +192,7 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     if large["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    model = finetune.add_lora(model, Settings(enabled=True, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
-                                              target_modules=lora["target_modules"], modules_to_save=None))
+    model = finetune.add_lora(model, replace(LoraSettings.from_config(lora), enabled=True, modules_to_save=None))
     module = finetune.LoRAFineTuner(model, lr=large["lr"]).to(plan.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=large["lr"], fused=True)

@@ -52,7 +52,6 @@ def score(header: str, function: str) -> tuple[bool, bool, bool]:
 
 def main() -> int:
     import torch
-    from omegaconf import OmegaConf
     from rich.progress import Progress
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -60,6 +59,7 @@ def main() -> int:
     from derivative_animator.data.datamodule import collate, encode_example
     from derivative_animator.data.prompt import encode_prompt
     from derivative_animator.model import finetune
+    from derivative_animator.model.settings import LoraSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="models/derivanim-tiny", help="a base model dir (the shipped one, a snapshot)")
@@ -83,10 +83,9 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if args.lora:
-        model = finetune.add_lora(model, OmegaConf.create({
-            "enabled": True, "r": args.lora, "alpha": 2 * args.lora, "dropout": 0.05,
-            "target_modules": "all-linear",
-            "modules_to_save": ["embed_tokens", "lm_head"] if args.lora_train_embeddings else None}))
+        model = finetune.add_lora(model, LoraSettings(
+            enabled=True, r=args.lora, alpha=2 * args.lora, dropout=0.05, target_modules="all-linear",
+            modules_to_save=("embed_tokens", "lm_head") if args.lora_train_embeddings else None))
     examples = []
     for record in dataset.read_split(data, "train"):
         example = encode_example(tokenizer, record.prompt, header_text(record))

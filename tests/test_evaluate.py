@@ -18,6 +18,7 @@ from derivative_animator.data import benchmarks
 from derivative_animator.eval import engine, metrics, report
 from derivative_animator.eval.engine import Row
 from derivative_animator.eval.metrics import summarize
+from derivative_animator.eval.settings import EvaluationSettings
 from derivative_animator.math.header import math_header_length
 
 
@@ -99,13 +100,16 @@ def videos_load_in_chromium(gallery: Path, expected: int) -> None:
 
 
 def test_generation_threads_leave_the_render_workers_their_cores(monkeypatch):
-    monkeypatch.setattr(evaluate.os, "cpu_count", lambda: 2)
-    assert evaluate.generation_threads("auto", 2) == 1  # never 0, never oversubscribed
-    monkeypatch.setattr(evaluate.os, "cpu_count", lambda: 16)
-    assert evaluate.generation_threads("auto", 2) == 14
-    assert evaluate.generation_threads(3, 2) == 3
+    def threads(*overrides: str) -> int:
+        return EvaluationSettings.from_config(compose_eval("eval.workers=2", *overrides).eval).torch_threads()
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert threads() == 1  # never 0, never oversubscribed
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert threads() == 14
+    assert threads("eval.generation_threads=3") == 3
     with pytest.raises(ValueError, match="generation_threads"):
-        evaluate.generation_threads(0, 2)
+        threads("eval.generation_threads=0")
     assert compose_eval().eval.generation_threads == "auto"
 
 
@@ -123,7 +127,8 @@ def test_a_scene_identical_to_one_already_checked_shares_its_render(tmp_path, mo
     monkeypatch.setattr(checks, "check_code", fake_check)
     sample = engine.Sample("s1", "x^2", 1)
     generation = Generation("x^2", "code A", seconds=1.0, new_tokens=10, forward_passes=3)
-    with engine.Evaluator(compose_eval("eval.workers=1", "eval.render.warm=false"), tmp_path) as evaluator:
+    settings = EvaluationSettings.from_config(compose_eval("eval.workers=1", "eval.render.warm=false").eval)
+    with engine.Evaluator(settings, tmp_path) as evaluator:
         rows = [evaluator.submit("template", sample, "code A", 1, None),
                 evaluator.submit("finetuned", sample, "code A", 1, generation),
                 evaluator.submit("finetuned", sample, "code B", 2, generation),
@@ -414,3 +419,82 @@ def test_self_consistency_puts_the_header_most_samples_agree_on_over_a_wrong_gre
     assert results["summary"]["self_consistency"]["all"]["passed"] == 100.0
     row, = [r for r in results["rows"] if r["baseline"] == "self_consistency"]
     assert row["extra"]["vote"] == {"chosen_header": 1, "agreeing": 3, "voters": 5}
+
+
+class _Counted(_KnownTries):
+    """Known tries, and every scene written: (function, seed)."""
+
+    def __init__(self, plan: dict):
+        super().__init__(plan)
+        self.written = []
+
+    def generate(self, function, max_new_tokens=1600, temperature=0.0, top_p=1.0, seed=None, **kwargs):
+        self.written.append((function, seed))
+        return super().generate(function, max_new_tokens, temperature, top_p, seed, **kwargs)
+
+
+@pytest.fixture
+def passing_checks(monkeypatch) -> list[str]:
+    """Every check passes without a render; the codes checked, in order."""
+    from derivative_animator.render import checks
+
+    checked = []
+
+    def check(code, function, render=None, output_dir=None, render_failing=True, sandbox=None):
+        checked.append(code)
+        return checks.CheckResult(syntax=True, structure=True, executes=True, math=True)
+
+    monkeypatch.setattr(checks, "check_code", check)
+    return checked
+
+
+QUIET = ("eval.workers=1", "eval.render.warm=false")
+
+
+def test_only_the_requested_baselines_do_work(tmp_path, monkeypatch, passing_checks):
+    """`verified` alone writes each function's first scene, not the fine-tuned baseline's pass@k
+    samples; `base` alone loads no fine-tuned model; nothing is reported but what was asked."""
+    from derivative_animator.eval import baselines
+    from derivative_animator.model import generate
+
+    model = _Counted({0: "right", 1: "right", 2: "right"})
+    results = evaluate_known_model(tmp_path, monkeypatch, "x^2\nsin x\n", model, "eval.baselines=[verified]",
+                                   "eval.samples_per_function=3", *QUIET)
+    assert model.written == [("x^2", 0), ("sin(x)", 0)] and len(passing_checks) == 2
+    assert [r["baseline"] for r in results["rows"]] == ["verified", "verified"]
+
+    base = _Counted({None: "right"})
+    monkeypatch.setattr(baselines, "base_generator", lambda model_dir, bracket_guard: base)
+    monkeypatch.setattr(generate.SceneGenerator, "load",
+                        classmethod(lambda cls, *a, **k: pytest.fail("the fine-tuned model was loaded")))
+    cfg = compose_eval(f"eval.functions_file={tmp_path / 'functions.txt'}", f"eval.model={tmp_path}",
+                       "eval.baselines=[base]", *QUIET)
+    results = evaluate.run_evaluation(cfg, tmp_path / "base")
+    assert base.written == [("x^2", None), ("sin(x)", None)]
+    assert [r["baseline"] for r in results["rows"]] == ["base", "base"] and "base_generation_s" in results["timings"]
+
+
+def test_the_oracles_renders_are_spare_work_and_a_models_are_urgent(tmp_path, monkeypatch, passing_checks):
+    priorities = []
+    submit = engine.RenderQueue.submit
+    monkeypatch.setattr(engine.RenderQueue, "submit",
+                        lambda queue, work, priority: priorities.append(priority) or submit(queue, work, priority))
+    evaluate_known_model(tmp_path, monkeypatch, "x^2\n", _KnownTries({0: "wrong"}),
+                         "eval.baselines=[finetuned,template]", *QUIET)
+    assert priorities == [engine.RenderQueue.SPARE, engine.RenderQueue.URGENT]  # the oracle's queued first
+
+
+def test_an_unknown_baseline_is_refused_in_one_line_naming_the_known_ones(tmp_path):
+    with pytest.raises(ValueError) as refused:
+        evaluate.evaluate_and_report(compose_eval("eval.baselines=[template,oracle]", "eval.log_to_mlflow=false"),
+                                     tmp_path)
+    assert str(refused.value) == ("unknown eval.baselines ['oracle']; choose from "
+                                  "['template', 'base', 'finetuned', 'self_consistency', 'verified', 'api']")
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_the_reports_name_each_baseline_as_before():
+    assert report.BASELINE_NAMES == {
+        "template": "Template oracle", "base": "Base model (no fine-tuning)", "finetuned": "Fine-tuned (raw)",
+        "self_consistency": "Fine-tuned + self-consistency (no oracle)", "verified": "Fine-tuned + verification",
+        "api": "api"}

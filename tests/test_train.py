@@ -18,6 +18,7 @@ from derivative_animator.data import dataset
 from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
 from derivative_animator.math.header import math_header_length
 from derivative_animator.model import finetune
+from derivative_animator.model.settings import LoraSettings, ModelSettings
 from derivative_animator.train import train
 
 GROUPS = {group: sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
@@ -167,7 +168,7 @@ def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro
 
     model_cfg = compose_train("model=micro").model
     build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
-    tokenizer, _ = finetune.load_base(model_cfg)
+    tokenizer, _ = finetune.load_base(ModelSettings.from_config(model_cfg))
     whole = DerivativeDataModule(str(micro_data), tokenizer, max_length=model_cfg.max_length)
     practice = DerivativeDataModule(str(micro_data), tokenizer, max_length=model_cfg.max_length, full_scenes=3)
     whole.setup(), practice.setup()
@@ -193,8 +194,8 @@ def test_merged_logits_equal_adapter_logits():
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2, num_key_value_heads=2))
-    model = finetune.add_lora(base, OmegaConf.create({"enabled": True, "r": 8, "alpha": 16, "dropout": 0.0,
-                                                      "target_modules": "all-linear"}))
+    model = finetune.add_lora(base, LoraSettings(enabled=True, r=8, alpha=16, dropout=0.0, target_modules="all-linear",
+                                                 modules_to_save=None))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # B starts at 0; make the adapters actually change the output
             torch.nn.init.normal_(parameter, std=0.5)
@@ -262,7 +263,7 @@ def test_hub_model_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = compose_train("model=deepseek_coder_1_3b").model
     with pytest.raises(finetune.ModelLoadError, match="deepseek-ai/deepseek-coder-1.3b-base.*model.pretrained="):
-        finetune.load_base(cfg)
+        finetune.load_base(ModelSettings.from_config(cfg))
 
 
 def test_nan_loss_stops_with_a_clear_message():
@@ -313,7 +314,7 @@ def micro_tokenizer():
 
     model_cfg = compose_train("model=micro").model
     build_base(BaseModelConfig(**OmegaConf.to_container(model_cfg.build, resolve=True)))
-    return finetune.load_base(model_cfg)[0], model_cfg.max_length
+    return finetune.load_base(ModelSettings.from_config(model_cfg))[0], model_cfg.max_length
 
 
 def test_the_ids_training_feeds_begin_with_exactly_the_ids_inference_sends(micro_data, micro_tokenizer):

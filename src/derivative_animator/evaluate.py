@@ -5,24 +5,22 @@ mathematics, and report per baseline and per curriculum level.
     python -m derivative_animator.evaluate eval.model=outputs/train/<run>/checkpoint/merged
     python -m derivative_animator.evaluate eval.functions_file=my_functions.txt
 
-Baselines: `template` (the oracle: the dataset's template with the true derivative; it
-must score 100%, the evaluator's own sanity check), `base` (the model before fine-tuning,
-same prompt), `finetuned` (greedy, raw), `verified` (when the greedy scene fails, the sampled
-math headers the math judge accepts completed into scenes until one passes every check, at most
-generate.attempts - 1: `eval/service.py`, as `derivanim generate`; reports which attempt),
-`self_consistency` (the greedy scene under the math header most of generate.self_consistency.k
-sampled headers agree on: `model/self_consistency.py`; it never consults the true derivative),
-`api` (a model behind any OpenAI-compatible endpoint, eval.api: `model/hosted.py`; skipped with a
-one-line reason where there is none). This module composes the run; the engine (queue,
-evaluator), the baselines' rows and the figures live in `eval/`.
+Baselines (eval.baselines): `template` (the oracle: the dataset's template with the true
+derivative; it must score 100%, the evaluator's own sanity check), `base` (the model before
+fine-tuning, same prompt), `finetuned` (greedy, raw), `self_consistency` (the greedy scene under
+the math header most sampled headers agree on), `verified` (the sampled headers the math judge
+accepts completed until one passes every check), `api` (a model behind any OpenAI-compatible
+endpoint, eval.api; skipped with a one-line reason where there is none): each one class in
+`eval/baselines.py`, its registry. This module composes the config and builds the typed settings
+(`eval/settings.py`, `model/settings.py`) once; the engine (queue, evaluator), the baselines' rows
+and the figures live in `eval/`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -30,17 +28,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
-from derivative_animator.eval.baselines import (
-    api_rows,
-    base_generator,
-    generate_and_submit,
-    self_consistent_and_submit,
-    verify_safely,
-)
-from derivative_animator.eval.engine import Evaluator, Row, Sample, failed_row, resolved
+from derivative_animator.eval.baselines import BASELINES, Run, requested
+from derivative_animator.eval.engine import Evaluator, Row, Sample
 from derivative_animator.eval.metrics import summarize
-
-BASELINES = ("template", "base", "finetuned", "self_consistency", "verified", "api")
+from derivative_animator.eval.settings import EvaluationSettings
+from derivative_animator.model.settings import GenerationSettings
 
 
 def load_samples(cfg: DictConfig) -> list[Sample]:
@@ -99,117 +91,50 @@ def latest_checkpoint() -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-MODEL_BASELINES = {"base", "finetuned", "self_consistency", "verified"}
-
-
 def evaluated_model(cfg: DictConfig) -> Path | None:
     """The checkpoint the requested baselines need (eval.model, or the newest), None for none."""
-    if not MODEL_BASELINES & set(cfg.eval.baselines):
+    if not any(baseline.needs_model for baseline in requested(cfg.eval.baselines)):
         return None
     return latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
 
 
 def run_evaluation(cfg: DictConfig, run_dir: Path, model_dir: Path | None = None) -> dict:
+    """The requested baselines' rows and figures: settings built here, once, from the composed
+    config; each baseline (eval/baselines.py) writes its own rows."""
     from rich.progress import Progress
 
-    from derivative_animator.data import oracle
-    from derivative_animator.eval.service import GenerationService
-    from derivative_animator.model.generate import Generation, SceneGenerator
-    from derivative_animator.model.settings import GenerationSettings
-
-    samples = load_samples(cfg)
-    baselines = list(cfg.eval.baselines)
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise ValueError(f"unknown eval.baselines {sorted(unknown)}; choose from {list(BASELINES)}")
-    model_dir = model_dir or evaluated_model(cfg)
-    futures: dict[str, list[Future]] = {b: [] for b in baselines}
+    settings = EvaluationSettings.from_config(cfg.eval)
     # The evaluator measures the model: it never repairs a scene, whatever conf/generate says
     # (repair is for what the CLI and the page show a user).
-    e, generation = cfg.eval, GenerationSettings.from_config(cfg.generate).changed(repair=False)
+    generation = GenerationSettings.from_config(cfg.generate).changed(repair=False)
+    chosen = requested(settings.baselines)
+    samples = load_samples(cfg)
+    model_dir = model_dir or evaluated_model(cfg)
+    futures: dict[str, list[Future]] = {baseline.name: [] for baseline in chosen}
     started = time.perf_counter()
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    with Evaluator(cfg, run_dir) as evaluator, \
-            _torch_threads(generation_threads(e.generation_threads, e.workers)), Progress() as progress:
+    with Evaluator(settings, run_dir) as evaluator, _torch_threads(settings.torch_threads()), Progress() as progress:
+        run = Run(evaluator, settings, generation, model_dir, progress, started)
         for sample in samples:  # lines that do not parse: a failed row in every baseline
             if sample.problem is not None:
-                for baseline in baselines:
-                    futures[baseline].append(resolved(failed_row(sample, sample.problem, baseline=baseline)))
+                for baseline in chosen:
+                    futures[baseline.name].append(baseline.failed(sample, sample.problem))
         usable = [sample for sample in samples if sample.problem is None]
-        if "template" in baselines:
-            # Spare work for the render workers until the models' scenes come (RenderQueue).
-            for sample in usable:
-                try:
-                    code = oracle.template_scene(sample.function, sample.style)
-                except oracle.CannotAnimate as error:
-                    futures["template"].append(resolved(failed_row(sample, str(error), baseline="template")))
-                    continue
-                futures["template"].append(evaluator.submit("template", sample, code, 1, None))
-        if "base" in baselines:
-            base_model = base_generator(model_dir, generation.bracket_guard)
-            task = progress.add_task("base model (no fine-tuning)", total=len(usable))
-            # One at a time with speculation: an untrained model repeats itself, so drafts from
-            # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
-            for sample in usable:
-                futures["base"].append(generate_and_submit(evaluator, base_model, "base", sample, 1,
-                                                            lambda g, s=sample: g.generate(s.function, generation.max_new_tokens)))
-                progress.advance(task)
-            del base_model
-            timings["base_generation_s"] = round(time.perf_counter() - started, 1)
-        generator = SceneGenerator.load(model_dir, allow_prompt_mismatch=e.allow_prompt_mismatch,
-                                        bracket_guard=generation.bracket_guard) if model_dir else None
-        service = GenerationService(generation, generator)  # checks on the evaluator's own sandboxes
-        raw: dict[str, tuple[Generation, Future]] = {}
-        if {"finetuned", "self_consistency", "verified"} & set(baselines):
-            finetuned_start = time.perf_counter()
-            task = progress.add_task("fine-tuned model", total=len(usable) * e.samples_per_function)
-            for sample in usable:
-                for k in range(e.samples_per_function):
-
-                    def sample_scene(g, s=sample, k=k):
-                        return service.scene(s.function, k)
-
-                    future = generate_and_submit(evaluator, generator, "finetuned", sample, k + 1, sample_scene, raw)
-                    futures.setdefault("finetuned", []).append(future)
-                    progress.advance(task)
-            timings["finetuned_generation_s"] = round(time.perf_counter() - finetuned_start, 1)
-        if "self_consistency" in baselines:
-            task = progress.add_task("self-consistency votes", total=len(usable))
-            for sample in usable:
-                futures["self_consistency"].append(self_consistent_and_submit(evaluator, service, sample, raw))
-                progress.advance(task)
-        # Retries wait on renders, so they run on their own thread, not the render pool's; one,
-        # like generation: more would take the render workers' cores.
-        retry_pool = ThreadPoolExecutor(max_workers=1)
-        if "verified" in baselines:
-            for sample in usable:
-                if sample.id in raw:
-                    futures["verified"].append(retry_pool.submit(verify_safely, evaluator, service, sample,
-                                                                 raw[sample.id]))
-                else:
-                    futures["verified"].append(resolved(failed_row(sample, "its first try failed", baseline="verified")))
-        if "api" in baselines:
-            skipped = api_rows(evaluator, usable, e.api, generation, futures["api"], progress)
-            if skipped:
-                notes.append(f"api baseline skipped: {skipped}")
-                print(f"warning: {notes[-1]}", file=sys.stderr)
+        for baseline in BASELINES.values():  # the registry's order: the oracle's spare renders first
+            if baseline.name in futures:
+                futures[baseline.name] += baseline.rows(run, usable)
         task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
         rows: list[Row] = []
-        for baseline in baselines:
-            for future in futures[baseline]:
+        for baseline in chosen:
+            for future in futures[baseline.name]:
                 rows.append(future.result())
                 progress.advance(task)
-        retry_pool.shutdown()
     # Renders overlap generation: only the total is the wall time a user waits.
-    timings["total_s"] = round(time.perf_counter() - started, 1)
-    if "finetuned" not in baselines:
-        rows = [r for r in rows if r.baseline != "finetuned"]
+    run.timings["total_s"] = round(time.perf_counter() - started, 1)
     return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
-            "functions_source": str(functions_source(cfg)), "benchmark": cfg.eval.benchmark, "notes": notes,
+            "functions_source": str(functions_source(cfg)), "benchmark": settings.benchmark, "notes": run.notes,
             "rows": [asdict(r) for r in rows],
-            "summary": summarize(rows, e.samples_per_function, {s.id: s.kinds for s in samples}),
-            "timings": timings}
+            "summary": summarize(rows, settings.samples_per_function, {s.id: s.kinds for s in samples}),
+            "timings": run.timings}
 
 
 def functions_source(cfg: DictConfig) -> Path:
@@ -233,17 +158,6 @@ def _torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def generation_threads(setting, render_workers: int) -> int:
-    """Torch threads for generation while renders run beside it. `auto`: the cores the
-    render workers leave free, at least one. Oversubscribed cores are ruinous: on 2 cores
-    next to a busy process, 5 scenes took 289 s with 2 threads and 14 s with 1 (measured)."""
-    if setting in (None, "auto"):
-        return max(1, (os.cpu_count() or 1) - int(render_workers))
-    if int(setting) < 1:
-        raise ValueError(f"eval.generation_threads must be auto or a positive number, got {setting}")
-    return int(setting)
 
 
 def main(cfg: DictConfig) -> int:

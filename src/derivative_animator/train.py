@@ -133,11 +133,13 @@ def _build_parts(cfg: DictConfig):
     from derivative_animator.model import finetune
     from derivative_animator.model.base_model import BaseModelConfig
     from derivative_animator.model.pretrain import build_base
+    from derivative_animator.model.settings import LoraSettings, ModelSettings
 
+    model_settings, lora = ModelSettings.from_config(cfg.model), LoraSettings.from_config(cfg.lora)
     if cfg.model.get("build") and not cfg.model.build.get("publish_dir"):  # a shipped base is never rebuilt here
         build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
-    tokenizer, model = finetune.load_base(cfg.model)
-    model = finetune.add_lora(model, cfg.lora)
+    tokenizer, model = finetune.load_base(model_settings)
+    model = finetune.add_lora(model, lora)
     optim = cfg.optim
     datamodule = DerivativeDataModule(
         data_dir=cfg.data.dir, tokenizer=tokenizer, micro_batch_size=optim.micro_batch_size,

@@ -11,9 +11,8 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from derivative_animator.errors import one_line
+from derivative_animator.eval.settings import EvaluationSettings
 
 
 @dataclass
@@ -151,24 +150,24 @@ class Evaluator:
     model that writes exactly the oracle's scene) shares that render and its checks: the
     same code gives the same result, and a render costs seconds."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, settings: EvaluationSettings, run_dir: Path):
         from derivative_animator.render import checks
         from derivative_animator.render.sandbox import SandboxPool
-        from derivative_animator.render.sandbox_limits import SandboxLimits
 
-        self.cfg, self.run_dir = cfg, run_dir
-        limits = SandboxLimits(timeout_s=cfg.eval.render.timeout_s, memory_mb=cfg.eval.render.memory_mb)
-        self.render = checks.RenderOptions(quality=cfg.eval.render.quality, fps=cfg.eval.render.fps,
-                                           limits=limits)
+        self.settings, self.run_dir = settings, run_dir
+        render = settings.render
+        self.render = checks.RenderOptions(quality=render.quality, fps=render.fps, limits=render.limits)
         # One warm sandbox a render worker: Manim is imported once each, not once a scene.
-        self.sandboxes = SandboxPool(cfg.eval.workers, limits, checks.RENDER_PRELOAD, warm=cfg.eval.render.warm,
-                                     allow_unsandboxed=cfg.eval.render.unsafe_no_sandbox)
-        self.queue = RenderQueue(cfg.eval.workers)
+        self.sandboxes = SandboxPool(settings.workers, render.limits, checks.RENDER_PRELOAD, warm=render.warm,
+                                     allow_unsandboxed=render.unsafe_no_sandbox)
+        self.queue = RenderQueue(settings.workers)
         self._checked: dict[tuple, _Job] = {}  # (function, code, render_failing) -> its check
         self._lock = threading.Lock()
 
     def submit(self, baseline: str, sample: Sample, code: str, attempt: int, generation,
-               render_failing: bool = True) -> Future:
+               render_failing: bool = True, urgent: bool = True) -> Future:
+        """Write `baseline`'s scene to disk and queue its check: an urgent one (a model's, waited
+        on) before the spare ones (the oracle's, `Baseline.urgent`)."""
         stem = f"{sample.id}" + (f"-a{attempt}" if attempt > 1 else "")
         code_path = self.run_dir / "code" / baseline / f"{stem}.py"
         code_path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +177,6 @@ class Evaluator:
                "generation_s": round(generation.seconds, 3) if generation else 0.0,
                "new_tokens": generation.new_tokens if generation else 0,
                "tokens_per_s": round(generation.tokens_per_second, 1) if generation else 0.0}
-        urgent = baseline != "template"
         with self._lock:
             key = (sample.function, code, render_failing)
             earlier = self._checked.get(key)

@@ -10,13 +10,12 @@ import json
 import os
 from pathlib import Path
 
+from derivative_animator.eval.baselines import BASELINES
 from derivative_animator.render.checks import REPORTED
 
 COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
            ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))
-BASELINE_NAMES = {"template": "Template oracle", "base": "Base model (no fine-tuning)",
-                  "finetuned": "Fine-tuned (raw)", "self_consistency": "Fine-tuned + self-consistency (no oracle)",
-                  "verified": "Fine-tuned + verification"}
+BASELINE_NAMES = {name: baseline.label for name, baseline in BASELINES.items()}  # in tables and the gallery
 
 
 def _groups(summary: dict):

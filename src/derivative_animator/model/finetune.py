@@ -1,8 +1,9 @@
 """LoRA fine-tuning, top to bottom: load the base, add adapters, train, merge, save.
 
-- `load_base(model_cfg)`: tokenizer + AutoModelForCausalLM from a local dir or the hub,
-  with a clear error when a hub model cannot be fetched;
-- `add_lora(model, lora_cfg)`: PEFT adapters on every linear projection (or none);
+- `load_base(settings)`: tokenizer + AutoModelForCausalLM from a local dir or the hub (a
+  `settings.ModelSettings`), with a clear error when a hub model cannot be fetched;
+- `add_lora(model, settings)`: PEFT adapters on every linear projection, or none (a
+  `settings.LoraSettings`);
 - `LoRAFineTuner`: the LightningModule (AdamW, warm-up + cosine decay; logs train/loss,
   val/loss, val/perplexity, tokens/s of real (non-padding) tokens, lr);
 - `save_checkpoint(...)`: merge the adapters into the base (idempotent), save the merged
@@ -29,6 +30,7 @@ from derivative_animator.model.checkpoint_files import (
     RUN_INFO,
     TRAINED_CONFIG,
 )
+from derivative_animator.model.settings import DTYPES, LoraSettings, ModelSettings
 
 
 class ModelLoadError(ValueError):
@@ -36,7 +38,7 @@ class ModelLoadError(ValueError):
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {dtype: getattr(torch, dtype) for dtype in DTYPES}[name]
 
 
 def _in_hf_cache(repo_id: str) -> bool:
@@ -59,11 +61,11 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def load_base(model_cfg):
-    """(tokenizer, model) for model_cfg.pretrained: a local directory or a hub id."""
+def load_base(settings: ModelSettings):
+    """(tokenizer, model) for settings.pretrained: a local directory or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = str(model_cfg.pretrained)
+    source = str(settings.pretrained)
     local = paths.resolve(source)
     if local.is_dir():
         source = str(local)
@@ -77,7 +79,7 @@ def load_base(model_cfg):
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(model_cfg.dtype))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype(settings.dtype))
     except OSError as err:
         raise ModelLoadError(
             f"cannot load model '{source}': not in the local Hugging Face cache and the hub is "
@@ -87,24 +89,23 @@ def load_base(model_cfg):
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if model_cfg.get("gradient_checkpointing"):
+    if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     return tokenizer, model
 
 
-def add_lora(model, lora_cfg):
+def add_lora(model, settings: LoraSettings):
     """Wrap model with LoRA adapters; lora.enabled=false trains every weight instead."""
-    if not lora_cfg.enabled:
+    if not settings.enabled:
         return model
     from peft import LoraConfig, get_peft_model
 
-    if lora_cfg.r <= 0 or lora_cfg.alpha <= 0 or not 0 <= lora_cfg.dropout < 1:
-        raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
-    config = LoraConfig(r=int(lora_cfg.r), lora_alpha=float(lora_cfg.alpha),
-                        lora_dropout=float(lora_cfg.dropout), task_type="CAUSAL_LM",
-                        target_modules=lora_cfg.target_modules,
-                        modules_to_save=list(lora_cfg.get("modules_to_save") or []) or None)
+    targets = settings.target_modules
+    config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha),
+                        lora_dropout=float(settings.dropout), task_type="CAUSAL_LM",
+                        target_modules=list(targets) if isinstance(targets, tuple) else targets,
+                        modules_to_save=list(settings.modules_to_save or []) or None)
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
     if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
         model.enable_input_require_grads()

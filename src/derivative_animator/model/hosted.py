@@ -16,6 +16,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from derivative_animator.model.settings import ApiSettings
+
 SYSTEM_PROMPT = (
     "You write one complete Manim Community (v0.19+) Python scene that explains the derivative "
     "of the given function. Start the file with a docstring of exactly two lines, "
@@ -48,7 +50,7 @@ class Reply:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
 
-def connect(settings):
+def connect(settings: ApiSettings):
     """An OpenAI client for `settings` (eval.api), after one cheap request that proves the
     endpoint answers; Unavailable otherwise."""
     import openai
@@ -74,7 +76,7 @@ def code_in(text: str) -> str:
     return match.group(1) if match else text
 
 
-def write_scene(client, settings, function: str, max_tokens: int, temperature: float, seed: int | None) -> Reply:
+def write_scene(client, settings: ApiSettings, function: str, max_tokens: int, temperature: float, seed: int | None) -> Reply:
     from derivative_animator.data.prompt import instruction
 
     start = time.perf_counter()

@@ -1,6 +1,11 @@
-"""How a checkpoint writes scenes: one typed object built from conf/generate (the one home of
-its defaults: the fields here have none), and the one seed and temperature policy that
-`derivanim generate`, the page and the evaluator all sample by.
+"""The model layer's settings, each one typed object built from its composed config group (the
+one home of their defaults: the fields here have none), validated on construction:
+
+- `GenerationSettings` (conf/generate): how a checkpoint writes scenes, and the one seed and
+  temperature policy that `derivanim generate`, the page and the evaluator all sample by;
+- `ModelSettings` (conf/model): the base model a run starts from (`finetune.load_base`);
+- `LoraSettings` (conf/lora): the adapters it trains (`finetune.add_lora`);
+- `ApiSettings` (eval.api): a model behind an OpenAI-compatible endpoint (`hosted.connect`).
 
     settings = GenerationSettings.from_config(cfg.generate)     # a Hydra entry point
     settings = GenerationSettings.defaults()                    # the CLI, the page
@@ -15,9 +20,17 @@ completed at `temperature` with `seed + n`; the evaluator's extra pass@k sample 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 HEADER_SEED_OFFSET = 1000  # header samples never share a seed with a scene sample
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype: the weights' (finetune.load_base)
+
+
+def plain(group: Mapping) -> dict:
+    """A composed config group (a DictConfig, resolved) or a plain mapping, as a dict."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return dict(OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else group)
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,7 @@ class GenerationSettings:
     def from_config(cls, generate: Mapping) -> GenerationSettings:
         """From the composed `generate` group (a DictConfig or a plain mapping); a key missing
         from it or unknown to this class is an error, not a silent default."""
-        from omegaconf import DictConfig, OmegaConf
-
-        values = dict(OmegaConf.to_container(generate, resolve=True) if isinstance(generate, DictConfig) else generate)
+        values = plain(generate)
         return cls(**{**values, "self_consistency": SelfConsistencySettings(**values["self_consistency"])})
 
     @classmethod
@@ -83,3 +94,78 @@ class GenerationSettings:
         """The n-th sampled header (from 1) completed into a scene: written as the first scene is,
         so the body is the model's best under a header the judge accepted."""
         return Sampling(self.temperature, self.seed + n)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The base model a run starts from: its weights (a local directory or a hub id), their dtype,
+    and whether training recomputes activations to save memory. conf/model's other keys belong
+    elsewhere: lr and the batch sizes to `optim` (train.yaml interpolates them), `build` to the
+    recipe (base_model.BaseModelConfig), `name` and `max_length` to the entry point."""
+
+    pretrained: str
+    dtype: str
+    gradient_checkpointing: bool
+
+    def __post_init__(self):
+        if not self.pretrained:
+            raise ValueError("model.pretrained must name a model directory or a hub id")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @classmethod
+    def from_config(cls, model: Mapping) -> ModelSettings:
+        """From the composed `model` group, or a checkpoint's saved copy of it (derivanim_config.json):
+        its own keys, each required; the group's others are left to their readers."""
+        values = plain(model)
+        missing = [f.name for f in fields(cls) if f.name not in values]
+        if missing:
+            raise ValueError(f"model settings lack {', '.join(f'model.{name}' for name in missing)}")
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The adapters a run trains (conf/lora); `enabled: false` trains every weight instead."""
+
+    enabled: bool
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: str | tuple[str, ...] | None  # all-linear, or module names
+    modules_to_save: tuple[str, ...] | None  # modules trained in full beside the adapters
+
+    def __post_init__(self):
+        for name in ("target_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, tuple(value))
+        if self.enabled and (self.r <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1):
+            raise ValueError("lora.r and lora.alpha must be positive and lora.dropout in [0, 1)")
+
+    @classmethod
+    def from_config(cls, lora: Mapping) -> LoraSettings:
+        """From the composed `lora` group; a key missing from it or unknown here is an error."""
+        return cls(**plain(lora))
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """A model behind an OpenAI-compatible endpoint (eval.api). No base_url or model: the `api`
+    baseline is skipped, saying so (`hosted.connect`)."""
+
+    base_url: str | None
+    model: str | None
+    api_key_env: str | None  # the environment variable holding the key (a local server needs none)
+    timeout_s: float
+    max_retries: int
+    concurrency: int  # requests in flight
+
+    def __post_init__(self):
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1:
+            raise ValueError("eval.api: timeout_s > 0, max_retries >= 0, concurrency >= 1")
+
+    @classmethod
+    def from_config(cls, api: Mapping) -> ApiSettings:
+        """From the composed `eval.api` group; a key missing from it or unknown here is an error."""
+        return cls(**plain(api))
