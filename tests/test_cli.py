@@ -177,7 +177,8 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
     assert written.code == "broken(" and not written.result.syntax and not written.corrected
     assert said[1] == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
     assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
-    assert said[-1].startswith("shown: the model's scene, which did not pass every check (syntax:FAIL")  # nothing to correct
+    assert said[-1] == ("shown: the model's scene, which did not pass every check: the code does not parse "
+                        "('(' was never closed (line 1))")  # nothing to correct
     # The repair (on by default) corrects the kept scene, checks it again and says so.
     written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]))
     assert written.result.passed and written.corrected and written.code != wrong
@@ -188,6 +189,27 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
     # --no-repair: the model's try as it is.
     written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=False)
     assert written.code == wrong and not written.corrected and not written.result.passed
+
+
+def test_self_consistency_8_says_what_became_of_each_of_the_8_samples(tmp_path, monkeypatch, capsys):
+    """`derivanim generate --self-consistency 8`: greedy's header and 6 samples agree, one sample
+    has no readable derivative, one names another function; the line accounts for all 9."""
+    from derivative_animator.eval.service import GenerationService
+    from derivative_animator.model import generate
+    from derivative_animator.render import checks
+    from derivative_animator.render.checks import CheckResult
+
+    good = oracle.template_scene("x^2", "tangent")
+    headers = [_header(good)] * 6 + ["import manim\n", _header(oracle.template_scene("x^3", "tangent"))]
+    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _FakeModel([good], headers)))
+    monkeypatch.setattr(checks, "check_code", lambda code, function, **unused: CheckResult(
+        syntax=True, structure=True, executes=True, math=True, layout=True, scene="S"))
+    monkeypatch.setattr(GenerationService, "start_sandbox", lambda self: None)
+    assert cli.main(["generate", "x^2", "--model", str(tmp_path), "--self-consistency", "8",
+                     "-o", str(tmp_path / "s.py")]) == 0
+    vote, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("self-consistency")]
+    assert vote.startswith("self-consistency: the greedy header wins: 7 of 9 headers agree (greedy's and 8 sampled); "
+                           "1 had no readable derivative, 1 named another f(x) (")
 
 
 # --- a function may start with a minus: no "--" needed ------------------------------------

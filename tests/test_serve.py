@@ -16,7 +16,7 @@ from conftest import compose_config
 
 from derivative_animator import serve
 from derivative_animator.data import oracle
-from derivative_animator.data.prompt import DEFAULT_FORMAT, instruction
+from derivative_animator.data.prompt import DEFAULT_FORMAT, function_in_message, instruction
 from derivative_animator.model.generate import Generation, SceneGenerator
 
 
@@ -84,14 +84,83 @@ def test_the_openai_client_gets_the_checkpoints_own_greedy_text_for_chat_and_com
 
 def test_bad_requests_get_one_line_reasons_and_files_only_come_from_the_jobs_folder(tmp_path, micro_checkpoint):
     with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
-        chat = request(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}]})
-        assert chat.status_code == 400 and "f(x) = ..." in chat.json()["error"]["message"]
+        chat = request(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "hello there"}]})
+        assert chat.status_code == 400 and chat.json()["error"]["message"] == (
+            "no function of x could be read in 'hello there'; ask e.g. 'derivative of x^3', 'animate e^{-x^2}' "
+            "or 'f(x) = x^2 sin(x)'")
         bad = request(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "f(x) = sin(x"}]})
         assert bad.status_code == 400 and "\n" not in bad.json()["error"]["message"]
         assert request(f"{url}/api/animate", {"function": "sin(x"}).status_code == 400
         assert request(f"{url}/v1/completions", content=b"{" + b" " * 70_000 + b"}").status_code == 413
         assert request(f"{url}/v1/completions", {"prompt": "x", "max_tokens": 10**6}).status_code == 422
 
+
+
+@pytest.mark.parametrize("message, function", [
+    ("derivative of x^3", "x^3"), ("What is the derivative of x^3 with respect to x?", "x^3"),
+    ("differentiate sin(x)cos(x)", "sin(x)cos(x)"), ("animate e^{-x^2}", "e^{-x^2}"),
+    ("Please animate sin x cos x", "sin x cos x"), ("d/dx (x^2 + 1)", "(x^2 + 1)"),
+    ("f(x) = x^2 sin x", "x^2 sin x"), ("y = tan(2x)", "tan(2x)"), ("x^3", "x^3"), ("`ln(x^2+1)`?", "ln(x^2+1)"),
+    (instruction("x^2 sin(x)"), "x^2 sin(x)"),
+])
+def test_a_chat_message_names_its_function_as_people_ask(message, function):
+    assert function_in_message(message) == function
+
+
+@pytest.mark.parametrize("message, fragment", [
+    ("hello there", "in 'hello there'; ask e.g. 'derivative of x^3'"),
+    ("derivative of sin(x", "in 'sin(x' (bracket '(' at position 4 is never closed"),
+    ("f(x) = __import__('os').system('touch pwned')", "character '_' at position 1 is not allowed"),
+])
+def test_a_chat_message_without_a_readable_function_gets_one_line_naming_what_works(message, fragment, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as refused:
+        function_in_message(message)
+    assert fragment in str(refused.value) and "\n" not in str(refused.value)
+    assert str(refused.value).endswith("ask e.g. 'derivative of x^3', 'animate e^{-x^2}' or 'f(x) = x^2 sin(x)'")
+    assert not (tmp_path / "pwned").exists()  # read by the parser, never run
+
+
+def test_the_chat_endpoint_takes_ordinary_requests_as_the_prompt_it_was_trained_on(tmp_path, micro_checkpoint):
+    """"derivative of x^3" gets exactly what "f(x) = x^3" gets: the checkpoint's own prompt."""
+    def ask(url, content):
+        return request(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": content}],
+                                                       "max_tokens": 12})
+
+    with running(serve.create_app(settings(tmp_path, micro_checkpoint))) as url:
+        for plain, ordinary in (("x^3", "derivative of x^3"), ("sin(x) cos(x)", "differentiate sin(x)cos(x)"),
+                                ("e^(-x^2)", "animate e^{-x^2}")):
+            expected = ask(url, instruction(plain))
+            answer = ask(url, ordinary)
+            assert expected.status_code == answer.status_code == 200, answer.json()
+            assert answer.json()["choices"][0]["message"] == expected.json()["choices"][0]["message"]
+            assert answer.json()["usage"] == expected.json()["usage"]
+        refused = ask(url, "please draw me a sheep")
+        assert refused.status_code == 400 and "ask e.g. 'derivative of x^3'" in refused.json()["error"]["message"]
+
+
+def test_the_page_names_the_model_by_its_training_run(tmp_path, micro_checkpoint):
+    """Not a timestamp directory: the base, the tuning and the date, from what training saved."""
+    from derivative_animator import tracking
+
+    merged = tmp_path / "train" / "2026-12-03_07-35-00-850501" / "checkpoint" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "derivanim_config.json").write_text(json.dumps({
+        "model": {"name": "tiny", "pretrained": "/abs/models/derivanim-tiny",
+                  "build": {"publish_dir": "models/derivanim-tiny"}},
+        "lora": {"enabled": True, "r": 64}}))
+    assert tracking.checkpoint_title(merged) == "derivanim-tiny + LoRA r64 (2026-12-03 07:35)"
+    with running(serve.create_app(settings(tmp_path, merged), generator=_Oracle())) as url:
+        page = request(f"{url}/").body.decode()
+        assert "model <b>derivanim-tiny + LoRA r64 (2026-12-03 07:35)</b>" in page
+        assert "2026-12-03_07-35-00" not in page
+        assert request(f"{url}/v1/models").json()["data"][0]["id"] == "2026-12-03_07-35-00-850501"  # the API's id
+    full = {"model": {"name": "deepseek_coder_1_3b", "pretrained": "deepseek-ai/deepseek-coder-1.3b-base"},
+            "lora": {"enabled": False, "r": 64}}
+    (merged / "derivanim_config.json").write_text(json.dumps(full))
+    assert tracking.checkpoint_title(merged) == "deepseek-ai/deepseek-coder-1.3b-base + full fine-tune (2026-12-03 07:35)"
+    assert tracking.checkpoint_title(micro_checkpoint) == micro_checkpoint.name  # nothing saved to name it by
 
 
 def test_files_outside_the_jobs_folders_are_never_served(tmp_path, micro_checkpoint):
@@ -172,11 +241,13 @@ def test_a_burst_beyond_the_queue_is_answered_busy_at_once(tmp_path, micro_check
 class _Oracle:
     """Writes the template oracle's scene: the page's own pipeline (verification, sandboxed
     render, video) is real, the model is not. For x^3 it adds a text below the frame: right
-    mathematics, a failing layout."""
+    mathematics, a failing layout. For x^4 it fails outright, as a model out of memory would."""
 
     prompt_format = DEFAULT_FORMAT
 
     def generate(self, function, *args, **kwargs):
+        if function == "x^4":
+            raise RuntimeError("the model ran out of memory")
         code = oracle.template_scene(function, "graphs")
         if function == "x^3":
             code = re.sub(r"(def construct\(self\):\n(\s+))", r'\1self.add(Text("off the frame").move_to(DOWN * 4.2))\n\2',
@@ -208,6 +279,14 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         checks = page.eval_on_selector_all(".check", "els => els.map(e => [e.dataset.check, e.className])")
         assert checks == [[name, "check ok"] for name in ("syntax", "structure", "executes", "math", "layout")]
         assert page.locator(".layout-problem").count() == 0
+        # the status says what finally happened; the steps are words, each with its time; the log is folded away
+        assert page.text_content("#status") == "Done: the model's scene passed every check"
+        assert page.get_attribute("#status", "class") == "outcome done"
+        steps = page.eval_on_selector_all("#steps li", "els => els.map(e => e.textContent)")
+        assert re.fullmatch(r"try 1 of 3: passed every check; written in \d+\.\d s, checked in \d+\.\d s", steps[0])
+        assert re.fullmatch(r"rendered the model's scene's video in \d+\.\d s", steps[-1]), steps
+        assert "syntax:" not in page.text_content("#steps") and not page.is_visible("#log-lines")
+        assert "attempt 1: syntax:ok" in page.text_content("#log-lines")
         # the video loads and plays: frames decoded, time advancing
         page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         page.wait_for_function("document.getElementById('video').currentTime > 0", timeout=30_000)
@@ -220,6 +299,14 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         assert checks == {"syntax": "check ok", "structure": "check ok", "executes": "check ok", "math": "check ok",
                           "layout": "check bad"}
         assert "'offtheframe' reaches outside the frame" in page.text_content(".layout-problem")
+        assert page.text_content("#status").startswith(
+            "Done: the model's scene is right and renders; its layout check failed: animation 1: 'offtheframe' reaches ")
+        # a job that fails: the status says so in one line, not the last step it reached
+        page.fill("#function", "x^4")
+        page.click("#go")
+        page.wait_for_selector("#status.failed", timeout=60_000)
+        assert page.text_content("#status") == "Failed: RuntimeError: the model ran out of memory"
+        assert page.is_enabled("#go")
         page.fill("#function", "sin(x")
         page.click("#go")
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=10_000)
@@ -254,6 +341,14 @@ def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_mode
     with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=_WrongDerivative())) as url:
         with page_with_result(url, "1/x", 300_000) as page:
             assert page.get_attribute("#verdict", "class") == "corrected" and page.is_visible("#badge")
+            assert page.text_content("#status") == ("Corrected: the model's derivative was wrong (it wrote -(-1/x^2)); "
+                                                    "the corrected scene, with f'(x) = -1/x^2, is shown")
+            assert page.get_attribute("#status", "class") == "outcome corrected"
+            steps = page.eval_on_selector_all("#steps li", "els => els.map(e => e.textContent)")
+            assert steps[0].startswith("try 1 of 3: the derivative is wrong (it wrote -(-1/x^2)); written in")
+            assert any(s.startswith("the corrected scene of try 1 (f'(x) = -1/x^2): passed every check") for s in steps)
+            assert steps[-2].startswith("rendered the corrected scene's video in")
+            assert steps[-1].startswith("rendered the model's own scene's video in")
             assert page.text_content("#badge") == "Corrected"
             assert page.text_content("#summary").startswith(
                 "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with f'(x) = -1/x^2")
@@ -284,6 +379,77 @@ def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_mode
         assert result["shown"] == "model" and not result["passed"] and result["checks"]["math"] is False
         assert "f'(x) = -(-1/x^2)" in result["code"] and result["model"]["code"] == result["code"]
         assert "shown: the model's scene" in result["summary"]
+
+
+class _Broken:
+    """Writes code that never parses, or (for sin(x)) fails outright: no try passes, nothing to correct."""
+
+    prompt_format = DEFAULT_FORMAT
+
+    def generate(self, function, *args, **kwargs):
+        if function == "sin(x)":
+            raise RuntimeError("the model ran out of memory")
+        return Generation(function, "from manim import *\nclass S(Scene):\n    def construct(self:\n", 0.1, 10, 1)
+
+    def generate_batch(self, functions, *args, **kwargs):
+        return [Generation(f, "nonsense", 0.01, 1, 0) for f in functions]
+
+
+def finished(url: str, function: str, timeout: float = 120) -> dict:
+    """The job of `function` asked of the page's API, once it has ended."""
+    job = request(f"{url}/api/animate", {"function": function}).json()["job"]
+    deadline = time.monotonic() + timeout
+    while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in ("done", "error"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
+
+
+@pytest.fixture
+def checks_without_renders(monkeypatch):
+    """Every check but the render (a scene that parses and holds a Scene "renders", no video)."""
+    from derivative_animator.eval.service import GenerationService
+    from derivative_animator.render import checks
+
+    real = checks.check_code
+
+    def check_code(code, function, render=None, output_dir=None, sandbox=None, **unused):
+        result = real(code, function, execute=False)
+        if result.syntax and result.structure:
+            result.executes, result.layout, result.scene = True, True, "S"
+        return result
+
+    monkeypatch.setattr(checks, "check_code", check_code)
+    monkeypatch.setattr(GenerationService, "start_sandbox", lambda self: None)
+
+
+def test_a_jobs_status_says_what_finally_happened_and_its_steps_read_as_words(tmp_path, micro_checkpoint,
+                                                                            checks_without_renders):
+    """Done, Corrected or Failed, in one line, from the scene shown; never the last progress
+    message. The steps are words with times, not the CLI's check marks (those stay in `messages`)."""
+    for generator, function, kind, text in (
+            (_Oracle(), "x^2 sin x", "done", "Done: the model's scene passed every check"),
+            (_WrongDerivative(), "1/x", "corrected", "Corrected: the model's derivative was wrong (it wrote "
+                                                     "-(-1/x^2)); the corrected scene, with f'(x) = -1/x^2, is shown"),
+            (_Broken(), "x^2", "failed", "Failed: the model's scene: the code does not parse ('(' was never closed (line 3))"),
+            (_Broken(), "sin(x)", "failed", "Failed: RuntimeError: the model ran out of memory")):
+        with running(serve.create_app(settings(tmp_path, micro_checkpoint), generator=generator)) as url:
+            status = finished(url, function)
+        assert status["outcome"]["kind"] == kind and status["outcome"]["text"].startswith(text), status["outcome"]
+        assert "\n" not in status["outcome"]["text"] and status["doing"] is None
+        assert not any(mark in step for step in status["steps"] for mark in ("syntax:", ":ok", ":FAIL", "attempt "))
+        assert all(re.search(r"\d+\.\d s", step) for step in status["steps"]  # each step's time, but a verdict's
+                   if not step.startswith("no try passed every check")), status["steps"]
+        if kind != "failed":
+            assert status["steps"][-1].startswith("rendered ")  # the render is the last step, and said to be done
+        if kind == "corrected":
+            assert status["steps"][0].startswith("try 1 of 3: the derivative is wrong (it wrote -(-1/x^2)); written in")
+            assert "the corrected scene of try 1 (f'(x) = -1/x^2): passed every check" in " ".join(status["steps"])
+            assert any(m.startswith("attempt 1: syntax:ok") for m in status["messages"])  # the CLI's lines, kept
+        if function == "x^2":
+            assert status["steps"][0].startswith("try 1 of 3: the code does not parse")
+            assert status["steps"][1].startswith("sampled 8 other derivatives in") and status["steps"][1].endswith(
+                "0 are right; no other try")
 
 
 compose_eval = partial(compose_config, "eval")

@@ -5,7 +5,7 @@ accepts, so it is never below self-consistency; a prefix is continued, not rewri
 from __future__ import annotations
 
 import ast
-import os
+import re
 from functools import partial
 from pathlib import Path
 
@@ -167,23 +167,69 @@ def test_an_untrained_model_is_verified_end_to_end_and_keeps_its_first_scene(mic
     assert verified.story() == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DERIVANIM_TEST_CHECKPOINT"),
-                    reason="set DERIVANIM_TEST_CHECKPOINT to a trained merged checkpoint")
-def test_with_a_trained_checkpoint_verified_finds_a_right_sampled_header_where_greedy_is_wrong():
-    """A fine-tuned tiny checkpoint (make all's) on functions its greedy scene gets wrong: where a
-    sampled header is right, verification keeps a scene whose math is right."""
+def weighted_scripts_lm(scripts: list[list[int]], weights: list[float], vocab_size: int, eos: int):
+    """A causal LM (a real transformers model class, so `generate_batch`'s HF sampling runs as it
+    does for a checkpoint) whose next-token distribution after any prefix of its scripts is the
+    scripts' weights, split where they part: greedy follows the heaviest script, sampling each in
+    proportion; EOS off every script. Its KV cache holds the token ids, as ScriptedLM's does."""
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    class WeightedScripts(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, cache=None, use_cache=True, **unused):
+            batch, width = input_ids.shape
+            fed = input_ids.float().view(batch, 1, width, 1)
+            seen = cache.update(fed, fed, 0)[0][:, 0, :, 0].long().tolist()
+            logits = torch.full((batch, width, vocab_size), -1e4)
+            for row, sequence in enumerate(seen):
+                for i in range(width):
+                    n = len(sequence) - width + i + 1
+                    following: dict[int, float] = {}
+                    for script, weight in zip(scripts, weights, strict=True):
+                        if n < len(script) and script[:n] == sequence[:n]:
+                            following[script[n]] = following.get(script[n], 0.0) + weight
+                    for token, weight in (following or {eos: 1.0}).items():
+                        logits[row, i, token] = math.log(weight)
+            return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+
+    return WeightedScripts(LlamaConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                       num_attention_heads=1, num_key_value_heads=1, eos_token_id=eos,
+                                       max_position_embeddings=8192)).eval()
+
+
+def test_a_real_generator_whose_greedy_derivative_is_wrong_is_verified_to_a_right_sampled_one(micro_checkpoint):
+    """The real SceneGenerator (its prompt, greedy decoding, the batched header samples at the
+    settings' temperature, top-p and seed, the prefix completion) over a model that writes x^2's
+    scene with f'(x) = 3x 60% of the time and 2x 40%: greedy is wrong, some of the 8 sampled
+    headers are right, and verification keeps the scene completed from the first of them."""
+    from derivative_animator.model.generate import SceneGenerator
+
+    generator = SceneGenerator.load(micro_checkpoint)
+    right, wrong = _scene("x^2"), _scene("x^2", "3x")
+
+    def script(code):  # the header and the body tokenized apart: a sampled header is a token boundary
+        end = math_header_length(code)
+        return generator.prompt_ids("x^2") + [token for part in (code[:end], code[end:]) for token in
+                                              generator.tokenizer(part, add_special_tokens=False)["input_ids"]]
+
+    generator.model = weighted_scripts_lm([script(wrong), script(right)], [0.6, 0.4], len(generator.tokenizer),
+                                      generator.tokenizer.eos_token_id)
     settings = GenerationSettings.defaults()
-    service = GenerationService(settings)
-    service.load_model(os.environ["DERIVANIM_TEST_CHECKPOINT"])
-    found = 0
-    for function in os.environ.get("DERIVANIM_TEST_FUNCTIONS", "tan(2x)").split(";"):
-        first = service.scene(function)
-        verified = service.verify(function, first, lambda attempt, generation, f=function: judged_check(generation.code, f))
-        if verified.right and not verified.verification.tries[0].result.passed:
-            found += 1
-            assert verified.kept.result.math, (function, verified.story())
-    assert found, "no function whose greedy scene is wrong and a sampled header right"
+    assert (settings.attempts, settings.self_consistency.k, settings.self_consistency.temperature) == (3, 8, 1.0)
+    service = GenerationService(settings, generator)
+    first = service.scene("x^2")
+    assert first.code == wrong and first.stop == "eos"  # greedy follows the heavier script
+    verified = service.verify("x^2", first, lambda attempt, generation: judged_check(generation.code, "x^2"))
+    headers, _ = service.header_samples("x^2")
+    said = {_derivative_line(header) for header in headers}
+    assert said == {"f'(x) = 3x", "f'(x) = 2x"}  # sampled: both derivatives, as the weights say
+    assert 0 < verified.right < verified.sampled == 8
+    assert not verified.verification.tries[0].result.math
+    assert verified.kept.attempt == 2 and verified.kept.result.passed and verified.kept.generation.code == right
+    assert verified.story().startswith(f"greedy's scene had a wrong derivative; {verified.right} of 8 sampled")
 
 
 # 1/x as the fine-tuned model wrote it: its greedy scene and every sampled header say -(-1/x^2).
@@ -231,5 +277,60 @@ def test_a_corrected_scene_that_fails_its_own_checks_is_not_shown(monkeypatch, n
     assert written.code == written.model_code == _scene("1/x", "-(-1/x^2)")
     assert said[-1] == written.summary
     assert written.summary.startswith("the model's derivative was wrong (it wrote -(-1/x^2)), and the corrected "
-                                      "scene with f'(x) = -1/x^2 failed a check too (syntax:FAIL")
+                                      "scene with f'(x) = -1/x^2 failed a check too (the code does not parse")
     assert written.summary.endswith("shown: the model's scene, which did not pass every check")
+
+
+def test_what_write_does_is_told_in_words_with_each_steps_time(no_renders):
+    """The page's progress: readable steps (no check marks), each with its time, and what it is
+    doing now; a try that fails names why, the header batch says what it gave."""
+    settings = GenerationSettings.defaults().changed(self_consistency={"k": 4})
+    doing, done, said = [], [], []
+    from derivative_animator.eval.service import Steps
+
+    written = GenerationService(settings, PlannedModel(**X2)).write("x^2", said.append,
+                                                                    steps=Steps(doing.append, done.append))
+    assert written.result.passed and not written.corrected
+    assert doing == ["try 1 of 3: writing the scene", "try 1 of 3: checking the scene (a quick render in the sandbox)",
+                     "sampling 4 other derivatives",
+                     "try 2 of 3: writing the scene from a right sampled derivative, f'(x) = 2*x",
+                     "try 2 of 3: checking the scene (a quick render in the sandbox)"]
+    assert len(done) == 3
+    assert re.fullmatch(r"try 1 of 3: the derivative is wrong \(it wrote 3x\); written in \d+\.\d s, "
+                        r"checked in \d+\.\d s", done[0]), done[0]
+    assert re.fullmatch(r"sampled 4 other derivatives in \d+\.\d s: 2 are right; writing scenes from up to 2 of them, until one passes",
+                        done[1]), done[1]
+    assert done[2].startswith("try 2 of 3: passed every check; written in ")
+    assert not any(mark in step for step in doing + done for mark in ("syntax:", "math:FAIL", "attempt"))
+    assert said[0].startswith("attempt 1: syntax:ok")  # the CLI's lines are as they were
+    # No try passes: the repair's steps say what was corrected and how it went.
+    doing, done = [], []
+    written = GenerationService(settings, PlannedModel(**WRONG_1_OVER_X)).write("1/x", steps=Steps(doing.append,
+                                                                                                    done.append))
+    assert written.corrected
+    assert done[0].startswith("try 1 of 3: the derivative is wrong (it wrote -(-1/x^2)); written in")
+    assert done[1].startswith("sampled 4 other derivatives in ") and done[1].endswith(": 0 are right; no other try")
+    assert done[2] == "no try passed every check; keeping try 1"
+    assert doing[-1] == "correcting try 1: its scene with the true f'(x) = -1/x^2, checked again"
+    assert re.fullmatch(r"the corrected scene of try 1 \(f'\(x\) = -1/x\^2\): passed every check; "
+                        r"checked in \d+\.\d s", done[3]), done[3]
+
+
+@pytest.mark.parametrize("first, headers, said", [
+    # greedy's and 6 sampled agree, one sample is no header at all, one names another function
+    (_scene("x^2"), [_header(_scene("x^2"))] * 6 + ["import manim\n", _header(_scene("x^3"))],
+     "the greedy header wins: 7 of 9 headers agree (greedy's and 8 sampled); 1 had no readable derivative, "
+     "1 named another f(x)"),
+    # 2 agree on a wrong f' against greedy's one right: the vote says who wrote what
+    (_scene("x^2"), [_header(_scene("x^2", "3x"))] * 2 + ["not a header"] * 2,
+     "sampled header 1 wins: 2 of 5 headers agree (greedy's and 4 sampled); 1 wrote another derivative, "
+     "2 had no readable derivative"),
+    ("broken(", ["", "nonsense("], "none of 3 headers could vote (greedy's and 2 sampled); 3 had no readable derivative"),
+])
+def test_self_consistency_says_what_became_of_every_sampled_header(no_renders, first, headers, said):
+    settings = GenerationSettings.defaults().changed(self_consistency={"k": len(headers), "vote": True})
+    lines = []
+    GenerationService(settings, PlannedModel({"x^2": first}, {"x^2": headers})).write("x^2", lines.append)
+    vote, = [line for line in lines if line.startswith("self-consistency: ")]
+    assert re.fullmatch(re.escape(f"self-consistency: {said}") + r" \(\d+\.\d s\)(; keeping the greedy scene)?",
+                        vote), vote

@@ -4,11 +4,16 @@
 
 - `/v1/models`, `/v1/completions`, `/v1/chat/completions` in the OpenAI API's shapes, so any
   OpenAI client (and the evaluator's `api` baseline) can call the model. A chat request gets
-  the checkpoint's own prompt format: its last user message names the function
-  (`... f(x) = x^2 sin(x)`), and the model sees exactly the prompt it was trained on.
+  the checkpoint's own prompt format: its last user message asks for the function as people
+  ask ("derivative of x^3", "animate e^{-x^2}", "f(x) = x^2 sin(x)", or the function alone;
+  read by the project's parser, never evaluated), and the model sees exactly the prompt it was
+  trained on; a message without a readable function gets one line naming requests that work.
 - `/`: a page to type a function and watch the animation: verified generation (as
   `derivanim generate`), rendered in the sandbox, then the video, the evaluation's five
-  checks (layout's problems named when it fails) and the code. When no try of the model
+  checks (layout's problems named when it fails) and the code. While it works the page lists
+  each step in words with its time (`steps`; what it is at now: `doing`); when it ends, one
+  line says what finally happened (`outcome`: "Done: ...", "Corrected: ...", "Failed: ...").
+  The model is named as people name it (`tracking.checkpoint_title`). When no try of the model
   passes and one is wrong only in its derivative, the answer is that scene with the true
   derivative, checked again and shown under a "corrected" badge and a sentence saying what the
   model wrote, the model's own scene (and video) a click away; `/api/animate` takes
@@ -23,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 import shutil
 import threading
@@ -37,9 +43,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from derivative_animator import paths
-from derivative_animator.eval.service import GenerationService
-from derivative_animator.model.checkpoint_files import MERGED_DIR
+from derivative_animator import paths, tracking
+from derivative_animator.eval.service import GenerationService, Steps, derivative_line, verdict
 from derivative_animator.model.settings import GenerationSettings
 from derivative_animator.render.checks import REPORTED
 
@@ -88,7 +93,10 @@ class Job:
     function: str
     repair: bool | None = None
     status: str = "queued"  # queued, generating, rendering, done, error
-    messages: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # the lines `derivanim generate` prints
+    steps: list[str] = field(default_factory=list)  # each finished step in words, with its time
+    doing: str | None = None  # the step under way, in words
+    outcome: dict | None = None  # when it ends: {"kind": "done" | "corrected" | "failed", "text": one line}
     result: dict | None = None
     error: str | None = None
 
@@ -159,7 +167,8 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
     except BaseException:
         service.close()
         raise
-    model_name = settings.model_dir.name if settings.model_dir.name != MERGED_DIR else settings.model_dir.parent.parent.name
+    model_name = tracking.checkpoint_name(settings.model_dir)  # the API's model id
+    title = tracking.checkpoint_title(settings.model_dir)  # what the page calls it
     worker = ModelWorker(generator, settings.queue_size)
     jobs: OrderedDict[str, Job] = OrderedDict()
     settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +223,7 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
     async def chat(body: ChatRequest):
         users = [m.content for m in body.messages if m.role == "user"]
         if not users:
-            raise HTTPException(400, "a chat request needs a user message naming the function: 'f(x) = ...'")
+            raise HTTPException(400, f"a chat request needs a user message naming the function; {prompts.ASK_LIKE_THIS}")
         try:
             function = prompts.function_in_message(users[-1])
             generator.prompt_format.format(function)  # a function that does not parse: 400, not a crash
@@ -236,7 +245,7 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return PAGE.replace("{model}", model_name)
+        return PAGE.replace("{model}", html.escape(title))
 
     @app.post("/api/animate")
     async def animate(body: AnimateRequest):
@@ -262,8 +271,9 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
         job = jobs.get(job_id)
         if job is None:
             raise HTTPException(404, "no such job")
-        return {"job": job.id, "function": job.function, "status": job.status, "messages": job.messages,
-                "result": job.result, "error": job.error}
+        return {"job": job.id, "function": job.function, "status": job.status, "doing": job.doing,
+                "steps": job.steps, "outcome": job.outcome, "messages": job.messages, "result": job.result,
+                "error": job.error}
 
     @app.get("/files/{job_id}/{name}")
     async def files(job_id: str, name: str):
@@ -290,33 +300,59 @@ def _animate(service: GenerationService, job: Job, settings: Settings) -> None:
     `result.shown` says which scene is the answer: "model" (the model's own try) or "corrected"
     (its scene with the true derivative, which passed its own checks); `result.summary` says
     what happened in words; `result.model` is always the model's own try (its code, checks and,
-    when the corrected scene is shown, its own render)."""
+    when the corrected scene is shown, its own render). `job.outcome` is the last word, taken
+    from the real render of the scene shown: what a person reads as the job's status."""
     from derivative_animator.errors import one_line
 
     try:
         job.status = "generating"
-        written = service.write(job.function, job.messages.append, repair=job.repair)
+        steps = Steps(doing=lambda text: setattr(job, "doing", text), done=job.steps.append)
+        written = service.write(job.function, job.messages.append, repair=job.repair, steps=steps)
         job.status = "rendering"
         job.messages.append("rendering the scene in the sandbox")
         directory = settings.output_dir / job.id
         directory.mkdir(parents=True, exist_ok=True)
-        shown = _rendered(service, job, directory, written.code, "scene")
+        which = "the corrected scene" if written.corrected else "the model's scene"
+        shown, result = _rendered(service, job, directory, written.code, "scene", which)
         model = shown
         if written.corrected:
             job.messages.append("rendering the model's own scene in the sandbox")
-            model = _rendered(service, job, directory, written.model_code, "model")
+            model, _ = _rendered(service, job, directory, written.model_code, "model", "the model's own scene")
         job.result = {**shown, "shown": written.shown, "summary": written.summary, "model": model}
+        job.outcome = _outcome(written, result, job.function)
         job.status = "done"
     except Exception as error:  # noqa: BLE001 - the page shows it; the server goes on
         job.error, job.status = one_line(error), "error"
+        job.outcome = {"kind": "failed", "text": f"Failed: {job.error}"}
+    finally:
+        job.doing = None
 
 
-def _rendered(service: GenerationService, job: Job, directory: Path, code: str, name: str) -> dict:
+def _outcome(written, result, function: str) -> dict:
+    """What finally happened, in one line, from the real render of the scene shown."""
+    if not result.passed:
+        which = "the corrected scene" if written.corrected else "the model's scene"
+        return {"kind": "failed", "text": f"Failed: {which}: {verdict(result, written.code, function)}"}
+    layout = "" if result.layout is not False else (
+        "; its layout check failed" + (f": {result.layout_problems[0]}" if result.layout_problems else ""))
+    if written.corrected:
+        return {"kind": "corrected", "text": (
+            f"Corrected: the model's derivative was wrong (it wrote {derivative_line(written.model_code)}); "
+            f"the corrected scene, with f'(x) = {derivative_line(written.code)}, is shown{layout}")}
+    if layout:
+        return {"kind": "done", "text": f"Done: the model's scene is right and renders{layout}"}
+    return {"kind": "done", "text": "Done: the model's scene passed every check"}
+
+
+def _rendered(service: GenerationService, job: Job, directory: Path, code: str, name: str, which: str):
     """One scene of a job written as `<name>.py` and rendered for real (its video and last frame
-    `<name>.mp4`, `<name>.png` in the job's folder): what the page shows of it."""
+    `<name>.mp4`, `<name>.png` in the job's folder): what the page shows of it, and its checks.
+    `which` names the scene in the job's steps."""
     import tempfile
 
     (directory / f"{name}.py").write_text(code)
+    job.doing = f"rendering {which}'s video"
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=directory) as rendered:
         result = service.check(code, job.function, render=True, output_dir=Path(rendered))
         video = None
@@ -326,11 +362,14 @@ def _rendered(service: GenerationService, job: Job, directory: Path, code: str, 
                 if made.is_file():
                     made.replace(directory / f"{name}{suffix}")
             video = f"{name}.mp4" if (directory / f"{name}.mp4").is_file() else None
+    seconds = time.perf_counter() - start
+    job.steps.append(f"rendered {which}'s video in {seconds:.1f} s" if video else
+                     f"rendered {which} in {seconds:.1f} s, no video: {verdict(result, code, job.function)}")
     return {"code": code, "checks": {k: getattr(result, k) for k in REPORTED},
             "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
             "video": f"/files/{job.id}/{video}" if video else None,
             "poster": f"/files/{job.id}/{name}.png" if video else None,
-            "download": f"/files/{job.id}/{name}.py"}
+            "download": f"/files/{job.id}/{name}.py"}, result
 
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -338,7 +377,11 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <style>
 body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;background:#fafafa;color:#222}
 form{display:flex;gap:.5em}input{flex:1;font-size:1.2em;padding:.4em}button{font-size:1.1em;padding:.4em 1em}
-#status{margin:1em 0;color:#555}#error{color:#b00;margin:1em 0}video{width:100%;border-radius:6px;background:#000}
+#status{margin:1em 0;color:#555}#status.outcome{color:#222;font-weight:bold;padding:.6em 1em;border-radius:6px;
+border:1px solid #ccc;background:#fff}#status.done{border-color:#3a3;background:#efe}
+#status.corrected{border-color:#d08a00;background:#fff6e0}#status.failed{border-color:#b00;background:#fee}
+#steps{margin:.5em 0 1em;padding-left:1.6em;color:#444;font-size:.95em}#steps li{margin:.15em 0}
+#log{margin:0 0 1em;color:#666;font-size:.85em}#log pre{max-height:200px}#error{color:#b00;margin:1em 0}video{width:100%;border-radius:6px;background:#000}
 .check{display:inline-block;padding:2px 8px;border-radius:4px;margin-right:6px}.ok{background:#cfc}.bad{background:#fcc}
 .skip{background:#eee}pre{background:#fff;border:1px solid #ddd;padding:1em;overflow:auto;max-height:420px;font-size:12px}
 .spinner{display:inline-block;width:1em;height:1em;border:2px solid #999;border-top-color:transparent;border-radius:50%;
@@ -355,7 +398,9 @@ border-radius:4px;margin-right:.6em;color:#fff}.corrected .badge{background:#d08
 model <b>{model}</b> writes a Manim scene explaining its derivative, checked and rendered.</p>
 <form id="form"><input id="function" name="function" maxlength="200" placeholder="f(x) = x^2 sin(x)" autofocus>
 <button id="go" type="submit">Animate</button></form>
-<div id="error" role="alert"></div><div id="status"></div>
+<div id="error" role="alert"></div><div id="status" aria-live="polite"></div><ol id="steps"></ol>
+<details id="log" hidden><summary>The same, as <code>derivanim generate</code> prints it</summary><pre id="log-lines"></pre>
+</details>
 <div id="result" hidden>
 <div id="verdict" role="status"><span class="badge" id="badge"></span><span id="summary"></span>
 <br><a href="#" id="model-toggle" hidden></a></div>
@@ -369,10 +414,14 @@ const $ = id => document.getElementById(id);
 const esc = t => t.replace(/&/g, "&amp;").replace(/</g, "&lt;");
 async function poll(job) {
   const r = await fetch(`/api/jobs/${job}`); const s = await r.json();
-  $("status").innerHTML = (s.status === "done" || s.status === "error" ? "" : '<span class="spinner"></span>')
-    + s.status + (s.messages.length ? ": " + s.messages[s.messages.length - 1] : "");
-  if (s.status === "error") { $("error").textContent = s.error; $("go").disabled = false; return; }
-  if (s.status !== "done") { setTimeout(() => poll(job), 500); return; }
+  const ended = s.status === "done" || s.status === "error";
+  $("status").className = ended && s.outcome ? "outcome " + s.outcome.kind : "";
+  $("status").innerHTML = ended ? esc(s.outcome ? s.outcome.text : "Failed: " + (s.error || "the job stopped"))
+    : '<span class="spinner"></span>' + esc(s.doing || (s.status === "queued" ? "waiting for the model" : s.status));
+  $("steps").innerHTML = s.steps.map(t => `<li>${esc(t)}</li>`).join("");
+  $("log").hidden = !s.messages.length; $("log-lines").textContent = s.messages.join("\\n");
+  if (s.status === "error") { $("go").disabled = false; return; }
+  if (!ended) { setTimeout(() => poll(job), 500); return; }
   const res = s.result; $("go").disabled = false; $("result").hidden = false; shown = res;
   const corrected = res.shown === "corrected";
   $("verdict").className = corrected ? "corrected" : res.passed ? "passed" : "failed";
@@ -401,6 +450,7 @@ $("model-toggle").addEventListener("click", e => {
 });
 $("form").addEventListener("submit", async e => {
   e.preventDefault(); $("error").textContent = ""; $("result").hidden = true;
+  $("status").className = ""; $("status").textContent = ""; $("steps").innerHTML = ""; $("log").hidden = true;
   const r = await fetch("/api/animate", {method: "POST", headers: {"Content-Type": "application/json"},
     body: JSON.stringify({function: $("function").value})});
   const s = await r.json();

@@ -10,7 +10,9 @@
   evaluated, open while the evaluation runs (its duration is the evaluation's), its headline
   metrics (`test/math`, `textbook/math`, ...) on both runs;
 - `describe_registered_model`: the registered model's description and tags (base, LoRA,
-  dataset, benchmarks, prompt format, recipe).
+  dataset, benchmarks, prompt format, recipe);
+- `checkpoint_title`: a checkpoint as people name it (`derivanim-tiny + LoRA r64 (2026-12-03
+  07:35)`), from what training saved beside it: the page's name for its model.
 """
 
 from __future__ import annotations
@@ -193,6 +195,37 @@ def checkpoint_name(model_dir: Path, client=None, run_id: str | None = None) -> 
             return name
     model_dir = Path(model_dir)
     return model_dir.parent.parent.name if model_dir.name == MERGED_DIR else model_dir.name
+
+
+def checkpoint_title(model_dir: Path) -> str:
+    """The checkpoint as people name it, from what training saved beside it (no MLflow asked):
+    its base, how it was tuned and when, "derivanim-tiny + LoRA r64 (2026-12-03 07:35)"; the
+    directory's name where it carries no training config (a base or a hand-made checkpoint)."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "derivanim_config.json").read_text())
+        model, lora = config["model"], config.get("lora") or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint_name(model_dir)
+    shipped = (model.get("build") or {}).get("publish_dir")
+    pretrained = str(model.get("pretrained") or "")
+    base = (Path(shipped).name if shipped else pretrained if pretrained and not Path(pretrained).is_absolute()
+            else str(model.get("name") or checkpoint_name(model_dir)))
+    tuned = f"LoRA r{lora['r']}" if lora.get("enabled") and lora.get("r") else "full fine-tune"
+    when = _run_started(model_dir)
+    return f"{base} + {tuned}" + (f" ({when:%Y-%m-%d %H:%M})" if when else "")
+
+
+def _run_started(model_dir: Path) -> datetime | None:
+    """When the training run that wrote the checkpoint began: its run directory is named by
+    Hydra's clock (`2026-12-03_07-35-00-850501`); else when the checkpoint's weights were saved."""
+    run_dir = model_dir.parent.parent if model_dir.name == "merged" else model_dir
+    try:
+        return datetime.strptime(run_dir.name, "%Y-%m-%d_%H-%M-%S-%f")
+    except ValueError:
+        pass
+    weights = next(iter(sorted(model_dir.glob("*.safetensors"))), None)
+    return datetime.fromtimestamp(weights.stat().st_mtime) if weights is not None else None
 
 
 @contextmanager

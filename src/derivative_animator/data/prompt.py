@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,15 +88,44 @@ def instruction(function: str) -> str:
     return INSTRUCTION.replace("{function}", function)
 
 
+# How people ask for a derivative: the prompt's own "f(x) = ...", or words before the function.
+_NAMED = re.compile(r"\b[fy]\s*(?:\(\s*x\s*\))?\s*=")
+_ASKING = re.compile(r"\b(?:derivatives?\s+of|differentiate|derive|animate|animation\s+of|d\s*/\s*dx|"
+                     r"slope\s+of|graph\s+of|plot)\b", re.IGNORECASE)
+# ... and around it: "the function", "with respect to x", "please", quotes, a question mark.
+_LEADING = re.compile(r"^(?:\s*(?:(?:the\s+function|the|function|me|please)\b|:))+", re.IGNORECASE)
+_TRAILING = re.compile(r"(?:\s+(?:with\s+respect\s+to|w\.?r\.?t\.?)\s+x|\s+please|\s+for\s+me|[\s?!.,;:]+)+$",
+                       re.IGNORECASE)
+_QUOTES = "`'\"$ "
+ASK_LIKE_THIS = "ask e.g. 'derivative of x^3', 'animate e^{-x^2}' or 'f(x) = x^2 sin(x)'"
+
+
+def _bare(text: str) -> str:
+    """The text without the words and marks people put around a function."""
+    return _TRAILING.sub("", _LEADING.sub("", text.strip()).strip(_QUOTES)).strip(_QUOTES)
+
+
 def function_in_message(message: str) -> str:
-    """The function a chat message asks about: the text after its last `f(x) =`. A server
-    then formats the checkpoint's own prompt for it (ValueError when the message names none)."""
-    marker = message.rfind("f(x) =")
-    function = message[marker + len("f(x) ="):].strip() if marker >= 0 else ""
-    if not function:
-        raise ValueError("the last user message must name the function as 'f(x) = ...', e.g. "
-                         + repr(instruction("x^2 sin(x)")))
-    return function
+    """The function a chat message asks about, read by the project's parser (never Python's
+    eval): the text after its last `f(x) =` (the prompt's own wording; `y =` too), else after
+    its last "derivative of", "differentiate", "animate", "d/dx", ..., else the whole message
+    ("x^3", "sin x cos x"). A server then formats the checkpoint's own prompt for it.
+    ValueError, one line naming requests that work, when no function can be read."""
+    candidates = [message[found[-1].end():] for found in (list(_NAMED.finditer(message)),
+                                                          list(_ASKING.finditer(message))) if found]
+    reasons = []
+    for text in [*candidates, message]:
+        function = _bare(text)
+        try:
+            parse_function(function)
+        except ValueError as err:
+            reasons.append(err)
+            continue
+        return function
+    asked = " ".join((candidates[0] if candidates else message).split())
+    shown = asked if len(asked) <= 60 else asked[:57] + "..."
+    why = f" ({reasons[0]})" if candidates or " " not in asked else ""  # a sentence without a function: no parser talk
+    raise ValueError(f"no function of x could be read in {shown!r}{why}; {ASK_LIKE_THIS}")
 
 
 def build_prompt(function: str, prompt_format: PromptFormat = DEFAULT_FORMAT) -> str:

@@ -17,7 +17,10 @@ It owns
   vote can only be right when some header is;
 - the repair (`write`, `correct`; on by default, `--no-repair`): when no try passes, the true f'
   swapped into a try wrong only in its f', checked again, shown labelled as corrected with the
-  model's own try kept beside it. The evaluator never repairs: it measures the model.
+  model's own try kept beside it. The evaluator never repairs: it measures the model;
+- what a person is told while `write` works (`Steps`, the page's progress): each step in words
+  with its time ("try 1 of 3: the derivative is wrong (it wrote 3x); written in 2.1 s, checked
+  in 3.0 s"), beside the lines the CLI prints (`say`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,51 @@ _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", 
 
 def _quiet(message: str) -> None:
     pass
+
+
+@dataclass
+class Steps:
+    """What `write` tells a person while it works, in words: `doing(text)` when a step starts
+    (the page shows it beside a spinner), `done(text)` when one ends, its time in the text (the
+    page lists those). Quiet unless given. The CLI's lines (`say`) are for people who read
+    check marks; these are for everyone."""
+
+    doing: Say = _quiet
+    done: Say = _quiet
+
+
+def _why(result, check: str, limit: int = 160) -> str:
+    """The part of a result's error that its failing `check` wrote (errors read "syntax: ...;
+    executes: ..."), without that name, in brackets and cut to `limit`; "" when it wrote none."""
+    if not result.error:
+        return ""
+    parts = result.error.split("; ")
+    said = next((part[len(check) + 2:] for part in parts if part.startswith(f"{check}: ")), result.error)
+    return f" ({said if len(said) <= limit else said[:limit - 3] + '...'})"
+
+
+def verdict(result, code: str, function: str) -> str:
+    """A checked scene in words, first failure first: "passed every check", "the derivative is
+    wrong (it wrote 3x)", "the scene did not render (...)"."""
+    if result is None:
+        return "abandoned after its math header: the derivative is wrong"
+    if result.passed:
+        if result.layout is False:
+            return "right and renders, but the layout check failed" + (
+                f": {result.layout_problems[0]}" if result.layout_problems else "")
+        return "passed every check"
+    if result.syntax is False:
+        return "the code does not parse" + _why(result, "syntax")
+    if result.structure is False:
+        return "the code holds no Manim scene"
+    if result.math is False:
+        if _wrong_derivative(code, function):
+            return f"the derivative is wrong (it wrote {derivative_line(code)})"
+        return "the math check failed" + _why(result, "math")
+    if result.executes is False:
+        return "the scene did not render" + _why(result, "executes")
+    return "could not be checked" + (": this machine cannot render" if getattr(result, "environment_error", False)
+                                     else _why(result, "executes"))
 
 
 def marks(result) -> str:
@@ -240,17 +288,23 @@ class GenerationService:
         vote.seconds += seconds
         return replace(first, code=code, seconds=first.seconds + vote.seconds), vote
 
-    def first_scene(self, function: str, say: Say = _quiet):
-        """The first scene; under the voted header when the settings ask for the vote."""
+    def first_scene(self, function: str, say: Say = _quiet, steps: Steps | None = None):
+        """The first scene; under the voted header when the settings ask for the vote. What the
+        vote did is said in full: who agreed out of every header read, and why the others could
+        not vote ("7 of 9 headers agree (greedy's and 8 sampled); 1 had no readable derivative")."""
+        steps = steps or Steps()
         first = self.scene(function)
         if not self.settings.self_consistency.vote:
             return first
+        steps.doing(f"sampling {self.settings.self_consistency.k} derivatives to vote on")
         first, vote = self.self_consistent(function, first)
         if vote.chosen is None:
-            say(f"self-consistency: no header could vote ({vote.seconds:.1f} s); keeping the greedy scene")
+            said = f"self-consistency: {vote.said()} ({vote.seconds:.1f} s); keeping the greedy scene"
         else:
             which = "the greedy header" if vote.chosen == 0 else f"sampled header {vote.chosen}"
-            say(f"self-consistency: {which}, agreed by {vote.group_size} of {vote.voters} ({vote.seconds:.1f} s)")
+            said = f"self-consistency: {which} wins: {vote.said()} ({vote.seconds:.1f} s)"
+        say(said)
+        steps.done(said)
         return first
 
     def complete(self, function: str, header: str, n: int):
@@ -259,44 +313,68 @@ class GenerationService:
         return self.generator.generate(function, s.max_new_tokens, sampling.temperature, s.top_p, sampling.seed,
                                        syntax_rollbacks=s.syntax_rollbacks, prefix=header)
 
-    def verify(self, function: str, first, check: Callable, report: Callable[[Try], None] = lambda t: None) -> Verified:
+    def verify(self, function: str, first, check: Callable, report: Callable[[Try], None] = lambda t: None,
+               steps: Steps | None = None) -> Verified:
         """Verified generation from the first scene (`first`, already written): check(attempt,
         generation) judges a try (a sandboxed check, or an evaluation row), report(try) hears of
-        each. Headers are sampled only once the first scene has failed."""
+        each, `steps` of the headers sampled and each completion begun. Headers are sampled only
+        once the first scene has failed."""
         from derivative_animator.math.header import math_header_length
         from derivative_animator.math.judge import header_judge
 
-        verified = Verified()
+        verified, steps, attempts = Verified(), steps or Steps(), self.settings.attempts
 
         def tries():
             yield first
-            if self.settings.attempts <= 1:
+            if attempts <= 1:
                 return
+            steps.doing(f"sampling {self.settings.self_consistency.k} other derivatives")
             headers, verified.header_seconds = self.header_samples(function)
             accept = header_judge(function)
             right = [header for header in headers if accept(header)]
             verified.sampled, verified.right = len(headers), len(right)
             end = math_header_length(first.code)
             tried = {first.code[:end]} if end is not None else set()  # the first scene's header already failed
-            distinct = [h for h in dict.fromkeys(right) if h not in tried]
-            for n, header in enumerate(distinct[: self.settings.attempts - 1], 1):
+            distinct = [h for h in dict.fromkeys(right) if h not in tried][: attempts - 1]
+            steps.done(_sampled_words(verified, len(distinct)))
+            for n, header in enumerate(distinct, 1):
                 verified.completed = n
+                steps.doing(f"try {n + 1} of {attempts}: writing the scene from a right sampled derivative, "
+                            f"f'(x) = {derivative_line(header)}")
                 yield self.complete(function, header, n)
 
         verified.verification = first_passing(tries(), check, report)
         return verified
 
-    def write(self, function: str, say: Say = _quiet, repair: bool | None = None) -> Written:
+    def write(self, function: str, say: Say = _quiet, repair: bool | None = None,
+              steps: Steps | None = None) -> Written:
         """A scene as `derivanim generate` and the page write one: the first scene, verified in
-        the warm sandbox, each try reported through `say`. When no try passes and the repair is
+        the warm sandbox, each try reported through `say` (the CLI's lines) and `steps` (in
+        words, each with its time: the page's progress). When no try passes and the repair is
         on (`repair`, else the settings'), the model's scenes wrong only in their derivative get
         the true f' (`correct`), and the first corrected scene that passes its own checks is
         shown, labelled CORRECTED, the model's try kept beside it. Never swaps code silently:
         `summary` (also said last) says what is shown and why. The evaluator never calls this:
         it measures the model (`verify`)."""
-        first = self.first_scene(function, say)
-        verified = self.verify(function, first, lambda attempt, generation: self.check(generation.code, function),
-                               lambda tried: say(_attempt_line(tried)))
+        steps, attempts, checking = steps or Steps(), self.settings.attempts, {}
+        steps.doing(f"try 1 of {attempts}: writing the scene")
+        first = self.first_scene(function, say, steps)
+
+        def check(attempt, generation):
+            steps.doing(f"try {attempt} of {attempts}: checking the scene (a quick render in the sandbox)")
+            start = time.perf_counter()
+            result = self.check(generation.code, function)
+            checking[attempt] = time.perf_counter() - start
+            return result
+
+        def report(tried: Try) -> None:
+            say(_attempt_line(tried))
+            steps.done(f"try {tried.attempt} of {attempts}: "
+                       f"{verdict(tried.result, tried.generation.code, function)}; written in "
+                       f"{tried.generation.seconds:.1f} s" + (f", checked in {checking[tried.attempt]:.1f} s"
+                                                              if tried.attempt in checking else ""))
+
+        verified = self.verify(function, first, check, report, steps)
         if verified.sampled:
             say(verified.story("greedy" if self.settings.temperature == 0 else "the first"))
         kept = verified.kept
@@ -305,18 +383,21 @@ class GenerationService:
             return Written(code, result, verified, summary="shown: the model's scene, which passed every check")
         if self.settings.attempts > 1:
             say(f"no attempt passed every check; keeping attempt {kept.attempt} ({marks(result)})")
+            steps.done(f"no try passed every check; keeping try {kept.attempt}")
         if self.settings.repair if repair is None else repair:
-            written = self.correct(function, verified, say)
+            written = self.correct(function, verified, say, steps)
             if written is not None:
                 say(written.summary)
                 return written
-        summary = f"shown: the model's scene, which did not pass every check ({marks(result)})"
+        summary = "shown: the model's scene, which did not pass every check"
         if _repairable(result, code, function):
             summary = f"the model's derivative was wrong (it wrote {derivative_line(code)}); " + summary
+        else:
+            summary += f": {verdict(result, code, function)}"
         say(summary)
         return Written(code, result, verified, summary=summary)
 
-    def correct(self, function: str, verified: Verified, say: Say = _quiet) -> Written | None:
+    def correct(self, function: str, verified: Verified, say: Say = _quiet, steps: Steps | None = None) -> Written | None:
         """The repair: each of the model's tries wrong only in its derivative (the kept one first),
         with the true f' swapped in (`oracle.with_true_derivative`), checked as any scene is (a
         render and every check) until one passes; that one, labelled CORRECTED, with the model's
@@ -324,7 +405,7 @@ class GenerationService:
         failing, saying the correction failed too; None when no try could be corrected."""
         from derivative_animator.data.oracle import with_true_derivative
 
-        kept = verified.kept
+        kept, steps = verified.kept, steps or Steps()
         candidates = [kept] + [t for t in verified.verification.tries if t is not kept]
         tried, failed = set(), None
         for attempt in candidates:
@@ -334,23 +415,38 @@ class GenerationService:
             if repaired is None or repaired in tried:
                 continue
             tried.add(repaired)
-            result = self.check(repaired, function)
-            say(f"the corrected scene of attempt {attempt.attempt} (the true f'(x) = {derivative_line(repaired)}): "
-                f"{marks(result)}" + (f"  {result.error}" if result.error else ""))
             wrote, true = derivative_line(attempt.generation.code), derivative_line(repaired)
+            steps.doing(f"correcting try {attempt.attempt}: its scene with the true f'(x) = {true}, checked again")
+            start = time.perf_counter()
+            result = self.check(repaired, function)
+            say(f"the corrected scene of attempt {attempt.attempt} (the true f'(x) = {true}): "
+                f"{marks(result)}" + (f"  {result.error}" if result.error else ""))
+            steps.done(f"the corrected scene of try {attempt.attempt} (f'(x) = {true}): "
+                       f"{verdict(result, repaired, function)}; checked in {time.perf_counter() - start:.1f} s")
             if result.passed:
                 layout = "" if result.layout is not False else "; its layout check failed"
                 summary = (f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected scene with "
                            f"f'(x) = {true}, which passed every check{layout}; the model's own scene is kept")
                 return Written(repaired, result, verified, shown=CORRECTED, model_code=attempt.generation.code,
                                model_result=attempt.result, summary=summary)
-            failed = failed or (wrote, true, result)
+            failed = failed or (wrote, true, verdict(result, repaired, function))
         if failed is None:
             return None
-        wrote, true, result = failed
+        wrote, true, why = failed
         summary = (f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with f'(x) = {true} "
-                   f"failed a check too ({marks(result)}); shown: the model's scene, which did not pass every check")
+                   f"failed a check too ({why}); shown: the model's scene, which did not pass every check")
         return Written(kept.generation.code, kept.result, verified, summary=summary)
+
+
+def _sampled_words(verified: Verified, completing: int) -> str:
+    """The header batch in words: how many of the sampled derivatives are right, what comes next."""
+    said = (f"sampled {verified.sampled} other derivatives in {verified.header_seconds:.1f} s: "
+            f"{verified.right} {'is' if verified.right == 1 else 'are'} right")
+    if completing == 1:
+        return said + "; writing a scene from " + ("it" if verified.right == 1 else "the first")
+    if completing:
+        return said + f"; writing scenes from up to {completing} of them, until one passes"
+    return said + ("; no other try" if not verified.right else "; the first try already had that header, no other try")
 
 
 def _attempt_line(tried: Try) -> str:

@@ -15,7 +15,8 @@ gets without any checker.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import sympy as sp
@@ -39,6 +40,22 @@ class Vote:
     group_size: int  # how many headers agree with it
     voters: int  # headers whose f is the prompt's and whose f' reads as math
     seconds: float = 0.0
+    headers: int = 0  # headers read (greedy's and the k sampled; `self_consistent_scene` fills it)
+    silent: Counter = field(default_factory=Counter)  # why the others could not vote: reason -> count
+
+    def said(self) -> str:
+        """Who agreed, out of every header read, and what became of the others: "7 of 9 headers
+        agree (greedy's and 8 sampled); 1 wrote another derivative, 1 had no readable derivative"."""
+        total = self.headers or self.voters
+        said = (f"{self.group_size} of {total} headers agree" if self.chosen is not None
+                else f"none of {total} headers could vote")
+        if self.headers:
+            said += f" (greedy's and {self.headers - 1} sampled)"
+        others = [f"{n} {reason}" for reason, n in self.silent.most_common()]
+        if self.voters > self.group_size:
+            n = self.voters - self.group_size
+            others.insert(0, f"{n} wrote {'another derivative' if n == 1 else 'other derivatives'}")
+        return said + ("; " + ", ".join(others) if others else "")
 
 
 @lru_cache(maxsize=64)
@@ -50,20 +67,26 @@ def _tree(header: str) -> ast.Module | None:
         return None
 
 
-def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, float]) -> sp.Expr | None:
-    """The f' a header writes, or None when it cannot vote (no such header, f not the prompt's)."""
-    tree = _tree(header)
-    if tree is None:
-        return None
-    docstring = ast.get_docstring(tree, clean=False)
-    formulas = typed_formulas(docstring)
+UNREADABLE, OTHER_FUNCTION = "had no readable derivative", "named another f(x)"  # why a header cannot vote
+
+
+def read_header(header: str, function: sp.Expr, x_range: tuple[float, float]) -> tuple[sp.Expr | None, str | None]:
+    """(the f' a header writes, None) or, when it cannot vote, (None, why): UNREADABLE (no header,
+    no typed f and f', or one the parser refuses) or OTHER_FUNCTION (its f is not the prompt's)."""
+    tree = _tree(header) if header else None
+    formulas = typed_formulas(ast.get_docstring(tree, clean=False)) if tree is not None else None
     if formulas is None:
-        return None
+        return None, UNREADABLE
     try:
         written_f, derivative = parse_function(formulas[0]), parse_function(formulas[1])
     except (ParseError, RecursionError):
-        return None
-    return derivative if expressions_equal(written_f, function, x_range)[0] else None
+        return None, UNREADABLE
+    return (derivative, None) if expressions_equal(written_f, function, x_range)[0] else (None, OTHER_FUNCTION)
+
+
+def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, float]) -> sp.Expr | None:
+    """The f' a header writes, or None when it cannot vote (no such header, f not the prompt's)."""
+    return read_header(header, function, x_range)[0]
 
 
 def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float],
@@ -120,8 +143,10 @@ def self_consistent_scene(generator, function: str, greedy_code: str, k: int, te
     greedy_end = math_header_length(greedy_code)
     headers = [greedy_code[:greedy_end] if greedy_end is not None else ""]
     headers += sampled if sampled is not None else sample_headers(generator, function, k, temperature, top_p, seed)
-    derivatives = [header_derivative(h, target, x_range) if h else None for h in headers]
+    readings = [read_header(h, target, x_range) for h in headers]
+    derivatives = [derivative for derivative, _ in readings]
     result = vote(derivatives, x_range, [drawable(h, target, d) for h, d in zip(headers, derivatives, strict=True)])
+    result.headers, result.silent = len(headers), Counter(why for _, why in readings if why is not None)
     result.seconds = time.perf_counter() - start
     if result.chosen is None or greedy_end is None:
         return greedy_code, result  # nothing to vote with, or no body to put a header on
