@@ -203,7 +203,7 @@ def checkpoint_title(model_dir: Path) -> str:
     directory's name where it carries no training config (a base or a hand-made checkpoint)."""
     model_dir = Path(model_dir)
     try:
-        config = json.loads((model_dir / "derivanim_config.json").read_text())
+        config = json.loads((model_dir / TRAINED_CONFIG).read_text())
         model, lora = config["model"], config.get("lora") or {}
     except (OSError, ValueError, KeyError, TypeError):
         return checkpoint_name(model_dir)
@@ -219,7 +219,7 @@ def checkpoint_title(model_dir: Path) -> str:
 def _run_started(model_dir: Path) -> datetime | None:
     """When the training run that wrote the checkpoint began: its run directory is named by
     Hydra's clock (`2026-12-03_07-35-00-850501`); else when the checkpoint's weights were saved."""
-    run_dir = model_dir.parent.parent if model_dir.name == "merged" else model_dir
+    run_dir = model_dir.parent.parent if model_dir.name == MERGED_DIR else model_dir
     try:
         return datetime.strptime(run_dir.name, "%Y-%m-%d_%H-%M-%S-%f")
     except ValueError:
