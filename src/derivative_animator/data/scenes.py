@@ -34,7 +34,11 @@ from derivative_animator.math.differentiate import Step
 from derivative_animator.math.parsing import X
 
 STYLES = ("tangent", "secant", "graphs")
-SCENE_CLASS = {"tangent": "TangentLineScene", "secant": "SecantLimitScene", "graphs": "RuleStepsScene"}
+SCENE_CLASS = {
+    "tangent": "TangentLineScene",
+    "secant": "SecantLimitScene",
+    "graphs": "RuleStepsScene",
+}
 
 _HEADER = Template(r'''"""
 f(x) = $typed
