@@ -3,10 +3,11 @@ is timed on this machine, now.
 
     python scripts/benchmark.py                 # data build, training throughput, generation
     python scripts/benchmark.py --validate      # + render-validation of the whole dataset (minutes)
-    python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned model (minutes)
+    python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned
+                                                #   model (minutes)
     python scripts/benchmark.py --only training
-    python scripts/benchmark.py --only rollbacks   # sampled scenes with / without line rollbacks
-    python scripts/benchmark.py --only renders     # sandboxed renders: fresh process vs warm sandbox
+    python scripts/benchmark.py --only rollbacks  # sampled scenes with / without line rollbacks
+    python scripts/benchmark.py --only renders    # sandboxed renders: fresh process vs warm sandbox
     python scripts/benchmark.py --only renders --against REV   # + today's scenes vs those of REV
 
 Training throughput compares the project's Lightning module against a plain
@@ -342,7 +343,8 @@ def scenes_at(revision: str):
     else:
         raise SystemExit(f"error: no scene templates at revision {revision}")
     flat = re.compile(
-        r"^from derivative_animator(\.(parsing|notation|differentiate|curriculum))? import (?!typed_line$)",
+        r"^from derivative_animator(\.(parsing|notation|differentiate|curriculum))? "
+        r"import (?!typed_line$)",
         re.M,
     )
     source = flat.sub(

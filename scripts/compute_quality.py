@@ -113,7 +113,8 @@ def fine_tune_and_score(
 
 
 def pretraining_tokens(base: Path) -> int | None:
-    """Tokens the base was pretrained on: a snapshot's step from its name, the shipped base's from its card."""
+    """Tokens the base was pretrained on: a snapshot's step from its name, the shipped base's
+    from its card."""
     import json as _json
 
     match = re.fullmatch(r"step-(\d+)", base.name)
@@ -243,7 +244,8 @@ def main() -> int:
     ):
         levels = " ".join(f"{v:.0f}" for v in point["levels"].values())
         print(
-            f"{label:<24} {point.get('pretraining_tokens') or 0:>19,} {point['math']:>8.1f}%  {levels}"
+            f"{label:<24} {point.get('pretraining_tokens') or 0:>19,} "
+            f"{point['math']:>8.1f}%  {levels}"
         )
     if seed_math:
         print(

@@ -1,6 +1,7 @@
 """The README's pictures of scenes.
 
-python scripts/figures.py [outputs/eval/<run>] [-o docs/frames.png]   # last frames of an evaluation run
+python scripts/figures.py [outputs/eval/<run>] [-o docs/frames.png]
+    # last frames of an evaluation run
 python scripts/figures.py --before-after REV [-o docs/scenes_before_after.png]
     # the oracle's last frames with the scene templates of git revision REV and of now,
     # same functions, same intervals, rendered in the sandbox as the evaluator renders

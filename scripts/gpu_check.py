@@ -64,7 +64,8 @@ DEEPSEEK_CODER_1_3B = {
     "rms_norm_eps": 1e-6,
 }
 LARGE = "deepseek_coder_1_3b"  # conf/model/<LARGE>.yaml: how part 2's model trains
-# The training groups the check runs under, besides the model (conf/train.yaml's other defaults stay).
+# The training groups the check runs under, besides the model (conf/train.yaml's other defaults
+# stay).
 GROUPS = ("trainer=gpu", "data=default", "lora=default")
 
 
@@ -152,7 +153,8 @@ def load_embedded(plan: Plan):
         build_base(BaseModelConfig(**settings["build"]))
     elif not (directory / "config.json").is_file():
         raise FileNotFoundError(
-            f"{directory} is missing: the shipped base comes with the repository (make pretrain rebuilds it)"
+            f"{directory} is missing: the shipped base comes with the repository "
+            "(make pretrain rebuilds it)"
         )
     tokenizer, model = finetune.load_base(
         replace(ModelSettings.from_config(settings), pretrained=str(directory))

@@ -7,8 +7,8 @@ functions and counts, per curriculum level, how many parse and have the right f 
 Headers are what differs between scenes, so this isolates the skill that decides the math
 check, in minutes instead of a full `make train`.
 
-    python scripts/header_probe.py                          # the default base, 240 s, full fine-tuning
-    python scripts/header_probe.py --lora 64                # LoRA r=64 on every linear projection instead
+    python scripts/header_probe.py             # the default base, 240 s, full fine-tuning
+    python scripts/header_probe.py --lora 64   # LoRA r=64 on every linear projection instead
 
 Measured in session 6 with the then sympy-code headers (`f_expr = ...`, `df_expr = ...`),
 the 7.4M default base and 4,000 train functions, 240 s each: 17 of 57 derivatives right

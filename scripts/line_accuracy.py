@@ -3,7 +3,8 @@ validation scenes, by kind of line: the docstring's `f(x) = ...` (copying the pr
 function), its `f'(x) = ...` (applying the rules), the plotting interval, and the rest of
 the scene (the same text for every function of a style).
 
-    python scripts/line_accuracy.py --checkpoint outputs/train/<run>/checkpoint/merged [--samples 30]
+    python scripts/line_accuracy.py --checkpoint outputs/train/<run>/checkpoint/merged
+        [--samples 30]
 
 A scene is only right when every token of its math header is.
 """

@@ -2,7 +2,8 @@
 came back.
 
     python scripts/load_test.py --model outputs/train/<run>/checkpoint/merged
-    python scripts/load_test.py --model DIR --requests 40 --concurrency 8 --queue 1 --json summary.json
+    python scripts/load_test.py --model DIR --requests 40 --concurrency 8 --queue 1
+        --json summary.json
 
 Starts the server itself (`derivanim serve`, 127.0.0.1 only, a free port, its own output
 folder and TMPDIR) and runs one page job to warm it (that starts the render sandbox), then
@@ -160,7 +161,8 @@ def _busy(status: int, body: dict | None) -> bool:
 
 
 def page_job(base: str, function: str, args) -> tuple[int, dict | None, str]:
-    """POST /api/animate, then poll the job until it is done or failed: (status, job or body, text)."""
+    """POST /api/animate, then poll the job until it is done or failed: (status, job or body,
+    text)."""
     status, body, text = call(f"{base}/api/animate", {"function": function}, args.timeout)
     if status != 200 or not body or "job" not in body:
         return status, body, text
@@ -175,7 +177,8 @@ def page_job(base: str, function: str, args) -> tuple[int, dict | None, str]:
 
 
 def one_request(base: str, index: int, args, prompt_format) -> Outcome:
-    """Request `index` and its outcome; after "busy" this client pauses (--busy-pause) before its next."""
+    """Request `index` and its outcome; after "busy" this client pauses (--busy-pause) before its
+    next."""
     outcome = _one_request(base, index, args, prompt_format)
     if outcome.kind == "busy":
         time.sleep(args.busy_pause)
@@ -372,7 +375,8 @@ def run(args) -> Summary:
                 summary.latency_s[kind] = percentiles(
                     [o.seconds for o in outcomes if o.kind == kind]
                 )
-            # Still up: the model list, and a completion (retried while a straggler holds the queue).
+            # Still up: the model list, and a completion (retried while a straggler holds the
+            # queue).
             summary.up_after = call(f"{server.base}/v1/models")[0] == 200
             for _ in range(20):
                 status, body, _text = call(
@@ -409,7 +413,8 @@ def table(summary: Summary) -> str:
         f"{summary.requests} requests, {summary.concurrency} concurrent, queue {summary.queue}, "
         f"{summary.wall_s:.1f} s wall",
         "",
-        f"{'outcome':<14}{'count':>6}{'share':>8}  {'p50 s':>7}{'p90 s':>7}{'p99 s':>7}{'max s':>7}",
+        f"{'outcome':<14}{'count':>6}{'share':>8}  "
+        f"{'p50 s':>7}{'p90 s':>7}{'p99 s':>7}{'max s':>7}",
     ]
     for kind in sorted(
         summary.counts, key=lambda k: (k not in OK, OK.index(k) if k in OK else 0, k)
@@ -429,9 +434,14 @@ def table(summary: Summary) -> str:
         f"up afterwards             {'yes' if summary.up_after else 'NO'}",
         f"server processes          {len(summary.processes_before)} before the burst "
         f"({', '.join(p.split()[1] for p in summary.processes_before) or 'none'})",
-        f"leaked processes          {len(summary.leaked_processes)} {' '.join(summary.leaked_processes)}".rstrip(),
+        (
+            f"leaked processes          {len(summary.leaked_processes)} "
+            f"{' '.join(summary.leaked_processes)}"
+        ).rstrip(),
         f"temp at startup           {' '.join(summary.temp_at_start) or 'none'}",
-        f"leaked temp files/dirs    {len(summary.leaked_temp)} {' '.join(summary.leaked_temp)}".rstrip(),
+        (
+            f"leaked temp files/dirs    {len(summary.leaked_temp)} {' '.join(summary.leaked_temp)}"
+        ).rstrip(),
         f"stopped on SIGINT         {'yes' if summary.stopped_cleanly else 'NO (killed)'}",
         f"left after it stopped     {len(summary.left_after_stop)} processes, "
         f"{len(summary.temp_after_stop)} new temp entries",
@@ -486,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.requests < 1 or args.concurrency < 1 or args.queue < 0 or args.max_tokens < 1:
         print(
-            "error: --requests, --concurrency and --max-tokens must be 1 or more, --queue 0 or more",
+            "error: --requests, --concurrency and --max-tokens must be 1 or more, "
+            "--queue 0 or more",
             file=sys.stderr,
         )
         return 2

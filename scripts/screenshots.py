@@ -2,8 +2,8 @@
 
 - docs/mlflow_runs.png: the MLflow UI on this project's store, the fine-tuning experiment's runs
   table (its Dataset and Model columns);
-- docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>: --sweep, else the
-  newest): the parallel-coordinates plot of lora/r against val/math and val/loss, and the
+- docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>: --sweep, else
+  the newest): the parallel-coordinates plot of lora/r against val/math and val/loss, and the
   parameters and metrics that differ;
 - docs/serve_page.png: `derivanim serve` on the newest checkpoint after animating a function.
 
@@ -150,7 +150,8 @@ def mlflow_shots(only: str | None, sweep: str | None = None) -> None:
                 return
             sweep = runs[0].data.tags["sweep"]
             ids = [r.info.run_id for r in runs if r.data.tags.get("sweep") == sweep]
-            # Its page scrolls inside a panel: a tall window shows plot, runs, parameters and metrics.
+            # Its page scrolls inside a panel: a tall window shows plot, runs, parameters and
+            # metrics.
             page.set_viewport_size({"width": 1900, "height": 2600})
             page.goto(
                 f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment.experiment_id])}"
@@ -189,7 +190,8 @@ def serve_shot(function: str) -> None:
         page.wait_for_selector("#result:not([hidden])", timeout=300_000)
         page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         page.evaluate(
-            "v => { const e = document.getElementById('video'); e.pause(); e.currentTime = e.duration * 0.7; }",
+            "v => { const e = document.getElementById('video'); e.pause(); "
+            "e.currentTime = e.duration * 0.7; }",
             None,
         )
         page.wait_for_timeout(1500)

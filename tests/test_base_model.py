@@ -101,7 +101,8 @@ def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrup
 def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(
     tmp_path, default_splits
 ):
-    """The `make pretrain` entry point, end to end, with a calculus corpus that leaves the held-out data out."""
+    """The `make pretrain` entry point, end to end, with a calculus corpus that leaves the
+    held-out data out."""
     import mlflow
     from transformers import AutoModelForCausalLM
 

@@ -45,7 +45,8 @@ def test_no_benchmark_function_is_in_any_dataset_split(default_splits):
 
 
 def test_the_dataset_builder_passes_over_a_benchmark_function_it_draws(monkeypatch):
-    """Make the first test function of a small build a benchmark's: the same build then leaves it out."""
+    """Make the first test function of a small build a benchmark's: the same build then leaves it
+    out."""
     config = dataset.DataConfig(sizes={"train": 8, "validation": 4, "test": 4})
     first = dataset.generate_splits(config)["test"]
     taken = keys(r.function for r in first)
@@ -70,8 +71,9 @@ def _functions(document: str) -> list[str]:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "the shipped base was built before the benchmarks existed: its corpus works some of their functions "
-        "(tan(x), sec(x), arcsin(2x) ...). `make pretrain` rebuilds it without them (about 2.5 h on 2 cores); "
+        "the shipped base was built before the benchmarks existed: its corpus works some of "
+        "their functions (tan(x), sec(x), arcsin(2x) ...). `make pretrain` rebuilds it without "
+        "them (about 2.5 h on 2 cores); "
         "this test then passes and strict xfail fails CI until this mark goes"
     ),
 )
@@ -94,7 +96,8 @@ def test_the_random_benchmark_holds_no_textbook_function():
 
 @pytest.mark.slow
 def test_the_random_benchmark_is_the_draw_of_its_seed():
-    """benchmarks/random.txt is what its seed draws today: the file is the generator's, not edited."""
+    """benchmarks/random.txt is what its seed draws today: the file is the generator's, not
+    edited."""
     textbook = frozenset(keys(item.text for item in benchmarks.items("textbook")))
     assert benchmarks.draw_random(exclude=textbook) == [
         item.text for item in benchmarks.items("random")

@@ -1,4 +1,5 @@
-"""The pretraining corpus's worked derivatives: right, in the scenes' notation, held-out functions never worked."""
+"""The pretraining corpus's worked derivatives: right, in the scenes' notation, held-out
+functions never worked."""
 
 import re
 
@@ -11,7 +12,9 @@ from derivative_animator.math.judge import _interval, expressions_equal
 from derivative_animator.math.parsing import X, parse_function
 
 WORKED = re.compile(
-    r"^(?:f\(x\) = (?P<f>.+)|#   (?P<part>.+?): [a-z ]+ rule -> .+|# d/dx (?P<whole>.+), rule by rule:)$"
+    r"^(?:f\(x\) = (?P<f>.+)"
+    r"|#   (?P<part>.+?): [a-z ]+ rule -> .+"
+    r"|# d/dx (?P<whole>.+), rule by rule:)$"
 )
 
 

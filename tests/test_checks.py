@@ -263,7 +263,10 @@ def test_header_math_is_right_judges_the_header_alone():
     from derivative_animator.math.parsing import parse_function
 
     def header(derivative):
-        return f'"""\nf(x) = x^2 sin(x)\nf\'(x) = {derivative}\n"""\nimport sympy as sp\n\nX_MIN, X_MAX = -3, 3\n'
+        return (
+            f'"""\nf(x) = x^2 sin(x)\nf\'(x) = {derivative}\n"""\n'
+            "import sympy as sp\n\nX_MIN, X_MAX = -3, 3\n"
+        )
 
     target = parse_function("x^2 sin(x)")
     assert header_math_is_right(header("2x*sin(x) + x^2*cos(x)"), target)
@@ -372,8 +375,12 @@ def test_dataset_validation_renders_through_the_evaluations_sandbox_and_reports_
 FAKES = {
     "exits before rendering": "import os\n        os._exit(0)",
     "replaces the renderer": "Scene.render = lambda self, *a, **k: None\n        return",
-    "crashes, then exits 0 at exit": "import atexit, os\n        atexit.register(os._exit, 0)\n        1 / 0",
-    "writes a fake movie": "open('movie.mp4', 'wb').write(b'not a movie')\n        import os\n        os._exit(0)",
+    "crashes, then exits 0 at exit": (
+        "import atexit, os\n        atexit.register(os._exit, 0)\n        1 / 0"
+    ),
+    "writes a fake movie": (
+        "open('movie.mp4', 'wb').write(b'not a movie')\n        import os\n        os._exit(0)"
+    ),
 }
 
 
@@ -551,11 +558,11 @@ class Crowded(Scene):
         self.play(Write(MathTex("f'(x) = 2x").move_to(DOWN * 4.2)))
         self.play(*[FadeOut(m) for m in self.mobjects])
         self.wait(2)
-'''
+'''  # noqa: E501
 
 
 @pytest.mark.needs_render
-def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_and_an_empty_last_frame(
+def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_and_an_empty_last_frame(  # noqa: E501
     warm_renders,
 ):
     result = checks.check_code(
@@ -623,7 +630,7 @@ def _hostile_movie(kind: str) -> str:
 import base64, os
 _movie, _replace = base64.b64decode("{encoded}"), os.replace
 os.replace = lambda src, dst, *a, **k: open(dst, 'wb').write(_movie) if str(dst).endswith('movie.mp4') else _replace(src, dst, *a, **k)
-""")
+""")  # noqa: E501
 
 
 def _hostile_report(text: str) -> str:
@@ -641,7 +648,7 @@ _z = zlib.compressobj(9)
 _body = b''.join(_z.compress(b'\\0' * 13001) for _ in range(13000)) + _z.flush()
 _bomb = b'\\x89PNG\\r\\n\\x1a\\n' + _chunk(b'IHDR', struct.pack('>IIBBBBB', 13000, 13000, 8, 0, 0, 0, 0)) + _chunk(b'IDAT', _body) + _chunk(b'IEND', b'')
 Image.Image.save = lambda self, fp, *a, **k: open(fp, 'wb').write(_bomb)
-""")
+""")  # noqa: E501
 
 SENT_BACK = {  # attack -> (scene lines, the check that fails, what its reason says)
     "a PNG bomb as the last frame": (
@@ -717,7 +724,8 @@ def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox
 TRANSPARENT_PLOTS_AND_ANOTHER_CURVE = (
     "axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)",
     "axes.plot(f, color=BLUE, stroke_opacity=0), d_axes.plot(df, color=RED, stroke_opacity=0)\n"
-    "        self.add(ParametricFunction(lambda t: axes.c2p(t, 3 * np.sin(t)), t_range=[X_MIN, X_MAX], color=BLUE))",
+    "        self.add(ParametricFunction(lambda t: axes.c2p(t, 3 * np.sin(t)), "
+    "t_range=[X_MIN, X_MAX], color=BLUE))",
 )
 
 PATCHED_REPORT = """
@@ -733,7 +741,7 @@ self.play(Create(big), Create(big.plot(lambda t: 40 + 0.05 * np.sin(t), color=BL
 self.play(Write(Text("cut off at the bottom").move_to(DOWN * 4.1)))
 self.wait(1)
 return
-"""
+"""  # noqa: E501
 
 RENDER_WITHOUT_CONSTRUCT = """
 def _movie_without_construct(self, *args, **kwargs):
@@ -755,7 +763,7 @@ def _movie_without_construct(self, *args, **kwargs):
 
 
 Scene.render = _movie_without_construct
-"""
+"""  # noqa: E501
 
 
 @pytest.mark.needs_render

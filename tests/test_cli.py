@@ -193,7 +193,8 @@ def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_unt
     assert said[-1].startswith(
         "the model's derivative was wrong (it wrote 3x); shown: the model's scene"
     )
-    # A right header that is the first scene's own is not completed again (its scene already failed).
+    # A right header that is the first scene's own is not completed again (its scene already
+    # failed).
     model = _FakeModel([good + "\nbroken("], headers=[_header(good)] * 2)
     written, said = _write(model)
     assert said[-3] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
@@ -224,8 +225,8 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
         said[-1]
         == written.summary
         == (
-            "the model's derivative was wrong (it wrote 3x); shown: the corrected scene with f'(x) = 2x, which passed "
-            "every check; the model's own scene is kept"
+            "the model's derivative was wrong (it wrote 3x); shown: the corrected scene with "
+            "f'(x) = 2x, which passed every check; the model's own scene is kept"
         )
     )
     # --no-repair: the model's try as it is.
@@ -374,7 +375,7 @@ class _WrongModel:
 
 
 generate.SceneGenerator.load = classmethod(lambda cls, *args, **kwargs: _WrongModel())
-"""
+"""  # noqa: E501
 
 
 @pytest.mark.needs_render

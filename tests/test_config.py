@@ -180,7 +180,7 @@ def test_a_setting_out_of_range_is_refused_in_one_line_naming_it(config, overrid
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_lora_off_accepts_the_zero_rank_it_never_uses_and_a_saved_model_config_keeps_its_other_keys():
+def test_lora_off_accepts_the_zero_rank_it_never_uses_and_a_saved_model_config_keeps_its_other_keys():  # noqa: E501
     assert not LoraSettings.from_config(compose_config("train", "lora=none").lora).enabled
     saved = OmegaConf.to_container(
         compose_config("train", "model=micro").model, resolve=True

@@ -185,7 +185,8 @@ def test_malformed_original_record_is_named(tmp_path, item, message):
 
 def test_a_spike_does_not_choose_the_plotting_interval_but_never_refuses_a_function(monkeypatch):
     """ln(x)^3 is readable on (0.2, 3), where ln(0.2)^3 = -4.2 sets the y-range and squashes the
-    rest; it gets the next readable interval. With only spiky intervals on offer it still gets one."""
+    rest; it gets the next readable interval. With only spiky intervals on offer it still gets
+    one."""
     expr = parse_function("ln(x)^3")
     assert curriculum.analyse(expr).x_range == (0.5, 4)
     monkeypatch.setattr(curriculum, "CANDIDATE_INTERVALS", ((0.2, 3),))

@@ -100,7 +100,8 @@ def videos_load_in_chromium(gallery: Path, expected: int) -> None:
         page = browser.new_page()
         page.goto(gallery.as_uri())
         page.wait_for_function(
-            f"[...document.querySelectorAll('video')].filter(v => v.readyState >= 1).length == {expected}",
+            "[...document.querySelectorAll('video')].filter(v => v.readyState >= 1).length "
+            f"== {expected}",
             timeout=30_000,
         )
         durations = page.eval_on_selector_all("video", "vs => vs.map(v => v.duration)")
@@ -221,7 +222,7 @@ def test_render_queue_cancels_what_has_not_started_when_evaluation_fails():
     assert pending.future.cancelled() and not stopping.is_alive()
 
 
-def test_an_evaluation_is_a_child_run_of_the_checkpoints_training_run_with_its_data_rows_and_reports(
+def test_an_evaluation_is_a_child_run_of_the_checkpoints_training_run_with_its_data_rows_and_reports(  # noqa: E501
     tmp_path,
 ):
     import mlflow
@@ -599,7 +600,8 @@ def test_a_generation_that_fails_is_its_own_row_and_the_rest_is_evaluated(tmp_pa
 
 
 class _KnownHeaders(_KnownTries):
-    """Known tries, and header samples in one batch that stop at the header, as SceneGenerator's do."""
+    """Known tries, and header samples in one batch that stop at the header, as SceneGenerator's
+    do."""
 
     def generate_batch(
         self,

@@ -1,4 +1,5 @@
-"""Inference: the checkpoint's prompt format is enforced; speculation never changes greedy output."""
+"""Inference: the checkpoint's prompt format is enforced; speculation never changes greedy
+output."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""scripts/gpu_check.py: its every step, shrunk, on the CPU; and its settings are conf/train.yaml's."""
+"""scripts/gpu_check.py: its every step, shrunk, on the CPU; and its settings are
+conf/train.yaml's."""
 
 from __future__ import annotations
 

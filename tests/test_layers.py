@@ -26,7 +26,8 @@ MAY_IMPORT = {
     "model": {"math", "data", "model"},
     "eval": {"math", "render", "data", "model", "eval"},
 }
-# Programs people run: nothing imports them, but `derivanim serve` (the CLI's subcommand) starts the page.
+# Programs people run: nothing imports them, but `derivanim serve` (the CLI's subcommand) starts
+# the page.
 ENTRY_POINTS = {"cli", "serve", "evaluate", "train"}
 MAY_START = {"cli": {"serve"}}
 HEAVY = {"torch", "transformers", "lightning", "peft", "mlflow", "hydra"}

@@ -77,7 +77,7 @@ def test_runs_as_an_unprivileged_user_with_no_capabilities_under_seccomp(run_pyt
         status = dict(line.split(':', 1) for line in open('/proc/self/status'))
         print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['CapPrm'].strip(), status['NoNewPrivs'].strip(),
               status['Seccomp'].strip())
-    """)
+    """)  # noqa: E501
     uid, gid, effective, permitted, no_new_privs, seccomp_mode = result.stdout.split()
     assert (uid, gid) == ("65534", "65534")
     assert int(effective, 16) == 0 and int(permitted, 16) == 0 and no_new_privs == "1"
@@ -95,7 +95,7 @@ def test_cannot_write_outside_its_directory(run_python, tmp_path):
                 print('WROTE', path)
             except OSError as err:
                 print('blocked', type(err).__name__)
-    """)
+    """)  # noqa: E501
     assert result.stdout.count("blocked") == 4 and result.stdout.count("WROTE") == 1, result.stdout
     assert "WROTE /tmp/derivanim-escape.txt" in result.stdout  # the sandbox's own /tmp, a tmpfs
     assert not victim.exists() and not os.path.exists("/tmp/derivanim-escape.txt")
@@ -118,11 +118,12 @@ REMOUNT_AND_WRITE = """
     print("open", fd, os.strerror(ctypes.get_errno()))
     if fd >= 0:
         libc.write(fd, b"x", 1)
-"""
+"""  # noqa: E501
 
 
 def test_a_job_cannot_remount_the_filesystem_writable(run_python, tmp_path):
-    """The issue's escape: as root, bwrap left the scene its capabilities and `mount` made / writable."""
+    """The issue's escape: as root, bwrap left the scene its capabilities and `mount` made /
+    writable."""
     escaped = tmp_path / "ESCAPED"
     result = run_python(
         REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped))
@@ -147,7 +148,7 @@ def test_a_job_sees_only_its_own_processes_and_cannot_ptrace(run_python):
         print('ptrace', libc.ptrace(16, 1, None, None), os.strerror(ctypes.get_errno()))  # PTRACE_ATTACH
         print('cgroupfs', os.path.exists('/sys/fs/cgroup'))
         print('host', os.path.exists('/root/.bash_history'), os.path.exists('/work'), os.path.exists('/home'))
-    """)
+    """)  # noqa: E501
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     count, highest = map(int, lines["pids"].split())
     assert count <= 3 and highest < 10  # the server and the job: no host process is visible
@@ -262,7 +263,8 @@ def test_memory_is_limited_for_the_whole_sandbox_not_per_process(run_python):
         memory_mb=1024,
         timeout_s=30,
     )
-    # The claim is the kills: a child may print "held" before the cgroup's reclaim fails and kills it.
+    # The claim is the kills: a child may print "held" before the cgroup's reclaim fails and kills
+    # it.
     killed = re.search(r"killed (\d+)", result.stdout)
     assert killed and int(killed.group(1)) >= 1, result.stdout
 
@@ -354,7 +356,7 @@ def test_a_warm_job_cannot_forge_the_next_jobs_verdict():
                 os.kill(1, signal_number)
             except OSError:
                 pass
-    """
+    """  # noqa: E501
     with PythonSandbox(SandboxLimits(timeout_s=10)) as box:
         forged, broken = run_jobs(box, forge, "raise SystemExit(7)")
     assert "FORGED" not in forged.stdout and forged.stdout.count("refused") == 5, forged.stdout
@@ -582,8 +584,8 @@ def test_where_no_user_namespace_can_be_made_root_still_runs_without_capabilitie
         )
         (result,) = run_jobs(
             box,
-            job
-            + "\nprint('caps', dict(l.split(':', 1) for l in open('/proc/self/status'))['CapEff'].strip())",
+            job + "\nprint('caps', dict(l.split(':', 1) for l in open('/proc/self/status'))"
+            "['CapEff'].strip())",
         )
     assert result.ok, result.stderr
     assert "no-capabilities" in result.isolation and "unprivileged-user" not in result.isolation
@@ -810,20 +812,21 @@ def test_deep_directories_are_removed_and_the_server_carries_on():
 
 
 def test_sigint_and_other_signals_to_pid_1_leave_the_server_serving():
-    """SIGINT killed PID 1 (Python's KeyboardInterrupt); the job itself still gets Python's handlers."""
+    """SIGINT killed PID 1 (Python's KeyboardInterrupt); the job itself still gets Python's
+    handlers."""
     signal_the_server = """
         import os, signal, time
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGALRM):
             os.kill(1, number)
         time.sleep(0.3)
         print('sent')
-    """
+    """  # noqa: E501
     own_sigint = """
         import os, signal
         print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,
               signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN)
         os.kill(os.getpid(), signal.SIGINT)
-    """
+    """  # noqa: E501
     with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
         run_jobs(box, "pass")
         server = box._server

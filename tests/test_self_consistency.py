@@ -34,8 +34,9 @@ def test_the_largest_group_of_equal_derivatives_wins_over_greedy():
 
 
 def test_derivatives_equal_by_sympy_vote_together_however_they_are_written():
-    """sin(2x) = 2 sin(x) cos(x) = 4 sin(x/2) cos(x/2) cos(x): one group of three beats the greedy pair
-    (grouping by printed string would make three groups of one, and the greedy pair would win)."""
+    """sin(2x) = 2 sin(x) cos(x) = 4 sin(x/2) cos(x/2) cos(x): one group of three beats the greedy
+    pair (grouping by printed string would make three groups of one, and the greedy pair would
+    win)."""
     derivatives = [
         X**2,
         X**2,

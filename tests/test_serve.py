@@ -108,8 +108,8 @@ def test_bad_requests_get_one_line_reasons_and_files_only_come_from_the_jobs_fol
             f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "hello there"}]}
         )
         assert chat.status_code == 400 and chat.json()["error"]["message"] == (
-            "no function of x could be read in 'hello there'; ask e.g. 'derivative of x^3', 'animate e^{-x^2}' "
-            "or 'f(x) = x^2 sin(x)'"
+            "no function of x could be read in 'hello there'; ask e.g. 'derivative of x^3', "
+            "'animate e^{-x^2}' or 'f(x) = x^2 sin(x)'"
         )
         bad = request(
             f"{url}/v1/chat/completions",
@@ -388,7 +388,8 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
             [name, "check ok"] for name in ("syntax", "structure", "executes", "math", "layout")
         ]
         assert page.locator(".layout-problem").count() == 0
-        # the status says what finally happened; the steps are words, each with its time; the log is folded away
+        # the status says what finally happened; the steps are words, each with its time; the
+        # log is folded away
         assert page.text_content("#status") == "Done: the model's scene passed every check"
         assert page.get_attribute("#status", "class") == "outcome done"
         steps = page.eval_on_selector_all("#steps li", "els => els.map(e => e.textContent)")
@@ -402,7 +403,8 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         page.wait_for_function("document.getElementById('video').currentTime > 0", timeout=30_000)
         assert "f(x) = x^2 sin(x)" in page.text_content("#code")
-        # the fifth check: a scene whose text runs off the frame passes the four, fails layout, says why
+        # the fifth check: a scene whose text runs off the frame passes the four, fails layout,
+        # says why
         page.fill("#function", "x^3")
         page.click("#go")
         page.wait_for_function(
@@ -422,7 +424,8 @@ def test_the_page_in_chromium_plays_the_video_shows_the_checks_and_the_parsers_m
         }
         assert "'offtheframe' reaches outside the frame" in page.text_content(".layout-problem")
         assert page.text_content("#status").startswith(
-            "Done: the model's scene is right and renders; its layout check failed: animation 1: 'offtheframe' reaches "
+            "Done: the model's scene is right and renders; its layout check failed: "
+            "animation 1: 'offtheframe' reaches "
         )
         # a job that fails: the status says so in one line, not the last step it reached
         page.fill("#function", "x^4")
@@ -495,7 +498,8 @@ def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_mode
             assert steps[-1].startswith("rendered the model's own scene's video in")
             assert page.text_content("#badge") == "Corrected"
             assert page.text_content("#summary").startswith(
-                "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with f'(x) = -1/x^2"
+                "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected "
+                "scene with f'(x) = -1/x^2"
             )
             assert "f'(x) = -1/x^2\n" in page.text_content("#code")
             checks = dict(
@@ -535,7 +539,8 @@ def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_mode
                 "f'(x) = -(-1/x^2)" in result["model"]["code"]
                 and result["model"]["checks"]["math"] is False
             )
-        # The API says which scene is shown and carries the model's own; repair: false is the raw try.
+        # The API says which scene is shown and carries the model's own; repair: false is the raw
+        # try.
         job = request(f"{url}/api/animate", {"function": "1/x", "repair": False}).json()["job"]
         deadline = time.monotonic() + 300
         while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in (
@@ -555,7 +560,8 @@ def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_mode
 
 
 class _Broken:
-    """Writes code that never parses, or (for sin(x)) fails outright: no try passes, nothing to correct."""
+    """Writes code that never parses, or (for sin(x)) fails outright: no try passes, nothing to
+    correct."""
 
     prompt_format = DEFAULT_FORMAT
 
@@ -602,7 +608,8 @@ def test_a_jobs_status_says_what_finally_happened_and_its_steps_read_as_words(
     tmp_path, micro_checkpoint, checks_without_renders
 ):
     """Done, Corrected or Failed, in one line, from the scene shown; never the last progress
-    message. The steps are words with times, not the CLI's check marks (those stay in `messages`)."""
+    message. The steps are words with times, not the CLI's check marks (those stay in
+    `messages`)."""
     for generator, function, kind, text in (
         (_Oracle(), "x^2 sin x", "done", "Done: the model's scene passed every check"),
         (
@@ -750,8 +757,9 @@ generate.SceneGenerator.generate = _oracle_for_the_page
 def test_a_load_test_gets_a_result_or_busy_for_every_request_and_leaves_nothing_behind(
     tmp_path, micro_checkpoint
 ):
-    """scripts/load_test.py, shrunk: a real `derivanim serve` process on loopback, 40 requests from 8
-    clients (API calls, and page jobs that render in the sandbox), a queue of one so bursts meet "busy"."""
+    """scripts/load_test.py, shrunk: a real `derivanim serve` process on loopback, 40 requests
+    from 8 clients (API calls, and page jobs that render in the sandbox), a queue of one so bursts
+    meet "busy"."""
     import os
     import subprocess
     import sys

@@ -116,7 +116,8 @@ def _evaluate(tmp_path, monkeypatch, model, functions: str, *overrides) -> dict:
     return evaluate.run_evaluation(cfg, tmp_path / "run")
 
 
-# One wrong first scene; 4 headers: one repeating its wrong f', one right, one naming another f, one right again.
+# One wrong first scene; 4 headers: one repeating its wrong f', one right, one naming another f,
+# one right again.
 X2 = {
     "first": {"x^2": _scene("x^2", "3x")},
     "headers": {
@@ -346,8 +347,9 @@ WRONG_1_OVER_X = {
 
 
 def test_the_evaluator_never_repairs_whatever_the_setting(tmp_path, monkeypatch, no_renders):
-    """It measures the model: with `generate.repair=true` its verified row for a wrong derivative is
-    the model's own failing scene, no service it builds may repair, and the true f' is never swapped in."""
+    """It measures the model: with `generate.repair=true` its verified row for a wrong derivative
+    is the model's own failing scene, no service it builds may repair, and the true f' is never
+    swapped in."""
     made = []
     real_init = GenerationService.__init__
 
@@ -429,7 +431,8 @@ def test_what_write_does_is_told_in_words_with_each_steps_time(no_renders):
         done[0],
     ), done[0]
     assert re.fullmatch(
-        r"sampled 4 other derivatives in \d+\.\d s: 2 are right; writing scenes from up to 2 of them, until one passes",
+        r"sampled 4 other derivatives in \d+\.\d s: 2 are right; "
+        r"writing scenes from up to 2 of them, until one passes",
         done[1],
     ), done[1]
     assert done[2].startswith("try 2 of 3: passed every check; written in ")
@@ -465,15 +468,15 @@ def test_what_write_does_is_told_in_words_with_each_steps_time(no_renders):
         (
             _scene("x^2"),
             [_header(_scene("x^2"))] * 6 + ["import manim\n", _header(_scene("x^3"))],
-            "the greedy header wins: 7 of 9 headers agree (greedy's and 8 sampled); 1 had no readable derivative, "
-            "1 named another f(x)",
+            "the greedy header wins: 7 of 9 headers agree (greedy's and 8 sampled); "
+            "1 had no readable derivative, 1 named another f(x)",
         ),
         # 2 agree on a wrong f' against greedy's one right: the vote says who wrote what
         (
             _scene("x^2"),
             [_header(_scene("x^2", "3x"))] * 2 + ["not a header"] * 2,
-            "sampled header 1 wins: 2 of 5 headers agree (greedy's and 4 sampled); 1 wrote another derivative, "
-            "2 had no readable derivative",
+            "sampled header 1 wins: 2 of 5 headers agree (greedy's and 4 sampled); "
+            "1 wrote another derivative, 2 had no readable derivative",
         ),
         (
             "broken(",

@@ -57,7 +57,8 @@ def test_lora_presets_and_model_learning_rates():
         compose_train("lora=default").lora.r == 64
         and compose_train("lora=default").lora.alpha == 128
     )
-    # every model fine-tunes with the original LoRA (r=64, alpha=128, dropout 0.05, every linear projection)
+    # every model fine-tunes with the original LoRA (r=64, alpha=128, dropout 0.05, every linear
+    # projection)
     assert compose_train().lora.enabled and not compose_train("lora=none").lora.enabled
     assert (
         compose_train().lora.target_modules == "all-linear" and compose_train().lora.dropout == 0.05
@@ -157,7 +158,8 @@ def test_mlflow_run_holds_params_metrics_and_model(tmp_path, micro_data):
     levels = {f"val/math_level{r.level}" for r in dataset.read_split(micro_data, "validation")}
     assert levels <= set(run.data.metrics)
     assert any(k.startswith("lora") for k in run.data.params)
-    # the merged checkpoint: an MLflow model of the run, registered, its prompt format in the metadata
+    # the merged checkpoint: an MLflow model of the run, registered, its prompt format in the
+    # metadata
     (logged,) = run.outputs.model_outputs
     (version,) = client.search_model_versions("name = 'derivanim-micro'")
     assert version.run_id == run_id and logged.model_id in version.source

@@ -286,7 +286,8 @@ def test_a_report_nested_deeper_than_its_cap_is_refused_before_parsing(tmp_path)
     work = host_work(tmp_path, deep, "untrusted.read_report(data)")
     within_budget(work)
     assert "report.json nests 500001 deep, over its 8 cap" in work["answer"]
-    text = b'{"a": "[[[\\"]]]", "c": "\\\\", "b": [[1]]}'  # brackets in strings, escaped quotes and backslashes
+    # brackets in strings, escaped quotes and backslashes
+    text = b'{"a": "[[[\\"]]]", "c": "\\\\", "b": [[1]]}'
     assert json.loads(text)["a"] == '[[["]]]' and untrusted.json_depth(text) == 3
 
 
@@ -295,7 +296,9 @@ def test_a_400_digit_integer_in_the_report_is_a_reason_not_an_overflow():
     import sympy as sp
 
     number = "9" * 400
-    data = f'{{"curves": [{{"x": [{number}, 1, 2], "y": [1, {number}, 4]}}], "layout": [{number}]}}'.encode()
+    data = (
+        f'{{"curves": [{{"x": [{number}, 1, 2], "y": [1, {number}, 4]}}], "layout": [{number}]}}'
+    ).encode()
     report, problem = untrusted.read_report(data)
     assert problem is None and report["curves"][0]["x"][0] == float("inf")
     curves = checks._reported_curves(report)

@@ -103,7 +103,8 @@ def _check_sampling_args(args) -> None:
         ),
         (
             args.self_consistency_temperature > 0,
-            f"--self-consistency-temperature must be above 0, got {args.self_consistency_temperature}",
+            "--self-consistency-temperature must be above 0, "
+            f"got {args.self_consistency_temperature}",
         ),
     ]
     for ok, message in rules:
@@ -377,8 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         const=g.self_consistency.k,
         default=g.self_consistency.k if g.self_consistency.vote else 0,
         metavar="K",
-        help=f"the first scene takes the math header most of K sampled headers agree on (no oracle; "
-        f"K: {g.self_consistency.k} if not given, also the headers verification samples)",
+        help="the first scene takes the math header most of K sampled headers agree on "
+        f"(no oracle; K: {g.self_consistency.k} if not given, also the headers verification "
+        "samples)",
     )
     p.add_argument(
         "--self-consistency-temperature",

@@ -100,7 +100,8 @@ def check_mlflow() -> tuple[bool, str]:
     except Exception as err:  # any failure of the store is what this row reports
         return (
             False,
-            f"{uri}: {str(err).splitlines()[0][:150]}; fix: check MLFLOW_TRACKING_URI or mlruns/ permissions",
+            f"{uri}: {str(err).splitlines()[0][:150]}; "
+            "fix: check MLFLOW_TRACKING_URI or mlruns/ permissions",
         )
     return True, f"{uri} ({count} experiments)"
 

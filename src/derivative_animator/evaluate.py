@@ -82,8 +82,8 @@ def benchmark_samples(name: str) -> list[Sample]:
             continue
         if analysed is None:
             print(
-                f"note: {item.id} ({item.source}) f(x) = {item.text} left out: the oracle cannot animate it "
-                "(constant, or never real and readable)",
+                f"note: {item.id} ({item.source}) f(x) = {item.text} left out: the oracle cannot "
+                "animate it (constant, or never real and readable)",
                 file=sys.stderr,
             )
             continue
@@ -246,8 +246,9 @@ def evaluate_and_report(cfg: DictConfig, run_dir: Path) -> int:
     failed = [row for row in results["rows"] if row["extra"].get("failed")]
     if failed:
         print(
-            f"error: {len(failed)} of {len(results['rows'])} rows could not be evaluated (the first: "
-            f"{failed[0]['function']!r}: {failed[0]['error']}); each row's error is in results.json",
+            f"error: {len(failed)} of {len(results['rows'])} rows could not be evaluated "
+            f"(the first: {failed[0]['function']!r}: {failed[0]['error']}); "
+            "each row's error is in results.json",
             file=sys.stderr,
         )
         return 1

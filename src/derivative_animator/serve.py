@@ -83,7 +83,8 @@ class ChatRequest(BaseModel):
 
 class AnimateRequest(BaseModel):
     function: str = Field(max_length=MAX_FUNCTION_CHARS)
-    # None: the server's setting (conf/generate `repair`, on by default); false: the model's try as it is.
+    # None: the server's setting (conf/generate `repair`, on by default); false: the model's try
+    # as it is.
     repair: bool | None = None
 
 
@@ -108,7 +109,8 @@ class Settings:
     model_dir: Path
     output_dir: Path
     queue_size: int = 4
-    # How scenes are written (token budget, tries, temperatures): conf/generate, as `derivanim generate`.
+    # How scenes are written (token budget, tries, temperatures): conf/generate, as
+    # `derivanim generate`.
     generation: GenerationSettings = field(default_factory=GenerationSettings.defaults)
     allow_unsandboxed: bool = False  # --unsafe-no-sandbox: the page renders without isolation
 
@@ -118,7 +120,8 @@ class Busy(Exception):
 
 
 def _busy() -> HTTPException:
-    """503 at once, with Retry-After: the openai client (and any polite one) waits and tries again."""
+    """503 at once, with Retry-After: the openai client (and any polite one) waits and tries
+    again."""
     return HTTPException(
         503, "busy: every queue slot is taken; try again in a moment", headers={"Retry-After": "1"}
     )
@@ -409,8 +412,9 @@ def _outcome(written, result, function: str) -> dict:
         return {
             "kind": "corrected",
             "text": (
-                f"Corrected: the model's derivative was wrong (it wrote {derivative_line(written.model_code)}); "
-                f"the corrected scene, with f'(x) = {derivative_line(written.code)}, is shown{layout}"
+                "Corrected: the model's derivative was wrong "
+                f"(it wrote {derivative_line(written.model_code)}); the corrected scene, "
+                f"with f'(x) = {derivative_line(written.code)}, is shown{layout}"
             ),
         }
     if layout:
@@ -542,7 +546,7 @@ $("form").addEventListener("submit", async e => {
   $("go").disabled = true; poll(s.job);
 });
 $("copy").addEventListener("click", () => navigator.clipboard.writeText($("code").textContent));
-</script></body></html>"""
+</script></body></html>"""  # noqa: E501
 
 
 def run(args) -> int:

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     higher_is_better = "loss" not in args.metric and "perplexity" not in args.metric
     ranked = sorted(rows, key=lambda row: -row[2] if higher_is_better else row[2])
     print(
-        f"sweep {sweep}: {args.metric}, best first\n\n| rank | lora r | epochs | {args.metric} | MLflow run |\n"
+        f"sweep {sweep}: {args.metric}, best first\n\n"
+        f"| rank | lora r | epochs | {args.metric} | MLflow run |\n"
         "|---|---|---|---|---|"
     )
     for place, (r, epochs, value, run_id) in enumerate(ranked, 1):

@@ -185,14 +185,16 @@ def model_tags(merged_dir: Path) -> dict[str, str]:
     tags["prompt_format"], tags["prompt_format_sha256"] = prompt_format.name, prompt_format.sha256
     trainer = config.get("trainer", {})
     tags["recipe"] = (
-        f"lr={optim['lr']} batch={optim['effective_batch_size']} epochs={trainer.get('max_epochs')} "
+        f"lr={optim['lr']} batch={optim['effective_batch_size']} "
+        f"epochs={trainer.get('max_epochs')} "
         f"full_scenes={config.get('full_scenes')} seed={config.get('seed')}"
     )
     return tags
 
 
 def describe_registered_model(client, name: str, version: str, merged_dir: Path) -> None:
-    """The registered model's description and tags (the newest version's), and each version's own."""
+    """The registered model's description and tags (the newest version's), and each version's
+    own."""
     tags = model_tags(merged_dir)
     method = (
         f"LoRA (r={tags['lora_r']}, alpha={tags['lora_alpha']})"
@@ -200,11 +202,16 @@ def describe_registered_model(client, name: str, version: str, merged_dir: Path)
         else "Full"
     )
     description = (
-        f"{method} fine-tune of {tags['base_model']} that writes a Manim scene animating a function's derivative. "
-        f"Trained on {tags['dataset']} (train.jsonl sha256 {tags.get('dataset_sha256', '?')[:12]}), which leaves out "
-        f"the benchmarks (sha256 {tags['benchmarks_sha256'][:12]}); prompt format {tags['prompt_format']} "
-        f"(sha256 {tags['prompt_format_sha256'][:12]}); recipe {tags['recipe']}. Each version is one training run; "
-        "its evaluations are child runs of that run, headline metrics test/math, textbook/math, random/math."
+        f"{method} fine-tune of {tags['base_model']} that writes a Manim scene animating a "
+        "function's derivative. "
+        f"Trained on {tags['dataset']} (train.jsonl sha256 "
+        f"{tags.get('dataset_sha256', '?')[:12]}), which leaves out "
+        f"the benchmarks (sha256 {tags['benchmarks_sha256'][:12]}); "
+        f"prompt format {tags['prompt_format']} "
+        f"(sha256 {tags['prompt_format_sha256'][:12]}); recipe {tags['recipe']}. "
+        "Each version is one training run; "
+        "its evaluations are child runs of that run, headline metrics test/math, textbook/math, "
+        "random/math."
     )
     client.update_registered_model(name, description=description)
     client.update_model_version(name, version, description=description)
@@ -241,7 +248,8 @@ def _training_run(model_dir) -> tuple[dict, object] | None:
 
 
 def checkpoint_name(model_dir: Path, client=None, run_id: str | None = None) -> str:
-    """The checkpoint's training run name, else its run directory's name (<run dir>/checkpoint/merged)."""
+    """The checkpoint's training run name, else its run directory's name
+    (<run dir>/checkpoint/merged)."""
     if client is not None and run_id:
         name = client.get_run(run_id).info.run_name
         if name:
@@ -366,7 +374,8 @@ def log_evaluation(results: dict, run_dir: Path, evaluation: str | None = None) 
 
     info, client = _training_run(results["model"])
     run_id = info["mlflow_run_id"]
-    # A benchmark's figures are its own (eval/textbook/finetuned/math); the test split's keep eval/...
+    # A benchmark's figures are its own (eval/textbook/finetuned/math); the test split's keep
+    # eval/...
     benchmark = results.get("benchmark")
     prefix = f"eval/{benchmark}" if benchmark else "eval"
     metrics = {

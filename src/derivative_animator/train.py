@@ -65,7 +65,8 @@ def _sweep_tags(cfg: DictConfig) -> dict[str, str]:
 
 
 def run_name(cfg: DictConfig, tags: dict[str, str] | None = None) -> str:
-    """`lora-r64-tiny-<date>` (`full-tiny-<date>` with LoRA off); a sweep's job adds `-j<number>`."""
+    """`lora-r64-tiny-<date>` (`full-tiny-<date>` with LoRA off); a sweep's job adds
+    `-j<number>`."""
     from derivative_animator import tracking
 
     tags = _sweep_tags(cfg) if tags is None else tags

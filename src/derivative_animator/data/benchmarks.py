@@ -1,13 +1,16 @@
 """The benchmarks the model is judged on beyond its own test split, which no training data touches.
 
 - `textbook`: derivative exercises transcribed from the exercise lists of open calculus
-  textbooks (benchmarks/textbook.tsv: function, book, section, exercise; card: benchmarks/README.md).
+  textbooks (benchmarks/textbook.tsv: function, book, section, exercise; card:
+  benchmarks/README.md).
 - `random`: functions of the expression-tree generator (`math/expression_trees.py`) drawn with
   a seed of their own (benchmarks/random.txt), frozen in the file so that later changes to the
-  generator leave the benchmark as it is: `python -m derivative_animator.data.benchmarks --write-random`.
+  generator leave the benchmark as it is:
+  `python -m derivative_animator.data.benchmarks --write-random`.
 
 `held_out_keys()` gives every benchmark function's canonical form: the dataset builder, the
-pretraining corpus and every practice generator leave these out (tests/test_benchmarks.py proves it).
+pretraining corpus and every practice generator leave these out (tests/test_benchmarks.py
+proves it).
 OpenStax's Calculus (and its copies) is an independent check kept outside the project: never here.
 """
 
@@ -128,8 +131,9 @@ def write_random(directory: Path = BENCHMARK_DIR) -> Path:
             continue
     functions = draw_random(exclude=frozenset(textbook))
     header = (
-        f"# The random benchmark: {len(functions)} functions of the expression-tree generator, seed "
-        f"{RANDOM_SEED!r},\n# each with at least {RANDOM_MIN_STEPS} rule applications, none of the "
+        f"# The random benchmark: {len(functions)} functions of the expression-tree generator, "
+        f"seed {RANDOM_SEED!r},\n# each with at least {RANDOM_MIN_STEPS} rule applications, "
+        "none of the "
         "textbook benchmark's.\n# Written by `python -m derivative_animator.data.benchmarks "
         "--write-random`; never trained on.\n"
     )
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_random()}")
     for name in FILES:
         print(
-            f"{name}: {len(items(name))} functions ({BENCHMARK_DIR / FILES[name]}); {composition(name)}"
+            f"{name}: {len(items(name))} functions ({BENCHMARK_DIR / FILES[name]}); "
+            f"{composition(name)}"
         )
     return 0
 

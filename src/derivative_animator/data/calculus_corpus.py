@@ -190,7 +190,8 @@ def header_document(typed: str, worked: str, request: str) -> str:
 
 
 def steps_document(typed: str, steps, held_out: set[str]) -> str:
-    """The rule steps, children before parents (held-out parts left out), then the whole derivative."""
+    """The rule steps, children before parents (held-out parts left out), then the whole
+    derivative."""
     lines = [f"# d/dx {typed}, rule by rule:"]
     lines += [
         f"#   {notation.typed(step.expr)}: {step.rule} -> {step.worked}"

@@ -84,8 +84,8 @@ class TokenizedSplit(Dataset):
         for record, example in zip(records, self.examples, strict=True):
             if len(example["input_ids"]) > max_length:
                 raise ValueError(
-                    f"sample {record.id} is {len(example['input_ids'])} tokens, over model.max_length="
-                    f"{max_length}; raise model.max_length or use shorter scenes"
+                    f"sample {record.id} is {len(example['input_ids'])} tokens, over "
+                    f"model.max_length={max_length}; raise model.max_length or use shorter scenes"
                 )
 
     def __len__(self) -> int:
@@ -211,7 +211,8 @@ class DerivativeDataModule(pl.LightningDataModule):
         super().__init__()
         if full_scenes is not None and full_scenes < 1:
             raise ValueError(
-                f"full_scenes must be at least 1 (or null: every train sample whole), got {full_scenes}"
+                "full_scenes must be at least 1 (or null: every train sample whole), "
+                f"got {full_scenes}"
             )
         self.full_scenes = full_scenes
         self.data_dir, self.tokenizer = data_dir, tokenizer

@@ -110,8 +110,8 @@ class DataConfig:
         bad_styles = set(self.styles) - set(scenes.STYLES)
         if not 0 <= float(self.tree_practice) <= 10:
             raise ValueError(
-                f"data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as many "
-                f"expression-tree functions again), got {self.tree_practice}"
+                "data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
+                f"many expression-tree functions again), got {self.tree_practice}"
             )
         if bad_styles or not self.styles:
             raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
@@ -229,7 +229,8 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
                 # models trained on more or fewer samples are scored on the same test set.
                 for split in reversed(SPLITS):
                     count = per_split[split][level]
-                    # Styles cycle within each (split, level) so every split sees every style evenly.
+                    # Styles cycle within each (split, level) so every split sees every style
+                    # evenly.
                     styles = [config.styles[(i + level) % len(config.styles)] for i in range(count)]
                     rng.shuffle(styles)
                     plan[split] += [
@@ -275,8 +276,9 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
 
 def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
     """`config.tree_functions` more train functions, drawn from expression trees rather than the
-    curriculum's shapes (every primitive, long sums and polynomials, depth three: math/expression_trees),
-    each one the dataset rule animates and none in `seen` (the splits so far and every benchmark)."""
+    curriculum's shapes (every primitive, long sums and polynomials, depth three:
+    math/expression_trees), each one the dataset rule animates and none in `seen` (the splits so
+    far and every benchmark)."""
     from itertools import islice
 
     from rich.progress import track
@@ -351,7 +353,8 @@ def _choose(
                 if failures >= MAX_TRIES:
                     raise ValueError(
                         f"could not find a new level-{level} function after {MAX_TRIES} tries: the "
-                        "requested dataset is larger than the curriculum's variety; lower data.sizes"
+                        "requested dataset is larger than the curriculum's variety; "
+                        "lower data.sizes"
                     )
                 continue
             seen.add(key)
@@ -484,8 +487,9 @@ def read_split(directory: str | Path, split: str) -> list[Record]:
         and json.loads(card_path.read_text()).get("benchmarks_sha256") != benchmarks.digest()
     ):
         raise ValueError(
-            f"{path.parent} was built before the benchmarks it must leave out (benchmarks/) changed: "
-            f"rebuild it with `make data` (python -m derivative_animator.dataset data.dir={directory})"
+            f"{path.parent} was built before the benchmarks it must leave out (benchmarks/) "
+            "changed: rebuild it with `make data` "
+            f"(python -m derivative_animator.dataset data.dir={directory})"
         )
     records = []
     with open(path) as handle:
@@ -525,7 +529,8 @@ def card(splits: dict[str, list[Record]], config: DataConfig, file_hashes: dict[
         "prompt_format": DEFAULT_FORMAT.to_dict(),
         "splits": {split: stats(records) for split, records in splits.items()},
         "files_sha256": file_hashes,
-        "benchmarks_sha256": benchmarks.digest(),  # what it leaves out; read_split refuses it once they change
+        # what it leaves out; read_split refuses it once they change
+        "benchmarks_sha256": benchmarks.digest(),
         "levels": {str(k): v for k, v in curriculum.LEVEL_NAMES.items()},
     }
 
@@ -541,7 +546,8 @@ def card_markdown(info: dict) -> str:
         ),
         "",
         f"- config sha256: `{info['config_sha256']}`",
-        f"- prompt format: `{info['prompt_format']['name']}` (sha256 `{info['prompt_format']['sha256']}`)",
+        f"- prompt format: `{info['prompt_format']['name']}` "
+        f"(sha256 `{info['prompt_format']['sha256']}`)",
         "",
         "| split | samples | "
         + " | ".join(f"L{k}" for k in info["levels"])

@@ -43,8 +43,9 @@ def template_scene(function: str, style: str) -> str:
     analysed = curriculum.analyse(parse_function(function), wider=True)
     if analysed is None:
         raise CannotAnimate(
-            f"cannot animate f(x) = {function}: it is constant, or f and f' are not real, finite and "
-            "readable together on any interval tried (centred between -100 and 100, 0.04 to 6 wide)"
+            f"cannot animate f(x) = {function}: it is constant, or f and f' are not real, "
+            "finite and readable together on any interval tried (centred between -100 and 100, "
+            "0.04 to 6 wide)"
         )
     return scenes.scene_code(
         analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style

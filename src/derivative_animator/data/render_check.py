@@ -19,7 +19,8 @@ from derivative_animator.render.sandbox_limits import SandboxLimits
 
 
 def render_all(records, mode: str = "dry_run", workers: int = 2, timeout_s: int = 120):
-    """Render and check every record's scene; returns [(record id, what failed)] for the failures."""
+    """Render and check every record's scene; returns [(record id, what failed)] for the
+    failures."""
     if mode not in ("dry_run", "ql"):
         raise ValueError(f"validate.mode must be dry_run or ql, not {mode!r}")
     render = checks.RenderOptions(

@@ -82,7 +82,7 @@ def formulas(*extra):
     parts[0].set_color(BLUE).to_edge(UP)
     parts[1].set_color(RED)
     return parts
-''')
+''')  # noqa: E501
 
 _BODIES = {
     "tangent": r"""
@@ -110,7 +110,7 @@ class TangentLineScene(Scene):
         derivative_tex.next_to(title, DOWN)
         self.play(Create(derivative), Write(derivative_tex))
         self.wait(1)
-""",
+""",  # noqa: E501
     "secant": r"""
 
 class SecantLimitScene(Scene):
@@ -200,7 +200,7 @@ class RuleStepsScene(Scene):
         self.play(Create(grid), Create(graph), FadeIn(f_label, df_label))
         self.play(Create(derivative), run_time=1.5)
         self.wait(1)
-""",
+""",  # noqa: E501
 }
 
 

@@ -49,8 +49,8 @@ class Run:
 
     @property
     def service(self) -> GenerationService:
-        """The fine-tuned checkpoint under the evaluation's generation settings, loaded on first use;
-        its checks run on the evaluator's own sandboxes."""
+        """The fine-tuned checkpoint under the evaluation's generation settings, loaded on first
+        use; its checks run on the evaluator's own sandboxes."""
         if self._service is None:
             from derivative_animator.model.generate import SceneGenerator
 
@@ -70,7 +70,8 @@ class Run:
         if self._scenes_per_sample:
             if count > self._scenes_per_sample:
                 raise RuntimeError(
-                    f"{count} fine-tuned scenes a function asked after {self._scenes_per_sample} were written"
+                    f"{count} fine-tuned scenes a function asked after "
+                    f"{self._scenes_per_sample} were written"
                 )
             return self._scenes
         start, self._scenes_per_sample = time.perf_counter(), count
@@ -190,7 +191,8 @@ class Base(Baseline):
 
 
 def base_generator(model_dir: Path, bracket_guard: bool):
-    """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt format."""
+    """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt
+    format."""
     from derivative_animator.data.prompt import PromptFormat
     from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.finetune import load_base

@@ -113,7 +113,8 @@ def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
 def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
     """One scene: its checks (failing ones red), the video (last frame as poster), the code."""
     marks = " ".join(
-        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">{k}</span>'
+        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">'
+        f"{k}</span>"
         for k in REPORTED
     )
     fails = " ".join(k for k in REPORTED if row.get(k) is False)
@@ -125,7 +126,8 @@ def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
         if (run_dir / movie).is_file():
             media = (
                 f'<video controls muted preload="metadata" poster="{poster}">'
-                f'<source src="{_relative(run_dir, report_dir, str(movie))}" type="video/mp4"></video>'
+                f'<source src="{_relative(run_dir, report_dir, str(movie))}" type="video/mp4">'
+                "</video>"
             )
         else:
             media = f'<img src="{poster}" loading="lazy">'
@@ -134,8 +136,10 @@ def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
     error += "".join(f'<p class="error">layout: {html.escape(p)}</p>' for p in problems[:5])
     attempt = f" · attempt {row['attempts_tried']}" if row["baseline"] == "verified" else ""
     return (
-        f'<figure class="card {"pass" if row["passed"] else "fail"}" data-baseline="{html.escape(row["baseline"])}" '
-        f'data-fails="{fails}"><figcaption><b>{BASELINE_NAMES.get(row["baseline"], row["baseline"])}</b> · '
+        f'<figure class="card {"pass" if row["passed"] else "fail"}" '
+        f'data-baseline="{html.escape(row["baseline"])}" '
+        f'data-fails="{fails}"><figcaption>'
+        f"<b>{BASELINE_NAMES.get(row['baseline'], row['baseline'])}</b> · "
         f"{row['generation_s']:.2f} s{attempt}<br>{marks}</figcaption>{media}{error}"
         f"<details><summary>code</summary><pre>{code}</pre></details></figure>"
     )
@@ -158,7 +162,7 @@ function apply() {
 }
 document.querySelectorAll('select, .baseline-toggle').forEach(e => e.addEventListener('change', apply));
 apply();
-"""
+"""  # noqa: E501
 
 
 def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
@@ -166,7 +170,8 @@ def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
     by level, by failing check and by baseline."""
     style = (
         "body{font-family:sans-serif;margin:2em;background:#fafafa}"
-        ".function{background:#fff;border-radius:8px;padding:.5em 1em 1em;margin:1em 0;box-shadow:0 1px 3px #0002}"
+        ".function{background:#fff;border-radius:8px;padding:.5em 1em 1em;margin:1em 0;"
+        "box-shadow:0 1px 3px #0002}"
         ".scenes{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:1em}"
         ".card{margin:0;padding:.5em;border-radius:6px;background:#fcfcfc}"
         ".card.fail{border-left:4px solid #c33}.card.pass{border-left:4px solid #3a3}"
@@ -207,7 +212,8 @@ def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
         + f'</select> {toggles} · <span id="count"></span> functions</div>'
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>DerivativeAnimator evaluation</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>DerivativeAnimator evaluation</title>"
         f"<style>{style}</style></head><body><h1>DerivativeAnimator evaluation</h1>"
         f"<p>model: {html.escape(str(results['model']))} · {results['samples']} functions</p>"
         f"{table}{filters}{''.join(sections)}<script>{_FILTER_SCRIPT}</script></body></html>"

@@ -37,7 +37,8 @@ from derivative_animator.eval.verify import Try, Verification, first_passing
 from derivative_animator.model.settings import GenerationSettings
 
 Say = Callable[[str], None]
-KEPT_HEADER_SETS = 256  # functions whose sampled headers are kept (a few KB each): the vote and verification share them
+# functions whose sampled headers are kept (a few KB each): the vote and verification share them
+KEPT_HEADER_SETS = 256
 _ORDINALS = (
     "first",
     "second",
@@ -192,7 +193,8 @@ class Written:
     code: str
     result: object  # the shown scene's CheckResult
     verified: Verified
-    shown: str = MODEL  # MODEL: the model's own try; CORRECTED: that scene with the true derivative swapped in
+    # MODEL: the model's own try; CORRECTED: that scene with the true derivative swapped in
+    shown: str = MODEL
     model_code: str | None = None  # the model's own kept try (None: the same as `code`)
     model_result: object = None
     summary: str = ""
@@ -430,7 +432,8 @@ class GenerationService:
             for n, header in enumerate(distinct, 1):
                 verified.completed = n
                 steps.doing(
-                    f"try {n + 1} of {attempts}: writing the scene from a right sampled derivative, "
+                    f"try {n + 1} of {attempts}: writing the scene from a right sampled "
+                    "derivative, "
                     f"f'(x) = {derivative_line(header)}"
                 )
                 yield self.complete(function, header, n)
@@ -528,7 +531,8 @@ class GenerationService:
             tried.add(repaired)
             wrote, true = derivative_line(attempt.generation.code), derivative_line(repaired)
             steps.doing(
-                f"correcting try {attempt.attempt}: its scene with the true f'(x) = {true}, checked again"
+                f"correcting try {attempt.attempt}: its scene with the true f'(x) = {true}, "
+                "checked again"
             )
             start = time.perf_counter()
             result = self.check(repaired, function)
@@ -538,13 +542,15 @@ class GenerationService:
             )
             steps.done(
                 f"the corrected scene of try {attempt.attempt} (f'(x) = {true}): "
-                f"{verdict(result, repaired, function)}; checked in {time.perf_counter() - start:.1f} s"
+                f"{verdict(result, repaired, function)}; "
+                f"checked in {time.perf_counter() - start:.1f} s"
             )
             if result.passed:
                 layout = "" if result.layout is not False else "; its layout check failed"
                 summary = (
-                    f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected scene with "
-                    f"f'(x) = {true}, which passed every check{layout}; the model's own scene is kept"
+                    f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected "
+                    f"scene with f'(x) = {true}, which passed every check{layout}; the model's "
+                    "own scene is kept"
                 )
                 return Written(
                     repaired,
@@ -560,8 +566,9 @@ class GenerationService:
             return None
         wrote, true, why = failed
         summary = (
-            f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with f'(x) = {true} "
-            f"failed a check too ({why}); shown: the model's scene, which did not pass every check"
+            f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with "
+            f"f'(x) = {true} failed a check too ({why}); shown: the model's scene, which did not "
+            "pass every check"
         )
         return Written(kept.generation.code, kept.result, verified, summary=summary)
 
@@ -586,9 +593,13 @@ def _sampled_words(verified: Verified, completing: int) -> str:
 def _attempt_line(tried: Try) -> str:
     gen, result = tried.generation, tried.result
     if result is None:
-        return f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong ({gen.seconds:.2f} s)"
+        return (
+            f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong "
+            f"({gen.seconds:.2f} s)"
+        )
     return (
-        f"attempt {tried.attempt}: {marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
+        f"attempt {tried.attempt}: {marks(result)} "
+        f"({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
         + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
         + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "")
         + ")"

@@ -49,7 +49,8 @@ class RenderSettings:
 
     @classmethod
     def from_config(cls, render: Mapping) -> RenderSettings:
-        """From the composed `eval.render` group; a key missing from it or unknown here is an error."""
+        """From the composed `eval.render` group; a key missing from it or unknown here is an
+        error."""
         return cls(**plain(render))
 
 
@@ -81,7 +82,8 @@ class EvaluationSettings:
             not str(self.generation_threads).isdigit() or int(self.generation_threads) < 1
         ):
             raise ValueError(
-                f"eval.generation_threads must be auto or a positive number, got {self.generation_threads}"
+                "eval.generation_threads must be auto or a positive number, "
+                f"got {self.generation_threads}"
             )
 
     @classmethod

@@ -77,7 +77,8 @@ WIDER_HALF_WIDTHS = (3.0, 2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 WIDER_MAX_ABS_VALUE = 1e4
 WIDER_MIN_RELATIVE_VARIATION = 0.01
 GRID_POINTS = 1201
-POLE_VALUE = 1e12  # |f| or |f'| this large at a grid point is a pole there: tan(pi/2) = 1.6e16 in floating point
+# |f| or |f'| this large at a grid point is a pole there: tan(pi/2) = 1.6e16 in floating point
+POLE_VALUE = 1e12
 # A pole's spike must not set the y-range: an interval whose full range of f or f' is more than
 # SPIKE_RATIO times the range of its middle 90% is taken only if no other interval is readable.
 SPIKE_RATIO = 3.0

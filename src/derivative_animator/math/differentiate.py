@@ -95,7 +95,8 @@ def differentiate(expr: sp.Expr) -> tuple[sp.Expr, list[Step]]:
 
 def true_derivative(expr: sp.Expr) -> sp.Expr:
     """sympy's d/dx, on the real line where it matters: x is a plain symbol, so sympy.diff of
-    |u| would answer with re(u) and im(u), which numpy cannot evaluate; with x real it is sign(u) u'."""
+    |u| would answer with re(u) and im(u), which numpy cannot evaluate; with x real it is
+    sign(u) u'."""
     if not expr.has(sp.Abs):
         return sp.diff(expr, X)
     real = sp.Symbol("x", real=True)

@@ -1,4 +1,5 @@
-"""Random functions over expression trees: the space of what people type, not the curriculum's shapes.
+"""Random functions over expression trees: the space of what people type, not the curriculum's
+shapes.
 
 The curriculum (`curriculum.candidate`) draws a few fixed shapes per level. This generator
 draws trees instead: leaves are x, linear and polynomial inner functions; inner nodes are

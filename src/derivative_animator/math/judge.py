@@ -128,7 +128,8 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
             return (
                 False,
                 None,
-                f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}",
+                f"the code animates f(x) = {notation.typed(written)}, "
+                f"not {notation.typed(function)}",
             )
 
     same, method = expressions_equal(claimed, exact, x_range)
@@ -146,8 +147,8 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
             False,
             method,
             (
-                f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one where f and f' "
-                "are both defined: the curves would be missing there"
+                f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one "
+                "where f and f' are both defined: the curves would be missing there"
             ),
         )
     return True, method, None
@@ -181,7 +182,8 @@ def header_math_is_right(header: str, function: sp.Expr) -> bool:
 
 
 def header_judge(function: str) -> Callable[[str], bool]:
-    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)` takes."""
+    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)`
+    takes."""
     target = parse_function(function)
     return lambda header: header_math_is_right(header, target)
 

@@ -14,7 +14,7 @@ Grammar, loosest binding first ("juxtaposed" = implicit multiplication, as in 3x
     postfix    := primary superscript?                        x², x⁻¹, e⁻ˣ
     primary    := number | x | e | pi | "√" unary-power | bracket | "|" expression "|" | function
     function   := name ("^" exponent | superscript)? (bracket | bars | bare-argument)
-    name       := sin | ... | arcsec | cbrt | log | log_b      log_b: log_2, log_10, log_{2}, log_(3)
+    name       := sin | ... | arcsec | cbrt | log | log_b    log_b: log_2, log_10, log_{2}, log_(3)
 
 Decisions a reader might not guess:
   * power binds tighter than implicit multiplication: 3x^2 = 3·x², e^2x = e²·x (write e^(2x)).
@@ -26,8 +26,9 @@ Decisions a reader might not guess:
     and a function as the first factor nests: sin cos x = sin(cos(x)).
   * a power on a function name powers its value (cos²x = cos(x)², sin^2 x = sin(x)²), except
     ^-1 or ^(-1), which is the inverse function (sin⁻¹x = asin(x), sec^(-1)(x) = asec(x)).
-  * log_b with a number b (positive, not 1) is the log to base b: log_2 x, log_{10}(x), log_(3)(x+1);
-    log2(x) and log10(x) too (only with a bracket: log 2x = ln(2x)); ln and log are base e.
+  * log_b with a number b (positive, not 1) is the log to base b: log_2 x, log_{10}(x),
+    log_(3)(x+1); log2(x) and log10(x) too (only with a bracket: log 2x = ln(2x)); ln and log
+    are base e.
   * |...| is the absolute value (abs(...)). A "|" opens a new pair unless it follows a value
     (a number, x, a closing bracket, ...) while the innermost open bracket is a "|", in which
     case it closes that one: x|x| = x·|x|, ||x| - 1| = abs(abs(x) - 1). Bars that open right
@@ -138,7 +139,8 @@ _BRACKET_PAIRS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {**_BRACKET_PAIRS, "|": "|"}  # "|" both opens and closes an absolute value
 _SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺ˣ", "0123456789-+x", strict=True))
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
-# The base of log_b: a number, bare or in one pair of brackets: log_2, log_10, log_{2}, log_(3), log_[2].
+# The base of log_b: a number, bare or in one pair of brackets: log_2, log_10, log_{2}, log_(3),
+# log_[2].
 _BASE_DIGITS = r"(?:[0-9]|\.[0-9])[0-9.]*"  # read by _number, which rejects a second "."
 _LOG_BASE = re.compile(
     rf"_\s*(?:\(\s*(?P<a>{_BASE_DIGITS})\s*\)|\{{\s*(?P<b>{_BASE_DIGITS})\s*\}}"
@@ -241,7 +243,8 @@ def _number(text: str, i: int) -> Token:
 
 
 def _split_letters(word: str) -> tuple[list[str], int | None]:
-    """Split glued letters greedily by the longest known name; also return where it failed, or None."""
+    """Split glued letters greedily by the longest known name; also return where it failed, or
+    None."""
     pieces, k = [], 0
     while k < len(word):
         name = next((n for n in _LETTER_NAMES if word.startswith(n, k)), None)
@@ -335,7 +338,10 @@ def _superscript(text: str, i: int) -> Token:
 def _bad_character(text: str, i: int) -> ParseError:
     ch, position = text[i], i + 1
     hints = {
-        "=": "only a leading 'f(x) =' or 'y =' may use '='; write just the right-hand side, e.g. x^2 + 1",
+        "=": (
+            "only a leading 'f(x) =' or 'y =' may use '='; write just the right-hand side, "
+            "e.g. x^2 + 1"
+        ),
         ".": "use '.' only as a decimal point, as in 0.5",
         "_": "'_' only writes a log base, as in log_2(x)",
     }
@@ -357,8 +363,8 @@ def _bars_hint(tokens: list[Token], bars: list[Token]) -> str:
     )
     if closed_before and opened_after_value:
         return (
-            "; a '|' right after a value closes the innermost open bar, so write bars inside bars with "
-            "abs(), as in abs(x abs(x)) for |x|x||"
+            "; a '|' right after a value closes the innermost open bar, so write bars inside "
+            "bars with abs(), as in abs(x abs(x)) for |x|x||"
         )
     return ", or write abs(...), as in abs(x)"
 
@@ -677,7 +683,8 @@ class _Parser:
         return self.checked(sympy.Pow(base, exponent), start)
 
     def checked(self, value: sympy.Expr, start: int) -> sympy.Expr:
-        """Reject values that are undefined (1/0, log(0)), not real (sqrt(-1)) or hold huge numbers."""
+        """Reject values that are undefined (1/0, log(0)), not real (sqrt(-1)) or hold huge
+        numbers."""
         where = f"{self.span(start)!r} at position {start + 1}"
         if value.has(
             sympy.S.NaN, sympy.S.ComplexInfinity, sympy.S.Infinity, sympy.S.NegativeInfinity

@@ -28,7 +28,8 @@ def collect_corpus(packages: tuple[str, ...], max_chars: int) -> list[tuple[str,
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(
-                f"corpus package {package!r} is not installed; remove it from model.build.corpus_packages"
+                f"corpus package {package!r} is not installed; remove it from "
+                "model.build.corpus_packages"
             )
         root = Path(next(iter(spec.submodule_search_locations)))
         for path in sorted(root.rglob("*.py")):

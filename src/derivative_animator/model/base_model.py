@@ -61,7 +61,9 @@ class BaseModelConfig:
     bf16: bool | str  # auto: only where the CPU computes bf16 fast
     threads: int  # 0: torch's default
     checkpoint_every: int  # steps between resumable checkpoints
-    snapshot_every: int  # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality curve
+    # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality
+    # curve
+    snapshot_every: int
     publish_dir: str | None  # where the finished model is shipped, with its card
 
     def __post_init__(self):

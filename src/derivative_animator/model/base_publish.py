@@ -104,4 +104,4 @@ seed and threads; the config hash of this build is `{info["config_sha256"][:16]}
 | file | sha256 |
 |---|---|
 {sha_lines}
-"""
+"""  # noqa: E501

@@ -35,7 +35,8 @@ class CopyCircuitLayout:
         if num_layers < 2 or num_heads < 2 or match < 8 or hidden_size < reserved + 32:
             raise ValueError(
                 "model.build.copy_circuit needs 2+ layers, 2+ heads of 36+ dimensions and room for "
-                f"{reserved + 32} hidden dimensions; set model.build.copy_circuit=false for smaller models"
+                f"{reserved + 32} hidden dimensions; set model.build.copy_circuit=false for "
+                "smaller models"
             )
         previous = range(content, content + match)
         before = range(previous.stop, previous.stop + match)

@@ -74,7 +74,8 @@ def load_base(settings: ModelSettings):
     elif not _in_hf_cache(source) and not _hub_reachable():
         raise ModelLoadError(
             f"cannot load model '{source}': it is not in the local Hugging Face cache and the hub "
-            f"is unreachable. Download it where there is network (`huggingface-cli download {source}`), "
+            "is unreachable. Download it where there is network "
+            f"(`huggingface-cli download {source}`), "
             f"copy it here, then pass model.pretrained=/path/to/local/copy"
         )
     try:

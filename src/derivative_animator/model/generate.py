@@ -101,8 +101,8 @@ class SceneGenerator:
         checkpoint = paths.resolve(directory)
         if not (checkpoint / "config.json").is_file():
             raise FileNotFoundError(
-                f"{checkpoint} is not a model checkpoint (no config.json); pass the merged dir of a "
-                "training run, e.g. outputs/train/<run>/checkpoint/merged"
+                f"{checkpoint} is not a model checkpoint (no config.json); pass the merged dir "
+                "of a training run, e.g. outputs/train/<run>/checkpoint/merged"
             )
         stored = PromptFormat.load(checkpoint)  # raises when the checkpoint carries none
         if not allow_prompt_mismatch:
@@ -137,8 +137,9 @@ class SceneGenerator:
         prefix: str = "",
     ) -> Generation:
         """One scene (or, given `prompt`, the continuation of that raw prompt text: the
-        OpenAI completions API; `function` then only labels the result). temperature 0 is greedy (with speculation); above 0 samples, and may
-        sample a line again up to `syntax_rollbacks` times when it breaks the syntax.
+        OpenAI completions API; `function` then only labels the result). temperature 0 is
+        greedy (with speculation); above 0 samples, and may sample a line again up to
+        `syntax_rollbacks` times when it breaks the syntax.
         `accept_header`, given the math header once it is written, may stop the scene there
         (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong.
         `prefix`: the scene's start, already written (a sampled math header): the model goes on
@@ -159,7 +160,8 @@ class SceneGenerator:
         cache, cache_argument = DynamicCache(), _cache_argument(self.model)
 
         def forward(tokens: list[int]) -> torch.Tensor:
-            """Logits after each of `tokens`, fed after what the cache holds (then holding them too)."""
+            """Logits after each of `tokens`, fed after what the cache holds (then holding them
+            too)."""
             return self.model(
                 input_ids=torch.tensor([tokens], device=device),
                 use_cache=True,

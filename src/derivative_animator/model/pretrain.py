@@ -81,7 +81,8 @@ def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
 
 
 def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) -> BuildReport:
-    """Pretrain (or continue pretraining) the base model described by `config`; see the module doc."""
+    """Pretrain (or continue pretraining) the base model described by `config`; see the module
+    doc."""
     from rich.progress import Progress
     from transformers import get_cosine_schedule_with_warmup
 
@@ -89,7 +90,8 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
 
     out = paths.resolve(config.output_dir)
     info_path = out / BUILD_INFO
-    # A build is current for its recipe and for what its corpus left out (splits and benchmarks change).
+    # A build is current for its recipe and for what its corpus left out (splits and benchmarks
+    # change).
     held_out = held_out_sha256(config)
     if (
         not force
@@ -277,8 +279,10 @@ def main(cfg) -> int:
     else:
         console.print(
             f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
-            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), {report.trained_tokens:,} trained, "
-            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, copies {report.copy_accuracy:.0%} of "
+            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), "
+            f"{report.trained_tokens:,} trained, "
+            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, "
+            f"copies {report.copy_accuracy:.0%} of "
             f"repeated spans, {report.tokens_per_second:.0f} tokens/s, {report.seconds:.0f} s"
         )
     if config.publish_dir:

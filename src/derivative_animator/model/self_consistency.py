@@ -47,7 +47,8 @@ class Vote:
 
     def said(self) -> str:
         """Who agreed, out of every header read, and what became of the others: "7 of 9 headers
-        agree (greedy's and 8 sampled); 1 wrote another derivative, 1 had no readable derivative"."""
+        agree (greedy's and 8 sampled); 1 wrote another derivative, 1 had no readable
+        derivative"."""
         total = self.headers or self.voters
         said = (
             f"{self.group_size} of {total} headers agree"
@@ -65,7 +66,8 @@ class Vote:
 
 @lru_cache(maxsize=64)
 def _tree(header: str) -> ast.Module | None:
-    """A header parsed once for both readers (`header_derivative`, `drawable`); None if it cannot be."""
+    """A header parsed once for both readers (`header_derivative`, `drawable`); None if it cannot
+    be."""
     try:
         return parse_code(header + "\n")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -147,7 +149,8 @@ def sample_headers(
     generator, function: str, k: int, temperature: float, top_p: float, seed: int
 ) -> list[str]:
     """k math headers in one batch, each cut where it ends (a row that never ends one cannot
-    parse as one). One batch of k rows: on a CPU a forward pass costs about the same for 1 row or 8."""
+    parse as one). One batch of k rows: on a CPU a forward pass costs about the same for 1 row or
+    8."""
     return [
         sample.code
         for sample in generator.generate_batch(

@@ -43,9 +43,12 @@ class Sampling:
 
 @dataclass(frozen=True)
 class SelfConsistencySettings:
-    k: int  # math headers sampled in one batch: self-consistency's voters, verification's candidates
+    # math headers sampled in one batch: self-consistency's voters, verification's candidates
+    k: int
     temperature: float
-    vote: bool  # the first scene takes the header most samples agree on (derivanim generate --self-consistency)
+    # the first scene takes the header most samples agree on (derivanim generate
+    # --self-consistency)
+    vote: bool
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,9 @@ class ModelSettings:
 
     @classmethod
     def from_config(cls, model: Mapping) -> ModelSettings:
-        """From the composed `model` group, or a checkpoint's saved copy of it (derivanim_config.json):
-        its own keys, each required; the group's others are left to their readers."""
+        """From the composed `model` group, or a checkpoint's saved copy of it
+        (derivanim_config.json): its own keys, each required; the group's others are left to
+        their readers."""
         values = plain(model)
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:

@@ -264,7 +264,8 @@ def _judge_reply(
         movie_problem = f"the movie is {refused['movie.mp4']}"
     if not movie_problem:
         movie_problem = (
-            f"the render's report cannot be read, so no animation is known to have run: {report_problem}"
+            "the render's report cannot be read, so no animation is known to have run: "
+            f"{report_problem}"
             if report_problem
             else movie_plays_problem(movie, plays, rate)
         )

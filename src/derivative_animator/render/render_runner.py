@@ -139,7 +139,8 @@ def sampled_curves(plotted: list) -> list[dict]:
 LAYOUT_MARGIN = 0.05  # frame units a text may reach past the edge (anti-aliasing, stroke width)
 OVERLAP_SHARE = 0.15  # two texts overlap when the intersection covers this share of the smaller
 CURVE_VISIBLE_SHARE = 0.6  # of a plotted curve's points inside its axes' y-range
-CURVE_FLAT_SHARE = 0.12  # a varying curve spanning less of its axes' height reads as a flat line (1/x beside -1/x^2: 12%)
+# a varying curve spanning less of its axes' height reads as a flat line (1/x beside -1/x^2: 12%)
+CURVE_FLAT_SHARE = 0.12
 
 
 def _is_text(mobject) -> bool:
@@ -176,7 +177,8 @@ def _texts(mobjects) -> list:
 
 
 def _visible(mobject) -> bool:
-    """Anything of it drawn: a glyph with some fill or stroke (a MathTex's own opacity is its parts')."""
+    """Anything of it drawn: a glyph with some fill or stroke (a MathTex's own opacity is its
+    parts')."""
     return any(
         m.get_fill_opacity() > 0.05 or (m.get_stroke_opacity() > 0.05 and m.get_stroke_width() > 0)
         for m in mobject.family_members_with_points()

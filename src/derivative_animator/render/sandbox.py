@@ -212,7 +212,10 @@ class PythonSandbox:
     def _killed_by(self, number: int, oom_before: int) -> str:
         """What a signal that ended the job means here."""
         if number == signal.SIGSYS:
-            return "killed by the seccomp filter (SIGSYS: a system call of another architecture or ABI)"
+            return (
+                "killed by the seccomp filter (SIGSYS: a system call of another architecture or "
+                "ABI)"
+            )
         if (
             number == signal.SIGKILL
             and self._cgroup is not None
@@ -237,7 +240,8 @@ class PythonSandbox:
         )
 
     def _what_happened(self, problem: Exception, oom_before: int, seconds: float) -> str:
-        """Why no reply came: the server died (over memory?), hung, or sent what the host refuses."""
+        """Why no reply came: the server died (over memory?), hung, or sent what the host
+        refuses."""
         if getattr(problem, "hung", False):
             return (
                 f"the sandbox server did not answer within {self.limits.timeout_s + 60:g} s "

@@ -21,10 +21,14 @@ from pathlib import Path
 from derivative_animator.render.sandbox_limits import SandboxLimits, clean_environment
 
 JOB_DIR = "/job"  # the job's work dir inside the sandbox: a tmpfs
-OUTPUT_DIR = "/output"  # its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
+# its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
+OUTPUT_DIR = "/output"
 SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace
 SHM_MB = 64
-FIX = "apt-get install bubblewrap (and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1)"
+FIX = (
+    "apt-get install bubblewrap "
+    "(and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1)"
+)
 
 # Refused with EPERM inside the sandbox: nothing a render needs, everything an escape would.
 DENIED_SYSCALLS = (
@@ -87,7 +91,8 @@ DENIED_SYSCALLS = (
     "mq_notify",
     "mq_getsetattr",
 )
-# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME: clone may not make namespaces.
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME: clone may not make
+# namespaces.
 CLONE_NAMESPACE_FLAGS = (
     0x00020000,
     0x02000000,
@@ -141,8 +146,9 @@ def probe() -> Isolation:
                 None
                 if unprivileged
                 else (
-                    "cannot drop to an unprivileged user (no user namespaces): scenes run as root without "
-                    "capabilities; fix: allow user namespaces (sysctl user.max_user_namespaces=10000)"
+                    "cannot drop to an unprivileged user (no user namespaces): scenes run as "
+                    "root without capabilities; fix: allow user namespaces "
+                    "(sysctl user.max_user_namespaces=10000)"
                 )
             )
             return Isolation(bwrap, unprivileged, problem)
@@ -150,7 +156,8 @@ def probe() -> Isolation:
     return Isolation(
         None,
         False,
-        f"bubblewrap cannot make a sandbox here ({reason[-1] if reason else 'no reason given'}); fix: {FIX}",
+        "bubblewrap cannot make a sandbox here "
+        f"({reason[-1] if reason else 'no reason given'}); fix: {FIX}",
     )
 
 

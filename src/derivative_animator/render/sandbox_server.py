@@ -2,7 +2,8 @@
 
 `sandbox.PythonSandbox` starts it as PID 1 of a bubblewrap sandbox (`sandbox_launch.py`):
 
-    python -m derivative_animator.render.sandbox_server --serve JOB_DIR OUTPUT_DIR [--unsafe] [PRELOAD ...]
+    python -m derivative_animator.render.sandbox_server --serve JOB_DIR OUTPUT_DIR
+        [--unsafe] [PRELOAD ...]
 
 It imports the PRELOAD modules once, then reads one JSON job a line from stdin, forks a child
 that becomes `python ARGS` in JOB_DIR, and answers one JSON line and the asked files' bytes on
@@ -282,7 +283,10 @@ def empty_dir(root: Path, keep: frozenset[str] = frozenset()) -> list[str]:
         return len(path) < keep_depth and "/".join([*path, name]) in keep
 
     def where(name: str) -> str:
-        return f"{root}/{'/'.join(path[:3])}{'/...' if len(path) > 3 else ''}{'/' if path else ''}{name}"
+        return (
+            f"{root}/{'/'.join(path[:3])}{'/...' if len(path) > 3 else ''}"
+            f"{'/' if path else ''}{name}"
+        )
 
     try:
         try:

@@ -1,4 +1,5 @@
-"""Everything the sandbox sends back is hostile on the host: the budget, and the readers that keep to it.
+"""Everything the sandbox sends back is hostile on the host: the budget, and the readers that
+keep to it.
 
 A job controls every byte of its reply: the movie, the last frame, report.json, its output.
 The host reads them within one fixed budget per reply, checking each cap *before* the work
@@ -326,13 +327,15 @@ def watch_movie(
             if stream.frames > most_frames:
                 return (
                     None,
-                    f"the movie declares {stream.frames:,} frames; at most {most_frames:,} are read",
+                    f"the movie declares {stream.frames:,} frames; "
+                    f"at most {most_frames:,} are read",
                 )
             for frame in container.decode(stream):
                 if size is not None and (frame.width, frame.height) != tuple(size):
                     return (
                         None,
-                        f"a frame of the movie is {frame.width}x{frame.height}, not {size[0]}x{size[1]}",
+                        f"a frame of the movie is {frame.width}x{frame.height}, "
+                        f"not {size[0]}x{size[1]}",
                     )
                 if seen.frames in wanted:
                     seen.kept[seen.frames] = frame.to_ndarray(format="rgb24")
