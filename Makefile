@@ -1,4 +1,4 @@
-# DerivativeAnimator. `make all` runs the main job end to end; `make test` runs the tests.
+# DerivativeAnimator. `make all` runs the main job end to end; `make test` lints, then runs the tests.
 # Every target sets up what it needs first (scripts/setup.sh is idempotent and fast when done).
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -74,7 +74,7 @@ doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
 benchmark: $(SETUP) ## the README's figures: data build, training throughput, generation latency
 	$(PY) scripts/benchmark.py $(ARGS)
 
-test: $(SETUP) ## the test suite: fast tests; under CI (CI set) the slow ones too (about a minute more)
+test: $(SETUP) lint ## lint, then the test suite: fast tests; under CI (CI set) the slow ones too (about a minute more)
 	$(PY) -m pytest $(if $(CI),-m "slow or not slow") $(ARGS)
 
 mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, decoding, datamodule, the evaluation engine and metrics, train: ARGS='"derivative_animator.data.prompt*"'
@@ -83,8 +83,9 @@ mutate: $(SETUP) ## mutation testing (mutmut) of prompt, generate, decoding, dat
 test-slow: $(SETUP) ## only the slow tests (renders of every level and style, ...)
 	$(PY) -m pytest -m slow $(ARGS)
 
-lint: $(SETUP) ## ruff
+lint: $(SETUP) ## ruff: the lint rules (line length included) and the format (ruff format fixes it)
 	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 
 clean: ## remove generated data, outputs and MLflow runs (asks first)
 	@read -p "delete data/*, outputs/* and mlruns/*? [y/N] " answer && [[ $$answer == y ]] && \

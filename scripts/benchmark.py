@@ -3,10 +3,11 @@ is timed on this machine, now.
 
     python scripts/benchmark.py                 # data build, training throughput, generation
     python scripts/benchmark.py --validate      # + render-validation of the whole dataset (minutes)
-    python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned model (minutes)
+    python scripts/benchmark.py --eval          # + evaluation of the test split, fine-tuned
+                                                #   model (minutes)
     python scripts/benchmark.py --only training
-    python scripts/benchmark.py --only rollbacks   # sampled scenes with / without line rollbacks
-    python scripts/benchmark.py --only renders     # sandboxed renders: fresh process vs warm sandbox
+    python scripts/benchmark.py --only rollbacks  # sampled scenes with / without line rollbacks
+    python scripts/benchmark.py --only renders    # sandboxed renders: fresh process vs warm sandbox
     python scripts/benchmark.py --only renders --against REV   # + today's scenes vs those of REV
 
 Training throughput compares the project's Lightning module against a plain
@@ -32,13 +33,21 @@ sys.path.insert(0, str(ROOT / "src"))
 def bench_data(validate: bool) -> dict:
     result = {}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "derivative_animator.data.dataset"], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "derivative_animator.data.dataset"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     result["data_build_s"] = round(time.perf_counter() - start, 1)
     if validate:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "derivative_animator.data.dataset", "validate.enabled=true"],
-                       cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "derivative_animator.data.dataset", "validate.enabled=true"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         result["data_build_and_validate_s"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -69,14 +78,16 @@ def bench_training(steps: int, repeats: int) -> dict:
         torch.manual_seed(0)
         tokenizer, model = finetune.load_base(base)
         model = finetune.add_lora(model, lora)
-        data = DerivativeDataModule(cfg.data.dir, tokenizer, micro, cfg.model.max_length, cfg.loader.bucket_size, seed=0)
+        data = DerivativeDataModule(
+            cfg.data.dir, tokenizer, micro, cfg.model.max_length, cfg.loader.bucket_size, seed=0
+        )
         data.setup()
         return model, data
 
     # Both loops time the same batches after a first, untimed one (allocations, and
     # Trainer.fit's own set-up, are not training throughput).
     model, data = fresh()
-    batches = list(data.train_dataloader())[:steps + 1]
+    batches = list(data.train_dataloader())[: steps + 1]
     real = sum(int(b["attention_mask"].sum()) for b in batches[1:])
 
     def plain_loop() -> float:
@@ -105,20 +116,37 @@ def bench_training(steps: int, repeats: int) -> dict:
         """The project's LightningModule on the same batches."""
         model, _ = fresh()
         clock = StepClock()
-        trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps + 1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
-        trainer.fit(finetune.LoRAFineTuner(model, lr=1e-4), train_dataloaders=DataLoader(batches, batch_size=None))
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            precision=precision,
+            max_steps=steps + 1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            callbacks=[clock],
+        )
+        trainer.fit(
+            finetune.LoRAFineTuner(model, lr=1e-4),
+            train_dataloaders=DataLoader(batches, batch_size=None),
+        )
         return real / (clock.end - clock.start)
 
     # Alternate the order (p l, l p, p l, ...): this machine drifts by several percent
     # between runs, and the median of each cancels most of it.
     plain, lightning = [], []
     for repeat in range(repeats):
-        for loop in ((plain_loop, lightning_loop) if repeat % 2 == 0 else (lightning_loop, plain_loop)):
+        for loop in (
+            (plain_loop, lightning_loop) if repeat % 2 == 0 else (lightning_loop, plain_loop)
+        ):
             (plain if loop is plain_loop else lightning).append(loop())
-    runs = {"plain_loop_runs_tokens_per_s": [round(v) for v in plain],
-            "lightning_runs_tokens_per_s": [round(v) for v in lightning]}
+    runs = {
+        "plain_loop_runs_tokens_per_s": [round(v) for v in plain],
+        "lightning_runs_tokens_per_s": [round(v) for v in lightning],
+    }
     plain, lightning = statistics.median(plain), statistics.median(lightning)
 
     lengths = data.splits["train"].lengths
@@ -180,14 +208,22 @@ def bench_rollbacks(checkpoint: str | None, n: int, rollbacks: int = 8) -> dict:
     for allowed in (0, rollbacks):
         start, counts, used = time.perf_counter(), {"syntax": 0, "structure": 0, "math": 0}, 0
         for i, record in enumerate(records):
-            gen = generator.generate(record.function, e.max_new_tokens, e.sample_temperature, e.top_p,
-                                     seed=100 + i, syntax_rollbacks=allowed)
+            gen = generator.generate(
+                record.function,
+                e.max_new_tokens,
+                e.sample_temperature,
+                e.top_p,
+                seed=100 + i,
+                syntax_rollbacks=allowed,
+            )
             checked = check_code(gen.code, record.function, execute=False)
             for key in counts:
                 counts[key] += bool(getattr(checked, key))
             used += gen.rollbacks
         label = f"rollbacks_{allowed}"
-        result.update({f"{label}_{key}_pct": round(100 * v / len(records), 1) for key, v in counts.items()})
+        result.update(
+            {f"{label}_{key}_pct": round(100 * v / len(records), 1) for key, v in counts.items()}
+        )
         result[f"{label}_seconds"] = round(time.perf_counter() - start, 1)
         result[f"{label}_lines_sampled_again"] = used
     return result
@@ -201,16 +237,31 @@ def bench_eval(checkpoint: str | None) -> dict:
     directory = Path(checkpoint) if checkpoint else latest_checkpoint()
     run_dir = ROOT / "outputs" / "benchmark" / time.strftime("eval-%Y-%m-%d_%H-%M-%S")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", "eval.baselines=[finetuned]",
-                    f"eval.model={directory}", "eval.log_to_mlflow=false", f"hydra.run.dir={run_dir}"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.evaluate",
+            "eval.baselines=[finetuned]",
+            f"eval.model={directory}",
+            "eval.log_to_mlflow=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - start
     results = json.loads((run_dir / "report" / "results.json").read_text())
     summary = results["summary"]["finetuned"]["all"]
-    return {"eval_finetuned_wall_s": round(seconds, 1), "eval_samples": results["samples"],
-            "eval_renders": sum(1 for r in results["rows"] if r["executes"] is not None),
-            "eval_syntax_pct": summary["syntax"], "eval_executes_pct": summary["executes"],
-            "eval_math_pct": summary["math"]}
+    return {
+        "eval_finetuned_wall_s": round(seconds, 1),
+        "eval_samples": results["samples"],
+        "eval_renders": sum(1 for r in results["rows"] if r["executes"] is not None),
+        "eval_syntax_pct": summary["syntax"],
+        "eval_executes_pct": summary["executes"],
+        "eval_math_pct": summary["math"],
+    }
 
 
 def bench_renders(n: int, against: str | None = None) -> dict:
@@ -229,7 +280,9 @@ def bench_renders(n: int, against: str | None = None) -> dict:
     result: dict = {"render_scenes": len(records)}
     for label in ("fresh", "warm"):
         start = time.perf_counter()
-        sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD) if label == "warm" else None
+        sandbox = (
+            checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD) if label == "warm" else None
+        )
         times, passed = [], 0
         for record in records:
             code = oracle.template_scene(record.function, record.style)
@@ -249,8 +302,17 @@ def bench_renders(n: int, against: str | None = None) -> dict:
         for record in records:
             analysed = curriculum.analyse(parse_function(record.function), wider=True)
             for label, module in (("now", None), (against, old)):
-                code = (oracle.template_scene(record.function, record.style) if module is None else module.scene_code(
-                    analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, record.style))
+                code = (
+                    oracle.template_scene(record.function, record.style)
+                    if module is None
+                    else module.scene_code(
+                        analysed.expr,
+                        analysed.derivative,
+                        analysed.steps,
+                        analysed.x_range,
+                        record.style,
+                    )
+                )
                 begun = time.perf_counter()
                 checks.check_code(code, record.function, render=render, sandbox=sandbox)
                 times[label].append(time.perf_counter() - begun)
@@ -270,15 +332,24 @@ def scenes_at(revision: str):
     import tempfile
 
     for relative in ("data/scenes.py", "scenes.py"):
-        shown = subprocess.run(["git", "show", f"{revision}:src/derivative_animator/{relative}"], cwd=ROOT,
-                               capture_output=True, text=True)
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:src/derivative_animator/{relative}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if shown.returncode == 0:
             break
     else:
         raise SystemExit(f"error: no scene templates at revision {revision}")
-    flat = re.compile(r"^from derivative_animator(\.(parsing|notation|differentiate|curriculum))? import (?!typed_line$)",
-                      re.M)
-    source = flat.sub(lambda m: f"from derivative_animator.math{m.group(1) or ''} import ", shown.stdout)
+    flat = re.compile(
+        r"^from derivative_animator(\.(parsing|notation|differentiate|curriculum))? "
+        r"import (?!typed_line$)",
+        re.M,
+    )
+    source = flat.sub(
+        lambda m: f"from derivative_animator.math{m.group(1) or ''} import ", shown.stdout
+    )
     path = Path(tempfile.mkdtemp()) / "scenes_then.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("scenes_then", path)
@@ -289,15 +360,31 @@ def scenes_at(revision: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["data", "training", "generation", "rollbacks", "eval", "renders"])
-    parser.add_argument("--validate", action="store_true", help="also time render-validation of every sample")
-    parser.add_argument("--eval", action="store_true", help="also time evaluation of the test split")
-    parser.add_argument("--steps", type=int, default=12, help="training micro-batches to time per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each training loop (medians)")
-    parser.add_argument("--against", help="renders: also render the scene templates of this git revision")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", choices=["data", "training", "generation", "rollbacks", "eval", "renders"]
+    )
+    parser.add_argument(
+        "--validate", action="store_true", help="also time render-validation of every sample"
+    )
+    parser.add_argument(
+        "--eval", action="store_true", help="also time evaluation of the test split"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=12, help="training micro-batches to time per run"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each training loop (medians)"
+    )
+    parser.add_argument(
+        "--against", help="renders: also render the scene templates of this git revision"
+    )
     parser.add_argument("--checkpoint", help="merged checkpoint for generation (default: newest)")
-    parser.add_argument("--samples", type=int, default=20, help="test functions for generation latency")
+    parser.add_argument(
+        "--samples", type=int, default=20, help="test functions for generation latency"
+    )
     args = parser.parse_args()
     import os
 

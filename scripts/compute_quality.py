@@ -50,10 +50,14 @@ def data_fingerprint(data_dir: str) -> str:
     import hashlib
 
     card = json.loads((ROOT / data_dir / "card.json").read_text())
-    return hashlib.sha256(json.dumps(card["files_sha256"], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(card["files_sha256"], sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
 
 
-def fine_tune_and_score(label: str, pretrained: Path, seed: int, every: int | None, overrides: list[str]) -> dict:
+def fine_tune_and_score(
+    label: str, pretrained: Path, seed: int, every: int | None, overrides: list[str]
+) -> dict:
     """Fine-tune `pretrained` with the main recipe; raw math of the test headers at the end
     (and every `every` steps)."""
     import pytorch_lightning as pl
@@ -62,8 +66,15 @@ def fine_tune_and_score(label: str, pretrained: Path, seed: int, every: int | No
     from derivative_animator.model.finetune import ValidationMath
     from derivative_animator.train import train
 
-    cfg = compose(f"model.pretrained={pretrained}", f"seed={seed}", f"+run_dir={OUT / 'runs' / label}",
-                  "val_math.enabled=false", "sweep_name=compute_quality", "logger.log_model=false", *overrides)
+    cfg = compose(
+        f"model.pretrained={pretrained}",
+        f"seed={seed}",
+        f"+run_dir={OUT / 'runs' / label}",
+        "val_math.enabled=false",
+        "sweep_name=compute_quality",
+        "logger.log_model=false",
+        *overrides,
+    )
     test = dataset.read_split(ROOT / cfg.data.dir, "test")
     curve: list[dict] = []
 
@@ -89,18 +100,29 @@ def fine_tune_and_score(label: str, pretrained: Path, seed: int, every: int | No
     started = time.perf_counter()
     train(cfg, extra_callbacks=[ScoreEvery()])
     final = curve[-1]
-    return {"label": label, "pretrained": str(pretrained), "seed": seed, "steps": final["step"],
-            "math": round(final["math"], 1),
-            "levels": {k: round(v, 1) for k, v in final.items() if k.startswith("math_level")},
-            "curve": curve, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "label": label,
+        "pretrained": str(pretrained),
+        "seed": seed,
+        "steps": final["step"],
+        "math": round(final["math"], 1),
+        "levels": {k: round(v, 1) for k, v in final.items() if k.startswith("math_level")},
+        "curve": curve,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def pretraining_tokens(base: Path) -> int | None:
-    """Tokens the base was pretrained on: a snapshot's step from its name, the shipped base's from its card."""
+    """Tokens the base was pretrained on: a snapshot's step from its name, the shipped base's
+    from its card."""
     import json as _json
 
     match = re.fullmatch(r"step-(\d+)", base.name)
-    info = base / "build_info.json" if not match else base.parent.parent / base.parent.name.removesuffix("-snapshots") / "build_info.json"
+    info = (
+        base / "build_info.json"
+        if not match
+        else base.parent.parent / base.parent.name.removesuffix("-snapshots") / "build_info.json"
+    )
     if not info.is_file():
         return None
     data = _json.loads(info.read_text())
@@ -115,24 +137,41 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    points = sorted((p["pretraining_tokens"], p["math"]) for p in results["points"].values()
-                    if p.get("pretraining_tokens") and p["seed"] == results["main_seed"])
+    points = sorted(
+        (p["pretraining_tokens"], p["math"])
+        for p in results["points"].values()
+        if p.get("pretraining_tokens") and p["seed"] == results["main_seed"]
+    )
     if points:
         left.plot([t / 1e6 for t, _ in points], [m for _, m in points], "o-")
     seeds = [p["math"] for p in results["points"].values() if p["label"].startswith("seed-")]
     if seeds and points:
         tokens = points[-1][0] / 1e6
-        left.errorbar([tokens], [statistics.median(seeds)], yerr=[[statistics.median(seeds) - min(seeds)],
-                                                                  [max(seeds) - statistics.median(seeds)]],
-                      fmt="s", color="C3", capsize=4, label=f"{len(seeds)} seeds: median, range")
+        left.errorbar(
+            [tokens],
+            [statistics.median(seeds)],
+            yerr=[[statistics.median(seeds) - min(seeds)], [max(seeds) - statistics.median(seeds)]],
+            fmt="s",
+            color="C3",
+            capsize=4,
+            label=f"{len(seeds)} seeds: median, range",
+        )
         left.legend(loc="lower right")
-    left.set(xlabel="pretraining tokens (millions)", ylabel="raw math, test split (%)", ylim=(0, 100),
-             title="more pretraining (same fine-tune)")
+    left.set(
+        xlabel="pretraining tokens (millions)",
+        ylabel="raw math, test split (%)",
+        ylim=(0, 100),
+        title="more pretraining (same fine-tune)",
+    )
     main = results["points"].get(f"seed-{results['main_seed']}")
     if main:
         right.plot([p["step"] for p in main["curve"]], [p["math"] for p in main["curve"]], "o-")
-    right.set(xlabel="fine-tuning steps (LoRA, shipped base)", ylabel="raw math, test split (%)", ylim=(0, 100),
-              title="more fine-tuning")
+    right.set(
+        xlabel="fine-tuning steps (LoRA, shipped base)",
+        ylabel="raw math, test split (%)",
+        ylim=(0, 100),
+        title="more fine-tuning",
+    )
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.suptitle(f"DerivativeAnimator: compute vs quality ({results['machine']})", fontsize=10)
@@ -144,12 +183,24 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="models/derivanim-tiny", help="the shipped base")
-    parser.add_argument("--snapshots", default="outputs/base/tiny-snapshots", help="pretraining snapshots dir")
-    parser.add_argument("--no-snapshots", action="store_true", help="skip the pretraining-tokens points")
-    parser.add_argument("--seeds", default="42,43,44", help="fine-tuning seeds of the shipped base (the first: the curve's)")
-    parser.add_argument("--every", type=int, default=250, help="score the first seed's run every N optimizer steps")
+    parser.add_argument(
+        "--snapshots", default="outputs/base/tiny-snapshots", help="pretraining snapshots dir"
+    )
+    parser.add_argument(
+        "--no-snapshots", action="store_true", help="skip the pretraining-tokens points"
+    )
+    parser.add_argument(
+        "--seeds",
+        default="42,43,44",
+        help="fine-tuning seeds of the shipped base (the first: the curve's)",
+    )
+    parser.add_argument(
+        "--every", type=int, default=250, help="score the first seed's run every N optimizer steps"
+    )
     parser.add_argument("--figure", default="docs/compute_quality.png")
-    parser.add_argument("overrides", nargs="*", help="extra train overrides, e.g. trainer.precision=32-true")
+    parser.add_argument(
+        "overrides", nargs="*", help="extra train overrides, e.g. trainer.precision=32-true"
+    )
     args = parser.parse_args()
 
     from derivative_animator import environment
@@ -160,15 +211,19 @@ def main() -> int:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"points": {}}
     data = data_fingerprint(recipe.data.dir)
     if results["points"] and results.get("data") != data:
-        raise SystemExit(f"error: {results_file} holds points fine-tuned on other data (its dataset's files "
-                         f"{results.get('data', 'unrecorded')}, now {data}): move it away to start a new curve")
+        raise SystemExit(
+            f"error: {results_file} holds points fine-tuned on other data (its dataset's files "
+            f"{results.get('data', 'unrecorded')}, now {data}): move it away to start a new curve"
+        )
     results["data"] = data
     seeds = [int(s) for s in args.seeds.split(",")]
     precision = environment.resolve_precision(str(recipe.trainer.precision), "cpu")
     results.update(main_seed=seeds[0], machine=f"{environment.cpu_description()}, {precision}")
     base = ROOT / args.base
     plan = [(f"seed-{s}", base, s, args.every if s == seeds[0] else None) for s in seeds]
-    snapshots = sorted((ROOT / args.snapshots).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    snapshots = sorted(
+        (ROOT / args.snapshots).glob("step-*"), key=lambda p: int(p.name.split("-")[1])
+    )
     if not args.no_snapshots:
         plan += [(f"pretrain-{p.name}", p, seeds[0], None) for p in snapshots]
     for label, pretrained, seed, every in plan:
@@ -180,14 +235,23 @@ def main() -> int:
         results["points"][label] = point
         results_file.write_text(json.dumps(results, indent=1) + "\n")
         plot(results, ROOT / args.figure)
-    seed_math = [results["points"][f"seed-{s}"]["math"] for s in seeds if f"seed-{s}" in results["points"]]
+    seed_math = [
+        results["points"][f"seed-{s}"]["math"] for s in seeds if f"seed-{s}" in results["points"]
+    ]
     print(f"{'point':<24} {'pretraining tokens':>19} {'raw math':>9}  levels")
-    for label, point in sorted(results["points"].items(), key=lambda kv: kv[1].get("pretraining_tokens") or 0):
+    for label, point in sorted(
+        results["points"].items(), key=lambda kv: kv[1].get("pretraining_tokens") or 0
+    ):
         levels = " ".join(f"{v:.0f}" for v in point["levels"].values())
-        print(f"{label:<24} {point.get('pretraining_tokens') or 0:>19,} {point['math']:>8.1f}%  {levels}")
+        print(
+            f"{label:<24} {point.get('pretraining_tokens') or 0:>19,} "
+            f"{point['math']:>8.1f}%  {levels}"
+        )
     if seed_math:
-        print(f"seeds {seeds}: raw math median {statistics.median(seed_math):.1f}% "
-              f"(range {min(seed_math):.1f}-{max(seed_math):.1f}), {results['machine']}")
+        print(
+            f"seeds {seeds}: raw math median {statistics.median(seed_math):.1f}% "
+            f"(range {min(seed_math):.1f}-{max(seed_math):.1f}), {results['machine']}"
+        )
     plot(results, ROOT / args.figure)
     return 0
 

@@ -52,11 +52,20 @@ from derivative_animator.model.settings import LoraSettings, ModelSettings  # no
 from derivative_animator.render import checks  # noqa: E402
 
 # deepseek-ai/deepseek-coder-1.3b-base's config.json (its vocabulary holds the tiny tokenizer's ids)
-DEEPSEEK_CODER_1_3B = {"vocab_size": 32256, "hidden_size": 2048, "intermediate_size": 5504,
-                       "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
-                       "max_position_embeddings": 16384, "rope_theta": 100000.0, "rms_norm_eps": 1e-6}
-LARGE = "deepseek_coder_1_3b"   # conf/model/<LARGE>.yaml: how part 2's model trains
-# The training groups the check runs under, besides the model (conf/train.yaml's other defaults stay).
+DEEPSEEK_CODER_1_3B = {
+    "vocab_size": 32256,
+    "hidden_size": 2048,
+    "intermediate_size": 5504,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "max_position_embeddings": 16384,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-6,
+}
+LARGE = "deepseek_coder_1_3b"  # conf/model/<LARGE>.yaml: how part 2's model trains
+# The training groups the check runs under, besides the model (conf/train.yaml's other defaults
+# stay).
 GROUPS = ("trainer=gpu", "data=default", "lora=default")
 
 
@@ -65,23 +74,39 @@ class Plan:
     """What the check runs. SMOKE shrinks every step to seconds on a CPU (a test runs it)."""
 
     device: str = "cuda"
-    base: str = "tiny"                  # conf/model/<base>.yaml: the embedded model fine-tuned in part 1
-    data_sizes: dict | None = None      # None: conf/data/default.yaml's
+    base: str = "tiny"  # conf/model/<base>.yaml: the embedded model fine-tuned in part 1
+    data_sizes: dict | None = None  # None: conf/data/default.yaml's
     data_workers: int | str = "auto"
-    train_batches: int | None = None    # None: the whole epoch
-    full_scenes: int | None = None      # None: conf/train.yaml's (the rest is header practice)
+    train_batches: int | None = None  # None: the whole epoch
+    full_scenes: int | None = None  # None: conf/train.yaml's (the rest is header practice)
     scenes: int = 20
-    max_new_tokens: int | None = None   # None: conf/generate's (a scene's budget)
+    max_new_tokens: int | None = None  # None: conf/generate's (a scene's budget)
     large_shape: dict = field(default_factory=lambda: DEEPSEEK_CODER_1_3B)
     repeats: int = 6
-    new_tokens: int | None = None       # None: the median test scene's
+    new_tokens: int | None = None  # None: the median test scene's
 
 
-SMOKE = Plan(device="cpu", base="micro", data_sizes={"train": 24, "validation": 4, "test": 4}, data_workers=1,
-             train_batches=4, full_scenes=12,
-             scenes=2, max_new_tokens=40, large_shape={**DEEPSEEK_CODER_1_3B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
-                                    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2},
-             repeats=2, new_tokens=12)
+SMOKE = Plan(
+    device="cpu",
+    base="micro",
+    data_sizes={"train": 24, "validation": 4, "test": 4},
+    data_workers=1,
+    train_batches=4,
+    full_scenes=12,
+    scenes=2,
+    max_new_tokens=40,
+    large_shape={
+        **DEEPSEEK_CODER_1_3B,
+        "vocab_size": 1024,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+    },
+    repeats=2,
+    new_tokens=12,
+)
 
 
 def compose(model: str) -> dict:
@@ -96,14 +121,21 @@ def trainer_kwargs(plan: Plan, **overrides) -> dict:
     settings = {k: v for k, v in compose(plan.base)["trainer"].items() if not k.startswith("_")}
     if plan.device == "cpu":
         settings.update(accelerator="cpu", precision="32-true")
-    settings["precision"] = environment.resolve_precision(str(settings["precision"]), settings["accelerator"])
+    settings["precision"] = environment.resolve_precision(
+        str(settings["precision"]), settings["accelerator"]
+    )
     return {**settings, **overrides}
 
 
 def build_data(directory: Path, plan: Plan) -> Path:
     data = compose(plan.base)["data"]
-    config = dataset.DataConfig(dir=str(directory), seed=data["seed"], sizes=plan.data_sizes or data["sizes"],
-                                levels=data["levels"], styles=data["styles"])
+    config = dataset.DataConfig(
+        dir=str(directory),
+        seed=data["seed"],
+        sizes=plan.data_sizes or data["sizes"],
+        levels=data["levels"],
+        styles=data["styles"],
+    )
     start = time.perf_counter()
     dataset.build(config, workers=dataset.build_workers(plan.data_workers))
     print(f"dataset built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -113,13 +145,20 @@ def build_data(directory: Path, plan: Plan) -> Path:
 def load_embedded(plan: Plan):
     """(model settings, tokenizer, model) of the embedded base; the micro one is built here,
     the tiny one is the shipped base (models/, in the repository)."""
-    settings = compose(plan.base)["model"]  # resolved: micro's output_dir may name the tests' own outputs
+    settings = compose(plan.base)[
+        "model"
+    ]  # resolved: micro's output_dir may name the tests' own outputs
     directory = paths.resolve(settings["build"]["publish_dir"] or settings["build"]["output_dir"])
     if plan.base == "micro":
         build_base(BaseModelConfig(**settings["build"]))
     elif not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} is missing: the shipped base comes with the repository (make pretrain rebuilds it)")
-    tokenizer, model = finetune.load_base(replace(ModelSettings.from_config(settings), pretrained=str(directory)))
+        raise FileNotFoundError(
+            f"{directory} is missing: the shipped base comes with the repository "
+            "(make pretrain rebuilds it)"
+        )
+    tokenizer, model = finetune.load_base(
+        replace(ModelSettings.from_config(settings), pretrained=str(directory))
+    )
     return settings, tokenizer, model
 
 
@@ -131,49 +170,92 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
     pl.seed_everything(train["seed"], workers=True)
     tiny, tokenizer, model = load_embedded(plan)
     model = finetune.add_lora(model, LoraSettings.from_config(train["lora"]))
-    data = DerivativeDataModule(str(data_dir), tokenizer, micro_batch_size=tiny["micro_batch_size"],
-                                max_length=tiny["max_length"], bucket_size=train["loader"]["bucket_size"],
-                                seed=train["seed"], full_scenes=full_scenes)
-    module = finetune.LoRAFineTuner(model, lr=tiny["lr"], warmup_ratio=train["optim"]["warmup_ratio"])
-    trainer = pl.Trainer(**trainer_kwargs(plan, max_epochs=1, logger=False, enable_checkpointing=False,
-                                          limit_train_batches=plan.train_batches,
-                                          default_root_dir=tempfile.mkdtemp(prefix="gpu-check-")))
+    data = DerivativeDataModule(
+        str(data_dir),
+        tokenizer,
+        micro_batch_size=tiny["micro_batch_size"],
+        max_length=tiny["max_length"],
+        bucket_size=train["loader"]["bucket_size"],
+        seed=train["seed"],
+        full_scenes=full_scenes,
+    )
+    module = finetune.LoRAFineTuner(
+        model, lr=tiny["lr"], warmup_ratio=train["optim"]["warmup_ratio"]
+    )
+    trainer = pl.Trainer(
+        **trainer_kwargs(
+            plan,
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            limit_train_batches=plan.train_batches,
+            default_root_dir=tempfile.mkdtemp(prefix="gpu-check-"),
+        )
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     fit_s = time.perf_counter() - start
-    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = {
+        k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+    }
     steps = trainer.global_step
     merged = finetune.save_checkpoint(
-        module.model, tokenizer, out / "tiny-checkpoint", {"model": tiny}, {"global_step": steps, "metrics": metrics},
-        draft_corpus=[r.completion for r in dataset.read_split(data_dir, "train")[:full_scenes]])
+        module.model,
+        tokenizer,
+        out / "tiny-checkpoint",
+        {"model": tiny},
+        {"global_step": steps, "metrics": metrics},
+        draft_corpus=[r.completion for r in dataset.read_split(data_dir, "train")[:full_scenes]],
+    )
     del module, model, trainer
 
     generator = SceneGenerator.load(merged, device=plan.device)  # on CUDA: bf16 weights, as the CLI
     generate = paths.conf_group("generate")
     budget = plan.max_new_tokens or generate.max_new_tokens
     rows = []
-    for record in dataset.read_split(data_dir, "test")[:plan.scenes]:
+    for record in dataset.read_split(data_dir, "test")[: plan.scenes]:
         generation = generator.generate(record.function, max_new_tokens=budget)
         result = checks.check_code(generation.code, record.function, execute=False)
-        rows.append({"function": record.function, "level": record.level, "seconds": round(generation.seconds, 3),
-                     "new_tokens": generation.new_tokens, "syntax": bool(result.syntax),
-                     "structure": bool(result.structure), "math": bool(result.math), "error": result.error})
+        rows.append(
+            {
+                "function": record.function,
+                "level": record.level,
+                "seconds": round(generation.seconds, 3),
+                "new_tokens": generation.new_tokens,
+                "syntax": bool(result.syntax),
+                "structure": bool(result.structure),
+                "math": bool(result.math),
+                "error": result.error,
+            }
+        )
     seconds = [r["seconds"] for r in rows]
     # A sampled try too (verified generation's retries): the sampler draws on the CPU.
-    sampled = generator.generate(rows[0]["function"], max_new_tokens=budget, temperature=generate.sample_temperature,
-                                 top_p=generate.top_p, seed=1)
+    sampled = generator.generate(
+        rows[0]["function"],
+        max_new_tokens=budget,
+        temperature=generate.sample_temperature,
+        top_p=generate.top_p,
+        seed=1,
+    )
     return {
         "precision": trainer_kwargs(plan)["precision"],
         "optimizer_steps": steps,
         "fit_s": round(fit_s, 1),
         **metrics,
         "scenes": len(rows),
-        **{f"{check}_pct": round(100 * sum(r[check] for r in rows) / len(rows), 1)
-           for check in ("syntax", "structure", "math")},
+        **{
+            f"{check}_pct": round(100 * sum(r[check] for r in rows) / len(rows), 1)
+            for check in ("syntax", "structure", "math")
+        },
         "generation_s_median": round(statistics.median(seconds), 3),
         "generation_s_max": round(max(seconds), 3),
-        "sampled_try": {"seconds": round(sampled.seconds, 3), "new_tokens": sampled.new_tokens,
-                        "syntax": bool(checks.check_code(sampled.code, rows[0]["function"], execute=False).syntax)},
+        "sampled_try": {
+            "seconds": round(sampled.seconds, 3),
+            "new_tokens": sampled.new_tokens,
+            "syntax": bool(
+                checks.check_code(sampled.code, rows[0]["function"], execute=False).syntax
+            ),
+        },
         "rows": rows,
     }
 
@@ -184,7 +266,9 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     train = compose(LARGE)
     large, lora = train["model"], train["lora"]
     embedded, tokenizer, _ = load_embedded(plan)
-    shape = LlamaConfig(**plan.large_shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    shape = LlamaConfig(
+        **plan.large_shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     torch.manual_seed(0)
     with torch.device(plan.device):
         model = LlamaForCausalLM(shape).to(finetune._dtype(large["dtype"]))
@@ -192,7 +276,9 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     if large["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    model = finetune.add_lora(model, replace(LoraSettings.from_config(lora), enabled=True, modules_to_save=None))
+    model = finetune.add_lora(
+        model, replace(LoraSettings.from_config(lora), enabled=True, modules_to_save=None)
+    )
     module = finetune.LoRAFineTuner(model, lr=large["lr"]).to(plan.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=large["lr"], fused=True)
@@ -201,8 +287,14 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     full_scenes = plan.full_scenes or train["full_scenes"]
     # The embedded tokenizer's lengths (the micro one's vocabulary is small: long samples).
     max_length = max(large["max_length"], embedded["max_length"])
-    data = DerivativeDataModule(str(data_dir), tokenizer, micro_batch_size=micro, max_length=max_length,
-                                seed=train["seed"], full_scenes=full_scenes)
+    data = DerivativeDataModule(
+        str(data_dir),
+        tokenizer,
+        micro_batch_size=micro,
+        max_length=max_length,
+        seed=train["seed"],
+        full_scenes=full_scenes,
+    )
     data.setup()
     batches = list(data.train_dataloader())
     whole = [b for b in batches if int(b["attention_mask"].sum(dim=1).min()) > 400]
@@ -214,7 +306,7 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
 
     def seconds_per_batch(chosen: list[dict]) -> tuple[float, int]:
         times, tokens = [], 0
-        for index, batch in enumerate(chosen[:plan.repeats + 1]):
+        for index, batch in enumerate(chosen[: plan.repeats + 1]):
             batch = {k: v.to(plan.device) for k, v in batch.items()}
             synchronize()
             start = time.perf_counter()
@@ -228,13 +320,18 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
                 times.append(time.perf_counter() - start)
                 tokens += int(batch["attention_mask"].sum())
         if not times:
-            raise ValueError(f"fewer than 2 micro-batches of that kind in the train split ({len(chosen)})")
+            raise ValueError(
+                f"fewer than 2 micro-batches of that kind in the train split ({len(chosen)})"
+            )
         return statistics.median(times), round(tokens / sum(times))
 
     whole_s, whole_tps = seconds_per_batch(whole)
     header_s, header_tps = seconds_per_batch(header)
     whole_samples = min(full_scenes, len(data.splits["train"]))
-    epoch_s = -(-whole_samples // micro) * whole_s + -(-(len(data.splits["train"]) - whole_samples) // micro) * header_s
+    epoch_s = (
+        -(-whole_samples // micro) * whole_s
+        + -(-(len(data.splits["train"]) - whole_samples) // micro) * header_s
+    )
     memory = torch.cuda.max_memory_allocated() / 2**30 if plan.device == "cuda" else None
 
     # Inference runs on the merged model, as the CLI loads it; a test scene's length of new tokens.
@@ -244,13 +341,17 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
     test = data.splits["test"]
     prompt_length = test[0]["labels"].count(IGNORE_INDEX)
     prompt = torch.tensor([test[0]["input_ids"][:prompt_length]], device=plan.device)
-    new_tokens = plan.new_tokens or int(statistics.median(len(e["input_ids"]) - e["labels"].count(IGNORE_INDEX) for e in test))
+    new_tokens = plan.new_tokens or int(
+        statistics.median(len(e["input_ids"]) - e["labels"].count(IGNORE_INDEX) for e in test)
+    )
     decode = []
     with torch.inference_mode():
         for _ in range(3):
             synchronize()
             start = time.perf_counter()
-            out = merged.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            out = merged.generate(
+                prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
             synchronize()
             decode.append(time.perf_counter() - start)
     decoded = int(out.shape[1] - prompt.shape[1])
@@ -258,8 +359,10 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
         "parameters": parameters,
         "trainable_parameters": sum(p.numel() for p in trainable),
         "micro_batch_size": micro,
-        "whole_scene_batch_s": round(whole_s, 4), "whole_scene_tokens_per_s": whole_tps,
-        "header_batch_s": round(header_s, 4), "header_tokens_per_s": header_tps,
+        "whole_scene_batch_s": round(whole_s, 4),
+        "whole_scene_tokens_per_s": whole_tps,
+        "header_batch_s": round(header_s, 4),
+        "header_tokens_per_s": header_tps,
         "epoch_estimate_s": round(epoch_s, 1),
         "peak_memory_gib": round(memory, 1) if memory is not None else None,
         "decode_new_tokens": decoded,
@@ -269,23 +372,37 @@ def check_large(data_dir: Path, plan: Plan) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--scenes", type=int, default=20, help="test functions the tiny model writes scenes for")
+    parser.add_argument(
+        "--scenes", type=int, default=20, help="test functions the tiny model writes scenes for"
+    )
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="every step shrunk, on the CPU: checks the script")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every step shrunk, on the CPU: checks the script"
+    )
     args = parser.parse_args()
     plan = SMOKE if args.smoke else Plan(scenes=args.scenes)
     if plan.device == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device here; run this where the GPU is (or pass --smoke)", file=sys.stderr)
+        print(
+            "error: no CUDA device here; run this where the GPU is (or pass --smoke)",
+            file=sys.stderr,
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name() if plan.device == "cuda" else "cpu", "torch": torch.__version__}
+    report = {
+        "device": torch.cuda.get_device_name() if plan.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = build_data(Path(scratch) / "data", plan)
-        for name, skip, check in (("tiny", args.skip_tiny, lambda: check_tiny(data_dir, args.out, plan)),
-                                  ("large", args.skip_large, lambda: check_large(data_dir, plan))):
+        for name, skip, check in (
+            ("tiny", args.skip_tiny, lambda: check_tiny(data_dir, args.out, plan)),
+            ("large", args.skip_large, lambda: check_large(data_dir, plan)),
+        ):
             if skip:
                 continue
             start = time.perf_counter()
@@ -300,8 +417,15 @@ def main() -> int:
             if plan.device == "cuda":
                 torch.cuda.empty_cache()
             (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "rows"} if isinstance(v, dict) else v)
-                      for k, v in report.items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: ({kk: vv for kk, vv in v.items() if kk != "rows"} if isinstance(v, dict) else v)
+                for k, v in report.items()
+            },
+            indent=1,
+        )
+    )
     return 0 if all("error" not in report.get(k, {}) for k in ("tiny", "large")) else 1
 
 

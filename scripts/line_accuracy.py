@@ -3,7 +3,8 @@ validation scenes, by kind of line: the docstring's `f(x) = ...` (copying the pr
 function), its `f'(x) = ...` (applying the rules), the plotting interval, and the rest of
 the scene (the same text for every function of a style).
 
-    python scripts/line_accuracy.py --checkpoint outputs/train/<run>/checkpoint/merged [--samples 30]
+    python scripts/line_accuracy.py --checkpoint outputs/train/<run>/checkpoint/merged
+        [--samples 30]
 
 A scene is only right when every token of its math header is.
 """
@@ -22,7 +23,11 @@ KINDS = ("f(x)", "f'(x)", "interval", "rest of scene")
 
 
 def line_kind(line: str) -> str:
-    for kind, start in (("f(x)", "f(x) = "), ("f'(x)", "f'(x) = "), ("interval", "X_MIN, X_MAX = ")):
+    for kind, start in (
+        ("f(x)", "f(x) = "),
+        ("f'(x)", "f'(x) = "),
+        ("interval", "X_MIN, X_MAX = "),
+    ):
         if line.startswith(start):
             return kind
     return "rest of scene"
@@ -36,14 +41,21 @@ def main() -> int:
     from derivative_animator.data import dataset
     from derivative_animator.data.prompt import PromptFormat, encode_prompt
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a merged checkpoint directory")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="a merged checkpoint directory"
+    )
     parser.add_argument("--data", type=Path, default=ROOT / "data/derivatives")
     parser.add_argument("--samples", type=int, default=30, help="validation scenes to score")
     args = parser.parse_args()
     if not (args.checkpoint / "config.json").exists():
-        print(f"error: {args.checkpoint} is not a merged checkpoint (no config.json); pass "
-              "outputs/train/<run>/checkpoint/merged", file=sys.stderr)
+        print(
+            f"error: {args.checkpoint} is not a merged checkpoint (no config.json); pass "
+            "outputs/train/<run>/checkpoint/merged",
+            file=sys.stderr,
+        )
         return 2
 
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
@@ -53,7 +65,9 @@ def main() -> int:
     records = dataset.read_split(args.data, "validation")[: args.samples]
     for record in track(records, description="scoring validation scenes"):
         prompt_ids = encode_prompt(tokenizer, prompt_format.format(record.function))
-        encoded = tokenizer(record.completion, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = tokenizer(
+            record.completion, add_special_tokens=False, return_offsets_mapping=True
+        )
         ids = torch.tensor([prompt_ids + encoded["input_ids"]])
         with torch.no_grad():
             log_probs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)

@@ -2,7 +2,8 @@
 came back.
 
     python scripts/load_test.py --model outputs/train/<run>/checkpoint/merged
-    python scripts/load_test.py --model DIR --requests 40 --concurrency 8 --queue 1 --json summary.json
+    python scripts/load_test.py --model DIR --requests 40 --concurrency 8 --queue 1
+        --json summary.json
 
 Starts the server itself (`derivanim serve`, 127.0.0.1 only, a free port, its own output
 folder and TMPDIR) and runs one page job to warm it (that starts the render sandbox), then
@@ -65,17 +66,30 @@ class Summary:
     processes_before: list[str] = field(default_factory=list)
     leaked_processes: list[str] = field(default_factory=list)  # new in the server's tree once idle
     leaked_temp: list[str] = field(default_factory=list)  # left in its TMPDIR once idle
-    temp_at_start: list[str] = field(default_factory=list)  # what its startup wrote (torch's cache dir)
+    temp_at_start: list[str] = field(
+        default_factory=list
+    )  # what its startup wrote (torch's cache dir)
     left_after_stop: list[str] = field(default_factory=list)  # its processes alive after it stopped
-    temp_after_stop: list[str] = field(default_factory=list)  # in its TMPDIR after it stopped, beyond the start's
+    temp_after_stop: list[str] = field(
+        default_factory=list
+    )  # in its TMPDIR after it stopped, beyond the start's
     warm_page_job: str = ""  # the page job before the burst (it starts the render sandbox)
     stopped_cleanly: bool = False
 
     @property
     def ok(self) -> bool:
-        return (sum(self.counts.values()) == self.requests and set(self.counts) <= set(OK)
-                and self.warm_page_job == "done" and self.loopback_only and self.up_after and not self.leaked_processes and not self.leaked_temp
-                and not self.left_after_stop and not self.temp_after_stop and self.stopped_cleanly)
+        return (
+            sum(self.counts.values()) == self.requests
+            and set(self.counts) <= set(OK)
+            and self.warm_page_job == "done"
+            and self.loopback_only
+            and self.up_after
+            and not self.leaked_processes
+            and not self.leaked_temp
+            and not self.left_after_stop
+            and not self.temp_after_stop
+            and self.stopped_cleanly
+        )
 
 
 def process_tree(pid: int) -> dict[int, str]:
@@ -88,8 +102,8 @@ def process_tree(pid: int) -> dict[int, str]:
         except OSError:
             continue  # it just exited
         child = int(stat.parent.name)
-        names[child] = text[text.find("(") + 1:text.rfind(")")]
-        children.setdefault(int(text[text.rfind(")") + 2:].split()[1]), []).append(child)
+        names[child] = text[text.find("(") + 1 : text.rfind(")")]
+        children.setdefault(int(text[text.rfind(")") + 2 :].split()[1]), []).append(child)
     found: dict[int, str] = {}
     todo = [pid]
     while todo:
@@ -116,13 +130,20 @@ def listening_addresses(port: int) -> set[str]:
     return addresses
 
 
-LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1 as /proc writes them
+LOOPBACK = {
+    "0100007F",
+    "00000000000000000000000001000000",
+}  # 127.0.0.1 and ::1 as /proc writes them
 
 
-def call(url: str, payload: dict | None = None, timeout: float = 120) -> tuple[int, dict | None, str]:
+def call(
+    url: str, payload: dict | None = None, timeout: float = 120
+) -> tuple[int, dict | None, str]:
     """(status, JSON body or None, text) of a GET, or of a POST of `payload`."""
     data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"} if data else {})
+    request = urllib.request.Request(
+        url, data=data, headers={"content-type": "application/json"} if data else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, body = response.status, response.read()
@@ -140,7 +161,8 @@ def _busy(status: int, body: dict | None) -> bool:
 
 
 def page_job(base: str, function: str, args) -> tuple[int, dict | None, str]:
-    """POST /api/animate, then poll the job until it is done or failed: (status, job or body, text)."""
+    """POST /api/animate, then poll the job until it is done or failed: (status, job or body,
+    text)."""
     status, body, text = call(f"{base}/api/animate", {"function": function}, args.timeout)
     if status != 200 or not body or "job" not in body:
         return status, body, text
@@ -155,7 +177,8 @@ def page_job(base: str, function: str, args) -> tuple[int, dict | None, str]:
 
 
 def one_request(base: str, index: int, args, prompt_format) -> Outcome:
-    """Request `index` and its outcome; after "busy" this client pauses (--busy-pause) before its next."""
+    """Request `index` and its outcome; after "busy" this client pauses (--busy-pause) before its
+    next."""
     outcome = _one_request(base, index, args, prompt_format)
     if outcome.kind == "busy":
         time.sleep(args.busy_pause)
@@ -173,14 +196,34 @@ def _one_request(base: str, index: int, args, prompt_format) -> Outcome:
             if status == 200 and body and "job" in body:
                 if body["status"] == "done" and body.get("result"):
                     return Outcome("result", time.perf_counter() - started, endpoint)
-                return Outcome("job error", time.perf_counter() - started, endpoint, str(body.get("error"))[:200])
+                return Outcome(
+                    "job error",
+                    time.perf_counter() - started,
+                    endpoint,
+                    str(body.get("error"))[:200],
+                )
         elif endpoint == "completions":
-            status, body, text = call(f"{base}/v1/completions", {
-                "prompt": prompt_format.format(function), "max_tokens": args.max_tokens, "temperature": 0}, args.timeout)
+            status, body, text = call(
+                f"{base}/v1/completions",
+                {
+                    "prompt": prompt_format.format(function),
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0,
+                },
+                args.timeout,
+            )
         else:
-            status, body, text = call(f"{base}/v1/chat/completions", {
-                "messages": [{"role": "user", "content": f"Animate the derivative of f(x) = {function}"}],
-                "max_tokens": args.max_tokens, "temperature": 0}, args.timeout)
+            status, body, text = call(
+                f"{base}/v1/chat/completions",
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Animate the derivative of f(x) = {function}"}
+                    ],
+                    "max_tokens": args.max_tokens,
+                    "temperature": 0,
+                },
+                args.timeout,
+            )
     except (OSError, TimeoutError) as error:  # refused, reset, timed out
         kind = "timeout" if "timed out" in str(error) else type(error).__name__
         return Outcome(kind, time.perf_counter() - started, endpoint, str(error)[:200])
@@ -215,11 +258,28 @@ def start_server(args, work: Path) -> Server:
     port = free_port()
     temp, output, log = work / "tmp", work / "served", work / "server.log"
     temp.mkdir()
-    command = [str(Path(sys.executable).parent / "derivanim"), "serve", "--model", str(args.model), "--host",
-               "127.0.0.1", "--port", str(port), "--queue", str(args.queue), "--output-dir", str(output)]
+    command = [
+        str(Path(sys.executable).parent / "derivanim"),
+        "serve",
+        "--model",
+        str(args.model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--queue",
+        str(args.queue),
+        "--output-dir",
+        str(output),
+    ]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **dict(args.server_env), "TMPDIR": str(temp)})
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **dict(args.server_env), "TMPDIR": str(temp)},
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.start_timeout
     while True:
@@ -246,10 +306,15 @@ def stop_server(server: Server, summary: Summary, tree: dict[int, str]) -> None:
         server.process.kill()
         server.process.wait()
     time.sleep(1.0)
-    alive = [f"{pid} {name}" for pid, name in tree.items() if Path(f"/proc/{pid}").exists()
-             and _name(pid) == name]
+    alive = [
+        f"{pid} {name}"
+        for pid, name in tree.items()
+        if Path(f"/proc/{pid}").exists() and _name(pid) == name
+    ]
     summary.left_after_stop = alive
-    summary.temp_after_stop = sorted({p.name for p in server.temp.iterdir()} - set(summary.temp_at_start))
+    summary.temp_after_stop = sorted(
+        {p.name for p in server.temp.iterdir()} - set(summary.temp_at_start)
+    )
     for line in alive:  # never leave them behind, whatever the verdict
         try:
             os.kill(int(line.split()[0]), signal.SIGKILL)
@@ -262,7 +327,7 @@ def _name(pid: int) -> str | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.find("(") + 1:text.rfind(")")]
+    return text[text.find("(") + 1 : text.rfind(")")]
 
 
 def run(args) -> Summary:
@@ -274,39 +339,59 @@ def run(args) -> Summary:
     try:
         server = start_server(args, work)
         try:
-            summary.loopback_only = bool(listening := listening_addresses(server.port)) and listening <= LOOPBACK
-            call(f"{server.base}/v1/completions", {"prompt": prompt_format.format("x"), "max_tokens": 2})  # warm
+            summary.loopback_only = (
+                bool(listening := listening_addresses(server.port)) and listening <= LOOPBACK
+            )
+            call(
+                f"{server.base}/v1/completions",
+                {"prompt": prompt_format.format("x"), "max_tokens": 2},
+            )  # warm
             status, job, text = page_job(server.base, "x^2", args)
-            summary.warm_page_job = job.get("status", text[:200]) if status == 200 and job else f"HTTP {status}"
+            summary.warm_page_job = (
+                job.get("status", text[:200]) if status == 200 and job else f"HTTP {status}"
+            )
             before = process_tree(server.process.pid)
             temp_before = {p.name for p in server.temp.iterdir()}
             summary.temp_at_start = sorted(temp_before)
             summary.processes_before = [f"{pid} {name}" for pid, name in sorted(before.items())]
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-                outcomes = list(pool.map(lambda i: one_request(server.base, i, args, prompt_format),
-                                         range(args.requests)))
+                outcomes = list(
+                    pool.map(
+                        lambda i: one_request(server.base, i, args, prompt_format),
+                        range(args.requests),
+                    )
+                )
             summary.wall_s = round(time.perf_counter() - started, 1)
             for outcome in outcomes:
                 summary.counts[outcome.kind] = summary.counts.get(outcome.kind, 0) + 1
                 endpoint = summary.by_endpoint.setdefault(outcome.endpoint, {})
                 endpoint[outcome.kind] = endpoint.get(outcome.kind, 0) + 1
                 if outcome.kind not in OK and len(summary.failures) < 10:
-                    summary.failures.append(f"{outcome.endpoint}: {outcome.kind} {outcome.detail}".strip())
+                    summary.failures.append(
+                        f"{outcome.endpoint}: {outcome.kind} {outcome.detail}".strip()
+                    )
             for kind in summary.counts:
-                summary.latency_s[kind] = percentiles([o.seconds for o in outcomes if o.kind == kind])
-            # Still up: the model list, and a completion (retried while a straggler holds the queue).
+                summary.latency_s[kind] = percentiles(
+                    [o.seconds for o in outcomes if o.kind == kind]
+                )
+            # Still up: the model list, and a completion (retried while a straggler holds the
+            # queue).
             summary.up_after = call(f"{server.base}/v1/models")[0] == 200
             for _ in range(20):
-                status, body, _text = call(f"{server.base}/v1/completions",
-                                           {"prompt": prompt_format.format("x^2"), "max_tokens": 4})
+                status, body, _text = call(
+                    f"{server.base}/v1/completions",
+                    {"prompt": prompt_format.format("x^2"), "max_tokens": 4},
+                )
                 if not _busy(status, body):
                     break
                 time.sleep(0.5)
             summary.up_after = summary.up_after and status == 200
             time.sleep(args.settle)  # a render's child exits after its reply
             after = process_tree(server.process.pid)
-            summary.leaked_processes = [f"{pid} {name}" for pid, name in sorted(after.items()) if pid not in before]
+            summary.leaked_processes = [
+                f"{pid} {name}" for pid, name in sorted(after.items()) if pid not in before
+            ]
             summary.leaked_temp = sorted({p.name for p in server.temp.iterdir()} - temp_before)
             tree = {**before, **after}
         except BaseException:
@@ -324,27 +409,43 @@ def run(args) -> Summary:
 
 def table(summary: Summary) -> str:
     total = sum(summary.counts.values())
-    lines = [f"{summary.requests} requests, {summary.concurrency} concurrent, queue {summary.queue}, "
-             f"{summary.wall_s:.1f} s wall",
-             "", f"{'outcome':<14}{'count':>6}{'share':>8}  {'p50 s':>7}{'p90 s':>7}{'p99 s':>7}{'max s':>7}"]
-    for kind in sorted(summary.counts, key=lambda k: (k not in OK, OK.index(k) if k in OK else 0, k)):
+    lines = [
+        f"{summary.requests} requests, {summary.concurrency} concurrent, queue {summary.queue}, "
+        f"{summary.wall_s:.1f} s wall",
+        "",
+        f"{'outcome':<14}{'count':>6}{'share':>8}  "
+        f"{'p50 s':>7}{'p90 s':>7}{'p99 s':>7}{'max s':>7}",
+    ]
+    for kind in sorted(
+        summary.counts, key=lambda k: (k not in OK, OK.index(k) if k in OK else 0, k)
+    ):
         n, lat = summary.counts[kind], summary.latency_s[kind]
-        lines.append(f"{kind:<14}{n:>6}{100 * n / total:>7.1f}%  {lat['p50']:>7.3f}{lat['p90']:>7.3f}"
-                     f"{lat['p99']:>7.3f}{lat['max']:>7.3f}")
+        lines.append(
+            f"{kind:<14}{n:>6}{100 * n / total:>7.1f}%  {lat['p50']:>7.3f}{lat['p90']:>7.3f}"
+            f"{lat['p99']:>7.3f}{lat['max']:>7.3f}"
+        )
     lines.append("")
     for endpoint, counts in sorted(summary.by_endpoint.items()):
         lines.append(f"{endpoint:<14}" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    lines += ["", f"warm-up page job          {summary.warm_page_job}",
-              f"loopback only             {'yes' if summary.loopback_only else 'NO'}",
-              f"up afterwards             {'yes' if summary.up_after else 'NO'}",
-              f"server processes          {len(summary.processes_before)} before the burst "
-              f"({', '.join(p.split()[1] for p in summary.processes_before) or 'none'})",
-              f"leaked processes          {len(summary.leaked_processes)} {' '.join(summary.leaked_processes)}".rstrip(),
-              f"temp at startup           {' '.join(summary.temp_at_start) or 'none'}",
-              f"leaked temp files/dirs    {len(summary.leaked_temp)} {' '.join(summary.leaked_temp)}".rstrip(),
-              f"stopped on SIGINT         {'yes' if summary.stopped_cleanly else 'NO (killed)'}",
-              f"left after it stopped     {len(summary.left_after_stop)} processes, "
-              f"{len(summary.temp_after_stop)} new temp entries"]
+    lines += [
+        "",
+        f"warm-up page job          {summary.warm_page_job}",
+        f"loopback only             {'yes' if summary.loopback_only else 'NO'}",
+        f"up afterwards             {'yes' if summary.up_after else 'NO'}",
+        f"server processes          {len(summary.processes_before)} before the burst "
+        f"({', '.join(p.split()[1] for p in summary.processes_before) or 'none'})",
+        (
+            f"leaked processes          {len(summary.leaked_processes)} "
+            f"{' '.join(summary.leaked_processes)}"
+        ).rstrip(),
+        f"temp at startup           {' '.join(summary.temp_at_start) or 'none'}",
+        (
+            f"leaked temp files/dirs    {len(summary.leaked_temp)} {' '.join(summary.leaked_temp)}"
+        ).rstrip(),
+        f"stopped on SIGINT         {'yes' if summary.stopped_cleanly else 'NO (killed)'}",
+        f"left after it stopped     {len(summary.left_after_stop)} processes, "
+        f"{len(summary.temp_after_stop)} new temp entries",
+    ]
     lines += [f"unexpected: {failure}" for failure in summary.failures]
     lines.append("PASS" if summary.ok else "FAIL")
     return "\n".join(lines)
@@ -355,26 +456,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a merged checkpoint dir")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--queue", type=int, default=4, help="the server's --queue (requests that may wait)")
+    parser.add_argument(
+        "--queue", type=int, default=4, help="the server's --queue (requests that may wait)"
+    )
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per API request")
-    parser.add_argument("--page-every", type=int, default=25, help="every Nth request is a page job (0: none)")
+    parser.add_argument(
+        "--page-every", type=int, default=25, help="every Nth request is a page job (0: none)"
+    )
     parser.add_argument("--timeout", type=float, default=120, help="seconds per HTTP request")
-    parser.add_argument("--job-timeout", type=float, default=600, help="seconds a page job may take")
+    parser.add_argument(
+        "--job-timeout", type=float, default=600, help="seconds a page job may take"
+    )
     parser.add_argument("--start-timeout", type=float, default=300)
-    parser.add_argument("--busy-pause", type=float, default=0.5,
-                        help="seconds a client waits after a busy answer before its next request")
-    parser.add_argument("--server-env", action="append", default=[], type=lambda kv: tuple(kv.split("=", 1)),
-                        metavar="NAME=VALUE", help="an environment variable for the server (repeatable)")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before counting processes")
+    parser.add_argument(
+        "--busy-pause",
+        type=float,
+        default=0.5,
+        help="seconds a client waits after a busy answer before its next request",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        type=lambda kv: tuple(kv.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="an environment variable for the server (repeatable)",
+    )
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds to wait before counting processes"
+    )
     parser.add_argument("--json", type=Path, help="also write the summary here")
-    parser.add_argument("--keep", action="store_true", help="keep the server's folder (log, outputs, TMPDIR)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the server's folder (log, outputs, TMPDIR)"
+    )
     args = parser.parse_args(argv)
     args.model = Path(args.model).resolve()
     if not (args.model / "config.json").is_file():
         print(f"error: {args.model} is not a merged checkpoint (no config.json)", file=sys.stderr)
         return 2
     if args.requests < 1 or args.concurrency < 1 or args.queue < 0 or args.max_tokens < 1:
-        print("error: --requests, --concurrency and --max-tokens must be 1 or more, --queue 0 or more", file=sys.stderr)
+        print(
+            "error: --requests, --concurrency and --max-tokens must be 1 or more, "
+            "--queue 0 or more",
+            file=sys.stderr,
+        )
         return 2
     summary = run(args)
     print(table(summary))

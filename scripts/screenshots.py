@@ -2,8 +2,8 @@
 
 - docs/mlflow_runs.png: the MLflow UI on this project's store, the fine-tuning experiment's runs
   table (its Dataset and Model columns);
-- docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>: --sweep, else the
-  newest): the parallel-coordinates plot of lora/r against val/math and val/loss, and the
+- docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>: --sweep, else
+  the newest): the parallel-coordinates plot of lora/r against val/math and val/loss, and the
   parameters and metrics that differ;
 - docs/serve_page.png: `derivanim serve` on the newest checkpoint after animating a function.
 
@@ -38,7 +38,9 @@ def free_port() -> int:
 @contextmanager
 def background(command: list[str], url: str, timeout: float = 120):
     """A server started for the screenshot, waited for, stopped afterwards."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -61,7 +63,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        chromium = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"), args=["--no-sandbox"]
+        )
         try:
             yield chromium.new_page(viewport={"width": 1900, "height": 900})
         finally:
@@ -73,8 +77,14 @@ def close_assistant(page) -> None:
     panel = page.get_by_text("MLflow Assistant")
     if panel.count():
         box = panel.first.bounding_box()
-        buttons = [b for b in page.locator("button").all() if (bb := b.bounding_box()) and box
-                   and abs(bb["y"] - box["y"]) < 30 and bb["x"] > box["x"]]
+        buttons = [
+            b
+            for b in page.locator("button").all()
+            if (bb := b.bounding_box())
+            and box
+            and abs(bb["y"] - box["y"]) < 30
+            and bb["x"] > box["x"]
+        ]
         if buttons:
             buttons[-1].click()
             page.wait_for_timeout(1000)
@@ -94,7 +104,9 @@ def compare_by(page, metrics: list[str]) -> None:
     page.keyboard.press("Escape")
     for table in ("Parameters", "Metrics"):
         page.get_by_label(f"{table} - Show diff only").click()
-    page.evaluate("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+    page.evaluate(
+        "document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })"
+    )
     page.wait_for_timeout(1500)
 
 
@@ -105,8 +117,20 @@ def mlflow_shots(only: str | None, sweep: str | None = None) -> None:
     experiment = client.get_experiment_by_name("derivative-animator")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", STORE, "--default-artifact-root",
-               str(ROOT / "mlruns" / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        STORE,
+        "--default-artifact-root",
+        str(ROOT / "mlruns" / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with background(command, url), browser() as page:
         if only in (None, "runs"):
             page.goto(f"{url}/#/experiments/{experiment.experiment_id}/runs")
@@ -115,36 +139,61 @@ def mlflow_shots(only: str | None, sweep: str | None = None) -> None:
             page.screenshot(path=str(ROOT / "docs" / "mlflow_runs.png"))
         if only in (None, "compare"):
             wanted = f"tags.sweep = '{sweep}'" if sweep else "tags.sweep != ''"
-            runs = client.search_runs([experiment.experiment_id], wanted, order_by=["start_time DESC"])
+            runs = client.search_runs(
+                [experiment.experiment_id], wanted, order_by=["start_time DESC"]
+            )
             if not runs:
-                print(f"no runs of sweep {sweep or '(any)'}: run a sweep first (make sweep)", file=sys.stderr)
+                print(
+                    f"no runs of sweep {sweep or '(any)'}: run a sweep first (make sweep)",
+                    file=sys.stderr,
+                )
                 return
             sweep = runs[0].data.tags["sweep"]
             ids = [r.info.run_id for r in runs if r.data.tags.get("sweep") == sweep]
-            # Its page scrolls inside a panel: a tall window shows plot, runs, parameters and metrics.
+            # Its page scrolls inside a panel: a tall window shows plot, runs, parameters and
+            # metrics.
             page.set_viewport_size({"width": 1900, "height": 2600})
-            page.goto(f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment.experiment_id])}")
+            page.goto(
+                f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([experiment.experiment_id])}"
+            )
             page.wait_for_timeout(8000)
             close_assistant(page)
             compare_by(page, ["val/math", "val/loss"])
             artifacts = page.get_by_text("Artifacts", exact=True).first.bounding_box()
-            page.screenshot(path=str(ROOT / "docs" / "mlflow_compare.png"),
-                            clip={"x": 0, "y": 0, "width": 1900, "height": artifacts["y"] - 10 if artifacts else 2600})
+            page.screenshot(
+                path=str(ROOT / "docs" / "mlflow_compare.png"),
+                clip={
+                    "x": 0,
+                    "y": 0,
+                    "width": 1900,
+                    "height": artifacts["y"] - 10 if artifacts else 2600,
+                },
+            )
 
 
 def serve_shot(function: str) -> None:
     model = sorted((ROOT / "outputs" / "train").glob("*/checkpoint/merged"))[-1]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(ROOT / ".venv" / "bin" / "derivanim"), "serve", "--model", str(model), "--port", str(port)]
+    command = [
+        str(ROOT / ".venv" / "bin" / "derivanim"),
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+    ]
     with background(command, url, timeout=300), browser() as page:
         page.goto(url)
         page.fill("#function", function)
         page.click("#go")
         page.wait_for_selector("#result:not([hidden])", timeout=300_000)
         page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
-        page.evaluate("v => { const e = document.getElementById('video'); e.pause(); e.currentTime = e.duration * 0.7; }",
-                      None)
+        page.evaluate(
+            "v => { const e = document.getElementById('video'); e.pause(); "
+            "e.currentTime = e.duration * 0.7; }",
+            None,
+        )
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ROOT / "docs" / "serve_page.png"), full_page=False)
 
@@ -153,7 +202,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["runs", "compare", "serve"])
     parser.add_argument("--function", default="x^2 sin(x)")
-    parser.add_argument("--sweep", help="the sweep to compare (its tag sweep=NAME); default: the newest")
+    parser.add_argument(
+        "--sweep", help="the sweep to compare (its tag sweep=NAME); default: the newest"
+    )
     args = parser.parse_args()
     if args.only in (None, "runs", "compare"):
         mlflow_shots(args.only, args.sweep)

@@ -26,11 +26,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 _MISSING = {  # marker -> (what it needs, a function listing what this machine lacks of it)
-    "needs_render": ("LaTeX, cairo, pango and the render sandbox",
-                     lambda: [*environment.render_problems(), *_sandbox_problems()]),
+    "needs_render": (
+        "LaTeX, cairo, pango and the render sandbox",
+        lambda: [*environment.render_problems(), *_sandbox_problems()],
+    ),
     "needs_sandbox": ("the render sandbox", lambda: _sandbox_problems()),
-    "needs_browser": ("Debian's chromium (setup.sh installs it)",
-                      lambda: [] if shutil.which("chromium") else ["chromium is not installed"]),
+    "needs_browser": (
+        "Debian's chromium (setup.sh installs it)",
+        lambda: [] if shutil.which("chromium") else ["chromium is not installed"],
+    ),
 }
 
 CHROMIUM = "chromium"
@@ -45,7 +49,9 @@ def _sandbox_problems() -> list[str]:
 
 def pytest_configure(config):
     for marker, (what, _) in _MISSING.items():
-        config.addinivalue_line("markers", f"{marker}: needs {what}; skipped without, a failure under CI")
+        config.addinivalue_line(
+            "markers", f"{marker}: needs {what}; skipped without, a failure under CI"
+        )
 
 
 def pytest_runtest_setup(item):
@@ -58,7 +64,9 @@ def pytest_runtest_setup(item):
         if missing:
             reason = f"needs {what}: {'; '.join(missing)}"
             if os.environ.get("CI"):
-                pytest.fail(f"CI runs every test, and this one cannot run here: {reason}", pytrace=False)
+                pytest.fail(
+                    f"CI runs every test, and this one cannot run here: {reason}", pytrace=False
+                )
             pytest.skip(reason)
 
 
@@ -78,7 +86,9 @@ def default_splits():
     from omegaconf import OmegaConf
 
     cfg = compose_config("make_data", "data.sizes.train=418")
-    return dataset.generate_splits(dataset.DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
+    return dataset.generate_splits(
+        dataset.DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -100,15 +110,28 @@ def micro_checkpoint(tmp_path_factory):
     build_base(BaseModelConfig(**OmegaConf.to_container(cfg, resolve=True)))
     tokenizer = AutoTokenizer.from_pretrained(paths.resolve(cfg.output_dir))
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     directory = tmp_path_factory.mktemp("checkpoint")
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     DEFAULT_FORMAT.save(directory)
-    scenes = [r.completion for r in dataset.generate_splits(dataset.DataConfig(
-        sizes={"train": 6, "validation": 0, "test": 0}))["train"]]
+    scenes = [
+        r.completion
+        for r in dataset.generate_splits(
+            dataset.DataConfig(sizes={"train": 6, "validation": 0, "test": 0})
+        )["train"]
+    ]
     (directory / DRAFT_CORPUS).write_text(json.dumps(scenes))
     return directory
 

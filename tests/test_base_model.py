@@ -17,7 +17,9 @@ def test_copy_rows_repeat_spans_an_induction_head_can_predict():
     tokens = torch.randint(10, 5000, (20_000,), generator=torch.Generator().manual_seed(0))
     row, mask = copy_circuit._copy_row(tokens, 256, torch.Generator().manual_seed(1))
     assert row.shape == mask.shape == (256,)
-    assert 40 < int(mask.sum()) < 128  # about half the row repeats, first tokens of repeats excluded
+    assert (
+        40 < int(mask.sum()) < 128
+    )  # about half the row repeats, first tokens of repeats excluded
     for i in mask.nonzero().flatten().tolist():
         # the token before i appeared earlier, followed by the very token at i
         earlier = [j for j in range(1, i - 1) if row[j - 1] == row[i - 1] and row[j] == row[i]]
@@ -25,29 +27,43 @@ def test_copy_rows_repeat_spans_an_induction_head_can_predict():
 
 
 def tiny_config(**changes) -> BaseModelConfig:
-    settings = OmegaConf.to_container(compose_config("train", "model=tiny").model.build, resolve=True)
+    settings = OmegaConf.to_container(
+        compose_config("train", "model=tiny").model.build, resolve=True
+    )
     return BaseModelConfig(**{**settings, **changes})
 
 
 def micro_config(tmp_path, **changes) -> BaseModelConfig:
-    settings = OmegaConf.to_container(compose_config("train", "model=micro").model.build, resolve=True)
+    settings = OmegaConf.to_container(
+        compose_config("train", "model=micro").model.build, resolve=True
+    )
     return BaseModelConfig(**{**settings, "output_dir": str(tmp_path / "base"), **changes})
 
 
 def test_batches_are_corpus_windows_each_once_an_epoch():
     tokens = torch.arange(64 * 40 + 1) % 3000
-    config = BaseModelConfig(**{**micro_config(Path("/unused")).__dict__, "seq_len": 64, "batch_size": 8})
+    config = BaseModelConfig(
+        **{**micro_config(Path("/unused")).__dict__, "seq_len": 64, "batch_size": 8}
+    )
     batches = [pretrain.batch_at(tokens, config, step) for step in range(10)]  # 5 steps an epoch
     assert all(b.shape == (8, 64) for b in batches)
-    assert all(bool(((row[1:] - row[:-1]) % 3000 == 1).all()) for b in batches for row in b)  # consecutive tokens
+    assert all(
+        bool(((row[1:] - row[:-1]) % 3000 == 1).all()) for b in batches for row in b
+    )  # consecutive tokens
     for epoch in (batches[:5], batches[5:]):
         starts = sorted(int(row[0]) for b in epoch for row in b)
         assert starts == [64 * i for i in range(40)]
-    assert not torch.equal(torch.cat(batches[:5]), torch.cat(batches[5:]))  # each epoch its own order
-    assert torch.equal(pretrain.batch_at(tokens, config, 7), batches[7])  # a pure function of the step
+    assert not torch.equal(
+        torch.cat(batches[:5]), torch.cat(batches[5:])
+    )  # each epoch its own order
+    assert torch.equal(
+        pretrain.batch_at(tokens, config, 7), batches[7]
+    )  # a pure function of the step
 
 
-def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
     from safetensors.torch import load_file
 
     whole = micro_config(tmp_path / "whole", steps=6, checkpoint_every=2)
@@ -63,19 +79,30 @@ def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrup
     monkeypatch.setattr(pretrain, "batch_at", stop_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         pretrain.build_base(interrupted)
-    state = torch.load(tmp_path / "interrupted" / ".base-building" / pretrain.STATE_FILE, weights_only=False)
+    state = torch.load(
+        tmp_path / "interrupted" / ".base-building" / pretrain.STATE_FILE, weights_only=False
+    )
     assert state["step"] == 4  # the last checkpoint; step 5 is trained again
     trained: list[int] = []
-    monkeypatch.setattr(pretrain, "batch_at", lambda t, c, step: trained.append(step) or real_batch_at(t, c, step))
+    monkeypatch.setattr(
+        pretrain, "batch_at", lambda t, c, step: trained.append(step) or real_batch_at(t, c, step)
+    )
     report = pretrain.build_base(interrupted)
-    assert trained == [4, 5] and len(report.losses) == 6 and not report.cached  # continued, not restarted
-    first, second = (load_file(tmp_path / d / "base" / "model.safetensors") for d in ("whole", "interrupted"))
+    assert (
+        trained == [4, 5] and len(report.losses) == 6 and not report.cached
+    )  # continued, not restarted
+    first, second = (
+        load_file(tmp_path / d / "base" / "model.safetensors") for d in ("whole", "interrupted")
+    )
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert pretrain.build_base(interrupted).cached  # finished: reused as it is
 
 
-def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(tmp_path, default_splits):
-    """The `make pretrain` entry point, end to end, with a calculus corpus that leaves the held-out data out."""
+def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(
+    tmp_path, default_splits
+):
+    """The `make pretrain` entry point, end to end, with a calculus corpus that leaves the
+    held-out data out."""
     import mlflow
     from transformers import AutoModelForCausalLM
 
@@ -85,22 +112,43 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
     published = tmp_path / "models" / "micro-base"
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "derivative_animator.model.pretrain", "model=micro",
-               "model.build.calculus_draws=300", f"model.build.held_out_data={data}",
-               f"model.build.output_dir={tmp_path / 'base'}", f"model.build.publish_dir={published}",
-               f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path / 'artifacts'}"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
+    command = [
+        sys.executable,
+        "-m",
+        "derivative_animator.model.pretrain",
+        "model=micro",
+        "model.build.calculus_draws=300",
+        f"model.build.held_out_data={data}",
+        f"model.build.output_dir={tmp_path / 'base'}",
+        f"model.build.publish_dir={published}",
+        f"logger.tracking_uri={store}",
+        f"logger.artifact_location={tmp_path / 'artifacts'}",
+    ]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads((published / base_model.BUILD_INFO).read_text())
-    held_out = calculus_corpus.held_out_keys(data)  # the splits' validation and test functions and every benchmark's
-    assert info["calculus_documents"] > 200 and info["held_out_functions"] == len(held_out) > 107 + 300
+    held_out = calculus_corpus.held_out_keys(
+        data
+    )  # the splits' validation and test functions and every benchmark's
+    assert (
+        info["calculus_documents"] > 200 and info["held_out_functions"] == len(held_out) > 107 + 300
+    )
     assert info["held_out_sha256"] == benchmarks.keys_sha256(held_out)
-    assert {name: base_publish.file_sha256(published / name) for name in info["sha256"]} == info["sha256"]
+    assert {name: base_publish.file_sha256(published / name) for name in info["sha256"]} == info[
+        "sha256"
+    ]
     assert_card_lists_every_file(published)
-    assert f"{info['held_out_functions']} held-out functions" in (published / base_publish.CARD).read_text()
+    assert (
+        f"{info['held_out_functions']} held-out functions"
+        in (published / base_publish.CARD).read_text()
+    )
     AutoModelForCausalLM.from_pretrained(published)
     client = mlflow.MlflowClient(store)
-    run, = client.search_runs([client.get_experiment_by_name("derivative-animator-pretrain").experiment_id])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("derivative-animator-pretrain").experiment_id]
+    )
     assert run.info.status == "FINISHED" and run.data.metrics["pretrain/calculus_tokens"] > 0
     assert run.data.params["build/calculus_draws"] == "300"
 
@@ -118,10 +166,17 @@ def test_the_shipped_base_loads_and_its_files_match_the_sha256_of_its_card():
     settings = compose_config("train", "model=tiny").model.build
     shipped = paths.resolve(settings.publish_dir)
     info = json.loads((shipped / base_model.BUILD_INFO).read_text())
-    assert {name: base_publish.file_sha256(shipped / name) for name in info["sha256"]} == info["sha256"]
+    assert {name: base_publish.file_sha256(shipped / name) for name in info["sha256"]} == info[
+        "sha256"
+    ]
     assert_card_lists_every_file(shipped)
-    assert (shipped / "model.safetensors").stat().st_size < 40e6  # the issue's budget for weights in git
-    assert info["config_sha256"] == BaseModelConfig(**OmegaConf.to_container(settings, resolve=True)).sha256  # its recipe
+    assert (
+        shipped / "model.safetensors"
+    ).stat().st_size < 40e6  # the issue's budget for weights in git
+    assert (
+        info["config_sha256"]
+        == BaseModelConfig(**OmegaConf.to_container(settings, resolve=True)).sha256
+    )  # its recipe
     model = AutoModelForCausalLM.from_pretrained(shipped)
     tokenizer = AutoTokenizer.from_pretrained(shipped)
     assert sum(p.numel() for p in model.parameters()) == info["parameters"]
@@ -140,7 +195,9 @@ class _Tokenizer:  # what make_model reads from a tokenizer
 def test_copy_circuit_makes_an_untrained_model_copy(circuit):
     """The built-in induction head copies repeated spans before any training; without it, a
     random model copies nothing. Spans of random tokens, so only copying can predict them."""
-    config = tiny_config(num_layers=2, copy_circuit=circuit, max_position_embeddings=1024, seq_len=512)
+    config = tiny_config(
+        num_layers=2, copy_circuit=circuit, max_position_embeddings=1024, seq_len=512
+    )
     torch.manual_seed(0)
     model = base_model.make_model(config, _Tokenizer(2048))
     tokens = torch.randint(2, 2048, (50_000,), generator=torch.Generator().manual_seed(0))

@@ -28,7 +28,11 @@ def test_every_textbook_exercise_names_its_book_section_and_number_and_parses():
 
 def test_the_benchmarks_span_every_kind():
     for name, least in (("textbook", 3), ("random", 3)):
-        kinds = [k for item in benchmarks.items(name) for k in expression_trees.kinds(parse_function(item.text))]
+        kinds = [
+            k
+            for item in benchmarks.items(name)
+            for k in expression_trees.kinds(parse_function(item.text))
+        ]
         for kind in expression_trees.KINDS:
             assert kinds.count(kind) >= least, (name, kind)
 
@@ -41,7 +45,8 @@ def test_no_benchmark_function_is_in_any_dataset_split(default_splits):
 
 
 def test_the_dataset_builder_passes_over_a_benchmark_function_it_draws(monkeypatch):
-    """Make the first test function of a small build a benchmark's: the same build then leaves it out."""
+    """Make the first test function of a small build a benchmark's: the same build then leaves it
+    out."""
     config = dataset.DataConfig(sizes={"train": 8, "validation": 4, "test": 4})
     first = dataset.generate_splits(config)["test"]
     taken = keys(r.function for r in first)
@@ -60,19 +65,26 @@ def test_the_corpus_writer_never_works_a_benchmark_function():
 
 
 def _functions(document: str) -> list[str]:
-    return [line[len("f(x) = "):] for line in document.splitlines() if line.startswith("f(x) = ")]
+    return [line[len("f(x) = ") :] for line in document.splitlines() if line.startswith("f(x) = ")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the shipped base was built before the benchmarks existed: its corpus works some of their functions "
-    "(tan(x), sec(x), arcsin(2x) ...). `make pretrain` rebuilds it without them (about 2.5 h on 2 cores); "
-    "this test then passes and strict xfail fails CI until this mark goes"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the shipped base was built before the benchmarks existed: its corpus works some of "
+        "their functions (tan(x), sec(x), arcsin(2x) ...). `make pretrain` rebuilds it without "
+        "them (about 2.5 h on 2 cores); "
+        "this test then passes and strict xfail fails CI until this mark goes"
+    ),
+)
 def test_the_shipped_base_was_pretrained_without_any_benchmark_or_held_out_function(default_splits):
     """Its build recorded the digest of the canonical forms its corpus left out: they are the
     default dataset's validation and test functions and every benchmark's, as they are now."""
     settings = compose_config("train", "model=tiny").model.build
     info = json.loads((paths.resolve(settings.publish_dir) / base_model.BUILD_INFO).read_text())
-    held_out = keys(r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split])
+    held_out = keys(
+        r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split]
+    )
     assert info["held_out_sha256"] == benchmarks.keys_sha256(held_out | benchmarks.held_out_keys())
 
 
@@ -84,17 +96,24 @@ def test_the_random_benchmark_holds_no_textbook_function():
 
 @pytest.mark.slow
 def test_the_random_benchmark_is_the_draw_of_its_seed():
-    """benchmarks/random.txt is what its seed draws today: the file is the generator's, not edited."""
+    """benchmarks/random.txt is what its seed draws today: the file is the generator's, not
+    edited."""
     textbook = frozenset(keys(item.text for item in benchmarks.items("textbook")))
-    assert benchmarks.draw_random(exclude=textbook) == [item.text for item in benchmarks.items("random")]
+    assert benchmarks.draw_random(exclude=textbook) == [
+        item.text for item in benchmarks.items("random")
+    ]
 
 
 @pytest.mark.slow
 def test_the_oracle_animates_every_benchmark_function_but_two():
     """Left out of the evaluation (with a note): the constant pi, and a 27th power whose values
     pass 1e4 wherever it is real and not flat. Every other function gets a scene."""
-    not_animated = [item.id for name in benchmarks.names() for item in benchmarks.items(name)
-                    if curriculum.analyse(parse_function(item.text), wider=True) is None]
+    not_animated = [
+        item.id
+        for name in benchmarks.names()
+        for item in benchmarks.items(name)
+        if curriculum.analyse(parse_function(item.text), wider=True) is None
+    ]
     assert not_animated == ["textbook-001", "textbook-051"]
 
 
@@ -114,7 +133,10 @@ def test_a_build_with_tree_practice_has_no_duplicate_and_no_benchmark_function()
     splits = dataset.generate_splits(config)
     assert sum(r.source == "expression-trees" for r in splits["train"]) == 12
     assert not dataset.cross_split_duplicates(splits)
-    assert not keys(r.function for split in splits.values() for r in split) & benchmarks.held_out_keys()
+    assert (
+        not keys(r.function for split in splits.values() for r in split)
+        & benchmarks.held_out_keys()
+    )
     with pytest.raises(ValueError, match="tree_practice is a share of data.sizes.train"):
         dataset.DataConfig(tree_practice=-1)
 

@@ -1,4 +1,5 @@
-"""The pretraining corpus's worked derivatives: right, in the scenes' notation, held-out functions never worked."""
+"""The pretraining corpus's worked derivatives: right, in the scenes' notation, held-out
+functions never worked."""
 
 import re
 
@@ -10,7 +11,11 @@ from derivative_animator.math import curriculum
 from derivative_animator.math.judge import _interval, expressions_equal
 from derivative_animator.math.parsing import X, parse_function
 
-WORKED = re.compile(r"^(?:f\(x\) = (?P<f>.+)|#   (?P<part>.+?): [a-z ]+ rule -> .+|# d/dx (?P<whole>.+), rule by rule:)$")
+WORKED = re.compile(
+    r"^(?:f\(x\) = (?P<f>.+)"
+    r"|#   (?P<part>.+?): [a-z ]+ rule -> .+"
+    r"|# d/dx (?P<whole>.+), rule by rule:)$"
+)
 
 
 def worked_functions(documents: list[str]) -> list[str]:
@@ -30,7 +35,9 @@ def keys(functions) -> set[str]:
 
 @pytest.fixture(scope="module")
 def held_out(default_splits):
-    return keys(r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split])
+    return keys(
+        r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split]
+    )
 
 
 def test_the_default_recipe_never_works_a_validation_or_test_function(held_out):
@@ -43,7 +50,9 @@ def test_the_default_recipe_never_works_a_validation_or_test_function(held_out):
     assert len(keys(unfiltered) & held_out) >= 5
 
 
-def test_held_out_keys_are_the_built_datasets_validation_and_test_functions(tmp_path, default_splits, held_out):
+def test_held_out_keys_are_the_built_datasets_validation_and_test_functions(
+    tmp_path, default_splits, held_out
+):
     directory = tmp_path / "data"
     dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(directory)))
     assert calculus_corpus.held_out_keys(directory) == held_out | benchmarks.held_out_keys()
@@ -58,14 +67,35 @@ def test_every_worked_derivative_is_right_and_in_the_prompts_notation():
     for function, derivative in pairs:
         expr = parse_function(function)
         true = sp.diff(expr, X)
-        assert expressions_equal(parse_function(derivative), true, _interval(expr, true))[0], function
-        assert "**" not in function + derivative and "log(" not in function  # typed, as people write
+        assert expressions_equal(parse_function(derivative), true, _interval(expr, true))[0], (
+            function
+        )
+        assert (
+            "**" not in function + derivative and "log(" not in function
+        )  # typed, as people write
 
 
 def test_the_corpus_holds_the_kinds_textbooks_ask_about():
     text = "\n".join(calculus_corpus.documents(2000, seed=0, held_out=set()))
-    for kind in ("sec(", "csc(", "cot(", "arccos(", "arcsin(", "tanh(", "cosh(", "pi", "5^", "10^",
-                 "ln(x^2", "sqrt(", "^(-1/2)", "^(2/3)", "/(x^2", "rule by rule", "Differentiate"):
+    for kind in (
+        "sec(",
+        "csc(",
+        "cot(",
+        "arccos(",
+        "arcsin(",
+        "tanh(",
+        "cosh(",
+        "pi",
+        "5^",
+        "10^",
+        "ln(x^2",
+        "sqrt(",
+        "^(-1/2)",
+        "^(2/3)",
+        "/(x^2",
+        "rule by rule",
+        "Differentiate",
+    ):
         assert kind in text, kind
 
 

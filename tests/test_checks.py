@@ -19,7 +19,9 @@ FAST = checks.RenderOptions(quick=True, save_frame=False)
 @pytest.fixture(scope="module")
 def warm_renders():
     """A warm render sandbox shared by this module's tests (Manim imported once)."""
-    with checks.PythonSandbox(checks.SandboxLimits(timeout_s=15), preload=checks.RENDER_PRELOAD) as box:
+    with checks.PythonSandbox(
+        checks.SandboxLimits(timeout_s=15), preload=checks.RENDER_PRELOAD
+    ) as box:
         yield box
 
 
@@ -36,7 +38,9 @@ def oracle(function, style="tangent"):
 def with_line(code, name, text):
     """The scene with its docstring's `f(x) = ...` (name "f") or `f'(x) = ...` line rewritten."""
     line = "f(x)" if name == "f" else "f'(x)"
-    changed, count = re.subn(rf"^{re.escape(line)} = .*$", f"{line} = {text}", code, count=1, flags=re.M)
+    changed, count = re.subn(
+        rf"^{re.escape(line)} = .*$", f"{line} = {text}", code, count=1, flags=re.M
+    )
     assert count == 1
     return changed
 
@@ -52,8 +56,9 @@ def test_oracle_math_for_every_level(function):
 @pytest.mark.needs_render
 @pytest.mark.parametrize("style", STYLES)
 def test_oracle_renders_each_style(style, tmp_path):
-    result = checks.check_code(oracle("x^2 sin x", style), "x^2 sin(x)",
-                               render=checks.RenderOptions(), output_dir=tmp_path)
+    result = checks.check_code(
+        oracle("x^2 sin x", style), "x^2 sin(x)", render=checks.RenderOptions(), output_dir=tmp_path
+    )
     assert result.passed, result.error
     assert (tmp_path / f"{result.scene}.png").stat().st_size > 1000
     assert (tmp_path / f"{result.scene}.mp4").stat().st_size > 1000
@@ -63,8 +68,9 @@ def test_oracle_renders_each_style(style, tmp_path):
 def test_render_frame_rate_is_passed_to_manim(tmp_path):
     import av
 
-    result = checks.check_code(oracle("x^2", "tangent"), "x^2", output_dir=tmp_path,
-                               render=checks.RenderOptions(fps=5))
+    result = checks.check_code(
+        oracle("x^2", "tangent"), "x^2", output_dir=tmp_path, render=checks.RenderOptions(fps=5)
+    )
     assert result.passed, result.error
     with av.open(str(tmp_path / f"{result.scene}.mp4")) as movie:
         assert movie.streams.video[0].average_rate == 5  # Manim's low quality is 15 fps otherwise
@@ -79,8 +85,11 @@ def test_oracle_passes_all_four_checks_for_every_level_and_style(function, style
     assert result.passed and result.layout, (result.error, result.layout_problems)
 
 
-HARD_FUNCTIONS = [line.strip() for line in (Path(__file__).parent / "data" / "hard_functions.txt").read_text().splitlines()
-                  if line.strip() and not line.startswith("#")]
+HARD_FUNCTIONS = [
+    line.strip()
+    for line in (Path(__file__).parent / "data" / "hard_functions.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
 
 
 @pytest.mark.needs_render
@@ -91,9 +100,15 @@ def test_the_oracle_passes_all_five_checks_on_the_hard_set_in_every_style(warm_r
     assert len(HARD_FUNCTIONS) >= 40
     failures = []
     for number, function in enumerate(HARD_FUNCTIONS):
-        style = STYLES[number % len(STYLES)]  # every style on a third of them: all three, in CI's time
-        result = checks.check_code(oracle(function, style), function, render=checks.RenderOptions(quick=True),
-                                   sandbox=warm_renders)
+        style = STYLES[
+            number % len(STYLES)
+        ]  # every style on a third of them: all three, in CI's time
+        result = checks.check_code(
+            oracle(function, style),
+            function,
+            render=checks.RenderOptions(quick=True),
+            sandbox=warm_renders,
+        )
         if not (result.passed and result.layout):
             failures.append(f"{function} ({style}): {result.error or result.layout_problems}")
     assert not failures, "\n".join(failures)
@@ -101,16 +116,24 @@ def test_the_oracle_passes_all_five_checks_on_the_hard_set_in_every_style(warm_r
 
 @pytest.mark.needs_render
 @pytest.mark.slow
-def test_the_oracle_passes_all_five_checks_on_every_validation_and_test_function(default_splits, warm_renders):
+def test_the_oracle_passes_all_five_checks_on_every_validation_and_test_function(
+    default_splits, warm_renders
+):
     """The scenes evaluation compares models against: each in its dataset style, rendered."""
     records = default_splits["validation"] + default_splits["test"]
     assert len(records) == 107
     failures = []
     for record in records:
-        result = checks.check_code(oracle(record.function, record.style), record.function,
-                                   render=checks.RenderOptions(quick=True), sandbox=warm_renders)
+        result = checks.check_code(
+            oracle(record.function, record.style),
+            record.function,
+            render=checks.RenderOptions(quick=True),
+            sandbox=warm_renders,
+        )
         if not (result.passed and result.layout):
-            failures.append(f"{record.function} ({record.style}): {result.error or result.layout_problems}")
+            failures.append(
+                f"{record.function} ({record.style}): {result.error or result.layout_problems}"
+            )
     assert not failures, "\n".join(failures)
 
 
@@ -133,7 +156,9 @@ def test_wrong_derivative_is_caught_without_running_anything():
 
 
 def test_every_failure_is_reported_in_order():
-    code = with_line(oracle("x^2"), "df", "1/(2ln(x")  # sympy cannot read it either: the render fails
+    code = with_line(
+        oracle("x^2"), "df", "1/(2ln(x"
+    )  # sympy cannot read it either: the render fails
     result = checks.check_code(code, "x^2", render=checks.RenderOptions(quick=True))
     assert result.math is False and result.executes is False
     assert result.error.startswith("math: derivative") and "; execute" in result.error, result.error
@@ -153,7 +178,9 @@ def test_check_function_reads_f_alone():
     code = oracle("x^3")
     assert check_function(ast.parse(code), parse_function("x^3")) is True
     assert check_function(ast.parse(with_line(code, "f", "x^4")), parse_function("x^3")) is False
-    assert check_function(ast.parse("f_expr = x**3"), parse_function("x^3")) is True  # code, not typed
+    assert (
+        check_function(ast.parse("f_expr = x**3"), parse_function("x^3")) is True
+    )  # code, not typed
     assert check_function(ast.parse("y = 1"), parse_function("x^3")) is None
 
 
@@ -161,7 +188,9 @@ def test_check_function_reads_f_alone():
 def test_equivalent_forms_of_the_derivative_pass(derivative):
     code = with_line(oracle("sin(x)^2"), "df", derivative)
     assert checks.check_code(code, "sin(x)^2", execute=False).math is True
-    assert check_math(ast.parse("df_expr = sp.sin(2*x)"), checks.parse_function("sin(x)^2"))[0] is True
+    assert (
+        check_math(ast.parse("df_expr = sp.sin(2*x)"), checks.parse_function("sin(x)^2"))[0] is True
+    )
 
 
 def test_lambda_derivative_is_found():
@@ -170,14 +199,26 @@ def test_lambda_derivative_is_found():
 
 
 @pytest.mark.needs_render
-@pytest.mark.parametrize("plant, expected", [
-    (lambda c: c.replace("Create(axes)", "ShowCreation(axes)"), "NameError"),
-    (lambda c: c.replace("def construct(self):", "def construct(self):\n        1 / 0"), "ZeroDivisionError"),
-    (lambda c: c.replace("def construct(self):", "def construct(self):\n        while True: pass"), "timed out"),
-])
+@pytest.mark.parametrize(
+    "plant, expected",
+    [
+        (lambda c: c.replace("Create(axes)", "ShowCreation(axes)"), "NameError"),
+        (
+            lambda c: c.replace("def construct(self):", "def construct(self):\n        1 / 0"),
+            "ZeroDivisionError",
+        ),
+        (
+            lambda c: c.replace(
+                "def construct(self):", "def construct(self):\n        while True: pass"
+            ),
+            "timed out",
+        ),
+    ],
+)
 def test_planted_runtime_faults(plant, expected, sandbox):
-    render = checks.RenderOptions(quick=True, save_frame=False,
-                                  limits=checks.SandboxLimits(timeout_s=15))
+    render = checks.RenderOptions(
+        quick=True, save_frame=False, limits=checks.SandboxLimits(timeout_s=15)
+    )
     result = checks.check_code(plant(oracle("x^2")), "x^2", render=render, sandbox=sandbox)
     assert result.executes is False and expected in result.error, result.error
     assert result.math is True  # the mathematics was right; only execution failed
@@ -189,16 +230,21 @@ def test_scene_writing_outside_its_dir_fails_and_host_is_untouched(tmp_path, san
     victim.write_text("precious")
     code = oracle("x^2").replace(
         "def construct(self):",
-        f"def construct(self):\n        open({str(victim)!r}, 'w').write('overwritten')")
+        f"def construct(self):\n        open({str(victim)!r}, 'w').write('overwritten')",
+    )
     result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
     assert result.executes is False
     assert victim.read_text() == "precious"
 
 
 def test_environment_failure_is_not_a_code_failure(monkeypatch):
-    monkeypatch.setattr(checks.environment, "render_problem_summary", lambda: "environment: latex not found")
+    monkeypatch.setattr(
+        checks.environment, "render_problem_summary", lambda: "environment: latex not found"
+    )
     result = checks.check_code(oracle("x^2"), "x^2")
-    assert result.executes is None and result.environment_error and "latex not found" in result.error
+    assert (
+        result.executes is None and result.environment_error and "latex not found" in result.error
+    )
 
 
 def test_render_failing_false_renders_only_scenes_whose_math_is_right(monkeypatch):
@@ -217,13 +263,18 @@ def test_header_math_is_right_judges_the_header_alone():
     from derivative_animator.math.parsing import parse_function
 
     def header(derivative):
-        return f'"""\nf(x) = x^2 sin(x)\nf\'(x) = {derivative}\n"""\nimport sympy as sp\n\nX_MIN, X_MAX = -3, 3\n'
+        return (
+            f'"""\nf(x) = x^2 sin(x)\nf\'(x) = {derivative}\n"""\n'
+            "import sympy as sp\n\nX_MIN, X_MAX = -3, 3\n"
+        )
 
     target = parse_function("x^2 sin(x)")
     assert header_math_is_right(header("2x*sin(x) + x^2*cos(x)"), target)
     assert not header_math_is_right(header("2x*cos(x)"), target)
     assert not header_math_is_right(header("2x*(cos(x)"), target)
-    assert not header_math_is_right(header("2x*sin(x) + x^2*cos(x)").replace("f(x) = x^2", "f(x) = x^3"), target)
+    assert not header_math_is_right(
+        header("2x*sin(x) + x^2*cos(x)").replace("f(x) = x^2", "f(x) = x^3"), target
+    )
 
 
 @pytest.mark.needs_render
@@ -252,7 +303,6 @@ def test_a_plotting_interval_across_a_pole_fails_the_math():
     across = re.sub(r"^X_MIN, X_MAX = .*$", "X_MIN, X_MAX = 0.2, 3", code, flags=re.M)
     result = checks.check_code(across, "4ln(x) tan(x)", execute=False)
     assert result.math is False and "X_MIN, X_MAX = 0.2, 3 is not one where" in result.error
-
 
 
 SHARED_PATHS_PROBE = r"""
@@ -293,20 +343,29 @@ print("frames", plain[0])
 @pytest.mark.needs_render
 def test_sharing_parsed_svg_paths_leaves_every_frame_unchanged(tmp_path):
     """The render runner's speed-up: copies share glyph paths, and every frame is identical."""
-    probe = subprocess.run([sys.executable, "-c", SHARED_PATHS_PROBE], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", SHARED_PATHS_PROBE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert int(probe.stdout.split()[-1]) > 5  # frames were drawn and compared
 
 
 @pytest.mark.needs_render
-def test_dataset_validation_renders_through_the_evaluations_sandbox_and_reports_a_broken_scene(default_splits):
+def test_dataset_validation_renders_through_the_evaluations_sandbox_and_reports_a_broken_scene(
+    default_splits,
+):
     from dataclasses import replace
 
     from derivative_animator.data import render_check
 
     good = default_splits["test"][:2]
-    broken = replace(good[0], id="broken", completion=good[0].completion.replace("f'(x) = ", "f'(x) = 1 + ", 1))
+    broken = replace(
+        good[0], id="broken", completion=good[0].completion.replace("f'(x) = ", "f'(x) = 1 + ", 1)
+    )
     failures = render_check.render_all([*good, broken], workers=2)
     assert [record_id for record_id, _ in failures] == ["broken"] and "math" in failures[0][1]
 
@@ -316,15 +375,21 @@ def test_dataset_validation_renders_through_the_evaluations_sandbox_and_reports_
 FAKES = {
     "exits before rendering": "import os\n        os._exit(0)",
     "replaces the renderer": "Scene.render = lambda self, *a, **k: None\n        return",
-    "crashes, then exits 0 at exit": "import atexit, os\n        atexit.register(os._exit, 0)\n        1 / 0",
-    "writes a fake movie": "open('movie.mp4', 'wb').write(b'not a movie')\n        import os\n        os._exit(0)",
+    "crashes, then exits 0 at exit": (
+        "import atexit, os\n        atexit.register(os._exit, 0)\n        1 / 0"
+    ),
+    "writes a fake movie": (
+        "open('movie.mp4', 'wb').write(b'not a movie')\n        import os\n        os._exit(0)"
+    ),
 }
 
 
 @pytest.mark.needs_render
 @pytest.mark.parametrize("fake", list(FAKES))
 def test_a_scene_cannot_fake_executes(fake, sandbox):
-    code = oracle("x^2").replace("def construct(self):", "def construct(self):\n        " + FAKES[fake], 1)
+    code = oracle("x^2").replace(
+        "def construct(self):", "def construct(self):\n        " + FAKES[fake], 1
+    )
     result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
     assert result.executes is False and not result.passed, (fake, result.error)
 
@@ -348,7 +413,8 @@ def test_a_scene_that_reads_its_docstring_another_way_fails(sandbox):
     own_reader = honest.replace(
         "from derivative_animator.parsing import typed_line\n",
         "def typed_line(line):\n"
-        "    return sp.parse_expr(line.split(' = ', 1)[1], transformations='all')\n")
+        "    return sp.parse_expr(line.split(' = ', 1)[1], transformations='all')\n",
+    )
     result = checks.check_code(own_reader, "sin x cos x", render=FAST, sandbox=sandbox)
     assert result.executes is True and result.math is False, result.error
 
@@ -382,37 +448,65 @@ def test_a_movie_that_does_not_decode_is_not_a_movie():
 
 # --- whatever a scene holds, the host-side check answers -------------------------------
 
-SCENE_WITHOUT_DOCSTRING = "from manim import *\nclass S(Scene):\n    def construct(self):\n        pass\n"
+SCENE_WITHOUT_DOCSTRING = (
+    "from manim import *\nclass S(Scene):\n    def construct(self):\n        pass\n"
+)
 
 
-@pytest.mark.parametrize("text", [
-    "-" * 20000 + "x",
-    "(" * 5000 + "x" + ")" * 5000,
-    "9" * 5000 + "^" + "9" * 5000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-" * 20000 + "x",
+        "(" * 5000 + "x" + ")" * 5000,
+        "9" * 5000 + "^" + "9" * 5000,
+    ],
+)
 def test_docstring_formulas_no_checker_can_handle_fail_with_a_reason(text):
     result = checks.check_code(with_line(oracle("x^2"), "df", text), "x^2", execute=False)
     assert result.math is False and result.error.startswith("math:") and "\n" not in result.error
 
 
-@pytest.mark.parametrize("expression, check", [
-    ("-" * 900 + "x", "math"),  # parses, but too deep for the expression reader: RecursionError
-    ("-" * 3000 + "x", "syntax"),  # Python's parser: RecursionError
-    ("-" * 20000 + "x", "syntax"),  # Python's parser: MemoryError
-    ("(" * 300 + "x" + ")" * 300, "syntax"),
-    ("x\x00", "syntax"),  # ValueError
-    ("x\n" + "pass\n" * 30000, "syntax"),  # too long to check
-])
+@pytest.mark.parametrize(
+    "expression, check",
+    [
+        ("-" * 900 + "x", "math"),  # parses, but too deep for the expression reader: RecursionError
+        ("-" * 3000 + "x", "syntax"),  # Python's parser: RecursionError
+        ("-" * 20000 + "x", "syntax"),  # Python's parser: MemoryError
+        ("(" * 300 + "x" + ")" * 300, "syntax"),
+        ("x\x00", "syntax"),  # ValueError
+        ("x\n" + "pass\n" * 30000, "syntax"),  # too long to check
+    ],
+)
 def test_code_no_parser_can_handle_fails_with_a_reason(expression, check):
-    result = checks.check_code(SCENE_WITHOUT_DOCSTRING + "df_expr = " + expression + "\n", "x^2", execute=False)
-    assert getattr(result, check) is False and result.error.startswith(f"{check}:") and "\n" not in result.error
+    result = checks.check_code(
+        SCENE_WITHOUT_DOCSTRING + "df_expr = " + expression + "\n", "x^2", execute=False
+    )
+    assert (
+        getattr(result, check) is False
+        and result.error.startswith(f"{check}:")
+        and "\n" not in result.error
+    )
 
 
 def test_check_json_answers_for_a_scene_nested_thousands_deep(tmp_path):
     scene = tmp_path / "deep.py"
     scene.write_text(SCENE_WITHOUT_DOCSTRING + "df_expr = " + "-" * 900 + "2*x\n")
-    done = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "check", str(scene), "--function", "x^2",
-                           "--json", "--no-execute"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.cli",
+            "check",
+            str(scene),
+            "--function",
+            "x^2",
+            "--json",
+            "--no-execute",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     import json
 
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-1000:]
@@ -420,8 +514,19 @@ def test_check_json_answers_for_a_scene_nested_thousands_deep(tmp_path):
 
 
 @pytest.mark.needs_render
-@pytest.mark.parametrize("function", ["4x^3 + 2x - 3/x", "(3x + 2)^4", "x^6 - 50x", "500x^2", "x^2 + 200",
-                                      "arccos(3x)", "ln(x - 7)", "sqrt(x - 20)"])
+@pytest.mark.parametrize(
+    "function",
+    [
+        "4x^3 + 2x - 3/x",
+        "(3x + 2)^4",
+        "x^6 - 50x",
+        "500x^2",
+        "x^2 + 200",
+        "arccos(3x)",
+        "ln(x - 7)",
+        "sqrt(x - 20)",
+    ],
+)
 def test_the_oracle_animates_functions_typed_the_way_textbooks_write_them(function, warm_renders):
     """Each was refused by the fixed intervals near 0: steep, shifted, or defined only far away."""
     result = checks.check_code(oracle(function), function, render=FAST, sandbox=warm_renders)
@@ -453,26 +558,37 @@ class Crowded(Scene):
         self.play(Write(MathTex("f'(x) = 2x").move_to(DOWN * 4.2)))
         self.play(*[FadeOut(m) for m in self.mobjects])
         self.wait(2)
-'''
+'''  # noqa: E501
 
 
 @pytest.mark.needs_render
-def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_and_an_empty_last_frame(warm_renders):
-    result = checks.check_code(LAYOUT_SCENE, "x^2", render=checks.RenderOptions(quick=True), sandbox=warm_renders)
+def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_and_an_empty_last_frame(  # noqa: E501
+    warm_renders,
+):
+    result = checks.check_code(
+        LAYOUT_SCENE, "x^2", render=checks.RenderOptions(quick=True), sandbox=warm_renders
+    )
     assert result.executes and result.layout is False
     problems = "\n".join(result.layout_problems)
     assert "'firstlabel' and 'secondlabel' overlap" in problems  # Manim's Text keeps no spaces
-    assert "\"f'(x) = 2x\" reaches outside the frame" in problems
+    assert '"f\'(x) = 2x" reaches outside the frame' in problems
     assert "curve 1: only" in problems and "the last frame is empty" in problems
-    assert "curve 2: squashed flat, it spans 4% of its axes' height" in problems and "curve 3" not in problems
+    assert (
+        "curve 2: squashed flat, it spans 4% of its axes' height" in problems
+        and "curve 3" not in problems
+    )
     assert result.passed is not None  # layout never changes what the four checks mean
 
 
 @pytest.mark.needs_render
 def test_the_oracles_long_rule_step_list_fits_the_frame(warm_renders):
     """It ran off the bottom of the frame (the layout check said so); now it shrinks to fit."""
-    long = checks.check_code(oracle("x^2 sin(x) e^x + ln(x) cos(x)", "graphs"), "x^2 sin(x) e^x + ln(x) cos(x)",
-                             render=FAST, sandbox=warm_renders)
+    long = checks.check_code(
+        oracle("x^2 sin(x) e^x + ln(x) cos(x)", "graphs"),
+        "x^2 sin(x) e^x + ln(x) cos(x)",
+        render=FAST,
+        sandbox=warm_renders,
+    )
     assert long.passed and long.layout is True, long.layout_problems
     short = checks.check_code(oracle("x^2", "graphs"), "x^2", render=FAST, sandbox=warm_renders)
     assert short.passed and short.layout is True and short.layout_problems == []
@@ -497,6 +613,7 @@ def test_an_empty_frame_is_told_from_one_with_something_on_it():
 
 # --- what a render sends back is read within the host's budget -----------------------------
 
+
 def _send_back(payload: str) -> str:
     """Scene lines (indented for construct) that replace what the runner writes after the render."""
     return "\n        ".join(payload.strip().splitlines())
@@ -513,7 +630,7 @@ def _hostile_movie(kind: str) -> str:
 import base64, os
 _movie, _replace = base64.b64decode("{encoded}"), os.replace
 os.replace = lambda src, dst, *a, **k: open(dst, 'wb').write(_movie) if str(dst).endswith('movie.mp4') else _replace(src, dst, *a, **k)
-""")
+""")  # noqa: E501
 
 
 def _hostile_report(text: str) -> str:
@@ -531,21 +648,41 @@ _z = zlib.compressobj(9)
 _body = b''.join(_z.compress(b'\\0' * 13001) for _ in range(13000)) + _z.flush()
 _bomb = b'\\x89PNG\\r\\n\\x1a\\n' + _chunk(b'IHDR', struct.pack('>IIBBBBB', 13000, 13000, 8, 0, 0, 0, 0)) + _chunk(b'IDAT', _body) + _chunk(b'IEND', b'')
 Image.Image.save = lambda self, fp, *a, **k: open(fp, 'wb').write(_bomb)
-""")
+""")  # noqa: E501
 
 SENT_BACK = {  # attack -> (scene lines, the check that fails, what its reason says)
-    "a PNG bomb as the last frame": (PNG_BOMB, "layout", "the last frame is 13000x13000, not the 854x480 asked"),
-    "a movie declaring 16 million frames": (lambda: _hostile_movie("declared"), "executes",
-                                            "the movie declares 16,000,000 frames; at most 301 are read"),
-    "a movie repeating one keyframe": (lambda: _hostile_movie("repeated"), "executes",
-                                       "the movie declares 5,000 frames; at most 301 are read"),
-    "a report over its size": (_hostile_report("'{\"layout\": [\"' + 'x' * (3 << 20) + '\"]}'"), "executes",
-                               "report.json is 3.0 MB, over its 2.0 MB cap"),
-    "a report nested 500,000 deep": (_hostile_report("'{\"curves\": ' + '[' * 500000 + ']' * 500000 + '}'"), "executes",
-                                     "report.json nests 500001 deep, over its 8 cap"),
+    "a PNG bomb as the last frame": (
+        PNG_BOMB,
+        "layout",
+        "the last frame is 13000x13000, not the 854x480 asked",
+    ),
+    "a movie declaring 16 million frames": (
+        lambda: _hostile_movie("declared"),
+        "executes",
+        "the movie declares 16,000,000 frames; at most 301 are read",
+    ),
+    "a movie repeating one keyframe": (
+        lambda: _hostile_movie("repeated"),
+        "executes",
+        "the movie declares 5,000 frames; at most 301 are read",
+    ),
+    "a report over its size": (
+        _hostile_report("'{\"layout\": [\"' + 'x' * (3 << 20) + '\"]}'"),
+        "executes",
+        "report.json is 3.0 MB, over its 2.0 MB cap",
+    ),
+    "a report nested 500,000 deep": (
+        _hostile_report("'{\"curves\": ' + '[' * 500000 + ']' * 500000 + '}'"),
+        "executes",
+        "report.json nests 500001 deep, over its 8 cap",
+    ),
     "a report with a 400-digit integer": (
-        _hostile_report("'{\"curves\": [{\"x\": [' + '9' * 400 + ', 1, 2], \"y\": [1, 2, 3]}], \"layout\": []}'"),
-        "executes", "no animation ran"),  # and no OverflowError
+        _hostile_report(
+            '\'{"curves": [{"x": [\' + \'9\' * 400 + \', 1, 2], "y": [1, 2, 3]}], "layout": []}\''
+        ),
+        "executes",
+        "no animation ran",
+    ),  # and no OverflowError
 }
 
 
@@ -558,9 +695,14 @@ def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox
     import time
 
     lines, check, reason = SENT_BACK[attack]
-    code = oracle("x^2").replace("def construct(self):",
-                                 "def construct(self):\n        " + (lines() if callable(lines) else lines), 1)
-    render = checks.RenderOptions(quick=True, save_frame=True, limits=checks.SandboxLimits(timeout_s=30))
+    code = oracle("x^2").replace(
+        "def construct(self):",
+        "def construct(self):\n        " + (lines() if callable(lines) else lines),
+        1,
+    )
+    render = checks.RenderOptions(
+        quick=True, save_frame=True, limits=checks.SandboxLimits(timeout_s=30)
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     result = checks.check_code(code, "x^2", render=render, sandbox=sandbox)
@@ -569,7 +711,9 @@ def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox
     told = result.layout_problems if check == "layout" else [result.error]
     assert any(reason in line and "\n" not in line for line in told), (attack, told)
     assert host_seconds < 5, host_seconds
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 512 << 10  # KB: within 512 MB
+    assert (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 512 << 10
+    )  # KB: within 512 MB
     if sandbox is not None:
         innocent = checks.check_code(oracle("x^2"), "x^2", render=render, sandbox=sandbox)
         assert innocent.passed and innocent.layout, (innocent.error, innocent.layout_problems)
@@ -580,7 +724,9 @@ def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox
 TRANSPARENT_PLOTS_AND_ANOTHER_CURVE = (
     "axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)",
     "axes.plot(f, color=BLUE, stroke_opacity=0), d_axes.plot(df, color=RED, stroke_opacity=0)\n"
-    "        self.add(ParametricFunction(lambda t: axes.c2p(t, 3 * np.sin(t)), t_range=[X_MIN, X_MAX], color=BLUE))")
+    "        self.add(ParametricFunction(lambda t: axes.c2p(t, 3 * np.sin(t)), "
+    "t_range=[X_MIN, X_MAX], color=BLUE))",
+)
 
 PATCHED_REPORT = """
 import sys
@@ -595,9 +741,9 @@ self.play(Create(big), Create(big.plot(lambda t: 40 + 0.05 * np.sin(t), color=BL
 self.play(Write(Text("cut off at the bottom").move_to(DOWN * 4.1)))
 self.wait(1)
 return
-"""
+"""  # noqa: E501
 
-RENDER_WITHOUT_CONSTRUCT = '''
+RENDER_WITHOUT_CONSTRUCT = """
 def _movie_without_construct(self, *args, **kwargs):
     import av
     path = self.renderer.file_writer.movie_file_path
@@ -617,7 +763,7 @@ def _movie_without_construct(self, *args, **kwargs):
 
 
 Scene.render = _movie_without_construct
-'''
+"""  # noqa: E501
 
 
 @pytest.mark.needs_render
@@ -637,21 +783,30 @@ def test_a_report_patched_through_sys_modules_fails_math_and_layout(sandbox):
     """The scene replaces the runner's samplers: the report claims x^2 and 2x and a clean
     layout, while the movie shows a wrong curve near 40, x^2 squashed flat on axes to 100,
     and text cut at the bottom edge."""
-    code = oracle("x^2").replace("def construct(self):", "def construct(self):\n        "
-                                 + _send_back(PATCHED_REPORT), 1)
-    result = checks.check_code(code, "x^2", render=checks.RenderOptions(quick=True), sandbox=sandbox)
+    code = oracle("x^2").replace(
+        "def construct(self):", "def construct(self):\n        " + _send_back(PATCHED_REPORT), 1
+    )
+    result = checks.check_code(
+        code, "x^2", render=checks.RenderOptions(quick=True), sandbox=sandbox
+    )
     assert result.executes is True and result.math is False, result.error
     assert "plotted curve 1 is not seen in the movie" in result.error
     assert result.layout is False
-    assert "the last frame cuts something off at its bottom edge" in result.layout_problems, result.layout_problems
-    assert any("curve 2 is seen squashed flat" in p for p in result.layout_problems), result.layout_problems
+    assert "the last frame cuts something off at its bottom edge" in result.layout_problems, (
+        result.layout_problems
+    )
+    assert any("curve 2 is seen squashed flat" in p for p in result.layout_problems), (
+        result.layout_problems
+    )
 
 
 @pytest.mark.needs_render
 def test_a_movie_written_without_construct_does_not_execute(sandbox):
     """Scene.render replaced by one that writes a right-sized, moving movie with PyAV while
     construct raises: the movie decodes, but no animation ran to make it."""
-    code = oracle("x^2").replace("class TangentLineScene", RENDER_WITHOUT_CONSTRUCT + "\n\nclass TangentLineScene", 1)
+    code = oracle("x^2").replace(
+        "class TangentLineScene", RENDER_WITHOUT_CONSTRUCT + "\n\nclass TangentLineScene", 1
+    )
     code = code.replace("def construct(self):", "def construct(self):\n        1 / 0", 1)
     result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
     assert result.executes is False and not result.passed, result.error
@@ -668,7 +823,9 @@ def _movie_of(frames: list) -> bytes:
         stream = movie.add_stream("h264", rate=15)
         stream.width, stream.height, stream.pix_fmt = 854, 480, "yuv420p"
         for pixels in frames:
-            movie.mux(stream.encode(__import__("av").VideoFrame.from_ndarray(pixels, format="rgb24")))
+            movie.mux(
+                stream.encode(__import__("av").VideoFrame.from_ndarray(pixels, format="rgb24"))
+            )
         movie.mux(stream.encode())
     return buffer.getvalue()
 
@@ -681,16 +838,18 @@ def test_a_still_movie_or_one_the_animations_do_not_account_for_does_not_execute
     black = np.zeros((480, 854, 3), dtype=np.uint8)
     moving = [black.copy() for _ in range(15)]
     for i, frame in enumerate(moving):
-        frame[200:260, 40 * i:40 * i + 60] = 255
+        frame[200:260, 40 * i : 40 * i + 60] = 255
     plays = [{"run_time": 1.0, "frames": 15, "curves": []}]
     seen, problem = untrusted.watch_movie(_movie_of(moving), (854, 480), 15)
     assert problem is None and seen.frames == 15 and seen.changes >= 10
     assert checks.movie_plays_problem(seen, plays, 15) is None
     assert "no animation ran" in checks.movie_plays_problem(seen, [], 15)
     assert "the animations that ran wrote 45" in checks.movie_plays_problem(
-        seen, [{"run_time": 3.0, "frames": 45, "curves": []}], 15)
+        seen, [{"run_time": 3.0, "frames": 45, "curves": []}], 15
+    )
     assert "the animations that ran take 9.0 s" in checks.movie_plays_problem(
-        seen, [{"run_time": 9.0, "frames": 15, "curves": []}], 15)
+        seen, [{"run_time": 9.0, "frames": 15, "curves": []}], 15
+    )
     still, _ = untrusted.watch_movie(_movie_of([black] * 15), (854, 480), 15)
     assert "one still picture" in checks.movie_plays_problem(still, plays, 15)
 
@@ -705,8 +864,15 @@ def test_a_curve_is_seen_where_its_pixels_trace_the_function():
     from derivative_animator.render import seen
 
     x = sp.Symbol("x")
-    view = {"curve": 0, "x": [-2.0, 2.0], "y": [0.0, 4.0], "low": [100.0, 400.0], "high": [700.0, 100.0],
-            "step": 0.04, "color": "#58C4DD"}
+    view = {
+        "curve": 0,
+        "x": [-2.0, 2.0],
+        "y": [0.0, 4.0],
+        "low": [100.0, 400.0],
+        "high": [700.0, 100.0],
+        "step": 0.04,
+        "color": "#58C4DD",
+    }
 
     def frame(draw_curve=True, shift=0.0, fill=False):
         image = Image.new("RGB", (854, 480))
@@ -715,7 +881,11 @@ def test_a_curve_is_seen_where_its_pixels_trace_the_function():
             draw.rectangle((100, 100, 700, 400), fill=(88, 196, 221))
         if draw_curve:
             xs = np.linspace(-2, 2, 300)
-            draw.line([(100 + (t + 2) * 150, 400 - (t**2 + shift) * 75) for t in xs], fill=(88, 196, 221), width=3)
+            draw.line(
+                [(100 + (t + 2) * 150, 400 - (t**2 + shift) * 75) for t in xs],
+                fill=(88, 196, 221),
+                width=3,
+            )
         return np.asarray(image)
 
     assert seen.trace(frame(), view, x**2).seen
@@ -723,7 +893,9 @@ def test_a_curve_is_seen_where_its_pixels_trace_the_function():
     assert not seen.trace(frame(shift=1.0), view, x**2).seen
     assert not seen.trace(frame(fill=True), view, x**2).seen
     assert not seen.trace(frame(draw_curve=False), view, x**2).seen
-    assert seen.trace(frame(), {**view, "low": "left"}, x**2) is None  # not a box: nothing to look at
+    assert (
+        seen.trace(frame(), {**view, "low": "left"}, x**2) is None
+    )  # not a box: nothing to look at
     assert seen.cut_at_edges(frame()) == []
     cut = frame().copy()
     cut[-3:, 300:340] = 255  # 40 columns: text, not a line crossing the edge

@@ -11,8 +11,13 @@ from derivative_animator.math.header import math_header_length
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "derivative_animator.cli", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "derivative_animator.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_parse_json_reports_everything():
@@ -24,13 +29,16 @@ def test_parse_json_reports_everything():
     assert {"product rule", "exponential rule"} <= {s["rule"] for s in info["steps"]}
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty"),
-    ("sin(x", "bracket"),
-    ("x + y", "write the function in x"),
-    ("__import__('os').system('touch pwned')", "position"),
-    ("1/0", "undefined"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty"),
+        ("sin(x", "bracket"),
+        ("x + y", "write the function in x"),
+        ("__import__('os').system('touch pwned')", "position"),
+        ("1/0", "undefined"),
+    ],
+)
 def test_parse_errors_are_one_line_with_exit_2(text, fragment, tmp_path):
     out = run("parse", text, cwd=tmp_path)
     assert out.returncode == 2
@@ -67,7 +75,12 @@ def test_generate_then_check_passes_all_four(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert {k: report[k] for k in ("syntax", "structure", "executes", "math", "error")} == {
-        "syntax": True, "structure": True, "executes": True, "math": True, "error": None}
+        "syntax": True,
+        "structure": True,
+        "executes": True,
+        "math": True,
+        "error": None,
+    }
 
 
 def test_check_reports_wrong_derivative(tmp_path):
@@ -77,15 +90,18 @@ def test_check_reports_wrong_derivative(tmp_path):
     assert out.returncode == 1 and "math       FAIL" in out.stdout
 
 
-@pytest.mark.parametrize("setting, fragment", [
-    (["--attempts", "0"], "--attempts must be 1 or more"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be 1 or more"),
-    (["--temperature", "-1"], "--temperature must be 0"),
-    (["--self-consistency-temperature", "0"], "--self-consistency-temperature must be above 0"),
-    (["--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["--syntax-rollbacks", "-1"], "--syntax-rollbacks must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        (["--attempts", "0"], "--attempts must be 1 or more"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be 1 or more"),
+        (["--temperature", "-1"], "--temperature must be 0"),
+        (["--self-consistency-temperature", "0"], "--self-consistency-temperature must be above 0"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--syntax-rollbacks", "-1"], "--syntax-rollbacks must be 0 or more"),
+    ],
+)
 def test_generate_refuses_sampling_settings_that_cannot_work(setting, fragment, capsys, tmp_path):
     # Checked before the model loads: the directory need not hold one.
     assert cli.main(["generate", "x^2", "--model", str(tmp_path), *setting]) == cli.EXIT_USAGE
@@ -101,7 +117,7 @@ def test_check_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
 
 
 def _header(code: str) -> str:
-    return code[:math_header_length(code)]
+    return code[: math_header_length(code)]
 
 
 class _FakeModel:
@@ -130,8 +146,14 @@ def _write(model, **changes):
     from derivative_animator.eval.service import GenerationService
     from derivative_animator.model.settings import GenerationSettings
 
-    settings = GenerationSettings.defaults().changed(**{"attempts": 3, "max_new_tokens": 10, **changes,
-                                                        "self_consistency": {"k": max(1, len(model.headers))}})
+    settings = GenerationSettings.defaults().changed(
+        **{
+            "attempts": 3,
+            "max_new_tokens": 10,
+            **changes,
+            "self_consistency": {"k": max(1, len(model.headers))},
+        }
+    )
     said = []
     with GenerationService(settings, model) as service:
         written = service.write("x^2", said.append)
@@ -144,21 +166,35 @@ def test_verified_generation_completes_the_sampled_headers_the_judge_accepts_unt
     good = oracle.template_scene("x^2", "tangent")
     wrong = re.sub(r"^f'\(x\) = .*$", "f'(x) = 3x", good, count=1, flags=re.MULTILINE)
     also_right = _header(good).replace("f'(x) = 2x", "f'(x) = 2*x")
-    model = _FakeModel([wrong], headers=[_header(wrong), also_right, also_right, _header(good)],
-                       completions={also_right: also_right + "broken(", _header(good): good})
+    model = _FakeModel(
+        [wrong],
+        headers=[_header(wrong), also_right, also_right, _header(good)],
+        completions={also_right: also_right + "broken(", _header(good): good},
+    )
     written, said = _write(model)
     assert written.code == good and written.result.passed and model.batches == 1
     assert said[0].startswith("attempt 1: syntax:ok structure:ok executes:ok math:FAIL")
-    assert said[1].startswith("attempt 2: syntax:FAIL") and said[2].startswith("attempt 3: syntax:ok")
-    assert said[-1] == ("greedy's scene had a wrong derivative; 3 of 4 sampled derivatives were right; "
-                        "the second passed every check")
+    assert said[1].startswith("attempt 2: syntax:FAIL") and said[2].startswith(
+        "attempt 3: syntax:ok"
+    )
+    assert said[-1] == (
+        "greedy's scene had a wrong derivative; 3 of 4 sampled derivatives were right; "
+        "the second passed every check"
+    )
     # At most attempts - 1 completions, however many headers are right.
-    model = _FakeModel([wrong], headers=[also_right, _header(good)], completions={also_right: also_right + "broken("})
+    model = _FakeModel(
+        [wrong],
+        headers=[also_right, _header(good)],
+        completions={also_right: also_right + "broken("},
+    )
     written, said = _write(model, attempts=2, repair=False)
     assert written.code == wrong and "the one completed failed a check" in said[-3]
     assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
-    assert said[-1].startswith("the model's derivative was wrong (it wrote 3x); shown: the model's scene")
-    # A right header that is the first scene's own is not completed again (its scene already failed).
+    assert said[-1].startswith(
+        "the model's derivative was wrong (it wrote 3x); shown: the model's scene"
+    )
+    # A right header that is the first scene's own is not completed again (its scene already
+    # failed).
     model = _FakeModel([good + "\nbroken("], headers=[_header(good)] * 2)
     written, said = _write(model)
     assert said[-3] == "greedy's scene did not parse; 2 of 2 sampled derivatives were right"
@@ -177,21 +213,30 @@ def test_without_a_right_header_the_first_scene_is_kept_and_repair_says_so():
     assert written.code == "broken(" and not written.result.syntax and not written.corrected
     assert said[1] == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
     assert said[-2].startswith("no attempt passed every check; keeping attempt 1")
-    assert said[-1] == ("shown: the model's scene, which did not pass every check: the code does not parse "
-                        "('(' was never closed (line 1))")  # nothing to correct
+    assert said[-1] == (
+        "shown: the model's scene, which did not pass every check: the code does not parse "
+        "('(' was never closed (line 1))"
+    )  # nothing to correct
     # The repair (on by default) corrects the kept scene, checks it again and says so.
     written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]))
     assert written.result.passed and written.corrected and written.code != wrong
     assert written.model_code == wrong and not written.model_result.math
-    assert said[-1] == written.summary == (
-        "the model's derivative was wrong (it wrote 3x); shown: the corrected scene with f'(x) = 2x, which passed "
-        "every check; the model's own scene is kept")
+    assert (
+        said[-1]
+        == written.summary
+        == (
+            "the model's derivative was wrong (it wrote 3x); shown: the corrected scene with "
+            "f'(x) = 2x, which passed every check; the model's own scene is kept"
+        )
+    )
     # --no-repair: the model's try as it is.
     written, said = _write(_FakeModel([wrong], headers=[_header(wrong)]), repair=False)
     assert written.code == wrong and not written.corrected and not written.result.passed
 
 
-def test_self_consistency_8_says_what_became_of_each_of_the_8_samples(tmp_path, monkeypatch, capsys):
+def test_self_consistency_8_says_what_became_of_each_of_the_8_samples(
+    tmp_path, monkeypatch, capsys
+):
     """`derivanim generate --self-consistency 8`: greedy's header and 6 samples agree, one sample
     has no readable derivative, one names another function; the line accounts for all 9."""
     from derivative_animator.eval.service import GenerationService
@@ -200,19 +245,49 @@ def test_self_consistency_8_says_what_became_of_each_of_the_8_samples(tmp_path, 
     from derivative_animator.render.checks import CheckResult
 
     good = oracle.template_scene("x^2", "tangent")
-    headers = [_header(good)] * 6 + ["import manim\n", _header(oracle.template_scene("x^3", "tangent"))]
-    monkeypatch.setattr(generate.SceneGenerator, "load", classmethod(lambda cls, *a, **k: _FakeModel([good], headers)))
-    monkeypatch.setattr(checks, "check_code", lambda code, function, **unused: CheckResult(
-        syntax=True, structure=True, executes=True, math=True, layout=True, scene="S"))
+    headers = [_header(good)] * 6 + [
+        "import manim\n",
+        _header(oracle.template_scene("x^3", "tangent")),
+    ]
+    monkeypatch.setattr(
+        generate.SceneGenerator,
+        "load",
+        classmethod(lambda cls, *a, **k: _FakeModel([good], headers)),
+    )
+    monkeypatch.setattr(
+        checks,
+        "check_code",
+        lambda code, function, **unused: CheckResult(
+            syntax=True, structure=True, executes=True, math=True, layout=True, scene="S"
+        ),
+    )
     monkeypatch.setattr(GenerationService, "start_sandbox", lambda self: None)
-    assert cli.main(["generate", "x^2", "--model", str(tmp_path), "--self-consistency", "8",
-                     "-o", str(tmp_path / "s.py")]) == 0
-    vote, = [line for line in capsys.readouterr().err.splitlines() if line.startswith("self-consistency")]
-    assert vote.startswith("self-consistency: the greedy header wins: 7 of 9 headers agree (greedy's and 8 sampled); "
-                           "1 had no readable derivative, 1 named another f(x) (")
+    assert (
+        cli.main(
+            [
+                "generate",
+                "x^2",
+                "--model",
+                str(tmp_path),
+                "--self-consistency",
+                "8",
+                "-o",
+                str(tmp_path / "s.py"),
+            ]
+        )
+        == 0
+    )
+    (vote,) = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("self-consistency")
+    ]
+    assert vote.startswith(
+        "self-consistency: the greedy header wins: 7 of 9 headers agree (greedy's and 8 sampled); "
+        "1 had no readable derivative, 1 named another f(x) ("
+    )
 
 
 # --- a function may start with a minus: no "--" needed ------------------------------------
+
 
 def test_parse_takes_a_leading_minus_as_the_function(capsys):
     assert cli.main(["parse", "-x^2", "--json"]) == 0
@@ -226,7 +301,9 @@ def test_parse_takes_a_leading_minus_as_the_function(capsys):
 def test_generate_takes_a_leading_minus_as_the_function(tmp_path, capsys):
     first, second = tmp_path / "s.py", tmp_path / "t.py"
     assert cli.main(["generate", "-x^2", "--backend", "template", "-o", str(first)]) == 0
-    assert cli.main(["generate", f"-o{second}", "-2x^3"]) == 0  # -o with its value attached stays -o
+    assert (
+        cli.main(["generate", f"-o{second}", "-2x^3"]) == 0
+    )  # -o with its value attached stays -o
     assert first.read_text().startswith('"""\nf(x) = -x^2\nf\'(x) = -2x\n')
     assert second.read_text().startswith('"""\nf(x) = -2x^3\n')
 
@@ -239,21 +316,27 @@ def test_check_takes_a_leading_minus_as_the_function(tmp_path):
 
 def test_negative_numbers_stay_option_values(tmp_path, capsys):
     # "-1" after --temperature is its value (argparse's own rule), "-x^2" the function.
-    assert cli.main(["generate", "-x^2", "--model", str(tmp_path), "--temperature", "-1"]) == cli.EXIT_USAGE
+    assert (
+        cli.main(["generate", "-x^2", "--model", str(tmp_path), "--temperature", "-1"])
+        == cli.EXIT_USAGE
+    )
     assert "--temperature must be 0 (greedy) or more, got -1.0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["parse", "-x^2"], ["parse", " -x^2"]),
-    (["parse", "--", "-x^2"], ["parse", "--", "-x^2"]),
-    (["parse", "-x^2", "--json"], ["parse", " -x^2", "--json"]),
-    (["parse", "-1"], ["parse", "-1"]),  # argparse takes negative numbers as values already
-    (["parse", "-x + 1"], ["parse", "-x + 1"]),  # and words with a space
-    (["generate", "-o", "s.py", "-i"], ["generate", "-o", "s.py", "-i"]),
-    (["generate", "-os.py", "-h"], ["generate", "-os.py", "-h"]),
-    (["parse", "x", "--jsno"], ["parse", "x", "--jsno"]),  # a mistyped option is still one
-    (["parse", "-"], ["parse", "-"]),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["parse", "-x^2"], ["parse", " -x^2"]),
+        (["parse", "--", "-x^2"], ["parse", "--", "-x^2"]),
+        (["parse", "-x^2", "--json"], ["parse", " -x^2", "--json"]),
+        (["parse", "-1"], ["parse", "-1"]),  # argparse takes negative numbers as values already
+        (["parse", "-x + 1"], ["parse", "-x + 1"]),  # and words with a space
+        (["generate", "-o", "s.py", "-i"], ["generate", "-o", "s.py", "-i"]),
+        (["generate", "-os.py", "-h"], ["generate", "-os.py", "-h"]),
+        (["parse", "x", "--jsno"], ["parse", "x", "--jsno"]),  # a mistyped option is still one
+        (["parse", "-"], ["parse", "-"]),
+    ],
+)
 def test_shield_functions_leaves_options_alone(argv, expected):
     assert cli.shield_functions(cli.build_parser(), argv)[0] == expected
 
@@ -269,7 +352,7 @@ def test_leading_minus_in_a_subprocess():
 # Loaded by the CLI's process (PYTHONPATH): every "checkpoint" writes the oracle's scene with the
 # f' the fine-tuned model wrote for 1/x (`-(-1/x^2)`), in its first scene and in every sampled
 # header, so verification has no right try and only the repair can give a passing scene.
-_WRONG_MODEL_SITECUSTOMIZE = '''
+_WRONG_MODEL_SITECUSTOMIZE = """
 import re
 
 from derivative_animator.data import oracle
@@ -292,28 +375,52 @@ class _WrongModel:
 
 
 generate.SceneGenerator.load = classmethod(lambda cls, *args, **kwargs: _WrongModel())
-'''
+"""  # noqa: E501
 
 
 @pytest.mark.needs_render
 def test_a_wrong_derivative_gives_the_corrected_scene_and_keeps_the_models_beside_it(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(_WRONG_MODEL_SITECUSTOMIZE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+    }
 
     def generate(*args):
-        return subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "1/x", "--model",
-                               str(tmp_path), *args], capture_output=True, text=True, cwd=tmp_path, env=env,
-                              timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "derivative_animator.cli",
+                "generate",
+                "1/x",
+                "--model",
+                str(tmp_path),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
 
     out = generate("-o", "scene.py")
     assert out.returncode == 0, out.stderr
-    assert ("the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with "
-            "f'(x) = -1/x^2, which passed every check") in out.stderr
-    assert "wrote scene.py (the corrected scene) and scene.model.py (the model's own scene)" in out.stderr
+    assert (
+        "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the corrected scene with "
+        "f'(x) = -1/x^2, which passed every check"
+    ) in out.stderr
+    assert (
+        "wrote scene.py (the corrected scene) and scene.model.py (the model's own scene)"
+        in out.stderr
+    )
     shown, model = (tmp_path / "scene.py").read_text(), (tmp_path / "scene.model.py").read_text()
     assert "f'(x) = -1/x^2\n" in shown and "f'(x) = -(-1/x^2)\n" in model
-    assert shown.replace("f'(x) = -1/x^2\n", "f'(x) = -(-1/x^2)\n", 1) == model  # only the derivative changed
+    assert (
+        shown.replace("f'(x) = -1/x^2\n", "f'(x) = -(-1/x^2)\n", 1) == model
+    )  # only the derivative changed
     checked = run("check", "scene.py", "--function", "1/x", "--json", "--dry-run", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     report = json.loads(checked.stdout)
@@ -322,7 +429,10 @@ def test_a_wrong_derivative_gives_the_corrected_scene_and_keeps_the_models_besid
     raw = generate("-o", "raw.py", "--no-repair")
     assert raw.returncode == cli.EXIT_FAILED
     assert (tmp_path / "raw.py").read_text() == model and not (tmp_path / "raw.model.py").exists()
-    assert "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the model's scene" in raw.stderr
+    assert (
+        "the model's derivative was wrong (it wrote -(-1/x^2)); shown: the model's scene"
+        in raw.stderr
+    )
     assert "corrected" not in raw.stderr
 
 
@@ -333,7 +443,11 @@ def test_the_models_own_scene_never_overwrites_a_file(tmp_path):
     (tmp_path / "s.model.py").write_text("the user's")
     with pytest.raises(cli.UsageError, match="s.model.py already exists"):
         cli._write_scenes(tmp_path / "s.py", written, force=False)
-    assert not (tmp_path / "s.py").exists() and (tmp_path / "s.model.py").read_text() == "the user's"
+    assert (
+        not (tmp_path / "s.py").exists() and (tmp_path / "s.model.py").read_text() == "the user's"
+    )
     cli._write_scenes(tmp_path / "s.py", written, force=True)
-    assert (tmp_path / "s.py").read_text() == "corrected" and (tmp_path / "s.model.py").read_text() == "model's"
+    assert (tmp_path / "s.py").read_text() == "corrected" and (
+        tmp_path / "s.model.py"
+    ).read_text() == "model's"
     assert cli.model_scene_path(tmp_path / "scene.py") == tmp_path / "scene.model.py"

@@ -11,7 +11,11 @@ from derivative_animator.math.parsing import parse_function
 
 def test_default_sizes_levels_and_styles(default_splits):
     # train: the 418 asked for, and half as many again from expression trees (tree_practice 0.5)
-    assert {s: len(r) for s, r in default_splits.items()} == {"train": 418 + 209, "validation": 50, "test": 57}
+    assert {s: len(r) for s, r in default_splits.items()} == {
+        "train": 418 + 209,
+        "validation": 50,
+        "test": 57,
+    }
     assert sum(r.source == "expression-trees" for r in default_splits["train"]) == 209
     for split, records in default_splits.items():
         assert {r.level for r in records} == set(curriculum.LEVELS), split
@@ -20,8 +24,11 @@ def test_default_sizes_levels_and_styles(default_splits):
 
 def test_no_function_in_two_splits(default_splits):
     assert dataset.cross_split_duplicates(default_splits) == set()
-    keys = [curriculum.canonical_key(parse_function(r.function))
-            for records in default_splits.values() for r in records]
+    keys = [
+        curriculum.canonical_key(parse_function(r.function))
+        for records in default_splits.values()
+        for r in records
+    ]
     assert len(keys) == len(set(keys))
 
 
@@ -49,27 +56,40 @@ def test_same_config_gives_byte_identical_files(tmp_path):
 
 
 def test_test_and_validation_functions_do_not_depend_on_the_train_size():
-    small = dataset.generate_splits(dataset.DataConfig(sizes={"train": 8, "validation": 8, "test": 8}))
-    large = dataset.generate_splits(dataset.DataConfig(sizes={"train": 40, "validation": 8, "test": 8}))
+    small = dataset.generate_splits(
+        dataset.DataConfig(sizes={"train": 8, "validation": 8, "test": 8})
+    )
+    large = dataset.generate_splits(
+        dataset.DataConfig(sizes={"train": 40, "validation": 8, "test": 8})
+    )
     for split in ("validation", "test"):
         assert [r.id for r in small[split]] == [r.id for r in large[split]]
     assert {r.id for r in small["train"]} < {r.id for r in large["train"]}  # train only grew
 
 
 def test_card_and_prompt_format_written(tmp_path):
-    target, splits = dataset.build(dataset.DataConfig(dir=str(tmp_path / "d"),
-                                                      sizes={"train": 12, "validation": 4, "test": 4}))
+    target, splits = dataset.build(
+        dataset.DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
+    )
     card = json.loads((target / "card.json").read_text())
     assert card["splits"]["train"]["count"] == 12 + 6  # and half as many from expression trees
     assert card["prompt_format"]["sha256"] == dataset.DEFAULT_FORMAT.sha256
-    assert card["files_sha256"]["train.jsonl"] == hashlib.sha256((target / "train.jsonl").read_bytes()).hexdigest()
+    assert (
+        card["files_sha256"]["train.jsonl"]
+        == hashlib.sha256((target / "train.jsonl").read_bytes()).hexdigest()
+    )
     assert "Dataset card" in (target / "README.md").read_text()
-    assert json.loads((target / "prompt_format.json").read_text())["template"] == dataset.DEFAULT_FORMAT.template
+    assert (
+        json.loads((target / "prompt_format.json").read_text())["template"]
+        == dataset.DEFAULT_FORMAT.template
+    )
     assert [r.id for r in dataset.read_split(target, "train")] == [r.id for r in splits["train"]]
 
 
 def test_rebuild_replaces_whole_directory_atomically(tmp_path):
-    config = dataset.DataConfig(dir=str(tmp_path / "e"), sizes={"train": 4, "validation": 4, "test": 4})
+    config = dataset.DataConfig(
+        dir=str(tmp_path / "e"), sizes={"train": 4, "validation": 4, "test": 4}
+    )
     target, _ = dataset.build(config)
     (target / "stale.txt").write_text("old")
     dataset.build(config)
@@ -87,9 +107,13 @@ def test_exhausted_curriculum_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
     monkeypatch.setattr(dataset, "MAX_TRIES", 20)
     one = dataset.DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1])
-    assert [r.function for r in dataset.generate_splits(one)["train"]] == ["x^2"]  # the one function there is
+    assert [r.function for r in dataset.generate_splits(one)["train"]] == [
+        "x^2"
+    ]  # the one function there is
     with pytest.raises(ValueError, match="lower data.sizes"):
-        dataset.generate_splits(dataset.DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1]))
+        dataset.generate_splits(
+            dataset.DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1])
+        )
 
 
 @pytest.mark.parametrize("level", curriculum.LEVELS)
@@ -105,7 +129,9 @@ def test_chunked_sampling_takes_what_drawing_one_at_a_time_takes(level):
             seen.add(key)
             expected.append(typed)
     chunked = random.Random(5)
-    assert [typed for typed, _ in dataset._choose(level, 30, chunked, set(), [dataset._Here()])] == expected
+    assert [
+        typed for typed, _ in dataset._choose(level, 30, chunked, set(), [dataset._Here()])
+    ] == expected
     assert chunked.random() == rng.random()  # rewound to just after the last one taken
     dataset._Here().shutdown()
 
@@ -118,8 +144,11 @@ def test_worker_processes_build_the_same_records_as_one_process():
 
 def test_import_original_dataset(tmp_path):
     items = [
-        {"instruction": "Generate Manim animation code for the derivative of: f(x) = x^2",
-         "input": "", "output": "from manim import *\nclass A(Scene):\n    def construct(self): pass\n"},
+        {
+            "instruction": "Generate Manim animation code for the derivative of: f(x) = x^2",
+            "input": "",
+            "output": "from manim import *\nclass A(Scene):\n    def construct(self): pass\n",
+        },
         {"instruction": "Generate Manim code", "input": "sin(x)cos(x)", "output": "code 2"},
         {"instruction": "x", "input": "e^{-x^2}", "output": "code 3"},
         {"instruction": "x", "input": "x^3 - x", "output": "code 4"},
@@ -130,18 +159,23 @@ def test_import_original_dataset(tmp_path):
     config = dataset.DataConfig(dir=str(tmp_path / "imported"), import_path=str(source))
     _target, splits = dataset.build(config)
     records = [r for s in splits.values() for r in s]
-    assert sorted(r.function for r in records) == sorted(["x^2", "sin(x) cos(x)", "e^(-x^2)", "x^3 - x"])
+    assert sorted(r.function for r in records) == sorted(
+        ["x^2", "sin(x) cos(x)", "e^(-x^2)", "x^3 - x"]
+    )
     assert {r.source for r in records} == {"instruction_dataset.json"}
     assert {r.level for r in records} == {1, 3, 4}
     assert dataset.cross_split_duplicates(splits) == set()
 
 
-@pytest.mark.parametrize("item, message", [
-    ({"instruction": "no function here", "input": "", "output": "x"}, "record 1: has no input"),
-    ({"instruction": "x", "input": "foo(x)", "output": "x"}, "record 1: unknown name 'foo'"),
-    ({"instruction": "x", "input": "x^2"}, "record 1: needs an object"),
-    ({"instruction": "x", "input": "7", "output": "x"}, "record 1: function '7' is constant"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ({"instruction": "no function here", "input": "", "output": "x"}, "record 1: has no input"),
+        ({"instruction": "x", "input": "foo(x)", "output": "x"}, "record 1: unknown name 'foo'"),
+        ({"instruction": "x", "input": "x^2"}, "record 1: needs an object"),
+        ({"instruction": "x", "input": "7", "output": "x"}, "record 1: function '7' is constant"),
+    ],
+)
 def test_malformed_original_record_is_named(tmp_path, item, message):
     source = tmp_path / "bad.json"
     source.write_text(json.dumps([{"instruction": "x", "input": "x^2", "output": "ok"}, item]))
@@ -151,9 +185,12 @@ def test_malformed_original_record_is_named(tmp_path, item, message):
 
 def test_a_spike_does_not_choose_the_plotting_interval_but_never_refuses_a_function(monkeypatch):
     """ln(x)^3 is readable on (0.2, 3), where ln(0.2)^3 = -4.2 sets the y-range and squashes the
-    rest; it gets the next readable interval. With only spiky intervals on offer it still gets one."""
+    rest; it gets the next readable interval. With only spiky intervals on offer it still gets
+    one."""
     expr = parse_function("ln(x)^3")
     assert curriculum.analyse(expr).x_range == (0.5, 4)
     monkeypatch.setattr(curriculum, "CANDIDATE_INTERVALS", ((0.2, 3),))
     assert curriculum.analyse(expr).x_range == (0.2, 3)
-    assert curriculum._spiky(np.array([0.0] * 98 + [1.0, 10.0])) and not curriculum._spiky(np.linspace(0, 1, 100))
+    assert curriculum._spiky(np.array([0.0] * 98 + [1.0, 10.0])) and not curriculum._spiky(
+        np.linspace(0, 1, 100)
+    )

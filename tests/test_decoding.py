@@ -29,23 +29,29 @@ def checkpoint(micro_checkpoint):
     return micro_checkpoint
 
 
-@pytest.mark.parametrize("code", [
-    "steps = [\n    (1, 2),\n",            # an open bracket: more lines may close it
-    'doc = """\n ) ]\n',                   # an open string
-    "class A:\n",                          # a block still to come
-    "def f():\n    return 1\nx = f(\n",
-    "ys = ys[np.isfinite(ys)] if np.isfinite(ys).any()",  # its `else` may still come
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "steps = [\n    (1, 2),\n",  # an open bracket: more lines may close it
+        'doc = """\n ) ]\n',  # an open string
+        "class A:\n",  # a block still to come
+        "def f():\n    return 1\nx = f(\n",
+        "ys = ys[np.isfinite(ys)] if np.isfinite(ys).any()",  # its `else` may still come
+    ],
+)
 def test_unfinished_code_is_not_dead(code):
     assert dead_prefix(code) is None
 
 
-@pytest.mark.parametrize("code", [
-    "steps = [\n    (1, 2)),\n]\n",       # ')' closes nothing open
-    "x = (1, 2]\ny = 3\n",
-    "Below is an instruction that describes a task.\n\n",  # prose, as an untrained model writes
-    "def f():\nreturn 1\nx = 2\n",       # a body that is not indented
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "steps = [\n    (1, 2)),\n]\n",  # ')' closes nothing open
+        "x = (1, 2]\ny = 3\n",
+        "Below is an instruction that describes a task.\n\n",  # prose, as an untrained model writes
+        "def f():\nreturn 1\nx = 2\n",  # a body that is not indented
+    ],
+)
 def test_code_no_continuation_can_parse_is_dead(code):
     assert dead_prefix(code)
     with pytest.raises(SyntaxError):
@@ -59,7 +65,7 @@ def test_no_prefix_of_a_template_scene_is_dead():
     for style in ("tangent", "secant", "graphs"):
         scene = oracle.template_scene("x^2 sin(x)", style)
         dead = [k for k in range(1, len(scene) + 1) if dead_prefix(scene[:k]) is not None]
-        assert dead == [], (style, scene[:dead[0]][-60:] if dead else "")
+        assert dead == [], (style, scene[: dead[0]][-60:] if dead else "")
 
 
 def test_a_one_line_loop_is_dead_mid_line():
@@ -72,15 +78,25 @@ def test_a_one_line_loop_is_dead_mid_line():
 def test_bracket_guard_forbids_unopened_closers_and_open_line_ends(checkpoint):
     generator = SceneGenerator.load(checkpoint)
     guard, tokenizer = generator.guard, generator.tokenizer
-    [close], [newline], [square] = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n", "]"))
+    [close], [newline], [square] = (
+        tokenizer(t, add_special_tokens=False)["input_ids"] for t in (")", "\n", "]")
+    )
     eos = tokenizer.eos_token_id
     open_line, closing = guard.forbidden(HEADER_START + "f(x) = sin(x")
     closed_line, nothing_open = guard.forbidden(HEADER_START + "f(x) = sin(x)")
     assert open_line[newline] and open_line[eos] and open_line[square] and not open_line[close]
     assert closing[close] and not closing[square] and not nothing_open.any()
     assert closed_line[close] and not closed_line[newline] and not closed_line[eos]
-    assert guard.forbidden(HEADER_START + "f(x) = x\nf'(x) = 1\n\"\"\"\nimport numpy  # a comment (") is None
-    assert guard.forbidden(HEADER_START + 'f(x) = x\nf\'(x) = 1\n"""\nX_MIN, X_MAX = 0, 1\nx = sp.Symbol("x")\nf(x') is None
+    assert (
+        guard.forbidden(HEADER_START + 'f(x) = x\nf\'(x) = 1\n"""\nimport numpy  # a comment (')
+        is None
+    )
+    assert (
+        guard.forbidden(
+            HEADER_START + 'f(x) = x\nf\'(x) = 1\n"""\nX_MIN, X_MAX = 0, 1\nx = sp.Symbol("x")\nf(x'
+        )
+        is None
+    )
 
 
 def test_bracket_guard_closes_the_line_the_model_wants_to_end(checkpoint):
@@ -123,7 +139,7 @@ def test_a_header_line_caught_in_a_loop_is_wound_up_and_the_scene_parses(checkpo
 
     monkeypatch.setattr("derivative_animator.model.generate.pick", looping)
     gen = generator.generate("x^2", 300)
-    header = gen.code[:math_header_length(gen.code)]
+    header = gen.code[: math_header_length(gen.code)]
     derivative_line = header.split("\n")[2]
     assert derivative_line.startswith("f'(x) = (2*x + ") and 60 <= len(derivative_line) < 80
     assert open_brackets(derivative_line) == [] and gen.guarded
@@ -143,11 +159,13 @@ def test_the_line_budget_never_cuts_a_benchmark_functions_true_header():
             scene = oracle.template_scene(item.text, "tangent")
         except ValueError:  # pi and one 27th power: left out of the benchmarks' evaluation too
             continue
-        longest = max(longest, *map(len, scene[:math_header_length(scene)].split("\n")))
+        longest = max(longest, *map(len, scene[: math_header_length(scene)].split("\n")))
     assert 300 < longest < MAX_HEADER_LINE_CHARS
 
 
-@pytest.mark.parametrize("line,expected", [("f(x)", []), ("f(g[x", ["(", "["]), ("f(x))", None), ("f(x]", None)])
+@pytest.mark.parametrize(
+    "line,expected", [("f(x)", []), ("f(g[x", ["(", "["]), ("f(x))", None), ("f(x]", None)]
+)
 def test_open_brackets(line, expected):
     assert open_brackets(line) == expected
 
@@ -157,22 +175,26 @@ def _rows(tokenizer, texts: list[str]) -> tuple[torch.Tensor, int]:
     width = len(tokenizer("PROMPT", add_special_tokens=False)["input_ids"])
     ids = [tokenizer("PROMPT" + text, add_special_tokens=False)["input_ids"] for text in texts]
     longest = max(map(len, ids))
-    return torch.tensor([row + [tokenizer.pad_token_id] * (longest - len(row)) for row in ids]), width
+    return torch.tensor(
+        [row + [tokenizer.pad_token_id] * (longest - len(row)) for row in ids]
+    ), width
 
 
 def test_each_row_stops_for_its_own_reason_and_the_judge_sees_its_header_once(checkpoint):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     scene = oracle.template_scene("x^2", "tangent")
-    written = scene[:math_header_length(scene) + len(MATH_HEADER_END)]
+    written = scene[: math_header_length(scene) + len(MATH_HEADER_END)]
     seen, accepted = [], []
     reject = lambda header: seen.append(header) or False  # noqa: E731
     accept = lambda header: accepted.append(header) or True  # noqa: E731
-    stops = RowStops([stops_for(reject), stops_for(), stops_for(accept)], tokenizer, _rows(tokenizer, ["x"])[1])
+    stops = RowStops(
+        [stops_for(reject), stops_for(), stops_for(accept)], tokenizer, _rows(tokenizer, ["x"])[1]
+    )
     ids, _ = _rows(tokenizer, [written, "steps = [\n    (1, 2)),\n]\n", written])
     assert stops(ids, None).tolist() == [True, True, False]
     assert stops.reasons == {0: HEADER_REJECTED, 1: SYNTAX_ERROR}
     assert stops(ids, None).tolist() == [True, True, False]  # done rows stay done
-    assert seen == accepted == [written[:math_header_length(written)]]  # each header judged once
+    assert seen == accepted == [written[: math_header_length(written)]]  # each header judged once
 
 
 def test_a_batch_row_ends_where_generating_it_alone_ends(checkpoint):
@@ -183,4 +205,6 @@ def test_a_batch_row_ends_where_generating_it_alone_ends(checkpoint):
     alone = [generator.generate(f, 60) for f in functions]
     batch = generator.generate_batch(functions, 60)
     assert [g.stop for g in alone] == [SYNTAX_ERROR] * 3
-    assert [(g.code, g.stop, g.new_tokens) for g in batch] == [(g.code, g.stop, g.new_tokens) for g in alone]
+    assert [(g.code, g.stop, g.new_tokens) for g in batch] == [
+        (g.code, g.stop, g.new_tokens) for g in alone
+    ]

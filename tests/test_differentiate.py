@@ -28,23 +28,30 @@ def test_every_dataset_derivative_equals_sympy(all_records):
             assert same(sp.diff(step.expr, X), step.derivative), (record.function, step)
 
 
-@pytest.mark.parametrize("text, level, rules", [
-    ("5", 1, {"constant rule"}),
-    ("3x^4 - 2x^2 + 5", 1, {"power rule", "constant multiple rule", "sum rule"}),
-    ("1/x^2", 1, {"power rule"}),
-    ("sqrt(x)", 2, {"root rule"}),
-    ("2sin(x)", 2, {"trig rule", "constant multiple rule"}),
-    ("arctan x", 2, {"inverse trig rule"}),
-    ("cosh x", 2, {"hyperbolic rule"}),
-    ("2^x", 2, {"exponential rule"}),
-    ("ln x", 2, {"logarithm rule"}),
-    ("x^2 sin x", 3, {"product rule"}),
-    ("sin(x)/x", 3, {"quotient rule"}),
-    ("1/(x sin(x))", 3, {"quotient rule"}),  # a numerator of 1: once a "product" of no factors, f' = 0
-    ("sin(x^2)", 4, {"chain rule"}),
-    ("e^{-x^2}", 4, {"chain rule"}),
-    ("x^x", 4, {"logarithmic differentiation"}),
-])
+@pytest.mark.parametrize(
+    "text, level, rules",
+    [
+        ("5", 1, {"constant rule"}),
+        ("3x^4 - 2x^2 + 5", 1, {"power rule", "constant multiple rule", "sum rule"}),
+        ("1/x^2", 1, {"power rule"}),
+        ("sqrt(x)", 2, {"root rule"}),
+        ("2sin(x)", 2, {"trig rule", "constant multiple rule"}),
+        ("arctan x", 2, {"inverse trig rule"}),
+        ("cosh x", 2, {"hyperbolic rule"}),
+        ("2^x", 2, {"exponential rule"}),
+        ("ln x", 2, {"logarithm rule"}),
+        ("x^2 sin x", 3, {"product rule"}),
+        ("sin(x)/x", 3, {"quotient rule"}),
+        (
+            "1/(x sin(x))",
+            3,
+            {"quotient rule"},
+        ),  # a numerator of 1: once a "product" of no factors, f' = 0
+        ("sin(x^2)", 4, {"chain rule"}),
+        ("e^{-x^2}", 4, {"chain rule"}),
+        ("x^x", 4, {"logarithmic differentiation"}),
+    ],
+)
 def test_rules_and_levels(text, level, rules):
     derivative, steps = differentiate(parse_function(text))
     assert level_of(steps) == level
@@ -86,8 +93,14 @@ def numerically_same(derivative: sp.Expr, expr: sp.Expr) -> bool:
     im(x) in it. (Outside the domain, d/dx acosh(x) = 1/(sqrt(x - 1) sqrt(x + 1)) is real too.)"""
     truth = values(sp.diff(expr.subs(X, REAL_X), REAL_X), REAL_X)
     got, defined = values(derivative), values(expr)
-    compared = [(t, g) for t, g, f in zip(truth, got, defined, strict=True) if t is not None and f is not None]
-    return len(compared) >= 3 and all(g is not None and abs(g - t) < 1e-9 * max(1, abs(t)) for t, g in compared)
+    compared = [
+        (t, g)
+        for t, g, f in zip(truth, got, defined, strict=True)
+        if t is not None and f is not None
+    ]
+    return len(compared) >= 3 and all(
+        g is not None and abs(g - t) < 1e-9 * max(1, abs(t)) for t, g in compared
+    )
 
 
 TEXTBOOK = [
@@ -135,16 +148,19 @@ def test_textbook_notations_differentiate_right(text, level, rules):
         assert numerically_same(parse_function(step.worked), step.expr), (text, step.worked)
 
 
-@pytest.mark.parametrize("text, derivative", [
-    ("arcsec x", 1 / (sp.Abs(X) * sp.sqrt(X**2 - 1))),
-    ("arccsc x", -1 / (sp.Abs(X) * sp.sqrt(X**2 - 1))),
-    ("arccot x", -1 / (1 + X**2)),
-    ("arcsinh x", 1 / sp.sqrt(X**2 + 1)),
-    ("arccosh x", 1 / sp.sqrt(X**2 - 1)),
-    ("arctanh x", 1 / (1 - X**2)),
-    ("|x|", X / sp.Abs(X)),
-    ("|x^2 - 4|", (X**2 - 4) / sp.Abs(X**2 - 4) * 2 * X),
-])
+@pytest.mark.parametrize(
+    "text, derivative",
+    [
+        ("arcsec x", 1 / (sp.Abs(X) * sp.sqrt(X**2 - 1))),
+        ("arccsc x", -1 / (sp.Abs(X) * sp.sqrt(X**2 - 1))),
+        ("arccot x", -1 / (1 + X**2)),
+        ("arcsinh x", 1 / sp.sqrt(X**2 + 1)),
+        ("arccosh x", 1 / sp.sqrt(X**2 - 1)),
+        ("arctanh x", 1 / (1 - X**2)),
+        ("|x|", X / sp.Abs(X)),
+        ("|x^2 - 4|", (X**2 - 4) / sp.Abs(X**2 - 4) * 2 * X),
+    ],
+)
 def test_new_rules_give_the_textbook_formula(text, derivative):
     assert sp.simplify(differentiate(parse_function(text))[0] - derivative) == 0
 
@@ -155,10 +171,13 @@ def test_absolute_value_rule_is_level_2():
     assert [s.rule for s in steps] == ["absolute value rule"] and steps[0].worked == "x/|x|"
 
 
-@pytest.mark.parametrize("text, worked", [
-    ("x|x - 1|", "|x - 1| + (x - 1)/|x - 1|*x"),  # |x - 1| is one factor: no brackets around it
-    ("|x - 1|^3", "3*|x - 1|^2*(x - 1)/|x - 1|"),
-    ("(|x| - 1)^2", "2*(|x| - 1)*x/|x|"),  # a difference of bars is a sum: bracketed
-])
+@pytest.mark.parametrize(
+    "text, worked",
+    [
+        ("x|x - 1|", "|x - 1| + (x - 1)/|x - 1|*x"),  # |x - 1| is one factor: no brackets around it
+        ("|x - 1|^3", "3*|x - 1|^2*(x - 1)/|x - 1|"),
+        ("(|x| - 1)^2", "2*(|x| - 1)*x/|x|"),  # a difference of bars is a sum: bracketed
+    ],
+)
 def test_worked_forms_treat_bars_as_brackets(text, worked):
     assert differentiate(parse_function(text))[1][-1].worked == worked

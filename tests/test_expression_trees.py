@@ -28,7 +28,9 @@ def test_drawn_functions_are_distinct_typed_as_read_back_and_worked_exactly():
         expr = parse_function(typed)
         derivative, _ = differentiate(expr)
         assert len(typed) <= expression_trees.MAX_TYPED_CHARS
-        assert sp.simplify(derivative - sp.diff(expr, X)) == 0 or _numerically_equal(derivative, sp.diff(expr, X))
+        assert sp.simplify(derivative - sp.diff(expr, X)) == 0 or _numerically_equal(
+            derivative, sp.diff(expr, X)
+        )
 
 
 def _numerically_equal(a, b) -> bool:
@@ -46,7 +48,11 @@ def test_the_generator_covers_every_kind_and_long_inputs():
     missing = set(expression_trees.KINDS) - set(kinds)
     assert not missing, f"no drawn function of kind {missing}"
     assert lengths["chars_41_80"] >= 30 and lengths["chars_81_up"] >= 5
-    terms = [len(sp.Add.make_args(parse_function(f))) for f in functions if parse_function(f).is_polynomial(X)]
+    terms = [
+        len(sp.Add.make_args(parse_function(f)))
+        for f in functions
+        if parse_function(f).is_polynomial(X)
+    ]
     assert max(terms) >= 6  # polynomials of six and more terms
 
 

@@ -1,4 +1,5 @@
-"""Inference: the checkpoint's prompt format is enforced; speculation never changes greedy output."""
+"""Inference: the checkpoint's prompt format is enforced; speculation never changes greedy
+output."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def test_speculative_greedy_equals_plain_greedy(checkpoint):
         assert a.code == b.code and a.new_tokens == b.new_tokens
 
 
-def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept_and_rejected(checkpoint, scripted_lm):
+def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept_and_rejected(
+    checkpoint, scripted_lm
+):
     """The model writes a whole oracle scene for a function the draft corpus does not hold:
     drafts from the corpus are kept in the body and rejected in the header. Speculation must
     write the very same tokens as one token a pass, in fewer passes."""
@@ -44,7 +47,9 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
     fast = SceneGenerator.load(checkpoint, speculative=True)
     for function in ("x^3 - 2x", "e^x sin(x)"):
         scene = oracle.template_scene(function, "tangent")
-        script = plain.prompt_ids(function) + tokenizer(scene, add_special_tokens=False)["input_ids"]
+        script = (
+            plain.prompt_ids(function) + tokenizer(scene, add_special_tokens=False)["input_ids"]
+        )
         proposals = []
         propose = fast.drafter.propose
 
@@ -60,8 +65,13 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
             results[name] = generator.generate(function, max_new_tokens=4000)
         fast.drafter.propose = propose
         assert results["plain"].code == scene and results["plain"].stop == "eos"
-        assert results["fast"].code == scene and results["fast"].new_tokens == results["plain"].new_tokens
-        assert results["plain"].forward_passes == results["plain"].new_tokens + 1  # the prompt, then a token a pass
+        assert (
+            results["fast"].code == scene
+            and results["fast"].new_tokens == results["plain"].new_tokens
+        )
+        assert (
+            results["plain"].forward_passes == results["plain"].new_tokens + 1
+        )  # the prompt, then a token a pass
         assert results["fast"].forward_passes < results["fast"].new_tokens / 2
         kept = sum(1 for at, draft in proposals if draft and draft[0] == script[at])
         rejected = sum(1 for at, draft in proposals if draft and draft[0] != script[at])
@@ -88,12 +98,18 @@ class _OlderForward(torch.nn.Module):
 def test_greedy_scene_is_what_transformers_generate_writes(checkpoint, older):
     generator = SceneGenerator.load(checkpoint, speculative=False, bracket_guard=False)
     ids = generator.prompt_ids("x^2")
-    expected = generator.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0, len(ids):]
+    expected = generator.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[
+        0, len(ids) :
+    ]
     if older:
         generator.model = _OlderForward(generator.model)
-    scene = generator.generate("x^2", max_new_tokens=40)  # stops early where the syntax breaks for good
+    scene = generator.generate(
+        "x^2", max_new_tokens=40
+    )  # stops early where the syntax breaks for good
     assert scene.new_tokens >= 3  # past the first token, the only one read before the cache is
-    assert scene.code == generator.tokenizer.decode(expected[:scene.new_tokens], skip_special_tokens=True)
+    assert scene.code == generator.tokenizer.decode(
+        expected[: scene.new_tokens], skip_special_tokens=True
+    )
 
 
 def test_sampling_is_seeded(checkpoint):
@@ -134,14 +150,45 @@ def test_cli_generate_with_model_reports_each_check(checkpoint, tmp_path):
     import sys
 
     target = tmp_path / "scene.py"
-    out = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
-                          str(checkpoint), "-o", str(target), "--max-new-tokens", "40", "--attempts", "2"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.cli",
+            "generate",
+            "x^2",
+            "--model",
+            str(checkpoint),
+            "-o",
+            str(target),
+            "--max-new-tokens",
+            "40",
+            "--attempts",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # Verification sampled headers; none of an untrained model's is right, so none is completed.
-    assert "attempt 1: syntax:" in out.stderr and "0 of 8 sampled derivatives were right" in out.stderr
+    assert (
+        "attempt 1: syntax:" in out.stderr and "0 of 8 sampled derivatives were right" in out.stderr
+    )
     assert out.returncode == 1 and target.is_file()  # an untrained model fails the checks, honestly
-    bad = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
-                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.cli",
+            "generate",
+            "x^2",
+            "--model",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
 
 
@@ -151,16 +198,51 @@ def test_cli_from_file_reports_every_line_and_goes_on_past_a_bad_one(checkpoint,
 
     functions = tmp_path / "functions.txt"
     functions.write_text("x^2\nsin(x\nln x\n")
-    out = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "--model", str(checkpoint),
-                          "--from-file", str(functions), "-o", str(tmp_path / "scenes"), "--max-new-tokens", "20"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.cli",
+            "generate",
+            "--model",
+            str(checkpoint),
+            "--from-file",
+            str(functions),
+            "-o",
+            str(tmp_path / "scenes"),
+            "--max-new-tokens",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "error: functions.txt:2: " in out.stderr
-    assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == ["scene_001.py", "scene_002.py"]
+    assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == [
+        "scene_001.py",
+        "scene_002.py",
+    ]
     assert "f(x) = x^2" in out.stderr and "f(x) = ln x" in out.stderr and "of 3 lines" in out.stderr
-    assert out.stderr.count("attempt 1:") == 2  # each line verified as `derivanim generate` verifies one
-    single = subprocess.run([sys.executable, "-m", "derivative_animator.cli", "generate", "x^2", "--model",
-                             str(checkpoint), "--max-new-tokens", "20"], capture_output=True, text=True, timeout=300)
+    assert (
+        out.stderr.count("attempt 1:") == 2
+    )  # each line verified as `derivanim generate` verifies one
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.cli",
+            "generate",
+            "x^2",
+            "--model",
+            str(checkpoint),
+            "--max-new-tokens",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.stdout == (tmp_path / "scenes" / "scene_001.py").read_text()
 
 
@@ -194,7 +276,9 @@ def test_rollback_samples_the_broken_line_again_from_a_consistent_cache(checkpoi
     monkeypatch.setattr(decoding, "dead_error", lambda text: None)
     plain = generator.generate("x^2", max_new_tokens=80, temperature=1e-6, seed=0)
     fired = _fire_once(monkeypatch, after_chars=len(plain.code) // 2)
-    again = generator.generate("x^2", max_new_tokens=80, temperature=1e-6, seed=0, syntax_rollbacks=2)
+    again = generator.generate(
+        "x^2", max_new_tokens=80, temperature=1e-6, seed=0, syntax_rollbacks=2
+    )
     assert fired and again.rollbacks == 1
     assert again.code == plain.code and again.stop == plain.stop
 
@@ -205,7 +289,9 @@ def test_greedy_or_no_rollbacks_left_stops_at_the_syntax_error(checkpoint, monke
     greedy = generator.generate("x^2", max_new_tokens=80, syntax_rollbacks=5)
     assert greedy.stop == "syntax error" and greedy.rollbacks == 0
     _fire_once(monkeypatch, after_chars=10)
-    sampled = generator.generate("x^2", max_new_tokens=80, temperature=0.7, seed=0, syntax_rollbacks=0)
+    sampled = generator.generate(
+        "x^2", max_new_tokens=80, temperature=0.7, seed=0, syntax_rollbacks=0
+    )
     assert sampled.stop == "syntax error" and sampled.rollbacks == 0
 
 
@@ -215,7 +301,7 @@ def test_tokens_before_line_end_where_the_line_starts(checkpoint):
     tokens = generator.tokenizer(text, add_special_tokens=False)["input_ids"]
     kept = generator._tokens_before_line(tokens, text, 3)
     assert "a = 1\nsteps = [\n".startswith(generator.tokenizer.decode(tokens[:kept]))
-    assert len(generator.tokenizer.decode(tokens[:kept + 1])) > len("a = 1\nsteps = [\n")
+    assert len(generator.tokenizer.decode(tokens[: kept + 1])) > len("a = 1\nsteps = [\n")
     assert generator._tokens_before_line(tokens, text, 1) == 0
 
 
@@ -223,18 +309,37 @@ def test_line_accuracy_script_scores_every_kind_of_line(checkpoint, tmp_path):
     import subprocess
     import sys
 
-    config = dataset.DataConfig(dir=str(tmp_path / "data"), sizes={"train": 0, "validation": 3, "test": 0})
+    config = dataset.DataConfig(
+        dir=str(tmp_path / "data"), sizes={"train": 0, "validation": 3, "test": 0}
+    )
     dataset.write_dataset(dataset.generate_splits(config), config)
     script = paths.PROJECT_ROOT / "scripts" / "line_accuracy.py"
-    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(checkpoint), "--data",
-                           str(tmp_path / "data"), "--samples", "2"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(tmp_path / "data"),
+            "--samples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     rows = {line[:14].strip(): line.split() for line in done.stdout.splitlines()[-4:]}
     assert set(rows) == {"f(x)", "f'(x)", "interval", "rest of scene"}
     assert all(int(row[-3]) > 0 and row[-1].endswith("%") for row in rows.values())
-    missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path)],
-                             capture_output=True, text=True)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(tmp_path)], capture_output=True, text=True
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr.startswith("error: ")
+        and "Traceback" not in missing.stderr
+    )
 
 
 def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp_path):
@@ -242,16 +347,40 @@ def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp
     import subprocess
     import sys
 
-    config = dataset.DataConfig(dir=str(tmp_path / "data"), sizes={"train": 6, "validation": 0, "test": 4})
+    config = dataset.DataConfig(
+        dir=str(tmp_path / "data"), sizes={"train": 6, "validation": 0, "test": 4}
+    )
     dataset.write_dataset(dataset.generate_splits(config), config)
     script = paths.PROJECT_ROOT / "scripts" / "header_probe.py"
-    done = subprocess.run([sys.executable, str(script), "--base", str(checkpoint), "--data", str(tmp_path / "data"),
-                           "--seconds", "1", "--samples", "4", "--batch-size", "2"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--base",
+            str(checkpoint),
+            "--data",
+            str(tmp_path / "data"),
+            "--seconds",
+            "1",
+            "--samples",
+            "4",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     table = done.stdout.splitlines()[-5:]
     assert table[-1].split()[:2] == ["all", "4"] and len(table[-1].split()) == 5
-    missing = subprocess.run([sys.executable, str(script), "--base", str(tmp_path)], capture_output=True, text=True)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    missing = subprocess.run(
+        [sys.executable, str(script), "--base", str(tmp_path)], capture_output=True, text=True
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr.startswith("error: ")
+        and "Traceback" not in missing.stderr
+    )
 
     spec = importlib.util.spec_from_file_location("header_probe", script)
     probe = importlib.util.module_from_spec(spec)
@@ -260,10 +389,15 @@ def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp
     header = probe.header_text(record)
     assert header.endswith("\n") and "X_MIN, X_MAX" in header and "x = sp.Symbol" not in header
     assert probe.score(header, record.function) == (True, True, True)  # the oracle's own header
-    assert probe.score(record.completion, record.function) == (True, True, True)  # cut at the header's end
-    assert probe.score(header.replace("f(x) = ", "f(x) = 2*("), record.function)[1:] == (False, False)
-
-
+    assert probe.score(record.completion, record.function) == (
+        True,
+        True,
+        True,
+    )  # cut at the header's end
+    assert probe.score(header.replace("f(x) = ", "f(x) = 2*("), record.function)[1:] == (
+        False,
+        False,
+    )
 
 
 def _header_lines(code: str) -> list[str]:
@@ -291,7 +425,10 @@ def bracket_writer(checkpoint):
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
-    keep = [tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in ("x", "(", ")", "\n", "*", "2")]
+    keep = [
+        tokenizer(t, add_special_tokens=False)["input_ids"][0]
+        for t in ("x", "(", ")", "\n", "*", "2")
+    ]
     with torch.no_grad():
         weight = model.lm_head.weight
         chosen = weight[keep] * 50
@@ -308,18 +445,26 @@ def test_guarded_generation_keeps_the_header_brackets_balanced(checkpoint, brack
     functions = ["x^2", "sin(x) cos(x)", "e^(-x^2)", "ln(x)/x"]
 
     def runs(generator):
-        return [generator.generate(f, 80, temperature=1.0, seed=s) for s in range(4) for f in functions] + \
-            [generator.generate(f, 80) for f in functions]
+        return [
+            generator.generate(f, 80, temperature=1.0, seed=s) for s in range(4) for f in functions
+        ] + [generator.generate(f, 80) for f in functions]
 
-    unguarded = SceneGenerator(model, tokenizer, DEFAULT_FORMAT, None, checkpoint, bracket_guard=False)
+    unguarded = SceneGenerator(
+        model, tokenizer, DEFAULT_FORMAT, None, checkpoint, bracket_guard=False
+    )
     assert sum(_violations(g.code, g.stop) for g in runs(unguarded)) > 0
     for speculative in (True, False):
-        guarded = SceneGenerator(model, tokenizer, DEFAULT_FORMAT, None, checkpoint, speculative=speculative)
+        guarded = SceneGenerator(
+            model, tokenizer, DEFAULT_FORMAT, None, checkpoint, speculative=speculative
+        )
         generations = runs(guarded)
         assert sum(_violations(g.code, g.stop) for g in generations) == 0
         assert any(g.guarded for g in generations)
     batch = guarded.generate_batch(functions, 80, temperature=1.0, seed=0)
-    assert sum(_violations(g.code, "eos" if g.new_tokens < 80 else "max_new_tokens") for g in batch) == 0
+    assert (
+        sum(_violations(g.code, "eos" if g.new_tokens < 80 else "max_new_tokens") for g in batch)
+        == 0
+    )
 
 
 def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
@@ -336,6 +481,7 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
     monkeypatch.setattr("derivative_animator.model.generate.pick", scripted)
     seen = []
     gen = SceneGenerator.load(checkpoint, speculative=False).generate(
-        "x^2", 200, accept_header=lambda header: seen.append(header) or False)
+        "x^2", 200, accept_header=lambda header: seen.append(header) or False
+    )
     assert gen.stop == "math header rejected" and seen == [scene.split('x = sp.Symbol("x")')[0]]
     assert "body" not in gen.code

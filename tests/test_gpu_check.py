@@ -1,4 +1,5 @@
-"""scripts/gpu_check.py: its every step, shrunk, on the CPU; and its settings are conf/train.yaml's."""
+"""scripts/gpu_check.py: its every step, shrunk, on the CPU; and its settings are
+conf/train.yaml's."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ SCRIPT = paths.PROJECT_ROOT / "scripts" / "gpu_check.py"
 def _script():
     if "gpu_check" not in sys.modules:
         spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-        sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
+        sys.modules["gpu_check"] = importlib.util.module_from_spec(
+            spec
+        )  # its dataclasses look it up there
         spec.loader.exec_module(sys.modules["gpu_check"])
     return sys.modules["gpu_check"]
 
 
 compose_train = partial(compose_config, "train")
+
 
 @pytest.mark.parametrize("model", ["tiny", "micro", "deepseek_coder_1_3b"])
 def test_settings_are_conf_train_composed_under_the_gpu_trainer(model):
@@ -35,21 +39,42 @@ def test_settings_are_conf_train_composed_under_the_gpu_trainer(model):
 
 def test_each_plan_trains_its_model_under_the_gpu_trainer():
     script = _script()
-    assert (script.Plan().base, script.SMOKE.base, script.LARGE) == ("tiny", "micro", "deepseek_coder_1_3b")
-    gpu = {k: v for k, v in OmegaConf.to_container(compose_train("trainer=gpu").trainer).items() if k != "_target_"}
+    assert (script.Plan().base, script.SMOKE.base, script.LARGE) == (
+        "tiny",
+        "micro",
+        "deepseek_coder_1_3b",
+    )
+    gpu = {
+        k: v
+        for k, v in OmegaConf.to_container(compose_train("trainer=gpu").trainer).items()
+        if k != "_target_"
+    }
     assert script.trainer_kwargs(script.Plan()) == {**gpu, "precision": "bf16-mixed"}
-    assert script.trainer_kwargs(script.SMOKE, max_epochs=1) == {**gpu, "accelerator": "cpu", "precision": "32-true",
-                                                                 "max_epochs": 1}
+    assert script.trainer_kwargs(script.SMOKE, max_epochs=1) == {
+        **gpu,
+        "accelerator": "cpu",
+        "precision": "32-true",
+        "max_epochs": 1,
+    }
 
 
 def test_smoke_run_trains_generates_and_times_the_large_shape(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--smoke"], cwd=paths.PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--smoke"],
+        cwd=paths.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     tiny, large = report["tiny"], report["large"]
     assert tiny["optimizer_steps"] == 4 and tiny["scenes"] == 2 and len(tiny["rows"]) == 2
     assert "val/loss" in tiny and tiny["sampled_try"]["new_tokens"] > 0
     assert (tmp_path / "tiny-checkpoint" / "merged" / "prompt_format.json").is_file()
-    assert large["decode_new_tokens"] == 12 and large["whole_scene_batch_s"] > 0 and large["header_batch_s"] > 0
+    assert (
+        large["decode_new_tokens"] == 12
+        and large["whole_scene_batch_s"] > 0
+        and large["header_batch_s"] > 0
+    )
     assert 0 < large["trainable_parameters"] < large["parameters"]  # LoRA: adapters only

@@ -26,7 +26,8 @@ MAY_IMPORT = {
     "model": {"math", "data", "model"},
     "eval": {"math", "render", "data", "model", "eval"},
 }
-# Programs people run: nothing imports them, but `derivanim serve` (the CLI's subcommand) starts the page.
+# Programs people run: nothing imports them, but `derivanim serve` (the CLI's subcommand) starts
+# the page.
 ENTRY_POINTS = {"cli", "serve", "evaluate", "train"}
 MAY_START = {"cli": {"serve"}}
 HEAVY = {"torch", "transformers", "lightning", "peft", "mlflow", "hydra"}
@@ -97,12 +98,19 @@ def test_the_foundation_imports_nothing_of_the_layers():
 def _loaded_after_importing(layer: str) -> set[str]:
     """Top-level packages in sys.modules after importing every module of a layer, in a fresh
     interpreter: what the layer pulls in, transitively."""
-    modules = [".".join(("derivative_animator", *p.relative_to(PACKAGE).with_suffix("").parts))
-               for p in _modules() if _layer(p) == layer]
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}:\n    importlib.import_module(name)\n"
-            "print('\\n'.join(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    modules = [
+        ".".join(("derivative_animator", *p.relative_to(PACKAGE).with_suffix("").parts))
+        for p in _modules()
+        if _layer(p) == layer
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     return set(out.split())
 
 
@@ -110,7 +118,11 @@ def _loaded_after_importing(layer: str) -> set[str]:
 def test_the_math_layer_loads_no_torch_manim_or_renderer():
     loaded = _loaded_after_importing("math")
     assert not {m.split(".")[0] for m in loaded} & (HEAVY | {"manim"})
-    assert not [m for m in loaded if m.startswith(("derivative_animator.render", "derivative_animator.model"))]
+    assert not [
+        m
+        for m in loaded
+        if m.startswith(("derivative_animator.render", "derivative_animator.model"))
+    ]
 
 
 @pytest.mark.slow
@@ -131,7 +143,11 @@ def test_no_module_imports_an_entry_point():
         importer = _layer(path)
         for name in _imports(path):
             target = _internal_layer(name)
-            if target in ENTRY_POINTS and target != importer and target not in MAY_START.get(importer, set()):
+            if (
+                target in ENTRY_POINTS
+                and target != importer
+                and target not in MAY_START.get(importer, set())
+            ):
                 wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert not wrong, wrong
 
@@ -162,7 +178,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (found := visit(target)):
                 return found
         path.pop()
@@ -179,5 +195,13 @@ def test_the_package_has_no_import_cycle():
     graph = _import_graph()
     assert "derivative_animator.eval.service" in graph["derivative_animator.cli"]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
-    assert _cycle({**graph, "derivative_animator.serve": graph["derivative_animator.serve"]
-                   | {"derivative_animator.cli"}}) is not None  # the detector sees the cycle that once was
+    assert (
+        _cycle(
+            {
+                **graph,
+                "derivative_animator.serve": graph["derivative_animator.serve"]
+                | {"derivative_animator.cli"},
+            }
+        )
+        is not None
+    )  # the detector sees the cycle that once was

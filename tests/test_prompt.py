@@ -27,11 +27,14 @@ def test_training_prompt_is_byte_identical_to_inference_prompt(default_splits):
         assert prompt.build_prompt(record.function).encode() == record.prompt.encode()
 
 
-@pytest.mark.parametrize("variants", [
-    ["sin(x)cos(x)", "sin x cos x", "sin(x)*cos(x)", "f(x) = sin(x) cos(x)"],
-    ["e^{-x^2}", "e^(-x^2)", "exp(-x**2)", "y = e^-x^2"],
-    ["x²+3x", "x^2 + 3x", "x**2+3*x"],
-])
+@pytest.mark.parametrize(
+    "variants",
+    [
+        ["sin(x)cos(x)", "sin x cos x", "sin(x)*cos(x)", "f(x) = sin(x) cos(x)"],
+        ["e^{-x^2}", "e^(-x^2)", "exp(-x**2)", "y = e^-x^2"],
+        ["x²+3x", "x^2 + 3x", "x**2+3*x"],
+    ],
+)
 def test_every_way_of_typing_a_function_gives_one_prompt(variants):
     assert len({prompt.build_prompt(v) for v in variants}) == 1
 
@@ -45,7 +48,9 @@ def test_save_load_and_hash(tmp_path):
     DEFAULT_FORMAT.save(tmp_path)
     assert PromptFormat.load(tmp_path) == DEFAULT_FORMAT
     stored = json.loads((tmp_path / prompt.FILENAME).read_text())
-    assert stored["sha256"] == DEFAULT_FORMAT.sha256 and stored["template"] == DEFAULT_FORMAT.template
+    assert (
+        stored["sha256"] == DEFAULT_FORMAT.sha256 and stored["template"] == DEFAULT_FORMAT.template
+    )
 
 
 def test_missing_tampered_or_different_format_is_refused(tmp_path):
@@ -68,7 +73,9 @@ def test_template_needs_one_placeholder():
 
 
 def test_a_stored_notation_is_read_back_and_a_different_one_refused(tmp_path):
-    older = PromptFormat(name=DEFAULT_FORMAT.name, template=DEFAULT_FORMAT.template, notation="typed-0")
+    older = PromptFormat(
+        name=DEFAULT_FORMAT.name, template=DEFAULT_FORMAT.template, notation="typed-0"
+    )
     older.save(tmp_path)
     assert PromptFormat.load(tmp_path) == older
     with pytest.raises(PromptFormatError, match="--allow-prompt-mismatch"):

@@ -31,7 +31,9 @@ def run_python(request):
 
     def run(source, collect=("out.txt",), **limits):
         with PythonSandbox(SandboxLimits(**limits), warm=request.param == "warm") as box:
-            result = box.run(["prog.py"], files={"prog.py": textwrap.dedent(source)}, collect=collect)
+            result = box.run(
+                ["prog.py"], files={"prog.py": textwrap.dedent(source)}, collect=collect
+            )
         assert ("warm-server" in result.isolation) == (request.param == "warm")  # no quiet fallback
         return result
 
@@ -47,8 +49,17 @@ def test_every_layer_is_in_force_on_this_machine():
     must be there, or these tests would pass without testing anything."""
     layers = isolation_layers()
     assert probe().problem is None, probe().problem
-    for layer in ("namespaces", "unprivileged-user", "seccomp", "minimal-mounts", "tmpfs-workdir",
-                  "rlimits", "process-group", "clean-env", "audit-hook"):
+    for layer in (
+        "namespaces",
+        "unprivileged-user",
+        "seccomp",
+        "minimal-mounts",
+        "tmpfs-workdir",
+        "rlimits",
+        "process-group",
+        "clean-env",
+        "audit-hook",
+    ):
         assert layer in layers
     if os.geteuid() == 0:
         assert "cgroup-memory" in layers and "cgroup-pids" in layers
@@ -66,7 +77,7 @@ def test_runs_as_an_unprivileged_user_with_no_capabilities_under_seccomp(run_pyt
         status = dict(line.split(':', 1) for line in open('/proc/self/status'))
         print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['CapPrm'].strip(), status['NoNewPrivs'].strip(),
               status['Seccomp'].strip())
-    """)
+    """)  # noqa: E501
     uid, gid, effective, permitted, no_new_privs, seccomp_mode = result.stdout.split()
     assert (uid, gid) == ("65534", "65534")
     assert int(effective, 16) == 0 and int(permitted, 16) == 0 and no_new_privs == "1"
@@ -78,17 +89,20 @@ def test_cannot_write_outside_its_directory(run_python, tmp_path):
     result = run_python(f"""
         import os
         for path in [{str(victim)!r}, os.path.expanduser('~/../escaped.txt'), '/tmp/derivanim-escape.txt',
-                     '/usr/derivanim-escape.txt', {sys.prefix + '/escape.txt'!r}]:
+                     '/usr/derivanim-escape.txt', {sys.prefix + "/escape.txt"!r}]:
             try:
                 open(path, 'w').write('pwned')
                 print('WROTE', path)
             except OSError as err:
                 print('blocked', type(err).__name__)
-    """)
+    """)  # noqa: E501
     assert result.stdout.count("blocked") == 4 and result.stdout.count("WROTE") == 1, result.stdout
     assert "WROTE /tmp/derivanim-escape.txt" in result.stdout  # the sandbox's own /tmp, a tmpfs
     assert not victim.exists() and not os.path.exists("/tmp/derivanim-escape.txt")
-    assert not os.path.exists("/usr/derivanim-escape.txt") and not Path(sys.prefix, "escape.txt").exists()
+    assert (
+        not os.path.exists("/usr/derivanim-escape.txt")
+        and not Path(sys.prefix, "escape.txt").exists()
+    )
 
 
 REMOUNT_AND_WRITE = """
@@ -104,17 +118,24 @@ REMOUNT_AND_WRITE = """
     print("open", fd, os.strerror(ctypes.get_errno()))
     if fd >= 0:
         libc.write(fd, b"x", 1)
-"""
+"""  # noqa: E501
 
 
 def test_a_job_cannot_remount_the_filesystem_writable(run_python, tmp_path):
-    """The issue's escape: as root, bwrap left the scene its capabilities and `mount` made / writable."""
+    """The issue's escape: as root, bwrap left the scene its capabilities and `mount` made /
+    writable."""
     escaped = tmp_path / "ESCAPED"
-    result = run_python(REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped)))
+    result = run_python(
+        REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped))
+    )
     assert result.ok, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[2] for line in lines if line.startswith("remount")] == ["-1"] * 3, result.stdout
-    assert all(" -1 " in line for line in lines if line.split()[0] in ("tmpfs", "umount", "unshare")), result.stdout
+    assert [line.split()[2] for line in lines if line.startswith("remount")] == ["-1"] * 3, (
+        result.stdout
+    )
+    assert all(
+        " -1 " in line for line in lines if line.split()[0] in ("tmpfs", "umount", "unshare")
+    ), result.stdout
     assert not escaped.exists() and not Path("/tmp/ESCAPED").exists()
 
 
@@ -127,7 +148,7 @@ def test_a_job_sees_only_its_own_processes_and_cannot_ptrace(run_python):
         print('ptrace', libc.ptrace(16, 1, None, None), os.strerror(ctypes.get_errno()))  # PTRACE_ATTACH
         print('cgroupfs', os.path.exists('/sys/fs/cgroup'))
         print('host', os.path.exists('/root/.bash_history'), os.path.exists('/work'), os.path.exists('/home'))
-    """)
+    """)  # noqa: E501
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     count, highest = map(int, lines["pids"].split())
     assert count <= 3 and highest < 10  # the server and the job: no host process is visible
@@ -190,11 +211,14 @@ def test_no_network(run_python):
 def test_timeout_kills_infinite_loop(run_python):
     result = run_python("while True: pass", timeout_s=2)
     assert result.timed_out and not result.ok and result.returncode is None
-    assert "sandbox server hung" not in result.stderr  # the server's own limit, not the host's late backstop
+    assert (
+        "sandbox server hung" not in result.stderr
+    )  # the server's own limit, not the host's late backstop
 
 
 def test_fork_bomb_is_contained(run_python):
-    result = run_python("""
+    result = run_python(
+        """
         import os, time
         children = 0
         try:
@@ -206,15 +230,21 @@ def test_fork_bomb_is_contained(run_python):
         except OSError:
             pass
         print(children)
-    """, max_processes=32, timeout_s=20)
+    """,
+        max_processes=32,
+        timeout_s=20,
+    )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) < 40  # stopped near the limit, host unharmed
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a memory cgroup needs root; elsewhere each process has its rlimit")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="a memory cgroup needs root; elsewhere each process has its rlimit"
+)
 def test_memory_is_limited_for_the_whole_sandbox_not_per_process(run_python):
     """Four children of 400 MB each, each under the per-process limit, against 1 GB in all."""
-    result = run_python("""
+    result = run_python(
+        """
         import os, time
         children = []
         for _ in range(4):
@@ -229,14 +259,19 @@ def test_memory_is_limited_for_the_whole_sandbox_not_per_process(run_python):
             children.append(pid)
         statuses = [os.waitpid(pid, 0)[1] for pid in children]
         print('killed', sum(1 for s in statuses if os.WIFSIGNALED(s)))
-    """, memory_mb=1024, timeout_s=30)
-    # The claim is the kills: a child may print "held" before the cgroup's reclaim fails and kills it.
+    """,
+        memory_mb=1024,
+        timeout_s=30,
+    )
+    # The claim is the kills: a child may print "held" before the cgroup's reclaim fails and kills
+    # it.
     killed = re.search(r"killed (\d+)", result.stdout)
     assert killed and int(killed.group(1)) >= 1, result.stdout
 
 
 def test_disk_is_limited_for_the_whole_work_dir_and_shared_memory(run_python):
-    result = run_python("""
+    result = run_python(
+        """
         import os
         for where in ('.', '/dev/shm'):
             written = 0
@@ -248,7 +283,11 @@ def test_disk_is_limited_for_the_whole_work_dir_and_shared_memory(run_python):
                             written += 10
             except OSError as err:
                 print(where, written, type(err).__name__)
-    """, disk_mb=64, max_file_mb=200, timeout_s=30)
+    """,
+        disk_mb=64,
+        max_file_mb=200,
+        timeout_s=30,
+    )
     assert result.ok, result.stderr
     written = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()}
     assert written["."] <= 64 and written["/dev/shm"] <= sandbox_launch.SHM_MB, result.stdout
@@ -259,17 +298,28 @@ def test_environment_is_scrubbed(run_python, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "hunter3")
     result = run_python("import os; print(sorted(os.environ))")
     assert "PATH" in result.stdout
-    assert "AWS_SECRET_ACCESS_KEY" not in result.stdout and "MLFLOW_TRACKING_TOKEN" not in result.stdout
+    assert (
+        "AWS_SECRET_ACCESS_KEY" not in result.stdout
+        and "MLFLOW_TRACKING_TOKEN" not in result.stdout
+    )
 
 
 def test_output_is_capped_keeping_its_start_and_its_last_line(run_python):
     """A job cannot push its own error line out by printing first: the end is kept too."""
-    result = run_python("import sys; print('x' * 1_000_000); sys.exit('LastLine: the error')", max_output_chars=1000)
-    assert len(result.stdout) < 1100 and "[output truncated: 1,000,001 bytes in all]" in result.stdout
+    result = run_python(
+        "import sys; print('x' * 1_000_000); sys.exit('LastLine: the error')", max_output_chars=1000
+    )
+    assert (
+        len(result.stdout) < 1100 and "[output truncated: 1,000,001 bytes in all]" in result.stdout
+    )
     assert result.returncode == 1 and result.stderr.strip() == "LastLine: the error"
-    result = run_python("import sys; sys.stderr.write('y' * 1_000_000 + '\\nValueError: the last line\\n')",
-                        max_output_chars=1000)
-    assert len(result.stderr) < 1100 and result.stderr.endswith("ValueError: the last line\n"), result.stderr[-100:]
+    result = run_python(
+        "import sys; sys.stderr.write('y' * 1_000_000 + '\\nValueError: the last line\\n')",
+        max_output_chars=1000,
+    )
+    assert len(result.stderr) < 1100 and result.stderr.endswith("ValueError: the last line\n"), (
+        result.stderr[-100:]
+    )
 
 
 def test_memory_limit(run_python):
@@ -278,11 +328,14 @@ def test_memory_limit(run_python):
 
 
 def test_a_collected_file_must_be_a_regular_file_the_job_left(run_python):
-    result = run_python("""
+    result = run_python(
+        """
         import os
         os.symlink('/etc/passwd', 'out.txt')
         os.mkfifo('fifo')
-    """, collect=("out.txt", "fifo", "never-made"))
+    """,
+        collect=("out.txt", "fifo", "never-made"),
+    )
     assert result.ok and result.files == {}
 
 
@@ -303,7 +356,7 @@ def test_a_warm_job_cannot_forge_the_next_jobs_verdict():
                 os.kill(1, signal_number)
             except OSError:
                 pass
-    """
+    """  # noqa: E501
     with PythonSandbox(SandboxLimits(timeout_s=10)) as box:
         forged, broken = run_jobs(box, forge, "raise SystemExit(7)")
     assert "FORGED" not in forged.stdout and forged.stdout.count("refused") == 5, forged.stdout
@@ -333,7 +386,9 @@ def test_a_warm_job_sees_the_preloaded_imports_and_nothing_of_the_job_before():
         first, second = run_jobs(box, leave_traces, look_for_traces)
     assert first.ok and first.stdout.strip() == "preloaded", first.stderr
     assert "warm-server" in first.isolation
-    assert second.ok and second.stdout.split("\n")[:2] == ["files ['prog.py']", "others []"], second.stdout
+    assert second.ok and second.stdout.split("\n")[:2] == ["files ['prog.py']", "others []"], (
+        second.stdout
+    )
 
 
 def test_a_warm_sandbox_outlives_failing_jobs_and_restarts_a_dead_server():
@@ -380,15 +435,29 @@ def test_closing_leaves_no_process_cgroup_or_temp_dir(tmp_path, monkeypatch):
 
 
 def test_the_server_refuses_to_run_outside_its_own_pid_namespace():
-    started = subprocess.run([sys.executable, "-m", "derivative_animator.render.sandbox_server", "--serve", "/nonexistent", "/nonexistent"],
-                             input="", capture_output=True, text=True, timeout=60)
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.render.sandbox_server",
+            "--serve",
+            "/nonexistent",
+            "/nonexistent",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert started.returncode != 0 and "PID 1" in started.stderr
 
 
 def test_the_seccomp_filter_refuses_what_an_escape_needs():
     program, problem = sandbox_launch._seccomp_program()
     assert problem is None and program
-    assert {"mount", "ptrace", "bpf", "keyctl", "unshare", "setns"} <= set(sandbox_launch.DENIED_SYSCALLS)
+    assert {"mount", "ptrace", "bpf", "keyctl", "unshare", "setns"} <= set(
+        sandbox_launch.DENIED_SYSCALLS
+    )
 
 
 @pytest.fixture
@@ -421,8 +490,16 @@ def test_the_unsafe_opt_in_runs_unsandboxed_and_says_so(broken_bwrap, tmp_path):
 
 def _interpreter_runs_as_nobody() -> bool:
     try:
-        return subprocess.run([sys.executable, "-c", "import derivative_animator.render.sandbox"], user=65534, group=65534,
-                              capture_output=True, timeout=60).returncode == 0
+        return (
+            subprocess.run(
+                [sys.executable, "-c", "import derivative_animator.render.sandbox"],
+                user=65534,
+                group=65534,
+                capture_output=True,
+                timeout=60,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -441,20 +518,33 @@ print(json.dumps(outcome))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not _interpreter_runs_as_nobody(),
-                    reason="this interpreter is not readable by an ordinary user here (e.g. under /root)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not _interpreter_runs_as_nobody(),
+    reason="this interpreter is not readable by an ordinary user here (e.g. under /root)",
+)
 def test_as_an_ordinary_user_the_same_attacks_are_contained(tmp_path):
     tmp_path.chmod(0o777)
     escaped = tmp_path / "ESCAPED"
-    job = textwrap.dedent(REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped)))
-    done = subprocess.run([sys.executable, "-c", AS_ORDINARY_USER, job], user=65534, group=65534,
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    job = textwrap.dedent(
+        REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped))
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", AS_ORDINARY_USER, job],
+        user=65534,
+        group=65534,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     import json
 
     for returncode, stdout, layers in json.loads(done.stdout).values():
         assert returncode == 0 and "namespaces" in layers
-        assert all(line.split()[2] == "-1" for line in stdout.splitlines() if line.startswith("remount"))
+        assert all(
+            line.split()[2] == "-1" for line in stdout.splitlines() if line.startswith("remount")
+        )
     assert not escaped.exists()
 
 
@@ -463,8 +553,11 @@ def test_jobs_in_parallel_sandboxes_stay_apart():
 
     def work(name):
         with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
-            results[name] = box.run(["prog.py"], files={"prog.py": f"open('out.txt','w').write({name!r})"},
-                                    collect=("out.txt",))
+            results[name] = box.run(
+                ["prog.py"],
+                files={"prog.py": f"open('out.txt','w').write({name!r})"},
+                collect=("out.txt",),
+            )
 
     threads = [threading.Thread(target=work, args=(name,)) for name in ("a", "b")]
     for thread in threads:
@@ -474,20 +567,32 @@ def test_jobs_in_parallel_sandboxes_stay_apart():
     assert {name: r.files["out.txt"] for name, r in results.items()} == {"a": b"a", "b": b"b"}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root can run bubblewrap without a user namespace")
-def test_where_no_user_namespace_can_be_made_root_still_runs_without_capabilities(tmp_path, monkeypatch):
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="only root can run bubblewrap without a user namespace"
+)
+def test_where_no_user_namespace_can_be_made_root_still_runs_without_capabilities(
+    tmp_path, monkeypatch
+):
     """The fallback for kernels that refuse user namespaces: uid 0, but no capability and the
     same filter, so the issue's remount still fails."""
     weaker = sandbox_launch.Isolation(probe().bwrap, False, "cannot drop to an unprivileged user")
     monkeypatch.setattr(sandbox_module, "probe", lambda: weaker)
     escaped = tmp_path / "ESCAPED"
     with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
-        job = textwrap.dedent(REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped)))
-        (result,) = run_jobs(box, job + "\nprint('caps', dict(l.split(':', 1) for l in open('/proc/self/status'))['CapEff'].strip())")
+        job = textwrap.dedent(
+            REMOUNT_AND_WRITE.replace("{prefix}", sys.prefix).replace("{escaped}", str(escaped))
+        )
+        (result,) = run_jobs(
+            box,
+            job + "\nprint('caps', dict(l.split(':', 1) for l in open('/proc/self/status'))"
+            "['CapEff'].strip())",
+        )
     assert result.ok, result.stderr
     assert "no-capabilities" in result.isolation and "unprivileged-user" not in result.isolation
     assert int(result.stdout.split("caps ")[1].split()[0], 16) == 0
-    assert all(line.split()[2] == "-1" for line in result.stdout.splitlines() if line.startswith("remount"))
+    assert all(
+        line.split()[2] == "-1" for line in result.stdout.splitlines() if line.startswith("remount")
+    )
     assert not escaped.exists()
 
 
@@ -496,11 +601,19 @@ def test_doctor_lists_the_layers_and_warns_where_it_cannot_drop_privileges(monke
 
     ok, detail = doctor.check_sandbox()
     assert ok is True and "unprivileged-user" in detail and "seccomp" in detail
-    weaker = sandbox_launch.Isolation("/usr/bin/bwrap", False, "cannot drop to an unprivileged user (...)")
+    weaker = sandbox_launch.Isolation(
+        "/usr/bin/bwrap", False, "cannot drop to an unprivileged user (...)"
+    )
     monkeypatch.setattr(sandbox_launch, "probe", lambda: weaker)
     ok, detail = doctor.check_sandbox()
-    assert ok == "warn" and "no-capabilities" in detail and "cannot drop to an unprivileged user" in detail
-    missing = sandbox_launch.Isolation(None, False, "bubblewrap is not installed; fix: apt-get install bubblewrap")
+    assert (
+        ok == "warn"
+        and "no-capabilities" in detail
+        and "cannot drop to an unprivileged user" in detail
+    )
+    missing = sandbox_launch.Isolation(
+        None, False, "bubblewrap is not installed; fix: apt-get install bubblewrap"
+    )
     monkeypatch.setattr(sandbox_launch, "probe", lambda: missing)
     ok, detail = doctor.check_sandbox()
     assert ok is False and "apt-get install bubblewrap" in detail
@@ -513,10 +626,14 @@ def test_what_is_bound_under_tmp_stays_visible(tmp_path, monkeypatch):
     shared.mkdir()
     (shared / "data.txt").write_text("from the host")
     mounts = sandbox_launch._mounts
-    monkeypatch.setattr(sandbox_launch, "_mounts", lambda: [*mounts(), "--ro-bind", str(shared), str(shared)])
+    monkeypatch.setattr(
+        sandbox_launch, "_mounts", lambda: [*mounts(), "--ro-bind", str(shared), str(shared)]
+    )
     with PythonSandbox(SandboxLimits(timeout_s=20), warm=False) as box:
         (result,) = run_jobs(box, f"print(open({str(shared / 'data.txt')!r}).read())")
-    assert str(shared).startswith("/tmp/") and result.ok and result.stdout.strip() == "from the host", result.stderr
+    assert (
+        str(shared).startswith("/tmp/") and result.ok and result.stdout.strip() == "from the host"
+    ), result.stderr
 
 
 def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told_to(tmp_path):
@@ -532,28 +649,57 @@ def test_the_cli_and_the_evaluator_refuse_in_one_line_and_the_cli_runs_when_told
     env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
     scene = tmp_path / "scene.py"
     scene.write_text(oracle.template_scene("x^2", "tangent"))
-    check = [sys.executable, "-m", "derivative_animator.cli", "check", str(scene), "--function", "x^2", "--quick"]
+    check = [
+        sys.executable,
+        "-m",
+        "derivative_animator.cli",
+        "check",
+        str(scene),
+        "--function",
+        "x^2",
+        "--quick",
+    ]
     refused = subprocess.run(check, capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.count("\n") == 1 and "--unsafe-no-sandbox" in refused.stderr
-    unsafe = subprocess.run([*check, "--unsafe-no-sandbox", "--json"], capture_output=True, text=True,
-                            timeout=300, env=env)
+    unsafe = subprocess.run(
+        [*check, "--unsafe-no-sandbox", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     import json
 
     result = json.loads(unsafe.stdout)
     assert unsafe.returncode == 0 and result["executes"] and result["isolation"][0] == "UNSANDBOXED"
     functions = tmp_path / "functions.txt"
     functions.write_text("x^2\n")
-    evaluation = subprocess.run([sys.executable, "-m", "derivative_animator.evaluate", "eval.baselines=[template]",
-                                 f"eval.functions_file={functions}", "eval.log_to_mlflow=false",
-                                 f"hydra.run.dir={tmp_path / 'run'}"],
-                                capture_output=True, text=True, timeout=300, env=env, cwd=paths.PROJECT_ROOT)
-    assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr, evaluation.stderr[-2000:]
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derivative_animator.evaluate",
+            "eval.baselines=[template]",
+            f"eval.functions_file={functions}",
+            "eval.log_to_mlflow=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=paths.PROJECT_ROOT,
+    )
+    assert evaluation.returncode == 2 and "Traceback" not in evaluation.stderr, evaluation.stderr[
+        -2000:
+    ]
     errors = [line for line in evaluation.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bubblewrap" in errors[0] and "unsafe_no_sandbox" in errors[0]
 
 
 # --- a warm server forgets every job; the host reads its replies within caps ----------------
+
 
 def test_dev_is_read_only_so_filling_it_cannot_starve_the_next_job():
     """One job filled /dev (bubblewrap's unlimited tmpfs, charged to the sandbox's memory) to
@@ -581,8 +727,12 @@ def test_dev_is_read_only_so_filling_it_cannot_starve_the_next_job():
         server = box._server
         filled, after = run_jobs(box, fill_dev, innocent)
         assert box._server is server  # the same server served both
-    assert "refused OSError" in filled.stdout and "wrote 0" in filled.stdout, filled.stdout + filled.stderr
-    assert after.ok and after.stdout.strip() == "innocent True", after.stdout + after.stderr + str(after.failure)
+    assert "refused OSError" in filled.stdout and "wrote 0" in filled.stdout, (
+        filled.stdout + filled.stderr
+    )
+    assert after.ok and after.stdout.strip() == "innocent True", (
+        after.stdout + after.stderr + str(after.failure)
+    )
     assert after.restart is None and filled.restart is None
 
 
@@ -617,7 +767,9 @@ def test_nothing_of_a_job_in_tmp_or_sysv_ipc_reaches_the_next_one():
     """Files in /tmp and a shared-memory segment carried from one job to the next; POSIX
     message queues (which no /dev/mqueue lists) are refused outright."""
     with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
-        [fresh] = run_jobs(box, LOOK_FOR_TRACES)  # /tmp as a job finds it: empty, or the mount points
+        [fresh] = run_jobs(
+            box, LOOK_FOR_TRACES
+        )  # /tmp as a job finds it: empty, or the mount points
         server = box._server  # of a checkout or venv under the host's /tmp (CI may clone there)
         left, looked = run_jobs(box, LEAVE_TRACES_FOR_THE_NEXT_JOB, LOOK_FOR_TRACES)
         assert box._server is server  # the cleanup sufficed: no restart
@@ -660,27 +812,30 @@ def test_deep_directories_are_removed_and_the_server_carries_on():
 
 
 def test_sigint_and_other_signals_to_pid_1_leave_the_server_serving():
-    """SIGINT killed PID 1 (Python's KeyboardInterrupt); the job itself still gets Python's handlers."""
+    """SIGINT killed PID 1 (Python's KeyboardInterrupt); the job itself still gets Python's
+    handlers."""
     signal_the_server = """
         import os, signal, time
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGALRM):
             os.kill(1, number)
         time.sleep(0.3)
         print('sent')
-    """
+    """  # noqa: E501
     own_sigint = """
         import os, signal
         print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,
               signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN)
         os.kill(os.getpid(), signal.SIGINT)
-    """
+    """  # noqa: E501
     with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
         run_jobs(box, "pass")
         server = box._server
         sent, own = run_jobs(box, signal_the_server, own_sigint)
         assert box._server is server and server.poll() is None
     assert sent.ok and sent.stdout.strip() == "sent", sent.stderr
-    assert own.stdout.strip() == "True True True" and "KeyboardInterrupt" in own.stderr, own.stdout + own.stderr
+    assert own.stdout.strip() == "True True True" and "KeyboardInterrupt" in own.stderr, (
+        own.stdout + own.stderr
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -701,15 +856,26 @@ def test_a_server_that_dies_is_not_said_to_have_timed_out():
         (died,) = run_jobs(box, "import time; time.sleep(20)")
         (again,) = run_jobs(box, "print('again')")
     assert not died.timed_out and died.returncode is None
-    assert died.failure.startswith("the sandbox server died after 1.") and "killed by signal 9" in died.failure
+    assert (
+        died.failure.startswith("the sandbox server died after 1.")
+        and "killed by signal 9" in died.failure
+    )
     assert died.duration_s < 10 and again.ok
 
 
 def test_a_file_over_its_cap_is_refused_by_the_server_and_named():
     with PythonSandbox(SandboxLimits(timeout_s=20)) as box:
-        big, small = (box.run(["prog.py"], files={"prog.py": f"open('out.bin', 'wb').write(b'x' * {n})"},
-                              collect={"out.bin": 1 << 20}) for n in (100 << 20, 1000))
-    assert big.ok and big.files == {} and big.refused == {"out.bin": "100.0 MB, over its 1.0 MB cap"}
+        big, small = (
+            box.run(
+                ["prog.py"],
+                files={"prog.py": f"open('out.bin', 'wb').write(b'x' * {n})"},
+                collect={"out.bin": 1 << 20},
+            )
+            for n in (100 << 20, 1000)
+        )
+    assert (
+        big.ok and big.files == {} and big.refused == {"out.bin": "100.0 MB, over its 1.0 MB cap"}
+    )
     assert small.ok and small.files == {"out.bin": b"x" * 1000} and small.refused == {}
 
 
@@ -722,7 +888,7 @@ def _reply_pipe(*parts: bytes):
             for part in parts:
                 view = memoryview(part)
                 while view:
-                    view = view[os.write(write, view[:1 << 16]):]
+                    view = view[os.write(write, view[: 1 << 16]) :]
         except OSError:  # the reader stopped reading
             pass
         finally:
@@ -735,8 +901,21 @@ def _reply_pipe(*parts: bytes):
 def _header(**files) -> bytes:
     import json
 
-    return (json.dumps({"returncode": 0, "timed_out": False, "duration_s": 0.1, "stdout": "", "stderr": "",
-                        "files": files, "refused": {}, "restart": None}) + "\n").encode()
+    return (
+        json.dumps(
+            {
+                "returncode": 0,
+                "timed_out": False,
+                "duration_s": 0.1,
+                "stdout": "",
+                "stderr": "",
+                "files": files,
+                "refused": {},
+                "restart": None,
+            }
+        )
+        + "\n"
+    ).encode()
 
 
 def test_a_reply_at_its_caps_is_read_in_linear_time():
@@ -744,23 +923,38 @@ def test_a_reply_at_its_caps_is_read_in_linear_time():
     import time
 
     caps = {"movie.mp4": sandbox_module.MAX_FILE_BYTES, "report.json": 8 << 20}
-    read = _reply_pipe(_header(**{"movie.mp4": 64 << 20, "report.json": 8 << 20}), b"m" * (64 << 20), b"r" * (8 << 20))
+    read = _reply_pipe(
+        _header(**{"movie.mp4": 64 << 20, "report.json": 8 << 20}),
+        b"m" * (64 << 20),
+        b"r" * (8 << 20),
+    )
     start = time.perf_counter()
     try:
-        header, files = sandbox_module._read_reply(read, SandboxLimits(), caps, time.monotonic() + 60)
+        header, files = sandbox_module._read_reply(
+            read, SandboxLimits(), caps, time.monotonic() + 60
+        )
     finally:
         os.close(read)
     assert time.perf_counter() - start < 5
     assert len(files["movie.mp4"]) == 64 << 20 and files["report.json"] == b"r" * (8 << 20)
 
 
-@pytest.mark.parametrize("parts, reason", [
-    ((b"x" * (200 << 20),), "its first line is over"),  # no end to the first line: read up to its cap
-    ((_header(**{"out.bin": 1 << 30}),), "over its cap"),  # a file longer than asked: not read at all
-    ((_header(**{"other": 10}), b"x" * 10), "not asked for"),
-    ((b'{"returncode": "0"}\n',), "malformed"),
-    ((_header(**{"out.bin": 100}), b"x" * 10), "closed its reply pipe"),  # died halfway
-])
+@pytest.mark.parametrize(
+    "parts, reason",
+    [
+        (
+            (b"x" * (200 << 20),),
+            "its first line is over",
+        ),  # no end to the first line: read up to its cap
+        (
+            (_header(**{"out.bin": 1 << 30}),),
+            "over its cap",
+        ),  # a file longer than asked: not read at all
+        ((_header(**{"other": 10}), b"x" * 10), "not asked for"),
+        ((b'{"returncode": "0"}\n',), "malformed"),
+        ((_header(**{"out.bin": 100}), b"x" * 10), "closed its reply pipe"),  # died halfway
+    ],
+)
 def test_a_reply_over_its_caps_or_malformed_is_refused_in_one_line(parts, reason):
     import time
 
@@ -768,7 +962,9 @@ def test_a_reply_over_its_caps_or_malformed_is_refused_in_one_line(parts, reason
     start = time.perf_counter()
     try:
         with pytest.raises(sandbox_module._ReplyProblem) as refused:
-            sandbox_module._read_reply(read, SandboxLimits(), {"out.bin": 1 << 20}, time.monotonic() + 30)
+            sandbox_module._read_reply(
+                read, SandboxLimits(), {"out.bin": 1 << 20}, time.monotonic() + 30
+            )
     finally:
         os.close(read)
     assert reason in str(refused.value) and "\n" not in str(refused.value)
@@ -784,7 +980,9 @@ def test_a_reply_asking_for_a_restart_gets_a_fresh_server_for_the_next_job(monke
         header, files = real(*args)
         calls.append(1)
         if len(calls) == 1:
-            header["restart"] = "1 things outlived the job's cleanup: /tmp/x: Device or resource busy"
+            header["restart"] = (
+                "1 things outlived the job's cleanup: /tmp/x: Device or resource busy"
+            )
         return header, files
 
     monkeypatch.setattr(sandbox_module, "_read_reply", restart_once)
@@ -792,7 +990,12 @@ def test_a_reply_asking_for_a_restart_gets_a_fresh_server_for_the_next_job(monke
         (first,) = run_jobs(box, "print('first')")
         assert box._server is None  # stopped: the next job starts a fresh one
         (second,) = run_jobs(box, "print('second')")
-    assert first.ok and first.restart.startswith("1 things outlived") and second.ok and second.restart is None
+    assert (
+        first.ok
+        and first.restart.startswith("1 things outlived")
+        and second.ok
+        and second.restart is None
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -805,7 +1008,9 @@ def test_the_cleanup_is_total_or_says_what_is_left(tmp_path):
     try:
         (tmp_path / "mounted" / "inside").write_text("x")
         left = sandbox_server.empty_dir(tmp_path)
-        assert left == [f"{tmp_path}/mounted: a mount"] and sorted(os.listdir(tmp_path)) == ["mounted"]
+        assert left == [f"{tmp_path}/mounted: a mount"] and sorted(os.listdir(tmp_path)) == [
+            "mounted"
+        ]
         assert (tmp_path / "mounted" / "inside").exists()  # never into another filesystem
         assert sandbox_server.empty_dir(tmp_path, keep=frozenset({"mounted"})) == []
     finally:

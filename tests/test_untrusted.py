@@ -22,23 +22,34 @@ SIZE = (854, 480)  # Manim's low quality
 
 # --- hostile files ----------------------------------------------------------------------
 
+
 def png_bomb(width: int = 13000, height: int = 13000) -> bytes:
     """A valid greyscale PNG of width x height zeros: ~160 KB for 13000x13000."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     squeeze = zlib.compressobj(9)
     row = b"\0" * (1 + width)  # the filter byte, then a byte a pixel
     body = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
 
 
 def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
     at, found = 0, []
     while at + 8 <= len(data):
         size, kind = struct.unpack_from(">I4s", data, at)
-        found.append((kind, data[at + 8:at + size]))
+        found.append((kind, data[at + 8 : at + size]))
         at += size
     return found
 
@@ -49,15 +60,23 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 
 def _rewrite(data: bytes, edit) -> bytes:
     """The MP4 with each leaf box inside moov replaced by edit(kind, payload) (None drops it)."""
+
     def walk(payload: bytes) -> bytes:
         parts = []
         for kind, body in _boxes(payload):
-            body = walk(body) if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl") else edit(kind, body)
+            body = (
+                walk(body)
+                if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl")
+                else edit(kind, body)
+            )
             if body is not None:
                 parts.append(_box(kind, body))
         return b"".join(parts)
 
-    return b"".join(_box(kind, walk(body)) if kind == b"moov" else _box(kind, body) for kind, body in _boxes(data))
+    return b"".join(
+        _box(kind, walk(body)) if kind == b"moov" else _box(kind, body)
+        for kind, body in _boxes(data)
+    )
 
 
 def movie(frames: int = 3, size: tuple[int, int] = SIZE, fps: int = 5) -> bytes:
@@ -86,6 +105,7 @@ def _sample_size(stsz: bytes) -> int:
 
 def movie_declaring(frames: int) -> bytes:
     """A real one-frame movie whose stts and stsz declare `frames` frames (of the one's size)."""
+
     def edit(kind, body):
         if kind == b"stts":
             return struct.pack(">IIII", 0, 1, frames, struct.unpack_from(">I", body, 12)[0])
@@ -104,10 +124,12 @@ def movie_repeating_a_keyframe(repeats: int) -> bytes:
     _rewrite(data, lambda kind, body: leaves.setdefault(kind, body))
     size, offset = _sample_size(leaves[b"stsz"]), struct.unpack_from(">I", leaves[b"stco"], 8)[0]
     delta = struct.unpack_from(">I", leaves[b"stts"], 12)[0]
-    tables = {b"stsz": struct.pack(">III", 0, size, repeats),
-              b"stco": struct.pack(">II", 0, repeats) + struct.pack(">I", offset) * repeats,
-              b"stsc": struct.pack(">IIIII", 0, 1, 1, 1, 1),
-              b"stts": struct.pack(">IIII", 0, 1, repeats, delta)}
+    tables = {
+        b"stsz": struct.pack(">III", 0, size, repeats),
+        b"stco": struct.pack(">II", 0, repeats) + struct.pack(">I", offset) * repeats,
+        b"stsc": struct.pack(">IIIII", 0, 1, 1, 1, 1),
+        b"stts": struct.pack(">IIII", 0, 1, repeats, delta),
+    }
 
     def edit(kind, body):
         if kind in (b"stss", b"ctts", b"edts"):
@@ -119,6 +141,7 @@ def movie_repeating_a_keyframe(repeats: int) -> bytes:
 
 def movie_lasting(seconds: int) -> bytes:
     """A real movie whose mvhd declares `seconds`."""
+
     def edit(kind, body):
         if kind == b"mvhd" and body[0] == 0:
             timescale = struct.unpack_from(">I", body, 12)[0]
@@ -148,8 +171,12 @@ def host_work(tmp_path, data: bytes, call: str) -> dict:
     """`call` (on `data`) in a fresh interpreter: its answer, wall time and peak memory rise."""
     path = tmp_path / "untrusted.bin"
     path.write_bytes(data)
-    done = subprocess.run([sys.executable, "-c", HOST_WORK, str(path), call], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", HOST_WORK, str(path), call],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -159,6 +186,7 @@ def within_budget(work: dict, seconds: float = 2.0) -> None:
 
 
 # --- the last frame ------------------------------------------------------------------------
+
 
 def test_a_png_bomb_is_refused_from_its_header_before_a_pixel_is_decoded(tmp_path):
     """13000x13000 in 160 KB: decoded it took 3.5 GB of host memory."""
@@ -179,16 +207,25 @@ def test_a_frame_of_the_asked_size_is_read():
     Image.new("RGB", SIZE, (10, 20, 30)).save(buffer, "PNG")
     pixels, problem = untrusted.read_frame(buffer.getvalue(), SIZE)
     assert problem is None and pixels.shape == (480, 854, 3) and pixels.dtype.name == "uint8"
-    assert untrusted.read_frame(buffer.getvalue(), (1280, 720))[1] == "the last frame is 854x480, not the 1280x720 asked"
+    assert (
+        untrusted.read_frame(buffer.getvalue(), (1280, 720))[1]
+        == "the last frame is 854x480, not the 1280x720 asked"
+    )
     assert "over its" in untrusted.read_frame(b"\0" * (untrusted.MAX_FRAME_BYTES + 1), SIZE)[1]
-    assert untrusted.read_frame(b"GIF89a" + b"\0" * 100, SIZE)[1].startswith("the last frame is not a PNG")
+    assert untrusted.read_frame(b"GIF89a" + b"\0" * 100, SIZE)[1].startswith(
+        "the last frame is not a PNG"
+    )
 
 
 # --- the movie ----------------------------------------------------------------------------
 
+
 def test_a_real_movie_is_read_to_its_last_frame():
     assert untrusted.read_movie(movie(3), SIZE, fps=5) == (3, None)
-    assert untrusted.read_movie(movie(3), (1280, 720), fps=5) == (0, "the movie is 854x480, not the 1280x720 asked")
+    assert untrusted.read_movie(movie(3), (1280, 720), fps=5) == (
+        0,
+        "the movie is 854x480, not the 1280x720 asked",
+    )
     assert untrusted.read_movie(None, SIZE) == (0, "the scene exited without rendering a movie")
     assert untrusted.read_movie(b"\0" * 1000, SIZE)[1].startswith("the movie is not a")
 
@@ -197,15 +234,20 @@ def test_a_movie_declaring_16_million_frames_is_refused_before_a_demuxer_opens_i
     """The demuxer builds an index entry for every declared sample when it opens a movie."""
     bomb = movie_declaring(16_000_000)
     assert len(bomb) < 100_000
-    work = host_work(tmp_path, bomb, "untrusted.read_movie(data, (854, 480), 5, untrusted.Budget())")
+    work = host_work(
+        tmp_path, bomb, "untrusted.read_movie(data, (854, 480), 5, untrusted.Budget())"
+    )
     within_budget(work)
     assert "declares 16,000,000 frames; at most 1,501 are read" in work["answer"], work
-    assert "at most 20,000" in untrusted.read_movie(bomb, SIZE)[1]  # no frame rate asked: the overall cap
+    assert (
+        "at most 20,000" in untrusted.read_movie(bomb, SIZE)[1]
+    )  # no frame rate asked: the overall cap
 
 
 def test_a_movie_declaring_hours_is_refused():
     assert untrusted.read_movie(movie_lasting(100_000), SIZE, fps=5)[1] == (
-        f"the movie declares 100,000 s; at most {untrusted.MAX_MOVIE_SECONDS} s are read")
+        f"the movie declares 100,000 s; at most {untrusted.MAX_MOVIE_SECONDS} s are read"
+    )
 
 
 def test_a_movie_repeating_one_keyframe_is_refused_by_its_count_or_cut_at_the_budget(tmp_path):
@@ -214,15 +256,20 @@ def test_a_movie_repeating_one_keyframe_is_refused_by_its_count_or_cut_at_the_bu
     decoding stops when the host's time for the reply is spent."""
     bomb = movie_repeating_a_keyframe(5000)
     assert len(bomb) < 100_000
-    work = host_work(tmp_path, bomb, "untrusted.read_movie(data, (854, 480), 5, untrusted.Budget())")
+    work = host_work(
+        tmp_path, bomb, "untrusted.read_movie(data, (854, 480), 5, untrusted.Budget())"
+    )
     within_budget(work)
     assert "declares 5,000 frames; at most 1,501 are read" in work["answer"], work
-    work = host_work(tmp_path, bomb, "untrusted.read_movie(data, (854, 480), None, untrusted.Budget(1.0))")
+    work = host_work(
+        tmp_path, bomb, "untrusted.read_movie(data, (854, 480), None, untrusted.Budget(1.0))"
+    )
     within_budget(work, seconds=2.0)
     assert "took over the host's 1 s" in work["answer"], work
 
 
 # --- report.json ------------------------------------------------------------------------
+
 
 def test_a_report_over_its_size_is_refused_unparsed(tmp_path):
     """63 MB of report.json took 1.8 GB of host memory to parse."""
@@ -239,7 +286,8 @@ def test_a_report_nested_deeper_than_its_cap_is_refused_before_parsing(tmp_path)
     work = host_work(tmp_path, deep, "untrusted.read_report(data)")
     within_budget(work)
     assert "report.json nests 500001 deep, over its 8 cap" in work["answer"]
-    text = b'{"a": "[[[\\"]]]", "c": "\\\\", "b": [[1]]}'  # brackets in strings, escaped quotes and backslashes
+    # brackets in strings, escaped quotes and backslashes
+    text = b'{"a": "[[[\\"]]]", "c": "\\\\", "b": [[1]]}'
     assert json.loads(text)["a"] == '[[["]]]' and untrusted.json_depth(text) == 3
 
 
@@ -248,7 +296,9 @@ def test_a_400_digit_integer_in_the_report_is_a_reason_not_an_overflow():
     import sympy as sp
 
     number = "9" * 400
-    data = f'{{"curves": [{{"x": [{number}, 1, 2], "y": [1, {number}, 4]}}], "layout": [{number}]}}'.encode()
+    data = (
+        f'{{"curves": [{{"x": [{number}, 1, 2], "y": [1, {number}, 4]}}], "layout": [{number}]}}'
+    ).encode()
     report, problem = untrusted.read_report(data)
     assert problem is None and report["curves"][0]["x"][0] == float("inf")
     curves = checks._reported_curves(report)
@@ -257,12 +307,15 @@ def test_a_400_digit_integer_in_the_report_is_a_reason_not_an_overflow():
     assert checks._reported_layout(report) == ["inf"]
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"not json", "does not parse"),
-    (b"[1, 2]", "not an object"),
-    (b'{"curves": NaN}', None),
-    (None, "no report.json"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"not json", "does not parse"),
+        (b"[1, 2]", "not an object"),
+        (b'{"curves": NaN}', None),
+        (None, "no report.json"),
+    ],
+)
 def test_a_report_that_is_not_one_is_a_reason(data, reason):
     report, problem = untrusted.read_report(data)
     assert (problem is None) if reason is None else (reason in problem and "\n" not in problem)
@@ -273,6 +326,12 @@ def test_the_budget_is_stated_once():
     caps = untrusted.MAX_MOVIE_BYTES + untrusted.MAX_FRAME_BYTES + untrusted.MAX_REPORT_BYTES
     assert untrusted.MAX_REPLY_FILES_BYTES == caps
     # a reply at every cap, once in the read buffer and once as files, and a 4K frame at 16 bits
-    assert 2 * caps + untrusted.MAX_HEADER_BYTES + 6 * untrusted.MAX_PIXELS * 2 < untrusted.HOST_MEMORY_MB << 20
-    assert checks.COLLECT == {"movie.mp4": untrusted.MAX_MOVIE_BYTES, "last_frame.png": untrusted.MAX_FRAME_BYTES,
-                              "report.json": untrusted.MAX_REPORT_BYTES}
+    assert (
+        2 * caps + untrusted.MAX_HEADER_BYTES + 6 * untrusted.MAX_PIXELS * 2
+        < untrusted.HOST_MEMORY_MB << 20
+    )
+    assert checks.COLLECT == {
+        "movie.mp4": untrusted.MAX_MOVIE_BYTES,
+        "last_frame.png": untrusted.MAX_FRAME_BYTES,
+        "report.json": untrusted.MAX_REPORT_BYTES,
+    }

@@ -37,7 +37,9 @@ def run(verdicts: list, attempts: int | None = None):
         assert generation.stop != HEADER_REJECTED, "an abandoned try is never checked"
         return verdicts[attempt - 1]
 
-    tries = (write(attempt) for attempt in range(1, (attempts or len(verdicts)) + 1))  # each written when asked for
+    tries = (
+        write(attempt) for attempt in range(1, (attempts or len(verdicts)) + 1)
+    )  # each written when asked for
     verification = first_passing(tries, check, heard.append)
     return verification, checked, [t.attempt for t in heard]
 
@@ -50,13 +52,21 @@ def test_the_first_passing_try_is_kept_and_no_more_are_written():
 
 
 def test_without_a_pass_the_try_passing_most_checks_is_kept_the_earliest_of_equals():
-    verification, _, _ = run([Verdict(math=False, executes=False), Verdict(math=False), Verdict(math=False),
-                              Verdict(syntax=False)])
+    verification, _, _ = run(
+        [
+            Verdict(math=False, executes=False),
+            Verdict(math=False),
+            Verdict(math=False),
+            Verdict(syntax=False),
+        ]
+    )
     assert verification.kept.attempt == 2 and not verification.kept.result.passed
 
 
 def test_a_try_abandoned_at_its_header_is_never_checked_nor_kept_but_its_time_counts():
-    verification, checked, heard = run([Verdict(math=False, executes=False), None, Verdict(math=False)])
+    verification, checked, heard = run(
+        [Verdict(math=False, executes=False), None, Verdict(math=False)]
+    )
     assert checked == [1, 3] and heard == [1, 2, 3]
     assert verification.kept.attempt == 3 and verification.tries[1].result is None
     assert verification.seconds == pytest.approx(1.5)

@@ -29,8 +29,10 @@ from derivative_animator.model.settings import GenerationSettings
 from derivative_animator.render.sandbox import SandboxUnavailable
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
-UNSAFE_HELP = ("where bubblewrap cannot run, run generated code anyway, WITHOUT isolation from this "
-               "machine (only for code you trust)")
+UNSAFE_HELP = (
+    "where bubblewrap cannot run, run generated code anyway, WITHOUT isolation from this "
+    "machine (only for code you trust)"
+)
 
 
 class UsageError(Exception):
@@ -62,24 +64,48 @@ def generation_settings(args) -> GenerationSettings:
     voting = bool(args.self_consistency)
     defaults = GenerationSettings.defaults()
     return defaults.changed(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        attempts=1 if args.no_verify else args.attempts, syntax_rollbacks=args.syntax_rollbacks,
-        repair=args.repair, bracket_guard=args.bracket_guard,
-        self_consistency={"k": args.self_consistency or defaults.self_consistency.k, "vote": voting,
-                          "temperature": args.self_consistency_temperature})
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        attempts=1 if args.no_verify else args.attempts,
+        syntax_rollbacks=args.syntax_rollbacks,
+        repair=args.repair,
+        bracket_guard=args.bracket_guard,
+        self_consistency={
+            "k": args.self_consistency or defaults.self_consistency.k,
+            "vote": voting,
+            "temperature": args.self_consistency_temperature,
+        },
+    )
 
 
 def _check_sampling_args(args) -> None:
     """Model settings that would crash or silently do nothing: one clear line instead."""
     rules = [
         (args.attempts >= 1, f"--attempts must be 1 or more, got {args.attempts}"),
-        (args.max_new_tokens >= 1, f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}"),
-        (args.temperature >= 0, f"--temperature must be 0 (greedy) or more, got {args.temperature}"),
+        (
+            args.max_new_tokens >= 1,
+            f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}",
+        ),
+        (
+            args.temperature >= 0,
+            f"--temperature must be 0 (greedy) or more, got {args.temperature}",
+        ),
         (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
-        (args.syntax_rollbacks >= 0, f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}"),
-        (args.self_consistency >= 0, f"--self-consistency must be 0 (off) or more samples, got {args.self_consistency}"),
-        (args.self_consistency_temperature > 0,
-         f"--self-consistency-temperature must be above 0, got {args.self_consistency_temperature}"),
+        (
+            args.syntax_rollbacks >= 0,
+            f"--syntax-rollbacks must be 0 or more, got {args.syntax_rollbacks}",
+        ),
+        (
+            args.self_consistency >= 0,
+            f"--self-consistency must be 0 (off) or more samples, got {args.self_consistency}",
+        ),
+        (
+            args.self_consistency_temperature > 0,
+            "--self-consistency-temperature must be above 0, "
+            f"got {args.self_consistency_temperature}",
+        ),
     ]
     for ok, message in rules:
         if not ok:
@@ -89,7 +115,9 @@ def _check_sampling_args(args) -> None:
 def cmd_generate(args) -> int:
     if args.model:
         _check_sampling_args(args)
-    with GenerationService(generation_settings(args), allow_unsandboxed=args.unsafe_no_sandbox) as service:
+    with GenerationService(
+        generation_settings(args), allow_unsandboxed=args.unsafe_no_sandbox
+    ) as service:
         return _generate(args, service)
 
 
@@ -155,16 +183,22 @@ def _emit(code: str, args, function: str, service: GenerationService, written=No
         if args.render:
             out_dir = Path(args.output).with_suffix("")
             result = service.check(code, function, render=True, output_dir=out_dir)
-            print(f"render: {marks(result)}; video and last frame in {out_dir}/"
-                  + (f"  {result.error}" if result.error else ""), file=sys.stderr)
+            print(
+                f"render: {marks(result)}; video and last frame in {out_dir}/"
+                + (f"  {result.error}" if result.error else ""),
+                file=sys.stderr,
+            )
             return 0 if result.passed else EXIT_FAILED
     else:
         if args.render:
             raise UsageError("--render needs -o FILE.py (the video goes next to it)")
         sys.stdout.write(code)
         if written is not None and written.corrected:
-            print("printed the corrected scene; the model's own scene is kept only with -o FILE.py "
-                  "(written beside it as FILE.model.py)", file=sys.stderr)
+            print(
+                "printed the corrected scene; the model's own scene is kept only with -o FILE.py "
+                "(written beside it as FILE.model.py)",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -205,7 +239,10 @@ def _from_file(service: GenerationService, args, say) -> int:
             continue
         said = _write_scenes(target, written, args.force)
         failures += not written.result.passed
-        say(f"{target}: f(x) = {function}: {marks(written.result)}" + ("; " + said if written.corrected else ""))
+        say(
+            f"{target}: f(x) = {function}: {marks(written.result)}"
+            + ("; " + said if written.corrected else "")
+        )
     total = len(functions) + len(bad)
     say(f"{total - failures} of {total} lines gave a scene that passed every check")
     return 0 if failures == 0 else EXIT_FAILED
@@ -246,11 +283,19 @@ def cmd_check(args) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be above 0 seconds, got {args.timeout}")
     target = parse_function(args.function)
-    render = checks.RenderOptions(quick=args.quick, save_frame=args.output_dir is not None,
-                                  limits=SandboxLimits(timeout_s=args.timeout),
-                                  unsafe_no_sandbox=args.unsafe_no_sandbox)
-    result = checks.check_code(path.read_text(), target, execute=not args.no_execute, render=render,
-                               output_dir=Path(args.output_dir) if args.output_dir else None)
+    render = checks.RenderOptions(
+        quick=args.quick,
+        save_frame=args.output_dir is not None,
+        limits=SandboxLimits(timeout_s=args.timeout),
+        unsafe_no_sandbox=args.unsafe_no_sandbox,
+    )
+    result = checks.check_code(
+        path.read_text(),
+        target,
+        execute=not args.no_execute,
+        render=render,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+    )
     if args.json:
         print(json.dumps({k: v for k, v in result.to_dict().items()}, indent=2))
     else:
@@ -265,58 +310,111 @@ def cmd_check(args) -> int:
     if result.environment_error:
         return EXIT_ENVIRONMENT
     executed_ok = result.executes or (args.no_execute and result.executes is None)
-    return 0 if (result.syntax and result.structure and result.math and executed_ok) else EXIT_FAILED
+    return (
+        0 if (result.syntax and result.structure and result.math and executed_ok) else EXIT_FAILED
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="derivanim", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="derivanim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("parse", help="parse a function as people type it; print f, f', level, steps")
+    p = sub.add_parser(
+        "parse", help="parse a function as people type it; print f, f', level, steps"
+    )
     p.add_argument("function")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_parse)
 
-    p = sub.add_parser("generate", help="write a Manim scene for a function (template oracle or a model)")
+    p = sub.add_parser(
+        "generate", help="write a Manim scene for a function (template oracle or a model)"
+    )
     p.add_argument("function", nargs="?")
-    p.add_argument("--backend", choices=["template", "model"], default="template",
-                   help="template: the oracle, the dataset's template with the true derivative")
+    p.add_argument(
+        "--backend",
+        choices=["template", "model"],
+        default="template",
+        help="template: the oracle, the dataset's template with the true derivative",
+    )
     p.add_argument("--model", help="merged checkpoint dir (implies --backend model)")
     p.add_argument("--style", choices=scenes.STYLES, default="tangent", help="template style")
     p.add_argument("-o", "--output", help="scene file (or directory with --from-file / -i)")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
-    p.add_argument("--render", action="store_true", help="also render: mp4 and last-frame PNG beside -o")
+    p.add_argument(
+        "--render", action="store_true", help="also render: mp4 and last-frame PNG beside -o"
+    )
     p.add_argument("--from-file", help="a file with one function per line (batched generation)")
-    p.add_argument("-i", "--interactive", action="store_true", help="a prompt loop showing each check")
-    g = GenerationSettings.defaults()  # conf/generate, the one home of these defaults: flags override it
-    p.add_argument("--temperature", type=float, default=g.temperature,
-                   help="0: greedy (the first scene, and the completions of sampled headers)")
+    p.add_argument(
+        "-i", "--interactive", action="store_true", help="a prompt loop showing each check"
+    )
+    g = (
+        GenerationSettings.defaults()
+    )  # conf/generate, the one home of these defaults: flags override it
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=g.temperature,
+        help="0: greedy (the first scene, and the completions of sampled headers)",
+    )
     p.add_argument("--top-p", type=float, default=g.top_p)
     p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens)
     p.add_argument("--seed", type=int, default=g.seed)
-    p.add_argument("--attempts", type=int, default=g.attempts,
-                   help="verified generation: the first scene, then at most N-1 of the sampled math headers "
-                        "the math judge accepts, completed and checked")
-    p.add_argument("--no-verify", action="store_true", help="return the first sample, checked but not retried")
-    p.add_argument("--self-consistency", type=int, nargs="?", const=g.self_consistency.k,
-                   default=g.self_consistency.k if g.self_consistency.vote else 0, metavar="K",
-                   help=f"the first scene takes the math header most of K sampled headers agree on (no oracle; "
-                        f"K: {g.self_consistency.k} if not given, also the headers verification samples)")
-    p.add_argument("--self-consistency-temperature", type=float, default=g.self_consistency.temperature,
-                   help="sampling temperature of the math headers that vote and that verification completes "
-                        "(lower ones mostly repeat greedy's)")
-    p.add_argument("--syntax-rollbacks", type=int, default=g.syntax_rollbacks,
-                   help="sampled attempts: re-sample a line that breaks the syntax, up to N times")
-    p.add_argument("--repair", action=argparse.BooleanOptionalAction, default=g.repair,
-                   help="when no try passes and one is wrong only in its derivative, show that scene with the "
-                        "true derivative, checked again and labelled as corrected, the model's own scene kept "
-                        "beside -o as FILE.model.py (--no-repair: the model's try as it is)")
-    p.add_argument("--bracket-guard", action=argparse.BooleanOptionalAction, default=g.bracket_guard,
-                   help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
-                        "brackets it never opened or end a header line with one open)")
-    p.add_argument("--allow-prompt-mismatch", action="store_true",
-                   help="query a checkpoint trained with another prompt format, using its own format")
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=g.attempts,
+        help="verified generation: the first scene, then at most N-1 of the sampled math headers "
+        "the math judge accepts, completed and checked",
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="return the first sample, checked but not retried"
+    )
+    p.add_argument(
+        "--self-consistency",
+        type=int,
+        nargs="?",
+        const=g.self_consistency.k,
+        default=g.self_consistency.k if g.self_consistency.vote else 0,
+        metavar="K",
+        help="the first scene takes the math header most of K sampled headers agree on "
+        f"(no oracle; K: {g.self_consistency.k} if not given, also the headers verification "
+        "samples)",
+    )
+    p.add_argument(
+        "--self-consistency-temperature",
+        type=float,
+        default=g.self_consistency.temperature,
+        help="sampling temperature of the math headers that vote and that verification completes "
+        "(lower ones mostly repeat greedy's)",
+    )
+    p.add_argument(
+        "--syntax-rollbacks",
+        type=int,
+        default=g.syntax_rollbacks,
+        help="sampled attempts: re-sample a line that breaks the syntax, up to N times",
+    )
+    p.add_argument(
+        "--repair",
+        action=argparse.BooleanOptionalAction,
+        default=g.repair,
+        help="when no try passes and one is wrong only in its derivative, show that scene with the "
+        "true derivative, checked again and labelled as corrected, the model's own scene kept "
+        "beside -o as FILE.model.py (--no-repair: the model's try as it is)",
+    )
+    p.add_argument(
+        "--bracket-guard",
+        action=argparse.BooleanOptionalAction,
+        default=g.bracket_guard,
+        help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
+        "brackets it never opened or end a header line with one open)",
+    )
+    p.add_argument(
+        "--allow-prompt-mismatch",
+        action="store_true",
+        help="query a checkpoint trained with another prompt format, using its own format",
+    )
     p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
     p.set_defaults(run=cmd_generate)
 
@@ -325,8 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function", required=True, help="the function the scene should animate")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-execute", action="store_true", help="skip the Manim render")
-    p.add_argument("--quick", "--dry-run", action="store_true",
-                   help="render at 1 frame per second: every animation runs, faster")
+    p.add_argument(
+        "--quick",
+        "--dry-run",
+        action="store_true",
+        help="render at 1 frame per second: every animation runs, faster",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="render time limit in seconds")
     p.add_argument("--output-dir", help="keep the rendered video and last frame here")
     p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
@@ -334,10 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible API and a web page for a checkpoint")
     p.add_argument("--model", required=True, help="a merged checkpoint dir")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--queue", type=int, default=4, help="requests that may wait; more are answered 503 busy")
-    p.add_argument("--output-dir", default="outputs/serve", help="where the page's scenes and videos go")
+    p.add_argument(
+        "--queue", type=int, default=4, help="requests that may wait; more are answered 503 busy"
+    )
+    p.add_argument(
+        "--output-dir", default="outputs/serve", help="where the page's scenes and videos go"
+    )
     p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
     p.set_defaults(run=cmd_serve)
     return parser
@@ -371,7 +479,9 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
     return found
 
 
-def shield_functions(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+def shield_functions(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[list[str], dict[str, str]]:
     """argv with each function that starts with a minus ("-x^2", "-sin(x)") made safe from argparse,
     which would take it for an option; and how to undo that on the parsed values.
 
@@ -386,8 +496,14 @@ def shield_functions(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[
     for k, arg in enumerate(argv):
         if arg == "--":
             return shielded + argv[k:], restore
-        if (arg.startswith("-") and not arg.startswith("--") and len(arg) > 1 and arg[:2] not in short
-                and " " not in arg and not _NEGATIVE_NUMBER.match(arg)):
+        if (
+            arg.startswith("-")
+            and not arg.startswith("--")
+            and len(arg) > 1
+            and arg[:2] not in short
+            and " " not in arg
+            and not _NEGATIVE_NUMBER.match(arg)
+        ):
             restore[" " + arg] = arg
             arg = " " + arg
         shielded.append(arg)

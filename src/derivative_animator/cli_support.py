@@ -15,8 +15,12 @@ from omegaconf import DictConfig
 from derivative_animator.errors import MachineProblem
 from derivative_animator.paths import CONF_DIR
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
-                                                 MachineProblem)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    MachineProblem,
+)
 
 
 # (category, message regex, module regex) of third-party warnings a user cannot act on: each

@@ -1,6 +1,6 @@
 """`make doctor`: is this machine ready? One row per check, with the fix for each failure.
 
-    python -m derivative_animator.doctor
+python -m derivative_animator.doctor
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from collections.abc import Callable
 
 from derivative_animator import environment, paths
 
-PACKAGES = ("torch", "transformers", "peft", "pytorch-lightning", "hydra-core", "mlflow", "manim", "sympy")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "pytorch-lightning",
+    "hydra-core",
+    "mlflow",
+    "manim",
+    "sympy",
+)
 MIN_FREE_GB = 2.0
 
 
@@ -73,7 +82,11 @@ def check_gpu() -> tuple[bool, str]:
 
     if torch.cuda.is_available():
         return True, torch.cuda.get_device_name(0)
-    bf16 = "fast bf16 (AMX)" if environment.cpu_has_fast_bf16() else "no fast bf16: training runs in fp32"
+    bf16 = (
+        "fast bf16 (AMX)"
+        if environment.cpu_has_fast_bf16()
+        else "no fast bf16: training runs in fp32"
+    )
     return True, f"none: CPU only, {os.cpu_count()} cores, {bf16} (the tiny model is made for this)"
 
 
@@ -85,20 +98,32 @@ def check_mlflow() -> tuple[bool, str]:
         (paths.PROJECT_ROOT / "mlruns").mkdir(exist_ok=True)
         count = len(mlflow.MlflowClient(tracking_uri=uri).search_experiments())
     except Exception as err:  # any failure of the store is what this row reports
-        return False, f"{uri}: {str(err).splitlines()[0][:150]}; fix: check MLFLOW_TRACKING_URI or mlruns/ permissions"
+        return (
+            False,
+            f"{uri}: {str(err).splitlines()[0][:150]}; "
+            "fix: check MLFLOW_TRACKING_URI or mlruns/ permissions",
+        )
     return True, f"{uri} ({count} experiments)"
 
 
 def check_disk() -> tuple[bool, str]:
     free = shutil.disk_usage(paths.PROJECT_ROOT).free / 1e9
     if free < MIN_FREE_GB:
-        return False, f"{free:.1f} GB free; fix: free at least {MIN_FREE_GB} GB (make clean removes outputs)"
+        return (
+            False,
+            f"{free:.1f} GB free; fix: free at least {MIN_FREE_GB} GB (make clean removes outputs)",
+        )
     return True, f"{free:.0f} GB free"
 
 
 CHECKS: dict[str, Callable[[], tuple[bool | str, str]]] = {
-    "python packages": check_packages, "dataset": check_dataset, "LaTeX / dvisvgm / cairo / pango": check_render_tools,
-    "sandbox": check_sandbox, "GPU": check_gpu, "MLflow store": check_mlflow, "disk space": check_disk,
+    "python packages": check_packages,
+    "dataset": check_dataset,
+    "LaTeX / dvisvgm / cairo / pango": check_render_tools,
+    "sandbox": check_sandbox,
+    "GPU": check_gpu,
+    "MLflow store": check_mlflow,
+    "disk space": check_disk,
 }
 
 
@@ -114,7 +139,13 @@ def main() -> int:
     for name, check in CHECKS.items():
         ok, detail = check()
         failed += not ok
-        status = "[yellow]warn[/yellow]" if ok == "warn" else "[green]pass[/green]" if ok else "[red]FAIL[/red]"
+        status = (
+            "[yellow]warn[/yellow]"
+            if ok == "warn"
+            else "[green]pass[/green]"
+            if ok
+            else "[red]FAIL[/red]"
+        )
         table.add_row(name, status, detail)
     Console().print(table)
     return 1 if failed else 0

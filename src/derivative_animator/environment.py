@@ -63,7 +63,13 @@ def cpu_description() -> str:
     """The machine in a few words, for every figure: cores and whether bf16 is fast."""
     import os
 
-    fast = "AMX" if "amx_bf16" in _cpuinfo() else "AVX512-BF16" if cpu_has_fast_bf16() else "no fast bf16"
+    fast = (
+        "AMX"
+        if "amx_bf16" in _cpuinfo()
+        else "AVX512-BF16"
+        if cpu_has_fast_bf16()
+        else "no fast bf16"
+    )
     return f"{os.cpu_count()} CPU cores ({fast})"
 
 

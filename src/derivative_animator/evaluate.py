@@ -49,13 +49,19 @@ def load_samples(cfg: DictConfig) -> list[Sample]:
         for number, text in function_lines(path):
             try:
                 info = oracle.describe(text)
-            except ParseError as err:  # one bad line never stops the others: it becomes a failed row
-                samples.append(Sample(f"line{number:04d}", text, 0, problem=f"{path.name}:{number}: {err}"))
+            except (
+                ParseError
+            ) as err:  # one bad line never stops the others: it becomes a failed row
+                samples.append(
+                    Sample(f"line{number:04d}", text, 0, problem=f"{path.name}:{number}: {err}")
+                )
                 continue
             samples.append(Sample(f"line{number:04d}", info["function"], info["level"]))
     else:
-        samples = [Sample(r.id, r.function, r.level, r.style)
-                   for r in dataset.read_split(cfg.data.dir, cfg.eval.split)]
+        samples = [
+            Sample(r.id, r.function, r.level, r.style)
+            for r in dataset.read_split(cfg.data.dir, cfg.eval.split)
+        ]
     return samples[: cfg.eval.limit] if cfg.eval.limit else samples
 
 
@@ -75,19 +81,39 @@ def benchmark_samples(name: str) -> list[Sample]:
             samples.append(Sample(item.id, item.text, 0, problem=f"{item.source}: {err}"))
             continue
         if analysed is None:
-            print(f"note: {item.id} ({item.source}) f(x) = {item.text} left out: the oracle cannot animate it "
-                  "(constant, or never real and readable)", file=sys.stderr)
+            print(
+                f"note: {item.id} ({item.source}) f(x) = {item.text} left out: the oracle cannot "
+                "animate it (constant, or never real and readable)",
+                file=sys.stderr,
+            )
             continue
-        samples.append(Sample(item.id, notation.typed(expr), analysed.level, kinds=tuple(sorted(
-            expression_trees.kinds(expr) | {expression_trees.length_bucket(item.text)}))))
+        samples.append(
+            Sample(
+                item.id,
+                notation.typed(expr),
+                analysed.level,
+                kinds=tuple(
+                    sorted(
+                        expression_trees.kinds(expr) | {expression_trees.length_bucket(item.text)}
+                    )
+                ),
+            )
+        )
     return samples
 
 
 def latest_checkpoint() -> Path:
-    runs = sorted(paths.resolve("outputs/train").glob("*/checkpoint/merged"), key=lambda p: p.stat().st_mtime)
-    runs += sorted(paths.resolve("outputs/train-multirun").glob("*/*/checkpoint/merged"), key=lambda p: p.stat().st_mtime)
+    runs = sorted(
+        paths.resolve("outputs/train").glob("*/checkpoint/merged"), key=lambda p: p.stat().st_mtime
+    )
+    runs += sorted(
+        paths.resolve("outputs/train-multirun").glob("*/*/checkpoint/merged"),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not runs:
-        raise FileNotFoundError("no trained checkpoint under outputs/train: run `make train` first, or set eval.model")
+        raise FileNotFoundError(
+            "no trained checkpoint under outputs/train: run `make train` first, or set eval.model"
+        )
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
@@ -95,7 +121,9 @@ def evaluated_model(cfg: DictConfig) -> Path | None:
     """The checkpoint the requested baselines need (eval.model, or the newest), None for none."""
     if not any(baseline.needs_model for baseline in requested(cfg.eval.baselines)):
         return None
-    return latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
+    return (
+        latest_checkpoint() if cfg.eval.model in (None, "latest") else paths.resolve(cfg.eval.model)
+    )
 
 
 def run_evaluation(cfg: DictConfig, run_dir: Path, model_dir: Path | None = None) -> dict:
@@ -112,17 +140,25 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, model_dir: Path | None = None
     model_dir = model_dir or evaluated_model(cfg)
     futures: dict[str, list[Future]] = {baseline.name: [] for baseline in chosen}
     started = time.perf_counter()
-    with Evaluator(settings, run_dir) as evaluator, _torch_threads(settings.torch_threads()), Progress() as progress:
+    with (
+        Evaluator(settings, run_dir) as evaluator,
+        _torch_threads(settings.torch_threads()),
+        Progress() as progress,
+    ):
         run = Run(evaluator, settings, generation, model_dir, progress, started)
         for sample in samples:  # lines that do not parse: a failed row in every baseline
             if sample.problem is not None:
                 for baseline in chosen:
                     futures[baseline.name].append(baseline.failed(sample, sample.problem))
         usable = [sample for sample in samples if sample.problem is None]
-        for baseline in BASELINES.values():  # the registry's order: the oracle's spare renders first
+        for (
+            baseline
+        ) in BASELINES.values():  # the registry's order: the oracle's spare renders first
             if baseline.name in futures:
                 futures[baseline.name] += baseline.rows(run, usable)
-        task = progress.add_task("rendering and checking", total=sum(len(v) for v in futures.values()))
+        task = progress.add_task(
+            "rendering and checking", total=sum(len(v) for v in futures.values())
+        )
         rows: list[Row] = []
         for baseline in chosen:
             for future in futures[baseline.name]:
@@ -130,11 +166,16 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, model_dir: Path | None = None
                 progress.advance(task)
     # Renders overlap generation: only the total is the wall time a user waits.
     run.timings["total_s"] = round(time.perf_counter() - started, 1)
-    return {"model": str(model_dir) if model_dir else None, "samples": len(samples),
-            "functions_source": str(functions_source(cfg)), "benchmark": settings.benchmark, "notes": run.notes,
-            "rows": [asdict(r) for r in rows],
-            "summary": summarize(rows, settings.samples_per_function, {s.id: s.kinds for s in samples}),
-            "timings": run.timings}
+    return {
+        "model": str(model_dir) if model_dir else None,
+        "samples": len(samples),
+        "functions_source": str(functions_source(cfg)),
+        "benchmark": settings.benchmark,
+        "notes": run.notes,
+        "rows": [asdict(r) for r in rows],
+        "summary": summarize(rows, settings.samples_per_function, {s.id: s.kinds for s in samples}),
+        "timings": run.timings,
+    }
 
 
 def functions_source(cfg: DictConfig) -> Path:
@@ -178,8 +219,11 @@ def evaluate_and_report(cfg: DictConfig, run_dir: Path) -> int:
 
     model_dir = evaluated_model(cfg)
     source = cfg.eval.benchmark or functions_source(cfg).stem
-    mlflow_run = tracking.evaluation_run(model_dir, source, cfg.eval.benchmark) if cfg.eval.log_to_mlflow \
+    mlflow_run = (
+        tracking.evaluation_run(model_dir, source, cfg.eval.benchmark)
+        if cfg.eval.log_to_mlflow
         else nullcontext()
+    )
     with mlflow_run as run_id:
         results = run_evaluation(cfg, run_dir, model_dir)
         results["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -192,15 +236,21 @@ def evaluate_and_report(cfg: DictConfig, run_dir: Path) -> int:
         console.print(f"\nMath by kind ({cfg.eval.benchmark} benchmark):\n{kinds}")
     timings = results["timings"]
     phases = ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k != "total_s")
-    console.print(f"\n{results['samples']} functions x {len(cfg.eval.baselines)} baselines in "
-                  f"{timings['total_s']:.0f} s" + (f" ({phases})" if phases else ""))
+    console.print(
+        f"\n{results['samples']} functions x {len(cfg.eval.baselines)} baselines in "
+        f"{timings['total_s']:.0f} s" + (f" ({phases})" if phases else "")
+    )
     console.print(f"reports: {report_dir}\ngallery: {report_dir / 'gallery.html'}")
     if run_id:
         console.print(f"MLflow: run {run_id}; browse with `make ui` (http://127.0.0.1:5000)")
     failed = [row for row in results["rows"] if row["extra"].get("failed")]
     if failed:
-        print(f"error: {len(failed)} of {len(results['rows'])} rows could not be evaluated (the first: "
-              f"{failed[0]['function']!r}: {failed[0]['error']}); each row's error is in results.json", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(results['rows'])} rows could not be evaluated "
+            f"(the first: {failed[0]['function']!r}: {failed[0]['error']}); "
+            "each row's error is in results.json",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -83,7 +83,8 @@ class ChatRequest(BaseModel):
 
 class AnimateRequest(BaseModel):
     function: str = Field(max_length=MAX_FUNCTION_CHARS)
-    # None: the server's setting (conf/generate `repair`, on by default); false: the model's try as it is.
+    # None: the server's setting (conf/generate `repair`, on by default); false: the model's try
+    # as it is.
     repair: bool | None = None
 
 
@@ -96,7 +97,9 @@ class Job:
     messages: list[str] = field(default_factory=list)  # the lines `derivanim generate` prints
     steps: list[str] = field(default_factory=list)  # each finished step in words, with its time
     doing: str | None = None  # the step under way, in words
-    outcome: dict | None = None  # when it ends: {"kind": "done" | "corrected" | "failed", "text": one line}
+    outcome: dict | None = (
+        None  # when it ends: {"kind": "done" | "corrected" | "failed", "text": one line}
+    )
     result: dict | None = None
     error: str | None = None
 
@@ -106,7 +109,8 @@ class Settings:
     model_dir: Path
     output_dir: Path
     queue_size: int = 4
-    # How scenes are written (token budget, tries, temperatures): conf/generate, as `derivanim generate`.
+    # How scenes are written (token budget, tries, temperatures): conf/generate, as
+    # `derivanim generate`.
     generation: GenerationSettings = field(default_factory=GenerationSettings.defaults)
     allow_unsandboxed: bool = False  # --unsafe-no-sandbox: the page renders without isolation
 
@@ -116,8 +120,11 @@ class Busy(Exception):
 
 
 def _busy() -> HTTPException:
-    """503 at once, with Retry-After: the openai client (and any polite one) waits and tries again."""
-    return HTTPException(503, "busy: every queue slot is taken; try again in a moment", headers={"Retry-After": "1"})
+    """503 at once, with Retry-After: the openai client (and any polite one) waits and tries
+    again."""
+    return HTTPException(
+        503, "busy: every queue slot is taken; try again in a moment", headers={"Retry-After": "1"}
+    )
 
 
 class ModelWorker:
@@ -142,8 +149,11 @@ class ModelWorker:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _finish_reason(stop: str) -> str:
@@ -159,7 +169,9 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
 
     from derivative_animator.data import prompt as prompts
 
-    service = GenerationService(settings.generation, generator, allow_unsandboxed=settings.allow_unsandboxed)
+    service = GenerationService(
+        settings.generation, generator, allow_unsandboxed=settings.allow_unsandboxed
+    )
     if start_sandbox:
         service.start_sandbox()
     try:
@@ -184,7 +196,9 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"error": {"message": f"request body over {MAX_BODY_BYTES} bytes"}}, status_code=413)
+            return JSONResponse(
+                {"error": {"message": f"request body over {MAX_BODY_BYTES} bytes"}}, status_code=413
+            )
         return await call_next(request)
 
     async def run_on_model(work):
@@ -195,8 +209,11 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
         return await asyncio.wrap_future(future)
 
     def openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status,
-                            headers=headers)
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error"}},
+            status_code=status,
+            headers=headers,
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
@@ -204,29 +221,56 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "derivative-animator"}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "derivative-animator",
+                }
+            ],
+        }
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         def work(g):
-            return g.generate("", body.max_tokens, body.temperature, body.top_p, body.seed, prompt=body.prompt)
+            return g.generate(
+                "", body.max_tokens, body.temperature, body.top_p, body.seed, prompt=body.prompt
+            )
 
         gen = await run_on_model(work)
         prompt_tokens = len(prompts.encode_prompt(generator.tokenizer, body.prompt))
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name, "choices": [{"index": 0, "text": gen.code, "logprobs": None,
-                                                  "finish_reason": _finish_reason(gen.stop)}],
-                "usage": _usage(prompt_tokens, gen.new_tokens)}
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": gen.code,
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(gen.stop),
+                }
+            ],
+            "usage": _usage(prompt_tokens, gen.new_tokens),
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
         users = [m.content for m in body.messages if m.role == "user"]
         if not users:
-            raise HTTPException(400, f"a chat request needs a user message naming the function; {prompts.ASK_LIKE_THIS}")
+            raise HTTPException(
+                400,
+                f"a chat request needs a user message naming the function; {prompts.ASK_LIKE_THIS}",
+            )
         try:
             function = prompts.function_in_message(users[-1])
-            generator.prompt_format.format(function)  # a function that does not parse: 400, not a crash
+            generator.prompt_format.format(
+                function
+            )  # a function that does not parse: 400, not a crash
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         budget = body.max_completion_tokens or body.max_tokens or settings.generation.max_new_tokens
@@ -236,10 +280,20 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
 
         gen = await run_on_model(work)
         prompt_tokens = len(generator.prompt_ids(function))
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name, "choices": [{"index": 0, "finish_reason": _finish_reason(gen.stop),
-                                                  "message": {"role": "assistant", "content": gen.code}}],
-                "usage": _usage(prompt_tokens, gen.new_tokens)}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": _finish_reason(gen.stop),
+                    "message": {"role": "assistant", "content": gen.code},
+                }
+            ],
+            "usage": _usage(prompt_tokens, gen.new_tokens),
+        }
 
     # --- the page -----------------------------------------------------------------------
 
@@ -271,9 +325,17 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
         job = jobs.get(job_id)
         if job is None:
             raise HTTPException(404, "no such job")
-        return {"job": job.id, "function": job.function, "status": job.status, "doing": job.doing,
-                "steps": job.steps, "outcome": job.outcome, "messages": job.messages, "result": job.result,
-                "error": job.error}
+        return {
+            "job": job.id,
+            "function": job.function,
+            "status": job.status,
+            "doing": job.doing,
+            "steps": job.steps,
+            "outcome": job.outcome,
+            "messages": job.messages,
+            "result": job.result,
+            "error": job.error,
+        }
 
     @app.get("/files/{job_id}/{name}")
     async def files(job_id: str, name: str):
@@ -317,7 +379,9 @@ def _animate(service: GenerationService, job: Job, settings: Settings) -> None:
         model = shown
         if written.corrected:
             job.messages.append("rendering the model's own scene in the sandbox")
-            model, _ = _rendered(service, job, directory, written.model_code, "model", "the model's own scene")
+            model, _ = _rendered(
+                service, job, directory, written.model_code, "model", "the model's own scene"
+            )
         job.result = {**shown, "shown": written.shown, "summary": written.summary, "model": model}
         job.outcome = _outcome(written, result, job.function)
         job.status = "done"
@@ -332,19 +396,35 @@ def _outcome(written, result, function: str) -> dict:
     """What finally happened, in one line, from the real render of the scene shown."""
     if not result.passed:
         which = "the corrected scene" if written.corrected else "the model's scene"
-        return {"kind": "failed", "text": f"Failed: {which}: {verdict(result, written.code, function)}"}
-    layout = "" if result.layout is not False else (
-        "; its layout check failed" + (f": {result.layout_problems[0]}" if result.layout_problems else ""))
+        return {
+            "kind": "failed",
+            "text": f"Failed: {which}: {verdict(result, written.code, function)}",
+        }
+    layout = (
+        ""
+        if result.layout is not False
+        else (
+            "; its layout check failed"
+            + (f": {result.layout_problems[0]}" if result.layout_problems else "")
+        )
+    )
     if written.corrected:
-        return {"kind": "corrected", "text": (
-            f"Corrected: the model's derivative was wrong (it wrote {derivative_line(written.model_code)}); "
-            f"the corrected scene, with f'(x) = {derivative_line(written.code)}, is shown{layout}")}
+        return {
+            "kind": "corrected",
+            "text": (
+                "Corrected: the model's derivative was wrong "
+                f"(it wrote {derivative_line(written.model_code)}); the corrected scene, "
+                f"with f'(x) = {derivative_line(written.code)}, is shown{layout}"
+            ),
+        }
     if layout:
         return {"kind": "done", "text": f"Done: the model's scene is right and renders{layout}"}
     return {"kind": "done", "text": "Done: the model's scene passed every check"}
 
 
-def _rendered(service: GenerationService, job: Job, directory: Path, code: str, name: str, which: str):
+def _rendered(
+    service: GenerationService, job: Job, directory: Path, code: str, name: str, which: str
+):
     """One scene of a job written as `<name>.py` and rendered for real (its video and last frame
     `<name>.mp4`, `<name>.png` in the job's folder): what the page shows of it, and its checks.
     `which` names the scene in the job's steps."""
@@ -363,13 +443,21 @@ def _rendered(service: GenerationService, job: Job, directory: Path, code: str, 
                     made.replace(directory / f"{name}{suffix}")
             video = f"{name}.mp4" if (directory / f"{name}.mp4").is_file() else None
     seconds = time.perf_counter() - start
-    job.steps.append(f"rendered {which}'s video in {seconds:.1f} s" if video else
-                     f"rendered {which} in {seconds:.1f} s, no video: {verdict(result, code, job.function)}")
-    return {"code": code, "checks": {k: getattr(result, k) for k in REPORTED},
-            "passed": result.passed, "error": result.error, "layout_problems": result.layout_problems,
-            "video": f"/files/{job.id}/{video}" if video else None,
-            "poster": f"/files/{job.id}/{name}.png" if video else None,
-            "download": f"/files/{job.id}/{name}.py"}, result
+    job.steps.append(
+        f"rendered {which}'s video in {seconds:.1f} s"
+        if video
+        else f"rendered {which} in {seconds:.1f} s, no video: {verdict(result, code, job.function)}"
+    )
+    return {
+        "code": code,
+        "checks": {k: getattr(result, k) for k in REPORTED},
+        "passed": result.passed,
+        "error": result.error,
+        "layout_problems": result.layout_problems,
+        "video": f"/files/{job.id}/{video}" if video else None,
+        "poster": f"/files/{job.id}/{name}.png" if video else None,
+        "download": f"/files/{job.id}/{name}.py",
+    }, result
 
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -458,15 +546,19 @@ $("form").addEventListener("submit", async e => {
   $("go").disabled = true; poll(s.job);
 });
 $("copy").addEventListener("click", () => navigator.clipboard.writeText($("code").textContent));
-</script></body></html>"""
+</script></body></html>"""  # noqa: E501
 
 
 def run(args) -> int:
     """Serve until interrupted (`derivanim serve`, cli.py, parses and checks the arguments)."""
     import uvicorn
 
-    settings = Settings(model_dir=paths.resolve(args.model), output_dir=paths.resolve(args.output_dir),
-                        queue_size=args.queue, allow_unsandboxed=args.unsafe_no_sandbox)
+    settings = Settings(
+        model_dir=paths.resolve(args.model),
+        output_dir=paths.resolve(args.output_dir),
+        queue_size=args.queue,
+        allow_unsandboxed=args.unsafe_no_sandbox,
+    )
     app = create_app(settings, start_sandbox=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

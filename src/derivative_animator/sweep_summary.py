@@ -22,8 +22,12 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep: str | None, metric: st
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}: run `make sweep` first")
-    runs = client.search_runs([found.experiment_id], filter_string="tags.sweep != ''", max_results=5000)
+        raise ValueError(
+            f"no MLflow experiment {experiment!r} at {tracking_uri}: run `make sweep` first"
+        )
+    runs = client.search_runs(
+        [found.experiment_id], filter_string="tags.sweep != ''", max_results=5000
+    )
     runs = [r for r in runs if r.data.tags.get("sweep")]
     if not runs:
         raise ValueError("no sweep runs found: run `make sweep` first")
@@ -33,9 +37,17 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep: str | None, metric: st
     if not chosen:
         raise ValueError(f"no finished runs with metric {metric!r} in sweep {sweep!r}")
     rows = sorted(
-        ((int(r.data.params.get("lora/r", r.data.tags.get("lora_r", 0)) or 0),
-          int(r.data.params.get("trainer/max_epochs", 0)), r.data.metrics[metric], r.info.run_id)
-         for r in chosen), key=lambda row: row[:2])
+        (
+            (
+                int(r.data.params.get("lora/r", r.data.tags.get("lora_r", 0)) or 0),
+                int(r.data.params.get("trainer/max_epochs", 0)),
+                r.data.metrics[metric],
+                r.info.run_id,
+            )
+            for r in chosen
+        ),
+        key=lambda row: row[:2],
+    )
     return sweep, rows
 
 
@@ -48,7 +60,9 @@ def plot(rows, metric: str, sweep: str, output: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     for epochs in sorted({e for _, e, _, _ in rows}):
         points = [(r, v) for r, e, v, _ in rows if e == epochs]
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{epochs} epochs")
+        axis.plot(
+            [p[0] for p in points], [p[1] for p in points], marker="o", label=f"{epochs} epochs"
+        )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("LoRA rank r")
     axis.set_ylabel(metric)
@@ -59,7 +73,9 @@ def plot(rows, metric: str, sweep: str, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sweep")
     parser.add_argument("--metric", default="val/math")
     parser.add_argument("--experiment", default="derivative-animator")
@@ -73,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     higher_is_better = "loss" not in args.metric and "perplexity" not in args.metric
     ranked = sorted(rows, key=lambda row: -row[2] if higher_is_better else row[2])
-    print(f"sweep {sweep}: {args.metric}, best first\n\n| rank | lora r | epochs | {args.metric} | MLflow run |\n"
-          "|---|---|---|---|---|")
+    print(
+        f"sweep {sweep}: {args.metric}, best first\n\n"
+        f"| rank | lora r | epochs | {args.metric} | MLflow run |\n"
+        "|---|---|---|---|---|"
+    )
     for place, (r, epochs, value, run_id) in enumerate(ranked, 1):
         print(f"| {place} | {r} | {epochs} | {value:.4f} | {run_id} |")
     output = paths.resolve(args.output)

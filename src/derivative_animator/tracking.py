@@ -40,7 +40,9 @@ def run_date(when: datetime | None = None) -> str:
     return (when or datetime.now()).strftime(DATE_FORMAT)
 
 
-def training_run_name(model: str, lora_r: int | None, when: datetime | None = None, job: str | None = None) -> str:
+def training_run_name(
+    model: str, lora_r: int | None, when: datetime | None = None, job: str | None = None
+) -> str:
     """`lora-r64-tiny-1130-1630` (a LoRA fine-tune) or `full-tiny-1130-1630`; a sweep's job adds
     its number (`-j3`): a sweep starts many jobs in one minute."""
     method = f"lora-r{lora_r}" if lora_r is not None else "full"
@@ -67,22 +69,46 @@ def split_dataset(data_dir: str | Path, split: str):
 
     path = Path(data_dir) / f"{split}.jsonl"
     records = dataset.read_split(data_dir, split)
-    frame = pd.DataFrame([{"id": r.id, "level": r.level, "style": r.style, "function": r.function,
-                           "prompt": r.prompt, "completion": r.completion} for r in records])
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local-file sources, the same
+    frame = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "level": r.level,
+                "style": r.style,
+                "function": r.function,
+                "prompt": r.prompt,
+                "completion": r.completion,
+            }
+            for r in records
+        ]
+    )
+    with (
+        warnings.catch_warnings()
+    ):  # "can be interpreted in multiple ways": two local-file sources, the same
         warnings.simplefilter("ignore", UserWarning)
-        return mlflow.data.from_pandas(frame, source=str(path.resolve()), name=f"{Path(data_dir).name}-{split}")
+        return mlflow.data.from_pandas(
+            frame, source=str(path.resolve()), name=f"{Path(data_dir).name}-{split}"
+        )
 
 
 def log_splits(client, run_id: str, data_dir: str | Path, splits: tuple[str, ...]) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
-    inputs = [DatasetInput(split_dataset(data_dir, split)._to_mlflow_entity(),
-                           tags=[InputTag("mlflow.data.context", CONTEXTS[split])]) for split in splits]
+    inputs = [
+        DatasetInput(
+            split_dataset(data_dir, split)._to_mlflow_entity(),
+            tags=[InputTag("mlflow.data.context", CONTEXTS[split])],
+        )
+        for split in splits
+    ]
     client.log_inputs(run_id, datasets=inputs)
 
 
-CHECKPOINT_EXTRAS = (TRAINED_CONFIG, DRAFT_CORPUS, RUN_INFO)  # beside the prompt format's (prompt.FILENAME)
+CHECKPOINT_EXTRAS = (
+    TRAINED_CONFIG,
+    DRAFT_CORPUS,
+    RUN_INFO,
+)  # beside the prompt format's (prompt.FILENAME)
 
 
 def log_merged_model(tracking_uri: str, run_id: str, merged_dir: Path, registered_name: str | None):
@@ -101,16 +127,27 @@ def log_merged_model(tracking_uri: str, run_id: str, merged_dir: Path, registere
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-            metadata={"prompt_format": prompt_format.to_dict()}, registered_model_name=registered_name,
-            pip_requirements=["torch", "transformers", "accelerate"],  # inferring them imports torchvision
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-generation",
+            metadata={"prompt_format": prompt_format.to_dict()},
+            registered_model_name=registered_name,
+            pip_requirements=[
+                "torch",
+                "transformers",
+                "accelerate",
+            ],  # inferring them imports torchvision
         )
         for name in (FILENAME, *CHECKPOINT_EXTRAS):
             if (merged_dir / name).is_file():
                 mlflow.log_artifact(str(merged_dir / name), artifact_path="checkpoint")
     if registered_name and info.registered_model_version is not None:
-        describe_registered_model(mlflow.MlflowClient(tracking_uri=tracking_uri), registered_name,
-                                  str(info.registered_model_version), merged_dir)
+        describe_registered_model(
+            mlflow.MlflowClient(tracking_uri=tracking_uri),
+            registered_name,
+            str(info.registered_model_version),
+            merged_dir,
+        )
     return info
 
 
@@ -126,12 +163,19 @@ def model_tags(merged_dir: Path) -> dict[str, str]:
     config = json.loads((merged_dir / TRAINED_CONFIG).read_text())
     model, lora, optim = config["model"], config["lora"], config["optim"]
     pretrained = str(model.get("pretrained") or model["name"])
-    base_dir = paths.resolve(pretrained) if paths.resolve(pretrained).exists() else None  # else a hub id
-    tags = {"base_model": base_dir.name if base_dir else pretrained, "model": str(model["name"]),
-            "lora_r": str(lora["r"]) if lora["enabled"] else "full",
-            "lora_alpha": str(lora["alpha"]) if lora["enabled"] else "full"}
+    base_dir = (
+        paths.resolve(pretrained) if paths.resolve(pretrained).exists() else None
+    )  # else a hub id
+    tags = {
+        "base_model": base_dir.name if base_dir else pretrained,
+        "model": str(model["name"]),
+        "lora_r": str(lora["r"]) if lora["enabled"] else "full",
+        "lora_alpha": str(lora["alpha"]) if lora["enabled"] else "full",
+    }
     if base_dir and (base_dir / "build_info.json").is_file():
-        tags["base_recipe_sha256"] = json.loads((base_dir / "build_info.json").read_text()).get("config_sha256", "")
+        tags["base_recipe_sha256"] = json.loads((base_dir / "build_info.json").read_text()).get(
+            "config_sha256", ""
+        )
     data_dir = paths.resolve(config["data"]["dir"])
     tags["dataset"] = data_dir.name
     if (data_dir / "train.jsonl").is_file():
@@ -140,21 +184,35 @@ def model_tags(merged_dir: Path) -> dict[str, str]:
     prompt_format = PromptFormat.load(merged_dir)
     tags["prompt_format"], tags["prompt_format_sha256"] = prompt_format.name, prompt_format.sha256
     trainer = config.get("trainer", {})
-    tags["recipe"] = (f"lr={optim['lr']} batch={optim['effective_batch_size']} epochs={trainer.get('max_epochs')} "
-                      f"full_scenes={config.get('full_scenes')} seed={config.get('seed')}")
+    tags["recipe"] = (
+        f"lr={optim['lr']} batch={optim['effective_batch_size']} "
+        f"epochs={trainer.get('max_epochs')} "
+        f"full_scenes={config.get('full_scenes')} seed={config.get('seed')}"
+    )
     return tags
 
 
 def describe_registered_model(client, name: str, version: str, merged_dir: Path) -> None:
-    """The registered model's description and tags (the newest version's), and each version's own."""
+    """The registered model's description and tags (the newest version's), and each version's
+    own."""
     tags = model_tags(merged_dir)
-    method = f"LoRA (r={tags['lora_r']}, alpha={tags['lora_alpha']})" if tags["lora_r"] != "full" else "Full"
+    method = (
+        f"LoRA (r={tags['lora_r']}, alpha={tags['lora_alpha']})"
+        if tags["lora_r"] != "full"
+        else "Full"
+    )
     description = (
-        f"{method} fine-tune of {tags['base_model']} that writes a Manim scene animating a function's derivative. "
-        f"Trained on {tags['dataset']} (train.jsonl sha256 {tags.get('dataset_sha256', '?')[:12]}), which leaves out "
-        f"the benchmarks (sha256 {tags['benchmarks_sha256'][:12]}); prompt format {tags['prompt_format']} "
-        f"(sha256 {tags['prompt_format_sha256'][:12]}); recipe {tags['recipe']}. Each version is one training run; "
-        "its evaluations are child runs of that run, headline metrics test/math, textbook/math, random/math.")
+        f"{method} fine-tune of {tags['base_model']} that writes a Manim scene animating a "
+        "function's derivative. "
+        f"Trained on {tags['dataset']} (train.jsonl sha256 "
+        f"{tags.get('dataset_sha256', '?')[:12]}), which leaves out "
+        f"the benchmarks (sha256 {tags['benchmarks_sha256'][:12]}); "
+        f"prompt format {tags['prompt_format']} "
+        f"(sha256 {tags['prompt_format_sha256'][:12]}); recipe {tags['recipe']}. "
+        "Each version is one training run; "
+        "its evaluations are child runs of that run, headline metrics test/math, textbook/math, "
+        "random/math."
+    )
     client.update_registered_model(name, description=description)
     client.update_model_version(name, version, description=description)
     for key, value in tags.items():
@@ -170,7 +228,9 @@ def load_logged_model(model_uri: str):
 
     components = mlflow.transformers.load_model(model_uri, return_type="components")
     stored = mlflow.models.get_model_info(model_uri).metadata["prompt_format"]
-    prompt_format = PromptFormat(name=stored["name"], template=stored["template"], notation=stored["notation"])
+    prompt_format = PromptFormat(
+        name=stored["name"], template=stored["template"], notation=stored["notation"]
+    )
     return components["model"], components["tokenizer"], prompt_format
 
 
@@ -188,7 +248,8 @@ def _training_run(model_dir) -> tuple[dict, object] | None:
 
 
 def checkpoint_name(model_dir: Path, client=None, run_id: str | None = None) -> str:
-    """The checkpoint's training run name, else its run directory's name (<run dir>/checkpoint/merged)."""
+    """The checkpoint's training run name, else its run directory's name
+    (<run dir>/checkpoint/merged)."""
     if client is not None and run_id:
         name = client.get_run(run_id).info.run_name
         if name:
@@ -209,8 +270,13 @@ def checkpoint_title(model_dir: Path) -> str:
         return checkpoint_name(model_dir)
     shipped = (model.get("build") or {}).get("publish_dir")
     pretrained = str(model.get("pretrained") or "")
-    base = (Path(shipped).name if shipped else pretrained if pretrained and not Path(pretrained).is_absolute()
-            else str(model.get("name") or checkpoint_name(model_dir)))
+    base = (
+        Path(shipped).name
+        if shipped
+        else pretrained
+        if pretrained and not Path(pretrained).is_absolute()
+        else str(model.get("name") or checkpoint_name(model_dir))
+    )
     tuned = f"LoRA r{lora['r']}" if lora.get("enabled") and lora.get("r") else "full fine-tune"
     when = _run_started(model_dir)
     return f"{base} + {tuned}" + (f" ({when:%Y-%m-%d %H:%M})" if when else "")
@@ -243,9 +309,17 @@ def evaluation_run(model_dir, source: str, benchmark: str | None = None):
     training = client.get_run(run_id)
     mark_experiment(client, training.info.experiment_id)
     name = evaluation_run_name(source, checkpoint_name(model_dir, client, run_id))
-    evaluation = client.create_run(training.info.experiment_id, run_name=name, tags={
-        "mlflow.parentRunId": run_id, "stage": "evaluation", "evaluated_run": run_id, "benchmark": benchmark or "",
-        "model": training.data.tags.get("model", "")}).info.run_id
+    evaluation = client.create_run(
+        training.info.experiment_id,
+        run_name=name,
+        tags={
+            "mlflow.parentRunId": run_id,
+            "stage": "evaluation",
+            "evaluated_run": run_id,
+            "benchmark": benchmark or "",
+            "model": training.data.tags.get("model", ""),
+        },
+    ).info.run_id
     try:
         yield evaluation
     except BaseException:
@@ -288,7 +362,9 @@ def log_evaluation(results: dict, run_dir: Path, evaluation: str | None = None) 
     `evaluation_run` opened (none: one is opened and closed here). Returns the evaluation run's
     id (None when the checkpoint has no run)."""
     if evaluation is None:
-        with evaluation_run(results["model"], evaluation_source(results), results.get("benchmark")) as opened:
+        with evaluation_run(
+            results["model"], evaluation_source(results), results.get("benchmark")
+        ) as opened:
             return log_evaluation(results, run_dir, opened) if opened else None
     import time
 
@@ -298,39 +374,73 @@ def log_evaluation(results: dict, run_dir: Path, evaluation: str | None = None) 
 
     info, client = _training_run(results["model"])
     run_id = info["mlflow_run_id"]
-    # A benchmark's figures are its own (eval/textbook/finetuned/math); the test split's keep eval/...
+    # A benchmark's figures are its own (eval/textbook/finetuned/math); the test split's keep
+    # eval/...
     benchmark = results.get("benchmark")
     prefix = f"eval/{benchmark}" if benchmark else "eval"
-    metrics = {f"{prefix}/time/{name}": seconds for name, seconds in results.get("timings", {}).items()}
+    metrics = {
+        f"{prefix}/time/{name}": seconds for name, seconds in results.get("timings", {}).items()
+    }
     for baseline, groups in results["summary"].items():
         for group, values in groups.items():
             for metric, value in values.items():
-                if isinstance(value, (int, float)) and (not group.startswith("kind/") or metric in ("math", "n")):
+                if isinstance(value, (int, float)) and (
+                    not group.startswith("kind/") or metric in ("math", "n")
+                ):
                     suffix = "" if group == "all" else f"/{group}"
-                    metrics[f"{prefix}/{baseline}/{metric.replace('@', '_at_')}{suffix}"] = float(value)
+                    metrics[f"{prefix}/{baseline}/{metric.replace('@', '_at_')}{suffix}"] = float(
+                        value
+                    )
     headlines = headline(results)
     metrics.update(headlines)
     now = int(time.time() * 1000)
     batch = [Metric(key, value, now, 0) for key, value in metrics.items()]
     # One call: each single log_metric is a sqlite transaction (~9 ms; 200 of them here).
     client.log_batch(run_id, metrics=batch)
-    client.log_batch(evaluation, metrics=batch,
-                     params=[mlflow.entities.Param("model", str(results["model"]))])
+    client.log_batch(
+        evaluation, metrics=batch, params=[mlflow.entities.Param("model", str(results["model"]))]
+    )
     source = evaluation_source(results)
-    client.log_table(evaluation, data=pd.DataFrame(
-        [{"source": source, "baseline": baseline, "n": groups["all"].get("n"), "math": groups["all"].get("math"),
-          "passed": groups["all"].get("passed")} for baseline, groups in results["summary"].items() if "all" in groups]),
-        artifact_file="headline.json")
+    client.log_table(
+        evaluation,
+        data=pd.DataFrame(
+            [
+                {
+                    "source": source,
+                    "baseline": baseline,
+                    "n": groups["all"].get("n"),
+                    "math": groups["all"].get("math"),
+                    "passed": groups["all"].get("passed"),
+                }
+                for baseline, groups in results["summary"].items()
+                if "all" in groups
+            ]
+        ),
+        artifact_file="headline.json",
+    )
     rows = results.get("rows", [])
     if rows:
-        functions = pd.DataFrame([{"sample_id": r["sample_id"], "function": r["function"], "level": r["level"]}
-                                  for r in rows]).drop_duplicates("sample_id")
+        functions = pd.DataFrame(
+            [
+                {"sample_id": r["sample_id"], "function": r["function"], "level": r["level"]}
+                for r in rows
+            ]
+        ).drop_duplicates("sample_id")
         origin = results.get("functions_source") or str(run_dir)
         name = f"benchmark-{benchmark}" if benchmark else f"eval-{Path(origin).stem}"
         dataset = mlflow.data.from_pandas(functions, source=origin, name=name)
-        client.log_inputs(evaluation, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                             tags=[InputTag("mlflow.data.context", "evaluation")])])
-        table = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows])
+        client.log_inputs(
+            evaluation,
+            datasets=[
+                DatasetInput(
+                    dataset._to_mlflow_entity(),
+                    tags=[InputTag("mlflow.data.context", "evaluation")],
+                )
+            ],
+        )
+        table = pd.DataFrame(
+            [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
+        )
         client.log_table(evaluation, data=table, artifact_file="rows.json")
     if (run_dir / "report").is_dir():
         client.log_artifacts(evaluation, str(run_dir / "report"), artifact_path="report")

@@ -1,13 +1,16 @@
 """The benchmarks the model is judged on beyond its own test split, which no training data touches.
 
 - `textbook`: derivative exercises transcribed from the exercise lists of open calculus
-  textbooks (benchmarks/textbook.tsv: function, book, section, exercise; card: benchmarks/README.md).
+  textbooks (benchmarks/textbook.tsv: function, book, section, exercise; card:
+  benchmarks/README.md).
 - `random`: functions of the expression-tree generator (`math/expression_trees.py`) drawn with
   a seed of their own (benchmarks/random.txt), frozen in the file so that later changes to the
-  generator leave the benchmark as it is: `python -m derivative_animator.data.benchmarks --write-random`.
+  generator leave the benchmark as it is:
+  `python -m derivative_animator.data.benchmarks --write-random`.
 
 `held_out_keys()` gives every benchmark function's canonical form: the dataset builder, the
-pretraining corpus and every practice generator leave these out (tests/test_benchmarks.py proves it).
+pretraining corpus and every practice generator leave these out (tests/test_benchmarks.py
+proves it).
 OpenStax's Calculus (and its copies) is an independent check kept outside the project: never here.
 """
 
@@ -50,12 +53,19 @@ def items(name: str, directory: Path = BENCHMARK_DIR) -> list[Item]:
     if path.suffix == ".tsv":
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-        return [Item(f"{name}-{i:03d}", row["function"].strip(),
-                     f"{row['book']} {row['section'].split(' ', 1)[0]}, exercise {row['exercise']}")
-                for i, row in enumerate(rows, 1)]
+        return [
+            Item(
+                f"{name}-{i:03d}",
+                row["function"].strip(),
+                f"{row['book']} {row['section'].split(' ', 1)[0]}, exercise {row['exercise']}",
+            )
+            for i, row in enumerate(rows, 1)
+        ]
     lines = [line.strip() for line in path.read_text().splitlines()]
-    return [Item(f"{name}-{i:03d}", text, f"expression trees, seed {RANDOM_SEED}")
-            for i, text in enumerate((t for t in lines if t and not t.startswith("#")), 1)]
+    return [
+        Item(f"{name}-{i:03d}", text, f"expression trees, seed {RANDOM_SEED}")
+        for i, text in enumerate((t for t in lines if t and not t.startswith("#")), 1)
+    ]
 
 
 @lru_cache(maxsize=1)
@@ -86,7 +96,9 @@ def digest() -> str:
     return keys_sha256(held_out_keys())
 
 
-def draw_random(seed: str = RANDOM_SEED, size: int = RANDOM_SIZE, exclude: frozenset[str] = frozenset()) -> list[str]:
+def draw_random(
+    seed: str = RANDOM_SEED, size: int = RANDOM_SIZE, exclude: frozenset[str] = frozenset()
+) -> list[str]:
     """`size` generator functions the oracle animates, with at least RANDOM_MIN_STEPS rule
     applications, none in `exclude` (canonical forms), in the generator's seeded order."""
     from rich.progress import track
@@ -95,7 +107,10 @@ def draw_random(seed: str = RANDOM_SEED, size: int = RANDOM_SIZE, exclude: froze
     from derivative_animator.math.differentiate import differentiate
 
     def keep(typed, expr) -> bool:
-        if curriculum.canonical_key(expr) in exclude or len(differentiate(expr)[1]) < RANDOM_MIN_STEPS:
+        if (
+            curriculum.canonical_key(expr) in exclude
+            or len(differentiate(expr)[1]) < RANDOM_MIN_STEPS
+        ):
             return False
         return curriculum.analyse(expr, wider=True) is not None
 
@@ -115,23 +130,33 @@ def write_random(directory: Path = BENCHMARK_DIR) -> Path:
         except ParseError:
             continue
     functions = draw_random(exclude=frozenset(textbook))
-    header = (f"# The random benchmark: {len(functions)} functions of the expression-tree generator, seed "
-              f"{RANDOM_SEED!r},\n# each with at least {RANDOM_MIN_STEPS} rule applications, none of the "
-              "textbook benchmark's.\n# Written by `python -m derivative_animator.data.benchmarks "
-              "--write-random`; never trained on.\n")
+    header = (
+        f"# The random benchmark: {len(functions)} functions of the expression-tree generator, "
+        f"seed {RANDOM_SEED!r},\n# each with at least {RANDOM_MIN_STEPS} rule applications, "
+        "none of the "
+        "textbook benchmark's.\n# Written by `python -m derivative_animator.data.benchmarks "
+        "--write-random`; never trained on.\n"
+    )
     path = directory / FILES["random"]
     paths.write_atomic(path, header + "\n".join(functions) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m derivative_animator.data.benchmarks", description=__doc__.split("\n")[0])
-    parser.add_argument("--write-random", action="store_true", help="(re)write benchmarks/random.txt from its seed")
+    parser = argparse.ArgumentParser(
+        prog="python -m derivative_animator.data.benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--write-random", action="store_true", help="(re)write benchmarks/random.txt from its seed"
+    )
     args = parser.parse_args(argv)
     if args.write_random:
         print(f"wrote {write_random()}")
     for name in FILES:
-        print(f"{name}: {len(items(name))} functions ({BENCHMARK_DIR / FILES[name]}); {composition(name)}")
+        print(
+            f"{name}: {len(items(name))} functions ({BENCHMARK_DIR / FILES[name]}); "
+            f"{composition(name)}"
+        )
     return 0
 
 
@@ -149,9 +174,14 @@ def composition(name: str) -> str:
         levels[level_of(differentiate(expr)[1])] += 1
         kinds.update(expression_trees.kinds(expr))
         lengths[expression_trees.length_bucket(item.text)] += 1
-    return ("levels " + " / ".join(f"L{lv} {levels[lv]}" for lv in sorted(levels)) + "; kinds "
-            + ", ".join(f"{kind} {kinds[kind]}" for kind in expression_trees.KINDS) + "; lengths "
-            + ", ".join(f"{bucket} {lengths[bucket]}" for _, bucket in expression_trees.LENGTH_BUCKETS))
+    return (
+        "levels "
+        + " / ".join(f"L{lv} {levels[lv]}" for lv in sorted(levels))
+        + "; kinds "
+        + ", ".join(f"{kind} {kinds[kind]}" for kind in expression_trees.KINDS)
+        + "; lengths "
+        + ", ".join(f"{bucket} {lengths[bucket]}" for _, bucket in expression_trees.LENGTH_BUCKETS)
+    )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ from derivative_animator.math.header import math_header_length
 IGNORE_INDEX = -100
 
 
-def encode_example(tokenizer, prompt_text: str, completion: str, header_only: bool = False) -> dict[str, list[int]]:
+def encode_example(
+    tokenizer, prompt_text: str, completion: str, header_only: bool = False
+) -> dict[str, list[int]]:
     return encode_examples(tokenizer, [prompt_text], [completion], [header_only])[0]
 
 
-def encode_examples(tokenizer, prompts: list[str], completions: list[str],
-                    header_only: list[bool]) -> list[dict[str, list[int]]]:
+def encode_examples(
+    tokenizer, prompts: list[str], completions: list[str], header_only: list[bool]
+) -> list[dict[str, list[int]]]:
     """Examples for many samples: the completions in one batched tokenizer call (the fast
     tokenizer works through a batch in parallel: 7 s instead of 18 s for 4,400 scenes),
     the same ids as one call per sample."""
@@ -50,25 +53,39 @@ def encode_examples(tokenizer, prompts: list[str], completions: list[str],
         if header_end is not None:
             # The whole scene's own tokens that start inside the header: the very ids a full
             # sample has there, not a re-tokenized prefix.
-            completion_ids = completion_ids[:sum(start < header_end for start, _ in encoded["offset_mapping"][i])]
-        examples.append({"input_ids": prompt_ids + completion_ids,
-                         "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids})
+            completion_ids = completion_ids[
+                : sum(start < header_end for start, _ in encoded["offset_mapping"][i])
+            ]
+        examples.append(
+            {
+                "input_ids": prompt_ids + completion_ids,
+                "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+            }
+        )
     return examples
 
 
 class TokenizedSplit(Dataset):
-    def __init__(self, records: list[dataset.Record], tokenizer, max_length: int, prompt_format: PromptFormat,
-                 full_scenes: int | None = None):
+    def __init__(
+        self,
+        records: list[dataset.Record],
+        tokenizer,
+        max_length: int,
+        prompt_format: PromptFormat,
+        full_scenes: int | None = None,
+    ):
         # The prompt is re-made by the prompt module, never read back from the file.
         self.examples = encode_examples(
-            tokenizer, [prompt_format.format(record.function) for record in records],
+            tokenizer,
+            [prompt_format.format(record.function) for record in records],
             [record.completion for record in records],
-            [full_scenes is not None and index >= full_scenes for index in range(len(records))])
+            [full_scenes is not None and index >= full_scenes for index in range(len(records))],
+        )
         for record, example in zip(records, self.examples, strict=True):
             if len(example["input_ids"]) > max_length:
                 raise ValueError(
-                    f"sample {record.id} is {len(example['input_ids'])} tokens, over model.max_length="
-                    f"{max_length}; raise model.max_length or use shorter scenes"
+                    f"sample {record.id} is {len(example['input_ids'])} tokens, over "
+                    f"model.max_length={max_length}; raise model.max_length or use shorter scenes"
                 )
 
     def __len__(self) -> int:
@@ -87,8 +104,16 @@ class BucketBatchSampler(Sampler[list[int]]):
     Seeded by epoch, so runs repeat; `state_dict` says where in which epoch it is, so a run
     resumed mid-epoch goes on with the very next batch (ResumableLoader)."""
 
-    def __init__(self, lengths: list[int], batch_size: int, bucket_size: int, shuffle: bool, seed: int,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        bucket_size: int,
+        shuffle: bool,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
         self.bucket_size = max(bucket_size, batch_size)
         self.num_replicas, self.rank = num_replicas, rank  # DDP: each rank takes every n-th batch
@@ -112,12 +137,14 @@ class BucketBatchSampler(Sampler[list[int]]):
             rng.shuffle(order)
         batches = []
         for start in range(0, len(order), self.bucket_size):
-            bucket = sorted(order[start:start + self.bucket_size], key=lambda i: self.lengths[i])
-            batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+            bucket = sorted(order[start : start + self.bucket_size], key=lambda i: self.lengths[i])
+            batches += [
+                bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)
+            ]
         if self.shuffle:
             rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.num_replicas  # same step count on every rank
-        return batches[self.rank:usable:self.num_replicas]
+        return batches[self.rank : usable : self.num_replicas]
 
     def __iter__(self):
         epoch, skip = self.epoch, 0
@@ -168,13 +195,25 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 
 
 class DerivativeDataModule(pl.LightningDataModule):
-    def __init__(self, data_dir: str, tokenizer, micro_batch_size: int = 4, max_length: int = 2048,
-                 bucket_size: int = 64, num_workers: int = 0, seed: int = 42,
-                 limit_train_samples: int | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT,
-                 full_scenes: int | None = None):
+    def __init__(
+        self,
+        data_dir: str,
+        tokenizer,
+        micro_batch_size: int = 4,
+        max_length: int = 2048,
+        bucket_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 42,
+        limit_train_samples: int | None = None,
+        prompt_format: PromptFormat = DEFAULT_FORMAT,
+        full_scenes: int | None = None,
+    ):
         super().__init__()
         if full_scenes is not None and full_scenes < 1:
-            raise ValueError(f"full_scenes must be at least 1 (or null: every train sample whole), got {full_scenes}")
+            raise ValueError(
+                "full_scenes must be at least 1 (or null: every train sample whole), "
+                f"got {full_scenes}"
+            )
         self.full_scenes = full_scenes
         self.data_dir, self.tokenizer = data_dir, tokenizer
         self.micro_batch_size, self.max_length = micro_batch_size, max_length
@@ -192,19 +231,41 @@ class DerivativeDataModule(pl.LightningDataModule):
             records = dataset.read_split(directory, split)
             if split == "train" and self.limit_train_samples:
                 records = records[: self.limit_train_samples]
-            self.splits[split] = TokenizedSplit(records, self.tokenizer, self.max_length, self.prompt_format,
-                                                full_scenes=self.full_scenes if split == "train" else None)
+            self.splits[split] = TokenizedSplit(
+                records,
+                self.tokenizer,
+                self.max_length,
+                self.prompt_format,
+                full_scenes=self.full_scenes if split == "train" else None,
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.splits[split]
         trainer = getattr(self, "trainer", None)
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = BucketBatchSampler(data.lengths, self.micro_batch_size, self.bucket_size, shuffle, self.seed,
-                                     replicas, rank)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        replicas, rank = (
+            (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        )
+        sampler = BucketBatchSampler(
+            data.lengths,
+            self.micro_batch_size,
+            self.bucket_size,
+            shuffle,
+            self.seed,
+            replicas,
+            rank,
+        )
+        pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
         loader = ResumableLoader if shuffle else DataLoader
-        return loader(data, batch_sampler=sampler, num_workers=self.num_workers,
-                      collate_fn=lambda examples: collate(examples, pad_id))
+        return loader(
+            data,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=lambda examples: collate(examples, pad_id),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

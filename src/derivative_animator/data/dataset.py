@@ -66,7 +66,9 @@ class Record:
         names = {f.name for f in fields(cls)}
         missing = names - data.keys()
         if missing:
-            raise ValueError(f"record {data.get('id', '?')} lacks fields: {', '.join(sorted(missing))}")
+            raise ValueError(
+                f"record {data.get('id', '?')} lacks fields: {', '.join(sorted(missing))}"
+            )
         return cls(**{name: data[name] for name in names})
 
 
@@ -98,15 +100,19 @@ class DataConfig:
     def __post_init__(self):
         sizes = dict(self.sizes)
         if set(sizes) != set(SPLITS) or any(int(n) < 0 for n in sizes.values()):
-            raise ValueError(f"data.sizes needs non-negative train, validation and test counts, got {sizes}")
+            raise ValueError(
+                f"data.sizes needs non-negative train, validation and test counts, got {sizes}"
+            )
         object.__setattr__(self, "sizes", {split: int(sizes[split]) for split in SPLITS})
         bad_levels = set(self.levels) - set(curriculum.LEVELS)
         if bad_levels or not self.levels:
             raise ValueError(f"data.levels must be a non-empty subset of {list(curriculum.LEVELS)}")
         bad_styles = set(self.styles) - set(scenes.STYLES)
         if not 0 <= float(self.tree_practice) <= 10:
-            raise ValueError(f"data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as many "
-                             f"expression-tree functions again), got {self.tree_practice}")
+            raise ValueError(
+                "data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
+                f"many expression-tree functions again), got {self.tree_practice}"
+            )
         if bad_styles or not self.styles:
             raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
         object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
@@ -118,8 +124,14 @@ class DataConfig:
         return round(float(self.tree_practice) * self.sizes["train"])
 
     def to_dict(self) -> dict:
-        content = {"dir": self.dir, "seed": self.seed, "sizes": self.sizes, "levels": list(self.levels),
-                   "styles": list(self.styles), "import_path": self.import_path}
+        content = {
+            "dir": self.dir,
+            "seed": self.seed,
+            "sizes": self.sizes,
+            "levels": list(self.levels),
+            "styles": list(self.styles),
+            "import_path": self.import_path,
+        }
         # Absent when off, so datasets built before an option keep their card's bytes and hash.
         options = {"tree_practice": self.tree_practice, "worked_steps": self.worked_steps}
         return {**content, **{name: value for name, value in options.items() if value}}
@@ -132,13 +144,27 @@ class DataConfig:
 
 # --- building records --------------------------------------------------------------------
 
+
 def make_record(
-    analysed: curriculum.CurriculumFunction, style: str, source: str,
-    completion: str | None = None, prompt_format: PromptFormat = DEFAULT_FORMAT, worked_steps: bool = False,
+    analysed: curriculum.CurriculumFunction,
+    style: str,
+    source: str,
+    completion: str | None = None,
+    prompt_format: PromptFormat = DEFAULT_FORMAT,
+    worked_steps: bool = False,
 ) -> Record:
     typed = notation.typed(analysed.expr)
-    code = completion if completion is not None else scenes.scene_code(
-        analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style, worked_steps
+    code = (
+        completion
+        if completion is not None
+        else scenes.scene_code(
+            analysed.expr,
+            analysed.derivative,
+            analysed.steps,
+            analysed.x_range,
+            style,
+            worked_steps,
+        )
     )
     key = hashlib.sha1(curriculum.canonical_key(analysed.expr).encode()).hexdigest()[:10]
     return Record(
@@ -150,8 +176,10 @@ def make_record(
         derivative=sp.sstr(analysed.derivative),
         function_latex=notation.latex(analysed.expr),
         derivative_latex=notation.latex(analysed.derivative),
-        steps=[{"rule": s.rule, "expression": sp.sstr(s.expr), "derivative": sp.sstr(s.derivative)}
-               for s in scenes.shown_steps(analysed.steps)],
+        steps=[
+            {"rule": s.rule, "expression": sp.sstr(s.expr), "derivative": sp.sstr(s.derivative)}
+            for s in scenes.shown_steps(analysed.steps)
+        ],
         x_range=[float(v) for v in analysed.x_range],
         prompt=prompt_format.format(typed),
         completion=code,
@@ -177,9 +205,17 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
     per_split = {split: _level_counts(config.sizes[split], config.levels) for split in SPLITS}
     total = sum(config.sizes.values())
     seen: set[str] = set(benchmarks.held_out_keys())  # no benchmark function in any split
-    plan: dict[str, list[tuple[str, str, int]]] = {split: [] for split in SPLITS}  # (typed, style, worker)
-    pool = [_Here()] if workers <= 1 else [
-        ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) for _ in range(workers)]
+    plan: dict[str, list[tuple[str, str, int]]] = {
+        split: [] for split in SPLITS
+    }  # (typed, style, worker)
+    pool = (
+        [_Here()]
+        if workers <= 1
+        else [
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(workers)
+        ]
+    )
     try:
         with Progress() as progress:
             task = progress.add_task("choosing functions", total=2 * total)
@@ -193,21 +229,40 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
                 # models trained on more or fewer samples are scored on the same test set.
                 for split in reversed(SPLITS):
                     count = per_split[split][level]
-                    # Styles cycle within each (split, level) so every split sees every style evenly.
+                    # Styles cycle within each (split, level) so every split sees every style
+                    # evenly.
                     styles = [config.styles[(i + level) % len(config.styles)] for i in range(count)]
                     rng.shuffle(styles)
-                    plan[split] += [(typed, style, worker) for (typed, worker), style
-                                    in zip(chosen[start:start + count], styles, strict=True)]
+                    plan[split] += [
+                        (typed, style, worker)
+                        for (typed, worker), style in zip(
+                            chosen[start : start + count], styles, strict=True
+                        )
+                    ]
                     start += count
             progress.update(task, description="writing scenes")
             # Each worker writes the scenes of the functions it judged, in chunks (for the bar).
-            jobs = [[(typed, style) for split in SPLITS for typed, style, w in plan[split] if w == index]
-                    for index in range(len(pool))]
-            chunks = {worker.submit(_write_scenes, job[i:i + 250], config.worked_steps): job[i:i + 250]
-                      for worker, job in zip(pool, jobs, strict=True) for i in range(0, len(job), 250)}
+            jobs = [
+                [
+                    (typed, style)
+                    for split in SPLITS
+                    for typed, style, w in plan[split]
+                    if w == index
+                ]
+                for index in range(len(pool))
+            ]
+            chunks = {
+                worker.submit(_write_scenes, job[i : i + 250], config.worked_steps): job[
+                    i : i + 250
+                ]
+                for worker, job in zip(pool, jobs, strict=True)
+                for i in range(0, len(job), 250)
+            }
             written: dict[str, Record] = {}
             for future in as_completed(chunks):
-                written.update(zip((typed for typed, _ in chunks[future]), future.result(), strict=True))
+                written.update(
+                    zip((typed for typed, _ in chunks[future]), future.result(), strict=True)
+                )
                 progress.advance(task, len(chunks[future]))
         splits = {split: [written[typed] for typed, _, _ in plan[split]] for split in SPLITS}
     finally:
@@ -221,8 +276,9 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
 
 def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
     """`config.tree_functions` more train functions, drawn from expression trees rather than the
-    curriculum's shapes (every primitive, long sums and polynomials, depth three: math/expression_trees),
-    each one the dataset rule animates and none in `seen` (the splits so far and every benchmark)."""
+    curriculum's shapes (every primitive, long sums and polynomials, depth three:
+    math/expression_trees), each one the dataset rule animates and none in `seen` (the splits so
+    far and every benchmark)."""
     from itertools import islice
 
     from rich.progress import track
@@ -245,10 +301,18 @@ def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
     if not config.tree_functions:
         return []
     rng = random.Random(f"{config.seed}-tree-practice-styles")
-    drawn = islice(expression_trees.functions(f"{config.seed}-practice", keep), config.tree_functions)
-    return [make_record(analysed[typed], rng.choice(config.styles), "expression-trees",
-                        worked_steps=config.worked_steps)
-            for typed in track(drawn, total=config.tree_functions, description="tree practice")]
+    drawn = islice(
+        expression_trees.functions(f"{config.seed}-practice", keep), config.tree_functions
+    )
+    return [
+        make_record(
+            analysed[typed],
+            rng.choice(config.styles),
+            "expression-trees",
+            worked_steps=config.worked_steps,
+        )
+        for typed in track(drawn, total=config.tree_functions, description="tree practice")
+    ]
 
 
 MAX_TRIES = 2000  # candidates failing in a row before a level counts as exhausted
@@ -258,7 +322,9 @@ MAX_TRIES = 2000  # candidates failing in a row before a level counts as exhaust
 _JUDGED: dict[str, curriculum.CurriculumFunction] = {}
 
 
-def _choose(level: int, needed: int, rng: random.Random, seen: set[str], pool: list) -> list[tuple[str, int]]:
+def _choose(
+    level: int, needed: int, rng: random.Random, seen: set[str], pool: list
+) -> list[tuple[str, int]]:
     """The first `needed` usable candidates of the level's generator not in `seen`, as (typed
     text, index of the worker that judged it): what drawing and judging one at a time gives.
     Candidates are drawn in chunks and judged in parallel, then taken in order; the generator
@@ -274,7 +340,10 @@ def _choose(level: int, needed: int, rng: random.Random, seen: set[str], pool: l
             states.append(rng.getstate())
         drawn += len(texts)
         # Dealt like cards (candidate i to worker i mod n): each gets its share of costly ones.
-        futures = [worker.submit(_judge, texts[i::len(pool)], level, seen) for i, worker in enumerate(pool)]
+        futures = [
+            worker.submit(_judge, texts[i :: len(pool)], level, seen)
+            for i, worker in enumerate(pool)
+        ]
         judged = [future.result() for future in futures]
         for position, typed in enumerate(texts):
             worker = position % len(pool)
@@ -284,7 +353,9 @@ def _choose(level: int, needed: int, rng: random.Random, seen: set[str], pool: l
                 if failures >= MAX_TRIES:
                     raise ValueError(
                         f"could not find a new level-{level} function after {MAX_TRIES} tries: the "
-                        "requested dataset is larger than the curriculum's variety; lower data.sizes")
+                        "requested dataset is larger than the curriculum's variety; "
+                        "lower data.sizes"
+                    )
                 continue
             seen.add(key)
             taken.append((typed, worker))
@@ -312,7 +383,10 @@ def _judge(texts: list[str], level: int, seen: set[str]) -> list[tuple[str, bool
 
 
 def _write_scenes(items: list[tuple[str, str]], worked_steps: bool) -> list[Record]:
-    return [make_record(_JUDGED[typed], style, "generated", worked_steps=worked_steps) for typed, style in items]
+    return [
+        make_record(_JUDGED[typed], style, "generated", worked_steps=worked_steps)
+        for typed, style in items
+    ]
 
 
 class _Here:
@@ -328,6 +402,7 @@ class _Here:
 
 
 # --- importing the original project's dataset ------------------------------------------
+
 
 class ImportError_(ValueError):
     """A record of the original dataset cannot be imported."""
@@ -353,11 +428,17 @@ def import_original(path: Path, config: DataConfig) -> dict[str, list[Record]]:
         raise ImportError_(f"{path}: cannot read JSON ({err})") from None
     if not isinstance(items, list):
         raise ImportError_(f"{path}: expected a JSON list of records")
-    seen: set[str] = set(benchmarks.held_out_keys())  # a benchmark's function is passed over, as in a build
+    seen: set[str] = set(
+        benchmarks.held_out_keys()
+    )  # a benchmark's function is passed over, as in a build
     by_level: dict[int, list[Record]] = {level: [] for level in curriculum.LEVELS}
     for index, item in enumerate(items):
         where = f"{path.name} record {index}"
-        if not isinstance(item, dict) or not isinstance(item.get("output"), str) or not item["output"].strip():
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("output"), str)
+            or not item["output"].strip()
+        ):
             raise ImportError_(f"{where}: needs an object with a non-empty 'output' string")
         try:
             expr = parse_function(_function_text(item))
@@ -365,12 +446,16 @@ def import_original(path: Path, config: DataConfig) -> dict[str, list[Record]]:
         except (ParseError, UnsupportedFunction, ImportError_) as err:
             raise ImportError_(f"{where}: {err}") from None
         if analysed is None:
-            raise ImportError_(f"{where}: function {item.get('input')!r} is constant or cannot be plotted")
+            raise ImportError_(
+                f"{where}: function {item.get('input')!r} is constant or cannot be plotted"
+            )
         key = curriculum.canonical_key(expr)
         if key in seen:
             continue  # the same function twice would leak across splits; a benchmark's never enters
         seen.add(key)
-        by_level[analysed.level].append(make_record(analysed, "imported", path.name, item["output"]))
+        by_level[analysed.level].append(
+            make_record(analysed, "imported", path.name, item["output"])
+        )
     return _deal(by_level, config)
 
 
@@ -384,21 +469,28 @@ def _deal(by_level: dict[int, list[Record]], config: DataConfig) -> dict[str, li
         n_test = round(len(records) * config.sizes["test"] / total)
         n_validation = round(len(records) * config.sizes["validation"] / total)
         splits["test"].extend(records[:n_test])
-        splits["validation"].extend(records[n_test:n_test + n_validation])
-        splits["train"].extend(records[n_test + n_validation:])
+        splits["validation"].extend(records[n_test : n_test + n_validation])
+        splits["train"].extend(records[n_test + n_validation :])
     return splits
 
 
 # --- files, card -----------------------------------------------------------------------
+
 
 def read_split(directory: str | Path, split: str) -> list[Record]:
     path = paths.resolve(directory) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `make data` first")
     card_path = path.parent / CARD_FILE
-    if card_path.is_file() and json.loads(card_path.read_text()).get("benchmarks_sha256") != benchmarks.digest():
-        raise ValueError(f"{path.parent} was built before the benchmarks it must leave out (benchmarks/) changed: "
-                         f"rebuild it with `make data` (python -m derivative_animator.dataset data.dir={directory})")
+    if (
+        card_path.is_file()
+        and json.loads(card_path.read_text()).get("benchmarks_sha256") != benchmarks.digest()
+    ):
+        raise ValueError(
+            f"{path.parent} was built before the benchmarks it must leave out (benchmarks/) "
+            "changed: rebuild it with `make data` "
+            f"(python -m derivative_animator.dataset data.dir={directory})"
+        )
     records = []
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -414,11 +506,20 @@ def card(splits: dict[str, list[Record]], config: DataConfig, file_hashes: dict[
         lengths = [len(r.completion) for r in records] or [0]
         return {
             "count": len(records),
-            "levels": {str(level): sum(r.level == level for r in records) for level in curriculum.LEVELS},
-            "styles": {style: n for style in sorted({r.style for r in records})
-                       if (n := sum(r.style == style for r in records))},
-            "code_chars": {"mean": round(statistics.mean(lengths), 1), "median": statistics.median(lengths),
-                           "min": min(lengths), "max": max(lengths)},
+            "levels": {
+                str(level): sum(r.level == level for r in records) for level in curriculum.LEVELS
+            },
+            "styles": {
+                style: n
+                for style in sorted({r.style for r in records})
+                if (n := sum(r.style == style for r in records))
+            },
+            "code_chars": {
+                "mean": round(statistics.mean(lengths), 1),
+                "median": statistics.median(lengths),
+                "min": min(lengths),
+                "max": max(lengths),
+            },
         }
 
     return {
@@ -428,31 +529,56 @@ def card(splits: dict[str, list[Record]], config: DataConfig, file_hashes: dict[
         "prompt_format": DEFAULT_FORMAT.to_dict(),
         "splits": {split: stats(records) for split, records in splits.items()},
         "files_sha256": file_hashes,
-        "benchmarks_sha256": benchmarks.digest(),  # what it leaves out; read_split refuses it once they change
+        # what it leaves out; read_split refuses it once they change
+        "benchmarks_sha256": benchmarks.digest(),
         "levels": {str(k): v for k, v in curriculum.LEVEL_NAMES.items()},
     }
 
 
 def card_markdown(info: dict) -> str:
     lines = [
-        f"# Dataset card: {info['name']}", "",
-        ("Pairs of (function, Manim scene animating its derivative), generated and checked by "
-        "`python -m derivative_animator.dataset`. Regenerate with `make data`; the same config "
-        "gives byte-identical files."), "",
+        f"# Dataset card: {info['name']}",
+        "",
+        (
+            "Pairs of (function, Manim scene animating its derivative), generated and checked by "
+            "`python -m derivative_animator.dataset`. Regenerate with `make data`; the same config "
+            "gives byte-identical files."
+        ),
+        "",
         f"- config sha256: `{info['config_sha256']}`",
-        f"- prompt format: `{info['prompt_format']['name']}` (sha256 `{info['prompt_format']['sha256']}`)", "",
-        "| split | samples | " + " | ".join(f"L{k}" for k in info["levels"]) +
-        " | styles | code chars mean (min-max) |",
+        f"- prompt format: `{info['prompt_format']['name']}` "
+        f"(sha256 `{info['prompt_format']['sha256']}`)",
+        "",
+        "| split | samples | "
+        + " | ".join(f"L{k}" for k in info["levels"])
+        + " | styles | code chars mean (min-max) |",
         "|---|---|" + "---|" * len(info["levels"]) + "---|---|",
     ]
     for split, s in info["splits"].items():
         styles = ", ".join(f"{k} {v}" for k, v in s["styles"].items())
         c = s["code_chars"]
-        lines.append(f"| {split} | {s['count']} | " + " | ".join(str(v) for v in s["levels"].values())
-                     + f" | {styles} | {c['mean']} ({c['min']}-{c['max']}) |")
-    lines += ["", "Levels: " + "; ".join(f"{k} {v}" for k, v in info["levels"].items()), "",
-              "Config:", "", "```json", json.dumps(info["config"], indent=2), "```", "",
-              "Prompt template:", "", "```", info["prompt_format"]["template"], "```", ""]
+        lines.append(
+            f"| {split} | {s['count']} | "
+            + " | ".join(str(v) for v in s["levels"].values())
+            + f" | {styles} | {c['mean']} ({c['min']}-{c['max']}) |"
+        )
+    lines += [
+        "",
+        "Levels: " + "; ".join(f"{k} {v}" for k, v in info["levels"].items()),
+        "",
+        "Config:",
+        "",
+        "```json",
+        json.dumps(info["config"], indent=2),
+        "```",
+        "",
+        "Prompt template:",
+        "",
+        "```",
+        info["prompt_format"]["template"],
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -518,12 +644,15 @@ def main(cfg) -> int:
     config = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
     target, splits = build(config, build_workers(cfg.get("workers", "auto")))
     total = sum(len(r) for r in splits.values())
-    console.print(f"wrote {total} records to {target} "
-                  + ", ".join(f"{s} {len(r)}" for s, r in splits.items()))
+    console.print(
+        f"wrote {total} records to {target} "
+        + ", ".join(f"{s} {len(r)}" for s, r in splits.items())
+    )
     if cfg.validate.enabled:
         records = [r for split in SPLITS for r in splits[split]]
-        failures = render_check.render_all(records, cfg.validate.mode, cfg.validate.workers,
-                                           cfg.validate.timeout_s)
+        failures = render_check.render_all(
+            records, cfg.validate.mode, cfg.validate.workers, cfg.validate.timeout_s
+        )
         if failures:
             for record_id, error in failures:
                 console.print(f"[red]render failed[/red] {record_id}: {error}")
@@ -531,4 +660,3 @@ def main(cfg) -> int:
             return 1
         console.print(f"rendered all {total} samples ({cfg.validate.mode}): no errors")
     return 0
-

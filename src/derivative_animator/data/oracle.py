@@ -32,8 +32,10 @@ def describe(text: str) -> dict:
         "derivative_latex": notation.latex(derivative),
         "level": level,
         "level_name": curriculum.LEVEL_NAMES[level],
-        "steps": [{"rule": s.rule, "expression": str(s.expr), "derivative": str(s.derivative)}
-                  for s in scenes.shown_steps(steps)],
+        "steps": [
+            {"rule": s.rule, "expression": str(s.expr), "derivative": str(s.derivative)}
+            for s in scenes.shown_steps(steps)
+        ],
     }
 
 
@@ -41,10 +43,13 @@ def template_scene(function: str, style: str) -> str:
     analysed = curriculum.analyse(parse_function(function), wider=True)
     if analysed is None:
         raise CannotAnimate(
-            f"cannot animate f(x) = {function}: it is constant, or f and f' are not real, finite and "
-            "readable together on any interval tried (centred between -100 and 100, 0.04 to 6 wide)"
+            f"cannot animate f(x) = {function}: it is constant, or f and f' are not real, "
+            "finite and readable together on any interval tried (centred between -100 and 100, "
+            "0.04 to 6 wide)"
         )
-    return scenes.scene_code(analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style)
+    return scenes.scene_code(
+        analysed.expr, analysed.derivative, analysed.steps, analysed.x_range, style
+    )
 
 
 def with_true_derivative(code: str, function: str) -> str | None:
@@ -52,6 +57,7 @@ def with_true_derivative(code: str, function: str) -> str | None:
     analysed = curriculum.analyse(parse_function(function), wider=True)
     if analysed is None:
         return None
-    repaired, count = re.subn(r"^f'\(x\) = .*$", f"f'(x) = {analysed.steps[-1].worked}", code,
-                              count=1, flags=re.MULTILINE)
+    repaired, count = re.subn(
+        r"^f'\(x\) = .*$", f"f'(x) = {analysed.steps[-1].worked}", code, count=1, flags=re.MULTILINE
+    )
     return repaired if count else None

@@ -90,12 +90,17 @@ def instruction(function: str) -> str:
 
 # How people ask for a derivative: the prompt's own "f(x) = ...", or words before the function.
 _NAMED = re.compile(r"\b[fy]\s*(?:\(\s*x\s*\))?\s*=")
-_ASKING = re.compile(r"\b(?:derivatives?\s+of|differentiate|derive|animate|animation\s+of|d\s*/\s*dx|"
-                     r"slope\s+of|graph\s+of|plot)\b", re.IGNORECASE)
+_ASKING = re.compile(
+    r"\b(?:derivatives?\s+of|differentiate|derive|animate|animation\s+of|d\s*/\s*dx|"
+    r"slope\s+of|graph\s+of|plot)\b",
+    re.IGNORECASE,
+)
 # ... and around it: "the function", "with respect to x", "please", quotes, a question mark.
 _LEADING = re.compile(r"^(?:\s*(?:(?:the\s+function|the|function|me|please)\b|:))+", re.IGNORECASE)
-_TRAILING = re.compile(r"(?:\s+(?:with\s+respect\s+to|w\.?r\.?t\.?)\s+x|\s+please|\s+for\s+me|[\s?!.,;:]+)+$",
-                       re.IGNORECASE)
+_TRAILING = re.compile(
+    r"(?:\s+(?:with\s+respect\s+to|w\.?r\.?t\.?)\s+x|\s+please|\s+for\s+me|[\s?!.,;:]+)+$",
+    re.IGNORECASE,
+)
 _QUOTES = "`'\"$ "
 ASK_LIKE_THIS = "ask e.g. 'derivative of x^3', 'animate e^{-x^2}' or 'f(x) = x^2 sin(x)'"
 
@@ -111,8 +116,11 @@ def function_in_message(message: str) -> str:
     its last "derivative of", "differentiate", "animate", "d/dx", ..., else the whole message
     ("x^3", "sin x cos x"). A server then formats the checkpoint's own prompt for it.
     ValueError, one line naming requests that work, when no function can be read."""
-    candidates = [message[found[-1].end():] for found in (list(_NAMED.finditer(message)),
-                                                          list(_ASKING.finditer(message))) if found]
+    candidates = [
+        message[found[-1].end() :]
+        for found in (list(_NAMED.finditer(message)), list(_ASKING.finditer(message)))
+        if found
+    ]
     reasons = []
     for text in [*candidates, message]:
         function = _bare(text)
@@ -124,7 +132,9 @@ def function_in_message(message: str) -> str:
         return function
     asked = " ".join((candidates[0] if candidates else message).split())
     shown = asked if len(asked) <= 60 else asked[:57] + "..."
-    why = f" ({reasons[0]})" if candidates or " " not in asked else ""  # a sentence without a function: no parser talk
+    why = (
+        f" ({reasons[0]})" if candidates or " " not in asked else ""
+    )  # a sentence without a function: no parser talk
     raise ValueError(f"no function of x could be read in {shown!r}{why}; {ASK_LIKE_THIS}")
 
 

@@ -19,23 +19,34 @@ from derivative_animator.render.sandbox_limits import SandboxLimits
 
 
 def render_all(records, mode: str = "dry_run", workers: int = 2, timeout_s: int = 120):
-    """Render and check every record's scene; returns [(record id, what failed)] for the failures."""
+    """Render and check every record's scene; returns [(record id, what failed)] for the
+    failures."""
     if mode not in ("dry_run", "ql"):
         raise ValueError(f"validate.mode must be dry_run or ql, not {mode!r}")
-    render = checks.RenderOptions(quick=mode == "dry_run", save_frame=False, unsafe_no_sandbox=True,
-                                  limits=SandboxLimits(timeout_s=timeout_s))
+    render = checks.RenderOptions(
+        quick=mode == "dry_run",
+        save_frame=False,
+        unsafe_no_sandbox=True,
+        limits=SandboxLimits(timeout_s=timeout_s),
+    )
     local, sandboxes, lock = threading.local(), [], threading.Lock()
 
     def judge(record) -> tuple[str, str | None]:
         if not hasattr(local, "sandbox"):
-            local.sandbox = checks.PythonSandbox(render.limits, checks.RENDER_PRELOAD, allow_unsandboxed=True)
+            local.sandbox = checks.PythonSandbox(
+                render.limits, checks.RENDER_PRELOAD, allow_unsandboxed=True
+            )
             with lock:
                 sandboxes.append(local.sandbox)
         try:
-            result = checks.check_code(record.completion, record.function, render=render, sandbox=local.sandbox)
+            result = checks.check_code(
+                record.completion, record.function, render=render, sandbox=local.sandbox
+            )
         except Exception as err:  # noqa: BLE001 - every failure is reported with its sample
             return record.id, one_line(err)
-        problems = ([result.error or "failed"] if not result.passed else []) + result.layout_problems
+        problems = (
+            [result.error or "failed"] if not result.passed else []
+        ) + result.layout_problems
         return record.id, "; ".join(problems)[:300] or None
 
     failures = []

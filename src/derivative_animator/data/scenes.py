@@ -34,7 +34,11 @@ from derivative_animator.math.differentiate import Step
 from derivative_animator.math.parsing import X
 
 STYLES = ("tangent", "secant", "graphs")
-SCENE_CLASS = {"tangent": "TangentLineScene", "secant": "SecantLimitScene", "graphs": "RuleStepsScene"}
+SCENE_CLASS = {
+    "tangent": "TangentLineScene",
+    "secant": "SecantLimitScene",
+    "graphs": "RuleStepsScene",
+}
 
 _HEADER = Template(r'''"""
 f(x) = $typed
@@ -78,7 +82,7 @@ def formulas(*extra):
     parts[0].set_color(BLUE).to_edge(UP)
     parts[1].set_color(RED)
     return parts
-''')
+''')  # noqa: E501
 
 _BODIES = {
     "tangent": r"""
@@ -106,7 +110,7 @@ class TangentLineScene(Scene):
         derivative_tex.next_to(title, DOWN)
         self.play(Create(derivative), Write(derivative_tex))
         self.wait(1)
-""",
+""",  # noqa: E501
     "secant": r"""
 
 class SecantLimitScene(Scene):
@@ -196,7 +200,7 @@ class RuleStepsScene(Scene):
         self.play(Create(grid), Create(graph), FadeIn(f_label, df_label))
         self.play(Create(derivative), run_time=1.5)
         self.wait(1)
-""",
+""",  # noqa: E501
 }
 
 

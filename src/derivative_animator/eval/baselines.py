@@ -29,8 +29,15 @@ class Run:
     the checkpoint, the progress bars, timings and notes; and the fine-tuned model and its first
     scenes, loaded and written once, for whichever baseline asks first."""
 
-    def __init__(self, evaluator: Evaluator, settings: EvaluationSettings, generation: GenerationSettings,
-                 model_dir: Path | None, progress, started: float):
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        settings: EvaluationSettings,
+        generation: GenerationSettings,
+        model_dir: Path | None,
+        progress,
+        started: float,
+    ):
         self.evaluator, self.settings, self.generation = evaluator, settings, generation
         self.model_dir, self.progress, self.started = model_dir, progress, started
         self.timings: dict[str, float] = {}
@@ -42,13 +49,16 @@ class Run:
 
     @property
     def service(self) -> GenerationService:
-        """The fine-tuned checkpoint under the evaluation's generation settings, loaded on first use;
-        its checks run on the evaluator's own sandboxes."""
+        """The fine-tuned checkpoint under the evaluation's generation settings, loaded on first
+        use; its checks run on the evaluator's own sandboxes."""
         if self._service is None:
             from derivative_animator.model.generate import SceneGenerator
 
-            generator = SceneGenerator.load(self.model_dir, allow_prompt_mismatch=self.settings.allow_prompt_mismatch,
-                                            bracket_guard=self.generation.bracket_guard)
+            generator = SceneGenerator.load(
+                self.model_dir,
+                allow_prompt_mismatch=self.settings.allow_prompt_mismatch,
+                bracket_guard=self.generation.bracket_guard,
+            )
             self._service = GenerationService(self.generation, generator)
         return self._service
 
@@ -59,7 +69,10 @@ class Run:
         (in `BASELINES`' order, `finetuned` asks for the most)."""
         if self._scenes_per_sample:
             if count > self._scenes_per_sample:
-                raise RuntimeError(f"{count} fine-tuned scenes a function asked after {self._scenes_per_sample} were written")
+                raise RuntimeError(
+                    f"{count} fine-tuned scenes a function asked after "
+                    f"{self._scenes_per_sample} were written"
+                )
             return self._scenes
         start, self._scenes_per_sample = time.perf_counter(), count
         service = self.service  # loaded here: a checkpoint that cannot load stops the evaluation
@@ -70,7 +83,9 @@ class Run:
                 def sample_scene(s=sample, k=k):
                     return service.scene(s.function, k)
 
-                generation, future = FINETUNED.generate_and_submit(self, sample, k + 1, sample_scene)
+                generation, future = FINETUNED.generate_and_submit(
+                    self, sample, k + 1, sample_scene
+                )
                 self._scenes.append(future)
                 if k == 0 and generation is not None:
                     self.first[sample.id] = (generation, future)
@@ -91,20 +106,37 @@ class Baseline:
     def rows(self, run: Run, samples: list[Sample]) -> list[Future]:
         raise NotImplementedError
 
-    def submit(self, run: Run, sample: Sample, code: str, attempt: int, generation,
-               render_failing: bool = True) -> Future:
+    def submit(
+        self,
+        run: Run,
+        sample: Sample,
+        code: str,
+        attempt: int,
+        generation,
+        render_failing: bool = True,
+    ) -> Future:
         """Write a scene of this baseline to disk and queue its check."""
-        return run.evaluator.submit(self.name, sample, code, attempt, generation, render_failing, urgent=self.urgent)
+        return run.evaluator.submit(
+            self.name, sample, code, attempt, generation, render_failing, urgent=self.urgent
+        )
 
-    def generate_and_submit(self, run: Run, sample: Sample, attempt: int, write) -> tuple[object, Future]:
+    def generate_and_submit(
+        self, run: Run, sample: Sample, attempt: int, write
+    ) -> tuple[object, Future]:
         """Generate one scene (`write()`) and queue its check: (the generation, its row's future).
         A generation that fails unexpectedly is a failed row of its own (and None), and the
         evaluation goes on."""
         try:
             generation = write()
         except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
-            return None, resolved(failed_row(sample, f"generation failed: {one_line(error)}", baseline=self.name,
-                                             attempt=attempt))
+            return None, resolved(
+                failed_row(
+                    sample,
+                    f"generation failed: {one_line(error)}",
+                    baseline=self.name,
+                    attempt=attempt,
+                )
+            )
         return generation, self.submit(run, sample, generation.code, attempt, generation)
 
     def failed(self, sample: Sample, error: str) -> Future:
@@ -145,15 +177,22 @@ class Base(Baseline):
         # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
         futures = []
         for sample in samples:
-            futures.append(self.generate_and_submit(
-                run, sample, 1, lambda s=sample: generator.generate(s.function, run.generation.max_new_tokens))[1])
+            futures.append(
+                self.generate_and_submit(
+                    run,
+                    sample,
+                    1,
+                    lambda s=sample: generator.generate(s.function, run.generation.max_new_tokens),
+                )[1]
+            )
             run.progress.advance(task)
         run.timings["base_generation_s"] = round(time.perf_counter() - run.started, 1)
         return futures
 
 
 def base_generator(model_dir: Path, bracket_guard: bool):
-    """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt format."""
+    """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt
+    format."""
     from derivative_animator.data.prompt import PromptFormat
     from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.finetune import load_base
@@ -162,8 +201,9 @@ def base_generator(model_dir: Path, bracket_guard: bool):
 
     trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
     tokenizer, model = load_base(ModelSettings.from_config(trained["model"]))
-    return SceneGenerator(model, tokenizer, PromptFormat.load(model_dir), None, model_dir,
-                          bracket_guard=bracket_guard)
+    return SceneGenerator(
+        model, tokenizer, PromptFormat.load(model_dir), None, model_dir, bracket_guard=bracket_guard
+    )
 
 
 class FineTuned(Baseline):
@@ -199,8 +239,10 @@ class SelfConsistency(Baseline):
         except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
             return self.failed(sample, f"self-consistency failed: {one_line(error)}")
         votes = {"chosen_header": vote.chosen, "agreeing": vote.group_size, "voters": vote.voters}
-        return then(self.submit(run, sample, generation.code, 1, generation),
-                    lambda row: Row(**{**asdict(row), "extra": {**row.extra, "vote": votes}}))
+        return then(
+            self.submit(run, sample, generation.code, 1, generation),
+            lambda row: Row(**{**asdict(row), "extra": {**row.extra, "vote": votes}}),
+        )
 
 
 class Verified(Baseline):
@@ -215,8 +257,12 @@ class Verified(Baseline):
         # Verification waits on renders, so it runs on its own thread, not the render pool's; one,
         # like generation: more would take the render workers' cores. Its queued work still runs.
         pool = ThreadPoolExecutor(max_workers=1)
-        futures = [pool.submit(self.verify_safely, run, sample) if sample.id in run.first
-                   else self.failed(sample, "its first try failed") for sample in samples]
+        futures = [
+            pool.submit(self.verify_safely, run, sample)
+            if sample.id in run.first
+            else self.failed(sample, "its first try failed")
+            for sample in samples
+        ]
         pool.shutdown(wait=False)
         return futures
 
@@ -236,13 +282,26 @@ class Verified(Baseline):
         def check(attempt: int, generation) -> Row:
             if attempt == 1:
                 return greedy_row.result()
-            return self.submit(run, sample, generation.code, attempt, generation, render_failing=False).result()
+            return self.submit(
+                run, sample, generation.code, attempt, generation, render_failing=False
+            ).result()
 
         verified = run.service.verify(sample.function, greedy, check)
-        headers = {"sampled": verified.sampled, "right": verified.right, "completed": verified.completed}
+        headers = {
+            "sampled": verified.sampled,
+            "right": verified.right,
+            "completed": verified.completed,
+        }
         kept = verified.kept.result
-        return Row(**{**asdict(kept), "baseline": self.name, "attempts_tried": len(verified.verification.tries),
-                      "generation_s": round(verified.seconds, 3), "extra": {**kept.extra, "headers": headers}})
+        return Row(
+            **{
+                **asdict(kept),
+                "baseline": self.name,
+                "attempts_tried": len(verified.verification.tries),
+                "generation_s": round(verified.seconds, 3),
+                "extra": {**kept.extra, "headers": headers},
+            }
+        )
 
 
 class Api(Baseline):
@@ -268,15 +327,23 @@ class Api(Baseline):
 
         def ask(sample: Sample) -> Future:
             try:
-                reply = hosted.write_scene(client, api, sample.function, run.generation.max_new_tokens,
-                                           first.temperature, first.seed)
+                reply = hosted.write_scene(
+                    client,
+                    api,
+                    sample.function,
+                    run.generation.max_new_tokens,
+                    first.temperature,
+                    first.seed,
+                )
             except Exception as error:  # noqa: BLE001 - a failed request is its row; the rest go on
                 return self.failed(sample, f"api request failed: {one_line(error)}")
             finally:
                 run.progress.advance(task)
             extra = {"prompt_tokens": reply.prompt_tokens, "latency_s": round(reply.seconds, 3)}
-            return then(self.submit(run, sample, reply.code, 1, reply),
-                        lambda row: Row(**{**asdict(row), "extra": {**row.extra, **extra}}))
+            return then(
+                self.submit(run, sample, reply.code, 1, reply),
+                lambda row: Row(**{**asdict(row), "extra": {**row.extra, **extra}}),
+            )
 
         with ThreadPoolExecutor(max_workers=api.concurrency) as pool:
             return [future.result() for future in [pool.submit(ask, sample) for sample in samples]]
@@ -286,8 +353,9 @@ FINETUNED = FineTuned()
 # The registry, in the order the baselines run: the oracle's renders queued first (spare work),
 # the base model before the fine-tuned one is loaded, the fine-tuned scenes before the baselines
 # built on them.
-BASELINES: dict[str, Baseline] = {b.name: b for b in (Template(), Base(), FINETUNED, SelfConsistency(), Verified(),
-                                                      Api())}
+BASELINES: dict[str, Baseline] = {
+    b.name: b for b in (Template(), Base(), FINETUNED, SelfConsistency(), Verified(), Api())
+}
 
 
 def requested(names: Iterable[str]) -> list[Baseline]:

@@ -22,7 +22,9 @@ class Sample:
     level: int
     style: str = "tangent"
     problem: str | None = None  # why this line cannot be evaluated at all (it does not parse)
-    kinds: tuple[str, ...] = ()  # a benchmark's: kinds of differentiation and length (math/expression_trees)
+    kinds: tuple[
+        str, ...
+    ] = ()  # a benchmark's: kinds of differentiation and length (math/expression_trees)
 
 
 @dataclass
@@ -53,8 +55,22 @@ def failed_row(sample: Sample, error: str, **known) -> Row:
     """A row for a sample that could not be evaluated (bad input, or a generation or check
     that failed unexpectedly): every check failed, the reason in `error`, extra.failed set.
     `known`: the row's fields already known (its baseline, always; a generation's figures)."""
-    fields = dict(sample_id=sample.id, function=sample.function, level=sample.level, attempt=1, syntax=False, structure=None, executes=None, math=None, passed=False,
-                  generation_s=0.0, new_tokens=0, tokens_per_s=0.0, render_s=None, code_path="")
+    fields = dict(
+        sample_id=sample.id,
+        function=sample.function,
+        level=sample.level,
+        attempt=1,
+        syntax=False,
+        structure=None,
+        executes=None,
+        math=None,
+        passed=False,
+        generation_s=0.0,
+        new_tokens=0,
+        tokens_per_s=0.0,
+        render_s=None,
+        code_path="",
+    )
     extra = {"failed": True, **known.pop("extra", {})}
     return Row(**{**fields, **known, "error": error, "extra": extra})
 
@@ -81,9 +97,11 @@ def then(future: Future, transform) -> Future:
 
 def _generation_extra(generation) -> dict:
     """How a generation ended, for a row's `extra` (the oracle has no generation)."""
-    return {"stop": generation.stop if generation else None,
-            "rollbacks": generation.rollbacks if generation else 0,
-            "guarded": generation.guarded if generation else 0}
+    return {
+        "stop": generation.stop if generation else None,
+        "rollbacks": generation.rollbacks if generation else 0,
+        "guarded": generation.guarded if generation else 0,
+    }
 
 
 class _Job:
@@ -156,42 +174,77 @@ class Evaluator:
 
         self.settings, self.run_dir = settings, run_dir
         render = settings.render
-        self.render = checks.RenderOptions(quality=render.quality, fps=render.fps, limits=render.limits)
+        self.render = checks.RenderOptions(
+            quality=render.quality, fps=render.fps, limits=render.limits
+        )
         # One warm sandbox a render worker: Manim is imported once each, not once a scene.
-        self.sandboxes = SandboxPool(settings.workers, render.limits, checks.RENDER_PRELOAD, warm=render.warm,
-                                     allow_unsandboxed=render.unsafe_no_sandbox)
+        self.sandboxes = SandboxPool(
+            settings.workers,
+            render.limits,
+            checks.RENDER_PRELOAD,
+            warm=render.warm,
+            allow_unsandboxed=render.unsafe_no_sandbox,
+        )
         self.queue = RenderQueue(settings.workers)
         self._checked: dict[tuple, _Job] = {}  # (function, code, render_failing) -> its check
         self._lock = threading.Lock()
 
-    def submit(self, baseline: str, sample: Sample, code: str, attempt: int, generation,
-               render_failing: bool = True, urgent: bool = True) -> Future:
+    def submit(
+        self,
+        baseline: str,
+        sample: Sample,
+        code: str,
+        attempt: int,
+        generation,
+        render_failing: bool = True,
+        urgent: bool = True,
+    ) -> Future:
         """Write `baseline`'s scene to disk and queue its check: an urgent one (a model's, waited
         on) before the spare ones (the oracle's, `Baseline.urgent`)."""
         stem = f"{sample.id}" + (f"-a{attempt}" if attempt > 1 else "")
         code_path = self.run_dir / "code" / baseline / f"{stem}.py"
         code_path.parent.mkdir(parents=True, exist_ok=True)
         code_path.write_text(code)
-        own = {"baseline": baseline, "sample_id": sample.id, "function": sample.function, "level": sample.level,
-               "attempt": attempt, "code_path": str(code_path.relative_to(self.run_dir)),
-               "generation_s": round(generation.seconds, 3) if generation else 0.0,
-               "new_tokens": generation.new_tokens if generation else 0,
-               "tokens_per_s": round(generation.tokens_per_second, 1) if generation else 0.0}
+        own = {
+            "baseline": baseline,
+            "sample_id": sample.id,
+            "function": sample.function,
+            "level": sample.level,
+            "attempt": attempt,
+            "code_path": str(code_path.relative_to(self.run_dir)),
+            "generation_s": round(generation.seconds, 3) if generation else 0.0,
+            "new_tokens": generation.new_tokens if generation else 0,
+            "tokens_per_s": round(generation.tokens_per_second, 1) if generation else 0.0,
+        }
         with self._lock:
             key = (sample.function, code, render_failing)
             earlier = self._checked.get(key)
             if earlier is not None:
                 if urgent:
                     self.queue.hurry(earlier)
-                return then(earlier.future, lambda row: Row(**{
-                    **asdict(row), **own, "extra": {**row.extra, **_generation_extra(generation),
-                                                    "render_shared_with": row.code_path}}))
+                return then(
+                    earlier.future,
+                    lambda row: Row(
+                        **{
+                            **asdict(row),
+                            **own,
+                            "extra": {
+                                **row.extra,
+                                **_generation_extra(generation),
+                                "render_shared_with": row.code_path,
+                            },
+                        }
+                    ),
+                )
             job = self._checked[key] = self.queue.submit(
                 self._check(sample, code, stem, own, generation, render_failing),
-                RenderQueue.URGENT if urgent else RenderQueue.SPARE)
+                RenderQueue.URGENT if urgent else RenderQueue.SPARE,
+            )
         return job.future
 
-    def _check(self, sample: Sample, code: str, stem: str, own: dict, generation, render_failing: bool):
+    def _check(
+        self, sample: Sample, code: str, stem: str, own: dict, generation, render_failing: bool
+    ):
         from derivative_animator.render import checks
 
         frames = self.run_dir / "frames" / own["baseline"] / stem
@@ -199,19 +252,40 @@ class Evaluator:
         def work() -> Row:
             try:
                 with self.sandboxes.take() as sandbox:
-                    result = checks.check_code(code, sample.function, render=self.render, output_dir=frames,
-                                               render_failing=render_failing, sandbox=sandbox)
+                    result = checks.check_code(
+                        code,
+                        sample.function,
+                        render=self.render,
+                        output_dir=frames,
+                        render_failing=render_failing,
+                        sandbox=sandbox,
+                    )
             except Exception as error:  # noqa: BLE001 - one sample's failure is its own row
-                return failed_row(sample, f"check failed: {one_line(error)}",
-                                  **{**own, "extra": _generation_extra(generation)})
+                return failed_row(
+                    sample,
+                    f"check failed: {one_line(error)}",
+                    **{**own, "extra": _generation_extra(generation)},
+                )
             frame = frames / f"{result.scene}.png" if result.scene else None
             return Row(
-                **own, syntax=result.syntax, structure=result.structure, executes=result.executes,
-                math=result.math, passed=result.passed, error=result.error, render_s=result.render_seconds,
-                frame_path=str(frame.relative_to(self.run_dir)) if frame and frame.is_file() else None,
+                **own,
+                syntax=result.syntax,
+                structure=result.structure,
+                executes=result.executes,
+                math=result.math,
+                passed=result.passed,
+                error=result.error,
+                render_s=result.render_seconds,
+                frame_path=str(frame.relative_to(self.run_dir))
+                if frame and frame.is_file()
+                else None,
                 layout=result.layout,
-                extra={"environment_error": result.environment_error, "isolation": result.isolation,
-                       "layout_problems": result.layout_problems, **_generation_extra(generation)},
+                extra={
+                    "environment_error": result.environment_error,
+                    "isolation": result.isolation,
+                    "layout_problems": result.layout_problems,
+                    **_generation_extra(generation),
+                },
             )
 
         return work

@@ -29,8 +29,13 @@ def summarize(rows: list[Row], n: int, kinds: dict[str, tuple[str, ...]] | None 
     for baseline in dict.fromkeys(r.baseline for r in rows):
         mine = [r for r in rows if r.baseline == baseline]
         firsts = [r for r in mine if r.attempt == 1 or baseline == "verified"]
-        groups = {"all": firsts, **{f"level{lv}": [r for r in firsts if r.level == lv]
-                                    for lv in sorted({r.level for r in firsts})}}
+        groups = {
+            "all": firsts,
+            **{
+                f"level{lv}": [r for r in firsts if r.level == lv]
+                for lv in sorted({r.level for r in firsts})
+            },
+        }
         for kind in sorted({k for r in firsts for k in kinds.get(r.sample_id, ())}):
             groups[f"kind/{kind}"] = [r for r in firsts if kind in kinds.get(r.sample_id, ())]
         summary[baseline] = {}
@@ -38,11 +43,14 @@ def summarize(rows: list[Row], n: int, kinds: dict[str, tuple[str, ...]] | None 
             if not group:
                 continue
             times = [r.generation_s for r in group]
-            entry = {"n": len(group), **{k: _rate(group, k) for k in (*CHECKS, "passed", LAYOUT)},
-                     "generation_s_median": round(statistics.median(times), 3),
-                     "generation_s_mean": round(statistics.mean(times), 3),
-                     "tokens_per_s_median": round(statistics.median([r.tokens_per_s for r in group]), 1),
-                     "environment_errors": sum(r.extra.get("environment_error", False) for r in group)}
+            entry = {
+                "n": len(group),
+                **{k: _rate(group, k) for k in (*CHECKS, "passed", LAYOUT)},
+                "generation_s_median": round(statistics.median(times), 3),
+                "generation_s_mean": round(statistics.mean(times), 3),
+                "tokens_per_s_median": round(statistics.median([r.tokens_per_s for r in group]), 1),
+                "environment_errors": sum(r.extra.get("environment_error", False) for r in group),
+            }
             if baseline == "verified":
                 entry["attempts_mean"] = round(statistics.mean(r.attempts_tried for r in group), 2)
             summary[baseline][name] = entry
@@ -51,6 +59,8 @@ def summarize(rows: list[Row], n: int, kinds: dict[str, tuple[str, ...]] | None 
             for r in mine:
                 per_function.setdefault(r.sample_id, []).append(r)
             for k in sorted({1, min(5, n), n}):
-                values = [pass_at_k(len(v), sum(r.passed for r in v), k) for v in per_function.values()]
+                values = [
+                    pass_at_k(len(v), sum(r.passed for r in v), k) for v in per_function.values()
+                ]
                 summary[baseline]["all"][f"pass@{k}"] = round(100 * statistics.mean(values), 1)
     return summary

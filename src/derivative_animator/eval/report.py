@@ -13,9 +13,17 @@ from pathlib import Path
 from derivative_animator.eval.baselines import BASELINES
 from derivative_animator.render.checks import REPORTED
 
-COLUMNS = (("syntax", "Syntax"), ("structure", "Structure"), ("executes", "Executes"),
-           ("math", "Math"), ("passed", "All four"), ("layout", "Layout"))
-BASELINE_NAMES = {name: baseline.label for name, baseline in BASELINES.items()}  # in tables and the gallery
+COLUMNS = (
+    ("syntax", "Syntax"),
+    ("structure", "Structure"),
+    ("executes", "Executes"),
+    ("math", "Math"),
+    ("passed", "All four"),
+    ("layout", "Layout"),
+)
+BASELINE_NAMES = {
+    name: baseline.label for name, baseline in BASELINES.items()
+}  # in tables and the gallery
 
 
 def _groups(summary: dict):
@@ -32,38 +40,63 @@ def kind_table(summary: dict) -> str:
     from derivative_animator.math.expression_trees import KINDS, LENGTH_BUCKETS
 
     order = [*KINDS, *(name for _, name in LENGTH_BUCKETS)]
-    present = {g.removeprefix("kind/") for groups in summary.values() for g in groups if g.startswith("kind/")}
+    present = {
+        g.removeprefix("kind/")
+        for groups in summary.values()
+        for g in groups
+        if g.startswith("kind/")
+    }
     if not present:
         return ""
     baselines = list(summary)
-    lines = ["| kind | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
-             "|---|---|" + "---|" * len(baselines)]
+    lines = [
+        "| kind | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
+        "|---|---|" + "---|" * len(baselines),
+    ]
     for kind in sorted(present, key=order.index):
         figures = [summary[b].get(f"kind/{kind}") for b in baselines]
         n = max(f["n"] for f in figures if f)
-        lines.append(f"| {KINDS.get(kind, kind.replace('_', ' '))} | {n} | "
-                     + " | ".join(f"{f['math']:.1f}%" if f else "-" for f in figures) + " |")
+        lines.append(
+            f"| {KINDS.get(kind, kind.replace('_', ' '))} | {n} | "
+            + " | ".join(f"{f['math']:.1f}%" if f else "-" for f in figures)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def markdown_table(summary: dict) -> str:
-    lines = ["| baseline | level | n | " + " | ".join(t for _, t in COLUMNS) + " | gen s (median) | tokens/s |",
-             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+    lines = [
+        "| baseline | level | n | "
+        + " | ".join(t for _, t in COLUMNS)
+        + " | gen s (median) | tokens/s |",
+        "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|",
+    ]
     for baseline, group, v in _groups(summary):
         level = "all" if group == "all" else group.replace("level", "L")
         cells = " | ".join(f"{v[k]:.1f}%" if k in v else "-" for k, _ in COLUMNS)
-        lines.append(f"| {BASELINE_NAMES.get(baseline, baseline)} | {level} | {v['n']} | {cells} | "
-                     f"{v['generation_s_median']:.2f} | {v['tokens_per_s_median']:.0f} |")
-    extras = [f"pass@{k.split('@')[1]} {v[k]:.1f}%" for _, g, v in _groups(summary) if g == "all"
-              for k in v if k.startswith("pass@")]
+        lines.append(
+            f"| {BASELINE_NAMES.get(baseline, baseline)} | {level} | {v['n']} | {cells} | "
+            f"{v['generation_s_median']:.2f} | {v['tokens_per_s_median']:.0f} |"
+        )
+    extras = [
+        f"pass@{k.split('@')[1]} {v[k]:.1f}%"
+        for _, g, v in _groups(summary)
+        if g == "all"
+        for k in v
+        if k.startswith("pass@")
+    ]
     if extras:
         lines += ["", "Fine-tuned, sampled: " + ", ".join(extras)]
     return "\n".join(lines)
 
 
 def latex_table(summary: dict) -> str:
-    lines = [r"\begin{tabular}{llr" + "r" * len(COLUMNS) + "r}", r"\toprule",
-             "Baseline & Level & $n$ & " + " & ".join(t for _, t in COLUMNS) + r" & Gen.\ s \\", r"\midrule"]
+    lines = [
+        r"\begin{tabular}{llr" + "r" * len(COLUMNS) + "r}",
+        r"\toprule",
+        "Baseline & Level & $n$ & " + " & ".join(t for _, t in COLUMNS) + r" & Gen.\ s \\",
+        r"\midrule",
+    ]
     for baseline, group, v in _groups(summary):
         level = "all" if group == "all" else group.replace("level", "")
         cells = " & ".join(f"{v[k]:.1f}" if k in v else "--" for k, _ in COLUMNS)
@@ -73,8 +106,6 @@ def latex_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
     return html.escape(os.path.relpath(run_dir / path, report_dir))
 
@@ -82,7 +113,10 @@ def _relative(run_dir: Path, report_dir: Path, path: str) -> str:
 def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
     """One scene: its checks (failing ones red), the video (last frame as poster), the code."""
     marks = " ".join(
-        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">{k}</span>' for k in REPORTED)
+        f'<span class="{"ok" if row.get(k) else ("skip" if row.get(k) is None else "bad")}">'
+        f"{k}</span>"
+        for k in REPORTED
+    )
     fails = " ".join(k for k in REPORTED if row.get(k) is False)
     code = html.escape((run_dir / row["code_path"]).read_text()[:6000]) if row["code_path"] else ""
     media = '<p class="none">no render</p>'
@@ -90,18 +124,25 @@ def _card(row: dict, report_dir: Path, run_dir: Path) -> str:
         poster = _relative(run_dir, report_dir, row["frame_path"])
         movie = Path(row["frame_path"]).with_suffix(".mp4")
         if (run_dir / movie).is_file():
-            media = (f'<video controls muted preload="metadata" poster="{poster}">'
-                     f'<source src="{_relative(run_dir, report_dir, str(movie))}" type="video/mp4"></video>')
+            media = (
+                f'<video controls muted preload="metadata" poster="{poster}">'
+                f'<source src="{_relative(run_dir, report_dir, str(movie))}" type="video/mp4">'
+                "</video>"
+            )
         else:
             media = f'<img src="{poster}" loading="lazy">'
     problems = row.get("extra", {}).get("layout_problems") or []
     error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
     error += "".join(f'<p class="error">layout: {html.escape(p)}</p>' for p in problems[:5])
     attempt = f" · attempt {row['attempts_tried']}" if row["baseline"] == "verified" else ""
-    return (f'<figure class="card {"pass" if row["passed"] else "fail"}" data-baseline="{html.escape(row["baseline"])}" '
-            f'data-fails="{fails}"><figcaption><b>{BASELINE_NAMES.get(row["baseline"], row["baseline"])}</b> · '
-            f'{row["generation_s"]:.2f} s{attempt}<br>{marks}</figcaption>{media}{error}'
-            f'<details><summary>code</summary><pre>{code}</pre></details></figure>')
+    return (
+        f'<figure class="card {"pass" if row["passed"] else "fail"}" '
+        f'data-baseline="{html.escape(row["baseline"])}" '
+        f'data-fails="{fails}"><figcaption>'
+        f"<b>{BASELINE_NAMES.get(row['baseline'], row['baseline'])}</b> · "
+        f"{row['generation_s']:.2f} s{attempt}<br>{marks}</figcaption>{media}{error}"
+        f"<details><summary>code</summary><pre>{code}</pre></details></figure>"
+    )
 
 
 _FILTER_SCRIPT = """
@@ -121,23 +162,26 @@ function apply() {
 }
 document.querySelectorAll('select, .baseline-toggle').forEach(e => e.addEventListener('change', apply));
 apply();
-"""
+"""  # noqa: E501
 
 
 def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
     """Per function, the oracle's and each model's scene side by side, each playable; filters
     by level, by failing check and by baseline."""
-    style = ("body{font-family:sans-serif;margin:2em;background:#fafafa}"
-             ".function{background:#fff;border-radius:8px;padding:.5em 1em 1em;margin:1em 0;box-shadow:0 1px 3px #0002}"
-             ".scenes{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:1em}"
-             ".card{margin:0;padding:.5em;border-radius:6px;background:#fcfcfc}"
-             ".card.fail{border-left:4px solid #c33}.card.pass{border-left:4px solid #3a3}"
-             ".card video,.card img{width:100%;border-radius:4px;background:#000}"
-             ".ok,.bad,.skip{padding:1px 6px;border-radius:4px;margin-right:3px;font-size:90%}"
-             ".ok{background:#cfc}.bad{background:#f99;font-weight:bold}.skip{background:#eee}"
-             ".error{color:#a00;font-size:85%}.none{color:#888}.filters{position:sticky;top:0;background:#fafafa;"
-             "padding:.5em 0;z-index:1}pre{font-size:11px;overflow:auto;max-height:300px}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}")
+    style = (
+        "body{font-family:sans-serif;margin:2em;background:#fafafa}"
+        ".function{background:#fff;border-radius:8px;padding:.5em 1em 1em;margin:1em 0;"
+        "box-shadow:0 1px 3px #0002}"
+        ".scenes{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:1em}"
+        ".card{margin:0;padding:.5em;border-radius:6px;background:#fcfcfc}"
+        ".card.fail{border-left:4px solid #c33}.card.pass{border-left:4px solid #3a3}"
+        ".card video,.card img{width:100%;border-radius:4px;background:#000}"
+        ".ok,.bad,.skip{padding:1px 6px;border-radius:4px;margin-right:3px;font-size:90%}"
+        ".ok{background:#cfc}.bad{background:#f99;font-weight:bold}.skip{background:#eee}"
+        ".error{color:#a00;font-size:85%}.none{color:#888}.filters{position:sticky;top:0;background:#fafafa;"
+        "padding:.5em 0;z-index:1}pre{font-size:11px;overflow:auto;max-height:300px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+    )
     table = markdown_to_html(markdown_table(results["summary"]))
     rows = [r for r in results["rows"] if r.get("attempt", 1) == 1 or r["baseline"] == "verified"]
     baselines = list(dict.fromkeys(r["baseline"] for r in rows))
@@ -148,30 +192,51 @@ def gallery(results: dict, report_dir: Path, run_dir: Path) -> str:
     for scenes in by_function.values():
         first = next(iter(scenes.values()))
         cards = "".join(_card(scenes[b], report_dir, run_dir) for b in baselines if b in scenes)
-        sections.append(f'<section class="function" data-level="{first["level"]}"><h3>f(x) = '
-                        f'{html.escape(first["function"])} <small>level {first["level"]}</small></h3>'
-                        f'<div class="scenes">{cards}</div></section>')
+        sections.append(
+            f'<section class="function" data-level="{first["level"]}"><h3>f(x) = '
+            f"{html.escape(first['function'])} <small>level {first['level']}</small></h3>"
+            f'<div class="scenes">{cards}</div></section>'
+        )
     levels = sorted({str(r["level"]) for r in rows})
-    toggles = " ".join(f'<label><input type="checkbox" class="baseline-toggle" value="{html.escape(b)}" checked> '
-                       f'{BASELINE_NAMES.get(b, b)}</label>' for b in baselines)
-    filters = ('<div class="filters">level <select id="level"><option value="all">all</option>'
-               + "".join(f'<option value="{lv}">{lv}</option>' for lv in levels)
-               + '</select> show <select id="check"><option value="any">every function</option>'
-               '<option value="failing">a scene fails any check</option>'
-               + "".join(f'<option value="{c}">a scene fails {c}</option>' for c in REPORTED)
-               + f'</select> {toggles} · <span id="count"></span> functions</div>')
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>DerivativeAnimator evaluation</title>"
-            f"<style>{style}</style></head><body><h1>DerivativeAnimator evaluation</h1>"
-            f"<p>model: {html.escape(str(results['model']))} · {results['samples']} functions</p>"
-            f"{table}{filters}{''.join(sections)}<script>{_FILTER_SCRIPT}</script></body></html>")
+    toggles = " ".join(
+        f'<label><input type="checkbox" class="baseline-toggle" value="{html.escape(b)}" checked> '
+        f"{BASELINE_NAMES.get(b, b)}</label>"
+        for b in baselines
+    )
+    filters = (
+        '<div class="filters">level <select id="level"><option value="all">all</option>'
+        + "".join(f'<option value="{lv}">{lv}</option>' for lv in levels)
+        + '</select> show <select id="check"><option value="any">every function</option>'
+        '<option value="failing">a scene fails any check</option>'
+        + "".join(f'<option value="{c}">a scene fails {c}</option>' for c in REPORTED)
+        + f'</select> {toggles} · <span id="count"></span> functions</div>'
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>DerivativeAnimator evaluation</title>"
+        f"<style>{style}</style></head><body><h1>DerivativeAnimator evaluation</h1>"
+        f"<p>model: {html.escape(str(results['model']))} · {results['samples']} functions</p>"
+        f"{table}{filters}{''.join(sections)}<script>{_FILTER_SCRIPT}</script></body></html>"
+    )
 
 
 def markdown_to_html(table: str) -> str:
-    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("|") and "---" not in line]
+    rows = [
+        line.strip("|").split("|")
+        for line in table.splitlines()
+        if line.startswith("|") and "---" not in line
+    ]
     head, body = rows[0], rows[1:]
-    return ("<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body)
-            + "</table>")
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+        + "</tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
+            for r in body
+        )
+        + "</table>"
+    )
 
 
 def write_reports(results: dict, run_dir: Path) -> Path:
@@ -185,9 +250,11 @@ def write_reports(results: dict, run_dir: Path) -> Path:
             writer.writeheader()
             writer.writerows(rows)
     kinds = kind_table(results["summary"])
-    (report_dir / "results.md").write_text(markdown_table(results["summary"]) + "\n"
-                                           + (f"\nMath by kind:\n\n{kinds}\n" if kinds else ""))
+    (report_dir / "results.md").write_text(
+        markdown_table(results["summary"])
+        + "\n"
+        + (f"\nMath by kind:\n\n{kinds}\n" if kinds else "")
+    )
     (report_dir / "results.tex").write_text(latex_table(results["summary"]))
     (report_dir / "gallery.html").write_text(gallery(results, report_dir, run_dir))
     return report_dir
-

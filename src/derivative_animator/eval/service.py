@@ -37,8 +37,20 @@ from derivative_animator.eval.verify import Try, Verification, first_passing
 from derivative_animator.model.settings import GenerationSettings
 
 Say = Callable[[str], None]
-KEPT_HEADER_SETS = 256  # functions whose sampled headers are kept (a few KB each): the vote and verification share them
-_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+# functions whose sampled headers are kept (a few KB each): the vote and verification share them
+KEPT_HEADER_SETS = 256
+_ORDINALS = (
+    "first",
+    "second",
+    "third",
+    "fourth",
+    "fifth",
+    "sixth",
+    "seventh",
+    "eighth",
+    "ninth",
+    "tenth",
+)
 
 
 def _quiet(message: str) -> None:
@@ -62,8 +74,10 @@ def _why(result, check: str, limit: int = 160) -> str:
     if not result.error:
         return ""
     parts = result.error.split("; ")
-    said = next((part[len(check) + 2:] for part in parts if part.startswith(f"{check}: ")), result.error)
-    return f" ({said if len(said) <= limit else said[:limit - 3] + '...'})"
+    said = next(
+        (part[len(check) + 2 :] for part in parts if part.startswith(f"{check}: ")), result.error
+    )
+    return f" ({said if len(said) <= limit else said[: limit - 3] + '...'})"
 
 
 def verdict(result, code: str, function: str) -> str:
@@ -74,7 +88,8 @@ def verdict(result, code: str, function: str) -> str:
     if result.passed:
         if result.layout is False:
             return "right and renders, but the layout check failed" + (
-                f": {result.layout_problems[0]}" if result.layout_problems else "")
+                f": {result.layout_problems[0]}" if result.layout_problems else ""
+            )
         return "passed every check"
     if result.syntax is False:
         return "the code does not parse" + _why(result, "syntax")
@@ -86,16 +101,21 @@ def verdict(result, code: str, function: str) -> str:
         return "the math check failed" + _why(result, "math")
     if result.executes is False:
         return "the scene did not render" + _why(result, "executes")
-    return "could not be checked" + (": this machine cannot render" if getattr(result, "environment_error", False)
-                                     else _why(result, "executes"))
+    return "could not be checked" + (
+        ": this machine cannot render"
+        if getattr(result, "environment_error", False)
+        else _why(result, "executes")
+    )
 
 
 def marks(result) -> str:
     """A check result in one line: `syntax:ok structure:ok executes:FAIL math:- layout:-`."""
     from derivative_animator.render.checks import REPORTED
 
-    return " ".join(f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
-                    for k in REPORTED)
+    return " ".join(
+        f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
+        for k in REPORTED
+    )
 
 
 def _ordinal(n: int) -> str:
@@ -106,12 +126,17 @@ def _failure(result) -> str:
     """What a failed scene got wrong first, in words."""
     if result is None:
         return "was never checked"
-    for name, words in (("syntax", "did not parse"), ("structure", "held no Manim scene"),
-                        ("math", "had a wrong derivative"), ("executes", "did not render")):
+    for name, words in (
+        ("syntax", "did not parse"),
+        ("structure", "held no Manim scene"),
+        ("math", "had a wrong derivative"),
+        ("executes", "did not render"),
+    ):
         if getattr(result, name) is False:
             return words
-    return "could not be checked" + (" (this machine cannot render)" if getattr(result, "environment_error", False)
-                                     else "")
+    return "could not be checked" + (
+        " (this machine cannot render)" if getattr(result, "environment_error", False) else ""
+    )
 
 
 @dataclass
@@ -145,12 +170,18 @@ class Verified:
         if self.completed and kept is not None and kept.result.passed:
             said.append(f"the {_ordinal(kept.attempt - 1)} passed every check")
         elif self.completed:
-            said.append("the one completed failed a check" if self.completed == 1
-                        else f"none of the {self.completed} completed passed every check")
+            said.append(
+                "the one completed failed a check"
+                if self.completed == 1
+                else f"none of the {self.completed} completed passed every check"
+            )
         return "; ".join(said)
 
 
-MODEL, CORRECTED = "model", "corrected"  # Written.shown: the model's own try, or its scene with the true f'
+MODEL, CORRECTED = (
+    "model",
+    "corrected",
+)  # Written.shown: the model's own try, or its scene with the true f'
 
 
 @dataclass
@@ -162,7 +193,8 @@ class Written:
     code: str
     result: object  # the shown scene's CheckResult
     verified: Verified
-    shown: str = MODEL  # MODEL: the model's own try; CORRECTED: that scene with the true derivative swapped in
+    # MODEL: the model's own try; CORRECTED: that scene with the true derivative swapped in
+    shown: str = MODEL
     model_code: str | None = None  # the model's own kept try (None: the same as `code`)
     model_result: object = None
     summary: str = ""
@@ -190,13 +222,22 @@ def _wrong_derivative(code: str, function: str) -> bool:
     from derivative_animator.math.judge import header_judge
 
     end = math_header_length(code)
-    return end is not None and derivative_line(code) is not None and not header_judge(function)(code[:end])
+    return (
+        end is not None
+        and derivative_line(code) is not None
+        and not header_judge(function)(code[:end])
+    )
 
 
 def _repairable(result, code: str, function: str) -> bool:
     """A scene the repair may correct: it parses and holds a scene, and its derivative is wrong."""
-    return (result is not None and bool(result.syntax) and bool(result.structure) and result.math is False
-            and _wrong_derivative(code, function))
+    return (
+        result is not None
+        and bool(result.syntax)
+        and bool(result.structure)
+        and result.math is False
+        and _wrong_derivative(code, function)
+    )
 
 
 class GenerationService:
@@ -204,8 +245,14 @@ class GenerationService:
     or anything with its `generate` and `generate_batch`) under one set of settings.
     Not thread-safe for generation: one caller writes at a time (the page's model worker)."""
 
-    def __init__(self, settings: GenerationSettings, generator=None, allow_unsandboxed: bool = False):
-        self.settings, self.generator, self.allow_unsandboxed = settings, generator, allow_unsandboxed
+    def __init__(
+        self, settings: GenerationSettings, generator=None, allow_unsandboxed: bool = False
+    ):
+        self.settings, self.generator, self.allow_unsandboxed = (
+            settings,
+            generator,
+            allow_unsandboxed,
+        )
         self._sandbox = None
         self._lock = threading.Lock()
         self._headers: OrderedDict[str, tuple[list[str], float]] = OrderedDict()
@@ -213,8 +260,11 @@ class GenerationService:
     def load_model(self, directory: str | Path, allow_prompt_mismatch: bool = False):
         from derivative_animator.model.generate import SceneGenerator
 
-        self.generator = SceneGenerator.load(directory, allow_prompt_mismatch=allow_prompt_mismatch,
-                                             bracket_guard=self.settings.bracket_guard)
+        self.generator = SceneGenerator.load(
+            directory,
+            allow_prompt_mismatch=allow_prompt_mismatch,
+            bracket_guard=self.settings.bracket_guard,
+        )
         return self.generator
 
     # --- the warm sandbox ----------------------------------------------------------------
@@ -226,8 +276,11 @@ class GenerationService:
             if self._sandbox is None:
                 from derivative_animator.render import checks
 
-                self._sandbox = checks.PythonSandbox(checks.RenderOptions().limits, preload=checks.RENDER_PRELOAD,
-                                                     allow_unsandboxed=self.allow_unsandboxed)
+                self._sandbox = checks.PythonSandbox(
+                    checks.RenderOptions().limits,
+                    preload=checks.RENDER_PRELOAD,
+                    allow_unsandboxed=self.allow_unsandboxed,
+                )
             return self._sandbox
 
     def close(self) -> None:
@@ -248,7 +301,9 @@ class GenerationService:
         from derivative_animator.render import checks
 
         options = checks.RenderOptions(quick=not render, save_frame=render)
-        return checks.check_code(code, function, render=options, output_dir=output_dir, sandbox=self.start_sandbox())
+        return checks.check_code(
+            code, function, render=options, output_dir=output_dir, sandbox=self.start_sandbox()
+        )
 
     # --- writing -------------------------------------------------------------------------
 
@@ -256,8 +311,14 @@ class GenerationService:
         """Scene `index` of a function (0: the first, greedy by default; later ones the
         evaluator's pass@k samples), sampled as the settings' policy says."""
         s, sampling = self.settings, self.settings.scene_sampling(index)
-        return self.generator.generate(function, s.max_new_tokens, sampling.temperature, s.top_p, sampling.seed,
-                                       syntax_rollbacks=s.syntax_rollbacks)
+        return self.generator.generate(
+            function,
+            s.max_new_tokens,
+            sampling.temperature,
+            s.top_p,
+            sampling.seed,
+            syntax_rollbacks=s.syntax_rollbacks,
+        )
 
     def header_samples(self, function: str) -> tuple[list[str], float]:
         """The k math headers of a function and the seconds their batch took: sampled once, then
@@ -268,8 +329,14 @@ class GenerationService:
             if function in self._headers:
                 return self._headers[function]
         start, sampling = time.perf_counter(), self.settings.header_sampling()
-        headers = sample_headers(self.generator, function, self.settings.self_consistency.k, sampling.temperature,
-                                 self.settings.top_p, sampling.seed)
+        headers = sample_headers(
+            self.generator,
+            function,
+            self.settings.self_consistency.k,
+            sampling.temperature,
+            self.settings.top_p,
+            sampling.seed,
+        )
         with self._lock:
             self._headers[function] = (headers, time.perf_counter() - start)
             while len(self._headers) > KEPT_HEADER_SETS:
@@ -283,8 +350,16 @@ class GenerationService:
 
         headers, seconds = self.header_samples(function)
         sampling = self.settings.header_sampling()
-        code, vote = self_consistent_scene(self.generator, function, first.code, self.settings.self_consistency.k,
-                                           sampling.temperature, self.settings.top_p, sampling.seed, sampled=headers)
+        code, vote = self_consistent_scene(
+            self.generator,
+            function,
+            first.code,
+            self.settings.self_consistency.k,
+            sampling.temperature,
+            self.settings.top_p,
+            sampling.seed,
+            sampled=headers,
+        )
         vote.seconds += seconds
         return replace(first, code=code, seconds=first.seconds + vote.seconds), vote
 
@@ -299,7 +374,9 @@ class GenerationService:
         steps.doing(f"sampling {self.settings.self_consistency.k} derivatives to vote on")
         first, vote = self.self_consistent(function, first)
         if vote.chosen is None:
-            said = f"self-consistency: {vote.said()} ({vote.seconds:.1f} s); keeping the greedy scene"
+            said = (
+                f"self-consistency: {vote.said()} ({vote.seconds:.1f} s); keeping the greedy scene"
+            )
         else:
             which = "the greedy header" if vote.chosen == 0 else f"sampled header {vote.chosen}"
             said = f"self-consistency: {which} wins: {vote.said()} ({vote.seconds:.1f} s)"
@@ -310,11 +387,24 @@ class GenerationService:
     def complete(self, function: str, header: str, n: int):
         """The n-th right header (from 1) completed into a scene: the model goes on from it."""
         s, sampling = self.settings, self.settings.completion_sampling(n)
-        return self.generator.generate(function, s.max_new_tokens, sampling.temperature, s.top_p, sampling.seed,
-                                       syntax_rollbacks=s.syntax_rollbacks, prefix=header)
+        return self.generator.generate(
+            function,
+            s.max_new_tokens,
+            sampling.temperature,
+            s.top_p,
+            sampling.seed,
+            syntax_rollbacks=s.syntax_rollbacks,
+            prefix=header,
+        )
 
-    def verify(self, function: str, first, check: Callable, report: Callable[[Try], None] = lambda t: None,
-               steps: Steps | None = None) -> Verified:
+    def verify(
+        self,
+        function: str,
+        first,
+        check: Callable,
+        report: Callable[[Try], None] = lambda t: None,
+        steps: Steps | None = None,
+    ) -> Verified:
         """Verified generation from the first scene (`first`, already written): check(attempt,
         generation) judges a try (a sandboxed check, or an evaluation row), report(try) hears of
         each, `steps` of the headers sampled and each completion begun. Headers are sampled only
@@ -334,20 +424,30 @@ class GenerationService:
             right = [header for header in headers if accept(header)]
             verified.sampled, verified.right = len(headers), len(right)
             end = math_header_length(first.code)
-            tried = {first.code[:end]} if end is not None else set()  # the first scene's header already failed
+            tried = (
+                {first.code[:end]} if end is not None else set()
+            )  # the first scene's header already failed
             distinct = [h for h in dict.fromkeys(right) if h not in tried][: attempts - 1]
             steps.done(_sampled_words(verified, len(distinct)))
             for n, header in enumerate(distinct, 1):
                 verified.completed = n
-                steps.doing(f"try {n + 1} of {attempts}: writing the scene from a right sampled derivative, "
-                            f"f'(x) = {derivative_line(header)}")
+                steps.doing(
+                    f"try {n + 1} of {attempts}: writing the scene from a right sampled "
+                    "derivative, "
+                    f"f'(x) = {derivative_line(header)}"
+                )
                 yield self.complete(function, header, n)
 
         verified.verification = first_passing(tries(), check, report)
         return verified
 
-    def write(self, function: str, say: Say = _quiet, repair: bool | None = None,
-              steps: Steps | None = None) -> Written:
+    def write(
+        self,
+        function: str,
+        say: Say = _quiet,
+        repair: bool | None = None,
+        steps: Steps | None = None,
+    ) -> Written:
         """A scene as `derivanim generate` and the page write one: the first scene, verified in
         the warm sandbox, each try reported through `say` (the CLI's lines) and `steps` (in
         words, each with its time: the page's progress). When no try passes and the repair is
@@ -361,7 +461,9 @@ class GenerationService:
         first = self.first_scene(function, say, steps)
 
         def check(attempt, generation):
-            steps.doing(f"try {attempt} of {attempts}: checking the scene (a quick render in the sandbox)")
+            steps.doing(
+                f"try {attempt} of {attempts}: checking the scene (a quick render in the sandbox)"
+            )
             start = time.perf_counter()
             result = self.check(generation.code, function)
             checking[attempt] = time.perf_counter() - start
@@ -369,10 +471,16 @@ class GenerationService:
 
         def report(tried: Try) -> None:
             say(_attempt_line(tried))
-            steps.done(f"try {tried.attempt} of {attempts}: "
-                       f"{verdict(tried.result, tried.generation.code, function)}; written in "
-                       f"{tried.generation.seconds:.1f} s" + (f", checked in {checking[tried.attempt]:.1f} s"
-                                                              if tried.attempt in checking else ""))
+            steps.done(
+                f"try {tried.attempt} of {attempts}: "
+                f"{verdict(tried.result, tried.generation.code, function)}; written in "
+                f"{tried.generation.seconds:.1f} s"
+                + (
+                    f", checked in {checking[tried.attempt]:.1f} s"
+                    if tried.attempt in checking
+                    else ""
+                )
+            )
 
         verified = self.verify(function, first, check, report, steps)
         if verified.sampled:
@@ -380,7 +488,9 @@ class GenerationService:
         kept = verified.kept
         code, result = kept.generation.code, kept.result
         if result.passed:
-            return Written(code, result, verified, summary="shown: the model's scene, which passed every check")
+            return Written(
+                code, result, verified, summary="shown: the model's scene, which passed every check"
+            )
         if self.settings.attempts > 1:
             say(f"no attempt passed every check; keeping attempt {kept.attempt} ({marks(result)})")
             steps.done(f"no try passed every check; keeping try {kept.attempt}")
@@ -391,13 +501,17 @@ class GenerationService:
                 return written
         summary = "shown: the model's scene, which did not pass every check"
         if _repairable(result, code, function):
-            summary = f"the model's derivative was wrong (it wrote {derivative_line(code)}); " + summary
+            summary = (
+                f"the model's derivative was wrong (it wrote {derivative_line(code)}); " + summary
+            )
         else:
             summary += f": {verdict(result, code, function)}"
         say(summary)
         return Written(code, result, verified, summary=summary)
 
-    def correct(self, function: str, verified: Verified, say: Say = _quiet, steps: Steps | None = None) -> Written | None:
+    def correct(
+        self, function: str, verified: Verified, say: Say = _quiet, steps: Steps | None = None
+    ) -> Written | None:
         """The repair: each of the model's tries wrong only in its derivative (the kept one first),
         with the true f' swapped in (`oracle.with_true_derivative`), checked as any scene is (a
         render and every check) until one passes; that one, labelled CORRECTED, with the model's
@@ -416,44 +530,78 @@ class GenerationService:
                 continue
             tried.add(repaired)
             wrote, true = derivative_line(attempt.generation.code), derivative_line(repaired)
-            steps.doing(f"correcting try {attempt.attempt}: its scene with the true f'(x) = {true}, checked again")
+            steps.doing(
+                f"correcting try {attempt.attempt}: its scene with the true f'(x) = {true}, "
+                "checked again"
+            )
             start = time.perf_counter()
             result = self.check(repaired, function)
-            say(f"the corrected scene of attempt {attempt.attempt} (the true f'(x) = {true}): "
-                f"{marks(result)}" + (f"  {result.error}" if result.error else ""))
-            steps.done(f"the corrected scene of try {attempt.attempt} (f'(x) = {true}): "
-                       f"{verdict(result, repaired, function)}; checked in {time.perf_counter() - start:.1f} s")
+            say(
+                f"the corrected scene of attempt {attempt.attempt} (the true f'(x) = {true}): "
+                f"{marks(result)}" + (f"  {result.error}" if result.error else "")
+            )
+            steps.done(
+                f"the corrected scene of try {attempt.attempt} (f'(x) = {true}): "
+                f"{verdict(result, repaired, function)}; "
+                f"checked in {time.perf_counter() - start:.1f} s"
+            )
             if result.passed:
                 layout = "" if result.layout is not False else "; its layout check failed"
-                summary = (f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected scene with "
-                           f"f'(x) = {true}, which passed every check{layout}; the model's own scene is kept")
-                return Written(repaired, result, verified, shown=CORRECTED, model_code=attempt.generation.code,
-                               model_result=attempt.result, summary=summary)
+                summary = (
+                    f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected "
+                    f"scene with f'(x) = {true}, which passed every check{layout}; the model's "
+                    "own scene is kept"
+                )
+                return Written(
+                    repaired,
+                    result,
+                    verified,
+                    shown=CORRECTED,
+                    model_code=attempt.generation.code,
+                    model_result=attempt.result,
+                    summary=summary,
+                )
             failed = failed or (wrote, true, verdict(result, repaired, function))
         if failed is None:
             return None
         wrote, true, why = failed
-        summary = (f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with f'(x) = {true} "
-                   f"failed a check too ({why}); shown: the model's scene, which did not pass every check")
+        summary = (
+            f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with "
+            f"f'(x) = {true} failed a check too ({why}); shown: the model's scene, which did not "
+            "pass every check"
+        )
         return Written(kept.generation.code, kept.result, verified, summary=summary)
 
 
 def _sampled_words(verified: Verified, completing: int) -> str:
     """The header batch in words: how many of the sampled derivatives are right, what comes next."""
-    said = (f"sampled {verified.sampled} other derivatives in {verified.header_seconds:.1f} s: "
-            f"{verified.right} {'is' if verified.right == 1 else 'are'} right")
+    said = (
+        f"sampled {verified.sampled} other derivatives in {verified.header_seconds:.1f} s: "
+        f"{verified.right} {'is' if verified.right == 1 else 'are'} right"
+    )
     if completing == 1:
         return said + "; writing a scene from " + ("it" if verified.right == 1 else "the first")
     if completing:
         return said + f"; writing scenes from up to {completing} of them, until one passes"
-    return said + ("; no other try" if not verified.right else "; the first try already had that header, no other try")
+    return said + (
+        "; no other try"
+        if not verified.right
+        else "; the first try already had that header, no other try"
+    )
 
 
 def _attempt_line(tried: Try) -> str:
     gen, result = tried.generation, tried.result
     if result is None:
-        return f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong ({gen.seconds:.2f} s)"
-    return (f"attempt {tried.attempt}: {marks(result)} ({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
-            + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
-            + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "") + ")"
-            + (f"  {result.error}" if result.error else ""))
+        return (
+            f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong "
+            f"({gen.seconds:.2f} s)"
+        )
+    return (
+        f"attempt {tried.attempt}: {marks(result)} "
+        f"({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
+        + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
+        + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "")
+        + ")"
+        + (f"  {result.error}" if result.error else "")
+    )

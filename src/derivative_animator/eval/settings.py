@@ -30,7 +30,9 @@ class RenderSettings:
 
     def __post_init__(self):
         if self.quality not in QUALITIES:
-            raise ValueError(f"eval.render.quality must be one of {', '.join(QUALITIES)}, got {self.quality!r}")
+            raise ValueError(
+                f"eval.render.quality must be one of {', '.join(QUALITIES)}, got {self.quality!r}"
+            )
         if self.fps is not None and self.fps < 1:
             raise ValueError(f"eval.render.fps must be a positive number or null, got {self.fps}")
         try:
@@ -47,7 +49,8 @@ class RenderSettings:
 
     @classmethod
     def from_config(cls, render: Mapping) -> RenderSettings:
-        """From the composed `eval.render` group; a key missing from it or unknown here is an error."""
+        """From the composed `eval.render` group; a key missing from it or unknown here is an
+        error."""
         return cls(**plain(render))
 
 
@@ -76,16 +79,25 @@ class EvaluationSettings:
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"eval.limit must be null or a number of functions, got {self.limit}")
         if self.generation_threads not in (None, "auto") and (
-                not str(self.generation_threads).isdigit() or int(self.generation_threads) < 1):
-            raise ValueError(f"eval.generation_threads must be auto or a positive number, got {self.generation_threads}")
+            not str(self.generation_threads).isdigit() or int(self.generation_threads) < 1
+        ):
+            raise ValueError(
+                "eval.generation_threads must be auto or a positive number, "
+                f"got {self.generation_threads}"
+            )
 
     @classmethod
     def from_config(cls, evaluation: Mapping) -> EvaluationSettings:
         """From the composed `eval` group (a DictConfig or a plain mapping); a key missing from
         it or unknown to these classes is an error, not a silent default."""
         values = plain(evaluation)
-        return cls(**{**values, "api": ApiSettings.from_config(values["api"]),
-                      "render": RenderSettings.from_config(values["render"])})
+        return cls(
+            **{
+                **values,
+                "api": ApiSettings.from_config(values["api"]),
+                "render": RenderSettings.from_config(values["render"]),
+            }
+        )
 
     def torch_threads(self) -> int:
         """Torch threads for generation while renders run beside it. `auto`: the cores the

@@ -65,9 +65,10 @@ def first_passing(
         if current.result.passed:
             verification.kept = current
             break
-        if verification.kept is None or checks_passed(current.result) > checks_passed(verification.kept.result):
+        if verification.kept is None or checks_passed(current.result) > checks_passed(
+            verification.kept.result
+        ):
             verification.kept = current
         if getattr(current.result, "environment_error", False):
             break
     return verification
-

@@ -33,8 +33,18 @@ LEVEL_NAMES = {
 # Plotting intervals tried in order: the first where f and f' are real, finite and
 # moderate wins. Positive intervals come after symmetric ones for log, sqrt, 1/x.
 CANDIDATE_INTERVALS = (
-    (-3, 3), (-2, 2), (0.1, 4), (0.2, 3), (-1.5, 1.5), (0.5, 4), (1, 5),
-    (-1, 1), (0.1, 2), (-0.9, 0.9), (0.1, 1), (-0.5, 0.5),
+    (-3, 3),
+    (-2, 2),
+    (0.1, 4),
+    (0.2, 3),
+    (-1.5, 1.5),
+    (0.5, 4),
+    (1, 5),
+    (-1, 1),
+    (0.1, 2),
+    (-0.9, 0.9),
+    (0.1, 1),
+    (-0.5, 0.5),
 )
 MAX_ABS_VALUE = 40.0  # |f| and |f'| on the interval: keeps the picture readable
 MIN_VARIATION = 0.2  # f must visibly change over the interval
@@ -42,13 +52,33 @@ MIN_VARIATION = 0.2  # f must visibly change over the interval
 # (the oracle for any input, and the math check) then tries intervals around other centres and
 # at other zooms, first within the same caps, then with values up to WIDER_MAX_ABS_VALUE and f
 # changing by a hundredth of its size. The dataset keeps the narrow rule: its bytes do not move.
-WIDER_CENTRES = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 5.0, -5.0, 10.0, -10.0, 20.0, -20.0,
-                 50.0, -50.0, 100.0, -100.0)
+WIDER_CENTRES = (
+    0.0,
+    0.5,
+    -0.5,
+    1.0,
+    -1.0,
+    2.0,
+    -2.0,
+    3.0,
+    -3.0,
+    5.0,
+    -5.0,
+    10.0,
+    -10.0,
+    20.0,
+    -20.0,
+    50.0,
+    -50.0,
+    100.0,
+    -100.0,
+)
 WIDER_HALF_WIDTHS = (3.0, 2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 WIDER_MAX_ABS_VALUE = 1e4
 WIDER_MIN_RELATIVE_VARIATION = 0.01
 GRID_POINTS = 1201
-POLE_VALUE = 1e12  # |f| or |f'| this large at a grid point is a pole there: tan(pi/2) = 1.6e16 in floating point
+# |f| or |f'| this large at a grid point is a pole there: tan(pi/2) = 1.6e16 in floating point
+POLE_VALUE = 1e12
 # A pole's spike must not set the y-range: an interval whose full range of f or f' is more than
 # SPIKE_RATIO times the range of its middle 90% is taken only if no other interval is readable.
 SPIKE_RATIO = 3.0
@@ -74,7 +104,9 @@ def analyse(expr: sp.Expr, wider: bool = False) -> CurriculumFunction | None:
     return CurriculumFunction(expr, derivative, steps, level_of(steps), x_range)
 
 
-def plot_interval(expr: sp.Expr, derivative: sp.Expr, wider: bool = False) -> tuple[float, float] | None:
+def plot_interval(
+    expr: sp.Expr, derivative: sp.Expr, wider: bool = False
+) -> tuple[float, float] | None:
     """The first interval where f and f' are real, finite and readable, f changes visibly and
     no spike dominates either curve; failing that, the first readable one with a spike; None
     if there is none (`wider`: see WIDER_CENTRES)."""
@@ -82,7 +114,10 @@ def plot_interval(expr: sp.Expr, derivative: sp.Expr, wider: bool = False) -> tu
     tries = [(CANDIDATE_INTERVALS, MAX_ABS_VALUE, False)]
     if wider:
         around = tuple((c - w, c + w) for w in WIDER_HALF_WIDTHS for c in WIDER_CENTRES)
-        tries += [(around, MAX_ABS_VALUE, False), (CANDIDATE_INTERVALS + around, WIDER_MAX_ABS_VALUE, True)]
+        tries += [
+            (around, MAX_ABS_VALUE, False),
+            (CANDIDATE_INTERVALS + around, WIDER_MAX_ABS_VALUE, True),
+        ]
     for candidates, cap, relative in tries:
         spiky = None
         for x_range in candidates:
@@ -91,7 +126,11 @@ def plot_interval(expr: sp.Expr, derivative: sp.Expr, wider: bool = False) -> tu
                 continue
             ys, dys = values
             size = max(np.abs(ys).max(), np.abs(dys).max())
-            least = WIDER_MIN_RELATIVE_VARIATION * max(1.0, np.abs(ys).max()) if relative else MIN_VARIATION
+            least = (
+                WIDER_MIN_RELATIVE_VARIATION * max(1.0, np.abs(ys).max())
+                if relative
+                else MIN_VARIATION
+            )
             if size <= cap and np.ptp(ys) >= least:
                 if not (_spiky(ys) or _spiky(dys)):
                     return x_range
@@ -137,6 +176,7 @@ def _grid(x_min: float, x_max: float) -> np.ndarray:
 
 # --- random building blocks ---------------------------------------------------------
 
+
 def _coefficient(rng: random.Random, small: bool = False) -> int:
     values = [1, 2, 3, -1, -2, 4, 5, -3] if small else [1, 2, 3, 4, 5, 6, 7, -1, -2, -3, -4, -5]
     return rng.choice(values)
@@ -151,11 +191,27 @@ def _polynomial(rng: random.Random, max_degree: int = 5) -> sp.Expr:
 
 def _elementary(rng: random.Random) -> sp.Expr:
     """An elementary function of plain x (no inner function)."""
-    return rng.choice([
-        sp.sin(X), sp.cos(X), sp.tan(X), sp.exp(X), sp.log(X), sp.sqrt(X),
-        X ** sp.Rational(1, 3), X ** sp.Rational(3, 2), 1 / sp.sqrt(X),
-        2**X, 3**X, sp.atan(X), sp.asin(X), sp.acos(X), sp.sinh(X), sp.cosh(X), sp.tanh(X),
-    ])
+    return rng.choice(
+        [
+            sp.sin(X),
+            sp.cos(X),
+            sp.tan(X),
+            sp.exp(X),
+            sp.log(X),
+            sp.sqrt(X),
+            X ** sp.Rational(1, 3),
+            X ** sp.Rational(3, 2),
+            1 / sp.sqrt(X),
+            2**X,
+            3**X,
+            sp.atan(X),
+            sp.asin(X),
+            sp.acos(X),
+            sp.sinh(X),
+            sp.cosh(X),
+            sp.tanh(X),
+        ]
+    )
 
 
 def _simple_factor(rng: random.Random) -> sp.Expr:
@@ -165,19 +221,40 @@ def _simple_factor(rng: random.Random) -> sp.Expr:
         return X ** rng.randint(1, 4)
     if kind < 0.5:
         return rng.choice([1, 2, 3]) * X ** rng.randint(1, 2) + rng.choice([1, 2, 3, 5, -1, -2, -4])
-    return rng.choice([sp.sin(X), sp.cos(X), sp.tan(X), sp.exp(X), sp.log(X), sp.sqrt(X),
-                       sp.atan(X), sp.sinh(X), sp.cosh(X), 2**X])
+    return rng.choice(
+        [
+            sp.sin(X),
+            sp.cos(X),
+            sp.tan(X),
+            sp.exp(X),
+            sp.log(X),
+            sp.sqrt(X),
+            sp.atan(X),
+            sp.sinh(X),
+            sp.cosh(X),
+            2**X,
+        ]
+    )
 
 
 def _inner(rng: random.Random) -> sp.Expr:
     """The inside of a composition."""
-    return rng.choice([
-        rng.choice([2, 3, -2, 4, sp.Rational(1, 2)]) * X,
-        rng.choice([2, 3, -1]) * X + rng.choice([1, -1, 2, 3]),
-        X**2, -X**2, X**2 + rng.choice([1, 2, 4]), X**3 - rng.choice([1, 2]),
-        rng.choice([1, 2]) * X**2 + X + 1,
-        sp.sin(X), sp.cos(X), sp.exp(X), sp.sqrt(X), sp.log(X),
-    ])
+    return rng.choice(
+        [
+            rng.choice([2, 3, -2, 4, sp.Rational(1, 2)]) * X,
+            rng.choice([2, 3, -1]) * X + rng.choice([1, -1, 2, 3]),
+            X**2,
+            -(X**2),
+            X**2 + rng.choice([1, 2, 4]),
+            X**3 - rng.choice([1, 2]),
+            rng.choice([1, 2]) * X**2 + X + 1,
+            sp.sin(X),
+            sp.cos(X),
+            sp.exp(X),
+            sp.sqrt(X),
+            sp.log(X),
+        ]
+    )
 
 
 def _outer(rng: random.Random, inner: sp.Expr) -> sp.Expr:
@@ -196,7 +273,9 @@ def candidate(level: int, rng: random.Random) -> sp.Expr:
         if kind < 0.8:
             return _coefficient(rng, small=True) * X ** rng.randint(2, 7)
         negative = _coefficient(rng, small=True) * X ** -rng.randint(1, 3)
-        return negative + rng.choice([0, _coefficient(rng) * X ** rng.randint(1, 2), rng.randint(1, 5)])
+        return negative + rng.choice(
+            [0, _coefficient(rng) * X ** rng.randint(1, 2), rng.randint(1, 5)]
+        )
     if level == 2:
         base = _coefficient(rng, small=True) * _elementary(rng)
         kind = rng.random()

@@ -48,7 +48,7 @@ _OUTER_DERIVATIVE = {
     sp.tan: ("trig rule", lambda u: sp.sec(u) ** 2),
     sp.sec: ("trig rule", lambda u: sp.sec(u) * sp.tan(u)),
     sp.csc: ("trig rule", lambda u: -sp.csc(u) * sp.cot(u)),
-    sp.cot: ("trig rule", lambda u: -sp.csc(u) ** 2),
+    sp.cot: ("trig rule", lambda u: -(sp.csc(u) ** 2)),
     sp.asin: ("inverse trig rule", lambda u: 1 / sp.sqrt(1 - u**2)),
     sp.acos: ("inverse trig rule", lambda u: -1 / sp.sqrt(1 - u**2)),
     sp.atan: ("inverse trig rule", lambda u: 1 / (1 + u**2)),
@@ -95,7 +95,8 @@ def differentiate(expr: sp.Expr) -> tuple[sp.Expr, list[Step]]:
 
 def true_derivative(expr: sp.Expr) -> sp.Expr:
     """sympy's d/dx, on the real line where it matters: x is a plain symbol, so sympy.diff of
-    |u| would answer with re(u) and im(u), which numpy cannot evaluate; with x real it is sign(u) u'."""
+    |u| would answer with re(u) and im(u), which numpy cannot evaluate; with x real it is
+    sign(u) u'."""
     if not expr.has(sp.Abs):
         return sp.diff(expr, X)
     real = sp.Symbol("x", real=True)
@@ -108,6 +109,7 @@ def level_of(steps: list[Step]) -> int:
 
 
 # --- worked forms: composing typed text with just enough parentheses ------------------
+
 
 def _top_level_operators(text: str) -> set[str]:
     # Typed text never has bars directly inside bars (`notation.typed` writes abs() then), so
@@ -199,6 +201,7 @@ def _record(steps, rule, expr, derivative, worked) -> tuple[sp.Expr, str]:
 
 # --- the rules ----------------------------------------------------------------------
 
+
 def _diff(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     if not expr.has(X):
         return sp.Integer(0), "0"  # constants inside a bigger expression need no step
@@ -207,8 +210,9 @@ def _diff(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     if expr.is_Add:
         # Terms in printing order, so the worked form reads like the function.
         parts = [_diff(term, steps) for term in expr.as_ordered_terms()]
-        return _record(steps, "sum rule", expr, sp.Add(*[d for d, _ in parts]),
-                       _plus([w for _, w in parts]))
+        return _record(
+            steps, "sum rule", expr, sp.Add(*[d for d, _ in parts]), _plus([w for _, w in parts])
+        )
     if expr.is_Mul:
         return _diff_mul(expr, steps)
     if expr.is_Pow:
@@ -219,8 +223,13 @@ def _diff(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
         if inner == X:
             return _record(steps, rule, expr, outer(X), notation.typed(outer(X)))
         d_inner, w_inner = _diff(inner, steps)
-        return _record(steps, "chain rule", expr, outer(inner) * d_inner,
-                       _times(notation.typed(outer(inner)), w_inner))
+        return _record(
+            steps,
+            "chain rule",
+            expr,
+            outer(inner) * d_inner,
+            _times(notation.typed(outer(inner)), w_inner),
+        )
     raise UnsupportedFunction(f"no differentiation rule for {expr.func.__name__}")
 
 
@@ -228,8 +237,13 @@ def _diff_mul(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     coefficient, rest = expr.as_independent(X, as_Add=False)
     if coefficient != 1:
         d_rest, w_rest = _diff(rest, steps)
-        return _record(steps, "constant multiple rule", expr, coefficient * d_rest,
-                       _times(notation.typed(coefficient), w_rest))
+        return _record(
+            steps,
+            "constant multiple rule",
+            expr,
+            coefficient * d_rest,
+            _times(notation.typed(coefficient), w_rest),
+        )
     numerator, denominator = [], []
     for factor in rest.as_ordered_factors():
         base, exponent = factor.as_base_exp()
@@ -248,9 +262,15 @@ def _diff_mul(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
     # Product rule over all factors: sum of (one factor differentiated) * (the others).
     factors = numerator
     parts = [_diff(factor, steps) for factor in factors]
-    derivative = sp.Add(*[d * sp.Mul(*(factors[:i] + factors[i + 1:])) for i, (d, _) in enumerate(parts)])
-    worked = _plus([_times(w, *[notation.typed(f) for f in factors[:i] + factors[i + 1:]])
-                    for i, (_, w) in enumerate(parts)])
+    derivative = sp.Add(
+        *[d * sp.Mul(*(factors[:i] + factors[i + 1 :])) for i, (d, _) in enumerate(parts)]
+    )
+    worked = _plus(
+        [
+            _times(w, *[notation.typed(f) for f in factors[:i] + factors[i + 1 :]])
+            for i, (_, w) in enumerate(parts)
+        ]
+    )
     return _record(steps, "product rule", expr, derivative, worked)
 
 
@@ -264,24 +284,43 @@ def _diff_pow(expr: sp.Expr, steps: list[Step]) -> tuple[sp.Expr, str]:
         d_base, w_base = _diff(base, steps)
         # Written out (n*u^(n-1)) because sympy would distribute 2(2x + 1) into 4x + 2.
         reduced = exponent - 1
-        power = notation.typed(reduced) if reduced.is_Integer and reduced > 0 else f"({notation.typed(reduced)})"
+        power = (
+            notation.typed(reduced)
+            if reduced.is_Integer and reduced > 0
+            else f"({notation.typed(reduced)})"
+        )
         base_text = _power_base(notation.typed(base))
         outer_text = base_text if reduced == 1 else f"{base_text}^{power}"
         outer_text = outer_text if reduced != 0 else "1"
-        return _record(steps, "chain rule", expr, outer * d_base,
-                       _times(notation.typed(exponent), outer_text, w_base))
+        return _record(
+            steps,
+            "chain rule",
+            expr,
+            outer * d_base,
+            _times(notation.typed(exponent), outer_text, w_base),
+        )
     if not base.has(X):  # a^u = e^(u ln a)
         outer = expr * sp.log(base)
         if exponent == X:
             return _record(steps, "exponential rule", expr, outer, notation.typed(outer))
         d_exponent, w_exponent = _diff(exponent, steps)
-        return _record(steps, "chain rule", expr, outer * d_exponent,
-                       _times(notation.typed(outer), w_exponent))
+        return _record(
+            steps, "chain rule", expr, outer * d_exponent, _times(notation.typed(outer), w_exponent)
+        )
     # u^v with both depending on x: d/dx e^(v ln u) = u^v (v' ln u + v u'/u).
     (d_base, w_base), (d_exponent, w_exponent) = _diff(base, steps), _diff(exponent, steps)
     derivative = expr * (d_exponent * sp.log(base) + exponent * d_base / base)
     base_text = notation.typed(base)
-    inside = _plus([_times(w_exponent, f"ln({base_text})"),
-                    f"{_times(notation.typed(exponent), w_base)}/{_power_base(base_text)}"])
-    return _record(steps, "logarithmic differentiation", expr, derivative,
-                   _times(notation.typed(expr), f"({inside})"))
+    inside = _plus(
+        [
+            _times(w_exponent, f"ln({base_text})"),
+            f"{_times(notation.typed(exponent), w_base)}/{_power_base(base_text)}",
+        ]
+    )
+    return _record(
+        steps,
+        "logarithmic differentiation",
+        expr,
+        derivative,
+        _times(notation.typed(expr), f"({inside})"),
+    )

@@ -1,4 +1,5 @@
-"""Random functions over expression trees: the space of what people type, not the curriculum's shapes.
+"""Random functions over expression trees: the space of what people type, not the curriculum's
+shapes.
 
 The curriculum (`curriculum.candidate`) draws a few fixed shapes per level. This generator
 draws trees instead: leaves are x, linear and polynomial inner functions; inner nodes are
@@ -42,7 +43,12 @@ KINDS = {
     "roots": "roots and fractional powers",
     "log_differentiation": "logarithmic differentiation, u(x)^v(x)",
 }
-LENGTH_BUCKETS = ((20, "chars_1_20"), (40, "chars_21_40"), (80, "chars_41_80"), (10**9, "chars_81_up"))
+LENGTH_BUCKETS = (
+    (20, "chars_1_20"),
+    (40, "chars_21_40"),
+    (80, "chars_41_80"),
+    (10**9, "chars_81_up"),
+)
 
 _TRIG = (sp.sin, sp.cos, sp.tan)
 _RECIPROCAL_TRIG = (sp.sec, sp.csc, sp.cot)
@@ -51,6 +57,7 @@ _HYPERBOLIC = (sp.sinh, sp.cosh, sp.tanh)
 
 
 # --- the pieces ---------------------------------------------------------------------------
+
 
 def _integer(rng: random.Random, low: int = 1, high: int = 9, signed: bool = True) -> int:
     value = rng.randint(low, high)
@@ -84,22 +91,60 @@ def polynomial(rng: random.Random, terms: int | None = None, degree: int | None 
 
 
 def _exponent(rng: random.Random) -> sp.Expr:
-    return rng.choice([2, 2, 3, 3, 4, 5, 6, 7, 10, -1, -1, -2, -3, sp.Rational(1, 2), sp.Rational(1, 3),
-                       sp.Rational(2, 3), sp.Rational(3, 2), sp.Rational(-1, 2), sp.Rational(5, 2),
-                       sp.Rational(3, 4), sp.Rational(-2, 3)])
+    return rng.choice(
+        [
+            2,
+            2,
+            3,
+            3,
+            4,
+            5,
+            6,
+            7,
+            10,
+            -1,
+            -1,
+            -2,
+            -3,
+            sp.Rational(1, 2),
+            sp.Rational(1, 3),
+            sp.Rational(2, 3),
+            sp.Rational(3, 2),
+            sp.Rational(-1, 2),
+            sp.Rational(5, 2),
+            sp.Rational(3, 4),
+            sp.Rational(-2, 3),
+        ]
+    )
 
 
 # Unary primitives u -> g(u), each with its weight among the primitives.
 PRIMITIVES: tuple[tuple[str, Callable[[sp.Expr], sp.Expr], float], ...] = (
-    ("sin", sp.sin, 2), ("cos", sp.cos, 2), ("tan", sp.tan, 1.2),
-    ("sec", sp.sec, 0.8), ("csc", sp.csc, 0.7), ("cot", sp.cot, 0.7),
-    ("arcsin", sp.asin, 0.6), ("arccos", sp.acos, 0.5), ("arctan", sp.atan, 0.8),
-    ("arcsec", sp.asec, 0.25), ("arccsc", sp.acsc, 0.2), ("arccot", sp.acot, 0.25),
-    ("sinh", sp.sinh, 0.4), ("cosh", sp.cosh, 0.4), ("tanh", sp.tanh, 0.4),
-    ("exp", sp.exp, 2), ("a^u", lambda u: sp.Integer(2) ** u, 0.4), ("a^u", lambda u: sp.Integer(3) ** u, 0.2),
-    ("a^u", lambda u: sp.Integer(10) ** u, 0.2), ("a^u", lambda u: sp.Rational(1, 2) ** u, 0.1),
-    ("ln", sp.log, 1.6), ("log_b", lambda u: sp.log(u, 2), 0.2), ("log_b", lambda u: sp.log(u, 10), 0.2),
-    ("sqrt", sp.sqrt, 1.2), ("cbrt", sp.cbrt, 0.3),
+    ("sin", sp.sin, 2),
+    ("cos", sp.cos, 2),
+    ("tan", sp.tan, 1.2),
+    ("sec", sp.sec, 0.8),
+    ("csc", sp.csc, 0.7),
+    ("cot", sp.cot, 0.7),
+    ("arcsin", sp.asin, 0.6),
+    ("arccos", sp.acos, 0.5),
+    ("arctan", sp.atan, 0.8),
+    ("arcsec", sp.asec, 0.25),
+    ("arccsc", sp.acsc, 0.2),
+    ("arccot", sp.acot, 0.25),
+    ("sinh", sp.sinh, 0.4),
+    ("cosh", sp.cosh, 0.4),
+    ("tanh", sp.tanh, 0.4),
+    ("exp", sp.exp, 2),
+    ("a^u", lambda u: sp.Integer(2) ** u, 0.4),
+    ("a^u", lambda u: sp.Integer(3) ** u, 0.2),
+    ("a^u", lambda u: sp.Integer(10) ** u, 0.2),
+    ("a^u", lambda u: sp.Rational(1, 2) ** u, 0.1),
+    ("ln", sp.log, 1.6),
+    ("log_b", lambda u: sp.log(u, 2), 0.2),
+    ("log_b", lambda u: sp.log(u, 10), 0.2),
+    ("sqrt", sp.sqrt, 1.2),
+    ("cbrt", sp.cbrt, 0.3),
 )
 
 
@@ -129,7 +174,9 @@ def tree(rng: random.Random, depth: int = MAX_DEPTH) -> sp.Expr:
     if roll < 0.44:  # a power of an inner function
         return _inner(rng, depth - 1) ** _exponent(rng)
     if roll < 0.46:  # u(x)^v(x): logarithmic differentiation
-        return _inner(rng, depth - 1) ** rng.choice([X, linear(rng), sp.sin(X), sp.cos(X), sp.log(X), sp.sqrt(X), X**2])
+        return _inner(rng, depth - 1) ** rng.choice(
+            [X, linear(rng), sp.sin(X), sp.cos(X), sp.log(X), sp.sqrt(X), X**2]
+        )
     if roll < 0.56:  # a polynomial, often long
         return polynomial(rng)
     if roll < 0.68:  # a sum of two to five parts
@@ -144,6 +191,7 @@ def tree(rng: random.Random, depth: int = MAX_DEPTH) -> sp.Expr:
 
 # --- what a drawn function must be --------------------------------------------------------
 
+
 def typed_function(expr: sp.Expr) -> tuple[str, sp.Expr] | None:
     """(typed text, the expression a person typing it gets) if the function is one we can
     work rule by rule and print in one line; None otherwise."""
@@ -155,13 +203,23 @@ def typed_function(expr: sp.Expr) -> tuple[str, sp.Expr] | None:
         if not parsed.has(X):
             return None
         differentiate(parsed)
-    except (ParseError, UnsupportedFunction, ValueError, TypeError, RecursionError, ZeroDivisionError):
+    except (
+        ParseError,
+        UnsupportedFunction,
+        ValueError,
+        TypeError,
+        RecursionError,
+        ZeroDivisionError,
+    ):
         return None
     return typed, parsed
 
 
-def functions(seed: str | int, keep: Callable[[str, sp.Expr], bool] = lambda typed, expr: True,
-              max_depth: int = MAX_DEPTH) -> Iterator[str]:
+def functions(
+    seed: str | int,
+    keep: Callable[[str, sp.Expr], bool] = lambda typed, expr: True,
+    max_depth: int = MAX_DEPTH,
+) -> Iterator[str]:
     """Distinct functions (by canonical form) as typed, forever, in a seeded order: those
     `keep(typed, expr)` accepts. The same seed gives the same sequence."""
     from derivative_animator.math.curriculum import canonical_key
@@ -182,6 +240,7 @@ def functions(seed: str | int, keep: Callable[[str, sp.Expr], bool] = lambda typ
 
 
 # --- what a function exercises ------------------------------------------------------------
+
 
 def _is_linear(expr: sp.Expr) -> bool:
     return expr != X and expr.is_polynomial(X) and sp.degree(expr, X) == 1
@@ -221,10 +280,14 @@ def kinds(expr: sp.Expr) -> set[str]:
         found.add("inverse_trig")
     if expr.has(*_HYPERBOLIC):
         found.add("hyperbolic")
-    if expr.has(sp.exp, sp.log) or any(p.is_Pow and p.exp.has(X) for p in sp.preorder_traversal(expr)):
+    if expr.has(sp.exp, sp.log) or any(
+        p.is_Pow and p.exp.has(X) for p in sp.preorder_traversal(expr)
+    ):
         found.add("exp_log")
-    if any(p.is_Pow and p.exp.is_Rational and not p.exp.is_Integer and p.base.has(X)
-           for p in sp.preorder_traversal(expr)):
+    if any(
+        p.is_Pow and p.exp.is_Rational and not p.exp.is_Integer and p.base.has(X)
+        for p in sp.preorder_traversal(expr)
+    ):
         found.add("roots")
     return found
 

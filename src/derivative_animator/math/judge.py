@@ -59,12 +59,21 @@ def _assigned_expression(tree: ast.Module, names: tuple[str, ...], function_name
             target = node.targets[0]
             if isinstance(target, ast.Name) and target.id in names:
                 return node.value, "x"
-            if (isinstance(target, ast.Name) and target.id == function_name
-                    and isinstance(node.value, ast.Lambda) and len(node.value.args.args) == 1):
+            if (
+                isinstance(target, ast.Name)
+                and target.id == function_name
+                and isinstance(node.value, ast.Lambda)
+                and len(node.value.args.args) == 1
+            ):
                 return node.value.body, node.value.args.args[0].arg
-        if (isinstance(node, ast.FunctionDef) and node.name == function_name
-                and len(node.args.args) == 1 and len(node.body) == 1
-                and isinstance(node.body[0], ast.Return) and node.body[0].value is not None):
+        if (
+            isinstance(node, ast.FunctionDef)
+            and node.name == function_name
+            and len(node.args.args) == 1
+            and len(node.body) == 1
+            and isinstance(node.body[0], ast.Return)
+            and node.body[0].value is not None
+        ):
             return node.body[0].value, node.args.args[0].arg
     return None, None
 
@@ -101,7 +110,11 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
     except _Unreadable as err:
         return False, None, f"derivative is not a plain expression in x ({err})"
     if claimed is None:
-        return False, None, "no derivative found (expected a `f'(x) = ...` docstring line or `df_expr = ...`)"
+        return (
+            False,
+            None,
+            "no derivative found (expected a `f'(x) = ...` docstring line or `df_expr = ...`)",
+        )
     exact = true_derivative(function)
     x_range = _interval(function, exact)
 
@@ -112,18 +125,31 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
     if written is not None:
         same, _ = expressions_equal(written, function, x_range)
         if not same:
-            return False, None, f"the code animates f(x) = {notation.typed(written)}, not {notation.typed(function)}"
+            return (
+                False,
+                None,
+                f"the code animates f(x) = {notation.typed(written)}, "
+                f"not {notation.typed(function)}",
+            )
 
     same, method = expressions_equal(claimed, exact, x_range)
     if not same:
-        return False, method, (
-            f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(exact)}"
+        return (
+            False,
+            method,
+            (f"derivative {notation.typed(claimed)} is wrong; expected {notation.typed(exact)}"),
         )
     plotted = _plotting_interval(tree)
-    if plotted is not None and not (plotted[0] < plotted[1] and curriculum.defined_on(function, exact, plotted)):
-        return False, method, (
-            f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one where f and f' "
-            "are both defined: the curves would be missing there"
+    if plotted is not None and not (
+        plotted[0] < plotted[1] and curriculum.defined_on(function, exact, plotted)
+    ):
+        return (
+            False,
+            method,
+            (
+                f"the plotting interval X_MIN, X_MAX = {plotted[0]:g}, {plotted[1]:g} is not one "
+                "where f and f' are both defined: the curves would be missing there"
+            ),
         )
     return True, method, None
 
@@ -131,8 +157,12 @@ def check_math(tree: ast.Module, function: sp.Expr) -> tuple[bool, str | None, s
 def _plotting_interval(tree: ast.Module) -> tuple[float, float] | None:
     """The scene's `X_MIN, X_MAX = a, b` (two plain numbers), None when it has none."""
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Tuple)
-                and [getattr(t, "id", None) for t in node.targets[0].elts] == ["X_MIN", "X_MAX"]):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Tuple)
+            and [getattr(t, "id", None) for t in node.targets[0].elts] == ["X_MIN", "X_MAX"]
+        ):
             try:
                 low, high = ast.literal_eval(node.value)
                 return float(low), float(high)
@@ -152,7 +182,8 @@ def header_math_is_right(header: str, function: sp.Expr) -> bool:
 
 
 def header_judge(function: str) -> Callable[[str], bool]:
-    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)` takes."""
+    """`header_math_is_right` for one function, parsed once: what `generate(accept_header=)`
+    takes."""
     target = parse_function(function)
     return lambda header: header_math_is_right(header, target)
 
@@ -191,7 +222,10 @@ def expressions_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> t
 def _numerically_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> bool:
     lo, hi = x_range
     # Irrational offsets keep sample points off special values like 0 and pi/2.
-    points = [lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS) for i in range(NUMERIC_POINTS)]
+    points = [
+        lo + (hi - lo) * ((i + 0.5 + 0.1 * math.sqrt(2)) / NUMERIC_POINTS)
+        for i in range(NUMERIC_POINTS)
+    ]
     compared = 0
     for expected, got in zip(_values(b, points), _values(a, points), strict=True):
         if expected is None:
@@ -208,7 +242,9 @@ def _values(expr: sp.Expr, points: list[float]) -> list[float | None]:
     minutes, where floating point overflows to inf at once."""
     try:
         with np.errstate(all="ignore"):
-            values = np.asarray(sp.lambdify(X, expr, "numpy")(np.asarray(points, dtype=complex)), dtype=complex)
+            values = np.asarray(
+                sp.lambdify(X, expr, "numpy")(np.asarray(points, dtype=complex)), dtype=complex
+            )
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError):
         return [None] * len(points)
     values = np.broadcast_to(values, (len(points),))

@@ -19,9 +19,18 @@ from sympy.printing.str import StrPrinter
 
 from derivative_animator.math.parsing import X
 
-TYPED_NAMES = {"log": "ln", "asin": "arcsin", "acos": "arccos", "atan": "arctan",
-               "asec": "arcsec", "acsc": "arccsc", "acot": "arccot",
-               "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}
+TYPED_NAMES = {
+    "log": "ln",
+    "asin": "arcsin",
+    "acos": "arccos",
+    "atan": "arctan",
+    "asec": "arcsec",
+    "acsc": "arccsc",
+    "acot": "arccot",
+    "asinh": "arcsinh",
+    "acosh": "arccosh",
+    "atanh": "arctanh",
+}
 
 
 def _is_simple_atom(expr: sp.Expr) -> bool:
@@ -68,8 +77,16 @@ class _TypedPrinter(StrPrinter):
 
     def _denominator(self, expr):
         text = self._print(expr)
-        return text if (expr.is_Symbol or expr.is_Integer or expr.is_Function or
-                        (expr.is_Pow and not text.startswith("1/"))) else f"({text})"
+        return (
+            text
+            if (
+                expr.is_Symbol
+                or expr.is_Integer
+                or expr.is_Function
+                or (expr.is_Pow and not text.startswith("1/"))
+            )
+            else f"({text})"
+        )
 
     def _print_Mul(self, expr):
         coefficient, _ = expr.as_coeff_mul()
@@ -104,8 +121,10 @@ class _TypedPrinter(StrPrinter):
         body = " ".join(parts)
         if coefficient == 1:
             return body
-        return f"{coefficient}{body}" if parts[0][0].isalpha() or parts[0][0] in "(|" else (
-            f"{coefficient}*{body}"
+        return (
+            f"{coefficient}{body}"
+            if parts[0][0].isalpha() or parts[0][0] in "(|"
+            else (f"{coefficient}*{body}")
         )
 
 
@@ -116,8 +135,11 @@ def typed(expr: sp.Expr) -> str:
 
 # sympy writes \operatorname{asec}; the textbook name is arcsec (asin, acos and atan stay as
 # they were: the dataset's LaTeX must not change).
-_LATEX_NAMES = {rf"\operatorname{{{short}}}": rf"\operatorname{{{typed}}}"
-                for short, typed in TYPED_NAMES.items() if short not in ("log", "asin", "acos", "atan")}
+_LATEX_NAMES = {
+    rf"\operatorname{{{short}}}": rf"\operatorname{{{typed}}}"
+    for short, typed in TYPED_NAMES.items()
+    if short not in ("log", "asin", "acos", "atan")
+}
 
 
 def latex(expr: sp.Expr) -> str:
@@ -129,20 +151,45 @@ def latex(expr: sp.Expr) -> str:
 
 # --- reading expressions back out of (untrusted) code ---------------------------------
 
+
 class CodeExpressionError(ValueError):
     """The expression in the code is not plain math in x."""
 
 
 _CODE_FUNCTIONS = {
-    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
-    "asin": sp.asin, "acos": sp.acos, "atan": sp.atan,
-    "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan,
-    "asec": sp.asec, "acsc": sp.acsc, "acot": sp.acot,
-    "arcsec": sp.asec, "arccsc": sp.acsc, "arccot": sp.acot,
-    "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh,
-    "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh,
-    "arcsinh": sp.asinh, "arccosh": sp.acosh, "arctanh": sp.atanh,
-    "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "cbrt": sp.cbrt, "Abs": sp.Abs, "abs": sp.Abs,
+    "sin": sp.sin,
+    "cos": sp.cos,
+    "tan": sp.tan,
+    "sec": sp.sec,
+    "csc": sp.csc,
+    "cot": sp.cot,
+    "asin": sp.asin,
+    "acos": sp.acos,
+    "atan": sp.atan,
+    "arcsin": sp.asin,
+    "arccos": sp.acos,
+    "arctan": sp.atan,
+    "asec": sp.asec,
+    "acsc": sp.acsc,
+    "acot": sp.acot,
+    "arcsec": sp.asec,
+    "arccsc": sp.acsc,
+    "arccot": sp.acot,
+    "sinh": sp.sinh,
+    "cosh": sp.cosh,
+    "tanh": sp.tanh,
+    "asinh": sp.asinh,
+    "acosh": sp.acosh,
+    "atanh": sp.atanh,
+    "arcsinh": sp.asinh,
+    "arccosh": sp.acosh,
+    "arctanh": sp.atanh,
+    "exp": sp.exp,
+    "log": sp.log,
+    "sqrt": sp.sqrt,
+    "cbrt": sp.cbrt,
+    "Abs": sp.Abs,
+    "abs": sp.Abs,
 }
 _CODE_CONSTANTS = {"pi": sp.pi, "E": sp.E, "e": sp.E}
 _MODULES = {"sp", "sympy", "np", "numpy", "math"}
@@ -170,7 +217,9 @@ class _Reader(ast.NodeVisitor):
     def visit_Constant(self, node):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise CodeExpressionError(f"unsupported constant {node.value!r}")
-        return sp.Integer(node.value) if isinstance(node.value, int) else sp.Rational(repr(node.value))
+        return (
+            sp.Integer(node.value) if isinstance(node.value, int) else sp.Rational(repr(node.value))
+        )
 
     def visit_Name(self, node):
         if node.id == self.variable:
@@ -180,7 +229,11 @@ class _Reader(ast.NodeVisitor):
         raise CodeExpressionError(f"unknown name {node.id!r}")
 
     def visit_Attribute(self, node):
-        if isinstance(node.value, ast.Name) and node.value.id in _MODULES and node.attr in _CODE_CONSTANTS:
+        if (
+            isinstance(node.value, ast.Name)
+            and node.value.id in _MODULES
+            and node.attr in _CODE_CONSTANTS
+        ):
             return _CODE_CONSTANTS[node.attr]
         raise CodeExpressionError(f"unsupported attribute {ast.unparse(node)!r}")
 
@@ -210,8 +263,10 @@ class _Reader(ast.NodeVisitor):
 
     def visit_Call(self, node):
         func = node.func
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (
-            func.value.id in _MODULES
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and (func.value.id in _MODULES)
         ):
             name = func.attr
         elif isinstance(func, ast.Name):
@@ -221,7 +276,9 @@ class _Reader(ast.NodeVisitor):
         if node.keywords:
             raise CodeExpressionError(f"unsupported keyword arguments in {name}()")
         args = [self.visit(arg) for arg in node.args]
-        if name in ("Rational", "Integer", "Float", "S", "sympify") and all(a.is_number for a in args):
+        if name in ("Rational", "Integer", "Float", "S", "sympify") and all(
+            a.is_number for a in args
+        ):
             if name == "Rational" and len(args) == 2 and args[1] != 0:
                 return sp.Rational(args[0], args[1])
             if len(args) == 1:

@@ -14,7 +14,7 @@ Grammar, loosest binding first ("juxtaposed" = implicit multiplication, as in 3x
     postfix    := primary superscript?                        x², x⁻¹, e⁻ˣ
     primary    := number | x | e | pi | "√" unary-power | bracket | "|" expression "|" | function
     function   := name ("^" exponent | superscript)? (bracket | bars | bare-argument)
-    name       := sin | ... | arcsec | cbrt | log | log_b      log_b: log_2, log_10, log_{2}, log_(3)
+    name       := sin | ... | arcsec | cbrt | log | log_b    log_b: log_2, log_10, log_{2}, log_(3)
 
 Decisions a reader might not guess:
   * power binds tighter than implicit multiplication: 3x^2 = 3·x², e^2x = e²·x (write e^(2x)).
@@ -26,8 +26,9 @@ Decisions a reader might not guess:
     and a function as the first factor nests: sin cos x = sin(cos(x)).
   * a power on a function name powers its value (cos²x = cos(x)², sin^2 x = sin(x)²), except
     ^-1 or ^(-1), which is the inverse function (sin⁻¹x = asin(x), sec^(-1)(x) = asec(x)).
-  * log_b with a number b (positive, not 1) is the log to base b: log_2 x, log_{10}(x), log_(3)(x+1);
-    log2(x) and log10(x) too (only with a bracket: log 2x = ln(2x)); ln and log are base e.
+  * log_b with a number b (positive, not 1) is the log to base b: log_2 x, log_{10}(x),
+    log_(3)(x+1); log2(x) and log10(x) too (only with a bracket: log 2x = ln(2x)); ln and log
+    are base e.
   * |...| is the absolute value (abs(...)). A "|" opens a new pair unless it follows a value
     (a number, x, a closing bracket, ...) while the innermost open bracket is a "|", in which
     case it closes that one: x|x| = x·|x|, ||x| - 1| = abs(abs(x) - 1). Bars that open right
@@ -65,46 +66,92 @@ class ParseError(ValueError):
 # ----------------------------------------------------------------------------- whitelist
 
 FUNCTIONS = {
-    "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
-    "sec": sympy.sec, "csc": sympy.csc, "cot": sympy.cot,
-    "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
-    "asin": sympy.asin, "acos": sympy.acos, "atan": sympy.atan,
-    "arcsec": sympy.asec, "arccsc": sympy.acsc, "arccot": sympy.acot,
-    "asec": sympy.asec, "acsc": sympy.acsc, "acot": sympy.acot,
-    "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
-    "arcsinh": sympy.asinh, "arccosh": sympy.acosh, "arctanh": sympy.atanh,
-    "asinh": sympy.asinh, "acosh": sympy.acosh, "atanh": sympy.atanh,
-    "exp": sympy.exp, "ln": sympy.log, "log": sympy.log,
-    "log10": lambda a: sympy.log(a, 10), "log2": lambda a: sympy.log(a, 2),
-    "sqrt": sympy.sqrt, "cbrt": sympy.cbrt, "abs": sympy.Abs,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tan": sympy.tan,
+    "sec": sympy.sec,
+    "csc": sympy.csc,
+    "cot": sympy.cot,
+    "arcsin": sympy.asin,
+    "arccos": sympy.acos,
+    "arctan": sympy.atan,
+    "asin": sympy.asin,
+    "acos": sympy.acos,
+    "atan": sympy.atan,
+    "arcsec": sympy.asec,
+    "arccsc": sympy.acsc,
+    "arccot": sympy.acot,
+    "asec": sympy.asec,
+    "acsc": sympy.acsc,
+    "acot": sympy.acot,
+    "sinh": sympy.sinh,
+    "cosh": sympy.cosh,
+    "tanh": sympy.tanh,
+    "arcsinh": sympy.asinh,
+    "arccosh": sympy.acosh,
+    "arctanh": sympy.atanh,
+    "asinh": sympy.asinh,
+    "acosh": sympy.acosh,
+    "atanh": sympy.atanh,
+    "exp": sympy.exp,
+    "ln": sympy.log,
+    "log": sympy.log,
+    "log10": lambda a: sympy.log(a, 10),
+    "log2": lambda a: sympy.log(a, 2),
+    "sqrt": sympy.sqrt,
+    "cbrt": sympy.cbrt,
+    "abs": sympy.Abs,
 }
 # f^-1 means the inverse function for these; for others it is an error (ambiguous with 1/f).
 INVERSES = {
-    "sin": sympy.asin, "cos": sympy.acos, "tan": sympy.atan,
-    "sec": sympy.asec, "csc": sympy.acsc, "cot": sympy.acot,
-    "sinh": sympy.asinh, "cosh": sympy.acosh, "tanh": sympy.atanh,
+    "sin": sympy.asin,
+    "cos": sympy.acos,
+    "tan": sympy.atan,
+    "sec": sympy.asec,
+    "csc": sympy.acsc,
+    "cot": sympy.acot,
+    "sinh": sympy.asinh,
+    "cosh": sympy.acosh,
+    "tanh": sympy.atanh,
 }
 CONSTANTS = {"x": X, "e": sympy.E, "pi": sympy.pi}
 # Glued letters are split greedily by the longest known name: "xsinx" -> x sin x, "exp" -> exp.
 # log10/log2 and log_b contain digits, so the tokenizer recognises them separately.
-_LETTER_NAMES = sorted([n for n in FUNCTIONS if n.isalpha()] + list(CONSTANTS), key=len, reverse=True)
+_LETTER_NAMES = sorted(
+    [n for n in FUNCTIONS if n.isalpha()] + list(CONSTANTS), key=len, reverse=True
+)
 _SOME_NAMES = "x, e, pi, sin, cos, tan, exp, ln, log, log_2, sqrt, cbrt, arcsin, arcsec, sinh, abs"
 
-_OPERATORS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "·": "*", "×": "*", "⋅": "*",
-              "/": "/", "÷": "/", "^": "^"}
+_OPERATORS = {
+    "+": "+",
+    "-": "-",
+    "−": "-",
+    "–": "-",
+    "*": "*",
+    "·": "*",
+    "×": "*",
+    "⋅": "*",
+    "/": "/",
+    "÷": "/",
+    "^": "^",
+}
 _BRACKET_PAIRS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = {**_BRACKET_PAIRS, "|": "|"}  # "|" both opens and closes an absolute value
 _SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺ˣ", "0123456789-+x", strict=True))
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
-# The base of log_b: a number, bare or in one pair of brackets: log_2, log_10, log_{2}, log_(3), log_[2].
+# The base of log_b: a number, bare or in one pair of brackets: log_2, log_10, log_{2}, log_(3),
+# log_[2].
 _BASE_DIGITS = r"(?:[0-9]|\.[0-9])[0-9.]*"  # read by _number, which rejects a second "."
-_LOG_BASE = re.compile(rf"_\s*(?:\(\s*(?P<a>{_BASE_DIGITS})\s*\)|\{{\s*(?P<b>{_BASE_DIGITS})\s*\}}"
-                       rf"|\[\s*(?P<c>{_BASE_DIGITS})\s*\]|(?P<d>{_BASE_DIGITS}))")
+_LOG_BASE = re.compile(
+    rf"_\s*(?:\(\s*(?P<a>{_BASE_DIGITS})\s*\)|\{{\s*(?P<b>{_BASE_DIGITS})\s*\}}"
+    rf"|\[\s*(?P<c>{_BASE_DIGITS})\s*\]|(?P<d>{_BASE_DIGITS}))"
+)
 # "f(x) =", "g(x)=", "y =" in front of the function; a bare "x =" would not define a function.
 _LEADING_NAME = re.compile(r"\s*(?:[A-Za-z]\s*\(\s*x\s*\)|[A-Za-wyz])\s*=")
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
 
 class Token(NamedTuple):
     kind: str  # number, name, op, open, close, comma, sup, root, end
@@ -177,12 +224,18 @@ def _tokenize(text: str, i: int) -> list[Token]:
 def _number(text: str, i: int) -> Token:
     digits = _NUMBER.match(text, i).group()
     end = i + len(digits)
-    if text[end:end + 1] == ".":
-        raise ParseError(f"'.' at position {end + 1} does not belong to the number {digits!r}: "
-                         f"a number has at most one decimal point, with digits after it, as in 2.5", end + 1)
+    if text[end : end + 1] == ".":
+        raise ParseError(
+            f"'.' at position {end + 1} does not belong to the number {digits!r}: "
+            f"a number has at most one decimal point, with digits after it, as in 2.5",
+            end + 1,
+        )
     if sum(c.isdigit() for c in digits) > MAX_NUMBER_DIGITS:
-        raise ParseError(f"the number at position {i + 1} has more than {MAX_NUMBER_DIGITS} digits: "
-                         f"use a smaller number", i + 1)
+        raise ParseError(
+            f"the number at position {i + 1} has more than {MAX_NUMBER_DIGITS} digits: "
+            f"use a smaller number",
+            i + 1,
+        )
     whole, _, fraction = digits.partition(".")
     # Exact rational from the digits (0.5 -> 1/2), so results are exact and canonical.
     value = sympy.Rational(int(whole + fraction or "0"), 10 ** len(fraction))
@@ -190,7 +243,8 @@ def _number(text: str, i: int) -> Token:
 
 
 def _split_letters(word: str) -> tuple[list[str], int | None]:
-    """Split glued letters greedily by the longest known name; also return where it failed, or None."""
+    """Split glued letters greedily by the longest known name; also return where it failed, or
+    None."""
     pieces, k = [], 0
     while k < len(word):
         name = next((n for n in _LETTER_NAMES if word.startswith(n, k)), None)
@@ -208,12 +262,22 @@ def _names(text: str, i: int, j: int) -> list[Token]:
     if failed_at is not None:
         position = i + failed_at + 1
         # A lone unknown letter ("x + y", "xt", "t^2") is a second variable; a longer one is a name.
-        if _split_letters(word[failed_at + 1:])[1] is None:
-            raise ParseError(f"unknown variable {word[failed_at]!r} at position {position}: "
-                             f"write the function in x (the only variable allowed)", position)
-        unknown = word[failed_at:] if len(word) - failed_at <= 20 else word[failed_at:failed_at + 20] + "..."
-        raise ParseError(f"unknown name {unknown!r} at position {position}: write the function in x, "
-                         f"using known names such as {_SOME_NAMES}", position)
+        if _split_letters(word[failed_at + 1 :])[1] is None:
+            raise ParseError(
+                f"unknown variable {word[failed_at]!r} at position {position}: "
+                f"write the function in x (the only variable allowed)",
+                position,
+            )
+        unknown = (
+            word[failed_at:]
+            if len(word) - failed_at <= 20
+            else word[failed_at : failed_at + 20] + "..."
+        )
+        raise ParseError(
+            f"unknown name {unknown!r} at position {position}: write the function in x, "
+            f"using known names such as {_SOME_NAMES}",
+            position,
+        )
     tokens, k = [], i
     for name in pieces:
         tokens.append(Token("name", name, k, k + len(name)))
@@ -231,17 +295,25 @@ def _log_base(text: str, start: int, j: int) -> Token:
     """log_2, log_10, log_{2}, log_(3): a "log" name token whose value is its numeric base."""
     m = _LOG_BASE.match(text, j)
     if not m:
-        raise ParseError(f"log_ at position {start + 1} needs a number as its base right after the '_', "
-                         f"as in log_2(x), log_10 x or log_{{2}}(x); for any other base write log(x, base)",
-                         start + 1)
+        raise ParseError(
+            f"log_ at position {start + 1} needs a number as its base right after the '_', "
+            f"as in log_2(x), log_10 x or log_{{2}}(x); for any other base write log(x, base)",
+            start + 1,
+        )
     group = next(g for g in "abcd" if m.group(g) is not None)
     number = _number(text, m.start(group))
     if number.end != m.end(group):  # cannot happen (_number raises first); a safety net
-        raise ParseError(f"the log base {m.group(group)!r} at position {m.start(group) + 1} is not a number: "
-                         f"write it as in log_2(x) or log_10 x", m.start(group) + 1)
+        raise ParseError(
+            f"the log base {m.group(group)!r} at position {m.start(group) + 1} is not a number: "
+            f"write it as in log_2(x) or log_10 x",
+            m.start(group) + 1,
+        )
     if number.value == 0 or number.value == 1:
-        raise ParseError(f"log base {number.text} at position {m.start(group) + 1} must be positive and not 1: "
-                         f"use a base such as 10 or 2", m.start(group) + 1)
+        raise ParseError(
+            f"log base {number.text} at position {m.start(group) + 1} must be positive and not 1: "
+            f"use a base such as 10 or 2",
+            m.start(group) + 1,
+        )
     return Token("name", "log", start, m.end(), number.value)
 
 
@@ -252,8 +324,11 @@ def _superscript(text: str, i: int) -> Token:
     plain = "".join(_SUPERSCRIPTS[c] for c in text[i:j])
     m = re.fullmatch(r"([+-]?)([0-9]*)(x?)", plain)
     if not m or not (m.group(2) or m.group(3)) or len(m.group(2)) > MAX_NUMBER_DIGITS:
-        raise ParseError(f"superscript {text[i:j]!r} at position {i + 1} is not an exponent we read: "
-                         f"use a signed whole number or ˣ, as in x² or x⁻¹", i + 1)
+        raise ParseError(
+            f"superscript {text[i:j]!r} at position {i + 1} is not an exponent we read: "
+            f"use a signed whole number or ˣ, as in x² or x⁻¹",
+            i + 1,
+        )
     sign, digits, has_x = m.groups()
     value = sympy.Integer(int(digits)) if digits else sympy.Integer(1)
     value = value * X if has_x else value
@@ -263,7 +338,10 @@ def _superscript(text: str, i: int) -> Token:
 def _bad_character(text: str, i: int) -> ParseError:
     ch, position = text[i], i + 1
     hints = {
-        "=": "only a leading 'f(x) =' or 'y =' may use '='; write just the right-hand side, e.g. x^2 + 1",
+        "=": (
+            "only a leading 'f(x) =' or 'y =' may use '='; write just the right-hand side, "
+            "e.g. x^2 + 1"
+        ),
         ".": "use '.' only as a decimal point, as in 0.5",
         "_": "'_' only writes a log base, as in log_2(x)",
     }
@@ -276,12 +354,18 @@ def _bars_hint(tokens: list[Token], bars: list[Token]) -> str:
     a bar after a value, with bars closed before it, could have been meant to open (|x|x||)."""
     starts = {bar.start for bar in bars}
     first = min(starts)
-    closed_before = any(tok.kind == "close" and tok.text == "|" and tok.start < first for tok in tokens)
-    opened_after_value = any(k and tok.start in starts and tok.kind == "open" and _ends_a_value(tokens[k - 1])
-                             for k, tok in enumerate(tokens))
+    closed_before = any(
+        tok.kind == "close" and tok.text == "|" and tok.start < first for tok in tokens
+    )
+    opened_after_value = any(
+        k and tok.start in starts and tok.kind == "open" and _ends_a_value(tokens[k - 1])
+        for k, tok in enumerate(tokens)
+    )
     if closed_before and opened_after_value:
-        return ("; a '|' right after a value closes the innermost open bar, so write bars inside bars with "
-                "abs(), as in abs(x abs(x)) for |x|x||")
+        return (
+            "; a '|' right after a value closes the innermost open bar, so write bars inside "
+            "bars with abs(), as in abs(x abs(x)) for |x|x||"
+        )
     return ", or write abs(...), as in abs(x)"
 
 
@@ -293,30 +377,44 @@ def _check_brackets(tokens: list[Token]) -> None:
             stack.append(tok)
         elif tok.kind == "close":
             if not stack:
-                raise ParseError(f"closing bracket {tok.text!r} at position {tok.start + 1} has no opening "
-                                 f"bracket: remove it or add an opening bracket before it", tok.start + 1)
+                raise ParseError(
+                    f"closing bracket {tok.text!r} at position {tok.start + 1} has no opening "
+                    f"bracket: remove it or add an opening bracket before it",
+                    tok.start + 1,
+                )
             opener = stack.pop()
             wanted = _CLOSERS[opener.text]
             if tok.text != wanted and opener.text == "|":
-                raise ParseError(f"the absolute value bar '|' at position {opener.start + 1} is not closed "
-                                 f"before {tok.text!r} at position {tok.start + 1}: close it with '|' first"
-                                 f"{_bars_hint(tokens, [opener])}", tok.start + 1)
+                raise ParseError(
+                    f"the absolute value bar '|' at position {opener.start + 1} is not closed "
+                    f"before {tok.text!r} at position {tok.start + 1}: close it with '|' first"
+                    f"{_bars_hint(tokens, [opener])}",
+                    tok.start + 1,
+                )
             if tok.text != wanted:
-                raise ParseError(f"bracket {tok.text!r} at position {tok.start + 1} does not match "
-                                 f"{opener.text!r} at position {opener.start + 1}: close it with {wanted!r}",
-                                 tok.start + 1)
+                raise ParseError(
+                    f"bracket {tok.text!r} at position {tok.start + 1} does not match "
+                    f"{opener.text!r} at position {opener.start + 1}: close it with {wanted!r}",
+                    tok.start + 1,
+                )
     if stack and stack[-1].text == "|":
         opener = stack[-1]
-        raise ParseError(f"the absolute value bar '|' at position {opener.start + 1} is never closed: add a "
-                         f"'|' where it should end{_bars_hint(tokens, [t for t in stack if t.text == '|'])}",
-                         opener.start + 1)
+        raise ParseError(
+            f"the absolute value bar '|' at position {opener.start + 1} is never closed: add a "
+            f"'|' where it should end{_bars_hint(tokens, [t for t in stack if t.text == '|'])}",
+            opener.start + 1,
+        )
     if stack:
         opener = stack[-1]
-        raise ParseError(f"bracket {opener.text!r} at position {opener.start + 1} is never closed: "
-                         f"add {_BRACKET_PAIRS[opener.text]!r} where it should end", opener.start + 1)
+        raise ParseError(
+            f"bracket {opener.text!r} at position {opener.start + 1} is never closed: "
+            f"add {_BRACKET_PAIRS[opener.text]!r} where it should end",
+            opener.start + 1,
+        )
 
 
 # ----------------------------------------------------------------------------- parser
+
 
 def _digits(expr: sympy.Expr) -> list[float]:
     """Decimal digits of each rational number inside expr (numerator or denominator, the larger)."""
@@ -349,7 +447,7 @@ class _Parser:
 
     def span(self, start: int) -> str:
         """The source text from index start to the end of the last consumed token."""
-        return " ".join(self.text[start:self.tokens[self.i - 1].end].split())
+        return " ".join(self.text[start : self.tokens[self.i - 1].end].split())
 
     # grammar rules -------------------------------------------------------------
 
@@ -373,9 +471,11 @@ class _Parser:
                 if op.text == "*":
                     value = self.checked(value * right, start)
                 elif right == 0:
-                    raise ParseError(f"{self.span(start)!r} at position {start + 1} is undefined: it divides "
-                                     f"by {self.span(right_start)!r}, which is 0; change the divisor",
-                                     start + 1)
+                    raise ParseError(
+                        f"{self.span(start)!r} at position {start + 1} is undefined: it divides "
+                        f"by {self.span(right_start)!r}, which is 0; change the divisor",
+                        start + 1,
+                    )
                 else:
                     value = self.checked(value / right, start)
             elif self.juxtaposed(allow_functions=True):
@@ -387,12 +487,20 @@ class _Parser:
         """Does the next token start a factor that multiplies the previous one (3x, x sin x)?"""
         tok = self.peek()
         following = self.tokens[self.i + 1] if tok.kind != "end" else tok
-        if tok.kind == "number" and allow_functions and following.kind == "op" and following.text == "^":
+        if (
+            tok.kind == "number"
+            and allow_functions
+            and following.kind == "op"
+            and following.text == "^"
+        ):
             return True  # a power of a number as the next factor: (x^2 + x) 2^x, 2^x 3^x
         if tok.kind == "number":
             previous = self.tokens[self.i - 1].text
-            raise ParseError(f"number {tok.text!r} at position {tok.start + 1} follows {previous!r} "
-                             f"without an operator: write * or ^ between them", tok.start + 1)
+            raise ParseError(
+                f"number {tok.text!r} at position {tok.start + 1} follows {previous!r} "
+                f"without an operator: write * or ^ between them",
+                tok.start + 1,
+            )
         if tok.kind == "name":
             return allow_functions or tok.text in CONSTANTS
         return tok.kind in ("open", "root")
@@ -432,9 +540,12 @@ class _Parser:
         self.depth += 1
         try:
             if self.depth > MAX_NESTING:
-                raise ParseError(f"the input is nested too deeply at position {tok.start + 1} (more than "
-                                 f"{MAX_NESTING} brackets, functions, roots or powers inside each other): "
-                                 f"simplify it", tok.start + 1)
+                raise ParseError(
+                    f"the input is nested too deeply at position {tok.start + 1} (more than "
+                    f"{MAX_NESTING} brackets, functions, roots or powers inside each other): "
+                    f"simplify it",
+                    tok.start + 1,
+                )
             if tok.kind == "number":
                 return self.take().value
             if tok.kind == "name" and tok.text in CONSTANTS:
@@ -455,8 +566,11 @@ class _Parser:
     def bracket(self) -> sympy.Expr:
         opener = self.take()
         if self.at("close"):
-            raise ParseError(f"empty brackets at position {opener.start + 1}: put an expression inside, "
-                             f"as in (x+1)", opener.start + 1)
+            raise ParseError(
+                f"empty brackets at position {opener.start + 1}: put an expression inside, "
+                f"as in (x+1)",
+                opener.start + 1,
+            )
         value = self.expression()
         if not self.at("close"):
             raise self.unexpected(self.peek())
@@ -468,7 +582,7 @@ class _Parser:
     def function(self) -> sympy.Expr:
         name_tok = self.take()
         name, start, fn = name_tok.text, name_tok.start, FUNCTIONS[name_tok.text]
-        shown = self.text[start:name_tok.end]  # as typed: "log_{2}" for a log with a base
+        shown = self.text[start : name_tok.end]  # as typed: "log_{2}" for a log with a base
         # A power written on the name: cos^2(x), cos²x, sin^-1(x), sin⁻¹x.
         exponent = None
         if self.at("sup"):
@@ -480,9 +594,11 @@ class _Parser:
             exponent = -exponent if negative else exponent
         if exponent == -1:
             if name not in INVERSES:
-                raise ParseError(f"{name}^-1 at position {start + 1} is not supported: only trig and "
-                                 f"hyperbolic functions have ^-1 inverses; for the reciprocal write 1/{name}(x)",
-                                 start + 1)
+                raise ParseError(
+                    f"{name}^-1 at position {start + 1} is not supported: only trig and "
+                    f"hyperbolic functions have ^-1 inverses; for the reciprocal write 1/{name}(x)",
+                    start + 1,
+                )
             fn, exponent = INVERSES[name], None
 
         base = name_tok.value  # log_2: the base came with the name
@@ -491,16 +607,22 @@ class _Parser:
         elif self.at("open"):
             opener = self.take()
             if self.at("close"):
-                raise ParseError(f"empty brackets after {shown} at position {opener.start + 1}: put its "
-                                 f"argument inside, as in {shown}(x)", opener.start + 1)
+                raise ParseError(
+                    f"empty brackets after {shown} at position {opener.start + 1}: put its "
+                    f"argument inside, as in {shown}(x)",
+                    opener.start + 1,
+                )
             argument = self.expression()
             if self.at("comma") and name == "log" and base is None:  # log(x, base)
                 self.take()
                 base_start = self.peek().start
                 base = self.expression()
                 if base.is_number and (base.is_positive is False or base == 1):
-                    raise ParseError(f"log base {self.span(base_start)!r} at position {base_start + 1} must "
-                                     f"be positive and not 1: use a base such as 10 or 2", base_start + 1)
+                    raise ParseError(
+                        f"log base {self.span(base_start)!r} at position {base_start + 1} must "
+                        f"be positive and not 1: use a base such as 10 or 2",
+                        base_start + 1,
+                    )
             if not self.at("close"):
                 raise self.unexpected(self.peek())
             self.take()
@@ -524,11 +646,16 @@ class _Parser:
         if self.at("name") and self.peek().text in FUNCTIONS:  # sin cos x = sin(cos(x))
             return self.power()
         tok = self.peek()  # no sign here: "ln + 1" must not become ln(+1)
-        if not (tok.kind in ("number", "open", "root") or (tok.kind == "name" and tok.text in CONSTANTS)):
-            name = self.text[name_tok.start:name_tok.end]
-            raise ParseError(f"{name} at position {name_tok.start + 1} needs an argument: write it right "
-                             f"after the name, as in {name}(x) or {name} x; a signed argument needs "
-                             f"brackets: {name}(-x)", name_tok.start + 1)
+        if not (
+            tok.kind in ("number", "open", "root") or (tok.kind == "name" and tok.text in CONSTANTS)
+        ):
+            name = self.text[name_tok.start : name_tok.end]
+            raise ParseError(
+                f"{name} at position {name_tok.start + 1} needs an argument: write it right "
+                f"after the name, as in {name}(x) or {name} x; a signed argument needs "
+                f"brackets: {name}(-x)",
+                name_tok.start + 1,
+            )
         start = tok.start
         value = self.power()
         while self.juxtaposed(allow_functions=False):
@@ -541,28 +668,46 @@ class _Parser:
         """base**exponent, refusing results too big to build (9^9^9) before sympy tries."""
         if exponent.is_Rational and abs(exponent) != 1:
             if abs(exponent) > MAX_EXPONENT:
-                raise ParseError(f"the exponent {exponent} in {self.span(start)!r} at position {start + 1} "
-                                 f"is too large: keep exponents between -{MAX_EXPONENT} and {MAX_EXPONENT}",
-                                 start + 1)
+                raise ParseError(
+                    f"the exponent {exponent} in {self.span(start)!r} at position {start + 1} "
+                    f"is too large: keep exponents between -{MAX_EXPONENT} and {MAX_EXPONENT}",
+                    start + 1,
+                )
             # Upper bound on the digits sympy would create: every number in the base, to that power.
             if max(abs(exponent), 1) * sum(_digits(base)) > MAX_RESULT_DIGITS:
-                raise ParseError(f"{self.span(start)!r} at position {start + 1} makes a number too large "
-                                 f"(over {MAX_RESULT_DIGITS} digits): use smaller numbers or exponents",
-                                 start + 1)
+                raise ParseError(
+                    f"{self.span(start)!r} at position {start + 1} makes a number too large "
+                    f"(over {MAX_RESULT_DIGITS} digits): use smaller numbers or exponents",
+                    start + 1,
+                )
         return self.checked(sympy.Pow(base, exponent), start)
 
     def checked(self, value: sympy.Expr, start: int) -> sympy.Expr:
-        """Reject values that are undefined (1/0, log(0)), not real (sqrt(-1)) or hold huge numbers."""
+        """Reject values that are undefined (1/0, log(0)), not real (sqrt(-1)) or hold huge
+        numbers."""
         where = f"{self.span(start)!r} at position {start + 1}"
-        if value.has(sympy.S.NaN, sympy.S.ComplexInfinity, sympy.S.Infinity, sympy.S.NegativeInfinity):
-            raise ParseError(f"{where} is undefined (division by zero or a log of 0, for example): "
-                             f"change it so it has a finite value", start + 1)
-        if value.has(sympy.S.ImaginaryUnit) or (value.is_number and value.is_extended_real is False):
-            raise ParseError(f"{where} is not real (a square root or log of a negative number, for "
-                             f"example): change it so it is a real number", start + 1)
+        if value.has(
+            sympy.S.NaN, sympy.S.ComplexInfinity, sympy.S.Infinity, sympy.S.NegativeInfinity
+        ):
+            raise ParseError(
+                f"{where} is undefined (division by zero or a log of 0, for example): "
+                f"change it so it has a finite value",
+                start + 1,
+            )
+        if value.has(sympy.S.ImaginaryUnit) or (
+            value.is_number and value.is_extended_real is False
+        ):
+            raise ParseError(
+                f"{where} is not real (a square root or log of a negative number, for "
+                f"example): change it so it is a real number",
+                start + 1,
+            )
         if max(_digits(value), default=0) > MAX_RESULT_DIGITS:  # e.g. a product of many 9^99
-            raise ParseError(f"{where} makes a number too large (over {MAX_RESULT_DIGITS} digits): use "
-                             f"smaller numbers", start + 1)
+            raise ParseError(
+                f"{where} makes a number too large (over {MAX_RESULT_DIGITS} digits): use "
+                f"smaller numbers",
+                start + 1,
+            )
         return value
 
     # error messages --------------------------------------------------------------
@@ -572,31 +717,49 @@ class _Parser:
         if tok.kind == "end":
             last = self.tokens[self.i - 1] if self.i else None
             after = f" after {last.text!r} at position {last.start + 1}" if last else ""
-            return ParseError(f"the input ends too early{after}: add a value (a number, x or a bracket) "
-                              f"after it", position)
+            return ParseError(
+                f"the input ends too early{after}: add a value (a number, x or a bracket) after it",
+                position,
+            )
         if tok.kind == "close":
-            return ParseError(f"a value is missing before {tok.text!r} at position {position}: "
-                              f"add a number, x or an expression there", position)
+            return ParseError(
+                f"a value is missing before {tok.text!r} at position {position}: "
+                f"add a number, x or an expression there",
+                position,
+            )
         if tok.kind == "sup":
-            return ParseError(f"superscript {tok.text!r} at position {position} has nothing to raise: "
-                              f"put it right after a value, as in x²", position)
+            return ParseError(
+                f"superscript {tok.text!r} at position {position} has nothing to raise: "
+                f"put it right after a value, as in x²",
+                position,
+            )
         if tok.kind == "op":
-            return ParseError(f"operator {tok.text!r} at position {position} has no value on its left: "
-                              f"put a number, x or a bracket before it, or remove it", position)
+            return ParseError(
+                f"operator {tok.text!r} at position {position} has no value on its left: "
+                f"put a number, x or a bracket before it, or remove it",
+                position,
+            )
         return self.unexpected(tok)
 
     def unexpected(self, tok: Token) -> ParseError:
         position = tok.start + 1
         if tok.kind == "comma":
-            return ParseError(f"',' at position {position} is not allowed here: only log(x, base) takes "
-                              f"two arguments; use '.' for decimals, as in 0.5", position)
+            return ParseError(
+                f"',' at position {position} is not allowed here: only log(x, base) takes "
+                f"two arguments; use '.' for decimals, as in 0.5",
+                position,
+            )
         if tok.kind == "sup":
             return self.expected_value(tok)
-        return ParseError(f"unexpected {tok.text!r} at position {position}: check the operators "
-                          f"and brackets around it", position)
+        return ParseError(
+            f"unexpected {tok.text!r} at position {position}: check the operators "
+            f"and brackets around it",
+            position,
+        )
 
 
 # ----------------------------------------------------------------------------- entry point
+
 
 def typed_line(line: str) -> sympy.Expr:
     """The math of one line of a scene's docstring, `f(x) = x^2 sin(x)`: what follows the
@@ -608,17 +771,23 @@ def typed_line(line: str) -> sympy.Expr:
 def parse_function(text: str) -> sympy.Expr:
     """Parse a function of x such as "3x^2 + sin x" or "f(x) = e^-x" into a sympy expression."""
     if not isinstance(text, str):
-        raise ParseError(f"expected text, got {type(text).__name__}: pass the function as a string like 'x^2'")
+        raise ParseError(
+            f"expected text, got {type(text).__name__}: pass the function as a string like 'x^2'"
+        )
     if len(text) > MAX_INPUT_CHARS:  # before anything else looks at the text
-        raise ParseError(f"the input is {len(text)} characters long, over the limit of {MAX_INPUT_CHARS}: "
-                         f"shorten it")
+        raise ParseError(
+            f"the input is {len(text)} characters long, over the limit of {MAX_INPUT_CHARS}: "
+            f"shorten it"
+        )
     if not text.strip():
         raise ParseError("the input is empty: type a function of x, such as x^2 + 1")
     prefix = _LEADING_NAME.match(text)
     begin = prefix.end() if prefix else 0
     if not text[begin:].strip():
-        raise ParseError(f"nothing follows {text[:begin].strip()!r}: write a function of x after the '=', "
-                         f"as in f(x) = x^2")
+        raise ParseError(
+            f"nothing follows {text[:begin].strip()!r}: write a function of x after the '=', "
+            f"as in f(x) = x^2"
+        )
 
     tokens = _tokenize(text, begin)
     _check_brackets(tokens)
@@ -636,4 +805,8 @@ def function_lines(path) -> list[tuple[int, str]]:
     from pathlib import Path
 
     lines = Path(path).read_text().splitlines()
-    return [(number, text) for number, line in enumerate(lines, 1) if (text := line.split("#", 1)[0].strip())]
+    return [
+        (number, text)
+        for number, line in enumerate(lines, 1)
+        if (text := line.split("#", 1)[0].strip())
+    ]

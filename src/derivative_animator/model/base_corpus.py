@@ -15,7 +15,9 @@ from derivative_animator import paths
 from derivative_animator.model.base_model import BaseModelConfig, BuildReport
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
-CORPUS_FILE = "corpus.pt"  # in the staging dir: the packed tokens, the corpus's counts, its code files
+CORPUS_FILE = (
+    "corpus.pt"  # in the staging dir: the packed tokens, the corpus's counts, its code files
+)
 
 
 def collect_corpus(packages: tuple[str, ...], max_chars: int) -> list[tuple[str, str]]:
@@ -25,7 +27,10 @@ def collect_corpus(packages: tuple[str, ...], max_chars: int) -> list[tuple[str,
     for package in packages:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"corpus package {package!r} is not installed; remove it from model.build.corpus_packages")
+            raise ValueError(
+                f"corpus package {package!r} is not installed; remove it from "
+                "model.build.corpus_packages"
+            )
         root = Path(next(iter(spec.submodule_search_locations)))
         for path in sorted(root.rglob("*.py")):
             if "tests" in path.parts or "test_" in path.name:
@@ -46,26 +51,39 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tokenizer = Tokenizer(models.BPE())
     # Code-aware pieces: identifiers keep their underscores (font_size, f_expr), every
     # digit stands alone (with its leading space), punctuation runs, whitespace runs.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r" ?[A-Za-z_]+| ?[0-9]| ?[^\sA-Za-z_0-9]+|\s+(?!\S)|\s+"),
-                             behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r" ?[A-Za-z_]+| ?[0-9]| ?[^\sA-Za-z_0-9]+|\s+(?!\S)|\s+"), behavior="isolated"
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN,
-                                   pad_token=PAD_TOKEN, model_max_length=1_000_000)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=1_000_000,
+    )
 
 
 def held_out_sha256(config: BaseModelConfig) -> str:
     """The digest of the canonical forms the build's calculus corpus leaves out."""
     from derivative_animator.data import benchmarks, calculus_corpus
 
-    held_out = calculus_corpus.held_out_keys(paths.resolve(config.held_out_data)) if config.calculus_draws else set()
+    held_out = (
+        calculus_corpus.held_out_keys(paths.resolve(config.held_out_data))
+        if config.calculus_draws
+        else set()
+    )
     return benchmarks.keys_sha256(held_out)
 
 
@@ -86,32 +104,62 @@ def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
     from rich.progress import Progress
 
     code = collect_corpus(config.corpus_packages, config.corpus_max_chars)
-    held_out = calculus_corpus.held_out_keys(paths.resolve(config.held_out_data)) if config.calculus_draws else set()
+    held_out = (
+        calculus_corpus.held_out_keys(paths.resolve(config.held_out_data))
+        if config.calculus_draws
+        else set()
+    )
     with Progress() as progress:
         task = progress.add_task("writing worked derivatives", total=config.calculus_draws)
-        calculus = calculus_corpus.documents(config.calculus_draws, config.seed, held_out,
-                                             config.textbook_share, progress=lambda: progress.advance(task))
+        calculus = calculus_corpus.documents(
+            config.calculus_draws,
+            config.seed,
+            held_out,
+            config.textbook_share,
+            progress=lambda: progress.advance(task),
+        )
     code_texts = [text for _, text in code]
     tokenizer = train_tokenizer(code_texts + calculus, config.vocab_size)
     # One stream: code files and calculus documents in a seeded order, each ended by EOS.
     code_ids = tokenizer(code_texts, add_special_tokens=False)["input_ids"]
     calculus_ids = tokenizer(calculus, add_special_tokens=False)["input_ids"] if calculus else []
     documents = code_ids + calculus_ids
-    order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    order = torch.randperm(
+        len(documents), generator=torch.Generator().manual_seed(config.seed)
+    ).tolist()
     stream: list[int] = []
     for i in order:
         stream.extend(documents[i])
         stream.append(tokenizer.eos_token_id)
     tokens = torch.tensor(stream, dtype=torch.long)
-    report.corpus_files, report.corpus_chars = len(code), sum(map(len, code_texts)) + sum(map(len, calculus))
+    report.corpus_files, report.corpus_chars = (
+        len(code),
+        sum(map(len, code_texts)) + sum(map(len, calculus)),
+    )
     report.code_tokens = sum(map(len, code_ids))
     report.calculus_documents, report.calculus_tokens = len(calculus), sum(map(len, calculus_ids))
     report.calculus_functions = sum(doc.count("\nf(x) = ") for doc in calculus)
     report.held_out_functions = len(held_out)
     report.held_out_sha256 = benchmarks.keys_sha256(held_out)
     tokenizer.save_pretrained(staging / "tokenizer")
-    torch.save({"tokens": tokens, "report": {k: getattr(report, k) for k in (
-        "corpus_files", "corpus_chars", "code_tokens", "calculus_functions", "calculus_documents", "calculus_tokens",
-        "held_out_functions", "held_out_sha256")},
-        "code_files": [name for name, _ in code]}, corpus_file)
+    torch.save(
+        {
+            "tokens": tokens,
+            "report": {
+                k: getattr(report, k)
+                for k in (
+                    "corpus_files",
+                    "corpus_chars",
+                    "code_tokens",
+                    "calculus_functions",
+                    "calculus_documents",
+                    "calculus_tokens",
+                    "held_out_functions",
+                    "held_out_sha256",
+                )
+            },
+            "code_files": [name for name, _ in code],
+        },
+        corpus_file,
+    )
     return tokenizer, tokens

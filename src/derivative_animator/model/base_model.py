@@ -52,25 +52,41 @@ class BaseModelConfig:
     warmup_steps: int
     copy_circuit: bool  # start with a built-in induction head (see install_copy_circuit)
     rope_theta: float
-    calculus_draws: int  # random functions drawn for the calculus text (the distinct ones are worked)
+    calculus_draws: (
+        int  # random functions drawn for the calculus text (the distinct ones are worked)
+    )
     textbook_share: float  # of them, the kinds textbooks ask about (the rest: curriculum levels)
     held_out_data: str | None  # a dataset dir whose validation and test functions stay out
     seed: int
     bf16: bool | str  # auto: only where the CPU computes bf16 fast
     threads: int  # 0: torch's default
     checkpoint_every: int  # steps between resumable checkpoints
-    snapshot_every: int  # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality curve
+    # steps between loadable snapshots (<output_dir>-snapshots/step-N), for the compute-quality
+    # curve
+    snapshot_every: int
     publish_dir: str | None  # where the finished model is shipped, with its card
 
     def __post_init__(self):
         object.__setattr__(self, "corpus_packages", tuple(self.corpus_packages))
         if self.hidden_size % self.num_heads:
             raise ValueError("model.build.hidden_size must be a multiple of model.build.num_heads")
-        if min(self.vocab_size, self.hidden_size, self.num_layers, self.steps, self.seq_len, self.checkpoint_every) <= 0:
+        if (
+            min(
+                self.vocab_size,
+                self.hidden_size,
+                self.num_layers,
+                self.steps,
+                self.seq_len,
+                self.checkpoint_every,
+            )
+            <= 0
+        ):
             raise ValueError("model.build sizes, steps and checkpoint_every must be positive")
         if self.calculus_draws and not self.held_out_data:
-            raise ValueError("model.build.held_out_data must name the dataset whose validation and test "
-                             "functions the calculus corpus leaves out")
+            raise ValueError(
+                "model.build.held_out_data must name the dataset whose validation and test "
+                "functions the calculus corpus leaves out"
+            )
         if self.copy_circuit:
             CopyCircuitLayout.for_model(self.hidden_size, self.num_heads, self.num_layers)
         if self.seq_len > self.max_position_embeddings:
@@ -78,7 +94,14 @@ class BaseModelConfig:
 
     @property
     def sha256(self) -> str:
-        ignored = ("output_dir", "threads", "checkpoint_every", "snapshot_every", "publish_dir", "held_out_data")
+        ignored = (
+            "output_dir",
+            "threads",
+            "checkpoint_every",
+            "snapshot_every",
+            "publish_dir",
+            "held_out_data",
+        )
         content = {k: v for k, v in asdict(self).items() if k not in ignored}
         content["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -96,7 +119,9 @@ class BuildReport:
     calculus_documents: int = 0
     calculus_tokens: int = 0
     held_out_functions: int = 0
-    held_out_sha256: str = ""  # of the held-out canonical forms (validation, test, benchmarks): what a test checks
+    held_out_sha256: str = (
+        ""  # of the held-out canonical forms (validation, test, benchmarks): what a test checks
+    )
     parameters: int = 0
     trained_tokens: int = 0
     first_loss: float | None = None
@@ -114,12 +139,17 @@ def make_model(config: BaseModelConfig, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads,
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
         max_position_embeddings=config.max_position_embeddings,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,  # untied, like DeepSeek-Coder
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,  # untied, like DeepSeek-Coder
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
     )
     model = LlamaForCausalLM(model_config)

@@ -13,7 +13,13 @@ from pathlib import Path
 from derivative_animator import paths
 from derivative_animator.model.base_model import BUILD_INFO
 
-SHIPPED_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+SHIPPED_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 CARD = "README.md"
 
 
@@ -43,12 +49,18 @@ def publish(build_dir: Path, publish_dir: Path) -> Path:
     for name in SHIPPED_FILES:
         if (build_dir / name).is_file():
             shutil.copy2(build_dir / name, staging / name)
-    shipped_info = {k: v for k, v in info.items() if k not in ("losses", "code_files", "output_dir", "cached")}
-    shipped_info["sha256"] = {name: file_sha256(staging / name) for name in sorted(p.name for p in staging.iterdir())}
+    shipped_info = {
+        k: v for k, v in info.items() if k not in ("losses", "code_files", "output_dir", "cached")
+    }
+    shipped_info["sha256"] = {
+        name: file_sha256(staging / name) for name in sorted(p.name for p in staging.iterdir())
+    }
     (staging / BUILD_INFO).write_text(json.dumps(shipped_info, indent=1) + "\n")
     # The card lists every other file of the folder, build_info.json included.
     card_files = {**shipped_info["sha256"], BUILD_INFO: file_sha256(staging / BUILD_INFO)}
-    (staging / CARD).write_text(model_card(shipped_info, publish_dir.name, dict(sorted(card_files.items()))))
+    (staging / CARD).write_text(
+        model_card(shipped_info, publish_dir.name, dict(sorted(card_files.items())))
+    )
     paths.replace_dir(staging, publish_dir)
     return publish_dir
 
@@ -60,36 +72,36 @@ def model_card(info: dict, name: str, files: dict[str, str]) -> str:
     sha_lines = "\n".join(f"| `{file}` | `{digest}` |" for file, digest in files.items())
     return f"""# {name}
 
-The embedded base model of DerivativeAnimator: a {info['parameters'] / 1e6:.1f}M-parameter Llama-architecture
+The embedded base model of DerivativeAnimator: a {info["parameters"] / 1e6:.1f}M-parameter Llama-architecture
 causal LM pretrained by this project on Python source and on worked derivatives, so that
 LoRA fine-tuning (`make all`) starts from a model that already knows code and calculus.
 Load it like any hub model: `AutoModelForCausalLM.from_pretrained("models/{name}")`.
 
 ## Recipe
 `make pretrain` rebuilds it from `conf/model/tiny.yaml` (`build:`), deterministic given
-seed and threads; the config hash of this build is `{info['config_sha256'][:16]}`.
+seed and threads; the config hash of this build is `{info["config_sha256"][:16]}`.
 
 | | |
 |---|---|
-| shape | {c['num_layers']} layers, hidden {c['hidden_size']}, MLP {c['intermediate_size']}, {c['num_heads']} heads, vocab {c['vocab_size']} (byte-level BPE, digits split), rope_theta {c['rope_theta']:g} |
-| copy circuit | {'an induction head written into the fresh model before pretraining' if c['copy_circuit'] else 'none'} |
-| steps | {c['steps']} of {c['batch_size']} x {c['seq_len']} tokens = {info['trained_tokens']:,} tokens; AdamW lr {c['lr']}, cosine, {c['warmup_steps']} warm-up steps |
-| precision | {info['precision']} on {info['threads']} CPU threads, {info['tokens_per_second']:,.0f} tokens/s |
+| shape | {c["num_layers"]} layers, hidden {c["hidden_size"]}, MLP {c["intermediate_size"]}, {c["num_heads"]} heads, vocab {c["vocab_size"]} (byte-level BPE, digits split), rope_theta {c["rope_theta"]:g} |
+| copy circuit | {"an induction head written into the fresh model before pretraining" if c["copy_circuit"] else "none"} |
+| steps | {c["steps"]} of {c["batch_size"]} x {c["seq_len"]} tokens = {info["trained_tokens"]:,} tokens; AdamW lr {c["lr"]}, cosine, {c["warmup_steps"]} warm-up steps |
+| precision | {info["precision"]} on {info["threads"]} CPU threads, {info["tokens_per_second"]:,.0f} tokens/s |
 | time | {hours:.2f} h |
-| final loss | {info['final_loss']:.3f}; copies {info['copy_accuracy']:.0%} of repeated code spans |
+| final loss | {info["final_loss"]:.3f}; copies {info["copy_accuracy"]:.0%} of repeated code spans |
 
-## Corpus ({info['corpus_tokens']:,} tokens)
-- Python source installed on the building machine: {', '.join(c['corpus_packages'])}
-  ({info['corpus_files']} files, {info['code_tokens']:,} tokens);
+## Corpus ({info["corpus_tokens"]:,} tokens)
+- Python source installed on the building machine: {", ".join(c["corpus_packages"])}
+  ({info["corpus_files"]} files, {info["code_tokens"]:,} tokens);
 - synthetic calculus text from the project's differentiator (`calculus_corpus.py`):
-  {info['calculus_functions']:,} distinct functions of {c['calculus_draws']:,} drawn ({c['textbook_share']:.0%} of the kinds
-  textbooks ask about, the rest from the four curriculum levels), {info['calculus_documents']:,} documents,
-  {info['calculus_tokens']:,} tokens: math headers and rule-by-rule steps in the scenes' notation.
-  The {info['held_out_functions']} held-out functions (the default dataset's validation and test functions and
+  {info["calculus_functions"]:,} distinct functions of {c["calculus_draws"]:,} drawn ({c["textbook_share"]:.0%} of the kinds
+  textbooks ask about, the rest from the four curriculum levels), {info["calculus_documents"]:,} documents,
+  {info["calculus_tokens"]:,} tokens: math headers and rule-by-rule steps in the scenes' notation.
+  The {info["held_out_functions"]} held-out functions (the default dataset's validation and test functions and
   every benchmark's, `data/benchmarks.py`) are never worked in it.
 
 ## Files
 | file | sha256 |
 |---|---|
 {sha_lines}
-"""
+"""  # noqa: E501

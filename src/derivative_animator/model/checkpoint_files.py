@@ -8,4 +8,6 @@ MERGED_DIR = "merged"  # the merged model and tokenizer with the files below: wh
 ADAPTER_DIR = "adapter"  # the LoRA adapter alone (none without LoRA)
 TRAINED_CONFIG = "derivanim_config.json"  # in merged/: the training run's resolved config
 RUN_INFO = "run_info.json"  # in merged/: the MLflow run that trained it, its step and metrics
-DRAFT_CORPUS = "draft_corpus.json"  # in merged/: the training scenes speculative decoding drafts from
+DRAFT_CORPUS = (
+    "draft_corpus.json"  # in merged/: the training scenes speculative decoding drafts from
+)

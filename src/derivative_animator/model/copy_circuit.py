@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-POSITION_PAIRS = 10  # fast-turning rotary pairs that locate earlier positions; the slow rest match content
+POSITION_PAIRS = (
+    10  # fast-turning rotary pairs that locate earlier positions; the slow rest match content
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class CopyCircuitLayout:
         if num_layers < 2 or num_heads < 2 or match < 8 or hidden_size < reserved + 32:
             raise ValueError(
                 "model.build.copy_circuit needs 2+ layers, 2+ heads of 36+ dimensions and room for "
-                f"{reserved + 32} hidden dimensions; set model.build.copy_circuit=false for smaller models")
+                f"{reserved + 32} hidden dimensions; set model.build.copy_circuit=false for "
+                "smaller models"
+            )
         previous = range(content, content + match)
         before = range(previous.stop, previous.stop + match)
         copied = range(before.stop, before.stop + content)
@@ -44,7 +48,9 @@ class CopyCircuitLayout:
         return [*self.content, *self.previous, *self.before_previous, *self.copied, self.bias]
 
 
-def _offset_query(inv_freq: torch.Tensor, offset: int, n_positions: int) -> tuple[list[float], list[float]]:
+def _offset_query(
+    inv_freq: torch.Tensor, offset: int, n_positions: int
+) -> tuple[list[float], list[float]]:
     """Rotary query components (real, imaginary per fast pair) against a constant key of 1
     whose attention score peaks at `offset` positions back, by a margin of 1 over every other
     distance up to n_positions: the smallest such query (L1), by linear programming."""
@@ -52,14 +58,20 @@ def _offset_query(inv_freq: torch.Tensor, offset: int, n_positions: int) -> tupl
     from scipy.optimize import linprog
 
     theta = inv_freq[:POSITION_PAIRS].double().numpy()
+
     def features(d):
         return np.concatenate([np.cos(np.outer(d, theta)), -np.sin(np.outer(d, theta))], axis=1)
 
     others = np.array([d for d in range(n_positions) if d != offset])
     gaps = features(others) - features(np.array([offset]))  # score(other) - score(offset) <= -1
     n = 2 * POSITION_PAIRS
-    result = linprog(np.ones(2 * n), A_ub=np.concatenate([gaps, -gaps], axis=1), b_ub=-np.ones(len(others)),
-                     bounds=[(0, None)] * (2 * n), method="highs")
+    result = linprog(
+        np.ones(2 * n),
+        A_ub=np.concatenate([gaps, -gaps], axis=1),
+        b_ub=-np.ones(len(others)),
+        bounds=[(0, None)] * (2 * n),
+        method="highs",
+    )
     if result.status != 0:
         raise RuntimeError(f"no rotary query peaks at offset {offset}: {result.message}")
     query = result.x[:n] - result.x[n:]
@@ -90,7 +102,9 @@ def install_copy_circuit(model, seed: int = 0) -> None:
     that the other layers' outputs start without writing to.
     """
     config = model.config
-    layout = CopyCircuitLayout.for_model(config.hidden_size, config.num_attention_heads, config.num_hidden_layers)
+    layout = CopyCircuitLayout.for_model(
+        config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+    )
     hd, half, n_content = layout.head_dim, layout.head_dim // 2, len(layout.content)
     generator = torch.Generator().manual_seed(seed)
     identity = torch.randn(config.vocab_size, n_content, generator=generator)
@@ -155,17 +169,19 @@ def _copy_row(tokens: torch.Tensor, seq_len: int, generator: torch.Generator):
         span_len = int(torch.randint(6, 40, (1,), generator=generator))
         gap_len = int(torch.randint(2, 30, (1,), generator=generator))
         span_at, gap_at = torch.randint(0, len(tokens) - 64, (2,), generator=generator).tolist()
-        span = tokens[span_at:span_at + span_len]
+        span = tokens[span_at : span_at + span_len]
         repeat_mask = torch.ones(span_len, dtype=torch.bool)
         repeat_mask[0] = False
-        pieces += [span, tokens[gap_at:gap_at + gap_len], span]
+        pieces += [span, tokens[gap_at : gap_at + gap_len], span]
         masks += [torch.zeros(span_len + gap_len, dtype=torch.bool), repeat_mask]
         length += 2 * span_len + gap_len
     return torch.cat(pieces)[:seq_len], torch.cat(masks)[:seq_len]
 
 
 @torch.no_grad()
-def copy_accuracy(model, tokens: torch.Tensor, seq_len: int, rows: int = 16, seed: int = 1) -> float:
+def copy_accuracy(
+    model, tokens: torch.Tensor, seq_len: int, rows: int = 16, seed: int = 1
+) -> float:
     """Share of repeated-span tokens the model predicts exactly (greedy): its skill at
     copying from context, which fine-tuning needs to move the prompt's function into code."""
     generator = torch.Generator().manual_seed(seed)

@@ -27,8 +27,14 @@ HEADER_REJECTED = "math header rejected"  # Generation.stop when accept_header s
 HEADER_WRITTEN = "math header written"  # a headers-only row is done
 
 # Parser messages for code that is merely unfinished: more text could still complete it.
-_UNFINISHED = ("never closed", "was not closed", "unexpected EOF", "unterminated", "string",
-               "expected 'else'")  # `a if b` on the last line: its `else c` may come
+_UNFINISHED = (
+    "never closed",
+    "was not closed",
+    "unexpected EOF",
+    "unterminated",
+    "string",
+    "expected 'else'",
+)  # `a if b` on the last line: its `else c` may come
 _LAST_LINE_MARGIN = 16  # characters after an error on the unfinished last line: its token is whole
 
 
@@ -53,7 +59,9 @@ def dead_error(text: str) -> SyntaxError | None:
         lines = text.split("\n")
         finished = len(lines) - 1
         on_last = error.lineno == finished + 1 and error.offset is not None
-        if error.lineno < finished or (on_last and len(lines[-1]) - error.offset >= _LAST_LINE_MARGIN):
+        if error.lineno < finished or (
+            on_last and len(lines[-1]) - error.offset >= _LAST_LINE_MARGIN
+        ):
             return error
     return None
 
@@ -89,8 +97,12 @@ class BracketGuard:
 
     def __init__(self, tokenizer):
         self.newline = torch.zeros(len(tokenizer), dtype=torch.bool)
-        self.line_end = torch.zeros_like(self.newline)  # ends a line, adding nothing before: how a wound-up line ends
-        self.bracketed: list[tuple[int, str, bool]] = []  # (id, its text before a newline, has a newline)
+        self.line_end = torch.zeros_like(
+            self.newline
+        )  # ends a line, adding nothing before: how a wound-up line ends
+        self.bracketed: list[
+            tuple[int, str, bool]
+        ] = []  # (id, its text before a newline, has a newline)
         for token_id in range(len(tokenizer)):
             piece = tokenizer.decode([token_id])
             line = piece.split("\n", 1)[0]
@@ -136,7 +148,7 @@ class BracketGuard:
         masks = self.forbidden(text)
         if masks is None:
             return logits, False
-        mask, closing = (m[:logits.shape[-1]].to(logits.device) for m in masks)
+        mask, closing = (m[: logits.shape[-1]].to(logits.device) for m in masks)
         best = int(logits.argmax())
         changed = bool(mask[best])
         ends_line = best == self.eos or (best < len(self.newline) and bool(self.newline[best]))
@@ -156,7 +168,9 @@ class RowTexts:
     def __call__(self, input_ids: torch.Tensor, row: int) -> str:
         length = input_ids.shape[1]
         if self._decoded.get(row, (None,))[0] != length:
-            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            text = self.tokenizer.decode(
+                input_ids[row, self.prompt_width :], skip_special_tokens=True
+            )
             self._decoded[row] = (length, text)
         return self._decoded[row][1]
 
@@ -212,10 +226,12 @@ class HeaderJudge:
         if self.judged or MATH_HEADER_END not in text:
             return None
         self.judged = True
-        return None if self.accept_header(text[:text.index(MATH_HEADER_END)]) else HEADER_REJECTED
+        return None if self.accept_header(text[: text.index(MATH_HEADER_END)]) else HEADER_REJECTED
 
 
-def stops_for(accept_header: Callable[[str], bool] | None = None, headers_only: bool = False) -> list[Stop]:
+def stops_for(
+    accept_header: Callable[[str], bool] | None = None, headers_only: bool = False
+) -> list[Stop]:
     """One row's stops, in the order they are asked: the header judge sees a header before
     anything else may end the row there; the syntax stop comes last."""
     stops: list[Stop] = [HeaderJudge(accept_header)] if accept_header is not None else []
@@ -246,4 +262,6 @@ class RowStops:
                 reason = first_stop(row_stops, self.texts(input_ids, row))
                 if reason is not None:
                     self.reasons[row] = reason
-        return torch.tensor([row in self.reasons for row in range(len(self.stops))], device=input_ids.device)
+        return torch.tensor(
+            [row in self.reasons for row in range(len(self.stops))], device=input_ids.device
+        )

@@ -74,7 +74,8 @@ def load_base(settings: ModelSettings):
     elif not _in_hf_cache(source) and not _hub_reachable():
         raise ModelLoadError(
             f"cannot load model '{source}': it is not in the local Hugging Face cache and the hub "
-            f"is unreachable. Download it where there is network (`huggingface-cli download {source}`), "
+            "is unreachable. Download it where there is network "
+            f"(`huggingface-cli download {source}`), "
             f"copy it here, then pass model.pretrained=/path/to/local/copy"
         )
     try:
@@ -102,21 +103,37 @@ def add_lora(model, settings: LoraSettings):
     from peft import LoraConfig, get_peft_model
 
     targets = settings.target_modules
-    config = LoraConfig(r=int(settings.r), lora_alpha=float(settings.alpha),
-                        lora_dropout=float(settings.dropout), task_type="CAUSAL_LM",
-                        target_modules=list(targets) if isinstance(targets, tuple) else targets,
-                        modules_to_save=list(settings.modules_to_save or []) or None)
+    config = LoraConfig(
+        r=int(settings.r),
+        lora_alpha=float(settings.alpha),
+        lora_dropout=float(settings.dropout),
+        task_type="CAUSAL_LM",
+        target_modules=list(targets) if isinstance(targets, tuple) else targets,
+        modules_to_save=list(settings.modules_to_save or []) or None,
+    )
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
-    if checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False):
+    if (
+        checkpointing
+        if checkpointing is not None
+        else getattr(model, "is_gradient_checkpointing", False)
+    ):
         model.enable_input_require_grads()
     return get_peft_model(model, config)
 
 
 class LoRAFineTuner(pl.LightningModule):
-    def __init__(self, model, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.05,
-                 fused_optimizer: bool = False):
+    def __init__(
+        self,
+        model,
+        lr: float,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.05,
+        fused_optimizer: bool = False,
+    ):
         super().__init__()
-        self.model = model.train() if hasattr(model, "train") else model  # from_pretrained returns eval mode
+        self.model = (
+            model.train() if hasattr(model, "train") else model
+        )  # from_pretrained returns eval mode
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self.fused_optimizer = fused_optimizer
         self._step_started: float | None = None
@@ -133,11 +150,16 @@ class LoRAFineTuner(pl.LightningModule):
         labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero() if labels is not None else []
         if len(labelled) == 0 or int(labelled[0]) == 0:
             return self.model(**batch).loss
-        keep = labels.shape[1] - int(labelled[0]) + 1  # from the position predicting the first label
+        keep = (
+            labels.shape[1] - int(labelled[0]) + 1
+        )  # from the position predicting the first label
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs, logits_to_keep=keep).logits[:, :-1]
-        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                                 labels[:, -keep + 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels[:, -keep + 1 :].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
 
     def _real_tokens(self, batch) -> int:
         return int(batch["attention_mask"].sum())
@@ -152,13 +174,22 @@ class LoRAFineTuner(pl.LightningModule):
                 f"training loss became {loss.item()} at step {self.global_step}: lower optim.lr, "
                 "or train in full precision (trainer.precision=32-true)"
             )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["input_ids"]))
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(batch["input_ids"]),
+        )
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self._step_started is not None:
             elapsed = time.perf_counter() - self._step_started
-            self.log("train/tokens_per_s", self._real_tokens(batch) / max(elapsed, 1e-9), on_step=True)
+            self.log(
+                "train/tokens_per_s", self._real_tokens(batch) / max(elapsed, 1e-9), on_step=True
+            )
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
 
     def on_validation_epoch_start(self):
@@ -184,9 +215,14 @@ class LoRAFineTuner(pl.LightningModule):
         # optim.fused: one pass over the weights instead of foreach's chain of ops, the same
         # update up to rounding (~1e-7). Never under mixed precision: Lightning will not clip
         # gradients for an optimizer that unscales them itself (seen on a GPU, bf16-mixed).
-        fused = (self.fused_optimizer and "mixed" not in str(self.trainer.precision)
-                 and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable))
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay, fused=fused)
+        fused = (
+            self.fused_optimizer
+            and "mixed" not in str(self.trainer.precision)
+            and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable)
+        )
+        optimizer = torch.optim.AdamW(
+            trainable, lr=self.lr, weight_decay=self.weight_decay, fused=fused
+        )
         total: list[int] = []
 
         def cosine_with_warmup(step: int) -> float:
@@ -198,8 +234,12 @@ class LoRAFineTuner(pl.LightningModule):
                 return 0.0
             if not total:
                 total.append(max(1, int(self.trainer.estimated_stepping_batches)))
-            return cosine(step, num_warmup_steps=int(self.warmup_ratio * total[0]), num_training_steps=total[0],
-                          num_cycles=0.5)
+            return cosine(
+                step,
+                num_warmup_steps=int(self.warmup_ratio * total[0]),
+                num_training_steps=total[0],
+                num_cycles=0.5,
+            )
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -207,7 +247,9 @@ class LoRAFineTuner(pl.LightningModule):
     # Checkpoints hold only what trains (the adapters): a 1.3B base is not copied each save.
     def on_save_checkpoint(self, checkpoint):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable
+        }
 
     def on_load_checkpoint(self, checkpoint):
         checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
@@ -221,8 +263,15 @@ def merge(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
-def save_checkpoint(model, tokenizer, out_dir: Path, resolved_config: dict, run_info: dict,
-                    prompt_format: PromptFormat = DEFAULT_FORMAT, draft_corpus: list[str] | None = None) -> Path:
+def save_checkpoint(
+    model,
+    tokenizer,
+    out_dir: Path,
+    resolved_config: dict,
+    run_info: dict,
+    prompt_format: PromptFormat = DEFAULT_FORMAT,
+    draft_corpus: list[str] | None = None,
+) -> Path:
     """Save adapter (if any) and merged model + tokenizer + prompt format + config, and
     the training scenes the inference drafter looks tokens up in."""
     from peft import PeftModel
@@ -236,7 +285,9 @@ def save_checkpoint(model, tokenizer, out_dir: Path, resolved_config: dict, run_
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
     prompt_format.save(merged_dir)
-    (merged_dir / TRAINED_CONFIG).write_text(json.dumps(resolved_config, indent=2, default=str) + "\n")
+    (merged_dir / TRAINED_CONFIG).write_text(
+        json.dumps(resolved_config, indent=2, default=str) + "\n"
+    )
     (merged_dir / RUN_INFO).write_text(json.dumps(run_info, indent=2) + "\n")
     if draft_corpus is not None:
         (merged_dir / DRAFT_CORPUS).write_text(json.dumps(draft_corpus))
@@ -279,5 +330,10 @@ class ValidationMath(pl.Callback):
         model.train(training)
         every = [ok for oks in right.values() for ok in oks]
         scores = {"math": 100.0 * sum(every) / len(every)}
-        scores.update({f"math_level{level}": 100.0 * sum(oks) / len(oks) for level, oks in sorted(right.items())})
+        scores.update(
+            {
+                f"math_level{level}": 100.0 * sum(oks) / len(oks)
+                for level, oks in sorted(right.items())
+            }
+        )
         return scores

@@ -73,22 +73,37 @@ class Generation:
 
 
 class SceneGenerator:
-    def __init__(self, model, tokenizer, prompt_format: PromptFormat, drafter: NgramDrafter | None,
-                 checkpoint: Path, speculative: bool = True, bracket_guard: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompt_format: PromptFormat,
+        drafter: NgramDrafter | None,
+        checkpoint: Path,
+        speculative: bool = True,
+        bracket_guard: bool = True,
+    ):
         self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
         self.drafter, self.checkpoint, self.speculative = drafter, checkpoint, speculative
         self.guard = BracketGuard(tokenizer) if bracket_guard else None
 
     @classmethod
-    def load(cls, directory: str | Path, allow_prompt_mismatch: bool = False, device: str | None = None,
-             speculative: bool = True, bracket_guard: bool = True) -> SceneGenerator:
+    def load(
+        cls,
+        directory: str | Path,
+        allow_prompt_mismatch: bool = False,
+        device: str | None = None,
+        speculative: bool = True,
+        bracket_guard: bool = True,
+    ) -> SceneGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         checkpoint = paths.resolve(directory)
         if not (checkpoint / "config.json").is_file():
             raise FileNotFoundError(
-                f"{checkpoint} is not a model checkpoint (no config.json); pass the merged dir of a "
-                "training run, e.g. outputs/train/<run>/checkpoint/merged")
+                f"{checkpoint} is not a model checkpoint (no config.json); pass the merged dir "
+                "of a training run, e.g. outputs/train/<run>/checkpoint/merged"
+            )
         stored = PromptFormat.load(checkpoint)  # raises when the checkpoint carries none
         if not allow_prompt_mismatch:
             require_same(stored, DEFAULT_FORMAT)
@@ -99,20 +114,32 @@ class SceneGenerator:
         drafter = None
         if speculative and (checkpoint / DRAFT_CORPUS).is_file():
             scenes = json.loads((checkpoint / DRAFT_CORPUS).read_text())
-            drafter = NgramDrafter([tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes])
+            drafter = NgramDrafter(
+                [tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes]
+            )
         return cls(model, tokenizer, stored, drafter, checkpoint, speculative, bracket_guard)
 
     def prompt_ids(self, function: str) -> list[int]:
         return encode_prompt(self.tokenizer, self.prompt_format.format(function))
 
     @torch.inference_mode()
-    def generate(self, function: str, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, draft_length: int = 16,
-                 syntax_rollbacks: int = 0, accept_header: Callable[[str], bool] | None = None,
-                 prompt: str | None = None, prefix: str = "") -> Generation:
+    def generate(
+        self,
+        function: str,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        draft_length: int = 16,
+        syntax_rollbacks: int = 0,
+        accept_header: Callable[[str], bool] | None = None,
+        prompt: str | None = None,
+        prefix: str = "",
+    ) -> Generation:
         """One scene (or, given `prompt`, the continuation of that raw prompt text: the
-        OpenAI completions API; `function` then only labels the result). temperature 0 is greedy (with speculation); above 0 samples, and may
-        sample a line again up to `syntax_rollbacks` times when it breaks the syntax.
+        OpenAI completions API; `function` then only labels the result). temperature 0 is
+        greedy (with speculation); above 0 samples, and may sample a line again up to
+        `syntax_rollbacks` times when it breaks the syntax.
         `accept_header`, given the math header once it is written, may stop the scene there
         (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong.
         `prefix`: the scene's start, already written (a sampled math header): the model goes on
@@ -120,7 +147,11 @@ class SceneGenerator:
         from transformers import DynamicCache
 
         start = time.perf_counter()
-        ids = encode_prompt(self.tokenizer, prompt) if prompt is not None else self.prompt_ids(function)
+        ids = (
+            encode_prompt(self.tokenizer, prompt)
+            if prompt is not None
+            else self.prompt_ids(function)
+        )
         if prefix:
             prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
             ids, max_new_tokens = ids + prefix_ids, max_new_tokens - len(prefix_ids)
@@ -129,15 +160,21 @@ class SceneGenerator:
         cache, cache_argument = DynamicCache(), _cache_argument(self.model)
 
         def forward(tokens: list[int]) -> torch.Tensor:
-            """Logits after each of `tokens`, fed after what the cache holds (then holding them too)."""
-            return self.model(input_ids=torch.tensor([tokens], device=device), use_cache=True,
-                              **{cache_argument: cache}).logits[0]
+            """Logits after each of `tokens`, fed after what the cache holds (then holding them
+            too)."""
+            return self.model(
+                input_ids=torch.tensor([tokens], device=device),
+                use_cache=True,
+                **{cache_argument: cache},
+            ).logits[0]
 
         logits = forward(ids)[-1]
         passes, new, eos = 1, [], self.tokenizer.eos_token_id
         lookup = ContextLookup() if self.speculative else None
         stop = "max_new_tokens"
-        length = draft_length  # shrinks after rejections: a long rejected draft still costs its pass
+        length = (
+            draft_length  # shrinks after rejections: a long rejected draft still costs its pass
+        )
         rollbacks = guarded = 0
         stops = stops_for(accept_header)
         while len(new) < max_new_tokens:
@@ -154,10 +191,14 @@ class SceneGenerator:
                 # Back to the start of the broken line; re-read the logits there.
                 rollbacks += 1
                 new = new[:keep]
-                cache.crop(len(ids) + len(new) - 1 - cache.get_seq_length())  # negative: drop from the end
+                cache.crop(
+                    len(ids) + len(new) - 1 - cache.get_seq_length()
+                )  # negative: drop from the end
                 logits = forward([(ids + new)[-1]])[-1]
                 passes += 1
-                lookup = ContextLookup() if self.speculative else None  # it indexed the dropped tokens
+                lookup = (
+                    ContextLookup() if self.speculative else None
+                )  # it indexed the dropped tokens
                 continue
             header_open = self.guard is not None and MATH_HEADER_END not in text
             if header_open:
@@ -177,9 +218,15 @@ class SceneGenerator:
             for i, proposed in enumerate(draft):
                 step_logits, changed = out[i], False
                 if header_open:
-                    step_logits, changed = self.guard.apply(out[i], prefix + self.tokenizer.decode(new))
-                keep, replacement = accept_draft(step_logits, proposed, temperature, top_p, generator)
-                guarded += changed and (keep or replacement is not None)  # else the next step counts it
+                    step_logits, changed = self.guard.apply(
+                        out[i], prefix + self.tokenizer.decode(new)
+                    )
+                keep, replacement = accept_draft(
+                    step_logits, proposed, temperature, top_p, generator
+                )
+                guarded += changed and (
+                    keep or replacement is not None
+                )  # else the next step counts it
                 if not keep:
                     break
                 new.append(proposed)
@@ -206,13 +253,17 @@ class SceneGenerator:
         if new and new[-1] == eos:
             new, stop = new[:-1], "eos"
         code = prefix + self.tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks, guarded)
+        return Generation(
+            function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks, guarded
+        )
 
-    def _tokens_before_line(self, tokens: list[int], text: str, lineno: int, written: int = 0) -> int | None:
+    def _tokens_before_line(
+        self, tokens: list[int], text: str, lineno: int, written: int = 0
+    ) -> int | None:
         """How many of the tokens (which decode to `text` after its first `written` characters,
         the prefix) decode to text that ends at or before line `lineno` starts; None when that
         line starts inside the prefix (no rollback can reach it)."""
-        line_start = sum(len(line) + 1 for line in text.split("\n")[:lineno - 1]) - written
+        line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1]) - written
         if line_start < 0:
             return None
         low, high = 0, len(tokens)  # decoded length grows with the token count: bisect
@@ -225,10 +276,16 @@ class SceneGenerator:
         return low
 
     @torch.inference_mode()
-    def generate_batch(self, functions: list[str], max_new_tokens: int,
-                       temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                       headers_only: bool = False,
-                       accept_headers: list[Callable[[str], bool] | None] | None = None) -> list[Generation]:
+    def generate_batch(
+        self,
+        functions: list[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        headers_only: bool = False,
+        accept_headers: list[Callable[[str], bool] | None] | None = None,
+    ) -> list[Generation]:
         """Many scenes at once (left-padded, HF generate), with the stops and bracket guard of
         `generate` (no speculation, no rollbacks). Each gets the batch time / n.
         `headers_only`: a row stops once its math header is written (the text is cut there),
@@ -241,32 +298,67 @@ class SceneGenerator:
         start = time.perf_counter()
         prompts = [self.prompt_ids(f) for f in functions]
         width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        input_ids = torch.tensor(
+            [[pad] * (width - len(p)) + p for p in prompts], device=self.model.device
+        )
+        attention = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+        )
         if seed is not None:
             torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p}
+            if temperature > 0
+            else {"do_sample": False}
+        )
         judges = accept_headers or [None] * len(functions)
-        stops = RowStops([stops_for(judge, headers_only) for judge in judges], self.tokenizer, width)
+        stops = RowStops(
+            [stops_for(judge, headers_only) for judge in judges], self.tokenizer, width
+        )
         guard = BracketGuardProcessor(self.guard, stops.texts) if self.guard is not None else None
         if guard is not None:
             sampling["logits_processor"] = LogitsProcessorList([guard])
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                     pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-                                     stopping_criteria=StoppingCriteriaList([stops]), **sampling)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([stops]),
+            **sampling,
+        )
         each = (time.perf_counter() - start) / len(functions)
         results = []
-        for index, (function, row) in enumerate(zip(functions, output[:, width:].tolist(), strict=True)):
-            stop = stops.reasons.get(index) or ("eos" if self.tokenizer.eos_token_id in row else "max_new_tokens")
-            if self.tokenizer.eos_token_id in row:  # its end, or the padding after a stop (pad may be eos)
-                row = row[:row.index(self.tokenizer.eos_token_id)]
+        for index, (function, row) in enumerate(
+            zip(functions, output[:, width:].tolist(), strict=True)
+        ):
+            stop = stops.reasons.get(index) or (
+                "eos" if self.tokenizer.eos_token_id in row else "max_new_tokens"
+            )
+            if (
+                self.tokenizer.eos_token_id in row
+            ):  # its end, or the padding after a stop (pad may be eos)
+                row = row[: row.index(self.tokenizer.eos_token_id)]
             row = [t for t in row if t != pad]
             text = self.tokenizer.decode(row, skip_special_tokens=True)
             if headers_only and MATH_HEADER_END in text:
-                text = text[:text.index(MATH_HEADER_END)]
-            results.append(Generation(function, text, each, len(row), 0, stop,
-                                      guarded=guard.guarded.get(index, 0) if guard is not None else 0))
+                text = text[: text.index(MATH_HEADER_END)]
+            results.append(
+                Generation(
+                    function,
+                    text,
+                    each,
+                    len(row),
+                    0,
+                    stop,
+                    guarded=guard.guarded.get(index, 0) if guard is not None else 0,
+                )
+            )
         return results
 
 

@@ -56,17 +56,25 @@ def connect(settings: ApiSettings):
     import openai
 
     if not settings.base_url or not settings.model:
-        raise Unavailable("set eval.api.base_url and eval.api.model (any OpenAI-compatible endpoint)")
+        raise Unavailable(
+            "set eval.api.base_url and eval.api.model (any OpenAI-compatible endpoint)"
+        )
     key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     local = re.match(r"https?://(127\.0\.0\.1|localhost)[:/]", str(settings.base_url))
     if not key and not local:
         raise Unavailable(f"no API key: set the environment variable {settings.api_key_env}")
-    client = openai.OpenAI(base_url=settings.base_url, api_key=key or "none", timeout=settings.timeout_s,
-                           max_retries=settings.max_retries)
+    client = openai.OpenAI(
+        base_url=settings.base_url,
+        api_key=key or "none",
+        timeout=settings.timeout_s,
+        max_retries=settings.max_retries,
+    )
     try:
         client.with_options(timeout=min(10.0, settings.timeout_s), max_retries=0).models.list()
     except openai.APIError as err:
-        raise Unavailable(f"{settings.base_url} does not answer ({type(err).__name__}: {err})") from None
+        raise Unavailable(
+            f"{settings.base_url} does not answer ({type(err).__name__}: {err})"
+        ) from None
     return client
 
 
@@ -76,15 +84,34 @@ def code_in(text: str) -> str:
     return match.group(1) if match else text
 
 
-def write_scene(client, settings: ApiSettings, function: str, max_tokens: int, temperature: float, seed: int | None) -> Reply:
+def write_scene(
+    client,
+    settings: ApiSettings,
+    function: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+) -> Reply:
     from derivative_animator.data.prompt import instruction
 
     start = time.perf_counter()
     response = client.chat.completions.create(
-        model=settings.model, max_tokens=max_tokens, temperature=temperature, seed=seed,
-        messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": instruction(function)}])
+        model=settings.model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        messages=[
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": instruction(function)},
+        ],
+    )
     choice = response.choices[0]
     usage = response.usage
-    return Reply(function, code_in(choice.message.content or ""), time.perf_counter() - start,
-                 usage.completion_tokens if usage else 0, usage.prompt_tokens if usage else 0,
-                 "max_new_tokens" if choice.finish_reason == "length" else "eos")
+    return Reply(
+        function,
+        code_in(choice.message.content or ""),
+        time.perf_counter() - start,
+        usage.completion_tokens if usage else 0,
+        usage.prompt_tokens if usage else 0,
+        "max_new_tokens" if choice.finish_reason == "length" else "eos",
+    )

@@ -45,9 +45,11 @@ def batch_at(tokens: torch.Tensor, config: BaseModelConfig, step: int) -> torch.
     n_windows = (len(tokens) - 1) // config.seq_len
     per_epoch = n_windows // config.batch_size
     epoch, index = divmod(step, per_epoch)
-    order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-    starts = order[index * config.batch_size:(index + 1) * config.batch_size] * config.seq_len
-    return torch.stack([tokens[i:i + config.seq_len] for i in starts.tolist()])
+    order = torch.randperm(
+        n_windows, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    )
+    starts = order[index * config.batch_size : (index + 1) * config.batch_size] * config.seq_len
+    return torch.stack([tokens[i : i + config.seq_len] for i in starts.tolist()])
 
 
 def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
@@ -60,10 +62,16 @@ def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
     if run_id is None:
         name = logger_cfg.experiment_name
         experiment = client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            name, artifact_location=logger_cfg.artifact_location)
-        run = client.create_run(experiment_id, run_name=f"pretrain-{Path(config.output_dir).name}",
-                                tags={"stage": "pretrain"})
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else client.create_experiment(name, artifact_location=logger_cfg.artifact_location)
+        )
+        run = client.create_run(
+            experiment_id,
+            run_name=f"pretrain-{Path(config.output_dir).name}",
+            tags={"stage": "pretrain"},
+        )
         run_id = run.info.run_id
         for key, value in asdict(config).items():
             client.log_param(run_id, f"build/{key}", str(value)[:500])
@@ -73,7 +81,8 @@ def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
 
 
 def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) -> BuildReport:
-    """Pretrain (or continue pretraining) the base model described by `config`; see the module doc."""
+    """Pretrain (or continue pretraining) the base model described by `config`; see the module
+    doc."""
     from rich.progress import Progress
     from transformers import get_cosine_schedule_with_warmup
 
@@ -81,10 +90,18 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
 
     out = paths.resolve(config.output_dir)
     info_path = out / BUILD_INFO
-    # A build is current for its recipe and for what its corpus left out (splits and benchmarks change).
+    # A build is current for its recipe and for what its corpus left out (splits and benchmarks
+    # change).
     held_out = held_out_sha256(config)
-    if not force and info_path.is_file() and {k: json.loads(info_path.read_text()).get(k) for k in (
-            "config_sha256", "held_out_sha256")} == {"config_sha256": config.sha256, "held_out_sha256": held_out}:
+    if (
+        not force
+        and info_path.is_file()
+        and {
+            k: json.loads(info_path.read_text()).get(k)
+            for k in ("config_sha256", "held_out_sha256")
+        }
+        == {"config_sha256": config.sha256, "held_out_sha256": held_out}
+    ):
         report = BuildReport(output_dir=str(out), cached=True)
         if config.publish_dir:
             publish(out, paths.resolve(config.publish_dir))
@@ -95,19 +112,29 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
         torch.set_num_threads(config.threads)
     staging = out.with_name(f".{out.name}-building")
     identity = f"{config.sha256} {held_out}"
-    if force or not (staging / "config_sha256").is_file() or (staging / "config_sha256").read_text() != identity:
-        shutil.rmtree(staging, ignore_errors=True)  # another recipe's (or held-out set's) partial build: start over
+    if (
+        force
+        or not (staging / "config_sha256").is_file()
+        or (staging / "config_sha256").read_text() != identity
+    ):
+        shutil.rmtree(
+            staging, ignore_errors=True
+        )  # another recipe's (or held-out set's) partial build: start over
         staging.mkdir(parents=True)
         (staging / "config_sha256").write_text(identity)
     report = BuildReport(output_dir=str(out), cached=False)
     tokenizer, tokens = prepare_corpus(config, staging, report)
     if len(tokens) < config.seq_len * config.batch_size + 1:
-        raise ValueError("the corpus is too small for one batch; add corpus packages or calculus functions")
+        raise ValueError(
+            "the corpus is too small for one batch; add corpus packages or calculus functions"
+        )
 
     torch.manual_seed(config.seed)
     model = make_model(config, tokenizer)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1
+    )
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     state_file, step, run_id, elapsed = staging / STATE_FILE, 0, None, 0.0
     if state_file.is_file():
@@ -115,28 +142,48 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        step, run_id, elapsed, report.losses = state["step"], state["mlflow_run_id"], state["train_seconds"], state["losses"]
-    earlier_seconds = elapsed  # training time of interrupted processes (this one's is counted from `start`)
+        step, run_id, elapsed, report.losses = (
+            state["step"],
+            state["mlflow_run_id"],
+            state["train_seconds"],
+            state["losses"],
+        )
+    earlier_seconds = (
+        elapsed  # training time of interrupted processes (this one's is counted from `start`)
+    )
     client, run_id = _mlflow_run(config, logger_cfg, run_id)
     report.parameters = sum(p.numel() for p in model.parameters())
 
     def save_state():
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "step": step, "mlflow_run_id": run_id, "train_seconds": elapsed, "losses": report.losses}
-        paths.write_atomic(state_file, lambda out: torch.save(state, out))  # a kill mid-save keeps the last one
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "step": step,
+            "mlflow_run_id": run_id,
+            "train_seconds": elapsed,
+            "losses": report.losses,
+        }
+        paths.write_atomic(
+            state_file, lambda out: torch.save(state, out)
+        )  # a kill mid-save keeps the last one
 
     use_bf16 = cpu_has_fast_bf16() if config.bf16 == "auto" else bool(config.bf16)
     tokens_per_step = config.batch_size * config.seq_len
     try:
         with Progress() as progress:
-            task = progress.add_task("pretraining the base model", total=config.steps, completed=step)
+            task = progress.add_task(
+                "pretraining the base model", total=config.steps, completed=step
+            )
             while step < config.steps:
                 began = time.perf_counter()
                 batch = batch_at(tokens, config, step)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                     loss = model(input_ids=batch, labels=batch).loss
                 if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"base model loss became {loss.item()} at step {step}; lower model.build.lr")
+                    raise FloatingPointError(
+                        f"base model loss became {loss.item()} at step {step}; lower model.build.lr"
+                    )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -145,13 +192,26 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
                 step += 1
                 elapsed += time.perf_counter() - began
                 report.losses.append(round(loss.item(), 4))
-                progress.update(task, completed=step, description=f"pretraining the base model (loss {loss.item():.3f})")
+                progress.update(
+                    task,
+                    completed=step,
+                    description=f"pretraining the base model (loss {loss.item():.3f})",
+                )
                 if client and (step % 10 == 0 or step == config.steps):
-                    client.log_metric(run_id, "pretrain/loss", sum(report.losses[-10:]) / len(report.losses[-10:]), step=step)
+                    client.log_metric(
+                        run_id,
+                        "pretrain/loss",
+                        sum(report.losses[-10:]) / len(report.losses[-10:]),
+                        step=step,
+                    )
                     client.log_metric(run_id, "pretrain/tokens", step * tokens_per_step, step=step)
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     save_state()
-                if config.snapshot_every and step % config.snapshot_every == 0 and step < config.steps:
+                if (
+                    config.snapshot_every
+                    and step % config.snapshot_every == 0
+                    and step < config.steps
+                ):
                     snapshot = out.with_name(f"{out.name}-snapshots") / f"step-{step}"
                     model.save_pretrained(snapshot)
                     tokenizer.save_pretrained(snapshot)
@@ -159,27 +219,46 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
         if client:
             client.set_terminated(run_id, "KILLED")
         raise
-    report.first_loss, report.final_loss = report.losses[0], sum(report.losses[-10:]) / min(10, len(report.losses))
+    report.first_loss, report.final_loss = (
+        report.losses[0],
+        sum(report.losses[-10:]) / min(10, len(report.losses)),
+    )
     report.trained_tokens = config.steps * tokens_per_step
     report.tokens_per_second = round(report.trained_tokens / max(elapsed, 1e-9), 1)
     report.copy_accuracy = copy_accuracy(model, tokens, min(config.seq_len, 256))
-    report.seconds = round(earlier_seconds + time.perf_counter() - start, 1)  # this process, and any before it
+    report.seconds = round(
+        earlier_seconds + time.perf_counter() - start, 1
+    )  # this process, and any before it
 
     final = out.with_name(f".{out.name}-final")
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir(parents=True)
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    info = {"config": asdict(config), "config_sha256": config.sha256, **asdict(report),
-            "corpus_tokens": report.corpus_tokens, "precision": "bf16-mixed" if use_bf16 else "32-true",
-            "threads": torch.get_num_threads(), "mlflow_run_id": run_id,
-            "code_files": torch.load(staging / CORPUS_FILE)["code_files"]}
+    info = {
+        "config": asdict(config),
+        "config_sha256": config.sha256,
+        **asdict(report),
+        "corpus_tokens": report.corpus_tokens,
+        "precision": "bf16-mixed" if use_bf16 else "32-true",
+        "threads": torch.get_num_threads(),
+        "mlflow_run_id": run_id,
+        "code_files": torch.load(staging / CORPUS_FILE)["code_files"],
+    }
     (final / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
     paths.replace_dir(final, out)
     shutil.rmtree(staging, ignore_errors=True)
     if client:
-        for key in ("final_loss", "tokens_per_second", "copy_accuracy", "trained_tokens", "corpus_tokens",
-                    "calculus_tokens", "code_tokens", "seconds"):
+        for key in (
+            "final_loss",
+            "tokens_per_second",
+            "copy_accuracy",
+            "trained_tokens",
+            "corpus_tokens",
+            "calculus_tokens",
+            "code_tokens",
+            "seconds",
+        ):
             client.log_metric(run_id, f"pretrain/{key}", float(getattr(report, key)))
         client.log_artifact(run_id, str(info_path))
         client.set_terminated(run_id, "FINISHED")
@@ -200,8 +279,10 @@ def main(cfg) -> int:
     else:
         console.print(
             f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
-            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), {report.trained_tokens:,} trained, "
-            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, copies {report.copy_accuracy:.0%} of "
+            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), "
+            f"{report.trained_tokens:,} trained, "
+            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, "
+            f"copies {report.copy_accuracy:.0%} of "
             f"repeated spans, {report.tokens_per_second:.0f} tokens/s, {report.seconds:.0f} s"
         )
     if config.publish_dir:

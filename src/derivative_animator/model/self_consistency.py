@@ -41,14 +41,20 @@ class Vote:
     voters: int  # headers whose f is the prompt's and whose f' reads as math
     seconds: float = 0.0
     headers: int = 0  # headers read (greedy's and the k sampled; `self_consistent_scene` fills it)
-    silent: Counter = field(default_factory=Counter)  # why the others could not vote: reason -> count
+    silent: Counter = field(
+        default_factory=Counter
+    )  # why the others could not vote: reason -> count
 
     def said(self) -> str:
         """Who agreed, out of every header read, and what became of the others: "7 of 9 headers
-        agree (greedy's and 8 sampled); 1 wrote another derivative, 1 had no readable derivative"."""
+        agree (greedy's and 8 sampled); 1 wrote another derivative, 1 had no readable
+        derivative"."""
         total = self.headers or self.voters
-        said = (f"{self.group_size} of {total} headers agree" if self.chosen is not None
-                else f"none of {total} headers could vote")
+        said = (
+            f"{self.group_size} of {total} headers agree"
+            if self.chosen is not None
+            else f"none of {total} headers could vote"
+        )
         if self.headers:
             said += f" (greedy's and {self.headers - 1} sampled)"
         others = [f"{n} {reason}" for reason, n in self.silent.most_common()]
@@ -60,17 +66,23 @@ class Vote:
 
 @lru_cache(maxsize=64)
 def _tree(header: str) -> ast.Module | None:
-    """A header parsed once for both readers (`header_derivative`, `drawable`); None if it cannot be."""
+    """A header parsed once for both readers (`header_derivative`, `drawable`); None if it cannot
+    be."""
     try:
         return parse_code(header + "\n")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 
-UNREADABLE, OTHER_FUNCTION = "had no readable derivative", "named another f(x)"  # why a header cannot vote
+UNREADABLE, OTHER_FUNCTION = (
+    "had no readable derivative",
+    "named another f(x)",
+)  # why a header cannot vote
 
 
-def read_header(header: str, function: sp.Expr, x_range: tuple[float, float]) -> tuple[sp.Expr | None, str | None]:
+def read_header(
+    header: str, function: sp.Expr, x_range: tuple[float, float]
+) -> tuple[sp.Expr | None, str | None]:
     """(the f' a header writes, None) or, when it cannot vote, (None, why): UNREADABLE (no header,
     no typed f and f', or one the parser refuses) or OTHER_FUNCTION (its f is not the prompt's)."""
     tree = _tree(header) if header else None
@@ -81,16 +93,25 @@ def read_header(header: str, function: sp.Expr, x_range: tuple[float, float]) ->
         written_f, derivative = parse_function(formulas[0]), parse_function(formulas[1])
     except (ParseError, RecursionError):
         return None, UNREADABLE
-    return (derivative, None) if expressions_equal(written_f, function, x_range)[0] else (None, OTHER_FUNCTION)
+    return (
+        (derivative, None)
+        if expressions_equal(written_f, function, x_range)[0]
+        else (None, OTHER_FUNCTION)
+    )
 
 
-def header_derivative(header: str, function: sp.Expr, x_range: tuple[float, float]) -> sp.Expr | None:
+def header_derivative(
+    header: str, function: sp.Expr, x_range: tuple[float, float]
+) -> sp.Expr | None:
     """The f' a header writes, or None when it cannot vote (no such header, f not the prompt's)."""
     return read_header(header, function, x_range)[0]
 
 
-def vote(derivatives: list[sp.Expr | None], x_range: tuple[float, float],
-         drawable: list[bool] | None = None) -> Vote:
+def vote(
+    derivatives: list[sp.Expr | None],
+    x_range: tuple[float, float],
+    drawable: list[bool] | None = None,
+) -> Vote:
     """Group equal derivatives; the largest group wins, ties to the greedy one's (index 0).
     Its header: the first of the group whose plotting interval is `drawable` (else its first)."""
     groups: list[list[int]] = []
@@ -119,19 +140,35 @@ def drawable(header: str, function: sp.Expr, derivative: sp.Expr | None) -> bool
     if derivative is None or tree is None:
         return False
     interval = _plotting_interval(tree)
-    return interval is None or (interval[0] < interval[1] and curriculum.defined_on(function, derivative, interval))
+    return interval is None or (
+        interval[0] < interval[1] and curriculum.defined_on(function, derivative, interval)
+    )
 
 
-def sample_headers(generator, function: str, k: int, temperature: float, top_p: float,
-                   seed: int) -> list[str]:
+def sample_headers(
+    generator, function: str, k: int, temperature: float, top_p: float, seed: int
+) -> list[str]:
     """k math headers in one batch, each cut where it ends (a row that never ends one cannot
-    parse as one). One batch of k rows: on a CPU a forward pass costs about the same for 1 row or 8."""
-    return [sample.code for sample in generator.generate_batch([function] * k, HEADER_TOKENS, temperature, top_p,
-                                                               seed, headers_only=True)]
+    parse as one). One batch of k rows: on a CPU a forward pass costs about the same for 1 row or
+    8."""
+    return [
+        sample.code
+        for sample in generator.generate_batch(
+            [function] * k, HEADER_TOKENS, temperature, top_p, seed, headers_only=True
+        )
+    ]
 
 
-def self_consistent_scene(generator, function: str, greedy_code: str, k: int, temperature: float,
-                          top_p: float, seed: int, sampled: list[str] | None = None) -> tuple[str, Vote]:
+def self_consistent_scene(
+    generator,
+    function: str,
+    greedy_code: str,
+    k: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    sampled: list[str] | None = None,
+) -> tuple[str, Vote]:
     """The greedy scene with its header replaced by the header k samples agree on most.
     The greedy header votes too (index 0); k counts the sampled ones. `sampled`: those k
     headers when already drawn (`sample_headers`), else they are drawn here."""
@@ -142,11 +179,22 @@ def self_consistent_scene(generator, function: str, greedy_code: str, k: int, te
     x_range = _interval(target, true_derivative(target))
     greedy_end = math_header_length(greedy_code)
     headers = [greedy_code[:greedy_end] if greedy_end is not None else ""]
-    headers += sampled if sampled is not None else sample_headers(generator, function, k, temperature, top_p, seed)
+    headers += (
+        sampled
+        if sampled is not None
+        else sample_headers(generator, function, k, temperature, top_p, seed)
+    )
     readings = [read_header(h, target, x_range) for h in headers]
     derivatives = [derivative for derivative, _ in readings]
-    result = vote(derivatives, x_range, [drawable(h, target, d) for h, d in zip(headers, derivatives, strict=True)])
-    result.headers, result.silent = len(headers), Counter(why for _, why in readings if why is not None)
+    result = vote(
+        derivatives,
+        x_range,
+        [drawable(h, target, d) for h, d in zip(headers, derivatives, strict=True)],
+    )
+    result.headers, result.silent = (
+        len(headers),
+        Counter(why for _, why in readings if why is not None),
+    )
     result.seconds = time.perf_counter() - start
     if result.chosen is None or greedy_end is None:
         return greedy_code, result  # nothing to vote with, or no body to put a header on

@@ -30,7 +30,9 @@ def plain(group: Mapping) -> dict:
     """A composed config group (a DictConfig, resolved) or a plain mapping, as a dict."""
     from omegaconf import DictConfig, OmegaConf
 
-    return dict(OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else group)
+    return dict(
+        OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else group
+    )
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,12 @@ class Sampling:
 
 @dataclass(frozen=True)
 class SelfConsistencySettings:
-    k: int  # math headers sampled in one batch: self-consistency's voters, verification's candidates
+    # math headers sampled in one batch: self-consistency's voters, verification's candidates
+    k: int
     temperature: float
-    vote: bool  # the first scene takes the header most samples agree on (derivanim generate --self-consistency)
+    # the first scene takes the header most samples agree on (derivanim generate
+    # --self-consistency)
+    vote: bool
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,9 @@ class GenerationSettings:
     max_new_tokens: int
     seed: int
     bracket_guard: bool
-    attempts: int  # verified generation: the first scene, then at most attempts - 1 completed headers
+    attempts: (
+        int  # verified generation: the first scene, then at most attempts - 1 completed headers
+    )
     syntax_rollbacks: int
     repair: bool
     self_consistency: SelfConsistencySettings
@@ -64,7 +71,9 @@ class GenerationSettings:
         """From the composed `generate` group (a DictConfig or a plain mapping); a key missing
         from it or unknown to this class is an error, not a silent default."""
         values = plain(generate)
-        return cls(**{**values, "self_consistency": SelfConsistencySettings(**values["self_consistency"])})
+        return cls(
+            **{**values, "self_consistency": SelfConsistencySettings(**values["self_consistency"])}
+        )
 
     @classmethod
     def defaults(cls) -> GenerationSettings:
@@ -76,7 +85,9 @@ class GenerationSettings:
     def changed(self, **changes) -> GenerationSettings:
         """A copy with some fields changed; `self_consistency` takes a dict of its own changes."""
         if isinstance(changes.get("self_consistency"), Mapping):
-            changes["self_consistency"] = replace(self.self_consistency, **changes["self_consistency"])
+            changes["self_consistency"] = replace(
+                self.self_consistency, **changes["self_consistency"]
+            )
         return replace(self, **changes)
 
     # --- the seed and temperature policy -----------------------------------------------
@@ -84,7 +95,9 @@ class GenerationSettings:
     def scene_sampling(self, index: int = 0) -> Sampling:
         """Scene `index` of a function: 0 the first (greedy by default), later ones the
         evaluator's extra samples for pass@k."""
-        return Sampling(self.temperature if index == 0 else self.sample_temperature, self.seed + index)
+        return Sampling(
+            self.temperature if index == 0 else self.sample_temperature, self.seed + index
+        )
 
     def header_sampling(self) -> Sampling:
         """The batch of k math headers (self-consistency's vote, verification's candidates)."""
@@ -115,12 +128,15 @@ class ModelSettings:
 
     @classmethod
     def from_config(cls, model: Mapping) -> ModelSettings:
-        """From the composed `model` group, or a checkpoint's saved copy of it (derivanim_config.json):
-        its own keys, each required; the group's others are left to their readers."""
+        """From the composed `model` group, or a checkpoint's saved copy of it
+        (derivanim_config.json): its own keys, each required; the group's others are left to
+        their readers."""
         values = plain(model)
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:
-            raise ValueError(f"model settings lack {', '.join(f'model.{name}' for name in missing)}")
+            raise ValueError(
+                f"model settings lack {', '.join(f'model.{name}' for name in missing)}"
+            )
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 

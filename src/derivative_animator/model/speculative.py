@@ -27,14 +27,14 @@ class NgramDrafter:
             for n in orders:
                 table = self.index[n]
                 for i in range(start + n, len(self.tokens)):
-                    table.setdefault(tuple(self.tokens[i - n:i]), i)
+                    table.setdefault(tuple(self.tokens[i - n : i]), i)
 
     def propose(self, context: list[int], length: int) -> list[int]:
         for n in self.orders:
             if len(context) >= n:
                 position = self.index[n].get(tuple(context[-n:]))
                 if position is not None:
-                    return self.tokens[position:position + length]
+                    return self.tokens[position : position + length]
         return []
 
 
@@ -45,12 +45,12 @@ class ContextLookup:
         self.order, self.tokens, self.index = order, [], {}
 
     def propose(self, context: list[int], length: int) -> list[int]:
-        for token in context[len(self.tokens):]:  # catch up with the context
+        for token in context[len(self.tokens) :]:  # catch up with the context
             self.tokens.append(token)
             if len(self.tokens) > self.order:
-                self.index[tuple(self.tokens[-self.order - 1:-1])] = len(self.tokens) - 1
-        position = self.index.get(tuple(self.tokens[-self.order:]))
-        return self.tokens[position:position + length] if position is not None else []
+                self.index[tuple(self.tokens[-self.order - 1 : -1])] = len(self.tokens) - 1
+        position = self.index.get(tuple(self.tokens[-self.order :]))
+        return self.tokens[position : position + length] if position is not None else []
 
 
 def _distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -43,7 +43,14 @@ MAX_CODE_CHARS = 100_000  # a scene is a few thousand characters
 DRAWN_TOLERANCE = 1e-4  # plotted points sit on the curve; relative to the curve's size
 MAX_CURVES = 20
 # What a warm render sandbox imports once (PythonSandbox(preload=...)): Manim and what scenes use.
-RENDER_PRELOAD = ("manim", "sympy", "numpy", "svgelements", "PIL.Image", "derivative_animator.render.render_runner")
+RENDER_PRELOAD = (
+    "manim",
+    "sympy",
+    "numpy",
+    "svgelements",
+    "PIL.Image",
+    "derivative_animator.render.render_runner",
+)
 CHECKS = ("syntax", "structure", "executes", "math")  # what `passed` needs
 LAYOUT = "layout"  # what is on screen: reported beside them, never part of `passed`
 REPORTED = (*CHECKS, LAYOUT)  # every check a table, the page or the CLI shows
@@ -91,7 +98,6 @@ class RenderOptions:
     unsafe_no_sandbox: bool = False  # where bubblewrap cannot run: render anyway, without isolation
 
 
-
 def check_code(
     code: str,
     function: str | sp.Expr,
@@ -108,7 +114,10 @@ def check_code(
     under render.limits."""
     target = parse_function(function) if isinstance(function, str) else function
     if len(code) > MAX_CODE_CHARS:
-        return CheckResult(syntax=False, error=f"syntax: {len(code):,} characters; a scene may have {MAX_CODE_CHARS:,}")
+        return CheckResult(
+            syntax=False,
+            error=f"syntax: {len(code):,} characters; a scene may have {MAX_CODE_CHARS:,}",
+        )
     try:
         tree = parse_code(code)
     except SyntaxError as err:
@@ -132,11 +141,12 @@ def check_code(
     return result
 
 
-
 def find_scene_class(tree: ast.Module) -> str | None:
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
-            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+            bases = {
+                b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+            }
             has_construct = any(
                 isinstance(item, ast.FunctionDef) and item.name == "construct" for item in node.body
             )
@@ -147,15 +157,30 @@ def find_scene_class(tree: ast.Module) -> str | None:
 
 # --- execution -------------------------------------------------------------------------
 
-FRAME_SIZE = {"l": (854, 480), "m": (1280, 720), "h": (1920, 1080), "k": (3840, 2160)}  # Manim's qualities
+FRAME_SIZE = {
+    "l": (854, 480),
+    "m": (1280, 720),
+    "h": (1920, 1080),
+    "k": (3840, 2160),
+}  # Manim's qualities
 FRAME_RATE = {"l": 15, "m": 30, "h": 60, "k": 60}  # their frame rates, where none is asked
 # What a render sends back, each at most its cap: the sandbox refuses a file over it.
-COLLECT = {"movie.mp4": untrusted.MAX_MOVIE_BYTES, "last_frame.png": untrusted.MAX_FRAME_BYTES,
-           "report.json": untrusted.MAX_REPORT_BYTES}
+COLLECT = {
+    "movie.mp4": untrusted.MAX_MOVIE_BYTES,
+    "last_frame.png": untrusted.MAX_FRAME_BYTES,
+    "report.json": untrusted.MAX_REPORT_BYTES,
+}
 
 
-def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptions, result: CheckResult,
-                     output_dir: Path | None, sandbox: PythonSandbox | None) -> None:
+def _check_execution(
+    code: str,
+    scene: str,
+    target: sp.Expr,
+    render: RenderOptions,
+    result: CheckResult,
+    output_dir: Path | None,
+    sandbox: PythonSandbox | None,
+) -> None:
     """Render in the sandbox. `executes` needs the sandbox server's exit status 0 and the
     movie the host finds decoding to frames of the asked size: a scene that exits early,
     skips its render or crashes quietly leaves no such movie."""
@@ -164,9 +189,22 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
         result.executes, result.environment_error = None, True
         result._fail(problem)
         return
-    box = sandbox or PythonSandbox(render.limits, warm=False, allow_unsandboxed=render.unsafe_no_sandbox)
-    args = ["-m", "derivative_animator.render.render_runner", "scene.py", "--scene", scene, "--quality", render.quality,
-            "--movie", "movie.mp4", "--report", "report.json"]
+    box = sandbox or PythonSandbox(
+        render.limits, warm=False, allow_unsandboxed=render.unsafe_no_sandbox
+    )
+    args = [
+        "-m",
+        "derivative_animator.render.render_runner",
+        "scene.py",
+        "--scene",
+        scene,
+        "--quality",
+        render.quality,
+        "--movie",
+        "movie.mp4",
+        "--report",
+        "report.json",
+    ]
     fps = 1 if render.quick else render.fps
     if fps is not None:
         args += ["--fps", str(fps)]
@@ -177,13 +215,17 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
     result.isolation = outcome.isolation
     if outcome.timed_out or outcome.returncode != 0:
         result.executes = False
-        result._fail(f"executes: {outcome.failure or _last_error_line(outcome.stderr, outcome.returncode)}")
+        result._fail(
+            f"executes: {outcome.failure or _last_error_line(outcome.stderr, outcome.returncode)}"
+        )
         return
     try:
         _judge_reply(outcome, target, render, fps, result)
     except Exception as err:  # noqa: BLE001 - a reader's slip on hostile bytes is a failed check, not a crash
         result.executes = False
-        result._fail(f"executes: the host could not read what the render sent back ({one_line(err)})")
+        result._fail(
+            f"executes: the host could not read what the render sent back ({one_line(err)})"
+        )
         return
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -196,7 +238,9 @@ def _check_execution(code: str, scene: str, target: sp.Expr, render: RenderOptio
                 setattr(result, key, str(destination))
 
 
-def _judge_reply(outcome, target: sp.Expr, render: RenderOptions, fps: int | None, result: CheckResult) -> None:
+def _judge_reply(
+    outcome, target: sp.Expr, render: RenderOptions, fps: int | None, result: CheckResult
+) -> None:
     """executes, math's drawn curves and layout from the files a render sent back, within
     the host's budget for one reply (untrusted.Budget): caps first, then the work. What the
     movie shows is the host's own observation; report.json is the scene's claim, used to
@@ -210,28 +254,40 @@ def _judge_reply(outcome, target: sp.Expr, render: RenderOptions, fps: int | Non
     looks = _looks(plays)
     rate = fps or FRAME_RATE.get(render.quality)
     movie, movie_problem = untrusted.watch_movie(
-        outcome.files.get("movie.mp4"), FRAME_SIZE.get(render.quality), rate, budget,
-        keep=_frames_to_keep(looks))
+        outcome.files.get("movie.mp4"),
+        FRAME_SIZE.get(render.quality),
+        rate,
+        budget,
+        keep=_frames_to_keep(looks),
+    )
     if "movie.mp4" in refused:
         movie_problem = f"the movie is {refused['movie.mp4']}"
     if not movie_problem:
-        movie_problem = (f"the render's report cannot be read, so no animation is known to have run: {report_problem}"
-                         if report_problem else movie_plays_problem(movie, plays, rate))
+        movie_problem = (
+            "the render's report cannot be read, so no animation is known to have run: "
+            f"{report_problem}"
+            if report_problem
+            else movie_plays_problem(movie, plays, rate)
+        )
     if movie_problem:
         result.executes = False
         result._fail(f"executes: {movie_problem}")
         return
     result.executes = True
     if result.math:
-        drawn_error = (f"the render's report cannot be read: {report_problem}" if report_problem
-                       else check_drawn(_reported_curves(report), target) or check_seen(movie, looks, target))
+        drawn_error = (
+            f"the render's report cannot be read: {report_problem}"
+            if report_problem
+            else check_drawn(_reported_curves(report), target) or check_seen(movie, looks, target)
+        )
         if drawn_error:
             result.math = False
             result._fail(f"math: {drawn_error}")
     result.layout_problems = [report_problem] if report_problem else _reported_layout(report)
     if render.save_frame:
-        pixels, frame_problem = untrusted.read_frame(outcome.files.get("last_frame.png"),
-                                                     FRAME_SIZE.get(render.quality), budget)
+        pixels, frame_problem = untrusted.read_frame(
+            outcome.files.get("last_frame.png"), FRAME_SIZE.get(render.quality), budget
+        )
         if "last_frame.png" in refused:
             frame_problem = f"the last frame is {refused['last_frame.png']}"
         if frame_problem:
@@ -256,7 +312,9 @@ def _reported_plays(report: dict | None) -> list[dict]:
             curves = [c for c in list(play.get("curves") or [])[:MAX_CURVES] if isinstance(c, dict)]
         except Exception:  # noqa: BLE001 - the scene's claim, in whatever shape it chose
             break
-        if not (np.isfinite(run_time) and 0 <= run_time <= untrusted.MAX_MOVIE_SECONDS and frames >= 0):
+        if not (
+            np.isfinite(run_time) and 0 <= run_time <= untrusted.MAX_MOVIE_SECONDS and frames >= 0
+        ):
             break
         plays.append({"run_time": run_time, "frames": frames, "curves": curves})
     return plays
@@ -282,7 +340,7 @@ def _looks(plays: list[dict]) -> dict:
 def _frames_to_keep(looks: dict) -> list[int]:
     """The last frame and the latest frames the curves are looked for in, at most the cap."""
     frames = sorted({frame for seen in looks.values() for frame, _ in seen}, reverse=True)
-    return [-1, *frames[:untrusted.MAX_KEPT_FRAMES - 1]]
+    return [-1, *frames[: untrusted.MAX_KEPT_FRAMES - 1]]
 
 
 def _pixels(movie: untrusted.MovieSeen, frame: int):
@@ -293,7 +351,9 @@ def _pixels(movie: untrusted.MovieSeen, frame: int):
 MOVIE_SLACK_S = 0.5  # the movie's length beside the animations' run times, besides one frame each
 
 
-def movie_plays_problem(movie: untrusted.MovieSeen, plays: list[dict], fps: float | None) -> str | None:
+def movie_plays_problem(
+    movie: untrusted.MovieSeen, plays: list[dict], fps: float | None
+) -> str | None:
     """Does the movie fit the animations the runner says ran: at least one, their frames
     all in the movie, a length their run times account for, and not one still picture?
     The plays are the scene's claim; the movie's frames and their changes are seen."""
@@ -305,7 +365,9 @@ def movie_plays_problem(movie: untrusted.MovieSeen, plays: list[dict], fps: floa
     if fps:
         seconds, run_times = movie.frames / fps, sum(play["run_time"] for play in plays)
         if abs(seconds - run_times) > MOVIE_SLACK_S + len(plays) / fps:
-            return f"the movie lasts {seconds:.1f} s; the animations that ran take {run_times:.1f} s"
+            return (
+                f"the movie lasts {seconds:.1f} s; the animations that ran take {run_times:.1f} s"
+            )
     if movie.frames > 1 and movie.changes == 0:
         return f"the movie is one still picture over {movie.frames:,} frames"
     return None
@@ -316,8 +378,10 @@ def seen_layout(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | Non
     cut at the last frame's edge, a curve seen squashed flat on its axes."""
     from derivative_animator.render import seen
 
-    problems = [f"the last frame cuts something off at its {side} edge"
-                for side in seen.cut_at_edges(movie.kept[-1])]
+    problems = [
+        f"the last frame cuts something off at its {side} edge"
+        for side in seen.cut_at_edges(movie.kept[-1])
+    ]
     if function is None:
         return problems
     expressions = (function, true_derivative(function))
@@ -328,8 +392,10 @@ def seen_layout(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | Non
             found = seen.trace(pixels, view, expr)
             if found is not None and found.seen:
                 if 1e-3 < found.span < CURVE_FLAT_SHARE:
-                    problems.append(f"curve {number + 1} is seen squashed flat: it spans {found.span:.0%} "
-                                    "of its axes' height")
+                    problems.append(
+                        f"curve {number + 1} is seen squashed flat: it spans {found.span:.0%} "
+                        "of its axes' height"
+                    )
                 break
     return problems
 
@@ -361,8 +427,10 @@ def check_seen(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | None
             if best:
                 break
         if best is None:
-            return (f"plotted curve {number + 1} is not seen in the movie where it is said to be "
-                    f"(in {len(where)} frame{'s' * (len(where) > 1)} looked at)")
+            return (
+                f"plotted curve {number + 1} is not seen in the movie where it is said to be "
+                f"(in {len(where)} frame{'s' * (len(where) > 1)} looked at)"
+            )
         kinds.append(best)
     if "f" not in kinds:
         return "the movie never shows f, only f'"
@@ -413,13 +481,17 @@ def frame_has_content(data: bytes | None, size: tuple[int, int] | None = None) -
 
 def _has_content(pixels: np.ndarray) -> bool:
     pixels = pixels.reshape(-1, 3)
-    colours, counts = np.unique(pixels[:: max(1, len(pixels) // 200_000)], axis=0, return_counts=True)
+    colours, counts = np.unique(
+        pixels[:: max(1, len(pixels) // 200_000)], axis=0, return_counts=True
+    )
     background = colours[counts.argmax()].astype(np.int16)
     differs = np.abs(pixels.astype(np.int16) - background).sum(axis=1, dtype=np.int32) > 30
     return float(differs.mean()) > EMPTY_FRAME_SHARE
 
 
-def check_drawn(curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr | None) -> str | None:
+def check_drawn(
+    curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr | None
+) -> str | None:
     """None when the drawn curves are f and f': at least one is f, every one is f or f'.
     Otherwise why not, in one line. The scene's docstring is only its claim; this is the picture."""
     if function is None:
@@ -434,8 +506,10 @@ def check_drawn(curves: list[tuple[np.ndarray, np.ndarray]], function: sp.Expr |
             x, y = xs[off_f], ys[off_f]
             f_value, df_value = (_values(expr, [float(x)])[0] for expr in (function, derivative))
             shown = lambda v: "undefined" if v is None else f"{v:.4g}"  # noqa: E731
-            return (f"a plotted curve is neither f nor f' (at x = {x:.4g} it draws {y:.4g}; "
-                    f"f = {shown(f_value)}, f' = {shown(df_value)})")
+            return (
+                f"a plotted curve is neither f nor f' (at x = {x:.4g} it draws {y:.4g}; "
+                f"f = {shown(f_value)}, f' = {shown(df_value)})"
+            )
         kinds.append("f" if off_f is None else "f'")
     if "f" not in kinds:
         return "the scene plots f' but never f"
@@ -463,4 +537,4 @@ def _last_error_line(stderr: str, returncode: int) -> str:
             return line[:300]
     if returncode is not None and returncode < 0:
         return f"killed by signal {-returncode}"
-    return (lines[-1][:300] if lines else f"exit code {returncode}")
+    return lines[-1][:300] if lines else f"exit code {returncode}"

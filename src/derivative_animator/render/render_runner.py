@@ -39,7 +39,11 @@ def _install_guard(root: Path) -> None:
             resolved = os.path.realpath(os.fsdecode(path))
         except (TypeError, ValueError):
             return False
-        return resolved == root_text or resolved.startswith(root_text + os.sep) or resolved == "/dev/null"
+        return (
+            resolved == root_text
+            or resolved.startswith(root_text + os.sep)
+            or resolved == "/dev/null"
+        )
 
     def hook(event: str, args: tuple) -> None:
         if event == "open":
@@ -49,13 +53,29 @@ def _install_guard(root: Path) -> None:
             )
             if writing and path is not None and not isinstance(path, int) and not inside(path):
                 raise PermissionError(f"sandbox: writing outside the working directory: {path}")
-        elif event in ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree",
-                       "os.chmod", "os.symlink", "os.link", "os.truncate"):
+        elif event in (
+            "os.remove",
+            "os.rename",
+            "os.rmdir",
+            "os.mkdir",
+            "shutil.rmtree",
+            "os.chmod",
+            "os.symlink",
+            "os.link",
+            "os.truncate",
+        ):
             if args and not inside(args[0]):
                 raise PermissionError(f"sandbox: {event} outside the working directory: {args[0]}")
         elif event == "socket.connect" or event == "socket.bind":
             raise PermissionError("sandbox: network access is not allowed")
-        elif event in ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty"):
+        elif event in (
+            "os.system",
+            "os.exec",
+            "os.posix_spawn",
+            "os.spawn",
+            "os.fork",
+            "os.forkpty",
+        ):
             raise PermissionError(f"sandbox: {event} is not allowed")
         elif event == "subprocess.Popen":
             program = os.path.basename(os.fsdecode(args[0])) if args and args[0] else ""
@@ -119,15 +139,20 @@ def sampled_curves(plotted: list) -> list[dict]:
 LAYOUT_MARGIN = 0.05  # frame units a text may reach past the edge (anti-aliasing, stroke width)
 OVERLAP_SHARE = 0.15  # two texts overlap when the intersection covers this share of the smaller
 CURVE_VISIBLE_SHARE = 0.6  # of a plotted curve's points inside its axes' y-range
-CURVE_FLAT_SHARE = 0.12  # a varying curve spanning less of its axes' height reads as a flat line (1/x beside -1/x^2: 12%)
+# a varying curve spanning less of its axes' height reads as a flat line (1/x beside -1/x^2: 12%)
+CURVE_FLAT_SHARE = 0.12
 
 
 def _is_text(mobject) -> bool:
     from manim import MarkupText, MathTex, Paragraph, SingleStringMathTex, Tex, Text
     from manim.mobject.text import tex_mobject
 
-    parts = (tex_mobject.MathTexPart,) if hasattr(tex_mobject, "MathTexPart") else ()  # a MathTex's part (0.20+)
-    return isinstance(mobject, (Text, MarkupText, Paragraph, SingleStringMathTex, MathTex, Tex, *parts))
+    parts = (
+        (tex_mobject.MathTexPart,) if hasattr(tex_mobject, "MathTexPart") else ()
+    )  # a MathTex's part (0.20+)
+    return isinstance(
+        mobject, (Text, MarkupText, Paragraph, SingleStringMathTex, MathTex, Tex, *parts)
+    )
 
 
 def _texts(mobjects) -> list:
@@ -152,9 +177,12 @@ def _texts(mobjects) -> list:
 
 
 def _visible(mobject) -> bool:
-    """Anything of it drawn: a glyph with some fill or stroke (a MathTex's own opacity is its parts')."""
-    return any(m.get_fill_opacity() > 0.05 or (m.get_stroke_opacity() > 0.05 and m.get_stroke_width() > 0)
-               for m in mobject.family_members_with_points())
+    """Anything of it drawn: a glyph with some fill or stroke (a MathTex's own opacity is its
+    parts')."""
+    return any(
+        m.get_fill_opacity() > 0.05 or (m.get_stroke_opacity() > 0.05 and m.get_stroke_width() > 0)
+        for m in mobject.family_members_with_points()
+    )
 
 
 def _box(mobject):
@@ -175,20 +203,31 @@ def layout_problems(scene, animation: int) -> list[str]:
     boxes = [_box(t) for t in texts]
     for text, (x0, y0, x1, y1) in zip(texts, boxes, strict=True):
         if x0 < -half_w or x1 > half_w or y0 < -half_h or y1 > half_h:
-            problems.append(f"animation {animation}: {_name(text)} reaches outside the frame "
-                            f"(x {x0:.1f} to {x1:.1f}, y {y0:.1f} to {y1:.1f})")
+            problems.append(
+                f"animation {animation}: {_name(text)} reaches outside the frame "
+                f"(x {x0:.1f} to {x1:.1f}, y {y0:.1f} to {y1:.1f})"
+            )
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
             a, b = boxes[i], boxes[j]
             width, height = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
             smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-            if width > 0 and height > 0 and smaller > 0 and width * height > OVERLAP_SHARE * smaller:
-                problems.append(f"animation {animation}: {_name(texts[i])} and {_name(texts[j])} overlap")
+            if (
+                width > 0
+                and height > 0
+                and smaller > 0
+                and width * height > OVERLAP_SHARE * smaller
+            ):
+                problems.append(
+                    f"animation {animation}: {_name(texts[i])} and {_name(texts[j])} overlap"
+                )
     return problems
 
 
 def _name(text) -> str:
-    content = getattr(text, "tex_string", None) or getattr(text, "text", None) or type(text).__name__
+    content = (
+        getattr(text, "tex_string", None) or getattr(text, "text", None) or type(text).__name__
+    )
     content = " ".join(str(content).split())
     return repr(content[:40] + ("..." if len(content) > 40 else ""))
 
@@ -238,9 +277,17 @@ def curves_on_screen(scene, plotted: list) -> list[dict]:
             color = graph.get_stroke_color().to_hex()
         except Exception:  # noqa: BLE001 - a colour Manim cannot name: the host looks for any
             color = None
-        found.append({"curve": number, "x": [x0, x1], "y": [y0, y1],
-                      "low": _pixel(camera, axes.c2p(x0, y0)), "high": _pixel(camera, axes.c2p(x1, y1)),
-                      "step": float(getattr(graph, "t_step", 0.0) or 0.0), "color": color})
+        found.append(
+            {
+                "curve": number,
+                "x": [x0, x1],
+                "y": [y0, y1],
+                "low": _pixel(camera, axes.c2p(x0, y0)),
+                "high": _pixel(camera, axes.c2p(x1, y1)),
+                "step": float(getattr(graph, "t_step", 0.0) or 0.0),
+                "color": color,
+            }
+        )
     return found
 
 
@@ -255,9 +302,13 @@ def record_plays(plotted: list, plays: list) -> None:
         result = play(self, *args, **kwargs)
         if len(plays) < MAX_VIEWS:
             renderer = self.renderer
-            plays.append({"run_time": float(getattr(self, "duration", 0.0) or 0.0),
-                          "frames": int(round(renderer.time * renderer.camera.frame_rate)),
-                          "curves": curves_on_screen(self, plotted)})
+            plays.append(
+                {
+                    "run_time": float(getattr(self, "duration", 0.0) or 0.0),
+                    "frames": int(round(renderer.time * renderer.camera.frame_rate)),
+                    "curves": curves_on_screen(self, plotted),
+                }
+            )
         return result
 
     Scene.play = recorded_play
@@ -278,11 +329,15 @@ def curve_visibility(plotted: list) -> list[str]:
         ys = np.array([axes.point_to_coords(p)[1] for p in points if np.all(np.isfinite(p))])
         inside = np.mean((ys >= y_min - 1e-9) & (ys <= y_max + 1e-9)) if len(ys) else 0.0
         if inside < CURVE_VISIBLE_SHARE:
-            problems.append(f"curve {number}: only {inside:.0%} of it lies inside its axes' y-range")
+            problems.append(
+                f"curve {number}: only {inside:.0%} of it lies inside its axes' y-range"
+            )
             continue
         span = (ys.max() - ys.min()) / (y_max - y_min) if len(ys) and y_max > y_min else 0.0
         if 1e-6 < span < CURVE_FLAT_SHARE:
-            problems.append(f"curve {number}: squashed flat, it spans {span:.0%} of its axes' height")
+            problems.append(
+                f"curve {number}: squashed flat, it spans {span:.0%} of its axes' height"
+            )
     return problems
 
 
@@ -293,7 +348,8 @@ def _load_scene_class(path: Path, name: str | None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     scenes = [
-        obj for obj in vars(module).values()
+        obj
+        for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, Scene) and obj.__module__ == module.__name__
     ]
     if name:
@@ -309,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scene")
     parser.add_argument("--quality", default="l", choices=list("lmhk"))
     parser.add_argument("--fps", type=int, help="frames per second (default: the quality's own)")
-    parser.add_argument("--movie", type=Path, default=Path("movie.mp4"), help="where the movie goes")
+    parser.add_argument(
+        "--movie", type=Path, default=Path("movie.mp4"), help="where the movie goes"
+    )
     parser.add_argument("--frame", type=Path, help="save the last frame as PNG here")
     parser.add_argument("--report", type=Path, default=Path("report.json"))
     parser.add_argument("--media-dir", type=Path, default=Path("media"))
@@ -346,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             from PIL import Image
 
             Image.fromarray(scene.renderer.get_frame()).save(args.frame)
-    report = {"scene": scene_class.__name__, "curves": sampled_curves(plotted),
-              "layout": layout + curve_visibility(plotted), "plays": plays}
+    report = {
+        "scene": scene_class.__name__,
+        "curves": sampled_curves(plotted),
+        "layout": layout + curve_visibility(plotted),
+        "plays": plays,
+    }
     args.report.write_text(json.dumps(report))
     return 0
 

@@ -92,7 +92,9 @@ class SandboxResult:
     duration_s: float
     isolation: list[str] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # what the job left under the asked names
-    refused: dict[str, str] = field(default_factory=dict)  # asked files not sent back, and why (over a cap)
+    refused: dict[str, str] = field(
+        default_factory=dict
+    )  # asked files not sent back, and why (over a cap)
     # What went wrong as the server or the host saw it (not the job's output): "timed out after
     # 60 s", "killed by the seccomp filter", "the sandbox server died", ...; None when it exited.
     failure: str | None = None
@@ -115,31 +117,49 @@ class PythonSandbox:
     a server (no preload) per job. allow_unsandboxed=True runs jobs without bubblewrap where
     it cannot run (UNSANDBOXED in the layers); otherwise that raises SandboxUnavailable."""
 
-    def __init__(self, limits: SandboxLimits = SandboxLimits(), preload: tuple[str, ...] = (),
-                 warm: bool = True, allow_unsandboxed: bool = False):
+    def __init__(
+        self,
+        limits: SandboxLimits = SandboxLimits(),
+        preload: tuple[str, ...] = (),
+        warm: bool = True,
+        allow_unsandboxed: bool = False,
+    ):
         self.limits, self.preload, self.warm = limits, tuple(preload), warm
         self.isolation = probe()
         if self.isolation.bwrap is None and not allow_unsandboxed:
-            raise SandboxUnavailable(f"generated code cannot be run safely: {self.isolation.problem}; "
-                                     f"or {UNSAFE_HINT}")
+            raise SandboxUnavailable(
+                f"generated code cannot be run safely: {self.isolation.problem}; or {UNSAFE_HINT}"
+            )
         self._server: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
         self._host_dir: Path | None = None  # UNSANDBOXED only: the job dir on the host
         self.layers: list[str] = self.isolation.layers(None)
 
-    def run(self, args: list[str], files: dict[str, bytes | str] | None = None,
-            collect: tuple[str, ...] | dict[str, int] = ()) -> SandboxResult:
+    def run(
+        self,
+        args: list[str],
+        files: dict[str, bytes | str] | None = None,
+        collect: tuple[str, ...] | dict[str, int] = (),
+    ) -> SandboxResult:
         """Run `python ARGS` in a fresh work dir holding `files`; the result carries the
         files named in `collect` that the job left there (regular files only), each at most
         its cap in bytes (a dict) or MAX_FILE_BYTES (a tuple of names); one over its cap is
         in `refused`, with why."""
         if self._server is None or self._server.poll() is not None:
             self._start()
-        caps = dict(collect) if isinstance(collect, dict) else dict.fromkeys(collect, MAX_FILE_BYTES)
+        caps = (
+            dict(collect) if isinstance(collect, dict) else dict.fromkeys(collect, MAX_FILE_BYTES)
+        )
         caps = {name: min(int(cap), MAX_FILE_BYTES) for name, cap in caps.items()}
-        request = {"args": list(args), "limits": asdict(self.limits), "collect": caps,
-                   "files": {name: base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
-                             for name, data in (files or {}).items()}}
+        request = {
+            "args": list(args),
+            "limits": asdict(self.limits),
+            "collect": caps,
+            "files": {
+                name: base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+                for name, data in (files or {}).items()
+            },
+        }
         start = time.perf_counter()
         oom_before = self._cgroup.oom_kills() if self._cgroup is not None else 0
         layers = list(self.layers)
@@ -147,14 +167,27 @@ class PythonSandbox:
             self._server.stdin.write((json.dumps(request) + "\n").encode())
             self._server.stdin.flush()
             # The server enforces the time limit; this deadline only catches a server that hangs.
-            header, collected = _read_reply(self._server.stdout.fileno(), self.limits, caps,
-                                            time.monotonic() + self.limits.timeout_s + 60)
-        except (OSError, _ReplyProblem) as problem:  # nothing of this server survives into the next job
+            header, collected = _read_reply(
+                self._server.stdout.fileno(),
+                self.limits,
+                caps,
+                time.monotonic() + self.limits.timeout_s + 60,
+            )
+        except (
+            OSError,
+            _ReplyProblem,
+        ) as problem:  # nothing of this server survives into the next job
             failure = self._what_happened(problem, oom_before, time.perf_counter() - start)
             self._stop()
-            return SandboxResult(returncode=None, stdout="", stderr=f"sandbox: {failure}",
-                                 timed_out=getattr(problem, "hung", False), failure=failure,
-                                 duration_s=time.perf_counter() - start, isolation=layers)
+            return SandboxResult(
+                returncode=None,
+                stdout="",
+                stderr=f"sandbox: {failure}",
+                timed_out=getattr(problem, "hung", False),
+                failure=failure,
+                duration_s=time.perf_counter() - start,
+                isolation=layers,
+            )
         returncode = header["returncode"]
         failure = None
         if header["timed_out"]:
@@ -164,17 +197,33 @@ class PythonSandbox:
         if header["restart"] or not self.warm:
             self._stop()
         return SandboxResult(
-            returncode=returncode, stdout=header["stdout"], stderr=header["stderr"],
-            timed_out=header["timed_out"], duration_s=header["duration_s"], isolation=layers,
-            files=collected, refused=header["refused"], failure=failure, restart=header["restart"],
+            returncode=returncode,
+            stdout=header["stdout"],
+            stderr=header["stderr"],
+            timed_out=header["timed_out"],
+            duration_s=header["duration_s"],
+            isolation=layers,
+            files=collected,
+            refused=header["refused"],
+            failure=failure,
+            restart=header["restart"],
         )
 
     def _killed_by(self, number: int, oom_before: int) -> str:
         """What a signal that ended the job means here."""
         if number == signal.SIGSYS:
-            return "killed by the seccomp filter (SIGSYS: a system call of another architecture or ABI)"
-        if number == signal.SIGKILL and self._cgroup is not None and self._cgroup.oom_kills() > oom_before:
-            return f"killed over the memory limit ({self.limits.memory_mb} MB for the whole sandbox)"
+            return (
+                "killed by the seccomp filter (SIGSYS: a system call of another architecture or "
+                "ABI)"
+            )
+        if (
+            number == signal.SIGKILL
+            and self._cgroup is not None
+            and self._cgroup.oom_kills() > oom_before
+        ):
+            return (
+                f"killed over the memory limit ({self.limits.memory_mb} MB for the whole sandbox)"
+            )
         if number == signal.SIGXCPU:
             return f"killed over the CPU time limit ({int(self.limits.timeout_s) + 5} s)"
         if number == signal.SIGXFSZ:
@@ -183,14 +232,21 @@ class PythonSandbox:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
-        return f"killed by {name}" + (" (it crashed)" if number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT,
-                                                                  signal.SIGILL, signal.SIGFPE) else "")
+        return f"killed by {name}" + (
+            " (it crashed)"
+            if number
+            in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
+            else ""
+        )
 
     def _what_happened(self, problem: Exception, oom_before: int, seconds: float) -> str:
-        """Why no reply came: the server died (over memory?), hung, or sent what the host refuses."""
+        """Why no reply came: the server died (over memory?), hung, or sent what the host
+        refuses."""
         if getattr(problem, "hung", False):
-            return (f"the sandbox server did not answer within {self.limits.timeout_s + 60:g} s "
-                    f"(the job's limit is {self.limits.timeout_s:g} s)")
+            return (
+                f"the sandbox server did not answer within {self.limits.timeout_s + 60:g} s "
+                f"(the job's limit is {self.limits.timeout_s:g} s)"
+            )
         if isinstance(problem, _ReplyProblem) and not problem.died:
             return f"the sandbox's reply was refused: {problem}"
         try:
@@ -200,11 +256,18 @@ class PythonSandbox:
         over_memory = self._cgroup is not None and self._cgroup.oom_kills() > oom_before
         self._server_log.seek(0)
         log = self._server_log.read()[-2000:].decode(errors="replace").strip().splitlines()
-        why = (f"killed over the memory limit ({self.limits.memory_mb} MB for the whole sandbox)" if over_memory
-               else f"exit status {code}" if code is not None and code >= 0
-               else f"killed by signal {-code}" if code is not None else "no exit status")
-        return (f"the sandbox server died after {seconds:.1f} s ({why})"
-                + (f": {log[-1][:200]}" if log and not over_memory else ""))
+        why = (
+            f"killed over the memory limit ({self.limits.memory_mb} MB for the whole sandbox)"
+            if over_memory
+            else f"exit status {code}"
+            if code is not None and code >= 0
+            else f"killed by signal {-code}"
+            if code is not None
+            else "no exit status"
+        )
+        return f"the sandbox server died after {seconds:.1f} s ({why})" + (
+            f": {log[-1][:200]}" if log and not over_memory else ""
+        )
 
     def close(self) -> None:
         self._stop()
@@ -231,19 +294,52 @@ class PythonSandbox:
             self._host_dir = Path(tempfile.mkdtemp(prefix="derivanim-unsafe-"))
             for name in ("job", "output"):
                 (self._host_dir / name).mkdir()
-            argv = [sys.executable, "-m", sandbox_server.__name__, "--serve", str(self._host_dir / "job"),
-                    str(self._host_dir / "output"), "--unsafe", *preload]
+            argv = [
+                sys.executable,
+                "-m",
+                sandbox_server.__name__,
+                "--serve",
+                str(self._host_dir / "job"),
+                str(self._host_dir / "output"),
+                "--unsafe",
+                *preload,
+            ]
             self._server = subprocess.Popen(
-                argv, cwd=self._host_dir, env=server_environment(self._host_dir), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self._server_log, start_new_session=True,
-                preexec_fn=enter_limits, close_fds=True)
+                argv,
+                cwd=self._host_dir,
+                env=server_environment(self._host_dir),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._server_log,
+                start_new_session=True,
+                preexec_fn=enter_limits,
+                close_fds=True,
+            )
             return
-        argv = [sys.executable, "-m", sandbox_server.__name__, "--serve", JOB_DIR, OUTPUT_DIR, *preload]
-        with bwrap_command(self.isolation.bwrap, self.isolation.unprivileged, limits, argv) as (command, fds):
+        argv = [
+            sys.executable,
+            "-m",
+            sandbox_server.__name__,
+            "--serve",
+            JOB_DIR,
+            OUTPUT_DIR,
+            *preload,
+        ]
+        with bwrap_command(self.isolation.bwrap, self.isolation.unprivileged, limits, argv) as (
+            command,
+            fds,
+        ):
             self._server = subprocess.Popen(
-                command, env=server_environment(JOB_DIR), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._server_log, start_new_session=True, preexec_fn=enter_limits,
-                close_fds=True, pass_fds=fds)
+                command,
+                env=server_environment(JOB_DIR),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._server_log,
+                start_new_session=True,
+                preexec_fn=enter_limits,
+                close_fds=True,
+                pass_fds=fds,
+            )
 
     def _stop(self) -> None:
         if self._server is not None:
@@ -268,8 +364,14 @@ class PythonSandbox:
 class SandboxPool:
     """N sandboxes for N threads: `with pool.take() as box:` lends one for a job."""
 
-    def __init__(self, size: int, limits: SandboxLimits = SandboxLimits(), preload: tuple[str, ...] = (),
-                 warm: bool = True, allow_unsandboxed: bool = False):
+    def __init__(
+        self,
+        size: int,
+        limits: SandboxLimits = SandboxLimits(),
+        preload: tuple[str, ...] = (),
+        warm: bool = True,
+        allow_unsandboxed: bool = False,
+    ):
         self._boxes = [PythonSandbox(limits, preload, warm, allow_unsandboxed) for _ in range(size)]
         self._idle: queue.SimpleQueue[PythonSandbox] = queue.SimpleQueue()
         for box in self._boxes:
@@ -308,15 +410,29 @@ def _fill(fd: int, buffer: bytearray, deadline: float) -> None:
     buffer += chunk
 
 
-REPLY_KEYS = {"returncode": (int, type(None)), "timed_out": (bool,), "duration_s": (int, float), "stdout": (str,),
-              "stderr": (str,), "files": (dict,), "refused": (dict,), "restart": (str, type(None))}
+REPLY_KEYS = {
+    "returncode": (int, type(None)),
+    "timed_out": (bool,),
+    "duration_s": (int, float),
+    "stdout": (str,),
+    "stderr": (str,),
+    "files": (dict,),
+    "refused": (dict,),
+    "restart": (str, type(None)),
+}
 
 
-def _read_reply(fd: int, limits: SandboxLimits, caps: dict[str, int], deadline: float,
-                ) -> tuple[dict, dict[str, bytes]]:
+def _read_reply(
+    fd: int,
+    limits: SandboxLimits,
+    caps: dict[str, int],
+    deadline: float,
+) -> tuple[dict, dict[str, bytes]]:
     """The server's reply: a JSON line (its size capped by the output caps) naming each file's
     length, then the files' bytes, each within the cap asked for it. Raises _ReplyProblem."""
-    header_cap = MAX_HEADER_BYTES + 24 * (limits.max_output_chars + 200)  # two outputs, 12 bytes a char escaped
+    header_cap = MAX_HEADER_BYTES + 24 * (
+        limits.max_output_chars + 200
+    )  # two outputs, 12 bytes a char escaped
     buffer, scanned = bytearray(), 0
     while (newline := buffer.find(b"\n", scanned)) < 0:
         scanned = len(buffer)
@@ -325,24 +441,32 @@ def _read_reply(fd: int, limits: SandboxLimits, caps: dict[str, int], deadline: 
         _fill(fd, buffer, deadline)
     try:
         header = json.loads(buffer[:newline])
-        if not isinstance(header, dict) or any(not isinstance(header.get(key), kinds)
-                                               for key, kinds in REPLY_KEYS.items()):
+        if not isinstance(header, dict) or any(
+            not isinstance(header.get(key), kinds) for key, kinds in REPLY_KEYS.items()
+        ):
             raise ValueError("a field is missing or of the wrong type")
         sizes = header["files"]
-        if any(name not in caps or not isinstance(n, int) or not 0 <= n <= caps[name] for name, n in sizes.items()):
+        if any(
+            name not in caps or not isinstance(n, int) or not 0 <= n <= caps[name]
+            for name, n in sizes.items()
+        ):
             raise ValueError("a file that was not asked for, or over its cap")
-        header["refused"] = {str(name)[:100]: str(why)[:200] for name, why in header["refused"].items()}
+        header["refused"] = {
+            str(name)[:100]: str(why)[:200] for name, why in header["refused"].items()
+        }
     except ValueError as err:  # json's errors are ValueErrors
         raise _ReplyProblem(f"malformed ({one_line(err)})") from None
     total = sum(sizes.values())
     if total > MAX_REPLY_FILES_BYTES:
-        raise _ReplyProblem(f"its files are {size_text(total)}, over {size_text(MAX_REPLY_FILES_BYTES)}")
+        raise _ReplyProblem(
+            f"its files are {size_text(total)}, over {size_text(MAX_REPLY_FILES_BYTES)}"
+        )
     needed = newline + 1 + total
     files_deadline = max(deadline, time.monotonic() + HOST_SECONDS)
     while len(buffer) < needed:
         _fill(fd, buffer, files_deadline)
     files, at = {}, newline + 1
     for name, n in sizes.items():
-        files[name] = bytes(buffer[at:at + n])
+        files[name] = bytes(buffer[at : at + n])
         at += n
     return header, files

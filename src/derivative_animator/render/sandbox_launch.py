@@ -21,30 +21,92 @@ from pathlib import Path
 from derivative_animator.render.sandbox_limits import SandboxLimits, clean_environment
 
 JOB_DIR = "/job"  # the job's work dir inside the sandbox: a tmpfs
-OUTPUT_DIR = "/output"  # its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
+# its stdout and stderr files: a tmpfs of their own, so a full work dir loses no error
+OUTPUT_DIR = "/output"
 SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace
 SHM_MB = 64
-FIX = "apt-get install bubblewrap (and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1)"
+FIX = (
+    "apt-get install bubblewrap "
+    "(and allow user namespaces: sysctl kernel.unprivileged_userns_clone=1)"
+)
 
 # Refused with EPERM inside the sandbox: nothing a render needs, everything an escape would.
 DENIED_SYSCALLS = (
-    "mount", "umount2", "pivot_root", "chroot", "mount_setattr", "move_mount", "open_tree", "fsopen",
-    "fsconfig", "fsmount", "fspick", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "bpf",
-    "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "unshare", "setns",
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
-    "swapon", "swapoff", "syslog", "acct", "quotactl", "open_by_handle_at", "name_to_handle_at",
-    "iopl", "ioperm", "io_uring_setup", "io_uring_enter", "io_uring_register", "lookup_dcookie",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
-    "vhangup", "personality",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "unshare",
+    "setns",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "syslog",
+    "acct",
+    "quotactl",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "iopl",
+    "ioperm",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "lookup_dcookie",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "vhangup",
+    "personality",
     # POSIX message queues live in the sandbox's IPC namespace and outlive the job that made them;
     # nothing a render needs (SysV IPC, which libraries may use, is removed between jobs instead).
-    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
 )
-# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME: clone may not make namespaces.
-CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x80)
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME: clone may not make
+# namespaces.
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000,
+    0x02000000,
+    0x04000000,
+    0x08000000,
+    0x10000000,
+    0x20000000,
+    0x40000000,
+    0x80,
+)
 
 
 # --- what this machine allows ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Isolation:
@@ -80,13 +142,23 @@ def probe() -> Isolation:
         except (OSError, subprocess.TimeoutExpired) as err:
             return Isolation(None, False, f"bubblewrap does not start ({err}); fix: {FIX}")
         if done.returncode == 0:
-            problem = None if unprivileged else (
-                "cannot drop to an unprivileged user (no user namespaces): scenes run as root without "
-                "capabilities; fix: allow user namespaces (sysctl user.max_user_namespaces=10000)")
+            problem = (
+                None
+                if unprivileged
+                else (
+                    "cannot drop to an unprivileged user (no user namespaces): scenes run as "
+                    "root without capabilities; fix: allow user namespaces "
+                    "(sysctl user.max_user_namespaces=10000)"
+                )
+            )
             return Isolation(bwrap, unprivileged, problem)
         reason = done.stderr.decode(errors="replace").strip().splitlines()
-    return Isolation(None, False,
-                     f"bubblewrap cannot make a sandbox here ({reason[-1] if reason else 'no reason given'}); fix: {FIX}")
+    return Isolation(
+        None,
+        False,
+        "bubblewrap cannot make a sandbox here "
+        f"({reason[-1] if reason else 'no reason given'}); fix: {FIX}",
+    )
 
 
 def isolation_layers() -> list[str]:
@@ -116,7 +188,9 @@ def _seccomp_program() -> tuple[bytes | None, str | None]:
         except (OSError, ValueError, RuntimeError):
             pass  # not a syscall on this architecture
     for flag in CLONE_NAMESPACE_FLAGS:
-        rules.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+        rules.add_rule(
+            seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
+        )
     rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     with tempfile.TemporaryFile() as program:
         rules.export_bpf(program)
@@ -133,11 +207,24 @@ def _mounts() -> list[str]:
             args += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    shared = [Path("/etc", name) for name in ("fonts", "texmf", "alternatives", "ld.so.cache", "ld.so.conf",
-                                               "ld.so.conf.d", "localtime", "mime.types")]
+    shared = [
+        Path("/etc", name)
+        for name in (
+            "fonts",
+            "texmf",
+            "alternatives",
+            "ld.so.cache",
+            "ld.so.conf",
+            "ld.so.conf.d",
+            "localtime",
+            "mime.types",
+        )
+    ]
     shared += [Path("/var/lib/texmf"), Path("/var/cache/fontconfig")]
     package = _package_dir()
-    for prefix in dict.fromkeys([Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package]):
+    for prefix in dict.fromkeys(
+        [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package]
+    ):
         if not str(prefix).startswith("/usr/"):
             shared.append(prefix)
     for path in shared:
@@ -168,17 +255,53 @@ def bwrap_command(bwrap: str, unprivileged: bool, limits: SandboxLimits, argv: l
     fds = [fd]
     command = [bwrap, "--unshare-all"]
     if unprivileged:
-        command += ["--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-    command += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--as-pid-1", "--seccomp", str(fd)]
+        command += [
+            "--unshare-user",
+            "--disable-userns",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_UID),
+        ]
+    command += [
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--seccomp",
+        str(fd),
+    ]
     # /tmp first: a venv or checkout under /tmp (CI clones there) is bound on top of it, not hidden.
-    command += ["--size", str(16 << 20), "--tmpfs", "/tmp", *_mounts(),
-        "--proc", "/proc", "--dev", "/dev",
-        "--size", str(limits.disk_mb << 20), "--tmpfs", JOB_DIR,
-        "--size", str(SHM_MB << 20), "--tmpfs", "/dev/shm",
-        "--size", str(8 * limits.max_output_chars + (1 << 20)), "--tmpfs", OUTPUT_DIR,
-        "--remount-ro", "/",  # bwrap's own root is a tmpfs too: only the tmpfs mounts stay writable
-        "--remount-ro", "/dev",  # bwrap's /dev is an unlimited tmpfs: nothing of a job may stay there
-        "--chdir", JOB_DIR, *argv,
+    command += [
+        "--size",
+        str(16 << 20),
+        "--tmpfs",
+        "/tmp",
+        *_mounts(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(limits.disk_mb << 20),
+        "--tmpfs",
+        JOB_DIR,
+        "--size",
+        str(SHM_MB << 20),
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        str(8 * limits.max_output_chars + (1 << 20)),
+        "--tmpfs",
+        OUTPUT_DIR,
+        "--remount-ro",
+        "/",  # bwrap's own root is a tmpfs too: only the tmpfs mounts stay writable
+        "--remount-ro",
+        "/dev",  # bwrap's /dev is an unlimited tmpfs: nothing of a job may stay there
+        "--chdir",
+        JOB_DIR,
+        *argv,
     ]
     try:
         yield command, fds
@@ -188,6 +311,7 @@ def bwrap_command(bwrap: str, unprivileged: bool, limits: SandboxLimits, argv: l
 
 
 # --- cgroups: limits on the whole sandbox ---------------------------------------------
+
 
 class Cgroup:
     """One cgroup per sandbox (v1: one per controller), holding memory and process limits."""
@@ -202,14 +326,21 @@ class Cgroup:
         name = Path("derivanim-sandbox", uuid.uuid4().hex[:12])
         memory = str(limits.memory_mb << 20)
         v1 = Path("/sys/fs/cgroup")
-        settings = {v1 / "pids" / name: {"pids.max": str(limits.max_processes)},
-                    v1 / "memory" / name: {"memory.limit_in_bytes": memory}}
+        settings = {
+            v1 / "pids" / name: {"pids.max": str(limits.max_processes)},
+            v1 / "memory" / name: {"memory.limit_in_bytes": memory},
+        }
         if not all((d.parents[1] / "cgroup.procs").exists() for d in settings):
             root = v1 / "derivanim-sandbox"
             if not (v1 / "cgroup.subtree_control").exists():
                 return None
-            settings = {v1 / name: {"pids.max": str(limits.max_processes), "memory.max": memory,
-                                    "memory.swap.max": "0"}}
+            settings = {
+                v1 / name: {
+                    "pids.max": str(limits.max_processes),
+                    "memory.max": memory,
+                    "memory.swap.max": "0",
+                }
+            }
             try:
                 root.mkdir(exist_ok=True)
                 for level in (v1, root):

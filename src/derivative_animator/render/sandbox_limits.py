@@ -21,10 +21,17 @@ class SandboxLimits:
     max_output_chars: int = 20_000
 
     def __post_init__(self):
-        if (self.timeout_s <= 0 or self.memory_mb < 256 or self.max_processes < 4
-                or self.disk_mb < 16 or self.max_file_mb < 1):
-            raise ValueError("sandbox limits: timeout_s > 0, memory_mb >= 256, max_processes >= 4, "
-                             "disk_mb >= 16, max_file_mb >= 1")
+        if (
+            self.timeout_s <= 0
+            or self.memory_mb < 256
+            or self.max_processes < 4
+            or self.disk_mb < 16
+            or self.max_file_mb < 1
+        ):
+            raise ValueError(
+                "sandbox limits: timeout_s > 0, memory_mb >= 256, max_processes >= 4, "
+                "disk_mb >= 16, max_file_mb >= 1"
+            )
 
 
 def apply_rlimits(limits: SandboxLimits, cpu_limit: bool = True, nproc: bool = False) -> None:
@@ -57,8 +64,15 @@ def clean_environment(workdir: str | Path) -> dict[str, str]:
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"])
     workdir = str(workdir)
     return {
-        "PATH": path, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-        "MPLCONFIGDIR": f"{workdir}/.matplotlib", "TEXMFVAR": f"{workdir}/.texmf-var",
-        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+        "PATH": path,
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "MPLCONFIGDIR": f"{workdir}/.matplotlib",
+        "TEXMFVAR": f"{workdir}/.texmf-var",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
     }

@@ -2,7 +2,8 @@
 
 `sandbox.PythonSandbox` starts it as PID 1 of a bubblewrap sandbox (`sandbox_launch.py`):
 
-    python -m derivative_animator.render.sandbox_server --serve JOB_DIR OUTPUT_DIR [--unsafe] [PRELOAD ...]
+    python -m derivative_animator.render.sandbox_server --serve JOB_DIR OUTPUT_DIR
+        [--unsafe] [PRELOAD ...]
 
 It imports the PRELOAD modules once, then reads one JSON job a line from stdin, forks a child
 that becomes `python ARGS` in JOB_DIR, and answers one JSON line and the asked files' bytes on
@@ -40,15 +41,21 @@ def serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
     # Not dumpable, first: a job (same user) cannot ptrace it, read its memory or open its fds.
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     if not unsafe and os.getpid() != 1:
-        sys.exit("sandbox --serve runs only as PID 1 of its own PID namespace (bwrap --as-pid-1): "
-                 "it kills every other process it can see")
+        sys.exit(
+            "sandbox --serve runs only as PID 1 of its own PID namespace (bwrap --as-pid-1): "
+            "it kills every other process it can see"
+        )
     replies = os.fdopen(os.dup(1), "wb")
     quiet = os.open(os.devnull, os.O_RDWR)
     os.dup2(quiet, 1)  # whatever a library prints must not mix with the replies
     for name in preload:
         importlib.import_module(name)
-    job_signals = _ignore_signals()  # a job's SIGINT to PID 1 is Python's KeyboardInterrupt otherwise
-    tmp_baseline = frozenset() if unsafe else _tree(Path("/tmp"))  # the mount points bound under /tmp
+    job_signals = (
+        _ignore_signals()
+    )  # a job's SIGINT to PID 1 is Python's KeyboardInterrupt otherwise
+    tmp_baseline = (
+        frozenset() if unsafe else _tree(Path("/tmp"))
+    )  # the mount points bound under /tmp
     for line in sys.stdin:
         request = json.loads(line)
         limits = SandboxLimits(**request["limits"])
@@ -76,11 +83,16 @@ def serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
             survived = []
         else:
             survived = _kill_all_but_me()
-        reply = {"returncode": None if timed_out else status, "timed_out": timed_out,
-                 "duration_s": time.perf_counter() - start,
-                 "stdout": _read_text(output / "stdout", limits.max_output_chars),
-                 "stderr": _read_text(output / "stderr", limits.max_output_chars),
-                 "files": {}, "refused": {}, "restart": None}
+        reply = {
+            "returncode": None if timed_out else status,
+            "timed_out": timed_out,
+            "duration_s": time.perf_counter() - start,
+            "stdout": _read_text(output / "stdout", limits.max_output_chars),
+            "stderr": _read_text(output / "stderr", limits.max_output_chars),
+            "files": {},
+            "refused": {},
+            "restart": None,
+        }
         contents, total = [], 0
         for name, cap in request["collect"].items():
             data = _read_file(root / _plain_name(name), min(cap, MAX_FILE_BYTES))
@@ -88,17 +100,28 @@ def serve(root: Path, output: Path, preload: list[str], unsafe: bool) -> None:
                 continue
             if isinstance(data, int) or total + len(data) > MAX_REPLY_FILES_BYTES:
                 size = data if isinstance(data, int) else len(data)
-                reply["refused"][name] = (f"{size_text(size)}, over its {size_text(min(cap, MAX_FILE_BYTES))} cap"
-                                          if isinstance(data, int) else "over the reply's cap on all files")
+                reply["refused"][name] = (
+                    f"{size_text(size)}, over its {size_text(min(cap, MAX_FILE_BYTES))} cap"
+                    if isinstance(data, int)
+                    else "over the reply's cap on all files"
+                )
                 continue
             reply["files"][name] = len(data)
             contents.append(data)
             total += len(data)
         survived += empty_dir(root) + empty_dir(output)
         if not unsafe:
-            survived += empty_dir(Path("/tmp"), keep=tmp_baseline) + empty_dir(Path("/dev/shm")) + _remove_sysv_ipc()
+            survived += (
+                empty_dir(Path("/tmp"), keep=tmp_baseline)
+                + empty_dir(Path("/dev/shm"))
+                + _remove_sysv_ipc()
+            )
         if survived:
-            reply["restart"] = f"{len(survived)} things outlived the job's cleanup: {'; '.join(survived[:3])}"[:500]
+            reply["restart"] = (
+                f"{len(survived)} things outlived the job's cleanup: {'; '.join(survived[:3])}"[
+                    :500
+                ]
+            )
         replies.write(json.dumps(reply).encode() + b"\n")
         for data in contents:
             replies.write(data)
@@ -111,8 +134,11 @@ def _ignore_signals() -> dict[int, object]:
     """Ignore every catchable signal in the server but SIGCHLD (its children's exit status);
     returns the handlers a job gets back: a fresh Python's, whatever the server inherited (a
     server started from a background shell inherits SIGINT ignored)."""
-    python_starts_with = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
-                          signal.SIGXFSZ: signal.SIG_IGN}
+    python_starts_with = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGPIPE: signal.SIG_IGN,
+        signal.SIGXFSZ: signal.SIG_IGN,
+    }
     handlers = {}
     for number in signal.valid_signals():
         if number in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
@@ -131,15 +157,24 @@ def _plain_name(name: str) -> str:
     return name
 
 
-def _run_job(args: list[str], workdir: Path, output: Path, limits: SandboxLimits, quiet: int,
-             job_signals: dict[int, object]) -> None:
+def _run_job(
+    args: list[str],
+    workdir: Path,
+    output: Path,
+    limits: SandboxLimits,
+    quiet: int,
+    job_signals: dict[int, object],
+) -> None:
     """In the forked child: become `python ARGS` run in workdir, and exit."""
     import runpy
     import traceback
 
     code = 1
     try:
-        for number, handler in job_signals.items():  # the server's ignored signals are the job's again
+        for (
+            number,
+            handler,
+        ) in job_signals.items():  # the server's ignored signals are the job's again
             signal.signal(number, handler if handler is not None else signal.SIG_DFL)
         os.setsid()
         apply_rlimits(limits)
@@ -222,7 +257,10 @@ def _tree(root: Path) -> frozenset[str]:
         for entry in os.scandir(root / relative if relative else root):
             path = f"{relative}/{entry.name}" if relative else entry.name
             found.add(path)
-            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == device:
+            if (
+                entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_dev == device
+            ):
                 stack.append(path)
     return frozenset(found)
 
@@ -245,7 +283,10 @@ def empty_dir(root: Path, keep: frozenset[str] = frozenset()) -> list[str]:
         return len(path) < keep_depth and "/".join([*path, name]) in keep
 
     def where(name: str) -> str:
-        return f"{root}/{'/'.join(path[:3])}{'/...' if len(path) > 3 else ''}{'/' if path else ''}{name}"
+        return (
+            f"{root}/{'/'.join(path[:3])}{'/...' if len(path) > 3 else ''}"
+            f"{'/' if path else ''}{name}"
+        )
 
     try:
         try:
@@ -263,7 +304,9 @@ def empty_dir(root: Path, keep: frozenset[str] = frozenset()) -> list[str]:
                             if not kept(name):
                                 left.append(f"{where(name)}: a mount")
                             continue
-                        os.chmod(name, 0o700, dir_fd=fd)  # a directory (no process is left to swap it)
+                        os.chmod(
+                            name, 0o700, dir_fd=fd
+                        )  # a directory (no process is left to swap it)
                         child = os.open(name, _DIRECTORY, dir_fd=fd)
                         entries = os.listdir(child)
                         os.close(fd)
@@ -298,9 +341,11 @@ def _remove_sysv_ipc() -> list[str]:
 
     libc = ctypes.CDLL(None, use_errno=True)
     ipc_rmid = 0
-    remove = {"shm": lambda ident: libc.shmctl(ident, ipc_rmid, None),
-              "sem": lambda ident: libc.semctl(ident, 0, ipc_rmid),
-              "msg": lambda ident: libc.msgctl(ident, ipc_rmid, None)}
+    remove = {
+        "shm": lambda ident: libc.shmctl(ident, ipc_rmid, None),
+        "sem": lambda ident: libc.semctl(ident, 0, ipc_rmid),
+        "msg": lambda ident: libc.msgctl(ident, ipc_rmid, None),
+    }
     left = []
     for kind, rmid in remove.items():
         for _ in range(2):  # remove, then look again
@@ -357,4 +402,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         rest = sys.argv[4:]
         unsafe = "--unsafe" in rest
-        serve(Path(sys.argv[2]), Path(sys.argv[3]), [name for name in rest if name != "--unsafe"], unsafe)
+        serve(
+            Path(sys.argv[2]),
+            Path(sys.argv[3]),
+            [name for name in rest if name != "--unsafe"],
+            unsafe,
+        )

@@ -20,9 +20,15 @@ from derivative_animator.math.parsing import X
 
 SAMPLED_COLUMNS = 160  # pixel columns of a box looked at
 SUBSAMPLES = 9  # points of the function evaluated across one column's x-interval
-TOLERANCE_PX = 3.0  # rows beside the function's own that count as on it, at 480 rows (scales with height)
-COLOR_DISTANCE = 90  # RGB distance from the curve's colour that still counts as it (H.264 blurs thin lines)
-MIN_RECALL = 0.75  # of the columns where the function lies inside the box, those with the curve on it
+TOLERANCE_PX = (
+    3.0  # rows beside the function's own that count as on it, at 480 rows (scales with height)
+)
+COLOR_DISTANCE = (
+    90  # RGB distance from the curve's colour that still counts as it (H.264 blurs thin lines)
+)
+MIN_RECALL = (
+    0.75  # of the columns where the function lies inside the box, those with the curve on it
+)
 MIN_PRECISION = 0.5  # of the curve-coloured pixels inside the box, those on the function
 MAX_STEP_SHARE = 0.05  # the plot's sampling step a column may widen by, at most, of the x-range
 MAX_HIDDEN = 0.75  # of the function's columns, those something else drawn may hide the curve in
@@ -32,7 +38,9 @@ MIN_BOX_PX = 12  # a box smaller than this, either way, shows no curve
 
 @dataclass
 class Trace:
-    recall: float  # the function's columns not hidden by something else with the curve's colour on it
+    recall: (
+        float  # the function's columns not hidden by something else with the curve's colour on it
+    )
     precision: float  # the curve's colour inside the box that lies on the function
     columns: int  # columns where the function is inside the box
     span: float = 0.0  # of the box's height, the rows the function covers in it
@@ -40,15 +48,18 @@ class Trace:
 
     @property
     def seen(self) -> bool:
-        return (self.shown >= max(10, MIN_SHOWN * self.columns) and self.recall >= MIN_RECALL
-                and self.precision >= MIN_PRECISION)
+        return (
+            self.shown >= max(10, MIN_SHOWN * self.columns)
+            and self.recall >= MIN_RECALL
+            and self.precision >= MIN_PRECISION
+        )
 
 
 def _color(text) -> np.ndarray | None:
     if not isinstance(text, str) or len(text) < 7 or not text.startswith("#"):
         return None
     try:
-        return np.array([int(text[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.int32)
+        return np.array([int(text[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int32)
     except ValueError:
         return None
 
@@ -95,18 +106,29 @@ def trace(pixels: np.ndarray, view: dict, expr: sp.Expr) -> Trace | None:
         values = np.asarray(_numeric(expr)(xs), dtype=complex) * np.ones_like(xs)
     values = np.where(np.abs(values.imag) < 1e-9, values.real, np.nan)
     if step > 0:  # between samples, Manim's curve may lie anywhere between its neighbours' values
-        wide = x0 + (columns[:, None] - c0) * per_px + np.linspace(-step / 2, step / 2, SUBSAMPLES)[None, :]
+        wide = (
+            x0
+            + (columns[:, None] - c0) * per_px
+            + np.linspace(-step / 2, step / 2, SUBSAMPLES)[None, :]
+        )
         with np.errstate(all="ignore"):
             more = np.asarray(_numeric(expr)(wide), dtype=complex) * np.ones_like(wide)
-        values = np.concatenate([values, np.where(np.abs(more.imag) < 1e-9, more.real, np.nan)], axis=1)
+        values = np.concatenate(
+            [values, np.where(np.abs(more.imag) < 1e-9, more.real, np.nan)], axis=1
+        )
     finite = np.isfinite(values)
     rows = np.where(finite, r0 + (values - y0) / (y1 - y0) * (r1 - r0), np.nan)
     with np.errstate(all="ignore"):
-        top, bottom = np.nanmin(np.where(finite, rows, np.inf), axis=1), np.nanmax(np.where(finite, rows, -np.inf), axis=1)
+        top, bottom = (
+            np.nanmin(np.where(finite, rows, np.inf), axis=1),
+            np.nanmax(np.where(finite, rows, -np.inf), axis=1),
+        )
     box_top, box_bottom = max(r1, 0), min(r0, height - 1)
     inside = finite.any(axis=1) & (bottom >= box_top) & (top <= box_bottom)
     colour = _color(view.get("color"))
-    band = pixels[int(max(box_top - tolerance, 0)):int(min(box_bottom + tolerance, height - 1)) + 1][:, columns.astype(int)]
+    band = pixels[
+        int(max(box_top - tolerance, 0)) : int(min(box_bottom + tolerance, height - 1)) + 1
+    ][:, columns.astype(int)]
     band_top = int(max(box_top - tolerance, 0))
     drawn = band.astype(np.int32).sum(axis=-1) > 150  # anything unlike the black background
     if colour is not None:
@@ -127,11 +149,18 @@ def trace(pixels: np.ndarray, view: dict, expr: sp.Expr) -> Trace | None:
     total = int(in_box.sum())
     span = 0.0
     if inside.any():
-        covered = np.clip(bottom[inside], box_top, box_bottom).max() - np.clip(top[inside], box_top, box_bottom).min()
+        covered = (
+            np.clip(bottom[inside], box_top, box_bottom).max()
+            - np.clip(top[inside], box_top, box_bottom).min()
+        )
         span = float(covered / (r0 - r1))
-    return Trace(recall=float(hits.sum() / max(inside.sum() - hidden.sum(), 1)),
-                 precision=float((in_box & on).sum() / total) if total else 0.0,
-                 columns=int(inside.sum()), span=span, shown=int(hits.sum()))
+    return Trace(
+        recall=float(hits.sum() / max(inside.sum() - hidden.sum(), 1)),
+        precision=float((in_box & on).sum() / total) if total else 0.0,
+        columns=int(inside.sum()),
+        span=span,
+        shown=int(hits.sum()),
+    )
 
 
 EDGE_PX = 2  # the frame's outermost rows and columns
@@ -143,11 +172,17 @@ def cut_at_edges(pixels: np.ndarray) -> list[str]:
     """The frame's edges where something drawn is cut off (text past the frame): pixels
     unlike the background (the corners' most common colour) along the outermost rows or
     columns, more than a line leaving the frame makes (the oracle's tangent lines do)."""
-    corners = np.concatenate([pixels[:EDGE_PX, :EDGE_PX].reshape(-1, 3), pixels[-EDGE_PX:, -EDGE_PX:].reshape(-1, 3)])
+    corners = np.concatenate(
+        [pixels[:EDGE_PX, :EDGE_PX].reshape(-1, 3), pixels[-EDGE_PX:, -EDGE_PX:].reshape(-1, 3)]
+    )
     colours, counts = np.unique(corners, axis=0, return_counts=True)
     background = colours[counts.argmax()].astype(np.int32)
-    sides = {"top": pixels[:EDGE_PX], "bottom": pixels[-EDGE_PX:],
-             "left": pixels[:, :EDGE_PX].transpose(1, 0, 2), "right": pixels[:, -EDGE_PX:].transpose(1, 0, 2)}
+    sides = {
+        "top": pixels[:EDGE_PX],
+        "bottom": pixels[-EDGE_PX:],
+        "left": pixels[:, :EDGE_PX].transpose(1, 0, 2),
+        "right": pixels[:, -EDGE_PX:].transpose(1, 0, 2),
+    }
     cut = []
     for side, strip in sides.items():
         along = (np.abs(strip.astype(np.int32) - background).sum(axis=-1) > 90).any(axis=0)

@@ -1,4 +1,5 @@
-"""Everything the sandbox sends back is hostile on the host: the budget, and the readers that keep to it.
+"""Everything the sandbox sends back is hostile on the host: the budget, and the readers that
+keep to it.
 
 A job controls every byte of its reply: the movie, the last frame, report.json, its output.
 The host reads them within one fixed budget per reply, checking each cap *before* the work
@@ -25,13 +26,17 @@ from dataclasses import dataclass
 # --- the budget: one place -------------------------------------------------------------
 HOST_SECONDS = 10.0  # the host's wall time on one reply: report, frame and movie together
 HOST_MEMORY_MB = 512  # what the caps below keep the host's work on one reply under
-MAX_MOVIE_BYTES = 64 << 20  # movie.mp4 (a 480p scene at 5 fps: ~100 KB; 4K at 60 fps for a minute: ~30 MB)
+MAX_MOVIE_BYTES = (
+    64 << 20
+)  # movie.mp4 (a 480p scene at 5 fps: ~100 KB; 4K at 60 fps for a minute: ~30 MB)
 MAX_FRAME_BYTES = 8 << 20  # last_frame.png (4K: ~1 MB)
 MAX_REPORT_BYTES = 2 << 20  # report.json (20 curves of 200 points: ~150 KB)
 MAX_REPORT_DEPTH = 8  # {"curves": [{"x": [...]}]} is 4 deep
 MAX_FILE_BYTES = MAX_MOVIE_BYTES  # any other file a job sends back
 MAX_HEADER_BYTES = 1 << 20  # the reply's JSON line, beside what its output caps allow (sandbox)
-MAX_REPLY_FILES_BYTES = MAX_MOVIE_BYTES + MAX_FRAME_BYTES + MAX_REPORT_BYTES  # all files of one reply
+MAX_REPLY_FILES_BYTES = (
+    MAX_MOVIE_BYTES + MAX_FRAME_BYTES + MAX_REPORT_BYTES
+)  # all files of one reply
 MAX_MOVIE_SECONDS = 300  # declared duration (a derivative scene: 10 to 40 s)
 MAX_MOVIE_FRAMES = 20_000  # declared frames, whatever the frame rate
 MAX_MOVIE_BOXES = 10_000  # MP4 boxes walked before giving up
@@ -66,6 +71,7 @@ def size_text(n: int) -> str:
 
 # --- report.json -------------------------------------------------------------------------
 
+
 def json_depth(data: bytes) -> int:
     """How deep the brackets of a JSON text nest, those inside strings left out: linear, in
     numpy (a quote is a string's end unless an odd run of backslashes comes before it)."""
@@ -76,7 +82,9 @@ def json_depth(data: bytes) -> int:
         return 0
     at = np.arange(raw.size, dtype=np.int32)  # read only after the size cap: it fits
     backslash = raw == ord("\\")
-    last_other = np.maximum.accumulate(np.where(backslash, -1, at))  # the last non-backslash at or before i
+    last_other = np.maximum.accumulate(
+        np.where(backslash, -1, at)
+    )  # the last non-backslash at or before i
     run_before = np.empty(raw.size, dtype=np.int32)
     run_before[0] = 0
     run_before[1:] = at[:-1] - last_other[:-1]  # backslashes just before i
@@ -88,7 +96,9 @@ def json_depth(data: bytes) -> int:
 
 
 def _number(text: str) -> float:
-    return float(text)  # a 400-digit integer is a float (inf when too big), never an int to overflow later
+    return float(
+        text
+    )  # a 400-digit integer is a float (inf when too big), never an int to overflow later
 
 
 def read_report(data: bytes | None, budget: Budget | None = None) -> tuple[dict | None, str | None]:
@@ -96,7 +106,10 @@ def read_report(data: bytes | None, budget: Budget | None = None) -> tuple[dict 
     if data is None:
         return None, "the render sent back no report.json"
     if len(data) > MAX_REPORT_BYTES:
-        return None, f"report.json is {size_text(len(data))}, over its {size_text(MAX_REPORT_BYTES)} cap"
+        return (
+            None,
+            f"report.json is {size_text(len(data))}, over its {size_text(MAX_REPORT_BYTES)} cap",
+        )
     try:
         depth = json_depth(data)
         if depth > MAX_REPORT_DEPTH:
@@ -124,10 +137,15 @@ def read_frame(data: bytes | None, size: tuple[int, int] | None, budget: Budget 
     if not data:
         return None, "the render sent back no last frame"
     if len(data) > MAX_FRAME_BYTES:
-        return None, f"the last frame is {size_text(len(data))}, over its {size_text(MAX_FRAME_BYTES)} cap"
+        return (
+            None,
+            f"the last frame is {size_text(len(data))}, over its {size_text(MAX_FRAME_BYTES)} cap",
+        )
     if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
         return None, "the last frame is not a PNG"
-    width, height = struct.unpack_from(">II", data, 16)  # the header, before any decoder sees the file
+    width, height = struct.unpack_from(
+        ">II", data, 16
+    )  # the header, before any decoder sees the file
     if (size is not None and (width, height) != tuple(size)) or width * height > MAX_PIXELS:
         asked = f", not the {size[0]}x{size[1]} asked" if size is not None else ""
         return None, f"the last frame is {width}x{height}{asked}"
@@ -238,16 +256,25 @@ class MovieSeen:
     kept: dict | None = None
 
 
-def read_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | None = None,
-               budget: Budget | None = None) -> tuple[int, str | None]:
+def read_movie(
+    data: bytes | None,
+    size: tuple[int, int] | None,
+    fps: float | None = None,
+    budget: Budget | None = None,
+) -> tuple[int, str | None]:
     """(frames decoded, None) for an MP4 of `size` whose every frame decodes, or (0, why not)
     in one line (`watch_movie`, keeping no pixels)."""
     seen, problem = watch_movie(data, size, fps, budget)
     return (seen.frames, None) if seen is not None else (0, problem)
 
 
-def watch_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | None = None,
-                budget: Budget | None = None, keep=()) -> tuple[MovieSeen | None, str | None]:
+def watch_movie(
+    data: bytes | None,
+    size: tuple[int, int] | None,
+    fps: float | None = None,
+    budget: Budget | None = None,
+    keep=(),
+) -> tuple[MovieSeen | None, str | None]:
     """(what was seen, None) for an MP4 of `size` whose every frame decodes, or (None, why
     not) in one line. What its boxes declare is checked before a demuxer opens it; decoding
     stops at the budget's end. `keep`: frame numbers whose pixels come back (at most
@@ -255,8 +282,13 @@ def watch_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | N
     if not data:
         return None, "the scene exited without rendering a movie"
     if len(data) > MAX_MOVIE_BYTES:
-        return None, f"the movie is {size_text(len(data))}, over its {size_text(MAX_MOVIE_BYTES)} cap"
-    most_frames = MAX_MOVIE_FRAMES if fps is None else min(MAX_MOVIE_FRAMES, int(fps * MAX_MOVIE_SECONDS) + 1)
+        return (
+            None,
+            f"the movie is {size_text(len(data))}, over its {size_text(MAX_MOVIE_BYTES)} cap",
+        )
+    most_frames = (
+        MAX_MOVIE_FRAMES if fps is None else min(MAX_MOVIE_FRAMES, int(fps * MAX_MOVIE_SECONDS) + 1)
+    )
     try:
         facts = movie_facts(data)
     except (ValueError, struct.error) as err:
@@ -264,9 +296,15 @@ def watch_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | N
     if facts.moovs != 1 or facts.fragments or facts.tracks < 1:
         return None, "the movie is not a plain MP4 (one moov box, no fragments, a track)"
     if facts.samples > most_frames:
-        return None, f"the movie declares {facts.samples:,} frames; at most {most_frames:,} are read"
+        return (
+            None,
+            f"the movie declares {facts.samples:,} frames; at most {most_frames:,} are read",
+        )
     if facts.seconds > MAX_MOVIE_SECONDS:
-        return None, f"the movie declares {facts.seconds:,.0f} s; at most {MAX_MOVIE_SECONDS} s are read"
+        return (
+            None,
+            f"the movie declares {facts.seconds:,.0f} s; at most {MAX_MOVIE_SECONDS} s are read",
+        )
     import av
     import numpy as np
 
@@ -282,16 +320,32 @@ def watch_movie(data: bytes | None, size: tuple[int, int] | None, fps: float | N
             if codec.name not in MOVIE_CODECS:
                 return None, f"the movie's codec is {codec.name}, not {' or '.join(MOVIE_CODECS)}"
             if size is not None and (codec.width, codec.height) != tuple(size):
-                return None, f"the movie is {codec.width}x{codec.height}, not the {size[0]}x{size[1]} asked"
+                return (
+                    None,
+                    f"the movie is {codec.width}x{codec.height}, not the {size[0]}x{size[1]} asked",
+                )
             if stream.frames > most_frames:
-                return None, f"the movie declares {stream.frames:,} frames; at most {most_frames:,} are read"
+                return (
+                    None,
+                    f"the movie declares {stream.frames:,} frames; "
+                    f"at most {most_frames:,} are read",
+                )
             for frame in container.decode(stream):
                 if size is not None and (frame.width, frame.height) != tuple(size):
-                    return None, f"a frame of the movie is {frame.width}x{frame.height}, not {size[0]}x{size[1]}"
+                    return (
+                        None,
+                        f"a frame of the movie is {frame.width}x{frame.height}, "
+                        f"not {size[0]}x{size[1]}",
+                    )
                 if seen.frames in wanted:
                     seen.kept[seen.frames] = frame.to_ndarray(format="rgb24")
-                thumbnail = frame.reformat(width=THUMBNAIL[0], height=THUMBNAIL[1], format="gray").to_ndarray()
-                if previous is not None and np.abs(thumbnail.astype(np.int16) - previous).max() > CHANGE_LEVEL:
+                thumbnail = frame.reformat(
+                    width=THUMBNAIL[0], height=THUMBNAIL[1], format="gray"
+                ).to_ndarray()
+                if (
+                    previous is not None
+                    and np.abs(thumbnail.astype(np.int16) - previous).max() > CHANGE_LEVEL
+                ):
                     seen.changes += 1
                 previous, last = thumbnail.astype(np.int16), frame
                 seen.frames += 1
