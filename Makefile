@@ -34,7 +34,7 @@ data-validate: $(SETUP) ## build the dataset and render every scene with Manim (
 
 pretrain: $(SETUP) ## rebuild the shipped base (models/derivanim-tiny) from its recipe; resumes where it stopped
 	@test -f data/derivatives/test.jsonl || $(PY) -m derivative_animator.dataset
-	$(PY) -m derivative_animator.model.pretrain $(ARGS)
+	$(PY) -m derivative_animator.pretrain $(ARGS)
 
 curve: $(SETUP) ## the compute-quality curve (docs/compute_quality.png): raw math vs pretraining tokens and fine-tuning steps
 	$(PY) scripts/compute_quality.py $(ARGS)

@@ -115,7 +115,7 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     command = [
         sys.executable,
         "-m",
-        "derivative_animator.model.pretrain",
+        "derivative_animator.pretrain",
         "model=micro",
         "model.build.calculus_draws=300",
         f"model.build.held_out_data={data}",

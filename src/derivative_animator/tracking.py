@@ -58,6 +58,35 @@ def mark_experiment(client, experiment_id: str) -> None:
     client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
 
 
+def pretraining_run(logger_cfg, run_name: str, params: dict[str, object]):
+    """How pretraining opens its MLflow run: `open_run(run id or None) -> (client, run id)`,
+    which continues an interrupted build's run or creates one (its experiment marked, the
+    recipe's params logged). `model.pretrain.build_base` calls it; model/ never imports MLflow's
+    home."""
+
+    def open_run(run_id: str | None):
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=logger_cfg.tracking_uri)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return client, run_id
+        experiment = client.get_experiment_by_name(logger_cfg.experiment_name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = client.create_experiment(
+                logger_cfg.experiment_name, artifact_location=logger_cfg.artifact_location
+            )
+            mark_experiment(client, experiment_id)
+        run = client.create_run(experiment_id, run_name=run_name, tags={"stage": "pretrain"})
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, str(value)[:500])
+        return client, run.info.run_id
+
+    return open_run
+
+
 def split_dataset(data_dir: str | Path, split: str):
     """A dataset split as an MLflow dataset: its records' fields, sourced from its JSONL file."""
     import warnings

@@ -15,8 +15,8 @@ No model hub is needed. This module holds its recipe (`BaseModelConfig`: conf/mo
    under `models/`, which LoRA fine-tunes exactly as it would DeepSeek-Coder, through
    `from_pretrained`.
 
-    python -m derivative_animator.model.pretrain                 # make pretrain
-    python -m derivative_animator.model.pretrain model=micro     # seconds, for tests
+    python -m derivative_animator.pretrain                       # make pretrain
+    python -m derivative_animator.pretrain model=micro           # seconds, for tests
 """
 
 from __future__ import annotations

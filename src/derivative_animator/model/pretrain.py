@@ -8,8 +8,8 @@ model and tokenizer under `output_dir` with `build_info.json`, and publishes the
 A finished build is cached: a directory whose `build_info.json` carries the same config
 hash is reused as it is.
 
-    python -m derivative_animator.model.pretrain                 # make pretrain
-    python -m derivative_animator.model.pretrain model=micro     # seconds, for tests
+    python -m derivative_animator.pretrain                 # make pretrain (the entry point)
+    python -m derivative_animator.pretrain model=micro     # seconds, for tests
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -52,37 +51,12 @@ def batch_at(tokens: torch.Tensor, config: BaseModelConfig, step: int) -> torch.
     return torch.stack([tokens[i : i + config.seq_len] for i in starts.tolist()])
 
 
-def _mlflow_run(config: BaseModelConfig, logger_cfg, run_id: str | None):
-    """(client, run id) of this pretraining's MLflow run (continued on resume), or (None, None)."""
-    if logger_cfg is None:
-        return None, None
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=logger_cfg.tracking_uri)
-    if run_id is None:
-        name = logger_cfg.experiment_name
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else client.create_experiment(name, artifact_location=logger_cfg.artifact_location)
-        )
-        run = client.create_run(
-            experiment_id,
-            run_name=f"pretrain-{Path(config.output_dir).name}",
-            tags={"stage": "pretrain"},
-        )
-        run_id = run.info.run_id
-        for key, value in asdict(config).items():
-            client.log_param(run_id, f"build/{key}", str(value)[:500])
-    else:
-        client.update_run(run_id, status="RUNNING")
-    return client, run_id
-
-
-def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) -> BuildReport:
+def build_base(
+    config: BaseModelConfig, force: bool = False, open_run: Callable | None = None
+) -> BuildReport:
     """Pretrain (or continue pretraining) the base model described by `config`; see the module
-    doc."""
+    doc. `open_run(run id or None) -> (MLflow client, run id)` starts or continues its run
+    (`tracking.pretraining_run`, given by the entry point); None: no MLflow."""
     from rich.progress import Progress
     from transformers import get_cosine_schedule_with_warmup
 
@@ -151,7 +125,7 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
     earlier_seconds = (
         elapsed  # training time of interrupted processes (this one's is counted from `start`)
     )
-    client, run_id = _mlflow_run(config, logger_cfg, run_id)
+    client, run_id = open_run(run_id) if open_run else (None, None)
     report.parameters = sum(p.numel() for p in model.parameters())
 
     def save_state():
@@ -265,32 +239,3 @@ def build_base(config: BaseModelConfig, force: bool = False, logger_cfg=None) ->
     if config.publish_dir:
         publish(out, paths.resolve(config.publish_dir))
     return report
-
-
-def main(cfg) -> int:
-    from omegaconf import OmegaConf
-    from rich.console import Console
-
-    config = BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True))
-    report = build_base(config, force=cfg.get("force", False), logger_cfg=cfg.get("logger"))
-    console = Console(stderr=True)
-    if report.cached:
-        console.print(f"base model up to date: {report.output_dir}")
-    else:
-        console.print(
-            f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
-            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), "
-            f"{report.trained_tokens:,} trained, "
-            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, "
-            f"copies {report.copy_accuracy:.0%} of "
-            f"repeated spans, {report.tokens_per_second:.0f} tokens/s, {report.seconds:.0f} s"
-        )
-    if config.publish_dir:
-        console.print(f"published to {paths.resolve(config.publish_dir)}")
-    return 0
-
-
-if __name__ == "__main__":
-    from derivative_animator.cli_support import hydra_entry
-
-    sys.exit(hydra_entry(main, "base"))
