@@ -10,6 +10,7 @@ import pytest
 
 from derivative_animator.data.oracle import CannotAnimate, template_scene
 from derivative_animator.data.scenes import STYLES
+from derivative_animator.math.header import PROJECT_READER_IMPORT, SYMPY_READER, SYMPY_READER_IMPORT
 from derivative_animator.math.judge import check_function, check_math
 from derivative_animator.render import checks
 
@@ -403,20 +404,37 @@ def test_the_curves_drawn_must_be_the_docstrings(sandbox):
     assert "neither f nor f'" in result.error
 
 
+def project_reader(code):
+    """The scene as models trained before standalone scenes write it: the project's parser."""
+    return code.replace(SYMPY_READER_IMPORT, PROJECT_READER_IMPORT).replace(SYMPY_READER, "")
+
+
 @pytest.mark.needs_render
 def test_a_scene_that_reads_its_docstring_another_way_fails(sandbox):
-    """sympy's parse_expr reads `sin x cos x` as sin(x cos(x)); the checker reads sin(x)cos(x).
-    The oracle reads it with the checker's parser and passes; a scene with its own reader draws
-    another curve and fails."""
-    honest = with_line(oracle("sin x cos x"), "f", "sin x cos x")
-    assert checks.check_code(honest, "sin x cos x", render=FAST, sandbox=sandbox).passed
-    own_reader = honest.replace(
-        "from derivative_animator.parsing import typed_line\n",
-        "def typed_line(line):\n"
-        "    return sp.parse_expr(line.split(' = ', 1)[1], transformations='all')\n",
+    """sympy's parse_expr reads `sin x cos x` as sin(x cos(x)); the project's parser reads
+    sin(x)cos(x). A scene reading it with the project's parser passes; a standalone scene,
+    which reads it with sympy, would draw another curve and fails the math."""
+    typed = with_line(oracle("sin x cos x"), "f", "sin x cos x")
+    result = checks.check_code(project_reader(typed), "sin x cos x", render=FAST, sandbox=sandbox)
+    assert result.passed, result.error
+    result = checks.check_code(typed, "sin x cos x", render=FAST, sandbox=sandbox)
+    assert result.math is False and "sympy reads 'sin x cos x' as sin(x cos(x))" in result.error
+
+
+@pytest.mark.needs_render
+def test_a_template_scene_renders_where_the_package_cannot_be_imported(sandbox):
+    """A teacher's machine has manim, numpy and sympy, not this project: template scenes run
+    there; a scene importing the project's parser does not (so the package really is hidden)."""
+    without = checks.RenderOptions(quick=True, save_frame=False, without_package=True)
+    for style in STYLES:
+        result = checks.check_code(
+            oracle("x^2 sin x", style), "x^2 sin x", render=without, sandbox=sandbox
+        )
+        assert result.passed, (style, result.error)
+    old = checks.check_code(
+        project_reader(oracle("x^2 sin x")), "x^2 sin x", render=without, sandbox=sandbox
     )
-    result = checks.check_code(own_reader, "sin x cos x", render=FAST, sandbox=sandbox)
-    assert result.executes is True and result.math is False, result.error
+    assert old.executes is False and "derivative_animator" in old.error, old.error
 
 
 def test_drawn_curves_are_judged_against_f_and_f_prime():

@@ -168,16 +168,16 @@ def test_new_rules_give_the_textbook_formula(text, derivative):
 def test_absolute_value_rule_is_level_2():
     assert RULE_LEVEL["absolute value rule"] == 2
     _, steps = differentiate(parse_function("|x|"))
-    assert [s.rule for s in steps] == ["absolute value rule"] and steps[0].worked == "x/|x|"
+    assert [s.rule for s in steps] == ["absolute value rule"] and steps[0].worked == "x/abs(x)"
 
 
 @pytest.mark.parametrize(
     "text, worked",
     [
-        ("x|x - 1|", "|x - 1| + (x - 1)/|x - 1|*x"),  # |x - 1| is one factor: no brackets around it
-        ("|x - 1|^3", "3*|x - 1|^2*(x - 1)/|x - 1|"),
-        ("(|x| - 1)^2", "2*(|x| - 1)*x/|x|"),  # a difference of bars is a sum: bracketed
+        ("x|x - 1|", "abs(x - 1) + (x - 1)/abs(x - 1)*x"),  # abs(x - 1) is one factor: no brackets
+        ("|x - 1|^3", "3*abs(x - 1)^2*(x - 1)/abs(x - 1)"),
+        ("(|x| - 1)^2", "2*(abs(x) - 1)*x/abs(x)"),  # a difference with abs is a sum: bracketed
     ],
 )
-def test_worked_forms_treat_bars_as_brackets(text, worked):
+def test_worked_forms_treat_an_absolute_value_as_one_factor(text, worked):
     assert differentiate(parse_function(text))[1][-1].worked == worked

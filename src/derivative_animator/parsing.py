@@ -1,7 +1,7 @@
-"""The import every scene's math header makes (`from derivative_animator.parsing import
-typed_line`): the scenes read their own f and f' with the project's parser when they run.
-It lives in `math.parsing`; this path stays because the dataset's scenes, and every model
-trained on them, write it (docs/decisions/0002-typed-math-header.md)."""
+"""The import the scenes of models trained before standalone scenes make (`from
+derivative_animator.parsing import typed_line`): they read their own f and f' with the project's
+parser when they run. It lives in `math.parsing`; this path stays for those models' scenes
+(docs/decisions/0002-typed-math-header.md, 0012-standalone-scenes.md)."""
 
 from derivative_animator.math.parsing import typed_line
 

@@ -3,9 +3,10 @@
 Every scene opens with its math header, the only lines that differ between functions: a
 docstring holding f and f' in the notation people type (`f'(x) = 2x*sin(x) + x^2*cos(x)`: the
 derivative as the rules apply to the parts, so the model copies rather than does arithmetic),
-then the plotting interval. The scene reads both lines with the project's own parser when it
-runs (`parsing.typed_line`), and so does the math check: one reading on both sides
-(docs/decisions/0002-typed-math-header.md).
+then the plotting interval. The scene reads both lines with plain sympy when it runs
+(`header.SYMPY_READER`), and so does the math check: one reading on both sides, and a scene that
+runs where only manim, numpy and sympy are installed (docs/decisions/0002-typed-math-header.md,
+0012-standalone-scenes.md).
 
 Everything on screen (formulas, curves, slopes, the rule steps) is derived from those two
 expressions at run time, so a scene cannot show one derivative and plot another. Each pair of
@@ -31,6 +32,7 @@ import sympy as sp
 
 from derivative_animator.math import notation
 from derivative_animator.math.differentiate import Step
+from derivative_animator.math.header import SYMPY_READER, SYMPY_READER_IMPORT
 from derivative_animator.math.parsing import X
 
 STYLES = ("tangent", "secant", "graphs")
@@ -47,10 +49,12 @@ ${worked}f'(x) = $df_typed
 from manim import *
 import numpy as np
 import sympy as sp
-from derivative_animator.parsing import typed_line
+$reader_import
 
 X_MIN, X_MAX = $x_min, $x_max
 x = sp.Symbol("x")
+$reader
+
 lines = __doc__.strip().split("\n")  # f, any worked steps, f': the docstring's math, as typed
 f_expr, df_expr = typed_line(lines[0]), typed_line(lines[-1])
 f = sp.lambdify(x, f_expr, "numpy")
@@ -233,6 +237,8 @@ def scene_code(
         df_typed=steps[-1].worked,  # the whole function's step: the derivative, worked out
         x_min=_number(x_range[0]),
         x_max=_number(x_range[1]),
+        reader_import=SYMPY_READER_IMPORT,
+        reader=SYMPY_READER,
     )
     return header + _BODIES[style]
 

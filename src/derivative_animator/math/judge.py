@@ -1,7 +1,8 @@
 """Is the derivative a scene states right? Read from its source without running it.
 
 Our scenes state f and f' in their docstring as typed (`f'(x) = 2x*sin(x) + x^2*cos(x)`), read
-here and in the scene by one parser (`parsing.typed_line`); other code may give `df_expr = ...`,
+here as the scene reads them (`header.read_formula`: the scene's own sympy reader, which must agree
+with the safe parser); other code may give `df_expr = ...`,
 `df = lambda x: ...` or `def df(x): return ...`, read from the AST. Expressions are compared
 symbolically, and numerically at points inside the plotting interval when sympy cannot decide;
 both f and f' must be defined on the plotting interval (`X_MIN, X_MAX`). Whatever a formula
@@ -22,7 +23,7 @@ import sympy as sp
 from derivative_animator.errors import one_line
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.differentiate import UnsupportedFunction, true_derivative
-from derivative_animator.math.header import typed_formulas
+from derivative_animator.math.header import read_formula, reads_with_sympy, typed_formulas
 from derivative_animator.math.parsing import ParseError, X, parse_function
 
 NUMERIC_POINTS = 24
@@ -84,14 +85,14 @@ class _Unreadable(ValueError):
 
 def _written(tree: ast.Module, quantity: str) -> sp.Expr | None:
     """What the code gives for f ("f") or f' ("df"): the typed docstring lines our scenes
-    carry (read by the safe parser, as the scene reads them: `parsing.typed_line`), else an
+    carry (read as the scene reads them: `header.read_formula`), else an
     assignment (`df_expr = ...`, `df = lambda x: ...`) read from its AST. None when the
     code gives neither; `_Unreadable` when it gives something that is not math in x."""
     formulas = typed_formulas(ast.get_docstring(tree, clean=False))
     if formulas is not None:
         text = formulas[0 if quantity == "f" else 1]
         try:
-            return parse_function(text)
+            return read_formula(text, reads_with_sympy(tree))
         except ParseError as err:
             raise _Unreadable(f"{text!r} does not read as math ({err})") from None
     node, variable = _assigned_expression(tree, (f"{quantity}_expr",), quantity)

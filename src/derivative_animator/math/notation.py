@@ -53,11 +53,8 @@ class _TypedPrinter(StrPrinter):
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_Abs(self, expr):
-        # |u| reads back unambiguously when u has no absolute value inside: a "|" after a value
-        # closes the innermost open bar, so bars inside bars could close too early (|x|x||).
-        # With one inside, abs(u): inside abs's brackets u's own bars read back fine.
-        (arg,) = expr.args
-        return f"abs({self._print(arg)})" if arg.has(sp.Abs) else f"|{self._print(arg)}|"
+        # abs(u), not |u|: scenes read their header with plain sympy, which has no bars (0012)
+        return f"abs({self._print(expr.args[0])})"
 
     def _print_Pow(self, expr, rational=False):
         base, exponent = expr.args

@@ -22,7 +22,12 @@ from functools import lru_cache
 import sympy as sp
 
 from derivative_animator.math.differentiate import true_derivative
-from derivative_animator.math.header import math_header_length, typed_formulas
+from derivative_animator.math.header import (
+    math_header_length,
+    read_formula,
+    reads_with_sympy,
+    typed_formulas,
+)
 from derivative_animator.math.judge import (
     _interval,
     _plotting_interval,
@@ -90,7 +95,8 @@ def read_header(
     if formulas is None:
         return None, UNREADABLE
     try:
-        written_f, derivative = parse_function(formulas[0]), parse_function(formulas[1])
+        with_sympy = reads_with_sympy(tree)
+        written_f, derivative = (read_formula(text, with_sympy) for text in formulas)
     except (ParseError, RecursionError):
         return None, UNREADABLE
     return (

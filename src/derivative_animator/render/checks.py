@@ -96,6 +96,7 @@ class RenderOptions:
     save_frame: bool = True
     limits: SandboxLimits = SandboxLimits()
     unsafe_no_sandbox: bool = False  # where bubblewrap cannot run: render anyway, without isolation
+    without_package: bool = False  # the scene cannot import this package, as on a teacher's machine
 
 
 def check_code(
@@ -210,6 +211,8 @@ def _check_execution(
         args += ["--fps", str(fps)]
     if render.save_frame:
         args += ["--frame", "last_frame.png"]
+    if render.without_package:
+        args.append("--without-package")
     outcome = box.run(args, files={"scene.py": code}, collect=COLLECT)
     result.render_seconds = round(outcome.duration_s, 3)
     result.isolation = outcome.isolation

@@ -1,7 +1,7 @@
 """Render one scene file with Manim: the program that runs inside the sandbox.
 
     python -m derivative_animator.render.render_runner SCENE.py [--scene NAME] [--quality l]
-        [--fps N] [--movie movie.mp4] [--frame PNG] [--report report.json]
+        [--fps N] [--movie movie.mp4] [--frame PNG] [--report report.json] [--without-package]
 
 It imports only Manim and the scene file, installs an audit hook that refuses writes
 outside the working directory, sockets and subprocesses other than LaTeX, renders, moves
@@ -341,6 +341,13 @@ def curve_visibility(plotted: list) -> list[str]:
     return problems
 
 
+def hide_package() -> None:
+    """`import derivative_animator` fails from here on, as on a machine with only manim, numpy
+    and sympy; this runner keeps the modules it already holds."""
+    for name in [name for name in sys.modules if name.split(".")[0] == "derivative_animator"]:
+        sys.modules[name] = None  # an import of a None entry raises ImportError
+
+
 def _load_scene_class(path: Path, name: str | None):
     from manim import Scene
 
@@ -371,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame", type=Path, help="save the last frame as PNG here")
     parser.add_argument("--report", type=Path, default=Path("report.json"))
     parser.add_argument("--media-dir", type=Path, default=Path("media"))
+    parser.add_argument(
+        "--without-package",
+        action="store_true",
+        help="the scene cannot import derivative_animator (a teacher's machine)",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path.cwd()
@@ -395,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         "progress_bar": "none",
         "verbosity": "WARNING",
     }
+    if args.without_package:
+        hide_package()
     scene_class = _load_scene_class(args.scene_file.resolve(), args.scene)
     with tempconfig(settings):
         scene = scene_class()
