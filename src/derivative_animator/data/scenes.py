@@ -6,7 +6,7 @@ derivative as the rules apply to the parts, so the model copies rather than does
 then the plotting interval. The scene reads both lines with plain sympy when it runs
 (`header.SYMPY_READER`), and so does the math check: one reading on both sides, and a scene that
 runs where only manim, numpy and sympy are installed (docs/decisions/0002-typed-math-header.md,
-0012-standalone-scenes.md).
+0013-standalone-scenes.md).
 
 Everything on screen (formulas, curves, slopes, the rule steps) is derived from those two
 expressions at run time, so a scene cannot show one derivative and plot another. Each pair of

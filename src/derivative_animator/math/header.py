@@ -36,7 +36,7 @@ def typed_formulas(docstring: str | None) -> tuple[str, str] | None:
 
 
 # Scenes read their own header with plain sympy, so they run wherever manim, numpy and sympy
-# do (docs/decisions/0012-standalone-scenes.md). The lines below are the scene's reader, word
+# do (docs/decisions/0013-standalone-scenes.md). The lines below are the scene's reader, word
 # for word: the template writes them into every scene, and the host runs the same text.
 SYMPY_READER_IMPORT = "from sympy.parsing.sympy_parser import parse_expr"
 SYMPY_READER = """NAMES = {"e": sp.E, "ln": sp.log} | {"arc" + g: getattr(sp, "a" + g) for g in "sin cos tan sec csc cot sinh cosh tanh".split()}
@@ -45,7 +45,7 @@ SYMPY_READER = """NAMES = {"e": sp.E, "ln": sp.log} | {"arc" + g: getattr(sp, "a
 def typed_line(line):  # "f(x) = 2x sin(x)": the math after " = ", read as people type it
     return parse_expr(line.split(" = ", 1)[1], dict(NAMES), transformations="all")
 """  # noqa: E501
-PROJECT_READER_IMPORT = "from derivative_animator.parsing import typed_line"  # scenes before 0012
+PROJECT_READER_IMPORT = "from derivative_animator.parsing import typed_line"  # scenes before 0013
 
 # What the host lets sympy's parser (which runs eval) see: numbers, the reader's names, the
 # functions sympy and the project read alike, arithmetic and brackets. Nothing else can run.
@@ -107,7 +107,7 @@ def read_formula(text: str, with_sympy: bool) -> sp.Expr:
 
 def reads_with_sympy(tree: ast.Module) -> bool:
     """Does a scene (or its header) read its math with sympy's parser, as standalone scenes do
-    (`SYMPY_READER`)? Scenes of models trained before 0012 import the project's parser
+    (`SYMPY_READER`)? Scenes of models trained before 0013 import the project's parser
     (`PROJECT_READER_IMPORT`); other code may not read its docstring at all."""
     return any(
         isinstance(node, ast.ImportFrom) and node.module == "sympy.parsing.sympy_parser"

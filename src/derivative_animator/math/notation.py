@@ -53,7 +53,7 @@ class _TypedPrinter(StrPrinter):
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_Abs(self, expr):
-        # abs(u), not |u|: scenes read their header with plain sympy, which has no bars (0012)
+        # abs(u), not |u|: scenes read their header with plain sympy, which has no bars (0013)
         return f"abs({self._print(expr.args[0])})"
 
     def _print_Pow(self, expr, rational=False):
