@@ -10,7 +10,7 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from derivative_animator import cli, paths
-from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.eval.baselines import requested
 from derivative_animator.eval.settings import EvaluationSettings, RenderSettings
 from derivative_animator.model.base_model import BaseModelConfig
@@ -84,9 +84,9 @@ def test_generation_settings_have_one_home():
 
 def test_the_dataset_builders_defaults_are_conf_data():
     composed = OmegaConf.to_container(compose_config("make_data").data, resolve=True)
-    built = asdict(dataset.DataConfig())
+    built = asdict(DataConfig())
     assert {**built, "levels": list(built["levels"]), "styles": list(built["styles"])} == composed
-    assert dataset.DataConfig().sizes["train"] == composed["sizes"]["train"] == 4400
+    assert DataConfig().sizes["train"] == composed["sizes"]["train"] == 4400
 
 
 def test_the_base_model_recipe_has_no_defaults_outside_conf():
