@@ -180,6 +180,37 @@ def test_a_setting_out_of_range_is_refused_in_one_line_naming_it(config, overrid
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("generate.temperature=-0.1", "generate.temperature must be 0 (greedy) or more"),
+        ("generate.sample_temperature=-1", "generate.sample_temperature must be 0 or more"),
+        ("generate.top_p=0", "generate.top_p must be in (0, 1]"),
+        ("generate.top_p=1.5", "generate.top_p must be in (0, 1]"),
+        ("generate.max_new_tokens=0", "generate.max_new_tokens must be 1 or more"),
+        ("generate.attempts=0", "generate.attempts must be 1 or more"),
+        ("generate.syntax_rollbacks=-1", "generate.syntax_rollbacks must be 0 or more"),
+        ("generate.self_consistency.k=0", "generate.self_consistency.k must be 1 or more"),
+        (
+            "generate.self_consistency.temperature=0",
+            "generate.self_consistency.temperature must be above 0",
+        ),
+    ],
+)
+def test_a_generation_setting_out_of_range_is_refused_in_one_line_naming_it(override, message):
+    with pytest.raises(ValueError) as refused:
+        GenerationSettings.from_config(compose_config("eval", override).generate)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_changed_generation_setting_is_checked_too():
+    """The CLI's flags and the evaluator's repair=False reach the settings through `changed`."""
+    with pytest.raises(ValueError, match="generate.attempts must be 1 or more, got 0"):
+        GenerationSettings.defaults().changed(attempts=0)
+    with pytest.raises(ValueError, match="generate.self_consistency.k must be 1 or more"):
+        GenerationSettings.defaults().changed(self_consistency={"k": 0})
+
+
 def test_lora_off_accepts_the_zero_rank_it_never_uses_and_a_saved_model_config_keeps_its_other_keys():  # noqa: E501
     assert not LoraSettings.from_config(compose_config("train", "lora=none").lora).enabled
     saved = OmegaConf.to_container(

@@ -114,8 +114,7 @@ def _check_sampling_args(args) -> None:
 
 
 def cmd_generate(args) -> int:
-    if args.model:
-        _check_sampling_args(args)
+    _check_sampling_args(args)  # the template backend too: the settings refuse what cannot work
     with GenerationService(
         generation_settings(args), allow_unsandboxed=args.unsafe_no_sandbox
     ) as service:
