@@ -1,7 +1,8 @@
 """Importing the original project's dataset (`instruction_dataset.json`: records with
 instruction/input/output) into our schema and splits, as `make data` does with
-`data=original data.import_path=...`. Each function is analysed as a generated one is; the
-record keeps the original's scene as its completion and the file's name as its source."""
+`data=original data.import_path=...`. Each record's function is parsed and analysed (level,
+rule steps, plotting interval); the record keeps the original's scene as its completion and the
+file's name as its source. A function seen before, or a benchmark's, is passed over."""
 
 from __future__ import annotations
 
