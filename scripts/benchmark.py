@@ -62,6 +62,7 @@ def bench_training(steps: int, repeats: int) -> dict:
     from derivative_animator import environment, paths
     from derivative_animator.data import dataset
     from derivative_animator.data.datamodule import DerivativeDataModule, padding_share
+    from derivative_animator.data.dataset_schema import DataConfig
     from derivative_animator.model import finetune
     from derivative_animator.model.settings import LoraSettings, ModelSettings
 
@@ -69,7 +70,7 @@ def bench_training(steps: int, repeats: int) -> dict:
         cfg = compose(config_name="train")
     # The shipped base (cfg.model.pretrained) is what is timed: never a pretraining here.
     if not (paths.resolve(cfg.data.dir) / "train.jsonl").is_file():
-        dataset.build(dataset.DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
+        dataset.build(DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
     precision = environment.resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     micro = cfg.optim.micro_batch_size
     base, lora = ModelSettings.from_config(cfg.model), LoraSettings.from_config(cfg.lora)

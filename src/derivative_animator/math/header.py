@@ -5,6 +5,8 @@ between functions, so decoding judges it before the body is written
 
 from __future__ import annotations
 
+import re
+
 MATH_HEADER_END = 'x = sp.Symbol("x")'  # the header above it is all that differs per function
 
 
@@ -24,3 +26,9 @@ def typed_formulas(docstring: str | None) -> tuple[str, str] | None:
     if len(lines) < 2 or any(" = " not in line for line in lines):
         return None
     return lines[0].split(" = ", 1)[1], lines[-1].split(" = ", 1)[1]
+
+
+def derivative_line(code: str) -> str | None:
+    """What a scene states as f'(x) (its header's `f'(x) = ...` line), or None."""
+    found = re.search(r"^f'\(x\) = (.*)$", code, flags=re.MULTILINE)
+    return found.group(1).strip() if found else None
