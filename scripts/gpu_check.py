@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from derivative_animator import environment, paths  # noqa: E402
 from derivative_animator.data import dataset  # noqa: E402
 from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule  # noqa: E402
+from derivative_animator.data.dataset_schema import DataConfig  # noqa: E402
 from derivative_animator.model import finetune  # noqa: E402
 from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
@@ -129,7 +130,7 @@ def trainer_kwargs(plan: Plan, **overrides) -> dict:
 
 def build_data(directory: Path, plan: Plan) -> Path:
     data = compose(plan.base)["data"]
-    config = dataset.DataConfig(
+    config = DataConfig(
         dir=str(directory),
         seed=data["seed"],
         sizes=plan.data_sizes or data["sizes"],

@@ -16,6 +16,7 @@ import pytest
 
 from derivative_animator import environment, paths
 from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import SPLITS, DataConfig
 
 _OUTPUTS = tempfile.mkdtemp(prefix="derivanim-test-outputs-")
 os.environ["DERIVANIM_OUTPUTS"] = _OUTPUTS
@@ -86,9 +87,7 @@ def default_splits():
     from omegaconf import OmegaConf
 
     cfg = compose_config("make_data", "data.sizes.train=418")
-    return dataset.generate_splits(
-        dataset.DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
-    )
+    return dataset.generate_splits(DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +128,7 @@ def micro_checkpoint(tmp_path_factory):
     scenes = [
         r.completion
         for r in dataset.generate_splits(
-            dataset.DataConfig(sizes={"train": 6, "validation": 0, "test": 0})
+            DataConfig(sizes={"train": 6, "validation": 0, "test": 0})
         )["train"]
     ]
     (directory / DRAFT_CORPUS).write_text(json.dumps(scenes))
@@ -138,7 +137,7 @@ def micro_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def all_records(default_splits):
-    return [record for split in dataset.SPLITS for record in default_splits[split]]
+    return [record for split in SPLITS for record in default_splits[split]]
 
 
 class ScriptedLM:

@@ -107,9 +107,10 @@ def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_i
     from transformers import AutoModelForCausalLM
 
     from derivative_animator.data import benchmarks, calculus_corpus, dataset
+    from derivative_animator.data.dataset_schema import DataConfig
 
     data = tmp_path / "data"
-    dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(data)))
+    dataset.write_dataset(default_splits, DataConfig(dir=str(data)))
     published = tmp_path / "models" / "micro-base"
     store = f"sqlite:///{tmp_path}/mlflow.db"
     command = [

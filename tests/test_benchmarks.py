@@ -8,6 +8,8 @@ from conftest import compose_config
 
 from derivative_animator import paths
 from derivative_animator.data import benchmarks, calculus_corpus, dataset
+from derivative_animator.data.dataset_card import CARD_FILE
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.math import curriculum, expression_trees
 from derivative_animator.math.parsing import parse_function
 from derivative_animator.model import base_model
@@ -47,7 +49,7 @@ def test_no_benchmark_function_is_in_any_dataset_split(default_splits):
 def test_the_dataset_builder_passes_over_a_benchmark_function_it_draws(monkeypatch):
     """Make the first test function of a small build a benchmark's: the same build then leaves it
     out."""
-    config = dataset.DataConfig(sizes={"train": 8, "validation": 4, "test": 4})
+    config = DataConfig(sizes={"train": 8, "validation": 4, "test": 4})
     first = dataset.generate_splits(config)["test"]
     taken = keys(r.function for r in first)
     monkeypatch.setattr(dataset.benchmarks, "held_out_keys", lambda: frozenset(taken))
@@ -119,17 +121,17 @@ def test_the_oracle_animates_every_benchmark_function_but_two():
 
 def test_a_dataset_built_before_the_benchmarks_changed_is_refused(tmp_path, default_splits):
     directory = tmp_path / "data"
-    dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(directory)))
+    dataset.write_dataset(default_splits, DataConfig(dir=str(directory)))
     assert len(dataset.read_split(directory, "test")) == 57
-    card = json.loads((directory / dataset.CARD_FILE).read_text())
+    card = json.loads((directory / CARD_FILE).read_text())
     card["benchmarks_sha256"] = "0" * 64  # built when the benchmarks held other functions
-    (directory / dataset.CARD_FILE).write_text(json.dumps(card))
+    (directory / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ValueError, match="rebuild it with `make data`"):
         dataset.read_split(directory, "test")
 
 
 def test_a_build_with_tree_practice_has_no_duplicate_and_no_benchmark_function():
-    config = dataset.DataConfig(sizes={"train": 6, "validation": 3, "test": 3}, tree_practice=2)
+    config = DataConfig(sizes={"train": 6, "validation": 3, "test": 3}, tree_practice=2)
     splits = dataset.generate_splits(config)
     assert sum(r.source == "expression-trees" for r in splits["train"]) == 12
     assert not dataset.cross_split_duplicates(splits)
@@ -138,11 +140,11 @@ def test_a_build_with_tree_practice_has_no_duplicate_and_no_benchmark_function()
         & benchmarks.held_out_keys()
     )
     with pytest.raises(ValueError, match="tree_practice is a share of data.sizes.train"):
-        dataset.DataConfig(tree_practice=-1)
+        DataConfig(tree_practice=-1)
 
 
 def test_tree_practice_is_seeded_new_to_the_splits_and_never_a_benchmarks():
-    config = dataset.DataConfig(sizes={"train": 4, "validation": 2, "test": 2}, tree_practice=6.25)
+    config = DataConfig(sizes={"train": 4, "validation": 2, "test": 2}, tree_practice=6.25)
     taken = {curriculum.canonical_key(parse_function("x^2"))}
     first = dataset.tree_practice(config, set(benchmarks.held_out_keys()) | taken)
     again = dataset.tree_practice(config, set(benchmarks.held_out_keys()) | taken)

@@ -7,6 +7,7 @@ import pytest
 import sympy as sp
 
 from derivative_animator.data import benchmarks, calculus_corpus, dataset
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.math import curriculum
 from derivative_animator.math.judge import _interval, expressions_equal
 from derivative_animator.math.parsing import X, parse_function
@@ -54,7 +55,7 @@ def test_held_out_keys_are_the_built_datasets_validation_and_test_functions(
     tmp_path, default_splits, held_out
 ):
     directory = tmp_path / "data"
-    dataset.write_dataset(default_splits, dataset.DataConfig(dir=str(directory)))
+    dataset.write_dataset(default_splits, DataConfig(dir=str(directory)))
     assert calculus_corpus.held_out_keys(directory) == held_out | benchmarks.held_out_keys()
     with pytest.raises(FileNotFoundError, match="make data"):
         calculus_corpus.held_out_keys(tmp_path / "nowhere")

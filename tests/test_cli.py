@@ -109,6 +109,11 @@ def test_generate_refuses_sampling_settings_that_cannot_work(setting, fragment, 
     assert err.startswith("error: ") and fragment in err and err.count("\n") == 1
 
 
+def test_the_template_backend_refuses_a_sampling_flag_that_cannot_work_too(capsys):
+    assert cli.main(["generate", "x^2", "--backend", "template", "--top-p", "0"]) == cli.EXIT_USAGE
+    assert "--top-p must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_check_refuses_a_timeout_that_is_not_positive(tmp_path, capsys):
     scene = tmp_path / "scene.py"
     scene.write_text(oracle.template_scene("x^2", "tangent"))

@@ -10,7 +10,7 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 from derivative_animator import cli, paths
-from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.eval.baselines import requested
 from derivative_animator.eval.settings import EvaluationSettings, RenderSettings
 from derivative_animator.model.base_model import BaseModelConfig
@@ -84,9 +84,9 @@ def test_generation_settings_have_one_home():
 
 def test_the_dataset_builders_defaults_are_conf_data():
     composed = OmegaConf.to_container(compose_config("make_data").data, resolve=True)
-    built = asdict(dataset.DataConfig())
+    built = asdict(DataConfig())
     assert {**built, "levels": list(built["levels"]), "styles": list(built["styles"])} == composed
-    assert dataset.DataConfig().sizes["train"] == composed["sizes"]["train"] == 4400
+    assert DataConfig().sizes["train"] == composed["sizes"]["train"] == 4400
 
 
 def test_the_base_model_recipe_has_no_defaults_outside_conf():
@@ -178,6 +178,37 @@ def test_a_setting_out_of_range_is_refused_in_one_line_naming_it(config, overrid
     with pytest.raises(ValueError) as refused:
         build[config](compose_config(config, override))
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("generate.temperature=-0.1", "generate.temperature must be 0 (greedy) or more"),
+        ("generate.sample_temperature=-1", "generate.sample_temperature must be 0 or more"),
+        ("generate.top_p=0", "generate.top_p must be in (0, 1]"),
+        ("generate.top_p=1.5", "generate.top_p must be in (0, 1]"),
+        ("generate.max_new_tokens=0", "generate.max_new_tokens must be 1 or more"),
+        ("generate.attempts=0", "generate.attempts must be 1 or more"),
+        ("generate.syntax_rollbacks=-1", "generate.syntax_rollbacks must be 0 or more"),
+        ("generate.self_consistency.k=0", "generate.self_consistency.k must be 1 or more"),
+        (
+            "generate.self_consistency.temperature=0",
+            "generate.self_consistency.temperature must be above 0",
+        ),
+    ],
+)
+def test_a_generation_setting_out_of_range_is_refused_in_one_line_naming_it(override, message):
+    with pytest.raises(ValueError) as refused:
+        GenerationSettings.from_config(compose_config("eval", override).generate)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_changed_generation_setting_is_checked_too():
+    """The CLI's flags and the evaluator's repair=False reach the settings through `changed`."""
+    with pytest.raises(ValueError, match="generate.attempts must be 1 or more, got 0"):
+        GenerationSettings.defaults().changed(attempts=0)
+    with pytest.raises(ValueError, match="generate.self_consistency.k must be 1 or more"):
+        GenerationSettings.defaults().changed(self_consistency={"k": 0})
 
 
 def test_lora_off_accepts_the_zero_rank_it_never_uses_and_a_saved_model_config_keeps_its_other_keys():  # noqa: E501

@@ -1,10 +1,10 @@
 import hashlib
-import json
 
 import numpy as np
 import pytest
 
 from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.parsing import parse_function
 
@@ -32,64 +32,31 @@ def test_no_function_in_two_splits(default_splits):
     assert len(keys) == len(set(keys))
 
 
-def test_records_are_consistent(all_records):
-    for record in all_records:
-        assert record.prompt == dataset.DEFAULT_FORMAT.format(record.function)
-        assert "\nf'(x) = " in record.completion and "from manim import *" in record.completion
-        assert 2000 < len(record.completion) < 5000
-        assert record.steps and record.x_range[0] < record.x_range[1]
-
-
 def _digest(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 def test_same_config_gives_byte_identical_files(tmp_path):
     small = {"train": 40, "validation": 8, "test": 8}
-    config = dataset.DataConfig(dir=str(tmp_path / "a"), sizes=small)
+    config = DataConfig(dir=str(tmp_path / "a"), sizes=small)
     first = _digest(dataset.build(config)[0])
     assert _digest(dataset.build(config)[0]) == first  # make data twice: same bytes, every file
-    elsewhere = _digest(dataset.build(dataset.DataConfig(dir=str(tmp_path / "b"), sizes=small))[0])
+    elsewhere = _digest(dataset.build(DataConfig(dir=str(tmp_path / "b"), sizes=small))[0])
     assert all(elsewhere[f] == first[f] for f in ("train.jsonl", "validation.jsonl", "test.jsonl"))
-    other, _ = dataset.build(dataset.DataConfig(dir=str(tmp_path / "c"), sizes=small, seed=7))
+    other, _ = dataset.build(DataConfig(dir=str(tmp_path / "c"), sizes=small, seed=7))
     assert _digest(other)["train.jsonl"] != first["train.jsonl"]
 
 
 def test_test_and_validation_functions_do_not_depend_on_the_train_size():
-    small = dataset.generate_splits(
-        dataset.DataConfig(sizes={"train": 8, "validation": 8, "test": 8})
-    )
-    large = dataset.generate_splits(
-        dataset.DataConfig(sizes={"train": 40, "validation": 8, "test": 8})
-    )
+    small = dataset.generate_splits(DataConfig(sizes={"train": 8, "validation": 8, "test": 8}))
+    large = dataset.generate_splits(DataConfig(sizes={"train": 40, "validation": 8, "test": 8}))
     for split in ("validation", "test"):
         assert [r.id for r in small[split]] == [r.id for r in large[split]]
     assert {r.id for r in small["train"]} < {r.id for r in large["train"]}  # train only grew
 
 
-def test_card_and_prompt_format_written(tmp_path):
-    target, splits = dataset.build(
-        dataset.DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
-    )
-    card = json.loads((target / "card.json").read_text())
-    assert card["splits"]["train"]["count"] == 12 + 6  # and half as many from expression trees
-    assert card["prompt_format"]["sha256"] == dataset.DEFAULT_FORMAT.sha256
-    assert (
-        card["files_sha256"]["train.jsonl"]
-        == hashlib.sha256((target / "train.jsonl").read_bytes()).hexdigest()
-    )
-    assert "Dataset card" in (target / "README.md").read_text()
-    assert (
-        json.loads((target / "prompt_format.json").read_text())["template"]
-        == dataset.DEFAULT_FORMAT.template
-    )
-    assert [r.id for r in dataset.read_split(target, "train")] == [r.id for r in splits["train"]]
-
-
 def test_rebuild_replaces_whole_directory_atomically(tmp_path):
-    config = dataset.DataConfig(
-        dir=str(tmp_path / "e"), sizes={"train": 4, "validation": 4, "test": 4}
-    )
+    config = DataConfig(dir=str(tmp_path / "e"), sizes={"train": 4, "validation": 4, "test": 4})
     target, _ = dataset.build(config)
     (target / "stale.txt").write_text("old")
     dataset.build(config)
@@ -97,22 +64,16 @@ def test_rebuild_replaces_whole_directory_atomically(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-@pytest.mark.parametrize("sizes", [{"train": -1, "validation": 1, "test": 1}, {"train": 1}])
-def test_bad_sizes_are_refused(sizes):
-    with pytest.raises(ValueError, match="data.sizes"):
-        dataset.DataConfig(sizes=sizes)
-
-
 def test_exhausted_curriculum_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
     monkeypatch.setattr(dataset, "MAX_TRIES", 20)
-    one = dataset.DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1])
+    one = DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1])
     assert [r.function for r in dataset.generate_splits(one)["train"]] == [
         "x^2"
     ]  # the one function there is
     with pytest.raises(ValueError, match="lower data.sizes"):
         dataset.generate_splits(
-            dataset.DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1])
+            DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1])
         )
 
 
@@ -137,50 +98,9 @@ def test_chunked_sampling_takes_what_drawing_one_at_a_time_takes(level):
 
 
 def test_worker_processes_build_the_same_records_as_one_process():
-    config = dataset.DataConfig(sizes={"train": 60, "validation": 8, "test": 8})
+    config = DataConfig(sizes={"train": 60, "validation": 8, "test": 8})
     assert dataset.generate_splits(config, workers=2) == dataset.generate_splits(config, workers=1)
     assert not dataset._JUDGED  # analyses are dropped once their scenes are written
-
-
-def test_import_original_dataset(tmp_path):
-    items = [
-        {
-            "instruction": "Generate Manim animation code for the derivative of: f(x) = x^2",
-            "input": "",
-            "output": "from manim import *\nclass A(Scene):\n    def construct(self): pass\n",
-        },
-        {"instruction": "Generate Manim code", "input": "sin(x)cos(x)", "output": "code 2"},
-        {"instruction": "x", "input": "e^{-x^2}", "output": "code 3"},
-        {"instruction": "x", "input": "x^3 - x", "output": "code 4"},
-        {"instruction": "x", "input": "x^2", "output": "duplicate of record 0"},
-    ]
-    source = tmp_path / "instruction_dataset.json"
-    source.write_text(json.dumps(items))
-    config = dataset.DataConfig(dir=str(tmp_path / "imported"), import_path=str(source))
-    _target, splits = dataset.build(config)
-    records = [r for s in splits.values() for r in s]
-    assert sorted(r.function for r in records) == sorted(
-        ["x^2", "sin(x) cos(x)", "e^(-x^2)", "x^3 - x"]
-    )
-    assert {r.source for r in records} == {"instruction_dataset.json"}
-    assert {r.level for r in records} == {1, 3, 4}
-    assert dataset.cross_split_duplicates(splits) == set()
-
-
-@pytest.mark.parametrize(
-    "item, message",
-    [
-        ({"instruction": "no function here", "input": "", "output": "x"}, "record 1: has no input"),
-        ({"instruction": "x", "input": "foo(x)", "output": "x"}, "record 1: unknown name 'foo'"),
-        ({"instruction": "x", "input": "x^2"}, "record 1: needs an object"),
-        ({"instruction": "x", "input": "7", "output": "x"}, "record 1: function '7' is constant"),
-    ],
-)
-def test_malformed_original_record_is_named(tmp_path, item, message):
-    source = tmp_path / "bad.json"
-    source.write_text(json.dumps([{"instruction": "x", "input": "x^2", "output": "ok"}, item]))
-    with pytest.raises(ValueError, match=message):
-        dataset.import_original(source, dataset.DataConfig())
 
 
 def test_a_spike_does_not_choose_the_plotting_interval_but_never_refuses_a_function(monkeypatch):

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from derivative_animator import paths
 from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.data.prompt import (
     DEFAULT_FORMAT,
     FILENAME,
@@ -309,9 +310,7 @@ def test_line_accuracy_script_scores_every_kind_of_line(checkpoint, tmp_path):
     import subprocess
     import sys
 
-    config = dataset.DataConfig(
-        dir=str(tmp_path / "data"), sizes={"train": 0, "validation": 3, "test": 0}
-    )
+    config = DataConfig(dir=str(tmp_path / "data"), sizes={"train": 0, "validation": 3, "test": 0})
     dataset.write_dataset(dataset.generate_splits(config), config)
     script = paths.PROJECT_ROOT / "scripts" / "line_accuracy.py"
     done = subprocess.run(
@@ -347,9 +346,7 @@ def test_header_probe_script_trains_decodes_and_scores_per_level(checkpoint, tmp
     import subprocess
     import sys
 
-    config = dataset.DataConfig(
-        dir=str(tmp_path / "data"), sizes={"train": 6, "validation": 0, "test": 4}
-    )
+    config = DataConfig(dir=str(tmp_path / "data"), sizes={"train": 6, "validation": 0, "test": 4})
     dataset.write_dataset(dataset.generate_splits(config), config)
     script = paths.PROJECT_ROOT / "scripts" / "header_probe.py"
     done = subprocess.run(

@@ -136,8 +136,9 @@ def test_worked_steps_sit_between_f_and_f_prime_and_both_readers_skip_them():
     """data.worked_steps: one `(u)' = ...` line per rule application before f' (the last step
     is f' itself); the scene and the math check still read f and f' alike."""
     from derivative_animator.data import dataset
+    from derivative_animator.data.dataset_schema import DataConfig
 
-    config = dataset.DataConfig(
+    config = DataConfig(
         sizes={"train": 8, "validation": 4, "test": 4}, tree_practice=0.5, worked_steps=True
     )
     records = [r for split in dataset.generate_splits(config).values() for r in split]
@@ -157,7 +158,4 @@ def test_worked_steps_sit_between_f_and_f_prime_and_both_readers_skip_them():
         ):
             assert expressions_equal(read, expected, tuple(record.x_range))[0], (record.id, text)
     assert step_lines > 2 * len(records)
-    assert (
-        config.to_dict()["worked_steps"] is True
-        and "worked_steps" not in dataset.DataConfig().to_dict()
-    )
+    assert config.to_dict()["worked_steps"] is True and "worked_steps" not in DataConfig().to_dict()

@@ -14,6 +14,7 @@ from conftest import compose_config
 
 from derivative_animator import cli, evaluate, serve
 from derivative_animator.data import oracle
+from derivative_animator.eval import wording
 from derivative_animator.eval.service import GenerationService
 from derivative_animator.math.header import math_header_length
 from derivative_animator.math.judge import header_judge
@@ -237,7 +238,9 @@ def test_an_untrained_model_is_verified_end_to_end_and_keeps_its_first_scene(mic
         0,
         1,
     )  # no header is right
-    assert verified.story() == "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
+    assert wording.story(verified) == (
+        "greedy's scene did not parse; 0 of 2 sampled derivatives were right"
+    )
 
 
 def weighted_scripts_lm(scripts: list[list[int]], weights: list[float], vocab_size: int, eos: int):
@@ -334,7 +337,7 @@ def test_a_real_generator_whose_greedy_derivative_is_wrong_is_verified_to_a_righ
         and verified.kept.result.passed
         and verified.kept.generation.code == right
     )
-    assert verified.story().startswith(
+    assert wording.story(verified).startswith(
         f"greedy's scene had a wrong derivative; {verified.right} of 8 sampled"
     )
 
@@ -411,10 +414,9 @@ def test_what_write_does_is_told_in_words_with_each_steps_time(no_renders):
     doing now; a try that fails names why, the header batch says what it gave."""
     settings = GenerationSettings.defaults().changed(self_consistency={"k": 4})
     doing, done, said = [], [], []
-    from derivative_animator.eval.service import Steps
 
     written = GenerationService(settings, PlannedModel(**X2)).write(
-        "x^2", said.append, steps=Steps(doing.append, done.append)
+        "x^2", said.append, steps=wording.Steps(doing.append, done.append)
     )
     assert written.result.passed and not written.corrected
     assert doing == [
@@ -443,7 +445,7 @@ def test_what_write_does_is_told_in_words_with_each_steps_time(no_renders):
     # No try passes: the repair's steps say what was corrected and how it went.
     doing, done = [], []
     written = GenerationService(settings, PlannedModel(**WRONG_1_OVER_X)).write(
-        "1/x", steps=Steps(doing.append, done.append)
+        "1/x", steps=wording.Steps(doing.append, done.append)
     )
     assert written.corrected
     assert done[0].startswith(

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from derivative_animator import paths
 from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
 from derivative_animator.math.header import math_header_length
 from derivative_animator.model import finetune
@@ -84,7 +85,7 @@ def micro_data(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data") / "micro"
     # exactly 8 train samples (no tree practice): the step counts below are counted from them
     dataset.build(
-        dataset.DataConfig(
+        DataConfig(
             dir=str(directory), sizes={"train": 8, "validation": 4, "test": 4}, tree_practice=0
         )
     )

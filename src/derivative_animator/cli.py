@@ -22,7 +22,8 @@ from derivative_animator import paths
 from derivative_animator.data import scenes
 from derivative_animator.data.oracle import CannotAnimate, describe, template_scene
 from derivative_animator.errors import one_line
-from derivative_animator.eval.service import GenerationService, marks
+from derivative_animator.eval.service import GenerationService
+from derivative_animator.eval.wording import marks
 from derivative_animator.math.differentiate import UnsupportedFunction
 from derivative_animator.math.parsing import ParseError, function_lines, parse_function
 from derivative_animator.model.settings import GenerationSettings
@@ -113,8 +114,7 @@ def _check_sampling_args(args) -> None:
 
 
 def cmd_generate(args) -> int:
-    if args.model:
-        _check_sampling_args(args)
+    _check_sampling_args(args)  # the template backend too: the settings refuse what cannot work
     with GenerationService(
         generation_settings(args), allow_unsandboxed=args.unsafe_no_sandbox
     ) as service:

@@ -40,6 +40,7 @@ def check_packages() -> tuple[bool, str]:
 
 def check_dataset() -> tuple[bool, str]:
     from derivative_animator.data import dataset
+    from derivative_animator.data.dataset_schema import SPLITS
     from derivative_animator.data.prompt import (
         DEFAULT_FORMAT,
         PromptFormat,
@@ -49,7 +50,7 @@ def check_dataset() -> tuple[bool, str]:
 
     directory = paths.resolve("data/derivatives")
     try:
-        counts = {split: len(dataset.read_split(directory, split)) for split in dataset.SPLITS}
+        counts = {split: len(dataset.read_split(directory, split)) for split in SPLITS}
         require_same(PromptFormat.load(directory), DEFAULT_FORMAT)
     except (FileNotFoundError, ValueError, PromptFormatError) as err:
         return False, f"{err}; fix: make data"

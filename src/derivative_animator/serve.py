@@ -44,7 +44,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from derivative_animator import paths, tracking
-from derivative_animator.eval.service import GenerationService, Steps, derivative_line, verdict
+from derivative_animator.eval.service import GenerationService
+from derivative_animator.eval.wording import Steps, verdict
+from derivative_animator.math.header import derivative_line
 from derivative_animator.model.settings import GenerationSettings
 from derivative_animator.render.checks import REPORTED
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from derivative_animator import paths
 from derivative_animator.data import dataset
+from derivative_animator.data.dataset_schema import Record
 from derivative_animator.data.prompt import (
     DEFAULT_FORMAT,
     PromptFormat,
@@ -68,7 +69,7 @@ def encode_examples(
 class TokenizedSplit(Dataset):
     def __init__(
         self,
-        records: list[dataset.Record],
+        records: list[Record],
         tokenizer,
         max_length: int,
         prompt_format: PromptFormat,

@@ -1,4 +1,5 @@
-"""The dataset: its schema, how it is built, split, described, imported and validated.
+"""Building the dataset: fresh functions per curriculum level, judged and written as scenes (on
+worker processes), dealt into splits, then the files written all at once.
 
     python -m derivative_animator.dataset                       # make data
     python -m derivative_animator.dataset validate=true         # ... and render every scene
@@ -6,185 +7,33 @@
     python -m derivative_animator.dataset data=original data.import_path=instruction_dataset.json
 
 Writes `{dir}/{train,validation,test}.jsonl`, `card.json` and `README.md` (the dataset
-card). The same config gives byte-identical files. No function (by canonical sympy
-form) appears in two splits or in a benchmark (`data/benchmarks.py`), and every split holds
-every curriculum level in the same proportions.
+card, `data/dataset_card.py`). The same config gives byte-identical files. No function (by
+canonical sympy form) appears in two splits or in a benchmark (`data/benchmarks.py`), and every
+split holds every curriculum level in the same proportions. The schema (a record, the config)
+is `data/dataset_schema.py`; importing the original project's dataset, `data/dataset_import.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import multiprocessing
 import os
 import random
 import shutil
-import statistics
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
-from functools import cache
 from pathlib import Path
 
-import sympy as sp
-
 from derivative_animator import paths
-from derivative_animator.data import benchmarks, scenes
-from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
+from derivative_animator.data import benchmarks, dataset_card
+from derivative_animator.data.dataset_import import import_original
+from derivative_animator.data.dataset_schema import SPLITS, DataConfig, Record, make_record
+from derivative_animator.data.prompt import DEFAULT_FORMAT
 from derivative_animator.math import curriculum, notation
-from derivative_animator.math.differentiate import UnsupportedFunction
-from derivative_animator.math.parsing import ParseError, parse_function
+from derivative_animator.math.parsing import parse_function
 
-SPLITS = ("train", "validation", "test")
-CARD_FILE = "card.json"
-
-
-@dataclass(frozen=True)
-class Record:
-    """One (function, Manim scene) pair: a line of a split's JSONL file."""
-
-    id: str
-    level: int
-    style: str
-    function: str  # as a person types it (canonical notation)
-    sympy: str  # sympy's canonical form of f
-    derivative: str  # sympy form of f'
-    function_latex: str
-    derivative_latex: str
-    steps: list[dict]  # [{"rule", "expression", "derivative"}], children before parents
-    x_range: list[float]
-    prompt: str
-    completion: str
-    source: str  # "generated" or the file it was imported from
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Record:
-        names = {f.name for f in fields(cls)}
-        missing = names - data.keys()
-        if missing:
-            raise ValueError(
-                f"record {data.get('id', '?')} lacks fields: {', '.join(sorted(missing))}"
-            )
-        return cls(**{name: data[name] for name in names})
-
-
-@cache
-def _data_defaults() -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(paths.conf_group("data"))
-
-
-def _data_default(key: str):
-    return copy.deepcopy(_data_defaults()[key])  # conf/data read once; each config its own copy
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """What `make data` builds. Every field not given takes conf/data/default.yaml's value: the
-    one home of the defaults (`python -m derivative_animator.dataset` composes the same file)."""
-
-    dir: str = field(default_factory=lambda: _data_default("dir"))
-    seed: int = field(default_factory=lambda: _data_default("seed"))
-    sizes: dict = field(default_factory=lambda: _data_default("sizes"))
-    levels: tuple[int, ...] = field(default_factory=lambda: _data_default("levels"))
-    styles: tuple[str, ...] = field(default_factory=lambda: _data_default("styles"))
-    import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
-    tree_practice: float = field(default_factory=lambda: _data_default("tree_practice"))
-    worked_steps: bool = field(default_factory=lambda: _data_default("worked_steps"))
-
-    def __post_init__(self):
-        sizes = dict(self.sizes)
-        if set(sizes) != set(SPLITS) or any(int(n) < 0 for n in sizes.values()):
-            raise ValueError(
-                f"data.sizes needs non-negative train, validation and test counts, got {sizes}"
-            )
-        object.__setattr__(self, "sizes", {split: int(sizes[split]) for split in SPLITS})
-        bad_levels = set(self.levels) - set(curriculum.LEVELS)
-        if bad_levels or not self.levels:
-            raise ValueError(f"data.levels must be a non-empty subset of {list(curriculum.LEVELS)}")
-        bad_styles = set(self.styles) - set(scenes.STYLES)
-        if not 0 <= float(self.tree_practice) <= 10:
-            raise ValueError(
-                "data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
-                f"many expression-tree functions again), got {self.tree_practice}"
-            )
-        if bad_styles or not self.styles:
-            raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
-        object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
-        object.__setattr__(self, "styles", tuple(self.styles))
-
-    @property
-    def tree_functions(self) -> int:
-        """How many expression-tree functions tree practice adds to train."""
-        return round(float(self.tree_practice) * self.sizes["train"])
-
-    def to_dict(self) -> dict:
-        content = {
-            "dir": self.dir,
-            "seed": self.seed,
-            "sizes": self.sizes,
-            "levels": list(self.levels),
-            "styles": list(self.styles),
-            "import_path": self.import_path,
-        }
-        # Absent when off, so datasets built before an option keep their card's bytes and hash.
-        options = {"tree_practice": self.tree_practice, "worked_steps": self.worked_steps}
-        return {**content, **{name: value for name, value in options.items() if value}}
-
-    @property
-    def sha256(self) -> str:
-        content = {k: v for k, v in self.to_dict().items() if k != "dir"}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-# --- building records --------------------------------------------------------------------
-
-
-def make_record(
-    analysed: curriculum.CurriculumFunction,
-    style: str,
-    source: str,
-    completion: str | None = None,
-    prompt_format: PromptFormat = DEFAULT_FORMAT,
-    worked_steps: bool = False,
-) -> Record:
-    typed = notation.typed(analysed.expr)
-    code = (
-        completion
-        if completion is not None
-        else scenes.scene_code(
-            analysed.expr,
-            analysed.derivative,
-            analysed.steps,
-            analysed.x_range,
-            style,
-            worked_steps,
-        )
-    )
-    key = hashlib.sha1(curriculum.canonical_key(analysed.expr).encode()).hexdigest()[:10]
-    return Record(
-        id=f"L{analysed.level}-{key}",
-        level=analysed.level,
-        style=style,
-        function=typed,
-        sympy=sp.sstr(analysed.expr),
-        derivative=sp.sstr(analysed.derivative),
-        function_latex=notation.latex(analysed.expr),
-        derivative_latex=notation.latex(analysed.derivative),
-        steps=[
-            {"rule": s.rule, "expression": sp.sstr(s.expr), "derivative": sp.sstr(s.derivative)}
-            for s in scenes.shown_steps(analysed.steps)
-        ],
-        x_range=[float(v) for v in analysed.x_range],
-        prompt=prompt_format.format(typed),
-        completion=code,
-        source=source,
-    )
+# --- generating records ------------------------------------------------------------------
 
 
 def _level_counts(total: int, levels: tuple[int, ...]) -> dict[int, int]:
@@ -401,96 +250,14 @@ class _Here:
         _JUDGED.clear()
 
 
-# --- importing the original project's dataset ------------------------------------------
-
-
-class ImportError_(ValueError):
-    """A record of the original dataset cannot be imported."""
-
-
-def _function_text(item: dict) -> str:
-    text = (item.get("input") or "").strip()
-    if not text:
-        instruction = item.get("instruction", "")
-        marker = "f(x) ="
-        if marker not in instruction:
-            raise ImportError_("has no input and its instruction names no 'f(x) = ...'")
-        text = instruction.split(marker, 1)[1].strip().splitlines()[0]
-    return text
-
-
-def import_original(path: Path, config: DataConfig) -> dict[str, list[Record]]:
-    """Read instruction_dataset.json (records with instruction/input/output) into our schema
-    and splits. A malformed record stops the import with a message naming it."""
-    try:
-        items = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ImportError_(f"{path}: cannot read JSON ({err})") from None
-    if not isinstance(items, list):
-        raise ImportError_(f"{path}: expected a JSON list of records")
-    seen: set[str] = set(
-        benchmarks.held_out_keys()
-    )  # a benchmark's function is passed over, as in a build
-    by_level: dict[int, list[Record]] = {level: [] for level in curriculum.LEVELS}
-    for index, item in enumerate(items):
-        where = f"{path.name} record {index}"
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("output"), str)
-            or not item["output"].strip()
-        ):
-            raise ImportError_(f"{where}: needs an object with a non-empty 'output' string")
-        try:
-            expr = parse_function(_function_text(item))
-            analysed = curriculum.analyse(expr)
-        except (ParseError, UnsupportedFunction, ImportError_) as err:
-            raise ImportError_(f"{where}: {err}") from None
-        if analysed is None:
-            raise ImportError_(
-                f"{where}: function {item.get('input')!r} is constant or cannot be plotted"
-            )
-        key = curriculum.canonical_key(expr)
-        if key in seen:
-            continue  # the same function twice would leak across splits; a benchmark's never enters
-        seen.add(key)
-        by_level[analysed.level].append(
-            make_record(analysed, "imported", path.name, item["output"])
-        )
-    return _deal(by_level, config)
-
-
-def _deal(by_level: dict[int, list[Record]], config: DataConfig) -> dict[str, list[Record]]:
-    """Stratified split of imported records in the proportions of config.sizes."""
-    total = sum(config.sizes.values()) or 1
-    splits: dict[str, list[Record]] = {split: [] for split in SPLITS}
-    for level, records in sorted(by_level.items()):
-        records = sorted(records, key=lambda r: r.id)
-        random.Random(f"{config.seed}-import-{level}").shuffle(records)
-        n_test = round(len(records) * config.sizes["test"] / total)
-        n_validation = round(len(records) * config.sizes["validation"] / total)
-        splits["test"].extend(records[:n_test])
-        splits["validation"].extend(records[n_test : n_test + n_validation])
-        splits["train"].extend(records[n_test + n_validation :])
-    return splits
-
-
-# --- files, card -----------------------------------------------------------------------
+# --- files, build -------------------------------------------------------------------------
 
 
 def read_split(directory: str | Path, split: str) -> list[Record]:
     path = paths.resolve(directory) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `make data` first")
-    card_path = path.parent / CARD_FILE
-    if (
-        card_path.is_file()
-        and json.loads(card_path.read_text()).get("benchmarks_sha256") != benchmarks.digest()
-    ):
-        raise ValueError(
-            f"{path.parent} was built before the benchmarks it must leave out (benchmarks/) "
-            "changed: rebuild it with `make data` "
-            f"(python -m derivative_animator.dataset data.dir={directory})"
-        )
+    dataset_card.require_current_benchmarks(path.parent, directory)
     records = []
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
@@ -499,87 +266,6 @@ def read_split(directory: str | Path, split: str) -> list[Record]:
             except (json.JSONDecodeError, ValueError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: malformed record ({err})") from None
     return records
-
-
-def card(splits: dict[str, list[Record]], config: DataConfig, file_hashes: dict[str, str]) -> dict:
-    def stats(records):
-        lengths = [len(r.completion) for r in records] or [0]
-        return {
-            "count": len(records),
-            "levels": {
-                str(level): sum(r.level == level for r in records) for level in curriculum.LEVELS
-            },
-            "styles": {
-                style: n
-                for style in sorted({r.style for r in records})
-                if (n := sum(r.style == style for r in records))
-            },
-            "code_chars": {
-                "mean": round(statistics.mean(lengths), 1),
-                "median": statistics.median(lengths),
-                "min": min(lengths),
-                "max": max(lengths),
-            },
-        }
-
-    return {
-        "name": Path(config.dir).name,
-        "config": config.to_dict(),
-        "config_sha256": config.sha256,
-        "prompt_format": DEFAULT_FORMAT.to_dict(),
-        "splits": {split: stats(records) for split, records in splits.items()},
-        "files_sha256": file_hashes,
-        # what it leaves out; read_split refuses it once they change
-        "benchmarks_sha256": benchmarks.digest(),
-        "levels": {str(k): v for k, v in curriculum.LEVEL_NAMES.items()},
-    }
-
-
-def card_markdown(info: dict) -> str:
-    lines = [
-        f"# Dataset card: {info['name']}",
-        "",
-        (
-            "Pairs of (function, Manim scene animating its derivative), generated and checked by "
-            "`python -m derivative_animator.dataset`. Regenerate with `make data`; the same config "
-            "gives byte-identical files."
-        ),
-        "",
-        f"- config sha256: `{info['config_sha256']}`",
-        f"- prompt format: `{info['prompt_format']['name']}` "
-        f"(sha256 `{info['prompt_format']['sha256']}`)",
-        "",
-        "| split | samples | "
-        + " | ".join(f"L{k}" for k in info["levels"])
-        + " | styles | code chars mean (min-max) |",
-        "|---|---|" + "---|" * len(info["levels"]) + "---|---|",
-    ]
-    for split, s in info["splits"].items():
-        styles = ", ".join(f"{k} {v}" for k, v in s["styles"].items())
-        c = s["code_chars"]
-        lines.append(
-            f"| {split} | {s['count']} | "
-            + " | ".join(str(v) for v in s["levels"].values())
-            + f" | {styles} | {c['mean']} ({c['min']}-{c['max']}) |"
-        )
-    lines += [
-        "",
-        "Levels: " + "; ".join(f"{k} {v}" for k, v in info["levels"].items()),
-        "",
-        "Config:",
-        "",
-        "```json",
-        json.dumps(info["config"], indent=2),
-        "```",
-        "",
-        "Prompt template:",
-        "",
-        "```",
-        info["prompt_format"]["template"],
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def write_dataset(splits: dict[str, list[Record]], config: DataConfig) -> Path:
@@ -594,9 +280,7 @@ def write_dataset(splits: dict[str, list[Record]], config: DataConfig) -> Path:
             content = "".join(record.to_json() + "\n" for record in splits[split])
             (staging / f"{split}.jsonl").write_text(content)
             hashes[f"{split}.jsonl"] = hashlib.sha256(content.encode()).hexdigest()
-        info = card(splits, config, hashes)
-        (staging / CARD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        (staging / "README.md").write_text(card_markdown(info))
+        dataset_card.write_card(staging, splits, config, hashes)
         DEFAULT_FORMAT.save(staging)
         paths.replace_dir(staging, target)
     finally:

@@ -17,166 +17,29 @@ It owns
   vote can only be right when some header is;
 - the repair (`write`, `correct`; on by default, `--no-repair`): when no try passes, the true f'
   swapped into a try wrong only in its f', checked again, shown labelled as corrected with the
-  model's own try kept beside it. The evaluator never repairs: it measures the model;
-- what a person is told while `write` works (`Steps`, the page's progress): each step in words
-  with its time ("try 1 of 3: the derivative is wrong (it wrote 3x); written in 2.1 s, checked
-  in 3.0 s"), beside the lines the CLI prints (`say`).
+  model's own try kept beside it. The evaluator never repairs: it measures the model.
+What a person is told while `write` works (the page's steps, the CLI's lines, the summary) is
+worded in `eval/wording.py`.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from derivative_animator.eval.verify import Try, Verification, first_passing
-from derivative_animator.model.settings import GenerationSettings
+from derivative_animator.eval import wording
+from derivative_animator.eval.verify import Try, Verified, first_passing
+from derivative_animator.eval.wording import Say, Steps, quiet
+from derivative_animator.math.header import derivative_line, math_header_length
+from derivative_animator.math.judge import header_judge, states_wrong_derivative
+from derivative_animator.model.settings import GenerationSettings, Sampling
 
-Say = Callable[[str], None]
 # functions whose sampled headers are kept (a few KB each): the vote and verification share them
 KEPT_HEADER_SETS = 256
-_ORDINALS = (
-    "first",
-    "second",
-    "third",
-    "fourth",
-    "fifth",
-    "sixth",
-    "seventh",
-    "eighth",
-    "ninth",
-    "tenth",
-)
-
-
-def _quiet(message: str) -> None:
-    pass
-
-
-@dataclass
-class Steps:
-    """What `write` tells a person while it works, in words: `doing(text)` when a step starts
-    (the page shows it beside a spinner), `done(text)` when one ends, its time in the text (the
-    page lists those). Quiet unless given. The CLI's lines (`say`) are for people who read
-    check marks; these are for everyone."""
-
-    doing: Say = _quiet
-    done: Say = _quiet
-
-
-def _why(result, check: str, limit: int = 160) -> str:
-    """The part of a result's error that its failing `check` wrote (errors read "syntax: ...;
-    executes: ..."), without that name, in brackets and cut to `limit`; "" when it wrote none."""
-    if not result.error:
-        return ""
-    parts = result.error.split("; ")
-    said = next(
-        (part[len(check) + 2 :] for part in parts if part.startswith(f"{check}: ")), result.error
-    )
-    return f" ({said if len(said) <= limit else said[: limit - 3] + '...'})"
-
-
-def verdict(result, code: str, function: str) -> str:
-    """A checked scene in words, first failure first: "passed every check", "the derivative is
-    wrong (it wrote 3x)", "the scene did not render (...)"."""
-    if result is None:
-        return "abandoned after its math header: the derivative is wrong"
-    if result.passed:
-        if result.layout is False:
-            return "right and renders, but the layout check failed" + (
-                f": {result.layout_problems[0]}" if result.layout_problems else ""
-            )
-        return "passed every check"
-    if result.syntax is False:
-        return "the code does not parse" + _why(result, "syntax")
-    if result.structure is False:
-        return "the code holds no Manim scene"
-    if result.math is False:
-        if _wrong_derivative(code, function):
-            return f"the derivative is wrong (it wrote {derivative_line(code)})"
-        return "the math check failed" + _why(result, "math")
-    if result.executes is False:
-        return "the scene did not render" + _why(result, "executes")
-    return "could not be checked" + (
-        ": this machine cannot render"
-        if getattr(result, "environment_error", False)
-        else _why(result, "executes")
-    )
-
-
-def marks(result) -> str:
-    """A check result in one line: `syntax:ok structure:ok executes:FAIL math:- layout:-`."""
-    from derivative_animator.render.checks import REPORTED
-
-    return " ".join(
-        f"{k}:{'ok' if getattr(result, k) else ('-' if getattr(result, k) is None else 'FAIL')}"
-        for k in REPORTED
-    )
-
-
-def _ordinal(n: int) -> str:
-    return _ORDINALS[n - 1] if n <= len(_ORDINALS) else f"{n}th"
-
-
-def _failure(result) -> str:
-    """What a failed scene got wrong first, in words."""
-    if result is None:
-        return "was never checked"
-    for name, words in (
-        ("syntax", "did not parse"),
-        ("structure", "held no Manim scene"),
-        ("math", "had a wrong derivative"),
-        ("executes", "did not render"),
-    ):
-        if getattr(result, name) is False:
-            return words
-    return "could not be checked" + (
-        " (this machine cannot render)" if getattr(result, "environment_error", False) else ""
-    )
-
-
-@dataclass
-class Verified:
-    """What verified generation did: its tries (`verification`) and what the headers gave."""
-
-    verification: Verification = field(default_factory=Verification)
-    sampled: int = 0  # math headers sampled (0: the first scene passed, or one attempt only)
-    right: int = 0  # of them, those whose derivative the math judge accepts
-    completed: int = 0  # of the distinct right ones, completed into scenes and checked
-    header_seconds: float = 0.0  # the batch that sampled them
-
-    @property
-    def kept(self) -> Try | None:
-        return self.verification.kept
-
-    @property
-    def seconds(self) -> float:
-        return self.verification.seconds + self.header_seconds
-
-    def story(self, first_name: str = "greedy") -> str:
-        """In words, e.g. "greedy's scene had a wrong derivative; 3 of 8 sampled derivatives
-        were right; the first passed every check"."""
-        first = self.verification.tries[0].result
-        if first is not None and first.passed:
-            return f"{first_name}'s scene passed every check"
-        said = [f"{first_name}'s scene {_failure(first)}"]
-        if self.sampled:
-            said.append(f"{self.right} of {self.sampled} sampled derivatives were right")
-        kept = self.kept
-        if self.completed and kept is not None and kept.result.passed:
-            said.append(f"the {_ordinal(kept.attempt - 1)} passed every check")
-        elif self.completed:
-            said.append(
-                "the one completed failed a check"
-                if self.completed == 1
-                else f"none of the {self.completed} completed passed every check"
-            )
-        return "; ".join(said)
-
 
 MODEL, CORRECTED = (
     "model",
@@ -208,27 +71,6 @@ class Written:
         return self.shown == CORRECTED
 
 
-def derivative_line(code: str) -> str | None:
-    """What a scene states as f'(x) (its header's `f'(x) = ...` line), or None."""
-    found = re.search(r"^f'\(x\) = (.*)$", code, flags=re.MULTILINE)
-    return found.group(1).strip() if found else None
-
-
-def _wrong_derivative(code: str, function: str) -> bool:
-    """Does the scene's math header state a derivative the math judge rejects? (A scene may fail
-    the math check for another reason, e.g. a plotting interval where f' is undefined: then its
-    derivative is not what is wrong, and swapping in the true one cannot help.)"""
-    from derivative_animator.math.header import math_header_length
-    from derivative_animator.math.judge import header_judge
-
-    end = math_header_length(code)
-    return (
-        end is not None
-        and derivative_line(code) is not None
-        and not header_judge(function)(code[:end])
-    )
-
-
 def _repairable(result, code: str, function: str) -> bool:
     """A scene the repair may correct: it parses and holds a scene, and its derivative is wrong."""
     return (
@@ -236,7 +78,7 @@ def _repairable(result, code: str, function: str) -> bool:
         and bool(result.syntax)
         and bool(result.structure)
         and result.math is False
-        and _wrong_derivative(code, function)
+        and states_wrong_derivative(code, function)
     )
 
 
@@ -310,15 +152,7 @@ class GenerationService:
     def scene(self, function: str, index: int = 0):
         """Scene `index` of a function (0: the first, greedy by default; later ones the
         evaluator's pass@k samples), sampled as the settings' policy says."""
-        s, sampling = self.settings, self.settings.scene_sampling(index)
-        return self.generator.generate(
-            function,
-            s.max_new_tokens,
-            sampling.temperature,
-            s.top_p,
-            sampling.seed,
-            syntax_rollbacks=s.syntax_rollbacks,
-        )
+        return self._generate(function, self.settings.scene_sampling(index))
 
     def header_samples(self, function: str) -> tuple[list[str], float]:
         """The k math headers of a function and the seconds their batch took: sampled once, then
@@ -363,7 +197,7 @@ class GenerationService:
         vote.seconds += seconds
         return replace(first, code=code, seconds=first.seconds + vote.seconds), vote
 
-    def first_scene(self, function: str, say: Say = _quiet, steps: Steps | None = None):
+    def first_scene(self, function: str, say: Say = quiet, steps: Steps | None = None):
         """The first scene; under the voted header when the settings ask for the vote. What the
         vote did is said in full: who agreed out of every header read, and why the others could
         not vote ("7 of 9 headers agree (greedy's and 8 sampled); 1 had no readable derivative")."""
@@ -371,22 +205,20 @@ class GenerationService:
         first = self.scene(function)
         if not self.settings.self_consistency.vote:
             return first
-        steps.doing(f"sampling {self.settings.self_consistency.k} derivatives to vote on")
+        steps.doing(wording.sampling_step(self.settings.self_consistency.k, to_vote=True))
         first, vote = self.self_consistent(function, first)
-        if vote.chosen is None:
-            said = (
-                f"self-consistency: {vote.said()} ({vote.seconds:.1f} s); keeping the greedy scene"
-            )
-        else:
-            which = "the greedy header" if vote.chosen == 0 else f"sampled header {vote.chosen}"
-            said = f"self-consistency: {which} wins: {vote.said()} ({vote.seconds:.1f} s)"
+        said = wording.vote_line(vote)
         say(said)
         steps.done(said)
         return first
 
     def complete(self, function: str, header: str, n: int):
         """The n-th right header (from 1) completed into a scene: the model goes on from it."""
-        s, sampling = self.settings, self.settings.completion_sampling(n)
+        return self._generate(function, self.settings.completion_sampling(n), prefix=header)
+
+    def _generate(self, function: str, sampling: Sampling, prefix: str = ""):
+        """One scene sampled as `sampling` says, going on from `prefix` (a header) when given."""
+        s = self.settings
         return self.generator.generate(
             function,
             s.max_new_tokens,
@@ -394,7 +226,7 @@ class GenerationService:
             s.top_p,
             sampling.seed,
             syntax_rollbacks=s.syntax_rollbacks,
-            prefix=header,
+            prefix=prefix,
         )
 
     def verify(
@@ -409,16 +241,13 @@ class GenerationService:
         generation) judges a try (a sandboxed check, or an evaluation row), report(try) hears of
         each, `steps` of the headers sampled and each completion begun. Headers are sampled only
         once the first scene has failed."""
-        from derivative_animator.math.header import math_header_length
-        from derivative_animator.math.judge import header_judge
-
         verified, steps, attempts = Verified(), steps or Steps(), self.settings.attempts
 
         def tries():
             yield first
             if attempts <= 1:
                 return
-            steps.doing(f"sampling {self.settings.self_consistency.k} other derivatives")
+            steps.doing(wording.sampling_step(self.settings.self_consistency.k, to_vote=False))
             headers, verified.header_seconds = self.header_samples(function)
             accept = header_judge(function)
             right = [header for header in headers if accept(header)]
@@ -428,14 +257,10 @@ class GenerationService:
                 {first.code[:end]} if end is not None else set()
             )  # the first scene's header already failed
             distinct = [h for h in dict.fromkeys(right) if h not in tried][: attempts - 1]
-            steps.done(_sampled_words(verified, len(distinct)))
+            steps.done(wording.sampled_step(verified, len(distinct)))
             for n, header in enumerate(distinct, 1):
                 verified.completed = n
-                steps.doing(
-                    f"try {n + 1} of {attempts}: writing the scene from a right sampled "
-                    "derivative, "
-                    f"f'(x) = {derivative_line(header)}"
-                )
+                steps.doing(wording.writing_step(n + 1, attempts, header))
                 yield self.complete(function, header, n)
 
         verified.verification = first_passing(tries(), check, report)
@@ -444,7 +269,7 @@ class GenerationService:
     def write(
         self,
         function: str,
-        say: Say = _quiet,
+        say: Say = quiet,
         repair: bool | None = None,
         steps: Steps | None = None,
     ) -> Written:
@@ -457,60 +282,45 @@ class GenerationService:
         `summary` (also said last) says what is shown and why. The evaluator never calls this:
         it measures the model (`verify`)."""
         steps, attempts, checking = steps or Steps(), self.settings.attempts, {}
-        steps.doing(f"try 1 of {attempts}: writing the scene")
+        steps.doing(wording.writing_step(1, attempts))
         first = self.first_scene(function, say, steps)
 
         def check(attempt, generation):
-            steps.doing(
-                f"try {attempt} of {attempts}: checking the scene (a quick render in the sandbox)"
-            )
+            steps.doing(wording.checking_step(attempt, attempts))
             start = time.perf_counter()
             result = self.check(generation.code, function)
             checking[attempt] = time.perf_counter() - start
             return result
 
         def report(tried: Try) -> None:
-            say(_attempt_line(tried))
-            steps.done(
-                f"try {tried.attempt} of {attempts}: "
-                f"{verdict(tried.result, tried.generation.code, function)}; written in "
-                f"{tried.generation.seconds:.1f} s"
-                + (
-                    f", checked in {checking[tried.attempt]:.1f} s"
-                    if tried.attempt in checking
-                    else ""
-                )
-            )
+            say(wording.attempt_line(tried))
+            steps.done(wording.tried_step(tried, attempts, function, checking.get(tried.attempt)))
 
         verified = self.verify(function, first, check, report, steps)
         if verified.sampled:
-            say(verified.story("greedy" if self.settings.temperature == 0 else "the first"))
+            say(
+                wording.story(verified, "greedy" if self.settings.temperature == 0 else "the first")
+            )
         kept = verified.kept
         code, result = kept.generation.code, kept.result
         if result.passed:
-            return Written(
-                code, result, verified, summary="shown: the model's scene, which passed every check"
-            )
+            return Written(code, result, verified, summary=wording.PASSED)
         if self.settings.attempts > 1:
-            say(f"no attempt passed every check; keeping attempt {kept.attempt} ({marks(result)})")
-            steps.done(f"no try passed every check; keeping try {kept.attempt}")
+            say(wording.no_pass_line(kept))
+            steps.done(wording.no_pass_step(kept))
         if self.settings.repair if repair is None else repair:
             written = self.correct(function, verified, say, steps)
             if written is not None:
                 say(written.summary)
                 return written
-        summary = "shown: the model's scene, which did not pass every check"
-        if _repairable(result, code, function):
-            summary = (
-                f"the model's derivative was wrong (it wrote {derivative_line(code)}); " + summary
-            )
-        else:
-            summary += f": {verdict(result, code, function)}"
+        summary = wording.failed_summary(
+            result, code, function, wrong_derivative=_repairable(result, code, function)
+        )
         say(summary)
         return Written(code, result, verified, summary=summary)
 
     def correct(
-        self, function: str, verified: Verified, say: Say = _quiet, steps: Steps | None = None
+        self, function: str, verified: Verified, say: Say = quiet, steps: Steps | None = None
     ) -> Written | None:
         """The repair: each of the model's tries wrong only in its derivative (the kept one first),
         with the true f' swapped in (`oracle.with_true_derivative`), checked as any scene is (a
@@ -530,28 +340,13 @@ class GenerationService:
                 continue
             tried.add(repaired)
             wrote, true = derivative_line(attempt.generation.code), derivative_line(repaired)
-            steps.doing(
-                f"correcting try {attempt.attempt}: its scene with the true f'(x) = {true}, "
-                "checked again"
-            )
+            steps.doing(wording.correcting_step(attempt, true))
             start = time.perf_counter()
             result = self.check(repaired, function)
-            say(
-                f"the corrected scene of attempt {attempt.attempt} (the true f'(x) = {true}): "
-                f"{marks(result)}" + (f"  {result.error}" if result.error else "")
-            )
-            steps.done(
-                f"the corrected scene of try {attempt.attempt} (f'(x) = {true}): "
-                f"{verdict(result, repaired, function)}; "
-                f"checked in {time.perf_counter() - start:.1f} s"
-            )
+            why = wording.verdict(result, repaired, function)
+            say(wording.corrected_line(attempt, true, result))
+            steps.done(wording.corrected_step(attempt, true, why, time.perf_counter() - start))
             if result.passed:
-                layout = "" if result.layout is not False else "; its layout check failed"
-                summary = (
-                    f"the model's derivative was wrong (it wrote {wrote}); shown: the corrected "
-                    f"scene with f'(x) = {true}, which passed every check{layout}; the model's "
-                    "own scene is kept"
-                )
                 return Written(
                     repaired,
                     result,
@@ -559,49 +354,10 @@ class GenerationService:
                     shown=CORRECTED,
                     model_code=attempt.generation.code,
                     model_result=attempt.result,
-                    summary=summary,
+                    summary=wording.corrected_summary(wrote, true, result),
                 )
-            failed = failed or (wrote, true, verdict(result, repaired, function))
+            failed = failed or (wrote, true, why)
         if failed is None:
             return None
-        wrote, true, why = failed
-        summary = (
-            f"the model's derivative was wrong (it wrote {wrote}), and the corrected scene with "
-            f"f'(x) = {true} failed a check too ({why}); shown: the model's scene, which did not "
-            "pass every check"
-        )
+        summary = wording.correction_failed_summary(*failed)
         return Written(kept.generation.code, kept.result, verified, summary=summary)
-
-
-def _sampled_words(verified: Verified, completing: int) -> str:
-    """The header batch in words: how many of the sampled derivatives are right, what comes next."""
-    said = (
-        f"sampled {verified.sampled} other derivatives in {verified.header_seconds:.1f} s: "
-        f"{verified.right} {'is' if verified.right == 1 else 'are'} right"
-    )
-    if completing == 1:
-        return said + "; writing a scene from " + ("it" if verified.right == 1 else "the first")
-    if completing:
-        return said + f"; writing scenes from up to {completing} of them, until one passes"
-    return said + (
-        "; no other try"
-        if not verified.right
-        else "; the first try already had that header, no other try"
-    )
-
-
-def _attempt_line(tried: Try) -> str:
-    gen, result = tried.generation, tried.result
-    if result is None:
-        return (
-            f"attempt {tried.attempt}: abandoned after its math header, the derivative is wrong "
-            f"({gen.seconds:.2f} s)"
-        )
-    return (
-        f"attempt {tried.attempt}: {marks(result)} "
-        f"({gen.seconds:.2f} s, {gen.tokens_per_second:.0f} tokens/s"
-        + (f", {gen.rollbacks} lines sampled again" if gen.rollbacks else "")
-        + (f", bracket guard overrode {gen.guarded} tokens" if gen.guarded else "")
-        + ")"
-        + (f"  {result.error}" if result.error else "")
-    )

@@ -7,6 +7,7 @@ The scene kept is the first that passes every check, else the one that passed th
 (the earliest of equals). A try abandoned at a wrong math header (`HEADER_REJECTED`) is not a
 scene and is never kept. A machine that cannot render stops the loop: more tries cannot help.
 Each caller says how a try is checked (a render, or an evaluation row); the policy is here only.
+`Verified` is what the service's verified generation did: these tries and the headers behind them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,26 @@ class Verification:
     def seconds(self) -> float:
         """Generation time of every try, the abandoned ones too."""
         return sum(t.generation.seconds for t in self.tries)
+
+
+@dataclass
+class Verified:
+    """What verified generation did (`GenerationService.verify`): its tries (`verification`) and
+    what the sampled math headers gave."""
+
+    verification: Verification = field(default_factory=Verification)
+    sampled: int = 0  # math headers sampled (0: the first scene passed, or one attempt only)
+    right: int = 0  # of them, those whose derivative the math judge accepts
+    completed: int = 0  # of the distinct right ones, completed into scenes and checked
+    header_seconds: float = 0.0  # the batch that sampled them
+
+    @property
+    def kept(self) -> Try | None:
+        return self.verification.kept
+
+    @property
+    def seconds(self) -> float:
+        return self.verification.seconds + self.header_seconds
 
 
 def checks_passed(result) -> int:

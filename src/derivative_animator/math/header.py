@@ -113,3 +113,9 @@ def reads_with_sympy(tree: ast.Module) -> bool:
         isinstance(node, ast.ImportFrom) and node.module == "sympy.parsing.sympy_parser"
         for node in tree.body
     )
+
+
+def derivative_line(code: str) -> str | None:
+    """What a scene states as f'(x) (its header's `f'(x) = ...` line), or None."""
+    found = re.search(r"^f'\(x\) = (.*)$", code, flags=re.MULTILINE)
+    return found.group(1).strip() if found else None

@@ -23,7 +23,13 @@ import sympy as sp
 from derivative_animator.errors import one_line
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.differentiate import UnsupportedFunction, true_derivative
-from derivative_animator.math.header import read_formula, reads_with_sympy, typed_formulas
+from derivative_animator.math.header import (
+    derivative_line,
+    math_header_length,
+    read_formula,
+    reads_with_sympy,
+    typed_formulas,
+)
 from derivative_animator.math.parsing import ParseError, X, parse_function
 
 NUMERIC_POINTS = 24
@@ -187,6 +193,18 @@ def header_judge(function: str) -> Callable[[str], bool]:
     takes."""
     target = parse_function(function)
     return lambda header: header_math_is_right(header, target)
+
+
+def states_wrong_derivative(code: str, function: str) -> bool:
+    """Does the scene's math header state a derivative the math judge rejects? (A scene may fail
+    the math check for another reason, e.g. a plotting interval where f' is undefined: then its
+    derivative is not what is wrong, and swapping in the true one cannot help.)"""
+    end = math_header_length(code)
+    return (
+        end is not None
+        and derivative_line(code) is not None
+        and not header_judge(function)(code[:end])
+    )
 
 
 def check_function(tree: ast.Module, function: sp.Expr) -> bool | None:

@@ -35,6 +35,13 @@ def plain(group: Mapping) -> dict:
     )
 
 
+def _refuse_out_of_range(*rules: tuple[bool, str]) -> None:
+    """The first rule broken, as one line naming the setting, its range and the value given."""
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float
@@ -49,6 +56,16 @@ class SelfConsistencySettings:
     # the first scene takes the header most samples agree on (derivanim generate
     # --self-consistency)
     vote: bool
+
+    def __post_init__(self):
+        _refuse_out_of_range(
+            (self.k >= 1, f"generate.self_consistency.k must be 1 or more, got {self.k}"),
+            (
+                self.temperature > 0,
+                "generate.self_consistency.temperature must be above 0 (its headers are "
+                f"sampled), got {self.temperature}",
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,28 @@ class GenerationSettings:
     syntax_rollbacks: int
     repair: bool
     self_consistency: SelfConsistencySettings
+
+    def __post_init__(self):
+        _refuse_out_of_range(
+            (
+                self.temperature >= 0,
+                f"generate.temperature must be 0 (greedy) or more, got {self.temperature}",
+            ),
+            (
+                self.sample_temperature >= 0,
+                f"generate.sample_temperature must be 0 or more, got {self.sample_temperature}",
+            ),
+            (0 < self.top_p <= 1, f"generate.top_p must be in (0, 1], got {self.top_p}"),
+            (
+                self.max_new_tokens >= 1,
+                f"generate.max_new_tokens must be 1 or more, got {self.max_new_tokens}",
+            ),
+            (self.attempts >= 1, f"generate.attempts must be 1 or more, got {self.attempts}"),
+            (
+                self.syntax_rollbacks >= 0,
+                f"generate.syntax_rollbacks must be 0 or more, got {self.syntax_rollbacks}",
+            ),
+        )
 
     @classmethod
     def from_config(cls, generate: Mapping) -> GenerationSettings:
