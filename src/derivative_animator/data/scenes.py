@@ -204,6 +204,11 @@ class RuleStepsScene(Scene):
 }
 
 
+# The first line of each style's own code, after the body all styles share: where the model
+# picks a style, and where decoding makes it write the one a user asked for (decoding.StyleChoice).
+STYLE_OPENINGS = {style: body.strip("\n").split("\n", 1)[0] for style, body in _BODIES.items()}
+
+
 def shown_steps(steps: list[Step]) -> list[Step]:
     """Steps worth showing: d/dx x = 1 is implied by every other rule."""
     return [step for step in steps if step.expr != X] or steps
