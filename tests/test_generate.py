@@ -511,7 +511,8 @@ def test_a_style_opening_inside_the_prefix_or_the_header_is_left_alone():
     choice = decoding.StyleChoice("secant")
     tangent = decoding.STYLE_OPENINGS["tangent"]
     assert choice.line_to_replace(f'"""\n{tangent}\n') is None  # no header end yet
-    text = f'x = sp.Symbol("x")\n\n{tangent}\n    def construct'
+    text = f'x = sp.Symbol("x")\n\n{tangent}(Scene):\n    def construct'
+    assert choice.line_to_replace(text[: text.index("Line")]) is None  # not an opening yet
     assert choice.line_to_replace(text) == 3
     assert choice.line_to_replace(text) is None  # settled: replaced once
     with pytest.raises(ValueError, match="unknown scene style 'zigzag'"):

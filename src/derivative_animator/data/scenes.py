@@ -25,6 +25,7 @@ Styles:
 
 from __future__ import annotations
 
+import re
 from string import Template
 
 import sympy as sp
@@ -204,9 +205,14 @@ class RuleStepsScene(Scene):
 }
 
 
-# The first line of each style's own code, after the body all styles share: where the model
-# picks a style, and where decoding makes it write the one a user asked for (decoding.StyleChoice).
-STYLE_OPENINGS = {style: body.strip("\n").split("\n", 1)[0] for style, body in _BODIES.items()}
+# How each style's own code begins, after the body all styles share: its first name
+# (`class SecantLimitScene`, `NAMED_RULES`). There the model picks a style, and decoding makes it
+# write the one a user asked for (decoding.StyleChoice). A name ends where the tokenizer splits
+# too, so the model goes on in its own tokens (`NAMED_RULES = {` would split ` {"` unnaturally).
+STYLE_OPENINGS = {
+    style: re.match(r"(class )?[A-Za-z_]+", body.strip("\n")).group()
+    for style, body in _BODIES.items()
+}
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:

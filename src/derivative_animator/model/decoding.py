@@ -204,9 +204,9 @@ Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, 
 
 class StyleChoice:
     """The style a user asked for, written by the model without another prompt: the first line
-    after the math header that opens a style (`scenes.STYLE_OPENINGS`) must be the asked
-    style's; when the model writes another's, that line is replaced by the asked one and the
-    model goes on from there (`SceneGenerator.generate`)."""
+    after the math header that opens a style (`scenes.STYLE_OPENINGS`, `class SecantLimitScene`)
+    must open the asked one; when the model opens another, that line is replaced by the asked
+    opening and the model goes on from there (`SceneGenerator.generate`)."""
 
     def __init__(self, style: str):
         if style not in STYLE_OPENINGS:
@@ -214,20 +214,17 @@ class StyleChoice:
         self.style, self.opening, self.settled = style, STYLE_OPENINGS[style], False
 
     def line_to_replace(self, text: str) -> int | None:
-        """The number (from 1) of the complete line after the math header that opens another
-        style, once written; None before, and for good once the first opening is seen."""
+        """The number (from 1) of the line after the math header that opens another style, as
+        soon as its opening is written; None before, and for good once the first is seen."""
         end = text.find(MATH_HEADER_END)
         if self.settled or end < 0:
             return None
         lines = text.split("\n")
-        for index in range(text.count("\n", 0, end) + 1, len(lines) - 1):  # complete lines
-            if lines[index] in _OPENINGS:
+        for index in range(text.count("\n", 0, end) + 1, len(lines)):
+            if lines[index].startswith(tuple(STYLE_OPENINGS.values())):
                 self.settled = True
-                return None if lines[index] == self.opening else index + 1
+                return None if lines[index].startswith(self.opening) else index + 1
         return None
-
-
-_OPENINGS = frozenset(STYLE_OPENINGS.values())
 
 
 class SyntaxDeadEnd:

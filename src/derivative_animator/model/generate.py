@@ -207,10 +207,10 @@ class SceneGenerator:
             lineno = choice.line_to_replace(text) if choice is not None else None
             keep = self._tokens_before_line(new, text, lineno, len(prefix)) if lineno else None
             if keep is not None:
-                # Another style's opening line: back to its start, the asked style's instead.
+                # Another style's opening: back to its line's start, the asked style's instead.
                 line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1])
                 kept = prefix + self.tokenizer.decode(new[:keep])
-                forced = self.tokenizer(  # the line's end left to the model: its own tokens
+                forced = self.tokenizer(  # the line's rest is the model's, in its own tokens
                     text[len(kept) : line_start] + choice.opening, add_special_tokens=False
                 )["input_ids"]
                 new = new[:keep] + forced
