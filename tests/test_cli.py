@@ -456,3 +456,42 @@ def test_the_models_own_scene_never_overwrites_a_file(tmp_path):
         tmp_path / "s.model.py"
     ).read_text() == "model's"
     assert cli.model_scene_path(tmp_path / "scene.py") == tmp_path / "scene.model.py"
+
+
+def test_the_model_is_asked_for_the_style_given_with_style(tmp_path, monkeypatch):
+    """--style reaches the model (the first scene and every completion); without it the model
+    chooses (style None)."""
+    from derivative_animator.eval.service import GenerationService
+    from derivative_animator.model.generate import Generation
+    from derivative_animator.render import checks
+
+    asked = []
+
+    class Styled:
+        def generate(self, function, *args, style=None, **kwargs):
+            asked.append(style)
+            return Generation(
+                function, oracle.template_scene(function, style or "tangent"), 0.1, 1, 1
+            )
+
+    real = checks.check_code
+
+    def check_code(code, function, render=None, output_dir=None, sandbox=None, **unused):
+        result = real(code, function, execute=False)
+        result.executes, result.layout, result.scene = True, True, "S"
+        return result
+
+    monkeypatch.setattr(checks, "check_code", check_code)
+    monkeypatch.setattr(GenerationService, "start_sandbox", lambda self: None)
+    monkeypatch.setattr(
+        GenerationService, "load_model", lambda self, *a, **k: setattr(self, "generator", Styled())
+    )
+    for style, name in (
+        ("graphs", "RuleStepsScene"),
+        ("secant", "SecantLimitScene"),
+        (None, "TangentLineScene"),
+    ):
+        target = tmp_path / f"{style}.py"
+        argv = ["generate", "x^2", "--model", "m", "-o", str(target)]
+        assert cli.main(argv + (["--style", style] if style else [])) == 0
+        assert f"class {name}(Scene)" in target.read_text() and asked[-1] == style

@@ -484,12 +484,13 @@ class _KnownTries:
         syntax_rollbacks=0,
         accept_header=None,
         prefix="",
+        style=None,
     ):
         from derivative_animator.data import oracle
         from derivative_animator.model.decoding import HEADER_REJECTED
         from derivative_animator.model.generate import Generation
 
-        code = oracle.template_scene(function, "tangent")
+        code = oracle.template_scene(function, style or "tangent")
         if prefix:  # a sampled header, completed: the oracle's body under it
             return Generation(function, prefix + code[math_header_length(code) :], 0.01, 450, 45)
         if self.plan[seed] != "right":
@@ -763,3 +764,82 @@ def test_the_reports_name_each_baseline_as_before():
         "verified": "Fine-tuned + verification",
         "api": "api",
     }
+
+
+def test_asked_styles_reach_the_model_and_are_reported_per_style(tmp_path, monkeypatch):
+    """eval.ask_styles: a functions file's lines ask tangent, secant, graphs in turn, of the first
+    scene and of every completion; math and layout are reported per style. Off: the model's own
+    choice, no style table."""
+    from derivative_animator.render import checks
+
+    real = checks.check_code
+
+    def judged(code, function, render=None, output_dir=None, render_failing=True, sandbox=None):
+        result = real(code, function, execute=False)  # math from the header, no render
+        result.executes, result.layout = result.syntax, result.syntax
+        return result
+
+    monkeypatch.setattr(checks, "check_code", judged)
+    asked = []
+
+    class Styled(_KnownHeaders):
+        batching = False  # header samples stop at the header: no style to ask
+
+        def generate(self, function, *args, style=None, **kwargs):
+            if not self.batching:
+                asked.append((function, style, bool(kwargs.get("prefix"))))
+            return super().generate(function, *args, style=style, **kwargs)
+
+        def generate_batch(self, *args, **kwargs):
+            self.batching = True
+            try:
+                return super().generate_batch(*args, **kwargs)
+            finally:
+                self.batching = False
+
+    results = evaluate_known_model(
+        tmp_path,
+        monkeypatch,
+        "x^2\nsin x\ne^x\nx^3\n",
+        Styled({0: "wrong", 1000: "right"}),
+        "eval.baselines=[finetuned,verified]",
+        "eval.ask_styles=true",
+        "generate.attempts=2",
+        "generate.self_consistency.k=1",
+        *QUIET,
+    )
+    firsts = [(f, s) for f, s, completed in asked if not completed]
+    assert firsts == [
+        ("x^2", "tangent"),
+        ("sin(x)", "secant"),
+        ("e^x", "graphs"),
+        ("x^3", "tangent"),
+    ]
+    assert [s for _, s, completed in asked if completed] == [
+        "tangent",
+        "secant",
+        "graphs",
+        "tangent",
+    ]
+    verified = results["summary"]["verified"]
+    assert {g: verified[g]["n"] for g in verified if g.startswith("style/")} == {
+        "style/graphs": 1,
+        "style/secant": 1,
+        "style/tangent": 2,
+    }
+    table = report.style_table(results["summary"])
+    assert table.splitlines()[3] == "| tangent | 2 | 0.0% / 100.0% | 100.0% / 100.0% |"
+    markdown = (report.write_reports(results, tmp_path) / "results.md").read_text()
+    assert f"by the style asked:\n\n{table}" in markdown
+
+    asked.clear()
+    (tmp_path / "free").mkdir()
+    results = evaluate_known_model(
+        tmp_path / "free",
+        monkeypatch,
+        "x^2\n",
+        Styled({0: "right"}),
+        "eval.baselines=[finetuned]",
+        *QUIET,
+    )
+    assert asked == [("x^2", None, False)] and report.style_table(results["summary"]) == ""

@@ -482,3 +482,38 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
     )
     assert gen.stop == "math header rejected" and seen == [scene.split('x = sp.Symbol("x")')[0]]
     assert "body" not in gen.code
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculative):
+    """A model that would write the tangent scene (its first script) writes the asked style's
+    scene: its opening line replaces the tangent's, and the model goes on from there."""
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import STYLES
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    generator = SceneGenerator.load(checkpoint, speculative=speculative)
+    function = "x^3 - 2x"
+    scenes = {style: oracle.template_scene(function, style) for style in STYLES}
+    prompt = generator.prompt_ids(function)
+    scripts = [
+        prompt + tokenizer(scenes[style], add_special_tokens=False)["input_ids"]
+        for style in STYLES  # tangent first: the model's own choice
+    ]
+    generator.model = scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id)
+    assert generator.generate(function, max_new_tokens=4000).code == scenes["tangent"]
+    for style in STYLES:
+        written = generator.generate(function, max_new_tokens=4000, style=style)
+        assert written.code == scenes[style] and written.stop == "eos", style
+
+
+def test_a_style_opening_inside_the_prefix_or_the_header_is_left_alone():
+    choice = decoding.StyleChoice("secant")
+    tangent = decoding.STYLE_OPENINGS["tangent"]
+    assert choice.line_to_replace(f'"""\n{tangent}\n') is None  # no header end yet
+    text = f'x = sp.Symbol("x")\n\n{tangent}(Scene):\n    def construct'
+    assert choice.line_to_replace(text[: text.index("Line")]) is None  # not an opening yet
+    assert choice.line_to_replace(text) == 3
+    assert choice.line_to_replace(text) is None  # settled: replaced once
+    with pytest.raises(ValueError, match="unknown scene style 'zigzag'"):
+        decoding.StyleChoice("zigzag")

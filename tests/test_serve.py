@@ -17,6 +17,7 @@ from conftest import compose_config
 from derivative_animator import serve
 from derivative_animator.data import oracle
 from derivative_animator.data.prompt import DEFAULT_FORMAT, function_in_message, instruction
+from derivative_animator.data.scenes import SCENE_CLASS
 from derivative_animator.model.generate import Generation, SceneGenerator
 
 
@@ -812,3 +813,35 @@ def test_a_load_test_gets_a_result_or_busy_for_every_request_and_leaves_nothing_
         and not summary["temp_after_stop"]
     )
     assert done.stdout.rstrip().endswith("PASS") and "busy" in done.stdout
+
+
+class _Styled:
+    """Writes the oracle's scene in the style it is asked for (tangent when not asked)."""
+
+    prompt_format = DEFAULT_FORMAT
+
+    def generate(self, function, *args, style=None, **kwargs):
+        return Generation(function, oracle.template_scene(function, style or "tangent"), 0.1, 9, 1)
+
+
+def test_the_page_asks_the_model_for_the_chosen_style(
+    tmp_path, micro_checkpoint, checks_without_renders
+):
+    with running(
+        serve.create_app(settings(tmp_path, micro_checkpoint), generator=_Styled())
+    ) as url:
+        assert b'id="style"' in request(f"{url}/").body
+        for style, scene_class in SCENE_CLASS.items():
+            job = request(f"{url}/api/animate", {"function": "x^2", "style": style}).json()["job"]
+            deadline = time.monotonic() + 60
+            while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in (
+                "done",
+                "error",
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert f"class {scene_class}(Scene)" in status["result"]["code"], style
+        bad = request(f"{url}/api/animate", {"function": "x^2", "style": "zigzag"})
+        assert bad.status_code == 422 and bad.json()["error"]["message"] == (
+            "style: Input should be 'tangent', 'secant' or 'graphs'"
+        )

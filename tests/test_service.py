@@ -502,3 +502,30 @@ def test_self_consistency_says_what_became_of_every_sampled_header(
         re.escape(f"self-consistency: {said}") + r" \(\d+\.\d s\)(; keeping the greedy scene)?",
         vote,
     ), vote
+
+
+def test_every_try_is_written_in_the_style_asked_for(micro_checkpoint, scripted_lm):
+    """A model whose own choice is the tangent scene writes each asked style, first scene and
+    completions of sampled headers alike; without a style it keeps its own choice."""
+    from derivative_animator.data.scenes import STYLES
+    from derivative_animator.model.generate import SceneGenerator
+
+    generator = SceneGenerator.load(micro_checkpoint)
+    function = "x^3 - 2x"
+    scenes = {style: oracle.template_scene(function, style) for style in STYLES}
+    prompt = generator.prompt_ids(function)
+    generator.model = scripted_lm(
+        [
+            prompt + generator.tokenizer(scenes[s], add_special_tokens=False)["input_ids"]
+            for s in STYLES
+        ],
+        len(generator.tokenizer),
+        generator.tokenizer.eos_token_id,
+    )
+    settings = GenerationSettings.defaults().changed(max_new_tokens=4000)
+    service = GenerationService(settings, generator)
+    header = scenes["tangent"][: math_header_length(scenes["tangent"])]
+    assert service.scene(function).code == scenes["tangent"]
+    for style in STYLES:
+        assert service.scene(function, style=style).code == scenes[style]
+        assert service.complete(function, header, 1, style).code == scenes[style]

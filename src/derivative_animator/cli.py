@@ -127,7 +127,7 @@ def _generate(args, service: GenerationService) -> int:
             raise UsageError("--interactive and --from-file need --model DIR")
         if args.function is None:
             raise UsageError("give the FUNCTION to animate, e.g. derivanim generate 'x^2 sin x'")
-        code = template_scene(args.function, args.style)
+        code = template_scene(args.function, args.style or "tangent")
         return _emit(code, args, args.function, service)
     if not args.model:
         raise UsageError("pass --model DIR (a merged checkpoint) or --backend template")
@@ -146,7 +146,7 @@ def _generate(args, service: GenerationService) -> int:
     if args.function is None:
         raise UsageError("give a FUNCTION, or --from-file, or -i")
     parse_function(args.function)  # a bad function fails here, before any model time
-    written = service.write(args.function, say)
+    written = service.write(args.function, say, style=args.style)
     rc = _emit(written.code, args, args.function, service, written)
     return rc if (written.result is None or written.result.passed) else EXIT_FAILED
 
@@ -230,7 +230,7 @@ def _from_file(service: GenerationService, args, say) -> int:
         target = out_dir / f"scene_{index:03d}.py"
         say(f"{target}: f(x) = {function}")
         try:
-            written = service.write(function, say)
+            written = service.write(function, say, style=args.style)
         except (SandboxUnavailable, KeyboardInterrupt):
             raise
         except Exception as err:  # noqa: BLE001 - one function's failure is its own line
@@ -263,7 +263,7 @@ def _interactive(service: GenerationService, args, say) -> int:
         except ParseError as err:
             say(f"error: {err}")
             continue
-        written = service.write(text, say)
+        written = service.write(text, say, style=args.style)
         counter += 1
         target = Path(args.output or ".") / f"scene_{counter:03d}.py"
         while target.exists() or model_scene_path(target).exists():
@@ -339,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="template: the oracle, the dataset's template with the true derivative",
     )
     p.add_argument("--model", help="merged checkpoint dir (implies --backend model)")
-    p.add_argument("--style", choices=scenes.STYLES, default="tangent", help="template style")
+    p.add_argument(
+        "--style",
+        choices=scenes.STYLES,
+        help="the scene's style: the tangent sliding along f, the secant becoming the tangent, or "
+        "the rule steps (default: the model's choice; the template's is tangent)",
+    )
     p.add_argument("-o", "--output", help="scene file (or directory with --from-file / -i)")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
     p.add_argument(

@@ -22,12 +22,13 @@ import sys
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
+from derivative_animator.data.scenes import STYLES
 from derivative_animator.eval.baselines import BASELINES, Run, requested
 from derivative_animator.eval.engine import Evaluator, Row, Sample
 from derivative_animator.eval.metrics import summarize
@@ -62,7 +63,12 @@ def load_samples(cfg: DictConfig) -> list[Sample]:
             Sample(r.id, r.function, r.level, r.style)
             for r in dataset.read_split(cfg.data.dir, cfg.eval.split)
         ]
-    return samples[: cfg.eval.limit] if cfg.eval.limit else samples
+    samples = samples[: cfg.eval.limit] if cfg.eval.limit else samples
+    if cfg.eval.ask_styles and not (cfg.eval.benchmark or cfg.eval.functions_file):
+        return samples  # a split's records carry their style
+    if cfg.eval.ask_styles:  # the other sources have none: each style in turn
+        return [replace(s, style=STYLES[i % len(STYLES)]) for i, s in enumerate(samples)]
+    return samples
 
 
 def benchmark_samples(name: str) -> list[Sample]:
@@ -173,7 +179,12 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, model_dir: Path | None = None
         "benchmark": settings.benchmark,
         "notes": run.notes,
         "rows": [asdict(r) for r in rows],
-        "summary": summarize(rows, settings.samples_per_function, {s.id: s.kinds for s in samples}),
+        "summary": summarize(
+            rows,
+            settings.samples_per_function,
+            {s.id: s.kinds for s in samples},
+            {s.id: s.style for s in samples} if settings.ask_styles else None,
+        ),
         "timings": run.timings,
     }
 
@@ -234,6 +245,8 @@ def evaluate_and_report(cfg: DictConfig, run_dir: Path) -> int:
     console.print(report.markdown_table(results["summary"]))
     if kinds := report.kind_table(results["summary"]):
         console.print(f"\nMath by kind ({cfg.eval.benchmark} benchmark):\n{kinds}")
+    if styles := report.style_table(results["summary"]):
+        console.print(f"\nMath and layout by the style asked:\n{styles}")
     timings = results["timings"]
     phases = ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if k != "total_s")
     console.print(

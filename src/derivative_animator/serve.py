@@ -17,7 +17,8 @@
   passes and one is wrong only in its derivative, the answer is that scene with the true
   derivative, checked again and shown under a "corrected" badge and a sentence saying what the
   model wrote, the model's own scene (and video) a click away; `/api/animate` takes
-  `"repair": false` for the model's try as it is, and its result says which scene is shown
+  `"repair": false` for the model's try as it is, `"style"` ("tangent", "secant", "graphs"; the
+  page's selector) for the style the model writes, and its result says which scene is shown
   (`shown`: "model" or "corrected", `summary`) and carries the model's own (`model`).
 - One model worker and a bounded queue: a request beyond it is answered 503 "busy" at
   once, never piled up. Request bodies, functions and token counts are capped. Generated
@@ -38,8 +39,10 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -88,6 +91,7 @@ class AnimateRequest(BaseModel):
     # None: the server's setting (conf/generate `repair`, on by default); false: the model's try
     # as it is.
     repair: bool | None = None
+    style: Literal["tangent", "secant", "graphs"] | None = None  # None: the model's choice
 
 
 @dataclass
@@ -95,6 +99,7 @@ class Job:
     id: str
     function: str
     repair: bool | None = None
+    style: str | None = None
     status: str = "queued"  # queued, generating, rendering, done, error
     messages: list[str] = field(default_factory=list)  # the lines `derivanim generate` prints
     steps: list[str] = field(default_factory=list)  # each finished step in words, with its time
@@ -221,6 +226,15 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
     async def http_error(request: Request, error: HTTPException):
         return openai_error(error.status_code, str(error.detail), error.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        # One line naming each field and what it must be, in the API's own error shape.
+        problems = [
+            f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'body'}: {problem['msg']}"
+            for problem in error.errors()
+        ]
+        return openai_error(422, "; ".join(problems))
+
     @app.get("/v1/models")
     async def models():
         return {
@@ -311,7 +325,7 @@ def create_app(settings: Settings, generator=None, start_sandbox: bool = False) 
             parse_function(body.function)
         except ParseError as err:
             raise HTTPException(400, str(err)) from None
-        job = Job(uuid.uuid4().hex[:_JOB_ID_HEX], body.function, body.repair)
+        job = Job(uuid.uuid4().hex[:_JOB_ID_HEX], body.function, body.repair, body.style)
         try:
             worker.submit(lambda g: _animate(service, job, settings))
         except Busy:
@@ -371,7 +385,9 @@ def _animate(service: GenerationService, job: Job, settings: Settings) -> None:
     try:
         job.status = "generating"
         steps = Steps(doing=lambda text: setattr(job, "doing", text), done=job.steps.append)
-        written = service.write(job.function, job.messages.append, repair=job.repair, steps=steps)
+        written = service.write(
+            job.function, job.messages.append, repair=job.repair, steps=steps, style=job.style
+        )
         job.status = "rendering"
         job.messages.append("rendering the scene in the sandbox")
         directory = settings.output_dir / job.id
@@ -487,6 +503,9 @@ border-radius:4px;margin-right:.6em;color:#fff}.corrected .badge{background:#d08
 <p>Type a function as you would write it (<code>x^2 sin x</code>, <code>e^{-x^2}</code>, <code>ln(x^2+1)</code>);
 model <b>{model}</b> writes a Manim scene explaining its derivative, checked and rendered.</p>
 <form id="form"><input id="function" name="function" maxlength="200" placeholder="f(x) = x^2 sin(x)" autofocus>
+<select id="style" aria-label="style"><option value="">the model's choice of style</option>
+<option value="tangent">a tangent sliding along f</option><option value="secant">a secant becoming the tangent</option>
+<option value="graphs">the rules, step by step</option></select>
 <button id="go" type="submit">Animate</button></form>
 <div id="error" role="alert"></div><div id="status" aria-live="polite"></div><ol id="steps"></ol>
 <details id="log" hidden><summary>The same, as <code>derivanim generate</code> prints it</summary><pre id="log-lines"></pre>
@@ -542,7 +561,7 @@ $("form").addEventListener("submit", async e => {
   e.preventDefault(); $("error").textContent = ""; $("result").hidden = true;
   $("status").className = ""; $("status").textContent = ""; $("steps").innerHTML = ""; $("log").hidden = true;
   const r = await fetch("/api/animate", {method: "POST", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({function: $("function").value})});
+    body: JSON.stringify({function: $("function").value, style: $("style").value || null})});
   const s = await r.json();
   if (!r.ok) { $("error").textContent = s.error ? s.error.message : "request failed"; return; }
   $("go").disabled = true; poll(s.job);

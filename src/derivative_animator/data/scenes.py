@@ -26,6 +26,7 @@ Styles:
 
 from __future__ import annotations
 
+import re
 from string import Template
 
 import sympy as sp
@@ -205,6 +206,16 @@ class RuleStepsScene(Scene):
         self.play(Create(derivative), run_time=1.5)
         self.wait(1)
 """,  # noqa: E501
+}
+
+
+# How each style's own code begins, after the body all styles share: its first name
+# (`class SecantLimitScene`, `NAMED_RULES`). There the model picks a style, and decoding makes it
+# write the one a user asked for (decoding.StyleChoice). A name ends where the tokenizer splits
+# too, so the model goes on in its own tokens (`NAMED_RULES = {` would split ` {"` unnaturally).
+STYLE_OPENINGS = {
+    style: re.match(r"(class )?[A-Za-z_]+", body.strip("\n")).group()
+    for style, body in _BODIES.items()
 }
 
 

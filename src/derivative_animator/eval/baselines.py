@@ -62,6 +62,10 @@ class Run:
             self._service = GenerationService(self.generation, generator)
         return self._service
 
+    def style_of(self, sample: Sample) -> str | None:
+        """The style the model is asked for (eval.ask_styles), None: its own choice."""
+        return sample.style if self.settings.ask_styles else None
+
     def scenes(self, samples: list[Sample], count: int = 1) -> list[Future]:
         """The fine-tuned model's `count` scenes of each sample, each checked as a `finetuned` row:
         the first (greedy) one, which self-consistency votes over and verification starts from
@@ -81,7 +85,7 @@ class Run:
             for k in range(count):
 
                 def sample_scene(s=sample, k=k):
-                    return service.scene(s.function, k)
+                    return service.scene(s.function, k, self.style_of(s))
 
                 generation, future = FINETUNED.generate_and_submit(
                     self, sample, k + 1, sample_scene
@@ -286,7 +290,7 @@ class Verified(Baseline):
                 run, sample, generation.code, attempt, generation, render_failing=False
             ).result()
 
-        verified = run.service.verify(sample.function, greedy, check)
+        verified = run.service.verify(sample.function, greedy, check, style=run.style_of(sample))
         headers = {
             "sampled": verified.sampled,
             "right": verified.right,

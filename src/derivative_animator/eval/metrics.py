@@ -21,10 +21,16 @@ def _rate(rows: list[Row], key: str) -> float:
     return round(100 * sum(bool(getattr(r, key)) for r in rows) / len(rows), 1) if rows else 0.0
 
 
-def summarize(rows: list[Row], n: int, kinds: dict[str, tuple[str, ...]] | None = None) -> dict:
-    """Per baseline: all rows, each level (`level3`) and, given each sample's kinds, each kind
-    (`kind/product`, `kind/chars_41_80`)."""
-    kinds = kinds or {}
+def summarize(
+    rows: list[Row],
+    n: int,
+    kinds: dict[str, tuple[str, ...]] | None = None,
+    styles: dict[str, str] | None = None,
+) -> dict:
+    """Per baseline: all rows, each level (`level3`), given each sample's kinds each kind
+    (`kind/product`, `kind/chars_41_80`), and given the style each sample asked each style
+    (`style/secant`)."""
+    kinds, styles = kinds or {}, styles or {}
     summary = {}
     for baseline in dict.fromkeys(r.baseline for r in rows):
         mine = [r for r in rows if r.baseline == baseline]
@@ -38,6 +44,8 @@ def summarize(rows: list[Row], n: int, kinds: dict[str, tuple[str, ...]] | None 
         }
         for kind in sorted({k for r in firsts for k in kinds.get(r.sample_id, ())}):
             groups[f"kind/{kind}"] = [r for r in firsts if kind in kinds.get(r.sample_id, ())]
+        for style in sorted({styles[r.sample_id] for r in firsts if r.sample_id in styles}):
+            groups[f"style/{style}"] = [r for r in firsts if styles.get(r.sample_id) == style]
         summary[baseline] = {}
         for name, group in groups.items():
             if not group:

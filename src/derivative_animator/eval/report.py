@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from derivative_animator.data.scenes import STYLES
 from derivative_animator.eval.baselines import BASELINES
 from derivative_animator.render.checks import REPORTED
 
@@ -27,10 +28,11 @@ BASELINE_NAMES = {
 
 
 def _groups(summary: dict):
-    """(baseline, group, figures) for all rows and each level; kinds have their own table."""
+    """(baseline, group, figures) for all rows and each level; kinds and styles have their own
+    tables."""
     for baseline, groups in summary.items():
         for group, values in groups.items():
-            if not group.startswith("kind/"):
+            if not group.startswith(("kind/", "style/")):
                 yield baseline, group, values
 
 
@@ -239,6 +241,29 @@ def markdown_to_html(table: str) -> str:
     )
 
 
+def style_table(summary: dict) -> str:
+    """Math and layout per style asked (eval.ask_styles), a column per baseline; empty when no
+    style was asked."""
+    present = [s for s in STYLES if any(f"style/{s}" in groups for groups in summary.values())]
+    if not present:
+        return ""
+    baselines = list(summary)
+    lines = [
+        "| style | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
+        "|---|---|" + "---|" * len(baselines),
+        "| | | " + " | ".join("math / layout" for _ in baselines) + " |",
+    ]
+    for style in present:
+        figures = [summary[b].get(f"style/{style}") for b in baselines]
+        n = max(f["n"] for f in figures if f)
+        lines.append(
+            f"| {style} | {n} | "
+            + " | ".join(f"{f['math']:.1f}% / {f['layout']:.1f}%" if f else "-" for f in figures)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def write_reports(results: dict, run_dir: Path) -> Path:
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -249,11 +274,12 @@ def write_reports(results: dict, run_dir: Path) -> Path:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    kinds = kind_table(results["summary"])
+    kinds, styles = kind_table(results["summary"]), style_table(results["summary"])
     (report_dir / "results.md").write_text(
         markdown_table(results["summary"])
         + "\n"
         + (f"\nMath by kind:\n\n{kinds}\n" if kinds else "")
+        + (f"\nMath and layout by the style asked:\n\n{styles}\n" if styles else "")
     )
     (report_dir / "results.tex").write_text(latex_table(results["summary"]))
     (report_dir / "gallery.html").write_text(gallery(results, report_dir, run_dir))

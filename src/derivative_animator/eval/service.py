@@ -149,10 +149,11 @@ class GenerationService:
 
     # --- writing -------------------------------------------------------------------------
 
-    def scene(self, function: str, index: int = 0):
+    def scene(self, function: str, index: int = 0, style: str | None = None):
         """Scene `index` of a function (0: the first, greedy by default; later ones the
-        evaluator's pass@k samples), sampled as the settings' policy says."""
-        return self._generate(function, self.settings.scene_sampling(index))
+        evaluator's pass@k samples), sampled as the settings' policy says, in `style` (None: the
+        model's choice)."""
+        return self._generate(function, self.settings.scene_sampling(index), style=style)
 
     def header_samples(self, function: str) -> tuple[list[str], float]:
         """The k math headers of a function and the seconds their batch took: sampled once, then
@@ -197,12 +198,14 @@ class GenerationService:
         vote.seconds += seconds
         return replace(first, code=code, seconds=first.seconds + vote.seconds), vote
 
-    def first_scene(self, function: str, say: Say = quiet, steps: Steps | None = None):
+    def first_scene(
+        self, function: str, say: Say = quiet, steps: Steps | None = None, style: str | None = None
+    ):
         """The first scene; under the voted header when the settings ask for the vote. What the
         vote did is said in full: who agreed out of every header read, and why the others could
         not vote ("7 of 9 headers agree (greedy's and 8 sampled); 1 had no readable derivative")."""
         steps = steps or Steps()
-        first = self.scene(function)
+        first = self.scene(function, style=style)
         if not self.settings.self_consistency.vote:
             return first
         steps.doing(wording.sampling_step(self.settings.self_consistency.k, to_vote=True))
@@ -212,12 +215,16 @@ class GenerationService:
         steps.done(said)
         return first
 
-    def complete(self, function: str, header: str, n: int):
+    def complete(self, function: str, header: str, n: int, style: str | None = None):
         """The n-th right header (from 1) completed into a scene: the model goes on from it."""
-        return self._generate(function, self.settings.completion_sampling(n), prefix=header)
+        sampling = self.settings.completion_sampling(n)
+        return self._generate(function, sampling, prefix=header, style=style)
 
-    def _generate(self, function: str, sampling: Sampling, prefix: str = ""):
-        """One scene sampled as `sampling` says, going on from `prefix` (a header) when given."""
+    def _generate(
+        self, function: str, sampling: Sampling, prefix: str = "", style: str | None = None
+    ):
+        """One scene sampled as `sampling` says, going on from `prefix` (a header) when given, in
+        `style` when given (`decoding.StyleChoice`; a generator without styles is never asked)."""
         s = self.settings
         return self.generator.generate(
             function,
@@ -227,6 +234,7 @@ class GenerationService:
             sampling.seed,
             syntax_rollbacks=s.syntax_rollbacks,
             prefix=prefix,
+            **({"style": style} if style is not None else {}),
         )
 
     def verify(
@@ -236,6 +244,7 @@ class GenerationService:
         check: Callable,
         report: Callable[[Try], None] = lambda t: None,
         steps: Steps | None = None,
+        style: str | None = None,
     ) -> Verified:
         """Verified generation from the first scene (`first`, already written): check(attempt,
         generation) judges a try (a sandboxed check, or an evaluation row), report(try) hears of
@@ -261,7 +270,7 @@ class GenerationService:
             for n, header in enumerate(distinct, 1):
                 verified.completed = n
                 steps.doing(wording.writing_step(n + 1, attempts, header))
-                yield self.complete(function, header, n)
+                yield self.complete(function, header, n, style)
 
         verified.verification = first_passing(tries(), check, report)
         return verified
@@ -272,18 +281,20 @@ class GenerationService:
         say: Say = quiet,
         repair: bool | None = None,
         steps: Steps | None = None,
+        style: str | None = None,
     ) -> Written:
         """A scene as `derivanim generate` and the page write one: the first scene, verified in
         the warm sandbox, each try reported through `say` (the CLI's lines) and `steps` (in
         words, each with its time: the page's progress). When no try passes and the repair is
         on (`repair`, else the settings'), the model's scenes wrong only in their derivative get
         the true f' (`correct`), and the first corrected scene that passes its own checks is
-        shown, labelled CORRECTED, the model's try kept beside it. Never swaps code silently:
-        `summary` (also said last) says what is shown and why. The evaluator never calls this:
-        it measures the model (`verify`)."""
+        shown, labelled CORRECTED, the model's try kept beside it. Every scene the model writes
+        is in `style` (tangent, secant, graphs; None: the model's choice). Never swaps code
+        silently: `summary` (also said last) says what is shown and why. The evaluator never
+        calls this: it measures the model (`verify`)."""
         steps, attempts, checking = steps or Steps(), self.settings.attempts, {}
         steps.doing(wording.writing_step(1, attempts))
-        first = self.first_scene(function, say, steps)
+        first = self.first_scene(function, say, steps, style)
 
         def check(attempt, generation):
             steps.doing(wording.checking_step(attempt, attempts))
@@ -296,7 +307,7 @@ class GenerationService:
             say(wording.attempt_line(tried))
             steps.done(wording.tried_step(tried, attempts, function, checking.get(tried.attempt)))
 
-        verified = self.verify(function, first, check, report, steps)
+        verified = self.verify(function, first, check, report, steps, style)
         if verified.sampled:
             say(
                 wording.story(verified, "greedy" if self.settings.temperature == 0 else "the first")

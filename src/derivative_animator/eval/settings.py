@@ -65,6 +65,7 @@ class EvaluationSettings:
     limit: int | None  # only the first N functions
     baselines: tuple[str, ...]
     samples_per_function: int  # n > 1: extra samples, reported as pass@k
+    ask_styles: bool  # each scene in its sample's style, reported per style; false: the model's
     api: ApiSettings
     workers: int  # parallel sandboxed renders
     generation_threads: int | str | None  # auto (or null): the cores the render workers leave

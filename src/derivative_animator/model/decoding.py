@@ -1,5 +1,6 @@
 """Decoding's parts, in the transformers style: one set for one-at-a-time and batched generation.
 
+- `StyleChoice` makes the model write the scene style a user asked for.
 - `BracketGuard` constrains the math header's brackets; `BracketGuardProcessor` is it as a
   transformers logits processor over a batch (rows past their header are left alone).
 - Stops read one row's text so far and say why it must end there, or None:
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from derivative_animator.data.scenes import STYLE_OPENINGS, STYLES
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.judge import parse_code
 
@@ -198,6 +200,31 @@ class BracketGuardProcessor:
 
 
 Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, or None
+
+
+class StyleChoice:
+    """The style a user asked for, written by the model without another prompt: the first line
+    after the math header that opens a style (`scenes.STYLE_OPENINGS`, `class SecantLimitScene`)
+    must open the asked one; when the model opens another, that line is replaced by the asked
+    opening and the model goes on from there (`SceneGenerator.generate`)."""
+
+    def __init__(self, style: str):
+        if style not in STYLE_OPENINGS:
+            raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
+        self.style, self.opening, self.settled = style, STYLE_OPENINGS[style], False
+
+    def line_to_replace(self, text: str) -> int | None:
+        """The number (from 1) of the line after the math header that opens another style, as
+        soon as its opening is written; None before, and for good once the first is seen."""
+        end = text.find(MATH_HEADER_END)
+        if self.settled or end < 0:
+            return None
+        lines = text.split("\n")
+        for index in range(text.count("\n", 0, end) + 1, len(lines)):
+            if lines[index].startswith(tuple(STYLE_OPENINGS.values())):
+                self.settled = True
+                return None if lines[index].startswith(self.opening) else index + 1
+        return None
 
 
 class SyntaxDeadEnd:

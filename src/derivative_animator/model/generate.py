@@ -50,6 +50,7 @@ from derivative_animator.model.decoding import (
     BracketGuard,
     BracketGuardProcessor,
     RowStops,
+    StyleChoice,
     first_stop,
     stops_for,
 )
@@ -135,6 +136,7 @@ class SceneGenerator:
         accept_header: Callable[[str], bool] | None = None,
         prompt: str | None = None,
         prefix: str = "",
+        style: str | None = None,
     ) -> Generation:
         """One scene (or, given `prompt`, the continuation of that raw prompt text: the
         OpenAI completions API; `function` then only labels the result). temperature 0 is
@@ -143,7 +145,8 @@ class SceneGenerator:
         `accept_header`, given the math header once it is written, may stop the scene there
         (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong.
         `prefix`: the scene's start, already written (a sampled math header): the model goes on
-        from it, within the same token budget; the code returned starts with it."""
+        from it, within the same token budget; the code returned starts with it.
+        `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -177,6 +180,7 @@ class SceneGenerator:
         )
         rollbacks = guarded = 0
         stops = stops_for(accept_header)
+        choice = StyleChoice(style) if style is not None else None
         while len(new) < max_new_tokens:
             text = prefix + self.tokenizer.decode(new)
             reason = first_stop(stops, text)
@@ -199,6 +203,21 @@ class SceneGenerator:
                 lookup = (
                     ContextLookup() if self.speculative else None
                 )  # it indexed the dropped tokens
+                continue
+            lineno = choice.line_to_replace(text) if choice is not None else None
+            keep = self._tokens_before_line(new, text, lineno, len(prefix)) if lineno else None
+            if keep is not None:
+                # Another style's opening: back to its line's start, the asked style's instead.
+                line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1])
+                kept = prefix + self.tokenizer.decode(new[:keep])
+                forced = self.tokenizer(  # the line's rest is the model's, in its own tokens
+                    text[len(kept) : line_start] + choice.opening, add_special_tokens=False
+                )["input_ids"]
+                new = new[:keep] + forced
+                cache.crop(len(ids) + keep - 1 - cache.get_seq_length())
+                logits = forward([(ids + new)[len(ids) + keep - 1], *forced])[-1]
+                passes += 1
+                lookup = ContextLookup() if self.speculative else None
                 continue
             header_open = self.guard is not None and MATH_HEADER_END not in text
             if header_open:
