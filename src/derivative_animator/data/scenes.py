@@ -123,7 +123,7 @@ def formulas(*lines):
     for part, corner, color in zip(parts, (UL, UR), (BLUE, RED)):
         part.scale(min(1, 6.6 / part.width, 0.9 / part.height)).set_color(color).to_corner(corner, buff=0.3)
     for part in parts[2:]:
-        part.scale(0.75).move_to(UP * 2.45)
+        part.scale(min(0.75, 13 / part.width)).move_to(UP * 2.45)
     TEXT.update(zip(["x", f, df, *lines[5]], [*parts[2:5], *parts[5]]))
     parts[3].set_color(BLUE)
     parts[4].set_color(RED)
@@ -169,7 +169,7 @@ class TangentLineScene(Scene):
         title, derivative_tex, slope_tex, *captions = formulas(
             r"\text{slope} =", r"\text{the graph of } f", r"\text{the tangent line at } x \text{ has the slope } f'(x)",
             r"\text{as } x \text{ moves, the slopes draw the graph of } f'", r"f' \text{ is the slope of } f \text{ at every } x")
-        axes, d_axes = VGroup(make_axes(f), make_axes(df)).arrange(DOWN, buff=0.2).to_edge(DOWN, buff=0.2)
+        axes, d_axes = VGroup(make_axes(f), make_axes(df)).arrange(DOWN, buff=0.2, aligned_edge=RIGHT).to_edge(DOWN, buff=0.2)
         graph, derivative = plot(axes, f, BLUE), plot(d_axes, df, RED)
         self.play(Write(title), FadeIn(captions[0]), Create(axes), Create(d_axes), Create(graph), run_time=2.5)
         t = ValueTracker(X_MIN + 0.1 * (X_MAX - X_MIN))
@@ -177,14 +177,14 @@ class TangentLineScene(Scene):
         tangent = redraw(lambda: VGroup(line(axes, a(), df(a()), 3), dot(axes, a(), f(a()))))
         slope = redraw(lambda: number(df(a()), 0.01).next_to(slope_tex, RIGHT))
         whole = derivative.copy()
-        derivative.add_updater(lambda m: m.pointwise_become_partial(whole, 0, np.mean(whole.points[:, 0] <= axes.c2p(a(), 0)[0])))
+        derivative.add_updater(lambda m: m.pointwise_become_partial(whole, 0, np.mean(whole.points[:, 0] <= d_axes.c2p(a(), 0)[0])))
         slope_tex.next_to(TEXT[df], RIGHT, buff=1)
         self.play(Create(tangent), FadeTransform(captions[0], captions[1]), FadeIn(slope_tex), run_time=1.5)
         self.add(slope, derivative, redraw(lambda: dot(d_axes, a(), df(a()), RED)))
         self.wait(1.5)
         self.play(FadeTransform(captions[1], captions[2]))
         self.play(t.animate.set_value(X_MAX), run_time=6)
-        derivative.clear_updaters()
+        derivative.clear_updaters().set_points(whole.points)
         self.play(Write(derivative_tex), FadeTransform(captions[2], captions[3]), run_time=1.5)
         self.wait(2)
 """,  # noqa: E501
