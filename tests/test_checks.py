@@ -398,7 +398,7 @@ def test_a_scene_cannot_fake_executes(fake, sandbox):
 @pytest.mark.needs_render
 def test_the_curves_drawn_must_be_the_docstrings(sandbox):
     """The docstring says x^2 (right, with the right derivative) but the scene plots sin."""
-    code = oracle("x^2").replace("axes.plot(f, color=BLUE)", "axes.plot(np.sin, color=BLUE)")
+    code = oracle("x^2").replace("plot(axes, f, BLUE)", "plot(axes, np.sin, BLUE)")
     result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
     assert result.executes is True and result.math is False, result.error
     assert "neither f nor f'" in result.error
@@ -740,8 +740,8 @@ def test_what_a_scene_sends_back_is_read_within_the_hosts_budget(attack, sandbox
 # --- verdicts from what the movie shows, not from what the scene says (issue 30, item 1) ---
 
 TRANSPARENT_PLOTS_AND_ANOTHER_CURVE = (
-    "axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)",
-    "axes.plot(f, color=BLUE, stroke_opacity=0), d_axes.plot(df, color=RED, stroke_opacity=0)\n"
+    "plot(axes, f, BLUE), plot(d_axes, df, RED)",
+    "plot(axes, f, BLUE).set_stroke(opacity=0), plot(d_axes, df, RED).set_stroke(opacity=0)\n"
     "        self.add(ParametricFunction(lambda t: axes.c2p(t, 3 * np.sin(t)), "
     "t_range=[X_MIN, X_MAX], color=BLUE))",
 )

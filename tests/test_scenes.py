@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 
+import numpy as np
 import pytest
 import sympy as sp
 
@@ -159,3 +160,114 @@ def test_worked_steps_sit_between_f_and_f_prime_and_both_readers_skip_them():
             assert expressions_equal(read, expected, tuple(record.x_range))[0], (record.id, text)
     assert step_lines > 2 * len(records)
     assert config.to_dict()["worked_steps"] is True and "worked_steps" not in DataConfig().to_dict()
+
+
+# --- graphs that teach (issue 29 item 3): what is on screen when a template scene has run ---
+
+
+def run_scene(code: str, directory) -> tuple:
+    """Run a template scene's construct without writing a movie (Manim's dry run): the scene at
+    its end, its plotted (axes, curve) pairs and its module's globals."""
+    from manim import tempconfig
+    from manim.mobject.graphing.coordinate_systems import CoordinateSystem
+
+    from derivative_animator.render import render_runner
+
+    path = directory / "scene.py"
+    path.write_text(code)
+    original = CoordinateSystem.plot
+    plotted = render_runner.record_plots()
+    settings = {"dry_run": True, "frame_rate": 5, "media_dir": str(directory / "media")}
+    settings.update(disable_caching=True, progress_bar="none", verbosity="WARNING")
+    try:
+        with tempconfig(settings):
+            scene = render_runner._load_scene_class(path, None)()
+            scene.render()
+    finally:
+        CoordinateSystem.plot = original
+    return scene, plotted, scene.construct.__func__.__globals__
+
+
+def scene_for(function: str, style: str, x_range=None) -> str:
+    if x_range is None:
+        from derivative_animator.data.oracle import template_scene
+
+        return template_scene(function, style)
+    expr = parse_function(function)
+    derivative, steps = differentiate(expr)
+    return scenes.scene_code(expr, derivative, steps, x_range, style)
+
+
+def box(axes) -> tuple:
+    """The axes' plotting area in frame coordinates: (left, bottom), (right, top)."""
+    return axes.c2p(axes.x_range[0], axes.y_range[0]), axes.c2p(axes.x_range[1], axes.y_range[1])
+
+
+def on_screen(scene, plotted) -> list:
+    members = {id(m) for m in scene.get_mobject_family_members()}
+    return [(axes, curve) for axes, curve in plotted if id(curve) in members]
+
+
+def anchors_inside(axes, curve) -> bool:
+    low, high = box(axes)
+    points = np.asarray(curve.get_anchors())
+    return len(points) > 0 and bool(np.all((points >= low - 1e-3) & (points <= high + 1e-3)))
+
+
+@pytest.mark.needs_render
+@pytest.mark.parametrize("style", scenes.STYLES)
+@pytest.mark.parametrize("function", ["1/(1+x^2)", "arcsin(x)"])
+def test_a_scene_teaches_with_numbers_labels_captions_and_time(function, style, tmp_path):
+    """Tick numbers on both axes, x and f / f' labels, y = 0 in view (arcsin: f' >= 1), a
+    caption on screen, every text above the curves, the curves inside their axes, 12-20 s."""
+    from derivative_animator.render import render_runner
+
+    scene, plotted, names = run_scene(scene_for(function, style), tmp_path)
+    assert 12 <= scene.renderer.time <= 20, scene.renderer.time
+    shown = on_screen(scene, plotted)
+    assert shown and {id(c) for _, c in shown} == {id(c) for _, c in plotted}
+    texts = render_runner._texts(scene.mobjects)
+    assert any(r"\text{" in getattr(t, "tex_string", "") for t in texts), "no caption on screen"
+    for axes, curve in shown:
+        (left, bottom, _), (right, top, _) = box(axes)
+        numbers = [m for m in axes.submobjects if type(m).__name__ == "VGroup" and len(m) > 0]
+        below = [m for m in numbers if m.get_top()[1] < bottom and left - 0.5 < m.get_x() < right]
+        beside = [m for m in numbers if m.get_right()[0] < left]
+        assert len(below) >= 3 and len(beside) >= 3, (len(below), len(beside))
+        labels = {id(names["TEXT"][names["f"]]), id(names["TEXT"][names["df"]])}
+        assert labels & {id(m) for m in axes.get_family()}, "no f or f' label on the axes"
+        assert axes.y_range[0] <= 0 <= axes.y_range[1], axes.y_range  # y = 0 in view
+        assert anchors_inside(axes, curve)
+        for text in texts:
+            x0, y0, x1, y1 = render_runner._box(text)
+            xs, ys = np.asarray(curve.get_anchors())[:, :2].T
+            over = (xs > x0) & (xs < x1) & (ys > y0) & (ys < y1)
+            assert not over.any(), f"{render_runner._name(text)} lies over a curve"
+
+
+@pytest.mark.needs_render
+@pytest.mark.parametrize("style", ["tangent", "graphs"])
+def test_a_pole_splits_the_curve_and_its_spike_neither_leaves_the_panel_nor_sets_the_range(
+    style, tmp_path
+):
+    """tan(2x) on -3..3 (a model may write that interval): each curve in pieces between the
+    poles, every piece inside its axes, and the y-range fits the curve between the spikes."""
+    scene, plotted, names = run_scene(scene_for("tan(2x)", style, (-3, 3)), tmp_path)
+    for axes, curve in on_screen(scene, plotted):
+        assert anchors_inside(axes, curve)
+        assert len(curve.get_subpaths()) >= 4  # 4 poles in -3..3: 5 pieces, cut at the range
+        assert axes.y_range[1] - axes.y_range[0] <= 60, axes.y_range  # 2 sec^2(2x) is 2 at least
+
+
+@pytest.mark.needs_render
+def test_the_tangent_line_is_cut_at_the_edges_of_its_axes(tmp_path):
+    """However steep, and however near an edge, the tangent never leaves the plotting area."""
+    scene, plotted, names = run_scene(scene_for("x^3", "tangent"), tmp_path)
+    axes = plotted[0][0]
+    low, high = box(axes)
+    x_min, x_max = axes.x_range[:2]
+    for a in np.linspace(x_min, x_max, 9):
+        for slope in (0.0, 1.0, -5.0, 300.0):
+            line = names["line"](axes, a, slope)
+            ends = np.array([line.get_start(), line.get_end()])
+            assert np.all((ends >= low - 1e-6) & (ends <= high + 1e-6)), (a, slope, ends)

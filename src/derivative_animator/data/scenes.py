@@ -12,15 +12,29 @@ Everything on screen (formulas, curves, slopes, the rule steps) is derived from 
 expressions at run time, so a scene cannot show one derivative and plot another. Each pair of
 axes fits the finite values of the curves it holds (`make_axes`: a wrong f' undefined on part
 of the interval still renders, and only the math check fails it); f and f' share axes only when
-neither would be squashed flat by the other's range (docs/decisions/0007-scene-axes.md). The
-rule steps (`rule_steps`, graphs style only) are computed when the scene runs and agree with
+neither would be squashed flat by the other's range (docs/decisions/0007-scene-axes.md).
+
+What a viewer reads (docs/decisions/0012-graphs-that-teach.md): every text is a part of one
+`MathTex` (`formulas`: one LaTeX run, one font, three sizes): f and f' in the top corners, a
+caption row under them saying what each step shows, and the axes below that band, so no text
+lies over a curve. The axes carry tick numbers (cut from that run's digits: `number`, no LaTeX
+per number), light grid lines, an x label and the f / f' labels; their y-range takes in y = 0
+unless the curve would then span under a third of it, and a spike (a pole) is cut at the
+range of the middle half of the values, not fitted. `plot` keeps only the parts of a curve
+inside its axes, so a pole splits it in pieces and nothing leaves the panel; `line` cuts the
+tangent and the secant at the axes' edges. Live parts (`redraw`) are rebuilt each frame without
+`Mobject.become`. Each video lasts 13-18 s.
+
+The rule steps (`rule_steps`, graphs style only) are computed when the scene runs and agree with
 `differentiate` step for step (tested): the model never writes a step list.
 
 Styles:
-- tangent: f above, f' below on axes of its own; a tangent line slides along f with a live
-  slope readout while a point at (x, slope) traces f' out below, then f' is drawn in full;
-- secant: a secant line through (x0, f(x0)) and (x0 + h, f(x0 + h)) turns into the tangent as
-  h -> 0 (the limit definition; h shrinks by `np.geomspace`), then f' is written;
+- tangent: f above, f' below on axes of their own; a tangent line slides along f with a live
+  slope readout beside the f' label while f' is revealed up to the tangent's x (the curve
+  itself, no traced path), then f' is written;
+- secant: a secant line through (x0, f(x0)) and (x0 + h, f(x0 + h)) with live h and slope turns
+  into the tangent as h -> 0 (the limit definition; h shrinks by `np.geomspace`), then the
+  limit's value and f' are written;
 - graphs: the rule steps one by one (shrunk to fit the frame), then f and f' plotted.
 """
 
@@ -62,31 +76,94 @@ f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
 
 
+TEXT = {}  # glyphs and labels from the one LaTeX run (formulas)
+
+
 def tex(expr):
     return sp.latex(expr, ln_notation=True)
 
 
 def values(*gs):
-    xs = np.linspace(X_MIN, X_MAX, 200)
+    xs = np.linspace(X_MIN, X_MAX, 400)
     ys = np.concatenate([xs * 0 + g(xs) for g in gs])
-    return ys[np.isfinite(ys)]
+    ys = ys[np.isfinite(ys)]
+    a, lo, hi, b = np.percentile(ys, [5, 25, 75, 95])
+    return np.clip(ys, 3 * lo - 2 * hi, 3 * hi - 2 * lo) if np.ptp(ys) > 3 * (b - a) else ys  # cut spikes
 
 
-def make_axes(*gs, width=10, height=4.5):
+def tick(span):
+    return min(s for s in 10 ** np.floor(np.log10(span)) * np.array([2, 1, 0.5, 0.2, 0.1]) if span / s <= 6)
+
+
+def number(value, step, size=1):
+    places = max(0, int(-np.floor(np.log10(step))))
+    glyphs = [TEXT[c].copy() for c in f"{np.round(value, places) + 0:.{places}f}" if c in TEXT]
+    return VGroup(*glyphs).arrange(RIGHT, buff=0.04, coor_mask=RIGHT).scale(size)
+
+
+def make_axes(*gs, width=10, height=2.1):
     ys = values(*gs)
-    step = 10 ** np.floor(np.log10(np.ptp(ys) + 0.01))
-    return Axes([X_MIN, X_MAX, 10 ** np.floor(np.log10(X_MAX - X_MIN))],
-                [ys.min() - step / 2, ys.max() + step / 2, step], x_length=width, y_length=height, tips=False)
+    lo, hi = ys.min(), ys.max()
+    if 3 * (hi - lo) >= max(hi, 0) - min(lo, 0) or hi == lo:  # y = 0 in view unless f flattens
+        lo, hi = min(lo, 0), max(hi, 0)
+    dx, dy = tick(X_MAX - X_MIN), tick(hi - lo)
+    lo, hi = np.floor(lo / dy) * dy, np.ceil(hi / dy) * dy
+    axes = Axes([X_MIN, X_MAX, dx], [lo, hi, dy], x_length=width, y_length=height, tips=False,
+                axis_config={"include_ticks": False})
+    for v in np.arange(np.ceil(X_MIN / dx) * dx, X_MAX + dx / 1e6, dx):
+        axes.add(Line(axes.c2p(v, lo), axes.c2p(v, hi), stroke_width=1, color=GREY_E),
+                 number(v, dx, 0.75).next_to(axes.c2p(v, lo), DOWN, 0.1))
+    for v in np.arange(lo, hi + dy / 2, dy):
+        axes.add(Line(axes.c2p(X_MIN, v), axes.c2p(X_MAX, v), stroke_width=1, color=GREY_E),
+                 number(v, dy, 0.75).next_to(axes.c2p(X_MIN, v), LEFT, 0.1))
+    labels = VGroup(*[TEXT[g] for g in gs]).arrange(RIGHT, buff=0.4)
+    return axes.add(labels.next_to(axes.c2p(X_MIN, hi), UP, 0.15, aligned_edge=LEFT),
+                    TEXT["x"].copy().next_to(axes.x_axis.get_end(), RIGHT, 0.15))
 
 
-def formulas(*extra):
-    lines = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), *extra]
-    parts = MathTex(*[line + r"\\" for line in lines[:-1]], lines[-1], font_size=40)
-    for part in parts:
-        part.scale_to_fit_width(min(part.width, config.frame_width - 1)).set_x(0)
-    parts[0].set_color(BLUE).to_edge(UP)
-    parts[1].set_color(RED)
-    return parts
+def formulas(*lines):
+    # every text in one LaTeX run: f and f' in the top corners, axis glyphs, then lines (captions)
+    lines = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), "x", "f(x)", "f'(x)", "0123456789.-", *lines]
+    parts = MathTex(*[line + r"\\" for line in lines[:-1]], lines[-1], font_size=36)
+    for part, corner, color in zip(parts, (UL, UR), (BLUE, RED)):
+        part.scale(min(1, 6.6 / part.width, 0.9 / part.height)).set_color(color).to_corner(corner, buff=0.3)
+    for part in parts[2:]:
+        part.scale(min(0.75, 13 / part.width)).move_to(UP * 2.45)
+    TEXT.update(zip(["x", f, df, *lines[5]], [*parts[2:5], *parts[5]]))
+    parts[3].set_color(BLUE)
+    parts[4].set_color(RED)
+    return [parts[0], parts[1], *parts[6:]]
+
+
+def inside(axes, points):
+    low, high = axes.c2p(X_MIN, axes.y_range[0]), axes.c2p(X_MAX, axes.y_range[1])
+    return np.all((low - 1e-6 <= points) & (points <= high + 1e-6), axis=-1)
+
+
+def plot(axes, g, color):  # only what lies inside the axes: a pole splits the curve
+    curve = axes.plot(g, x_range=[X_MIN, X_MAX, (X_MAX - X_MIN) / 400], color=color, use_smoothing=False)
+    pieces = curve.points.reshape(-1, 4, 3)
+    return curve.set_points(pieces[inside(axes, pieces[:, 0]) & inside(axes, pieces[:, 3])].reshape(-1, 3))
+
+
+def line(axes, a, slope, length=30):  # through (a, f(a)), cut at the axes' edges
+    p = axes.c2p(a, f(a))
+    ends = p + np.outer(np.linspace(-length / 2, length / 2, 301), normalize(axes.c2p(a + 1, f(a) + slope) - p))
+    ends = ends[inside(axes, ends)]
+    return Line(ends[0], ends[-1], color=YELLOW) if inside(axes, p) and len(ends) > 1 else VMobject()
+
+
+def dot(axes, x, y, color=YELLOW):
+    return Dot(axes.c2p(x, y), color=color) if inside(axes, axes.c2p(x, y)) else VMobject()
+
+
+def redraw(build):  # always_redraw without become's slow point alignment
+    def update(group):
+        for old in group.family_members_with_points():
+            old.clear_points()  # a play draws every part it saw begin
+        group.remove(*group.submobjects).add(build())
+
+    return VGroup().add_updater(update, call_updater=True)
 ''')  # noqa: E501
 
 _BODIES = {
@@ -94,55 +171,58 @@ _BODIES = {
 
 class TangentLineScene(Scene):
     def construct(self):
-        title, derivative_tex = formulas()
-        axes, d_axes = VGroup(make_axes(f, height=2.3), make_axes(df, height=2.3)).arrange(DOWN).to_edge(DOWN)
-        graph, derivative = axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)
-        self.play(Create(axes), Create(d_axes), Create(graph), Write(title))
+        title, derivative_tex, slope_tex, *captions = formulas(
+            r"\text{slope} =", r"\text{the graph of } f", r"\text{the tangent line at } x \text{ has the slope } f'(x)",
+            r"\text{as } x \text{ moves, the slopes draw the graph of } f'", r"f' \text{ is the slope of } f \text{ at every } x")
+        axes, d_axes = VGroup(make_axes(f), make_axes(df)).arrange(DOWN, buff=0.2, aligned_edge=RIGHT).to_edge(DOWN, buff=0.2)
+        graph, derivative = plot(axes, f, BLUE), plot(d_axes, df, RED)
+        self.play(Write(title), FadeIn(captions[0]), Create(axes), Create(d_axes), Create(graph), run_time=2.5)
         t = ValueTracker(X_MIN + 0.1 * (X_MAX - X_MIN))
-
-        def tangent():
-            a = t.get_value()
-            p = axes.c2p(a, f(a))
-            line = Line(p, axes.c2p(a + 1, f(a) + df(a)), color=YELLOW).set_length(3).move_to(p)
-            return VGroup(line, Dot(p, color=YELLOW))
-
-        self.play(Create(always_redraw(tangent)))
-        slope = always_redraw(lambda: Text(f"slope: {df(t.get_value()):.2f}", color=YELLOW).next_to(title, DOWN))
-        dot = always_redraw(lambda: Dot(d_axes.c2p(t.get_value(), df(t.get_value())), color=RED))
-        self.add(slope, dot, TracedPath(dot.get_center, stroke_color=RED))
-        self.play(t.animate.set_value(X_MAX), run_time=3)
-        self.remove(slope)
-        derivative_tex.next_to(title, DOWN)
-        self.play(Create(derivative), Write(derivative_tex))
-        self.wait(1)
+        a = t.get_value
+        tangent = redraw(lambda: VGroup(line(axes, a(), df(a()), 3), dot(axes, a(), f(a()))))
+        slope = redraw(lambda: number(df(a()), 0.01).next_to(slope_tex, RIGHT))
+        whole = derivative.copy()
+        derivative.add_updater(lambda m: m.pointwise_become_partial(whole, 0, np.mean(whole.points[:, 0] <= d_axes.c2p(a(), 0)[0])))
+        slope_tex.next_to(TEXT[df], RIGHT, buff=1)
+        self.play(Create(tangent), FadeTransform(captions[0], captions[1]), FadeIn(slope_tex), run_time=1.5)
+        self.add(slope, derivative, redraw(lambda: dot(d_axes, a(), df(a()), RED)))
+        self.wait(1.5)
+        self.play(FadeTransform(captions[1], captions[2]))
+        self.play(t.animate.set_value(X_MAX), run_time=6)
+        derivative.clear_updaters().set_points(whole.points)
+        self.play(Write(derivative_tex), FadeTransform(captions[2], captions[3]), run_time=1.5)
+        self.wait(2)
 """,  # noqa: E501
     "secant": r"""
 
 class SecantLimitScene(Scene):
     def construct(self):
-        limit = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h}"
-        title, derivative_tex, limit_tex = formulas(limit)
-        axes = make_axes(f).to_edge(DOWN)
-        graph = axes.plot(f, color=BLUE)
-        self.play(Create(axes), Create(graph), Write(title))
+        limit = r"f'(x_0) = \lim_{h \to 0} \frac{f(x_0 + h) - f(x_0)}{h} ="
+        title, derivative_tex, limit_tex, h_tex, slope_tex, *captions = formulas(
+            limit, "h =", r"\text{slope} =", r"\text{the secant through } x_0 \text{ and } x_0 + h",
+            r"\text{as } h \text{ shrinks, the secant becomes the tangent}",
+            r"\text{its slope tends to the derivative } f'(x_0)", r"\text{the same limit at every } x \text{ gives } f'(x)")
+        axes = make_axes(f, height=4.6).to_edge(DOWN, buff=0.2)
+        graph = plot(axes, f, BLUE)
+        self.play(Write(title), FadeIn(captions[0]), Create(axes), Create(graph), run_time=2.5)
         x0, h = X_MIN + 0.35 * (X_MAX - X_MIN), ValueTracker(0.3 * (X_MAX - X_MIN))
-        self.add(always_redraw(lambda: axes.get_secant_slope_group(
-            x0, graph, dx=h.get_value(), secant_line_color=YELLOW, secant_line_length=6)))
-        self.add(Dot(axes.c2p(x0, f(x0)), color=YELLOW))
-        for dx in h.get_value() * np.geomspace(1, 0.01, 5):
-            self.play(h.animate.set_value(dx), run_time=0.8)
-            slope = (f(x0 + dx) - f(x0)) / dx
-            label = Text(f"h = {dx:.3f}:  secant slope = {slope:.3f}", font_size=28, color=YELLOW)
-            self.add(label.next_to(title, DOWN))
-            self.wait(0.4)
-            self.remove(label)
-        value = Text(f"= {float(df(x0)):.3f}", font_size=32, color=RED)
-        limit_row = VGroup(limit_tex, value).arrange(RIGHT).next_to(title, DOWN)
-        self.play(Write(limit_row))
+        d = h.get_value
+        secant = redraw(lambda: VGroup(line(axes, x0, (f(x0 + d()) - f(x0)) / d()), dot(axes, x0, f(x0)), dot(axes, x0 + d(), f(x0 + d()))))
+        readout = VGroup(h_tex, slope_tex).arrange(RIGHT, buff=2.2).next_to(TEXT[f], RIGHT, buff=1)
+        self.play(Create(secant), FadeIn(readout), run_time=1.5)
+        self.add(redraw(lambda: number(d(), d() / 100).next_to(h_tex, RIGHT)),
+                 redraw(lambda: number((f(x0 + d()) - f(x0)) / d(), 0.001).next_to(slope_tex, RIGHT)))
         self.wait(0.5)
-        self.play(FadeTransform(limit_row, derivative_tex.next_to(title, DOWN)))
-        self.wait(1)
-""",
+        self.play(FadeTransform(captions[0], captions[1]))
+        for dx in d() * np.geomspace(1, 0.01, 5)[1:]:
+            self.play(h.animate.set_value(dx))
+            self.wait(0.5)
+        limit_row = VGroup(limit_tex, number(df(x0), 0.001)).arrange(RIGHT).to_corner(UR, buff=0.3)
+        self.play(Write(limit_row), FadeTransform(captions[1], captions[2]), run_time=1.5)
+        self.wait(1.5)
+        self.play(FadeTransform(limit_row, derivative_tex), FadeTransform(captions[2], captions[3]), run_time=1.5)
+        self.wait(1.5)
+""",  # noqa: E501
     "graphs": r"""
 
 NAMED_RULES = {"exp": "exponential", "log": "logarithm", "Abs": "absolute value",
@@ -183,28 +263,27 @@ class RuleStepsScene(Scene):
     def construct(self):
         steps = rule_steps(f_expr) or [("power rule", f_expr, df_expr)]
         lines = [r"\text{%s: }\ \tfrac{d}{dx}\left[%s\right] = %s" % (r, tex(e), tex(d)) for r, e, d in steps]
-        title, derivative_tex, *rules, f_label, df_label = formulas(*lines, "f(x)", "f'(x)")
-        rules = VGroup(*rules).arrange(DOWN, aligned_edge=LEFT)
-        column = VGroup(rules, derivative_tex).arrange(DOWN)
-        room = title.get_bottom()[1] + config.frame_height / 2 - 0.5
-        column.scale_to_fit_height(min(column.height, room)).next_to(title, DOWN)
-        self.play(Write(title))
+        title, derivative_tex, *rules, first, second, third = formulas(
+            *lines, r"\text{each rule gives the derivative of one part}", r"\text{together they give } f'(x)",
+            r"\text{where } f \text{ rises, } f' > 0 \text{; where } f \text{ falls, } f' < 0")
+        corner = derivative_tex.get_center()
+        column = VGroup(VGroup(*rules).arrange(DOWN, aligned_edge=LEFT), derivative_tex.scale(0.75)).arrange(DOWN)
+        column.scale_to_fit_height(min(column.height, 5.6)).next_to(first, DOWN, buff=0.3)
+        self.play(Write(title), FadeIn(first))
         for rule in rules:
-            self.play(Write(rule), run_time=0.6)
-        self.play(Write(derivative_tex))
-        self.wait(0.5)
-        self.play(FadeOut(rules, derivative_tex))
+            self.play(Write(rule), run_time=min(1.5, 6 / len(rules)))
+        self.play(Write(derivative_tex), FadeTransform(first, second), run_time=1.5)
+        self.wait(1.5)
+        self.play(FadeOut(*rules), derivative_tex.animate.scale(1 / 0.75).move_to(corner))
         if all(not 0 < np.ptp(values(g)) < 0.3 * np.ptp(values(f, df)) for g in (f, df)):
-            grid = VGroup(make_axes(f, df))
+            grid = VGroup(make_axes(f, df, height=4.6))
         else:
-            grid = VGroup(make_axes(f, width=6), make_axes(df, width=6)).arrange(RIGHT, buff=1)
-        axes, d_axes = grid.to_edge(DOWN)[0], grid[-1]
-        graph, derivative = axes.plot(f, color=BLUE), d_axes.plot(df, color=RED)
-        f_label.set_color(BLUE).next_to(axes, UP).align_to(axes, LEFT)
-        df_label.set_color(RED).next_to(d_axes, UP).align_to(d_axes, RIGHT)
-        self.play(Create(grid), Create(graph), FadeIn(f_label, df_label))
-        self.play(Create(derivative), run_time=1.5)
-        self.wait(1)
+            grid = VGroup(make_axes(f, width=5.5, height=4.6), make_axes(df, width=5.5, height=4.6)).arrange(RIGHT, buff=0.6)
+        axes, d_axes = grid.to_edge(DOWN, buff=0.2)[0], grid[-1]
+        graph, derivative = plot(axes, f, BLUE), plot(d_axes, df, RED)
+        self.play(Create(grid), Create(graph), FadeTransform(second, third), run_time=2)
+        self.play(Create(derivative), run_time=2)
+        self.wait(2.5)
 """,  # noqa: E501
 }
 
