@@ -501,9 +501,9 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
         for style in STYLES  # tangent first: the model's own choice
     ]
     generator.model = scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id)
-    assert generator.generate(function, max_new_tokens=4000).code == scenes["tangent"]
+    assert generator.generate(function, max_new_tokens=10_000).code == scenes["tangent"]
     for style in STYLES:
-        written = generator.generate(function, max_new_tokens=4000, style=style)
+        written = generator.generate(function, max_new_tokens=10_000, style=style)
         assert written.code == scenes[style] and written.stop == "eos", style
 
 

@@ -522,7 +522,7 @@ def test_every_try_is_written_in_the_style_asked_for(micro_checkpoint, scripted_
         len(generator.tokenizer),
         generator.tokenizer.eos_token_id,
     )
-    settings = GenerationSettings.defaults().changed(max_new_tokens=4000)
+    settings = GenerationSettings.defaults().changed(max_new_tokens=10_000)
     service = GenerationService(settings, generator)
     header = scenes["tangent"][: math_header_length(scenes["tangent"])]
     assert service.scene(function).code == scenes["tangent"]
