@@ -44,8 +44,8 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
     from derivative_animator.data import oracle
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    plain = SceneGenerator.load(checkpoint, speculative=False)
-    fast = SceneGenerator.load(checkpoint, speculative=True)
+    plain = SceneGenerator.load(checkpoint, speculative=False, shared_code=False)
+    fast = SceneGenerator.load(checkpoint, speculative=True, shared_code=False)
     for function in ("x^3 - 2x", "e^x sin(x)"):
         scene = oracle.template_scene(function, "tangent")
         script = (
@@ -505,6 +505,58 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
     for style in STYLES:
         written = generator.generate(function, max_new_tokens=4000, style=style)
         assert written.code == scenes[style] and written.stop == "eos", style
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_decoding_writes_the_shared_code_after_the_header(checkpoint, scripted_lm, speculative):
+    """A model that would garble the helpers every scene shares (its first script) gets them
+    written after its header; it goes on from there with its style's own code (the second
+    script). Without shared_code the garbled helpers stay."""
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import SHARED_CODE
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    function = "x^3 - 2x"
+    scene = oracle.template_scene(function, "tangent")
+    header, body = scene.split(SHARED_CODE)
+    garbled = "\nlines = __doc__.strip(.split(\n"
+
+    def tokens(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for shared_code in (True, False):
+        generator = SceneGenerator.load(
+            checkpoint, speculative=speculative, shared_code=shared_code
+        )
+        prompt = generator.prompt_ids(function)
+        scripts = [  # the garbled helpers first: the model's own choice after its header
+            prompt + tokens(header) + tokens(garbled),
+            prompt + tokens(header) + tokens(SHARED_CODE) + tokens(body),
+        ]
+        generator.model = scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id)
+        written = generator.generate(function, max_new_tokens=4000)
+        if shared_code:
+            assert written.code == scene and written.stop == "eos"
+            assert 0 < written.forced <= len(tokens(SHARED_CODE))
+        else:
+            assert written.code == header + garbled and written.forced == 0
+
+
+def test_the_shared_code_is_what_every_template_scene_holds_after_its_header():
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import SHARED_CODE, STYLE_OPENINGS, STYLES
+    from derivative_animator.math.header import MATH_HEADER_END
+
+    for function in ("x^2", "sin(3x)/x", "e^(-x^2)"):
+        for style in STYLES:
+            scene = oracle.template_scene(function, style)
+            after = scene[scene.index(MATH_HEADER_END) + len(MATH_HEADER_END) :]
+            assert after.startswith(SHARED_CODE + STYLE_OPENINGS[style]), (function, style)
+    choice = decoding.SharedCode("class SecantLimitScene")
+    assert choice.text == SHARED_CODE + "class SecantLimitScene"
+    assert choice.start('"""\nf(x) = x\n') is None  # no header end yet
+    assert choice.start(f"...{MATH_HEADER_END}\nlines") == 3 + len(MATH_HEADER_END)
+    assert choice.start(f"...{MATH_HEADER_END}\nlines") is None  # written once
 
 
 def test_a_style_opening_inside_the_prefix_or_the_header_is_left_alone():

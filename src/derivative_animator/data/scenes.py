@@ -32,6 +32,7 @@ import sympy as sp
 
 from derivative_animator.math import notation
 from derivative_animator.math.differentiate import Step
+from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.parsing import X
 
 STYLES = ("tangent", "secant", "graphs")
@@ -213,6 +214,16 @@ STYLE_OPENINGS = {
     style: re.match(r"(class )?[A-Za-z_]+", body.strip("\n")).group()
     for style, body in _BODIES.items()
 }
+
+
+# What every scene holds between its math header and its style's own code, the same for every
+# function and style: decoding writes it instead of the model (decoding.SharedCode).
+SHARED_CODE = (
+    _HEADER.template.split(MATH_HEADER_END, 1)[1]
+    + re.match(
+        r"\n*", min(_BODIES.values(), key=lambda body: len(re.match(r"\n*", body).group()))
+    ).group()
+)
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:

@@ -58,6 +58,7 @@ class Run:
                 self.model_dir,
                 allow_prompt_mismatch=self.settings.allow_prompt_mismatch,
                 bracket_guard=self.generation.bracket_guard,
+                shared_code=self.generation.shared_code,
             )
             self._service = GenerationService(self.generation, generator)
         return self._service

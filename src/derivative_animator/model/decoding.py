@@ -1,6 +1,7 @@
 """Decoding's parts, in the transformers style: one set for one-at-a-time and batched generation.
 
-- `StyleChoice` makes the model write the scene style a user asked for.
+- `SharedCode` writes the code every scene shares after the math header; `StyleChoice` makes
+  the model write the scene style a user asked for.
 - `BracketGuard` constrains the math header's brackets; `BracketGuardProcessor` is it as a
   transformers logits processor over a batch (rows past their header are left alone).
 - Stops read one row's text so far and say why it must end there, or None:
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from derivative_animator.data.scenes import STYLE_OPENINGS, STYLES
+from derivative_animator.data.scenes import SHARED_CODE, STYLE_OPENINGS, STYLES
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.judge import parse_code
 
@@ -200,6 +201,29 @@ class BracketGuardProcessor:
 
 
 Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, or None
+
+
+class SharedCode:
+    """The code every scene shares after its math header (`scenes.SHARED_CODE`: the helpers that
+    read the header and build axes and formulas), written by decoding as soon as the model has
+    written the header, then the asked style's opening if one was asked: the model writes the
+    mathematics (f, f', the interval) and its style's own code, never the same 1,100 characters
+    again. The text is what every training scene holds there, so the model goes on from text it
+    knows (`SceneGenerator.generate`)."""
+
+    def __init__(self, then: str = ""):
+        self.text, self.done = SHARED_CODE + then, False
+
+    def start(self, text: str) -> int | None:
+        """Where the shared code begins (just after the header's end) once the model has
+        written the header's end; None before, and for good after that once."""
+        if self.done:
+            return None
+        end = text.find(MATH_HEADER_END)
+        if end < 0:
+            return None
+        self.done = True
+        return end + len(MATH_HEADER_END)
 
 
 class StyleChoice:
