@@ -218,34 +218,13 @@ class SceneGenerator:
                     ContextLookup() if self.speculative else None
                 )  # it indexed the dropped tokens
                 continue
-            start_at = shared.start(text) if shared is not None else None
-            if start_at is not None and start_at >= len(prefix):
-                # The header is written: the shared code follows it, whatever the model began.
-                written = text[start_at:]
-                if shared.text.startswith(written):
-                    keep, forced_text = len(new), shared.text[len(written) :]
-                else:
-                    keep = self._tokens_before(new, start_at - len(prefix))
-                    kept = prefix + self.tokenizer.decode(new[:keep])
-                    forced_text = text[len(kept) : start_at] + shared.text
+            forcing = self._shared_code_forcing(shared, text, new, len(prefix))
+            if forcing is None:
+                forcing = self._style_forcing(choice, text, new, len(prefix))
+            if forcing is not None:
+                # Back to `keep` tokens; decoding writes the text after them in the model's place.
+                keep, forced_text = forcing
                 forced = self.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
-                if forced:
-                    new = new[:keep] + forced
-                    forced_tokens += len(forced)
-                    cache.crop(len(ids) + keep - 1 - cache.get_seq_length())
-                    logits = forward([(ids + new)[len(ids) + keep - 1], *forced])[-1]
-                    passes += 1
-                    lookup = ContextLookup() if self.speculative else None
-                    continue
-            lineno = choice.line_to_replace(text) if choice is not None else None
-            keep = self._tokens_before_line(new, text, lineno, len(prefix)) if lineno else None
-            if keep is not None:
-                # Another style's opening: back to its line's start, the asked style's instead.
-                line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1])
-                kept = prefix + self.tokenizer.decode(new[:keep])
-                forced = self.tokenizer(  # the line's rest is the model's, in its own tokens
-                    text[len(kept) : line_start] + choice.opening, add_special_tokens=False
-                )["input_ids"]
                 new = new[:keep] + forced
                 forced_tokens += len(forced)
                 cache.crop(len(ids) + keep - 1 - cache.get_seq_length())
@@ -317,6 +296,34 @@ class SceneGenerator:
             guarded,
             forced_tokens,
         )
+
+    def _shared_code_forcing(
+        self, shared: SharedCode | None, text: str, tokens: list[int], written: int
+    ) -> tuple[int, str] | None:
+        """(tokens kept, text decoding writes after them) once the header is written: the
+        shared code after the header's end, whatever the model began there."""
+        start_at = shared.start(text) if shared is not None else None
+        if start_at is None or start_at < written:
+            return None
+        after = text[start_at:]
+        if shared.text.startswith(after):
+            return (len(tokens), shared.text[len(after) :]) if shared.text != after else None
+        keep = self._tokens_before(tokens, start_at - written)
+        kept = text[:written] + self.tokenizer.decode(tokens[:keep])
+        return keep, text[len(kept) : start_at] + shared.text
+
+    def _style_forcing(
+        self, choice: StyleChoice | None, text: str, tokens: list[int], written: int
+    ) -> tuple[int, str] | None:
+        """(tokens kept, text decoding writes after them) where the model opened another style
+        than the asked one: back to that line's start, the asked opening instead."""
+        lineno = choice.line_to_replace(text) if choice is not None else None
+        keep = self._tokens_before_line(tokens, text, lineno, written) if lineno else None
+        if keep is None:
+            return None
+        line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1])
+        kept = text[:written] + self.tokenizer.decode(tokens[:keep])
+        return keep, text[len(kept) : line_start] + choice.opening  # the line's rest is the model's
 
     def _tokens_before_line(
         self, tokens: list[int], text: str, lineno: int, written: int = 0
