@@ -508,17 +508,17 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
 
 
 @pytest.mark.parametrize("speculative", [False, True])
-def test_decoding_writes_the_shared_code_after_the_header(checkpoint, scripted_lm, speculative):
+def test_decoding_writes_the_code_after_the_header(checkpoint, scripted_lm, speculative):
     """A model that would garble the helpers every scene shares (its first script) gets them
-    written after its header; it goes on from there with its style's own code (the second
-    script). Without shared_code the garbled helpers stay."""
+    written after its header; it picks its style by the style's opening (the second script),
+    and decoding writes the rest of that style's code. Without shared_code the garble stays."""
     from derivative_animator.data import oracle
-    from derivative_animator.data.scenes import SHARED_CODE
+    from derivative_animator.data.scenes import SHARED_CODE, STYLE_CODE
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     function = "x^3 - 2x"
-    scene = oracle.template_scene(function, "tangent")
-    header, body = scene.split(SHARED_CODE)
+    scene = oracle.template_scene(function, "secant")
+    header = scene[: -len(STYLE_CODE["secant"])]
     garbled = "\nlines = __doc__.strip(.split(\n"
 
     def tokens(text):
@@ -531,32 +531,48 @@ def test_decoding_writes_the_shared_code_after_the_header(checkpoint, scripted_l
         prompt = generator.prompt_ids(function)
         scripts = [  # the garbled helpers first: the model's own choice after its header
             prompt + tokens(header) + tokens(garbled),
-            prompt + tokens(header) + tokens(SHARED_CODE) + tokens(body),
+            prompt + tokens(header) + tokens(SHARED_CODE) + tokens("class SecantLimitScene(S"),
         ]
         generator.model = scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id)
         written = generator.generate(function, max_new_tokens=4000)
         if shared_code:
             assert written.code == scene and written.stop == "eos"
-            assert 0 < written.forced <= len(tokens(SHARED_CODE))
+            assert written.forced > len(tokens(STYLE_CODE["secant"])) / 2
         else:
             assert written.code == header + garbled and written.forced == 0
 
 
-def test_the_shared_code_is_what_every_template_scene_holds_after_its_header():
+def test_the_code_after_the_header_is_the_same_for_every_function_of_a_style():
     from derivative_animator.data import oracle
-    from derivative_animator.data.scenes import SHARED_CODE, STYLE_OPENINGS, STYLES
+    from derivative_animator.data.scenes import SHARED_CODE, STYLE_CODE, STYLE_OPENINGS, STYLES
     from derivative_animator.math.header import MATH_HEADER_END
 
-    for function in ("x^2", "sin(3x)/x", "e^(-x^2)"):
+    for function in ("x^2", "sin(3x)/x", "e^(-x^2)", "ln(x) arctan(x)"):
         for style in STYLES:
             scene = oracle.template_scene(function, style)
             after = scene[scene.index(MATH_HEADER_END) + len(MATH_HEADER_END) :]
-            assert after.startswith(SHARED_CODE + STYLE_OPENINGS[style]), (function, style)
-    choice = decoding.SharedCode("class SecantLimitScene")
-    assert choice.text == SHARED_CODE + "class SecantLimitScene"
-    assert choice.start('"""\nf(x) = x\n') is None  # no header end yet
-    assert choice.start(f"...{MATH_HEADER_END}\nlines") == 3 + len(MATH_HEADER_END)
-    assert choice.start(f"...{MATH_HEADER_END}\nlines") is None  # written once
+            assert after == STYLE_CODE[style], (function, style)
+            assert after.startswith(SHARED_CODE + STYLE_OPENINGS[style])
+    asked = decoding.SharedCode("graphs")
+    assert asked.forcing('"""\nf(x) = x\n') is None  # no header end yet
+    assert asked.forcing(f"...{MATH_HEADER_END}\nlin") == (
+        3 + len(MATH_HEADER_END),
+        STYLE_CODE["graphs"],
+    )
+    assert asked.done and asked.forcing(f"...{MATH_HEADER_END}\nlin") is None
+    chosen = decoding.SharedCode()
+    text = f"...{MATH_HEADER_END}"
+    assert chosen.forcing(text) == (len(text), SHARED_CODE)
+    assert chosen.forcing(text + SHARED_CODE + "class ") is None and not chosen.done
+    assert chosen.forcing(text + SHARED_CODE + "class SecantLimitScene") == (
+        len(text),
+        STYLE_CODE["secant"],
+    )
+    own = decoding.SharedCode()
+    own.forcing(text)
+    assert own.forcing(text + SHARED_CODE + "def main") is None and own.done  # the model's own way
+    with pytest.raises(ValueError, match="unknown scene style 'zigzag'"):
+        decoding.SharedCode("zigzag")
 
 
 def test_a_style_opening_inside_the_prefix_or_the_header_is_left_alone():

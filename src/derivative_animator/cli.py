@@ -420,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shared-code",
         action=argparse.BooleanOptionalAction,
         default=g.shared_code,
-        help="decoding writes the code every scene shares after the math header (--no-shared-code: "
-        "the model writes all of it)",
+        help="after the model's math header, decoding writes the code every scene of the style "
+        "holds (--no-shared-code: the model writes the whole scene)",
     )
     p.add_argument(
         "--allow-prompt-mismatch",

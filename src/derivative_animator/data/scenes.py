@@ -25,6 +25,7 @@ Styles:
 
 from __future__ import annotations
 
+import os
 import re
 from string import Template
 
@@ -216,14 +217,13 @@ STYLE_OPENINGS = {
 }
 
 
-# What every scene holds between its math header and its style's own code, the same for every
-# function and style: decoding writes it instead of the model (decoding.SharedCode).
-SHARED_CODE = (
-    _HEADER.template.split(MATH_HEADER_END, 1)[1]
-    + re.match(
-        r"\n*", min(_BODIES.values(), key=lambda body: len(re.match(r"\n*", body).group()))
-    ).group()
-)
+# Everything a scene of each style holds after its math header: the same for every function (the
+# code reads its math from the header), so decoding writes it instead of the model
+# (decoding.SharedCode); SHARED_CODE is what all styles hold there before their openings.
+STYLE_CODE = {
+    style: _HEADER.template.split(MATH_HEADER_END, 1)[1] + body for style, body in _BODIES.items()
+}
+SHARED_CODE = os.path.commonprefix(list(STYLE_CODE.values()))
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from derivative_animator.data.scenes import SHARED_CODE, STYLE_OPENINGS, STYLES
+from derivative_animator.data.scenes import SHARED_CODE, STYLE_CODE, STYLE_OPENINGS, STYLES
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.judge import parse_code
 
@@ -204,26 +204,42 @@ Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, 
 
 
 class SharedCode:
-    """The code every scene shares after its math header (`scenes.SHARED_CODE`: the helpers that
-    read the header and build axes and formulas), written by decoding as soon as the model has
-    written the header, then the asked style's opening if one was asked: the model writes the
-    mathematics (f, f', the interval) and its style's own code, never the same 1,100 characters
-    again. The text is what every training scene holds there, so the model goes on from text it
-    knows (`SceneGenerator.generate`)."""
+    """What follows the math header in every scene of a style (`scenes.STYLE_CODE`: the helpers
+    that read the header, then the style's animation) is the same for every function, so decoding
+    writes it: the model writes the mathematics (f, f', the interval) and picks the style. Once
+    the header is written, decoding writes the asked style's code whole; with no style asked, the
+    code all styles share (`scenes.SHARED_CODE`), then, once the model has written a style's
+    opening (`STYLE_OPENINGS`), the rest of that style's code. The text is what every training
+    scene holds there (`SceneGenerator.generate`)."""
 
-    def __init__(self, then: str = ""):
-        self.text, self.done = SHARED_CODE + then, False
+    def __init__(self, style: str | None = None):
+        if style is not None and style not in STYLE_CODE:
+            raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
+        self.style, self.start, self.done = style, None, False
 
-    def start(self, text: str) -> int | None:
-        """Where the shared code begins (just after the header's end) once the model has
-        written the header's end; None before, and for good after that once."""
+    def forcing(self, text: str) -> tuple[int, str] | None:
+        """(where, what): decoding writes `what` from character `where` of the text on (the
+        model's text from there stays where it is the start of it); None when there is nothing
+        to write now. `done` once a style's code is written whole, or the model went its own way
+        where it picks a style."""
         if self.done:
             return None
-        end = text.find(MATH_HEADER_END)
-        if end < 0:
-            return None
-        self.done = True
-        return end + len(MATH_HEADER_END)
+        if self.start is None:
+            end = text.find(MATH_HEADER_END)
+            if end < 0:
+                return None
+            self.start = end + len(MATH_HEADER_END)
+            if self.style is not None:
+                self.done = True
+                return self.start, STYLE_CODE[self.style]
+            return self.start, SHARED_CODE
+        after = text[self.start + len(SHARED_CODE) :]
+        for style, opening in STYLE_OPENINGS.items():
+            if after.startswith(opening):
+                self.done = True
+                return self.start, STYLE_CODE[style]
+        self.done = not any(opening.startswith(after) for opening in STYLE_OPENINGS.values())
+        return None
 
 
 class StyleChoice:

@@ -190,11 +190,7 @@ class SceneGenerator:
         rollbacks = guarded = forced_tokens = 0
         stops = stops_for(accept_header)
         choice = StyleChoice(style) if style is not None else None
-        shared = (
-            SharedCode(choice.opening if choice is not None else "")
-            if self.shared_code and prompt is None
-            else None
-        )
+        shared = SharedCode(style) if self.shared_code and prompt is None else None
         while len(new) < max_new_tokens:
             text = prefix + self.tokenizer.decode(new)
             reason = first_stop(stops, text)
@@ -227,6 +223,9 @@ class SceneGenerator:
                 forced = self.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
                 new = new[:keep] + forced
                 forced_tokens += len(forced)
+                if shared is not None and shared.done:  # a style's code, whole: the scene's end
+                    stop = "eos"
+                    break
                 cache.crop(len(ids) + keep - 1 - cache.get_seq_length())
                 logits = forward([(ids + new)[len(ids) + keep - 1], *forced])[-1]
                 passes += 1
@@ -300,17 +299,19 @@ class SceneGenerator:
     def _shared_code_forcing(
         self, shared: SharedCode | None, text: str, tokens: list[int], written: int
     ) -> tuple[int, str] | None:
-        """(tokens kept, text decoding writes after them) once the header is written: the
-        shared code after the header's end, whatever the model began there."""
-        start_at = shared.start(text) if shared is not None else None
-        if start_at is None or start_at < written:
+        """(tokens kept, text decoding writes after them) where the code after the header is
+        decoding's to write (`SharedCode`): kept where the model began it right, else written
+        from the header's end."""
+        forcing = shared.forcing(text) if shared is not None else None
+        if forcing is None or forcing[0] < written:
             return None
+        start_at, code = forcing
         after = text[start_at:]
-        if shared.text.startswith(after):
-            return (len(tokens), shared.text[len(after) :]) if shared.text != after else None
+        if code.startswith(after):
+            return (len(tokens), code[len(after) :]) if code != after else None
         keep = self._tokens_before(tokens, start_at - written)
         kept = text[:written] + self.tokenizer.decode(tokens[:keep])
-        return keep, text[len(kept) : start_at] + shared.text
+        return keep, text[len(kept) : start_at] + code
 
     def _style_forcing(
         self, choice: StyleChoice | None, text: str, tokens: list[int], written: int
