@@ -217,11 +217,16 @@ STYLE_OPENINGS = {
 }
 
 
-# Everything a scene of each style holds after its math header: the same for every function (the
-# code reads its math from the header), so decoding writes it instead of the model
-# (decoding.SharedCode); SHARED_CODE is what all styles hold there before their openings.
+# The code of a scene is the same for every function (it reads its math from the docstring), so
+# decoding writes it instead of the model (decoding.SharedCode): HEADER_CODE between the
+# docstring and the interval's values; after the interval's line, STYLE_CODE, the rest of a scene
+# of that style; SHARED_CODE, what all styles hold there before their openings.
+# The forced text ends before the space: the tokenizer puts a space with the word after it.
+DOCSTRING_END, INTERVAL = '\n"""\n', "X_MIN, X_MAX ="
+HEADER_CODE = _HEADER.template.split(DOCSTRING_END, 1)[1].split(INTERVAL, 1)[0] + INTERVAL
 STYLE_CODE = {
-    style: _HEADER.template.split(MATH_HEADER_END, 1)[1] + body for style, body in _BODIES.items()
+    style: MATH_HEADER_END + _HEADER.template.split(MATH_HEADER_END, 1)[1] + body
+    for style, body in _BODIES.items()
 }
 SHARED_CODE = os.path.commonprefix(list(STYLE_CODE.values()))
 

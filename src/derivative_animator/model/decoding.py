@@ -21,7 +21,15 @@ from collections.abc import Callable
 
 import torch
 
-from derivative_animator.data.scenes import SHARED_CODE, STYLE_CODE, STYLE_OPENINGS, STYLES
+from derivative_animator.data.scenes import (
+    DOCSTRING_END,
+    HEADER_CODE,
+    INTERVAL,
+    SHARED_CODE,
+    STYLE_CODE,
+    STYLE_OPENINGS,
+    STYLES,
+)
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.judge import parse_code
 
@@ -204,18 +212,20 @@ Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, 
 
 
 class SharedCode:
-    """What follows the math header in every scene of a style (`scenes.STYLE_CODE`: the helpers
-    that read the header, then the style's animation) is the same for every function, so decoding
-    writes it: the model writes the mathematics (f, f', the interval) and picks the style. Once
-    the header is written, decoding writes the asked style's code whole; with no style asked, the
-    code all styles share (`scenes.SHARED_CODE`), then, once the model has written a style's
-    opening (`STYLE_OPENINGS`), the rest of that style's code. The text is what every training
-    scene holds there (`SceneGenerator.generate`)."""
+    """A scene's code is the same for every function (it reads its math from the docstring), so
+    decoding writes it and the model writes the mathematics: the docstring (f, f'), the
+    interval's values, and the style it picks. Once the docstring is closed, decoding writes the
+    imports up to the interval (`scenes.HEADER_CODE`); once the interval's line ends, the asked
+    style's code whole (`scenes.STYLE_CODE`), or with no style asked the code all styles share
+    (`SHARED_CODE`) and, once the model has written a style's opening (`STYLE_OPENINGS`), the
+    rest of that style's code. The text is what every training scene holds there."""
 
     def __init__(self, style: str | None = None):
         if style is not None and style not in STYLE_CODE:
             raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
-        self.style, self.start, self.done = style, None, False
+        self.style, self.done = style, False
+        self.code_start: int | None = None  # where HEADER_CODE begins
+        self.style_start: int | None = None  # where STYLE_CODE begins
 
     def forcing(self, text: str) -> tuple[int, str] | None:
         """(where, what): decoding writes `what` from character `where` of the text on (the
@@ -224,20 +234,28 @@ class SharedCode:
         where it picks a style."""
         if self.done:
             return None
-        if self.start is None:
-            end = text.find(MATH_HEADER_END)
+        if self.code_start is None:
+            opened = text.find('"""\n')  # the docstring's opening, then its end
+            end = text.find(DOCSTRING_END, opened + 3) if opened >= 0 else -1
             if end < 0:
                 return None
-            self.start = end + len(MATH_HEADER_END)
+            self.code_start = end + len(DOCSTRING_END)
+            return self.code_start, HEADER_CODE
+        if self.style_start is None:
+            values = text.find(INTERVAL, self.code_start)  # where HEADER_CODE ended (or a prefix's)
+            line_end = text.find("\n", values + len(INTERVAL)) if values >= 0 else -1
+            if line_end < 0:
+                return None
+            self.style_start = line_end + 1
             if self.style is not None:
                 self.done = True
-                return self.start, STYLE_CODE[self.style]
-            return self.start, SHARED_CODE
-        after = text[self.start + len(SHARED_CODE) :]
+                return self.style_start, STYLE_CODE[self.style]
+            return self.style_start, SHARED_CODE
+        after = text[self.style_start + len(SHARED_CODE) :]
         for style, opening in STYLE_OPENINGS.items():
             if after.startswith(opening):
                 self.done = True
-                return self.start, STYLE_CODE[style]
+                return self.style_start, STYLE_CODE[style]
         self.done = not any(opening.startswith(after) for opening in STYLE_OPENINGS.values())
         return None
 
