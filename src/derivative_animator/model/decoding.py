@@ -1,7 +1,8 @@
 """Decoding's parts, in the transformers style: one set for one-at-a-time and batched generation.
 
-- `SharedCode` writes the code every scene shares after the math header; `StyleChoice` makes
-  the model write the scene style a user asked for.
+- `SharedCode` writes a scene's code, the same for every function, around the mathematics the
+  model writes (decision 0014); `StyleChoice` makes the model write the scene style a user asked
+  for when it writes the code itself.
 - `BracketGuard` constrains the math header's brackets; `BracketGuardProcessor` is it as a
   transformers logits processor over a batch (rows past their header are left alone).
 - Stops read one row's text so far and say why it must end there, or None:

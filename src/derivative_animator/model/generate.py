@@ -154,8 +154,8 @@ class SceneGenerator:
         `prefix`: the scene's start, already written (a sampled math header): the model goes on
         from it, within the same token budget; the code returned starts with it.
         `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice.
-        With `shared_code` (the generator's), decoding writes what every scene shares after the
-        header (`decoding.SharedCode`); never for a raw `prompt`."""
+        With `shared_code` (the generator's), decoding writes the scene's code around the model's
+        docstring and interval (`decoding.SharedCode`); never for a raw `prompt`."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -215,6 +215,7 @@ class SceneGenerator:
                 )  # it indexed the dropped tokens
                 continue
             forcing = self._shared_code_forcing(shared, text, new, len(prefix))
+            scene_written = forcing is not None and shared.done  # a style's code, whole
             if forcing is None:
                 forcing = self._style_forcing(choice, text, new, len(prefix))
             if forcing is not None:
@@ -223,7 +224,7 @@ class SceneGenerator:
                 forced = self.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
                 new = new[:keep] + forced
                 forced_tokens += len(forced)
-                if shared is not None and shared.done:  # a style's code, whole: the scene's end
+                if scene_written:  # nothing follows a style's code in any scene
                     stop = "eos"
                     break
                 cache.crop(len(ids) + keep - 1 - cache.get_seq_length())
