@@ -282,6 +282,9 @@ class SceneGenerator:
                 passes += 1
                 continue
             logits = out[accepted]
+        else:  # out of budget; forced code may have crossed it in one step: the header is judged
+            if accept_header is not None:
+                stop = stops[0](prefix + self.tokenizer.decode(new)) or stop  # the HeaderJudge
         if new and new[-1] == eos:
             new, stop = new[:-1], "eos"
         code = prefix + self.tokenizer.decode(new, skip_special_tokens=True)
