@@ -217,22 +217,13 @@ class PythonSandbox:
         )
 
     def _measure_idle(self) -> None:
-        """What a warm server holds when idle, measured by the host after an empty job."""
+        """What a warm server holds when idle, measured by the host after an empty job (run as
+        any job; the server is up, so `run` starts none)."""
         self._idle_held = None
         if not self.warm or self._cgroup is None:
             return
-        empty = {"args": ["idle.py"], "limits": asdict(self.limits), "collect": {}}
-        try:
-            self._server.stdin.write(
-                (json.dumps({**empty, "files": {"idle.py": ""}}) + "\n").encode()
-            )
-            self._server.stdin.flush()
-            header, _ = _read_reply(
-                self._server.stdout.fileno(), self.limits, {}, time.monotonic() + 60
-            )
-        except (OSError, _ReplyProblem):
-            return  # the first real job finds the server dead and says why
-        if header["returncode"] == 0 and not header["restart"]:
+        empty = self.run(["idle.py"], files={"idle.py": ""})
+        if empty.ok and empty.restart is None and self._server is not None:
             self._idle_held = self._cgroup.held()
 
     def _held_beyond_idle(self) -> str | None:
