@@ -8,7 +8,7 @@
 - docs/serve_page.png: `derivanim serve` on the newest checkpoint after animating a function.
 
     python scripts/screenshots.py                       # all three
-    python scripts/screenshots.py --only serve --function "x^2 sin x"
+    python scripts/screenshots.py --only serve --function "x^2 sin x" --style graphs
     python scripts/screenshots.py --only compare --sweep lora_rank_quick
 """
 
@@ -171,7 +171,7 @@ def mlflow_shots(only: str | None, sweep: str | None = None) -> None:
             )
 
 
-def serve_shot(function: str) -> None:
+def serve_shot(function: str, style: str, at: float) -> None:
     model = sorted((ROOT / "outputs" / "train").glob("*/checkpoint/merged"))[-1]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -186,12 +186,13 @@ def serve_shot(function: str) -> None:
     with background(command, url, timeout=300), browser() as page:
         page.goto(url)
         page.fill("#function", function)
+        page.select_option("#style", style)
         page.click("#go")
         page.wait_for_selector("#result:not([hidden])", timeout=300_000)
         page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
         page.evaluate(
             "v => { const e = document.getElementById('video'); e.pause(); "
-            "e.currentTime = e.duration * 0.7; }",
+            f"e.currentTime = e.duration * {at}; }}",
             None,
         )
         page.wait_for_timeout(1500)
@@ -203,13 +204,22 @@ def main() -> int:
     parser.add_argument("--only", choices=["runs", "compare", "serve"])
     parser.add_argument("--function", default="x^2 sin(x)")
     parser.add_argument(
+        "--style",
+        default="graphs",
+        choices=["", "tangent", "secant", "graphs"],
+        help="the page's style selector ('': the model's choice)",
+    )
+    parser.add_argument(
         "--sweep", help="the sweep to compare (its tag sweep=NAME); default: the newest"
+    )
+    parser.add_argument(
+        "--at", type=float, default=0.97, help="the video's moment shown, as a share of its length"
     )
     args = parser.parse_args()
     if args.only in (None, "runs", "compare"):
         mlflow_shots(args.only, args.sweep)
     if args.only in (None, "serve"):
-        serve_shot(args.function)
+        serve_shot(args.function, args.style, args.at)
     return 0
 
 

@@ -819,6 +819,28 @@ def test_a_report_patched_through_sys_modules_fails_math_and_layout(sandbox):
 
 
 @pytest.mark.needs_render
+def test_a_curve_drawn_past_its_axes_is_seen_leaving_its_panel(sandbox):
+    """f's axes stop at 5 while x^2 reaches 9: Manim draws the curve on past the box, over
+    what lies above it. Three quarters of it is inside, so the runner's geometry is content;
+    the pixels show the curve leaving its panel."""
+    code = oracle("x^2").replace(
+        "make_axes(f, height=2.3)", "make_axes(lambda t: np.minimum(f(t), 4.5), height=2.3)", 1
+    )  # noqa: E501
+    assert code != oracle("x^2")
+    result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
+    assert result.passed, result.error  # f and f' are there to be seen
+    [problem] = result.layout_problems
+    leaving = re.fullmatch(
+        r"curve 1 is seen leaving its panel: drawn past its axes in (\d+) of (\d+) columns "
+        r"looked at",
+        problem,
+    )
+    assert result.layout is False and leaving, problem
+    beyond, looked = map(int, leaving.groups())  # a quarter of x^2's columns lie above 5
+    assert 0.15 * (beyond + looked) < beyond < 0.3 * (beyond + looked), problem
+
+
+@pytest.mark.needs_render
 def test_a_movie_written_without_construct_does_not_execute(sandbox):
     """Scene.render replaced by one that writes a right-sized, moving movie with PyAV while
     construct raises: the movie decodes, but no animation ran to make it."""

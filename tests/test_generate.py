@@ -44,8 +44,8 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
     from derivative_animator.data import oracle
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    plain = SceneGenerator.load(checkpoint, speculative=False)
-    fast = SceneGenerator.load(checkpoint, speculative=True)
+    plain = SceneGenerator.load(checkpoint, speculative=False, shared_code=False)
+    fast = SceneGenerator.load(checkpoint, speculative=True, shared_code=False)
     for function in ("x^3 - 2x", "e^x sin(x)"):
         scene = oracle.template_scene(function, "tangent")
         script = (
@@ -477,7 +477,7 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
 
     monkeypatch.setattr("derivative_animator.model.generate.pick", scripted)
     seen = []
-    gen = SceneGenerator.load(checkpoint, speculative=False).generate(
+    gen = SceneGenerator.load(checkpoint, speculative=False, shared_code=False).generate(
         "x^2", 200, accept_header=lambda header: seen.append(header) or False
     )
     assert gen.stop == "math header rejected" and seen == [scene.split('x = sp.Symbol("x")')[0]]
@@ -492,7 +492,7 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
     from derivative_animator.data.scenes import STYLES
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    generator = SceneGenerator.load(checkpoint, speculative=speculative)
+    generator = SceneGenerator.load(checkpoint, speculative=speculative, shared_code=False)
     function = "x^3 - 2x"
     scenes = {style: oracle.template_scene(function, style) for style in STYLES}
     prompt = generator.prompt_ids(function)
@@ -505,6 +505,95 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
     for style in STYLES:
         written = generator.generate(function, max_new_tokens=10_000, style=style)
         assert written.code == scenes[style] and written.stop == "eos", style
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_decoding_writes_the_code_and_the_model_the_math(checkpoint, scripted_lm, speculative):
+    """A model that would garble the imports after its docstring (its first script) gets them
+    written; it writes the interval's values, then picks its style by the style's opening (the
+    second script), and decoding writes the rest of that style's code. Without shared_code the
+    garble stays."""
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import DOCSTRING_END, HEADER_CODE, SHARED_CODE, STYLE_CODE
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    function = "x^3 - 2x"
+    scene = oracle.template_scene(function, "secant")
+    docstring = scene[: scene.index(DOCSTRING_END) + len(DOCSTRING_END)]
+    values = scene[len(docstring + HEADER_CODE) : -len(STYLE_CODE["secant"])]
+    assert values == " -3, 3\n" and scene == docstring + HEADER_CODE + values + STYLE_CODE["secant"]
+    garbled = "from manim import *\nimport numpy as np\nx - 5\n"
+
+    def tokens(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for shared_code in (True, False):
+        generator = SceneGenerator.load(
+            checkpoint, speculative=speculative, shared_code=shared_code
+        )
+        prompt = generator.prompt_ids(function)
+        scripts = [  # the garbled imports first: the model's own choice after its docstring
+            prompt + tokens(docstring) + tokens(garbled),
+            prompt
+            + tokens(docstring)
+            + tokens(HEADER_CODE)
+            + tokens(values)
+            + tokens(SHARED_CODE)
+            + tokens("class SecantLimitScene(S"),
+        ]
+        generator.model = scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id)
+        written = generator.generate(function, max_new_tokens=4000)
+        if shared_code:
+            assert written.code == scene and written.stop == "eos"
+            assert written.forced > len(tokens(STYLE_CODE["secant"])) / 2
+            for style in STYLE_CODE:  # asked: the style's code whole after the interval's line
+                asked = generator.generate(function, max_new_tokens=4000, style=style)
+                assert asked.code == docstring + HEADER_CODE + values + STYLE_CODE[style]
+        else:
+            assert written.code == docstring + garbled and written.forced == 0
+
+
+def test_the_code_of_a_scene_is_the_same_for_every_function_of_a_style():
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import (
+        DOCSTRING_END,
+        HEADER_CODE,
+        SHARED_CODE,
+        STYLE_CODE,
+        STYLE_OPENINGS,
+        STYLES,
+    )
+
+    for function in ("x^2", "sin(3x)/x", "e^(-x^2)", "ln(x) arctan(x)"):
+        for style in STYLES:
+            scene = oracle.template_scene(function, style)
+            code = scene[scene.index(DOCSTRING_END) + len(DOCSTRING_END) :]
+            assert code.startswith(HEADER_CODE) and code.endswith(STYLE_CODE[style])
+            assert "\n" not in code[len(HEADER_CODE) : -len(STYLE_CODE[style]) - 1]  # the values
+            assert STYLE_CODE[style].startswith(SHARED_CODE + STYLE_OPENINGS[style])
+    docstring = '"""\nf(x) = x\nf\'(x) = 1\n"""\n'
+    asked = decoding.SharedCode("graphs")
+    assert asked.forcing(docstring[:-1]) is None  # the docstring is not closed yet
+    assert asked.forcing(docstring + "from") == (len(docstring), HEADER_CODE)
+    written = docstring + HEADER_CODE + "0, 1"
+    assert asked.forcing(written) is None  # the interval's line goes on
+    assert asked.forcing(written + "\n") == (len(written) + 1, STYLE_CODE["graphs"])
+    assert asked.done and asked.forcing(written + "\nx") is None
+    chosen = decoding.SharedCode()
+    chosen.forcing(docstring)
+    assert chosen.forcing(written + "\n") == (len(written) + 1, SHARED_CODE)
+    text = written + "\n" + SHARED_CODE
+    assert chosen.forcing(text + "class ") is None and not chosen.done
+    assert chosen.forcing(text + "class SecantLimitScene") == (
+        len(written) + 1,
+        STYLE_CODE["secant"],
+    )
+    own = decoding.SharedCode()
+    own.forcing(docstring)
+    own.forcing(written + "\n")
+    assert own.forcing(text + "def main") is None and own.done  # the model's own way
+    with pytest.raises(ValueError, match="unknown scene style 'zigzag'"):
+        decoding.SharedCode("zigzag")
 
 
 def test_a_style_opening_inside_the_prefix_or_the_header_is_left_alone():

@@ -979,7 +979,7 @@ def test_a_reply_asking_for_a_restart_gets_a_fresh_server_for_the_next_job(monke
     def restart_once(*args):
         header, files = real(*args)
         calls.append(1)
-        if len(calls) == 1:
+        if header["stdout"].strip() == "first":  # not the empty job that measures the idle server
             header["restart"] = (
                 "1 things outlived the job's cleanup: /tmp/x: Device or resource busy"
             )
@@ -1015,3 +1015,40 @@ def test_the_cleanup_is_total_or_says_what_is_left(tmp_path):
         assert sandbox_server.empty_dir(tmp_path, keep=frozenset({"mounted"})) == []
     finally:
         subprocess.run(["umount", str(tmp_path / "mounted")], check=True)
+
+
+LEAVE_A_PROCESS = """
+    import os, time
+    if os.fork() == 0:
+        os.setsid()  # out of the job's process group: the unsafe server kills only that
+        time.sleep(60)
+        os._exit(0)
+    print('left')
+"""
+
+FILL_SHARED_MEMORY = """
+    import os
+    path = f'/dev/shm/derivanim-held-{os.getpid()}'  # the host's /dev/shm: no server empties it
+    with open(path, 'wb') as out:
+        out.write(b'x' * (48 << 20))
+    print(path)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the host reads the sandbox's cgroup (root)")
+def test_the_host_replaces_a_server_whose_job_left_a_process_or_memory(broken_bwrap):
+    """The host's own check behind the server's cleanup: it counts the processes and the
+    memory in the sandbox's cgroup after each job against the idle server's. Without bubblewrap
+    the server kills only the job's process group and never empties /dev/shm, so these outlive
+    it; the next job still gets a fresh server."""
+    with PythonSandbox(SandboxLimits(timeout_s=20), allow_unsandboxed=True) as box:
+        quiet, process, after_process = run_jobs(box, "pass", LEAVE_A_PROCESS, "print('after')")
+        filled, after_memory = run_jobs(box, FILL_SHARED_MEMORY, "print('after')")
+    Path(filled.stdout.strip()).unlink(missing_ok=True)
+    assert quiet.ok and quiet.restart is None  # an ordinary job leaves nothing behind
+    assert process.ok and process.stdout.strip() == "left", process.stderr
+    assert process.restart == "1 processes outlived the job (the host's count)", process.restart
+    assert filled.ok and filled.stdout.startswith("/dev/shm/"), filled.stderr
+    assert filled.restart is not None and "MB more than when idle" in filled.restart
+    assert after_process.ok and after_process.restart is None
+    assert after_memory.ok and after_memory.restart is None

@@ -542,15 +542,7 @@ def test_the_page_in_chromium_shows_a_corrected_scene_as_corrected_with_the_mode
             )
         # The API says which scene is shown and carries the model's own; repair: false is the raw
         # try.
-        job = request(f"{url}/api/animate", {"function": "1/x", "repair": False}).json()["job"]
-        deadline = time.monotonic() + 300
-        while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in (
-            "done",
-            "error",
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        result = status["result"]
+        result = finished(url, "1/x", timeout=300, repair=False)["result"]
         assert (
             result["shown"] == "model"
             and not result["passed"]
@@ -577,9 +569,10 @@ class _Broken:
         return [Generation(f, "nonsense", 0.01, 1, 0) for f in functions]
 
 
-def finished(url: str, function: str, timeout: float = 120) -> dict:
-    """The job of `function` asked of the page's API, once it has ended."""
-    job = request(f"{url}/api/animate", {"function": function}).json()["job"]
+def finished(url: str, function: str, timeout: float = 120, **fields) -> dict:
+    """The job of `function` (with the request's other `fields`) asked of the page's API, once
+    it has ended."""
+    job = request(f"{url}/api/animate", {"function": function, **fields}).json()["job"]
     deadline = time.monotonic() + timeout
     while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in ("done", "error"):
         assert time.monotonic() < deadline, status
@@ -832,14 +825,7 @@ def test_the_page_asks_the_model_for_the_chosen_style(
     ) as url:
         assert b'id="style"' in request(f"{url}/").body
         for style, scene_class in SCENE_CLASS.items():
-            job = request(f"{url}/api/animate", {"function": "x^2", "style": style}).json()["job"]
-            deadline = time.monotonic() + 60
-            while (status := request(f"{url}/api/jobs/{job}").json())["status"] not in (
-                "done",
-                "error",
-            ):
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            status = finished(url, "x^2", timeout=60, style=style)
             assert f"class {scene_class}(Scene)" in status["result"]["code"], style
         bad = request(f"{url}/api/animate", {"function": "x^2", "style": "zigzag"})
         assert bad.status_code == 422 and bad.json()["error"]["message"] == (

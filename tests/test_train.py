@@ -654,15 +654,24 @@ def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(
 ):
     from derivative_animator.data import oracle
     from derivative_animator.data.prompt import encode_prompt
+    from derivative_animator.data.scenes import DOCSTRING_END, HEADER_CODE
     from derivative_animator.eval.engine import Sample
 
     tokenizer = micro_tokenizer[0]
     records = [Sample("a", "x^3", 1), Sample("b", "sin(x^2)", 4), Sample("c", "x^2 + 1", 1)]
     scenes = [oracle.template_scene(r.function, "tangent") for r in records]
     scenes[2] = scenes[2].replace("f'(x) = ", "f'(x) = 3 + ", 1)  # a wrong derivative
+
+    def tokens(scene):  # in the pieces decoding writes apart (decoding.SharedCode)
+        docstring = scene[: scene.index(DOCSTRING_END) + len(DOCSTRING_END)]
+        values = scene[len(docstring + HEADER_CODE) :].split("\n", 1)[0] + "\n"
+        pieces = (docstring, HEADER_CODE, values, scene[len(docstring + HEADER_CODE + values) :])
+        return [
+            t for piece in pieces for t in tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ]
+
     scripts = [
-        encode_prompt(tokenizer, DEFAULT_FORMAT.format(r.function))
-        + tokenizer(scene, add_special_tokens=False)["input_ids"]
+        encode_prompt(tokenizer, DEFAULT_FORMAT.format(r.function)) + tokens(scene)
         for r, scene in zip(records, scenes, strict=True)
     ]
     logged = {}

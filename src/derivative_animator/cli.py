@@ -73,6 +73,7 @@ def generation_settings(args) -> GenerationSettings:
         syntax_rollbacks=args.syntax_rollbacks,
         repair=args.repair,
         bracket_guard=args.bracket_guard,
+        shared_code=args.shared_code,
         self_consistency={
             "k": args.self_consistency or defaults.self_consistency.k,
             "vote": voting,
@@ -414,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=g.bracket_guard,
         help="keep the math header's brackets balanced (--no-bracket-guard: let the model close "
         "brackets it never opened or end a header line with one open)",
+    )
+    p.add_argument(
+        "--shared-code",
+        action=argparse.BooleanOptionalAction,
+        default=g.shared_code,
+        help="after the model's math header, decoding writes the code every scene of the style "
+        "holds (--no-shared-code: the model writes the whole scene)",
     )
     p.add_argument(
         "--allow-prompt-mismatch",

@@ -40,6 +40,7 @@ Styles:
 
 from __future__ import annotations
 
+import os
 import re
 from string import Template
 
@@ -47,7 +48,7 @@ import sympy as sp
 
 from derivative_animator.math import notation
 from derivative_animator.math.differentiate import Step
-from derivative_animator.math.header import SYMPY_READER, SYMPY_READER_IMPORT
+from derivative_animator.math.header import MATH_HEADER_END, SYMPY_READER, SYMPY_READER_IMPORT
 from derivative_animator.math.parsing import X
 
 STYLES = ("tangent", "secant", "graphs")
@@ -296,6 +297,21 @@ STYLE_OPENINGS = {
     style: re.match(r"(class )?[A-Za-z_]+", body.strip("\n")).group()
     for style, body in _BODIES.items()
 }
+
+
+# The code of a scene is the same for every function (it reads its math from the docstring), so
+# decoding writes it instead of the model (decoding.SharedCode): HEADER_CODE between the
+# docstring and the interval's values; after the interval's line, STYLE_CODE, the rest of a scene
+# of that style; SHARED_CODE, what all styles hold there before their openings.
+# The forced text ends before the space: the tokenizer puts a space with the word after it.
+DOCSTRING_END, INTERVAL = '\n"""\n', "X_MIN, X_MAX ="
+_CODE = _HEADER.safe_substitute(reader_import=SYMPY_READER_IMPORT, reader=SYMPY_READER)
+HEADER_CODE = _CODE.split(DOCSTRING_END, 1)[1].split(INTERVAL, 1)[0] + INTERVAL
+STYLE_CODE = {
+    style: MATH_HEADER_END + _CODE.split(MATH_HEADER_END, 1)[1] + body
+    for style, body in _BODIES.items()
+}
+SHARED_CODE = os.path.commonprefix(list(STYLE_CODE.values()))
 
 
 def shown_steps(steps: list[Step]) -> list[Step]:

@@ -58,6 +58,7 @@ class Run:
                 self.model_dir,
                 allow_prompt_mismatch=self.settings.allow_prompt_mismatch,
                 bracket_guard=self.generation.bracket_guard,
+                shared_code=self.generation.shared_code,
             )
             self._service = GenerationService(self.generation, generator)
         return self._service
@@ -175,7 +176,7 @@ class Base(Baseline):
     name, label = "base", "Base model (no fine-tuning)"
 
     def rows(self, run: Run, samples: list[Sample]) -> list[Future]:
-        generator = base_generator(run.model_dir, run.generation.bracket_guard)
+        generator = base_generator(run.model_dir, run.generation)
         task = run.progress.add_task("base model (no fine-tuning)", total=len(samples))
         # One at a time with speculation: an untrained model repeats itself, so drafts from
         # its own context are accepted (8 functions: 9 s vs 42 s as one batch of 8, same text).
@@ -194,9 +195,9 @@ class Base(Baseline):
         return futures
 
 
-def base_generator(model_dir: Path, bracket_guard: bool):
+def base_generator(model_dir: Path, generation: GenerationSettings):
     """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt
-    format."""
+    format and the evaluation's decoding."""
     from derivative_animator.data.prompt import PromptFormat
     from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.finetune import load_base
@@ -206,7 +207,13 @@ def base_generator(model_dir: Path, bracket_guard: bool):
     trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
     tokenizer, model = load_base(ModelSettings.from_config(trained["model"]))
     return SceneGenerator(
-        model, tokenizer, PromptFormat.load(model_dir), None, model_dir, bracket_guard=bracket_guard
+        model,
+        tokenizer,
+        PromptFormat.load(model_dir),
+        None,
+        model_dir,
+        bracket_guard=generation.bracket_guard,
+        shared_code=generation.shared_code,
     )
 
 

@@ -36,34 +36,41 @@ def _groups(summary: dict):
                 yield baseline, group, values
 
 
+def _group_table(summary: dict, prefix: str, order, title: str, name, cell, legend="") -> str:
+    """A row per group `prefix/<key>` of the summary present, in `order`, named `name(key)`;
+    a column per baseline holding `cell(figures)`; an optional row under the header (`legend`).
+    Empty when no baseline has such a group."""
+    present = [k for k in order if any(f"{prefix}/{k}" in groups for groups in summary.values())]
+    if not present:
+        return ""
+    baselines = list(summary)
+    lines = [
+        f"| {title} | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
+        "|---|---|" + "---|" * len(baselines),
+        *(["| | | " + " | ".join(legend for _ in baselines) + " |"] if legend else []),
+    ]
+    for key in present:
+        figures = [summary[b].get(f"{prefix}/{key}") for b in baselines]
+        n = max(f["n"] for f in figures if f)
+        cells = " | ".join(cell(f) if f else "-" for f in figures)
+        lines.append(f"| {name(key)} | {n} | {cells} |")
+    return "\n".join(lines)
+
+
 def kind_table(summary: dict) -> str:
     """Math per kind of differentiation and per length as typed, a column per baseline; empty
     when the evaluation has no kinds (only benchmarks do)."""
     from derivative_animator.math.expression_trees import KINDS, LENGTH_BUCKETS
 
     order = [*KINDS, *(name for _, name in LENGTH_BUCKETS)]
-    present = {
-        g.removeprefix("kind/")
-        for groups in summary.values()
-        for g in groups
-        if g.startswith("kind/")
-    }
-    if not present:
-        return ""
-    baselines = list(summary)
-    lines = [
-        "| kind | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
-        "|---|---|" + "---|" * len(baselines),
-    ]
-    for kind in sorted(present, key=order.index):
-        figures = [summary[b].get(f"kind/{kind}") for b in baselines]
-        n = max(f["n"] for f in figures if f)
-        lines.append(
-            f"| {KINDS.get(kind, kind.replace('_', ' '))} | {n} | "
-            + " | ".join(f"{f['math']:.1f}%" if f else "-" for f in figures)
-            + " |"
-        )
-    return "\n".join(lines)
+    return _group_table(
+        summary,
+        "kind",
+        order,
+        "kind",
+        lambda kind: KINDS.get(kind, kind.replace("_", " ")),
+        lambda f: f"{f['math']:.1f}%",
+    )
 
 
 def markdown_table(summary: dict) -> str:
@@ -244,24 +251,15 @@ def markdown_to_html(table: str) -> str:
 def style_table(summary: dict) -> str:
     """Math and layout per style asked (eval.ask_styles), a column per baseline; empty when no
     style was asked."""
-    present = [s for s in STYLES if any(f"style/{s}" in groups for groups in summary.values())]
-    if not present:
-        return ""
-    baselines = list(summary)
-    lines = [
-        "| style | n | " + " | ".join(BASELINE_NAMES.get(b, b) for b in baselines) + " |",
-        "|---|---|" + "---|" * len(baselines),
-        "| | | " + " | ".join("math / layout" for _ in baselines) + " |",
-    ]
-    for style in present:
-        figures = [summary[b].get(f"style/{style}") for b in baselines]
-        n = max(f["n"] for f in figures if f)
-        lines.append(
-            f"| {style} | {n} | "
-            + " | ".join(f"{f['math']:.1f}% / {f['layout']:.1f}%" if f else "-" for f in figures)
-            + " |"
-        )
-    return "\n".join(lines)
+    return _group_table(
+        summary,
+        "style",
+        STYLES,
+        "style",
+        str,
+        lambda f: f"{f['math']:.1f}% / {f['layout']:.1f}%",
+        legend="math / layout",
+    )
 
 
 def write_reports(results: dict, run_dir: Path) -> Path:

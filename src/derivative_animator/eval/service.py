@@ -106,6 +106,7 @@ class GenerationService:
             directory,
             allow_prompt_mismatch=allow_prompt_mismatch,
             bracket_guard=self.settings.bracket_guard,
+            shared_code=self.settings.shared_code,
         )
         return self.generator
 

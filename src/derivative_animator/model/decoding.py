@@ -1,6 +1,8 @@
 """Decoding's parts, in the transformers style: one set for one-at-a-time and batched generation.
 
-- `StyleChoice` makes the model write the scene style a user asked for.
+- `SharedCode` writes a scene's code, the same for every function, around the mathematics the
+  model writes (decision 0014); `StyleChoice` makes the model write the scene style a user asked
+  for when it writes the code itself.
 - `BracketGuard` constrains the math header's brackets; `BracketGuardProcessor` is it as a
   transformers logits processor over a batch (rows past their header are left alone).
 - Stops read one row's text so far and say why it must end there, or None:
@@ -20,7 +22,15 @@ from collections.abc import Callable
 
 import torch
 
-from derivative_animator.data.scenes import STYLE_OPENINGS, STYLES
+from derivative_animator.data.scenes import (
+    DOCSTRING_END,
+    HEADER_CODE,
+    INTERVAL,
+    SHARED_CODE,
+    STYLE_CODE,
+    STYLE_OPENINGS,
+    STYLES,
+)
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.judge import parse_code
 
@@ -200,6 +210,55 @@ class BracketGuardProcessor:
 
 
 Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, or None
+
+
+class SharedCode:
+    """A scene's code is the same for every function (it reads its math from the docstring), so
+    decoding writes it and the model writes the mathematics: the docstring (f, f'), the
+    interval's values, and the style it picks. Once the docstring is closed, decoding writes the
+    imports up to the interval (`scenes.HEADER_CODE`); once the interval's line ends, the asked
+    style's code whole (`scenes.STYLE_CODE`), or with no style asked the code all styles share
+    (`SHARED_CODE`) and, once the model has written a style's opening (`STYLE_OPENINGS`), the
+    rest of that style's code. The text is what every training scene holds there."""
+
+    def __init__(self, style: str | None = None):
+        if style is not None and style not in STYLE_CODE:
+            raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
+        self.style, self.done = style, False
+        self.code_start: int | None = None  # where HEADER_CODE begins
+        self.style_start: int | None = None  # where STYLE_CODE begins
+
+    def forcing(self, text: str) -> tuple[int, str] | None:
+        """(where, what): decoding writes `what` from character `where` of the text on (the
+        model's text from there stays where it is the start of it); None when there is nothing
+        to write now. `done` once a style's code is written whole, or the model went its own way
+        where it picks a style."""
+        if self.done:
+            return None
+        if self.code_start is None:
+            opened = text.find('"""\n')  # the docstring's opening, then its end
+            end = text.find(DOCSTRING_END, opened + 3) if opened >= 0 else -1
+            if end < 0:
+                return None
+            self.code_start = end + len(DOCSTRING_END)
+            return self.code_start, HEADER_CODE
+        if self.style_start is None:
+            values = text.find(INTERVAL, self.code_start)  # where HEADER_CODE ended (or a prefix's)
+            line_end = text.find("\n", values + len(INTERVAL)) if values >= 0 else -1
+            if line_end < 0:
+                return None
+            self.style_start = line_end + 1
+            if self.style is not None:
+                self.done = True
+                return self.style_start, STYLE_CODE[self.style]
+            return self.style_start, SHARED_CODE
+        after = text[self.style_start + len(SHARED_CODE) :]
+        for style, opening in STYLE_OPENINGS.items():
+            if after.startswith(opening):
+                self.done = True
+                return self.style_start, STYLE_CODE[style]
+        self.done = not any(opening.startswith(after) for opening in STYLE_OPENINGS.values())
+        return None
 
 
 class StyleChoice:

@@ -50,6 +50,7 @@ from derivative_animator.model.decoding import (
     BracketGuard,
     BracketGuardProcessor,
     RowStops,
+    SharedCode,
     StyleChoice,
     first_stop,
     stops_for,
@@ -67,6 +68,7 @@ class Generation:
     stop: str = "eos"  # eos, max_new_tokens, or a stop's reason (decoding.py)
     rollbacks: int = 0  # lines sampled again after an unfixable syntax error
     guarded: int = 0  # steps where the bracket guard forbade the model's first choice
+    forced: int = 0  # tokens decoding wrote, not the model (the shared code, an asked style)
 
     @property
     def tokens_per_second(self) -> float:
@@ -83,10 +85,12 @@ class SceneGenerator:
         checkpoint: Path,
         speculative: bool = True,
         bracket_guard: bool = True,
+        shared_code: bool = True,
     ):
         self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
         self.drafter, self.checkpoint, self.speculative = drafter, checkpoint, speculative
         self.guard = BracketGuard(tokenizer) if bracket_guard else None
+        self.shared_code = shared_code
 
     @classmethod
     def load(
@@ -96,6 +100,7 @@ class SceneGenerator:
         device: str | None = None,
         speculative: bool = True,
         bracket_guard: bool = True,
+        shared_code: bool = True,
     ) -> SceneGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,7 +123,9 @@ class SceneGenerator:
             drafter = NgramDrafter(
                 [tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes]
             )
-        return cls(model, tokenizer, stored, drafter, checkpoint, speculative, bracket_guard)
+        return cls(
+            model, tokenizer, stored, drafter, checkpoint, speculative, bracket_guard, shared_code
+        )
 
     def prompt_ids(self, function: str) -> list[int]:
         return encode_prompt(self.tokenizer, self.prompt_format.format(function))
@@ -146,7 +153,9 @@ class SceneGenerator:
         (stop HEADER_REJECTED): verification abandons a try whose derivative is wrong.
         `prefix`: the scene's start, already written (a sampled math header): the model goes on
         from it, within the same token budget; the code returned starts with it.
-        `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice."""
+        `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice.
+        With `shared_code` (the generator's), decoding writes the scene's code around the model's
+        docstring and interval (`decoding.SharedCode`); never for a raw `prompt`."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -178,9 +187,10 @@ class SceneGenerator:
         length = (
             draft_length  # shrinks after rejections: a long rejected draft still costs its pass
         )
-        rollbacks = guarded = 0
+        rollbacks = guarded = forced_tokens = 0
         stops = stops_for(accept_header)
         choice = StyleChoice(style) if style is not None else None
+        shared = SharedCode(style) if self.shared_code and prompt is None else None
         while len(new) < max_new_tokens:
             text = prefix + self.tokenizer.decode(new)
             reason = first_stop(stops, text)
@@ -204,16 +214,19 @@ class SceneGenerator:
                     ContextLookup() if self.speculative else None
                 )  # it indexed the dropped tokens
                 continue
-            lineno = choice.line_to_replace(text) if choice is not None else None
-            keep = self._tokens_before_line(new, text, lineno, len(prefix)) if lineno else None
-            if keep is not None:
-                # Another style's opening: back to its line's start, the asked style's instead.
-                line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1])
-                kept = prefix + self.tokenizer.decode(new[:keep])
-                forced = self.tokenizer(  # the line's rest is the model's, in its own tokens
-                    text[len(kept) : line_start] + choice.opening, add_special_tokens=False
-                )["input_ids"]
+            forcing = self._shared_code_forcing(shared, text, new, len(prefix))
+            scene_written = forcing is not None and shared.done  # a style's code, whole
+            if forcing is None:
+                forcing = self._style_forcing(choice, text, new, len(prefix))
+            if forcing is not None:
+                # Back to `keep` tokens; decoding writes the text after them in the model's place.
+                keep, forced_text = forcing
+                forced = self.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
                 new = new[:keep] + forced
+                forced_tokens += len(forced)
+                if scene_written:  # nothing follows a style's code in any scene
+                    stop = "eos"
+                    break
                 cache.crop(len(ids) + keep - 1 - cache.get_seq_length())
                 logits = forward([(ids + new)[len(ids) + keep - 1], *forced])[-1]
                 passes += 1
@@ -269,12 +282,53 @@ class SceneGenerator:
                 passes += 1
                 continue
             logits = out[accepted]
+        else:  # out of budget; forced code may have crossed it in one step: the header is judged
+            if accept_header is not None:
+                stop = stops[0](prefix + self.tokenizer.decode(new)) or stop  # the HeaderJudge
         if new and new[-1] == eos:
             new, stop = new[:-1], "eos"
         code = prefix + self.tokenizer.decode(new, skip_special_tokens=True)
         return Generation(
-            function, code, time.perf_counter() - start, len(new), passes, stop, rollbacks, guarded
+            function,
+            code,
+            time.perf_counter() - start,
+            len(new),
+            passes,
+            stop,
+            rollbacks,
+            guarded,
+            forced_tokens,
         )
+
+    def _shared_code_forcing(
+        self, shared: SharedCode | None, text: str, tokens: list[int], written: int
+    ) -> tuple[int, str] | None:
+        """(tokens kept, text decoding writes after them) where the code after the header is
+        decoding's to write (`SharedCode`): kept where the model began it right, else written
+        from the header's end."""
+        forcing = shared.forcing(text) if shared is not None else None
+        if forcing is None or forcing[0] < written:
+            return None
+        start_at, code = forcing
+        after = text[start_at:]
+        if code.startswith(after):
+            return (len(tokens), code[len(after) :]) if code != after else None
+        keep = self._tokens_before(tokens, start_at - written)
+        kept = text[:written] + self.tokenizer.decode(tokens[:keep])
+        return keep, text[len(kept) : start_at] + code
+
+    def _style_forcing(
+        self, choice: StyleChoice | None, text: str, tokens: list[int], written: int
+    ) -> tuple[int, str] | None:
+        """(tokens kept, text decoding writes after them) where the model opened another style
+        than the asked one: back to that line's start, the asked opening instead."""
+        lineno = choice.line_to_replace(text) if choice is not None else None
+        keep = self._tokens_before_line(tokens, text, lineno, written) if lineno else None
+        if keep is None:
+            return None
+        line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1])
+        kept = text[:written] + self.tokenizer.decode(tokens[:keep])
+        return keep, text[len(kept) : line_start] + choice.opening  # the line's rest is the model's
 
     def _tokens_before_line(
         self, tokens: list[int], text: str, lineno: int, written: int = 0
@@ -283,12 +337,14 @@ class SceneGenerator:
         the prefix) decode to text that ends at or before line `lineno` starts; None when that
         line starts inside the prefix (no rollback can reach it)."""
         line_start = sum(len(line) + 1 for line in text.split("\n")[: lineno - 1]) - written
-        if line_start < 0:
-            return None
+        return self._tokens_before(tokens, line_start) if line_start >= 0 else None
+
+    def _tokens_before(self, tokens: list[int], offset: int) -> int:
+        """How many of the tokens decode to text that ends at or before character `offset`."""
         low, high = 0, len(tokens)  # decoded length grows with the token count: bisect
         while low < high:
             middle = (low + high + 1) // 2
-            if len(self.tokenizer.decode(tokens[:middle])) <= line_start:
+            if len(self.tokenizer.decode(tokens[:middle])) <= offset:
                 low = middle
             else:
                 high = middle - 1

@@ -76,6 +76,7 @@ class GenerationSettings:
     max_new_tokens: int
     seed: int
     bracket_guard: bool
+    shared_code: bool
     attempts: (
         int  # verified generation: the first scene, then at most attempts - 1 completed headers
     )

@@ -378,7 +378,7 @@ def movie_plays_problem(
 
 def seen_layout(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | None) -> list[str]:
     """Layout problems the movie shows (beside Manim's geometry, the scene's claim): something
-    cut at the last frame's edge, a curve seen squashed flat on its axes."""
+    cut at the last frame's edge, a curve seen squashed flat on its axes or leaving them."""
     from derivative_animator.render import seen
 
     problems = [
@@ -399,11 +399,18 @@ def seen_layout(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | Non
                         f"curve {number + 1} is seen squashed flat: it spans {found.span:.0%} "
                         "of its axes' height"
                     )
+                if found.beyond >= max(CURVE_BEYOND_COLUMNS, CURVE_BEYOND_SHARE * found.columns):
+                    problems.append(
+                        f"curve {number + 1} is seen leaving its panel: drawn past its axes in "
+                        f"{found.beyond} of {found.columns} columns looked at"
+                    )
                 break
     return problems
 
 
 CURVE_FLAT_SHARE = 0.12  # as the runner's own (render_runner.CURVE_FLAT_SHARE)
+CURVE_BEYOND_SHARE = 0.02  # of a seen curve's columns, those drawn past its axes: it left its panel
+CURVE_BEYOND_COLUMNS = 3
 
 
 def check_seen(movie: untrusted.MovieSeen, looks: dict, function: sp.Expr | None) -> str | None:

@@ -25,7 +25,10 @@ Python's handlers back). Between jobs it kills every other process in the PID na
 (kill(-1) until none is left), empties the work dir, /tmp and /dev/shm (iteratively, by file
 descriptor, however deep), removes SysV IPC objects, and where anything survives that it
 says so in its reply and exits: the host starts a fresh server for the next job. /dev is
-read-only and POSIX message queues are refused, so nothing stays there. `warm=True` keeps
+read-only and POSIX message queues are refused, so nothing stays there. The host checks
+independently: where the sandbox has a cgroup, it measures what the idle server holds after
+an empty first job (processes; anonymous and tmpfs memory), and replaces the server after any
+job that leaves more (`IDLE_MARGIN_MB`). `warm=True` keeps
 one server (its preloaded imports: Manim and sympy, ~2 s of every render) for many jobs;
 `warm=False` starts one per job.
 
@@ -80,6 +83,7 @@ from derivative_animator.render.untrusted import (
     size_text,
 )
 
+IDLE_MARGIN_MB = 32  # above the idle server's memory after a job: restart (renders vary < 1 MB)
 UNSAFE_HINT = "--unsafe-no-sandbox (eval.render.unsafe_no_sandbox=true) runs it without isolation"
 
 
@@ -132,6 +136,7 @@ class PythonSandbox:
             )
         self._server: subprocess.Popen | None = None
         self._cgroup: Cgroup | None = None
+        self._idle_held: tuple[int, int] | None = None  # (bytes, processes) the idle server holds
         self._host_dir: Path | None = None  # UNSANDBOXED only: the job dir on the host
         self.layers: list[str] = self.isolation.layers(None)
 
@@ -147,6 +152,7 @@ class PythonSandbox:
         in `refused`, with why."""
         if self._server is None or self._server.poll() is not None:
             self._start()
+            self._measure_idle()
         caps = (
             dict(collect) if isinstance(collect, dict) else dict.fromkeys(collect, MAX_FILE_BYTES)
         )
@@ -194,7 +200,8 @@ class PythonSandbox:
             failure = f"timed out after {self.limits.timeout_s:g} s"
         elif returncode is not None and returncode < 0:
             failure = self._killed_by(-returncode, oom_before)
-        if header["restart"] or not self.warm:
+        restart = header["restart"] or self._held_beyond_idle()
+        if restart or not self.warm:
             self._stop()
         return SandboxResult(
             returncode=returncode,
@@ -206,8 +213,33 @@ class PythonSandbox:
             files=collected,
             refused=header["refused"],
             failure=failure,
-            restart=header["restart"],
+            restart=restart,
         )
+
+    def _measure_idle(self) -> None:
+        """What a warm server holds when idle, measured by the host after an empty job (run as
+        any job; the server is up, so `run` starts none)."""
+        self._idle_held = None
+        if not self.warm or self._cgroup is None:
+            return
+        empty = self.run(["idle.py"], files={"idle.py": ""})
+        if empty.ok and empty.restart is None and self._server is not None:
+            self._idle_held = self._cgroup.held()
+
+    def _held_beyond_idle(self) -> str | None:
+        """Why the server must not serve another job: the host sees more processes or memory
+        in the sandbox's cgroup after this job than when the server was idle."""
+        if not self.warm or self._idle_held is None or self._cgroup is None:
+            return None
+        (memory, processes), (idle_memory, idle_processes) = self._cgroup.held(), self._idle_held
+        if processes > idle_processes:
+            return f"{processes - idle_processes} processes outlived the job (the host's count)"
+        if memory > idle_memory + (IDLE_MARGIN_MB << 20):
+            return (
+                f"the sandbox held {(memory - idle_memory) >> 20} MB more than when idle "
+                "after the job (the host's measure)"
+            )
+        return None
 
     def _killed_by(self, number: int, oom_before: int) -> str:
         """What a signal that ended the job means here."""

@@ -372,6 +372,28 @@ class Cgroup:
                     pass
         return 0
 
+    def held(self) -> tuple[int, int]:
+        """What the sandbox holds that it cannot give back, as the host sees it: bytes of
+        processes' anonymous memory and tmpfs or shared memory (page cache left out: it is the
+        kernel's to reclaim), and the number of processes."""
+        memory = processes = 0
+        for directory in self.directories:
+            try:
+                stat = dict(
+                    line.split()
+                    for line in (directory / "memory.stat").read_text().splitlines()
+                    if line.count(" ") == 1
+                )
+                keys = ("total_rss", "total_shmem") if "total_rss" in stat else ("anon", "shmem")
+                memory += sum(int(stat.get(key, 0)) for key in keys)  # v1, v2
+            except (OSError, ValueError):
+                pass
+            try:
+                processes = max(processes, int((directory / "pids.current").read_text()))
+            except (OSError, ValueError):
+                pass
+        return memory, processes
+
     def enter(self) -> None:
         """In the child before exec: join every controller's group."""
         for directory in self.directories:

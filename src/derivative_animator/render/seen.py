@@ -45,6 +45,7 @@ class Trace:
     columns: int  # columns where the function is inside the box
     span: float = 0.0  # of the box's height, the rows the function covers in it
     shown: int = 0  # columns with the curve's colour on the function
+    beyond: int = 0  # columns with the curve's colour on the function outside its box
 
     @property
     def seen(self) -> bool:
@@ -155,12 +156,36 @@ def trace(pixels: np.ndarray, view: dict, expr: sp.Expr) -> Trace | None:
         )
         span = float(covered / (r0 - r1))
     return Trace(
+        beyond=_beyond_box(pixels, columns, colour, top, bottom, (box_top, box_bottom), tolerance),
         recall=float(hits.sum() / max(inside.sum() - hidden.sum(), 1)),
         precision=float((in_box & on).sum() / total) if total else 0.0,
         columns=int(inside.sum()),
         span=span,
         shown=int(hits.sum()),
     )
+
+
+BEYOND_PX = 4  # past the box's edge (and the tolerance), where a curve has left its panel
+
+
+def _beyond_box(pixels, columns, colour, top, bottom, box_rows, tolerance) -> int:
+    """Columns where the curve's colour lies on the function's path above or below its box:
+    a curve drawn past its axes (Manim's plot is not clipped: spikes at a pole). Only a
+    named colour counts; text of that colour in the path's way counts as the curve."""
+    if colour is None or len(columns) == 0:
+        return 0
+    height = pixels.shape[0]
+    ink = (
+        np.sqrt(((pixels[:, columns.astype(int)].astype(np.int32) - colour) ** 2).sum(axis=-1))
+        < COLOR_DISTANCE
+    )
+    rows = np.arange(height)[:, None]
+    with np.errstate(invalid="ignore"):
+        on_path = (rows >= top[None, :] - tolerance) & (rows <= bottom[None, :] + tolerance)
+    outside = (rows < box_rows[0] - tolerance - BEYOND_PX) | (
+        rows > box_rows[1] + tolerance + BEYOND_PX
+    )
+    return int((ink & on_path & outside).any(axis=0).sum())
 
 
 EDGE_PX = 2  # the frame's outermost rows and columns
