@@ -96,6 +96,19 @@ def test_below_the_math_header_every_scene_of_a_style_is_the_same(all_records):
     assert math_header_length("print('no header')") is None
 
 
+def test_the_model_writes_a_scene_up_to_its_style_opening(all_records):
+    for record in all_records:
+        end = scenes.written_length(record.completion)
+        written, rest = record.completion[:end], record.completion[end:]
+        header = record.completion[: math_header_length(record.completion)]
+        assert written == header + scenes.SHARED_CODE + scenes.STYLE_OPENINGS[record.style]
+        assert written + rest == header + scenes.STYLE_CODE[record.style]
+    assert scenes.written_length("print('no header')") is None
+    first = all_records[0]
+    other = first.completion.replace(scenes.STYLE_OPENINGS[first.style], "class OtherScene")
+    assert scenes.written_length(other) is None
+
+
 def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records):
     """The scene reads its docstring with sympy's parser (`typed`), the math check with
     `parse_function`: on every dataset scene both give f and the true derivative."""

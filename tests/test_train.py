@@ -267,6 +267,24 @@ def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro
         DerivativeDataModule(str(micro_data), tokenizer, full_scenes=0)
 
 
+def test_scene_samples_end_where_decoding_takes_over_and_fit_the_tiny_model(micro_data):
+    from derivative_animator.data import scenes
+    from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule
+
+    model_cfg = compose_train().model  # the shipped tiny model: its tokenizer and max_length
+    tokenizer, _ = finetune.load_base(ModelSettings.from_config(model_cfg))
+    data = DerivativeDataModule(str(micro_data), tokenizer, max_length=model_cfg.max_length)
+    data.setup()  # refuses a sample over max_length
+    for split in ("train", "validation", "test"):
+        for record, example in zip(
+            dataset.read_split(micro_data, split), data.splits[split], strict=True
+        ):
+            written = tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
+            end = scenes.written_length(record.completion)
+            # the scene's own tokens up to the one the style's opening ends in
+            assert written == record.completion[: len(written)] and end <= len(written) < end + 16
+
+
 def test_merged_logits_equal_adapter_logits():
     from transformers import LlamaConfig, LlamaForCausalLM
 

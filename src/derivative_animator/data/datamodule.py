@@ -5,10 +5,14 @@ prompt module (`prompt.encode_prompt`, the very call inference makes). Labels ar
 the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning script.
 Batches are drawn from length-sorted buckets so little compute goes to padding.
 
+A scene sample stops where the model's part of the scene ends (`scenes.written_length`): the
+math header, the code all styles share and the style's opening. Decoding writes the rest
+(decoding.SharedCode, docs/decisions/0014-shared-code.md), the same text for every function,
+so it costs no training and scenes of any length fit `model.max_length`.
 Header practice (`full_scenes=N`): train samples after the first N stop at the end of their
-math header (`math_header_length`), without EOS. Everything below the header is
-the same in every scene of a style and is learnt from a few hundred whole scenes; the
-header is what differs per function, and a header costs a tenth of a scene's compute.
+math header (`math_header_length`). The header is what differs per function; the samples with
+the shared code teach the model to pick a style after it, and a header costs a tenth of their
+compute.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from derivative_animator import paths
 from derivative_animator.data import dataset
 from derivative_animator.data.dataset_schema import Record
+from derivative_animator.data.scenes import written_length
 from derivative_animator.data.prompt import (
     DEFAULT_FORMAT,
     PromptFormat,
@@ -50,12 +55,12 @@ def encode_examples(
     for i, (prompt_text, completion) in enumerate(zip(prompts, completions, strict=True)):
         prompt_ids = encode_prompt(tokenizer, prompt_text)
         completion_ids = encoded["input_ids"][i] + [tokenizer.eos_token_id]
-        header_end = math_header_length(completion) if header_only[i] else None
-        if header_end is not None:
-            # The whole scene's own tokens that start inside the header: the very ids a full
+        end = math_header_length(completion) if header_only[i] else written_length(completion)
+        if end is not None:
+            # The whole scene's own tokens that start before the end: the very ids a full
             # sample has there, not a re-tokenized prefix.
             completion_ids = completion_ids[
-                : sum(start < header_end for start, _ in encoded["offset_mapping"][i])
+                : sum(start < end for start, _ in encoded["offset_mapping"][i])
             ]
         examples.append(
             {

@@ -314,6 +314,20 @@ STYLE_CODE = {
 SHARED_CODE = os.path.commonprefix(list(STYLE_CODE.values()))
 
 
+def written_length(code: str) -> int | None:
+    """Characters of a scene up to the end of its style's opening: all the model writes when
+    decoding writes the code (the code all styles share is the context it picks a style in);
+    None for a scene that is not a template's."""
+    start = code.find(MATH_HEADER_END)
+    if start < 0 or not code.startswith(SHARED_CODE, start):
+        return None
+    after = start + len(SHARED_CODE)
+    for opening in STYLE_OPENINGS.values():
+        if code.startswith(opening, after):
+            return after + len(opening)
+    return None
+
+
 def shown_steps(steps: list[Step]) -> list[Step]:
     """Steps worth showing: d/dx x = 1 is implied by every other rule."""
     return [step for step in steps if step.expr != X] or steps
