@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from derivative_animator import paths
 from derivative_animator.data import dataset
 from derivative_animator.data.dataset_schema import Record
-from derivative_animator.data.scenes import written_length
 from derivative_animator.data.prompt import (
     DEFAULT_FORMAT,
     PromptFormat,
     encode_prompt,
     require_same,
 )
+from derivative_animator.data.scenes import written_length
 from derivative_animator.math.header import math_header_length
 
 IGNORE_INDEX = -100
