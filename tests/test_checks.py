@@ -820,13 +820,16 @@ def test_a_report_patched_through_sys_modules_fails_math_and_layout(sandbox):
 
 @pytest.mark.needs_render
 def test_a_curve_drawn_past_its_axes_is_seen_leaving_its_panel(sandbox):
-    """f's axes stop at 5 while x^2 reaches 9: Manim draws the curve on past the box, over
-    what lies above it. Three quarters of it is inside, so the runner's geometry is content;
-    the pixels show the curve leaving its panel."""
-    code = oracle("x^2").replace(
-        "make_axes(f, height=2.3)", "make_axes(lambda t: np.minimum(f(t), 4.5), height=2.3)", 1
-    )  # noqa: E501
-    assert code != oracle("x^2")
+    """f's axes stop at 5 while x^2 reaches 9, and f is plotted by Manim whole, not cut at its
+    axes (`plot`): Manim draws the curve on past the box, over what lies above it. Three
+    quarters of it is inside, so the runner's geometry is content; the pixels show the curve
+    leaving its panel."""
+    code = (
+        oracle("x^2")
+        .replace("ys = ys[np.isfinite(ys)]", "ys = np.minimum(ys[np.isfinite(ys)], 4.5)", 1)
+        .replace("plot(axes, f, BLUE)", "axes.plot(f, color=BLUE)", 1)
+    )
+    assert code.count("4.5)") == 1 and code.count("axes.plot(f, color=BLUE)") == 1
     result = checks.check_code(code, "x^2", render=FAST, sandbox=sandbox)
     assert result.passed, result.error  # f and f' are there to be seen
     [problem] = result.layout_problems

@@ -11,7 +11,7 @@ def test_records_are_consistent(all_records):
     for record in all_records:
         assert record.prompt == DEFAULT_FORMAT.format(record.function)
         assert "\nf'(x) = " in record.completion and "from manim import *" in record.completion
-        assert 2000 < len(record.completion) < 5000
+        assert 4000 < len(record.completion) < 10_000
         assert record.steps and record.x_range[0] < record.x_range[1]
 
 

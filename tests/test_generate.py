@@ -542,9 +542,12 @@ def test_decoding_writes_the_code_and_the_model_the_math(checkpoint, scripted_lm
             + tokens("class SecantLimitScene(S"),
         ]
         generator.model = scripted_lm(scripts, len(tokenizer), tokenizer.eos_token_id)
-        written = generator.generate(function, max_new_tokens=4000)
+        # the budget bounds the model's own tokens (docstring, values, opening): forced code is free
+        budget = 2 + sum(map(len, map(tokens, (docstring, values, "class SecantLimitScene(S"))))
+        written = generator.generate(function, max_new_tokens=budget if shared_code else 4000)
         if shared_code:
             assert written.code == scene and written.stop == "eos"
+            assert written.new_tokens > 5 * budget
             assert written.forced > len(tokens(STYLE_CODE["secant"])) / 2
             for style in STYLE_CODE:  # asked: the style's code whole after the interval's line
                 asked = generator.generate(function, max_new_tokens=4000, style=style)

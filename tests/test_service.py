@@ -294,19 +294,20 @@ def test_a_real_generator_whose_greedy_derivative_is_wrong_is_verified_to_a_righ
     settings' temperature, top-p and seed, the prefix completion) over a model that writes x^2's
     scene with f'(x) = 3x 60% of the time and 2x 40%: greedy is wrong, some of the 8 sampled
     headers are right, and verification keeps the scene completed from the first of them."""
+    from derivative_animator.data.scenes import DOCSTRING_END, HEADER_CODE, SHARED_CODE
     from derivative_animator.model.generate import SceneGenerator
 
     generator = SceneGenerator.load(micro_checkpoint)
     right, wrong = _scene("x^2"), _scene("x^2", "3x")
 
-    def script(
-        code,
-    ):  # the header and the body tokenized apart: a sampled header is a token boundary
-        end = math_header_length(code)
+    def script(code):  # tokenized in the pieces decoding forces; a sampled header ends at one
+        docstring = code.index(DOCSTRING_END) + len(DOCSTRING_END)
+        header, shared = math_header_length(code), math_header_length(code) + len(SHARED_CODE)
+        ends = (docstring, docstring + len(HEADER_CODE), header, shared, len(code))
         return generator.prompt_ids("x^2") + [
             token
-            for part in (code[:end], code[end:])
-            for token in generator.tokenizer(part, add_special_tokens=False)["input_ids"]
+            for start, end in zip((0, *ends[:-1]), ends, strict=True)
+            for token in generator.tokenizer(code[start:end], add_special_tokens=False)["input_ids"]
         ]
 
     generator.model = weighted_scripts_lm(

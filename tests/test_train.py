@@ -283,6 +283,17 @@ def test_scene_samples_end_where_decoding_takes_over_and_fit_the_tiny_model(micr
             end = scenes.written_length(record.completion)
             # the scene's own tokens up to the one the style's opening ends in
             assert written == record.completion[: len(written)] and end <= len(written) < end + 16
+    # a sample whose opening lies past max_length (a long header) ends at its header
+    lengths = data.splits["train"].lengths
+    short = DerivativeDataModule(str(micro_data), tokenizer, max_length=max(lengths) - 1)
+    short.setup()
+    records = dataset.read_split(micro_data, "train")
+    for record, length, example in zip(records, lengths, short.splits["train"], strict=True):
+        written = tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
+        end = (math_header_length if length == max(lengths) else scenes.written_length)(
+            record.completion
+        )
+        assert end <= len(written) < end + 16
 
 
 def test_merged_logits_equal_adapter_logits():

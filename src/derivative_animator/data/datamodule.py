@@ -6,7 +6,8 @@ the prompt: the loss is on the response only, as in DeepSeek's own fine-tuning s
 Batches are drawn from length-sorted buckets so little compute goes to padding.
 
 A scene sample stops where the model's part of the scene ends (`scenes.written_length`): the
-math header, the code all styles share and the style's opening. Decoding writes the rest
+math header, the code all styles share and the style's opening (at the header where that
+would pass `max_length`). Decoding writes the rest
 (decoding.SharedCode, docs/decisions/0014-shared-code.md), the same text for every function,
 so it costs no training and scenes of any length fit `model.max_length`.
 Header practice (`full_scenes=N`): train samples after the first N stop at the end of their
@@ -44,24 +45,36 @@ def encode_example(
     return encode_examples(tokenizer, [prompt_text], [completion], [header_only])[0]
 
 
+def _tokens_before(ids: list[int], starts: list[int], end: int | None) -> list[int]:
+    """A scene's own tokens that start before character `end` (all for None): the very ids a
+    whole sample has there, not a re-tokenized prefix."""
+    return ids if end is None else ids[: sum(start < end for start in starts)]
+
+
 def encode_examples(
-    tokenizer, prompts: list[str], completions: list[str], header_only: list[bool]
+    tokenizer,
+    prompts: list[str],
+    completions: list[str],
+    header_only: list[bool],
+    max_length: int | None = None,
 ) -> list[dict[str, list[int]]]:
     """Examples for many samples: the completions in one batched tokenizer call (the fast
     tokenizer works through a batch in parallel: 7 s instead of 18 s for 4,400 scenes),
-    the same ids as one call per sample."""
+    the same ids as one call per sample. A sample whose style opening lies past `max_length`
+    (a long header before the code all styles share) ends at its header."""
     encoded = tokenizer(list(completions), add_special_tokens=False, return_offsets_mapping=True)
     examples = []
     for i, (prompt_text, completion) in enumerate(zip(prompts, completions, strict=True)):
         prompt_ids = encode_prompt(tokenizer, prompt_text)
         completion_ids = encoded["input_ids"][i] + [tokenizer.eos_token_id]
-        end = math_header_length(completion) if header_only[i] else written_length(completion)
-        if end is not None:
-            # The whole scene's own tokens that start before the end: the very ids a full
-            # sample has there, not a re-tokenized prefix.
-            completion_ids = completion_ids[
-                : sum(start < end for start, _ in encoded["offset_mapping"][i])
-            ]
+        starts = [start for start, _ in encoded["offset_mapping"][i]]
+        header = _tokens_before(completion_ids, starts, math_header_length(completion))
+        if not header_only[i]:
+            written = _tokens_before(completion_ids, starts, written_length(completion))
+            fits = max_length is None or len(prompt_ids) + len(written) <= max_length
+            completion_ids = written if fits else header
+        else:
+            completion_ids = header
         examples.append(
             {
                 "input_ids": prompt_ids + completion_ids,
@@ -86,6 +99,7 @@ class TokenizedSplit(Dataset):
             [prompt_format.format(record.function) for record in records],
             [record.completion for record in records],
             [full_scenes is not None and index >= full_scenes for index in range(len(records))],
+            max_length,
         )
         for record, example in zip(records, self.examples, strict=True):
             if len(example["input_ids"]) > max_length:

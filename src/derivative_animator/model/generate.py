@@ -155,7 +155,8 @@ class SceneGenerator:
         from it, within the same token budget; the code returned starts with it.
         `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice.
         With `shared_code` (the generator's), decoding writes the scene's code around the model's
-        docstring and interval (`decoding.SharedCode`); never for a raw `prompt`."""
+        docstring and interval (`decoding.SharedCode`); never for a raw `prompt`.
+        `max_new_tokens` bounds the tokens the model writes: forced text costs one pass."""
         from transformers import DynamicCache
 
         start = time.perf_counter()
@@ -191,7 +192,7 @@ class SceneGenerator:
         stops = stops_for(accept_header)
         choice = StyleChoice(style) if style is not None else None
         shared = SharedCode(style) if self.shared_code and prompt is None else None
-        while len(new) < max_new_tokens:
+        while len(new) - forced_tokens < max_new_tokens:  # the model's tokens; forced ones are free
             text = prefix + self.tokenizer.decode(new)
             reason = first_stop(stops, text)
             if reason is not None:
@@ -240,7 +241,7 @@ class SceneGenerator:
             new.append(token)
             if token == eos:
                 break
-            room = min(length, max_new_tokens - len(new))
+            room = min(length, max_new_tokens - len(new) + forced_tokens)
             draft = self.drafter.propose(ids + new, room) if self.drafter is not None else []
             if not draft and lookup is not None:
                 draft = lookup.propose(ids + new, room)
@@ -282,7 +283,7 @@ class SceneGenerator:
                 passes += 1
                 continue
             logits = out[accepted]
-        else:  # out of budget; forced code may have crossed it in one step: the header is judged
+        else:  # out of budget, maybe on the header's last token: the header is judged
             if accept_header is not None:
                 stop = stops[0](prefix + self.tokenizer.decode(new)) or stop  # the HeaderJudge
         if new and new[-1] == eos:
