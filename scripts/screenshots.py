@@ -5,11 +5,14 @@
 - docs/mlflow_compare.png: MLflow's comparison of a sweep's runs (tag sweep=<name>: --sweep, else
   the newest): the parallel-coordinates plot of lora/r against val/math and val/loss, and the
   parameters and metrics that differ;
-- docs/serve_page.png: `derivanim serve` on the newest checkpoint after animating a function.
+- docs/serve_page.png: `derivanim serve` on the newest checkpoint after animating a function;
+- docs/screenshots/: the page in each style, on a function with poles and on a derivative the
+  model gets wrong (shown corrected).
 
     python scripts/screenshots.py                       # all three
     python scripts/screenshots.py --only serve --function "x^2 sin x" --style graphs
     python scripts/screenshots.py --only compare --sweep lora_rank_quick
+    python scripts/screenshots.py --only set --corrected "csc(x) cot(x)"
 """
 
 from __future__ import annotations
@@ -171,7 +174,19 @@ def mlflow_shots(only: str | None, sweep: str | None = None) -> None:
             )
 
 
-def serve_shot(function: str, style: str, at: float) -> None:
+# The page's screenshot set (issue 29): each style, a function with poles, and a derivative the
+# model gets wrong, shown corrected. (file name, function, style; "" is the model's choice)
+SET = {
+    "tangent": ("x^2 sin(x)", "tangent"),
+    "secant": ("e^(-x^2)", "secant"),
+    "graphs": ("sin(x)cos(x)", "graphs"),
+    "pole": ("tan(x)", ""),
+}
+
+
+@contextmanager
+def serving():
+    """`derivanim serve` on the newest checkpoint, with a browser page: yields (page, url)."""
     model = sorted((ROOT / "outputs" / "train").glob("*/checkpoint/merged"))[-1]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -184,30 +199,54 @@ def serve_shot(function: str, style: str, at: float) -> None:
         str(port),
     ]
     with background(command, url, timeout=300), browser() as page:
-        page.goto(url)
-        page.fill("#function", function)
-        page.select_option("#style", style)
-        page.click("#go")
-        page.wait_for_selector("#result:not([hidden])", timeout=300_000)
-        page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
-        page.evaluate(
-            "v => { const e = document.getElementById('video'); e.pause(); "
-            f"e.currentTime = e.duration * {at}; }}",
-            None,
-        )
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(ROOT / "docs" / "serve_page.png"), full_page=False)
+        yield page, url
+
+
+def page_shot(page, url: str, function: str, style: str, at: float, output: Path) -> None:
+    page.goto(url)
+    page.fill("#function", function)
+    page.select_option("#style", style)
+    page.click("#go")
+    page.wait_for_selector("#result:not([hidden])", timeout=300_000)
+    page.wait_for_function("document.getElementById('video').readyState >= 2", timeout=30_000)
+    page.evaluate(
+        "v => { const e = document.getElementById('video'); e.pause(); "
+        f"e.currentTime = e.duration * {at}; }}",
+        None,
+    )
+    page.wait_for_timeout(1500)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(output), full_page=False)
+
+
+def serve_shot(function: str, style: str, at: float) -> None:
+    with serving() as (page, url):
+        page_shot(page, url, function, style, at, ROOT / "docs" / "serve_page.png")
+
+
+def set_shots(corrected: str, at: float) -> None:
+    """docs/screenshots/: the page in each style, on a pole, and on a corrected derivative."""
+    shots = {**SET, "corrected": (corrected, "")}
+    with serving() as (page, url):
+        for name, (function, style) in shots.items():
+            page_shot(page, url, function, style, at, ROOT / "docs" / "screenshots" / f"{name}.png")
+            print(f"docs/screenshots/{name}.png: {function} ({style or 'the model picks'})")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["runs", "compare", "serve"])
+    parser.add_argument("--only", choices=["runs", "compare", "serve", "set"])
     parser.add_argument("--function", default="x^2 sin(x)")
     parser.add_argument(
         "--style",
         default="graphs",
         choices=["", "tangent", "secant", "graphs"],
         help="the page's style selector ('': the model's choice)",
+    )
+    parser.add_argument(
+        "--corrected",
+        default="csc(x) cot(x)",
+        help="the set's function whose derivative the model gets wrong (shown corrected)",
     )
     parser.add_argument(
         "--sweep", help="the sweep to compare (its tag sweep=NAME); default: the newest"
@@ -220,6 +259,8 @@ def main() -> int:
         mlflow_shots(args.only, args.sweep)
     if args.only in (None, "serve"):
         serve_shot(args.function, args.style, args.at)
+    if args.only in (None, "set"):
+        set_shots(args.corrected, args.at)
     return 0
 
 

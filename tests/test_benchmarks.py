@@ -70,15 +70,6 @@ def _functions(document: str) -> list[str]:
     return [line[len("f(x) = ") :] for line in document.splitlines() if line.startswith("f(x) = ")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the shipped base was built before the benchmarks existed: its corpus works some of "
-        "their functions (tan(x), sec(x), arcsin(2x) ...). `make pretrain` rebuilds it without "
-        "them (about 2.5 h on 2 cores); "
-        "this test then passes and strict xfail fails CI until this mark goes"
-    ),
-)
 def test_the_shipped_base_was_pretrained_without_any_benchmark_or_held_out_function(default_splits):
     """Its build recorded the digest of the canonical forms its corpus left out: they are the
     default dataset's validation and test functions and every benchmark's, as they are now."""
