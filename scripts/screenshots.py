@@ -12,7 +12,7 @@
     python scripts/screenshots.py                       # all three
     python scripts/screenshots.py --only serve --function "x^2 sin x" --style graphs
     python scripts/screenshots.py --only compare --sweep lora_rank_quick
-    python scripts/screenshots.py --only set --corrected "csc(x) cot(x)"
+    python scripts/screenshots.py --only set --corrected "(2x - 5)^3"
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--corrected",
-        default="csc(x) cot(x)",
+        default="(2x - 5)^3",
         help="the set's function whose derivative the model gets wrong (shown corrected)",
     )
     parser.add_argument(
