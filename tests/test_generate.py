@@ -552,6 +552,14 @@ def test_decoding_writes_the_code_and_the_model_the_math(checkpoint, scripted_lm
             for style in STYLE_CODE:  # asked: the style's code whole after the interval's line
                 asked = generator.generate(function, max_new_tokens=4000, style=style)
                 assert asked.code == docstring + HEADER_CODE + values + STYLE_CODE[style]
+            # a model that opens no style after the shared code gets the first style's code
+            lost = scripts[1][: -len(tokens("class SecantLimitScene(S"))] + tokens("def main():")
+            generator.model = scripted_lm(
+                [scripts[0], lost], len(tokenizer), tokenizer.eos_token_id
+            )
+            fallback = generator.generate(function, max_new_tokens=4000)
+            assert fallback.code == docstring + HEADER_CODE + values + STYLE_CODE["tangent"]
+            assert fallback.stop == "eos"
         else:
             assert written.code == docstring + garbled and written.forced == 0
 
@@ -591,10 +599,15 @@ def test_the_code_of_a_scene_is_the_same_for_every_function_of_a_style():
         len(written) + 1,
         STYLE_CODE["secant"],
     )
-    own = decoding.SharedCode()
-    own.forcing(docstring)
-    own.forcing(written + "\n")
-    assert own.forcing(text + "def main") is None and own.done  # the model's own way
+    lost = decoding.SharedCode()
+    lost.forcing(docstring)
+    lost.forcing(written + "\n")
+    # An opening of no style: the first style's code is written over it (training never went on).
+    assert lost.forcing(text + "def main") == (
+        len(written) + 1,
+        STYLE_CODE[decoding.FALLBACK_STYLE],
+    )
+    assert lost.done and decoding.FALLBACK_STYLE == STYLES[0]
     with pytest.raises(ValueError, match="unknown scene style 'zigzag'"):
         decoding.SharedCode("zigzag")
 

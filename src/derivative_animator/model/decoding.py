@@ -212,6 +212,9 @@ class BracketGuardProcessor:
 Stop = Callable[[str], str | None]  # a row's text so far -> why it ends there, or None
 
 
+FALLBACK_STYLE = STYLES[0]  # written where the model opens no style after the shared code
+
+
 class SharedCode:
     """A scene's code is the same for every function (it reads its math from the docstring), so
     decoding writes it and the model writes the mathematics: the docstring (f, f'), the
@@ -219,7 +222,8 @@ class SharedCode:
     imports up to the interval (`scenes.HEADER_CODE`); once the interval's line ends, the asked
     style's code whole (`scenes.STYLE_CODE`), or with no style asked the code all styles share
     (`SHARED_CODE`) and, once the model has written a style's opening (`STYLE_OPENINGS`), the
-    rest of that style's code. The text is what every training scene holds there."""
+    rest of that style's code, or the first style's where the model opens none. The text is what
+    every training scene holds there."""
 
     def __init__(self, style: str | None = None):
         if style is not None and style not in STYLE_CODE:
@@ -231,8 +235,7 @@ class SharedCode:
     def forcing(self, text: str) -> tuple[int, str] | None:
         """(where, what): decoding writes `what` from character `where` of the text on (the
         model's text from there stays where it is the start of it); None when there is nothing
-        to write now. `done` once a style's code is written whole, or the model went its own way
-        where it picks a style."""
+        to write now. `done` once a style's code is written whole."""
         if self.done:
             return None
         if self.code_start is None:
@@ -257,8 +260,12 @@ class SharedCode:
             if after.startswith(opening):
                 self.done = True
                 return self.style_start, STYLE_CODE[style]
-        self.done = not any(opening.startswith(after) for opening in STYLE_OPENINGS.values())
-        return None
+        if any(opening.startswith(after) for opening in STYLE_OPENINGS.values()):
+            return None  # an opening under way
+        # The model opened no style: training ends every sample at an opening, so what it would
+        # write on is untrained text (a broken body); the first style is written instead.
+        self.done = True
+        return self.style_start, STYLE_CODE[FALLBACK_STYLE]
 
 
 class StyleChoice:
