@@ -2,6 +2,7 @@
 
     python scripts/gpu_check.py --out DIR [--scenes 20] [--skip-tiny] [--skip-large]
     python scripts/gpu_check.py --out DIR --smoke     # the same steps, shrunk, on the CPU (tests)
+    python scripts/gpu_check.py --out DIR --seeds 42,43,44 [--smoke]   # the spread over seeds
 
 Runs where the GPU is, with torch (CUDA), transformers, peft, pytorch_lightning, sympy,
 hydra-core and rich; no MLflow or Manim needed. Settings come from conf/train.yaml composed
@@ -9,7 +10,7 @@ with Hydra's compose API (model=<the step's>, trainer=gpu, data=default, lora=de
 are checked without rendering (syntax, structure, math). Prints one JSON object and writes it
 to DIR/gpu_check.json.
 
-1. tiny: the embedded model (outputs/base/tiny, built by `make base` and carried along)
+1. tiny: the embedded model (models/derivanim-tiny, in the repository)
    fine-tuned on the default dataset with the CPU default's settings (one epoch, 500
    whole scenes, the rest header practice) under conf/trainer/gpu.yaml (bf16-mixed);
    the fit is timed, the merged checkpoint is saved to DIR/tiny-checkpoint, and it writes
@@ -20,6 +21,10 @@ to DIR/gpu_check.json.
    micro-batch of 4 whole scenes and of 4 header samples (forward, backward, fused AdamW
    step), an epoch of the default split estimated from them, and decoding speed for a
    scene's length of new tokens (HF generate, KV cache, greedy, the merged model).
+
+--seeds replaces both: the tiny model fine-tuned once per seed (all at once, one process each)
+and each checkpoint's greedy math headers for the test split and every benchmark, judged by
+the math judge (raw math where decoding writes the code), with the median over seeds.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from derivative_animator import environment, paths  # noqa: E402
-from derivative_animator.data import dataset  # noqa: E402
+from derivative_animator.data import benchmarks, dataset  # noqa: E402
 from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule  # noqa: E402
 from derivative_animator.data.dataset_schema import DataConfig  # noqa: E402
+from derivative_animator.math import judge  # noqa: E402
+from derivative_animator.math.header import MATH_HEADER_END  # noqa: E402
 from derivative_animator.model import finetune  # noqa: E402
 from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
@@ -85,6 +93,9 @@ class Plan:
     large_shape: dict = field(default_factory=lambda: DEEPSEEK_CODER_1_3B)
     repeats: int = 6
     new_tokens: int | None = None  # None: the median test scene's
+    header_functions: int | None = None  # --seeds: functions per set (None: all)
+    header_batch: int = 64  # --seeds: headers decoded at once
+    header_tokens: int = 400  # --seeds: a header's budget (the longest are ~250 tokens)
 
 
 SMOKE = Plan(
@@ -107,6 +118,9 @@ SMOKE = Plan(
     },
     repeats=2,
     new_tokens=12,
+    header_functions=3,
+    header_batch=2,
+    header_tokens=40,
 )
 
 
@@ -163,12 +177,15 @@ def load_embedded(plan: Plan):
     return settings, tokenizer, model
 
 
-def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
+def fine_tune(data_dir: Path, out: Path, plan: Plan, seed: int | None = None) -> tuple[Path, dict]:
+    """The embedded base fine-tuned as conf/train.yaml says (under the gpu trainer), seeded with
+    `seed` (None: the config's); (merged checkpoint, what the fit measured)."""
     import pytorch_lightning as pl
 
     train = compose(plan.base)
     full_scenes = plan.full_scenes or train["full_scenes"]
-    pl.seed_everything(train["seed"], workers=True)
+    seed = train["seed"] if seed is None else seed
+    pl.seed_everything(seed, workers=True)
     tiny, tokenizer, model = load_embedded(plan)
     model = finetune.add_lora(model, LoraSettings.from_config(train["lora"]))
     data = DerivativeDataModule(
@@ -177,7 +194,7 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
         micro_batch_size=tiny["micro_batch_size"],
         max_length=tiny["max_length"],
         bucket_size=train["loader"]["bucket_size"],
-        seed=train["seed"],
+        seed=seed,
         full_scenes=full_scenes,
     )
     module = finetune.LoRAFineTuner(
@@ -208,7 +225,18 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
         {"global_step": steps, "metrics": metrics},
         draft_corpus=[r.completion for r in dataset.read_split(data_dir, "train")[:full_scenes]],
     )
-    del module, model, trainer
+    fit = {
+        "seed": seed,
+        "precision": trainer_kwargs(plan)["precision"],
+        "optimizer_steps": steps,
+        "fit_s": round(fit_s, 1),
+        **metrics,
+    }
+    return merged, fit
+
+
+def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
+    merged, fit = fine_tune(data_dir, out, plan)
 
     generator = SceneGenerator.load(merged, device=plan.device)  # on CUDA: bf16 weights, as the CLI
     generate = paths.conf_group("generate")
@@ -239,10 +267,7 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
         seed=1,
     )
     return {
-        "precision": trainer_kwargs(plan)["precision"],
-        "optimizer_steps": steps,
-        "fit_s": round(fit_s, 1),
-        **metrics,
+        **fit,
         "scenes": len(rows),
         **{
             f"{check}_pct": round(100 * sum(r[check] for r in rows) / len(rows), 1)
@@ -259,6 +284,71 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
         },
         "rows": rows,
     }
+
+
+def header_math(merged: Path, data_dir: Path, plan: Plan) -> dict:
+    """Greedy math headers (batched, no render) for the test split and each benchmark, judged
+    by the math judge: raw math as the evaluator counts it, where decoding writes the code
+    (shared code: the scene's mathematics is its header)."""
+    generator = SceneGenerator.load(merged, device=plan.device)
+    sets = {"test": [r.function for r in dataset.read_split(data_dir, "test")]}
+    sets.update(
+        {name: [item.text for item in benchmarks.items(name)] for name in benchmarks.names()}
+    )
+    report = {}
+    for name, functions in sets.items():
+        functions = functions[: plan.header_functions]
+        right = 0
+        for start in range(0, len(functions), plan.header_batch):
+            chunk = functions[start : start + plan.header_batch]
+            written = generator.generate_batch(
+                chunk, max_new_tokens=plan.header_tokens, headers_only=True
+            )
+            for function, generation in zip(chunk, written, strict=True):
+                header = generation.code[: generation.code.find(MATH_HEADER_END)]
+                right += MATH_HEADER_END in generation.code and judge.header_judge(function)(header)
+        report[name] = {"n": len(functions), "math_pct": round(100 * right / len(functions), 1)}
+    return report
+
+
+def seed_worker(data_dir: Path, out: Path, plan: Plan, seed: int) -> dict:
+    merged, fit = fine_tune(data_dir, out, plan, seed)
+    return {**fit, "header_math": header_math(merged, data_dir, plan)}
+
+
+def seeds_check(seeds: list[int], data_dir: Path, out: Path, plan: Plan) -> dict:
+    """One fine-tuning per seed, all at once (the tiny model leaves the GPU mostly idle: its
+    steps wait on kernel launches), each in its own process; each seed's header math and the
+    median over seeds."""
+    load_embedded(plan)  # builds the micro base once, before the workers read it
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--out",
+                str(out / f"seed-{seed}"),
+                "--data",
+                str(data_dir),
+                "--seed-worker",
+                str(seed),
+                *(["--smoke"] if plan is SMOKE else []),
+            ]
+        )
+        for seed in seeds
+    ]
+    runs = []
+    for seed, worker in zip(seeds, workers, strict=True):
+        if worker.wait() != 0:
+            runs.append({"seed": seed, "error": f"worker exited {worker.returncode}"})
+            continue
+        runs.append(json.loads((out / f"seed-{seed}" / "seed.json").read_text()))
+    done = [r for r in runs if "error" not in r]
+    median = {
+        name: statistics.median(r["header_math"][name]["math_pct"] for r in done)
+        for name in (done[0]["header_math"] if done else {})
+    }
+    return {"runs": runs, "median_math_pct": median}
 
 
 def check_large(data_dir: Path, plan: Plan) -> dict:
@@ -385,6 +475,13 @@ def main() -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="every step shrunk, on the CPU: checks the script"
     )
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated seeds: fine-tune once per seed, in parallel, and report each one's "
+        "header math on the test split and the benchmarks (instead of the tiny and large steps)",
+    )
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)  # a seed worker's dataset
+    parser.add_argument("--seed-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     plan = SMOKE if args.smoke else Plan(scenes=args.scenes)
     if plan.device == "cuda" and not torch.cuda.is_available():
@@ -394,6 +491,18 @@ def main() -> int:
         )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.seed_worker is not None:
+        result = seed_worker(args.data, args.out, plan, args.seed_worker)
+        (args.out / "seed.json").write_text(json.dumps(result, indent=1) + "\n")
+        return 0
+    if args.seeds:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        start = time.perf_counter()
+        report = seeds_check(seeds, build_data(args.out / "data", plan), args.out, plan)
+        report["wall_s"] = round(time.perf_counter() - start, 1)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report, indent=1))
+        return 0 if all("error" not in run for run in report["runs"]) else 1
     report = {
         "device": torch.cuda.get_device_name() if plan.device == "cuda" else "cpu",
         "torch": torch.__version__,

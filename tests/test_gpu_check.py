@@ -78,3 +78,22 @@ def test_smoke_run_trains_generates_and_times_the_large_shape(tmp_path):
         and large["header_batch_s"] > 0
     )
     assert 0 < large["trainable_parameters"] < large["parameters"]  # LoRA: adapters only
+
+
+def test_smoke_seeds_fine_tune_once_per_seed_and_judge_headers_on_every_set(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--smoke", "--seeds", "1,2"],
+        cwd=paths.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [run["seed"] for run in report["runs"]] == [1, 2]
+    assert report["runs"][0]["val/loss"] != report["runs"][1]["val/loss"]  # seeded apart
+    for run in report["runs"]:
+        assert run["optimizer_steps"] == 4
+        assert set(run["header_math"]) == {"test", "textbook", "random"}
+        assert all(s["n"] == 3 and 0 <= s["math_pct"] <= 100 for s in run["header_math"].values())
+    assert set(report["median_math_pct"]) == {"test", "textbook", "random"}
