@@ -52,7 +52,6 @@ from derivative_animator.data import benchmarks, dataset  # noqa: E402
 from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule  # noqa: E402
 from derivative_animator.data.dataset_schema import DataConfig  # noqa: E402
 from derivative_animator.math import judge  # noqa: E402
-from derivative_animator.math.header import MATH_HEADER_END  # noqa: E402
 from derivative_animator.model import finetune  # noqa: E402
 from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
@@ -305,8 +304,8 @@ def header_math(merged: Path, data_dir: Path, plan: Plan) -> dict:
                 chunk, max_new_tokens=plan.header_tokens, headers_only=True
             )
             for function, generation in zip(chunk, written, strict=True):
-                header = generation.code[: generation.code.find(MATH_HEADER_END)]
-                right += MATH_HEADER_END in generation.code and judge.header_judge(function)(header)
+                # the row's text is cut where its header ends (one never ended does not parse)
+                right += judge.header_judge(function)(generation.code)
         report[name] = {"n": len(functions), "math_pct": round(100 * right / len(functions), 1)}
     return report
 
