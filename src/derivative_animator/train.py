@@ -125,13 +125,11 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, flo
 
 def _prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
     """The config (a resumed run's own), its run directory (never one holding a finished run),
-    and the resumed run's record (None for a new run)."""
+    and the resumed run's record (None for a new run). Reinforce's runs too."""
     if cfg.get("resume"):
         cfg = _load_resumed_config(cfg)
     else:
         _refuse_ineffective_overrides(cfg)
-    if cfg.optim.effective_batch_size % cfg.optim.micro_batch_size:
-        raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
     run_dir = _run_dir(cfg)
     resumed = json.loads((run_dir / RUN_FILE).read_text()) if cfg.get("resume") else None
     if not resumed and (run_dir / CHECKPOINT_DIR).exists():
@@ -152,6 +150,8 @@ def _build_parts(cfg: DictConfig):
     from derivative_animator.model.pretrain import build_base
     from derivative_animator.model.settings import LoraSettings, ModelSettings
 
+    if cfg.optim.effective_batch_size % cfg.optim.micro_batch_size:
+        raise ValueError("optim.effective_batch_size must be a multiple of optim.micro_batch_size")
     model_settings, lora = ModelSettings.from_config(cfg.model), LoraSettings.from_config(cfg.lora)
     if cfg.model.get("build") and not cfg.model.build.get(
         "publish_dir"
