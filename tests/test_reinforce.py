@@ -15,7 +15,7 @@ from conftest import compose_config
 
 from derivative_animator import paths
 from derivative_animator.data import dataset
-from derivative_animator.data.dataset_schema import DataConfig, make_record
+from derivative_animator.data.dataset_schema import make_record
 from derivative_animator.math import curriculum
 from derivative_animator.math.header import math_header_length
 from derivative_animator.math.parsing import parse_function
@@ -146,33 +146,14 @@ def test_a_step_samples_its_group_and_logs_reward_pass_rate_and_kl(micro_checkpo
     module = micro_module(micro_checkpoint, group_size=3)
     headers = module.sample(["x^3", "sin(x)"])
     assert len(headers) == 6 and module.model.training  # sampling leaves the policy training
-    module.reward = lambda header, function: float(function == "x^3")
+    scripted = iter([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # one right header, for x^3
+    module.reward = lambda header, function: next(scripted)
     logged = {}
     module.log_dict = lambda values, **kwargs: logged.update(values)
     module.functions = lambda step: ["x^3", "sin(x)"]
     assert torch.isfinite(module.training_step(0, 0))
-    assert logged["rl/reward"] == 0.5 and logged["rl/pass_rate"] == 0.5
+    assert logged["rl/reward"] == pytest.approx(1 / 6) and logged["rl/pass_rate"] == 0.5
     assert {"rl/kl", "rl/loss", "rl/tokens_per_s"} <= logged.keys()
-
-
-@pytest.fixture(scope="module")
-def micro_data(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data") / "micro"
-    dataset.build(
-        DataConfig(
-            dir=str(directory), sizes={"train": 4, "validation": 2, "test": 2}, tree_practice=0
-        )
-    )
-    return directory
-
-
-class CrashAtStep(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            raise RuntimeError("simulated crash")
 
 
 class RecordSteps(pl.Callback):
@@ -183,7 +164,9 @@ class RecordSteps(pl.Callback):
         self.steps.append(trainer.global_step)
 
 
-def test_an_interrupted_run_resumes_at_its_saved_step(tmp_path, micro_checkpoint, micro_data):
+def test_an_interrupted_run_resumes_at_its_saved_step(
+    tmp_path, micro_checkpoint, micro_data, crash_at_step
+):
     import mlflow
 
     cfg = compose_config(
@@ -202,7 +185,7 @@ def test_an_interrupted_run_resumes_at_its_saved_step(tmp_path, micro_checkpoint
         "reinforce.checkpoint_every_n_steps=1",
     )
     with pytest.raises(RuntimeError, match="simulated crash"):
-        reinforce(cfg, extra_callbacks=[CrashAtStep(2)])
+        reinforce(cfg, extra_callbacks=[crash_at_step(2)])
     run_dir = tmp_path / "run"
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert saved == 1  # the crash came before step 2's checkpoint

@@ -123,17 +123,8 @@ def _make_trainer(cfg: DictConfig, run_dir, logger, extra_callbacks: list | None
     )
 
 
-def main(cfg: DictConfig) -> int:
-    from derivative_animator.model.finetune import ModelLoadError
-
-    try:
-        reinforce(cfg)
-    except ModelLoadError as err:
-        raise ValueError(str(err)) from None
-    return 0
-
-
 if __name__ == "__main__":
     from derivative_animator.cli_support import hydra_entry
+    from derivative_animator.train import main
 
-    sys.exit(hydra_entry(main, "reinforce"))
+    sys.exit(hydra_entry(partial(main, task=reinforce), "reinforce"))

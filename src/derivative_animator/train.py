@@ -296,11 +296,12 @@ def _save_and_log(
     )
 
 
-def main(cfg: DictConfig) -> int:
+def main(cfg: DictConfig, task=None) -> int:
+    """Run `task` (train, or reinforce), a model that cannot load reported as a user error."""
     from derivative_animator.model.finetune import ModelLoadError
 
     try:
-        train(cfg)
+        (task or train)(cfg)
     except ModelLoadError as err:
         raise ValueError(str(err)) from None
     return 0
