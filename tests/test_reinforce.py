@@ -198,7 +198,7 @@ def test_an_interrupted_run_resumes_at_its_saved_step(
         info["mlflow_run_id"]
     )
     assert run.info.status == "FINISHED" and "rl/reward" in run.data.metrics
-    assert run.data.tags["stage"] == "reinforce"
+    assert run.data.tags["stage"] == "reinforce" and run.info.run_name.startswith("reinforce-lora")
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def test_every_config_option_composes(group, option):
 def test_a_training_run_is_named_for_its_method_rank_and_model():
     import re
 
-    from derivative_animator.train import run_name
+    from derivative_animator.runs import run_name
 
     assert re.fullmatch(r"lora-r64-tiny-\d{4}-\d{4}", run_name(compose_train()))
     assert run_name(compose_train("model=micro", "lora=r8")).startswith("lora-r8-micro-")

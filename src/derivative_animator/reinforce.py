@@ -15,7 +15,7 @@ from functools import partial
 
 from omegaconf import DictConfig
 
-from derivative_animator import paths
+from derivative_animator import paths, runs
 
 
 def _require_checkpoint(model: str | None) -> None:
@@ -37,21 +37,24 @@ def _require_checkpoint(model: str | None) -> None:
 
 
 def reinforce(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, float]:
-    """Compose the parts, fit, save the merged checkpoint; the MLflow run is train's."""
+    """Compose the parts, fit, save the merged checkpoint (the run itself: `runs.py`)."""
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from derivative_animator import train
     from derivative_animator.model.reinforce import Steps
 
     if not cfg.get("resume"):
         _require_checkpoint(cfg.reinforce.model)
-    cfg, run_dir, resumed = train._prepare_run(cfg)
+    cfg, run_dir, resumed = runs.prepare_run(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     tokenizer, module = _build_parts(cfg)
-    with train._mlflow_run(cfg, run_dir, resumed) as (logger, client):
+    with runs.mlflow_run(cfg, run_dir, resumed) as (logger, client):
         client.set_tag(logger.run_id, "stage", "reinforce")
-        trainer = _make_trainer(cfg, run_dir, logger, extra_callbacks)
+        if not resumed:  # told apart from the fine-tune it starts from in the runs table
+            client.set_tag(logger.run_id, "mlflow.runName", f"reinforce-{runs.run_name(cfg)}")
+        trainer = runs.make_trainer(
+            cfg, run_dir, logger, extra_callbacks or [], cfg.reinforce.checkpoint_every_n_steps
+        )
         last = run_dir / "checkpoints" / "last.ckpt"
         trainer.fit(
             module,
@@ -61,9 +64,7 @@ def reinforce(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str,
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        train._save_and_log(
-            cfg, run_dir, module, tokenizer, trainer, logger.run_id, client, metrics
-        )
+        runs.save_and_log(cfg, run_dir, module, tokenizer, trainer, logger.run_id, client, metrics)
     return metrics
 
 
@@ -97,34 +98,7 @@ def _build_parts(cfg: DictConfig):
     return tokenizer, module
 
 
-def _make_trainer(cfg: DictConfig, run_dir, logger, extra_callbacks: list | None):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from derivative_animator import environment
-
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.reinforce.checkpoint_every_n_steps,
-    )
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = environment.resolve_precision(
-        str(trainer_cfg["precision"]), str(trainer_cfg["accelerator"])
-    )
-    return instantiate(
-        trainer_cfg,
-        logger=logger,
-        callbacks=[checkpoints, *(extra_callbacks or [])],
-        default_root_dir=str(run_dir),
-        enable_checkpointing=True,
-    )
-
-
 if __name__ == "__main__":
     from derivative_animator.cli_support import hydra_entry
-    from derivative_animator.train import main
 
-    sys.exit(hydra_entry(partial(main, task=reinforce), "reinforce"))
+    sys.exit(hydra_entry(partial(runs.run_reporting_load_errors, reinforce), "reinforce"))

@@ -88,7 +88,8 @@ class GroupRelativeTrainer(pl.LightningModule):
         max_new_tokens: int,
     ):
         super().__init__()
-        self.model, self.tokenizer, self.functions = model, tokenizer, functions
+        # from_pretrained returns eval mode; sampling switches to eval and back
+        self.model, self.tokenizer, self.functions = model.train(), tokenizer, functions
         self.group_size, self.temperature, self.beta = group_size, temperature, beta
         self.lr, self.max_new_tokens = lr, max_new_tokens
         self.reward = reward  # tests script it
