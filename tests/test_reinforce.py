@@ -48,7 +48,7 @@ def test_the_config_composes_and_holds_every_default():
     assert (rl.temperature, rl.beta, rl.lr, rl.curriculum_share) == (1.0, 0.04, 1e-4, 0.5)
     assert rl.max_new_tokens == compose_config("train").val_math.max_new_tokens
     assert cfg.model.pretrained == "some/dir" and cfg.trainer.max_steps == 200
-    assert cfg.lora.enabled and rl.checkpoint_every_n_steps == 25
+    assert cfg.lora.enabled and cfg.lora.dropout == 0.0 and rl.checkpoint_every_n_steps == 25
     # no default in code: every setting comes from conf/reinforce
     for function in (GroupRelativeTrainer.__init__, dataset.reinforcement_functions):
         defaults = [
@@ -117,7 +117,6 @@ def header_logprob(module, header: str) -> float:
 
 def test_the_policy_starts_at_the_reference_and_the_kl_grows_as_it_moves(micro_checkpoint):
     module = micro_module(micro_checkpoint)
-    module.model.eval()
     _, stats = module.step_loss(["x^3"], [RIGHT, WRONG], torch.tensor([1.0, 0.0]))
     assert stats["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh LoRA changes nothing
     with torch.no_grad():
