@@ -9,7 +9,7 @@ ARGS ?=
 BENCHMARK_BASELINES := "eval.baselines=[finetuned,self_consistency]"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate pretrain curve serve load-test train sweep sweep-summary ui eval eval-benchmarks doctor \
+.PHONY: help setup all data data-validate pretrain curve serve load-test train reinforce sweep sweep-summary ui eval eval-benchmarks doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -42,6 +42,9 @@ curve: $(SETUP) ## the compute-quality curve (docs/compute_quality.png): raw mat
 train: $(SETUP) ## fine-tune with LoRA (builds data and base model if missing): ARGS="lora=r16"
 	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset
 	$(PY) -m derivative_animator.train $(ARGS)
+
+reinforce: $(SETUP) ## learn from the math judge after fine-tuning (GRPO on generator functions): ARGS="reinforce.model=DIR"
+	$(PY) -m derivative_animator.reinforce $(ARGS)
 
 sweep: $(SETUP) ## Hydra multirun over lora.r x trainer.max_epochs, one MLflow run each
 	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset

@@ -135,6 +135,35 @@ def micro_checkpoint(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def micro_data(tmp_path_factory):
+    """A built dataset of exactly 8 train samples (no tree practice): test_train counts steps
+    from them."""
+    directory = tmp_path_factory.mktemp("data") / "micro"
+    dataset.build(
+        DataConfig(
+            dir=str(directory), sizes={"train": 8, "validation": 4, "test": 4}, tree_practice=0
+        )
+    )
+    return directory
+
+
+@pytest.fixture
+def crash_at_step():
+    """A callback class: crash_at_step(n) raises once training has done n optimizer steps."""
+    import pytorch_lightning as pl
+
+    class CrashAtStep(pl.Callback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= self.step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAtStep
+
+
 @pytest.fixture(scope="session")
 def all_records(default_splits):
     return [record for split in SPLITS for record in default_splits[split]]

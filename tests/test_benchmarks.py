@@ -144,3 +144,20 @@ def test_tree_practice_is_seeded_new_to_the_splits_and_never_a_benchmarks():
     assert not keys(r.function for r in first) & (benchmarks.held_out_keys() | taken)
     without = dataset.tree_practice(config, set(taken))  # the filter is what keeps them out
     assert keys(r.function for r in without) & benchmarks.held_out_keys()
+
+
+def test_the_reinforcement_stage_never_draws_a_held_out_function(default_splits):
+    """model/reinforce.py's functions (dataset.reinforcement_functions): seeded by step, both
+    generators, never a validation, test or benchmark function; the filter is what keeps out the
+    ones the same draw gives without it."""
+    held_out = set(benchmarks.held_out_keys()) | keys(
+        r.function for split in ("validation", "test") for r in default_splits[split]
+    )
+    draw = [dataset.reinforcement_functions("rl-test", s, 8, 0.5, held_out) for s in range(4)]
+    assert draw[0] == dataset.reinforcement_functions("rl-test", 0, 8, 0.5, held_out)
+    assert all(len(step) == 8 for step in draw) and draw[0] != draw[1]
+    assert not keys(f for step in draw for f in step) & held_out
+    unfiltered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, set())
+    taken = keys(unfiltered)
+    filtered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, taken)
+    assert len(filtered) == 8 and not keys(filtered) & taken

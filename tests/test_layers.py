@@ -3,7 +3,7 @@
 math <- render <- data <- model <- eval, with one exception on purpose: the model layer never
 imports render (decoding judges headers with `math.judge`, without Manim or the sandbox).
 paths, environment, errors and cli_support sit under every layer; the CLI, the page and
-the entry points (dataset, train, evaluate, pretrain) sit on top and may import anything,
+the entry points (dataset, train, reinforce, evaluate, pretrain) sit on top and may import anything,
 except each other: nothing imports an entry point (the rule for writing a scene lives below them, in
 eval/service.py), so no import climbs back up and the package has no import cycle."""
 
@@ -28,7 +28,7 @@ MAY_IMPORT = {
 }
 # Programs people run: nothing imports them, but `derivanim serve` (the CLI's subcommand) starts
 # the page.
-ENTRY_POINTS = {"cli", "serve", "evaluate", "train", "pretrain"}
+ENTRY_POINTS = {"cli", "serve", "evaluate", "train", "reinforce", "pretrain"}
 MAY_START = {"cli": {"serve"}}
 HEAVY = {"torch", "transformers", "lightning", "peft", "mlflow", "hydra"}
 FORBIDDEN_LIBRARIES = {

@@ -15,7 +15,6 @@ from omegaconf import OmegaConf
 
 from derivative_animator import paths
 from derivative_animator.data import dataset
-from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
 from derivative_animator.math.header import math_header_length
 from derivative_animator.model import finetune
@@ -43,7 +42,7 @@ def test_every_config_option_composes(group, option):
 def test_a_training_run_is_named_for_its_method_rank_and_model():
     import re
 
-    from derivative_animator.train import run_name
+    from derivative_animator.runs import run_name
 
     assert re.fullmatch(r"lora-r64-tiny-\d{4}-\d{4}", run_name(compose_train()))
     assert run_name(compose_train("model=micro", "lora=r8")).startswith("lora-r8-micro-")
@@ -78,18 +77,6 @@ def test_lora_presets_and_model_learning_rates():
         compose_train().optim.effective_batch_size == 2
         and compose_train("trainer=gpu").trainer.max_epochs == 5
     )
-
-
-@pytest.fixture(scope="module")
-def micro_data(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data") / "micro"
-    # exactly 8 train samples (no tree practice): the step counts below are counted from them
-    dataset.build(
-        DataConfig(
-            dir=str(directory), sizes={"train": 8, "validation": 4, "test": 4}, tree_practice=0
-        )
-    )
-    return directory
 
 
 def micro_cfg(tmp_path, data_dir, *overrides):
@@ -337,16 +324,7 @@ def test_merged_logits_equal_adapter_logits():
     assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
 
 
-class CrashAtStep(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            raise RuntimeError("simulated crash")
-
-
-def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, micro_data):
+def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, micro_data, crash_at_step):
     cfg = micro_cfg(
         tmp_path,
         micro_data,
@@ -355,7 +333,7 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, micro_data):
         "trainer.limit_val_batches=1",
     )
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, extra_callbacks=[CrashAtStep(2)])
+        train(cfg, extra_callbacks=[crash_at_step(2)])
     run_dir = tmp_path / "run"
     run_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

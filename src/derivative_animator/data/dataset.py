@@ -164,6 +164,41 @@ def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
     ]
 
 
+def reinforcement_functions(
+    seed: str, step: int, count: int, curriculum_share: float, held_out: set[str]
+) -> list[str]:
+    """The reinforcement stage's functions for one step (model/reinforce.py): `count` generator
+    functions, each from the curriculum's shapes with probability `curriculum_share`, else an
+    expression tree, each one the dataset rule animates and none in `held_out` (validation,
+    test and every benchmark: calculus_corpus.held_out_keys). Seeded by step: a resumed run
+    draws what it would have drawn."""
+    from derivative_animator.math import expression_trees
+
+    rng = random.Random(f"{seed}-reinforce-{step}")
+    taken = set(held_out)
+
+    def new_and_usable(expr, level: int | None = None) -> bool:
+        key = curriculum.canonical_key(expr)
+        if key in taken or expr.is_Symbol:
+            return False
+        found = curriculum.analyse(expr) if level is None else curriculum.usable_at(expr, level)
+        if found is not None:
+            taken.add(key)
+        return found is not None
+
+    trees = expression_trees.functions(f"{seed}-reinforce-{step}", lambda t, e: new_and_usable(e))
+    chosen: list[str] = []
+    while len(chosen) < count:
+        if rng.random() >= curriculum_share:
+            chosen.append(next(trees))
+            continue
+        level = rng.choice(curriculum.LEVELS)
+        typed = notation.typed(curriculum.candidate(level, rng))
+        if new_and_usable(parse_function(typed), level):
+            chosen.append(typed)
+    return chosen
+
+
 MAX_TRIES = 2000  # candidates failing in a row before a level counts as exhausted
 # In a worker: the usable candidates it judged, by typed text. They stay in the process that
 # judged them, which also writes their scenes: sympy objects sent between processes come back
