@@ -9,7 +9,7 @@ ARGS ?=
 BENCHMARK_BASELINES := "eval.baselines=[finetuned,self_consistency]"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate pretrain curve serve load-test train reinforce sweep sweep-summary ui eval eval-benchmarks doctor \
+.PHONY: help setup all data data-validate pretrain curve serve load-test train reinforce sweep sweep-summary ui eval eval-benchmarks header-math doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -70,6 +70,9 @@ load-test: $(SETUP) ## 200 requests, 8 at a time, at a fresh `derivanim serve` o
 eval-benchmarks: $(SETUP) ## the newest checkpoint on the textbook and random benchmarks (never trained on), per kind: ARGS="eval.model=DIR"
 	$(PY) -m derivative_animator.evaluate eval.benchmark=textbook $(BENCHMARK_BASELINES) $(ARGS)
 	$(PY) -m derivative_animator.evaluate eval.benchmark=random $(BENCHMARK_BASELINES) $(ARGS)
+
+header-math: $(SETUP) ## greedy math headers on the test split and the benchmarks, no render (minutes): ARGS="--model DIR"
+	$(PY) -m derivative_animator.eval.header_math $(if $(ARGS),$(ARGS),--model $$(ls -d outputs/train/*/checkpoint/merged | sort | tail -1))
 
 doctor: $(SETUP) ## is this machine ready? a pass/fail table with fixes
 	$(PY) -m derivative_animator.doctor

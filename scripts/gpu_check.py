@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from derivative_animator import environment, paths  # noqa: E402
-from derivative_animator.data import benchmarks, dataset  # noqa: E402
+from derivative_animator.data import dataset  # noqa: E402
 from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule  # noqa: E402
 from derivative_animator.data.dataset_schema import DataConfig  # noqa: E402
-from derivative_animator.math import judge  # noqa: E402
+from derivative_animator.eval import header_math  # noqa: E402
 from derivative_animator.model import finetune  # noqa: E402
 from derivative_animator.model.base_model import BaseModelConfig  # noqa: E402
 from derivative_animator.model.generate import SceneGenerator  # noqa: E402
@@ -94,7 +94,6 @@ class Plan:
     new_tokens: int | None = None  # None: the median test scene's
     header_functions: int | None = None  # --seeds: functions per set (None: all)
     header_batch: int = 64  # --seeds: headers decoded at once
-    header_tokens: int = 400  # --seeds: a header's budget (the longest are ~250 tokens)
 
 
 SMOKE = Plan(
@@ -119,7 +118,6 @@ SMOKE = Plan(
     new_tokens=12,
     header_functions=3,
     header_batch=2,
-    header_tokens=40,
 )
 
 
@@ -285,34 +283,12 @@ def check_tiny(data_dir: Path, out: Path, plan: Plan) -> dict:
     }
 
 
-def header_math(merged: Path, data_dir: Path, plan: Plan) -> dict:
-    """Greedy math headers (batched, no render) for the test split and each benchmark, judged
-    by the math judge: raw math as the evaluator counts it, where decoding writes the code
-    (shared code: the scene's mathematics is its header)."""
-    generator = SceneGenerator.load(merged, device=plan.device)
-    sets = {"test": [r.function for r in dataset.read_split(data_dir, "test")]}
-    sets.update(
-        {name: [item.text for item in benchmarks.items(name)] for name in benchmarks.names()}
-    )
-    report = {}
-    for name, functions in sets.items():
-        functions = functions[: plan.header_functions]
-        right = 0
-        for start in range(0, len(functions), plan.header_batch):
-            chunk = functions[start : start + plan.header_batch]
-            written = generator.generate_batch(
-                chunk, max_new_tokens=plan.header_tokens, headers_only=True
-            )
-            for function, generation in zip(chunk, written, strict=True):
-                # the row's text is cut where its header ends (one never ended does not parse)
-                right += judge.header_judge(function)(generation.code)
-        report[name] = {"n": len(functions), "math_pct": round(100 * right / len(functions), 1)}
-    return report
-
-
 def seed_worker(data_dir: Path, out: Path, plan: Plan, seed: int) -> dict:
     merged, fit = fine_tune(data_dir, out, plan, seed)
-    return {**fit, "header_math": header_math(merged, data_dir, plan)}
+    generator = SceneGenerator.load(merged, device=plan.device)
+    sets = header_math.function_sets(data_dir)
+    report = header_math.header_math(generator, sets, plan.header_batch, plan.header_functions)
+    return {**fit, "header_math": report}
 
 
 def seeds_check(seeds: list[int], data_dir: Path, out: Path, plan: Plan) -> dict:

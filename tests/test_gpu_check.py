@@ -97,37 +97,3 @@ def test_smoke_seeds_fine_tune_once_per_seed_and_judge_headers_on_every_set(tmp_
         assert set(run["header_math"]) == {"test", "textbook", "random"}
         assert all(s["n"] == 3 and 0 <= s["math_pct"] <= 100 for s in run["header_math"].values())
     assert set(report["median_math_pct"]) == {"test", "textbook", "random"}
-
-
-@pytest.mark.parametrize("right", [True, False])
-def test_header_math_counts_the_headers_the_judge_accepts(tmp_path, monkeypatch, right):
-    """Rows cut where their header ends, as generate_batch(headers_only=True) returns them: the
-    oracle's headers are all right, the same with f' = 0 all wrong."""
-    import re
-
-    from derivative_animator.data import oracle
-    from derivative_animator.math.header import MATH_HEADER_END
-    from derivative_animator.model.generate import Generation
-
-    script = _script()
-
-    def header(function):
-        scene = oracle.template_scene(function, "tangent")
-        cut = scene[: scene.index(MATH_HEADER_END)]
-        return cut if right else re.sub(r"f'\(x\) = .*", "f'(x) = 0", cut)
-
-    class Writer:
-        def generate_batch(self, functions, max_new_tokens, headers_only):
-            assert headers_only
-            return [Generation(f, header(f), 0.0, 1, 1) for f in functions]
-
-    data_dir = script.build_data(tmp_path / "data", script.SMOKE)
-    monkeypatch.setattr(script.SceneGenerator, "load", lambda *args, **kwargs: Writer())
-    typed = ["x^3 - 2x", "sin(2x) e^x", "ln(x^2 + 1)"]  # a benchmark's first three could be `pi`
-    monkeypatch.setattr(
-        script.benchmarks, "items", lambda *args: [script.benchmarks.Item(t, t, "") for t in typed]
-    )
-    report = script.header_math(tmp_path, data_dir, script.SMOKE)
-    assert {name: s["math_pct"] for name, s in report.items()} == {
-        name: 100.0 if right else 0.0 for name in ("test", "textbook", "random")
-    }
