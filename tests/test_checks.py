@@ -567,13 +567,14 @@ from manim import *
 
 class Crowded(Scene):
     def construct(self):
-        axes = Axes([-2, 2, 1], [-1, 1, 1], x_length=6, y_length=3)
+        axes = Axes([-2, 2, 1], [-1, 1, 1], x_length=6, y_length=3, x_axis_config={"include_numbers": True})
         curve = axes.plot(lambda x: x**2, x_range=[-2, 2])  # mostly above y = 1: off its axes
         flat = axes.plot(lambda x: 0.02 * x, x_range=[-2, 2])  # 4% of the axes' height
         level = axes.plot(lambda x: 0.5 + 0 * x, x_range=[-2, 2])  # constant: flat by right
         self.play(Create(axes), Create(curve), Create(flat), Create(level))
         self.play(Write(Text("first label").move_to(UP * 3)), Write(Text("second label").move_to(UP * 3.1)))
         self.play(Write(MathTex("f'(x) = 2x").move_to(DOWN * 4.2)))
+        self.play(Write(MathTex("tick").move_to(axes.x_axis.numbers[-1])), Write(DecimalNumber(3.25).move_to(RIGHT * 7.3)))
         self.play(*[FadeOut(m) for m in self.mobjects])
         self.wait(2)
 '''  # noqa: E501
@@ -590,6 +591,9 @@ def test_layout_reports_text_off_frame_overlapping_texts_curves_off_their_axes_a
     problems = "\n".join(result.layout_problems)
     assert "'firstlabel' and 'secondlabel' overlap" in problems  # Manim's Text keeps no spaces
     assert '"f\'(x) = 2x" reaches outside the frame' in problems
+    # numbers are groups of glyphs, tick numbers belong to their axes: both are seen, as one text
+    assert "'3.25' reaches outside the frame" in problems
+    assert re.search(r"animation 4: '[-\d.]+' and 'tick' overlap", problems)
     assert "curve 1: only" in problems and "the last frame is empty" in problems
     assert (
         "curve 2: squashed flat, it spans 4% of its axes' height" in problems

@@ -155,16 +155,20 @@ def _is_text(mobject) -> bool:
     )
 
 
-def _texts(mobjects) -> list:
-    """The outermost text objects on screen, outside coordinate systems (tick labels are theirs)."""
-    from manim.mobject.graphing.coordinate_systems import CoordinateSystem
+def _is_glyph_group(mobject) -> bool:
+    """A group of text glyphs and nothing else: a number (`DecimalNumber`, a scene's tick label
+    or readout built from glyphs) is one text to a reader, so it is checked as one."""
+    children = mobject.submobjects
+    return bool(children) and not mobject.has_points() and all(map(_is_text, children))
 
+
+def _texts(mobjects) -> list:
+    """The outermost texts on screen, coordinate systems' tick numbers and labels among them;
+    a group of glyphs counts as one text."""
     found = []
 
     def walk(mobject):
-        if isinstance(mobject, CoordinateSystem):
-            return
-        if _is_text(mobject):
+        if _is_text(mobject) or _is_glyph_group(mobject):
             if mobject.has_points() or mobject.submobjects:
                 found.append(mobject)
             return
@@ -225,8 +229,10 @@ def layout_problems(scene, animation: int) -> list[str]:
 
 
 def _name(text) -> str:
-    content = (
-        getattr(text, "tex_string", None) or getattr(text, "text", None) or type(text).__name__
+    parts = text.submobjects if _is_glyph_group(text) else [text]
+    content = "".join(
+        getattr(part, "tex_string", None) or getattr(part, "text", None) or type(part).__name__
+        for part in parts
     )
     content = " ".join(str(content).split())
     return repr(content[:40] + ("..." if len(content) > 40 else ""))
