@@ -83,6 +83,23 @@ def test_generate_then_check_passes_all_four(tmp_path):
     }
 
 
+@pytest.mark.slow
+@pytest.mark.needs_render
+def test_generate_renders_the_video_at_the_quality_asked(tmp_path):
+    from PIL import Image
+
+    scene = tmp_path / "scene.py"
+    out = run("generate", "x^2", "-o", str(scene), "--render", "--quality", "m")
+    assert out.returncode == 0, out.stderr
+    (frame,), (movie,) = (list((tmp_path / "scene").glob(f"*.{kind}")) for kind in ("png", "mp4"))
+    assert Image.open(frame).size == (1280, 720) and movie.stat().st_size > 0
+
+
+def test_an_unknown_video_quality_is_refused():
+    out = run("generate", "x^2", "--quality", "k")
+    assert out.returncode == 2 and "--quality: invalid choice: 'k'" in out.stderr
+
+
 def test_check_reports_wrong_derivative(tmp_path):
     scene = tmp_path / "scene.py"
     scene.write_text(oracle.template_scene("x^2", "tangent").replace("f'(x) = 2x", "f'(x) = x"))

@@ -190,6 +190,10 @@ def test_a_setting_out_of_range_is_refused_in_one_line_naming_it(config, overrid
         ("generate.max_new_tokens=0", "generate.max_new_tokens must be 1 or more"),
         ("generate.attempts=0", "generate.attempts must be 1 or more"),
         ("generate.syntax_rollbacks=-1", "generate.syntax_rollbacks must be 0 or more"),
+        (
+            "generate.video_quality=k",
+            "generate.video_quality must be l (480p), m (720p), h (1080p)",
+        ),
         ("generate.self_consistency.k=0", "generate.self_consistency.k must be 1 or more"),
         (
             "generate.self_consistency.temperature=0",

@@ -831,3 +831,17 @@ def test_the_page_asks_the_model_for_the_chosen_style(
         assert bad.status_code == 422 and bad.json()["error"]["message"] == (
             "style: Input should be 'tangent', 'secant' or 'graphs'"
         )
+
+
+def test_the_page_renders_its_videos_at_the_quality_asked(monkeypatch, tmp_path):
+    import uvicorn
+
+    from derivative_animator import cli, serve
+
+    made = []
+    monkeypatch.setattr(serve, "create_app", lambda settings, **kwargs: made.append(settings))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    for extra, quality in (([], "l"), (["--quality", "m"], "m")):
+        args = cli.build_parser().parse_args(["serve", "--model", str(tmp_path), *extra])
+        assert serve.run(args) == 0
+        assert made.pop().generation.video_quality == quality

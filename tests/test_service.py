@@ -530,3 +530,18 @@ def test_every_try_is_written_in_the_style_asked_for(micro_checkpoint, scripted_
     for style in STYLES:
         assert service.scene(function, style=style).code == scenes[style]
         assert service.complete(function, header, 1, style).code == scenes[style]
+
+
+def test_a_users_video_renders_at_the_settings_quality_and_checks_stay_quick(monkeypatch):
+    from derivative_animator.render import checks
+
+    asked = []
+    monkeypatch.setattr(checks, "check_code", lambda *a, render, **k: asked.append(render))
+    monkeypatch.setattr(GenerationService, "start_sandbox", lambda self: None)
+    service = GenerationService(GenerationSettings.defaults().changed(video_quality="h"))
+    service.check("scene", "x^2", render=True)
+    service.check("scene", "x^2")
+    assert [(o.quality, o.quick, o.save_frame) for o in asked] == [
+        ("h", False, True),
+        ("l", True, False),
+    ]

@@ -26,7 +26,7 @@ from derivative_animator.eval.service import GenerationService
 from derivative_animator.eval.wording import marks
 from derivative_animator.math.differentiate import UnsupportedFunction
 from derivative_animator.math.parsing import ParseError, function_lines, parse_function
-from derivative_animator.model.settings import GenerationSettings
+from derivative_animator.model.settings import VIDEO_QUALITIES, GenerationSettings
 from derivative_animator.render.sandbox import SandboxUnavailable
 
 EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT = 1, 2, 3
@@ -74,6 +74,7 @@ def generation_settings(args) -> GenerationSettings:
         repair=args.repair,
         bracket_guard=args.bracket_guard,
         shared_code=args.shared_code,
+        video_quality=args.quality,
         self_consistency={
             "k": args.self_consistency or defaults.self_consistency.k,
             "vote": voting,
@@ -359,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         GenerationSettings.defaults()
     )  # conf/generate, the one home of these defaults: flags override it
     p.add_argument(
+        "--quality",
+        choices=list(VIDEO_QUALITIES),
+        default=g.video_quality,
+        help="the video's resolution with --render: "
+        + ", ".join(f"{q} {size}" for q, size in VIDEO_QUALITIES.items()),
+    )
+    p.add_argument(
         "--temperature",
         type=float,
         default=g.temperature,
@@ -458,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--output-dir", default="outputs/serve", help="where the page's scenes and videos go"
+    )
+    p.add_argument(
+        "--quality",
+        choices=list(VIDEO_QUALITIES),
+        default=GenerationSettings.defaults().video_quality,
+        help="the page's videos: " + ", ".join(f"{q} {s}" for q, s in VIDEO_QUALITIES.items()),
     )
     p.add_argument("--unsafe-no-sandbox", action="store_true", help=UNSAFE_HELP)
     p.set_defaults(run=cmd_serve)

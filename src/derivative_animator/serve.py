@@ -578,6 +578,7 @@ def run(args) -> int:
         model_dir=paths.resolve(args.model),
         output_dir=paths.resolve(args.output_dir),
         queue_size=args.queue,
+        generation=GenerationSettings.defaults().changed(video_quality=args.quality),
         allow_unsandboxed=args.unsafe_no_sandbox,
     )
     app = create_app(settings, start_sandbox=True)

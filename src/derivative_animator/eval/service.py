@@ -140,10 +140,14 @@ class GenerationService:
 
     def check(self, code: str, function: str, render: bool = False, output_dir: Path | None = None):
         """The checks of one scene, in the warm sandbox: a quick render, or (`render`) a real one
-        whose video and last frame go to `output_dir`."""
+        at the settings' video quality whose video and last frame go to `output_dir`."""
         from derivative_animator.render import checks
 
-        options = checks.RenderOptions(quick=not render, save_frame=render)
+        options = checks.RenderOptions(
+            quality=self.settings.video_quality if render else "l",
+            quick=not render,
+            save_frame=render,
+        )
         return checks.check_code(
             code, function, render=options, output_dir=output_dir, sandbox=self.start_sandbox()
         )

@@ -35,6 +35,10 @@ def plain(group: Mapping) -> dict:
     )
 
 
+# Manim's qualities a user's video may have (`generate.video_quality`), by the height they render at
+VIDEO_QUALITIES = {"l": "480p", "m": "720p", "h": "1080p"}
+
+
 def _refuse_out_of_range(*rules: tuple[bool, str]) -> None:
     """The first rule broken, as one line naming the setting, its range and the value given."""
     for ok, message in rules:
@@ -82,6 +86,7 @@ class GenerationSettings:
     )
     syntax_rollbacks: int
     repair: bool
+    video_quality: str
     self_consistency: SelfConsistencySettings
 
     def __post_init__(self):
@@ -103,6 +108,12 @@ class GenerationSettings:
             (
                 self.syntax_rollbacks >= 0,
                 f"generate.syntax_rollbacks must be 0 or more, got {self.syntax_rollbacks}",
+            ),
+            (
+                self.video_quality in VIDEO_QUALITIES,
+                "generate.video_quality must be "
+                + ", ".join(f"{q} ({size})" for q, size in VIDEO_QUALITIES.items())
+                + f", got {self.video_quality!r}",
             ),
         )
 
