@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from conftest import compose_config
 
-from derivative_animator import paths
+from derivative_animator import paths, tracking
 from derivative_animator.data import dataset
 from derivative_animator.data.dataset_schema import make_record
 from derivative_animator.math import curriculum
@@ -198,6 +198,9 @@ def test_an_interrupted_run_resumes_at_its_saved_step(
     )
     assert run.info.status == "FINISHED" and "rl/reward" in run.data.metrics
     assert run.data.tags["stage"] == "reinforce" and run.info.run_name.startswith("reinforce-lora")
+    # what the registry says of it (a version is described whenever the model is registered)
+    recipe = tracking.model_tags(run_dir / "checkpoint" / "merged")["recipe"]
+    assert recipe.startswith("reinforce lr=") and "steps=3" in recipe and "group_size=2" in recipe
 
 
 @pytest.mark.parametrize(

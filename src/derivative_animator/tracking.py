@@ -190,7 +190,7 @@ def model_tags(merged_dir: Path) -> dict[str, str]:
     from derivative_animator.data.prompt import PromptFormat
 
     config = json.loads((merged_dir / TRAINED_CONFIG).read_text())
-    model, lora, optim = config["model"], config["lora"], config["optim"]
+    model, lora = config["model"], config["lora"]
     pretrained = str(model.get("pretrained") or model["name"])
     base_dir = (
         paths.resolve(pretrained) if paths.resolve(pretrained).exists() else None
@@ -213,6 +213,15 @@ def model_tags(merged_dir: Path) -> dict[str, str]:
     prompt_format = PromptFormat.load(merged_dir)
     tags["prompt_format"], tags["prompt_format_sha256"] = prompt_format.name, prompt_format.sha256
     trainer = config.get("trainer", {})
+    if "reinforce" in config:  # learnt from the math judge, after fine-tuning (its own recipe)
+        stage = config["reinforce"]
+        tags["recipe"] = (
+            f"reinforce lr={stage['lr']} steps={stage['steps']} "
+            f"functions_per_step={stage['functions_per_step']} group_size={stage['group_size']} "
+            f"beta={stage['beta']} seed={config.get('seed')}"
+        )
+        return tags
+    optim = config["optim"]
     tags["recipe"] = (
         f"lr={optim['lr']} batch={optim['effective_batch_size']} "
         f"epochs={trainer.get('max_epochs')} "
