@@ -58,16 +58,21 @@ def test_each_plan_trains_its_model_under_the_gpu_trainer():
     }
 
 
-def test_smoke_run_trains_generates_and_times_the_large_shape(tmp_path):
+def _smoke_report(out, *extra) -> dict:
+    """The script run shrunk on the CPU (--smoke) into `out`; its JSON report."""
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--smoke"],
+        [sys.executable, str(SCRIPT), "--out", str(out), "--smoke", *extra],
         cwd=paths.PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    return json.loads((out / "gpu_check.json").read_text())
+
+
+def test_smoke_run_trains_generates_and_times_the_large_shape(tmp_path):
+    report = _smoke_report(tmp_path)
     tiny, large = report["tiny"], report["large"]
     assert tiny["optimizer_steps"] == 4 and tiny["scenes"] == 2 and len(tiny["rows"]) == 2
     assert "val/loss" in tiny and tiny["sampled_try"]["new_tokens"] > 0
@@ -81,15 +86,7 @@ def test_smoke_run_trains_generates_and_times_the_large_shape(tmp_path):
 
 
 def test_smoke_seeds_fine_tune_once_per_seed_and_judge_headers_on_every_set(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--smoke", "--seeds", "1,2"],
-        cwd=paths.PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    report = _smoke_report(tmp_path, "--seeds", "1,2")
     assert [run["seed"] for run in report["runs"]] == [1, 2]
     assert report["runs"][0]["val/loss"] != report["runs"][1]["val/loss"]  # seeded apart
     for run in report["runs"]:
