@@ -143,11 +143,9 @@ class GenerationService:
         at the settings' video quality whose video and last frame go to `output_dir`."""
         from derivative_animator.render import checks
 
-        options = checks.RenderOptions(
-            quality=self.settings.video_quality if render else "l",
-            quick=not render,
-            save_frame=render,
-        )
+        options = checks.RenderOptions(quick=not render, save_frame=render)
+        if render:  # a user's video; a check's quick render keeps the default quality
+            options = replace(options, quality=self.settings.video_quality)
         return checks.check_code(
             code, function, render=options, output_dir=output_dir, sandbox=self.start_sandbox()
         )

@@ -94,13 +94,17 @@ class GroupRelativeTrainer(pl.LightningModule):
         self.lr, self.max_new_tokens = lr, max_new_tokens
         self.reward = reward  # tests script it
 
+    def rows(self, functions: list[str]) -> list[str]:
+        """Each function once per header of its group, in function order."""
+        return [f for f in functions for _ in range(self.group_size)]
+
     def sample(self, functions: list[str]) -> list[str]:
         """group_size headers per function, in function order; a finished header keeps its end
         line, so the model is taught to end it."""
         from derivative_animator.model.generate import SceneGenerator
 
         generator = SceneGenerator(self.model, self.tokenizer, DEFAULT_FORMAT, None, Path("."))
-        rows = [f for f in functions for _ in range(self.group_size)]
+        rows = self.rows(functions)
         seed = int(torch.randint(0, 2**31 - 1, (1,)))  # Lightning's seeded torch RNG
         samples = generator.generate_batch(
             rows, self.max_new_tokens, self.temperature, seed=seed, headers_only=True
@@ -110,7 +114,7 @@ class GroupRelativeTrainer(pl.LightningModule):
 
     def encode(self, functions: list[str], headers: list[str]) -> dict[str, torch.Tensor]:
         """Prompt + header ids as training encodes them, labels on the header only."""
-        rows = [f for f in functions for _ in range(self.group_size)]
+        rows = self.rows(functions)
         examples = []
         for function, header in zip(rows, headers, strict=True):
             example = encode_example(self.tokenizer, build_prompt(function), header, True)
@@ -137,7 +141,7 @@ class GroupRelativeTrainer(pl.LightningModule):
         started = time.perf_counter()
         functions = self.functions(self.global_step)  # by step: a resumed run draws the same
         headers = self.sample(functions)
-        rows = [f for f in functions for _ in range(self.group_size)]
+        rows = self.rows(functions)
         rewards = torch.tensor([self.reward(h, f) for h, f in zip(headers, rows, strict=True)])
         loss, stats = self.step_loss(functions, headers, rewards)
         by_function = rewards.view(len(functions), self.group_size)
