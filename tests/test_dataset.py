@@ -32,6 +32,19 @@ def test_no_function_in_two_splits(default_splits):
     assert len(keys) == len(set(keys))
 
 
+def test_every_scene_opens_with_the_prompt_s_function_as_decoding_writes_it(default_splits):
+    """Decoding writes a scene's docstring opening with the prompt's function (decision 0016):
+    every training scene must hold that very text, or training and inference part ways."""
+    from derivative_animator.data.prompt import build_prompt
+    from derivative_animator.data.scenes import docstring_opening
+
+    for records in default_splits.values():
+        for record in records:
+            opening = docstring_opening(parse_function(record.function))
+            assert record.completion.startswith(opening), record.function
+            assert build_prompt(record.function) == record.prompt
+
+
 def _digest(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 

@@ -117,7 +117,7 @@ def test_a_header_line_caught_in_a_loop_is_wound_up_and_the_scene_parses(checkpo
     """A model that would write `(2*x + ` forever on the f' line: past the line budget only
     closers, then only a line end, remain, and the rest of the scene follows a parsing header."""
     monkeypatch.setattr("derivative_animator.model.decoding.MAX_HEADER_LINE_CHARS", 60)
-    generator = SceneGenerator.load(checkpoint, speculative=False)
+    generator = SceneGenerator.load(checkpoint, speculative=False, copy_function=False)
     tokenizer = generator.tokenizer
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     start, loop = encode(HEADER_START + "f(x) = x^2\nf'(x) = "), encode("(2*x + ")
@@ -199,12 +199,14 @@ def test_each_row_stops_for_its_own_reason_and_the_judge_sees_its_header_once(ch
 
 def test_a_batch_row_ends_where_generating_it_alone_ends(checkpoint):
     """The untrained micro model writes text that soon breaks the syntax for good: greedy,
-    alone or in a batch, each row stops at the same token for the same reason."""
-    generator = SceneGenerator.load(checkpoint, speculative=False)
+    alone or in a batch, each row stops at the same token for the same reason; with the
+    docstring's opening written by decoding, its text stays inside the docstring."""
     functions = ["x^2", "x^3", "x^4"]  # prompts of one length: no padding to tell the rows apart
-    alone = [generator.generate(f, 60) for f in functions]
-    batch = generator.generate_batch(functions, 60)
-    assert [g.stop for g in alone] == [SYNTAX_ERROR] * 3
-    assert [(g.code, g.stop, g.new_tokens) for g in batch] == [
-        (g.code, g.stop, g.new_tokens) for g in alone
-    ]
+    for copy_function, stop in ((False, SYNTAX_ERROR), (True, "max_new_tokens")):
+        generator = SceneGenerator.load(checkpoint, speculative=False, copy_function=copy_function)
+        alone = [generator.generate(f, 60) for f in functions]
+        batch = generator.generate_batch(functions, 60)
+        assert [g.stop for g in alone] == [stop] * 3
+        assert [(g.code, g.stop, g.new_tokens, g.forced) for g in batch] == [
+            (g.code, g.stop, g.new_tokens, g.forced) for g in alone
+        ]

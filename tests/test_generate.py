@@ -16,6 +16,7 @@ from derivative_animator.data.prompt import (
     PromptFormat,
     PromptFormatError,
 )
+from derivative_animator.math.parsing import parse_function
 from derivative_animator.model import decoding
 from derivative_animator.model.generate import SceneGenerator
 from derivative_animator.model.speculative import ContextLookup, NgramDrafter
@@ -70,9 +71,9 @@ def test_speculative_greedy_equals_plain_greedy_on_whole_scenes_with_drafts_kept
             results["fast"].code == scene
             and results["fast"].new_tokens == results["plain"].new_tokens
         )
-        assert (
-            results["plain"].forward_passes == results["plain"].new_tokens + 1
-        )  # the prompt, then a token a pass
+        plain_run = results["plain"]  # the prompt and the opening, then a token a pass
+        assert plain_run.forced > 0
+        assert plain_run.forward_passes == plain_run.new_tokens - plain_run.forced + 1
         assert results["fast"].forward_passes < results["fast"].new_tokens / 2
         kept = sum(1 for at, draft in proposals if draft and draft[0] == script[at])
         rejected = sum(1 for at, draft in proposals if draft and draft[0] != script[at])
@@ -97,7 +98,9 @@ class _OlderForward(torch.nn.Module):
 
 @pytest.mark.parametrize("older", [False, True])
 def test_greedy_scene_is_what_transformers_generate_writes(checkpoint, older):
-    generator = SceneGenerator.load(checkpoint, speculative=False, bracket_guard=False)
+    generator = SceneGenerator.load(
+        checkpoint, speculative=False, bracket_guard=False, copy_function=False
+    )
     ids = generator.prompt_ids("x^2")
     expected = generator.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[
         0, len(ids) :
@@ -477,9 +480,10 @@ def test_generation_stops_where_the_header_is_rejected(checkpoint, monkeypatch):
 
     monkeypatch.setattr("derivative_animator.model.generate.pick", scripted)
     seen = []
-    gen = SceneGenerator.load(checkpoint, speculative=False, shared_code=False).generate(
-        "x^2", 200, accept_header=lambda header: seen.append(header) or False
+    generator = SceneGenerator.load(
+        checkpoint, speculative=False, shared_code=False, copy_function=False
     )
+    gen = generator.generate("x^2", 200, accept_header=lambda header: seen.append(header) or False)
     assert gen.stop == "math header rejected" and seen == [scene.split('x = sp.Symbol("x")')[0]]
     assert "body" not in gen.code
 
@@ -561,7 +565,59 @@ def test_decoding_writes_the_code_and_the_model_the_math(checkpoint, scripted_lm
             assert fallback.code == docstring + HEADER_CODE + values + STYLE_CODE["tangent"]
             assert fallback.stop == "eos"
         else:
-            assert written.code == docstring + garbled and written.forced == 0
+            assert written.code == docstring + garbled
+            assert written.forced == len(tokens(docstring.split("f'(x)")[0]))  # the opening
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_decoding_writes_the_function_the_prompt_gives(checkpoint, scripted_lm, speculative):
+    """A model that would miscopy f into its docstring (its first script) gets the prompt's f
+    written, and goes on from there; without copy_function the miscopy stays."""
+    from derivative_animator.data.scenes import docstring_opening
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    function = "x^3 - 2x"
+    opening = docstring_opening(parse_function(function))
+    assert opening == '"""\nf(x) = x^3 - 2x\n'
+    miscopied = '"""\nf(x) = x^3 - 2x^2\nf\'(x) = 3x^2 - 4x\n"""\n'
+    header = opening + 'f\'(x) = 3x^2 - 2\n"""\n'
+
+    def tokens(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for copy_function in (True, False):
+        generator = SceneGenerator.load(
+            checkpoint, speculative=speculative, shared_code=False, copy_function=copy_function
+        )
+        prompt = generator.prompt_ids(function)
+        generator.model = scripted_lm(
+            [prompt + tokens(miscopied), prompt + tokens(header)],
+            len(tokenizer),
+            tokenizer.eos_token_id,
+        )
+        written = generator.generate(function, max_new_tokens=100)
+        if copy_function:
+            assert written.code == header and written.forced == len(tokens(opening))
+        else:
+            assert written.code == miscopied and written.forced == 0
+        raw = generator.generate(function, 100, prompt=generator.prompt_format.format(function))
+        assert raw.code == miscopied  # a raw prompt (the completions API) is continued as it is
+
+
+def test_batched_rows_start_with_the_function_the_prompt_gives(checkpoint):
+    from derivative_animator.data.scenes import docstring_opening
+
+    functions = ["x^2", "sin(x) cos(x)"]
+    for copy_function in (True, False):
+        generator = SceneGenerator.load(checkpoint, copy_function=copy_function)
+        for function, row in zip(functions, generator.generate_batch(functions, 8), strict=True):
+            opening = docstring_opening(parse_function(function))
+            if copy_function:
+                opened = generator.tokenizer(opening, add_special_tokens=False)["input_ids"]
+                assert row.code.startswith(opening) and row.forced == len(opened)
+                assert row.new_tokens == 8 + row.forced  # as `generate` counts: forced ones too
+            else:
+                assert row.forced == 0
 
 
 def test_the_code_of_a_scene_is_the_same_for_every_function_of_a_style():

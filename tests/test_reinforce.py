@@ -115,6 +115,18 @@ def header_logprob(module, header: str) -> float:
         return float(token_logprobs(module.model, batch)[0].sum())
 
 
+def test_the_loss_reads_the_model_s_tokens_not_the_opening_decoding_wrote(micro_checkpoint):
+    from derivative_animator.data.datamodule import IGNORE_INDEX
+    from derivative_animator.data.scenes import docstring_opening
+
+    module = micro_module(micro_checkpoint)
+    labels = module.encode(["x^3"], [RIGHT, RIGHT])["labels"][0].tolist()
+    opening = module.tokenizer(docstring_opening(parse_function("x^3")), add_special_tokens=False)
+    header = module.tokenizer(RIGHT, add_special_tokens=False)["input_ids"]
+    learnt = [label for label in labels if label != IGNORE_INDEX]
+    assert learnt == header[len(opening["input_ids"]) :] and len(learnt) >= 5
+
+
 def test_the_policy_starts_at_the_reference_and_the_kl_grows_as_it_moves(micro_checkpoint):
     module = micro_module(micro_checkpoint)
     _, stats = module.step_loss(["x^3"], [RIGHT, WRONG], torch.tensor([1.0, 0.0]))

@@ -109,6 +109,12 @@ def test_a_batch_row_is_done_once_its_math_header_is_written(micro_checkpoint):
     stops = RowStops([stops_for(headers_only=True), stops_for(headers_only=True)], tokenizer, width)
     done = stops(torch.tensor([pad(written), pad(unfinished)]), None)
     assert done.tolist() == [True, False] and stops.reasons == {0: HEADER_WRITTEN}
+    # A row whose opening decoding wrote (fed with its prompt): its text starts with the opening.
+    opening = scene[: scene.index("f'(x)")]
+    width = len(tokenizer("PROMPT" + opening, add_special_tokens=False)["input_ids"])
+    stops = RowStops([stops_for(headers_only=True)], tokenizer, width, [opening])
+    assert stops(torch.tensor([written]), None).tolist() == [True]
+    assert stops.texts(torch.tensor([written]), 0) == scene[:cut]
 
 
 def test_the_winning_group_is_drawn_by_a_header_whose_interval_is_defined():

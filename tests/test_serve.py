@@ -92,12 +92,13 @@ def test_the_openai_client_gets_the_checkpoints_own_greedy_text_for_chat_and_com
             )
             assert chat.choices[0].message.content == expected.code
             assert chat.usage.completion_tokens == expected.new_tokens
-            raw = client.completions.create(
-                model=model.id, prompt=DEFAULT_FORMAT.format(function), max_tokens=60
-            )
-            assert raw.choices[0].text == expected.code  # the same prompt, written by hand
+            # the same prompt, written by hand: continued as it is (no opening written for it)
+            prompt = DEFAULT_FORMAT.format(function)
+            continued = reference.generate(function, 60, prompt=prompt)
+            raw = client.completions.create(model=model.id, prompt=prompt, max_tokens=60)
+            assert raw.choices[0].text == continued.code and continued.forced == 0
             assert raw.choices[0].finish_reason == (
-                "length" if expected.stop == "max_new_tokens" else "stop"
+                "length" if continued.stop == "max_new_tokens" else "stop"
             )
 
 

@@ -223,6 +223,16 @@ def test_a_generation_goes_on_from_its_prefix_as_it_would_have_written_it(
     )  # the prefix counts against the budget
 
 
+def test_the_service_loads_its_generator_with_the_decoding_settings(micro_checkpoint):
+    defaults = GenerationSettings.defaults()
+    for copy_function, shared_code in ((True, True), (False, False)):
+        settings = defaults.changed(copy_function=copy_function, shared_code=shared_code)
+        generator = GenerationService(settings).load_model(micro_checkpoint)
+        assert (generator.copy_function, generator.shared_code) == (copy_function, shared_code)
+        scene = GenerationService(settings, generator).scene("x^2")
+        assert scene.code.startswith('"""\nf(x) = x^2\n') == copy_function
+
+
 def test_an_untrained_model_is_verified_end_to_end_and_keeps_its_first_scene(micro_checkpoint):
     from derivative_animator.model.generate import SceneGenerator
 

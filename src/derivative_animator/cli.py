@@ -74,6 +74,7 @@ def generation_settings(args) -> GenerationSettings:
         repair=args.repair,
         bracket_guard=args.bracket_guard,
         shared_code=args.shared_code,
+        copy_function=args.copy_function,
         video_quality=args.quality,
         self_consistency={
             "k": args.self_consistency or defaults.self_consistency.k,
@@ -430,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=g.shared_code,
         help="after the model's math header, decoding writes the code every scene of the style "
         "holds (--no-shared-code: the model writes the whole scene)",
+    )
+    p.add_argument(
+        "--copy-function",
+        action=argparse.BooleanOptionalAction,
+        default=g.copy_function,
+        help="decoding writes the docstring's f(x) line from the prompt (--no-copy-function: the "
+        "model copies the function itself)",
     )
     p.add_argument(
         "--allow-prompt-mismatch",

@@ -314,6 +314,13 @@ STYLE_CODE = {
 SHARED_CODE = os.path.commonprefix(list(STYLE_CODE.values()))
 
 
+def docstring_opening(expr: sp.Expr) -> str:
+    """A scene's first two lines: the docstring's opening and `f(x) = ` with the function in its
+    canonical notation, the very text the prompt carries. Decoding writes it (decision 0016):
+    copying the prompt's function is not the model's to get wrong."""
+    return _HEADER.template.split("$typed", 1)[0] + notation.typed(expr) + "\n"
+
+
 def written_length(code: str) -> int | None:
     """Characters of a scene up to the end of its style's opening: all the model writes when
     decoding writes the code (the code all styles share is the context it picks a style in);

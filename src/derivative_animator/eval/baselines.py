@@ -59,6 +59,7 @@ class Run:
                 allow_prompt_mismatch=self.settings.allow_prompt_mismatch,
                 bracket_guard=self.generation.bracket_guard,
                 shared_code=self.generation.shared_code,
+                copy_function=self.generation.copy_function,
             )
             self._service = GenerationService(self.generation, generator)
         return self._service
@@ -214,6 +215,7 @@ def base_generator(model_dir: Path, generation: GenerationSettings):
         model_dir,
         bracket_guard=generation.bracket_guard,
         shared_code=generation.shared_code,
+        copy_function=generation.copy_function,
     )
 
 

@@ -107,6 +107,7 @@ class GenerationService:
             allow_prompt_mismatch=allow_prompt_mismatch,
             bracket_guard=self.settings.bracket_guard,
             shared_code=self.settings.shared_code,
+            copy_function=self.settings.copy_function,
         )
         return self.generator
 

@@ -171,10 +171,11 @@ class BracketGuard:
 
 class RowTexts:
     """Each row's text after the prompt, decoded once a step: the stops read it after a token is
-    appended, and the guard reads the very same ids before the next token is chosen."""
+    appended, and the guard reads the very same ids before the next token is chosen. A row's
+    opening (text decoding wrote, fed with its prompt) starts its text."""
 
-    def __init__(self, tokenizer, prompt_width: int):
-        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+    def __init__(self, tokenizer, prompt_width: int, openings: list[str] | None = None):
+        self.tokenizer, self.prompt_width, self.openings = tokenizer, prompt_width, openings
         self._decoded: dict[int, tuple[int, str]] = {}  # row -> (length decoded, its text)
 
     def __call__(self, input_ids: torch.Tensor, row: int) -> str:
@@ -183,6 +184,8 @@ class RowTexts:
             text = self.tokenizer.decode(
                 input_ids[row, self.prompt_width :], skip_special_tokens=True
             )
+            if self.openings is not None:
+                text = self.openings[row] + text
             self._decoded[row] = (length, text)
         return self._decoded[row][1]
 
@@ -345,8 +348,14 @@ class RowStops:
     """Each row's stops as a transformers stopping criterion: a row is done from the first
     step one of its stops names a reason (kept in `reasons`), and stays done."""
 
-    def __init__(self, stops: list[list[Stop]], tokenizer, prompt_width: int):
-        self.stops, self.texts = stops, RowTexts(tokenizer, prompt_width)
+    def __init__(
+        self,
+        stops: list[list[Stop]],
+        tokenizer,
+        prompt_width: int,
+        openings: list[str] | None = None,
+    ):
+        self.stops, self.texts = stops, RowTexts(tokenizer, prompt_width, openings)
         self.reasons: dict[int, str] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:

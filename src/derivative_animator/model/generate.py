@@ -43,7 +43,9 @@ from derivative_animator.data.prompt import (
     encode_prompt,
     require_same,
 )
+from derivative_animator.data.scenes import docstring_opening
 from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.math.parsing import parse_function
 from derivative_animator.model.checkpoint_files import DRAFT_CORPUS
 from derivative_animator.model.decoding import (
     SYNTAX_ERROR,
@@ -86,11 +88,12 @@ class SceneGenerator:
         speculative: bool = True,
         bracket_guard: bool = True,
         shared_code: bool = True,
+        copy_function: bool = True,
     ):
         self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
         self.drafter, self.checkpoint, self.speculative = drafter, checkpoint, speculative
         self.guard = BracketGuard(tokenizer) if bracket_guard else None
-        self.shared_code = shared_code
+        self.shared_code, self.copy_function = shared_code, copy_function
 
     @classmethod
     def load(
@@ -101,6 +104,7 @@ class SceneGenerator:
         speculative: bool = True,
         bracket_guard: bool = True,
         shared_code: bool = True,
+        copy_function: bool = True,
     ) -> SceneGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -124,11 +128,28 @@ class SceneGenerator:
                 [tokenizer(s, add_special_tokens=False)["input_ids"] for s in scenes]
             )
         return cls(
-            model, tokenizer, stored, drafter, checkpoint, speculative, bracket_guard, shared_code
+            model,
+            tokenizer,
+            stored,
+            drafter,
+            checkpoint,
+            speculative,
+            bracket_guard,
+            shared_code,
+            copy_function,
         )
 
     def prompt_ids(self, function: str) -> list[int]:
         return encode_prompt(self.tokenizer, self.prompt_format.format(function))
+
+    def opening(self, function: str) -> str:
+        """What decoding writes before the model's first token: the docstring's opening with the
+        prompt's function (`scenes.docstring_opening`, decision 0016); "" without
+        `copy_function`."""
+        return docstring_opening(parse_function(function)) if self.copy_function else ""
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     @torch.inference_mode()
     def generate(
@@ -155,7 +176,8 @@ class SceneGenerator:
         from it, within the same token budget; the code returned starts with it.
         `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice.
         With `shared_code` (the generator's), decoding writes the scene's code around the model's
-        docstring and interval (`decoding.SharedCode`); never for a raw `prompt`.
+        docstring and interval (`decoding.SharedCode`); with `copy_function`, the docstring's
+        opening with f (`opening`) when no `prefix` is given; neither for a raw `prompt`.
         `max_new_tokens` bounds the tokens the model writes: forced text costs one pass."""
         from transformers import DynamicCache
 
@@ -166,8 +188,9 @@ class SceneGenerator:
             else self.prompt_ids(function)
         )
         if prefix:
-            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            prefix_ids = self._ids(prefix)
             ids, max_new_tokens = ids + prefix_ids, max_new_tokens - len(prefix_ids)
+        opened = self._ids(self.opening(function)) if prompt is None and not prefix else []
         device = self.model.device
         generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         cache, cache_argument = DynamicCache(), _cache_argument(self.model)
@@ -181,14 +204,15 @@ class SceneGenerator:
                 **{cache_argument: cache},
             ).logits[0]
 
-        logits = forward(ids)[-1]
-        passes, new, eos = 1, [], self.tokenizer.eos_token_id
+        logits = forward(ids + opened)[-1]
+        passes, new, eos = 1, list(opened), self.tokenizer.eos_token_id
         lookup = ContextLookup() if self.speculative else None
         stop = "max_new_tokens"
         length = (
             draft_length  # shrinks after rejections: a long rejected draft still costs its pass
         )
-        rollbacks = guarded = forced_tokens = 0
+        rollbacks = guarded = 0
+        forced_tokens = len(opened)
         stops = stops_for(accept_header)
         choice = StyleChoice(style) if style is not None else None
         shared = SharedCode(style) if self.shared_code and prompt is None else None
@@ -222,7 +246,7 @@ class SceneGenerator:
             if forcing is not None:
                 # Back to `keep` tokens; decoding writes the text after them in the model's place.
                 keep, forced_text = forcing
-                forced = self.tokenizer(forced_text, add_special_tokens=False)["input_ids"]
+                forced = self._ids(forced_text)
                 new = new[:keep] + forced
                 forced_tokens += len(forced)
                 if scene_written:  # nothing follows a style's code in any scene
@@ -372,7 +396,9 @@ class SceneGenerator:
         if not functions:
             return []
         start = time.perf_counter()
-        prompts = [self.prompt_ids(f) for f in functions]
+        openings = [self.opening(f) for f in functions]  # decoding writes them (`opening`)
+        opened = [self._ids(opening) for opening in openings]
+        prompts = [self.prompt_ids(f) + ids for f, ids in zip(functions, opened, strict=True)]
         width = max(map(len, prompts))
         pad = (
             self.tokenizer.pad_token_id
@@ -394,7 +420,7 @@ class SceneGenerator:
         )
         judges = accept_headers or [None] * len(functions)
         stops = RowStops(
-            [stops_for(judge, headers_only) for judge in judges], self.tokenizer, width
+            [stops_for(judge, headers_only) for judge in judges], self.tokenizer, width, openings
         )
         guard = BracketGuardProcessor(self.guard, stops.texts) if self.guard is not None else None
         if guard is not None:
@@ -421,7 +447,7 @@ class SceneGenerator:
             ):  # its end, or the padding after a stop (pad may be eos)
                 row = row[: row.index(self.tokenizer.eos_token_id)]
             row = [t for t in row if t != pad]
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            text = openings[index] + self.tokenizer.decode(row, skip_special_tokens=True)
             if headers_only and MATH_HEADER_END in text:
                 text = text[: text.index(MATH_HEADER_END)]
             results.append(
@@ -429,10 +455,11 @@ class SceneGenerator:
                     function,
                     text,
                     each,
-                    len(row),
+                    len(opened[index]) + len(row),  # as `generate` counts: forced tokens too
                     0,
                     stop,
                     guarded=guard.guarded.get(index, 0) if guard is not None else 0,
+                    forced=len(opened[index]),
                 )
             )
         return results

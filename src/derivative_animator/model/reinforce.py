@@ -20,7 +20,9 @@ import torch
 
 from derivative_animator.data.datamodule import IGNORE_INDEX, collate, encode_example
 from derivative_animator.data.prompt import DEFAULT_FORMAT, build_prompt
+from derivative_animator.data.scenes import docstring_opening
 from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.math.parsing import parse_function
 from derivative_animator.model.decoding import HEADER_WRITTEN
 from derivative_animator.model.finetune import LoRAFineTuner
 
@@ -113,13 +115,19 @@ class GroupRelativeTrainer(pl.LightningModule):
         return [s.code + (MATH_HEADER_END if s.stop == HEADER_WRITTEN else "") for s in samples]
 
     def encode(self, functions: list[str], headers: list[str]) -> dict[str, torch.Tensor]:
-        """Prompt + header ids as training encodes them, labels on the header only."""
+        """Prompt + header ids as training encodes them, labels on what the model wrote of the
+        header: not its opening, which decoding writes (`docstring_opening`, decision 0016)."""
         rows = self.rows(functions)
         examples = []
         for function, header in zip(rows, headers, strict=True):
             example = encode_example(self.tokenizer, build_prompt(function), header, True)
             if MATH_HEADER_END not in header:  # unfinished: no end-of-text was sampled
                 example = {k: v[:-1] for k, v in example.items()}
+            opening = docstring_opening(parse_function(function))
+            if header.startswith(opening):
+                start = example["labels"].count(IGNORE_INDEX)  # the prompt's tokens
+                forced = len(self.tokenizer(opening, add_special_tokens=False)["input_ids"])
+                example["labels"][start : start + forced] = [IGNORE_INDEX] * forced
             examples.append(example)
         pad = self.tokenizer.pad_token_id
         return {k: v.to(self.device) for k, v in collate(examples, pad).items()}

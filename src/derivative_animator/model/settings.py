@@ -81,6 +81,7 @@ class GenerationSettings:
     seed: int
     bracket_guard: bool
     shared_code: bool
+    copy_function: bool
     attempts: (
         int  # verified generation: the first scene, then at most attempts - 1 completed headers
     )
