@@ -296,6 +296,26 @@ def test_a_plotting_interval_where_the_function_is_undefined_fails_the_math():
     assert checks.check_code(empty, "-2sqrt(sin(x))", execute=False).math is False
 
 
+def test_the_interval_for_a_docstring_is_found_with_the_f_prime_it_claims():
+    from derivative_animator.math import curriculum
+    from derivative_animator.math.judge import interval_for
+    from derivative_animator.math.parsing import parse_function
+
+    def docstring(f, df):
+        return f'"""\nf(x) = {f}\nf\'(x) = {df}\n"""\n'
+
+    for f, df in (("ln(x)", "1/x"), ("sqrt(x - 2)", "1/(2sqrt(x - 2))"), ("tan(x)", "sec(x)^2")):
+        found = interval_for(docstring(f, df), parse_function(f))
+        derivative = parse_function(df)
+        assert found == curriculum.plot_interval(parse_function(f), derivative, wider=True), f
+        assert curriculum.defined_on(parse_function(f), derivative, found), f
+    # the claimed f', not the true one: 1/(x - 3) is plotted where it is defined, not across 3
+    found = interval_for(docstring("ln(x)", "1/(x - 3)"), parse_function("ln(x)"))
+    assert found is not None and not found[0] < 3 < found[1]
+    for unreadable in ('"""\nf(x) = x^2\n"""\n', docstring("x^2", "2x +"), "x = (", ""):
+        assert interval_for(unreadable, parse_function("x^2")) is None
+
+
 def test_a_plotting_interval_across_a_pole_fails_the_math():
     """The model drew 4ln(x) tan(x) on (0.2, 3), across tan's pole at pi/2, where floating point
     gives tan(pi/2) = 1.6e16: finite, yet no value; f' was a flat line beside the spike."""

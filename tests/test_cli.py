@@ -517,8 +517,9 @@ def test_the_model_is_asked_for_the_style_given_with_style(tmp_path, monkeypatch
 def test_generate_decoding_flags_reach_the_settings():
     """conf/generate's decoding defaults, and each flag turning one off for one call."""
     defaults = cli.generation_settings(cli.parse_arguments(["generate", "x^2"]))
-    assert defaults.shared_code and defaults.bracket_guard and defaults.copy_function
-    flags = ["--no-shared-code", "--no-bracket-guard", "--no-copy-function"]
+    names = ("shared_code", "bracket_guard", "copy_function", "choose_interval")
+    assert all(getattr(defaults, name) for name in names)
+    flags = ["--no-" + name.replace("_", "-") for name in names]
     plain = cli.generation_settings(cli.parse_arguments(["generate", "x^2", *flags]))
-    assert not plain.shared_code and not plain.bracket_guard and not plain.copy_function
-    assert plain.changed(shared_code=True, bracket_guard=True, copy_function=True) == defaults
+    assert not any(getattr(plain, name) for name in names)
+    assert plain.changed(**dict.fromkeys(names, True)) == defaults

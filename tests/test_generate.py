@@ -604,6 +604,58 @@ def test_decoding_writes_the_function_the_prompt_gives(checkpoint, scripted_lm, 
         assert raw.code == miscopied  # a raw prompt (the completions API) is continued as it is
 
 
+@pytest.mark.parametrize("speculative", [False, True])
+def test_decoding_plots_the_model_s_derivative_where_it_is_defined(
+    checkpoint, scripted_lm, speculative
+):
+    """A model that would plot ln(x) on -3..3, where it is undefined, gets the interval the
+    dataset's scene holds, found with the f' it wrote; without choose_interval its own stays."""
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import (
+        DOCSTRING_END,
+        HEADER_CODE,
+        SHARED_CODE,
+        STYLE_CODE,
+        STYLE_OPENINGS,
+    )
+    from derivative_animator.math.judge import check_math, parse_code
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    function = "ln(x)"
+    scene = oracle.template_scene(function, "tangent")
+    docstring = scene[: scene.index(DOCSTRING_END) + len(DOCSTRING_END)]
+    chosen = scene[len(docstring + HEADER_CODE) : -len(STYLE_CODE["tangent"])]
+    assert (
+        chosen != " -3, 3\n" and scene == docstring + HEADER_CODE + chosen + STYLE_CODE["tangent"]
+    )
+
+    def tokens(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for choose_interval in (True, False):
+        generator = SceneGenerator.load(
+            checkpoint, speculative=speculative, choose_interval=choose_interval
+        )
+        prompt = generator.prompt_ids(function)
+        generator.model = scripted_lm(
+            [
+                prompt
+                + tokens(docstring + HEADER_CODE)
+                + tokens(values + SHARED_CODE)
+                + tokens(STYLE_OPENINGS["tangent"])
+                for values in (" -3, 3\n", chosen)  # the model's own first
+            ],
+            len(tokenizer),
+            tokenizer.eos_token_id,
+        )
+        written = generator.generate(function, max_new_tokens=4000)
+        right, _, why = check_math(parse_code(written.code), parse_function(function))
+        if choose_interval:
+            assert written.code == scene and right
+        else:
+            assert "X_MIN, X_MAX = -3, 3\n" in written.code and not right, why
+
+
 def test_batched_rows_start_with_the_function_the_prompt_gives(checkpoint):
     from derivative_animator.data.scenes import docstring_opening
 

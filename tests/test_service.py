@@ -226,9 +226,12 @@ def test_a_generation_goes_on_from_its_prefix_as_it_would_have_written_it(
 def test_the_service_loads_its_generator_with_the_decoding_settings(micro_checkpoint):
     defaults = GenerationSettings.defaults()
     for copy_function, shared_code in ((True, True), (False, False)):
-        settings = defaults.changed(copy_function=copy_function, shared_code=shared_code)
+        settings = defaults.changed(
+            copy_function=copy_function, shared_code=shared_code, choose_interval=shared_code
+        )
         generator = GenerationService(settings).load_model(micro_checkpoint)
         assert (generator.copy_function, generator.shared_code) == (copy_function, shared_code)
+        assert generator.choose_interval == shared_code
         scene = GenerationService(settings, generator).scene("x^2")
         assert scene.code.startswith('"""\nf(x) = x^2\n') == copy_function
 

@@ -75,6 +75,7 @@ def generation_settings(args) -> GenerationSettings:
         bracket_guard=args.bracket_guard,
         shared_code=args.shared_code,
         copy_function=args.copy_function,
+        choose_interval=args.choose_interval,
         video_quality=args.quality,
         self_consistency={
             "k": args.self_consistency or defaults.self_consistency.k,
@@ -438,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=g.copy_function,
         help="decoding writes the docstring's f(x) line from the prompt (--no-copy-function: the "
         "model copies the function itself)",
+    )
+    p.add_argument(
+        "--choose-interval",
+        action=argparse.BooleanOptionalAction,
+        default=g.choose_interval,
+        help="decoding writes the plotting interval where f and the model's f' are defined "
+        "(--no-choose-interval: the model writes it)",
     )
     p.add_argument(
         "--allow-prompt-mismatch",

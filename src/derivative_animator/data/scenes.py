@@ -67,7 +67,7 @@ import numpy as np
 import sympy as sp
 $reader_import
 
-X_MIN, X_MAX = $x_min, $x_max
+X_MIN, X_MAX = $interval
 x = sp.Symbol("x")
 $reader
 
@@ -362,12 +362,16 @@ def scene_code(
         typed=notation.typed(expr),
         worked="".join(line + "\n" for line in worked_lines(steps)) if worked_steps else "",
         df_typed=steps[-1].worked,  # the whole function's step: the derivative, worked out
-        x_min=_number(x_range[0]),
-        x_max=_number(x_range[1]),
+        interval=interval_values(x_range),
         reader_import=SYMPY_READER_IMPORT,
         reader=SYMPY_READER,
     )
     return header + _BODIES[style]
+
+
+def interval_values(x_range: tuple[float, float]) -> str:
+    """The interval as a scene's `X_MIN, X_MAX = ` line writes it: `1, 5`, `0.1, 4`."""
+    return f"{_number(x_range[0])}, {_number(x_range[1])}"
 
 
 def _number(value: float) -> str:

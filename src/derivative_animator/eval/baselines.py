@@ -60,6 +60,7 @@ class Run:
                 bracket_guard=self.generation.bracket_guard,
                 shared_code=self.generation.shared_code,
                 copy_function=self.generation.copy_function,
+                choose_interval=self.generation.choose_interval,
             )
             self._service = GenerationService(self.generation, generator)
         return self._service
@@ -216,6 +217,7 @@ def base_generator(model_dir: Path, generation: GenerationSettings):
         bracket_guard=generation.bracket_guard,
         shared_code=generation.shared_code,
         copy_function=generation.copy_function,
+        choose_interval=generation.choose_interval,
     )
 
 

@@ -108,6 +108,7 @@ class GenerationService:
             bracket_guard=self.settings.bracket_guard,
             shared_code=self.settings.shared_code,
             copy_function=self.settings.copy_function,
+            choose_interval=self.settings.choose_interval,
         )
         return self.generator
 

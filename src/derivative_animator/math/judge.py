@@ -178,6 +178,20 @@ def _plotting_interval(tree: ast.Module) -> tuple[float, float] | None:
     return None
 
 
+def interval_for(docstring: str, function: sp.Expr) -> tuple[float, float] | None:
+    """Where to plot a scene whose docstring (the code up to its closing quotes) states f': the
+    interval the dataset's scenes get (`curriculum.plot_interval`), found with the f' it claims,
+    never the true one, so a right f' is drawn where it is defined. None when the docstring gives
+    no readable f' or no interval suits both (the model then writes its own)."""
+    try:
+        claimed = _written(parse_code(docstring), "df")
+        return (
+            curriculum.plot_interval(function, claimed, wider=True) if claimed is not None else None
+        )
+    except Exception:  # noqa: BLE001 - the docstring is untrusted: any failure is no interval
+        return None
+
+
 def header_math_is_right(header: str, function: sp.Expr) -> bool:
     """Is the derivative in a scene's math header (its text up to `MATH_HEADER_END`)
     right? A verification retry whose header is wrong cannot pass: it is abandoned there."""

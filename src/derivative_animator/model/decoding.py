@@ -228,10 +228,12 @@ class SharedCode:
     rest of that style's code, or the first style's where the model opens none. The text is what
     every training scene holds there."""
 
-    def __init__(self, style: str | None = None):
+    def __init__(self, style: str | None = None, interval: Callable[[str], str | None] = None):
+        """`interval`, given the text up to the docstring's end, says the interval's values
+        (`1, 5`) decoding writes with the imports, or None: the model writes them."""
         if style is not None and style not in STYLE_CODE:
             raise ValueError(f"unknown scene style {style!r}; choose one of {', '.join(STYLES)}")
-        self.style, self.done = style, False
+        self.style, self.done, self.interval = style, False, interval
         self.code_start: int | None = None  # where HEADER_CODE begins
         self.style_start: int | None = None  # where STYLE_CODE begins
 
@@ -247,7 +249,8 @@ class SharedCode:
             if end < 0:
                 return None
             self.code_start = end + len(DOCSTRING_END)
-            return self.code_start, HEADER_CODE
+            values = self.interval(text[: self.code_start]) if self.interval is not None else None
+            return self.code_start, HEADER_CODE + (f" {values}\n" if values else "")
         if self.style_start is None:
             values = text.find(INTERVAL, self.code_start)  # where HEADER_CODE ended (or a prefix's)
             line_end = text.find("\n", values + len(INTERVAL)) if values >= 0 else -1

@@ -43,8 +43,9 @@ from derivative_animator.data.prompt import (
     encode_prompt,
     require_same,
 )
-from derivative_animator.data.scenes import docstring_opening
+from derivative_animator.data.scenes import docstring_opening, interval_values
 from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.math.judge import interval_for
 from derivative_animator.math.parsing import parse_function
 from derivative_animator.model.checkpoint_files import DRAFT_CORPUS
 from derivative_animator.model.decoding import (
@@ -89,11 +90,13 @@ class SceneGenerator:
         bracket_guard: bool = True,
         shared_code: bool = True,
         copy_function: bool = True,
+        choose_interval: bool = True,
     ):
         self.model, self.tokenizer, self.prompt_format = model.eval(), tokenizer, prompt_format
         self.drafter, self.checkpoint, self.speculative = drafter, checkpoint, speculative
         self.guard = BracketGuard(tokenizer) if bracket_guard else None
         self.shared_code, self.copy_function = shared_code, copy_function
+        self.choose_interval = choose_interval
 
     @classmethod
     def load(
@@ -105,6 +108,7 @@ class SceneGenerator:
         bracket_guard: bool = True,
         shared_code: bool = True,
         copy_function: bool = True,
+        choose_interval: bool = True,
     ) -> SceneGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,6 +141,7 @@ class SceneGenerator:
             bracket_guard,
             shared_code,
             copy_function,
+            choose_interval,
         )
 
     def prompt_ids(self, function: str) -> list[int]:
@@ -147,6 +152,20 @@ class SceneGenerator:
         prompt's function (`scenes.docstring_opening`, decision 0016); "" without
         `copy_function`."""
         return docstring_opening(parse_function(function)) if self.copy_function else ""
+
+    def interval_writer(self, function: str) -> Callable[[str], str | None] | None:
+        """With `choose_interval`, what `SharedCode` asks for the interval's values once the
+        docstring is written: the interval `judge.interval_for` finds with the f' the model wrote
+        (decision 0016); None: the model writes its own."""
+        if not self.choose_interval:
+            return None
+        target = parse_function(function)
+
+        def values(docstring: str) -> str | None:
+            found = interval_for(docstring, target)
+            return interval_values(found) if found is not None else None
+
+        return values
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -176,8 +195,9 @@ class SceneGenerator:
         from it, within the same token budget; the code returned starts with it.
         `style`: the scene style to write (`decoding.StyleChoice`); None: the model's choice.
         With `shared_code` (the generator's), decoding writes the scene's code around the model's
-        docstring and interval (`decoding.SharedCode`); with `copy_function`, the docstring's
-        opening with f (`opening`) when no `prefix` is given; neither for a raw `prompt`.
+        docstring and interval (`decoding.SharedCode`), and with `choose_interval` the interval's
+        values too where the model's f' allows (`interval_writer`); with `copy_function`, the
+        docstring's opening with f (`opening`) when no `prefix` is given; none for a raw `prompt`.
         `max_new_tokens` bounds the tokens the model writes: forced text costs one pass."""
         from transformers import DynamicCache
 
@@ -215,7 +235,11 @@ class SceneGenerator:
         forced_tokens = len(opened)
         stops = stops_for(accept_header)
         choice = StyleChoice(style) if style is not None else None
-        shared = SharedCode(style) if self.shared_code and prompt is None else None
+        shared = (
+            SharedCode(style, self.interval_writer(function))
+            if self.shared_code and prompt is None
+            else None
+        )
         while len(new) - forced_tokens < max_new_tokens:  # the model's tokens; forced ones are free
             text = prefix + self.tokenizer.decode(new)
             reason = first_stop(stops, text)

@@ -82,6 +82,7 @@ class GenerationSettings:
     bracket_guard: bool
     shared_code: bool
     copy_function: bool
+    choose_interval: bool
     attempts: (
         int  # verified generation: the first scene, then at most attempts - 1 completed headers
     )
