@@ -511,21 +511,31 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
         assert written.code == scenes[style] and written.stop == "eos", style
 
 
+def _scene_parts(function: str, style: str) -> tuple[str, str, str]:
+    """An oracle scene, its docstring, and its interval's values (between the imports and the
+    style's code)."""
+    from derivative_animator.data import oracle
+    from derivative_animator.data.scenes import DOCSTRING_END, HEADER_CODE, STYLE_CODE
+
+    scene = oracle.template_scene(function, style)
+    docstring = scene[: scene.index(DOCSTRING_END) + len(DOCSTRING_END)]
+    values = scene[len(docstring + HEADER_CODE) : -len(STYLE_CODE[style])]
+    assert scene == docstring + HEADER_CODE + values + STYLE_CODE[style]
+    return scene, docstring, values
+
+
 @pytest.mark.parametrize("speculative", [False, True])
 def test_decoding_writes_the_code_and_the_model_the_math(checkpoint, scripted_lm, speculative):
     """A model that would garble the imports after its docstring (its first script) gets them
     written; it writes the interval's values, then picks its style by the style's opening (the
     second script), and decoding writes the rest of that style's code. Without shared_code the
     garble stays."""
-    from derivative_animator.data import oracle
-    from derivative_animator.data.scenes import DOCSTRING_END, HEADER_CODE, SHARED_CODE, STYLE_CODE
+    from derivative_animator.data.scenes import HEADER_CODE, SHARED_CODE, STYLE_CODE
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     function = "x^3 - 2x"
-    scene = oracle.template_scene(function, "secant")
-    docstring = scene[: scene.index(DOCSTRING_END) + len(DOCSTRING_END)]
-    values = scene[len(docstring + HEADER_CODE) : -len(STYLE_CODE["secant"])]
-    assert values == " -3, 3\n" and scene == docstring + HEADER_CODE + values + STYLE_CODE["secant"]
+    scene, docstring, values = _scene_parts(function, "secant")
+    assert values == " -3, 3\n"
     garbled = "from manim import *\nimport numpy as np\nx - 5\n"
 
     def tokens(text):
@@ -610,24 +620,17 @@ def test_decoding_plots_the_model_s_derivative_where_it_is_defined(
 ):
     """A model that would plot ln(x) on -3..3, where it is undefined, gets the interval the
     dataset's scene holds, found with the f' it wrote; without choose_interval its own stays."""
-    from derivative_animator.data import oracle
     from derivative_animator.data.scenes import (
-        DOCSTRING_END,
         HEADER_CODE,
         SHARED_CODE,
-        STYLE_CODE,
         STYLE_OPENINGS,
     )
     from derivative_animator.math.judge import check_math, parse_code
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     function = "ln(x)"
-    scene = oracle.template_scene(function, "tangent")
-    docstring = scene[: scene.index(DOCSTRING_END) + len(DOCSTRING_END)]
-    chosen = scene[len(docstring + HEADER_CODE) : -len(STYLE_CODE["tangent"])]
-    assert (
-        chosen != " -3, 3\n" and scene == docstring + HEADER_CODE + chosen + STYLE_CODE["tangent"]
-    )
+    scene, docstring, chosen = _scene_parts(function, "tangent")
+    assert chosen != " -3, 3\n"
 
     def tokens(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
