@@ -10,13 +10,13 @@ from derivative_animator.math.parsing import parse_function
 
 
 def test_default_sizes_levels_and_styles(default_splits):
-    # train: the 418 asked for, and half as many again from expression trees (tree_practice 0.5)
+    # train: the 418 asked for, and 1.5 times as many again from expression trees (tree_practice)
     assert {s: len(r) for s, r in default_splits.items()} == {
-        "train": 418 + 209,
+        "train": 418 + 627,
         "validation": 50,
         "test": 57,
     }
-    assert sum(r.source == "expression-trees" for r in default_splits["train"]) == 209
+    assert sum(r.source == "expression-trees" for r in default_splits["train"]) == 627
     for split, records in default_splits.items():
         assert {r.level for r in records} == set(curriculum.LEVELS), split
         assert {r.style for r in records} == {"tangent", "secant", "graphs"}, split
