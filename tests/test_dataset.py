@@ -80,13 +80,13 @@ def test_rebuild_replaces_whole_directory_atomically(tmp_path):
 def test_exhausted_curriculum_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
     monkeypatch.setattr(dataset, "MAX_TRIES", 20)
-    one = DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1])
+    one = DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1], tree_practice=0)
     assert [r.function for r in dataset.generate_splits(one)["train"]] == [
         "x^2"
     ]  # the one function there is
     with pytest.raises(ValueError, match="lower data.sizes"):
         dataset.generate_splits(
-            DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1])
+            DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1], tree_practice=0)
         )
 
 

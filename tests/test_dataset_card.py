@@ -14,7 +14,9 @@ def test_card_and_prompt_format_written(tmp_path):
         DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
     )
     card = json.loads((target / CARD_FILE).read_text())
-    assert card["splits"]["train"]["count"] == 12 + 6  # and half as many from expression trees
+    assert (
+        card["splits"]["train"]["count"] == 12 + 18
+    )  # and 1.5 times as many from expression trees
     assert card["prompt_format"]["sha256"] == DEFAULT_FORMAT.sha256
     assert (
         card["files_sha256"]["train.jsonl"]
