@@ -3,6 +3,8 @@ output."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -511,6 +513,10 @@ def test_the_model_writes_the_style_asked_for(checkpoint, scripted_lm, speculati
         assert written.code == scenes[style] and written.stop == "eos", style
 
 
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def _scene_parts(function: str, style: str) -> tuple[str, str, str]:
     """An oracle scene, its docstring, and its interval's values (between the imports and the
     style's code)."""
@@ -538,8 +544,7 @@ def test_decoding_writes_the_code_and_the_model_the_math(checkpoint, scripted_lm
     assert values == " -3, 3\n"
     garbled = "from manim import *\nimport numpy as np\nx - 5\n"
 
-    def tokens(text):
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens = partial(_token_ids, tokenizer)
 
     for shared_code in (True, False):
         generator = SceneGenerator.load(
@@ -592,8 +597,7 @@ def test_decoding_writes_the_function_the_prompt_gives(checkpoint, scripted_lm, 
     miscopied = '"""\nf(x) = x^3 - 2x^2\nf\'(x) = 3x^2 - 4x\n"""\n'
     header = opening + 'f\'(x) = 3x^2 - 2\n"""\n'
 
-    def tokens(text):
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens = partial(_token_ids, tokenizer)
 
     for copy_function in (True, False):
         generator = SceneGenerator.load(
@@ -632,8 +636,7 @@ def test_decoding_plots_the_model_s_derivative_where_it_is_defined(
     scene, docstring, chosen = _scene_parts(function, "tangent")
     assert chosen != " -3, 3\n"
 
-    def tokens(text):
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens = partial(_token_ids, tokenizer)
 
     for choose_interval in (True, False):
         generator = SceneGenerator.load(
