@@ -305,12 +305,12 @@ def stop_server(server: Server, summary: Summary, tree: dict[int, str]) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
-    time.sleep(1.0)
-    alive = [
-        f"{pid} {name}"
-        for pid, name in tree.items()
-        if Path(f"/proc/{pid}").exists() and _name(pid) == name
-    ]
+    deadline = time.monotonic() + 10.0  # a sandbox's teardown can lag its parent on a busy machine
+    while True:
+        alive = [f"{pid} {name}" for pid, name in tree.items() if _running(pid) == name]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     summary.left_after_stop = alive
     summary.temp_after_stop = sorted(
         {p.name for p in server.temp.iterdir()} - set(summary.temp_at_start)
@@ -322,10 +322,14 @@ def stop_server(server: Server, summary: Summary, tree: dict[int, str]) -> None:
             pass
 
 
-def _name(pid: int) -> str | None:
+def _running(pid: int) -> str | None:
+    """The command name of `pid` while it runs; None once it has exited (a zombie has exited:
+    only its parent, or an init that does not reap, still holds its entry)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return None
+    if text[text.rfind(")") + 2 :].split()[0] in ("Z", "X"):
         return None
     return text[text.find("(") + 1 : text.rfind(")")]
 
@@ -443,8 +447,11 @@ def table(summary: Summary) -> str:
             f"leaked temp files/dirs    {len(summary.leaked_temp)} {' '.join(summary.leaked_temp)}"
         ).rstrip(),
         f"stopped on SIGINT         {'yes' if summary.stopped_cleanly else 'NO (killed)'}",
-        f"left after it stopped     {len(summary.left_after_stop)} processes, "
-        f"{len(summary.temp_after_stop)} new temp entries",
+        (
+            f"left after it stopped     {len(summary.left_after_stop)} processes, "
+            f"{len(summary.temp_after_stop)} new temp entries "
+            f"{' '.join(summary.left_after_stop + summary.temp_after_stop)}"
+        ).rstrip(),
     ]
     lines += [f"unexpected: {failure}" for failure in summary.failures]
     lines.append("PASS" if summary.ok else "FAIL")

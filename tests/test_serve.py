@@ -846,3 +846,33 @@ def test_the_page_renders_its_videos_at_the_quality_asked(monkeypatch, tmp_path)
         args = cli.build_parser().parse_args(["serve", "--model", str(tmp_path), *extra])
         assert serve.run(args) == 0
         assert made.pop().generation.video_quality == quality
+
+
+def test_the_load_test_counts_a_running_process_as_left_and_an_exited_one_not(monkeypatch):
+    """After the server stops, a child still running is a leak; one that exited but waits to be
+    reaped (a zombie: a container's init may never reap it) is not."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from derivative_animator import paths
+
+    monkeypatch.syspath_prepend(str(paths.PROJECT_ROOT / "scripts"))  # its sibling helper
+    spec = importlib.util.spec_from_file_location(
+        "load_test", paths.PROJECT_ROOT / "scripts" / "load_test.py"
+    )
+    load_test = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "load_test", load_test)  # its dataclasses look it up
+    spec.loader.exec_module(load_test)
+    running = subprocess.Popen(["sleep", "30"])
+    exited = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while load_test._running(exited.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # not waited on: it stays a zombie
+        assert load_test._running(running.pid) == "sleep"
+        assert load_test._running(exited.pid) is None
+        assert exited.poll() == 0  # it had exited (and is reaped only now)
+    finally:
+        running.kill()
+        running.wait()
