@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,71 @@ def test_copy_circuit_refuses_models_too_small_to_host_it():
     with pytest.raises(ValueError, match="copy_circuit=false"):
         tiny_config(hidden_size=32, num_heads=2, num_layers=2)
     tiny_config(hidden_size=32, num_heads=2, num_layers=2, copy_circuit=False)  # fine without
+
+
+def test_a_grown_base_computes_what_its_parent_does_until_it_trains(tmp_path):
+    """Block expansion: each layer followed by a copy whose output projections are zero, so
+    the deeper model's logits are its parent's, and then pretraining moves them."""
+    from transformers import AutoModelForCausalLM
+
+    from derivative_animator.model import grow
+
+    parent = micro_config(tmp_path / "parent", steps=3)
+    pretrain.build_base(parent)
+    grown = micro_config(
+        tmp_path / "grown", grow_from=str(tmp_path / "parent" / "base"), num_layers=4, steps=3
+    )
+    shape = {k: getattr(grown, k) for k in ("hidden_size", "intermediate_size", "num_heads")}
+    model = grow.grown_model(grown.grow_from, 4, {**shape, "rope_theta": grown.rope_theta})
+    before = AutoModelForCausalLM.from_pretrained(grown.grow_from).eval()
+    ids = torch.randint(5, 500, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(ids).logits, before(ids).logits, atol=1e-5)
+        assert len(model.model.layers) == 4 and model.config.num_hidden_layers == 4
+        # the key-value cache (generation) sees four layers in order
+        out = model.generate(ids[:1, :8], max_new_tokens=4, do_sample=False)
+        assert torch.equal(out, before.generate(ids[:1, :8], max_new_tokens=4, do_sample=False))
+
+    report = pretrain.build_base(grown)
+    assert not report.cached and report.parameters > sum(p.numel() for p in before.parameters())
+    info = json.loads((tmp_path / "grown" / "base" / base_model.BUILD_INFO).read_text())
+    assert info["parent_sha256"] == grow.parent_digest(grown.grow_from)
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "grown" / "base").eval()
+    with torch.no_grad():
+        assert not torch.allclose(trained(ids).logits, before(ids).logits, atol=1e-3)
+    assert pretrain.build_base(grown).cached
+    pretrain.build_base(micro_config(tmp_path / "parent", steps=4))  # the parent changes
+    assert not pretrain.build_base(grown).cached  # so the grown base is built again
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_layers": 3}, "multiple of the parent's 2 layers"),
+        ({"num_layers": 2}, "multiple of the parent's 2 layers"),
+        ({"hidden_size": 64, "num_layers": 4}, "hidden_size 64 (the parent's: 32)"),
+    ],
+)
+def test_growing_refuses_what_would_not_keep_the_parents_shape(tmp_path, changes, message):
+    from derivative_animator.model import grow
+
+    pretrain.build_base(micro_config(tmp_path / "parent", steps=1))
+    config = micro_config(tmp_path, grow_from=str(tmp_path / "parent" / "base"), **changes)
+    shape = {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_heads")}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        grow.grown_model(
+            config.grow_from, config.num_layers, {**shape, "rope_theta": config.rope_theta}
+        )
+    with pytest.raises(FileNotFoundError, match="build that base first"):
+        grow.parent_digest(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="inherits its parent's induction head"):
+        micro_config(tmp_path, grow_from="models/derivanim-tiny", copy_circuit=True)
+
+
+def test_the_small_recipe_grows_the_shipped_base_without_changing_the_tiny_recipes_hash():
+    small = OmegaConf.to_container(compose_config("train", "model=small").model.build, resolve=True)
+    assert small["grow_from"] == tiny_config().publish_dir and small["num_layers"] == 8
+    info = json.loads(
+        (paths.PROJECT_ROOT / "models/derivanim-tiny" / base_model.BUILD_INFO).read_text()
+    )
+    assert tiny_config().sha256 == info["config_sha256"]  # the shipped base is still current

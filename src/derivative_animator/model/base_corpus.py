@@ -119,7 +119,10 @@ def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
             progress=lambda: progress.advance(task),
         )
     code_texts = [text for _, text in code]
-    tokenizer = train_tokenizer(code_texts + calculus, config.vocab_size)
+    if config.grow_from:  # a grown base keeps its parent's tokens
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(paths.resolve(config.grow_from))
+    else:
+        tokenizer = train_tokenizer(code_texts + calculus, config.vocab_size)
     # One stream: code files and calculus documents in a seeded order, each ended by EOS.
     code_ids = tokenizer(code_texts, add_special_tokens=False)["input_ids"]
     calculus_ids = tokenizer(calculus, add_special_tokens=False)["input_ids"] if calculus else []

@@ -65,6 +65,9 @@ class BaseModelConfig:
     # curve
     snapshot_every: int
     publish_dir: str | None  # where the finished model is shipped, with its card
+    # a base model dir to grow deeper (model/grow.py): its tokenizer and weights, its layers
+    # repeated to num_layers; None: a fresh model with its own tokenizer
+    grow_from: str | None
 
     def __post_init__(self):
         object.__setattr__(self, "corpus_packages", tuple(self.corpus_packages))
@@ -87,6 +90,11 @@ class BaseModelConfig:
                 "model.build.held_out_data must name the dataset whose validation and test "
                 "functions the calculus corpus leaves out"
             )
+        if self.grow_from and self.copy_circuit:
+            raise ValueError(
+                "model.build.copy_circuit must be false with grow_from: the grown base inherits "
+                "its parent's induction head"
+            )
         if self.copy_circuit:
             CopyCircuitLayout.for_model(self.hidden_size, self.num_heads, self.num_layers)
         if self.seq_len > self.max_position_embeddings:
@@ -103,6 +111,8 @@ class BaseModelConfig:
             "held_out_data",
         )
         content = {k: v for k, v in asdict(self).items() if k not in ignored}
+        if content["grow_from"] is None:
+            del content["grow_from"]  # recipes from before growing keep their hash
         content["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -136,7 +146,20 @@ class BuildReport:
 
 
 def make_model(config: BaseModelConfig, tokenizer):
+    """The model pretraining starts from: fresh (with the copy circuit written in), or the
+    `grow_from` base grown to `num_layers` (model/grow.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    if config.grow_from:
+        from derivative_animator.model.grow import grown_model
+
+        shape = {
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_heads": config.num_heads,
+            "rope_theta": config.rope_theta,
+        }
+        return grown_model(config.grow_from, config.num_layers, shape)
 
     model_config = LlamaConfig(
         vocab_size=len(tokenizer),

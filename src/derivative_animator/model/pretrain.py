@@ -33,6 +33,7 @@ from derivative_animator.model.base_model import (
 )
 from derivative_animator.model.base_publish import publish
 from derivative_animator.model.copy_circuit import copy_accuracy
+from derivative_animator.model.grow import parent_digest
 
 STATE_FILE = "pretraining_state.pt"  # in the staging dir: model, optimizer, step, losses
 
@@ -67,14 +68,12 @@ def build_base(
     # A build is current for its recipe and for what its corpus left out (splits and benchmarks
     # change).
     held_out = held_out_sha256(config)
+    parent = parent_digest(config.grow_from) if config.grow_from else None
+    current = {"config_sha256": config.sha256, "held_out_sha256": held_out, "parent_sha256": parent}
     if (
         not force
         and info_path.is_file()
-        and {
-            k: json.loads(info_path.read_text()).get(k)
-            for k in ("config_sha256", "held_out_sha256")
-        }
-        == {"config_sha256": config.sha256, "held_out_sha256": held_out}
+        and {k: json.loads(info_path.read_text()).get(k) for k in current} == current
     ):
         report = BuildReport(output_dir=str(out), cached=True)
         if config.publish_dir:
@@ -85,7 +84,7 @@ def build_base(
     if config.threads:
         torch.set_num_threads(config.threads)
     staging = out.with_name(f".{out.name}-building")
-    identity = f"{config.sha256} {held_out}"
+    identity = f"{config.sha256} {held_out}" + (f" {parent}" if parent else "")
     if (
         force
         or not (staging / "config_sha256").is_file()
@@ -217,6 +216,7 @@ def build_base(
         "precision": "bf16-mixed" if use_bf16 else "32-true",
         "threads": torch.get_num_threads(),
         "mlflow_run_id": run_id,
+        "parent_sha256": parent,
         "code_files": torch.load(staging / CORPUS_FILE)["code_files"],
     }
     (final / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
