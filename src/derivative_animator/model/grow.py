@@ -5,7 +5,7 @@ is followed by copies of itself whose two output projections (attention's `o_pro
 `down_proj`) start at zero. A zeroed block adds nothing to the residual stream, so the grown
 model computes exactly what its parent did (its induction head included) and pretraining
 continues from there, the new blocks learning what the old ones could not hold (LLaMA Pro's
-block expansion, Wu et al. 2024). `make pretrain model=small` grows the shipped tiny base so.
+block expansion, Wu et al. 2024). `make pretrain ARGS=model=small` grows the shipped tiny base so.
 """
 
 from __future__ import annotations
