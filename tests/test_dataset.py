@@ -127,3 +127,23 @@ def test_a_spike_does_not_choose_the_plotting_interval_but_never_refuses_a_funct
     assert curriculum._spiky(np.array([0.0] * 98 + [1.0, 10.0])) and not curriculum._spiky(
         np.linspace(0, 1, 100)
     )
+
+
+def test_wider_intervals_keep_tree_functions_the_curriculum_search_cannot_plot():
+    """data.tree_wider_intervals: tree practice takes what the random benchmark takes."""
+    from derivative_animator.data.dataset import tree_practice
+    from derivative_animator.math import curriculum
+    from derivative_animator.math.parsing import parse_function
+
+    def narrow_misses(wider: bool) -> int:
+        config = DataConfig(
+            sizes={"train": 20, "validation": 0, "test": 0},
+            tree_practice=1.0,
+            tree_wider_intervals=wider,
+        )
+        records = tree_practice(config, set())
+        assert len(records) == 20
+        return sum(curriculum.analyse(parse_function(r.function)) is None for r in records)
+
+    assert narrow_misses(False) == 0
+    assert narrow_misses(True) > 0

@@ -699,3 +699,39 @@ def test_validation_math_scores_the_derivatives_of_the_headers_the_model_writes(
         "val/math_level1": 50.0,
         "val/math_level4": 100.0,
     }
+
+
+def test_a_token_capped_sampler_bounds_every_batch_and_trains_each_sample_once():
+    """loader.max_tokens: big batches of short headers, small ones of whole scenes, and the
+    count Lightning's schedule is sized by is the count handed out."""
+    import random
+
+    from derivative_animator.data.datamodule import BucketBatchSampler
+
+    rng = random.Random(0)
+    lengths = [rng.choice([90, 120, 200, 1900, 2040]) for _ in range(500)]
+    sampler = BucketBatchSampler(lengths, 16, 4096, True, seed=1, max_tokens=8192)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 8192 for b in batches)
+    assert max(len(b) for b in batches) == 16  # headers still fill whole batches
+    assert min(len(b) for b in batches if max(lengths[i] for i in b) > 1000) <= 4
+
+
+def test_encoding_in_chunks_gives_the_ids_of_one_call_per_sample(micro_data, monkeypatch):
+    from derivative_animator.data import datamodule
+
+    model_cfg = compose_train().model
+    tokenizer, _ = finetune.load_base(ModelSettings.from_config(model_cfg))
+    records = dataset.read_split(micro_data, "train")
+    prompts = [DEFAULT_FORMAT.format(record.function) for record in records]
+    completions = [record.completion for record in records]
+    header_only = [index % 2 == 1 for index in range(len(records))]
+    monkeypatch.setattr(datamodule, "ENCODE_CHUNK", 3)  # 8 samples: chunks of 3, 3 and 2
+    chunked = datamodule.encode_examples(tokenizer, prompts, completions, header_only, 2048)
+    one_by_one = [
+        datamodule.encode_examples(tokenizer, [p], [c], [h], 2048)[0]
+        for p, c, h in zip(prompts, completions, header_only, strict=True)
+    ]
+    assert chunked == one_by_one

@@ -73,6 +73,7 @@ def _build_parts(cfg: DictConfig):
         micro_batch_size=optim.micro_batch_size,
         max_length=cfg.model.max_length,
         bucket_size=cfg.loader.bucket_size,
+        max_tokens=cfg.loader.max_tokens,
         num_workers=cfg.loader.num_workers,
         seed=cfg.seed,
         limit_train_samples=cfg.get("limit_train_samples"),

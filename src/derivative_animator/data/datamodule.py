@@ -51,6 +51,9 @@ def _tokens_before(ids: list[int], starts: list[int], end: int | None) -> list[i
     return ids if end is None else ids[: sum(start < end for start in starts)]
 
 
+ENCODE_CHUNK = 512  # completions per tokenizer call: 31,000 whole scenes at once took 20 GB
+
+
 def encode_examples(
     tokenizer,
     prompts: list[str],
@@ -62,12 +65,17 @@ def encode_examples(
     tokenizer works through a batch in parallel: 7 s instead of 18 s for 4,400 scenes),
     the same ids as one call per sample. A sample whose style opening lies past `max_length`
     (a long header before the code all styles share) ends at its header."""
-    encoded = tokenizer(list(completions), add_special_tokens=False, return_offsets_mapping=True)
     examples = []
     for i, (prompt_text, completion) in enumerate(zip(prompts, completions, strict=True)):
+        if i % ENCODE_CHUNK == 0:  # chunks: whole scenes' encodings, offsets and all, are large
+            encoded = tokenizer(
+                list(completions[i : i + ENCODE_CHUNK]),
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+            )
         prompt_ids = encode_prompt(tokenizer, prompt_text)
-        completion_ids = encoded["input_ids"][i] + [tokenizer.eos_token_id]
-        starts = [start for start, _ in encoded["offset_mapping"][i]]
+        completion_ids = encoded["input_ids"][i % ENCODE_CHUNK] + [tokenizer.eos_token_id]
+        starts = [start for start, _ in encoded["offset_mapping"][i % ENCODE_CHUNK]]
         header = _tokens_before(completion_ids, starts, math_header_length(completion))
         if not header_only[i]:
             written = _tokens_before(completion_ids, starts, written_length(completion))
@@ -122,7 +130,9 @@ class TokenizedSplit(Dataset):
 class BucketBatchSampler(Sampler[list[int]]):
     """Shuffle, cut into buckets, sort each bucket by length, batch, shuffle the batches.
     Seeded by epoch, so runs repeat; `state_dict` says where in which epoch it is, so a run
-    resumed mid-epoch goes on with the very next batch (ResumableLoader)."""
+    resumed mid-epoch goes on with the very next batch (ResumableLoader). With `max_tokens`, a
+    batch also stops before its padded size (samples x the longest) would pass it: large
+    batches of short headers, small ones of whole scenes, memory bounded either way."""
 
     def __init__(
         self,
@@ -133,8 +143,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int,
         num_replicas: int = 1,
         rank: int = 0,
+        max_tokens: int | None = None,
     ):
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
+        self.max_tokens = max_tokens
         self.bucket_size = max(bucket_size, batch_size)
         self.num_replicas, self.rank = num_replicas, rank  # DDP: each rank takes every n-th batch
         self.epoch = 0
@@ -158,13 +170,24 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), self.bucket_size):
             bucket = sorted(order[start : start + self.bucket_size], key=lambda i: self.lengths[i])
-            batches += [
-                bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)
-            ]
+            batches += self._cut(bucket)
         if self.shuffle:
             rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.num_replicas  # same step count on every rank
         return batches[self.rank : usable : self.num_replicas]
+
+    def _cut(self, bucket: list[int]) -> list[list[int]]:
+        """A length-sorted bucket as batches of at most batch_size samples (and max_tokens)."""
+        if self.max_tokens is None:
+            return [bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+        batches, batch = [], []
+        for index in bucket:  # ascending lengths: the newest sample is the batch's longest
+            full = len(batch) == self.batch_size
+            if batch and (full or (len(batch) + 1) * self.lengths[index] > self.max_tokens):
+                batches.append(batch)
+                batch = []
+            batch.append(index)
+        return batches + [batch] if batch else batches
 
     def __iter__(self):
         epoch, skip = self.epoch, 0
@@ -177,6 +200,8 @@ class BucketBatchSampler(Sampler[list[int]]):
             yield batch
 
     def __len__(self) -> int:
+        if self.max_tokens is not None:  # batch counts depend on which lengths share a bucket
+            return len(self.batches(self.epoch))
         full, rest = divmod(self.bucket_size, self.batch_size)
         per_bucket = full + (1 if rest else 0)
         buckets, last = divmod(len(self.lengths), self.bucket_size)
@@ -224,6 +249,7 @@ class DerivativeDataModule(pl.LightningDataModule):
         bucket_size: int = 64,
         num_workers: int = 0,
         seed: int = 42,
+        max_tokens: int | None = None,
         limit_train_samples: int | None = None,
         prompt_format: PromptFormat = DEFAULT_FORMAT,
         full_scenes: int | None = None,
@@ -238,6 +264,7 @@ class DerivativeDataModule(pl.LightningDataModule):
         self.data_dir, self.tokenizer = data_dir, tokenizer
         self.micro_batch_size, self.max_length = micro_batch_size, max_length
         self.bucket_size, self.num_workers, self.seed = bucket_size, num_workers, seed
+        self.max_tokens = max_tokens
         self.limit_train_samples, self.prompt_format = limit_train_samples, prompt_format
         self.splits: dict[str, TokenizedSplit] = {}
 
@@ -273,6 +300,7 @@ class DerivativeDataModule(pl.LightningDataModule):
             self.seed,
             replicas,
             rank,
+            self.max_tokens,
         )
         pad_id = (
             self.tokenizer.pad_token_id

@@ -77,6 +77,9 @@ class DataConfig:
     import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
     tree_practice: float = field(default_factory=lambda: _data_default("tree_practice"))
     worked_steps: bool = field(default_factory=lambda: _data_default("worked_steps"))
+    tree_wider_intervals: bool = field(
+        default_factory=lambda: _data_default("tree_wider_intervals")
+    )
 
     def __post_init__(self):
         sizes = dict(self.sizes)
@@ -114,7 +117,11 @@ class DataConfig:
             "import_path": self.import_path,
         }
         # Absent when off, so datasets built before an option keep their card's bytes and hash.
-        options = {"tree_practice": self.tree_practice, "worked_steps": self.worked_steps}
+        options = {
+            "tree_practice": self.tree_practice,
+            "worked_steps": self.worked_steps,
+            "tree_wider_intervals": self.tree_wider_intervals,
+        }
         return {**content, **{name: value for name, value in options.items() if value}}
 
     @property

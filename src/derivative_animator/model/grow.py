@@ -11,10 +11,10 @@ block expansion, Wu et al. 2024). `make pretrain ARGS=model=small` grows the shi
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 
 from derivative_animator import paths
+from derivative_animator.model.base_publish import file_sha256
 
 _PARENT_WEIGHTS = "model.safetensors"
 
@@ -27,7 +27,7 @@ def parent_digest(parent_dir: str | Path) -> str:
             f"model.build.grow_from: {weights} does not exist; build that base first "
             "(make pretrain) or point grow_from at a base model directory"
         )
-    return hashlib.sha256(weights.read_bytes()).hexdigest()
+    return file_sha256(weights)
 
 
 def grown_model(parent_dir: str | Path, num_layers: int, shape: dict):
