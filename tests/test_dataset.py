@@ -147,3 +147,20 @@ def test_wider_intervals_keep_tree_functions_the_curriculum_search_cannot_plot()
 
     assert narrow_misses(False) == 0
     assert narrow_misses(True) > 0
+
+
+def test_textbook_practice_draws_new_functions_of_textbook_kinds_and_no_held_out_one():
+    from derivative_animator.data import benchmarks
+    from derivative_animator.data.dataset import textbook_practice
+    from derivative_animator.math import curriculum
+    from derivative_animator.math.parsing import parse_function
+
+    config = DataConfig(sizes={"train": 60, "validation": 0, "test": 0}, textbook_practice=1.0)
+    first = textbook_practice(config, set())
+    keys = [curriculum.canonical_key(parse_function(r.function)) for r in first]
+    assert len(first) == 60 == len(set(keys)) and {r.source for r in first} == {"textbook-kinds"}
+    # what `seen` holds (the splits, every benchmark) is never drawn again
+    held_out = benchmarks.held_out_keys() | set(keys[:30])
+    again = textbook_practice(config, set(held_out))
+    assert not {curriculum.canonical_key(parse_function(r.function)) for r in again} & held_out
+    assert [r.function for r in textbook_practice(config, set())] == [r.function for r in first]

@@ -118,6 +118,7 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
         for worker in pool:
             worker.shutdown()
     splits["train"] += tree_practice(config, seen)
+    splits["train"] += textbook_practice(config, seen)
     for split in SPLITS:
         random.Random(f"{config.seed}-order-{split}").shuffle(splits[split])
     return splits
@@ -164,6 +165,55 @@ def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
         )
         for typed in track(drawn, total=config.tree_functions, description="tree practice")
     ]
+
+
+def textbook_practice(config: DataConfig, seen: set[str]) -> list[Record]:
+    """`config.textbook_functions` more train functions of the kinds textbooks ask about
+    (data/calculus_corpus.textbook_candidate: the pretraining corpus's own), each one the dataset
+    rule animates (with the interval search `config.tree_wider_intervals` says) and none in
+    `seen`."""
+    from rich.progress import track
+
+    from derivative_animator.data.calculus_corpus import textbook_candidate
+    from derivative_animator.math.expression_trees import typed_function
+
+    if not config.textbook_functions:
+        return []
+    rng = random.Random(f"{config.seed}-textbook-practice")
+    styles = random.Random(f"{config.seed}-textbook-practice-styles")
+
+    def drawn():
+        for _ in range(100 * config.textbook_functions):  # a space this size never runs dry
+            found = typed_function(textbook_candidate(rng))
+            if found is None or found[1].is_Symbol:
+                continue
+            typed, expr = found
+            key = curriculum.canonical_key(expr)
+            if key in seen:
+                continue
+            seen.add(key)
+            analysed = curriculum.analyse(expr, config.tree_wider_intervals)
+            if analysed is not None:
+                yield analysed
+        raise RuntimeError(
+            "textbook practice drew too few new functions; lower data.textbook_practice"
+        )
+
+    records = []
+    for analysed in track(
+        drawn(), total=config.textbook_functions, description="textbook practice"
+    ):
+        records.append(
+            make_record(
+                analysed,
+                styles.choice(config.styles),
+                "textbook-kinds",
+                worked_steps=config.worked_steps,
+            )
+        )
+        if len(records) == config.textbook_functions:
+            break
+    return records
 
 
 def reinforcement_functions(

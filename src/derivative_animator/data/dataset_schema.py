@@ -77,6 +77,7 @@ class DataConfig:
     import_path: str | None = field(default_factory=lambda: _data_default("import_path"))
     tree_practice: float = field(default_factory=lambda: _data_default("tree_practice"))
     worked_steps: bool = field(default_factory=lambda: _data_default("worked_steps"))
+    textbook_practice: float = field(default_factory=lambda: _data_default("textbook_practice"))
     tree_wider_intervals: bool = field(
         default_factory=lambda: _data_default("tree_wider_intervals")
     )
@@ -97,6 +98,11 @@ class DataConfig:
                 "data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
                 f"many expression-tree functions again), got {self.tree_practice}"
             )
+        if not 0 <= float(self.textbook_practice) <= 10:
+            raise ValueError(
+                "data.textbook_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
+                f"many functions of textbook kinds again), got {self.textbook_practice}"
+            )
         if bad_styles or not self.styles:
             raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
         object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
@@ -106,6 +112,11 @@ class DataConfig:
     def tree_functions(self) -> int:
         """How many expression-tree functions tree practice adds to train."""
         return round(float(self.tree_practice) * self.sizes["train"])
+
+    @property
+    def textbook_functions(self) -> int:
+        """How many functions of textbook kinds textbook practice adds to train."""
+        return round(float(self.textbook_practice) * self.sizes["train"])
 
     def to_dict(self) -> dict:
         content = {
@@ -121,6 +132,7 @@ class DataConfig:
             "tree_practice": self.tree_practice,
             "worked_steps": self.worked_steps,
             "tree_wider_intervals": self.tree_wider_intervals,
+            "textbook_practice": self.textbook_practice,
         }
         return {**content, **{name: value for name, value in options.items() if value}}
 
