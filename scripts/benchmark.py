@@ -79,7 +79,13 @@ def bench_training(steps: int, repeats: int) -> dict:
         tokenizer, model = finetune.load_base(base)
         model = finetune.add_lora(model, lora)
         data = DerivativeDataModule(
-            cfg.data.dir, tokenizer, micro, cfg.model.max_length, cfg.loader.bucket_size, seed=0
+            cfg.data.dir,
+            tokenizer,
+            micro,
+            cfg.model.max_length,
+            cfg.loader.bucket_size,
+            seed=0,
+            max_tokens=cfg.loader.max_tokens,
         )
         data.setup()
         return model, data

@@ -191,6 +191,7 @@ def fine_tune(data_dir: Path, out: Path, plan: Plan, seed: int | None = None) ->
         micro_batch_size=tiny["micro_batch_size"],
         max_length=tiny["max_length"],
         bucket_size=train["loader"]["bucket_size"],
+        max_tokens=tiny.get("max_batch_tokens"),
         seed=seed,
         full_scenes=full_scenes,
     )

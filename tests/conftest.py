@@ -82,12 +82,19 @@ def compose_config(config_name: str, *overrides: str):
 
 @pytest.fixture(scope="session")
 def default_splits():
-    """`make data`'s dataset (conf/make_data.yaml) with train cut to 418 functions, in memory in a
-    few seconds; validation and test are dealt first, so they are make all's exactly."""
+    """`make data`'s dataset (conf/make_data.yaml) with train cut to 418 functions and less
+    practice, in memory in under a minute; validation and test are dealt first, so
+    they are make all's exactly."""
     from omegaconf import OmegaConf
 
-    cfg = compose_config("make_data", "data.sizes.train=418")
-    return dataset.generate_splits(DataConfig(**OmegaConf.to_container(cfg.data, resolve=True)))
+    cfg = compose_config(
+        "make_data",
+        "data.sizes.train=418",
+        "data.tree_practice=1.5",  # less practice than make all's: tests read every scene
+        "data.textbook_practice=0.5",
+    )
+    config = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
+    return dataset.generate_splits(config, workers=2)  # the same records as one process
 
 
 @pytest.fixture(scope="session")
@@ -137,12 +144,15 @@ def micro_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def micro_data(tmp_path_factory):
-    """A built dataset of exactly 8 train samples (no tree practice): test_train counts steps
+    """A built dataset of exactly 8 train samples (no practice): test_train counts steps
     from them."""
     directory = tmp_path_factory.mktemp("data") / "micro"
     dataset.build(
         DataConfig(
-            dir=str(directory), sizes={"train": 8, "validation": 4, "test": 4}, tree_practice=0
+            dir=str(directory),
+            sizes={"train": 8, "validation": 4, "test": 4},
+            tree_practice=0,
+            textbook_practice=0,
         )
     )
     return directory

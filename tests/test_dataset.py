@@ -10,13 +10,15 @@ from derivative_animator.math.parsing import parse_function
 
 
 def test_default_sizes_levels_and_styles(default_splits):
-    # train: the 418 asked for, and 1.5 times as many again from expression trees (tree_practice)
+    # train: the 418 asked for, 1.5 times as many again from expression trees (the fixture's
+    # tree_practice) and half as many of textbook kinds (its textbook_practice)
     assert {s: len(r) for s, r in default_splits.items()} == {
-        "train": 418 + 627,
+        "train": 418 + 627 + 209,
         "validation": 50,
         "test": 57,
     }
     assert sum(r.source == "expression-trees" for r in default_splits["train"]) == 627
+    assert sum(r.source == "textbook-kinds" for r in default_splits["train"]) == 209
     for split, records in default_splits.items():
         assert {r.level for r in records} == set(curriculum.LEVELS), split
         assert {r.style for r in records} == {"tangent", "secant", "graphs"}, split
@@ -80,13 +82,23 @@ def test_rebuild_replaces_whole_directory_atomically(tmp_path):
 def test_exhausted_curriculum_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(curriculum, "candidate", lambda level, rng: parse_function("x^2"))
     monkeypatch.setattr(dataset, "MAX_TRIES", 20)
-    one = DataConfig(sizes={"train": 1, "validation": 0, "test": 0}, levels=[1], tree_practice=0)
+    one = DataConfig(
+        sizes={"train": 1, "validation": 0, "test": 0},
+        levels=[1],
+        tree_practice=0,
+        textbook_practice=0,
+    )
     assert [r.function for r in dataset.generate_splits(one)["train"]] == [
         "x^2"
     ]  # the one function there is
     with pytest.raises(ValueError, match="lower data.sizes"):
         dataset.generate_splits(
-            DataConfig(sizes={"train": 2, "validation": 0, "test": 0}, levels=[1], tree_practice=0)
+            DataConfig(
+                sizes={"train": 2, "validation": 0, "test": 0},
+                levels=[1],
+                tree_practice=0,
+                textbook_practice=0,
+            )
         )
 
 

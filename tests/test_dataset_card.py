@@ -14,9 +14,8 @@ def test_card_and_prompt_format_written(tmp_path):
         DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
     )
     card = json.loads((target / CARD_FILE).read_text())
-    assert (
-        card["splits"]["train"]["count"] == 12 + 18
-    )  # and 1.5 times as many from expression trees
+    # and five times as many from expression trees, as many again of textbook kinds
+    assert card["splits"]["train"]["count"] == 12 + 60 + 12
     assert card["prompt_format"]["sha256"] == DEFAULT_FORMAT.sha256
     assert (
         card["files_sha256"]["train.jsonl"]

@@ -74,7 +74,7 @@ def test_lora_presets_and_model_learning_rates():
         compose_train("model=deepseek_coder_1_3b").optim.effective_batch_size == 16
     )  # the original
     assert (
-        compose_train().optim.effective_batch_size == 2
+        compose_train().optim.effective_batch_size == 16
         and compose_train("trainer=gpu").trainer.max_epochs == 5
     )
 

@@ -114,106 +114,107 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
                 )
                 progress.advance(task, len(chunks[future]))
         splits = {split: [written[typed] for typed, _, _ in plan[split]] for split in SPLITS}
+        splits["train"] += tree_practice(config, seen, pool)
+        splits["train"] += textbook_practice(config, seen, pool)
     finally:
         for worker in pool:
             worker.shutdown()
-    splits["train"] += tree_practice(config, seen)
-    splits["train"] += textbook_practice(config, seen)
     for split in SPLITS:
         random.Random(f"{config.seed}-order-{split}").shuffle(splits[split])
     return splits
 
 
-def tree_practice(config: DataConfig, seen: set[str]) -> list[Record]:
+def tree_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
     """`config.tree_functions` more train functions, drawn from expression trees rather than the
     curriculum's shapes (every primitive, long sums and polynomials, depth three:
     math/expression_trees), each one the dataset rule animates and none in `seen` (the splits so
     far and every benchmark). `config.tree_wider_intervals`: keep those whose plotting interval
     only the wider search finds, as the random benchmark does; the curriculum's search alone
     keeps 32% of drawn sec/csc/cot functions and 85% of polynomials."""
-    from itertools import islice
-
-    from rich.progress import track
-
     from derivative_animator.math import expression_trees
 
-    analysed: dict[str, curriculum.CurriculumFunction] = {}
-
-    def keep(typed: str, expr) -> bool:
-        if expr.is_Symbol:  # a bare x: no rule to practise (and no step a rule-steps scene lists)
-            return False
-        key = curriculum.canonical_key(expr)
-        found = None if key in seen else curriculum.analyse(expr, config.tree_wider_intervals)
-        if found is None:
-            return False
-        seen.add(key)
-        analysed[typed] = found
-        return True
-
-    if not config.tree_functions:
-        return []
-    rng = random.Random(f"{config.seed}-tree-practice-styles")
-    drawn = islice(
-        expression_trees.functions(f"{config.seed}-practice", keep), config.tree_functions
-    )
-    return [
-        make_record(
-            analysed[typed],
-            rng.choice(config.styles),
-            "expression-trees",
-            worked_steps=config.worked_steps,
-        )
-        for typed in track(drawn, total=config.tree_functions, description="tree practice")
-    ]
+    drawn = expression_trees.functions(f"{config.seed}-practice")
+    return _practice(drawn, config.tree_functions, seen, config, "expression-trees", pool)
 
 
-def textbook_practice(config: DataConfig, seen: set[str]) -> list[Record]:
+def textbook_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
     """`config.textbook_functions` more train functions of the kinds textbooks ask about
-    (data/calculus_corpus.textbook_candidate: the pretraining corpus's own), each one the dataset
-    rule animates (with the interval search `config.tree_wider_intervals` says) and none in
-    `seen`."""
-    from rich.progress import track
-
+    (data/calculus_corpus.textbook_candidate: the pretraining corpus's own), kept as tree
+    practice keeps its own."""
     from derivative_animator.data.calculus_corpus import textbook_candidate
     from derivative_animator.math.expression_trees import typed_function
 
-    if not config.textbook_functions:
-        return []
-    rng = random.Random(f"{config.seed}-textbook-practice")
-    styles = random.Random(f"{config.seed}-textbook-practice-styles")
-
     def drawn():
-        for _ in range(100 * config.textbook_functions):  # a space this size never runs dry
+        rng, typed_so_far, misses = random.Random(f"{config.seed}-textbook-practice"), set(), 0
+        while misses < 10_000:  # the kinds' space is finite: say so rather than loop
             found = typed_function(textbook_candidate(rng))
-            if found is None or found[1].is_Symbol:
+            if found is None or found[0] in typed_so_far:
+                misses += 1
                 continue
-            typed, expr = found
-            key = curriculum.canonical_key(expr)
-            if key in seen:
-                continue
-            seen.add(key)
-            analysed = curriculum.analyse(expr, config.tree_wider_intervals)
-            if analysed is not None:
-                yield analysed
-        raise RuntimeError(
-            "textbook practice drew too few new functions; lower data.textbook_practice"
+            misses = 0
+            typed_so_far.add(found[0])
+            yield found[0]
+        raise ValueError(
+            "textbook practice ran out of new functions of textbook kinds; "
+            "lower data.textbook_practice"
         )
 
-    records = []
-    for analysed in track(
-        drawn(), total=config.textbook_functions, description="textbook practice"
-    ):
-        records.append(
-            make_record(
-                analysed,
-                styles.choice(config.styles),
-                "textbook-kinds",
-                worked_steps=config.worked_steps,
-            )
-        )
-        if len(records) == config.textbook_functions:
-            break
+    return _practice(drawn(), config.textbook_functions, seen, config, "textbook-kinds", pool)
+
+
+def _practice(
+    typed_functions, count: int, seen: set[str], config, source: str, pool
+) -> list[Record]:
+    """The first `count` functions of `typed_functions` (in its order) that the dataset rule
+    animates and `seen` lacks, as records. Judging and writing run on the pool's workers in
+    chunks; the same records for any number of workers (a style is drawn per function)."""
+    from rich.progress import Progress
+
+    if not count:
+        return []
+    pool = pool or [_Here()]
+    records: list[Record] = []
+    options = (config.tree_wider_intervals, config.styles, config.seed, source, config.worked_steps)
+    with Progress() as progress:
+        task = progress.add_task(source.replace("-", " "), total=count)
+        while len(records) < count:
+            batch = [next(typed_functions) for _ in range(PRACTICE_CHUNK * len(pool))]
+            futures = [
+                worker.submit(_practice_records, batch[i :: len(pool)], *options)
+                for i, worker in enumerate(pool)
+            ]
+            written = [future.result() for future in futures]
+            for position in range(len(batch)):
+                key, record = written[position % len(pool)][position // len(pool)]
+                if record is None or key in seen:
+                    continue
+                seen.add(key)
+                records.append(record)
+                progress.advance(task)
+                if len(records) == count:
+                    break
     return records
+
+
+PRACTICE_CHUNK = 32  # functions per worker per round
+
+
+def _practice_records(
+    texts: list[str], wider: bool, styles: tuple, seed: int, source: str, worked_steps: bool
+) -> list[tuple[str, Record | None]]:
+    """(canonical key, record or None if the dataset rule cannot animate it) per function."""
+    written = []
+    for typed in texts:
+        expr = parse_function(typed)
+        analysed = None if expr.is_Symbol else curriculum.analyse(expr, wider)
+        style = random.Random(f"{seed}-{source}-style-{typed}").choice(styles)
+        record = (
+            None
+            if analysed is None
+            else make_record(analysed, style, source, worked_steps=worked_steps)
+        )
+        written.append((curriculum.canonical_key(expr), record))
+    return written
 
 
 def reinforcement_functions(
