@@ -32,6 +32,7 @@ from derivative_animator.data.dataset_schema import SPLITS, DataConfig, Record, 
 from derivative_animator.data.prompt import DEFAULT_FORMAT
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.parsing import parse_function
+from derivative_animator.math.textbook_kinds import textbook_candidate
 
 # --- generating records ------------------------------------------------------------------
 
@@ -139,9 +140,8 @@ def tree_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]
 
 def textbook_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
     """`config.textbook_functions` more train functions of the kinds textbooks ask about
-    (data/calculus_corpus.textbook_candidate: the pretraining corpus's own), kept as tree
+    (math/textbook_kinds.textbook_candidate, the pretraining corpus's own), kept as tree
     practice keeps its own."""
-    from derivative_animator.data.calculus_corpus import textbook_candidate
     from derivative_animator.math.expression_trees import typed_function
 
     def drawn():

@@ -11,10 +11,10 @@ block expansion, Wu et al. 2024). `make pretrain ARGS=model=small` grows the shi
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 from derivative_animator import paths
-from derivative_animator.model.base_publish import file_sha256
 
 _PARENT_WEIGHTS = "model.safetensors"
 
@@ -27,7 +27,8 @@ def parent_digest(parent_dir: str | Path) -> str:
             f"model.build.grow_from: {weights} does not exist; build that base first "
             "(make pretrain) or point grow_from at a base model directory"
         )
-    return file_sha256(weights)
+    with open(weights, "rb") as handle:  # base_publish.file_sha256 would close an import cycle
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def grown_model(parent_dir: str | Path, num_layers: int, shape: dict):

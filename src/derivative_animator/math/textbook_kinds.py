@@ -1,0 +1,129 @@
+"""Functions of the kinds intro calculus textbooks ask about, beyond the curriculum's shapes.
+
+sec/csc/cot, inverse trig, hyperbolic, exponentials of any base, logs of compositions, pi
+inside functions, roots and negative or fractional powers, quotients of polynomials. The
+pretraining corpus (`data/calculus_corpus`) and the dataset's textbook practice
+(`data/dataset.textbook_practice`) both draw from here; the caller checks a function is usable.
+"""
+
+from __future__ import annotations
+
+import random
+
+import sympy as sp
+
+from derivative_animator.math.parsing import X
+
+
+def _linear(rng: random.Random) -> sp.Expr:
+    return rng.choice([1, 2, 3, 4, 5, -1, -2, sp.Rational(1, 2)]) * X + rng.choice(
+        [0, 0, 1, -1, 2, 3, -4]
+    )
+
+
+def _small_polynomial(rng: random.Random) -> sp.Expr:
+    degree = rng.randint(1, 3)
+    return sum(
+        rng.choice([1, 1, 2, 3, -1, -2, 5]) * X**e
+        for e in range(degree, -1, -1)
+        if e == degree or rng.random() < 0.6
+    )
+
+
+def _inside(rng: random.Random) -> sp.Expr:
+    return rng.choice(
+        [
+            X,
+            X,
+            _linear(rng),
+            X**2,
+            X**2 + rng.randint(1, 9),
+            _small_polynomial(rng),
+            sp.pi * X,
+            rng.choice([2, 3]) * sp.pi * X,
+            sp.sqrt(X),
+            sp.exp(X),
+            sp.log(X),
+            1 / X,
+        ]
+    )
+
+
+def textbook_candidate(rng: random.Random) -> sp.Expr:
+    """One function of a kind textbooks ask about (the caller checks it is usable)."""
+    u = _inside(rng)
+    kind = rng.randrange(9)
+    if kind == 0:  # the other trig functions
+        core = rng.choice([sp.sec, sp.csc, sp.cot, sp.tan])(u)
+    elif kind == 1:  # inverse trig
+        core = rng.choice([sp.asin, sp.acos, sp.atan])(
+            rng.choice([X, X / rng.choice([2, 3, 4]), rng.choice([2, 3]) * X, X**2, sp.sqrt(X)])
+        )
+    elif kind == 2:  # hyperbolic
+        core = rng.choice([sp.sinh, sp.cosh, sp.tanh])(u)
+    elif kind == 3:  # exponentials of any base
+        core = rng.choice([2, 3, 5, 7, 10, sp.Rational(1, 2), sp.E]) ** rng.choice(
+            [X, _linear(rng), -X, X**2, -(X**2)]
+        )
+    elif kind == 4:  # logs of compositions
+        core = sp.log(
+            rng.choice(
+                [
+                    _linear(rng),
+                    X**2 + rng.randint(1, 9),
+                    _small_polynomial(rng),
+                    sp.sin(X),
+                    sp.cos(X) + 2,
+                    sp.exp(X) + 1,
+                    sp.sqrt(X),
+                ]
+            )
+        )
+    elif kind == 5:  # roots, negative and fractional powers
+        exponent = rng.choice(
+            [
+                sp.Rational(1, 2),
+                sp.Rational(1, 3),
+                sp.Rational(2, 3),
+                sp.Rational(3, 2),
+                sp.Rational(5, 2),
+                sp.Rational(-1, 2),
+                sp.Rational(-3, 2),
+                -1,
+                -2,
+                -3,
+                sp.Rational(3, 4),
+            ]
+        )
+        core = (
+            rng.choice([X, _linear(rng), X**2 + rng.randint(1, 9), _small_polynomial(rng)])
+            ** exponent
+        )
+    elif kind == 6:  # quotients of polynomials
+        core = _small_polynomial(rng) / rng.choice(
+            [_linear(rng), X**2 + rng.randint(1, 9), _small_polynomial(rng)]
+        )
+    elif kind == 7:  # textbook products
+        core = rng.choice(
+            [X, X**2, X**3, _linear(rng), sp.exp(X), rng.choice([2, 3]) ** X]
+        ) * rng.choice(
+            [
+                sp.exp(X),
+                sp.exp(_linear(rng)),
+                sp.log(X),
+                sp.sin(u),
+                sp.cos(u),
+                sp.atan(X),
+                sp.sqrt(X),
+                sp.sinh(X),
+            ]
+        )
+    else:  # constants such as pi and e inside and around functions
+        core = rng.choice([sp.pi, sp.E, 2 * sp.pi, sp.pi / 2]) * rng.choice(
+            [X, X**2, sp.sin(X), sp.exp(X)]
+        ) + rng.choice([0, sp.sin(sp.pi * X), sp.cos(2 * sp.pi * X), sp.pi**2, X**sp.pi])
+    coefficient = rng.choice([1, 1, 1, 2, 3, -1, -2, 5, sp.Rational(1, 2)])
+    extra = rng.choice(
+        [0, 0, 0, rng.randint(-9, 9), rng.choice([1, 2, -3]) * X ** rng.randint(1, 3)]
+    )
+    return coefficient * core + extra
