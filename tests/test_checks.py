@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import sympy as sp
 
 from derivative_animator.data.oracle import CannotAnimate, template_scene
 from derivative_animator.data.scenes import STYLES
 from derivative_animator.math.header import PROJECT_READER_IMPORT, SYMPY_READER, SYMPY_READER_IMPORT
-from derivative_animator.math.judge import check_function, check_math
+from derivative_animator.math.judge import check_function, check_math, expressions_equal
+from derivative_animator.math.parsing import X, parse_function
 from derivative_animator.render import checks
 
 FAST = checks.RenderOptions(quick=True, save_frame=False)
@@ -52,6 +54,36 @@ def test_oracle_math_for_every_level(function):
         result = checks.check_code(oracle(function, style), function, execute=False)
         assert result.syntax and result.structure and result.math, result.error
         assert result.math_method == "symbolic"
+
+
+@pytest.mark.parametrize(
+    "written, true",
+    [
+        ("sec(x)^2", "1 + tan(x)^2"),
+        ("2sin(x)cos(x)", "sin(2x)"),
+        ("cosh(x)^2 - sinh(x)^2", "1"),
+        ("e^(2x)", "e^x e^x"),
+    ],
+)
+def test_a_derivative_equal_in_another_form_is_confirmed_symbolically(written, true):
+    assert expressions_equal(parse_function(written), parse_function(true), (0.2, 1.2)) == (
+        True,
+        "symbolic",
+    )
+
+
+@pytest.mark.timeout(60)  # a hang, not a speed target: sympy's simplify ran for minutes here
+def test_the_chain_rule_left_unsimplified_is_judged_without_a_hang():
+    function = parse_function("cot(6x^2 + 4x + 4)/arctan(x)")
+    written = parse_function(
+        "(-csc(6x^2 + 4x + 4)^2*(6*2x + 4)*arctan(x) - cot(6x^2 + 4x + 4)*1/(x^2 + 1))/arctan(x)^2"
+    )
+    true = sp.diff(function, X)
+    assert expressions_equal(written, true, (0.5, 2.0)) == (True, "symbolic")
+    wrong = written + parse_function("x^2 - x^2 + 1/100")
+    assert expressions_equal(wrong, true, (0.5, 2.0)) == (False, "numeric")
+    padded = true * (X**2 + 2 * X + 1) ** 100 / (X + 1) ** 200  # equal, but never expanded
+    assert expressions_equal(padded, true, (0.5, 2.0)) == (True, "numeric")
 
 
 @pytest.mark.needs_render
