@@ -662,6 +662,39 @@ def test_decoding_plots_the_model_s_derivative_where_it_is_defined(
             assert "X_MIN, X_MAX = -3, 3\n" in written.code and not right, why
 
 
+def test_batched_headers_hold_the_imports_and_interval_a_scene_s_decoding_writes(checkpoint):
+    """HF generate forces nothing, so a batch's rows write their whole header: one that garbles
+    the imports and plots ln(x) on -3..3 comes back as `generate` writes it (the template's
+    imports, the interval found with its f'); one whose f' cannot be read keeps its own values
+    after the template's imports; with shared_code off, each row is as the model wrote it."""
+    from derivative_animator.data.scenes import HEADER_CODE, docstring_opening
+    from derivative_animator.math.header import MATH_HEADER_END
+
+    function = "ln(x)"
+    scene, docstring, chosen = _scene_parts(function, "tangent")
+    unreadable = docstring.replace("f'(x) = ", "f'(x) = )(")
+    rows = [
+        docstring + "from manim import *\nimport numpy\n\nX_MIN, X_MAX = -3, 3\n",
+        unreadable + HEADER_CODE + " -3, 3\n",
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    opening = docstring_opening(parse_function(function))  # decoding writes it: not in a row
+    tails = [_token_ids(tokenizer, row[len(opening) :] + MATH_HEADER_END) for row in rows]
+    eos, width = tokenizer.eos_token_id, max(map(len, tails))
+    written = torch.tensor([tail + [eos] * (width - len(tail)) for tail in tails])
+    for shared_code in (True, False):
+        generator = SceneGenerator.load(checkpoint, shared_code=shared_code)
+        generator.model.generate = lambda input_ids, **unused: torch.cat([input_ids, written], 1)
+        batch = generator.generate_batch([function] * 2, 400, headers_only=True)
+        if shared_code:
+            assert [row.code for row in batch] == [
+                docstring + HEADER_CODE + chosen,
+                unreadable + HEADER_CODE + " -3, 3\n",
+            ]
+        else:
+            assert [row.code for row in batch] == rows
+
+
 def test_batched_rows_start_with_the_function_the_prompt_gives(checkpoint):
     from derivative_animator.data.scenes import docstring_opening
 

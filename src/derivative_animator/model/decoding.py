@@ -274,6 +274,20 @@ class SharedCode:
         return self.style_start, STYLE_CODE[FALLBACK_STYLE]
 
 
+def header_as_decoding_writes(header: str, interval: Callable[[str], str | None] = None) -> str:
+    """A finished math header (cut at `MATH_HEADER_END`) that a batch's row wrote whole, as one
+    scene's decoding writes it (`SharedCode`): the model's docstring, then the imports and, where
+    `interval` finds them, the interval's values; else the model's own values after the imports."""
+    forced = SharedCode(interval=interval).forcing(header)
+    if forced is None:
+        return header  # the docstring never closed
+    where, code = forced
+    if code != HEADER_CODE:
+        return header[:where] + code  # the values chosen
+    own = header.find(INTERVAL, where)
+    return header[:where] + code + header[own + len(INTERVAL) :] if own >= 0 else header
+
+
 class StyleChoice:
     """The style a user asked for, written by the model without another prompt: the first line
     after the math header that opens a style (`scenes.STYLE_OPENINGS`, `class SecantLimitScene`)

@@ -56,6 +56,7 @@ from derivative_animator.model.decoding import (
     SharedCode,
     StyleChoice,
     first_stop,
+    header_as_decoding_writes,
     stops_for,
 )
 from derivative_animator.model.speculative import ContextLookup, NgramDrafter, accept_draft, pick
@@ -412,8 +413,9 @@ class SceneGenerator:
     ) -> list[Generation]:
         """Many scenes at once (left-padded, HF generate), with the stops and bracket guard of
         `generate` (no speculation, no rollbacks). Each gets the batch time / n.
-        `headers_only`: a row stops once its math header is written (the text is cut there),
-        the batch once every row's is: self-consistency's votes need no more.
+        `headers_only`: a row stops once its math header is written (the text is cut there, its
+        imports and interval as `generate` writes them: `header_as_decoding_writes`), the batch
+        once every row's is: self-consistency's votes need no more.
         `accept_headers`: one judge per function (or None), as `generate(accept_header=)`."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -474,6 +476,8 @@ class SceneGenerator:
             text = openings[index] + self.tokenizer.decode(row, skip_special_tokens=True)
             if headers_only and MATH_HEADER_END in text:
                 text = text[: text.index(MATH_HEADER_END)]
+                if self.shared_code:  # what `generate` would have written around its math
+                    text = header_as_decoding_writes(text, self.interval_writer(function))
             results.append(
                 Generation(
                     function,
