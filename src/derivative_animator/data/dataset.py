@@ -162,6 +162,9 @@ def textbook_practice(config: DataConfig, seen: set[str], pool=None) -> list[Rec
     return _practice(drawn(), config.textbook_functions, seen, config, "textbook-kinds", pool)
 
 
+PRACTICE_CHUNK = 32  # functions per worker per round
+
+
 def _practice(
     typed_functions, count: int, seen: set[str], config, source: str, pool
 ) -> list[Record]:
@@ -194,9 +197,6 @@ def _practice(
                 if len(records) == count:
                     break
     return records
-
-
-PRACTICE_CHUNK = 32  # functions per worker per round
 
 
 def _practice_records(
