@@ -99,6 +99,38 @@ def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrup
     assert pretrain.build_base(interrupted).cached  # finished: reused as it is
 
 
+def test_sigterm_saves_the_step_it_finished_and_marks_the_pretraining_run_killed(
+    tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    config = micro_config(tmp_path, steps=6, checkpoint_every=4)
+    real_batch_at = pretrain.batch_at
+    calls: list[tuple] = []
+
+    class Client:  # the MLflow client's two calls pretraining makes
+        def log_metric(self, *args, **kwargs):
+            pass
+
+        def set_terminated(self, run_id, status):
+            calls.append((run_id, status))
+
+    def terminated_in_step_2(tokens, config, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a session's end sends it
+        return real_batch_at(tokens, config, step)
+
+    monkeypatch.setattr(pretrain, "batch_at", terminated_in_step_2)
+    with pytest.raises(SystemExit) as stopped:
+        pretrain.build_base(config, open_run=lambda run_id: (Client(), "run-1"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert calls == [("run-1", "KILLED")]
+    state = torch.load(tmp_path / ".base-building" / pretrain.STATE_FILE, weights_only=False)
+    assert state["step"] == 2  # the step under way finished and saved (the first checkpoint: 4)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
 def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(
     tmp_path, default_splits
 ):

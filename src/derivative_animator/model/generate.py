@@ -409,14 +409,12 @@ class SceneGenerator:
         top_p: float = 1.0,
         seed: int | None = None,
         headers_only: bool = False,
-        accept_headers: list[Callable[[str], bool] | None] | None = None,
     ) -> list[Generation]:
         """Many scenes at once (left-padded, HF generate), with the stops and bracket guard of
         `generate` (no speculation, no rollbacks). Each gets the batch time / n.
         `headers_only`: a row stops once its math header is written (the text is cut there, its
         imports and interval as `generate` writes them: `header_as_decoding_writes`), the batch
-        once every row's is: self-consistency's votes need no more.
-        `accept_headers`: one judge per function (or None), as `generate(accept_header=)`."""
+        once every row's is: self-consistency's votes need no more."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         if not functions:
@@ -444,9 +442,8 @@ class SceneGenerator:
             if temperature > 0
             else {"do_sample": False}
         )
-        judges = accept_headers or [None] * len(functions)
         stops = RowStops(
-            [stops_for(judge, headers_only) for judge in judges], self.tokenizer, width, openings
+            [stops_for(None, headers_only) for _ in functions], self.tokenizer, width, openings
         )
         guard = BracketGuardProcessor(self.guard, stops.texts) if self.guard is not None else None
         if guard is not None:

@@ -14,11 +14,14 @@ hash is reused as it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import torch
@@ -36,6 +39,21 @@ from derivative_animator.model.copy_circuit import copy_accuracy
 from derivative_animator.model.grow import parent_digest
 
 STATE_FILE = "pretraining_state.pt"  # in the staging dir: model, optimizer, step, losses
+
+
+@contextlib.contextmanager
+def sigterm_noted() -> Iterator[dict]:
+    """SIGTERM (a session's end, `kill`) only noted, so the loop can finish its step, save
+    and mark its MLflow run KILLED; the default action would end the process mid-step."""
+    noted = {"sigterm": False}
+    if threading.current_thread() is not threading.main_thread():  # handlers live there only
+        yield noted
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: noted.update(sigterm=True))
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def batch_at(tokens: torch.Tensor, config: BaseModelConfig, step: int) -> torch.Tensor:
@@ -144,7 +162,7 @@ def build_base(
     use_bf16 = cpu_has_fast_bf16() if config.bf16 == "auto" else bool(config.bf16)
     tokens_per_step = config.batch_size * config.seq_len
     try:
-        with Progress() as progress:
+        with Progress() as progress, sigterm_noted() as noted:
             task = progress.add_task(
                 "pretraining the base model", total=config.steps, completed=step
             )
@@ -178,6 +196,9 @@ def build_base(
                         step=step,
                     )
                     client.log_metric(run_id, "pretrain/tokens", step * tokens_per_step, step=step)
+                if noted["sigterm"] and step < config.steps:
+                    save_state()  # nothing trained is lost: make pretrain continues from here
+                    raise SystemExit(128 + signal.SIGTERM)
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     save_state()
                 if (
