@@ -719,6 +719,23 @@ def test_a_token_capped_sampler_bounds_every_batch_and_trains_each_sample_once()
     assert min(len(b) for b in batches if max(lengths[i] for i in b) > 1000) <= 4
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_an_uncapped_sampler_batches_each_sorted_bucket_in_runs_of_batch_size(replicas):
+    import random
+
+    from derivative_animator.data.datamodule import BucketBatchSampler
+
+    lengths = [random.Random(i).randint(10, 900) for i in range(1003)]
+    sampler = BucketBatchSampler(lengths, 16, 100, True, seed=2, num_replicas=replicas)
+    batches = list(sampler)
+    cuts = BucketBatchSampler(lengths, 16, 100, False, seed=2).batches(0)
+    assert [len(b) for b in cuts] == ([16] * 6 + [4]) * 10 + [3]  # 100-sample buckets, 3 left
+    assert all(
+        [lengths[i] for i in b] == sorted(lengths[i] for i in b) for b in cuts
+    )  # each batch a run of its sorted bucket
+    assert len(batches) == len(sampler) == 71 // replicas
+
+
 def test_encoding_in_chunks_gives_the_ids_of_one_call_per_sample(micro_data, monkeypatch):
     from derivative_animator.data import datamodule
 

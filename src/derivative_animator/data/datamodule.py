@@ -18,6 +18,7 @@ compute.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytorch_lightning as pl
@@ -178,12 +179,11 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _cut(self, bucket: list[int]) -> list[list[int]]:
         """A length-sorted bucket as batches of at most batch_size samples (and max_tokens)."""
-        if self.max_tokens is None:
-            return [bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+        cap = math.inf if self.max_tokens is None else self.max_tokens
         batches, batch = [], []
         for index in bucket:  # ascending lengths: the newest sample is the batch's longest
             full = len(batch) == self.batch_size
-            if batch and (full or (len(batch) + 1) * self.lengths[index] > self.max_tokens):
+            if batch and (full or (len(batch) + 1) * self.lengths[index] > cap):
                 batches.append(batch)
                 batch = []
             batch.append(index)
@@ -199,13 +199,8 @@ class BucketBatchSampler(Sampler[list[int]]):
             self._position["taken"] += 1
             yield batch
 
-    def __len__(self) -> int:
-        if self.max_tokens is not None:  # batch counts depend on which lengths share a bucket
-            return len(self.batches(self.epoch))
-        full, rest = divmod(self.bucket_size, self.batch_size)
-        per_bucket = full + (1 if rest else 0)
-        buckets, last = divmod(len(self.lengths), self.bucket_size)
-        return (buckets * per_bucket + -(-last // self.batch_size)) // self.num_replicas
+    def __len__(self) -> int:  # with max_tokens the count depends on which lengths share a bucket
+        return len(self.batches(self.epoch))
 
 
 class ResumableLoader(DataLoader):
