@@ -9,7 +9,7 @@ ARGS ?=
 BENCHMARK_BASELINES := "eval.baselines=[finetuned,self_consistency]"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup all data data-validate pretrain curve serve load-test train reinforce sweep sweep-summary ui eval eval-benchmarks header-math doctor \
+.PHONY: help setup all data data-validate pretrain curve serve load-test train reinforce seeds sweep sweep-summary ui eval eval-benchmarks header-math doctor \
         benchmark test test-slow mutate lint clean
 
 help: ## list the targets
@@ -45,6 +45,11 @@ train: $(SETUP) ## fine-tune with LoRA (builds data and base model if missing): 
 
 reinforce: $(SETUP) ## learn from the math judge after fine-tuning (GRPO on generator functions): ARGS="reinforce.model=DIR"
 	$(PY) -m derivative_animator.reinforce $(ARGS)
+
+seeds: $(SETUP) ## three fine-tuning seeds of make all's recipe, then each one's header math and the median (about 2 h on 2 cores with bf16)
+	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset
+	$(PY) -m derivative_animator.train experiment=seeds $(ARGS)
+	$(PY) -m derivative_animator.eval.header_math --model $$(ls -d outputs/train-multirun/*/ | sort | tail -1)*/checkpoint/merged
 
 sweep: $(SETUP) ## Hydra multirun over lora.r x trainer.max_epochs, one MLflow run each
 	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset

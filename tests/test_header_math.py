@@ -59,3 +59,41 @@ def test_a_directory_without_a_checkpoint_is_refused_in_one_line(tmp_path, capsy
     assert header_math.main(["--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "no config.json" in err[0]
+
+
+def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypatch, capsys):
+    import json
+
+    from derivative_animator.model import generate
+
+    models = []
+    for seed in (42, 43, 44):
+        models.append(tmp_path / f"seed{seed}")
+        models[-1].mkdir()
+        (models[-1] / "config.json").write_text("{}")
+    right = {"seed42": 4, "seed43": 1, "seed44": 2}  # of 4 test functions (mean 58.3); random: none
+    monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: path.name))
+    monkeypatch.setattr(
+        header_math,
+        "header_math",
+        lambda name, sets, limit=None: {
+            "test": {"n": 4, "math_pct": 25.0 * right[name], "right": TYPED[: right[name]]},
+            "random": {"n": 4, "math_pct": 0.0, "right": []},
+        },
+    )
+    monkeypatch.setattr(header_math, "function_sets", lambda data: {})
+    out = tmp_path / "seeds.json"
+    assert header_math.main(["--model", *map(str, models), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "median of 3" in printed and "test        50.0%" in printed.split("median of 3")[1]
+    written = json.loads(out.read_text())
+    assert [m["test"]["math_pct"] for m in written["models"]] == [100.0, 25.0, 50.0]
+    assert written["median"] == {"test": 50.0, "random": 0.0}
+
+
+def test_one_model_that_is_no_checkpoint_refuses_the_whole_run(tmp_path, capsys):
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+    assert header_math.main(["--model", str(good), str(tmp_path / "missing")]) == 2
+    assert "missing is not a checkpoint" in capsys.readouterr().err

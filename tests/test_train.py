@@ -65,9 +65,9 @@ def test_lora_presets_and_model_learning_rates():
     )
     deepseek = compose_train("model=deepseek_coder_1_3b").lora
     assert deepseek.enabled and deepseek.r == 64 and deepseek.alpha == 128
-    assert compose_train(
-        "experiment=lora_rank_sweep"
-    ).lora.enabled  # a rank sweep is LoRA on any model
+    sweep = compose_train("experiment=lora_rank_sweep")
+    assert sweep.lora.enabled  # a rank sweep is LoRA on any model
+    assert sweep.sweep_name == "lora_rank_sweep"  # a preset's keys win over train.yaml's
     assert compose_train("lora=r8").lora.r == 8
     assert compose_train("model=deepseek_coder_1_3b").optim.lr == 1e-4
     assert (
@@ -77,6 +77,14 @@ def test_lora_presets_and_model_learning_rates():
         compose_train().optim.effective_batch_size == 16
         and compose_train("trainer=gpu").trainer.max_epochs == 5
     )
+
+
+def test_the_seeds_preset_is_make_all_s_recipe_over_three_seeds():
+    seeds, default = (OmegaConf.to_container(compose_train(*o)) for o in (["experiment=seeds"], []))
+    recipe = ("data", "model", "lora", "optim", "loader", "trainer")
+    assert all(seeds[k] == default[k] for k in recipe) and seeds["sweep_name"] == "seeds"
+    params = OmegaConf.load(paths.CONF_DIR / "experiment" / "seeds.yaml").hydra.sweeper.params
+    assert [int(seed) for seed in str(params.seed).split(",")] == [42, 43, 44]
 
 
 def micro_cfg(tmp_path, data_dir, *overrides):

@@ -5,12 +5,14 @@ instead of half an hour of renders: what quick ablations (a reinforcement run, a
 
     python -m derivative_animator.eval.header_math --model outputs/train/<run>/checkpoint/merged
     python -m derivative_animator.eval.header_math --model DIR --out header_math.json --limit 20
+    python -m derivative_animator.eval.header_math --model SEED42 SEED43 SEED44   # and the median
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -60,29 +62,54 @@ def header_math(
     return report
 
 
+def median_row(reports: list[dict[str, dict]]) -> dict[str, float]:
+    """{set: the median of the reports' math_pct} (several fine-tuning seeds of one recipe)."""
+    return {name: statistics.median(r[name]["math_pct"] for r in reports) for name in reports[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     from derivative_animator.model.generate import SceneGenerator
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, required=True, help="a merged checkpoint directory")
+    parser.add_argument(
+        "--model", type=Path, nargs="+", required=True, help="merged checkpoint directories"
+    )
     parser.add_argument("--data", default="data/derivatives", help="the dataset (its test split)")
     parser.add_argument("--limit", type=int, help="the first N functions of each set")
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
-    model = paths.resolve(args.model)
-    if not (model / "config.json").is_file():
-        print(
-            f"error: {model} is not a checkpoint (no config.json); pass --model DIR",
-            file=sys.stderr,
-        )
-        return 2
-    report = header_math(SceneGenerator.load(model), function_sets(args.data), limit=args.limit)
-    for name, scores in report.items():
-        print(f"{name:10s} {scores['math_pct']:5.1f}%  ({len(scores['right'])} of {scores['n']})")
+    models = [paths.resolve(model) for model in args.model]
+    for model in models:
+        if not (model / "config.json").is_file():
+            print(
+                f"error: {model} is not a checkpoint (no config.json); pass --model DIR",
+                file=sys.stderr,
+            )
+            return 2
+    sets = function_sets(args.data)
+    reports = []
+    for model in models:
+        report = header_math(SceneGenerator.load(model), sets, limit=args.limit)
+        reports.append(report)
+        if len(models) > 1:
+            print(model)
+        for name, scores in report.items():
+            print(
+                f"{name:10s} {scores['math_pct']:5.1f}%  ({len(scores['right'])} of {scores['n']})"
+            )
+    if len(models) > 1:
+        print(f"median of {len(models)}")
+        for name, pct in median_row(reports).items():
+            print(f"{name:10s} {pct:5.1f}%")
     if args.out is not None:
-        args.out.write_text(json.dumps({"model": str(model), **report}, indent=1) + "\n")
+        written = [{"model": str(m), **r} for m, r in zip(models, reports, strict=True)]
+        if len(models) > 1:
+            written = {"models": written, "median": median_row(reports)}
+        else:
+            written = written[0]
+        paths.write_atomic(args.out, json.dumps(written, indent=1) + "\n")
     return 0
 
 
