@@ -49,7 +49,7 @@ reinforce: $(SETUP) ## learn from the math judge after fine-tuning (GRPO on gene
 seeds: $(SETUP) ## three fine-tuning seeds of make all's recipe, then each one's header math and the median (about 2 h on 2 cores with bf16)
 	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset
 	$(PY) -m derivative_animator.train experiment=seeds $(ARGS)
-	$(PY) -m derivative_animator.eval.header_math --model $$(ls -d outputs/train-multirun/*/ | sort | tail -1)*/checkpoint/merged
+	$(PY) -m derivative_animator.eval.header_math --model $$(ls -d outputs/train-multirun/*/ | sort | tail -1)seed-*/checkpoint/merged
 
 sweep: $(SETUP) ## Hydra multirun over lora.r x trainer.max_epochs, one MLflow run each
 	@test -f data/derivatives/train.jsonl || $(PY) -m derivative_animator.dataset

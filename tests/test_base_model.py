@@ -122,13 +122,14 @@ def test_sigterm_saves_the_step_it_finished_and_marks_the_pretraining_run_killed
         return real_batch_at(tokens, config, step)
 
     monkeypatch.setattr(pretrain, "batch_at", terminated_in_step_2)
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         pretrain.build_base(config, open_run=lambda run_id: (Client(), "run-1"))
     assert stopped.value.code == 128 + signal.SIGTERM
     assert calls == [("run-1", "KILLED")]
     state = torch.load(tmp_path / ".base-building" / pretrain.STATE_FILE, weights_only=False)
     assert state["step"] == 2  # the step under way finished and saved (the first checkpoint: 4)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
 def test_make_pretrain_at_micro_scale_logs_to_mlflow_and_publishes_a_base_with_its_card(

@@ -81,7 +81,8 @@ def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypat
             "random": {"n": 4, "math_pct": 0.0, "right": []},
         },
     )
-    monkeypatch.setattr(header_math, "function_sets", lambda data: {})
+    read: list[str] = []
+    monkeypatch.setattr(header_math, "function_sets", lambda data: read.append(data) or {})
     out = tmp_path / "seeds.json"
     assert header_math.main(["--model", *map(str, models), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -89,6 +90,15 @@ def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypat
     written = json.loads(out.read_text())
     assert [m["test"]["math_pct"] for m in written["models"]] == [100.0, 25.0, 50.0]
     assert written["median"] == {"test": 50.0, "random": 0.0}
+    assert read == ["data/derivatives"] * 3  # no run config beside these: make all's dataset
+
+
+def test_a_checkpoint_is_judged_on_the_test_split_its_run_was_trained_with(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 43\ndata:\n  dir: /work/data-B\n")
+    assert header_math.trained_on(run / "checkpoint" / "merged") == "/work/data-B"
+    assert header_math.trained_on(tmp_path / "elsewhere" / "merged") == "data/derivatives"
 
 
 def test_one_model_that_is_no_checkpoint_refuses_the_whole_run(tmp_path, capsys):

@@ -85,6 +85,11 @@ def test_the_seeds_preset_is_make_all_s_recipe_over_three_seeds():
     assert all(seeds[k] == default[k] for k in recipe) and seeds["sweep_name"] == "seeds"
     params = OmegaConf.load(paths.CONF_DIR / "experiment" / "seeds.yaml").hydra.sweeper.params
     assert [int(seed) for seed in str(params.seed).split(",")] == [42, 43, 44]
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(paths.CONF_DIR), version_base="1.3"):
+        job = compose("train", ["experiment=seeds", "seed=43"], return_hydra_config=True)
+    assert job.hydra.sweep.subdir == "seed-43"  # what make seeds reads them back by
 
 
 def micro_cfg(tmp_path, data_dir, *overrides):

@@ -1,5 +1,6 @@
 """`make sweep-summary`: a table and a plot of one metric by LoRA rank and epochs, from
-the MLflow runs of a sweep (the newest sweep unless --sweep names one), best run first.
+the MLflow runs of a sweep (the newest sweep unless --sweep names one; a named sweep run again
+shows its newest run of each rank and epochs), best run first.
 The default metric is val/math (the validation headers' derivatives right, in percent:
 higher is better); val/loss ranks lowest first.
 
@@ -36,19 +37,14 @@ def sweep_runs(tracking_uri: str, experiment: str, sweep: str | None, metric: st
     chosen = [r for r in runs if r.data.tags.get("sweep") == sweep and metric in r.data.metrics]
     if not chosen:
         raise ValueError(f"no finished runs with metric {metric!r} in sweep {sweep!r}")
-    rows = sorted(
-        (
-            (
-                int(r.data.params.get("lora/r", r.data.tags.get("lora_r", 0)) or 0),
-                int(r.data.params.get("trainer/max_epochs", 0)),
-                r.data.metrics[metric],
-                r.info.run_id,
-            )
-            for r in chosen
-        ),
-        key=lambda row: row[:2],
-    )
-    return sweep, rows
+    newest = {}  # a named sweep run again (make sweep twice): its newest run of each cell
+    for r in sorted(chosen, key=lambda r: r.info.start_time):
+        cell = (
+            int(r.data.params.get("lora/r", r.data.tags.get("lora_r", 0)) or 0),
+            int(r.data.params.get("trainer/max_epochs", 0)),
+        )
+        newest[cell] = (*cell, r.data.metrics[metric], r.info.run_id)
+    return sweep, [newest[cell] for cell in sorted(newest)]
 
 
 def plot(rows, metric: str, sweep: str, output: Path) -> None:

@@ -62,6 +62,19 @@ def header_math(
     return report
 
 
+def trained_on(model: Path) -> str:
+    """The dataset a checkpoint was fine-tuned on: its run's data.dir (<run>/checkpoint/merged
+    beside <run>/.hydra/config.yaml), else make all's."""
+    from omegaconf import OmegaConf
+
+    saved = model.parent.parent / ".hydra" / "config.yaml"
+    if saved.is_file():
+        data_dir = OmegaConf.select(OmegaConf.load(saved), "data.dir")
+        if data_dir:
+            return str(data_dir)
+    return "data/derivatives"
+
+
 def median_row(reports: list[dict[str, dict]]) -> dict[str, float]:
     """{set: the median of the reports' math_pct} (several fine-tuning seeds of one recipe)."""
     return {name: statistics.median(r[name]["math_pct"] for r in reports) for name in reports[0]}
@@ -76,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", type=Path, nargs="+", required=True, help="merged checkpoint directories"
     )
-    parser.add_argument("--data", default="data/derivatives", help="the dataset (its test split)")
+    parser.add_argument(
+        "--data", help="the dataset (its test split); default: the one each model was trained on"
+    )
     parser.add_argument("--limit", type=int, help="the first N functions of each set")
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
@@ -88,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    sets = function_sets(args.data)
     reports = []
     for model in models:
+        sets = function_sets(args.data or trained_on(model))
         report = header_math(SceneGenerator.load(model), sets, limit=args.limit)
         reports.append(report)
         if len(models) > 1:

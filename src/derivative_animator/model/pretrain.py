@@ -52,8 +52,8 @@ def sigterm_noted() -> Iterator[dict]:
     previous = signal.signal(signal.SIGTERM, lambda *_: noted.update(sigterm=True))
     try:
         yield noted
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler not set from Python, which cannot be put back from here
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def batch_at(tokens: torch.Tensor, config: BaseModelConfig, step: int) -> torch.Tensor:
@@ -196,9 +196,6 @@ def build_base(
                         step=step,
                     )
                     client.log_metric(run_id, "pretrain/tokens", step * tokens_per_step, step=step)
-                if noted["sigterm"] and step < config.steps:
-                    save_state()  # nothing trained is lost: make pretrain continues from here
-                    raise SystemExit(128 + signal.SIGTERM)
                 if step % config.checkpoint_every == 0 and step < config.steps:
                     save_state()
                 if (
@@ -209,6 +206,9 @@ def build_base(
                     snapshot = out.with_name(f"{out.name}-snapshots") / f"step-{step}"
                     model.save_pretrained(snapshot)
                     tokenizer.save_pretrained(snapshot)
+                if noted["sigterm"] and step < config.steps:  # after the last step: it finishes
+                    save_state()  # nothing trained is lost: make pretrain continues from here
+                    raise SystemExit(128 + signal.SIGTERM)
     except BaseException:  # make pretrain again continues from the last checkpoint
         if client:
             client.set_terminated(run_id, "KILLED")
