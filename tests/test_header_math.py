@@ -76,15 +76,21 @@ def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypat
     monkeypatch.setattr(
         header_math,
         "header_math",
-        lambda name, sets, limit=None: {
-            "test": {"n": 4, "math_pct": 25.0 * right[name], "right": TYPED[: right[name]]},
-            "random": {"n": 4, "math_pct": 0.0, "right": []},
-        },
+        lambda name, sets, limit=None, max_new_tokens=None: (
+            budgets.append(max_new_tokens)
+            or {
+                "test": {"n": 4, "math_pct": 25.0 * right[name], "right": TYPED[: right[name]]},
+                "random": {"n": 4, "math_pct": 0.0, "right": []},
+            }
+        ),
     )
     read: list[str] = []
+    budgets: list[int] = []
     monkeypatch.setattr(header_math, "function_sets", lambda data: read.append(data) or {})
     out = tmp_path / "seeds.json"
-    assert header_math.main(["--model", *map(str, models), "--out", str(out)]) == 0
+    argv = ["--model", *map(str, models), "--out", str(out), "--max-new-tokens", "800"]
+    assert header_math.main(argv) == 0
+    assert budgets == [800] * 3
     printed = capsys.readouterr().out
     assert "median of 3" in printed and "test        50.0%" in printed.split("median of 3")[1]
     written = json.loads(out.read_text())

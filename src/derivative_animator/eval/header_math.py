@@ -33,7 +33,11 @@ def function_sets(data_dir: str | Path) -> dict[str, list[str]]:
 
 
 def header_math(
-    generator, sets: dict[str, list[str]], batch: int = 64, limit: int | None = None
+    generator,
+    sets: dict[str, list[str]],
+    batch: int = 64,
+    limit: int | None = None,
+    max_new_tokens: int = HEADER_TOKENS,
 ) -> dict[str, dict]:
     """{set: {"n", "math_pct", "right": [functions]}}: greedy headers, `batch` rows at once
     (`SceneGenerator.generate_batch`, as self-consistency samples them), the first `limit`
@@ -48,7 +52,7 @@ def header_math(
             right = []
             for start in range(0, len(functions), batch):
                 chunk = functions[start : start + batch]
-                written = generator.generate_batch(chunk, HEADER_TOKENS, headers_only=True)
+                written = generator.generate_batch(chunk, max_new_tokens, headers_only=True)
                 for function, generation in zip(chunk, written, strict=True):
                     # the row's text is cut where its header ends (one never ended does not parse)
                     if judge.header_judge(function)(generation.code):
@@ -93,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         "--data", help="the dataset (its test split); default: the one each model was trained on"
     )
     parser.add_argument("--limit", type=int, help="the first N functions of each set")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=HEADER_TOKENS,
+        help=f"a header's budget (default {HEADER_TOKENS}; worked steps need about twice it)",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
     models = [paths.resolve(model) for model in args.model]
@@ -106,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for model in models:
         sets = function_sets(args.data or trained_on(model))
-        report = header_math(SceneGenerator.load(model), sets, limit=args.limit)
+        report = header_math(
+            SceneGenerator.load(model), sets, limit=args.limit, max_new_tokens=args.max_new_tokens
+        )
         reports.append(report)
         if len(models) > 1:
             print(model)
