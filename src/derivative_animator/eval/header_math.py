@@ -126,17 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:10s} {scores['math_pct']:5.1f}%  ({len(scores['right'])} of {scores['n']})"
             )
-    if len(models) > 1:
+    median = median_row(reports) if len(models) > 1 else None
+    if median is not None:
         print(f"median of {len(models)}")
-        for name, pct in median_row(reports).items():
+        for name, pct in median.items():
             print(f"{name:10s} {pct:5.1f}%")
     if args.out is not None:
         written = [{"model": str(m), **r} for m, r in zip(models, reports, strict=True)]
-        if len(models) > 1:
-            written = {"models": written, "median": median_row(reports)}
-        else:
-            written = written[0]
-        paths.write_atomic(args.out, json.dumps(written, indent=1) + "\n")
+        report = written[0] if median is None else {"models": written, "median": median}
+        paths.write_atomic(args.out, json.dumps(report, indent=1) + "\n")
     return 0
 
 
