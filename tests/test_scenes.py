@@ -284,3 +284,23 @@ def test_the_tangent_line_is_cut_at_the_edges_of_its_axes(tmp_path):
             line = names["line"](axes, a, slope)
             ends = np.array([line.get_start(), line.get_end()])
             assert np.all((ends >= low - 1e-6) & (ends <= high + 1e-6)), (a, slope, ends)
+
+
+@pytest.mark.needs_render
+@pytest.mark.parametrize("style", scenes.STYLES)
+@pytest.mark.parametrize(
+    "function, written",
+    [
+        ("sqrt(-ln(cos(x)))", "sin(x)/(2sqrt(ln(cos(x))))"),  # a model's f': real nowhere here
+        ("x^2", "0"),  # one value everywhere: no span to put ticks on
+    ],
+)
+def test_a_scene_runs_to_its_end_whatever_f_prime_it_is_given(function, written, style, tmp_path):
+    """A wrong f' is the math check's to fail; the scene still plays (f drawn, f' on empty or
+    flat axes) instead of raising, so a teacher sees what was written."""
+    code = scene_for(function, style)
+    lines = code.split("\n")
+    lines[2] = f"f'(x) = {written}"
+    scene, plotted, _ = run_scene("\n".join(lines), tmp_path)
+    assert 12 <= scene.renderer.time <= 20, scene.renderer.time
+    assert any(len(curve.get_anchors()) > 0 for _, curve in on_screen(scene, plotted))  # f

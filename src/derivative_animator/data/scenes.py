@@ -88,6 +88,8 @@ def values(*gs):
     xs = np.linspace(X_MIN, X_MAX, 400)
     ys = np.concatenate([xs * 0 + g(xs) for g in gs])
     ys = ys[np.isfinite(ys)]
+    if ys.size < 2:  # a derivative that is not real here gets empty axes, not a crash
+        return np.array([-1.0, 1.0])
     a, lo, hi, b = np.percentile(ys, [5, 25, 75, 95])
     return np.clip(ys, 3 * lo - 2 * hi, 3 * hi - 2 * lo) if np.ptp(ys) > 3 * (b - a) else ys  # cut spikes
 
@@ -107,6 +109,7 @@ def make_axes(*gs, width=10, height=2.1):
     lo, hi = ys.min(), ys.max()
     if 3 * (hi - lo) >= max(hi, 0) - min(lo, 0) or hi == lo:  # y = 0 in view unless f flattens
         lo, hi = min(lo, 0), max(hi, 0)
+    lo, hi = (lo, hi) if hi > lo else (lo - 1, hi + 1)  # f' = 0 everywhere: a band around it
     dx, dy = tick(X_MAX - X_MIN), tick(hi - lo)
     lo, hi = np.floor(lo / dy) * dy, np.ceil(hi / dy) * dy
     axes = Axes([X_MIN, X_MAX, dx], [lo, hi, dy], x_length=width, y_length=height, tips=False,
