@@ -10,7 +10,7 @@ from derivative_animator import paths
 from derivative_animator.data import benchmarks, calculus_corpus, dataset
 from derivative_animator.data.dataset_card import CARD_FILE
 from derivative_animator.data.dataset_schema import DataConfig
-from derivative_animator.math import curriculum, expression_trees
+from derivative_animator.math import curriculum, expression_trees, notation, textbook_kinds
 from derivative_animator.math.parsing import parse_function
 from derivative_animator.model import base_model
 
@@ -158,11 +158,33 @@ def test_the_reinforcement_stage_never_draws_a_held_out_function(default_splits)
     held_out = set(benchmarks.held_out_keys()) | keys(
         r.function for split in ("validation", "test") for r in default_splits[split]
     )
-    draw = [dataset.reinforcement_functions("rl-test", s, 8, 0.5, held_out) for s in range(4)]
-    assert draw[0] == dataset.reinforcement_functions("rl-test", 0, 8, 0.5, held_out)
+    draw = [
+        dataset.reinforcement_functions("rl-test", s, 8, 0.5, 0.0, False, held_out)
+        for s in range(4)
+    ]
+    assert draw[0] == dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.0, False, held_out)
     assert all(len(step) == 8 for step in draw) and draw[0] != draw[1]
     assert not keys(f for step in draw for f in step) & held_out
-    unfiltered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, set())
+    unfiltered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.0, False, set())
     taken = keys(unfiltered)
-    filtered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, taken)
+    filtered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.0, False, taken)
     assert len(filtered) == 8 and not keys(filtered) & taken
+
+
+def test_reinforcement_practice_of_textbook_kinds_comes_from_their_generator(monkeypatch):
+    """reinforce.textbook_share 1: every function is a textbook_kinds candidate, usable on the
+    wider search's interval, none held out; shares that do not add up are refused."""
+    drawn = set()
+
+    def recorded(rng):
+        expr = textbook_kinds.textbook_candidate(rng)
+        drawn.add(curriculum.canonical_key(parse_function(notation.typed(expr))))
+        return expr
+
+    monkeypatch.setattr(dataset, "textbook_candidate", recorded)
+    held_out = set(benchmarks.held_out_keys())
+    chosen = dataset.reinforcement_functions("rl-test", 0, 8, 0.0, 1.0, True, held_out)
+    assert len(chosen) == 8 and keys(chosen) <= drawn and not keys(chosen) & held_out
+    assert all(curriculum.analyse(parse_function(f), wider=True) for f in chosen)
+    with pytest.raises(ValueError, match="must be shares"):
+        dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.6, True, held_out)

@@ -46,6 +46,7 @@ def test_the_config_composes_and_holds_every_default():
     rl = cfg.reinforce
     assert (rl.steps, rl.functions_per_step, rl.group_size) == (200, 4, 8)
     assert (rl.temperature, rl.beta, rl.lr, rl.curriculum_share) == (1.0, 0.04, 3e-4, 0.2)
+    assert (rl.textbook_share, rl.wider_intervals) == (0.0, False)
     assert rl.max_new_tokens == compose_config("train").val_math.max_new_tokens
     assert cfg.model.pretrained == "some/dir" and cfg.trainer.max_steps == 200
     assert cfg.lora.enabled and cfg.lora.dropout == 0.0 and rl.checkpoint_every_n_steps == 25

@@ -83,6 +83,8 @@ def _build_parts(cfg: DictConfig):
         str(rl.practice_seed),
         count=rl.functions_per_step,
         curriculum_share=rl.curriculum_share,
+        textbook_share=rl.textbook_share,
+        wider_intervals=rl.wider_intervals,
         held_out=calculus_corpus.held_out_keys(paths.resolve(cfg.data.dir)),
     )
     module = GroupRelativeTrainer(

@@ -218,15 +218,30 @@ def _practice_records(
 
 
 def reinforcement_functions(
-    seed: str, step: int, count: int, curriculum_share: float, held_out: set[str]
+    seed: str,
+    step: int,
+    count: int,
+    curriculum_share: float,
+    textbook_share: float,
+    wider_intervals: bool,
+    held_out: set[str],
 ) -> list[str]:
     """The reinforcement stage's functions for one step (model/reinforce.py): `count` generator
-    functions, each from the curriculum's shapes with probability `curriculum_share`, else an
-    expression tree, each one the dataset rule animates and none in `held_out` (validation,
-    test and every benchmark: calculus_corpus.held_out_keys). Seeded by step: a resumed run
-    draws what it would have drawn."""
+    functions, each from the curriculum's shapes with probability `curriculum_share`, of the
+    kinds textbooks ask about (textbook_kinds) with `textbook_share`, else an expression tree,
+    each one the dataset rule animates (`wider_intervals`: on an interval the wider search finds,
+    as tree practice with data.tree_wider_intervals) and none in `held_out` (validation, test
+    and every benchmark: calculus_corpus.held_out_keys). Seeded by step: a resumed run draws
+    what it would have drawn."""
     from derivative_animator.math import expression_trees
 
+    if not (
+        0 <= curriculum_share and 0 <= textbook_share and curriculum_share + textbook_share <= 1
+    ):
+        raise ValueError(
+            f"reinforce.curriculum_share ({curriculum_share}) and reinforce.textbook_share "
+            f"({textbook_share}) must be shares: each >= 0, together <= 1"
+        )
     rng = random.Random(f"{seed}-reinforce-{step}")
     taken = set(held_out)
 
@@ -234,7 +249,10 @@ def reinforcement_functions(
         key = curriculum.canonical_key(expr)
         if key in taken or expr.is_Symbol:
             return False
-        found = curriculum.analyse(expr) if level is None else curriculum.usable_at(expr, level)
+        if level is None:
+            found = curriculum.analyse(expr, wider_intervals)
+        else:
+            found = curriculum.usable_at(expr, level)
         if found is not None:
             taken.add(key)
         return found is not None
@@ -242,13 +260,18 @@ def reinforcement_functions(
     trees = expression_trees.functions(f"{seed}-reinforce-{step}", lambda t, e: new_and_usable(e))
     chosen: list[str] = []
     while len(chosen) < count:
-        if rng.random() >= curriculum_share:
+        draw = rng.random()
+        if draw >= curriculum_share + textbook_share:
             chosen.append(next(trees))
-            continue
-        level = rng.choice(curriculum.LEVELS)
-        typed = notation.typed(curriculum.candidate(level, rng))
-        if new_and_usable(parse_function(typed), level):
-            chosen.append(typed)
+        elif draw >= curriculum_share:
+            found = expression_trees.typed_function(textbook_candidate(rng))
+            if found is not None and new_and_usable(found[1]):
+                chosen.append(found[0])
+        else:
+            level = rng.choice(curriculum.LEVELS)
+            typed = notation.typed(curriculum.candidate(level, rng))
+            if new_and_usable(parse_function(typed), level):
+                chosen.append(typed)
     return chosen
 
 
