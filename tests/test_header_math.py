@@ -36,12 +36,36 @@ class HeaderWriter:
 def test_counts_the_headers_the_judge_accepts(wrong):
     report = header_math.header_math(HeaderWriter(wrong), {"a": TYPED, "b": TYPED[:2]}, batch=3)
     expected = [f for f in TYPED if f not in wrong]
+    pct = round(100 * len(expected) / 4, 1)
     assert report["a"] == {
         "n": 4,
-        "math_pct": round(100 * len(expected) / 4, 1),
+        "math_pct": pct,
         "right": expected,
+        "by_length": {"chars_1_20": {"n": 4, "math_pct": pct}},
     }
     assert report["b"]["right"] == [f for f in TYPED[:2] if f not in wrong]
+
+
+def test_counts_by_length_as_typed():
+    long = "x^3 sin(x) + ln(x^2 + 1) - 2x"  # 29 characters
+    report = header_math.header_math(HeaderWriter([long, TYPED[0]]), {"a": [*TYPED, long]})
+    assert report["a"]["by_length"] == {
+        "chars_1_20": {"n": 4, "math_pct": 75.0},
+        "chars_21_40": {"n": 1, "math_pct": 0.0},
+    }
+
+
+def test_the_train_sample_takes_up_to_n_train_functions_of_each_length(micro_data):
+    from derivative_animator.data import dataset
+    from derivative_animator.math.expression_trees import length_bucket
+
+    train = {r.function for r in dataset.read_split(micro_data, "train")}
+    sample = header_math.train_sample(micro_data, 2)
+    assert sample == header_math.train_sample(micro_data, 2) and set(sample) <= train
+    lengths = [length_bucket(f) for f in sample]
+    for bucket in {length_bucket(f) for f in train}:
+        have = sum(length_bucket(f) == bucket for f in train)
+        assert lengths.count(bucket) == min(2, have), bucket
 
 
 def test_batches_and_limit():
@@ -79,8 +103,13 @@ def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypat
         lambda name, sets, limit=None, max_new_tokens=None: (
             budgets.append(max_new_tokens)
             or {
-                "test": {"n": 4, "math_pct": 25.0 * right[name], "right": TYPED[: right[name]]},
-                "random": {"n": 4, "math_pct": 0.0, "right": []},
+                "test": {
+                    "n": 4,
+                    "math_pct": 25.0 * right[name],
+                    "right": TYPED[: right[name]],
+                    "by_length": {},
+                },
+                "random": {"n": 4, "math_pct": 0.0, "right": [], "by_length": {}},
             }
         ),
     )

@@ -6,12 +6,14 @@ instead of half an hour of renders: what quick ablations (a reinforcement run, a
     python -m derivative_animator.eval.header_math --model outputs/train/<run>/checkpoint/merged
     python -m derivative_animator.eval.header_math --model DIR --out header_math.json --limit 20
     python -m derivative_animator.eval.header_math --model SEED42 SEED43 SEED44   # and the median
+    python -m derivative_animator.eval.header_math --model DIR --train 100   # train functions too
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -32,6 +34,24 @@ def function_sets(data_dir: str | Path) -> dict[str, list[str]]:
     return sets
 
 
+def train_sample(data_dir: str | Path, per_length: int) -> list[str]:
+    """Up to `per_length` of the train split's distinct functions of each length as typed
+    (expression_trees.LENGTH_BUCKETS), drawn with a fixed seed: set beside the benchmarks, they
+    tell a model that cannot fit long functions from one that fits them and does not carry
+    that to new ones."""
+    from derivative_animator.math.expression_trees import length_bucket
+
+    by_length: dict[str, list[str]] = {}
+    for function in sorted({r.function for r in dataset.read_split(data_dir, "train")}):
+        by_length.setdefault(length_bucket(function), []).append(function)
+    rng = random.Random("header-math-train-sample")
+    return [
+        function
+        for bucket in sorted(by_length)
+        for function in rng.sample(by_length[bucket], min(per_length, len(by_length[bucket])))
+    ]
+
+
 def header_math(
     generator,
     sets: dict[str, list[str]],
@@ -43,6 +63,8 @@ def header_math(
     (`SceneGenerator.generate_batch`, as self-consistency samples them), the first `limit`
     functions of each set (None: all)."""
     from rich.progress import Progress
+
+    from derivative_animator.math.expression_trees import LENGTH_BUCKETS, length_bucket
 
     report = {}
     with Progress(transient=True) as progress:
@@ -58,12 +80,23 @@ def header_math(
                     if judge.header_judge(function)(generation.code):
                         right.append(function)
                 progress.advance(task, len(chunk))
+            by_length = {}
+            for _, bucket in LENGTH_BUCKETS:
+                typed = [f for f in functions if length_bucket(f) == bucket]
+                if typed:
+                    hits = sum(f in right for f in typed)
+                    by_length[bucket] = {"n": len(typed), "math_pct": percent(hits, len(typed))}
             report[name] = {
                 "n": len(functions),
-                "math_pct": round(100 * len(right) / max(len(functions), 1), 1),
+                "math_pct": percent(len(right), len(functions)),
                 "right": right,
+                "by_length": by_length,
             }
     return report
+
+
+def percent(part: int, whole: int) -> float:
+    return round(100 * part / max(whole, 1), 1)
 
 
 def trained_on(model: Path) -> str:
@@ -103,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         default=HEADER_TOKENS,
         help=f"a header's budget (default {HEADER_TOKENS}; worked steps need about twice it)",
     )
+    parser.add_argument(
+        "--train",
+        type=int,
+        metavar="N",
+        help="also judge up to N train functions of each length: fitting against carrying over",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
     models = [paths.resolve(model) for model in args.model]
@@ -115,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     reports = []
     for model in models:
-        sets = function_sets(args.data or trained_on(model))
+        data_dir = args.data or trained_on(model)
+        sets = function_sets(data_dir)
+        if args.train:
+            sets["train"] = train_sample(data_dir, args.train)
         report = header_math(
             SceneGenerator.load(model), sets, limit=args.limit, max_new_tokens=args.max_new_tokens
         )
@@ -125,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, scores in report.items():
             print(
                 f"{name:10s} {scores['math_pct']:5.1f}%  ({len(scores['right'])} of {scores['n']})"
+                "   by length: "
+                + ", ".join(
+                    f"{bucket.removeprefix('chars_').replace('_', '-')} {v['math_pct']:.1f}% "
+                    f"({v['n']})"
+                    for bucket, v in scores["by_length"].items()
+                )
             )
     median = median_row(reports) if len(models) > 1 else None
     if median is not None:
