@@ -166,6 +166,16 @@ def test_the_reinforcement_stage_never_draws_a_held_out_function(default_splits)
     assert all(len(step) == 8 for step in draw) and draw[0] != draw[1]
     assert not keys(f for step in draw for f in step) & held_out
     unfiltered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.0, False, set())
+    assert unfiltered == [  # the draw before textbook_share and wider_intervals existed
+        "x^(1/3)",
+        "4x^(3/2)",
+        "(8x^2/5 - 8x)/(x (2 - x))",
+        "2x^3 + 9x^2 + 7x",
+        "x^(3/2)",
+        "ln(x)",
+        "x^2",
+        "3^(1 - 4x) (4x^(3/4) + 2)",
+    ]
     taken = keys(unfiltered)
     filtered = dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.0, False, taken)
     assert len(filtered) == 8 and not keys(filtered) & taken
@@ -181,10 +191,18 @@ def test_reinforcement_practice_of_textbook_kinds_comes_from_their_generator(mon
         drawn.add(curriculum.canonical_key(parse_function(notation.typed(expr))))
         return expr
 
+    searches = []
+
+    def analysed(expr, wider=False):
+        searches.append(wider)
+        return analyse(expr, wider)
+
+    analyse = curriculum.analyse
     monkeypatch.setattr(dataset, "textbook_candidate", recorded)
+    monkeypatch.setattr(curriculum, "analyse", analysed)
     held_out = set(benchmarks.held_out_keys())
     chosen = dataset.reinforcement_functions("rl-test", 0, 8, 0.0, 1.0, True, held_out)
     assert len(chosen) == 8 and keys(chosen) <= drawn and not keys(chosen) & held_out
-    assert all(curriculum.analyse(parse_function(f), wider=True) for f in chosen)
+    assert searches and all(searches)  # every function judged on the wider search's intervals
     with pytest.raises(ValueError, match="must be shares"):
         dataset.reinforcement_functions("rl-test", 0, 8, 0.5, 0.6, True, held_out)

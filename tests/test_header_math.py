@@ -63,6 +63,7 @@ def test_the_train_sample_takes_up_to_n_train_functions_of_each_length(micro_dat
     sample = header_math.train_sample(micro_data, 2)
     assert sample == header_math.train_sample(micro_data, 2) and set(sample) <= train
     lengths = [length_bucket(f) for f in sample]
+    assert len(set(lengths[:2])) == min(2, len(set(lengths)))  # lengths take turns (--limit)
     for bucket in {length_bucket(f) for f in train}:
         have = sum(length_bucket(f) == bucket for f in train)
         assert lengths.count(bucket) == min(2, have), bucket

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 import numpy as np
 import pytest
@@ -299,8 +300,7 @@ def test_a_scene_runs_to_its_end_whatever_f_prime_it_is_given(function, written,
     """A wrong f' is the math check's to fail; the scene still plays (f drawn, f' on empty or
     flat axes) instead of raising, so a teacher sees what was written."""
     code = scene_for(function, style)
-    lines = code.split("\n")
-    lines[2] = f"f'(x) = {written}"
-    scene, plotted, _ = run_scene("\n".join(lines), tmp_path)
+    code = re.sub(r"^f'\(x\) = .*$", f"f'(x) = {written}", code, count=1, flags=re.M)
+    scene, plotted, _ = run_scene(code, tmp_path)
     assert 12 <= scene.renderer.time <= 20, scene.renderer.time
     assert any(len(curve.get_anchors()) > 0 for _, curve in on_screen(scene, plotted))  # f

@@ -259,6 +259,7 @@ def reinforcement_functions(
 
     trees = expression_trees.functions(f"{seed}-reinforce-{step}", lambda t, e: new_and_usable(e))
     chosen: list[str] = []
+    textbook_misses = 0
     while len(chosen) < count:
         draw = rng.random()
         if draw >= curriculum_share + textbook_share:
@@ -267,6 +268,12 @@ def reinforcement_functions(
             found = expression_trees.typed_function(textbook_candidate(rng))
             if found is not None and new_and_usable(found[1]):
                 chosen.append(found[0])
+                textbook_misses = 0
+            elif (textbook_misses := textbook_misses + 1) >= 10_000:  # a finite space: say so
+                raise ValueError(
+                    "reinforcement practice ran out of new functions of textbook kinds; "
+                    "lower reinforce.textbook_share"
+                )
         else:
             level = rng.choice(curriculum.LEVELS)
             typed = notation.typed(curriculum.candidate(level, rng))

@@ -88,7 +88,7 @@ def values(*gs):
     xs = np.linspace(X_MIN, X_MAX, 400)
     ys = np.concatenate([xs * 0 + g(xs) for g in gs])
     ys = ys[np.isfinite(ys)]
-    if ys.size < 2:  # a derivative that is not real here gets empty axes, not a crash
+    if ys.size == 0:  # a derivative that is not real here gets empty axes, not a crash
         return np.array([-1.0, 1.0])
     a, lo, hi, b = np.percentile(ys, [5, 25, 75, 95])
     return np.clip(ys, 3 * lo - 2 * hi, 3 * hi - 2 * lo) if np.ptp(ys) > 3 * (b - a) else ys  # cut spikes

@@ -12,6 +12,7 @@ instead of half an hour of renders: what quick ablations (a reinforcement run, a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -45,11 +46,11 @@ def train_sample(data_dir: str | Path, per_length: int) -> list[str]:
     for function in sorted({r.function for r in dataset.read_split(data_dir, "train")}):
         by_length.setdefault(length_bucket(function), []).append(function)
     rng = random.Random("header-math-train-sample")
-    return [
-        function
-        for bucket in sorted(by_length)
-        for function in rng.sample(by_length[bucket], min(per_length, len(by_length[bucket])))
+    drawn = [
+        rng.sample(by_length[b], min(per_length, len(by_length[b]))) for b in sorted(by_length)
     ]
+    # one of each length in turn, so --limit keeps every length in the set
+    return [f for turn in itertools.zip_longest(*drawn) for f in turn if f is not None]
 
 
 def header_math(
@@ -82,10 +83,13 @@ def header_math(
                 progress.advance(task, len(chunk))
             by_length = {}
             for _, bucket in LENGTH_BUCKETS:
-                typed = [f for f in functions if length_bucket(f) == bucket]
-                if typed:
-                    hits = sum(f in right for f in typed)
-                    by_length[bucket] = {"n": len(typed), "math_pct": percent(hits, len(typed))}
+                in_bucket = [f for f in functions if length_bucket(f) == bucket]
+                if in_bucket:
+                    hits = sum(f in right for f in in_bucket)
+                    by_length[bucket] = {
+                        "n": len(in_bucket),
+                        "math_pct": percent(hits, len(in_bucket)),
+                    }
             report[name] = {
                 "n": len(functions),
                 "math_pct": percent(len(right), len(functions)),
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train",
         type=int,
         metavar="N",
-        help="also judge up to N train functions of each length: fitting against carrying over",
+        help="also judge up to N train functions of each length (poor fit or poor transfer?)",
     )
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
