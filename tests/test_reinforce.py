@@ -17,7 +17,7 @@ from derivative_animator import paths, tracking
 from derivative_animator.data import dataset
 from derivative_animator.data.dataset_schema import make_record
 from derivative_animator.math import curriculum
-from derivative_animator.math.header import math_header_length
+from derivative_animator.math.header import MATH_HEADER_END, math_header_length
 from derivative_animator.math.parsing import parse_function
 from derivative_animator.model import finetune
 from derivative_animator.model.reinforce import (
@@ -58,16 +58,19 @@ def test_the_config_composes_and_holds_every_default():
         assert not defaults, function
 
 
-def test_the_reward_is_one_only_for_a_right_derivative_on_a_defined_interval():
+def test_the_reward_is_one_only_for_a_right_derivative_as_inference_writes_the_header():
+    """Right f' -> 1, wrong -> 0; the interval is the one decoding writes (decision 0016), so a
+    right f' after a model's interval where f is undefined, or after none, still earns 1."""
     assert "X_MIN, X_MAX = " in RIGHT and WRONG != RIGHT
-    assert reward(RIGHT, "x^3") == 1.0
+    assert reward(RIGHT, "x^3") == 1.0 and reward(RIGHT + MATH_HEADER_END, "x^3") == 1.0
     assert reward(WRONG, "x^3") == 0.0
     no_interval = "\n".join(line for line in RIGHT.split("\n") if "X_MIN" not in line)
-    assert reward(no_interval, "x^3") == 0.0
+    assert reward(no_interval, "x^3") == 1.0
     log_header = scene_header("ln(x)")
     assert reward(log_header, "ln(x)") == 1.0
     undefined = log_header.replace(log_header.split("X_MIN, X_MAX = ")[1].split("\n")[0], "-3, -1")
-    assert reward(undefined, "ln(x)") == 0.0
+    assert reward(undefined, "ln(x)") == 1.0
+    assert reward(undefined.replace("f'(x) = 1/x", "f'(x) = 1/x^2"), "ln(x)") == 0.0
 
 
 def test_advantages_are_relative_to_their_group():
@@ -116,16 +119,18 @@ def header_logprob(module, header: str) -> float:
         return float(token_logprobs(module.model, batch)[0].sum())
 
 
-def test_the_loss_reads_the_model_s_tokens_not_the_opening_decoding_wrote(micro_checkpoint):
+def test_the_loss_reads_the_model_s_docstring_not_what_decoding_writes_around_it(micro_checkpoint):
     from derivative_animator.data.datamodule import IGNORE_INDEX
     from derivative_animator.data.scenes import docstring_opening
 
     module = micro_module(micro_checkpoint)
     labels = module.encode(["x^3"], [RIGHT, RIGHT])["labels"][0].tolist()
     opening = module.tokenizer(docstring_opening(parse_function("x^3")), add_special_tokens=False)
-    header = module.tokenizer(RIGHT, add_special_tokens=False)["input_ids"]
+    docstring = RIGHT[: RIGHT.index('"""', 3) + 3]  # what decoding writes after it is not learnt
+    header = module.tokenizer(docstring, add_special_tokens=False)["input_ids"]
     learnt = [label for label in labels if label != IGNORE_INDEX]
     assert learnt == header[len(opening["input_ids"]) :] and len(learnt) >= 5
+    assert module.tokenizer.decode(learnt).endswith('"""')
 
 
 def test_the_policy_starts_at_the_reference_and_the_kl_grows_as_it_moves(micro_checkpoint):

@@ -11,6 +11,7 @@ model with its adapter off (no second copy).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +22,38 @@ import torch
 from derivative_animator.data.datamodule import IGNORE_INDEX, collate, encode_example
 from derivative_animator.data.prompt import DEFAULT_FORMAT, build_prompt
 from derivative_animator.data.scenes import docstring_opening
+from derivative_animator.math import curriculum
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.parsing import parse_function
-from derivative_animator.model.decoding import HEADER_WRITTEN
+from derivative_animator.model.decoding import HEADER_WRITTEN, header_as_decoding_writes
 from derivative_animator.model.finetune import LoRAFineTuner
 
+DOCSTRING_QUOTES = '"""'
 ADVANTAGE_EPSILON = 1e-4  # a group's std can be ~0 without being equal: no division blow-up
 
 
+@functools.lru_cache(maxsize=1024)
+def decoding_interval(function: str) -> str | None:
+    """The interval's values decoding writes after a right f' of `function` (decision 0016:
+    found with the f' the model wrote; for a right one, the dataset's interval for f), or None
+    where no interval suits f (the model's own values stand)."""
+    from derivative_animator.data.scenes import interval_values
+
+    found = curriculum.analyse(parse_function(function), wider=True)
+    return interval_values(found.x_range) if found is not None else None
+
+
 def reward(header: str, function: str) -> float:
-    """1.0 when the header's f'(x) is right (the math judge) and it states a plotting interval
-    (`X_MIN, X_MAX`) where f and f' are defined, else 0.0: a scene without one draws nothing."""
+    """1.0 when the header, as inference writes it, has a right f'(x) (the math judge) on a
+    plotting interval (`X_MIN, X_MAX`) where f and f' are defined, else 0.0. Inference writes
+    the imports and the interval after the docstring (decisions 0014, 0016), so the reward reads
+    the sampled header with them rewritten: the model's own interval, which no scene uses, earns
+    or costs nothing."""
     from derivative_animator.math.judge import _plotting_interval, header_judge, parse_code
 
+    values = decoding_interval(function)
+    if values is not None:
+        header = header_as_decoding_writes(header.split(MATH_HEADER_END)[0], lambda _: values)
     if not header_judge(function)(header):
         return 0.0
     return float(_plotting_interval(parse_code(header)) is not None)  # judged: it parses
@@ -117,22 +137,31 @@ class GroupRelativeTrainer(pl.LightningModule):
         return [s.code + (MATH_HEADER_END if s.stop == HEADER_WRITTEN else "") for s in samples]
 
     def encode(self, functions: list[str], headers: list[str]) -> dict[str, torch.Tensor]:
-        """Prompt + header ids as training encodes them, labels on what the model wrote of the
-        header: not its opening, which decoding writes (`docstring_opening`, decision 0016)."""
+        """Prompt + header ids as training encodes them, labels on what the model writes of the
+        header at inference: its docstring after the opening (`docstring_opening`, decision
+        0016) up to its closing quotes; the imports and interval after them decoding writes
+        (decisions 0014, 0016)."""
         rows = self.rows(functions)
         examples = []
         for function, header in zip(rows, headers, strict=True):
             example = encode_example(self.tokenizer, build_prompt(function), header, True)
             if MATH_HEADER_END not in header:  # unfinished: no end-of-text was sampled
                 example = {k: v[:-1] for k, v in example.items()}
+            start = example["labels"].count(IGNORE_INDEX)  # the prompt's tokens
             opening = docstring_opening(parse_function(function))
             if header.startswith(opening):
-                start = example["labels"].count(IGNORE_INDEX)  # the prompt's tokens
-                forced = len(self.tokenizer(opening, add_special_tokens=False)["input_ids"])
+                forced = len(self._ids(opening))
                 example["labels"][start : start + forced] = [IGNORE_INDEX] * forced
+            closed = header.find(DOCSTRING_QUOTES, len(DOCSTRING_QUOTES))
+            if closed >= 0:  # the docstring ends with its quotes: what follows is written for it
+                kept = start + len(self._ids(header[: closed + len(DOCSTRING_QUOTES)]))
+                example["labels"][kept:] = [IGNORE_INDEX] * (len(example["labels"]) - kept)
             examples.append(example)
         pad = self.tokenizer.pad_token_id
         return {k: v.to(self.device) for k, v in collate(examples, pad).items()}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def step_loss(
         self, functions: list[str], headers: list[str], rewards: torch.Tensor
