@@ -695,6 +695,33 @@ def test_batched_headers_hold_the_imports_and_interval_a_scene_s_decoding_writes
             assert [row.code for row in batch] == rows
 
 
+def test_a_batched_header_ends_with_its_docstring_where_decoding_writes_the_rest(checkpoint):
+    """With the interval chosen by decoding (decision 0016) a row is done once its docstring is
+    closed: whatever the model would write next (a model trained on few whole scenes may never
+    reach the header's end line) is replaced by the imports and interval `generate` writes."""
+    from derivative_animator.data.scenes import HEADER_CODE, docstring_opening
+    from derivative_animator.model.decoding import HEADER_WRITTEN, RowStops, stops_for
+
+    function = "ln(x)"
+    _, docstring, chosen = _scene_parts(function, "tangent")
+    wandering = docstring + "from manim import *\n\nX_MIN, X_MAX = -3, 3\nf'(x) = 1/x\n"
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    opening = docstring_opening(parse_function(function))
+    tail = _token_ids(tokenizer, wandering[len(opening) :])
+    generator = SceneGenerator.load(checkpoint)
+    generator.model.generate = lambda input_ids, **unused: torch.cat(
+        [input_ids, torch.tensor([tail])], 1
+    )
+    (row,) = generator.generate_batch([function], 400, headers_only=True)
+    assert row.code == docstring + HEADER_CODE + chosen
+    prompt = generator.prompt_ids(function) + _token_ids(tokenizer, opening)
+    up_to_docstring = torch.tensor([prompt + _token_ids(tokenizer, docstring[len(opening) :])])
+    for docstring_only, reason in ((True, HEADER_WRITTEN), (False, None)):
+        stops = RowStops([stops_for(None, True, docstring_only)], tokenizer, len(prompt), [opening])
+        stops(up_to_docstring, None)
+        assert stops.reasons.get(0) == reason
+
+
 def test_batched_rows_start_with_the_function_the_prompt_gives(checkpoint):
     from derivative_animator.data.scenes import docstring_opening
 

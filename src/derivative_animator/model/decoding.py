@@ -244,11 +244,10 @@ class SharedCode:
         if self.done:
             return None
         if self.code_start is None:
-            opened = text.find('"""\n')  # the docstring's opening, then its end
-            end = text.find(DOCSTRING_END, opened + 3) if opened >= 0 else -1
-            if end < 0:
+            code_start = docstring_written_to(text)
+            if code_start is None:
                 return None
-            self.code_start = end + len(DOCSTRING_END)
+            self.code_start = code_start
             values = self.interval(text[: self.code_start]) if self.interval is not None else None
             return self.code_start, HEADER_CODE + (f" {values}\n" if values else "")
         if self.style_start is None:
@@ -325,8 +324,22 @@ class SyntaxDeadEnd:
         return SYNTAX_ERROR if self.error is not None else None
 
 
+def docstring_written_to(text: str) -> int | None:
+    """Where the code after a scene's docstring starts (after its closing quotes' line), None
+    before the docstring is closed."""
+    opened = text.find('"""\n')  # the docstring's opening, then its end
+    end = text.find(DOCSTRING_END, opened + 3) if opened >= 0 else -1
+    return end + len(DOCSTRING_END) if end >= 0 else None
+
+
 def header_written(text: str) -> str | None:
     return HEADER_WRITTEN if MATH_HEADER_END in text else None
+
+
+def docstring_written(text: str) -> str | None:
+    """A headers-only row's end where decoding writes all the code after the docstring, the
+    interval's values too (`SharedCode` with an interval): the model's part is written."""
+    return HEADER_WRITTEN if docstring_written_to(text) is not None else None
 
 
 class HeaderJudge:
@@ -343,13 +356,16 @@ class HeaderJudge:
 
 
 def stops_for(
-    accept_header: Callable[[str], bool] | None = None, headers_only: bool = False
+    accept_header: Callable[[str], bool] | None = None,
+    headers_only: bool = False,
+    docstring_only: bool = False,
 ) -> list[Stop]:
     """One row's stops, in the order they are asked: the header judge sees a header before
-    anything else may end the row there; the syntax stop comes last."""
+    anything else may end the row there; the syntax stop comes last. `docstring_only`: a
+    headers-only row ends with its docstring (decoding writes the rest of the header)."""
     stops: list[Stop] = [HeaderJudge(accept_header)] if accept_header is not None else []
     if headers_only:
-        stops.append(header_written)
+        stops.append(docstring_written if docstring_only else header_written)
     return [*stops, SyntaxDeadEnd()]
 
 

@@ -55,6 +55,7 @@ from derivative_animator.model.decoding import (
     RowStops,
     SharedCode,
     StyleChoice,
+    docstring_written_to,
     first_stop,
     header_as_decoding_writes,
     stops_for,
@@ -442,8 +443,13 @@ class SceneGenerator:
             if temperature > 0
             else {"do_sample": False}
         )
+        # where decoding writes the code and the interval after the docstring, so does the batch
+        docstring_only = self.shared_code and self.interval_writer(functions[0]) is not None
         stops = RowStops(
-            [stops_for(None, headers_only) for _ in functions], self.tokenizer, width, openings
+            [stops_for(None, headers_only, docstring_only) for _ in functions],
+            self.tokenizer,
+            width,
+            openings,
         )
         guard = BracketGuardProcessor(self.guard, stops.texts) if self.guard is not None else None
         if guard is not None:
@@ -475,6 +481,10 @@ class SceneGenerator:
                 text = text[: text.index(MATH_HEADER_END)]
                 if self.shared_code:  # what `generate` would have written around its math
                     text = header_as_decoding_writes(text, self.interval_writer(function))
+            elif headers_only and docstring_only and docstring_written_to(text) is not None:
+                text = header_as_decoding_writes(  # what `generate` writes after the docstring
+                    text[: docstring_written_to(text)], self.interval_writer(function)
+                )
             results.append(
                 Generation(
                     function,
