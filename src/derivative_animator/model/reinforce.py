@@ -125,9 +125,9 @@ class GroupRelativeTrainer(pl.LightningModule):
         line, so the model is taught to end it."""
         from derivative_animator.model.generate import SceneGenerator
 
-        generator = SceneGenerator(  # the rows as the model wrote them: the stage learns from them
-            self.model, self.tokenizer, DEFAULT_FORMAT, None, Path("."), shared_code=False
-        )
+        # as inference writes them: the model's docstring, then decoding's imports and interval
+        # (the loss reads only the docstring, `encode`)
+        generator = SceneGenerator(self.model, self.tokenizer, DEFAULT_FORMAT, None, Path("."))
         rows = self.rows(functions)
         seed = int(torch.randint(0, 2**31 - 1, (1,)))  # Lightning's seeded torch RNG
         samples = generator.generate_batch(
