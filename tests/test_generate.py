@@ -697,29 +697,42 @@ def test_batched_headers_hold_the_imports_and_interval_a_scene_s_decoding_writes
 
 def test_a_batched_header_ends_with_its_docstring_where_decoding_writes_the_rest(checkpoint):
     """With the interval chosen by decoding (decision 0016) a row is done once its docstring is
-    closed: whatever the model would write next (a model trained on few whole scenes may never
-    reach the header's end line) is replaced by the imports and interval `generate` writes."""
+    closed and an interval is found with its f': whatever the model would write next (a model
+    trained on few whole scenes may never reach the header's end line) is replaced by the imports
+    and interval `generate` writes. Where none is found (an unreadable f'), or the model writes
+    its own interval (choose_interval off), the row goes on to the header's end line."""
     from derivative_animator.data.scenes import HEADER_CODE, docstring_opening
-    from derivative_animator.model.decoding import HEADER_WRITTEN, RowStops, stops_for
+    from derivative_animator.model.decoding import HEADER_WRITTEN
 
     function = "ln(x)"
     _, docstring, chosen = _scene_parts(function, "tangent")
-    wandering = docstring + "from manim import *\n\nX_MIN, X_MAX = -3, 3\nf'(x) = 1/x\n"
+    unreadable = docstring.replace("f'(x) = ", "f'(x) = )(")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     opening = docstring_opening(parse_function(function))
-    tail = _token_ids(tokenizer, wandering[len(opening) :])
-    generator = SceneGenerator.load(checkpoint)
-    generator.model.generate = lambda input_ids, **unused: torch.cat(
-        [input_ids, torch.tensor([tail])], 1
-    )
-    (row,) = generator.generate_batch([function], 400, headers_only=True)
-    assert row.code == docstring + HEADER_CODE + chosen
-    prompt = generator.prompt_ids(function) + _token_ids(tokenizer, opening)
-    up_to_docstring = torch.tensor([prompt + _token_ids(tokenizer, docstring[len(opening) :])])
-    for docstring_only, reason in ((True, HEADER_WRITTEN), (False, None)):
-        stops = RowStops([stops_for(None, True, docstring_only)], tokenizer, len(prompt), [opening])
-        stops(up_to_docstring, None)
-        assert stops.reasons.get(0) == reason
+
+    def batch(head: str, choose_interval: bool = True):
+        """generate_batch's row when the model writes `head`: its text and the reason its
+        stops gave at the docstring's close (generate mocked; its stopping criteria asked)."""
+        generator = SceneGenerator.load(checkpoint, choose_interval=choose_interval)
+        asked = {}
+
+        def written(input_ids, stopping_criteria, **unused):
+            ids = torch.cat(
+                [input_ids, torch.tensor([_token_ids(tokenizer, head[len(opening) :])])], 1
+            )
+            stopping_criteria[0](ids, None)
+            asked.update(stopping_criteria[0].reasons)
+            return ids
+
+        generator.model.generate = written
+        (row,) = generator.generate_batch([function], 400, headers_only=True)
+        return row.code, asked.get(0)
+
+    wandering = "from manim import *\n\nX_MIN, X_MAX = -3, 3\nf'(x) = 1/x\n"
+    assert batch(docstring) == (docstring + HEADER_CODE + chosen, HEADER_WRITTEN)
+    assert batch(docstring + wandering)[0] == docstring + HEADER_CODE + chosen
+    assert batch(unreadable) == (unreadable, None)  # no interval: the model's own is to come
+    assert batch(docstring, choose_interval=False) == (docstring, None)
 
 
 def test_batched_rows_start_with_the_function_the_prompt_gives(checkpoint):

@@ -126,11 +126,11 @@ def test_the_loss_reads_the_model_s_docstring_not_what_decoding_writes_around_it
     module = micro_module(micro_checkpoint)
     labels = module.encode(["x^3"], [RIGHT, RIGHT])["labels"][0].tolist()
     opening = module.tokenizer(docstring_opening(parse_function("x^3")), add_special_tokens=False)
-    docstring = RIGHT[: RIGHT.index('"""', 3) + 3]  # what decoding writes after it is not learnt
+    docstring = RIGHT[: RIGHT.index('\n"""\n') + 5]  # what decoding writes after it is not learnt
     header = module.tokenizer(docstring, add_special_tokens=False)["input_ids"]
     learnt = [label for label in labels if label != IGNORE_INDEX]
     assert learnt == header[len(opening["input_ids"]) :] and len(learnt) >= 5
-    assert module.tokenizer.decode(learnt).endswith('"""')
+    assert module.tokenizer.decode(learnt).endswith('"""\n')
 
 
 def test_the_policy_starts_at_the_reference_and_the_kl_grows_as_it_moves(micro_checkpoint):

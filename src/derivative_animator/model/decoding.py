@@ -336,10 +336,22 @@ def header_written(text: str) -> str | None:
     return HEADER_WRITTEN if MATH_HEADER_END in text else None
 
 
-def docstring_written(text: str) -> str | None:
-    """A headers-only row's end where decoding writes all the code after the docstring, the
-    interval's values too (`SharedCode` with an interval): the model's part is written."""
-    return HEADER_WRITTEN if docstring_written_to(text) is not None else None
+class IntervalWritten:
+    """A headers-only row's end where decoding writes the code after the docstring and the
+    interval found with the model's f' (`SharedCode` with an interval): once the docstring is
+    closed and `interval` gives values for it, the model's part of the header is written. Where
+    it gives none, the model writes its own values, so the row goes on to the header's end."""
+
+    def __init__(self, interval: Callable[[str], str | None]):
+        self.interval, self.values, self.asked = interval, None, False
+
+    def __call__(self, text: str) -> str | None:
+        if not self.asked:
+            end = docstring_written_to(text)
+            if end is None:
+                return header_written(text)
+            self.values, self.asked = self.interval(text[:end]), True
+        return HEADER_WRITTEN if self.values is not None else header_written(text)
 
 
 class HeaderJudge:
@@ -358,14 +370,14 @@ class HeaderJudge:
 def stops_for(
     accept_header: Callable[[str], bool] | None = None,
     headers_only: bool = False,
-    docstring_only: bool = False,
+    interval_written: IntervalWritten | None = None,
 ) -> list[Stop]:
     """One row's stops, in the order they are asked: the header judge sees a header before
-    anything else may end the row there; the syntax stop comes last. `docstring_only`: a
-    headers-only row ends with its docstring (decoding writes the rest of the header)."""
+    anything else may end the row there; the syntax stop comes last. A headers-only row ends
+    at the header's end line, or with `interval_written` where decoding writes the interval."""
     stops: list[Stop] = [HeaderJudge(accept_header)] if accept_header is not None else []
     if headers_only:
-        stops.append(docstring_written if docstring_only else header_written)
+        stops.append(interval_written or header_written)
     return [*stops, SyntaxDeadEnd()]
 
 

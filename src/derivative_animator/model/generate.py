@@ -52,6 +52,7 @@ from derivative_animator.model.decoding import (
     SYNTAX_ERROR,
     BracketGuard,
     BracketGuardProcessor,
+    IntervalWritten,
     RowStops,
     SharedCode,
     StyleChoice,
@@ -415,7 +416,8 @@ class SceneGenerator:
         `generate` (no speculation, no rollbacks). Each gets the batch time / n.
         `headers_only`: a row stops once its math header is written (the text is cut there, its
         imports and interval as `generate` writes them: `header_as_decoding_writes`), the batch
-        once every row's is: self-consistency's votes need no more."""
+        once every row's is: self-consistency's votes need no more. Where decoding writes the
+        interval, a row's header is written once its docstring is (`IntervalWritten`)."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         if not functions:
@@ -444,9 +446,10 @@ class SceneGenerator:
             else {"do_sample": False}
         )
         # where decoding writes the code and the interval after the docstring, so does the batch
-        docstring_only = self.shared_code and self.interval_writer(functions[0]) is not None
+        writers = [self.interval_writer(f) if self.shared_code else None for f in functions]
+        intervals = [IntervalWritten(w) if headers_only and w else None for w in writers]
         stops = RowStops(
-            [stops_for(None, headers_only, docstring_only) for _ in functions],
+            [stops_for(None, headers_only, interval) for interval in intervals],
             self.tokenizer,
             width,
             openings,
@@ -481,9 +484,9 @@ class SceneGenerator:
                 text = text[: text.index(MATH_HEADER_END)]
                 if self.shared_code:  # what `generate` would have written around its math
                     text = header_as_decoding_writes(text, self.interval_writer(function))
-            elif headers_only and docstring_only and docstring_written_to(text) is not None:
+            elif intervals[index] is not None and intervals[index].values is not None:
                 text = header_as_decoding_writes(  # what `generate` writes after the docstring
-                    text[: docstring_written_to(text)], self.interval_writer(function)
+                    text[: docstring_written_to(text)], intervals[index].interval
                 )
             results.append(
                 Generation(

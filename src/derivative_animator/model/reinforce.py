@@ -25,10 +25,13 @@ from derivative_animator.data.scenes import docstring_opening
 from derivative_animator.math import curriculum
 from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.math.parsing import parse_function
-from derivative_animator.model.decoding import HEADER_WRITTEN, header_as_decoding_writes
+from derivative_animator.model.decoding import (
+    HEADER_WRITTEN,
+    docstring_written_to,
+    header_as_decoding_writes,
+)
 from derivative_animator.model.finetune import LoRAFineTuner
 
-DOCSTRING_QUOTES = '"""'
 ADVANTAGE_EPSILON = 1e-4  # a group's std can be ~0 without being equal: no division blow-up
 
 
@@ -36,7 +39,7 @@ ADVANTAGE_EPSILON = 1e-4  # a group's std can be ~0 without being equal: no divi
 def decoding_interval(function: str) -> str | None:
     """The interval's values decoding writes after a right f' of `function` (decision 0016:
     found with the f' the model wrote; for a right one, the dataset's interval for f), or None
-    where no interval suits f (the model's own values stand)."""
+    where no interval suits f (the header's own values are judged)."""
     from derivative_animator.data.scenes import interval_values
 
     found = curriculum.analyse(parse_function(function), wider=True)
@@ -121,8 +124,8 @@ class GroupRelativeTrainer(pl.LightningModule):
         return [f for f in functions for _ in range(self.group_size)]
 
     def sample(self, functions: list[str]) -> list[str]:
-        """group_size headers per function, in function order; a finished header keeps its end
-        line, so the model is taught to end it."""
+        """group_size headers per function, in function order, as inference writes them; a
+        finished one gets its end line (`encode` then knows it was finished)."""
         from derivative_animator.model.generate import SceneGenerator
 
         # as inference writes them: the model's docstring, then decoding's imports and interval
@@ -152,9 +155,9 @@ class GroupRelativeTrainer(pl.LightningModule):
             if header.startswith(opening):
                 forced = len(self._ids(opening))
                 example["labels"][start : start + forced] = [IGNORE_INDEX] * forced
-            closed = header.find(DOCSTRING_QUOTES, len(DOCSTRING_QUOTES))
-            if closed >= 0:  # the docstring ends with its quotes: what follows is written for it
-                kept = start + len(self._ids(header[: closed + len(DOCSTRING_QUOTES)]))
+            closed = docstring_written_to(header)
+            if closed is not None:  # the docstring's closing line: what follows is written for it
+                kept = start + len(self._ids(header[:closed]))
                 example["labels"][kept:] = [IGNORE_INDEX] * (len(example["labels"]) - kept)
             examples.append(example)
         pad = self.tokenizer.pad_token_id
