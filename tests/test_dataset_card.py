@@ -10,12 +10,12 @@ from derivative_animator.data.prompt import DEFAULT_FORMAT
 
 
 def test_card_and_prompt_format_written(tmp_path):
-    target, splits = dataset.build(
-        DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
-    )
+    config = DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
+    target, splits = dataset.build(config)
     card = json.loads((target / CARD_FILE).read_text())
-    # and five times as many from expression trees, as many again of textbook kinds
-    assert card["splits"]["train"]["count"] == 12 + 60 + 12
+    # the curriculum's 12, then the practice shares of it: expression trees and textbook kinds
+    practice = round(12 * config.tree_practice) + round(12 * config.textbook_practice)
+    assert config.tree_practice > 0 and card["splits"]["train"]["count"] == 12 + practice
     assert card["prompt_format"]["sha256"] == DEFAULT_FORMAT.sha256
     assert (
         card["files_sha256"]["train.jsonl"]

@@ -71,13 +71,13 @@ X_MIN, X_MAX = $interval
 x = sp.Symbol("x")
 $reader
 
-lines = __doc__.strip().split("\n")  # f, any worked steps, f': the docstring's math, as typed
+lines = __doc__.strip().split("\n")  # f, any worked steps, f'
 f_expr, df_expr = typed_line(lines[0]), typed_line(lines[-1])
 f = sp.lambdify(x, f_expr, "numpy")
 df = sp.lambdify(x, df_expr, "numpy")
 
 
-TEXT = {}  # glyphs and labels from the one LaTeX run (formulas)
+TEXT = {}  # glyphs and labels (formulas)
 
 
 def tex(expr):
@@ -88,8 +88,8 @@ def values(*gs):
     xs = np.linspace(X_MIN, X_MAX, 400)
     ys = np.concatenate([xs * 0 + g(xs) for g in gs])
     ys = ys[np.isfinite(ys)]
-    if ys.size == 0:  # a derivative that is not real here gets empty axes, not a crash
-        return np.array([-1.0, 1.0])
+    if len(set(ys)) < 2:  # real nowhere, or flat
+        return np.array([-1.0, 1.0]) + (ys[0] if len(ys) else 0)
     a, lo, hi, b = np.percentile(ys, [5, 25, 75, 95])
     return np.clip(ys, 3 * lo - 2 * hi, 3 * hi - 2 * lo) if np.ptp(ys) > 3 * (b - a) else ys  # cut spikes
 
@@ -109,7 +109,6 @@ def make_axes(*gs, width=10, height=2.1):
     lo, hi = ys.min(), ys.max()
     if 3 * (hi - lo) >= max(hi, 0) - min(lo, 0) or hi == lo:  # y = 0 in view unless f flattens
         lo, hi = min(lo, 0), max(hi, 0)
-    lo, hi = (lo, hi) if hi > lo else (lo - 1, hi + 1)  # f' = 0 everywhere: a band around it
     dx, dy = tick(X_MAX - X_MIN), tick(hi - lo)
     lo, hi = np.floor(lo / dy) * dy, np.ceil(hi / dy) * dy
     axes = Axes([X_MIN, X_MAX, dx], [lo, hi, dy], x_length=width, y_length=height, tips=False,
@@ -126,7 +125,7 @@ def make_axes(*gs, width=10, height=2.1):
 
 
 def formulas(*lines):
-    # every text in one LaTeX run: f and f' in the top corners, axis glyphs, then lines (captions)
+    # all texts in one LaTeX run
     lines = ["f(x) = " + tex(f_expr), "f'(x) = " + tex(df_expr), "x", "f(x)", "f'(x)", "0123456789.-", *lines]
     parts = MathTex(*[line + r"\\" for line in lines[:-1]], lines[-1], font_size=36)
     for part, corner, color in zip(parts, (UL, UR), (BLUE, RED)):

@@ -42,7 +42,7 @@ SYMPY_READER_IMPORT = "from sympy.parsing.sympy_parser import parse_expr"
 SYMPY_READER = """NAMES = {"e": sp.E, "ln": sp.log} | {"arc" + g: getattr(sp, "a" + g) for g in "sin cos tan sec csc cot sinh cosh tanh".split()}
 
 
-def typed_line(line):  # "f(x) = 2x sin(x)": the math after " = ", read as people type it
+def typed_line(line):  # the math after " = ", as typed
     return parse_expr(line.split(" = ", 1)[1], dict(NAMES), transformations="all")
 """  # noqa: E501
 PROJECT_READER_IMPORT = "from derivative_animator.parsing import typed_line"  # scenes before 0013
