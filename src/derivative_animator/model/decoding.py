@@ -353,6 +353,11 @@ class IntervalWritten:
             self.values, self.asked = self.interval(text[:end]), True
         return HEADER_WRITTEN if self.values is not None else header_written(text)
 
+    def found(self, docstring: str) -> str | None:
+        """The values found at the docstring's close: what `header_as_decoding_writes` asks
+        for, without searching the interval again."""
+        return self.values
+
 
 class HeaderJudge:
     """`accept_header` asked once, as soon as the row's text holds its whole math header."""

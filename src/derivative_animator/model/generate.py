@@ -486,7 +486,7 @@ class SceneGenerator:
                     text = header_as_decoding_writes(text, self.interval_writer(function))
             elif intervals[index] is not None and intervals[index].values is not None:
                 text = header_as_decoding_writes(  # what `generate` writes after the docstring
-                    text[: docstring_written_to(text)], intervals[index].interval
+                    text[: docstring_written_to(text)], intervals[index].found
                 )
             results.append(
                 Generation(
