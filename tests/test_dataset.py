@@ -1,4 +1,5 @@
 import hashlib
+import warnings
 
 import numpy as np
 import pytest
@@ -139,6 +140,22 @@ def test_a_spike_does_not_choose_the_plotting_interval_but_never_refuses_a_funct
     assert curriculum._spiky(np.array([0.0] * 98 + [1.0, 10.0])) and not curriculum._spiky(
         np.linspace(0, 1, 100)
     )
+
+
+def test_a_function_numpy_computes_as_complex_is_real_only_where_its_imaginary_part_is_zero():
+    """(-1)^(1/3) x is complex at every x but 0: its real part x/2 is no value of it, so no
+    interval holds it. numpy computes sec(cosh(x)) through cos(1j*x), in complex numbers whose
+    imaginary part is 0: a real function, plotted as before."""
+    import sympy as sp
+
+    x = curriculum.X
+    complex_line = sp.Pow(-1, sp.Rational(1, 3), evaluate=False) * x
+    assert not curriculum.defined_on(complex_line, sp.Integer(1), (1, 3))
+    assert curriculum.plot_interval(complex_line, sp.Integer(1), wider=True) is None
+    assert curriculum.analyse(complex_line) is None
+    with warnings.catch_warnings():  # and no "casting complex values to real" in the output
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        assert curriculum.analyse(parse_function("sec(cosh(x))")).x_range == (-0.5, 0.5)
 
 
 def test_wider_intervals_keep_tree_functions_the_curriculum_search_cannot_plot():

@@ -156,14 +156,27 @@ def _finite_values(f, df, x_range: tuple[float, float]) -> tuple[np.ndarray, np.
     xs = _grid(*x_range)
     with np.errstate(all="ignore"):
         try:
-            ys = np.broadcast_to(np.asarray(f(xs), dtype=float), xs.shape)
-            dys = np.broadcast_to(np.asarray(df(xs), dtype=float), xs.shape)
+            ys, dys = _real(f(xs), xs.shape), _real(df(xs), xs.shape)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             return None
+    if ys is None or dys is None:
+        return None
     # A pole on the grid: floating point gives tan(pi/2) = 1.6e16, finite but no value at all.
     if not (np.all(np.abs(ys) < POLE_VALUE) and np.all(np.abs(dys) < POLE_VALUE)):
         return None
     return ys, dys
+
+
+def _real(values, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Values as real floats; None where one has an imaginary part. numpy computes sec(cosh(x))
+    as 1/cos(cos(1j*x)), in complex numbers with no imaginary part; (-1)**(1/3)*x has one, and
+    its real part is no value of the function."""
+    values = np.asarray(values)
+    if np.iscomplexobj(values):
+        if np.any(np.abs(values.imag) > 1e-9 * np.maximum(1.0, np.abs(values.real))):
+            return None
+        values = values.real
+    return np.broadcast_to(values.astype(float), shape)
 
 
 def _grid(x_min: float, x_max: float) -> np.ndarray:
