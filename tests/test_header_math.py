@@ -143,3 +143,34 @@ def test_one_model_that_is_no_checkpoint_refuses_the_whole_run(tmp_path, capsys)
     (good / "config.json").write_text("{}")
     assert header_math.main(["--model", str(good), str(tmp_path / "missing")]) == 2
     assert "missing is not a checkpoint" in capsys.readouterr().err
+
+
+def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
+    tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from derivative_animator.eval import baselines
+    from derivative_animator.model import generate
+
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: "fine-tuned"))
+    monkeypatch.setattr(baselines, "base_generator", lambda path: f"base of {path.name}")
+    judged: list[str] = []
+    monkeypatch.setattr(
+        header_math,
+        "header_math",
+        lambda generator, sets, limit=None, max_new_tokens=None: (
+            judged.append(generator)
+            or {"test": {"n": 1, "math_pct": 100.0, "right": TYPED[:1], "by_length": {}}}
+        ),
+    )
+    monkeypatch.setattr(header_math, "function_sets", lambda data: {})
+    out = tmp_path / "base.json"
+    assert header_math.main(["--model", str(model), "--base", "--out", str(out)]) == 0
+    assert header_math.main(["--model", str(model)]) == 0
+    assert judged == ["base of merged", "fine-tuned"]
+    assert "its base model, not fine-tuned" in capsys.readouterr().out
+    assert json.loads(out.read_text())["base"] is True

@@ -197,9 +197,9 @@ class Base(Baseline):
         return futures
 
 
-def base_generator(model_dir: Path, generation: GenerationSettings):
+def base_generator(model_dir: Path, generation: GenerationSettings | None = None):
     """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt
-    format and the evaluation's decoding."""
+    format and the evaluation's decoding (None: SceneGenerator's defaults, as header math's)."""
     from derivative_animator.data.prompt import PromptFormat
     from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.finetune import load_base
@@ -208,16 +208,18 @@ def base_generator(model_dir: Path, generation: GenerationSettings):
 
     trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
     tokenizer, model = load_base(ModelSettings.from_config(trained["model"]))
+    decoding = (
+        {}
+        if generation is None
+        else {
+            "bracket_guard": generation.bracket_guard,
+            "shared_code": generation.shared_code,
+            "copy_function": generation.copy_function,
+            "choose_interval": generation.choose_interval,
+        }
+    )
     return SceneGenerator(
-        model,
-        tokenizer,
-        PromptFormat.load(model_dir),
-        None,
-        model_dir,
-        bracket_guard=generation.bracket_guard,
-        shared_code=generation.shared_code,
-        copy_function=generation.copy_function,
-        choose_interval=generation.choose_interval,
+        model, tokenizer, PromptFormat.load(model_dir), None, model_dir, **decoding
     )
 
 

@@ -7,6 +7,7 @@ instead of half an hour of renders: what quick ablations (a reinforcement run, a
     python -m derivative_animator.eval.header_math --model DIR --out header_math.json --limit 20
     python -m derivative_animator.eval.header_math --model SEED42 SEED43 SEED44   # and the median
     python -m derivative_animator.eval.header_math --model DIR --train 100   # train functions too
+    python -m derivative_animator.eval.header_math --model DIR --base   # its base, not fine-tuned
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def median_row(reports: list[dict[str, dict]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from derivative_animator.eval import baselines
     from derivative_animator.model.generate import SceneGenerator
 
     parser = argparse.ArgumentParser(
@@ -146,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also judge up to N train functions of each length (poor fit or poor transfer?)",
     )
+    parser.add_argument(
+        "--base",
+        action="store_true",
+        help="judge each checkpoint's base model before fine-tuning (its prompt, same decoding)",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
     models = [paths.resolve(model) for model in args.model]
@@ -162,12 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         sets = function_sets(data_dir)
         if args.train:
             sets["train"] = train_sample(data_dir, args.train)
-        report = header_math(
-            SceneGenerator.load(model), sets, limit=args.limit, max_new_tokens=args.max_new_tokens
-        )
+        generator = baselines.base_generator(model) if args.base else SceneGenerator.load(model)
+        report = header_math(generator, sets, limit=args.limit, max_new_tokens=args.max_new_tokens)
         reports.append(report)
-        if len(models) > 1:
-            print(model)
+        if len(models) > 1 or args.base:
+            print(f"{model}: its base model, not fine-tuned" if args.base else model)
         for name, scores in report.items():
             print(
                 f"{name:10s} {scores['math_pct']:5.1f}%  ({len(scores['right'])} of {scores['n']})"
@@ -184,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, pct in median.items():
             print(f"{name:10s} {pct:5.1f}%")
     if args.out is not None:
-        written = [{"model": str(m), **r} for m, r in zip(models, reports, strict=True)]
+        written = [
+            {"model": str(m), "base": args.base, **r} for m, r in zip(models, reports, strict=True)
+        ]
         report = written[0] if median is None else {"models": written, "median": median}
         paths.write_atomic(args.out, json.dumps(report, indent=1) + "\n")
     return 0
