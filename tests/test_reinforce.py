@@ -20,6 +20,7 @@ from derivative_animator.math import curriculum
 from derivative_animator.math.header import MATH_HEADER_END, math_header_length
 from derivative_animator.math.parsing import parse_function
 from derivative_animator.model import finetune
+from derivative_animator.model.checkpoint_files import DRAFT_CORPUS
 from derivative_animator.model.reinforce import (
     GroupRelativeTrainer,
     group_advantages,
@@ -211,6 +212,10 @@ def test_an_interrupted_run_resumes_at_its_saved_step(
     assert steps.steps == [1, 2]  # continues at the saved step, none skipped or repeated
     info = json.loads((run_dir / "checkpoint" / "merged" / "run_info.json").read_text())
     assert info["global_step"] == 3
+    # it drafts from the scenes its SFT checkpoint drafts from, not from every train record
+    assert (run_dir / "checkpoint" / "merged" / DRAFT_CORPUS).read_text() == (
+        micro_checkpoint / DRAFT_CORPUS
+    ).read_text()
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(
         info["mlflow_run_id"]
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from derivative_animator import paths
-from derivative_animator.model.checkpoint_files import CHECKPOINT_DIR
+from derivative_animator.model.checkpoint_files import CHECKPOINT_DIR, DRAFT_CORPUS
 
 RUN_FILE = "run.json"  # mlflow run id and status, for resuming
 
@@ -152,12 +152,26 @@ def mlflow_run(cfg: DictConfig, run_dir: Path, resumed: dict | None):
         raise
 
 
+def draft_corpus(cfg: DictConfig) -> list[str] | None:
+    """The scenes speculative decoding drafts from: a fine-tune's whole scenes (header practice
+    adds nothing below the header); a reinforcement run keeps its SFT checkpoint's (its config has
+    no full_scenes: every train record, 390 MB, would be written)."""
+    from derivative_animator.data import dataset
+
+    started_from = OmegaConf.select(cfg, "reinforce.model")
+    if started_from is not None:
+        drafts = paths.resolve(started_from) / DRAFT_CORPUS
+        return json.loads(drafts.read_text()) if drafts.is_file() else None
+    return [
+        r.completion for r in dataset.read_split(cfg.data.dir, "train")[: cfg.get("full_scenes")]
+    ]
+
+
 def save_and_log(
     cfg: DictConfig, run_dir: Path, module, tokenizer, trainer, run_id: str, client, metrics: dict
 ) -> None:
     """The merged checkpoint (what inference loads), logged as an MLflow model; the run FINISHED."""
     from derivative_animator import tracking
-    from derivative_animator.data import dataset
     from derivative_animator.model import finetune
 
     run_info = {
@@ -173,11 +187,7 @@ def save_and_log(
         run_dir / CHECKPOINT_DIR,
         OmegaConf.to_container(cfg, resolve=True),
         run_info,
-        # whole scenes only: the header-practice samples add nothing below the header
-        draft_corpus=[
-            r.completion
-            for r in dataset.read_split(cfg.data.dir, "train")[: cfg.get("full_scenes")]
-        ],
+        draft_corpus=draft_corpus(cfg),
     )
     if cfg.logger.log_model:
         tracking.log_merged_model(
