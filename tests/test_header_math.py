@@ -174,3 +174,63 @@ def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
     assert judged == ["base of merged", "fine-tuned"]
     assert "its base model, not fine-tuned" in capsys.readouterr().out
     assert json.loads(out.read_text())["base"] is True
+
+
+def test_against_an_earlier_report_prints_what_each_set_gained_and_lost(
+    tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from derivative_animator.model import generate
+
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(
+        json.dumps(
+            {
+                "model": "first-fit",
+                "base": False,
+                "test": {"n": 4, "math_pct": 50.0, "right": TYPED[:2], "by_length": {}},
+                "train": {"n": 4, "math_pct": 0.0, "right": [], "by_length": {}},
+            }
+        )
+    )
+    monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: path))
+    monkeypatch.setattr(
+        header_math,
+        "header_math",
+        lambda generator, sets, limit=None, max_new_tokens=None: {
+            "test": {"n": 4, "math_pct": 50.0, "right": TYPED[1:3], "by_length": {}},
+            "random": {"n": 1, "math_pct": 100.0, "right": ["x^2"], "by_length": {}},
+        },
+    )
+    monkeypatch.setattr(header_math, "function_sets", lambda data: {})
+    out = tmp_path / "now.json"
+    argv = ["--model", str(model), "--against", str(earlier), "--out", str(out)]
+    assert header_math.main(argv) == 0
+    printed = capsys.readouterr().out.split("against first-fit:\n")[1]
+    # the same percentage, one function gained and one lost; a set only one report has: none
+    assert printed == f"test       +1 -1\n  + {TYPED[2]}\n  - {TYPED[0]}\n"
+    written = json.loads(out.read_text())
+    assert written["against"] == {
+        "model": "first-fit",
+        "changes": {"test": {"gained": [TYPED[2]], "lost": [TYPED[0]]}},
+    }
+    # the report it wrote is one a later run can be judged against
+    assert header_math.changes(header_math.read_report(out), written)["test"]["lost"] == []
+
+
+def test_against_a_report_that_is_not_one_models_is_refused_in_one_line(tmp_path, capsys):
+    import json
+
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(json.dumps({"models": [], "median": {}}))
+    for report in (seeds, tmp_path / "missing.json"):
+        assert header_math.main(["--model", str(model), "--against", str(report)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and str(report) in err[0]

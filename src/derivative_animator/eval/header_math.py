@@ -8,6 +8,7 @@ instead of half an hour of renders: what quick ablations (a reinforcement run, a
     python -m derivative_animator.eval.header_math --model SEED42 SEED43 SEED44   # and the median
     python -m derivative_animator.eval.header_math --model DIR --train 100   # train functions too
     python -m derivative_animator.eval.header_math --model DIR --base   # its base, not fine-tuned
+    python -m derivative_animator.eval.header_math --model DIR --against OLD.json  # gained, lost
 """
 
 from __future__ import annotations
@@ -122,6 +123,36 @@ def median_row(reports: list[dict[str, dict]]) -> dict[str, float]:
     return {name: statistics.median(r[name]["math_pct"] for r in reports) for name in reports[0]}
 
 
+def changes(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict[str, list[str]]]:
+    """{set: {"gained": [...], "lost": [...]}} for the sets both reports judged (the same --limit
+    for both): what an ablation changed, beyond its percentages."""
+
+    def judged(report: dict, name: str) -> bool:  # a set, not "model", "base" or "against"
+        return isinstance(report.get(name), dict) and "right" in report[name]
+
+    found = {}
+    for name in after:
+        if not (judged(before, name) and judged(after, name)):
+            continue
+        was, now = set(before[name]["right"]), set(after[name]["right"])
+        found[name] = {
+            "gained": sorted(now - was),
+            "lost": sorted(was - now),
+        }
+    return found
+
+
+def read_report(path: Path) -> dict[str, dict]:
+    """A one-model report that --out wrote; ValueError (one line) for anything else."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    if not isinstance(report, dict) or "models" in report or "model" not in report:
+        raise ValueError(f"{path} is not a one-model header math report (write one with --out)")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     from derivative_animator.eval import baselines
     from derivative_animator.model.generate import SceneGenerator
@@ -153,8 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="judge each checkpoint's base model before fine-tuning (its prompt, same decoding)",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="REPORT",
+        help="an earlier one-model report (--out): print the functions each set gained and lost",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (JSON) here")
     args = parser.parse_args(argv)
+    try:
+        earlier = read_report(args.against) if args.against is not None else None
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     models = [paths.resolve(model) for model in args.model]
     for model in models:
         if not (model / "config.json").is_file():
@@ -184,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
                     for bucket, v in scores["by_length"].items()
                 )
             )
+        if earlier is not None:
+            print(f"against {earlier['model']}:")
+            for name, changed in changes(earlier, report).items():
+                print(
+                    f"{name:10s} +{len(changed['gained'])} -{len(changed['lost'])}"
+                    + "".join(f"\n  + {f}" for f in changed["gained"])
+                    + "".join(f"\n  - {f}" for f in changed["lost"])
+                )
     median = median_row(reports) if len(models) > 1 else None
     if median is not None:
         print(f"median of {len(models)}")
@@ -193,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         written = [
             {"model": str(m), "base": args.base, **r} for m, r in zip(models, reports, strict=True)
         ]
+        if earlier is not None:  # beside the sets, not among them: a report stays readable here
+            for entry, r in zip(written, reports, strict=True):
+                entry["against"] = {"model": earlier["model"], "changes": changes(earlier, r)}
         report = written[0] if median is None else {"models": written, "median": median}
         paths.write_atomic(args.out, json.dumps(report, indent=1) + "\n")
     return 0
