@@ -293,11 +293,27 @@ def test_a_grown_base_computes_what_its_parent_does_until_it_trains(tmp_path):
     assert not pretrain.build_base(grown).cached  # so the grown base is built again
 
 
+def test_growing_to_the_parents_own_depth_continues_the_parent(tmp_path):
+    """num_layers equal to the parent's: the same model, its pretraining continued (the
+    control a deeper base is measured against)."""
+    from derivative_animator.model import grow
+
+    pretrain.build_base(micro_config(tmp_path / "parent", steps=1))
+    config = micro_config(tmp_path, grow_from=str(tmp_path / "parent" / "base"), num_layers=2)
+    shape = {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_heads")}
+    from transformers import AutoModelForCausalLM
+
+    model = grow.grown_model(config.grow_from, 2, {**shape, "rope_theta": config.rope_theta})
+    parent = AutoModelForCausalLM.from_pretrained(config.grow_from).state_dict()
+    assert len(model.model.layers) == 2 and model.state_dict().keys() == parent.keys()
+    assert all(torch.equal(weights, parent[name]) for name, weights in model.state_dict().items())
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"num_layers": 3}, "multiple of the parent's 2 layers"),
-        ({"num_layers": 2}, "multiple of the parent's 2 layers"),
+        ({"num_layers": 1}, "multiple of the parent's 2 layers"),
         ({"hidden_size": 64, "num_layers": 4}, "hidden_size 64 (the parent's: 32)"),
     ],
 )

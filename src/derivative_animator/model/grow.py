@@ -55,10 +55,11 @@ def grown_model(parent_dir: str | Path, num_layers: int, shape: dict):
             f"model.build must keep the shape of grow_from's base to grow it: {listed}"
         )
     parent_layers = len(model.model.layers)
-    if num_layers <= parent_layers or num_layers % parent_layers:
+    # the parent's own depth continues its pretraining unchanged: the control for a deeper base
+    if num_layers < parent_layers or num_layers % parent_layers:
         raise ValueError(
-            f"model.build.num_layers must be a multiple of the parent's {parent_layers} layers, "
-            f"above it (got {num_layers})"
+            f"model.build.num_layers must be a multiple of the parent's {parent_layers} layers "
+            f"(got {num_layers})"
         )
     layers = []
     for layer in model.model.layers:
