@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    reports = []
+    reports, against = [], []  # against: each report's changes since --against's
     for model in models:
         data_dir = args.data or trained_on(model)
         sets = function_sets(data_dir)
@@ -227,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         if earlier is not None:
+            against.append(changes(earlier, report))
             print(f"against {earlier['model']}:")
-            for name, changed in changes(earlier, report).items():
+            for name, changed in against[-1].items():
                 print(
                     f"{name:10s} +{len(changed['gained'])} -{len(changed['lost'])}"
                     + "".join(f"\n  + {f}" for f in changed["gained"])
@@ -244,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             {"model": str(m), "base": args.base, **r} for m, r in zip(models, reports, strict=True)
         ]
         if earlier is not None:  # beside the sets, not among them: a report stays readable here
-            for entry, r in zip(written, reports, strict=True):
-                entry["against"] = {"model": earlier["model"], "changes": changes(earlier, r)}
+            for entry, changed in zip(written, against, strict=True):
+                entry["against"] = {"model": earlier["model"], "changes": changed}
         report = written[0] if median is None else {"models": written, "median": median}
         paths.write_atomic(args.out, json.dumps(report, indent=1) + "\n")
     return 0
