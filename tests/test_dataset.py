@@ -178,18 +178,39 @@ def test_wider_intervals_keep_tree_functions_the_curriculum_search_cannot_plot()
     assert narrow_misses(True) > 0
 
 
-def test_textbook_practice_draws_new_functions_of_textbook_kinds_and_no_held_out_one():
+@pytest.mark.parametrize(
+    "practice, option, source",
+    [
+        ("textbook_practice", "textbook_practice", "textbook-kinds"),
+        ("combination_practice", "combination_practice", "combinations"),
+    ],
+)
+def test_practice_draws_new_functions_of_its_kind_and_no_held_out_one(practice, option, source):
     from derivative_animator.data import benchmarks
-    from derivative_animator.data.dataset import textbook_practice
     from derivative_animator.math import curriculum
     from derivative_animator.math.parsing import parse_function
 
-    config = DataConfig(sizes={"train": 60, "validation": 0, "test": 0}, textbook_practice=1.0)
-    first = textbook_practice(config, set())
+    draw = getattr(dataset, practice)
+    config = DataConfig(sizes={"train": 60, "validation": 0, "test": 0}, **{option: 1.0})
+    first = draw(config, set())
     keys = [curriculum.canonical_key(parse_function(r.function)) for r in first]
-    assert len(first) == 60 == len(set(keys)) and {r.source for r in first} == {"textbook-kinds"}
+    assert len(first) == 60 == len(set(keys)) and {r.source for r in first} == {source}
     # what `seen` holds (the splits, every benchmark) is never drawn again
     held_out = benchmarks.held_out_keys() | set(keys[:30])
-    again = textbook_practice(config, set(held_out))
+    again = draw(config, set(held_out))
     assert not {curriculum.canonical_key(parse_function(r.function)) for r in again} & held_out
-    assert [r.function for r in textbook_practice(config, set())] == [r.function for r in first]
+    assert [r.function for r in draw(config, set())] == [r.function for r in first]
+
+
+def test_combination_practice_holds_several_transcendental_factors():
+    from derivative_animator.math import expression_trees
+
+    config = DataConfig(sizes={"train": 60, "validation": 0, "test": 0}, combination_practice=1.0)
+    records = dataset.combination_practice(config, set())
+    several = [
+        r.function
+        for r in records
+        if expression_trees.transcendental_count(parse_function(r.function)) >= 2
+    ]
+    assert len(several) >= 0.6 * len(records)  # tree practice: about 15% at 21-40 characters
+    assert "chars_21_40" in {expression_trees.length_bucket(f) for f in several}

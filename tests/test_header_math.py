@@ -12,6 +12,7 @@ from derivative_animator.math.header import MATH_HEADER_END
 from derivative_animator.model.generate import Generation
 
 TYPED = ["x^3 - 2x", "sin(2x) e^x", "ln(x^2 + 1)", "sqrt(x) cos(x)"]
+UNSPLIT = {"by_length": {}, "by_transcendental": {}}  # a faked report's empty breakdowns
 
 
 class HeaderWriter:
@@ -42,6 +43,15 @@ def test_counts_the_headers_the_judge_accepts(wrong):
         "math_pct": pct,
         "right": expected,
         "by_length": {"chars_1_20": {"n": 4, "math_pct": pct}},
+        "by_transcendental": {
+            bucket: {"n": n, "math_pct": round(100 * sum(f not in wrong for f in fs) / n, 1)}
+            for bucket, fs in {
+                "transcendental_0": TYPED[:1],
+                "transcendental_1": TYPED[2:],
+                "transcendental_2_up": TYPED[1:2],
+            }.items()
+            for n in [len(fs)]
+        },
     }
     assert report["b"]["right"] == [f for f in TYPED[:2] if f not in wrong]
 
@@ -52,6 +62,21 @@ def test_counts_by_length_as_typed():
     assert report["a"]["by_length"] == {
         "chars_1_20": {"n": 4, "math_pct": 75.0},
         "chars_21_40": {"n": 1, "math_pct": 0.0},
+    }
+
+
+def test_counts_by_how_many_transcendental_functions_a_function_applies():
+    several = "(sin(x) + cos(x))/(cos(x) - sin(x))"
+    report = header_math.header_math(HeaderWriter([several]), {"a": [*TYPED, "sqrt(x^2 + 1)"]})
+    assert report["a"]["by_transcendental"] == {
+        "transcendental_0": {"n": 2, "math_pct": 100.0},  # x^3 - 2x; sqrt is algebraic
+        "transcendental_1": {"n": 2, "math_pct": 100.0},
+        "transcendental_2_up": {"n": 1, "math_pct": 100.0},  # sin(2x) e^x
+    }
+    report = header_math.header_math(HeaderWriter([several]), {"a": [several, "2^x x^3"]})
+    assert report["a"]["by_transcendental"] == {
+        "transcendental_1": {"n": 1, "math_pct": 100.0},  # a^x is transcendental, x^3 is not
+        "transcendental_2_up": {"n": 1, "math_pct": 0.0},
     }
 
 
@@ -108,9 +133,9 @@ def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypat
                     "n": 4,
                     "math_pct": 25.0 * right[name],
                     "right": TYPED[: right[name]],
-                    "by_length": {},
+                    **UNSPLIT,
                 },
-                "random": {"n": 4, "math_pct": 0.0, "right": [], "by_length": {}},
+                "random": {"n": 4, "math_pct": 0.0, "right": [], **UNSPLIT},
             }
         ),
     )
@@ -164,7 +189,7 @@ def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
         "header_math",
         lambda generator, sets, limit=None, max_new_tokens=None: (
             judged.append(generator)
-            or {"test": {"n": 1, "math_pct": 100.0, "right": TYPED[:1], "by_length": {}}}
+            or {"test": {"n": 1, "math_pct": 100.0, "right": TYPED[:1], **UNSPLIT}}
         ),
     )
     monkeypatch.setattr(header_math, "function_sets", lambda data: {})
@@ -192,8 +217,8 @@ def test_against_an_earlier_report_prints_what_each_set_gained_and_lost(
             {
                 "model": "first-fit",
                 "base": False,
-                "test": {"n": 4, "math_pct": 50.0, "right": TYPED[:2], "by_length": {}},
-                "train": {"n": 4, "math_pct": 0.0, "right": [], "by_length": {}},
+                "test": {"n": 4, "math_pct": 50.0, "right": TYPED[:2], **UNSPLIT},
+                "train": {"n": 4, "math_pct": 0.0, "right": [], **UNSPLIT},
             }
         )
     )
@@ -202,8 +227,8 @@ def test_against_an_earlier_report_prints_what_each_set_gained_and_lost(
         header_math,
         "header_math",
         lambda generator, sets, limit=None, max_new_tokens=None: {
-            "test": {"n": 4, "math_pct": 50.0, "right": TYPED[1:3], "by_length": {}},
-            "random": {"n": 1, "math_pct": 100.0, "right": ["x^2"], "by_length": {}},
+            "test": {"n": 4, "math_pct": 50.0, "right": TYPED[1:3], **UNSPLIT},
+            "random": {"n": 1, "math_pct": 100.0, "right": ["x^2"], **UNSPLIT},
         },
     )
     monkeypatch.setattr(header_math, "function_sets", lambda data: {})

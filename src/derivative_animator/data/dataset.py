@@ -32,7 +32,7 @@ from derivative_animator.data.dataset_schema import SPLITS, DataConfig, Record, 
 from derivative_animator.data.prompt import DEFAULT_FORMAT
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.parsing import parse_function
-from derivative_animator.math.textbook_kinds import textbook_candidate
+from derivative_animator.math.textbook_kinds import combination_candidate, textbook_candidate
 
 # --- generating records ------------------------------------------------------------------
 
@@ -117,6 +117,7 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
         splits = {split: [written[typed] for typed, _, _ in plan[split]] for split in SPLITS}
         splits["train"] += tree_practice(config, seen, pool)
         splits["train"] += textbook_practice(config, seen, pool)
+        splits["train"] += combination_practice(config, seen, pool)
     finally:
         for worker in pool:
             worker.shutdown()
@@ -142,24 +143,33 @@ def textbook_practice(config: DataConfig, seen: set[str], pool=None) -> list[Rec
     """`config.textbook_functions` more train functions of the kinds textbooks ask about
     (math/textbook_kinds.textbook_candidate, the pretraining corpus's own), kept as tree
     practice keeps its own."""
+    drawn = _drawn(textbook_candidate, f"{config.seed}-textbook-practice", "textbook_practice")
+    return _practice(drawn, config.textbook_functions, seen, config, "textbook-kinds", pool)
+
+
+def combination_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
+    """`config.combination_functions` more train functions with several transcendental
+    factors in sums, products, quotients and compositions
+    (math/textbook_kinds.combination_candidate), kept as tree practice keeps its own."""
+    seed = f"{config.seed}-combination-practice"
+    drawn = _drawn(combination_candidate, seed, "combination_practice")
+    return _practice(drawn, config.combination_functions, seen, config, "combinations", pool)
+
+
+def _drawn(candidate, seed: str, option: str):
+    """Distinct typed functions from `candidate(rng)`, forever, in a seeded order."""
     from derivative_animator.math.expression_trees import typed_function
 
-    def drawn():
-        rng, typed_so_far, misses = random.Random(f"{config.seed}-textbook-practice"), set(), 0
-        while misses < 10_000:  # the kinds' space is finite: say so rather than loop
-            found = typed_function(textbook_candidate(rng))
-            if found is None or found[0] in typed_so_far:
-                misses += 1
-                continue
-            misses = 0
-            typed_so_far.add(found[0])
-            yield found[0]
-        raise ValueError(
-            "textbook practice ran out of new functions of textbook kinds; "
-            "lower data.textbook_practice"
-        )
-
-    return _practice(drawn(), config.textbook_functions, seen, config, "textbook-kinds", pool)
+    rng, typed_so_far, misses = random.Random(seed), set(), 0
+    while misses < 10_000:  # a generator's space may be finite: say so rather than loop
+        found = typed_function(candidate(rng))
+        if found is None or found[0] in typed_so_far:
+            misses += 1
+            continue
+        misses = 0
+        typed_so_far.add(found[0])
+        yield found[0]
+    raise ValueError(f"{option} ran out of new functions; lower data.{option}")
 
 
 PRACTICE_CHUNK = 32  # functions per worker per round

@@ -78,6 +78,9 @@ class DataConfig:
     tree_practice: float = field(default_factory=lambda: _data_default("tree_practice"))
     worked_steps: bool = field(default_factory=lambda: _data_default("worked_steps"))
     textbook_practice: float = field(default_factory=lambda: _data_default("textbook_practice"))
+    combination_practice: float = field(
+        default_factory=lambda: _data_default("combination_practice")
+    )
     tree_wider_intervals: bool = field(
         default_factory=lambda: _data_default("tree_wider_intervals")
     )
@@ -93,16 +96,16 @@ class DataConfig:
         if bad_levels or not self.levels:
             raise ValueError(f"data.levels must be a non-empty subset of {list(curriculum.LEVELS)}")
         bad_styles = set(self.styles) - set(scenes.STYLES)
-        if not 0 <= float(self.tree_practice) <= 10:
-            raise ValueError(
-                "data.tree_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
-                f"many expression-tree functions again), got {self.tree_practice}"
-            )
-        if not 0 <= float(self.textbook_practice) <= 10:
-            raise ValueError(
-                "data.textbook_practice is a share of data.sizes.train from 0 to 10 (0.5: half as "
-                f"many functions of textbook kinds again), got {self.textbook_practice}"
-            )
+        for name, what in (
+            ("tree_practice", "expression-tree functions"),
+            ("textbook_practice", "functions of textbook kinds"),
+            ("combination_practice", "functions with several transcendental factors"),
+        ):
+            if not 0 <= float(getattr(self, name)) <= 10:
+                raise ValueError(
+                    f"data.{name} is a share of data.sizes.train from 0 to 10 (0.5: half as "
+                    f"many {what} again), got {getattr(self, name)}"
+                )
         if bad_styles or not self.styles:
             raise ValueError(f"data.styles must be a non-empty subset of {list(scenes.STYLES)}")
         object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
@@ -117,6 +120,11 @@ class DataConfig:
     def textbook_functions(self) -> int:
         """How many functions of textbook kinds textbook practice adds to train."""
         return round(float(self.textbook_practice) * self.sizes["train"])
+
+    @property
+    def combination_functions(self) -> int:
+        """How many functions with several transcendental factors combination practice adds."""
+        return round(float(self.combination_practice) * self.sizes["train"])
 
     def to_dict(self) -> dict:
         content = {
@@ -133,6 +141,7 @@ class DataConfig:
             "worked_steps": self.worked_steps,
             "tree_wider_intervals": self.tree_wider_intervals,
             "textbook_practice": self.textbook_practice,
+            "combination_practice": self.combination_practice,
         }
         return {**content, **{name: value for name, value in options.items() if value}}
 

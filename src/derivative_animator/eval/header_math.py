@@ -67,7 +67,7 @@ def header_math(
     functions of each set (None: all)."""
     from rich.progress import Progress
 
-    from derivative_animator.math.expression_trees import LENGTH_BUCKETS, length_bucket
+    from derivative_animator.math import expression_trees as trees
 
     report = {}
     with Progress(transient=True) as progress:
@@ -83,26 +83,43 @@ def header_math(
                     if judge.header_judge(function)(generation.code):
                         right.append(function)
                 progress.advance(task, len(chunk))
-            by_length = {}
-            for _, bucket in LENGTH_BUCKETS:
-                in_bucket = [f for f in functions if length_bucket(f) == bucket]
-                if in_bucket:
-                    hits = sum(f in right for f in in_bucket)
-                    by_length[bucket] = {
-                        "n": len(in_bucket),
-                        "math_pct": percent(hits, len(in_bucket)),
-                    }
             report[name] = {
                 "n": len(functions),
                 "math_pct": percent(len(right), len(functions)),
                 "right": right,
-                "by_length": by_length,
+                "by_length": breakdown(
+                    functions, right, trees.length_bucket, [b for _, b in trees.LENGTH_BUCKETS]
+                ),
+                "by_transcendental": breakdown(
+                    functions, right, trees.transcendental_bucket, trees.TRANSCENDENTAL_BUCKETS
+                ),
             }
     return report
 
 
+def breakdown(functions: list[str], right: list[str], bucket_of, buckets) -> dict[str, dict]:
+    """{bucket: {"n", "math_pct"}} for the buckets (in their order) that hold a function."""
+    hits, counts = {}, {}
+    for function in functions:
+        bucket = bucket_of(function)
+        counts[bucket] = counts.get(bucket, 0) + 1
+        hits[bucket] = hits.get(bucket, 0) + (function in right)
+    return {
+        b: {"n": counts[b], "math_pct": percent(hits[b], counts[b])} for b in buckets if b in counts
+    }
+
+
 def percent(part: int, whole: int) -> float:
     return round(100 * part / max(whole, 1), 1)
+
+
+def _buckets(scores: dict[str, dict], prefix: str) -> str:
+    """ "21-40 53.2% (47), ..." for a breakdown's buckets."""
+    return ", ".join(
+        f"{bucket.removeprefix(prefix).replace('_up', '+').replace('_', '-')} "
+        f"{v['math_pct']:.1f}% ({v['n']})"
+        for bucket, v in scores.items()
+    )
 
 
 def trained_on(model: Path) -> str:
@@ -219,12 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, scores in report.items():
             print(
                 f"{name:10s} {scores['math_pct']:5.1f}%  ({len(scores['right'])} of {scores['n']})"
-                "   by length: "
-                + ", ".join(
-                    f"{bucket.removeprefix('chars_').replace('_', '-')} {v['math_pct']:.1f}% "
-                    f"({v['n']})"
-                    for bucket, v in scores["by_length"].items()
-                )
+                f"   by length: {_buckets(scores['by_length'], 'chars_')}"
+                f"   by transcendental functions: "
+                f"{_buckets(scores['by_transcendental'], 'transcendental_')}"
             )
         if earlier is not None:
             against.append(changes(earlier, report))

@@ -294,3 +294,22 @@ def kinds(expr: sp.Expr) -> set[str]:
 
 def length_bucket(typed: str) -> str:
     return next(name for limit, name in LENGTH_BUCKETS if len(typed) <= limit)
+
+
+TRANSCENDENTAL_BUCKETS = ("transcendental_0", "transcendental_1", "transcendental_2_up")
+
+
+def transcendental_count(expr: sp.Expr) -> int:
+    """How many transcendental functions a function applies (each sin, e^u, ln, a^u, ...; sqrt
+    and other powers of x are algebraic): the textbook's long exercises hold two or more far
+    more often than the practice did (docs/experiments.md, 2026-12-06)."""
+    return sum(
+        1
+        for node in sp.preorder_traversal(expr)
+        if (isinstance(node, sp.Function) and node.func is not sp.Abs)
+        or (isinstance(node, sp.Pow) and node.exp.has(X))
+    )
+
+
+def transcendental_bucket(typed: str) -> str:
+    return TRANSCENDENTAL_BUCKETS[min(transcendental_count(parse_function(typed)), 2)]

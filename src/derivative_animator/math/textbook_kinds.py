@@ -127,3 +127,72 @@ def textbook_candidate(rng: random.Random) -> sp.Expr:
         [0, 0, 0, rng.randint(-9, 9), rng.choice([1, 2, -3]) * X ** rng.randint(1, 3)]
     )
     return coefficient * core + extra
+
+
+# Transcendental factors for `combination_candidate`: every function a textbook combines.
+_FACTORS = (
+    sp.sin,
+    sp.cos,
+    sp.tan,
+    sp.sec,
+    sp.csc,
+    sp.cot,
+    sp.exp,
+    sp.log,
+    sp.sqrt,
+    sp.asin,
+    sp.acos,
+    sp.atan,
+    sp.sinh,
+    sp.cosh,
+    sp.tanh,
+    sp.asinh,
+    sp.atanh,
+    lambda u: 2**u,
+    lambda u: 3**u,
+)
+
+
+def _factor(rng: random.Random) -> sp.Expr:
+    """One transcendental function of a simple inside, sometimes times a power of x."""
+    u = rng.choice([X, X, X, X, rng.choice([2, 3, 4, 5, 10]) * X, _linear(rng), X**2])
+    factor = rng.choice(_FACTORS)(u)
+    if rng.random() < 0.3:
+        factor *= X ** rng.choice([1, 1, 2, 3])
+    return factor
+
+
+def _part(rng: random.Random) -> sp.Expr:
+    """A term of a sum: mostly a (product of) transcendental factor(s), sometimes algebraic."""
+    roll = rng.random()
+    if roll < 0.2:
+        return rng.choice([X**2, X, X**3, _small_polynomial(rng), sp.Integer(rng.randint(1, 5))])
+    core = _factor(rng) * (_factor(rng) if roll < 0.45 else 1)
+    return rng.choice([1, 1, 1, 2, 3, -1, -2, 5]) * core
+
+
+def _sum(rng: random.Random, most: int = 2) -> sp.Expr:
+    return sum(_part(rng) for _ in range(rng.randint(1, most)))
+
+
+def combination_candidate(rng: random.Random) -> sp.Expr:
+    """A function with several transcendental factors: sums of products of them, products and
+    quotients of such sums, compositions of them and their powers. Textbook exercises of 21-40
+    characters hold two or more transcendental functions six times as often as the other
+    practice does (docs/experiments.md, 2026-12-06); the caller checks a function is usable."""
+    kind = rng.randrange(6)
+    if kind == 0:  # sums of two or three products
+        return _part(rng) + _part(rng) + (_part(rng) if rng.random() < 0.4 else 0)
+    if kind == 1:  # a product of sums
+        return _sum(rng) * _sum(rng)
+    if kind == 2:  # a quotient of sums
+        return _sum(rng) / _sum(rng)
+    if kind == 3:  # a function of a function of a sum, product or quotient
+        inner = rng.choice([_sum(rng), _factor(rng), _factor(rng) / _sum(rng, 1)])
+        outer = rng.choice((sp.log, sp.atan, sp.asin, sp.exp, sp.sqrt, sp.sin, sp.cos, sp.tan))
+        return outer(inner + rng.choice([0, 0, 1, 2, X]))
+    if kind == 4:  # powers of sums and products of powers of factors
+        if rng.random() < 0.5:
+            return _sum(rng) ** rng.choice([2, 3, 4, 5, -1, -2, sp.Rational(1, 2)])
+        return _factor(rng) ** rng.randint(2, 4) * _factor(rng) ** rng.randint(1, 3)
+    return _part(rng) * _part(rng) + _part(rng)  # a product plus a term
