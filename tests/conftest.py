@@ -92,6 +92,7 @@ def default_splits():
         "data.sizes.train=418",
         "data.tree_practice=1.5",  # less practice than make all's: tests read every scene
         "data.textbook_practice=0.5",
+        "data.combination_practice=0.5",
     )
     config = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
     return dataset.generate_splits(config, workers=2)  # the same records as one process
@@ -153,6 +154,7 @@ def micro_data(tmp_path_factory):
             sizes={"train": 8, "validation": 4, "test": 4},
             tree_practice=0,
             textbook_practice=0,
+            combination_practice=0,
         )
     )
     return directory

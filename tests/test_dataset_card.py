@@ -13,8 +13,11 @@ def test_card_and_prompt_format_written(tmp_path):
     config = DataConfig(dir=str(tmp_path / "d"), sizes={"train": 12, "validation": 4, "test": 4})
     target, splits = dataset.build(config)
     card = json.loads((target / CARD_FILE).read_text())
-    # the curriculum's 12, then the practice shares of it: expression trees and textbook kinds
-    practice = round(12 * config.tree_practice) + round(12 * config.textbook_practice)
+    # the curriculum's 12, then the practice shares of it: trees, textbook kinds, combinations
+    practice = sum(
+        round(12 * share)
+        for share in (config.tree_practice, config.textbook_practice, config.combination_practice)
+    )
     assert config.tree_practice > 0 and card["splits"]["train"]["count"] == 12 + practice
     assert card["prompt_format"]["sha256"] == DEFAULT_FORMAT.sha256
     assert (
