@@ -340,3 +340,12 @@ def test_the_small_recipe_grows_the_shipped_base_without_changing_the_tiny_recip
         (paths.PROJECT_ROOT / "models/derivanim-tiny" / base_model.BUILD_INFO).read_text()
     )
     assert tiny_config().sha256 == info["config_sha256"]  # the shipped base is still current
+
+
+@pytest.mark.parametrize(
+    "shares", [{"practice_share": -0.1}, {"textbook_share": 0.6, "practice_share": 0.5}]
+)
+def test_the_corpus_shares_are_validated(shares):
+    with pytest.raises(ValueError, match="textbook_share and practice_share must be shares"):
+        tiny_config(**shares)
+    assert tiny_config(practice_share=0.5).sha256 != tiny_config().sha256  # a new recipe

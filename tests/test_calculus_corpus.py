@@ -8,8 +8,8 @@ import sympy as sp
 
 from derivative_animator.data import benchmarks, calculus_corpus, dataset
 from derivative_animator.data.dataset_schema import DataConfig
-from derivative_animator.math import curriculum
-from derivative_animator.math.judge import _interval, expressions_equal
+from derivative_animator.math import curriculum, expression_trees
+from derivative_animator.math.judge import _interval, same_values
 from derivative_animator.math.parsing import X, parse_function
 
 WORKED = re.compile(
@@ -68,9 +68,7 @@ def test_every_worked_derivative_is_right_and_in_the_prompts_notation():
     for function, derivative in pairs:
         expr = parse_function(function)
         true = sp.diff(expr, X)
-        assert expressions_equal(parse_function(derivative), true, _interval(expr, true))[0], (
-            function
-        )
+        assert same_values(parse_function(derivative), true, _interval(expr, true)), function
         assert (
             "**" not in function + derivative and "log(" not in function
         )  # typed, as people write
@@ -98,6 +96,25 @@ def test_the_corpus_holds_the_kinds_textbooks_ask_about():
         "Differentiate",
     ):
         assert kind in text, kind
+
+
+def test_practice_share_works_the_practice_kinds_and_leaves_the_default_draws_alone():
+    """practice_share draws from make all's practice generators (functions with several
+    transcendental factors come up far more often); 0 keeps the shipped recipe's documents."""
+
+    def several(docs: list[str]) -> float:  # share of header functions with 2+ of them
+        found = [
+            expression_trees.transcendental_count(parse_function(line[len("f(x) = ") :])) >= 2
+            for d in docs
+            for line in d.splitlines()
+            if line.startswith("f(x) = ")
+        ]
+        return sum(found) / len(found)
+
+    default = calculus_corpus.documents(600, seed=2, held_out=set())
+    assert calculus_corpus.documents(600, seed=2, held_out=set(), practice_share=0.0) == default
+    practised = calculus_corpus.documents(600, seed=2, held_out=set(), practice_share=1.0)
+    assert several(practised) > 2 * several(default) and several(practised) > 0.3
 
 
 def test_the_same_arguments_give_the_same_documents():

@@ -11,8 +11,15 @@ import sympy as sp
 
 from derivative_animator.data.oracle import CannotAnimate, template_scene
 from derivative_animator.data.scenes import STYLES
+from derivative_animator.math.differentiate import differentiate, true_derivative
 from derivative_animator.math.header import PROJECT_READER_IMPORT, SYMPY_READER, SYMPY_READER_IMPORT
-from derivative_animator.math.judge import check_function, check_math, expressions_equal
+from derivative_animator.math.judge import (
+    _interval,
+    check_function,
+    check_math,
+    expressions_equal,
+    same_values,
+)
 from derivative_animator.math.parsing import X, parse_function
 from derivative_animator.render import checks
 
@@ -84,6 +91,18 @@ def test_the_chain_rule_left_unsimplified_is_judged_without_a_hang():
     assert expressions_equal(wrong, true, (0.5, 2.0)) == (False, "numeric")
     padded = true * (X**2 + 2 * X + 1) ** 100 / (X + 1) ** 200  # equal, but never expanded
     assert expressions_equal(padded, true, (0.5, 2.0)) == (True, "numeric")
+
+
+def test_a_derivative_whose_exponential_form_is_huge_is_confirmed_numerically():
+    """The textbook's cbrt(e^(csc(x^2))/(sqrt(x^3 - 9) tan(x))): sympy cancelled its exponential
+    form for 10 s to say "symbolic"; the verdict never needed it."""
+    function = parse_function("cbrt(e^(csc(x^2))/(sqrt(x^3 - 9) tan(x)))")
+    worked, true = differentiate(function)[0], true_derivative(function)
+    assert sp.expand(worked - true) != 0  # so only the exponential form could prove it
+    x_range = _interval(function, true)
+    assert expressions_equal(worked, true, x_range) == (True, "numeric")
+    assert same_values(worked, true, x_range)
+    assert not same_values(worked + 1 / X, true, x_range)
 
 
 @pytest.mark.needs_render

@@ -12,7 +12,7 @@ import sympy as sp
 from derivative_animator.data import scenes
 from derivative_animator.math.differentiate import differentiate
 from derivative_animator.math.header import math_header_length, typed_formulas
-from derivative_animator.math.judge import expressions_equal
+from derivative_animator.math.judge import same_values
 from derivative_animator.math.parsing import X, parse_function
 
 
@@ -69,7 +69,7 @@ def test_rule_steps_of_edge_cases_and_their_derivatives(function, rule_steps):
     shown, expected = rule_steps(parse_function(function)), shown_by_differentiate(function)
     assert [(r, p) for r, p, _ in shown] == [(r, p) for r, p, _ in expected]
     for (_, _, derivative), (_, _, right) in zip(shown, expected, strict=True):
-        assert expressions_equal(derivative, right, (0.5, 2))[0], function
+        assert same_values(derivative, right, (0.5, 2)), function
 
 
 def test_only_the_rule_steps_style_carries_the_walker(all_records):
@@ -123,8 +123,8 @@ def test_the_scene_and_the_math_check_read_the_typed_docstring_alike(all_records
             (namespace["f_expr"], f_text, function),
             (namespace["df_expr"], df_text, sp.diff(function, X)),
         ):
-            assert expressions_equal(read, expected, x_range)[0], (record.id, text)
-            assert expressions_equal(parse_function(text), expected, x_range)[0], (record.id, text)
+            assert same_values(read, expected, x_range), (record.id, text)
+            assert same_values(parse_function(text), expected, x_range), (record.id, text)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_worked_steps_sit_between_f_and_f_prime_and_both_readers_skip_them():
             (namespace["f_expr"], f_text, function),
             (namespace["df_expr"], df_text, sp.diff(function, X)),
         ):
-            assert expressions_equal(read, expected, tuple(record.x_range))[0], (record.id, text)
+            assert same_values(read, expected, tuple(record.x_range)), (record.id, text)
     assert step_lines > 2 * len(records)
     assert config.to_dict()["worked_steps"] is True and "worked_steps" not in DataConfig().to_dict()
 

@@ -11,8 +11,10 @@ fine-tuning, from documents the project's own differentiator writes:
 Functions come from the curriculum's generator (all four levels) and from the kinds
 textbooks ask about (sec/csc/cot, inverse trig, hyperbolic, exponentials of any base, logs
 of compositions, pi inside functions, roots and negative or fractional powers, quotients of
-polynomials). A function whose canonical form, or any part's, is a held-out one
-(validation and test splits, every benchmark) never enters the corpus. sympy only: no torch here.
+polynomials) and, with `practice_share`, from make all's practice generators (expression
+trees, several transcendental factors combined). A function whose canonical form, or any
+part's, is a held-out one (validation and test splits, every benchmark) never enters the
+corpus. sympy only: no torch here.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from pathlib import Path
 
 import sympy as sp
 
-from derivative_animator.math import curriculum, notation
+from derivative_animator.math import curriculum, expression_trees, notation
 from derivative_animator.math.differentiate import UnsupportedFunction, differentiate
 from derivative_animator.math.parsing import ParseError, X, parse_function
-from derivative_animator.math.textbook_kinds import textbook_candidate
+from derivative_animator.math.textbook_kinds import combination_candidate, textbook_candidate
 
 HELD_OUT_SPLITS = ("validation", "test")
 _REQUESTS = (
@@ -56,11 +58,18 @@ def held_out_keys(data_dir: str | Path) -> set[str]:
     } | benchmarks.held_out_keys()
 
 
-def candidates(rng: random.Random, textbook_share: float) -> Iterable[sp.Expr]:
-    """Random functions forever: the curriculum's levels in turn, textbook kinds mixed in."""
+def candidates(
+    rng: random.Random, textbook_share: float, practice_share: float = 0.0
+) -> Iterable[sp.Expr]:
+    """Random functions forever: textbook kinds with `textbook_share`, the practice kinds (an
+    expression tree or a combination, half each) with `practice_share`, else a curriculum level."""
     while True:
-        if rng.random() < textbook_share:
+        draw = rng.random()
+        if draw < textbook_share:
             yield textbook_candidate(rng)
+        elif draw < textbook_share + practice_share:
+            practice = expression_trees.tree if rng.random() < 0.5 else combination_candidate
+            yield practice(rng)
         else:
             yield curriculum.candidate(rng.choice(curriculum.LEVELS), rng)
 
@@ -108,6 +117,7 @@ def documents(
     seed: int,
     held_out: set[str],
     textbook_share: float = 0.35,
+    practice_share: float = 0.0,
     steps_share: float = 0.5,
     progress=None,
 ) -> list[str]:
@@ -117,7 +127,7 @@ def documents(
     rng = random.Random(f"{seed}-calculus")
     seen: set[str] = set()
     docs: list[str] = []
-    for _, expr in zip(range(draws), candidates(rng, textbook_share), strict=False):
+    for _, expr in zip(range(draws), candidates(rng, textbook_share, practice_share), strict=False):
         if progress is not None:
             progress()
         worked = worked_function(expr, held_out)

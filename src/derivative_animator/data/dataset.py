@@ -127,33 +127,33 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
 
 
 def tree_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
-    """`config.tree_functions` more train functions, drawn from expression trees rather than the
-    curriculum's shapes (every primitive, long sums and polynomials, depth three:
-    math/expression_trees), each one the dataset rule animates and none in `seen` (the splits so
-    far and every benchmark). `config.tree_wider_intervals`: keep those whose plotting interval
-    only the wider search finds, as the random benchmark does; the curriculum's search alone
-    keeps 32% of drawn sec/csc/cot functions and 85% of polynomials."""
+    """`data.tree_practice` (a share of sizes.train) more train functions, drawn from expression
+    trees rather than the curriculum's shapes (every primitive, long sums and polynomials, depth
+    three: math/expression_trees), each one the dataset rule animates and none in `seen` (the
+    splits so far and every benchmark). `config.tree_wider_intervals`: keep those whose plotting
+    interval only the wider search finds, as the random benchmark does; the curriculum's search
+    alone keeps 32% of drawn sec/csc/cot functions and 85% of polynomials."""
     from derivative_animator.math import expression_trees
 
     drawn = expression_trees.functions(f"{config.seed}-practice")
-    return _practice(drawn, config.tree_functions, seen, config, "expression-trees", pool)
+    return _practice(drawn, "tree_practice", seen, config, "expression-trees", pool)
 
 
 def textbook_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
-    """`config.textbook_functions` more train functions of the kinds textbooks ask about
+    """`data.textbook_practice` more train functions of the kinds textbooks ask about
     (math/textbook_kinds.textbook_candidate, the pretraining corpus's own), kept as tree
     practice keeps its own."""
     drawn = _drawn(textbook_candidate, f"{config.seed}-textbook-practice", "textbook_practice")
-    return _practice(drawn, config.textbook_functions, seen, config, "textbook-kinds", pool)
+    return _practice(drawn, "textbook_practice", seen, config, "textbook-kinds", pool)
 
 
 def combination_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
-    """`config.combination_functions` more train functions with several transcendental
-    factors in sums, products, quotients and compositions
-    (math/textbook_kinds.combination_candidate), kept as tree practice keeps its own."""
+    """`data.combination_practice` more train functions with several transcendental factors in
+    sums, products, quotients and compositions (math/textbook_kinds.combination_candidate),
+    kept as tree practice keeps its own."""
     seed = f"{config.seed}-combination-practice"
     drawn = _drawn(combination_candidate, seed, "combination_practice")
-    return _practice(drawn, config.combination_functions, seen, config, "combinations", pool)
+    return _practice(drawn, "combination_practice", seen, config, "combinations", pool)
 
 
 def _drawn(candidate, seed: str, option: str):
@@ -176,13 +176,15 @@ PRACTICE_CHUNK = 32  # functions per worker per round
 
 
 def _practice(
-    typed_functions, count: int, seen: set[str], config, source: str, pool
+    typed_functions, option: str, seen: set[str], config, source: str, pool
 ) -> list[Record]:
-    """The first `count` functions of `typed_functions` (in its order) that the dataset rule
-    animates and `seen` lacks, as records. Judging and writing run on the pool's workers in
-    chunks; the same records for any number of workers (a style is drawn per function)."""
+    """The first functions of `typed_functions` (in its order), as many as the practice option
+    asks, that the dataset rule animates and `seen` lacks, as records. Judging and writing run
+    on the pool's workers in chunks; the same records for any number of workers (a style is
+    drawn per function)."""
     from rich.progress import Progress
 
+    count = config.practice_functions(option)
     if not count:
         return []
     pool = pool or [_Here()]

@@ -111,20 +111,10 @@ class DataConfig:
         object.__setattr__(self, "levels", tuple(int(level) for level in self.levels))
         object.__setattr__(self, "styles", tuple(self.styles))
 
-    @property
-    def tree_functions(self) -> int:
-        """How many expression-tree functions tree practice adds to train."""
-        return round(float(self.tree_practice) * self.sizes["train"])
-
-    @property
-    def textbook_functions(self) -> int:
-        """How many functions of textbook kinds textbook practice adds to train."""
-        return round(float(self.textbook_practice) * self.sizes["train"])
-
-    @property
-    def combination_functions(self) -> int:
-        """How many functions with several transcendental factors combination practice adds."""
-        return round(float(self.combination_practice) * self.sizes["train"])
+    def practice_functions(self, option: str) -> int:
+        """How many functions a practice option (tree_practice, textbook_practice,
+        combination_practice: a share of sizes.train) adds to train."""
+        return round(float(getattr(self, option)) * self.sizes["train"])
 
     def to_dict(self) -> dict:
         content = {

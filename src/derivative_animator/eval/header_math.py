@@ -99,7 +99,7 @@ def header_math(
 
 def breakdown(functions: list[str], right: list[str], bucket_of, buckets) -> dict[str, dict]:
     """{bucket: {"n", "math_pct"}} for the buckets (in their order) that hold a function."""
-    hits, counts = {}, {}
+    right, hits, counts = set(right), {}, {}
     for function in functions:
         bucket = bucket_of(function)
         counts[bucket] = counts.get(bucket, 0) + 1
@@ -114,7 +114,7 @@ def percent(part: int, whole: int) -> float:
 
 
 def _buckets(scores: dict[str, dict], prefix: str) -> str:
-    """ "21-40 53.2% (47), ..." for a breakdown's buckets."""
+    """Its buckets as "21-40 53.2% (47), ...": a breakdown's figures on one line."""
     return ", ".join(
         f"{bucket.removeprefix(prefix).replace('_up', '+').replace('_', '-')} "
         f"{v['math_pct']:.1f}% ({v['n']})"

@@ -116,6 +116,7 @@ def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
             config.seed,
             held_out,
             config.textbook_share,
+            config.practice_share,
             progress=lambda: progress.advance(task),
         )
     code_texts = [text for _, text in code]

@@ -56,6 +56,7 @@ class BaseModelConfig:
         int  # random functions drawn for the calculus text (the distinct ones are worked)
     )
     textbook_share: float  # of them, the kinds textbooks ask about (the rest: curriculum levels)
+    practice_share: float  # of them, make all's practice kinds (expression trees, combinations)
     held_out_data: str | None  # a dataset dir whose validation and test functions stay out
     seed: int
     bf16: bool | str  # auto: only where the CPU computes bf16 fast
@@ -85,6 +86,13 @@ class BaseModelConfig:
             <= 0
         ):
             raise ValueError("model.build sizes, steps and checkpoint_every must be positive")
+        if not (0 <= self.textbook_share and 0 <= self.practice_share) or (
+            self.textbook_share + self.practice_share > 1
+        ):
+            raise ValueError(
+                "model.build.textbook_share and practice_share must be shares: each >= 0, "
+                "together <= 1"
+            )
         if self.calculus_draws and not self.held_out_data:
             raise ValueError(
                 "model.build.held_out_data must name the dataset whose validation and test "
@@ -113,6 +121,8 @@ class BaseModelConfig:
         content = {k: v for k, v in asdict(self).items() if k not in ignored}
         if content["grow_from"] is None:
             del content["grow_from"]  # recipes from before growing keep their hash
+        if content["practice_share"] == 0:
+            del content["practice_share"]  # and those from before practice in the corpus
         content["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

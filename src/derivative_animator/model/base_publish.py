@@ -66,6 +66,8 @@ def model_card(info: dict, name: str, files: dict[str, str]) -> str:
     """The card's text; `files`: every file of the folder but the card, with its sha256."""
     c = info["config"]
     hours = info["seconds"] / 3600
+    share = c.get("practice_share", 0)  # builds from before practice in the corpus lack it
+    practice = f" {share:.0%} from make all's practice generators," if share else ""
     sha_lines = "\n".join(f"| `{file}` | `{digest}` |" for file, digest in files.items())
     return f"""# {name}
 
@@ -92,7 +94,7 @@ seed and threads; the config hash of this build is `{info["config_sha256"][:16]}
   ({info["corpus_files"]} files, {info["code_tokens"]:,} tokens);
 - synthetic calculus text from the project's differentiator (`calculus_corpus.py`):
   {info["calculus_functions"]:,} distinct functions of {c["calculus_draws"]:,} drawn ({c["textbook_share"]:.0%} of the kinds
-  textbooks ask about, the rest from the four curriculum levels), {info["calculus_documents"]:,} documents,
+  textbooks ask about,{practice} the rest from the four curriculum levels), {info["calculus_documents"]:,} documents,
   {info["calculus_tokens"]:,} tokens: math headers and rule-by-rule steps in the scenes' notation.
   The {info["held_out_functions"]} held-out functions (the default dataset's validation and test functions and
   every benchmark's, `data/benchmarks.py`) are never worked in it.

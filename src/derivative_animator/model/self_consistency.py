@@ -31,8 +31,8 @@ from derivative_animator.math.header import (
 from derivative_animator.math.judge import (
     _interval,
     _plotting_interval,
-    expressions_equal,
     parse_code,
+    same_values,
 )
 from derivative_animator.math.parsing import ParseError, parse_function
 
@@ -100,9 +100,7 @@ def read_header(
     except (ParseError, RecursionError):
         return None, UNREADABLE
     return (
-        (derivative, None)
-        if expressions_equal(written_f, function, x_range)[0]
-        else (None, OTHER_FUNCTION)
+        (derivative, None) if same_values(written_f, function, x_range) else (None, OTHER_FUNCTION)
     )
 
 
@@ -125,7 +123,7 @@ def vote(
         if derivative is None:
             continue
         for group in groups:
-            if expressions_equal(derivative, derivatives[group[0]], x_range)[0]:
+            if same_values(derivative, derivatives[group[0]], x_range):
                 group.append(i)
                 break
         else:
