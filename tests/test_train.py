@@ -232,6 +232,33 @@ def test_runs_never_overwrite_each_other(tmp_path, micro_data):
         train(cfg)
 
 
+def test_a_run_logs_the_options_its_dataset_was_built_with_and_says_when_they_differ(
+    tmp_path, micro_data, capsys
+):
+    """micro_data was built without practice and with 8 train functions; the composed data group
+    says make all's recipe: the run takes (and would log) the card's, with a note."""
+    from derivative_animator.runs import prepare_run
+
+    composed = micro_cfg(tmp_path, micro_data)
+    assert composed.data.tree_practice > 0 and composed.data.sizes.train != 8
+    cfg, _, _ = prepare_run(composed)
+    assert (cfg.data.tree_practice, cfg.data.combination_practice) == (0, 0)
+    assert cfg.data.sizes.train == 8 and cfg.data.dir == str(micro_data)
+    note = capsys.readouterr().err
+    assert f"note: {micro_data} was built with" in note and "tree_practice=0" in note
+    built, _, _ = prepare_run(micro_cfg(tmp_path / "again", micro_data, *_as_built(cfg)))
+    assert built.data == cfg.data and "note:" not in capsys.readouterr().err
+
+
+def _as_built(cfg) -> list[str]:
+    """Overrides that compose cfg's data group."""
+    data = OmegaConf.to_container(cfg.data)
+    sizes = [f"data.sizes.{split}={n}" for split, n in data.pop("sizes").items()]
+    listed = lambda v: f"[{','.join(map(str, v))}]" if isinstance(v, list) else v  # noqa: E731
+    plain = [f"data.{k}={'null' if v is None else listed(v)}" for k, v in data.items()]
+    return sizes + [o for o in plain if not o.startswith("data.dir=")]
+
+
 def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro_data):
     from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule
     from derivative_animator.model.base_model import BaseModelConfig

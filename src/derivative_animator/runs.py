@@ -94,13 +94,48 @@ def _refuse_ineffective_overrides(cfg: DictConfig) -> None:
         )
 
 
+def data_as_built(cfg: DictConfig) -> DictConfig:
+    """cfg with its data group as the dataset at data.dir was built (its card's options), so a
+    run logs what it trains on; a note when the composed group says otherwise (a dataset from
+    an older recipe that `make train` kept, or one built with other options on purpose)."""
+    from derivative_animator.data.dataset_card import CARD_FILE
+
+    card = paths.resolve(cfg.data.dir) / CARD_FILE if "data" in cfg else None
+    if card is None or not card.is_file():
+        return cfg
+    built = json.loads(card.read_text())["config"]
+    composed = OmegaConf.to_container(cfg.data, resolve=True)
+    # an option the card lacks was off when it was built (cards leave off options out)
+    as_built = {
+        key: value
+        if key == "dir"
+        else built.get(key, type(value)() if isinstance(value, bool | int | float) else value)
+        for key, value in composed.items()
+    }
+    differ = [key for key in composed if as_built[key] != composed[key]]
+    if differ:
+        print(
+            f"note: {cfg.data.dir} was built with "
+            + ", ".join(f"{key}={as_built[key]}" for key in differ)
+            + " (the data group says "
+            + ", ".join(f"{key}={composed[key]}" for key in differ)
+            + "): training on and logging what it holds; `make data` rebuilds it from the group",
+            file=sys.stderr,
+        )
+    cfg = cfg.copy()
+    cfg.data = as_built
+    return cfg
+
+
 def prepare_run(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
-    """The config (a resumed run's own), its run directory (never one holding a finished run),
-    and the resumed run's record (None for a new run). Reinforce's runs too."""
+    """The config (a resumed run's own; data as its dataset was built), its run directory (never
+    one holding a finished run), and the resumed run's record (None for a new run). Reinforce's
+    runs too."""
     if cfg.get("resume"):
         cfg = _load_resumed_config(cfg)
     else:
         _refuse_ineffective_overrides(cfg)
+        cfg = data_as_built(cfg)
     run_dir = _run_dir(cfg)
     resumed = json.loads((run_dir / RUN_FILE).read_text()) if cfg.get("resume") else None
     if not resumed and (run_dir / CHECKPOINT_DIR).exists():
