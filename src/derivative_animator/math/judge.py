@@ -243,11 +243,9 @@ def _interval(function: sp.Expr, derivative: sp.Expr) -> tuple[float, float]:
 def expressions_equal(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> tuple[bool, str]:
     """(equal, method). A numeric mismatch inside x_range settles it; a numeric match is
     confirmed symbolically when sympy can do so quickly. The verdict is `same_values`'."""
-    if a == b:
-        return True, "symbolic"
-    if not _numerically_equal(a, b, x_range):
+    if not same_values(a, b, x_range):
         return False, "numeric"
-    return True, "symbolic" if _provably_zero(a - b) else "numeric"
+    return True, "symbolic" if a == b or _provably_zero(a - b) else "numeric"
 
 
 def same_values(a: sp.Expr, b: sp.Expr, x_range: tuple[float, float]) -> bool:
