@@ -28,10 +28,9 @@ def test_copy_rows_repeat_spans_an_induction_head_can_predict():
 
 
 def tiny_config(**changes) -> BaseModelConfig:
-    settings = OmegaConf.to_container(
-        compose_config("train", "model=tiny").model.build, resolve=True
-    )
-    return BaseModelConfig(**{**settings, **changes})
+    """The first stage of the shipped base's recipe (a fresh model), with changes."""
+    model = OmegaConf.to_container(compose_config("train", "model=tiny").model, resolve=True)
+    return BaseModelConfig(**{**model["build"], **model["parent_build"], **changes})
 
 
 def micro_config(tmp_path, **changes) -> BaseModelConfig:
@@ -211,7 +210,7 @@ def test_the_shipped_base_loads_and_its_files_match_the_sha256_of_its_card():
     assert (
         info["config_sha256"]
         == BaseModelConfig(**OmegaConf.to_container(settings, resolve=True)).sha256
-    )  # its recipe
+    )  # its recipe (its first stage: test_small_grows_the_first_stage_of_tinys_recipe...)
     model = AutoModelForCausalLM.from_pretrained(shipped)
     tokenizer = AutoTokenizer.from_pretrained(shipped)
     assert sum(p.numel() for p in model.parameters()) == info["parameters"]
@@ -333,13 +332,69 @@ def test_growing_refuses_what_would_not_keep_the_parents_shape(tmp_path, changes
         micro_config(tmp_path, grow_from="models/derivanim-tiny", copy_circuit=True)
 
 
-def test_the_small_recipe_grows_the_shipped_base_without_changing_the_tiny_recipes_hash():
-    small = OmegaConf.to_container(compose_config("train", "model=small").model.build, resolve=True)
-    assert small["grow_from"] == tiny_config().publish_dir and small["num_layers"] == 8
+def test_small_grows_the_first_stage_of_tinys_recipe_which_the_shipped_base_continued():
+    def stages(name):
+        model = compose_config("train", f"model={name}").model
+        return base_model.recipe_stages(OmegaConf.to_container(model, resolve=True))
+
+    (tiny_first, tiny_last), (small_first, small) = stages("tiny"), stages("small")
+    assert small_first == tiny_first and small.grow_from == tiny_first.output_dir
+    assert small.num_layers == 8 and tiny_first.num_layers == tiny_last.num_layers == 4
     info = json.loads(
         (paths.PROJECT_ROOT / "models/derivanim-tiny" / base_model.BUILD_INFO).read_text()
     )
-    assert tiny_config().sha256 == info["config_sha256"]  # the shipped base is still current
+    # the shipped base is still current: both stages are the recipe's
+    assert (info["parent"]["config_sha256"], info["config_sha256"]) == (
+        tiny_first.sha256,
+        tiny_last.sha256,
+    )
+
+
+def test_a_two_stage_recipe_builds_its_parent_first_and_records_and_cards_both(tmp_path):
+    from dataclasses import asdict
+
+    import mlflow
+
+    from derivative_animator import pretrain as pretrain_entry
+    from derivative_animator.model import grow
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_config(
+        "base",
+        "model=micro",
+        f"logger.tracking_uri={store}",
+        f"logger.artifact_location={tmp_path / 'artifacts'}",
+        f"model.build.output_dir={second}",
+        f"model.build.grow_from={first}",
+        "model.build.steps=2",
+        "model.build.seed=1",
+        f"+model.parent_build={{output_dir: '{first}', grow_from: null, steps: 1, seed: 0}}",
+    )
+    assert pretrain_entry.main(cfg) == 0
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("derivative-animator-pretrain").experiment_id]
+    )
+    assert sorted(run.info.run_name for run in runs) == ["pretrain-first", "pretrain-second"]
+    parent, grown = base_model.recipe_stages(OmegaConf.to_container(cfg.model, resolve=True))
+    info = json.loads((second / base_model.BUILD_INFO).read_text())
+    assert info["parent_sha256"] == grow.parent_digest(first)
+    assert info["parent"]["config_sha256"] == parent.sha256 != info["config_sha256"]
+    card = base_publish.model_card(info, "micro", {})
+    assert "| stage 1 | 1 steps of 4 x 128" in card
+    assert "| stage 2 (continuing stage 1) | 2 steps of 4 x 128" in card
+    # the parent is its weights, not its path: the same weights elsewhere keep the build current
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+        (moved / name).write_bytes((first / name).read_bytes())
+    elsewhere = BaseModelConfig(**{**asdict(grown), "grow_from": str(moved)})
+    assert elsewhere.sha256 == grown.sha256 and pretrain.build_base(elsewhere).cached
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model["build"]["grow_from"] = str(moved)
+    with pytest.raises(ValueError, match="grow_from must be model.parent_build.output_dir"):
+        base_model.recipe_stages(model)
 
 
 @pytest.mark.parametrize(

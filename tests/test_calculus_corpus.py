@@ -42,7 +42,7 @@ def held_out(default_splits):
 
 
 def test_the_default_recipe_never_works_a_validation_or_test_function(held_out):
-    """The shipped base's recipe (seed 0) for its first 4,000 draws; without the filter
+    """The shipped base's first stage (seed 0) for its first 4,000 draws; without the filter
     the same draw works test functions (tan(x), 1/x, ...), so the check is not vacuous."""
     kept = worked_functions(calculus_corpus.documents(4000, seed=0, held_out=held_out))
     assert len(kept) > 6000

@@ -3,8 +3,9 @@
     python -m derivative_animator.pretrain                 # rebuild models/derivanim-tiny
     python -m derivative_animator.pretrain model=micro     # seconds, for tests
 
-Composes conf/base.yaml, builds the recipe (`model.build`) and hands it to
-`model.pretrain.build_base`, which resumes an interrupted build in the same MLflow run.
+Composes conf/base.yaml and hands each stage of the recipe to `model.pretrain.build_base`
+(`model.parent_build` first where a model has one: the shipped base is a from-scratch base
+continued on practice), which resumes an interrupted build in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from derivative_animator import paths, tracking
-from derivative_animator.model.base_model import BaseModelConfig
+from derivative_animator.model.base_model import recipe_stages
 from derivative_animator.model.pretrain import build_base
 
 
@@ -22,28 +23,29 @@ def main(cfg) -> int:
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    config = BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True))
-    open_run = None
-    if cfg.get("logger") is not None:
-        params = {f"build/{key}": value for key, value in asdict(config).items()}
-        open_run = tracking.pretraining_run(
-            cfg.logger, f"pretrain-{Path(config.output_dir).name}", params
-        )
-    report = build_base(config, force=cfg.get("force", False), open_run=open_run)
     console = Console(stderr=True)
-    if report.cached:
-        console.print(f"base model up to date: {report.output_dir}")
-    else:
-        console.print(
-            f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
-            f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), "
-            f"{report.trained_tokens:,} trained, "
-            f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, "
-            f"copies {report.copy_accuracy:.0%} of "
-            f"repeated spans, {report.tokens_per_second:.0f} tokens/s, {report.seconds:.0f} s"
-        )
-    if config.publish_dir:
-        console.print(f"published to {paths.resolve(config.publish_dir)}")
+    stages = recipe_stages(OmegaConf.to_container(cfg.model, resolve=True))
+    for config in stages:  # a parent stage first (model.parent_build), then model.build
+        open_run = None
+        if cfg.get("logger") is not None:
+            params = {f"build/{key}": value for key, value in asdict(config).items()}
+            open_run = tracking.pretraining_run(
+                cfg.logger, f"pretrain-{Path(config.output_dir).name}", params
+            )
+        report = build_base(config, force=cfg.get("force", False), open_run=open_run)
+        if report.cached:
+            console.print(f"base model up to date: {report.output_dir}")
+        else:
+            console.print(
+                f"built {report.output_dir}: {report.parameters / 1e6:.1f}M parameters, "
+                f"{report.corpus_tokens:,} corpus tokens ({report.calculus_tokens:,} calculus), "
+                f"{report.trained_tokens:,} trained, "
+                f"loss {report.first_loss:.2f} -> {report.final_loss:.2f}, "
+                f"copies {report.copy_accuracy:.0%} of "
+                f"repeated spans, {report.tokens_per_second:.0f} tokens/s, {report.seconds:.0f} s"
+            )
+        if config.publish_dir:
+            console.print(f"published to {paths.resolve(config.publish_dir)}")
     return 0
 
 

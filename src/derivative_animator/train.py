@@ -53,7 +53,7 @@ def _build_parts(cfg: DictConfig):
     """Tokenizer, the LoRA-adapted model in its Lightning module, and the datamodule."""
     from derivative_animator.data.datamodule import DerivativeDataModule
     from derivative_animator.model import finetune
-    from derivative_animator.model.base_model import BaseModelConfig
+    from derivative_animator.model.base_model import recipe_stages
     from derivative_animator.model.pretrain import build_base
     from derivative_animator.model.settings import LoraSettings, ModelSettings
 
@@ -63,7 +63,8 @@ def _build_parts(cfg: DictConfig):
     if cfg.model.get("build") and not cfg.model.build.get(
         "publish_dir"
     ):  # a shipped base is never rebuilt here
-        build_base(BaseModelConfig(**OmegaConf.to_container(cfg.model.build, resolve=True)))
+        for config in recipe_stages(OmegaConf.to_container(cfg.model, resolve=True)):
+            build_base(config)
     tokenizer, model = finetune.load_base(model_settings)
     model = finetune.add_lora(model, lora)
     optim = cfg.optim

@@ -119,8 +119,10 @@ class BaseModelConfig:
             "held_out_data",
         )
         content = {k: v for k, v in asdict(self).items() if k not in ignored}
-        if content["grow_from"] is None:
-            del content["grow_from"]  # recipes from before growing keep their hash
+        # The parent is named by its weights' digest (build_info's parent_sha256), not its path:
+        # the same parent weights grown under another directory name is the same recipe.
+        if content.pop("grow_from") is not None:
+            content["grown"] = True  # recipes from before growing keep their hash
         if content["practice_share"] == 0:
             del content["practice_share"]  # and those from before practice in the corpus
         content["build_version"] = BUILD_VERSION
@@ -153,6 +155,22 @@ class BuildReport:
     @property
     def corpus_tokens(self) -> int:
         return self.code_tokens + self.calculus_tokens
+
+
+def recipe_stages(model: dict) -> list[BaseModelConfig]:
+    """The builds that make a model config's base, in order: `model.parent_build` first, when
+    the config has one (the recipe of the base `build.grow_from` names; its keys override
+    `build`'s), then `model.build`. `model`: the resolved `model` group."""
+    build = model["build"]
+    parent = model.get("parent_build")
+    if not parent:
+        return [BaseModelConfig(**build)]
+    if build["grow_from"] != parent["output_dir"]:
+        raise ValueError(
+            "model.build.grow_from must be model.parent_build.output_dir (the base the first "
+            f"stage builds), got {build['grow_from']!r} and {parent['output_dir']!r}"
+        )
+    return [BaseModelConfig(**{**build, **parent}), BaseModelConfig(**build)]
 
 
 def make_model(config: BaseModelConfig, tokenizer):

@@ -63,12 +63,22 @@ def publish(build_dir: Path, publish_dir: Path) -> Path:
 
 
 def model_card(info: dict, name: str, files: dict[str, str]) -> str:
-    """The card's text; `files`: every file of the folder but the card, with its sha256."""
+    """The card's text; `files`: every file of the folder but the card, with its sha256. A base
+    grown from a parent (`info["parent"]`) lists each stage, the parent's first."""
+    stages = [*_parents(info), info]
     c = info["config"]
-    hours = info["seconds"] / 3600
-    share = c.get("practice_share", 0)  # builds from before practice in the corpus lack it
-    practice = f" {share:.0%} from make all's practice generators," if share else ""
+    first = stages[0]["config"]
+    hours = sum(stage["seconds"] for stage in stages) / 3600
     sha_lines = "\n".join(f"| `{file}` | `{digest}` |" for file, digest in files.items())
+    if len(stages) == 1:
+        recipe = "`make pretrain` rebuilds it from `conf/model/tiny.yaml` (`build:`)"
+    else:
+        recipe = (
+            f"`make pretrain` rebuilds it from `conf/model/tiny.yaml` in {len(stages)} stages:\n"
+            "`parent_build:` pretrains a fresh model, `build:` continues it"
+        )
+    stage_rows = "\n".join(_stage_row(i + 1, stage) for i, stage in enumerate(stages))
+    corpora = "\n".join(_corpus_lines(i + 1, stage, len(stages)) for i, stage in enumerate(stages))
     return f"""# {name}
 
 The embedded base model of DerivativeAnimator: a {info["parameters"] / 1e6:.1f}M-parameter Llama-architecture
@@ -77,30 +87,54 @@ LoRA fine-tuning (`make all`) starts from a model that already knows code and ca
 Load it like any hub model: `AutoModelForCausalLM.from_pretrained("models/{name}")`.
 
 ## Recipe
-`make pretrain` rebuilds it from `conf/model/tiny.yaml` (`build:`), deterministic given
-seed and threads; the config hash of this build is `{info["config_sha256"][:16]}`.
+{recipe}. Deterministic given seed and threads; the config hash of this build is
+`{info["config_sha256"][:16]}`.
 
 | | |
 |---|---|
 | shape | {c["num_layers"]} layers, hidden {c["hidden_size"]}, MLP {c["intermediate_size"]}, {c["num_heads"]} heads, vocab {c["vocab_size"]} (byte-level BPE, digits split), rope_theta {c["rope_theta"]:g} |
-| copy circuit | {"an induction head written into the fresh model before pretraining" if c["copy_circuit"] else "none"} |
-| steps | {c["steps"]} of {c["batch_size"]} x {c["seq_len"]} tokens = {info["trained_tokens"]:,} tokens; AdamW lr {c["lr"]}, cosine, {c["warmup_steps"]} warm-up steps |
-| precision | {info["precision"]} on {info["threads"]} CPU threads, {info["tokens_per_second"]:,.0f} tokens/s |
+| copy circuit | {"an induction head written into the fresh model before pretraining" if first["copy_circuit"] else "none"} |
+{stage_rows}
 | time | {hours:.2f} h |
 | final loss | {info["final_loss"]:.3f}; copies {info["copy_accuracy"]:.0%} of repeated code spans |
 
-## Corpus ({info["corpus_tokens"]:,} tokens)
-- Python source installed on the building machine: {", ".join(c["corpus_packages"])}
-  ({info["corpus_files"]} files, {info["code_tokens"]:,} tokens);
-- synthetic calculus text from the project's differentiator (`calculus_corpus.py`):
-  {info["calculus_functions"]:,} distinct functions of {c["calculus_draws"]:,} drawn ({c["textbook_share"]:.0%} of the kinds
-  textbooks ask about,{practice} the rest from the four curriculum levels), {info["calculus_documents"]:,} documents,
-  {info["calculus_tokens"]:,} tokens: math headers and rule-by-rule steps in the scenes' notation.
+## Corpus
+{corpora}
   The {info["held_out_functions"]} held-out functions (the default dataset's validation and test functions and
-  every benchmark's, `data/benchmarks.py`) are never worked in it.
+  every benchmark's, `data/benchmarks.py`) are never worked in it{"" if len(stages) == 1 else ", in any stage"}.
 
 ## Files
 | file | sha256 |
 |---|---|
 {sha_lines}
 """  # noqa: E501
+
+
+def _parents(info: dict) -> list[dict]:
+    """The builds `info` grew from, the first first."""
+    parent = info.get("parent")
+    return [*_parents(parent), parent] if parent else []
+
+
+def _stage_row(number: int, stage: dict) -> str:
+    c = stage["config"]
+    grown = f" (continuing stage {number - 1})" if c.get("grow_from") else ""
+    return (
+        f"| stage {number}{grown} | {c['steps']} steps of {c['batch_size']} x {c['seq_len']} "
+        f"tokens = {stage['trained_tokens']:,} tokens; AdamW lr {c['lr']}, cosine, "
+        f"{c['warmup_steps']} warm-up steps; {stage['precision']} on {stage['threads']} CPU "
+        f"threads, {stage['tokens_per_second']:,.0f} tokens/s, {stage['seconds'] / 3600:.2f} h |"
+    )
+
+
+def _corpus_lines(number: int, stage: dict, stages: int) -> str:
+    c = stage["config"]
+    share = c.get("practice_share", 0)  # builds from before practice in the corpus lack it
+    practice = f" {share:.0%} from make all's practice generators," if share else ""
+    heading = f"- stage {number}, " if stages > 1 else "- "
+    return f"""{heading}{stage["corpus_tokens"]:,} tokens (seed {c["seed"]}): Python source installed on the building machine,
+  {", ".join(c["corpus_packages"])} ({stage["corpus_files"]} files, {stage["code_tokens"]:,} tokens),
+  and synthetic calculus text from the project's differentiator (`calculus_corpus.py`):
+  {stage["calculus_functions"]:,} distinct functions of {c["calculus_draws"]:,} drawn ({c["textbook_share"]:.0%} of the kinds
+  textbooks ask about,{practice} the rest from the four curriculum levels), {stage["calculus_documents"]:,} documents,
+  {stage["calculus_tokens"]:,} tokens: math headers and rule-by-rule steps in the scenes' notation."""  # noqa: E501

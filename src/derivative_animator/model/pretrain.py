@@ -36,7 +36,7 @@ from derivative_animator.model.base_model import (
 )
 from derivative_animator.model.base_publish import publish
 from derivative_animator.model.copy_circuit import copy_accuracy
-from derivative_animator.model.grow import parent_digest
+from derivative_animator.model.grow import parent_digest, parent_record
 
 STATE_FILE = "pretraining_state.pt"  # in the staging dir: model, optimizer, step, losses
 
@@ -238,6 +238,7 @@ def build_base(
         "threads": torch.get_num_threads(),
         "mlflow_run_id": run_id,
         "parent_sha256": parent,
+        "parent": parent_record(config.grow_from) if config.grow_from else None,
         "code_files": torch.load(staging / CORPUS_FILE)["code_files"],
     }
     (final / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
