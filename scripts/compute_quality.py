@@ -114,7 +114,7 @@ def fine_tune_and_score(
 
 def pretraining_tokens(base: Path) -> int | None:
     """Tokens the base was pretrained on: a snapshot's step from its name, the shipped base's
-    from its card."""
+    from its build record (every stage's)."""
     import json as _json
 
     match = re.fullmatch(r"step-(\d+)", base.name)
@@ -127,7 +127,12 @@ def pretraining_tokens(base: Path) -> int | None:
         return None
     data = _json.loads(info.read_text())
     per_step = data["config"]["batch_size"] * data["config"]["seq_len"]
-    return int(match.group(1)) * per_step if match else data["trained_tokens"]
+    if match:
+        return int(match.group(1)) * per_step
+    tokens, stage = 0, data
+    while stage:  # a base continued from a parent counts the parent's tokens too
+        tokens, stage = tokens + stage["trained_tokens"], stage.get("parent")
+    return tokens
 
 
 def plot(results: dict, path: Path) -> None:

@@ -21,3 +21,26 @@ def test_the_training_benchmark_times_the_shipped_base_and_never_pretrains():
     }
     assert "load_base" in names
     assert not names & {"build_base", "pretrain", "BaseModelConfig"}
+
+
+def test_the_curve_counts_every_pretraining_stage_of_a_continued_base(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "compute_quality", paths.PROJECT_ROOT / "scripts" / "compute_quality.py"
+    )
+    compute_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compute_quality)
+    config = {"batch_size": 16, "seq_len": 512}
+    first = {"config": config, "trained_tokens": 22_937_600}
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "build_info.json").write_text(
+        json.dumps({"config": config, "trained_tokens": 12_288_000, "parent": first})
+    )
+    assert compute_quality.pretraining_tokens(tmp_path / "base") == 35_225_600
+    snapshot = tmp_path / "tiny-snapshots" / "step-700"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "build_info.json").write_text(json.dumps(first))
+    assert compute_quality.pretraining_tokens(snapshot) == 700 * 16 * 512
