@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from pathlib import Path
 
 from derivative_animator import paths
-from derivative_animator.model.base_model import BUILD_INFO
 
 _PARENT_WEIGHTS = "model.safetensors"
 
@@ -31,19 +29,6 @@ def parent_digest(parent_dir: str | Path) -> str:
         )
     with open(weights, "rb") as handle:  # base_publish.file_sha256 would close an import cycle
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def parent_record(parent_dir: str | Path) -> dict | None:
-    """What the parent's build recorded (its recipe, corpus, tokens, time), for the grown
-    build's record and card; None for a parent built elsewhere, without build_info.json."""
-    info = paths.resolve(parent_dir) / BUILD_INFO
-    if not info.is_file():
-        return None
-    record = json.loads(info.read_text())
-    return {k: v for k, v in record.items() if k not in _NOT_RECORDED}
-
-
-_NOT_RECORDED = ("losses", "code_files", "output_dir", "cached", "sha256")
 
 
 def grown_model(parent_dir: str | Path, num_layers: int, shape: dict):

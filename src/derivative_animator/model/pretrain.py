@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -36,7 +37,7 @@ from derivative_animator.model.base_model import (
 )
 from derivative_animator.model.base_publish import publish
 from derivative_animator.model.copy_circuit import copy_accuracy
-from derivative_animator.model.grow import parent_digest, parent_record
+from derivative_animator.model.grow import parent_digest
 
 STATE_FILE = "pretraining_state.pt"  # in the staging dir: model, optimizer, step, losses
 
@@ -238,7 +239,7 @@ def build_base(
         "threads": torch.get_num_threads(),
         "mlflow_run_id": run_id,
         "parent_sha256": parent,
-        "parent": parent_record(config.grow_from) if config.grow_from else None,
+        "parent": _parent_record(config.grow_from) if config.grow_from else None,
         "code_files": torch.load(staging / CORPUS_FILE)["code_files"],
     }
     (final / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
@@ -261,3 +262,16 @@ def build_base(
     if config.publish_dir:
         publish(out, paths.resolve(config.publish_dir))
     return report
+
+
+def _parent_record(parent_dir: str | Path) -> dict | None:
+    """What the parent's build recorded (its recipe, corpus, tokens, time), for the grown
+    build's record and card; None for a parent built elsewhere, without build_info.json."""
+    info = paths.resolve(parent_dir) / BUILD_INFO
+    if not info.is_file():
+        return None
+    record = json.loads(info.read_text())
+    return {k: v for k, v in record.items() if k not in _NOT_IN_PARENT_RECORD}
+
+
+_NOT_IN_PARENT_RECORD = ("losses", "code_files", "output_dir", "cached", "sha256")
