@@ -30,7 +30,7 @@ def test_copy_rows_repeat_spans_an_induction_head_can_predict():
 def tiny_config(**changes) -> BaseModelConfig:
     """The first stage of the shipped base's recipe (a fresh model), with changes."""
     model = OmegaConf.to_container(compose_config("train", "model=tiny").model, resolve=True)
-    return BaseModelConfig(**{**model["build"], **model["parent_build"], **changes})
+    return BaseModelConfig(**{**model["build"], **model["earlier_stages"]["fresh"], **changes})
 
 
 def micro_config(tmp_path, **changes) -> BaseModelConfig:
@@ -337,20 +337,21 @@ def test_small_grows_the_first_stage_of_tinys_recipe_which_the_shipped_base_cont
         model = compose_config("train", f"model={name}").model
         return base_model.recipe_stages(OmegaConf.to_container(model, resolve=True))
 
-    (tiny_first, tiny_last), (small_first, small) = stages("tiny"), stages("small")
-    assert small_first == tiny_first and small.grow_from == tiny_first.output_dir
-    assert small.num_layers == 8 and tiny_first.num_layers == tiny_last.num_layers == 4
-    info = json.loads(
+    tiny, (small_first, small) = stages("tiny"), stages("small")
+    assert small_first == tiny[0] and small.grow_from == tiny[0].output_dir
+    assert small.num_layers == 8 and {stage.num_layers for stage in tiny} == {4}
+    assert [stage.grow_from for stage in tiny] == [None] + [s.output_dir for s in tiny[:-1]]
+    record = json.loads(
         (paths.PROJECT_ROOT / "models/derivanim-tiny" / base_model.BUILD_INFO).read_text()
     )
-    # the shipped base is still current: both stages are the recipe's
-    assert (info["parent"]["config_sha256"], info["config_sha256"]) == (
-        tiny_first.sha256,
-        tiny_last.sha256,
-    )
+    recorded = []  # the shipped base is still current: every stage is the recipe's
+    while record:
+        recorded.insert(0, record["config_sha256"])
+        record = record.get("parent")
+    assert recorded == [stage.sha256 for stage in tiny]
 
 
-def test_a_two_stage_recipe_builds_its_parent_first_and_records_and_cards_both(tmp_path):
+def test_a_staged_recipe_builds_each_stage_after_the_one_it_continues_and_cards_all(tmp_path):
     from dataclasses import asdict
 
     import mlflow
@@ -358,43 +359,57 @@ def test_a_two_stage_recipe_builds_its_parent_first_and_records_and_cards_both(t
     from derivative_animator import pretrain as pretrain_entry
     from derivative_animator.model import grow
 
-    first, second = tmp_path / "first", tmp_path / "second"
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = compose_config(
-        "base",
+    overrides = [
         "model=micro",
         f"logger.tracking_uri={store}",
         f"logger.artifact_location={tmp_path / 'artifacts'}",
-        f"model.build.output_dir={second}",
-        f"model.build.grow_from={first}",
+        f"model.build.output_dir={third}",
+        f"model.build.grow_from={second}",
         "model.build.steps=2",
-        "model.build.seed=1",
-        f"+model.parent_build={{output_dir: '{first}', grow_from: null, steps: 1, seed: 0}}",
-    )
+        "model.build.seed=2",
+        # listed out of order: the chain is found by following grow_from
+        f"+model.earlier_stages.b={{output_dir: '{second}', grow_from: '{first}', steps: 3}}",
+        "+model.earlier_stages.b.seed=1",
+        f"+model.earlier_stages.a={{output_dir: '{first}', grow_from: null, steps: 1, seed: 0}}",
+        # a stage no build continues is not built
+        f"+model.earlier_stages.c={{output_dir: '{tmp_path / 'unused'}', grow_from: null}}",
+    ]
+    cfg = compose_config("base", *overrides)
     assert pretrain_entry.main(cfg) == 0
+    assert not (tmp_path / "unused").exists()
     client = mlflow.MlflowClient(store)
     runs = client.search_runs(
         [client.get_experiment_by_name("derivative-animator-pretrain").experiment_id]
     )
-    assert sorted(run.info.run_name for run in runs) == ["pretrain-first", "pretrain-second"]
-    parent, grown = base_model.recipe_stages(OmegaConf.to_container(cfg.model, resolve=True))
-    info = json.loads((second / base_model.BUILD_INFO).read_text())
-    assert info["parent_sha256"] == grow.parent_digest(first)
-    assert info["parent"]["config_sha256"] == parent.sha256 != info["config_sha256"]
+    assert sorted(run.info.run_name for run in runs) == [
+        "pretrain-first",
+        "pretrain-second",
+        "pretrain-third",
+    ]
+    stage_1, stage_2, grown = base_model.recipe_stages(
+        OmegaConf.to_container(cfg.model, resolve=True)
+    )
+    info = json.loads((third / base_model.BUILD_INFO).read_text())
+    assert info["parent_sha256"] == grow.parent_digest(second)
+    assert info["parent"]["config_sha256"] == stage_2.sha256 != info["config_sha256"]
+    assert info["parent"]["parent"]["config_sha256"] == stage_1.sha256 != stage_2.sha256
     card = base_publish.model_card(info, "micro", {})
+    assert "in 3 stages" in card
     assert "| stage 1 | 1 steps of 4 x 128" in card
-    assert "| stage 2 (continuing stage 1) | 2 steps of 4 x 128" in card
+    assert "| stage 2 (continuing stage 1) | 3 steps of 4 x 128" in card
+    assert "| stage 3 (continuing stage 2) | 2 steps of 4 x 128" in card
     # the parent is its weights, not its path: the same weights elsewhere keep the build current
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
-        (moved / name).write_bytes((first / name).read_bytes())
+        (moved / name).write_bytes((second / name).read_bytes())
     elsewhere = BaseModelConfig(**{**asdict(grown), "grow_from": str(moved)})
     assert elsewhere.sha256 == grown.sha256 and pretrain.build_base(elsewhere).cached
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model["build"]["grow_from"] = str(moved)
-    with pytest.raises(ValueError, match="grow_from must be model.parent_build.output_dir"):
-        base_model.recipe_stages(model)
+    looped = compose_config("base", *overrides, f"model.earlier_stages.a.grow_from={third}")
+    with pytest.raises(ValueError, match="grow from each other in a loop"):
+        base_model.recipe_stages(OmegaConf.to_container(looped.model, resolve=True))
 
 
 @pytest.mark.parametrize(

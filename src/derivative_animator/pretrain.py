@@ -4,8 +4,8 @@
     python -m derivative_animator.pretrain model=micro     # seconds, for tests
 
 Composes conf/base.yaml and hands each stage of the recipe to `model.pretrain.build_base`
-(`model.parent_build` first where a model has one: the shipped base is a from-scratch base
-continued on practice), which resumes an interrupted build in the same MLflow run.
+(the stages `model.build` continues first, `model.earlier_stages`: the shipped base is a
+from-scratch base continued on practice), which resumes an interrupted build in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(cfg) -> int:
 
     console = Console(stderr=True)
     stages = recipe_stages(OmegaConf.to_container(cfg.model, resolve=True))
-    for config in stages:  # a parent stage first (model.parent_build), then model.build
+    for config in stages:  # the stages it continues first, model.build last
         open_run = None
         if cfg.get("logger") is not None:
             params = {f"build/{key}": value for key, value in asdict(config).items()}

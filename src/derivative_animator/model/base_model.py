@@ -158,19 +158,24 @@ class BuildReport:
 
 
 def recipe_stages(model: dict) -> list[BaseModelConfig]:
-    """The builds that make a model config's base, in order: `model.parent_build` first, when
-    the config has one (the recipe of the base `build.grow_from` names; its keys override
-    `build`'s), then `model.build`. `model`: the resolved `model` group."""
+    """The builds that make a model config's base, in order: `model.build` last, before it the
+    stage its `grow_from` names, and so on back to a fresh model or a base built elsewhere.
+    Stages come from `model.earlier_stages` (name -> keys that override `build`'s), matched by
+    `output_dir`. `model`: the resolved `model` group."""
     build = model["build"]
-    parent = model.get("parent_build")
-    if not parent:
-        return [BaseModelConfig(**build)]
-    if build["grow_from"] != parent["output_dir"]:
+    earlier = {
+        stage["output_dir"]: {**build, **stage}
+        for stage in (model.get("earlier_stages") or {}).values()
+    }
+    chain = [build]
+    while chain[0]["grow_from"] in earlier:
+        chain.insert(0, earlier.pop(chain[0]["grow_from"]))
+    if chain[0]["grow_from"] in {stage["output_dir"] for stage in chain}:
         raise ValueError(
-            "model.build.grow_from must be model.parent_build.output_dir (the base the first "
-            f"stage builds), got {build['grow_from']!r} and {parent['output_dir']!r}"
+            f"model.earlier_stages grow from each other in a loop at {chain[0]['grow_from']!r}: "
+            "the first stage's grow_from must be null or a base built elsewhere"
         )
-    return [BaseModelConfig(**{**build, **parent}), BaseModelConfig(**build)]
+    return [BaseModelConfig(**stage) for stage in chain]
 
 
 def make_model(config: BaseModelConfig, tokenizer):

@@ -74,8 +74,8 @@ def model_card(info: dict, name: str, files: dict[str, str]) -> str:
         recipe = "`make pretrain` rebuilds it from `conf/model/tiny.yaml` (`build:`)"
     else:
         recipe = (
-            f"`make pretrain` rebuilds it from `conf/model/tiny.yaml` in {len(stages)} stages:\n"
-            "`parent_build:` pretrains a fresh model, `build:` continues it"
+            f"`make pretrain` rebuilds it from `conf/model/tiny.yaml` in {len(stages)} stages,\n"
+            "each continuing the one before: `earlier_stages:` then `build:`"
         )
     stage_rows = "\n".join(_stage_row(i + 1, stage) for i, stage in enumerate(stages))
     corpora = "\n".join(_corpus_lines(i + 1, stage, len(stages)) for i, stage in enumerate(stages))
