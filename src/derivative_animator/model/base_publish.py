@@ -13,6 +13,9 @@ from pathlib import Path
 from derivative_animator import paths
 from derivative_animator.model.base_model import BUILD_INFO
 
+# What a build record keeps for the machine that built it only: not shipped, not a child's.
+LOCAL_RECORD_KEYS = ("losses", "code_files", "output_dir", "cached")
+
 SHIPPED_FILES = (
     "model.safetensors",
     "config.json",
@@ -46,9 +49,7 @@ def publish(build_dir: Path, publish_dir: Path) -> Path:
     for name in SHIPPED_FILES:
         if (build_dir / name).is_file():
             shutil.copy2(build_dir / name, staging / name)
-    shipped_info = {
-        k: v for k, v in info.items() if k not in ("losses", "code_files", "output_dir", "cached")
-    }
+    shipped_info = {k: v for k, v in info.items() if k not in LOCAL_RECORD_KEYS}
     shipped_info["sha256"] = {
         name: file_sha256(staging / name) for name in sorted(p.name for p in staging.iterdir())
     }

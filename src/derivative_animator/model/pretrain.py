@@ -35,7 +35,7 @@ from derivative_animator.model.base_model import (
     BuildReport,
     make_model,
 )
-from derivative_animator.model.base_publish import publish
+from derivative_animator.model.base_publish import LOCAL_RECORD_KEYS, publish
 from derivative_animator.model.copy_circuit import copy_accuracy
 from derivative_animator.model.grow import parent_digest
 
@@ -271,7 +271,4 @@ def _parent_record(parent_dir: str | Path) -> dict | None:
     if not info.is_file():
         return None
     record = json.loads(info.read_text())
-    return {k: v for k, v in record.items() if k not in _NOT_IN_PARENT_RECORD}
-
-
-_NOT_IN_PARENT_RECORD = ("losses", "code_files", "output_dir", "cached", "sha256")
+    return {k: v for k, v in record.items() if k not in (*LOCAL_RECORD_KEYS, "sha256")}
