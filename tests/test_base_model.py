@@ -344,10 +344,8 @@ def test_small_grows_the_first_stage_of_tinys_recipe_which_the_shipped_base_cont
     record = json.loads(
         (paths.PROJECT_ROOT / "models/derivanim-tiny" / base_model.BUILD_INFO).read_text()
     )
-    recorded = []  # the shipped base is still current: every stage is the recipe's
-    while record:
-        recorded.insert(0, record["config_sha256"])
-        record = record.get("parent")
+    # the shipped base is still current: every stage is the recipe's
+    recorded = [stage["config_sha256"] for stage in base_publish.recorded_stages(record)]
     assert recorded == [stage.sha256 for stage in tiny]
 
 

@@ -13,7 +13,7 @@ from derivative_animator.data.dataset_card import CARD_FILE
 from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.math import curriculum, expression_trees, notation, textbook_kinds
 from derivative_animator.math.parsing import parse_function
-from derivative_animator.model import base_model
+from derivative_animator.model import base_model, base_publish
 
 
 def keys(functions) -> set[str]:
@@ -87,9 +87,7 @@ def test_the_shipped_base_was_pretrained_without_any_benchmark_or_held_out_funct
         r.function for split in calculus_corpus.HELD_OUT_SPLITS for r in default_splits[split]
     )
     expected = benchmarks.keys_sha256(held_out | benchmarks.held_out_keys())
-    stages = [info]
-    while stages[-1].get("parent"):  # the stages it continued
-        stages.append(stages[-1]["parent"])
+    stages = base_publish.recorded_stages(info)
     assert len(stages) == len(recipe) > 1
     assert [stage["held_out_sha256"] for stage in stages] == [expected] * len(recipe)
 

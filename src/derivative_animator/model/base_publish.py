@@ -66,7 +66,7 @@ def publish(build_dir: Path, publish_dir: Path) -> Path:
 def model_card(info: dict, name: str, files: dict[str, str]) -> str:
     """The card's text; `files`: every file of the folder but the card, with its sha256. A base
     grown from a parent (`info["parent"]`) lists each stage, the parent's first."""
-    stages = [*_parents(info), info]
+    stages = recorded_stages(info)
     c = info["config"]
     first = stages[0]["config"]
     hours = sum(stage["seconds"] for stage in stages) / 3600
@@ -111,10 +111,10 @@ Load it like any hub model: `AutoModelForCausalLM.from_pretrained("models/{name}
 """  # noqa: E501
 
 
-def _parents(info: dict) -> list[dict]:
-    """The builds `info` grew from, the first first."""
+def recorded_stages(info: dict) -> list[dict]:
+    """A build record's stages, the first first: the builds it grew from (`parent`), then it."""
     parent = info.get("parent")
-    return [*_parents(parent), parent] if parent else []
+    return [*recorded_stages(parent), info] if parent else [info]
 
 
 def _stage_row(number: int, stage: dict) -> str:
