@@ -394,7 +394,7 @@ def test_a_staged_recipe_builds_each_stage_after_the_one_it_continues_and_cards_
     assert info["parent"]["config_sha256"] == stage_2.sha256 != info["config_sha256"]
     assert info["parent"]["parent"]["config_sha256"] == stage_1.sha256 != stage_2.sha256
     card = base_publish.model_card(info, "micro", {})
-    assert "in 3 stages" in card
+    assert "in 3 stages,\nthe first from a fresh model, each later one continuing" in card
     assert "| stage 1 | 1 steps of 4 x 128" in card
     assert "| stage 2 (continuing stage 1) | 3 steps of 4 x 128" in card
     assert "| stage 3 (continuing stage 2) | 2 steps of 4 x 128" in card
@@ -411,9 +411,16 @@ def test_a_staged_recipe_builds_each_stage_after_the_one_it_continues_and_cards_
 
 
 @pytest.mark.parametrize(
-    "shares", [{"practice_share": -0.1}, {"textbook_share": 0.6, "practice_share": 0.5}]
+    "shares",
+    [
+        {"practice_share": -0.1},
+        {"long_share": -0.1},
+        {"textbook_share": 0.6, "practice_share": 0.5},
+        {"textbook_share": 0.35, "practice_share": 0.5, "long_share": 0.2},
+    ],
 )
 def test_the_corpus_shares_are_validated(shares):
-    with pytest.raises(ValueError, match="textbook_share and practice_share must be shares"):
+    with pytest.raises(ValueError, match="practice_share and long_share must be shares"):
         tiny_config(**shares)
     assert tiny_config(practice_share=0.5).sha256 != tiny_config().sha256  # a new recipe
+    assert tiny_config(long_share=0.2).sha256 != tiny_config().sha256

@@ -117,6 +117,28 @@ def test_practice_share_works_the_practice_kinds_and_leaves_the_default_draws_al
     assert several(practised) > 2 * several(default) and several(practised) > 0.3
 
 
+def test_long_share_works_practice_kinds_of_41_characters_and_more():
+    """long_share draws practice kinds as long as the benchmarks' longest buckets; 0 keeps the
+    shipped recipe's documents."""
+    headers = lambda docs: [f for d in docs for f in _header_functions(d)]  # noqa: E731
+    default = calculus_corpus.documents(300, seed=2, held_out=set(), practice_share=0.5)
+    assert default == calculus_corpus.documents(
+        300, seed=2, held_out=set(), practice_share=0.5, long_share=0.0
+    )
+    assert sum(len(f) >= calculus_corpus.LONG_CHARS for f in headers(default)) < 0.3 * len(
+        headers(default)
+    )
+    long = headers(
+        calculus_corpus.documents(300, seed=2, held_out=set(), textbook_share=0.0, long_share=1.0)
+    )
+    assert len(long) > 200
+    assert all(calculus_corpus.LONG_CHARS <= len(f) <= 120 for f in long)
+
+
 def test_the_same_arguments_give_the_same_documents():
     assert calculus_corpus.documents(200, 3, set()) == calculus_corpus.documents(200, 3, set())
     assert calculus_corpus.documents(200, 3, set()) != calculus_corpus.documents(200, 4, set())
+
+
+def _header_functions(document: str) -> list[str]:
+    return [line[len("f(x) = ") :] for line in document.splitlines() if line.startswith("f(x) = ")]

@@ -12,7 +12,8 @@ Functions come from the curriculum's generator (all four levels) and from the ki
 textbooks ask about (sec/csc/cot, inverse trig, hyperbolic, exponentials of any base, logs
 of compositions, pi inside functions, roots and negative or fractional powers, quotients of
 polynomials) and, with `practice_share`, from make all's practice generators (expression
-trees, several transcendental factors combined). A function whose canonical form, or any
+trees, several transcendental factors combined), with `long_share` from those at least
+LONG_CHARS characters long. A function whose canonical form, or any
 part's, is a held-out one (validation and test splits, every benchmark) never enters the
 corpus. sympy only: no torch here.
 """
@@ -31,6 +32,7 @@ from derivative_animator.math.parsing import ParseError, X, parse_function
 from derivative_animator.math.textbook_kinds import combination_candidate, textbook_candidate
 
 HELD_OUT_SPLITS = ("validation", "test")
+LONG_CHARS = 41  # where the benchmarks' two longest length buckets start (expression_trees)
 _REQUESTS = (
     "# Differentiate f(x) = {f}.\n",
     "# Find the derivative of f(x) = {f}\n",
@@ -59,19 +61,42 @@ def held_out_keys(data_dir: str | Path) -> set[str]:
 
 
 def candidates(
-    rng: random.Random, textbook_share: float, practice_share: float = 0.0
+    rng: random.Random,
+    textbook_share: float,
+    practice_share: float = 0.0,
+    long_share: float = 0.0,
 ) -> Iterable[sp.Expr]:
     """Random functions forever: textbook kinds with `textbook_share`, the practice kinds (an
-    expression tree or a combination, half each) with `practice_share`, else a curriculum level."""
+    expression tree or a combination, half each) with `practice_share`, long practice kinds
+    (`long_practice`) with `long_share`, else a curriculum level."""
     while True:
         draw = rng.random()
         if draw < textbook_share:
             yield textbook_candidate(rng)
         elif draw < textbook_share + practice_share:
-            practice = expression_trees.tree if rng.random() < 0.5 else combination_candidate
-            yield practice(rng)
+            yield _practice(rng)
+        elif draw < textbook_share + practice_share + long_share:
+            yield long_practice(rng)
         else:
             yield curriculum.candidate(rng.choice(curriculum.LEVELS), rng)
+
+
+def _practice(rng: random.Random) -> sp.Expr:
+    practice = expression_trees.tree if rng.random() < 0.5 else combination_candidate
+    return practice(rng)
+
+
+def long_practice(rng: random.Random) -> sp.Expr:
+    """A practice-kind function of LONG_CHARS to MAX_TYPED_CHARS characters as typed: the
+    lengths where the random benchmark's misses gather (docs/experiments.md, 2026-12-06)."""
+    while True:
+        expr = _practice(rng)
+        try:
+            chars = len(notation.typed(expr))
+        except (ValueError, TypeError, RecursionError):
+            continue
+        if LONG_CHARS <= chars <= expression_trees.MAX_TYPED_CHARS:
+            return expr
 
 
 # --- documents --------------------------------------------------------------------------
@@ -120,6 +145,7 @@ def documents(
     practice_share: float = 0.0,
     steps_share: float = 0.5,
     progress=None,
+    long_share: float = 0.0,
 ) -> list[str]:
     """Documents for the distinct usable functions (by canonical form) among `draws` random
     candidates, in a seeded order: the same list for the same arguments. (Distinct functions
@@ -127,7 +153,8 @@ def documents(
     rng = random.Random(f"{seed}-calculus")
     seen: set[str] = set()
     docs: list[str] = []
-    for _, expr in zip(range(draws), candidates(rng, textbook_share, practice_share), strict=False):
+    drawn = candidates(rng, textbook_share, practice_share, long_share)
+    for _, expr in zip(range(draws), drawn, strict=False):
         if progress is not None:
             progress()
         worked = worked_function(expr, held_out)

@@ -57,6 +57,7 @@ class BaseModelConfig:
     )
     textbook_share: float  # of them, the kinds textbooks ask about (the rest: curriculum levels)
     practice_share: float  # of them, make all's practice kinds (expression trees, combinations)
+    long_share: float  # of them, practice kinds of 41 characters and more (calculus_corpus)
     held_out_data: str | None  # a dataset dir whose validation and test functions stay out
     seed: int
     bf16: bool | str  # auto: only where the CPU computes bf16 fast
@@ -86,12 +87,11 @@ class BaseModelConfig:
             <= 0
         ):
             raise ValueError("model.build sizes, steps and checkpoint_every must be positive")
-        if not (0 <= self.textbook_share and 0 <= self.practice_share) or (
-            self.textbook_share + self.practice_share > 1
-        ):
+        shares = (self.textbook_share, self.practice_share, self.long_share)
+        if min(shares) < 0 or sum(shares) > 1:
             raise ValueError(
-                "model.build.textbook_share and practice_share must be shares: each >= 0, "
-                "together <= 1"
+                "model.build.textbook_share, practice_share and long_share must be shares: "
+                "each >= 0, together <= 1"
             )
         if self.calculus_draws and not self.held_out_data:
             raise ValueError(
@@ -123,8 +123,9 @@ class BaseModelConfig:
         # the same parent weights grown under another directory name is the same recipe.
         if content.pop("grow_from") is not None:
             content["grown"] = True  # recipes from before growing keep their hash
-        if content["practice_share"] == 0:
-            del content["practice_share"]  # and those from before practice in the corpus
+        for share in ("practice_share", "long_share"):  # and those from before these shares
+            if content[share] == 0:
+                del content[share]
         content["build_version"] = BUILD_VERSION
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

@@ -76,7 +76,8 @@ def model_card(info: dict, name: str, files: dict[str, str]) -> str:
     else:
         recipe = (
             f"`make pretrain` rebuilds it from `conf/model/tiny.yaml` in {len(stages)} stages,\n"
-            "each continuing the one before: `earlier_stages:` then `build:`"
+            "the first from a fresh model, each later one continuing the one before:\n"
+            "`earlier_stages:` in order, then `build:`"
         )
     stage_rows = "\n".join(_stage_row(i + 1, stage) for i, stage in enumerate(stages))
     corpora = "\n".join(_corpus_lines(i + 1, stage, len(stages)) for i, stage in enumerate(stages))
@@ -101,8 +102,9 @@ Load it like any hub model: `AutoModelForCausalLM.from_pretrained("models/{name}
 
 ## Corpus
 {corpora}
-  The {info["held_out_functions"]} held-out functions (the default dataset's validation and test functions and
-  every benchmark's, `data/benchmarks.py`) are never worked in it{"" if len(stages) == 1 else ", in any stage"}.
+
+The {info["held_out_functions"]} held-out functions (the default dataset's validation and test functions and
+every benchmark's, `data/benchmarks.py`) are never worked in it{"" if len(stages) == 1 else ", in any stage"}.
 
 ## Files
 | file | sha256 |
@@ -132,6 +134,8 @@ def _corpus_lines(number: int, stage: dict, stages: int) -> str:
     c = stage["config"]
     share = c.get("practice_share", 0)  # builds from before practice in the corpus lack it
     practice = f" {share:.0%} from make all's practice generators," if share else ""
+    if c.get("long_share"):  # builds from before long practice lack it
+        practice += f" {c['long_share']:.0%} from them at 41 characters and more,"
     heading = f"- stage {number}, " if stages > 1 else "- "
     return f"""{heading}{stage["corpus_tokens"]:,} tokens (seed {c["seed"]}): Python source installed on the building machine,
   {", ".join(c["corpus_packages"])} ({stage["corpus_files"]} files, {stage["code_tokens"]:,} tokens),
