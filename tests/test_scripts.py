@@ -23,6 +23,18 @@ def test_the_training_benchmark_times_the_shipped_base_and_never_pretrains():
     assert not names & {"build_base", "pretrain", "BaseModelConfig"}
 
 
+def test_the_training_benchmark_times_the_batches_make_all_trains_on():
+    """Without train.py's `full_scenes` every sample runs on to the style's opening (about
+    1,650 tokens against make all's 200-token headers): the benchmark once timed that."""
+    tree = ast.parse((paths.PROJECT_ROOT / "scripts" / "benchmark.py").read_text())
+    [call] = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DerivativeDataModule"
+    ]
+    assert "full_scenes" in {keyword.arg for keyword in call.keywords}
+
+
 def test_the_curve_counts_every_pretraining_stage_of_a_continued_base(tmp_path):
     import importlib.util
     import json
