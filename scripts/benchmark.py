@@ -84,16 +84,7 @@ def bench_training(steps: int, repeats: int) -> dict:
     # practice cut where train.py cuts it), spread evenly through the epoch. The data is
     # tokenized once: 52,800 samples take minutes where bf16 is not fast.
     tokenizer, _ = fresh()
-    data = DerivativeDataModule(
-        cfg.data.dir,
-        tokenizer,
-        micro,
-        cfg.model.max_length,
-        cfg.loader.bucket_size,
-        seed=0,
-        max_tokens=cfg.loader.max_tokens,
-        full_scenes=cfg.get("full_scenes"),
-    )
+    data = DerivativeDataModule.from_config(cfg, tokenizer, seed=0, num_workers=0)
     data.setup()
     epoch = list(data.train_dataloader())
     batches = [epoch[i * len(epoch) // (steps + 1)] for i in range(steps + 1)]

@@ -259,6 +259,27 @@ def _as_built(cfg) -> list[str]:
     return sizes + [o for o in plain if not o.startswith("data.dir=")]
 
 
+def test_the_data_module_is_the_one_conf_train_describes():
+    """train.py and scripts/benchmark.py build their data through this one constructor."""
+    from derivative_animator.data.datamodule import DerivativeDataModule
+
+    cfg = compose_train("full_scenes=7", "seed=3", "loader.bucket_size=17")
+    data = DerivativeDataModule.from_config(cfg, tokenizer=None)
+    assert (data.data_dir, data.full_scenes, data.seed, data.bucket_size) == (
+        cfg.data.dir,
+        7,
+        3,
+        17,
+    )
+    assert (data.micro_batch_size, data.max_length, data.max_tokens) == (
+        cfg.optim.micro_batch_size,
+        cfg.model.max_length,
+        cfg.loader.max_tokens,
+    )
+    assert DerivativeDataModule.from_config(cfg, None, seed=0).seed == 0
+    assert compose_train().full_scenes, "make all trains on header practice after the first scenes"
+
+
 def test_header_practice_cuts_samples_after_the_first_n_at_the_math_header(micro_data):
     from derivative_animator.data.datamodule import IGNORE_INDEX, DerivativeDataModule
     from derivative_animator.model.base_model import BaseModelConfig

@@ -68,18 +68,7 @@ def _build_parts(cfg: DictConfig):
     tokenizer, model = finetune.load_base(model_settings)
     model = finetune.add_lora(model, lora)
     optim = cfg.optim
-    datamodule = DerivativeDataModule(
-        data_dir=cfg.data.dir,
-        tokenizer=tokenizer,
-        micro_batch_size=optim.micro_batch_size,
-        max_length=cfg.model.max_length,
-        bucket_size=cfg.loader.bucket_size,
-        max_tokens=cfg.loader.max_tokens,
-        num_workers=cfg.loader.num_workers,
-        seed=cfg.seed,
-        limit_train_samples=cfg.get("limit_train_samples"),
-        full_scenes=cfg.get("full_scenes"),
-    )
+    datamodule = DerivativeDataModule.from_config(cfg, tokenizer)
     module = finetune.LoRAFineTuner(
         model,
         lr=optim.lr,

@@ -263,6 +263,22 @@ class DerivativeDataModule(pl.LightningDataModule):
         self.limit_train_samples, self.prompt_format = limit_train_samples, prompt_format
         self.splits: dict[str, TokenizedSplit] = {}
 
+    @classmethod
+    def from_config(cls, cfg, tokenizer, **overrides) -> DerivativeDataModule:
+        """The data module conf/train.yaml describes: train.py's, and what the benchmark times."""
+        arguments = {
+            "data_dir": cfg.data.dir,
+            "micro_batch_size": cfg.optim.micro_batch_size,
+            "max_length": cfg.model.max_length,
+            "bucket_size": cfg.loader.bucket_size,
+            "max_tokens": cfg.loader.max_tokens,
+            "num_workers": cfg.loader.num_workers,
+            "seed": cfg.seed,
+            "limit_train_samples": cfg.get("limit_train_samples"),
+            "full_scenes": cfg.get("full_scenes"),
+        }
+        return cls(tokenizer=tokenizer, **{**arguments, **overrides})
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
