@@ -97,7 +97,7 @@ Load it like any hub model: `AutoModelForCausalLM.from_pretrained("models/{name}
 | shape | {c["num_layers"]} layers, hidden {c["hidden_size"]}, MLP {c["intermediate_size"]}, {c["num_heads"]} heads, vocab {c["vocab_size"]} (byte-level BPE, digits split), rope_theta {c["rope_theta"]:g} |
 | copy circuit | {"an induction head written into the fresh model before pretraining" if first["copy_circuit"] else "none"} |
 {stage_rows}
-| time | {hours:.2f} h |
+| time | {hours:.2f} h of wall time (a build paused, or sharing its cores, counts those hours) |
 | final loss | {info["final_loss"]:.3f}; copies {info["copy_accuracy"]:.0%} of repeated code spans |
 
 ## Corpus
@@ -126,7 +126,8 @@ def _stage_row(number: int, stage: dict) -> str:
         f"| stage {number}{grown} | {c['steps']} steps of {c['batch_size']} x {c['seq_len']} "
         f"tokens = {stage['trained_tokens']:,} tokens; AdamW lr {c['lr']}, cosine, "
         f"{c['warmup_steps']} warm-up steps; {stage['precision']} on {stage['threads']} CPU "
-        f"threads, {stage['tokens_per_second']:,.0f} tokens/s, {stage['seconds'] / 3600:.2f} h |"
+        f"threads, {stage['tokens_per_second']:,.0f} tokens/s, "
+        f"{stage['seconds'] / 3600:.2f} h wall |"
     )
 
 
