@@ -86,8 +86,10 @@ def bench_training(steps: int, repeats: int) -> dict:
     tokenizer, _ = fresh()
     data = DerivativeDataModule.from_config(cfg, tokenizer, seed=0, num_workers=0)
     data.setup()
-    epoch = list(data.train_dataloader())
-    batches = [epoch[i * len(epoch) // (steps + 1)] for i in range(steps + 1)]
+    loader = data.train_dataloader()
+    sampler_batches = list(loader.batch_sampler)
+    chosen = [sampler_batches[i * len(sampler_batches) // (steps + 1)] for i in range(steps + 1)]
+    batches = [loader.collate_fn([loader.dataset[j] for j in batch]) for batch in chosen]
     real = sum(int(b["attention_mask"].sum()) for b in batches[1:])
 
     def plain_loop() -> float:
@@ -150,7 +152,6 @@ def bench_training(steps: int, repeats: int) -> dict:
     plain, lightning = statistics.median(plain), statistics.median(lightning)
 
     lengths = data.splits["train"].lengths
-    sampler_batches = list(data.train_dataloader().batch_sampler)
     naive = [list(range(i, min(i + micro, len(lengths)))) for i in range(0, len(lengths), micro)]
     return {
         "training_precision": precision,
