@@ -132,11 +132,15 @@ def test_a_dataset_built_before_the_benchmarks_changed_is_refused(tmp_path, defa
 
 def test_a_build_with_practice_has_no_duplicate_and_no_benchmark_function():
     config = DataConfig(
-        sizes={"train": 6, "validation": 3, "test": 3}, tree_practice=2, combination_practice=1
+        sizes={"train": 6, "validation": 3, "test": 3},
+        tree_practice=2,
+        combination_practice=1,
+        power_practice=1,
     )
     splits = dataset.generate_splits(config)
     assert sum(r.source == "expression-trees" for r in splits["train"]) == 12
     assert sum(r.source == "combinations" for r in splits["train"]) == 6
+    assert sum(r.source == "powers" for r in splits["train"]) == 6
     assert not dataset.cross_split_duplicates(splits)
     assert (
         not keys(r.function for split in splits.values() for r in split)
@@ -146,6 +150,8 @@ def test_a_build_with_practice_has_no_duplicate_and_no_benchmark_function():
         DataConfig(tree_practice=-1)
     with pytest.raises(ValueError, match="combination_practice is a share of data.sizes.train"):
         DataConfig(combination_practice=11)
+    with pytest.raises(ValueError, match="power_practice is a share of data.sizes.train"):
+        DataConfig(power_practice=-0.5)
 
 
 def test_tree_practice_is_seeded_new_to_the_splits_and_never_a_benchmarks():

@@ -3,11 +3,12 @@ import warnings
 
 import numpy as np
 import pytest
+import sympy as sp
 
 from derivative_animator.data import dataset
 from derivative_animator.data.dataset_schema import DataConfig
 from derivative_animator.math import curriculum, notation
-from derivative_animator.math.parsing import parse_function
+from derivative_animator.math.parsing import X, parse_function
 
 
 def test_default_sizes_levels_and_styles(default_splits):
@@ -187,6 +188,7 @@ def test_wider_intervals_keep_tree_functions_the_curriculum_search_cannot_plot()
     [
         ("textbook_practice", "textbook_practice", "textbook-kinds"),
         ("combination_practice", "combination_practice", "combinations"),
+        ("power_practice", "power_practice", "powers"),
     ],
 )
 def test_practice_draws_new_functions_of_its_kind_and_no_held_out_one(practice, option, source):
@@ -218,3 +220,20 @@ def test_combination_practice_holds_several_transcendental_factors():
     ]
     assert len(several) >= 0.6 * len(records)  # tree practice: about 15% at 21-40 characters
     assert "chars_21_40" in {expression_trees.length_bucket(f) for f in several}
+
+
+def test_power_practice_writes_the_exponents_and_constants_tree_practice_lacks():
+    """make all's fine-tune decrements only the exponents it practised ((...)^9 -> ^4); power
+    practice holds integer powers past 7, negative powers past 3, fractions, decimals and
+    irrational exponents, and constants such as e^4 and sqrt(53)."""
+    config = DataConfig(sizes={"train": 80, "validation": 0, "test": 0}, power_practice=1.0)
+    exponents, constants = set(), set()
+    for record in dataset.power_practice(config, set()):
+        expr = parse_function(record.function)
+        exponents |= {p.exp for p in expr.atoms(sp.Pow) if p.base.has(X) and not p.exp.has(X)}
+        constants |= {term for term in sp.Add.make_args(expr) if not term.has(X)}
+    assert any(e.is_Integer and e >= 8 for e in exponents)
+    assert any(e.is_Integer and e <= -4 for e in exponents)
+    assert any(e.is_Rational and not e.is_Integer and e.q not in (2, 3, 4) for e in exponents)
+    assert any(not e.is_Rational for e in exponents)  # x^pi, x^e, x^sqrt(2)
+    assert any(not c.is_Rational for c in constants)  # e^4, pi^2, sqrt(53)

@@ -32,7 +32,11 @@ from derivative_animator.data.dataset_schema import SPLITS, DataConfig, Record, 
 from derivative_animator.data.prompt import DEFAULT_FORMAT
 from derivative_animator.math import curriculum, notation
 from derivative_animator.math.parsing import parse_function
-from derivative_animator.math.textbook_kinds import combination_candidate, textbook_candidate
+from derivative_animator.math.textbook_kinds import (
+    combination_candidate,
+    power_candidate,
+    textbook_candidate,
+)
 
 # --- generating records ------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ def generate_splits(config: DataConfig, workers: int = 1) -> dict[str, list[Reco
         splits["train"] += tree_practice(config, seen, pool)
         splits["train"] += textbook_practice(config, seen, pool)
         splits["train"] += combination_practice(config, seen, pool)
+        splits["train"] += power_practice(config, seen, pool)
     finally:
         for worker in pool:
             worker.shutdown()
@@ -154,6 +159,14 @@ def combination_practice(config: DataConfig, seen: set[str], pool=None) -> list[
     seed = f"{config.seed}-combination-practice"
     drawn = _drawn(combination_candidate, seed, "combination_practice")
     return _practice(drawn, "combination_practice", seen, config, "combinations", pool)
+
+
+def power_practice(config: DataConfig, seen: set[str], pool=None) -> list[Record]:
+    """`data.power_practice` more train functions with powers and constants as textbooks write
+    them (math/textbook_kinds.power_candidate: (...)^17, 1/x^6, x^(5/3), x^pi, 7^x, e^4),
+    kept as tree practice keeps its own."""
+    drawn = _drawn(power_candidate, f"{config.seed}-power-practice", "power_practice")
+    return _practice(drawn, "power_practice", seen, config, "powers", pool)
 
 
 def _drawn(candidate, seed: str, option: str):

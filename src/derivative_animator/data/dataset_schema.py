@@ -81,6 +81,7 @@ class DataConfig:
     combination_practice: float = field(
         default_factory=lambda: _data_default("combination_practice")
     )
+    power_practice: float = field(default_factory=lambda: _data_default("power_practice"))
     tree_wider_intervals: bool = field(
         default_factory=lambda: _data_default("tree_wider_intervals")
     )
@@ -100,6 +101,7 @@ class DataConfig:
             ("tree_practice", "expression-tree functions"),
             ("textbook_practice", "functions of textbook kinds"),
             ("combination_practice", "functions with several transcendental factors"),
+            ("power_practice", "functions with wide powers and symbolic constants"),
         ):
             if not 0 <= float(getattr(self, name)) <= 10:
                 raise ValueError(
@@ -113,7 +115,7 @@ class DataConfig:
 
     def practice_functions(self, option: str) -> int:
         """How many functions a practice option (tree_practice, textbook_practice,
-        combination_practice: a share of sizes.train) adds to train."""
+        combination_practice, power_practice: a share of sizes.train) adds to train."""
         return round(float(getattr(self, option)) * self.sizes["train"])
 
     def to_dict(self) -> dict:
@@ -132,6 +134,7 @@ class DataConfig:
             "tree_wider_intervals": self.tree_wider_intervals,
             "textbook_practice": self.textbook_practice,
             "combination_practice": self.combination_practice,
+            "power_practice": self.power_practice,
         }
         return {**content, **{name: value for name, value in options.items() if value}}
 

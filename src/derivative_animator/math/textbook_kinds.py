@@ -8,6 +8,7 @@ pretraining corpus (`data/calculus_corpus`) and the dataset's textbook practice
 
 from __future__ import annotations
 
+import math
 import random
 
 import sympy as sp
@@ -196,3 +197,84 @@ def combination_candidate(rng: random.Random) -> sp.Expr:
             return _sum(rng) ** rng.choice([2, 3, 4, 5, -1, -2, sp.Rational(1, 2)])
         return _factor(rng) ** rng.randint(2, 4) * _factor(rng) ** rng.randint(1, 3)
     return _part(rng) * _part(rng) + _part(rng)  # a product plus a term
+
+
+# --- powers and constants as textbooks write them ------------------------------------------
+
+
+def wide_exponent(rng: random.Random) -> sp.Expr:
+    """An exponent past the practice's usual 2-7, -1..-3 and a dozen fractions: (...)^17, 1/x^6,
+    x^(5/3), x^1.9, x^pi. make all's fine-tune decrements the exponents it saw and misses the
+    rest (9 -> 4, 17 -> 9, 5/3 -> 3/3: docs/experiments.md, 2026-12-07 evening)."""
+    roll = rng.random()
+    if roll < 0.35:
+        return sp.Integer(rng.randint(8, 30))
+    if roll < 0.55:
+        return sp.Integer(-rng.randint(1, 9))
+    if roll < 0.8:
+        q = rng.randint(2, 7)
+        return sp.Rational(rng.choice([p for p in range(-9, 10) if p and math.gcd(p, q) == 1]), q)
+    if roll < 0.9:
+        return sp.Rational(rng.choice([n for n in range(11, 40) if n % 10]), 10)  # typed 1.9
+    return rng.choice([sp.pi, sp.E, sp.sqrt(2)])
+
+
+def symbolic_constant(rng: random.Random) -> sp.Expr:
+    """A constant a textbook writes with symbols: e^4, pi^2, sqrt(53), ln(3), pi^1.9."""
+    return rng.choice(
+        [
+            sp.E ** rng.randint(2, 5),
+            sp.pi ** rng.randint(2, 3),
+            sp.sqrt(rng.choice([2, 3, 5, 7, 11, 53])),
+            sp.log(rng.randint(2, 9)),
+            sp.pi ** sp.Rational(rng.choice([3, 11, 19]), 10),
+            sp.pi,
+            sp.E,
+        ]
+    )
+
+
+def _power_base(rng: random.Random) -> sp.Expr:
+    """What a wide exponent applies to: x, a linear or small polynomial, or a sum of two
+    transcendental functions ((sec(x) + e^x)^9)."""
+    roll = rng.random()
+    if roll < 0.4:
+        return X
+    if roll < 0.55:
+        return _linear(rng)
+    if roll < 0.8:
+        return rng.choice([_small_polynomial(rng), X**2 + rng.randint(1, 9)])
+    first, second = rng.sample(_FACTORS[:15], 2)
+    return first(X) + second(rng.choice([X, rng.choice([2, 3, 5]) * X]))
+
+
+def power_candidate(rng: random.Random) -> sp.Expr:
+    """One function with powers and constants as textbooks write them (the caller checks it is
+    usable): wide exponents on x, polynomials and sums; sums of such powers; other exponential
+    bases (4^x, 7^x, pi^x); symbolic constants as coefficients and terms; products of powers."""
+    kind = rng.randrange(5)
+    coefficient = rng.choice([1, 1, 2, 3, -1, 5, sp.Rational(1, 2), symbolic_constant(rng)])
+    if kind == 0:  # one wide power
+        core = _power_base(rng) ** wide_exponent(rng)
+    elif kind == 1:  # a sum of powers of x, some wide, maybe an exponential
+        core = sum(
+            rng.choice([1, 2, 3, -1, -4, 5])
+            * X ** rng.choice([wide_exponent(rng), rng.randint(1, 7)])
+            for _ in range(rng.randint(2, 3))
+        ) + rng.choice([0, rng.choice([2, 4, 5, 7]) ** X])
+    elif kind == 2:  # another exponential base, alone or with a power
+        exponential = rng.choice([4, 5, 6, 7, 8, 9, sp.pi, sp.sqrt(2), sp.E**2]) ** rng.choice(
+            [X, X, _linear(rng), X**2]
+        )
+        core = exponential * rng.choice([1, X ** rng.randint(2, 20), sp.sqrt(X)]) + rng.choice(
+            [0, X ** wide_exponent(rng)]
+        )
+    elif kind == 3:  # symbolic constants as coefficients and terms
+        core = (
+            symbolic_constant(rng) * X ** rng.randint(1, 9)
+            + rng.choice([-1, 1]) * symbolic_constant(rng) * rng.choice([sp.exp(X), sp.sin(X), X])
+            + symbolic_constant(rng)
+        )
+    else:  # a product of powers
+        core = _power_base(rng) ** rng.randint(2, 12) * _power_base(rng) ** wide_exponent(rng)
+    return coefficient * core
