@@ -205,7 +205,7 @@ def combination_candidate(rng: random.Random) -> sp.Expr:
 def wide_exponent(rng: random.Random) -> sp.Expr:
     """An exponent past the practice's usual 2-7, -1..-3 and a dozen fractions: (...)^17, 1/x^6,
     x^(5/3), x^1.9, x^pi. make all's fine-tune decrements the exponents it saw and misses the
-    rest (9 -> 4, 17 -> 9, 5/3 -> 3/3: docs/experiments.md, 2026-12-07 evening)."""
+    rest (9 -> 4, 17 -> 9, 5/3 -> 3/3: docs/experiments.md, 2026-12-07 late morning)."""
     roll = rng.random()
     if roll < 0.35:
         return sp.Integer(rng.randint(8, 30))
