@@ -417,10 +417,13 @@ def test_a_staged_recipe_builds_each_stage_after_the_one_it_continues_and_cards_
         {"long_share": -0.1},
         {"textbook_share": 0.6, "practice_share": 0.5},
         {"textbook_share": 0.35, "practice_share": 0.5, "long_share": 0.2},
+        {"power_share": -0.1},
+        {"textbook_share": 0.35, "practice_share": 0.3, "long_share": 0.2, "power_share": 0.2},
     ],
 )
 def test_the_corpus_shares_are_validated(shares):
-    with pytest.raises(ValueError, match="practice_share and long_share must be shares"):
+    with pytest.raises(ValueError, match="long_share and power_share must be shares"):
         tiny_config(**shares)
     assert tiny_config(practice_share=0.5).sha256 != tiny_config().sha256  # a new recipe
     assert tiny_config(long_share=0.2).sha256 != tiny_config().sha256
+    assert tiny_config(power_share=0.1).sha256 != tiny_config().sha256

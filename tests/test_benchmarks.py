@@ -58,11 +58,13 @@ def test_the_dataset_builder_passes_over_a_benchmark_function_it_draws(monkeypat
     assert not keys(r.function for split in rebuilt.values() for r in split) & taken
 
 
-@pytest.mark.parametrize("shares", [{}, {"practice_share": 0.5}, {"long_share": 0.5}])
+@pytest.mark.parametrize(
+    "shares", [{}, {"practice_share": 0.5}, {"long_share": 0.5}, {"power_share": 0.5}]
+)
 def test_the_corpus_writer_never_works_a_benchmark_function(shares):
     """The shipped base's recipe (seed 0), its first 4,000 draws, and ones with make all's
-    practice kinds, short or long: without the filter they work benchmark functions (tan(x),
-    sec(x), arcsin(2x) ...), so the check is not vacuous."""
+    practice kinds, short or long, or power practice: without the filter they work benchmark
+    functions (tan(x), sec(x), arcsin(2x) ...), so the check is not vacuous."""
     held_out = set(benchmarks.held_out_keys())
     worked = lambda docs: keys(f for d in docs for f in _functions(d))  # noqa: E731
     write = lambda held: calculus_corpus.documents(4000, seed=0, held_out=held, **shares)  # noqa: E731

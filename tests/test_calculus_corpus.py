@@ -135,6 +135,23 @@ def test_long_share_works_practice_kinds_of_41_characters_and_more():
     assert all(calculus_corpus.LONG_CHARS <= len(f) <= 120 for f in long)
 
 
+def test_power_share_works_power_practice():
+    """power_share draws textbook_kinds.power_candidate (exponents past the curriculum's 2-7,
+    other bases, symbolic constants); 0 keeps the shipped recipe's documents."""
+    headers = lambda docs: [f for d in docs for f in _header_functions(d)]  # noqa: E731
+    wide = re.compile(r"\^\(?-?(?:[89]|[1-9]\d)|\^pi|\bpi\b|\b[4-9]\^")  # x^17, x^(-9), 7^x, pi
+    default = calculus_corpus.documents(300, seed=2, held_out=set(), practice_share=0.5)
+    assert default == calculus_corpus.documents(
+        300, seed=2, held_out=set(), practice_share=0.5, power_share=0.0
+    )
+    powers = headers(
+        calculus_corpus.documents(300, seed=2, held_out=set(), textbook_share=0.0, power_share=1.0)
+    )
+    share = lambda functions: sum(bool(wide.search(f)) for f in functions) / len(functions)  # noqa: E731
+    assert len(powers) > 150
+    assert share(powers) > 0.6 and share(headers(default)) < 0.3
+
+
 def test_the_same_arguments_give_the_same_documents():
     assert calculus_corpus.documents(200, 3, set()) == calculus_corpus.documents(200, 3, set())
     assert calculus_corpus.documents(200, 3, set()) != calculus_corpus.documents(200, 4, set())

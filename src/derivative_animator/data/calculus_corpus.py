@@ -13,9 +13,10 @@ textbooks ask about (sec/csc/cot, inverse trig, hyperbolic, exponentials of any 
 of compositions, pi inside functions, roots and negative or fractional powers, quotients of
 polynomials) and, with `practice_share`, from make all's practice generators (expression
 trees, several transcendental factors combined), with `long_share` from those at least
-LONG_CHARS characters long. A function whose canonical form, or any
-part's, is a held-out one (validation and test splits, every benchmark) never enters the
-corpus. sympy only: no torch here.
+LONG_CHARS characters long, with `power_share` from power practice (wide and symbolic
+exponents, other bases, symbolic constants: textbook_kinds.power_candidate). A function whose
+canonical form, or any part's, is a held-out one (validation and test splits, every benchmark)
+never enters the corpus. sympy only: no torch here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ import sympy as sp
 from derivative_animator.math import curriculum, expression_trees, notation
 from derivative_animator.math.differentiate import UnsupportedFunction, differentiate
 from derivative_animator.math.parsing import ParseError, X, parse_function
-from derivative_animator.math.textbook_kinds import combination_candidate, textbook_candidate
+from derivative_animator.math.textbook_kinds import (
+    combination_candidate,
+    power_candidate,
+    textbook_candidate,
+)
 
 HELD_OUT_SPLITS = ("validation", "test")
 LONG_CHARS = 41  # where the benchmarks' two longest length buckets start (expression_trees)
@@ -65,10 +70,12 @@ def candidates(
     textbook_share: float,
     practice_share: float = 0.0,
     long_share: float = 0.0,
+    power_share: float = 0.0,
 ) -> Iterable[sp.Expr]:
     """Random functions forever: textbook kinds with `textbook_share`, the practice kinds (an
     expression tree or a combination, half each) with `practice_share`, long practice kinds
-    (`long_practice`) with `long_share`, else a curriculum level."""
+    (`long_practice`) with `long_share`, power practice with `power_share`, else a curriculum
+    level."""
     while True:
         draw = rng.random()
         if draw < textbook_share:
@@ -77,6 +84,8 @@ def candidates(
             yield _practice(rng)
         elif draw < textbook_share + practice_share + long_share:
             yield long_practice(rng)
+        elif draw < textbook_share + practice_share + long_share + power_share:
+            yield power_candidate(rng)
         else:
             yield curriculum.candidate(rng.choice(curriculum.LEVELS), rng)
 
@@ -146,6 +155,7 @@ def documents(
     steps_share: float = 0.5,
     progress=None,
     long_share: float = 0.0,
+    power_share: float = 0.0,
 ) -> list[str]:
     """Documents for the distinct usable functions (by canonical form) among `draws` random
     candidates, in a seeded order: the same list for the same arguments. (Distinct functions
@@ -153,7 +163,7 @@ def documents(
     rng = random.Random(f"{seed}-calculus")
     seen: set[str] = set()
     docs: list[str] = []
-    drawn = candidates(rng, textbook_share, practice_share, long_share)
+    drawn = candidates(rng, textbook_share, practice_share, long_share, power_share)
     for _, expr in zip(range(draws), drawn, strict=False):
         if progress is not None:
             progress()

@@ -119,6 +119,7 @@ def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
             config.practice_share,
             progress=lambda: progress.advance(task),
             long_share=config.long_share,
+            power_share=config.power_share,
         )
     code_texts = [text for _, text in code]
     if config.grow_from:  # a grown base keeps its parent's tokens

@@ -58,6 +58,7 @@ class BaseModelConfig:
     textbook_share: float  # of them, the kinds textbooks ask about (the rest: curriculum levels)
     practice_share: float  # of them, make all's practice kinds (expression trees, combinations)
     long_share: float  # of them, practice kinds of 41 characters and more (calculus_corpus)
+    power_share: float  # of them, power practice (textbook_kinds.power_candidate)
     held_out_data: str | None  # a dataset dir whose validation and test functions stay out
     seed: int
     bf16: bool | str  # auto: only where the CPU computes bf16 fast
@@ -87,11 +88,11 @@ class BaseModelConfig:
             <= 0
         ):
             raise ValueError("model.build sizes, steps and checkpoint_every must be positive")
-        shares = (self.textbook_share, self.practice_share, self.long_share)
+        shares = (self.textbook_share, self.practice_share, self.long_share, self.power_share)
         if min(shares) < 0 or sum(shares) > 1:
             raise ValueError(
-                "model.build.textbook_share, practice_share and long_share must be shares: "
-                "each >= 0, together <= 1"
+                "model.build.textbook_share, practice_share, long_share and power_share must be "
+                "shares: each >= 0, together <= 1"
             )
         if self.calculus_draws and not self.held_out_data:
             raise ValueError(
@@ -123,7 +124,7 @@ class BaseModelConfig:
         # the same parent weights grown under another directory name is the same recipe.
         if content.pop("grow_from") is not None:
             content["grown"] = True  # recipes from before growing keep their hash
-        for share in ("practice_share", "long_share"):  # and those from before these shares
+        for share in ("practice_share", "long_share", "power_share"):  # and those before them
             if content[share] == 0:
                 del content[share]
         content["build_version"] = BUILD_VERSION

@@ -137,6 +137,8 @@ def _corpus_lines(number: int, stage: dict, stages: int) -> str:
     practice = f" {share:.0%} from make all's practice generators," if share else ""
     if c.get("long_share"):  # builds from before long practice lack it
         practice += f" {c['long_share']:.0%} from them at 41 characters and more,"
+    if c.get("power_share"):  # and before power practice
+        practice += f" {c['power_share']:.0%} from power practice,"
     heading = f"- stage {number}, " if stages > 1 else "- "
     return f"""{heading}{stage["corpus_tokens"]:,} tokens (seed {c["seed"]}): Python source installed on the building machine,
   {", ".join(c["corpus_packages"])} ({stage["corpus_files"]} files, {stage["code_tokens"]:,} tokens),
