@@ -98,6 +98,34 @@ def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrup
     assert pretrain.build_base(interrupted).cached  # finished: reused as it is
 
 
+def test_the_corpus_is_built_in_a_child_process_and_read_back(tmp_path):
+    """The process that pretrains never runs the corpus writer (its Python objects left that
+    process 1.6x slower: docs/experiments.md, 2026-12-07 evening); it reads the child's corpus."""
+    import pickle
+
+    config = micro_config(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (tmp_path / "config.pkl").write_bytes(pickle.dumps(config))
+    script = (
+        "import pickle, sys; from pathlib import Path\n"
+        "from derivative_animator.model import base_corpus, base_model\n"
+        f"config = pickle.loads(Path({str(tmp_path / 'config.pkl')!r}).read_bytes())\n"
+        "report = base_model.BuildReport(output_dir='', cached=False)\n"
+        f"_, tokens = base_corpus.prepare_corpus(config, Path({str(staging)!r}), report)\n"
+        "print(len(tokens), report.code_tokens, report.corpus_files,"
+        " 'derivative_animator.data.calculus_corpus' in sys.modules)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    tokens, code_tokens, files, imported = ran.stdout.splitlines()[-1].split()
+    assert imported == "False"  # the writer ran elsewhere
+    assert int(files) > 0 and 0 < int(code_tokens) < int(tokens)  # counts read back, EOS between
+    saved = torch.load(staging / "corpus.pt")
+    assert len(saved["tokens"]) == int(tokens)
+
+
 def test_sigterm_saves_the_step_it_finished_and_marks_the_pretraining_run_killed(
     tmp_path, monkeypatch
 ):

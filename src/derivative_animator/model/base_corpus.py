@@ -7,6 +7,8 @@ reads (`prepare_corpus`)."""
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -89,19 +91,32 @@ def held_out_sha256(config: BaseModelConfig) -> str:
 
 def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
     """(tokenizer, packed token ids): built once, then read back from the staging dir, so a
-    resumed pretraining trains on the very same tokens."""
+    resumed pretraining trains on the very same tokens. Built in a child process: the build's
+    millions of Python objects (token lists, sympy's caches) left the process that then
+    pretrained 1.6x slower (docs/experiments.md, 2026-12-07 evening)."""
+    from transformers import PreTrainedTokenizerFast
+
+    corpus_file = staging / CORPUS_FILE
+    if not corpus_file.is_file():
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn) as child:
+            child.submit(write_corpus, config, staging).result()
+    saved = torch.load(corpus_file)
+    for key, value in saved["report"].items():
+        setattr(report, key, value)
+    return PreTrainedTokenizerFast.from_pretrained(staging / "tokenizer"), saved["tokens"]
+
+
+def write_corpus(config: BaseModelConfig, staging: Path) -> None:
+    """Build the corpus (code and calculus text), train or inherit the tokenizer, and save both
+    with the packed token stream and its counts in the staging dir."""
+    from rich.progress import Progress
     from transformers import PreTrainedTokenizerFast
 
     from derivative_animator.data import benchmarks, calculus_corpus
 
+    report = BuildReport(output_dir=str(staging), cached=False)  # the counts corpus.pt keeps
     corpus_file = staging / CORPUS_FILE
-    if corpus_file.is_file():
-        saved = torch.load(corpus_file)
-        for key, value in saved["report"].items():
-            setattr(report, key, value)
-        return PreTrainedTokenizerFast.from_pretrained(staging / "tokenizer"), saved["tokens"]
-
-    from rich.progress import Progress
 
     code = collect_corpus(config.corpus_packages, config.corpus_max_chars)
     held_out = (
@@ -148,24 +163,21 @@ def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
     report.held_out_functions = len(held_out)
     report.held_out_sha256 = benchmarks.keys_sha256(held_out)
     tokenizer.save_pretrained(staging / "tokenizer")
-    torch.save(
-        {
-            "tokens": tokens,
-            "report": {
-                k: getattr(report, k)
-                for k in (
-                    "corpus_files",
-                    "corpus_chars",
-                    "code_tokens",
-                    "calculus_functions",
-                    "calculus_documents",
-                    "calculus_tokens",
-                    "held_out_functions",
-                    "held_out_sha256",
-                )
-            },
-            "code_files": [name for name, _ in code],
+    saved = {
+        "tokens": tokens,
+        "report": {
+            k: getattr(report, k)
+            for k in (
+                "corpus_files",
+                "corpus_chars",
+                "code_tokens",
+                "calculus_functions",
+                "calculus_documents",
+                "calculus_tokens",
+                "held_out_functions",
+                "held_out_sha256",
+            )
         },
-        corpus_file,
-    )
-    return tokenizer, tokens
+        "code_files": [name for name, _ in code],
+    }
+    paths.write_atomic(corpus_file, lambda out: torch.save(saved, out))  # no half-written corpus
