@@ -99,8 +99,9 @@ def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrup
 
 
 def test_the_corpus_is_built_in_a_child_process_and_read_back(tmp_path):
-    """The process that pretrains never runs the corpus writer (its Python objects left that
-    process 1.6x slower: docs/experiments.md, 2026-12-07 evening); it reads the child's corpus."""
+    """The process that pretrains never runs the corpus writer (one stage pretrained 1.6x slower
+    in the process that had built its corpus: docs/experiments.md, 2026-12-07 evening); it reads
+    the child's corpus back."""
     import pickle
 
     config = micro_config(tmp_path)

@@ -91,9 +91,10 @@ def held_out_sha256(config: BaseModelConfig) -> str:
 
 def prepare_corpus(config: BaseModelConfig, staging: Path, report: BuildReport):
     """(tokenizer, packed token ids): built once, then read back from the staging dir, so a
-    resumed pretraining trains on the very same tokens. Built in a child process: the build's
-    millions of Python objects (token lists, sympy's caches) left the process that then
-    pretrained 1.6x slower (docs/experiments.md, 2026-12-07 evening)."""
+    resumed pretraining trains on the very same tokens. Built in a child process, so the process
+    that pretrains holds none of the build's millions of Python objects (one stage pretrained
+    1.6x slower in the process that built its corpus than resumed in a fresh one:
+    docs/experiments.md, 2026-12-07 evening)."""
     from transformers import PreTrainedTokenizerFast
 
     corpus_file = staging / CORPUS_FILE
