@@ -410,6 +410,52 @@ def test_a_warm_sandbox_outlives_failing_jobs_and_restarts_a_dead_server():
     assert revived.ok and revived.stdout.strip() == "again"
 
 
+class _FreedInAForkedChild:
+    """Held in a thread-local of another thread: Python code run in a child forked by the host
+    (Popen's preexec_fn) frees it there, as it once freed a PyAV reformatter whose destructor
+    then waited forever on threads that do not exist after a fork."""
+
+    def __init__(self, marker: Path):
+        self.marker, self.host = marker, os.getpid()
+
+    def __del__(self):
+        if os.getpid() != self.host:
+            self.marker.write_text("freed in a forked child")
+
+
+@pytest.mark.parametrize("unsafe", [False, True], ids=["sandboxed", "unsandboxed"])
+def test_starting_a_sandbox_runs_no_python_in_the_forked_child(unsafe, tmp_path, monkeypatch):
+    """The server's limits are set by a fresh interpreter that execs it, not in the fork, so a
+    threaded host (the server, the evaluator) cannot deadlock its child on another thread's
+    state."""
+    if unsafe:
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+        (tmp_path / "bwrap").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "bwrap").chmod(0o755)
+        probe.cache_clear()
+    marker, held, release = tmp_path / "freed", threading.Event(), threading.Event()
+    local = threading.local()
+
+    def hold() -> None:
+        local.value = _FreedInAForkedChild(marker)
+        held.set()
+        release.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait()
+    try:
+        with PythonSandbox(SandboxLimits(timeout_s=10), allow_unsandboxed=unsafe) as box:
+            (result,) = run_jobs(box, "print('ran')")
+    finally:
+        release.set()
+        holder.join()
+        probe.cache_clear()
+    assert result.ok and result.stdout.strip() == "ran"
+    assert ("UNSANDBOXED" in result.isolation) == unsafe
+    assert not marker.exists()
+
+
 def _sandbox_processes() -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -74,7 +74,7 @@ from derivative_animator.render.sandbox_launch import (
     probe,
     server_environment,
 )
-from derivative_animator.render.sandbox_limits import SandboxLimits, apply_rlimits
+from derivative_animator.render.sandbox_limits import SandboxLimits, limited_command
 from derivative_animator.render.untrusted import (
     HOST_SECONDS,
     MAX_FILE_BYTES,
@@ -317,10 +317,9 @@ class PythonSandbox:
         preload = list(self.preload) if self.warm else []
         cgroup, limits = self._cgroup, self.limits
 
-        def enter_limits() -> None:  # in the child, before bwrap runs
-            if cgroup is not None:
-                cgroup.enter()
-            apply_rlimits(limits, cpu_limit=False, nproc=cgroup is None)
+        def limited(command: list[str]) -> list[str]:
+            cgroup_dirs = cgroup.directories if cgroup is not None else []
+            return limited_command(limits, cgroup_dirs, cgroup is None, command)
 
         if self.isolation.bwrap is None:
             self._host_dir = Path(tempfile.mkdtemp(prefix="derivanim-unsafe-"))
@@ -337,14 +336,13 @@ class PythonSandbox:
                 *preload,
             ]
             self._server = subprocess.Popen(
-                argv,
+                limited(argv),
                 cwd=self._host_dir,
                 env=server_environment(self._host_dir),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._server_log,
                 start_new_session=True,
-                preexec_fn=enter_limits,
                 close_fds=True,
             )
             return
@@ -362,13 +360,12 @@ class PythonSandbox:
             fds,
         ):
             self._server = subprocess.Popen(
-                command,
+                limited(command),
                 env=server_environment(JOB_DIR),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._server_log,
                 start_new_session=True,
-                preexec_fn=enter_limits,
                 close_fds=True,
                 pass_fds=fds,
             )

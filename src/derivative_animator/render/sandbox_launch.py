@@ -394,11 +394,6 @@ class Cgroup:
                 pass
         return memory, processes
 
-    def enter(self) -> None:
-        """In the child before exec: join every controller's group."""
-        for directory in self.directories:
-            (directory / "cgroup.procs").write_text(str(os.getpid()))
-
     def remove(self) -> None:
         for directory in self.directories:
             for _ in range(100):

@@ -1,13 +1,15 @@
 """The limits a sandboxed job runs under and the environment it gets: the host sets them on
-the sandbox server (`sandbox.py`), the server on every job it forks (`sandbox_server.py`).
-Standard library only: the server imports it inside the sandbox."""
+the sandbox server (`sandbox.py`, through `limited_command`), the server on every job it forks
+(`sandbox_server.py`). Standard library only: the server imports it inside the sandbox, and the
+host runs this file as a script to set the server's limits before it execs."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
@@ -48,6 +50,28 @@ def apply_rlimits(limits: SandboxLimits, cpu_limit: bool = True, nproc: bool = F
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes + count,) * 2)
 
 
+def limited_command(
+    limits: SandboxLimits, cgroup_dirs: list[Path], nproc: bool, command: list[str]
+) -> list[str]:
+    """`command` run under `limits`: a fresh interpreter joins the cgroups, sets the rlimits and
+    execs it. Not Popen's preexec_fn: in a host with threads, the forked child can wait forever
+    on a lock or a thread-local that another thread held at the fork."""
+    settings = {"limits": asdict(limits), "cgroups": [str(d) for d in cgroup_dirs], "nproc": nproc}
+    # -I -S: nothing from the environment, the working directory or site-packages; stdlib only.
+    return [sys.executable, "-I", "-S", str(Path(__file__)), json.dumps(settings), "--", *command]
+
+
+def _exec_limited(argv: list[str]) -> None:
+    settings, separator, *command = argv
+    if separator != "--" or not command:
+        raise SystemExit("usage: sandbox_limits.py SETTINGS -- COMMAND [ARG...]")
+    settings = json.loads(settings)
+    for directory in settings["cgroups"]:  # join each controller's group before anything runs
+        Path(directory, "cgroup.procs").write_text(str(os.getpid()))
+    apply_rlimits(SandboxLimits(**settings["limits"]), cpu_limit=False, nproc=settings["nproc"])
+    os.execvp(command[0], command)
+
+
 def _own_process_count() -> int:
     uid, count = os.getuid(), 0
     for entry in Path("/proc").iterdir():
@@ -76,3 +100,7 @@ def clean_environment(workdir: str | Path) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
     }
+
+
+if __name__ == "__main__":
+    _exec_limited(sys.argv[1:])
