@@ -21,6 +21,7 @@ never enters the corpus. sympy only: no torch here.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,18 +77,16 @@ def candidates(
     expression tree or a combination, half each) with `practice_share`, long practice kinds
     (`long_practice`) with `long_share`, power practice with `power_share`, else a curriculum
     level."""
+    sources = (textbook_candidate, _practice, long_practice, power_candidate)
+    bounds = list(itertools.accumulate((textbook_share, practice_share, long_share, power_share)))
     while True:
         draw = rng.random()
-        if draw < textbook_share:
-            yield textbook_candidate(rng)
-        elif draw < textbook_share + practice_share:
-            yield _practice(rng)
-        elif draw < textbook_share + practice_share + long_share:
-            yield long_practice(rng)
-        elif draw < textbook_share + practice_share + long_share + power_share:
-            yield power_candidate(rng)
-        else:
+        drawn = (source for source, bound in zip(sources, bounds, strict=True) if draw < bound)
+        source = next(drawn, None)
+        if source is None:
             yield curriculum.candidate(rng.choice(curriculum.LEVELS), rng)
+        else:
+            yield source(rng)
 
 
 def _practice(rng: random.Random) -> sp.Expr:
