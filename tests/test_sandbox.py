@@ -424,15 +424,12 @@ class _FreedInAForkedChild:
 
 
 @pytest.mark.parametrize("unsafe", [False, True], ids=["sandboxed", "unsandboxed"])
-def test_starting_a_sandbox_runs_no_python_in_the_forked_child(unsafe, tmp_path, monkeypatch):
+def test_starting_a_sandbox_runs_no_python_in_the_forked_child(unsafe, tmp_path, request):
     """The server's limits are set by a fresh interpreter that execs it, not in the fork, so a
     threaded host (the server, the evaluator) cannot deadlock its child on another thread's
     state."""
     if unsafe:
-        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-        (tmp_path / "bwrap").write_text("#!/bin/sh\nexit 1\n")
-        (tmp_path / "bwrap").chmod(0o755)
-        probe.cache_clear()
+        request.getfixturevalue("broken_bwrap")
     marker, held, release = tmp_path / "freed", threading.Event(), threading.Event()
     local = threading.local()
 
@@ -450,7 +447,6 @@ def test_starting_a_sandbox_runs_no_python_in_the_forked_child(unsafe, tmp_path,
     finally:
         release.set()
         holder.join()
-        probe.cache_clear()
     assert result.ok and result.stdout.strip() == "ran"
     assert ("UNSANDBOXED" in result.isolation) == unsafe
     assert not marker.exists()
