@@ -9,10 +9,19 @@ import pytest
 from derivative_animator.data import oracle
 from derivative_animator.eval import header_math
 from derivative_animator.math.header import MATH_HEADER_END
+from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
 from derivative_animator.model.generate import Generation
 
 TYPED = ["x^3 - 2x", "sin(2x) e^x", "ln(x^2 + 1)", "sqrt(x) cos(x)"]
 UNSPLIT = {"by_length": {}, "by_transcendental": {}}  # a faked report's empty breakdowns
+
+
+def fake_checkpoint(directory):
+    """A directory that passes for a fine-tuned checkpoint: a model config and a run config."""
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    (directory / TRAINED_CONFIG).write_text("{}")
+    return directory
 
 
 class HeaderWriter:
@@ -119,8 +128,7 @@ def test_several_seeds_are_reported_each_and_by_their_median(tmp_path, monkeypat
     models = []
     for seed in (42, 43, 44):
         models.append(tmp_path / f"seed{seed}")
-        models[-1].mkdir()
-        (models[-1] / "config.json").write_text("{}")
+        fake_checkpoint(models[-1])
     right = {"seed42": 4, "seed43": 1, "seed44": 2}  # of 4 test functions (mean 58.3); random: none
     monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: path.name))
     monkeypatch.setattr(
@@ -164,8 +172,7 @@ def test_a_checkpoint_is_judged_on_the_test_split_its_run_was_trained_with(tmp_p
 
 def test_one_model_that_is_no_checkpoint_refuses_the_whole_run(tmp_path, capsys):
     good = tmp_path / "good"
-    good.mkdir()
-    (good / "config.json").write_text("{}")
+    fake_checkpoint(good)
     assert header_math.main(["--model", str(good), str(tmp_path / "missing")]) == 2
     assert "missing is not a checkpoint" in capsys.readouterr().err
 
@@ -179,8 +186,7 @@ def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
     from derivative_animator.model import generate
 
     model = tmp_path / "merged"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    fake_checkpoint(model)
     monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: "fine-tuned"))
     monkeypatch.setattr(baselines, "base_generator", lambda path: f"base of {path.name}")
     judged: list[str] = []
@@ -201,6 +207,37 @@ def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
     assert json.loads(out.read_text())["base"] is True
 
 
+def test_a_bare_base_is_refused_in_one_line_unless_judged_as_a_base(tmp_path, capsys):
+    stage = tmp_path / "tiny-practised-5P"
+    stage.mkdir()
+    (stage / "config.json").write_text("{}")
+    assert header_math.main(["--model", str(stage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a base model" in err[0] and "--base" in err[0]
+
+
+def test_a_bare_base_loads_as_it_is_with_the_prompt_format_fine_tuning_gives_it(
+    micro_checkpoint, tmp_path
+):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from derivative_animator.data.prompt import DEFAULT_FORMAT
+    from derivative_animator.eval import baselines
+
+    stage = tmp_path / "stage"  # a pretraining stage's files: no prompt format, no run config
+    shutil.copytree(micro_checkpoint, stage, ignore=shutil.ignore_patterns("prompt_format*"))
+    assert not (stage / TRAINED_CONFIG).exists()
+    generator = baselines.base_generator(stage)
+    assert generator.prompt_format == DEFAULT_FORMAT and generator.checkpoint == stage
+    saved = AutoModelForCausalLM.from_pretrained(stage)
+    loaded = generator.model.state_dict()
+    assert all(torch.equal(loaded[name], weight) for name, weight in saved.state_dict().items())
+    assert generator.model.dtype == torch.float32
+
+
 def test_against_an_earlier_report_prints_what_each_set_gained_and_lost(
     tmp_path, monkeypatch, capsys
 ):
@@ -209,8 +246,7 @@ def test_against_an_earlier_report_prints_what_each_set_gained_and_lost(
     from derivative_animator.model import generate
 
     model = tmp_path / "merged"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    fake_checkpoint(model)
     earlier = tmp_path / "earlier.json"
     earlier.write_text(
         json.dumps(
@@ -251,8 +287,7 @@ def test_against_a_report_that_is_not_one_models_is_refused_in_one_line(tmp_path
     import json
 
     model = tmp_path / "merged"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
+    fake_checkpoint(model)
     seeds = tmp_path / "seeds.json"
     seeds.write_text(json.dumps({"models": [], "median": {}}))
     for report in (seeds, tmp_path / "missing.json"):

@@ -199,15 +199,24 @@ class Base(Baseline):
 
 def base_generator(model_dir: Path, generation: GenerationSettings | None = None):
     """The checkpoint's base model, as its saved config names it, with the checkpoint's prompt
-    format and the evaluation's decoding (None: SceneGenerator's defaults, as header math's)."""
-    from derivative_animator.data.prompt import PromptFormat
+    format and the evaluation's decoding (None: SceneGenerator's defaults, as header math's).
+    A directory that is a base itself (a pretraining stage: config.json, no training config) is
+    loaded as it is, in its saved dtype, with the prompt format fine-tuning would give it."""
+    from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
     from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.finetune import load_base
     from derivative_animator.model.generate import SceneGenerator
     from derivative_animator.model.settings import ModelSettings
 
-    trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
-    tokenizer, model = load_base(ModelSettings.from_config(trained["model"]))
+    if (model_dir / TRAINED_CONFIG).is_file():
+        trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
+        settings = ModelSettings.from_config(trained["model"])
+        prompt_format = PromptFormat.load(model_dir)
+    else:
+        saved_dtype = json.loads((model_dir / "config.json").read_text()).get("dtype", "float32")
+        settings = ModelSettings(str(model_dir), saved_dtype, gradient_checkpointing=False)
+        prompt_format = DEFAULT_FORMAT
+    tokenizer, model = load_base(settings)
     decoding = (
         {}
         if generation is None
@@ -218,9 +227,7 @@ def base_generator(model_dir: Path, generation: GenerationSettings | None = None
             "choose_interval": generation.choose_interval,
         }
     )
-    return SceneGenerator(
-        model, tokenizer, PromptFormat.load(model_dir), None, model_dir, **decoding
-    )
+    return SceneGenerator(model, tokenizer, prompt_format, None, model_dir, **decoding)
 
 
 class FineTuned(Baseline):

@@ -8,6 +8,7 @@ instead of half an hour of renders: what quick ablations (a reinforcement run, a
     python -m derivative_animator.eval.header_math --model SEED42 SEED43 SEED44   # and the median
     python -m derivative_animator.eval.header_math --model DIR --train 100   # train functions too
     python -m derivative_animator.eval.header_math --model DIR --base   # its base, not fine-tuned
+    python -m derivative_animator.eval.header_math --model outputs/base/<stage> --base  # a stage
     python -m derivative_animator.eval.header_math --model DIR --against OLD.json  # gained, lost
 """
 
@@ -172,6 +173,7 @@ def read_report(path: Path) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from derivative_animator.eval import baselines
+    from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
     from derivative_animator.model.generate import SceneGenerator
 
     parser = argparse.ArgumentParser(
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base",
         action="store_true",
-        help="judge each checkpoint's base model before fine-tuning (its prompt, same decoding)",
+        help="judge each checkpoint's base model before fine-tuning (its prompt, same decoding);"
+        " a directory that is a base itself (outputs/base/<stage>) is judged as it is",
     )
     parser.add_argument(
         "--against",
@@ -219,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (model / "config.json").is_file():
             print(
                 f"error: {model} is not a checkpoint (no config.json); pass --model DIR",
+                file=sys.stderr,
+            )
+            return 2
+        if not args.base and not (model / TRAINED_CONFIG).is_file():
+            print(
+                f"error: {model} is a base model, not a fine-tuned checkpoint (no "
+                f"{TRAINED_CONFIG}); pass --base to judge it as a base",
                 file=sys.stderr,
             )
             return 2
