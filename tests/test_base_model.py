@@ -91,6 +91,9 @@ def test_an_interrupted_pretraining_resumes_to_the_very_weights_of_an_uninterrup
     assert (
         trained == [4, 5] and len(report.losses) == 6 and not report.cached
     )  # continued, not restarted
+    # the summary's losses: means of the first and last ten steps, the resumed ones included
+    assert report.first_loss == pytest.approx(sum(report.losses[:10]) / 6)
+    assert report.final_loss == pytest.approx(sum(report.losses[-10:]) / 6)
     first, second = (
         load_file(tmp_path / d / "base" / "model.safetensors") for d in ("whole", "interrupted")
     )

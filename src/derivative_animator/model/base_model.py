@@ -148,8 +148,8 @@ class BuildReport:
     )
     parameters: int = 0
     trained_tokens: int = 0
-    first_loss: float | None = None
-    final_loss: float | None = None
+    first_loss: float | None = None  # the mean of the stage's first ten steps
+    final_loss: float | None = None  # and of its last ten
     tokens_per_second: float | None = None
     copy_accuracy: float | None = None
     losses: list[float] = field(default_factory=list)

@@ -214,10 +214,10 @@ def build_base(
         if client:
             client.set_terminated(run_id, "KILLED")
         raise
-    report.first_loss, report.final_loss = (
-        report.losses[0],
-        sum(report.losses[-10:]) / min(10, len(report.losses)),
-    )
+    # the first ten steps against the last ten: one batch alone is noise (0.34 against a stage
+    # whose hundreds of steps all averaged 0.37-0.43)
+    first, last = report.losses[:10], report.losses[-10:]
+    report.first_loss, report.final_loss = sum(first) / len(first), sum(last) / len(last)
     report.trained_tokens = config.steps * tokens_per_step
     report.tokens_per_second = round(report.trained_tokens / max(elapsed, 1e-9), 1)
     report.copy_accuracy = copy_accuracy(model, tokens, min(config.seq_len, 256))
