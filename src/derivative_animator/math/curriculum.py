@@ -13,6 +13,7 @@ constant.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -110,7 +111,7 @@ def plot_interval(
     """The first interval where f and f' are real, finite and readable, f changes visibly and
     no spike dominates either curve; failing that, the first readable one with a spike; None
     if there is none (`wider`: see WIDER_CENTRES)."""
-    f, df = sp.lambdify(X, expr, "numpy"), sp.lambdify(X, derivative, "numpy")
+    f, df = _numeric(expr), _numeric(derivative)
     tries = [(CANDIDATE_INTERVALS, MAX_ABS_VALUE, False)]
     if wider:
         around = tuple((c - w, c + w) for w in WIDER_HALF_WIDTHS for c in WIDER_CENTRES)
@@ -121,23 +122,32 @@ def plot_interval(
     for candidates, cap, relative in tries:
         spiky = None
         for x_range in candidates:
-            values = _finite_values(f, df, x_range)
-            if values is None:
+            xs = _grid(*x_range)
+            # f alone rules out most intervals: f' (the longer expression) only where f passes
+            ys = _finite(f, xs)
+            if ys is None or np.abs(ys).max() > cap:
                 continue
-            ys, dys = values
-            size = max(np.abs(ys).max(), np.abs(dys).max())
             least = (
                 WIDER_MIN_RELATIVE_VARIATION * max(1.0, np.abs(ys).max())
                 if relative
                 else MIN_VARIATION
             )
-            if size <= cap and np.ptp(ys) >= least:
-                if not (_spiky(ys) or _spiky(dys)):
-                    return x_range
-                spiky = spiky or x_range
+            if np.ptp(ys) < least:
+                continue
+            dys = _finite(df, xs)
+            if dys is None or np.abs(dys).max() > cap:
+                continue
+            if not (_spiky(ys) or _spiky(dys)):
+                return x_range
+            spiky = spiky or x_range
         if spiky:
             return spiky
     return None
+
+
+def _numeric(expr: sp.Expr):
+    """expr as a numpy function of x (no docstring: printing it costs more than the function)."""
+    return sp.lambdify(X, expr, "numpy", docstring_limit=0)
 
 
 def _spiky(values: np.ndarray) -> bool:
@@ -147,24 +157,21 @@ def _spiky(values: np.ndarray) -> bool:
 
 def defined_on(expr: sp.Expr, derivative: sp.Expr, x_range: tuple[float, float]) -> bool:
     """Are f and f' real and finite everywhere on the interval (the grid `plot_interval` uses)?"""
-    f, df = sp.lambdify(X, expr, "numpy"), sp.lambdify(X, derivative, "numpy")
-    return _finite_values(f, df, x_range) is not None
-
-
-def _finite_values(f, df, x_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
-    """f and f' on the interval's grid; None unless both are real and finite everywhere."""
     xs = _grid(*x_range)
+    return _finite(_numeric(expr), xs) is not None and _finite(_numeric(derivative), xs) is not None
+
+
+def _finite(f, xs: np.ndarray) -> np.ndarray | None:
+    """f on the grid; None unless it is real and finite everywhere."""
     with np.errstate(all="ignore"):
         try:
-            ys, dys = _real(f(xs), xs.shape), _real(df(xs), xs.shape)
+            ys = _real(f(xs), xs.shape)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             return None
-    if ys is None or dys is None:
-        return None
     # A pole on the grid: floating point gives tan(pi/2) = 1.6e16, finite but no value at all.
-    if not (np.all(np.abs(ys) < POLE_VALUE) and np.all(np.abs(dys) < POLE_VALUE)):
+    if ys is None or not np.all(np.abs(ys) < POLE_VALUE):
         return None
-    return ys, dys
+    return ys
 
 
 def _real(values, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -179,12 +186,15 @@ def _real(values, shape: tuple[int, ...]) -> np.ndarray | None:
     return np.broadcast_to(values.astype(float), shape)
 
 
+@functools.cache
 def _grid(x_min: float, x_max: float) -> np.ndarray:
     """A fine grid plus the simple points where poles and 0/0 of our functions sit
     (multiples of 1/4 and of pi/4), so none slips between grid points."""
     simple = np.concatenate([np.arange(-20, 21) / 4, np.arange(-8, 9) * np.pi / 4])
     inside = simple[(simple >= x_min) & (simple <= x_max)]
-    return np.union1d(np.linspace(x_min, x_max, GRID_POINTS), inside)
+    grid = np.union1d(np.linspace(x_min, x_max, GRID_POINTS), inside)
+    grid.flags.writeable = False  # shared by every call (cached)
+    return grid
 
 
 # --- random building blocks ---------------------------------------------------------
