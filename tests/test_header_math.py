@@ -16,6 +16,21 @@ TYPED = ["x^3 - 2x", "sin(2x) e^x", "ln(x^2 + 1)", "sqrt(x) cos(x)"]
 UNSPLIT = {"by_length": {}, "by_transcendental": {}}  # a faked report's empty breakdowns
 
 
+def judge_nothing_really(monkeypatch) -> list:
+    """header_math.main with no data and a faked judging: the generators it would judge, listed."""
+    judged: list = []
+    monkeypatch.setattr(
+        header_math,
+        "header_math",
+        lambda generator, sets, limit=None, max_new_tokens=None: (
+            judged.append(generator)
+            or {"test": {"n": 1, "math_pct": 100.0, "right": TYPED[:1], **UNSPLIT}}
+        ),
+    )
+    monkeypatch.setattr(header_math, "function_sets", lambda data: {})
+    return judged
+
+
 def fake_checkpoint(directory):
     """A directory that passes for a fine-tuned checkpoint: a model config and a run config."""
     directory.mkdir()
@@ -189,16 +204,7 @@ def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
     fake_checkpoint(model)
     monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: "fine-tuned"))
     monkeypatch.setattr(baselines, "base_generator", lambda path: f"base of {path.name}")
-    judged: list[str] = []
-    monkeypatch.setattr(
-        header_math,
-        "header_math",
-        lambda generator, sets, limit=None, max_new_tokens=None: (
-            judged.append(generator)
-            or {"test": {"n": 1, "math_pct": 100.0, "right": TYPED[:1], **UNSPLIT}}
-        ),
-    )
-    monkeypatch.setattr(header_math, "function_sets", lambda data: {})
+    judged = judge_nothing_really(monkeypatch)
     out = tmp_path / "base.json"
     assert header_math.main(["--model", str(model), "--base", "--out", str(out)]) == 0
     assert header_math.main(["--model", str(model)]) == 0
@@ -207,35 +213,60 @@ def test_base_judges_each_checkpoints_base_model_not_the_fine_tuned_one(
     assert json.loads(out.read_text())["base"] is True
 
 
-def test_a_bare_base_is_refused_in_one_line_unless_judged_as_a_base(tmp_path, capsys):
-    stage = tmp_path / "tiny-practised-5P"
+def test_a_bare_base_is_refused_in_one_line_unless_judged_as_a_base(tmp_path, monkeypatch, capsys):
+    from derivative_animator.eval import baselines
+
+    stage = tmp_path / "tiny-practised-5P"  # as pretraining leaves it: no run config, no prompt
     stage.mkdir()
     (stage / "config.json").write_text("{}")
     assert header_math.main(["--model", str(stage)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a base model" in err[0] and "--base" in err[0]
+    monkeypatch.setattr(baselines, "base_generator", lambda path: f"base {path.name}")
+    judged = judge_nothing_really(monkeypatch)
+    assert header_math.main(["--model", str(stage), "--base"]) == 0
+    assert judged == ["base tiny-practised-5P"]
+
+
+def test_a_hand_made_checkpoint_is_judged_but_its_unknown_base_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    from derivative_animator.data.prompt import DEFAULT_FORMAT
+    from derivative_animator.model import generate
+
+    model = tmp_path / "hand-made"  # a model and its prompt format, no training run's config
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    DEFAULT_FORMAT.save(model)
+    monkeypatch.setattr(generate.SceneGenerator, "load", staticmethod(lambda path: path.name))
+    judge_nothing_really(monkeypatch)
+    assert header_math.main(["--model", str(model)]) == 0
+    assert header_math.main(["--model", str(model), "--base"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "base model is unknown" in err[0]
 
 
 def test_a_bare_base_loads_as_it_is_with_the_prompt_format_fine_tuning_gives_it(
     micro_checkpoint, tmp_path
 ):
-    import shutil
-
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from derivative_animator.data.prompt import DEFAULT_FORMAT
     from derivative_animator.eval import baselines
 
-    stage = tmp_path / "stage"  # a pretraining stage's files: no prompt format, no run config
-    shutil.copytree(micro_checkpoint, stage, ignore=shutil.ignore_patterns("prompt_format*"))
-    assert not (stage / TRAINED_CONFIG).exists()
+    stage = tmp_path / "stage"  # a pretraining stage's files, saved in bf16: no prompt format
+    saved = AutoModelForCausalLM.from_pretrained(micro_checkpoint, dtype=torch.bfloat16)
+    saved.save_pretrained(stage)
+    AutoTokenizer.from_pretrained(micro_checkpoint).save_pretrained(stage)
     generator = baselines.base_generator(stage)
     assert generator.prompt_format == DEFAULT_FORMAT and generator.checkpoint == stage
-    saved = AutoModelForCausalLM.from_pretrained(stage)
+    assert generator.model.dtype == torch.bfloat16  # the dtype it was saved in
     loaded = generator.model.state_dict()
     assert all(torch.equal(loaded[name], weight) for name, weight in saved.state_dict().items())
-    assert generator.model.dtype == torch.float32
+    # a checkpoint with a prompt format but no run config is no base, and names none
+    with pytest.raises(ValueError, match="base model is unknown"):
+        baselines.base_generator(micro_checkpoint)
 
 
 def test_against_an_earlier_report_prints_what_each_set_gained_and_lost(

@@ -203,19 +203,24 @@ def base_generator(model_dir: Path, generation: GenerationSettings | None = None
     A directory that is a base itself (a pretraining stage: config.json, no training config) is
     loaded as it is, in its saved dtype, with the prompt format fine-tuning would give it."""
     from derivative_animator.data.prompt import DEFAULT_FORMAT, PromptFormat
-    from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
+    from derivative_animator.model.checkpoint_files import TRAINED_CONFIG, is_bare_base
     from derivative_animator.model.finetune import load_base
     from derivative_animator.model.generate import SceneGenerator
     from derivative_animator.model.settings import ModelSettings
 
-    if (model_dir / TRAINED_CONFIG).is_file():
+    if is_bare_base(model_dir):
+        saved_dtype = json.loads((model_dir / "config.json").read_text()).get("dtype") or "float32"
+        settings = ModelSettings(str(model_dir), saved_dtype, gradient_checkpointing=False)
+        prompt_format = DEFAULT_FORMAT
+    elif (model_dir / TRAINED_CONFIG).is_file():
         trained = json.loads((model_dir / TRAINED_CONFIG).read_text())
         settings = ModelSettings.from_config(trained["model"])
         prompt_format = PromptFormat.load(model_dir)
     else:
-        saved_dtype = json.loads((model_dir / "config.json").read_text()).get("dtype", "float32")
-        settings = ModelSettings(str(model_dir), saved_dtype, gradient_checkpointing=False)
-        prompt_format = DEFAULT_FORMAT
+        raise ValueError(
+            f"{model_dir} carries no {TRAINED_CONFIG}: its base model is unknown; pass a training "
+            "run's checkpoint/merged, or a base model's own directory"
+        )
     tokenizer, model = load_base(settings)
     decoding = (
         {}

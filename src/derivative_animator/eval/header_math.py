@@ -173,7 +173,7 @@ def read_report(path: Path) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from derivative_animator.eval import baselines
-    from derivative_animator.model.checkpoint_files import TRAINED_CONFIG
+    from derivative_animator.model.checkpoint_files import TRAINED_CONFIG, is_bare_base
     from derivative_animator.model.generate import SceneGenerator
 
     parser = argparse.ArgumentParser(
@@ -225,10 +225,17 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        if not args.base and not (model / TRAINED_CONFIG).is_file():
+        if not args.base and is_bare_base(model):
             print(
                 f"error: {model} is a base model, not a fine-tuned checkpoint (no "
-                f"{TRAINED_CONFIG}); pass --base to judge it as a base",
+                f"{TRAINED_CONFIG}, no prompt format); pass --base to judge it as a base",
+                file=sys.stderr,
+            )
+            return 2
+        if args.base and not is_bare_base(model) and not (model / TRAINED_CONFIG).is_file():
+            print(
+                f"error: {model} carries no {TRAINED_CONFIG}, so its base model is unknown; "
+                "pass a training run's checkpoint/merged or a base model's own directory",
                 file=sys.stderr,
             )
             return 2

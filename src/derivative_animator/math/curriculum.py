@@ -186,7 +186,7 @@ def _real(values, shape: tuple[int, ...]) -> np.ndarray | None:
     return np.broadcast_to(values.astype(float), shape)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=512)  # every built-in interval; a model's own ones come and go
 def _grid(x_min: float, x_max: float) -> np.ndarray:
     """A fine grid plus the simple points where poles and 0/0 of our functions sit
     (multiples of 1/4 and of pi/4), so none slips between grid points."""

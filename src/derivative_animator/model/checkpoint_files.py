@@ -11,3 +11,19 @@ RUN_INFO = "run_info.json"  # in merged/: the MLflow run that trained it, its st
 DRAFT_CORPUS = (
     "draft_corpus.json"  # in merged/: the training scenes speculative decoding drafts from
 )
+
+
+def is_bare_base(directory) -> bool:
+    """A base model as pretraining leaves it (`outputs/base/<stage>`, `models/derivanim-tiny`):
+    a model config, but neither the training config nor the prompt format a checkpoint carries
+    (a hand-made checkpoint has the prompt format: it is no base)."""
+    from pathlib import Path
+
+    from derivative_animator.data.prompt import FILENAME as PROMPT_FORMAT_FILE
+
+    directory = Path(directory)
+    return (
+        (directory / "config.json").is_file()
+        and not (directory / TRAINED_CONFIG).exists()
+        and not (directory / PROMPT_FORMAT_FILE).exists()
+    )

@@ -71,6 +71,13 @@ def batch_at(tokens: torch.Tensor, config: BaseModelConfig, step: int) -> torch.
     return torch.stack([tokens[i : i + config.seq_len] for i in starts.tolist()])
 
 
+def loss_summary(losses: list[float]) -> tuple[float, float]:
+    """(mean of the first ten losses, mean of the last ten): one batch alone is noise (a stage
+    read 0.34 -> 0.42 whose hundreds of steps all averaged 0.37-0.43)."""
+    first, last = losses[:10], losses[-10:]
+    return sum(first) / len(first), sum(last) / len(last)
+
+
 def build_base(
     config: BaseModelConfig, force: bool = False, open_run: Callable | None = None
 ) -> BuildReport:
@@ -214,10 +221,7 @@ def build_base(
         if client:
             client.set_terminated(run_id, "KILLED")
         raise
-    # the first ten steps against the last ten: one batch alone is noise (0.34 against a stage
-    # whose hundreds of steps all averaged 0.37-0.43)
-    first, last = report.losses[:10], report.losses[-10:]
-    report.first_loss, report.final_loss = sum(first) / len(first), sum(last) / len(last)
+    report.first_loss, report.final_loss = loss_summary(report.losses)
     report.trained_tokens = config.steps * tokens_per_step
     report.tokens_per_second = round(report.trained_tokens / max(elapsed, 1e-9), 1)
     report.copy_accuracy = copy_accuracy(model, tokens, min(config.seq_len, 256))
